@@ -1,0 +1,33 @@
+"""Exception types a user can act on; the CLI turns each into a one-line message and exit code 2."""
+
+
+class NnmarkError(Exception):
+    """Base class of every error nnmark raises on purpose."""
+
+
+class DataError(NnmarkError):
+    """A dataset file or tensor is missing, malformed, or out of range."""
+
+
+class InputError(NnmarkError):
+    """Query inputs have the wrong shape or dtype, are not finite, or lie outside [0, 1]."""
+
+
+class ModelError(NnmarkError):
+    """A model checkpoint or architecture name is invalid."""
+
+
+class KeyFileError(NnmarkError):
+    """A key file is truncated, malformed, or fails its checks."""
+
+
+class SignatureError(KeyFileError):
+    """A key file's signature is missing, wrong, or cannot be checked."""
+
+
+class AccessError(NnmarkError):
+    """An oracle was asked for more than its access level gives (e.g. gradients of a black box)."""
+
+
+class QueryBudgetExceeded(NnmarkError):
+    """An oracle would answer more queries than its budget allows."""
