@@ -1,0 +1,15 @@
+"""Oracles: the only way a method or a verifier touches a model.
+
+``TorchOracle`` gives white-box access to a local module; ``ProbabilitiesOracle`` and
+``LabelsOracle`` wrap any oracle to expose less. Every oracle is batched, counts one query per
+input answered, and refuses a call past its optional budget with ``QueryBudgetExceeded``::
+
+    oracle = TorchOracle(model, (1, 28, 28), budget=10_000)
+    black_box = LabelsOracle(oracle)
+    black_box.labels(x)          # (N,) int64; black_box.queries == len(x)
+"""
+
+from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, Oracle, ProbabilitiesOracle, check_inputs
+from nnmark.oracles.local import TorchOracle
+
+__all__ = ["ACCESS_LEVELS", "LabelsOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "check_inputs"]

@@ -1,0 +1,127 @@
+"""The oracle interface: the only way a method or a verifier touches a model.
+
+An oracle answers a whole batch of inputs per call, counts every input it answers as one query,
+and refuses (``QueryBudgetExceeded``) a call that would take it past its budget. Its ``access``
+says what it can give: ``"gradients"`` (white box), ``"probabilities"`` or ``"labels"``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from nnmark.errors import AccessError, InputError, QueryBudgetExceeded
+
+ACCESS_LEVELS = ("labels", "probabilities", "gradients")
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps model outputs (N, K) to one loss value per sample (N,)."""
+
+
+def check_inputs(x: torch.Tensor, input_shape: tuple[int, int, int]) -> None:
+    """Raise ``InputError`` unless ``x`` is a finite float (N, C, H, W) batch in [0, 1] of ``input_shape``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"queries must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"queries must be floating point, got {x.dtype}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(input_shape) or x.shape[0] == 0:
+        raise InputError(f"queries must have shape (N>=1, {', '.join(map(str, input_shape))}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InputError("queries contain NaN or infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise InputError(f"queries must lie in [0, 1], got values in [{x.min().item():.4g}, {x.max().item():.4g}]")
+
+
+class Oracle:
+    """A model behind a counted, budgeted, batched query interface.
+
+    Args:
+        input_shape: (C, H, W) of one input.
+        num_classes: K, the length of a probability vector.
+        budget: the most inputs this oracle will answer in total; None for no limit.
+    """
+
+    access: str = "labels"
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, budget: int | None = None):
+        if budget is not None and budget < 0:
+            raise ValueError("budget must be >= 0 or None")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.budget = budget
+        self.queries = 0
+
+    def can(self, access: str) -> bool:
+        """Whether this oracle gives ``access`` ("labels" < "probabilities" < "gradients")."""
+        return ACCESS_LEVELS.index(self.access) >= ACCESS_LEVELS.index(access)
+
+    def _spend(self, x: torch.Tensor) -> None:
+        check_inputs(x, self.input_shape)
+        n = x.shape[0]
+        if self.budget is not None and self.queries + n > self.budget:
+            raise QueryBudgetExceeded(
+                f"query budget exceeded: {self.queries} spent + {n} asked > budget {self.budget}"
+            )
+        self.queries += n
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-1 labels (N,) int64."""
+        self._spend(x)
+        return self._labels(x)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax outputs (N, K) float32."""
+        if not self.can("probabilities"):
+            raise AccessError(f"{type(self).__name__} gives labels only, not probabilities")
+        self._spend(x)
+        return self._probabilities(x)
+
+    def gradient(self, loss_fn: LossFn, x: torch.Tensor, *, on: str = "probabilities") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample loss (N,) and its input gradient (N, C, H, W) in one forward/backward.
+
+        ``loss_fn`` receives the probabilities (``on="probabilities"``) or the logits (``on="logits"``).
+        """
+        if not self.can("gradients"):
+            raise AccessError(f"{type(self).__name__} gives no gradients (access: {self.access})")
+        if on not in ("probabilities", "logits"):
+            raise ValueError("on must be 'probabilities' or 'logits'")
+        self._spend(x)
+        return self._gradient(loss_fn, x, on)
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self._probabilities(x).argmax(dim=1)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        raise AccessError(f"{type(self).__name__} gives no probabilities")
+
+    def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise AccessError(f"{type(self).__name__} gives no gradients")
+
+
+class _Restricted(Oracle):
+    """Wraps any oracle and exposes at most ``access``; counts and budgets its own queries."""
+
+    def __init__(self, inner: Oracle, budget: int | None = None):
+        if not inner.can(self.access):
+            raise AccessError(f"cannot give {self.access} from an oracle with access {inner.access}")
+        super().__init__(inner.input_shape, inner.num_classes, budget)
+        self.inner = inner
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.labels(x)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.probabilities(x)
+
+
+class ProbabilitiesOracle(_Restricted):
+    """A black box that returns probability vectors (no gradients)."""
+
+    access = "probabilities"
+
+
+class LabelsOracle(_Restricted):
+    """A black box that returns top-1 labels only."""
+
+    access = "labels"
