@@ -1,0 +1,1 @@
+"""Integrity marks: fragile query samples whose labels change when the model does."""
