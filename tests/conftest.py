@@ -8,3 +8,33 @@ os.environ["HOME"] = _CACHE
 os.environ["XDG_CACHE_HOME"] = os.path.join(_CACHE, ".cache")
 os.environ["MPLCONFIGDIR"] = os.path.join(_CACHE, "mpl")
 os.environ.setdefault("NNMARK_PROGRESS", "0")
+# torch's OpenMP threads busy-wait for each other; on a loaded 2-core machine that costs 10x or more.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nnmark import data, models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return data.load("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def lenet(mnist):
+    """A LeNet-5 trained on mnist5k as the demo trains it (shared, read-only: attacks return copies)."""
+    torch.manual_seed(0)
+    model = models.build("lenet5", mnist.shape, mnist.num_classes)
+    models.train(model, mnist.train, epochs=8, seed=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lenet_file(lenet, mnist, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "lenet.safetensors"
+    config = models.ModelConfig("lenet5", mnist.shape, mnist.num_classes, data="mnist5k",
+                                accuracy=models.accuracy(lenet, mnist.test), seed=0)
+    models.save(lenet, config, path)
+    return path

@@ -1,0 +1,183 @@
+"""``nnmark bench dbi``: Yin et al.'s Tables 4 and 8 layout on mnist5k with LeNet-5.
+
+For each seed: train a LeNet-5, make DBI, natural ("non-fragile") and random keys, apply SGD
+fine-tuning (lr 1e-3 / 1e-4 / 1e-5, 100 rounds; one round = one SGD step on a minibatch of 64
+attacker images) and weight noise (std 1e-3 / 5e-4 / 1e-4), and record each key's ChangeRate.
+Also: PSNR/SSIM and flatness of the DBI samples along the iterations (the paper's Fig. 5), false
+alarms of the untouched model in other execution environments, and the generation time of the
+batched implementation against one sample at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nnmark import data, envs, models
+from nnmark._io import atomic_write_bytes
+from nnmark.attacks import finetune, weight_noise
+from nnmark.data.roles import attacker_data, natural_pool
+from nnmark.marks.integrity import baselines, dbi
+from nnmark.metrics import change_rate, sample_quality
+from nnmark.oracles import TorchOracle
+
+FULL = {"seeds": 3, "n": 100, "itr": 10_000, "checkpoints": (1000, 2000, 5000, 10_000), "epochs": 8,
+        "natural": 500, "timing_n": 100, "timing_itr": 1000}
+QUICK = {"seeds": 1, "n": 20, "itr": 200, "checkpoints": (100, 200), "epochs": 3,
+         "natural": 100, "timing_n": 10, "timing_itr": 20}
+FINETUNE_LRS = (1e-3, 1e-4, 1e-5)
+FINETUNE_ROUNDS = 100
+NOISE_STDS = (1e-3, 5e-4, 1e-4)
+FALSE_ALARM_ENVS = ("float64", "mkldnn-off", "batch1")
+
+
+def _attacks(model: torch.nn.Module, ds: data.Dataset, seed: int) -> dict[str, torch.nn.Module]:
+    atk = attacker_data(ds)
+    out = {f"finetune lr={lr:g}": finetune(model, atk.x, atk.y, lr=lr, steps=FINETUNE_ROUNDS, seed=seed)
+           for lr in FINETUNE_LRS}
+    out.update({f"noise std={s:g}": weight_noise(model, s, seed=seed) for s in NOISE_STDS})
+    return out
+
+
+def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
+    """One seed: model, keys, attacks, ChangeRates, quality trace and false alarms."""
+    torch.manual_seed(seed)
+    model = models.build("lenet5", ds.shape, ds.num_classes)
+    models.train(model, ds.train, epochs=p["epochs"], seed=seed)
+    oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    idx = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))[: p["n"]]
+    sources = ds.train.x[idx]
+    attacked = {name: TorchOracle(m, ds.shape) for name, m in _attacks(model, ds, seed).items()}
+
+    trace, x, done = [], sources, 0
+    eps = dbi.default_eps(ds.shape)
+    for stop in p["checkpoints"]:
+        x, loss = dbi.fragilize(oracle, x, eps, stop - done, progress=progress)
+        done = stop
+        labels = oracle.labels(x)
+        trace.append({"itr": stop, "D": loss.mean().item(), "max_p": oracle.probabilities(x).max(1).values.mean().item(),
+                      **sample_quality(x, sources),
+                      **{name: change_rate(labels, o.labels(x)) for name, o in attacked.items()}})
+    query_sets = {
+        "DBI": x,
+        "non-fragile": natural_pool(ds).x[: p["natural"]],
+        "random": baselines.random_noise(oracle, p["n"], seed=seed).queries,
+    }
+    rates = {}
+    for method, q in query_sets.items():
+        expected = oracle.labels(q)
+        rates[method] = {name: change_rate(expected, o.labels(q)) for name, o in attacked.items()}
+    false_alarms = {e: int((envs.get(e).oracle(model, ds.shape).labels(x) != oracle.labels(x)).sum())
+                    for e in FALSE_ALARM_ENVS}
+    return {
+        "seed": seed,
+        "accuracy": models.accuracy(model, ds.test),
+        "attacked_accuracy": {name: models.accuracy(o.model, ds.test) for name, o in attacked.items()},
+        "change_rate": rates,
+        "trace": trace,
+        "false_alarms": false_alarms,
+    }
+
+
+def time_generation(p: dict, ds: data.Dataset) -> dict:
+    """Seconds for timing_n samples x timing_itr iterations: one batch vs one sample at a time."""
+    model = models.build("lenet5", ds.shape, ds.num_classes).eval()
+    oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    x = ds.train.x[: p["timing_n"]]
+    start = time.perf_counter()
+    dbi.fragilize(oracle, x, 1e-4, p["timing_itr"])
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(len(x)):
+        dbi.fragilize(oracle, x[i : i + 1], 1e-4, p["timing_itr"])
+    single = time.perf_counter() - start
+    return {"n": len(x), "itr": p["timing_itr"], "batched_s": batched, "one_at_a_time_s": single,
+            "ratio": single / batched, "threads": torch.get_num_threads()}
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    m = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def render(result: dict) -> str:
+    """The Markdown report of a run."""
+    rows, p = result["seeds"], result["params"]
+    attacks = list(rows[0]["change_rate"]["DBI"])
+    lines = [
+        "# DBI benchmark (Yin et al.), mnist5k, LeNet-5",
+        "",
+        f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}, "
+        f"{result['timing']['threads']} threads. Values are mean ± std over seeds, ChangeRate in %.",
+        "",
+        f"DBI: {p['n']} training images per seed, eps = 1e-4, itr = {p['itr']}, descent on D(p). "
+        f"Non-fragile: {p['natural']} natural test images. Random: {p['n']} uniform-noise images. "
+        f"Fine-tuning: SGD, all layers, {FINETUNE_ROUNDS} rounds, one round = one step on a minibatch of 64 "
+        "attacker images (the second half of the test split, disjoint from every key's samples).",
+        "",
+        f"Model test accuracy: {_mean_std([r['accuracy'] for r in rows], 100)} %.",
+        "",
+        "## ChangeRate under fine-tuning and weight noise (Tables 4 and 8 layout)",
+        "",
+        "| method | " + " | ".join(attacks) + " |",
+        "|---|" + "---|" * len(attacks),
+    ]
+    for method in rows[0]["change_rate"]:
+        cells = [_mean_std([r["change_rate"][method][a] for r in rows], 100) for a in attacks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("| attacked model accuracy | " + " | ".join(
+        _mean_std([r["attacked_accuracy"][a] for r in rows], 100) for a in attacks) + " |")
+    lines.append("")
+    lines.append("Paper (MNIST, ResNet-18): DBI 80 / 75 / 74 % under fine-tuning at lr 1e-3 / 1e-4 / 1e-5, "
+                 "86 / 84 / 82 % under noise std 1e-3 / 5e-4 / 1e-4; non-fragile 0.06 / 0.03 %; random 0 %.")
+    lines += ["", "## DBI samples along the iterations (Fig. 5 layout)", "",
+              "| itr | D(p) | mean max p | PSNR dB | SSIM | " + " | ".join(attacks) + " |",
+              "|---|---|---|---|---|" + "---|" * len(attacks)]
+    for i, point in enumerate(rows[0]["trace"]):
+        per = [r["trace"][i] for r in rows]
+        cells = [_mean_std([t["D"] for t in per], 1, 4), _mean_std([t["max_p"] for t in per], 1, 3),
+                 _mean_std([t["psnr_db"] for t in per]), _mean_std([t["ssim"] for t in per], 1, 3)]
+        cells += [_mean_std([t[a] for t in per], 100) for a in attacks]
+        lines.append(f"| {point['itr']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Paper (MNIST): PSNR about 25-29 dB, SSIM about 0.8.")
+    lines += ["", "## False alarms of the untouched model", "",
+              f"DBI samples (of {p['n']} per seed) whose label changes when the untouched model runs elsewhere:", "",
+              "| environment | " + " | ".join(f"seed {r['seed']}" for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    for e in FALSE_ALARM_ENVS:
+        lines.append(f"| {envs.get(e).description} | " + " | ".join(str(r["false_alarms"][e]) for r in rows) + " |")
+    t = result["timing"]
+    lines += ["", "## Generation time", "",
+              f"{t['n']} samples x {t['itr']} iterations, measured side by side in one run:", "",
+              "| batched (one forward/backward per iteration) | one sample at a time | ratio |", "|---|---|---|",
+              f"| {t['batched_s']:.1f} s | {t['one_at_a_time_s']:.1f} s | {t['ratio']:.1f}x |", ""]
+    return "\n".join(lines)
+
+
+def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
+    """Run the benchmark and write ``dbi.md`` and ``dbi.json`` to ``out_dir``; returns the Markdown path."""
+    p = dict(QUICK if quick else FULL)
+    p["seeds"] = seeds or p["seeds"]
+    ds = data.load("mnist5k")
+    rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
+    result = {
+        "command": "nnmark bench dbi" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+        "seeds": rows,
+        "timing": time_generation(p, ds),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "dbi.json", json.dumps(result, indent=1).encode())
+    md = out / "dbi.md"
+    atomic_write_bytes(md, render(result).encode())
+    return md

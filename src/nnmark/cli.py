@@ -1,0 +1,281 @@
+"""The ``nnmark`` command line: train, mark, attack, verify, bench.
+
+Exit codes: 0 = done / check passed (intact), 1 = check failed (tampered), 2 = error (bad input,
+bad file, bad signature, over budget, ...), reported as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+import torch
+
+from nnmark import __version__, data, envs, keys, marks, models
+from nnmark.attacks import finetune, weight_noise
+from nnmark.data.roles import attacker_data, natural_pool
+from nnmark.errors import NnmarkError
+from nnmark.metrics import sample_quality
+from nnmark.marks.integrity import baselines, dbi
+from nnmark.oracles import TorchOracle
+
+
+class CliError(click.ClickException):
+    """An error the user can act on: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NnmarkError as e:
+            raise CliError(str(e)) from e
+        except OSError as e:
+            raise CliError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from e
+
+
+def progress_enabled() -> bool:
+    """Progress bars on an interactive stderr, unless NNMARK_PROGRESS=0."""
+    return os.environ.get("NNMARK_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+def _secret_for_writing(secret_file: str | None, unsigned: bool) -> bytes | None:
+    secret = keys.read_secret(secret_file)
+    if secret is None and not unsigned:
+        raise CliError("no secret to sign the key: pass --secret-file FILE or set NNMARK_SECRET (or --unsigned)")
+    return None if unsigned else secret
+
+
+def _dataset_for(config: models.ModelConfig, spec: str | None) -> data.Dataset:
+    spec = spec or config.data
+    if not spec:
+        raise CliError("the model's checkpoint names no dataset: pass --data")
+    ds = data.load(spec)
+    if ds.shape != tuple(config.input_shape):
+        raise CliError(f"data {spec} has inputs {ds.shape}, the model expects {tuple(config.input_shape)}")
+    return ds
+
+
+secret_options = [
+    click.option("--secret-file", type=click.Path(dir_okay=False), help="File holding the HMAC secret (else NNMARK_SECRET)."),
+    click.option("--unsigned", is_flag=True, help="Write/accept a key file without a signature."),
+]
+
+
+def with_secret(f):
+    for opt in reversed(secret_options):
+        f = opt(f)
+    return f
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nnmark")
+def main() -> None:
+    """nnmark: query samples that protect trained neural networks."""
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True)
+@click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR.")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def train(arch, data_spec, epochs, lr, batch_size, width, seed, out, as_json) -> None:
+    """Train a zoo model and save it as a safetensors checkpoint."""
+    ds = data.load(data_spec)
+    torch.manual_seed(seed)
+    model = models.build(arch, ds.shape, ds.num_classes, width=width)
+    start = time.perf_counter()
+    models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress_enabled())
+    seconds = time.perf_counter() - start
+    acc = models.accuracy(model, ds.test)
+    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, accuracy=acc, seed=seed)
+    models.save(model, config, out)
+    row = {"out": out, "arch": arch, "data": data_spec, "epochs": epochs, "test_accuracy": acc, "seconds": seconds}
+    if as_json:
+        click.echo(json.dumps(row))
+    else:
+        click.echo(f"{arch} on {data_spec}: test accuracy {acc:.2%} after {epochs} epochs ({seconds:.1f} s) -> {out}")
+
+
+@main.group()
+def mark() -> None:
+    """Make a key file of query samples from a model."""
+
+
+def _mark_common(f):
+    f = click.option("--json", "as_json", is_flag=True)(f)
+    f = with_secret(f)
+    f = click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Chooses the source samples.")(f)
+    f = click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Number of query samples.")(f)
+    f = click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")(f)
+    f = click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)(f)
+    return f
+
+
+def _pick(n: int, available: int, seed: int) -> torch.Tensor:
+    if n > available:
+        raise CliError(f"asked for {n} samples but only {available} are available")
+    return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def _finish_mark(key: keys.KeyFile, out: str, secret: bytes | None, summary: dict, as_json: bool) -> None:
+    keys.save(key, out, secret=secret)
+    summary = {"out": out, "method": key.method, "n": len(key.expected), "signed": secret is not None, **summary}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+
+
+@mark.command("dbi")
+@_mark_common
+@click.option("--eps", type=click.FloatRange(0, min_open=True), help="Step size (default 1e-4 one-channel, 1e-5 otherwise).")
+@click.option("--itr", type=click.IntRange(0), default=dbi.PAPER_ITR, show_default=True)
+@click.option("--direction", type=click.Choice(["descent", "ascent"]), default="descent", show_default=True,
+              help="descent minimises D(p) (the paper's aim); ascent follows eq. 4 as printed.")
+def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, eps, itr, direction) -> None:
+    """DBI fragile samples (Yin et al.) from training images."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    idx = _pick(n, len(ds.train), seed)
+    oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    start = time.perf_counter()
+    key = dbi.create(
+        oracle, ds.train.x[idx], eps=eps, itr=itr, direction=-1 if direction == "descent" else 1,
+        model_digest=models.digest(model), meta={"data": ds.name, "split": "train", "indices": idx.tolist(), "seed": seed},
+        progress=progress_enabled(),
+    )
+    quality = sample_quality(key.queries, key.extras["sources"])
+    _finish_mark(key, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json)
+
+
+@mark.command("natural")
+@_mark_common
+def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json) -> None:
+    """Baseline: natural test images labelled by the model ("non-fragile")."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    pool = natural_pool(ds)
+    idx = _pick(n, len(pool), seed)
+    key = baselines.natural(
+        TorchOracle(model, ds.shape, ds.num_classes), pool.x[idx], model_digest=models.digest(model),
+        meta={"data": ds.name, "split": "natural_pool", "indices": idx.tolist(), "seed": seed},
+    )
+    _finish_mark(key, out, secret, {}, as_json)
+
+
+@mark.command("random")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--n", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> None:
+    """Baseline: uniform-noise images labelled by the model."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
+    key = baselines.random_noise(oracle, n, seed=seed, model_digest=models.digest(model))
+    _finish_mark(key, out, secret, {}, as_json)
+
+
+@main.group()
+def attack() -> None:
+    """Change a model the way an adversary or an accident would (model -> new model)."""
+
+
+@attack.command("finetune")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
+@click.option("--lr", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--steps", type=click.IntRange(0), default=100, show_default=True, help="SGD minibatch steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed) -> None:
+    """Fine-tune all layers with SGD on attacker data disjoint from the key's samples."""
+    model, config = models.load(model_path)
+    split = attacker_data(_dataset_for(config, data_spec))
+    attacked = finetune(model, split.x, split.y, lr=lr, steps=steps, batch_size=batch_size, seed=seed)
+    _save_attacked(attacked, config, out, f"fine-tuned {steps} SGD steps at lr {lr:g} on {len(split)} attacker images")
+
+
+@attack.command("noise")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--std", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_noise(model_path, out, std, seed) -> None:
+    """Add Gaussian noise N(0, std^2) to every parameter."""
+    model, config = models.load(model_path)
+    _save_attacked(weight_noise(model, std, seed=seed), config, out, f"added N(0, {std:g}^2) to every parameter")
+
+
+def _save_attacked(model: torch.nn.Module, config: models.ModelConfig, out: str, what: str) -> None:
+    config.accuracy = None
+    if config.data:
+        config.accuracy = models.accuracy(model, data.load(config.data).test)
+    models.save(model, config, out)
+    acc = "" if config.accuracy is None else f" (test accuracy {config.accuracy:.2%})"
+    click.echo(f"{what}{acc} -> {out}")
+
+
+@main.command()
+@click.argument("key_path", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--env", "env_name", type=click.Choice(list(envs.ENVIRONMENTS)), default="float32", show_default=True,
+              help="Execution environment the model runs in.")
+@click.option("--budget", type=click.IntRange(0), help="Most queries verification may spend.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def verify(key_path, model_path, env_name, budget, secret_file, unsigned, as_json) -> None:
+    """Ask a model a key file's queries: exit 0 if the check passes, 1 if it fails, 2 on error."""
+    key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
+    model, config = models.load(model_path)
+    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
+    verdict = marks.verify(oracle, key)
+    digest_ok = models.digest(model) == key.model_digest if key.model_digest else None
+    if as_json:
+        click.echo(json.dumps({**verdict.to_dict(), "key": key_path, "model": model_path, "env": env_name,
+                               "model_digest_matches": digest_ok}))
+    else:
+        n = verdict.details.get("n", len(key.expected))
+        click.echo(f"{verdict.decision.upper()}: {len(verdict.flipped)}/{n} queries changed label "
+                   f"({verdict.statistic_name} {verdict.statistic:.2%}); {verdict.queries} queries spent")
+        if verdict.flipped:
+            click.echo(f"flipped: {verdict.flipped}")
+    sys.exit(0 if verdict.passed else 1)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that write their tables to docs/benchmarks/."""
+
+
+@bench.command("dbi")
+@click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
+@click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default 3, quick 1).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
+def bench_dbi(quick, seeds, out_dir) -> None:
+    """DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."""
+    from nnmark.bench import dbi as bench_module
+
+    path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
+    click.echo(f"wrote {path}")

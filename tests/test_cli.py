@@ -1,0 +1,116 @@
+"""The command line end to end: exit codes 0 (intact), 1 (tampered), 2 (error)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from nnmark import __version__, keys
+from nnmark.cli import main
+
+
+@pytest.fixture
+def run(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"correct horse battery staple\n")
+
+    def invoke(*args, env=None):
+        result = CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None, **(env or {})})
+        return result
+
+    invoke.secret = secret
+    return invoke
+
+
+@pytest.fixture
+def dbi_key_file(run, lenet_file, tmp_path):
+    key = tmp_path / "dbi.key"
+    r = run("mark", "dbi", "--model", lenet_file, "--n", 30, "--itr", 300, "--eps", 1e-3,
+            "--out", key, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["n"] == 30 and summary["signed"] and 10 < summary["psnr_db"] < 60
+    return key
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "nnmark", "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in out.stdout
+
+
+def test_verify_exit_codes(run, lenet_file, dbi_key_file, tmp_path):
+    r = run("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    verdict = json.loads(r.output)
+    assert verdict["decision"] == "intact" and verdict["statistic"] == 0 and verdict["flipped"] == []
+    assert verdict["queries"] == 30 and verdict["model_digest_matches"] is True
+
+    attacked = tmp_path / "attacked.safetensors"
+    r = run("attack", "finetune", "--model", lenet_file, "--out", attacked, "--lr", 1e-3, "--steps", 20)
+    assert r.exit_code == 0, r.output
+    r = run("verify", dbi_key_file, "--model", attacked, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 1, r.output
+    verdict = json.loads(r.output)
+    assert verdict["decision"] == "tampered" and verdict["statistic"] > 0
+    assert len(verdict["flipped"]) == round(verdict["statistic"] * 30)
+    assert verdict["model_digest_matches"] is False
+
+    r = run("verify", dbi_key_file, "--model", attacked, "--secret-file", run.secret)
+    assert r.exit_code == 1 and r.output.startswith("TAMPERED")
+
+
+def test_noise_attack_is_detected(run, lenet_file, dbi_key_file, tmp_path):
+    noisy = tmp_path / "noisy.safetensors"
+    assert run("attack", "noise", "--model", lenet_file, "--out", noisy, "--std", 1e-2).exit_code == 0
+    assert run("verify", dbi_key_file, "--model", noisy, "--secret-file", run.secret).exit_code == 1
+
+
+def test_errors_exit_2_with_one_line(run, lenet_file, dbi_key_file, tmp_path):
+    def fails(*args, env=None):
+        r = run(*args, env=env)
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().count("\n") == 0 and "Traceback" not in r.output
+        return r.output
+
+    tampered = tmp_path / "tampered.key"
+    blob = bytearray(dbi_key_file.read_bytes())
+    blob[-5] ^= 0x01
+    tampered.write_bytes(bytes(blob))
+    assert "signature" in fails("verify", tampered, "--model", lenet_file, "--secret-file", run.secret)
+    truncated = tmp_path / "truncated.key"
+    truncated.write_bytes(dbi_key_file.read_bytes()[:200])
+    assert "truncated" in fails("verify", truncated, "--model", lenet_file, "--secret-file", run.secret)
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"another secret")
+    fails("verify", dbi_key_file, "--model", lenet_file, "--secret-file", wrong)
+    fails("verify", dbi_key_file, "--model", lenet_file)  # signed, but no secret given
+    fails("verify", dbi_key_file, "--model", tmp_path / "missing.safetensors", "--secret-file", run.secret)
+    assert "budget" in fails("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--budget", 10)
+    not_a_model = tmp_path / "junk.safetensors"
+    not_a_model.write_bytes(b"junk")
+    fails("verify", dbi_key_file, "--model", not_a_model, "--secret-file", run.secret)
+
+
+def test_signing_policy(run, lenet_file, tmp_path):
+    key = tmp_path / "k.key"
+    r = run("mark", "random", "--model", lenet_file, "--n", 5, "--out", key)
+    assert r.exit_code == 2 and "secret" in r.output and not key.exists()
+    assert run("mark", "random", "--model", lenet_file, "--n", 5, "--out", key, "--unsigned").exit_code == 0
+    assert run("verify", key, "--model", lenet_file).exit_code == 2  # unsigned needs --unsigned
+    assert run("verify", key, "--model", lenet_file, "--unsigned").exit_code == 0
+    r = run("mark", "natural", "--model", lenet_file, "--n", 5, "--out", key, env={"NNMARK_SECRET": "s3cret"})
+    assert r.exit_code == 0
+    assert keys.load(key, secret=b"s3cret").method == "natural"
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_train_reports_accuracy(run, tmp_path):
+    out = tmp_path / "digits.safetensors"
+    r = run("train", "--arch", "lenet5", "--data", "digits", "--epochs", 10, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)
+    assert 0.8 < row["test_accuracy"] <= 1 and out.exists()
+    assert run("train", "--arch", "lenet5", "--data", "nope", "--out", out).exit_code == 2
