@@ -379,7 +379,7 @@ def _parse(data: bytes, secret: bytes | None, allow_unsigned: bool) -> KeyFile:
     signature = metadata[_SIG_META]
     if signature == _UNSIGNED:
         if not allow_unsigned:
-            raise SignatureError("key file is unsigned; pass allow_unsigned=True to accept an unsigned key")
+            raise SignatureError("key file is unsigned; accept it explicitly (--unsigned, or allow_unsigned=True)")
     elif not _SIG_RE.fullmatch(signature):
         raise SignatureError(f"malformed signature {signature[:40]!r}")
     elif secret is None:

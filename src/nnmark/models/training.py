@@ -12,6 +12,9 @@ from tqdm import tqdm
 
 from nnmark.errors import DataError, ModelError
 
+DEFAULT_LR = 2e-3
+DEFAULT_BATCH_SIZE = 32
+
 
 def _tensors(split: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``split.x`` and ``split.y`` as float32/int64 tensors on ``device``, shapes checked."""
@@ -42,8 +45,8 @@ def train(
     train_split: object,
     *,
     epochs: int,
-    lr: float = 2e-3,
-    batch_size: int = 32,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     progress: bool = False,
 ) -> nn.Module:
