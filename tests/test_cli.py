@@ -114,3 +114,53 @@ def test_train_reports_accuracy(run, tmp_path):
     row = json.loads(r.output)
     assert 0.8 < row["test_accuracy"] <= 1 and out.exists()
     assert run("train", "--arch", "lenet5", "--data", "nope", "--out", out).exit_code == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, tmp_path):
+    import time
+
+    import httpx
+
+    from nnmark import models, serve
+    from nnmark.attacks import weight_noise
+    from nnmark.oracles import TorchOracle
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        remote = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret, "--json")
+        local = run("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert remote.exit_code == local.exit_code == 0, remote.output
+    assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"] == []
+
+    model, config = models.load(lenet_file)
+    noisy = weight_noise(model, 1e-2, seed=3)
+    noisy_file = tmp_path / "noisy.safetensors"
+    models.save(noisy, config, noisy_file)
+    app = serve.create_app(TorchOracle(noisy, config.input_shape), model_name="model")
+    with serve.serving(app) as noisy_url:
+        remote = run("verify", dbi_key_file, "--endpoint", noisy_url, "--secret-file", run.secret, "--json")
+    local = run("verify", dbi_key_file, "--model", noisy_file, "--secret-file", run.secret, "--json")
+    assert remote.exit_code == local.exit_code == 1, remote.output
+    assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"]
+    assert run("verify", dbi_key_file, "--endpoint", f"http://127.0.0.1:{_free_port()}",
+               "--secret-file", run.secret).exit_code == 2

@@ -237,24 +237,82 @@ def _save_attacked(model: torch.nn.Module, config: models.ModelConfig, out: str,
     click.echo(f"{what}{acc} -> {out}")
 
 
+def _read_token(token_file: str | None) -> bytes | None:
+    """The bearer token in ``token_file`` (surrounding whitespace stripped), else $NNMARK_TOKEN, else None."""
+    if token_file is None:
+        token = os.environ.get("NNMARK_TOKEN", "").strip().encode()
+        return token or None
+    try:
+        with open(token_file, "rb") as fh:
+            token = fh.read().strip()
+    except OSError as e:
+        raise CliError(f"{token_file}: cannot read token file: {e.strerror or e}") from None
+    if not token:
+        raise CliError(f"{token_file}: token file is empty")
+    return token
+
+
+env_option = click.option("--env", "env_name", type=click.Choice(list(envs.ENVIRONMENTS)), default="float32",
+                          show_default=True, help="Execution environment the local model runs in.")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@env_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--model-name", default="model", show_default=True, help="The {name} in /v2/models/{name}.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file (else NNMARK_TOKEN; none: open).")
+@click.option("--output", type=click.Choice(["probabilities", "logits"]), default="probabilities", show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--budget", type=click.IntRange(0), help="Most queries the server will answer in total.")
+def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget) -> None:
+    """Serve a model over HTTP with the Open Inference Protocol v2 (JSON)."""
+    from nnmark import serve as serving
+
+    model, config = models.load(model_path)
+    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
+    token = _read_token(token_file)
+    try:
+        app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
+               f"{' with a bearer token' if token else ' WITHOUT a token'}", err=True)
+    serving.run(app, host=host, port=port, log_level="warning")
+
+
 @main.command()
 @click.argument("key_path", type=click.Path(dir_okay=False))
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--env", "env_name", type=click.Choice(list(envs.ENVIRONMENTS)), default="float32", show_default=True,
-              help="Execution environment the model runs in.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local checkpoint to verify.")
+@env_option
+@click.option("--endpoint", help="Verify the model behind this OIP v2 base URL instead of --model.")
+@click.option("--model-name", default="model", show_default=True, help="The endpoint's model name.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file for --endpoint (else NNMARK_TOKEN).")
 @click.option("--budget", type=click.IntRange(0), help="Most queries verification may spend.")
 @with_secret
 @click.option("--json", "as_json", is_flag=True)
-def verify(key_path, model_path, env_name, budget, secret_file, unsigned, as_json) -> None:
+def verify(key_path, model_path, env_name, endpoint, model_name, token_file, budget, secret_file, unsigned,
+           as_json) -> None:
     """Ask a model a key file's queries: exit 0 if the check passes, 1 if it fails, 2 on error."""
-    key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
-    model, config = models.load(model_path)
-    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
-    verdict = marks.verify(oracle, key)
-    digest_ok = models.digest(model) == key.model_digest if key.model_digest else None
+    if (model_path is None) == (endpoint is None):
+        raise CliError("pass exactly one of --model FILE and --endpoint URL")
+    secret = keys.read_secret(secret_file)
+    key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
+    if endpoint:
+        from nnmark.oracles.remote import HttpOracle
+
+        with HttpOracle(endpoint, model_name=model_name, token=_read_token(token_file), budget=budget) as oracle:
+            verdict = marks.verify(oracle, key)
+        where, digest_ok = {"endpoint": endpoint, "model_name": model_name}, None
+    else:
+        model, config = models.load(model_path)
+        oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
+        verdict = marks.verify(oracle, key)
+        where = {"model": model_path, "env": env_name}
+        digest_ok = models.digest(model) == key.model_digest if key.model_digest else None
     if as_json:
-        click.echo(json.dumps({**verdict.to_dict(), "key": key_path, "model": model_path, "env": env_name,
-                               "model_digest_matches": digest_ok}))
+        click.echo(json.dumps({**verdict.to_dict(), "key": key_path, **where, "model_digest_matches": digest_ok}))
     else:
         n = verdict.details.get("n", len(key.expected))
         click.echo(f"{verdict.decision.upper()}: {len(verdict.flipped)}/{n} queries changed label "

@@ -31,3 +31,7 @@ class AccessError(NnmarkError):
 
 class QueryBudgetExceeded(NnmarkError):
     """An oracle would answer more queries than its budget allows."""
+
+
+class EndpointError(NnmarkError):
+    """A model endpoint is unreachable, speaks no Open Inference Protocol v2, refuses a request, or answers wrongly."""

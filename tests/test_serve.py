@@ -1,0 +1,235 @@
+"""``nnmark serve``: the OIP v2 routes, bit-exact float32 in and out, refusals that leave the server up."""
+
+import json
+
+import httpx
+import pytest
+import torch
+
+from nnmark.oracles import LabelsOracle, Oracle, ProbabilitiesOracle, TorchOracle
+from nnmark.serve import create_app, serving
+
+SHAPE = (1, 28, 28)
+TOKEN = b"s3cret-token"
+AUTH = {"Authorization": "Bearer s3cret-token"}
+MAX_BATCH = 16
+
+
+class RecordingOracle(Oracle):
+    """Remembers the inputs it was asked and answers a stored float32 probability table."""
+
+    access = "probabilities"
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__(SHAPE, table.shape[1])
+        self.table = table
+        self.seen: list[torch.Tensor] = []
+
+    def _probabilities(self, x):
+        self.seen.append(x.clone())
+        return self.table[: len(x)]
+
+
+def body(x: torch.Tensor, **override) -> dict:
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist(), **override}
+    return {"inputs": [tensor]}
+
+
+@pytest.fixture(scope="module")
+def server_oracle(lenet):
+    return TorchOracle(lenet, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def url(server_oracle):
+    with serving(create_app(server_oracle, model_name="lenet", token=TOKEN, max_batch=MAX_BATCH)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=10) as c:
+        yield c
+
+
+def infer(client, payload, headers=AUTH, name="lenet"):
+    return client.post(f"/v2/models/{name}/infer", content=json.dumps(payload), headers=headers)
+
+
+def test_health_metadata_and_ready(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2/models/lenet", headers=AUTH).json()
+    assert meta["name"] == "lenet"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert meta["parameters"]["max_batch_size"] == MAX_BATCH
+    assert client.get("/v2/models/lenet/ready", headers=AUTH).json() == {"name": "lenet", "ready": True}
+    assert client.get("/v2", headers=AUTH).json()["name"] == "nnmark"
+    missing = client.get("/v2/models/other", headers=AUTH)
+    assert missing.status_code == 404 and "other" in missing.json()["error"]
+
+
+def test_infer_returns_the_local_oracles_float32_probabilities_bit_for_bit(client, mnist, server_oracle):
+    x = mnist.test.x[:MAX_BATCH]
+    before = server_oracle.queries
+    r = infer(client, {**body(x), "id": "req-7"})
+    assert r.status_code == 200
+    answer = r.json()
+    assert answer["model_name"] == "lenet" and answer["id"] == "req-7"
+    (out,) = answer["outputs"]
+    assert out["name"] == "probabilities" and out["datatype"] == "FP32" and out["shape"] == [MAX_BATCH, 10]
+    p = torch.tensor(out["data"], dtype=torch.float64).float().reshape(MAX_BATCH, 10)
+    local = TorchOracle(server_oracle.model, SHAPE).probabilities(x)
+    assert torch.equal(p.view(torch.int32), local.view(torch.int32))
+    assert server_oracle.queries == before + MAX_BATCH
+
+
+def test_float32_inputs_and_outputs_round_trip_bit_exactly():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, *SHAPE, generator=g)
+    flat = x.view(-1)
+    flat[:20:2] = torch.rand(10, generator=g) * 1e-6 + 0.5
+    flat[1:20:2] = torch.nextafter(flat[:20:2], torch.ones(10))  # neighbours 1 ulp (~6e-8) apart
+    flat[20:24] = torch.tensor([0.0, 1.0, 1e-30, 1.0 - 2**-24])
+    table = torch.rand(3, 10, generator=g)
+    table = table / table.sum(1, keepdim=True)
+    table[0, :2] = torch.tensor([0.1, torch.nextafter(torch.tensor(0.1), torch.tensor(1.0)).item()])
+    oracle = RecordingOracle(table)
+    with serving(create_app(oracle, model_name="echo")) as base:
+        r = httpx.post(f"{base}/v2/models/echo/infer", json=body(x))
+    assert r.status_code == 200
+    (seen,) = oracle.seen
+    assert seen.dtype == torch.float32 and torch.equal(seen.view(torch.int32), x.view(torch.int32))
+    out = torch.tensor(r.json()["outputs"][0]["data"], dtype=torch.float64).float().reshape(3, 10)
+    assert torch.equal(out.view(torch.int32), table.view(torch.int32))
+
+
+def good(mnist):
+    return body(mnist.test.x[:2])
+
+
+@pytest.mark.parametrize(
+    "case, expected_status, fragment",
+    [
+        ("malformed-json", 400, "malformed JSON"),
+        ("not-an-object", 400, "JSON object"),
+        ("no-inputs", 400, "'inputs'"),
+        ("missing-field", 400, "'data'"),
+        ("int64", 400, "FP32"),
+        ("wrong-shape", 400, "shape"),
+        ("flat-shape", 400, "shape"),
+        ("short-data", 400, "needs"),
+        ("string-data", 400, "numbers"),
+        ("nested-data", 400, "numbers"),
+        ("nan", 400, "NaN"),
+        ("out-of-range", 400, "[0, 1]"),
+        ("too-large-batch", 413, "max_batch_size"),
+        ("wrong-input-name", 400, "unknown input"),
+        ("unknown-output", 400, "outputs"),
+        ("unknown-model", 404, "unknown model"),
+        ("missing-token", 401, "missing bearer token"),
+        ("wrong-token", 401, "wrong bearer token"),
+    ],
+)
+def test_bad_requests_get_one_line_4xx_errors_and_the_server_stays_up(client, mnist, case, expected_status, fragment):
+    x = mnist.test.x[:2]
+    headers, name = AUTH, "lenet"
+    content = None
+    payload = body(x)
+    if case == "malformed-json":
+        content = b'{"inputs": [{'
+    elif case == "not-an-object":
+        payload = [1, 2]
+    elif case == "no-inputs":
+        payload = {"input": []}
+    elif case == "missing-field":
+        del payload["inputs"][0]["data"]
+    elif case == "int64":
+        payload = body(x, datatype="INT64")
+    elif case == "wrong-shape":
+        payload = body(torch.rand(1, 3, 28, 28))
+    elif case == "flat-shape":
+        payload = body(x, shape=[2 * 784])
+    elif case == "short-data":
+        payload["inputs"][0]["data"] = payload["inputs"][0]["data"][:-1]
+    elif case == "string-data":
+        payload["inputs"][0]["data"][5] = "0.5"
+    elif case == "nested-data":
+        payload = body(x, data=x.reshape(2, -1).tolist())
+    elif case == "nan":
+        content = json.dumps(payload).replace("0.0,", "NaN,", 1).encode()
+    elif case == "out-of-range":
+        payload["inputs"][0]["data"][3] = 1.0000001
+    elif case == "too-large-batch":
+        payload = body(mnist.test.x[: MAX_BATCH + 1])
+    elif case == "wrong-input-name":
+        payload = body(x, name="images")
+    elif case == "unknown-output":
+        payload["outputs"] = [{"name": "logits"}]
+    elif case == "unknown-model":
+        name = "resnet"
+    elif case == "missing-token":
+        headers = {}
+    elif case == "wrong-token":
+        headers = {"Authorization": "Bearer s3cret-tokem"}
+    if content is None:
+        content = json.dumps(payload).encode()
+    r = client.post(f"/v2/models/{name}/infer", content=content, headers=headers)
+    assert r.status_code == expected_status, r.text
+    error = r.json()["error"]
+    assert fragment in error and "\n" not in error
+    if expected_status == 401:
+        assert r.headers["www-authenticate"] == "Bearer"
+    ok = infer(client, good(mnist))
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["shape"] == [2, 10]
+
+
+def test_unknown_routes_and_methods_answer_json_errors(client):
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert client.get("/v2/models/lenet/infer", headers=AUTH).status_code == 405
+    assert client.get("/docs").status_code == 404
+
+
+def test_body_over_the_limit_is_refused_before_parsing(lenet, mnist):
+    app = create_app(TorchOracle(lenet, SHAPE), model_name="lenet", max_body_bytes=4096)
+    with serving(app) as base, httpx.Client(base_url=base) as c:
+        r = c.post("/v2/models/lenet/infer", json=body(mnist.test.x[:1]))
+        assert r.status_code == 413 and "4096 bytes" in r.json()["error"]
+        assert c.get("/v2/health/live").json() == {"live": True}
+
+
+def test_spent_server_budget_is_a_403(lenet, mnist):
+    app = create_app(TorchOracle(lenet, SHAPE, budget=3), model_name="lenet")
+    with serving(app) as base, httpx.Client(base_url=base) as c:
+        assert c.post("/v2/models/lenet/infer", json=body(mnist.test.x[:2])).status_code == 200
+        r = c.post("/v2/models/lenet/infer", json=body(mnist.test.x[:2]))
+        assert r.status_code == 403 and "budget" in r.json()["error"]
+
+
+def test_logits_output_counts_queries_and_matches_local_logits(lenet, mnist):
+    oracle = TorchOracle(lenet, SHAPE)
+    x = mnist.test.x[:4]
+    with serving(create_app(oracle, model_name="lenet", output="logits")) as base:
+        meta = httpx.get(f"{base}/v2/models/lenet").json()
+        r = httpx.post(f"{base}/v2/models/lenet/infer", json=body(x))
+    assert meta["outputs"][0]["name"] == "logits"
+    out = r.json()["outputs"][0]
+    assert out["name"] == "logits"
+    logits = torch.tensor(out["data"], dtype=torch.float64).float().reshape(4, 10)
+    assert torch.equal(logits, oracle.logits(x))
+    assert oracle.queries == 4
+
+
+def test_startup_refuses_what_it_cannot_serve(lenet):
+    local = TorchOracle(lenet, SHAPE)
+    with pytest.raises(ValueError, match="no logits"):
+        create_app(ProbabilitiesOracle(local), model_name="m", output="logits")
+    with pytest.raises(ValueError, match="labels only"):
+        create_app(LabelsOracle(local), model_name="m")
+    with pytest.raises(ValueError, match="token"):
+        create_app(local, model_name="m", token=b"has space")
+    with pytest.raises(ValueError, match="output"):
+        create_app(local, model_name="m", output="labels")
+    with pytest.raises(ValueError, match="max_batch"):
+        create_app(local, model_name="m", max_batch=0)
