@@ -1,0 +1,82 @@
+"""What an attack changed: bit-wise changed parameters, weight sparsity, distinct weight values.
+
+"Weights" are the ``weight`` tensors of every ``nn.Conv2d`` and ``nn.Linear`` (biases, BatchNorm and
+other parameters excluded), the tensors that pruning and int8 quantization touch.
+
+Example::
+
+    attacked = prune(model, 0.01)
+    measure.changed_fraction(model, attacked), measure.sparsity(attacked)   # ~0.01, 0.01
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every ``nn.Conv2d`` / ``nn.Linear`` of ``model``, in ``named_modules`` order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` reinterpreted as integers of its element size, so -0.0 != 0.0 and NaN == the same NaN."""
+    return t.detach().contiguous().view(_INT_OF_SIZE[t.element_size()])
+
+
+def changed_fraction(before: nn.Module, after: nn.Module) -> float:
+    """Fraction of all parameter elements of ``after`` whose bits differ from ``before`` (buffers not counted).
+
+    Both models must have the same parameter names, shapes and dtypes (else ValueError); a model with
+    packed quantized layers (``quantize_dynamic_torch``) has other parameters and cannot be compared.
+    """
+    a, b = dict(before.named_parameters()), dict(after.named_parameters())
+    if a.keys() != b.keys():
+        raise ValueError(f"the models have different parameters: {sorted(a.keys() ^ b.keys())}")
+    total = changed = 0
+    for name, p in a.items():
+        q = b[name]
+        if p.shape != q.shape or p.dtype != q.dtype:
+            raise ValueError(f"parameter {name}: {p.dtype}{tuple(p.shape)} before but {q.dtype}{tuple(q.shape)} after")
+        changed += int((_bits(p) != _bits(q)).sum())
+        total += p.numel()
+    if total == 0:
+        raise ValueError("the models have no parameters")
+    return changed / total
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    layers = weight_layers(model)
+    if not layers:
+        raise ValueError("the model has no Conv2d or Linear layer")
+    return {name: m.weight.detach() for name, m in layers}
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros among all Conv2d/Linear weight elements of ``model`` together."""
+    ws = _weights(model).values()
+    return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each Conv2d/Linear weight, keyed by module name."""
+    return {name: int((w == 0).sum()) / w.numel() for name, w in _weights(model).items()}
+
+
+def distinct_values(model: nn.Module, granularity: str = "tensor") -> dict[str, list[int]]:
+    """Number of distinct values in each Conv2d/Linear weight, keyed by module name.
+
+    ``granularity="tensor"`` gives one count per weight tensor; ``"channel"`` one count per output
+    channel (dim 0). An int8-quantized weight has at most 255 per tensor (per channel in channel mode).
+    """
+    if granularity not in ("tensor", "channel"):
+        raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+    out = {}
+    for name, w in _weights(model).items():
+        rows = w.reshape(1, -1) if granularity == "tensor" else w.reshape(w.shape[0], -1)
+        s = rows.sort(dim=1).values
+        out[name] = (1 + (s[:, 1:] != s[:, :-1]).sum(dim=1)).tolist()
+    return out
