@@ -1,9 +1,20 @@
-"""Attacks: what an adversary or an accident does to a model (model -> new model).
+"""Attacks: what an adversary or an accident does to a model (model -> new model), or to an input.
 
 Attacks never import marks; each is deterministic by its seed and leaves its input model untouched.
 """
 
+from nnmark.attacks import measure
+from nnmark.attacks.backdoor import BackdoorReport, backdoor, stamp_trigger
 from nnmark.attacks.finetune import finetune
-from nnmark.attacks.noise import weight_noise
+from nnmark.attacks.modes import MODES, finetune_mode
+from nnmark.attacks.noise import relative_weight_noise, weight_noise
+from nnmark.attacks.prune import prune
+from nnmark.attacks.prune_finetune import prune_finetune
+from nnmark.attacks.quantize import quantize_dynamic_torch, quantize_int8, quantize_static_torch
+from nnmark.attacks.transforms import TRANSFORMS
 
-__all__ = ["finetune", "weight_noise"]
+__all__ = [
+    "MODES", "TRANSFORMS", "BackdoorReport", "backdoor", "finetune", "finetune_mode", "measure", "prune",
+    "prune_finetune", "quantize_dynamic_torch", "quantize_int8", "quantize_static_torch", "relative_weight_noise",
+    "stamp_trigger", "weight_noise",
+]

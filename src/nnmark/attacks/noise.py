@@ -1,4 +1,4 @@
-"""Weight-noise attack: Gaussian noise on every parameter."""
+"""Weight-noise attacks: Gaussian noise on every parameter, absolute or relative to each tensor's std."""
 
 from __future__ import annotations
 
@@ -19,4 +19,36 @@ def weight_noise(model: torch.nn.Module, std: float, *, seed: int = 0) -> torch.
     with torch.no_grad():
         for _, p in attacked.named_parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return attacked.eval()
+
+
+def relative_weight_noise(model: torch.nn.Module, alpha: float, *, seed: int = 0) -> torch.nn.Module:
+    """Return a copy of ``model`` with eq. 1 of MetaFinger applied to every parameter tensor (buffers untouched).
+
+    Paper: Yang et al., "MetaFinger: fingerprinting the deep neural networks with meta-training"
+    (IJCAI 2022), eq. 1, the "DNN augmentation" and "weight noising" attack:
+    param += GaussianNoise(0, std(param) / alpha), layer by layer; small alpha, large noise.
+
+    Choices: "one layer" is one parameter tensor (a layer's weight and its bias each get their own
+    std); std(param) is the sample standard deviation over all the tensor's elements (the released
+    code instead uses the std over dim 0 of conv weights only); a one-element tensor, whose sample
+    std is undefined, uses |param|. The paper fine-tunes afterwards; chain ``finetune_mode`` for that.
+    Draws in ``named_parameters`` order from a ``seed``ed generator.
+
+    Args:
+        alpha: > 0, no default (the paper's text gives no values; its Fig. 3(c)/4(c) sweep alpha).
+
+    Example::
+
+        noisy = relative_weight_noise(model, alpha=5.0, seed=0)
+        thief = finetune_mode(noisy, attacker.x, attacker.y, mode="FTAL")
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    attacked = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in attacked.named_parameters():
+            scale = p.abs().reshape(()) if p.numel() == 1 else p.std()
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (scale / alpha))
     return attacked.eval()

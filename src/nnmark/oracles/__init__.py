@@ -11,5 +11,8 @@ input answered, and refuses a call past its optional budget with ``QueryBudgetEx
 
 from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, Oracle, ProbabilitiesOracle, check_inputs
 from nnmark.oracles.local import TorchOracle
+from nnmark.oracles.transformed import TransformedOracle
 
-__all__ = ["ACCESS_LEVELS", "LabelsOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "check_inputs"]
+__all__ = [
+    "ACCESS_LEVELS", "LabelsOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "TransformedOracle", "check_inputs",
+]
