@@ -164,3 +164,28 @@ def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, 
     assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"]
     assert run("verify", dbi_key_file, "--endpoint", f"http://127.0.0.1:{_free_port()}",
                "--secret-file", run.secret).exit_code == 2
+
+
+def test_pairs_key_verifies_through_the_cli_and_an_endpoint(run, lenet_file, tmp_path):
+    from nnmark import models, serve
+    from nnmark.attacks import weight_noise
+    from nnmark.oracles import TorchOracle
+
+    key = tmp_path / "pairs.key"
+    r = run("mark", "pairs", "--model", lenet_file, "--n-pairs", 6, "--user-id", "alice", "--max-itr", 100,
+            "--alpha", 1e-5, "--max-steps", 500, "--out", key, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["pairs"] >= 4
+    assert run("verify", key, "--model", lenet_file, "--secret-file", run.secret).exit_code == 0
+    model, config = models.load(lenet_file)
+    noisy_file = tmp_path / "noisy.safetensors"
+    models.save(weight_noise(model, 1e-3, seed=1), config, noisy_file)
+    local = run("verify", key, "--model", noisy_file, "--secret-file", run.secret, "--json")
+    assert local.exit_code == 1, local.output
+    app = serve.create_app(TorchOracle(models.load(noisy_file)[0], config.input_shape), model_name="model")
+    with serve.serving(app) as url:
+        remote = run("verify", key, "--endpoint", url, "--secret-file", run.secret, "--json")
+    assert remote.exit_code == 1, remote.output
+    assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"]
+    r = run("mark", "pairs", "--model", lenet_file, "--user-id", "bob", "--out", tmp_path / "x.key", "--unsigned")
+    assert r.exit_code == 2 and "secret" in r.output

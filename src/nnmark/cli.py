@@ -19,7 +19,7 @@ from nnmark.attacks import finetune, weight_noise
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.metrics import sample_quality
-from nnmark.marks.integrity import baselines, dbi
+from nnmark.marks.integrity import baselines, dbi, pairing
 from nnmark.oracles import TorchOracle
 
 
@@ -196,6 +196,45 @@ def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> Non
     _finish_mark(key, out, secret, {}, as_json)
 
 
+@mark.command("pairs")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--n-pairs", type=click.IntRange(1), default=150, show_default=True, help="Pairs to try (the paper: 150).")
+@click.option("--user-id", required=True, help="Whom the key is for; with the secret it derives the secret binary head.")
+@click.option("--lam", type=click.FloatRange(0), default=pairing.DEFAULT_LAMBDA, show_default=True,
+              help="lambda of eq. 6.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=pairing.PAPER_LR, show_default=True,
+              help="Stage-1 Adam step.")
+@click.option("--max-itr", type=click.IntRange(0), default=pairing.PAPER_MAX_ITR, show_default=True,
+              help="Stage-1 iterations at most.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=pairing.PAPER_ALPHA, show_default=True,
+              help="Stage-2 step (eq. 7).")
+@click.option("--max-steps", type=click.IntRange(1), default=pairing.DEFAULT_MAX_STEPS, show_default=True,
+              help="Stage-2 steps at most.")
+@click.option("--margin", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Head margin each member keeps from the boundary (0: the paper's adjacent pair).")
+@click.option("--activation-on", type=click.Choice(pairing.ACTIVATIONS), default="logits", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Chooses the random starting pixels.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps, margin, activation_on, seed, out,
+               secret_file, unsigned, as_json) -> None:
+    """Sensitive sample pairs (Gao et al.) around a secret per-user binary head."""
+    secret = keys.read_secret(secret_file)
+    if secret is None:
+        raise CliError("pairs keys need a secret (it derives the user's head): pass --secret-file FILE or set NNMARK_SECRET")
+    model, config = models.load(model_path)
+    oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
+    start = time.perf_counter()
+    key = pairing.create(
+        oracle, n_pairs, secret=secret, user_id=user_id, lam=lam, lr=lr, max_itr=max_itr, alpha=alpha,
+        max_steps=max_steps, margin=margin, activation_on=activation_on, seed=seed,
+        model_digest=models.digest(model), progress=progress_enabled(),
+    )
+    summary = {"pairs": key.config["n_pairs"], "dropped": key.config["dropped"], "seconds": time.perf_counter() - start}
+    _finish_mark(key, out, None if unsigned else secret, summary, as_json)
+
+
 @main.group()
 def attack() -> None:
     """Change a model the way an adversary or an accident would (model -> new model)."""
@@ -303,12 +342,12 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
         from nnmark.oracles.remote import HttpOracle
 
         with HttpOracle(endpoint, model_name=model_name, token=_read_token(token_file), budget=budget) as oracle:
-            verdict = marks.verify(oracle, key)
+            verdict = marks.verify(oracle, key, secret=secret)
         where, digest_ok = {"endpoint": endpoint, "model_name": model_name}, None
     else:
         model, config = models.load(model_path)
         oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
-        verdict = marks.verify(oracle, key)
+        verdict = marks.verify(oracle, key, secret=secret)
         where = {"model": model_path, "env": env_name}
         digest_ok = models.digest(model) == key.model_digest if key.model_digest else None
     if as_json:

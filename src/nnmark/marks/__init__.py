@@ -1,15 +1,17 @@
 """Marks: one module per paper method and per baseline, each with ``create`` and ``verify``.
 
-``verify(oracle, key)`` picks the method's verifier from the key's method name.
+``verify(oracle, key, secret=...)`` picks the method's verifier from the key's method name; keyed
+methods (sensitive-sample pairs) re-derive their secret per-user head from the owner's secret.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from nnmark.errors import KeyFileError
+from nnmark import keys
+from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
-from nnmark.marks.integrity import baselines, dbi
+from nnmark.marks.integrity import baselines, dbi, pairing
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
@@ -18,10 +20,18 @@ VERIFIERS: dict[str, Callable[[Oracle, KeyFile], Verdict]] = {
     "natural": baselines.verify,
     "random": baselines.verify,
 }
+KEYED_VERIFIERS: dict[str, Callable[..., Verdict]] = {pairing.METHOD: pairing.verify}
+"""Verifiers that also take the owner's secret (keyword ``secret``)."""
 
 
-def verify(oracle: Oracle, key: KeyFile) -> Verdict:
-    """Ask ``oracle`` the key's queries and decide with the key's method."""
+def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verdict:
+    """Ask ``oracle`` the key's queries and decide with the key's method; keyed methods need ``secret``."""
+    if key.method in KEYED_VERIFIERS:
+        if secret is None:
+            raise SignatureError(
+                f"{key.method} keys need the owner's secret to verify (--secret-file or {keys.SECRET_ENV})"
+            )
+        return KEYED_VERIFIERS[key.method](oracle, key, secret=secret)
     try:
         verifier = VERIFIERS[key.method]
     except KeyError:
@@ -29,4 +39,4 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     return verifier(oracle, key)
 
 
-__all__ = ["VERIFIERS", "Verdict", "verify"]
+__all__ = ["KEYED_VERIFIERS", "VERIFIERS", "Verdict", "verify"]
