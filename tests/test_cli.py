@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from nnmark import __version__, keys
@@ -189,3 +190,30 @@ def test_pairs_key_verifies_through_the_cli_and_an_endpoint(run, lenet_file, tmp
     assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"]
     r = run("mark", "pairs", "--model", lenet_file, "--user-id", "bob", "--out", tmp_path / "x.key", "--unsigned")
     assert r.exit_code == 2 and "secret" in r.output
+
+
+def test_attack_commands_write_models_changed_as_claimed(run, lenet_file, tmp_path):
+    from nnmark import models
+    from nnmark.attacks import measure
+
+    original, _ = models.load(lenet_file)
+    outputs = {}
+    for name, args in {
+        "prune": ["--fraction", 0.3, "--scope", "layer"],
+        "quantize": ["--granularity", "channel"],
+        "relnoise": ["--alpha", 10],
+        "finetune-mode": ["--mode", "FTLL", "--epochs", 1],
+        "backdoor": ["--target", 3, "--max-steps", 300],
+    }.items():
+        out = tmp_path / f"{name}.safetensors"
+        r = run("attack", name, "--model", lenet_file, "--out", out, *args)
+        assert r.exit_code == 0, (name, r.output)
+        outputs[name] = models.load(out)[0]
+        assert models.digest(outputs[name]) != models.digest(original), name
+    assert all(abs(s - 0.3) < 0.01 for s in measure.layer_sparsity(outputs["prune"]).values())
+    assert max(max(v) for v in measure.distinct_values(outputs["quantize"], granularity="channel").values()) <= 255
+    head = [n for n, _ in original.named_parameters()][-2:]
+    ftll = dict(outputs["finetune-mode"].named_parameters())
+    assert all(torch.equal(p, ftll[n]) for n, p in original.named_parameters() if n not in head)
+    assert "poison success 100%" in r.output
+    assert run("attack", "prune", "--model", lenet_file, "--out", tmp_path / "x", "--fraction", 1.0).exit_code == 2

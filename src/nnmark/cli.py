@@ -15,7 +15,9 @@ import click
 import torch
 
 from nnmark import __version__, data, envs, keys, marks, models
-from nnmark.attacks import finetune, weight_noise
+from nnmark.attacks import (
+    MODES, backdoor, finetune, finetune_mode, measure, prune, quantize_int8, relative_weight_noise, weight_noise,
+)
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.metrics import sample_quality
@@ -265,6 +267,79 @@ def attack_noise(model_path, out, std, seed) -> None:
     """Add Gaussian noise N(0, std^2) to every parameter."""
     model, config = models.load(model_path)
     _save_attacked(weight_noise(model, std, seed=seed), config, out, f"added N(0, {std:g}^2) to every parameter")
+
+
+@attack.command("relnoise")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_relnoise(model_path, out, alpha, seed) -> None:
+    """Add N(0, (std(param)/alpha)^2) noise to each parameter tensor (MetaFinger eq. 1)."""
+    model, config = models.load(model_path)
+    _save_attacked(relative_weight_noise(model, alpha, seed=seed), config, out,
+                   f"added N(0, (std/{alpha:g})^2) to every parameter tensor")
+
+
+@attack.command("finetune-mode")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--mode", type=click.Choice(MODES), required=True, help="Adi et al.: fine-tune / re-train last or all layers.")
+@click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_finetune_mode(model_path, out, mode, data_spec, epochs, lr, seed) -> None:
+    """FTLL, FTAL, RTLL or RTAL on attacker data disjoint from the key's samples."""
+    model, config = models.load(model_path)
+    split = attacker_data(_dataset_for(config, data_spec))
+    attacked = finetune_mode(model, split.x, split.y, mode=mode, epochs=epochs, lr=lr, seed=seed)
+    _save_attacked(attacked, config, out, f"{mode}, {epochs} epochs at lr {lr:g} on {len(split)} attacker images")
+
+
+@attack.command("prune")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), required=True)
+@click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True)
+def attack_prune(model_path, out, fraction, scope) -> None:
+    """Zero the smallest-magnitude fraction of Conv2d/Linear weights (L1, global or per layer)."""
+    model, config = models.load(model_path)
+    pruned = prune(model, fraction, scope=scope)
+    _save_attacked(pruned, config, out, f"pruned {fraction:.2%} of weights ({scope}); sparsity {measure.sparsity(pruned):.2%}")
+
+
+@attack.command("quantize")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--granularity", type=click.Choice(["tensor", "channel"]), default="tensor", show_default=True)
+def attack_quantize(model_path, out, granularity) -> None:
+    """Symmetric int8 weight quantization, dequantized back to float32 (per tensor or per output channel)."""
+    model, config = models.load(model_path)
+    _save_attacked(quantize_int8(model, granularity=granularity), config, out,
+                   f"int8 per-{granularity} weight quantization")
+
+
+@attack.command("backdoor")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
+@click.option("--target", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--n-poison", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--patch", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+              help="Adam step (the paper's 1e-5 needs thousands of steps on LeNet-5).")
+@click.option("--max-steps", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_backdoor(model_path, out, data_spec, target, n_poison, patch, lr, max_steps, seed) -> None:
+    """BadNets: a white corner patch on a few attacker images relabelled as the target, fine-tuned in."""
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    split = attacker_data(ds)
+    attacked, report = backdoor(model, split.x, split.y, target=target, max_steps=max_steps, test=natural_pool(ds),
+                                n_poison=n_poison, patch=patch, lr=lr, seed=seed)
+    _save_attacked(attacked, config, out, f"backdoor to class {target}: {report.steps} steps, poison success "
+                   f"{report.poison_success:.0%}, held-out trigger success {report.heldout_success:.0%}")
 
 
 def _save_attacked(model: torch.nn.Module, config: models.ModelConfig, out: str, what: str) -> None:
