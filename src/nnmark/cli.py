@@ -451,3 +451,15 @@ def bench_dbi(quick, seeds, out_dir) -> None:
 
     path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
     click.echo(f"wrote {path}")
+
+
+@bench.command("integrity")
+@click.option("--quick", is_flag=True, help="Minutes, not the full run: one seed, few samples and iterations.")
+@click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default 3, quick 1).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
+def bench_integrity(quick, seeds, out_dir) -> None:
+    """Validset, DBI and Pairs under backdoor, fine-tuning, pruning and int8 quantization (Gao et al.)."""
+    from nnmark.bench import integrity as bench_module
+
+    path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
+    click.echo(f"wrote {path}")

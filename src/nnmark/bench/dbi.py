@@ -10,8 +10,6 @@ batched implementation against one sample at a time.
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from nnmark import data, envs, models
-from nnmark._io import atomic_write_bytes
 from nnmark.attacks import finetune, weight_noise
+from nnmark.bench.common import command, mean_std, parameters, today, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.marks.integrity import baselines, dbi
 from nnmark.metrics import change_rate, sample_quality
@@ -100,13 +98,6 @@ def time_generation(p: dict, ds: data.Dataset) -> dict:
             "ratio": single / batched, "threads": torch.get_num_threads()}
 
 
-def _mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    m = statistics.mean(values) * scale
-    if len(values) < 2:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
 def render(result: dict) -> str:
     """The Markdown report of a run."""
     rows, p = result["seeds"], result["params"]
@@ -122,7 +113,7 @@ def render(result: dict) -> str:
         f"Fine-tuning: SGD, all layers, {FINETUNE_ROUNDS} rounds, one round = one step on a minibatch of 64 "
         "attacker images (the second half of the test split, disjoint from every key's samples).",
         "",
-        f"Model test accuracy: {_mean_std([r['accuracy'] for r in rows], 100)} %.",
+        f"Model test accuracy: {mean_std([r['accuracy'] for r in rows], 100)} %.",
         "",
         "## ChangeRate under fine-tuning and weight noise (Tables 4 and 8 layout)",
         "",
@@ -130,10 +121,10 @@ def render(result: dict) -> str:
         "|---|" + "---|" * len(attacks),
     ]
     for method in rows[0]["change_rate"]:
-        cells = [_mean_std([r["change_rate"][method][a] for r in rows], 100) for a in attacks]
+        cells = [mean_std([r["change_rate"][method][a] for r in rows], 100) for a in attacks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("| attacked model accuracy | " + " | ".join(
-        _mean_std([r["attacked_accuracy"][a] for r in rows], 100) for a in attacks) + " |")
+        mean_std([r["attacked_accuracy"][a] for r in rows], 100) for a in attacks) + " |")
     lines.append("")
     lines.append("Paper (MNIST, ResNet-18): DBI 80 / 75 / 74 % under fine-tuning at lr 1e-3 / 1e-4 / 1e-5, "
                  "86 / 84 / 82 % under noise std 1e-3 / 5e-4 / 1e-4; non-fragile 0.06 / 0.03 %; random 0 %.")
@@ -142,9 +133,9 @@ def render(result: dict) -> str:
               "|---|---|---|---|---|" + "---|" * len(attacks)]
     for i, point in enumerate(rows[0]["trace"]):
         per = [r["trace"][i] for r in rows]
-        cells = [_mean_std([t["D"] for t in per], 1, 4), _mean_std([t["max_p"] for t in per], 1, 3),
-                 _mean_std([t["psnr_db"] for t in per]), _mean_std([t["ssim"] for t in per], 1, 3)]
-        cells += [_mean_std([t[a] for t in per], 100) for a in attacks]
+        cells = [mean_std([t["D"] for t in per], 1, 4), mean_std([t["max_p"] for t in per], 1, 3),
+                 mean_std([t["psnr_db"] for t in per]), mean_std([t["ssim"] for t in per], 1, 3)]
+        cells += [mean_std([t[a] for t in per], 100) for a in attacks]
         lines.append(f"| {point['itr']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Paper (MNIST): PSNR about 25-29 dB, SSIM about 0.8.")
@@ -164,20 +155,14 @@ def render(result: dict) -> str:
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
     """Run the benchmark and write ``dbi.md`` and ``dbi.json`` to ``out_dir``; returns the Markdown path."""
-    p = dict(QUICK if quick else FULL)
-    p["seeds"] = seeds or p["seeds"]
+    p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     ds = data.load("mnist5k")
     rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     result = {
-        "command": "nnmark bench dbi" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else ""),
-        "date": time.strftime("%Y-%m-%d"),
+        "command": command("dbi", quick=quick, seeds=seeds),
+        "date": today(),
         "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
         "seeds": rows,
         "timing": time_generation(p, ds),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "dbi.json", json.dumps(result, indent=1).encode())
-    md = out / "dbi.md"
-    atomic_write_bytes(md, render(result).encode())
-    return md
+    return write(out_dir, "dbi", result, render(result))

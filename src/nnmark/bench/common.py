@@ -1,0 +1,44 @@
+"""What every benchmark shares: parameters by mode, mean ± std cells, and atomic JSON + Markdown output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from nnmark._io import atomic_write_bytes
+
+
+def parameters(full: dict, quick_params: dict, *, quick: bool, seeds: int | None) -> dict:
+    """The run's parameters: the quick or full set, with the seed count overridden when given."""
+    p = dict(quick_params if quick else full)
+    p["seeds"] = seeds or p["seeds"]
+    return p
+
+
+def command(name: str, *, quick: bool, seeds: int | None) -> str:
+    """The command line that reproduces a run."""
+    return f"nnmark bench {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """'m ± s' of ``values`` times ``scale`` (just 'm' for one value)."""
+    m = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def write(out_dir: str | Path, stem: str, result: dict, markdown: str) -> Path:
+    """Write ``stem``.json and ``stem``.md to ``out_dir`` atomically; returns the Markdown path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{stem}.json", json.dumps(result, indent=1).encode())
+    md = out / f"{stem}.md"
+    atomic_write_bytes(md, markdown.encode())
+    return md
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")
