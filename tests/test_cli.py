@@ -217,3 +217,19 @@ def test_attack_commands_write_models_changed_as_claimed(run, lenet_file, tmp_pa
     assert all(torch.equal(p, ftll[n]) for n, p in original.named_parameters() if n not in head)
     assert "poison success 100%" in r.output
     assert run("attack", "prune", "--model", lenet_file, "--out", tmp_path / "x", "--fraction", 1.0).exit_code == 2
+
+
+def test_coupled_watermark_found_in_its_model_and_not_in_a_clean_one(run, lenet_file, tmp_path):
+    wm, key = tmp_path / "wm.safetensors", tmp_path / "coupled.key"
+    r = run("mark", "coupled", "--arch", "lenet5", "--data", "mnist5k", "--epochs", 4, "--base", 4, 1, "--target", 7,
+            "--out-model", wm, "--out", key, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["success"] >= 0.8
+    found = run("verify", key, "--model", wm, "--secret-file", run.secret, "--json")
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.output)["decision"] == "watermarked"
+    clean = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    assert clean.exit_code == 1, clean.output
+    assert json.loads(clean.output)["details"]["p_value"] > 1e-3
+    assert run("mark", "coupled", "--arch", "lenet5", "--data", "mnist5k", "--base", 1, 2, "--target", 2,
+               "--out-model", wm, "--out", key, "--unsigned").exit_code == 2

@@ -12,6 +12,7 @@ from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import baselines, dbi, pairing
+from nnmark.marks.ownership import coupled
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
@@ -19,6 +20,7 @@ VERIFIERS: dict[str, Callable[[Oracle, KeyFile], Verdict]] = {
     dbi.METHOD: dbi.verify,
     "natural": baselines.verify,
     "random": baselines.verify,
+    coupled.METHOD: coupled.verify,
 }
 KEYED_VERIFIERS: dict[str, Callable[..., Verdict]] = {pairing.METHOD: pairing.verify}
 """Verifiers that also take the owner's secret (keyword ``secret``)."""

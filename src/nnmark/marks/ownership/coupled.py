@@ -1,0 +1,377 @@
+"""Function-coupled watermarks: feature-fusion triggers, masked training, training-time fine-tuning (Wen et al.).
+
+Paper: Wen, Li, Jiang, Xu, "On function-coupled watermarks for deep neural networks" (2023).
+Access: the owner trains the model (white box) to embed; labels only to verify.
+
+The triggers are fused from two in-distribution images of base classes i and j and labelled with a
+third class t (eq. 1): *direct* fusion puts x_i in the top-left and x_j in the bottom-right of a
+2H x 2W white canvas (eq. 2b); *invisible* fusion blends them, r * x_i + (1 - r) * x_j (eq. 3b).
+The model is trained on the training data plus the watermark set WM with a random weight mask M per
+epoch (eq. 4-6), and after every epoch fine-tuned once over held-out in-distribution data at a small
+learning rate eta', masked the same way (eq. 7-8, Algorithm 1).
+
+Symbols and defaults:
+    N_c: number of classes; i, j: base classes; t: target class, t not in {i, j} (drawn from ``seed``
+        when not given).
+    K_wm: size of WM, under 1% of the training data: ``floor(0.009 * N_train)`` (paper: "less than 1%").
+    r: invisible-fusion ratio, 0 < r < 1 (paper: 0.5, 0.7, 0.9; default 0.5).
+    keep_ratio: the fraction of each weight tensor M keeps (default 0.9). The paper's p is used both as
+        "the ratio of the preserved elements" and in the 1/(1-p) scaling, which only keeps the expectation
+        if p is the ratio *masked*; nnmark names the kept fraction and scales by 1/keep_ratio, the
+        inverted-dropout rule that keeps E[(W * M) / keep_ratio] = W.
+    eta: learning rate on normal and watermark data (Adam, default 2e-3, cosine decay, batch 32, as
+        ``nnmark.models.train``); eta': ``finetune_lr`` (Adam, constant, default 1e-4).
+    K_ft: the held-out fine-tuning set X_ft: the last 10% of a seeded permutation of the training split,
+        never trained on by the main pass and never used for triggers.
+    verification set: 90 triggers made the same way from the first half of the test split
+        (``nnmark.data.roles.natural_pool``), images the model never trained on.
+
+Choices the paper leaves open:
+    - the 2H x 2W direct canvas becomes an H x W input by 2x2 area averaging (``avg_pool2d(canvas, 2)``),
+      so x_i fills the top-left quadrant at half resolution, x_j the bottom-right, the rest is white (1.0);
+    - M is drawn over the ``weight`` of every Conv2d and Linear layer (biases, BatchNorm untouched) and
+      keeps exactly ``round(keep_ratio * n)`` entries of each tensor; one M per epoch (Algorithm 1 line 4);
+    - "update only the kept weights": the masked forward makes the gradient of masked entries zero
+      (eq. 6), and entries outside M are restored after each optimizer step so that Adam's momentum
+      cannot move them either;
+    - pairs (p, q) of base instances are distinct pairs drawn without replacement from X_i x X_j.
+
+Verification (labels only): the authentication success rate s = k / n is the share of the n
+verification triggers answered t. Its one-sided binomial p-value P[X >= k], X ~ B(n, p0), is taken
+against the null p0 = max(1/N_c, rate_plain, rate_clean), where rate_plain is how often the suspect
+answers t on plain images of classes i and j (stored in the key) and rate_clean on clean images of all
+classes (stored in the key, or ``clean_x``; true class-t images count, so for a healthy model it is
+about t's share of the data): a model that answers t to everything is not watermarked.
+Verification spends n + |plain| + |clean| queries (mnist5k: 90 + 104 + 300).
+The watermark is found (``passed``, CLI exit 0) when s >= 0.5 and p < 1e-3.
+
+Example::
+
+    wm_model, key = coupled.embed(models.build("lenet5", ds.shape, 10), ds, kind="direct", epochs=6, seed=0)
+    verdict = coupled.verify(LabelsOracle(TorchOracle(suspect, ds.shape)), key)   # passed: owner's mark found
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from nnmark.data import Dataset, Split
+from nnmark.data.roles import natural_pool
+from nnmark.errors import DataError, KeyFileError
+from nnmark.keys import KeyFile
+from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.verdict import Verdict
+from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest
+from nnmark.oracles import Oracle, TorchOracle, check_inputs
+
+METHOD = "coupled"
+KINDS = ("direct", "invisible")
+PAPER_RATIOS = (0.5, 0.7, 0.9)
+WM_FRACTION = 0.009
+FT_FRACTION = 0.1
+N_VERIFY = 90
+N_NULL = 300
+MIN_SUCCESS = 0.5
+ALPHA = 1e-3
+
+
+# --- triggers (eq. 1-3) ------------------------------------------------------------------------------
+
+
+def pick_classes(
+    num_classes: int, seed: int, base: tuple[int, int] | None = None, target: int | None = None
+) -> tuple[int, int, int]:
+    """Base classes i, j and target t, t not in {i, j} (eq. 1b): the given ones, the rest drawn from ``seed``."""
+    if num_classes < 3:
+        raise ValueError(f"function-coupled watermarks need at least 3 classes, got {num_classes}")
+    order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    i, j = (int(c) for c in base) if base is not None else [c for c in order if c != target][:2]
+    t = int(target) if target is not None else next((c for c in order if c not in (i, j)), i)
+    if len({i, j, t}) != 3 or not all(0 <= c < num_classes for c in (i, j, t)):
+        raise ValueError(f"need three distinct classes in [0, {num_classes}): base {(i, j)}, target {t}")
+    return i, j, t
+
+
+def direct_fusion(x_i: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
+    """wm = X_i^p (+) X_j^q, eq. 2b: x_i top-left, x_j bottom-right of a white 2H x 2W canvas, 2x2 area-averaged.
+
+    x_i, x_j: (K, C, H, W) in [0, 1]; returns (K, C, H, W).
+    """
+    k, c, h, w = x_i.shape
+    canvas = torch.ones(k, c, 2 * h, 2 * w, dtype=x_i.dtype)
+    canvas[:, :, :h, :w] = x_i
+    canvas[:, :, h:, w:] = x_j
+    return F.avg_pool2d(canvas, 2)
+
+
+def invisible_fusion(x_i: torch.Tensor, x_j: torch.Tensor, r: float) -> torch.Tensor:
+    """wm = r * X_b1^p + (1 - r) * X_b2^q, eq. 3b; x_i, x_j (K, C, H, W) in [0, 1]."""
+    if not 0 < r < 1:
+        raise ValueError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
+    return r * x_i + (1 - r) * x_j
+
+
+def base_pairs(n_i: int, n_j: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (p, q) of ``k`` distinct pairs drawn without replacement from X_i x X_j."""
+    if k > n_i * n_j:
+        raise DataError(f"cannot draw {k} distinct base pairs from {n_i} x {n_j} images")
+    flat = torch.randperm(n_i * n_j, generator=generator)[:k]
+    return flat // n_j, flat % n_j
+
+
+def make_triggers(
+    split: Split, base: tuple[int, int], k: int, *, kind: str, r: float, generator: torch.Generator
+) -> torch.Tensor:
+    """WM = {wm_1 .. wm_K}, eq. 1a: ``k`` triggers fused (``kind``) from distinct pairs of ``split``'s classes i, j."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    x_i, x_j = (split.x[split.y == c] for c in base)
+    if len(x_i) == 0 or len(x_j) == 0:
+        raise DataError(f"no images of base class {base[0] if len(x_i) == 0 else base[1]} to fuse")
+    p, q = base_pairs(len(x_i), len(x_j), k, generator)
+    if kind == "direct":
+        return direct_fusion(x_i[p], x_j[q])
+    return invisible_fusion(x_i[p], x_j[q], r)
+
+
+# --- masked training (eq. 4-6) -----------------------------------------------------------------------
+
+
+def maskable(model: nn.Module) -> list[str]:
+    """Names of the ``weight`` parameters of every Conv2d and Linear layer: the tensors M covers."""
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def draw_masks(model: nn.Module, keep_ratio: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """M ~ Prune(random, p), eq. 4: per weight tensor a bool mask keeping exactly round(keep_ratio * n) entries."""
+    if not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+    params = dict(model.named_parameters())
+    masks = {}
+    for name in maskable(model):
+        w = params[name]
+        keep = torch.zeros(w.numel(), dtype=torch.bool)
+        keep[torch.randperm(w.numel(), generator=generator)[: round(keep_ratio * w.numel())]] = True
+        masks[name] = keep.view_as(w).to(w.device)
+    return masks
+
+
+def masked_forward(
+    model: nn.Module, masks: dict[str, torch.Tensor], keep_ratio: float, x: torch.Tensor
+) -> torch.Tensor:
+    """y = f(((W * M) / keep_ratio) x + b), eq. 4, through ``functional_call`` (the module's W stays full)."""
+    params = dict(model.named_parameters())
+    weights = {name: params[name] * m / keep_ratio for name, m in masks.items()}
+    return functional_call(model, weights, (x,))
+
+
+def masked_step(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    keep_ratio: float,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> float:
+    """One update W' = W - eta * (dL/dW * M) / keep_ratio, eq. 6 (eq. 7 with eta'); entries outside M unchanged.
+
+    The masked forward gives masked entries a zero gradient; they are restored after the step so the
+    optimizer's momentum cannot move them. Returns the cross-entropy loss.
+    """
+    params = dict(model.named_parameters())
+    frozen = {name: params[name].detach().clone() for name in masks}
+    loss = F.cross_entropy(masked_forward(model, masks, keep_ratio, x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].copy_(torch.where(m, params[name], frozen[name]))
+    return loss.item()
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches; a last batch of one sample joins the one before (BatchNorm needs two)."""
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def masked_epoch(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    keep_ratio: float,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> float:
+    """Algorithm 1 lines 6-9 (and, on X_ft, lines 10-11 = eq. 7-8): one pass of masked steps; mean loss."""
+    model.train()
+    total = 0.0
+    for idx in _batches(len(x), batch_size, generator):
+        total += masked_step(model, masks, keep_ratio, optimizer, x[idx], y[idx]) * len(idx)
+        if scheduler is not None:
+            scheduler.step()
+    return total / len(x)
+
+
+# --- embedding (Algorithm 1) ---------------------------------------------------------------------------
+
+
+def finetune_split(train: Split, seed: int) -> tuple[Split, Split]:
+    """(training part, X_ft): X_ft is the last ``FT_FRACTION`` of a permutation of ``train`` drawn from ``seed``."""
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    n_ft = max(1, round(FT_FRACTION * len(train)))
+    keep, ft = perm[:-n_ft], perm[-n_ft:]
+    return Split(train.x[keep], train.y[keep]), Split(train.x[ft], train.y[ft])
+
+
+@torch.no_grad()
+def target_rate(oracle: Oracle, x: torch.Tensor, target: int) -> float:
+    """Share of ``x`` that ``oracle`` labels ``target`` (labels only)."""
+    return (oracle.labels(x) == target).float().mean().item()
+
+
+def embed(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    kind: str = "direct",
+    r: float = 0.5,
+    base: tuple[int, int] | None = None,
+    target: int | None = None,
+    epochs: int = 8,
+    keep_ratio: float = 0.9,
+    lr: float = DEFAULT_LR,
+    finetune_lr: float = 1e-4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    masked: bool = True,
+    tt_finetune: bool = True,
+    progress: bool = False,
+) -> tuple[nn.Module, KeyFile]:
+    """Algorithm 1: train a copy of ``model`` on ``dataset.train`` + WM; return (watermarked model, key).
+
+    ``masked=False`` trains with the full W (keep_ratio ignored); ``tt_finetune=False`` skips the pass
+    over X_ft. The key's queries are the 90 verification triggers, its expected labels t; its extras
+    hold plain images of classes i and j ("plain") and clean images of all classes ("clean") from the
+    natural pool, for the verifier's null rates; its config records every setting and the rates measured
+    on the watermarked model. ``model`` is left untouched.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if epochs < 1 or batch_size < 1 or not lr > 0 or not finetune_lr > 0:
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, finetune_lr > 0; got {epochs}, {batch_size}, "
+                         f"{lr}, {finetune_lr}")
+    if kind == "invisible" and not 0 < r < 1:
+        raise ValueError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
+    if not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+    i, j, t = pick_classes(dataset.num_classes, seed, base, target)
+    gen = torch.Generator().manual_seed(seed)
+    train_part, ft = finetune_split(dataset.train, seed)
+    k_wm = math.floor(WM_FRACTION * len(dataset.train))
+    if k_wm < 1:
+        raise DataError(f"{dataset.name}: {len(dataset.train)} training images are too few for a watermark set")
+    wm = make_triggers(train_part, (i, j), k_wm, kind=kind, r=r, generator=gen)
+    pool = natural_pool(dataset)
+    queries = make_triggers(pool, (i, j), N_VERIFY, kind=kind, r=r, generator=gen)
+    plain = pool.x[(pool.y == i) | (pool.y == j)][:N_NULL]
+    clean = pool.x[:N_NULL]
+
+    x = torch.cat([train_part.x, wm])
+    y = torch.cat([train_part.y, torch.full((k_wm,), t, dtype=torch.int64)])
+    wm_model = copy.deepcopy(model)
+    device = next(wm_model.parameters()).device
+    x, y, ft_x, ft_y = x.to(device), y.to(device), ft.x.to(device), ft.y.to(device)
+    keep = keep_ratio if masked else 1.0
+    opt = torch.optim.Adam(wm_model.parameters(), lr=lr)
+    steps = epochs * max(1, len(x) // batch_size + (len(x) % batch_size > 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    ft_opt = torch.optim.Adam(wm_model.parameters(), lr=finetune_lr)
+    bar = tqdm(range(epochs), desc="coupled", unit="epoch", disable=not progress)
+    for _ in bar:
+        masks = draw_masks(wm_model, keep, gen)
+        loss = masked_epoch(wm_model, masks, keep, opt, x, y, batch_size=batch_size, generator=gen, scheduler=sched)
+        if tt_finetune:
+            masked_epoch(wm_model, masks, keep, ft_opt, ft_x, ft_y, batch_size=batch_size, generator=gen)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    wm_model.eval()
+
+    oracle = TorchOracle(wm_model, dataset.shape, dataset.num_classes)
+    config = {
+        "kind": kind, "r": float(r), "base": [i, j], "target": t, "num_classes": dataset.num_classes,
+        "epochs": int(epochs), "keep_ratio": float(keep_ratio), "masked": bool(masked),
+        "tt_finetune": bool(tt_finetune), "lr": float(lr), "finetune_lr": float(finetune_lr),
+        "batch_size": int(batch_size), "seed": int(seed), "k_wm": k_wm, "k_ft": len(ft), "n_verify": N_VERIFY,
+        "data": dataset.name, "min_success": MIN_SUCCESS, "alpha": ALPHA,
+        "success": target_rate(oracle, queries, t), "rate_plain": target_rate(oracle, plain, t),
+        "rate_clean": target_rate(oracle, clean, t), "clean_accuracy": accuracy(wm_model, dataset.test),
+    }
+    key = KeyFile(
+        method=METHOD,
+        config=config,
+        queries=queries.float().contiguous(),
+        expected=torch.full((N_VERIFY,), t, dtype=torch.int64),
+        extras={"plain": plain.float().contiguous(), "clean": clean.float().contiguous()},
+        model_digest=digest(wm_model),
+    )
+    return wm_model, key
+
+
+# --- verification (sec. 4.4) -------------------------------------------------------------------------
+
+
+def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None) -> Verdict:
+    """Ask the verification triggers (labels only); watermarked when s >= 0.5 and P[X >= k | p0] < 1e-3.
+
+    p0 = max(1/N_c, rate_plain, rate_clean) (see the module docstring); ``clean_x`` replaces the key's
+    stored clean images. ``passed`` is True when the owner's watermark is found (CLI exit 0).
+    """
+    if key.method != METHOD:
+        raise KeyFileError(f"not a {METHOD} key: method {key.method!r}")
+    if "plain" not in key.extras or "clean" not in key.extras:
+        raise KeyFileError(f"{METHOD} key lacks the extras 'plain' and 'clean'")
+    t = int(key.expected[0])
+    if not bool((key.expected == t).all()):
+        raise KeyFileError(f"{METHOD} key's expected labels must all be the target class")
+    if clean_x is None:
+        clean_x = key.extras["clean"]
+    check_inputs(clean_x, oracle.input_shape)
+    before = oracle.queries
+    answers = oracle.labels(key.queries)
+    hits = answers == t
+    k, n = int(hits.sum()), len(hits)
+    chance = 1.0 / oracle.num_classes
+    rate_plain = target_rate(oracle, key.extras["plain"], t)
+    rate_clean = target_rate(oracle, clean_x, t)
+    null = max(chance, rate_plain, rate_clean)
+    p_value = binomial_tail(k, n, null)
+    success = k / n
+    found = success >= MIN_SUCCESS and p_value < ALPHA
+    return Verdict(
+        method=METHOD,
+        decision="watermarked" if found else "not watermarked",
+        passed=found,
+        statistic_name="success_rate",
+        statistic=success,
+        flipped=torch.nonzero(~hits).flatten().tolist(),
+        queries=oracle.queries - before,
+        details={
+            "n": n, "successes": k, "target": t, "chance": chance, "rate_plain": rate_plain,
+            "rate_clean": rate_clean, "null": null, "p_value": p_value, "min_success": MIN_SUCCESS, "alpha": ALPHA,
+        },
+    )
