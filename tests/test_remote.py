@@ -28,9 +28,9 @@ class CountingOracle(TorchOracle):
         super().__init__(*args, **kwargs)
         self.batches: list[int] = []
 
-    def _probabilities(self, x):
+    def _predict(self, x):
         self.batches.append(len(x))
-        return super()._probabilities(x)
+        return super()._predict(x)
 
 
 @pytest.fixture(scope="module")

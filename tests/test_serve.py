@@ -62,7 +62,8 @@ def test_health_metadata_and_ready(client):
     meta = client.get("/v2/models/lenet", headers=AUTH).json()
     assert meta["name"] == "lenet"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                               {"name": "label", "datatype": "INT64", "shape": [-1]}]
     assert meta["parameters"]["max_batch_size"] == MAX_BATCH
     assert client.get("/v2/models/lenet/ready", headers=AUTH).json() == {"name": "lenet", "ready": True}
     assert client.get("/v2", headers=AUTH).json()["name"] == "nnmark"
@@ -77,11 +78,13 @@ def test_infer_returns_the_local_oracles_float32_probabilities_bit_for_bit(clien
     assert r.status_code == 200
     answer = r.json()
     assert answer["model_name"] == "lenet" and answer["id"] == "req-7"
-    (out,) = answer["outputs"]
+    out, label = answer["outputs"]
     assert out["name"] == "probabilities" and out["datatype"] == "FP32" and out["shape"] == [MAX_BATCH, 10]
+    assert label["name"] == "label" and label["datatype"] == "INT64" and label["shape"] == [MAX_BATCH]
     p = torch.tensor(out["data"], dtype=torch.float64).float().reshape(MAX_BATCH, 10)
-    local = TorchOracle(server_oracle.model, SHAPE).probabilities(x)
-    assert torch.equal(p.view(torch.int32), local.view(torch.int32))
+    local = TorchOracle(server_oracle.model, SHAPE)
+    assert torch.equal(p.view(torch.int32), local.probabilities(x).view(torch.int32))
+    assert label["data"] == local.labels(x).tolist()
     assert server_oracle.queries == before + MAX_BATCH
 
 

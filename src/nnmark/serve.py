@@ -8,13 +8,19 @@ server counts queries and honours the oracle's budget like any other caller. Rou
     GET  /v2                        server metadata
     GET  /v2/models/{name}          model metadata: inputs [{"name": "input", "datatype": "FP32",
                                     "shape": [-1, C, H, W]}], outputs [{"name": "probabilities" or
-                                    "logits", "datatype": "FP32", "shape": [-1, K]}], parameters
+                                    "logits", "datatype": "FP32", "shape": [-1, K]}, {"name": "label",
+                                    "datatype": "INT64", "shape": [-1]}], parameters
                                     {"max_batch_size", "max_body_bytes", "input_range": [0, 1]}
     GET  /v2/models/{name}/ready    {"name": ..., "ready": true}
     POST /v2/models/{name}/infer    {"inputs": [{"name": "input", "shape": [N, C, H, W],
                                     "datatype": "FP32", "data": [N*C*H*W numbers, row-major]}]}
                                     -> {"model_name", "outputs": [{"name", "shape": [N, K],
-                                    "datatype": "FP32", "data": [...]}]} (and "id" when sent)
+                                    "datatype": "FP32", "data": [...]}, {"name": "label", "shape":
+                                    [N], "datatype": "INT64", "data": [...]}]} (and "id" when sent)
+
+"label" is the oracle's own top-1 decision (e.g. the argmax of float64 logits in a float64
+environment): a float32 probability vector can tie where the model's outputs do not, and telltale
+samples sit exactly there.
 
 Every refusal is ``{"error": "one line"}`` with a 4xx status: 400 malformed request, 401 missing or
 wrong bearer token, 403 the oracle's query budget is spent, 404 unknown model or route, 413 body
@@ -54,6 +60,7 @@ from nnmark.errors import InputError, NnmarkError, QueryBudgetExceeded
 from nnmark.oracles import Oracle
 
 INPUT_NAME = "input"
+LABEL_NAME = "label"
 OUTPUTS = ("probabilities", "logits")
 BYTES_PER_VALUE = 32
 """Default body limit per input value: a float32 written as a JSON float64 repr plus separator is at most ~25 bytes."""
@@ -155,8 +162,9 @@ def _decode_request(body: bytes, input_shape: tuple[int, int, int], max_batch: i
         raise _Refused(400, f"data must lie in [0, 1], got values in [{x64.min().item():.6g}, {x64.max().item():.6g}]")
     wanted = req.get("outputs")
     if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") == output for o in wanted):
-            raise _Refused(400, f"'outputs' may only ask for {output!r}")
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in (output, LABEL_NAME)
+                                                   for o in wanted):
+            raise _Refused(400, f"'outputs' may only ask for {output!r} and {LABEL_NAME!r}")
     return x64.to(torch.float32).reshape(shape), req.get("id")
 
 
@@ -240,7 +248,8 @@ def create_app(
             "versions": [],
             "platform": "pytorch",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *shape]}],
-            "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, classes]}],
+            "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, classes]},
+                        {"name": LABEL_NAME, "datatype": "INT64", "shape": [-1]}],
             "parameters": {"max_batch_size": max_batch, "max_body_bytes": limit, "input_range": [0, 1]},
         }
 
@@ -255,9 +264,10 @@ def create_app(
             with lock:
                 if output == "logits":
                     oracle._spend(x)  # count and budget the queries, as ``TorchOracle.logits`` leaves to its caller
-                    out = oracle.logits(x).float()
+                    out = oracle.logits(x)
+                    labels, out = out.argmax(dim=1), out.float()
                 else:
-                    out = oracle.probabilities(x)
+                    out, labels = oracle.predict(x)
         except QueryBudgetExceeded as e:
             raise _Refused(403, str(e)) from None
         except InputError as e:
@@ -269,7 +279,8 @@ def create_app(
         response = {
             "model_name": model_name,
             "outputs": [{"name": output, "shape": [x.shape[0], classes], "datatype": "FP32",
-                         "data": out.flatten().tolist()}],
+                         "data": out.flatten().tolist()},
+                        {"name": LABEL_NAME, "shape": [x.shape[0]], "datatype": "INT64", "data": labels.tolist()}],
         }
         if request_id is not None:
             response["id"] = request_id

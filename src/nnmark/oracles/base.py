@@ -77,6 +77,17 @@ class Oracle:
         self._spend(x)
         return self._probabilities(x)
 
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities (N, K) float32 and labels (N,) int64 of one set of queries, counted once.
+
+        The labels are the oracle's own (e.g. argmax of float64 logits), not the argmax of the float32
+        probabilities, which can tie where the model's own outputs do not.
+        """
+        if not self.can("probabilities"):
+            raise AccessError(f"{type(self).__name__} gives labels only, not probabilities")
+        self._spend(x)
+        return self._predict(x)
+
     def gradient(self, loss_fn: LossFn, x: torch.Tensor, *, on: str = "probabilities") -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample loss (N,) and its input gradient (N, C, H, W) in one forward/backward.
 
@@ -94,6 +105,12 @@ class Oracle:
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         raise AccessError(f"{type(self).__name__} gives no probabilities")
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass for both answers; an oracle whose labels are not the argmax of its float32
+        probabilities (e.g. a float64 model) overrides this."""
+        p = self._probabilities(x)
+        return p, p.argmax(dim=1)
 
     def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise AccessError(f"{type(self).__name__} gives no gradients")
@@ -113,6 +130,9 @@ class _Restricted(Oracle):
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.probabilities(x)
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.predict(x)
 
 
 class ProbabilitiesOracle(_Restricted):

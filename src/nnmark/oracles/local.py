@@ -26,9 +26,16 @@ class TorchOracle(Oracle):
         dtype: the floating type the model runs in (float32, float64, bfloat16).
         mkldnn: False runs every call with oneDNN (mkldnn) disabled.
         batch_size: inputs per forward call; None answers a whole batch in one call, 1 one sample per call.
+        autocast_bf16: run every call under ``torch.autocast("cpu", dtype=torch.bfloat16)``; its bfloat16
+            logits are widened (exactly) to float32 before softmax and argmax.
+        channels_last: run a copy of the model, and the inputs, in channels_last memory format.
+        torchscript: run ``torch.jit.freeze(torch.jit.trace(model, example))`` of a copy instead of the
+            module (traced once at construction on one all-zero input); input gradients still flow.
+        device: where the model runs ("cpu", "cuda", ...); inputs go there and answers come back to the CPU.
 
     Labels are the argmax of the logits in ``dtype``; probabilities are its softmax returned as float32,
-    as an endpoint would send them.
+    as an endpoint would send them. The caller's module is never modified: options that change it work
+    on a copy.
     """
 
     access = "gradients"
@@ -43,6 +50,10 @@ class TorchOracle(Oracle):
         dtype: torch.dtype = torch.float32,
         mkldnn: bool = True,
         batch_size: int | None = None,
+        autocast_bf16: bool = False,
+        channels_last: bool = False,
+        torchscript: bool = False,
+        device: str | torch.device = "cpu",
     ):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1 or None")
@@ -50,24 +61,49 @@ class TorchOracle(Oracle):
         self.dtype = dtype
         self.mkldnn = mkldnn
         self.batch_size = batch_size
-        if dtype != torch.float32:
-            self.model = copy.deepcopy(self.model).to(dtype)
+        self.autocast_bf16 = autocast_bf16
+        self.channels_last = channels_last
+        self.device = torch.device(device)
+        if dtype != torch.float32 or channels_last or self.device.type != "cpu":
+            self.model = copy.deepcopy(self.model).to(self.device, dtype)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        example = torch.zeros(1, *input_shape, dtype=dtype)
+        if torchscript:
+            with torch.no_grad(), self._numerics(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", DeprecationWarning)
+                self.model = torch.jit.freeze(torch.jit.trace(copy.deepcopy(self.model), self._placed(example)))
         if num_classes is None:
             with torch.no_grad(), self._numerics():
-                num_classes = self.model(torch.zeros(1, *input_shape, dtype=dtype)).shape[1]
+                num_classes = self._forward(self._placed(example)).shape[1]
         super().__init__(input_shape, num_classes, budget)
 
     def _numerics(self):
-        return contextlib.nullcontext() if self.mkldnn else torch.backends.mkldnn.flags(enabled=False)
+        stack = contextlib.ExitStack()
+        if not self.mkldnn:
+            stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+        if self.autocast_bf16:
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
+
+    def _placed(self, c: torch.Tensor) -> torch.Tensor:
+        """``c`` in this oracle's dtype, device and memory format."""
+        c = c.to(self.device, self.dtype)
+        return c.contiguous(memory_format=torch.channels_last) if self.channels_last else c
+
+    def _forward(self, c: torch.Tensor) -> torch.Tensor:
+        """The model's logits for an already placed chunk (bfloat16 autocast outputs widened to float32)."""
+        out = self.model(c)
+        return out.float() if self.autocast_bf16 else out
 
     def _chunks(self, x: torch.Tensor):
         step = x.shape[0] if self.batch_size is None else self.batch_size
         return x.split(step)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K) in ``dtype``, uncounted: for callers that already spent the queries."""
+        """Logits (N, K) in ``dtype`` (float32 under bfloat16 autocast), uncounted (callers spent the queries)."""
         with torch.no_grad(), self._numerics():
-            out = torch.cat([self.model(c.to(self.dtype)) for c in self._chunks(x)])
+            out = torch.cat([self._forward(self._placed(c)) for c in self._chunks(x)]).cpu()
         if out.shape != (x.shape[0], self.num_classes):
             raise InputError(f"model returned shape {tuple(out.shape)}, expected ({x.shape[0]}, {self.num_classes})")
         return out
@@ -78,16 +114,20 @@ class TorchOracle(Oracle):
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=1).float()
 
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.logits(x)
+        return torch.softmax(z, dim=1).float(), z.argmax(dim=1)
+
     def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
         losses, grads = [], []
         with self._numerics():
             for c in self._chunks(x):
-                c = c.detach().to(self.dtype).requires_grad_(True)
-                out = self.model(c)
+                c = self._placed(c.detach()).requires_grad_(True)
+                out = self._forward(c)
                 loss = loss_fn(torch.softmax(out, dim=1) if on == "probabilities" else out)
                 if loss.shape != (c.shape[0],):
                     raise ValueError(f"loss_fn must return one value per sample, got shape {tuple(loss.shape)}")
                 (g,) = torch.autograd.grad(loss.sum(), c)
-                losses.append(loss.detach())
-                grads.append(g)
+                losses.append(loss.detach().cpu())
+                grads.append(g.cpu().contiguous())
         return torch.cat(losses).to(x.dtype), torch.cat(grads).to(x.dtype)

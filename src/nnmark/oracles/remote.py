@@ -1,9 +1,10 @@
 """An oracle over a model behind an HTTP endpoint speaking the Open Inference Protocol v2 (JSON).
 
-Access: probabilities. ``labels`` are the argmax of the probabilities the endpoint returns (the
-endpoint is never asked for labels). Works with ``nnmark serve`` and any OIP v2 server (KServe,
-Triton, MLServer) whose model takes one FP32 input [-1, C, H, W] in [0, 1] and returns one FP32
-output named "probabilities" of shape [-1, K].
+Access: probabilities. Works with ``nnmark serve`` and any OIP v2 server (KServe, Triton,
+MLServer) whose model takes one FP32 input [-1, C, H, W] in [0, 1] and returns an FP32 output
+named "probabilities" of shape [-1, K]. ``labels`` are the endpoint's own INT64 "label" output when
+its metadata offers one (``nnmark serve`` does: a float64 model's decision can differ from the
+argmax of its float32 probabilities), else the argmax of the probabilities.
 
 Choices where the protocol leaves room:
 - OIP v2 has no model-list route in its core, so the model name is an argument (default "model").
@@ -16,7 +17,8 @@ Choices where the protocol leaves room:
   queries stay spent (the endpoint may have answered them).
 - Consistency check: after each call, ``consistency_samples`` inputs drawn with the oracle's seeded
   generator are asked again in a separate request, and the oracle refuses (``EndpointError``) when
-  an answer moves by more than ``consistency_atol``. These re-queries count against the budget.
+  a probability moves by more than ``consistency_atol`` (labels are not compared: a boundary
+  sample's label may honestly change with the batch size). These re-queries count against the budget.
   The default tolerance is 1e-5, not 0: an honest float32 CPU model answers the same input
   differently by ~1e-8 when it sits in a batch of another size (measured for LeNet-5 and ResNet-20),
   so a bitwise check would refuse honest endpoints; ``consistency_atol=0`` is the bitwise check for
@@ -43,6 +45,7 @@ from nnmark.errors import EndpointError, QueryBudgetExceeded
 from nnmark.oracles.base import Oracle, check_inputs
 
 OUTPUT_NAME = "probabilities"
+LABEL_NAME = "label"
 ROW_SUM_TOLERANCE = 1e-3
 
 
@@ -185,13 +188,16 @@ class HttpOracle(Oracle):
         shape_in = _shape(spec_in.get("shape"))
         if spec_in.get("datatype") != "FP32" or shape_in is None or len(shape_in) != 4 or min(shape_in[1:]) < 1:
             raise EndpointError(f"model {self.model_name!r} must take one FP32 input [-1, C, H, W]; metadata says {inputs}")
-        spec_out = outputs[0] if len(outputs) == 1 and isinstance(outputs[0], dict) else {}
+        named = {o.get("name"): o for o in outputs if isinstance(o, dict)}
+        spec_out = named.get(OUTPUT_NAME, {})
         shape_out = _shape(spec_out.get("shape"))
         if spec_out.get("name") != OUTPUT_NAME or spec_out.get("datatype") != "FP32" or shape_out is None \
                 or len(shape_out) != 2 or shape_out[1] < 1:
             raise EndpointError(
                 f"model {self.model_name!r} must return one FP32 output {OUTPUT_NAME!r} [-1, K]; metadata says {outputs}"
             )
+        label = named.get(LABEL_NAME, {})
+        self._outputs = [OUTPUT_NAME] + ([LABEL_NAME] if label.get("datatype") == "INT64" else [])
         self._input_name = spec_in.get("name", "input")
         params = meta.get("parameters") if isinstance(meta.get("parameters"), dict) else {}
         server_batch = params.get("max_batch_size")
@@ -211,12 +217,12 @@ class HttpOracle(Oracle):
     def _rechecks(self, n: int) -> int:
         return min(self.consistency_samples, n) if self.consistency_check else 0
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """POST one batch (n <= batch limit) of float32 inputs; the checked (n, K) float32 probabilities."""
+    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """POST one batch (n <= batch limit) of float32 inputs; the checked (n, K) float32 probabilities and labels."""
         n = x.shape[0]
         body = {"inputs": [{"name": self._input_name, "shape": list(x.shape), "datatype": "FP32",
                             "data": x.flatten().tolist()}],
-                "outputs": [{"name": OUTPUT_NAME}]}
+                "outputs": [{"name": name} for name in self._outputs]}
         response = self._request("POST", self._model_path("/infer"), json.dumps(body, separators=(",", ":")).encode())
         bad = "endpoint returned malformed probabilities"
         try:
@@ -240,23 +246,37 @@ class HttpOracle(Oracle):
         worst = (p.double().sum(dim=1) - 1).abs().max().item()
         if worst > ROW_SUM_TOLERANCE:
             raise EndpointError(f"{bad}: a row's sum is {worst:.3g} away from 1 (tolerance {ROW_SUM_TOLERANCE:g})")
-        return p
+        if LABEL_NAME not in self._outputs:
+            return p, p.argmax(dim=1)
+        found = [o for o in outputs if isinstance(o, dict) and o.get("name") == LABEL_NAME]
+        labels = found[0].get("data") if len(found) == 1 and found[0].get("shape") == [n] else None
+        if not (isinstance(labels, list) and len(labels) == n and all(type(v) is int for v in labels)
+                and all(0 <= v < self.num_classes for v in labels)):
+            raise EndpointError(f"endpoint returned malformed labels: expected {n} class indices in [0, {self.num_classes})")
+        return p, torch.tensor(labels, dtype=torch.int64)
 
-    def _ask(self, x: torch.Tensor) -> torch.Tensor:
+    def _ask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         step = x.shape[0] if self.batch_size is None else self.batch_size
-        return torch.cat([self._infer(chunk) for chunk in x.split(step)])
+        answers = [self._infer(chunk) for chunk in x.split(step)]
+        return torch.cat([p for p, _ in answers]), torch.cat([y for _, y in answers])
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return self._predict(x)[0]
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self._predict(x)[1]
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().to("cpu", torch.float32).contiguous()
-        p = self._ask(x)
+        p, labels = self._ask(x)
         m = self._rechecks(x.shape[0])
         if m:
             idx = torch.randperm(x.shape[0], generator=self._generator)[:m]
-            again = self._ask(x[idx])
+            again, _ = self._ask(x[idx])
             moved = (again - p[idx]).abs().max().item()
             if not moved <= self.consistency_atol:
                 raise EndpointError(
                     f"endpoint answered the same input two different ways (max change {moved:.3g} > "
                     f"tolerance {self.consistency_atol:g}); refusing its answers"
                 )
-        return p
+        return p, labels

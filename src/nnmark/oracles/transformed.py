@@ -46,3 +46,6 @@ class TransformedOracle(Oracle):
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.probabilities(self.transform(x))
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.predict(self.transform(x))
