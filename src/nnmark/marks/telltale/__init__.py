@@ -1,0 +1,1 @@
+"""Telltale marks: query samples whose labels tell which execution environment answered."""
