@@ -1,0 +1,313 @@
+"""MetaFinger: images that only the source model and models derived from it label as expected (Yang, Wang, Wang).
+
+Paper: "MetaFinger: Fingerprinting the Deep Neural Networks with Meta-training" (IJCAI 2022).
+Access: the owner's source model and shadow models are white-box torch modules to *create* the key
+(probabilities and their input gradient); the suspect is asked *labels only* to verify.
+
+Meta-data (sec. 4.1, ``nnmark.shadow``): negative models trained from scratch with other seeds, DNN
+augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are split into
+train models (P_train, N_train) and validation models (P_val, N_val).
+Meta-training (Algorithm 1): X starts from random training images; each epoch takes every positive
+train model in turn as the anchor, draws k other positive and k negative train models, and steps X
+on eq. 2, Loss = 1/k sum_i KL(p_anchor(X) || p_i(X)) - lambda 1/k sum_i KL(p_anchor(X) || n_i(X)),
+then clips X to [0, 1]; after each epoch Y = the majority label of P_val, ACC_neg = the mean accuracy
+of N_val on (X, Y), and the X with the lowest ACC_neg is kept. Screening (line 22): keep x only where
+every positive validation model predicts y and no negative validation model does.
+Verify: the suspect's query accuracy on the screened set; "match" (the suspect is the owner's model
+or derived from it; ``passed``, CLI exit 0) when accuracy >= threshold AND the one-sided binomial
+p-value P[Bin(n, p0) >= hits] < max_p_value, else "no match" (CLI exit 1).
+
+Symbols and defaults: k = 3, lambda = 1, learning rate eta = 0.01, N_epoch = 10 (the authors' code;
+the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images. The pools'
+layout and the augmentation strength: ``nnmark.shadow.pool_specs``.
+
+Choices (the paper leaves them open or its code differs from its text):
+
+- step: Adam at lr eta on X (the authors' code); Algorithm 1 line 12 prints plain gradient descent
+  X - eta grad Loss, whose step scale swings with the unbounded -lambda KL term.
+- KL(p_anchor || p_i) as printed (the authors' code computes KL(p_i || p_anchor)); the loss is summed
+  over the samples of X, so each sample's step does not depend on how many there are. The k models
+  are drawn without replacement from the train pool without the anchor (k is capped at its size; with
+  the source as the only positive the positive term is 0).
+- the source model is a positive train model (an anchor) and also a positive validation model: it
+  joins the majority vote for Y and must itself predict y to pass the screen.
+- no input transformations during meta-training (the authors' code applies a random one per step).
+- null calibration: for each negative validation model j, its query accuracy on the samples that
+  pass the screen built *without* j (leave one out): an estimate of how often an independent model
+  agrees on screened samples (on the final screen every N_val model scores 0 by construction).
+  p0 = max(mean of those accuracies, 1/K), K classes: never below chance. Keep N_val independent
+  of each other (no augmentations of one another), or the leave-one-out accuracy is biased low.
+- decision: threshold 0.5 and max_p_value 1e-3. The paper reports >95% query accuracy on derived
+  models and <= 12.33% on clean ones; 0.5 sits far from both, and the p-value bound keeps small
+  or weakly screened query sets from matching on luck.
+
+Example::
+
+    specs = shadow.pool_specs("lenet5", "mnist5k", models.digest(source))
+    pool = shadow.build_pool([s for group in specs.values() for s in group], cache_dir=cache, base=source)
+    key = metafinger.create(source, *(pool.select(specs[g]) for g in metafinger.POOLS), ds.train.x)
+    verdict = metafinger.verify(LabelsOracle(TorchOracle(suspect, ds.shape)), key)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nnmark.errors import InputError, KeyFileError, NnmarkError
+from nnmark.keys import KeyFile
+from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.verdict import Verdict
+from nnmark.oracles import Oracle, check_inputs
+
+METHOD = "metafinger"
+POOLS = ("positives_train", "negatives_train", "positives_val", "negatives_val")
+"""The order of the shadow pools in ``meta_train`` and ``create``."""
+PAPER_K = 3
+PAPER_LAMBDA = 1.0
+PAPER_LR = 0.01
+PAPER_EPOCHS = 10
+DEFAULT_N = 100
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MAX_P_VALUE = 1e-3
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_c p_c (log p_c - log q_c) over the last dim; q is floored at the dtype's tiny."""
+    tiny = torch.finfo(q.dtype).tiny
+    return (torch.xlogy(p, p) - p * q.clamp_min(tiny).log()).sum(dim=-1)
+
+
+def meta_loss(p_anchor: torch.Tensor, p_pos: torch.Tensor, p_neg: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 2 per sample of X: mean_i KL(p_anchor || p_i) - lam * mean_i KL(p_anchor || n_i).
+
+    Args: p_anchor (N, K); p_pos (k, N, K); p_neg (k', N, K) probabilities. Returns (N,).
+    """
+    if p_pos.dim() != 3 or p_neg.dim() != 3 or p_pos.shape[1:] != p_anchor.shape or p_neg.shape[1:] != p_anchor.shape:
+        raise ValueError(f"need p_anchor (N, K), p_pos and p_neg (k, N, K); got {tuple(p_anchor.shape)}, "
+                         f"{tuple(p_pos.shape)}, {tuple(p_neg.shape)}")
+    return kl_divergence(p_anchor, p_pos).mean(dim=0) - lam * kl_divergence(p_anchor, p_neg).mean(dim=0)
+
+
+@torch.no_grad()
+def predictions(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Top-1 labels of each model on x: (M, N) int64."""
+    return torch.stack([m.eval()(x).argmax(dim=1) for m in models])
+
+
+def majority_labels(preds: torch.Tensor) -> torch.Tensor:
+    """Y (Algorithm 1 line 15): the label most models of (M, N) predict; ties go to the smallest label."""
+    votes = torch.nn.functional.one_hot(preds, int(preds.max()) + 1).sum(dim=0)
+    return votes.argmax(dim=1)  # argmax returns the first maximum: the smallest tied label
+
+
+def screen_mask(y: torch.Tensor, pos_preds: torch.Tensor, neg_preds: torch.Tensor) -> torch.Tensor:
+    """Line 22 on predictions: True where every positive model (M, N) predicts y (N,) and no negative one does."""
+    return (pos_preds == y).all(dim=0) & ~(neg_preds == y).any(dim=0)
+
+
+def screen(
+    x: torch.Tensor, y: torch.Tensor, positives_val: Sequence[nn.Module], negatives_val: Sequence[nn.Module]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep x only where every positive validation model predicts y and no negative one does: (x', y', mask)."""
+    mask = screen_mask(y, predictions(positives_val, x), predictions(negatives_val, x))
+    return x[mask], y[mask], mask
+
+
+def null_accuracies(y: torch.Tensor, pos_preds: torch.Tensor, neg_preds: torch.Tensor) -> list[float]:
+    """Leave-one-out null: negative model j's accuracy on the samples the screen without j keeps (0.0 if none)."""
+    out = []
+    for j in range(len(neg_preds)):
+        others = torch.cat([neg_preds[:j], neg_preds[j + 1:]])
+        mask = screen_mask(y, pos_preds, others)
+        out.append((neg_preds[j][mask] == y[mask]).float().mean().item() if mask.any() else 0.0)
+    return out
+
+
+@dataclass
+class MetaTrainResult:
+    """Algorithm 1's output before screening: X_best, its labels Y, and per-epoch numbers."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    best_epoch: int
+    neg_accuracy: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_pool(name: str, pool: Sequence[nn.Module], minimum: int) -> None:
+    if len(pool) < minimum or not all(isinstance(m, nn.Module) for m in pool):
+        raise ValueError(f"{name} must be a sequence of at least {minimum} torch modules, got {len(pool)}")
+
+
+def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | None = None) -> list[nn.Module]:
+    """k models drawn without replacement (capped at the pool size), leaving out index ``skip``."""
+    idx = [i for i in torch.randperm(len(pool), generator=gen).tolist() if i != skip]
+    return [pool[i] for i in idx[:k]]
+
+
+def meta_train(
+    source: nn.Module,
+    positives_train: Sequence[nn.Module],
+    negatives_train: Sequence[nn.Module],
+    positives_val: Sequence[nn.Module],
+    negatives_val: Sequence[nn.Module],
+    x0: torch.Tensor,
+    *,
+    epochs: int = PAPER_EPOCHS,
+    k: int = PAPER_K,
+    lam: float = PAPER_LAMBDA,
+    lr: float = PAPER_LR,
+    seed: int = 0,
+    progress: bool = False,
+) -> MetaTrainResult:
+    """Algorithm 1, lines 5-21: optimise X from ``x0`` (N, C, H, W) in [0, 1]; return the X with the lowest ACC_neg.
+
+    P_train = [source, *positives_train] (anchors in a seeded random order each epoch), N_train =
+    ``negatives_train``; Y is the majority of [source, *positives_val]; ACC_neg the mean accuracy of
+    ``negatives_val`` on (X, Y). One forward per model and one backward per anchor step for all of X.
+    """
+    if x0.dim() != 4:
+        raise InputError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
+    check_inputs(x0, tuple(x0.shape[1:]))
+    _check_pool("negatives_train", negatives_train, 1)
+    _check_pool("negatives_val", negatives_val, 1)
+    if epochs < 1 or k < 1 or not lr > 0 or lam < 0:
+        raise ValueError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {epochs}, {k}, {lr}, {lam}")
+    p_train = [source, *positives_train]
+    p_val = [source, *positives_val]
+    for m in [*p_train, *negatives_train, *p_val, *negatives_val]:
+        m.eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = x0.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    best = MetaTrainResult(x.detach().clone(), torch.empty(0, dtype=torch.long), -1, float("inf"))
+    for epoch in tqdm(range(epochs), desc="metafinger", unit="epoch", disable=not progress, leave=False):
+        total = 0.0
+        for a in torch.randperm(len(p_train), generator=gen).tolist():
+            pos = _draw(p_train, k, gen, skip=a) or [p_train[a]]
+            neg = _draw(negatives_train, k, gen)
+            p_anchor = torch.softmax(p_train[a](x), dim=1)
+            p_pos = torch.stack([torch.softmax(m(x), dim=1) for m in pos])
+            p_neg = torch.stack([torch.softmax(m(x), dim=1) for m in neg])
+            loss = meta_loss(p_anchor, p_pos, p_neg, lam).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            opt.zero_grad(set_to_none=True)
+            x.grad = grad
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(0.0, 1.0)
+            total += loss.item()
+        xd = x.detach()
+        pos_preds = predictions(p_val, xd)
+        y = majority_labels(pos_preds)
+        pos_acc = (pos_preds == y).float().mean().item()
+        neg_acc = (predictions(negatives_val, xd) == y).float().mean().item()
+        best.history.append({"epoch": epoch, "loss": total, "pos_accuracy": pos_acc, "neg_accuracy": neg_acc})
+        if neg_acc < best.neg_accuracy:
+            best.x, best.y, best.best_epoch, best.neg_accuracy = xd.clone(), y, epoch, neg_acc
+    return best
+
+
+def create(
+    source: nn.Module,
+    positives_train: Sequence[nn.Module],
+    negatives_train: Sequence[nn.Module],
+    positives_val: Sequence[nn.Module],
+    negatives_val: Sequence[nn.Module],
+    images: torch.Tensor,
+    *,
+    n: int = DEFAULT_N,
+    candidates: int | None = None,
+    epochs: int = PAPER_EPOCHS,
+    k: int = PAPER_K,
+    lam: float = PAPER_LAMBDA,
+    lr: float = PAPER_LR,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_p_value: float = DEFAULT_MAX_P_VALUE,
+    model_digest: str = "",
+    meta: dict | None = None,
+    progress: bool = False,
+) -> KeyFile:
+    """Make a MetaFinger key: meta-train X from ``candidates`` (default 2n) random ``images``, screen, keep <= n.
+
+    ``images``: the owner's training images (N, C, H, W) in [0, 1]; X starts from a seeded random choice
+    of them (kept as the extra tensor "sources"). The config holds every hyper-parameter, the pool sizes,
+    the leave-one-out null accuracies of ``negatives_val``, p0 and the decision rule. Raises NnmarkError
+    when no sample passes the screen (use more candidates, epochs or shadow models).
+    """
+    if images.dim() != 4:
+        raise InputError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    check_inputs(images, tuple(images.shape[1:]))
+    candidates = 2 * n if candidates is None else candidates
+    if n < 1 or not 1 <= candidates <= len(images):
+        raise ValueError(f"need n >= 1 and 1 <= candidates <= {len(images)} images, got n={n}, candidates={candidates}")
+    if not 0 <= threshold <= 1 or not 0 < max_p_value <= 1:
+        raise ValueError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {threshold}, {max_p_value}")
+    gen = torch.Generator().manual_seed(seed)
+    x0 = images[torch.randperm(len(images), generator=gen)[:candidates]].float()
+    result = meta_train(source, positives_train, negatives_train, positives_val, negatives_val, x0,
+                        epochs=epochs, k=k, lam=lam, lr=lr, seed=seed, progress=progress)
+    pos_preds = predictions([source, *positives_val], result.x)
+    neg_preds = predictions(negatives_val, result.x)
+    mask = screen_mask(result.y, pos_preds, neg_preds)
+    if not mask.any():
+        raise NnmarkError(f"no sample of {candidates} passed the MetaFinger screen; "
+                          "use more candidates, meta-training epochs or shadow models")
+    keep = mask.nonzero().flatten()[:n]
+    nulls = null_accuracies(result.y, pos_preds, neg_preds)
+    with torch.no_grad():
+        num_classes = int(source(x0[:1]).shape[1])
+    p0 = max(sum(nulls) / len(nulls), 1.0 / num_classes)
+    config = {
+        "n": int(n), "kept": len(keep), "screened": int(mask.sum()), "candidates": int(candidates),
+        "epochs": int(epochs), "k": int(k), "lam": float(lam), "lr": float(lr), "optimizer": "adam", "seed": int(seed),
+        "pools": {"positives_train": len(positives_train) + 1, "negatives_train": len(negatives_train),
+                  "positives_val": len(positives_val) + 1, "negatives_val": len(negatives_val)},
+        "best_epoch": result.best_epoch, "val_neg_accuracy": result.neg_accuracy, "history": result.history,
+        "null_accuracies": nulls, "num_classes": num_classes, "p0": p0,
+        "threshold": float(threshold), "max_p_value": float(max_p_value),
+    }
+    if clash := sorted(set(meta or {}) & set(config)):
+        raise ValueError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
+    config.update(meta or {})
+    return KeyFile(method=METHOD, config=config, queries=result.x[keep].contiguous(),
+                   expected=result.y[keep].contiguous(), extras={"sources": x0[keep].contiguous()},
+                   model_digest=model_digest)
+
+
+def verify(oracle: Oracle, key: KeyFile) -> Verdict:
+    """Query accuracy of the suspect (labels only) on the key, its binomial p-value under p0, and the decision.
+
+    "match" (passed) iff accuracy >= config threshold and P[Bin(n, p0) >= hits] < config max_p_value.
+    """
+    if key.method != METHOD:
+        raise KeyFileError(f"not a {METHOD} key (method {key.method!r})")
+    try:
+        p0, threshold, max_p = (float(key.config[f]) for f in ("p0", "threshold", "max_p_value"))
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{METHOD} key config lacks a numeric p0, threshold or max_p_value") from None
+    if not (0 <= p0 <= 1 and 0 <= threshold <= 1 and 0 < max_p <= 1):
+        raise KeyFileError(f"{METHOD} key config has p0/threshold/max_p_value outside [0, 1]")
+    before = oracle.queries
+    observed = oracle.labels(key.queries)
+    hits_mask = observed == key.expected
+    hits, n = int(hits_mask.sum()), len(key.expected)
+    accuracy = hits / n
+    p_value = binomial_tail(hits, n, p0)
+    passed = accuracy >= threshold and p_value < max_p
+    return Verdict(
+        method=key.method,
+        decision="match" if passed else "no match",
+        passed=passed,
+        statistic_name="query_accuracy",
+        statistic=accuracy,
+        flipped=torch.nonzero(~hits_mask).flatten().tolist(),
+        queries=oracle.queries - before,
+        details={"n": n, "hits": hits, "p_value": p_value, "p0": p0, "threshold": threshold, "max_p_value": max_p},
+    )

@@ -1,0 +1,219 @@
+"""MetaFinger (Yang et al.): eq. 2's signs, the screen, the null, and the headline in miniature on 8x8 digits."""
+
+import math
+
+import pytest
+import torch
+
+from nnmark import data, keys, models
+from nnmark.attacks import finetune_mode
+from nnmark.data.roles import attacker_data
+from nnmark.errors import InputError, KeyFileError, NnmarkError
+from nnmark.marks.ownership import metafinger
+from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.oracles import LabelsOracle, TorchOracle
+from nnmark.shadow import ShadowSpec, build_pool, pool_specs
+
+ALPHA = 3.0  # eq. 1 strength of the DNN augmentation
+
+
+# --- eq. 2 -------------------------------------------------------------------------------------------
+
+
+def test_kl_divergence_matches_definition():
+    p = torch.tensor([[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]])
+    q = torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
+    want = torch.tensor([0.7 * math.log(7) + 0.1 * math.log(1 / 7), math.log(2)])
+    assert torch.allclose(metafinger.kl_divergence(p, q), want, atol=1e-6)
+    assert torch.allclose(metafinger.kl_divergence(p, p), torch.zeros(2), atol=1e-7)
+
+
+def test_meta_loss_pulls_positives_together_and_pushes_negatives_apart():
+    anchor = torch.tensor([[0.8, 0.1, 0.1]])
+    near, far = torch.tensor([[[0.7, 0.2, 0.1]]]), torch.tensor([[[0.1, 0.1, 0.8]]])
+    # a positive moving toward the anchor lowers the loss
+    assert metafinger.meta_loss(anchor, near, far, 1.0) < metafinger.meta_loss(anchor, far, far, 1.0)
+    # a negative moving away from the anchor lowers the loss
+    assert metafinger.meta_loss(anchor, near, far, 1.0) < metafinger.meta_loss(anchor, near, near, 1.0)
+    # lambda weights the negative term; agreement everywhere with lambda 0 costs nothing
+    assert metafinger.meta_loss(anchor, anchor[None], far, 0.0).item() == pytest.approx(0.0, abs=1e-7)
+    two = torch.cat([near, far])  # means over the k models, one value per sample
+    loss = metafinger.meta_loss(anchor, two, two, 0.5)
+    kl = metafinger.kl_divergence(anchor, two).mean()
+    assert loss.shape == (1,) and loss.item() == pytest.approx(0.5 * kl.item(), rel=1e-5)
+    with pytest.raises(ValueError):
+        metafinger.meta_loss(anchor, near[0], far, 1.0)
+
+
+def test_a_gradient_step_on_eq2_moves_positives_toward_the_anchor():
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)) for _ in range(3)]
+    x = torch.rand(8, 1, 2, 2, requires_grad=True)
+
+    def parts(x):
+        p = [torch.softmax(n(x), dim=1) for n in nets]
+        return p[0], p[1][None], p[2][None]
+
+    a, pos, neg = parts(x)
+    loss = metafinger.meta_loss(a, pos, neg, 1.0).sum()
+    (g,) = torch.autograd.grad(loss, x)
+    a2, pos2, neg2 = parts(x.detach() - 0.05 * g)
+    assert metafinger.kl_divergence(a2, pos2[0]).sum() < metafinger.kl_divergence(a, pos[0]).sum()
+    assert metafinger.kl_divergence(a2, neg2[0]).sum() > metafinger.kl_divergence(a, neg[0]).sum()
+
+
+# --- screening, labels, null --------------------------------------------------------------------------
+
+
+def test_screen_keeps_samples_all_positives_and_no_negatives_label_y():
+    y = torch.tensor([1, 2, 3, 4])
+    pos = torch.tensor([[1, 2, 3, 0], [1, 2, 0, 4]])
+    neg = torch.tensor([[0, 2, 0, 0], [0, 0, 0, 0]])
+    assert metafinger.screen_mask(y, pos, neg).tolist() == [True, False, False, False]
+    assert metafinger.majority_labels(torch.tensor([[1, 2, 5], [1, 3, 6], [0, 3, 6]])).tolist() == [1, 3, 6]
+    assert metafinger.majority_labels(torch.tensor([[4, 2], [3, 7]])).tolist() == [3, 2]  # ties: smallest label
+
+
+def test_screen_on_models():
+    torch.manual_seed(0)
+    const = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)) for _ in range(2)]
+    with torch.no_grad():
+        for net, label in zip(const, (2, 0)):
+            net[1].weight.zero_()
+            net[1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(label), 3).float())
+    x = torch.rand(5, 1, 2, 2)
+    kept, y, mask = metafinger.screen(x, torch.tensor([2, 0, 2, 2, 1]), [const[0]], [const[1]])
+    assert mask.tolist() == [True, False, True, True, False] and y.tolist() == [2, 2, 2] and len(kept) == 3
+
+
+def test_null_accuracies_leave_each_negative_out():
+    y = torch.tensor([1, 1, 1, 1])
+    pos = torch.ones(1, 4, dtype=torch.long)
+    neg = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]])
+    # model 0 is scored on the screen of model 1 alone (samples 2, 3: no agreement),
+    # model 1 on the screen of model 0 alone (samples 1-3: agrees on sample 1)
+    assert metafinger.null_accuracies(y, pos, neg) == pytest.approx([0.0, 1 / 3])
+    neg = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 0]])
+    assert metafinger.null_accuracies(y, pos, neg) == pytest.approx([1 / 3, 1 / 3])
+
+
+def test_binomial_tail_is_exact():
+    def direct(k, n, p):
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+    for k, n, p in [(0, 5, 0.3), (3, 5, 0.3), (5, 5, 0.1), (20, 40, 0.1), (1, 1, 0.0)]:
+        assert binomial_tail(k, n, p) == pytest.approx(direct(k, n, p), rel=1e-9, abs=1e-300)
+    assert binomial_tail(100, 100, 0.1) == pytest.approx(1e-100, rel=1e-9)
+    for bad in [(3, 2, 0.5), (1, 2, 1.5), (1.0, 2, 0.5), (1, -1, 0.5)]:
+        with pytest.raises(ValueError):
+            binomial_tail(*bad)
+
+
+# --- the headline in miniature --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Source, shadow pools and suspects on 8x8 digits (LeNet-5, ~92% test accuracy, ~2 s each)."""
+    ds = data.load("digits")
+    cache = tmp_path_factory.mktemp("shadow")
+    source = build_pool([ShadowSpec("lenet5", "digits", 0)], cache_dir=cache, executor="serial")[0]
+    digest = models.digest(source)
+    specs = pool_specs("lenet5", "digits", digest, negatives=2, val_negatives=2, af=2, alpha=ALPHA)
+    independent = ShadowSpec("lenet5", "digits", 7)
+    wanted = [s for group in specs.values() for s in group]
+    pool = build_pool([*wanted, independent], cache_dir=cache, base=source, executor="serial")
+    pools = tuple(pool.select(specs[name]) for name in metafinger.POOLS)
+    key = metafinger.create(source, *pools, ds.train.x, n=40, candidates=80, epochs=30, seed=0,
+                            model_digest=digest, meta={"data": "digits"})
+    att = attacker_data(ds)
+    suspects = {
+        "source": source,
+        "FTAL": finetune_mode(source, att.x, att.y, mode="FTAL", seed=1),
+        "independent": pool.select([independent])[0],
+    }
+    return ds, source, pools, key, suspects
+
+
+def _verify(model, key, shape):
+    return metafinger.verify(LabelsOracle(TorchOracle(model, shape)), key)
+
+
+def test_key_records_the_method_and_its_calibration(world):
+    ds, source, _, key, _ = world
+    c = key.config
+    assert key.method == "metafinger" and 10 <= len(key.expected) <= 40 and c["kept"] == len(key.expected)
+    assert key.queries.shape[1:] == ds.shape and key.queries.min() >= 0 and key.queries.max() <= 1
+    assert key.extras["sources"].shape == key.queries.shape
+    assert not torch.equal(key.queries, key.extras["sources"])  # meta-training moved the images
+    assert c["pools"] == {"positives_train": 2, "negatives_train": 6, "positives_val": 2, "negatives_val": 2}
+    assert (c["k"], c["lam"], c["lr"], c["epochs"], c["optimizer"], c["data"]) == (3, 1.0, 0.01, 30, "adam", "digits")
+    assert len(c["null_accuracies"]) == 2 and c["p0"] == max(sum(c["null_accuracies"]) / 2, 0.1)
+    # the kept X is the epoch with the lowest validation ACC_neg, and it fell from the natural images' level
+    history = [h["neg_accuracy"] for h in c["history"]]
+    assert c["val_neg_accuracy"] == min(history) == history[c["best_epoch"]] < history[0] - 0.3
+    assert torch.equal(TorchOracle(source, ds.shape).labels(key.queries), key.expected)
+
+
+def test_verify_matches_the_source_and_a_finetuned_copy_but_not_an_independent_model(world):
+    ds, _, _, key, suspects = world
+    verdicts = {name: _verify(m, key, ds.shape) for name, m in suspects.items()}
+    print({n: (v.decision, round(v.statistic, 3), v.details["p_value"]) for n, v in verdicts.items()})
+    assert verdicts["source"].passed and verdicts["source"].statistic == 1.0
+    assert verdicts["FTAL"].passed and verdicts["FTAL"].statistic >= 0.7
+    assert verdicts["FTAL"].details["p_value"] < 1e-6
+    assert not verdicts["independent"].passed and verdicts["independent"].statistic < 0.3
+    assert verdicts["independent"].details["p_value"] > 1e-3
+    for v in verdicts.values():
+        assert v.statistic_name == "query_accuracy" and v.queries == len(key.expected)
+        assert v.decision == ("match" if v.passed else "no match")
+        assert len(v.flipped) == v.details["n"] - v.details["hits"]
+
+
+def test_key_survives_signing_and_verifies_after_loading(world, tmp_path):
+    ds, _, _, key, suspects = world
+    keys.save(key, tmp_path / "mf.key", secret=b"s3cret")
+    loaded = keys.load(tmp_path / "mf.key", secret=b"s3cret")
+    assert loaded.config == key.config and torch.equal(loaded.queries, key.queries)
+    assert _verify(suspects["FTAL"], loaded, ds.shape).passed
+
+
+def test_create_is_deterministic_by_seed(world):
+    ds, source, pools, key, _ = world
+    again = metafinger.create(source, *pools, ds.train.x, n=40, candidates=80, epochs=30, seed=0,
+                              model_digest=key.model_digest, meta={"data": "digits"})
+    assert torch.equal(again.queries, key.queries) and torch.equal(again.expected, key.expected)
+
+
+def test_decision_rule_thresholds_and_p_value(world):
+    ds, _, _, key, suspects = world
+    strict = keys.KeyFile(key.method, {**key.config, "max_p_value": 1e-300}, key.queries, key.expected)
+    assert not _verify(suspects["source"], strict, ds.shape).passed  # p-value bound binds
+    lax = keys.KeyFile(key.method, {**key.config, "threshold": 0.0, "p0": 1.0}, key.queries, key.expected)
+    v = _verify(suspects["independent"], lax, ds.shape)
+    assert v.details["p_value"] == 1.0 and not v.passed
+
+
+def test_bad_inputs_raise_clear_errors(world):
+    ds, source, pools, key, _ = world
+    bad = ds.train.x[:20].clone()
+    bad[0, 0, 0, 0] = 2.0
+    with pytest.raises(InputError):
+        metafinger.create(source, *pools, bad, n=5)
+    with pytest.raises(InputError):
+        metafinger.create(source, *pools, ds.train.x[0], n=5)
+    with pytest.raises(InputError):
+        metafinger.meta_train(source, *pools, torch.full((2, 1, 8, 8), float("nan")), epochs=1)
+    with pytest.raises(ValueError):
+        metafinger.create(source, *pools, ds.train.x, n=5, candidates=10**6)
+    with pytest.raises(ValueError):
+        metafinger.create(source, pools[0], [], pools[2], pools[3], ds.train.x, n=5)
+    with pytest.raises(NnmarkError, match="screen"):  # the source as its own negative: nothing can pass
+        metafinger.create(source, pools[0], pools[1], pools[2], [source], ds.train.x, n=5, epochs=1)
+    with pytest.raises(KeyFileError):
+        metafinger.verify(LabelsOracle(TorchOracle(source, ds.shape)),
+                          keys.KeyFile("dbi", key.config, key.queries, key.expected))
+    no_null = {k: v for k, v in key.config.items() if k != "p0"}
+    with pytest.raises(KeyFileError):
+        metafinger.verify(LabelsOracle(TorchOracle(source, ds.shape)),
+                          keys.KeyFile(key.method, no_null, key.queries, key.expected))

@@ -1,0 +1,173 @@
+"""Shadow-model pools: specs, from-scratch and augmented models, the on-disk cache, worker processes."""
+
+import json
+import shutil
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from nnmark import data, models, shadow
+from nnmark.attacks import relative_weight_noise
+from nnmark.errors import ModelError, NnmarkError
+from nnmark.shadow import ShadowSpec, build_pool, pool_specs, train_shadow
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    return train_shadow(ShadowSpec("lenet5", "digits", seed=0, epochs=6))
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[n], sb[n], atol=1e-5) for n in sa)
+
+
+def test_spec_json_round_trip_and_cache_name():
+    spec = ShadowSpec("lenet5", "digits", 3, augment_alpha=2, augment_seed=5, epochs=4)
+    assert isinstance(spec.augment_alpha, float)
+    assert ShadowSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["augment_alpha"] == 2.0
+    assert spec.cache_name() == ShadowSpec.from_json(spec.to_json()).cache_name()
+    assert spec.cache_name().startswith("lenet5-") and spec.cache_name().endswith(".safetensors")
+    others = [spec.base(), ShadowSpec("lenet5", "digits", 3, 2, 6, epochs=4),
+              ShadowSpec("lenet5", "digits", 3, 3, 5, epochs=4)]
+    assert len({spec.cache_name(), *(o.cache_name() for o in others)}) == 4
+    assert spec.base() == ShadowSpec("lenet5", "digits", 3, epochs=4) and not spec.base().augmented
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"arch": "nope"}, ModelError),
+    ({"augment_alpha": 2.0}, ValueError),
+    ({"augment_seed": 1}, ValueError),
+    ({"augment_alpha": 0.0, "augment_seed": 1}, ValueError),
+    ({"augment_alpha": float("nan"), "augment_seed": 1}, ValueError),
+    ({"epochs": 0}, ValueError),
+    ({"seed": 1.5}, ValueError),
+    ({"base_digest": "0" * 64}, ValueError),
+    ({"augment_alpha": 2.0, "augment_seed": 1, "base_digest": "xyz"}, ValueError),
+])
+def test_spec_rejects_bad_fields(kwargs, error):
+    fields = {"arch": "lenet5", "data": "digits", "seed": 0, **kwargs}
+    with pytest.raises(error):
+        ShadowSpec(**fields)
+
+
+def test_from_scratch_is_deterministic_and_independent_by_seed(base_model, digits):
+    again = train_shadow(ShadowSpec("lenet5", "digits", seed=0, epochs=6))
+    other = train_shadow(ShadowSpec("lenet5", "digits", seed=1, epochs=6))
+    assert models.digest(again) == models.digest(base_model)
+    assert models.digest(other) != models.digest(base_model)
+    assert models.accuracy(base_model, digits.test) > 0.8 and models.accuracy(other, digits.test) > 0.8
+
+
+def test_augmentation_is_eq1_noise_then_finetune_that_recovers_accuracy(base_model, digits, monkeypatch):
+    calls = []
+
+    def spy(model, alpha, *, seed):
+        calls.append((alpha, seed))
+        return relative_weight_noise(model, alpha, seed=seed)
+
+    monkeypatch.setattr(shadow, "relative_weight_noise", spy)
+    spec = ShadowSpec("lenet5", "digits", 0, augment_alpha=1.5, augment_seed=7, epochs=6, finetune_epochs=2,
+                      base_digest=models.digest(base_model))
+    augmented = train_shadow(spec, base_model)
+    assert calls == [(1.5, 7)]
+    noisy_acc = models.accuracy(relative_weight_noise(base_model, 1.5, seed=7), digits.test)
+    base_acc, aug_acc = models.accuracy(base_model, digits.test), models.accuracy(augmented, digits.test)
+    assert noisy_acc < base_acc - 0.2  # eq. 1 at alpha 1.5 hurts ...
+    assert aug_acc > base_acc - 0.05  # ... and the fine-tune on the owner's data recovers it
+    assert models.digest(augmented) != models.digest(base_model)
+    with pytest.raises(ValueError):
+        train_shadow(spec)  # a given base is needed
+    with pytest.raises(ModelError):
+        train_shadow(spec, train_shadow(ShadowSpec("lenet5", "digits", seed=2, epochs=1)))  # wrong base
+
+
+def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_path):
+    digest = models.digest(base_model)
+    specs = [
+        ShadowSpec("lenet5", "digits", 11, epochs=1),
+        ShadowSpec("lenet5", "digits", 12, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1),
+        ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=2, finetune_epochs=1, base_digest=digest),
+    ]
+    pool = build_pool(specs, cache_dir=tmp_path, base=base_model, workers=2, executor="process")
+    assert len(pool) == 3 and pool.specs == specs
+    # the augmented negative needed its from-scratch base, built (and cached) too
+    assert set(pool.trained) == {*specs, specs[1].base()}
+    assert all(p.exists() and p.with_suffix(".json").exists() for p in pool.paths)
+    assert not list(tmp_path.glob(".base-*"))  # the source copy for the workers is gone
+    record = json.loads(pool.paths[0].with_suffix(".json").read_text())
+    assert ShadowSpec(**record["spec"]) == specs[0] and 0 <= record["test_accuracy"] <= 1
+    assert _same(pool[0], train_shadow(specs[0]))  # a worker builds what this process would
+    assert _same(pool[2], train_shadow(specs[2], base_model))
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+
+    again = build_pool(specs, cache_dir=tmp_path, base=base_model, workers=2, executor="process")
+    assert again.trained == []
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
+    assert all(models.digest(a) == models.digest(b) for a, b in zip(pool.models, again.models))
+    assert again.select([specs[2], specs[0]])[0] is again[2]
+
+
+def test_pool_rejects_bad_arguments(base_model, tmp_path):
+    spec = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=1, base_digest="0" * 64)
+    with pytest.raises(ModelError):
+        build_pool([spec], cache_dir=tmp_path, base=base_model, executor="serial")
+    with pytest.raises(ModelError):
+        build_pool([spec], cache_dir=tmp_path, executor="serial")
+    with pytest.raises(ValueError):
+        build_pool([], cache_dir=tmp_path, executor="threads")
+    with pytest.raises(ValueError):
+        build_pool([], cache_dir=tmp_path, workers=0)
+
+
+def test_pool_specs_lay_out_metafinger_meta_data():
+    specs = pool_specs("lenet5", "digits", "a" * 64, negatives=3, val_negatives=2, af=3, alpha=2.0, seed=5)
+    assert list(specs) == ["positives_train", "negatives_train", "positives_val", "negatives_val"]
+    pos = specs["positives_train"] + specs["positives_val"]
+    assert (len(specs["positives_train"]), len(specs["positives_val"])) == (2, 1)
+    assert all(s.base_digest == "a" * 64 and s.augment_alpha == 2.0 for s in pos)
+    neg = specs["negatives_train"]
+    assert len(neg) == 3 * (1 + 3) and {s.seed for s in neg} == {6, 7, 8}
+    assert [s.seed for s in specs["negatives_val"]] == [9, 10] and not any(s.augmented for s in specs["negatives_val"])
+    everything = [s for group in specs.values() for s in group]
+    assert len({s.cache_name() for s in everything}) == len(everything)  # no two specs alike
+    assert 5 not in {s.seed for s in everything if s.base_digest is None}  # no negative repeats the source
+    with pytest.raises(ValueError):
+        pool_specs("lenet5", "digits", "a" * 64, negatives=0)
+
+
+def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert shadow.default_cache_dir() == tmp_path / "nnmark" / "shadow"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert shadow.default_cache_dir().parts[-3:] == (".cache", "nnmark", "shadow")
+
+
+def test_pool_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="nnray")  # short: Ray's socket paths must stay under ~107 characters
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=ray_tmp)
+    try:
+        augmented = ShadowSpec("lenet5", "digits", 31, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1)
+        specs = [augmented.base(), augmented]
+        pool = build_pool(specs, cache_dir=tmp_path, executor="ray")
+        assert set(pool.trained) == set(specs) and ray.is_initialized()  # a running instance is left running
+        assert _same(pool[0], train_shadow(specs[0])) and _same(pool[1], train_shadow(specs[1], pool[0]))
+        assert build_pool(specs, cache_dir=tmp_path, executor="ray").trained == []
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_executor_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(NnmarkError, match="pip install"):
+        build_pool([ShadowSpec("lenet5", "digits", 41, epochs=1)], cache_dir=tmp_path, executor="ray")
