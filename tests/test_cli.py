@@ -233,3 +233,66 @@ def test_coupled_watermark_found_in_its_model_and_not_in_a_clean_one(run, lenet_
     assert json.loads(clean.output)["details"]["p_value"] > 1e-3
     assert run("mark", "coupled", "--arch", "lenet5", "--data", "mnist5k", "--base", 1, 2, "--target", 2,
                "--out-model", wm, "--out", key, "--unsigned").exit_code == 2
+
+
+def test_innformant_identifies_environments_locally_and_through_nnmark_serve(run, lenet_file, tmp_path):
+    import time
+
+    import httpx
+
+    key = tmp_path / "telltale.key"
+    r = run("mark", "innformant", "--model", lenet_file, "--n", 20, "--envs", "float32,float64", "--remote-max", 200,
+            "--out", key, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["found"] >= 5
+    r = run("identify", key, "--model", lenet_file, "--env", "float32", "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["decision"] == "float32", r.output
+    r = run("identify", key, "--model", lenet_file, "--env", "float64", "--secret-file", run.secret, "--json")
+    assert r.exit_code == 1 and json.loads(r.output)["decision"] == "float64", r.output
+    for env, code in (("float32", 0), ("float64", 1)):
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file),
+                                   "--env", env, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            r = run("identify", key, "--endpoint", url, "--secret-file", run.secret, "--json")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+        assert r.exit_code == code and json.loads(r.output)["decision"] == env, (env, r.output)
+
+
+def test_envs_lists_what_runs_here(run, lenet_file):
+    r = run("envs", "--model", lenet_file, "--n", 50)
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1] for line in r.output.splitlines()[1:]}
+    assert rows["float32"] == "yes" and rows["float64"] == "yes"
+    assert rows.get("cuda") in ("yes", "no")
+
+
+def test_metafinger_matches_the_source_and_a_fine_tuned_copy_but_not_an_independent_model(run, tmp_path):
+    from nnmark import data, models
+    from nnmark.attacks import finetune_mode
+    from nnmark.data.roles import attacker_data
+
+    m0, m7, ft = (tmp_path / f"{n}.safetensors" for n in ("m0", "m7", "ftal"))
+    for path, seed in ((m0, 0), (m7, 7)):
+        assert run("train", "--arch", "lenet5", "--data", "digits", "--epochs", 8, "--seed", seed,
+                   "--out", path).exit_code == 0
+    model, config = models.load(m0)
+    atk = attacker_data(data.load("digits"))
+    models.save(finetune_mode(model, atk.x, atk.y, mode="FTAL", seed=1), config, ft)
+    key = tmp_path / "metafinger.key"
+    r = run("mark", "metafinger", "--model", m0, "--unsigned", "--n", 40, "--negatives", 2, "--val-negatives", 2,
+            "--af", 2, "--epochs", 30, "--cache-dir", tmp_path / "cache", "--executor", "serial", "--out", key, "--json")
+    assert r.exit_code == 0, r.output
+    for suspect, code in ((m0, 0), (ft, 0), (m7, 1)):
+        v = run("verify", key, "--model", suspect, "--unsigned", "--json")
+        assert v.exit_code == code, (suspect.name, v.output)
+        assert 0 <= json.loads(v.output)["details"]["p_value"] <= 1

@@ -14,7 +14,7 @@ import time
 import click
 import torch
 
-from nnmark import __version__, data, envs, keys, marks, models
+from nnmark import __version__, data, envs, keys, marks, models, shadow
 from nnmark.attacks import (
     MODES, backdoor, finetune, finetune_mode, measure, prune, quantize_int8, relative_weight_noise, weight_noise,
 )
@@ -22,7 +22,8 @@ from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.metrics import sample_quality
 from nnmark.marks.integrity import baselines, dbi, pairing
-from nnmark.marks.ownership import coupled
+from nnmark.marks.ownership import coupled, metafinger
+from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
 
 
@@ -281,6 +282,101 @@ def mark_coupled(arch, data_spec, kind, r, base, target, epochs, keep_ratio, fin
     _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
 
 
+@mark.command("innformant")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")
+@click.option("--n", type=click.IntRange(1), default=50, show_default=True, help="Natural test images to start from.")
+@click.option("--envs", "env_names", default="float32,float64", show_default=True,
+              help="Comma-separated environments to tell apart; the first is the reference (the licensed one).")
+@click.option("--direction", type=click.Choice(["sign", "l2"]), default="sign", show_default=True,
+              help="sign: the paper's step; l2: normalised-gradient step (higher PSNR).")
+@click.option("--local-max", type=click.IntRange(0), default=2000, show_default=True)
+@click.option("--remote-max", type=click.IntRange(0), default=500, show_default=True)
+@click.option("--target", type=click.FloatRange(0, min_open=True), default=1e-6, show_default=True,
+              help="Stop the local phase once delta_conf is below this.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Chooses the starting images.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, remote_max, target, seed, out,
+                    secret_file, unsigned, as_json) -> None:
+    """iNNformant boundary samples (Schloegl et al.) whose labels tell the environments apart."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    names = [e.strip() for e in env_names.split(",") if e.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise CliError("--envs needs at least two different environments")
+    oracles = {name: envs.get(name).oracle(model, ds.shape) for name in names}
+    pool = natural_pool(ds)
+    idx = _pick(n, len(pool), seed)
+    start = time.perf_counter()
+    key = innformant.create(
+        oracles[names[0]], oracles, pool.x[idx], target=target, local_max=local_max, remote_max=remote_max,
+        direction=direction, model_digest=models.digest(model),
+        meta={"data": ds.name, "split": "natural_pool", "indices": idx.tolist(), "seed": seed},
+        progress=progress_enabled(),
+    )
+    rows = innformant.report(key)
+    singled = {name: sum(name in r["singles_out"] for r in rows) for name in names}
+    psnrs = sorted(r["psnr"] for r in rows)
+    summary = {"found": len(rows), "of": n, "psnr_median_db": psnrs[len(psnrs) // 2],
+               "singles_out": singled, "seconds": time.perf_counter() - start}
+    _finish_mark(key, out, secret, summary, as_json)
+
+
+@mark.command("metafinger")
+@_mark_common
+@click.option("--candidates", type=click.IntRange(1), help="Training images to start from (default 2n).")
+@click.option("--negatives", type=click.IntRange(1), default=shadow.DEFAULT_NEGATIVES, show_default=True,
+              help="Negative train families (models trained from scratch, each with AF augmentations).")
+@click.option("--val-negatives", type=click.IntRange(1), default=shadow.DEFAULT_VAL_NEGATIVES, show_default=True,
+              help="Independent negative validation models (screen and null calibration).")
+@click.option("--af", type=click.IntRange(0), default=shadow.DEFAULT_AF, show_default=True,
+              help="Augmentation factor: eq. 1 copies per model.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_ALPHA, show_default=True,
+              help="Eq. 1 noise std(param)/alpha before the fine-tune.")
+@click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True)
+@click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=metafinger.PAPER_EPOCHS, show_default=True,
+              help="Meta-training epochs N_epoch.")
+@click.option("--k", type=click.IntRange(1), default=metafinger.PAPER_K, show_default=True)
+@click.option("--lam", type=click.FloatRange(0), default=metafinger.PAPER_LAMBDA, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=metafinger.PAPER_LR, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=metafinger.DEFAULT_THRESHOLD, show_default=True,
+              help="Least query accuracy of a match.")
+@click.option("--max-p-value", type=click.FloatRange(0, 1, min_open=True), default=metafinger.DEFAULT_MAX_P_VALUE,
+              show_default=True, help="A match also needs the binomial p-value below this.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Shadow-model cache (default ~/.cache/nnmark/shadow).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True)
+@click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance).")
+def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, candidates, negatives,
+                    val_negatives, af, alpha, shadow_epochs, finetune_epochs, epochs, k, lam, lr, threshold,
+                    max_p_value, cache_dir, workers, executor, ray_address) -> None:
+    """MetaFinger fingerprint (Yang et al.): images only the model and models derived from it label as expected."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    digest = models.digest(model)
+    specs = shadow.pool_specs(config.arch, ds.name, digest, negatives=negatives, val_negatives=val_negatives, af=af,
+                              alpha=alpha, seed=config.seed or 0, epochs=shadow_epochs, finetune_epochs=finetune_epochs)
+    start = time.perf_counter()
+    pool = shadow.build_pool([s for group in specs.values() for s in group],
+                             cache_dir=cache_dir or shadow.default_cache_dir(), base=model, workers=workers,
+                             executor=executor, ray_address=ray_address, progress=progress_enabled())
+    shadow_seconds, start = time.perf_counter() - start, time.perf_counter()
+    key = metafinger.create(
+        model, *(pool.select(specs[name]) for name in metafinger.POOLS), ds.train.x, n=n, candidates=candidates,
+        epochs=epochs, k=k, lam=lam, lr=lr, seed=seed, threshold=threshold, max_p_value=max_p_value,
+        model_digest=digest, meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af},
+        progress=progress_enabled(),
+    )
+    summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
+               "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}
+    _finish_mark(key, out, secret, summary, as_json)
+
+
 @main.group()
 def attack() -> None:
     """Change a model the way an adversary or an accident would (model -> new model)."""
@@ -410,7 +506,7 @@ def _read_token(token_file: str | None) -> bytes | None:
     return token
 
 
-env_option = click.option("--env", "env_name", type=click.Choice(list(envs.ENVIRONMENTS)), default="float32",
+env_option = click.option("--env", "env_name", type=click.Choice(list(envs.KNOWN)), default="float32",
                           show_default=True, help="Execution environment the local model runs in.")
 
 
@@ -478,6 +574,60 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
         if verdict.flipped:
             click.echo(f"flipped: {verdict.flipped}")
     sys.exit(0 if verdict.passed else 1)
+
+
+@main.command()
+@click.argument("key_path", type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local checkpoint to ask.")
+@env_option
+@click.option("--endpoint", help="Ask the model behind this OIP v2 base URL instead of --model.")
+@click.option("--model-name", default="model", show_default=True, help="The endpoint's model name.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file for --endpoint (else NNMARK_TOKEN).")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def identify(key_path, model_path, env_name, endpoint, model_name, token_file, secret_file, unsigned, as_json) -> None:
+    """Which execution environment answers? Exit 0 if it is the key's reference environment, 1 if not."""
+    if (model_path is None) == (endpoint is None):
+        raise CliError("pass exactly one of --model FILE and --endpoint URL")
+    key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
+    if key.method != innformant.METHOD:
+        raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
+    if endpoint:
+        from nnmark.oracles.remote import HttpOracle
+
+        with HttpOracle(endpoint, model_name=model_name, token=_read_token(token_file)) as oracle:
+            verdict = innformant.verify(oracle, key)
+    else:
+        model, config = models.load(model_path)
+        verdict = innformant.verify(envs.get(env_name).oracle(model, tuple(config.input_shape)), key)
+    if as_json:
+        click.echo(json.dumps({**verdict.to_dict(), "key": key_path}))
+    else:
+        click.echo(f"{verdict.decision} (reference: {key.config['reference']}); {verdict.queries} queries spent")
+        for name, count in verdict.details["match_table"].items():
+            click.echo(f"  {name:<20} {count}/{len(key.expected)} boundary samples match")
+    sys.exit(0 if verdict.passed else 1)
+
+
+@main.command("envs")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--data", "data_spec", help="Dataset whose test images are compared (default: the model's).")
+@click.option("--n", type=click.IntRange(1), default=200, show_default=True)
+def list_envs(model_path, data_spec, n) -> None:
+    """The execution environments available here, and how far their outputs differ on test images."""
+    model, config = models.load(model_path)
+    x = _dataset_for(config, data_spec).test.x[:n]
+    reference = envs.get("float32").oracle(model, tuple(config.input_shape))
+    p0, y0 = reference.probabilities(x), reference.labels(x)
+    click.echo(f"{'environment':<20} {'available':<10} {'max |dp|':>10} {'labels differ':>14}  description")
+    for status in envs.available(model, tuple(config.input_shape)):
+        if not status.available:
+            click.echo(f"{status.name:<20} {'no':<10} {'':>10} {'':>14}  {status.reason}")
+            continue
+        oracle = envs.get(status.name).oracle(model, tuple(config.input_shape))
+        dp = (oracle.probabilities(x) - p0).abs().max().item()
+        differ = int((oracle.labels(x) != y0).sum())
+        click.echo(f"{status.name:<20} {'yes':<10} {dp:>10.2e} {differ:>14}  {status.description}")
 
 
 @main.group()

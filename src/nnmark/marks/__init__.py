@@ -12,7 +12,8 @@ from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import baselines, dbi, pairing
-from nnmark.marks.ownership import coupled
+from nnmark.marks.ownership import coupled, metafinger
+from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
@@ -21,6 +22,8 @@ VERIFIERS: dict[str, Callable[[Oracle, KeyFile], Verdict]] = {
     "natural": baselines.verify,
     "random": baselines.verify,
     coupled.METHOD: coupled.verify,
+    metafinger.METHOD: metafinger.verify,
+    innformant.METHOD: innformant.verify,
 }
 KEYED_VERIFIERS: dict[str, Callable[..., Verdict]] = {pairing.METHOD: pairing.verify}
 """Verifiers that also take the owner's secret (keyword ``secret``)."""
