@@ -1,5 +1,6 @@
 """The command line end to end: exit codes 0 (intact), 1 (tampered), 2 (error)."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -125,17 +126,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, tmp_path):
+@contextlib.contextmanager
+def nnmark_serve(*args):
+    """``nnmark serve ARGS`` in a subprocess on a free port; yields its URL once it is ready."""
     import time
 
     import httpx
 
-    from nnmark import models, serve
-    from nnmark.attacks import weight_noise
-    from nnmark.oracles import TorchOracle
-
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", *map(str, args), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -145,11 +144,20 @@ def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, 
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        remote = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret, "--json")
-        local = run("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--json")
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, tmp_path):
+    from nnmark import models, serve
+    from nnmark.attacks import weight_noise
+    from nnmark.oracles import TorchOracle
+
+    with nnmark_serve("--model", lenet_file) as url:
+        remote = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret, "--json")
+    local = run("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--json")
     assert remote.exit_code == local.exit_code == 0, remote.output
     assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"] == []
 
@@ -236,10 +244,6 @@ def test_coupled_watermark_found_in_its_model_and_not_in_a_clean_one(run, lenet_
 
 
 def test_innformant_identifies_environments_locally_and_through_nnmark_serve(run, lenet_file, tmp_path):
-    import time
-
-    import httpx
-
     key = tmp_path / "telltale.key"
     r = run("mark", "innformant", "--model", lenet_file, "--n", 20, "--envs", "float32,float64", "--remote-max", 200,
             "--out", key, "--secret-file", run.secret, "--json")
@@ -250,21 +254,8 @@ def test_innformant_identifies_environments_locally_and_through_nnmark_serve(run
     r = run("identify", key, "--model", lenet_file, "--env", "float64", "--secret-file", run.secret, "--json")
     assert r.exit_code == 1 and json.loads(r.output)["decision"] == "float64", r.output
     for env, code in (("float32", 0), ("float64", 1)):
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file),
-                                   "--env", env, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with nnmark_serve("--model", lenet_file, "--env", env) as url:
             r = run("identify", key, "--endpoint", url, "--secret-file", run.secret, "--json")
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
         assert r.exit_code == code and json.loads(r.output)["decision"] == env, (env, r.output)
 
 

@@ -377,14 +377,19 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
     _finish_mark(key, out, secret, summary, as_json)
 
 
+def attack_io(f):
+    """The --model (checkpoint to attack) and --out (attacked checkpoint) options every attack takes."""
+    f = click.option("--out", type=click.Path(dir_okay=False), required=True, help="Attacked checkpoint to write.")(f)
+    return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)(f)
+
+
 @main.group()
 def attack() -> None:
     """Change a model the way an adversary or an accident would (model -> new model)."""
 
 
 @attack.command("finetune")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
 @click.option("--lr", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--steps", type=click.IntRange(0), default=100, show_default=True, help="SGD minibatch steps.")
@@ -399,8 +404,7 @@ def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed) -> 
 
 
 @attack.command("noise")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--std", type=click.FloatRange(0), default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_noise(model_path, out, std, seed) -> None:
@@ -410,8 +414,7 @@ def attack_noise(model_path, out, std, seed) -> None:
 
 
 @attack.command("relnoise")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_relnoise(model_path, out, alpha, seed) -> None:
@@ -422,8 +425,7 @@ def attack_relnoise(model_path, out, alpha, seed) -> None:
 
 
 @attack.command("finetune-mode")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--mode", type=click.Choice(MODES), required=True, help="Adi et al.: fine-tune / re-train last or all layers.")
 @click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
@@ -438,8 +440,7 @@ def attack_finetune_mode(model_path, out, mode, data_spec, epochs, lr, seed) -> 
 
 
 @attack.command("prune")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--fraction", type=click.FloatRange(0, 1, max_open=True), required=True)
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True)
 def attack_prune(model_path, out, fraction, scope) -> None:
@@ -450,8 +451,7 @@ def attack_prune(model_path, out, fraction, scope) -> None:
 
 
 @attack.command("quantize")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--granularity", type=click.Choice(["tensor", "channel"]), default="tensor", show_default=True)
 def attack_quantize(model_path, out, granularity) -> None:
     """Symmetric int8 weight quantization, dequantized back to float32 (per tensor or per output channel)."""
@@ -461,8 +461,7 @@ def attack_quantize(model_path, out, granularity) -> None:
 
 
 @attack.command("backdoor")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@attack_io
 @click.option("--data", "data_spec", help="Dataset (default: the model's); the attacker uses its attacker split.")
 @click.option("--target", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--n-poison", type=click.IntRange(1), default=10, show_default=True)
