@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import safetensors.torch
+from safetensors.torch import load as safetensors_load
 import torch
 
 from nnmark import __version__
@@ -358,7 +358,7 @@ def _parse(data: bytes, secret: bytes | None, allow_unsigned: bool) -> KeyFile:
     """Check the bytes of a key file (framing, safetensors, format, signature, contents) and build its KeyFile."""
     metadata, records = _decode(data)
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types; any of them means a corrupt file
         raise _corrupt(f"safetensors cannot read it ({e})") from None
     if metadata.keys() != {_KEY_META, _SIG_META}:

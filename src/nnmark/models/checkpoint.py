@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 import torch
 from torch import nn
 
@@ -131,7 +132,7 @@ def save(model: nn.Module, config: ModelConfig, path: str | os.PathLike) -> None
         _check_tensors(reference, tensors)
     except ModelError as e:
         raise ModelError(f"model does not match config {config.arch}: {e}") from None
-    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata={METADATA_KEY: config.to_json()}))
+    atomic_write_bytes(path, safetensors_save(tensors, metadata={METADATA_KEY: config.to_json()}))
 
 
 def load(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig]:
@@ -141,7 +142,7 @@ def load(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig]:
     except OSError as e:
         raise ModelError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types (and others) for corrupt input
         raise ModelError(f"{path} is not a valid safetensors checkpoint: {e}") from None
     header_len = int.from_bytes(data[:8], "little")
