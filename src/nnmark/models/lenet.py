@@ -15,6 +15,13 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def kaiming_init(module: nn.Module) -> None:
+    """He initialisation (fan_out, ReLU) of every Conv2d weight in ``module``, as ResNet and VGG use."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 def halving_pool(h: int, w: int) -> tuple[nn.Module, int, int]:
     """A 2x2 max pool that skips each dimension already of size 1, and the size after it."""
     kh, kw = (2 if h > 1 else 1), (2 if w > 1 else 1)

@@ -10,7 +10,7 @@ changes. Global average pooling makes them build for any H, W >= 1.
 import torch
 from torch import nn
 
-from nnmark.models.lenet import scaled
+from nnmark.models.lenet import kaiming_init, scaled
 
 
 class BasicBlock(nn.Module):
@@ -46,9 +46,7 @@ class ResNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -8,7 +8,7 @@ build time), then global average pooling and one linear classifier; builds for a
 import torch
 from torch import nn
 
-from nnmark.models.lenet import halving_pool, scaled
+from nnmark.models.lenet import halving_pool, kaiming_init, scaled
 
 # Conv widths of the five blocks at full (paper) width; each block ends in a max pool.
 CONFIGS: dict[str, list[list[int]]] = {
@@ -34,9 +34,7 @@ class VGG(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
