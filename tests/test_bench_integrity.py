@@ -1,0 +1,52 @@
+import json
+
+from click.testing import CliRunner
+
+from nnmark.bench import integrity
+from nnmark.cli import main
+
+
+def test_bench_integrity_quick_writes_its_tables_and_plot(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "integrity", "--quick", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "integrity.json").read_text())
+    assert list(result["cases"]) == ["LeNet-5 / mnist5k", "LeNet-5 / digits"]
+    for case in result["cases"].values():
+        (row,) = case["seeds"]
+        methods = set(row["detection"]["backdoor"])
+        assert {"Validset", "DBI", "AID"} <= methods and any(m.startswith("Pairs m=") for m in methods)
+        assert row["attack_info"]["backdoor"]["poison_success"] == 1.0
+        assert row["attack_info"]["finetune lr=1e-10"]["changed_fraction"] < row["attack_info"]["finetune lr=0.001"][
+            "changed_fraction"]
+        assert row["attack_info"]["prune 0.1"]["sparsity"] > row["attack_info"]["prune 0.01"]["sparsity"] >= 0.01
+        assert {"int8 per-tensor (fake)", "int8 per-channel (fake)"} <= set(row["detection"])
+        assert row["aid_coverage"][1] > row["aid_coverage"][0]
+        for rates in row["detection"].values():
+            for r_ in rates.values():
+                assert 0 <= r_["single"] <= r_["pair"] <= 1
+        # a large fine-tune moves boundary samples more than natural ones
+        big = row["detection"]["finetune lr=0.001"]
+        assert big["DBI"]["single"] + big["AID"]["single"] > big["Validset"]["single"]
+        assert set(row["false_alarms"]) | set(row["envs_skipped"]) == set(result["false_alarm_envs"])
+        assert {"float64", "mkldnn-off", "batch1"} <= set(result["false_alarm_envs"])
+        assert [t["n"] for t in case["timing"]] == [8, 16] and all(t["plain"] > 0 for t in case["timing"])
+    md = (tmp_path / "integrity.md").read_text()
+    for title in ("Table 2 layout", "Table 3 layout", "Fig. 3 layout", "Table 4 layout", "False alarms",
+                  "Detection vs margin", "Table 5 layout", "| AID single / pair |"):
+        assert title in md
+    assert "`nnmark bench integrity --quick`" in md
+    png = (tmp_path / "integrity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_default_margin_is_the_smallest_without_false_alarms():
+    def seed(alarms: dict) -> dict:
+        return {"key_sizes": {k: 4 for k in alarms}, "false_alarm_samples": {"batch1": alarms}}
+
+    result = {"params": {"margins": [0.0, 1e-4, 1e-3]},
+              "cases": {"a": {"seeds": [seed({"Pairs m=0": 2, "Pairs m=0.0001": 1, "Pairs m=0.001": 0})]},
+                        "b": {"seeds": [seed({"Pairs m=0": 0, "Pairs m=0.0001": 0, "Pairs m=0.001": 0})]},
+                        "no pairs made": {"seeds": [seed({})]}}}
+    assert integrity.choose_default_margin(result) == 1e-3
+    result["cases"]["a"]["seeds"][0]["false_alarm_samples"]["batch1"]["Pairs m=0.001"] = 1
+    assert integrity.choose_default_margin(result) is None
