@@ -1,0 +1,444 @@
+"""``nnmark bench ownership-fingerprint``: MetaFinger's evaluation layout (Yang et al., IJCAI 2022) on mnist5k.
+
+For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.shadow``, process executor, one
+worker, cached under ``nnmark.shadow.default_cache_dir()``) of LeNet-5 (positives: eq. 1
+augmentations of the source; negatives: from-scratch families with their augmentations, and
+independent validation models) and of a second architecture (VGG-11 negatives and one VGG-11
+validation negative); three keys from the source: MetaFinger, IPGuard (boundary points from training
+images) and natural test images labelled by the source (the sanity baseline). Then:
+
+- Fig. 3 layout: query accuracy of each key on the source after FTLL/FTAL/RTLL/RTAL, after pruning
+  p = 10..70% per layer with fine-tuning, and after eq. 1 weight noise at several alpha with
+  fine-tuning (all on the attacker's data, ``nnmark.data.roles.attacker_data``, disjoint from the
+  owner's training images), beside the attacked model's test accuracy;
+- Fig. 5 layout: query accuracy of the source behind each input transform of
+  ``nnmark.attacks.TRANSFORMS`` at two strengths, beside its test accuracy under the transform;
+- Table 1 layout: query accuracy, decision and p-value on independently trained clean LeNet-5,
+  ResNet-20 and VGG-11 models in no pool (the false-positive side);
+- Fig. 7 layout: query-accuracy difference (mean over the Fig. 3 attacked models minus mean over
+  the Table 1 clean models) of MetaFinger keys made with LeNet-5 pools of 1, 2, 4 negative families
+  at AF 3, and of 4 families at AF 0..3 (subsets of the main pool: no extra training);
+- cost: training seconds of the shadow models (each model's time as recorded in the cache when it
+  was trained) and wall time of meta-training, for the pool of each Fig. 7 setting.
+
+Test accuracy is measured on ``nnmark.data.roles.natural_pool`` (the first half of the test split;
+the attacker holds the second half). Deviations from the paper, which trains ResNet/VGG pools on
+CIFAR-10 and Tiny-ImageNet on GPUs: one data set (mnist5k, 4,000 training images), pools of a
+few models (full mode: 4 LeNet-5 families with AF 3 and 2 VGG-11 families with AF 2, where the
+paper's Fig. 7 goes to 15 negatives and AF 5), VGG-11 trained 2 epochs and ResNet-20 2 epochs (on
+one CPU core a ResNet-20 epoch takes ~30 s), and 2 seeds in full mode, so that the full run fits in
+about 40 minutes of one core.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nnmark import data, models, shadow
+from nnmark._io import atomic_write_bytes
+from nnmark.attacks import MODES, TRANSFORMS, finetune_mode, prune_finetune, relative_weight_noise
+from nnmark.bench.common import command, mean_std, parameters, today, write
+from nnmark.data.roles import attacker_data, natural_pool
+from nnmark.errors import NnmarkError
+from nnmark.keys import KeyFile
+from nnmark.marks.integrity import baselines
+from nnmark.marks.ownership import ipguard, metafinger
+from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
+from nnmark.oracles.transformed import TransformedOracle
+from nnmark.shadow import ShadowSpec
+
+STEM = "metafinger"
+DATA = "mnist5k"
+METHODS = ("MetaFinger", "IPGuard", "Natural")
+FULL = {
+    "seeds": 2, "n": 100, "source_epochs": 8, "shadow_epochs": 8, "finetune_epochs": 2, "alpha": 3.0,
+    "negatives": 4, "val_negatives": 2, "af": 3, "second_arch": "vgg11", "second_epochs": 2, "second_negatives": 2,
+    "second_val_negatives": 1, "second_af": 2, "meta_epochs": 10, "ipguard_iterations": 1000,
+    "attack_epochs": 10, "prune": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), "noise_alphas": (10.0, 5.0, 3.0, 2.0, 1.0),
+    "clean": {"lenet5": (3, 8), "resnet20": (2, 2), "vgg11": (2, 2)},
+    "fig7_negatives": (1, 2, 4), "fig7_af": (0, 1, 2, 3),
+}
+QUICK = {
+    "seeds": 1, "n": 30, "source_epochs": 2, "shadow_epochs": 1, "finetune_epochs": 1, "alpha": 3.0,
+    "negatives": 2, "val_negatives": 2, "af": 2, "second_arch": "vgg11", "second_epochs": 1, "second_negatives": 1,
+    "second_val_negatives": 1, "second_af": 1, "meta_epochs": 5, "ipguard_iterations": 300,
+    "attack_epochs": 2, "prune": (0.1, 0.7), "noise_alphas": (5.0, 1.0),
+    "clean": {"lenet5": (1, 1), "vgg11": (1, 1)},
+    "fig7_negatives": (1, 2), "fig7_af": (0, 2),
+}
+TRANSFORM_STRENGTHS = {
+    "resize_pad": [{"max_shrink": 0.1}, {"max_shrink": 0.25}],
+    "gaussian_noise": [{"std": 0.05}, {"std": 0.1}],
+    "uniform_noise": [{"eps": 0.05}, {"eps": 0.1}],
+    "universal_noise": [{"eps": 0.05}, {"eps": 0.1}],
+    "mean_smoothing": [{"k": 3}, {"k": 5}],
+    "median_smoothing": [{"k": 3}, {"k": 5}],
+    "gaussian_smoothing": [{"k": 3, "sigma": 0.8}, {"k": 5, "sigma": 1.5}],
+}
+"""Each ``TRANSFORMS`` entry at a mild and a strong setting (MetaFinger's release uses the mild ones)."""
+
+
+# --- pools -------------------------------------------------------------------------------------------------
+
+
+def _specs(p: dict, seed: int, digest: str) -> tuple[dict[str, list[ShadowSpec]], dict[str, list[ShadowSpec]]]:
+    """(LeNet-5 pools by ``metafinger.POOLS``, second-architecture negatives "negatives_train"/"negatives_val")."""
+    common = {"alpha": p["alpha"], "finetune_epochs": p["finetune_epochs"]}
+    lenet = shadow.pool_specs("lenet5", DATA, digest, negatives=p["negatives"], val_negatives=p["val_negatives"],
+                              af=p["af"], seed=100 * seed, epochs=p["shadow_epochs"], **common)
+    second = shadow.pool_specs(p["second_arch"], DATA, digest, negatives=p["second_negatives"],
+                               val_negatives=p["second_val_negatives"], af=p["second_af"], seed=100 * seed + 10,
+                               epochs=p["second_epochs"], **common)
+    return lenet, {g: second[g] for g in ("negatives_train", "negatives_val")}
+
+
+def _clean_specs(p: dict, seed: int) -> dict[str, list[ShadowSpec]]:
+    """Independently trained models in no pool: per architecture, (count, epochs) from ``p["clean"]``."""
+    offsets = {"lenet5": 20, "resnet20": 30, "vgg11": 40}
+    return {arch: [ShadowSpec(arch, DATA, 100 * seed + offsets[arch] + i, epochs=epochs) for i in range(count)]
+            for arch, (count, epochs) in p["clean"].items()}
+
+
+def subset_pools(lenet: dict[str, list[ShadowSpec]], negatives: int, af: int) -> dict[str, list[ShadowSpec]]:
+    """The LeNet-5 pools with only the first ``negatives`` families and ``af`` augmentations per model (Fig. 7).
+
+    Positives: the source's augmentations with augment_seed < af, split into train and validation as
+    ``shadow.pool_specs`` does (a third, rounded, validate). The validation negatives stay the same.
+    """
+    families = sorted({s.seed for s in lenet["negatives_train"]})[:negatives]
+    positives = sorted((s for s in lenet["positives_train"] + lenet["positives_val"] if s.augment_seed < af),
+                       key=lambda s: s.augment_seed)
+    n_val = round(af / 3)
+    neg = [s for s in lenet["negatives_train"]
+           if s.seed in families and (not s.augmented or s.augment_seed % 1000 < af)]
+    return {"positives_train": positives[: af - n_val], "negatives_train": neg,
+            "positives_val": positives[af - n_val:], "negatives_val": lenet["negatives_val"]}
+
+
+def _training_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float:
+    """Sum of the training times recorded in the cache for ``specs`` (when each was built)."""
+    index = dict(zip(pool.specs, pool.paths))
+    return sum(json.loads(index[s].with_suffix(".json").read_text())["seconds"] for s in dict.fromkeys(specs))
+
+
+# --- keys and suspects ----------------------------------------------------------------------------------------
+
+
+def query_accuracy(suspect: Oracle, key: KeyFile) -> dict:
+    """The suspect's query accuracy on a key, with the method's decision and p-value where it has them."""
+    if key.method == metafinger.METHOD:
+        v = metafinger.verify(suspect, key)
+    elif key.method == ipguard.METHOD:
+        v = ipguard.verify(suspect, key)
+    else:
+        agree = (suspect.labels(key.queries) == key.expected).double().mean().item()
+        return {"accuracy": agree, "passed": None, "p_value": None}
+    return {"accuracy": v.statistic, "passed": v.passed, "p_value": v.details["p_value"]}
+
+
+def _metafinger_key(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int) -> tuple[KeyFile, float]:
+    start = time.perf_counter()
+    key = metafinger.create(source, *(pools[g] for g in metafinger.POOLS), ds.train.x, n=p["n"],
+                            epochs=p["meta_epochs"], seed=seed)
+    return key, time.perf_counter() - start
+
+
+def _keys(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int) -> tuple[dict[str, KeyFile], dict]:
+    oracle = TorchOracle(source, ds.shape, ds.num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    mf, mf_seconds = _metafinger_key(source, pools, ds, p, seed)
+    start = time.perf_counter()
+    ipg = ipguard.create(oracle, ds.train.x[torch.randperm(len(ds.train), generator=gen)[: p["n"]]],
+                         iterations=p["ipguard_iterations"], seed=seed)
+    ipg_seconds = time.perf_counter() - start
+    pool = natural_pool(ds)
+    nat = baselines.natural(oracle, pool.x[torch.randperm(len(pool), generator=gen)[: p["n"]]])
+    info = {"MetaFinger": {"n": len(mf.expected), "screened": mf.config["screened"], "p0": mf.config["p0"],
+                           "best_epoch": mf.config["best_epoch"], "seconds": mf_seconds},
+            "IPGuard": {"n": len(ipg.expected), "converged": ipg.config["converged"], "seconds": ipg_seconds},
+            "Natural": {"n": len(nat.expected)}}
+    return {"MetaFinger": mf, "IPGuard": ipg, "Natural": nat}, info
+
+
+def _model_attacks(source, ds: data.Dataset, p: dict, seed: int) -> dict[str, torch.nn.Module]:
+    """Fig. 3's modified models, by name: fine-tune modes, prune + fine-tune, eq. 1 noise + fine-tune (FTAL)."""
+    atk = attacker_data(ds)
+    kw = {"epochs": p["attack_epochs"], "seed": seed}
+    out = {mode: finetune_mode(source, atk.x, atk.y, mode=mode, **kw) for mode in MODES}
+    out.update({f"prune {f:.0%}": prune_finetune(source, f, atk.x, atk.y, **kw) for f in p["prune"]})
+    out.update({f"noise alpha={a:g}": finetune_mode(relative_weight_noise(source, a, seed=seed), atk.x, atk.y,
+                                                    mode="FTAL", **kw) for a in p["noise_alphas"]})
+    return out
+
+
+def _row(suspect: Oracle, keys: dict[str, KeyFile], accuracy: float) -> dict:
+    return {"test_accuracy": accuracy, **{m: query_accuracy(suspect, k) for m, k in keys.items()}}
+
+
+def _transformed_accuracy(model, transform, split: data.Split) -> float:
+    with torch.no_grad():
+        return (model(transform(split.x)).argmax(dim=1) == split.y).double().mean().item()
+
+
+def _fig7(lenet_specs: dict, pool: shadow.ShadowPool, source, ds: data.Dataset, p: dict, seed: int,
+          held_pos: list, held_neg: list) -> list[dict]:
+    """MetaFinger keys from sub-pools; query-accuracy difference of held-out positives minus negatives, and costs."""
+    settings = [(n, p["af"]) for n in p["fig7_negatives"]] + [(p["negatives"], af) for af in p["fig7_af"]]
+    rows = []
+    for negatives, af in dict.fromkeys(settings):
+        specs = subset_pools(lenet_specs, negatives, af)
+        try:
+            key, seconds = _metafinger_key(source, {g: pool.select(s) for g, s in specs.items()}, ds, p, seed)
+        except NnmarkError:
+            rows.append({"negatives": negatives, "af": af, "kept": 0, "difference": None, "meta_seconds": None,
+                         "shadow_models": sum(len(s) for s in specs.values()),
+                         "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+            continue
+        pos = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_pos]
+        neg = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_neg]
+        rows.append({"negatives": negatives, "af": af, "kept": len(key.expected), "positive": statistics.mean(pos),
+                     "negative": statistics.mean(neg), "difference": statistics.mean(pos) - statistics.mean(neg),
+                     "meta_seconds": seconds, "shadow_models": sum(len(s) for s in specs.values()),
+                     "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+    return rows
+
+
+def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
+    """One seed: source, pools, keys, Fig. 3 / Fig. 5 / Table 1 / Fig. 7 rows and costs."""
+    cache = shadow.default_cache_dir()
+    build = {"cache_dir": cache, "workers": 1, "executor": "process", "progress": progress}
+    source_spec = ShadowSpec("lenet5", DATA, 100 * seed, epochs=p["source_epochs"])
+    source = shadow.build_pool([source_spec], **build)[0]
+    digest = models.digest(source)
+    lenet, second = _specs(p, seed, digest)
+    clean = _clean_specs(p, seed)
+    wanted = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
+    wanted += [s for g in clean.values() for s in g]
+    pool = shadow.build_pool(wanted, base=source, **build)
+    pools = {g: pool.select(lenet[g]) + (pool.select(second[g]) if g in second else []) for g in metafinger.POOLS}
+    keys, key_info = _keys(source, pools, ds, p, seed)
+    test = natural_pool(ds)
+
+    attacked = _model_attacks(source, ds, p, seed)
+    fig3 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
+            for name, m in tqdm(attacked.items(), desc="model attacks", disable=not progress, leave=False)}
+    fig3 = {"none": _row(LabelsOracle(TorchOracle(source, ds.shape)), keys, models.accuracy(source, test)), **fig3}
+    fig5 = {}
+    for name, strengths in TRANSFORM_STRENGTHS.items():
+        for kwargs in strengths:
+            label = f"{name} " + ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
+            seeded = "seed" in inspect.signature(TRANSFORMS[name]).parameters
+            transform = TRANSFORMS[name](**kwargs, **({"seed": seed} if seeded else {}))
+            oracle = TransformedOracle(TorchOracle(source, ds.shape), transform)
+            fig5[label] = _row(oracle, keys, _transformed_accuracy(source, oracle.transform, test))
+    clean_models = {f"{arch} #{i + 1}": m for arch, specs in clean.items() for i, m in enumerate(pool.select(specs))}
+    table1 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
+              for name, m in clean_models.items()}
+    fig7 = _fig7(lenet, pool, source, ds, p, seed, list(attacked.values()), list(clean_models.values()))
+    all_pool = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
+    cost = {"pool_models": len(dict.fromkeys(all_pool)), "pool_training_seconds": _training_seconds(pool, all_pool),
+            "lenet_models": len(dict.fromkeys(s for g in lenet.values() for s in g)),
+            "lenet_training_seconds": _training_seconds(pool, [s for g in lenet.values() for s in g]),
+            "second_models": len(dict.fromkeys(s for g in second.values() for s in g)),
+            "second_training_seconds": _training_seconds(pool, [s for g in second.values() for s in g]),
+            "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
+            "meta_training_seconds": key_info["MetaFinger"]["seconds"],
+            "ipguard_seconds": key_info["IPGuard"]["seconds"]}
+    return {"seed": seed, "source_accuracy": models.accuracy(source, test), "keys": key_info,
+            "pools": {g: len(v) for g, v in pools.items()}, "fig3": fig3, "fig5": fig5, "table1": table1,
+            "fig7": fig7, "cost": cost}
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def _pct(values: list[float]) -> str:
+    return mean_std(values, 100)
+
+
+def _table(rows: list[dict], section: str, names: list[str], first: str) -> list[str]:
+    out = [f"| {first} | test accuracy | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
+    for name in names:
+        cells = [_pct([r[section][name][m]["accuracy"] for r in rows]) for m in METHODS]
+        accuracy = _pct([r[section][name]["test_accuracy"] for r in rows])
+        out.append(f"| {name} | {accuracy} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _pvalue(values: list[float | None]) -> str:
+    return "n/a" if any(v is None for v in values) else f"{max(values):.2g}"
+
+
+def render(result: dict) -> str:
+    rows, p = result["seeds"], result["params"]
+    fig3 = list(rows[0]["fig3"])
+    modes = ["none", *MODES]
+    prunes = [n for n in fig3 if n.startswith("prune")]
+    noises = [n for n in fig3 if n.startswith("noise")]
+    r0 = rows[0]
+    lines = [
+        "# Ownership fingerprints: MetaFinger vs IPGuard (Yang et al. layout), mnist5k, LeNet-5 source", "",
+        f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}. "
+        "Query accuracy in % (the share of a key's queries the suspect labels as expected), mean ± std over seeds. "
+        "Test accuracy on the first half of the test split; the attacker fine-tunes on the second half.", "",
+        f"Parameters: `{json.dumps({k: v for k, v in p.items()})}`.", "",
+        f"Pools (seed 0): {r0['pools']} models (MetaFinger adds the source to both positive pools); LeNet-5 "
+        f"families {p['negatives']} with AF {p['af']}, {p['second_arch']} families {p['second_negatives']} with AF "
+        f"{p['second_af']}; eq. 1 alpha {p['alpha']:g}. Keys (seed 0): MetaFinger {r0['keys']['MetaFinger']['n']} "
+        f"queries ({r0['keys']['MetaFinger']['screened']} passed the screen, null p0 = "
+        f"{r0['keys']['MetaFinger']['p0']:.3f}), IPGuard {r0['keys']['IPGuard']['n']} boundary points "
+        f"(k = {ipguard.DEFAULT_K:g}, {r0['keys']['IPGuard']['converged']} converged), "
+        f"Natural {r0['keys']['Natural']['n']} "
+        "test images labelled by the source. Deviations from the paper: see the module docstring of "
+        "`nnmark.bench.metafinger` (one small data set, small pools, short training of the larger architectures).", "",
+        "## Model modification (Fig. 3 layout)", "",
+        "(a) Fine-tuning modes on the attacker's data. A key that stays near 100% identifies the stolen model after "
+        "the attack; the test accuracy shows the attacker kept a useful model.", "",
+        *_table(rows, "fig3", modes, "attack"), "",
+        "(b) Pruning p% of each layer's weights by magnitude, then fine-tuning with the mask kept.", "",
+        *_table(rows, "fig3", prunes, "attack"), "",
+        "(c) Eq. 1 weight noise std(param)/alpha (smaller alpha: more noise), then FTAL fine-tuning.", "",
+        *_table(rows, "fig3", noises, "attack"), "",
+        "## Input modification (Fig. 5 layout)", "",
+        "The unmodified source behind a preprocessing of every query. Test accuracy is the source's accuracy "
+        "under the same preprocessing.", "",
+        *_table(rows, "fig5", list(r0["fig5"]), "transform"), "",
+        "## Clean models (Table 1 layout)", "",
+        "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; "
+        "the p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's "
+        "under chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.", "",
+        "| model | test accuracy | MetaFinger | p-value | match | IPGuard | p-value | match | Natural |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in r0["table1"]:
+        cells = [_pct([r["table1"][name]["test_accuracy"] for r in rows])]
+        for m in ("MetaFinger", "IPGuard"):
+            vals = [r["table1"][name][m] for r in rows]
+            cells += [_pct([v["accuracy"] for v in vals]), _pvalue([v["p_value"] for v in vals]),
+                      f"{sum(bool(v['passed']) for v in vals)}/{len(vals)}"]
+        cells.append(_pct([r["table1"][name]["Natural"]["accuracy"] for r in rows]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "", "## Negative models and augmentation (Fig. 7 layout)", "",
+        "MetaFinger keys from LeNet-5 sub-pools. Difference = mean query accuracy of the Fig. 3 attacked models "
+        "minus that of the Table 1 clean models (percentage points); the paper reaches 93 points with 6 negatives "
+        "at AF 5 and finds AF 0 poor even with 15 negatives. Shadow models counts the pool (source excluded); "
+        "their training time is each model's recorded build time; meta-training is this run's wall time.", "",
+        "| negative families | AF | shadow models | kept queries | positives | negatives | difference | "
+        "shadow training | meta-training |", "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, f in enumerate(r0["fig7"]):
+        vals = [r["fig7"][i] for r in rows]
+        if any(v["difference"] is None for v in vals):
+            lines.append(f"| {f['negatives']} | {f['af']} | {f['shadow_models']} | 0 | - | - | no key | "
+                         f"{f['shadow_seconds']:.0f} s | - |")
+            continue
+        lines.append(
+            f"| {f['negatives']} | {f['af']} | {f['shadow_models']} | {mean_std([v['kept'] for v in vals], 1, 0)} | "
+            f"{_pct([v['positive'] for v in vals])} | {_pct([v['negative'] for v in vals])} | "
+            f"{_pct([v['difference'] for v in vals])} | {mean_std([v['shadow_seconds'] for v in vals], 1, 0)} s | "
+            f"{mean_std([v['meta_seconds'] for v in vals], 1, 1)} s |")
+    c = [r["cost"] for r in rows]
+    lines += [
+        "", "## Cost", "",
+        "Meta-data generation (shadow-model training, one worker process, one core) against meta-training "
+        "(Algorithm 1, the main key) and IPGuard's boundary search. Training seconds are each model's recorded "
+        "build time (a cached model keeps the time of the run that built it); the build wall time is this run's.", "",
+        "| part | models | seconds |", "|---|---|---|",
+        f"| LeNet-5 pool training | {c[0]['lenet_models']} | "
+        f"{mean_std([x['lenet_training_seconds'] for x in c], 1, 0)} |",
+        f"| {p['second_arch']} pool training | {c[0]['second_models']} | "
+        f"{mean_std([x['second_training_seconds'] for x in c], 1, 0)} |",
+        f"| build_pool wall time this run ({sum(x['trained_this_run'] for x in c)} models trained) | "
+        f"{c[0]['pool_models']} + clean | {mean_std([x['build_wall_seconds'] for x in c], 1, 0)} |",
+        f"| MetaFinger meta-training + screening | - | {mean_std([x['meta_training_seconds'] for x in c], 1, 1)} |",
+        f"| IPGuard boundary search | - | {mean_std([x['ipguard_seconds'] for x in c], 1, 1)} |",
+        "", "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows "
+        "linearly with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, "
+        "since each step draws k = 3 of them).", "",
+        f"![Fig. 3 and Fig. 7 panels]({STEM}.png)", "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict) -> bytes:
+    """PNG: Fig. 3 (a) fine-tuning, (b) pruning, (c) noise; Fig. 7 (d) vs negatives, (e) vs AF (seed means)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["seeds"]
+
+    def mean(section: str, name: str, m: str) -> float:
+        return 100 * statistics.mean(r[section][name][m]["accuracy"] for r in rows)
+
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    fig3 = list(rows[0]["fig3"])
+    width = 0.27
+    for i, m in enumerate(METHODS):
+        axes[0].bar([x + (i - 1) * width for x in range(len(MODES))], [mean("fig3", a, m) for a in MODES], width,
+                    label=m)
+    axes[0].set_xticks(range(len(MODES)), MODES)
+    axes[0].set_title("(a) fine-tuning")
+    for ax, prefix, title in ((axes[1], "prune", "(b) pruning + fine-tuning"),
+                              (axes[2], "noise", "(c) weight noise + fine-tuning")):
+        names = [n for n in fig3 if n.startswith(prefix)]
+        ticks = [n.split(" ", 1)[1] for n in names]
+        for m in METHODS:
+            ax.plot(ticks, [mean("fig3", n, m) for n in names], marker="o", label=m)
+        ax.plot(ticks, [100 * statistics.mean(r["fig3"][n]["test_accuracy"] for r in rows) for n in names],
+                "k--", label="test accuracy")
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelrotation=30)
+    for ax in axes[:3]:
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("query accuracy (%)")
+    axes[0].legend(loc="lower left")
+    axes[1].legend(loc="lower left")
+    p = result["params"]
+    fig7 = rows[0]["fig7"]
+    for ax, key, fixed, title in ((axes[3], "negatives", ("af", p["af"]), "(d) vs negative families"),
+                                  (axes[4], "af", ("negatives", p["negatives"]), "(e) vs augmentation factor")):
+        idx = [i for i, f in enumerate(fig7) if f[fixed[0]] == fixed[1] and f["difference"] is not None
+               and all(r["fig7"][i]["difference"] is not None for r in rows)]
+        xs = [fig7[i][key] for i in idx]
+        ys = [100 * statistics.mean(r["fig7"][i]["difference"] for r in rows) for i in idx]
+        ax.plot(xs, ys, marker="o")
+        ax.set_xticks(xs)
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"{title} ({fixed[0]} = {fixed[1]})")
+        ax.set_ylabel("query accuracy difference (pp)")
+        ax.set_xlabel(key)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
+    """Run the benchmark and write ``metafinger.md``, ``.json`` and ``.png`` to ``out_dir``."""
+    p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
+    ds = data.load(DATA)
+    start = time.perf_counter()
+    rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
+    result = {
+        "command": command("ownership-fingerprint", quick=quick, seeds=seeds),
+        "date": today(),
+        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+        "seeds": rows,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{STEM}.png", plot(result))
+    return write(out, STEM, result, render(result))

@@ -1,0 +1,62 @@
+"""``nnmark bench ownership-fingerprint``: the Fig. 7 sub-pools, and a quick run through the CLI."""
+
+import json
+
+from click.testing import CliRunner
+
+from nnmark import shadow
+from nnmark.attacks import MODES, TRANSFORMS
+from nnmark.bench import metafinger as bench
+from nnmark.cli import main
+
+DIGEST = "0" * 64
+
+
+def test_subset_pools_take_families_and_augmentations_from_the_full_pool():
+    full = shadow.pool_specs("lenet5", "mnist5k", DIGEST, negatives=4, val_negatives=2, af=3, seed=0)
+    everything = {s for g in full.values() for s in g}
+    same = bench.subset_pools(full, 4, 3)
+    assert {g: len(v) for g, v in same.items()} == {g: len(v) for g, v in full.items()}
+    two = bench.subset_pools(full, 2, 1)
+    assert {s for g in two.values() for s in g} <= everything
+    assert len(two["negatives_train"]) == 2 * (1 + 1)  # two families, each its model and one augmentation
+    assert {s.seed for s in two["negatives_train"]} == {1, 2}
+    assert len(two["positives_train"]) == 1 and two["positives_val"] == []
+    assert two["negatives_val"] == full["negatives_val"]
+    bare = bench.subset_pools(full, 4, 0)
+    assert not any(s.augmented for g in bare.values() for s in g) and bare["positives_train"] == []
+    assert len(bare["negatives_train"]) == 4
+
+
+def test_bench_ownership_fingerprint_quick_writes_its_tables(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "ownership-fingerprint", "--quick", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "metafinger.json").read_text())
+    assert result["command"] == "nnmark bench ownership-fingerprint --quick" and result["params"]["n"] == 30
+    (row,) = result["seeds"]
+    assert row["source_accuracy"] > 0.85
+    fig3 = row["fig3"]
+    assert list(fig3)[:5] == ["none", *MODES] and {"prune 10%", "prune 70%", "noise alpha=1"} <= set(fig3)
+    for method in bench.METHODS:  # the untouched source answers every key as expected
+        assert fig3["none"][method]["accuracy"] == 1.0
+    assert fig3["none"]["IPGuard"]["passed"]  # (the quick MetaFinger key is too small for its p-value bound)
+    assert fig3["none"]["MetaFinger"]["p_value"] < 1 and row["keys"]["MetaFinger"]["n"] >= 1
+    rows = [*fig3.values(), *row["fig5"].values(), *row["table1"].values()]
+    assert all(0 <= x[m]["accuracy"] <= 1 for x in rows for m in bench.METHODS)
+    assert all(0.1 <= x["test_accuracy"] <= 1 for x in rows)
+    assert len(row["fig5"]) == 2 * len(TRANSFORMS) and {k.split()[0] for k in row["fig5"]} == set(TRANSFORMS)
+    assert set(row["table1"]) == {"lenet5 #1", "vgg11 #1"}
+    for clean in row["table1"].values():
+        assert not clean["MetaFinger"]["passed"] and 0 <= clean["IPGuard"]["p_value"] <= 1
+    assert row["pools"] == {"positives_train": 1, "negatives_train": 8, "positives_val": 1, "negatives_val": 3}
+    assert [(f["negatives"], f["af"]) for f in row["fig7"]] == [(1, 2), (2, 2), (2, 0)]
+    assert all(f["shadow_seconds"] > 0 for f in row["fig7"])
+    assert [f["shadow_models"] for f in row["fig7"]] == [7, 10, 4]
+    cost = row["cost"]
+    assert (cost["pool_models"], cost["lenet_models"], cost["second_models"]) == (13, 10, 3)
+    assert cost["pool_training_seconds"] > 0 and cost["meta_training_seconds"] > 0
+    md = (tmp_path / "metafinger.md").read_text()
+    for part in ("Fig. 3 layout", "Fig. 5 layout", "Table 1 layout", "Fig. 7 layout", "## Cost", "| RTAL |",
+                 "| median_smoothing k=5 |", "`nnmark bench ownership-fingerprint --quick`"):
+        assert part in md
+    assert (tmp_path / "metafinger.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
