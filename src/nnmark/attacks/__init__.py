@@ -8,13 +8,15 @@ from nnmark.attacks.backdoor import BackdoorReport, backdoor, stamp_trigger
 from nnmark.attacks.finetune import finetune
 from nnmark.attacks.modes import MODES, finetune_mode
 from nnmark.attacks.noise import relative_weight_noise, weight_noise
+from nnmark.attacks.overwrite import overwrite
 from nnmark.attacks.prune import prune
 from nnmark.attacks.prune_finetune import prune_finetune
 from nnmark.attacks.quantize import quantize_dynamic_torch, quantize_int8, quantize_static_torch
+from nnmark.attacks.transfer import resize, transfer
 from nnmark.attacks.transforms import TRANSFORMS
 
 __all__ = [
-    "MODES", "TRANSFORMS", "BackdoorReport", "backdoor", "finetune", "finetune_mode", "measure", "prune",
+    "MODES", "TRANSFORMS", "BackdoorReport", "backdoor", "finetune", "finetune_mode", "measure", "overwrite", "prune",
     "prune_finetune", "quantize_dynamic_torch", "quantize_int8", "quantize_static_torch", "relative_weight_noise",
-    "stamp_trigger", "weight_noise",
+    "resize", "stamp_trigger", "transfer", "weight_noise",
 ]

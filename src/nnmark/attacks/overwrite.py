@@ -1,0 +1,34 @@
+"""Overwriting attack: train the attacker's own watermark set into a stolen model, mixed with clean data.
+
+Paper: Wen et al., "On function-coupled watermarks for deep neural networks" (2023), sec. 5.3, Table 3: the
+adversary embeds a second watermark made "with a similar watermarking strategy but changing the watermark
+samples, source classes and target class", at learning rate 1e-4; both watermarks are then measured.
+
+The attack only needs the new trigger images and labels (the caller makes them, e.g. with
+``coupled.make_triggers`` on other classes; attacks never import marks) and some clean labelled data so the
+model keeps its accuracy. Training: Adam at a constant ``lr`` (default 1e-4) over clean + triggers, all
+layers, train mode, minibatches of ``batch_size`` (default 64) in an order drawn from ``seed`` each epoch
+(``nnmark.attacks.transfer.adam_fit``).
+
+Example::
+
+    attacked = overwrite(model, x_new, torch.full((len(x_new),), t_new), attacker_data(ds), epochs=5, seed=0)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnmark.attacks.transfer import DEFAULT_BATCH_SIZE, DEFAULT_LR, adam_fit
+from nnmark.data import Split
+
+
+def overwrite(model: nn.Module, x_wm: torch.Tensor, y_wm: torch.Tensor, clean: Split, *, lr: float = DEFAULT_LR,
+              epochs: int, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> nn.Module:
+    """Return a copy of ``model`` trained ``epochs`` epochs on ``clean`` plus the new watermark set (x_wm, y_wm)."""
+    if len(x_wm) == 0 or len(x_wm) != len(y_wm):
+        raise ValueError(f"need as many watermark labels as images, and at least one; got {len(x_wm)}, {len(y_wm)}")
+    x = torch.cat([clean.x, x_wm])
+    y = torch.cat([clean.y, y_wm])
+    return adam_fit(model, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)

@@ -1,0 +1,80 @@
+"""Transfer-learning attack: fine-tune every layer on another domain with the same number of classes.
+
+Paper: Wen et al., "On function-coupled watermarks for deep neural networks" (2023), sec. 5.3 and Fig. 7:
+the stolen model is trained on a new 10-class dataset at learning rate 1e-4 "retaining the number of
+classes", and the watermark and the accuracy on the original domain are measured after each trial.
+nnmark's stand-in for CIFAR-10 -> MNIST: mnist5k -> scikit-learn digits upsampled to 28 x 28 (``resize``).
+
+Choices: Adam (torch defaults) at a constant ``lr`` (default 1e-4), cross-entropy, all parameters, train
+mode (BatchNorm statistics follow the new domain), minibatches of ``batch_size`` (default 64) in an order
+drawn from the ``seed``ed generator each epoch; the classifier head is kept (same class count), so the new
+labels must lie in [0, K) for the model's K outputs. One "trial" of the paper is one epoch here.
+
+Example::
+
+    digits = data.load("digits")
+    attacked = transfer(model, resize(digits.train, (1, 28, 28)), epochs=1, seed=0)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnmark.attacks.modes import check_labelled
+from nnmark.data import Split
+
+DEFAULT_LR = 1e-4
+DEFAULT_BATCH_SIZE = 64
+
+
+def resize(split: Split, shape: tuple[int, int, int]) -> Split:
+    """``split`` with its images bilinearly resized to (C, H, W) = ``shape`` (channels averaged or repeated).
+
+    A 1-channel target averages the channels; a C-channel target repeats a 1-channel source. Values stay in [0, 1].
+    """
+    c, h, w = shape
+    x = split.x
+    if x.shape[1] != c:
+        if c == 1:
+            x = x.mean(dim=1, keepdim=True)
+        elif x.shape[1] == 1:
+            x = x.expand(-1, c, -1, -1)
+        else:
+            raise ValueError(f"cannot map {x.shape[1]} channels to {c}")
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+    return Split(x.contiguous(), split.y)
+
+
+def adam_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int, batch_size: int,
+             seed: int) -> nn.Module:
+    """A copy of ``model`` after ``epochs`` passes of Adam at constant ``lr`` over (x, y), all layers, train mode."""
+    if epochs < 0 or not lr > 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0, lr > 0 and batch_size >= 1, got {epochs}, {lr}, {batch_size}")
+    check_labelled(model, x, y)
+    attacked = copy.deepcopy(model).train()
+    device = next(attacked.parameters()).device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.Adam(attacked.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        batches = list(torch.randperm(len(x), generator=gen).split(batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm needs two samples
+            batches[-2:] = [torch.cat(batches[-2:])]
+        for idx in batches:
+            idx = idx.to(device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(attacked(x[idx]), y[idx]).backward()
+            opt.step()
+    return attacked.eval()
+
+
+def transfer(
+    model: nn.Module, split: Split, *, lr: float = DEFAULT_LR, epochs: int, batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+) -> nn.Module:
+    """Return a copy of ``model`` trained ``epochs`` epochs on the new domain ``split`` (x in [0, 1], model's shape)."""
+    return adam_fit(model, split.x, split.y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
