@@ -60,3 +60,37 @@ def test_available_lists_unavailable_environments_with_reasons(lenet, mnist):
     assert per_model["float32"].available and per_model["float64"].available
     with pytest.raises(ValueError):
         envs.available(lenet)
+
+
+OTHER_RUNTIMES = ("torch-compile", "onnxruntime", "onnxruntime-basic", "onnxruntime-noopt", "onednn-avx2",
+                  "onednn-sse41", "onednn-avx512-core")
+
+
+def test_registry_knows_the_other_runtimes_and_says_why_one_cannot_run(monkeypatch):
+    assert set(OTHER_RUNTIMES) <= set(envs.KNOWN)
+    monkeypatch.setattr(envs, "_cpu_flags", lambda: {"sse4_1"})
+    listed = {s.name: s for s in envs.available()}
+    assert listed["onednn-sse41"].available
+    assert not listed["onednn-avx2"].available and listed["onednn-avx2"].reason == "the CPU lacks avx2"
+    assert "avx512f" in listed["onednn-avx512-core"].reason
+
+
+def test_torch_compile_answers_as_float32_and_a_compiler_failure_is_reported(lenet, mnist, monkeypatch):
+    x = mnist.test.x[:64]
+    compiled = envs.get("torch-compile").oracle(lenet, mnist.shape)
+    reference = TorchOracle(lenet, mnist.shape)
+    assert torch.equal(compiled.labels(x), reference.labels(x))
+    assert (compiled.probabilities(x) - reference.probabilities(x)).abs().max() < 1e-5
+
+    def broken(module, **kwargs):
+        class Failing(torch.nn.Module):
+            def forward(self, x):
+                raise AssertionError("InductorError: C compiler not found\nlong traceback")
+
+        return Failing()
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(NnmarkError) as failed:  # what envs.available lists as the reason
+        envs.get("torch-compile").oracle(lenet, mnist.shape)
+    assert str(failed.value) == ("environment 'torch-compile' cannot run this model: "
+                                 "torch.compile failed: InductorError: C compiler not found")

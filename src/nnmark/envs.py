@@ -4,6 +4,16 @@ Each environment turns a model into an oracle. Fragile samples must stand clear 
 between environments (a float64 run or a one-sample-per-call run of an untouched model must not
 look tampered); telltale samples are made to tell them apart.
 
+Besides torch's own knobs (``TorchOracle`` options) there are environments that run elsewhere:
+"torch-compile" (``torch.compile``, inductor on the CPU; compiled when the oracle is built, so a
+machine without a working C compiler lists it as unavailable with the error's first line),
+"onnxruntime", "onnxruntime-basic", "onnxruntime-noopt" (ONNX Runtime CPU at graph optimisation
+levels ORT_ENABLE_ALL, ORT_ENABLE_BASIC, ORT_DISABLE_ALL; ``OnnxOracle``; needs ``nnmark[onnx]``)
+and "onednn-avx2", "onednn-sse41", "onednn-avx512-core" (``ONEDNN_MAX_CPU_ISA`` caps, which must be
+set before torch loads, so the model runs in a worker subprocess: ``WorkerOracle``; close the
+oracle, or let garbage collection or interpreter exit stop the worker). ONNX Runtime and worker
+environments give probabilities and labels but no gradients.
+
 ``KNOWN`` holds every environment nnmark can describe; ``ENVIRONMENTS`` those whose requirements
 this machine meets (e.g. "cuda" only with a CUDA device). :func:`available` lists every known one
 with ``available`` True/False and the reason, and, given a model, also tries to build each
@@ -16,13 +26,21 @@ environment's oracle for it (a model TorchScript cannot trace is reported, not r
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from nnmark.errors import NnmarkError
-from nnmark.oracles import TorchOracle
+from nnmark.oracles import Oracle, TorchOracle
+from nnmark.oracles import onnx as onnx_oracle
+from nnmark.oracles.worker import WorkerOracle
+
+Factory = Callable[..., Oracle]
+"""Builds an environment's oracle: ``factory(model, input_shape, **options, **kwargs)``."""
 
 
 def _always() -> str | None:
@@ -33,9 +51,40 @@ def _needs_cuda() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA device (or torch built without CUDA)"
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def _needs_cpu(*flags: str) -> Callable[[], str | None]:
+    """A requirement: the CPU has every one of ``flags`` (as /proc/cpuinfo names them)."""
+
+    def requirement() -> str | None:
+        missing = [f for f in flags if f not in _cpu_flags()]
+        return f"the CPU lacks {', '.join(missing)}" if missing else None
+
+    return requirement
+
+
+def _compiled(model: torch.nn.Module, input_shape: tuple[int, int, int], **kwargs) -> TorchOracle:
+    """A ``TorchOracle`` over ``torch.compile`` of a copy of ``model``, compiled now by one forward pass."""
+    try:
+        with warnings.catch_warnings():  # inductor's imports warn that torch.jit APIs are deprecated
+            warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", DeprecationWarning)
+            oracle = TorchOracle(torch.compile(copy.deepcopy(model).eval()), input_shape, **kwargs)
+            oracle.logits(torch.zeros(1, *input_shape))
+    except Exception as e:  # a compiler failure can surface as almost any exception type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NnmarkError(f"torch.compile failed: {first}") from e
+    return oracle
+
+
 @dataclass(frozen=True)
 class Environment:
-    """A named set of ``TorchOracle`` numerics options.
+    """A named oracle factory with its options (default: ``TorchOracle`` numerics options).
 
     ``requirement`` returns why this machine cannot run the environment, or None when it can.
     """
@@ -44,14 +93,20 @@ class Environment:
     description: str
     options: dict = field(default_factory=dict)
     requirement: Callable[[], str | None] = _always
+    factory: Factory = TorchOracle
 
-    def oracle(self, model: torch.nn.Module, input_shape: tuple[int, int, int], **kwargs) -> TorchOracle:
-        """An oracle running ``model`` in this environment; ``NnmarkError`` if it cannot run here or on it."""
+    def oracle(self, model: torch.nn.Module, input_shape: tuple[int, int, int], **kwargs) -> Oracle:
+        """An oracle running ``model`` in this environment; ``NnmarkError`` if it cannot run here or on it.
+
+        ``kwargs`` (e.g. ``budget``, ``num_classes``) go to the factory.
+        """
         reason = self.requirement()
         if reason is not None:
             raise NnmarkError(f"environment {self.name!r} is not available here: {reason}")
         try:
-            return TorchOracle(model, input_shape, **self.options, **kwargs)
+            return self.factory(model, input_shape, **self.options, **kwargs)
+        except NnmarkError as e:
+            raise NnmarkError(f"environment {self.name!r} cannot run this model: {e}") from e
         except (RuntimeError, torch.jit.Error) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise NnmarkError(f"environment {self.name!r} cannot run this model: {first}") from e
@@ -78,6 +133,20 @@ KNOWN: dict[str, Environment] = {
         Environment("channels-last", "torch float32, model and inputs in channels_last format", {"channels_last": True}),
         Environment("torchscript-frozen", "torch.jit.trace + torch.jit.freeze, float32", {"torchscript": True}),
         Environment("cuda", "torch float32 on the first CUDA device", {"device": "cuda"}, _needs_cuda),
+        Environment("torch-compile", "torch.compile (inductor, CPU), float32", {}, _always, _compiled),
+        Environment("onnxruntime", "ONNX Runtime CPU, ORT_ENABLE_ALL graph optimisations",
+                    {"optimization": "all"}, onnx_oracle.requirement, onnx_oracle.OnnxOracle),
+        Environment("onnxruntime-basic", "ONNX Runtime CPU, ORT_ENABLE_BASIC graph optimisations",
+                    {"optimization": "basic"}, onnx_oracle.requirement, onnx_oracle.OnnxOracle),
+        Environment("onnxruntime-noopt", "ONNX Runtime CPU, ORT_DISABLE_ALL (no graph optimisations)",
+                    {"optimization": "disabled"}, onnx_oracle.requirement, onnx_oracle.OnnxOracle),
+        Environment("onednn-avx2", "torch float32 in a worker with ONEDNN_MAX_CPU_ISA=AVX2",
+                    {"env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}, _needs_cpu("avx2"), WorkerOracle),
+        Environment("onednn-sse41", "torch float32 in a worker with ONEDNN_MAX_CPU_ISA=SSE41",
+                    {"env": {"ONEDNN_MAX_CPU_ISA": "SSE41"}}, _needs_cpu("sse4_1"), WorkerOracle),
+        Environment("onednn-avx512-core", "torch float32 in a worker with ONEDNN_MAX_CPU_ISA=AVX512_CORE",
+                    {"env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}},
+                    _needs_cpu("avx512f", "avx512bw", "avx512vl", "avx512dq"), WorkerOracle),
     )
 }
 
@@ -108,8 +177,12 @@ def available(model: torch.nn.Module | None = None, input_shape: tuple[int, int,
         reason = env.requirement()
         if reason is None and model is not None:
             try:
-                env.oracle(model, input_shape).labels(torch.zeros(1, *input_shape))
+                oracle = env.oracle(model, input_shape)
+                oracle.labels(torch.zeros(1, *input_shape))
             except NnmarkError as e:
                 reason = str(e)
+            else:
+                if isinstance(oracle, WorkerOracle):
+                    oracle.close()
         out.append(Status(env.name, env.description, reason is None, reason or ""))
     return out

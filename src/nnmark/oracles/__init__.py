@@ -7,12 +7,18 @@ input answered, and refuses a call past its optional budget with ``QueryBudgetEx
     oracle = TorchOracle(model, (1, 28, 28), budget=10_000)
     black_box = LabelsOracle(oracle)
     black_box.labels(x)          # (N,) int64; black_box.queries == len(x)
+
+``OnnxOracle`` (ONNX Runtime CPU; needs ``nnmark[onnx]``) and ``WorkerOracle`` (a model in a worker
+subprocess with its own environment variables, e.g. ``ONEDNN_MAX_CPU_ISA``) give probabilities and labels.
 """
 
 from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, Oracle, ProbabilitiesOracle, check_inputs
 from nnmark.oracles.local import TorchOracle
+from nnmark.oracles.onnx import OnnxOracle
 from nnmark.oracles.transformed import TransformedOracle
+from nnmark.oracles.worker import WorkerOracle
 
 __all__ = [
-    "ACCESS_LEVELS", "LabelsOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "TransformedOracle", "check_inputs",
+    "ACCESS_LEVELS", "LabelsOracle", "OnnxOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "TransformedOracle",
+    "WorkerOracle", "check_inputs",
 ]
