@@ -6,6 +6,7 @@ bad file, bad signature, over budget, ...), reported as one line on stderr.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -16,13 +17,14 @@ import torch
 
 from nnmark import __version__, data, envs, keys, marks, models, shadow
 from nnmark.attacks import (
-    MODES, backdoor, finetune, finetune_mode, measure, prune, quantize_int8, relative_weight_noise, weight_noise,
+    MODES, backdoor, finetune, finetune_mode, measure, overwrite, prune, quantize_int8, relative_weight_noise, resize,
+    transfer, weight_noise,
 )
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.metrics import sample_quality
-from nnmark.marks.integrity import baselines, dbi, pairing
-from nnmark.marks.ownership import coupled, metafinger
+from nnmark.marks.integrity import aid, baselines, dbi, pairing
+from nnmark.marks.ownership import backdoor_wm, coupled, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
 
@@ -168,6 +170,55 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
     _finish_mark(key, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json)
 
 
+@mark.command("aid")
+@_mark_common
+@click.option("--itr", type=click.IntRange(0), default=aid.PAPER_ITR, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=aid.PAPER_LR, show_default=True,
+              help="Adam learning rate on the inputs.")
+@click.option("--beta", type=click.FloatRange(0), default=aid.DEFAULT_BETA, show_default=True,
+              help="Weight of the neuron-coverage term.")
+def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, itr, lr, beta) -> None:
+    """AID edge-points (Aramoon et al.) from training images: on the boundary, with many neurons active."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    idx = _pick(n, len(ds.train), seed)
+    start = time.perf_counter()
+    key = aid.create(
+        TorchOracle(model, ds.shape, ds.num_classes), ds.train.x[idx], itr=itr, lr=lr, beta=beta,
+        model_digest=models.digest(model), meta={"data": ds.name, "split": "train", "indices": idx.tolist(), "seed": seed},
+        progress=progress_enabled(),
+    )
+    summary = {"coverage_start": key.config["coverage_start"], "coverage_end": key.config["coverage_end"],
+               "seconds": time.perf_counter() - start}
+    _finish_mark(key, out, secret, summary, as_json)
+
+
+@mark.command("ipguard")
+@_mark_common
+@click.option("--k", type=click.FloatRange(0), default=ipguard.DEFAULT_K, show_default=True,
+              help="Logit margin of each point's label over its runner-up class (small: unique but fragile).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=ipguard.DEFAULT_LR, show_default=True)
+@click.option("--iterations", type=click.IntRange(1), default=ipguard.DEFAULT_ITERATIONS, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=ipguard.DEFAULT_THRESHOLD, show_default=True,
+              help="Least matching rate of a match.")
+def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, k, lr, iterations,
+                 threshold) -> None:
+    """IPGuard fingerprint (Cao et al.): points near the model's classification boundary, from training images."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    idx = _pick(n, len(ds.train), seed)
+    start = time.perf_counter()
+    key = ipguard.create(
+        TorchOracle(model, ds.shape, ds.num_classes), ds.train.x[idx], k=k, lr=lr, iterations=iterations, seed=seed,
+        threshold=threshold, model_digest=models.digest(model),
+        meta={"data": ds.name, "split": "train", "indices": idx.tolist()}, progress=progress_enabled(),
+    )
+    _finish_mark(key, out, secret, {"converged": key.config["converged"], "seconds": time.perf_counter() - start},
+                 as_json)
+
+
 @mark.command("natural")
 @_mark_common
 def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json) -> None:
@@ -282,6 +333,82 @@ def mark_coupled(arch, data_spec, kind, r, base, target, epochs, keep_ratio, fin
     _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
 
 
+@mark.command("zhang")
+@click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True)
+@click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR.")
+@click.option("--kind", type=click.Choice(backdoor_wm.ZHANG_KINDS), default="content", show_default=True,
+              help="content: 'TEST' stamped on source-class images; noise: Gaussian noise on them; "
+                   "unrelated: patches of scikit-learn's sample photos.")
+@click.option("--source", type=int, help="Source class i (default: drawn from --seed; unused by unrelated).")
+@click.option("--target", type=int, help="Target class t, not i (default: drawn from --seed).")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out-model", type=click.Path(dir_okay=False), required=True, help="Watermarked checkpoint to write.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_zhang(arch, data_spec, kind, source, target, epochs, width, seed, out_model, out, secret_file, unsigned,
+               as_json) -> None:
+    """Backdoor watermark of Zhang et al. (content, noise or unrelated triggers -> t): a watermarked model and its key."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    ds = data.load(data_spec)
+    torch.manual_seed(seed)
+    model = models.build(arch, ds.shape, ds.num_classes, width=width)
+    start = time.perf_counter()
+    try:
+        wm_model, key = backdoor_wm.embed(model, ds, kind=kind, source=source, target=target, epochs=epochs, seed=seed,
+                                          progress=progress_enabled())
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec,
+                                accuracy=key.config["clean_accuracy"], seed=seed)
+    models.save(wm_model, config, out_model)
+    summary = {k: key.config[k] for k in ("kind", "source", "target", "success", "rate_plain", "clean_accuracy")}
+    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+
+
+@mark.command("adi")
+@click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Train from scratch (with --data).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Fine-tune this pretrained checkpoint.")
+@click.option("--data", "data_spec", help="Dataset (required with --arch; default: the pretrained model's).")
+@click.option("--epochs", type=click.IntRange(1), help="Default 8 from scratch, 3 fine-tuning.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=models.DEFAULT_LR, show_default=True,
+              help="Adam lr, cosine decay.")
+@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out-model", type=click.Path(dir_okay=False), required=True, help="Watermarked checkpoint to write.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, out, secret_file, unsigned,
+             as_json) -> None:
+    """Backdoor watermark of Adi et al.: 90 abstract images with random labels, from scratch or fine-tuned in."""
+    if (arch is None) == (model_path is None):
+        raise CliError("pass either --arch (train from scratch) or --model (fine-tune a pretrained checkpoint)")
+    secret = _secret_for_writing(secret_file, unsigned)
+    if model_path:
+        model, config = models.load(model_path)
+        ds = _dataset_for(config, data_spec)
+        config.data = data_spec or config.data
+    else:
+        if not data_spec:
+            raise CliError("--arch needs --data")
+        ds = data.load(data_spec)
+        torch.manual_seed(seed)
+        model = models.build(arch, ds.shape, ds.num_classes, width=width)
+        config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, seed=seed)
+    pretrained = model_path is not None
+    start = time.perf_counter()
+    wm_model, key = backdoor_wm.embed(model, ds, kind="abstract", epochs=epochs or (3 if pretrained else 8),
+                                      lr=lr, seed=seed,
+                                      pretrained=pretrained, progress=progress_enabled())
+    config.accuracy = key.config["clean_accuracy"]
+    models.save(wm_model, config, out_model)
+    summary = {k: key.config[k] for k in ("pretrained", "success", "null", "clean_accuracy")}
+    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+
+
 @mark.command("innformant")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True)
 @click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")
@@ -311,8 +438,9 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
     pool = natural_pool(ds)
     idx = _pick(n, len(pool), seed)
     start = time.perf_counter()
+    local = oracles[names[0]] if oracles[names[0]].can("gradients") else envs.get("float32").oracle(model, ds.shape)
     key = innformant.create(
-        oracles[names[0]], oracles, pool.x[idx], target=target, local_max=local_max, remote_max=remote_max,
+        local, oracles, pool.x[idx], target=target, local_max=local_max, remote_max=remote_max,
         direction=direction, model_digest=models.digest(model),
         meta={"data": ds.name, "split": "natural_pool", "indices": idx.tolist(), "seed": seed},
         progress=progress_enabled(),
@@ -437,6 +565,49 @@ def attack_finetune_mode(model_path, out, mode, data_spec, epochs, lr, seed) -> 
     split = attacker_data(_dataset_for(config, data_spec))
     attacked = finetune_mode(model, split.x, split.y, mode=mode, epochs=epochs, lr=lr, seed=seed)
     _save_attacked(attacked, config, out, f"{mode}, {epochs} epochs at lr {lr:g} on {len(split)} attacker images")
+
+
+@attack.command("transfer")
+@attack_io
+@click.option("--to", "to_spec", default="digits", show_default=True,
+              help="The new domain (same number of classes), resized to the model's input shape; trains on its train split.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_transfer(model_path, out, to_spec, epochs, lr, seed) -> None:
+    """Transfer learning: train all layers on another domain with the same classes (Adam, Wen et al. sec. 5.3)."""
+    model, config = models.load(model_path)
+    new = data.load(to_spec)
+    if new.num_classes != config.num_classes:
+        raise CliError(f"{to_spec} has {new.num_classes} classes, the model {config.num_classes}")
+    train_split, test_split = (resize(s, tuple(config.input_shape)) for s in (new.train, new.test))
+    attacked = transfer(model, train_split, lr=lr, epochs=epochs, seed=seed)
+    _save_attacked(attacked, config, out, f"transferred to {to_spec}, {epochs} epochs at lr {lr:g} "
+                   f"({to_spec} test accuracy {models.accuracy(attacked, test_split):.2%}); on the original data:")
+
+
+@attack.command("overwrite")
+@attack_io
+@click.option("--data", "data_spec", help="Dataset (default: the model's); triggers and clean data from its attacker split.")
+@click.option("--base", type=(int, int), required=True, help="The attacker's base classes i j.")
+@click.option("--target", type=int, required=True, help="The attacker's target class t.")
+@click.option("--kind", type=click.Choice(coupled.KINDS), default="direct", show_default=True)
+@click.option("--r", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True)
+@click.option("--k", type=click.IntRange(1), default=36, show_default=True, help="Number of new triggers.")
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack_overwrite(model_path, out, data_spec, base, target, kind, r, k, epochs, lr, seed) -> None:
+    """Overwriting: train a second coupled watermark (i, j -> t) into the model with the attacker's data."""
+    model, config = models.load(model_path)
+    split = attacker_data(_dataset_for(config, data_spec))
+    try:
+        i, j, t = coupled.pick_classes(config.num_classes, seed, base, target)
+        x_wm = coupled.make_triggers(split, (i, j), k, kind=kind, r=r, generator=torch.Generator().manual_seed(seed))
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    attacked = overwrite(model, x_wm, torch.full((k,), t), split, lr=lr, epochs=epochs, seed=seed)
+    _save_attacked(attacked, config, out, f"overwrote with {k} {kind} triggers {i}, {j} -> {t} ({epochs} epochs at lr {lr:g})")
 
 
 @attack.command("prune")
@@ -634,25 +805,30 @@ def bench() -> None:
     """Benchmarks that write their tables to docs/benchmarks/."""
 
 
-@bench.command("dbi")
-@click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
-@click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default 3, quick 1).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
-def bench_dbi(quick, seeds, out_dir) -> None:
-    """DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."""
-    from nnmark.bench import dbi as bench_module
+BENCHMARKS = {
+    "dbi": ("dbi", "DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."),
+    "integrity": ("integrity", "Validset, DBI, AID and Pairs under backdoor, fine-tuning, pruning and int8 quantization "
+                  "(Gao et al.)."),
+    "ownership-fingerprint": ("metafinger", "MetaFinger and IPGuard under model and input modifications, and on "
+                              "independent models (Yang et al.)."),
+    "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor watermarks under fine-tuning, "
+                            "transfer, pruning and overwriting (Wen et al.)."),
+    "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
+                 "nnmark serve."),
+}
+"""Benchmark command name -> (module in nnmark.bench, help)."""
 
-    path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
-    click.echo(f"wrote {path}")
+
+def _bench_command(name: str, module: str, doc: str) -> None:
+    @bench.command(name, help=doc)
+    @click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
+    @click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default: the full run's, quick 1).")
+    @click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
+    def command(quick, seeds, out_dir) -> None:
+        bench_module = importlib.import_module(f"nnmark.bench.{module}")
+        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
+        click.echo(f"wrote {path}")
 
 
-@bench.command("integrity")
-@click.option("--quick", is_flag=True, help="Minutes, not the full run: one seed, few samples and iterations.")
-@click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default 3, quick 1).")
-@click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
-def bench_integrity(quick, seeds, out_dir) -> None:
-    """Validset, DBI and Pairs under backdoor, fine-tuning, pruning and int8 quantization (Gao et al.)."""
-    from nnmark.bench import integrity as bench_module
-
-    path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
-    click.echo(f"wrote {path}")
+for _name, (_module, _doc) in BENCHMARKS.items():
+    _bench_command(_name, _module, _doc)

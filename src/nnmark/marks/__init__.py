@@ -11,8 +11,8 @@ from typing import Callable
 from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
-from nnmark.marks.integrity import baselines, dbi, pairing
-from nnmark.marks.ownership import coupled, metafinger
+from nnmark.marks.integrity import aid, baselines, dbi, pairing
+from nnmark.marks.ownership import backdoor_wm, coupled, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
@@ -21,6 +21,10 @@ VERIFIERS: dict[str, Callable[[Oracle, KeyFile], Verdict]] = {
     dbi.METHOD: dbi.verify,
     "natural": baselines.verify,
     "random": baselines.verify,
+    aid.METHOD: aid.verify,
+    backdoor_wm.ZHANG: backdoor_wm.verify,
+    backdoor_wm.ADI: backdoor_wm.verify,
+    ipguard.METHOD: ipguard.verify,
     coupled.METHOD: coupled.verify,
     metafinger.METHOD: metafinger.verify,
     innformant.METHOD: innformant.verify,
