@@ -12,13 +12,13 @@ input answered, and refuses a call past its optional budget with ``QueryBudgetEx
 subprocess with its own environment variables, e.g. ``ONEDNN_MAX_CPU_ISA``) give probabilities and labels.
 """
 
-from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, Oracle, ProbabilitiesOracle, check_inputs
+from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, LogitsOracle, Oracle, ProbabilitiesOracle, check_inputs
 from nnmark.oracles.local import TorchOracle
 from nnmark.oracles.onnx import OnnxOracle
 from nnmark.oracles.transformed import TransformedOracle
 from nnmark.oracles.worker import WorkerOracle
 
 __all__ = [
-    "ACCESS_LEVELS", "LabelsOracle", "OnnxOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle", "TransformedOracle",
-    "WorkerOracle", "check_inputs",
+    "ACCESS_LEVELS", "LabelsOracle", "LogitsOracle", "OnnxOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle",
+    "TransformedOracle", "WorkerOracle", "check_inputs",
 ]

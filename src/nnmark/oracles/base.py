@@ -116,6 +116,24 @@ class Oracle:
         raise AccessError(f"{type(self).__name__} gives no gradients")
 
 
+class LogitsOracle(Oracle):
+    """An oracle over a model whose logits it can compute: labels are their argmax, probabilities their
+    softmax (widened to float32), both from one pass. Subclasses implement ``logits`` (uncounted)."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).argmax(dim=1)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1).float()
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.logits(x)
+        return torch.softmax(z, dim=1).float(), z.argmax(dim=1)
+
+
 class _Restricted(Oracle):
     """Wraps any oracle and exposes at most ``access``; counts and budgets its own queries."""
 

@@ -9,13 +9,13 @@ import warnings
 import torch
 
 from nnmark.errors import InputError
-from nnmark.oracles.base import LossFn, Oracle
+from nnmark.oracles.base import LogitsOracle, LossFn
 
 # torch warns about Intel-GPU TF32 whenever oneDNN flags are toggled on a CPU build: not ours to act on.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
 
-class TorchOracle(Oracle):
+class TorchOracle(LogitsOracle):
     """White-box access to a local model: labels, probabilities and input gradients.
 
     Args:
@@ -107,16 +107,6 @@ class TorchOracle(Oracle):
         if out.shape != (x.shape[0], self.num_classes):
             raise InputError(f"model returned shape {tuple(out.shape)}, expected ({x.shape[0]}, {self.num_classes})")
         return out
-
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(dim=1)
-
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1).float()
-
-    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(x)
-        return torch.softmax(z, dim=1).float(), z.argmax(dim=1)
 
     def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
         losses, grads = [], []

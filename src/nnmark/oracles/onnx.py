@@ -28,7 +28,7 @@ import warnings
 import torch
 
 from nnmark.errors import InputError, NnmarkError
-from nnmark.oracles.base import Oracle
+from nnmark.oracles.base import LogitsOracle
 
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
 
@@ -55,7 +55,7 @@ def export(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-class OnnxOracle(Oracle):
+class OnnxOracle(LogitsOracle):
     """Labels and probabilities from ONNX Runtime (CPU) at graph optimisation level ``optimization``.
 
     Args:
@@ -103,13 +103,3 @@ class OnnxOracle(Oracle):
         if out.shape != (x.shape[0], self.num_classes):
             raise InputError(f"model returned shape {tuple(out.shape)}, expected ({x.shape[0]}, {self.num_classes})")
         return out
-
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(dim=1)
-
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
-
-    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(x)
-        return torch.softmax(z, dim=1), z.argmax(dim=1)

@@ -41,7 +41,7 @@ import weakref
 import torch
 
 from nnmark.errors import NnmarkError
-from nnmark.oracles.base import Oracle
+from nnmark.oracles.base import LogitsOracle
 
 _U32 = struct.Struct("<I")
 
@@ -105,7 +105,7 @@ def _stop(process: subprocess.Popen, stderr) -> None:
             pass
 
 
-class WorkerOracle(Oracle):
+class WorkerOracle(LogitsOracle):
     """Labels and probabilities of a float32 model run in a subprocess with ``env`` set.
 
     Args:
@@ -223,16 +223,6 @@ class WorkerOracle(Oracle):
         if (n, k) != (len(x), self.num_classes):
             raise self._dead(f"answered shape ({n}, {k}) for ({len(x)}, {self.num_classes})")
         return torch.frombuffer(bytearray(body[8:]), dtype=torch.float32).reshape(n, k)
-
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
-
-    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(x)
-        return torch.softmax(z, dim=1), z.argmax(dim=1)
-
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(dim=1)
 
 
 def _serve(path: str) -> int:
