@@ -22,6 +22,20 @@ def command(name: str, *, quick: bool, seeds: int | None) -> str:
     return f"nnmark bench {name}" + (" --quick" if quick else "") + (f" --seeds {seeds}" if seeds else "")
 
 
+def jsonable(v):
+    """``v`` with every tuple, however deep, turned into a list (what its JSON reads back as)."""
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return v
+
+
+def header(name: str, p: dict, *, quick: bool, seeds: int | None) -> dict:
+    """The fields every result starts with: the reproducing command, the date and the parameters."""
+    return {"command": command(name, quick=quick, seeds=seeds), "date": today(), "params": jsonable(p)}
+
+
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     """'m ± s' of ``values`` times ``scale`` (just 'm' for one value)."""
     m = statistics.mean(values) * scale

@@ -55,7 +55,7 @@ from nnmark import data, models  # noqa: E402
 from nnmark.attacks import finetune_mode, prune  # noqa: E402
 from nnmark.attacks.overwrite import overwrite  # noqa: E402
 from nnmark.attacks.transfer import resize, transfer  # noqa: E402
-from nnmark.bench.common import command, parameters, today, write  # noqa: E402
+from nnmark.bench.common import header, parameters, write  # noqa: E402
 from nnmark.data.roles import attacker_data, natural_pool  # noqa: E402
 from nnmark.keys import KeyFile  # noqa: E402
 from nnmark.marks.ownership import backdoor_wm, coupled  # noqa: E402
@@ -379,14 +379,6 @@ def plot(result: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
     """Run the benchmark and write ``coupled.md``, ``coupled.json`` and ``coupled.png`` to ``out_dir``."""
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
@@ -396,8 +388,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     rows = []
     for seed in range(p["seeds"]):
         rows.append({"seed": seed, "archs": {a: run_arch(a, seed, p, ds, digits, progress) for a in p["archs"]}})
-    result = {"command": command(NAME, quick=quick, seeds=seeds), "date": today(), "params": _jsonable(p),
-              "seeds": rows}
+    result = {**header(NAME, p, quick=quick, seeds=seeds), "seeds": rows}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(result, out / f"{STEM}.png")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, envs, models
 from nnmark.attacks import finetune, weight_noise
-from nnmark.bench.common import command, mean_std, parameters, today, write
+from nnmark.bench.common import header, mean_std, parameters, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.marks.integrity import baselines, dbi
 from nnmark.metrics import change_rate, sample_quality
@@ -159,9 +159,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     ds = data.load("mnist5k")
     rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     result = {
-        "command": command("dbi", quick=quick, seeds=seeds),
-        "date": today(),
-        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+        **header("dbi", p, quick=quick, seeds=seeds),
         "seeds": rows,
         "timing": time_generation(p, ds),
     }

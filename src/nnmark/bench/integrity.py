@@ -48,7 +48,7 @@ from nnmark._io import atomic_write_bytes  # noqa: E402
 from nnmark.attacks import (  # noqa: E402
     backdoor, finetune, measure, prune, quantize_dynamic_torch, quantize_int8, quantize_static_torch,
 )
-from nnmark.bench.common import command, mean_std, parameters, today, write  # noqa: E402
+from nnmark.bench.common import header, mean_std, parameters, write  # noqa: E402
 from nnmark.data.roles import attacker_data, natural_pool  # noqa: E402
 from nnmark.errors import NnmarkError  # noqa: E402
 from nnmark.keys import KeyFile  # noqa: E402
@@ -438,9 +438,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     cases = [dict(c, seeds=seeds or c["seeds"]) for c in p["cases"]]
     result = {
-        "command": command("integrity", quick=quick, seeds=seeds),
-        "date": today(),
-        "params": {**{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}, "cases": cases},
+        **header("integrity", {**p, "cases": cases}, quick=quick, seeds=seeds),
         "false_alarm_envs": false_alarm_envs(),
         "cases": {},
     }

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from nnmark import data, models, shadow
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import MODES, TRANSFORMS, finetune_mode, prune_finetune, relative_weight_noise
-from nnmark.bench.common import command, mean_std, parameters, today, write
+from nnmark.bench.common import header, mean_std, parameters, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.keys import KeyFile
@@ -432,9 +432,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     start = time.perf_counter()
     rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     result = {
-        "command": command("ownership-fingerprint", quick=quick, seeds=seeds),
-        "date": today(),
-        "params": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+        **header("ownership-fingerprint", p, quick=quick, seeds=seeds),
         "seeds": rows,
         "wall_seconds": time.perf_counter() - start,
     }
