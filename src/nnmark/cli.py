@@ -290,82 +290,82 @@ def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps,
     _finish_mark(key, out, None if unsigned else secret, summary, as_json)
 
 
+def _embed_options(f):
+    """The options of commands that train a watermarked model from scratch and write it with its key."""
+    for option in reversed([
+        click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True),
+        click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR."),
+        click.option("--epochs", type=click.IntRange(1), default=8, show_default=True),
+        click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--out-model", type=click.Path(dir_okay=False), required=True,
+                     help="Watermarked checkpoint to write."),
+        click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write."),
+        with_secret,
+        click.option("--json", "as_json", is_flag=True),
+    ]):
+        f = option(f)
+    return f
+
+
+def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, width, seed, out_model, out,
+                    secret_file, unsigned, as_json) -> None:
+    """Train a fresh ``arch`` model with ``embed(model, ds) -> (model, key)``; write the model and the key."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    ds = data.load(data_spec)
+    torch.manual_seed(seed)
+    model = models.build(arch, ds.shape, ds.num_classes, width=width)
+    start = time.perf_counter()
+    try:
+        wm_model, key = embed(model, ds)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec,
+                                accuracy=key.config["clean_accuracy"], seed=seed)
+    models.save(wm_model, config, out_model)
+    summary = {k: key.config[k] for k in summary_keys}
+    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+
+
 @mark.command("coupled")
-@click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True)
-@click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR.")
+@_embed_options
 @click.option("--kind", type=click.Choice(coupled.KINDS), default="direct", show_default=True,
               help="direct: x_i top-left, x_j bottom-right on white (eq. 2); invisible: r*x_i + (1-r)*x_j (eq. 3).")
 @click.option("--r", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
               help="Invisible-fusion ratio (paper: 0.5, 0.7, 0.9).")
 @click.option("--base", type=(int, int), help="Base classes i j (default: drawn from --seed).")
 @click.option("--target", type=int, help="Target class t, not i or j (default: drawn from --seed).")
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Fraction of each weight tensor the random mask keeps (1/keep-ratio scaling).")
 @click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="eta' of the training-time fine-tuning pass.")
 @click.option("--no-mask", is_flag=True, help="Train with the full W (ablation).")
 @click.option("--no-tt-finetune", is_flag=True, help="Skip the training-time fine-tuning pass (ablation).")
-@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out-model", type=click.Path(dir_okay=False), required=True, help="Watermarked checkpoint to write.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
-@with_secret
-@click.option("--json", "as_json", is_flag=True)
-def mark_coupled(arch, data_spec, kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask, no_tt_finetune,
-                 width, seed, out_model, out, secret_file, unsigned, as_json) -> None:
+def mark_coupled(kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask, no_tt_finetune, seed,
+                 **common) -> None:
     """Function-coupled watermark (Wen et al.): train a watermarked model and its key of 90 fused triggers."""
-    secret = _secret_for_writing(secret_file, unsigned)
-    ds = data.load(data_spec)
-    torch.manual_seed(seed)
-    model = models.build(arch, ds.shape, ds.num_classes, width=width)
-    start = time.perf_counter()
-    try:
-        wm_model, key = coupled.embed(model, ds, kind=kind, r=r, base=base, target=target, epochs=epochs,
-                                      keep_ratio=keep_ratio, finetune_lr=finetune_lr, seed=seed, masked=not no_mask,
-                                      tt_finetune=not no_tt_finetune, progress=progress_enabled())
-    except ValueError as e:
-        raise CliError(str(e)) from e
-    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec,
-                                accuracy=key.config["clean_accuracy"], seed=seed)
-    models.save(wm_model, config, out_model)
-    summary = {k: key.config[k] for k in ("kind", "base", "target", "success", "rate_plain", "clean_accuracy")}
-    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+    _embed_and_save(
+        lambda model, ds: coupled.embed(model, ds, kind=kind, r=r, base=base, target=target, epochs=epochs,
+                                        keep_ratio=keep_ratio, finetune_lr=finetune_lr, seed=seed, masked=not no_mask,
+                                        tt_finetune=not no_tt_finetune, progress=progress_enabled()),
+        ("kind", "base", "target", "success", "rate_plain", "clean_accuracy"), seed=seed, **common,
+    )
 
 
 @mark.command("zhang")
-@click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True)
-@click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR.")
+@_embed_options
 @click.option("--kind", type=click.Choice(backdoor_wm.ZHANG_KINDS), default="content", show_default=True,
               help="content: 'TEST' stamped on source-class images; noise: Gaussian noise on them; "
                    "unrelated: patches of scikit-learn's sample photos.")
 @click.option("--source", type=int, help="Source class i (default: drawn from --seed; unused by unrelated).")
 @click.option("--target", type=int, help="Target class t, not i (default: drawn from --seed).")
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out-model", type=click.Path(dir_okay=False), required=True, help="Watermarked checkpoint to write.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
-@with_secret
-@click.option("--json", "as_json", is_flag=True)
-def mark_zhang(arch, data_spec, kind, source, target, epochs, width, seed, out_model, out, secret_file, unsigned,
-               as_json) -> None:
+def mark_zhang(kind, source, target, epochs, seed, **common) -> None:
     """Backdoor watermark of Zhang et al. (content, noise or unrelated triggers -> t): a watermarked model and its key."""
-    secret = _secret_for_writing(secret_file, unsigned)
-    ds = data.load(data_spec)
-    torch.manual_seed(seed)
-    model = models.build(arch, ds.shape, ds.num_classes, width=width)
-    start = time.perf_counter()
-    try:
-        wm_model, key = backdoor_wm.embed(model, ds, kind=kind, source=source, target=target, epochs=epochs, seed=seed,
-                                          progress=progress_enabled())
-    except ValueError as e:
-        raise CliError(str(e)) from e
-    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec,
-                                accuracy=key.config["clean_accuracy"], seed=seed)
-    models.save(wm_model, config, out_model)
-    summary = {k: key.config[k] for k in ("kind", "source", "target", "success", "rate_plain", "clean_accuracy")}
-    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+    _embed_and_save(
+        lambda model, ds: backdoor_wm.embed(model, ds, kind=kind, source=source, target=target, epochs=epochs,
+                                            seed=seed, progress=progress_enabled()),
+        ("kind", "source", "target", "success", "rate_plain", "clean_accuracy"), seed=seed, **common,
+    )
 
 
 @mark.command("adi")
