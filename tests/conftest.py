@@ -17,6 +17,23 @@ import torch  # noqa: E402
 from nnmark import data, models  # noqa: E402
 
 
+class _Constant(torch.nn.Module):
+    """A broken model: the same logits for every input, argmax = ``label``."""
+
+    def __init__(self, label: int, classes: int = 10):
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor(label), classes).float())
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+@pytest.fixture(scope="session")
+def constant_model():
+    """Makes broken models that answer one label for every input: ``constant_model(label)``."""
+    return _Constant
+
+
 @pytest.fixture(scope="session")
 def mnist():
     return data.load("mnist5k")

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnmark import data, keys, models
 from nnmark.data.roles import natural_pool
@@ -16,17 +15,6 @@ from nnmark.oracles import LabelsOracle, TorchOracle
 
 def _black_box(model, shape):
     return LabelsOracle(TorchOracle(model, shape))
-
-
-class _Constant(nn.Module):
-    """A broken model: the same logits for every input, argmax = ``label``."""
-
-    def __init__(self, label: int, classes: int = 10):
-        super().__init__()
-        self.register_buffer("logits", F.one_hot(torch.tensor(label), classes).float())
-
-    def forward(self, x):
-        return self.logits.expand(len(x), -1)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +138,14 @@ def test_zhang_content_watermark_is_found_in_the_marked_model_and_not_in_a_clean
     assert bw.verify(_black_box(model, mnist.shape), keys.load(path, secret=b"owner")).passed
 
 
-def test_a_model_answering_the_target_everywhere_is_not_watermarked(zhang_content, adi_pretrained, mnist):
+def test_a_model_answering_the_target_everywhere_is_not_watermarked(zhang_content, adi_pretrained, mnist,
+                                                                   constant_model):
     _, key = zhang_content
-    v = bw.verify(_black_box(_Constant(key.config["target"]), mnist.shape), key)
+    v = bw.verify(_black_box(constant_model(key.config["target"]), mnist.shape), key)
     assert v.statistic == 1.0 and v.details["null"] == 1.0 and not v.passed
     _, adi_key = adi_pretrained
     top = int(torch.bincount(adi_key.expected).argmax())
-    v = bw.verify(_black_box(_Constant(top), mnist.shape), adi_key)
+    v = bw.verify(_black_box(constant_model(top), mnist.shape), adi_key)
     share = torch.bincount(adi_key.expected).max().item() / len(adi_key.expected)
     assert v.statistic == pytest.approx(share) and v.details["null"] == pytest.approx(max(0.1, share))
     assert v.details["rate_clean"] == 1.0 and not v.passed and v.details["p_value"] > 0.4

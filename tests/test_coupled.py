@@ -161,21 +161,10 @@ def test_an_independently_trained_clean_model_shows_no_watermark(embedded, mnist
     assert verdict.statistic < 0.5 and verdict.details["p_value"] > 0.01
 
 
-class _Constant(nn.Module):
-    """A broken model: the same logits for every input, argmax = ``label``."""
-
-    def __init__(self, label: int, classes: int = 10):
-        super().__init__()
-        self.register_buffer("logits", F.one_hot(torch.tensor(label), classes).float())
-
-    def forward(self, x):
-        return self.logits.expand(len(x), -1)
-
-
-def test_a_model_answering_the_target_everywhere_is_not_judged_watermarked(embedded, mnist):
+def test_a_model_answering_the_target_everywhere_is_not_judged_watermarked(embedded, mnist, constant_model):
     _, key = embedded
     t = key.config["target"]
-    verdict = coupled.verify(_black_box(_Constant(t), mnist.shape), key)
+    verdict = coupled.verify(_black_box(constant_model(t), mnist.shape), key)
     assert verdict.statistic == 1.0
     assert binomial_tail(90, 90, verdict.details["chance"]) < 1e-3  # against chance alone it would pass
     assert verdict.details["rate_plain"] == 1.0 and verdict.details["null"] == 1.0
