@@ -190,7 +190,22 @@ def test_tiny_lr_finetune_changes_few_weights(lenet, mnist):
     assert changed[1e-3] > 0.3
 
 
+def test_finetune_freeze_bn_leaves_running_statistics_alone(mnist):
+    """A train-mode fine-tune moves BatchNorm statistics even at lr 0; freeze_bn keeps them bit-identical."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 24 * 24, 10))
+    x, y = mnist.train.x[:64], mnist.train.y[:64]
+    moved = finetune(model, x, y, lr=0.0, steps=2, seed=0)
+    assert measure.changed_fraction(model, moved) == 0.0
+    assert measure.changed_buffer_fraction(model, moved) > 0.5
+    frozen = finetune(model, x, y, lr=1e-2, steps=2, seed=0, freeze_bn=True)
+    assert measure.changed_buffer_fraction(model, frozen) == 0.0
+    assert measure.changed_fraction(model, frozen) > 0.5
+    assert not frozen.training
+
+
 def test_measure_compares_like_with_like(lenet):
+    assert measure.changed_buffer_fraction(lenet, lenet) == 0.0
     assert measure.changed_fraction(lenet, lenet) == 0.0
     with pytest.raises(ValueError):
         measure.changed_fraction(lenet, models.build("lenet5", (1, 8, 8), 10))

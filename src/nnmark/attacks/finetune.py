@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def finetune(
@@ -17,11 +18,16 @@ def finetune(
     steps: int,
     batch_size: int = 64,
     seed: int = 0,
+    freeze_bn: bool = False,
 ) -> torch.nn.Module:
     """Return a copy of ``model`` after ``steps`` SGD steps (cross-entropy, all parameters) at ``lr``.
 
     Minibatches are drawn by reshuffling (x, y) with a ``seed``ed generator each pass. The copy is
-    fine-tuned in train mode (BatchNorm statistics update, as a real fine-tune does) and returned in eval mode.
+    fine-tuned in train mode (BatchNorm running statistics update, as a real fine-tune does) and returned
+    in eval mode. ``freeze_bn=True`` keeps every BatchNorm layer in eval mode instead (its running
+    statistics untouched, its affine parameters still trained), so that what changes is the weights
+    the learning rate scales: a train-mode fine-tune moves the running statistics by the BatchNorm
+    momentum whatever ``lr`` is, even at lr = 0.
 
     Args:
         x: attacker images (N, C, H, W) in [0, 1], disjoint from the key's source samples.
@@ -32,6 +38,10 @@ def finetune(
     if len(x) != len(y) or len(x) == 0:
         raise ValueError("finetune needs as many labels as images, and at least one image")
     attacked = copy.deepcopy(model).train()
+    if freeze_bn:
+        for m in attacked.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     opt = torch.optim.SGD(attacked.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""What an attack changed: bit-wise changed parameters, weight sparsity, distinct weight values.
+"""What an attack changed: bit-wise changed parameters and buffers, weight sparsity, distinct weight values.
 
 "Weights" are the ``weight`` tensors of every ``nn.Conv2d`` and ``nn.Linear`` (biases, BatchNorm and
 other parameters excluded), the tensors that pruning and int8 quantization touch.
@@ -27,25 +27,39 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().view(_INT_OF_SIZE[t.element_size()])
 
 
+def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], kind: str) -> tuple[int, int]:
+    """(elements whose bits differ, all elements) over tensors of the same names, shapes and dtypes."""
+    if a.keys() != b.keys():
+        raise ValueError(f"the models have different {kind}s: {sorted(a.keys() ^ b.keys())}")
+    total = changed = 0
+    for name, p in a.items():
+        q = b[name]
+        if p.shape != q.shape or p.dtype != q.dtype:
+            raise ValueError(f"{kind} {name}: {p.dtype}{tuple(p.shape)} before but {q.dtype}{tuple(q.shape)} after")
+        changed += int((_bits(p) != _bits(q)).sum())
+        total += p.numel()
+    return changed, total
+
+
 def changed_fraction(before: nn.Module, after: nn.Module) -> float:
     """Fraction of all parameter elements of ``after`` whose bits differ from ``before`` (buffers not counted).
 
     Both models must have the same parameter names, shapes and dtypes (else ValueError); a model with
     packed quantized layers (``quantize_dynamic_torch``) has other parameters and cannot be compared.
     """
-    a, b = dict(before.named_parameters()), dict(after.named_parameters())
-    if a.keys() != b.keys():
-        raise ValueError(f"the models have different parameters: {sorted(a.keys() ^ b.keys())}")
-    total = changed = 0
-    for name, p in a.items():
-        q = b[name]
-        if p.shape != q.shape or p.dtype != q.dtype:
-            raise ValueError(f"parameter {name}: {p.dtype}{tuple(p.shape)} before but {q.dtype}{tuple(q.shape)} after")
-        changed += int((_bits(p) != _bits(q)).sum())
-        total += p.numel()
+    changed, total = _changed(dict(before.named_parameters()), dict(after.named_parameters()), "parameter")
     if total == 0:
         raise ValueError("the models have no parameters")
     return changed / total
+
+
+def changed_buffer_fraction(before: nn.Module, after: nn.Module) -> float:
+    """Fraction of floating-point buffer elements (BatchNorm running statistics) whose bits differ; 0.0 if none."""
+    def floats(m: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: t for n, t in m.named_buffers() if t.is_floating_point()}
+
+    changed, total = _changed(floats(before), floats(after), "buffer")
+    return changed / total if total else 0.0
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
