@@ -15,6 +15,8 @@ def test_bench_integrity_quick_writes_its_tables_and_plot(tmp_path):
         (row,) = case["seeds"]
         methods = set(row["detection"]["backdoor"])
         assert {"Validset", "DBI", "AID"} <= methods and any(m.startswith("Pairs m=") for m in methods)
+        assert any(m.startswith("Pairs head-act m=") for m in methods)
+        assert row["attack_info"]["finetune lr=1e-10"]["changed_buffers"] == 0.0  # LeNet-5 has no BatchNorm
         assert row["attack_info"]["backdoor"]["poison_success"] == 1.0
         assert row["attack_info"]["finetune lr=1e-10"]["changed_fraction"] < row["attack_info"]["finetune lr=0.001"][
             "changed_fraction"]

@@ -58,6 +58,7 @@ from nnmark.oracles import Oracle, TorchOracle  # noqa: E402
 SECRET, USER = b"nnmark-bench-secret", "bench"
 FULL = {
     "seeds": 3, "alpha": 1e-6, "max_steps": 2000, "margins": (0.0, 1e-4, 1e-3, 1e-2), "backdoor_steps": 2000,
+    "head_activation": True,
     "finetune_steps": 10, "prune": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
     "cases": (
         {"data": "mnist5k", "arch": "lenet5", "seeds": 3, "epochs": 8, "n": 150, "itr": 1000, "timing_itr": 200},
@@ -69,6 +70,7 @@ FULL = {
 }
 QUICK = {
     "seeds": 1, "alpha": 1e-5, "max_steps": 500, "margins": (0.0, 1e-3), "backdoor_steps": 300,
+    "head_activation": True,
     "finetune_steps": 10, "prune": (0.01, 0.1),
     "cases": (
         {"data": "mnist5k", "arch": "lenet5", "seeds": 1, "epochs": 3, "n": 8, "itr": 100, "timing_itr": 5},
@@ -96,20 +98,22 @@ def false_alarm_envs() -> list[str]:
 # --- keys ---------------------------------------------------------------------------------------------
 
 
-def pairs_keys(oracle: TorchOracle, case: dict, p: dict, seed: int) -> dict[str, KeyFile]:
-    """Pairs keys, one per margin, from one stage 1 and one stage 2 (``pairing.create``'s steps, shared)."""
+def pairs_keys(oracle: TorchOracle, case: dict, p: dict, seed: int, *, activation_on: str,
+               margins: tuple[float, ...], prefix: str) -> dict[str, KeyFile]:
+    """Pairs keys ``{prefix} m={margin}``, one per margin, from one stage 1 and one stage 2 (``pairing.create``'s steps)."""
     n = case["n"]
     head = pairing.derive_head(SECRET, USER, oracle.num_classes)
     x, _, _ = pairing.approach_boundary(oracle, head, n, lam=pairing.DEFAULT_LAMBDA, lr=pairing.PAPER_LR,
-                                        max_itr=case["itr"], tol=1e-6, patience=20, activation_on="logits", seed=seed)
+                                        max_itr=case["itr"], tol=1e-6, patience=20, activation_on=activation_on,
+                                        seed=seed)
     alpha = case.get("alpha", p["alpha"])
     before, after, y, ok, _ = pairing.cross_boundary(oracle, head, x, alpha=alpha, max_steps=p["max_steps"])
     before, after, y = before[ok], after[ok], y[ok]
     out = {}
     if len(y) == 0:
         return out
-    for margin in p["margins"]:
-        b, a, kept = before, after, torch.ones(len(y), dtype=torch.bool)
+    for margin in margins:
+        b, a = before, after
         if margin > 0:
             b, a, kept, _ = pairing.widen_pairs(oracle, head, before, after, y, alpha=alpha, margin=margin,
                                                 max_steps=p["max_steps"])
@@ -118,8 +122,10 @@ def pairs_keys(oracle: TorchOracle, case: dict, p: dict, seed: int) -> dict[str,
             continue
         queries, expected, _, _ = pairing.final_labels(oracle, head, torch.stack([b, a], dim=1).flatten(0, 1))
         config = {"user_id": USER, "num_classes": oracle.num_classes, "margin": margin, "alpha": alpha,
-                  "max_itr": case["itr"], "seed": seed, "n_pairs_requested": n, "n_pairs": len(expected) // 2}
-        out[f"Pairs m={margin:g}"] = KeyFile(method=pairing.METHOD, config=config, queries=queries, expected=expected)
+                  "max_itr": case["itr"], "activation_on": activation_on, "seed": seed, "n_pairs_requested": n,
+                  "n_pairs": len(expected) // 2}
+        out[f"{prefix} m={margin:g}"] = KeyFile(method=pairing.METHOD, config=config, queries=queries,
+                                                expected=expected)
     return out
 
 
@@ -134,7 +140,10 @@ def make_keys(oracle: TorchOracle, ds: data.Dataset, case: dict, p: dict, seed: 
         "DBI": dbi.create(oracle, sources, itr=case["itr"], eps=PAPER_DBI_PATH / case["itr"]),
         "AID": aid.create(oracle, sources, itr=case["itr"]),
     }
-    out.update(pairs_keys(oracle, case, p, seed))
+    out.update(pairs_keys(oracle, case, p, seed, activation_on="logits", margins=p["margins"], prefix="Pairs"))
+    if p["head_activation"]:
+        out.update(pairs_keys(oracle, case, p, seed, activation_on="head", margins=(pairing.DEFAULT_MARGIN,),
+                              prefix="Pairs head-act"))
     return out
 
 
@@ -161,10 +170,13 @@ def attacks(model: torch.nn.Module, ds: data.Dataset, p: dict, seed: int) -> tup
     out["backdoor"] = bd
     info["backdoor"] = {"poison_success": report.poison_success, "steps": report.steps,
                         "clean_accuracy": report.clean_accuracy_after}
-    for lr in FINETUNE_LRS:
-        m = finetune(model, atk.x, atk.y, lr=lr, steps=p["finetune_steps"], seed=seed)
-        out[f"finetune lr={lr:g}"] = m
-        info[f"finetune lr={lr:g}"] = {"changed_fraction": measure.changed_fraction(model, m)}
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    for frozen in (False, True) if has_bn else (False,):
+        for lr in FINETUNE_LRS:
+            name = f"finetune {'frozen-BN ' if frozen else ''}lr={lr:g}"
+            out[name] = finetune(model, atk.x, atk.y, lr=lr, steps=p["finetune_steps"], seed=seed, freeze_bn=frozen)
+            info[name] = {"changed_fraction": measure.changed_fraction(model, out[name]),
+                          "changed_buffers": measure.changed_buffer_fraction(model, out[name])}
     for f in p["prune"]:
         out[f"prune {f:g}"] = prune(model, f, scope="global")
         info[f"prune {f:g}"] = {"sparsity": measure.sparsity(out[f"prune {f:g}"])}
@@ -299,6 +311,9 @@ def render(result: dict) -> str:
         f"- Pairs stage 2 and margins: at most {p['max_steps']} steps; margins "
         f"{', '.join(f'{m:g}' for m in p['margins'])} widen the same crossings ('Pairs m=0' is the paper's "
         "adjacent pair).",
+        "- Activation term of eq. 6: 'Pairs' sums |output_i| over the model's N logits (nnmark's default); "
+        f"'Pairs head-act' sums it over the head's 2 outputs (own stage 1 and 2, margin {pairing.DEFAULT_MARGIN:g})"
+        + ("." if p["head_activation"] else "; not run in this mode."),
         f"- Backdoor: 10 poisoned attacker images (3x3 trigger, target 0), SGD lr 1e-3 (paper 1e-5) until every "
         f"poisoned image is classified as the target, at most {p['backdoor_steps']} steps. Fine-tuning: SGD, "
         f"{p['finetune_steps']} steps of 64 attacker images. Attacker images are disjoint from every key's samples.",
@@ -331,8 +346,11 @@ def render(result: dict) -> str:
             "Pairs 92-99.6 %, Validset 0-3 %.", lambda a: a == "backdoor")
     section("After fine-tuning at small learning rates (Table 3 layout)",
             "'changed_fraction' is the fraction of parameters whose float32 value changed at all: an update below "
-            "half an ulp leaves a weight as it was, and then no method can detect anything. The paper's claim is "
-            "Pairs far above DBI and AID at the smallest rates (e.g. 50-78 % vs 18-49 % at 1e-10/1e-9 on CIFAR-10).",
+            "half an ulp leaves a weight as it was, and then no method can detect anything. 'changed_buffers' is "
+            "the same for BatchNorm running statistics: a train-mode fine-tune moves them by the BatchNorm "
+            "momentum whatever the learning rate, so on models with BatchNorm the 'frozen-BN' rows (BatchNorm kept "
+            "in eval mode) show what the learning rate alone does. The paper's claim is Pairs far above DBI and "
+            "AID at the smallest rates (e.g. 50-78 % vs 18-49 % at 1e-10/1e-9 on CIFAR-10).",
             lambda a: a.startswith("finetune"))
     section("After magnitude pruning (Fig. 3 layout; global L1, plot in integrity.png)",
             "'sparsity' is the measured fraction of zero weights. The paper: Pairs keep a high detection rate "
