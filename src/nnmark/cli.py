@@ -27,6 +27,7 @@ from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.marks.ownership import backdoor_wm, coupled, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
+from nnmark.oracles.worker import WorkerOracle
 
 
 class CliError(click.ClickException):
@@ -265,8 +266,9 @@ def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> Non
               help="Stage-2 step (eq. 7).")
 @click.option("--max-steps", type=click.IntRange(1), default=pairing.DEFAULT_MAX_STEPS, show_default=True,
               help="Stage-2 steps at most.")
-@click.option("--margin", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Head margin each member keeps from the boundary (0: the paper's adjacent pair).")
+@click.option("--margin", type=click.FloatRange(0), default=pairing.DEFAULT_MARGIN, show_default=True,
+              help="Head margin each member keeps from the boundary (0: the paper's adjacent pair; the "
+                   "default is the smallest with no false alarm in other numeric environments).")
 @click.option("--activation-on", type=click.Choice(pairing.ACTIVATIONS), default="logits", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Chooses the random starting pixels.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
@@ -790,13 +792,16 @@ def list_envs(model_path, data_spec, n) -> None:
     reference = envs.get("float32").oracle(model, tuple(config.input_shape))
     p0, y0 = reference.probabilities(x), reference.labels(x)
     click.echo(f"{'environment':<20} {'available':<10} {'max |dp|':>10} {'labels differ':>14}  description")
-    for status in envs.available(model, tuple(config.input_shape)):
-        if not status.available:
+    for status, oracle in envs.probe(model, tuple(config.input_shape)):
+        if oracle is None:
             click.echo(f"{status.name:<20} {'no':<10} {'':>10} {'':>14}  {status.reason}")
             continue
-        oracle = envs.get(status.name).oracle(model, tuple(config.input_shape))
-        dp = (oracle.probabilities(x) - p0).abs().max().item()
-        differ = int((oracle.labels(x) != y0).sum())
+        try:
+            dp = (oracle.probabilities(x) - p0).abs().max().item()
+            differ = int((oracle.labels(x) != y0).sum())
+        finally:
+            if isinstance(oracle, WorkerOracle):
+                oracle.close()
         click.echo(f"{status.name:<20} {'yes':<10} {dp:>10.2e} {differ:>14}  {status.description}")
 
 

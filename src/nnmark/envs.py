@@ -30,7 +30,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -163,26 +163,36 @@ def get(name: str) -> Environment:
     raise NnmarkError(f"unknown environment {name!r}; known: {', '.join(KNOWN)}")
 
 
-def available(model: torch.nn.Module | None = None, input_shape: tuple[int, int, int] | None = None) -> list[Status]:
-    """Every known environment with whether it can run here and why not; never raises for one that cannot.
+def probe(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> Iterator[tuple[Status, Oracle | None]]:
+    """Each known environment's status for ``model``, with its oracle when it can run it (else None).
 
-    With ``model`` and ``input_shape`` it also builds each environment's oracle for that model and asks it
-    one all-zero input, so a model an environment cannot run (e.g. one TorchScript cannot trace) is listed
-    as unavailable with the error's first line.
+    Every available environment builds its oracle and is asked one all-zero input, so a model an
+    environment cannot run (e.g. one TorchScript cannot trace) is listed as unavailable with the
+    error's first line. The caller closes each ``WorkerOracle`` it is given.
     """
-    if (model is None) != (input_shape is None):
-        raise ValueError("pass both model and input_shape, or neither")
-    out = []
     for env in KNOWN.values():
-        reason = env.requirement()
-        if reason is None and model is not None:
+        reason, oracle = env.requirement(), None
+        if reason is None:
             try:
                 oracle = env.oracle(model, input_shape)
                 oracle.labels(torch.zeros(1, *input_shape))
             except NnmarkError as e:
-                reason = str(e)
-            else:
-                if isinstance(oracle, WorkerOracle):
-                    oracle.close()
-        out.append(Status(env.name, env.description, reason is None, reason or ""))
+                reason, oracle = str(e), None
+        yield Status(env.name, env.description, reason is None, reason or ""), oracle
+
+
+def available(model: torch.nn.Module | None = None, input_shape: tuple[int, int, int] | None = None) -> list[Status]:
+    """Every known environment with whether it can run here and why not; never raises for one that cannot.
+
+    With ``model`` and ``input_shape`` it also checks that each environment runs that model (``probe``).
+    """
+    if (model is None) != (input_shape is None):
+        raise ValueError("pass both model and input_shape, or neither")
+    if model is None:
+        return [Status(e.name, e.description, e.requirement() is None, e.requirement() or "") for e in KNOWN.values()]
+    out = []
+    for status, oracle in probe(model, input_shape):
+        if isinstance(oracle, WorkerOracle):
+            oracle.close()
+        out.append(status)
     return out
