@@ -53,7 +53,7 @@ import torch  # noqa: E402
 
 from nnmark import data, envs, keys, models  # noqa: E402
 from nnmark._io import atomic_write_bytes  # noqa: E402
-from nnmark.bench.common import command, parameters, today, write  # noqa: E402
+from nnmark.bench.common import header, parameters, write  # noqa: E402
 from nnmark.errors import NnmarkError  # noqa: E402
 from nnmark.marks.telltale import innformant, minimal  # noqa: E402
 from nnmark.metrics import psnr  # noqa: E402
@@ -208,6 +208,7 @@ def _confusion(model, config, key, names, how: str) -> dict:
 def run_case(case: dict, p: dict, ds, progress: bool) -> dict:
     """One model: train it, make the key, and measure every table's numbers."""
     shape = ds.shape
+    torch.manual_seed(0)
     model = models.build(case["arch"], shape, ds.num_classes, width=case["width"])
     models.train(model, ds.train, epochs=case["epochs"], seed=0)
     model.eval()
@@ -311,7 +312,7 @@ def _plot(cases: list[dict], path: Path) -> None:
 
 
 def _markdown(result: dict) -> str:
-    p, cases = result["parameters"], result["cases"]
+    p, cases = result["params"], result["cases"]
     names = list(p["environments"])
     out = [
         "# iNNformant boundary samples (telltale)", "",
@@ -417,10 +418,8 @@ def run(*, quick: bool, seeds: int | None, out_dir, progress: bool = False) -> P
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     ds = data.load("mnist5k")
     cases = [run_case(case, p, ds, progress) for case in p["cases"]]
-    p = {**p, "cases": list(p["cases"]), "environments": list(p["environments"]),
-         "cost_n": {c["arch"]: c["cost_n"] for c in p["cases"]}}
-    result = {"command": command("telltale", quick=quick, seeds=seeds), "date": today(), "parameters": p,
-              "paper": PAPER, "cases": cases}
+    p = {**p, "cost_n": {c["arch"]: c["cost_n"] for c in p["cases"]}}
+    result = {**header("telltale", p, quick=quick, seeds=seeds), "paper": PAPER, "cases": cases}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _plot(cases, out / "innformant.png")
