@@ -15,7 +15,6 @@ def test_bench_integrity_quick_writes_its_tables_and_plot(tmp_path):
         (row,) = case["seeds"]
         methods = set(row["detection"]["backdoor"])
         assert {"Validset", "DBI", "AID"} <= methods and any(m.startswith("Pairs m=") for m in methods)
-        assert any(m.startswith("Pairs head-act m=") for m in methods)
         assert row["attack_info"]["finetune lr=1e-10"]["changed_buffers"] == 0.0  # LeNet-5 has no BatchNorm
         assert row["attack_info"]["backdoor"]["poison_success"] == 1.0
         assert row["attack_info"]["finetune lr=1e-10"]["changed_fraction"] < row["attack_info"]["finetune lr=0.001"][
@@ -32,9 +31,10 @@ def test_bench_integrity_quick_writes_its_tables_and_plot(tmp_path):
         assert set(row["false_alarms"]) | set(row["envs_skipped"]) == set(result["false_alarm_envs"])
         assert {"float64", "mkldnn-off", "batch1"} <= set(result["false_alarm_envs"])
         assert [t["n"] for t in case["timing"]] == [8, 16] and all(t["plain"] > 0 for t in case["timing"])
+    assert any(m.startswith("Pairs head-act m=") for m in result["cases"]["LeNet-5 / mnist5k"]["seeds"][0]["key_sizes"])
     md = (tmp_path / "integrity.md").read_text()
     for title in ("Table 2 layout", "Table 3 layout", "Fig. 3 layout", "Table 4 layout", "False alarms",
-                  "Detection vs margin", "Table 5 layout", "| AID single / pair |"):
+                  "Detection vs margin", "Activation term of eq. 6", "Table 5 layout", "| AID single / pair |"):
         assert title in md
     assert "`nnmark bench integrity --quick`" in md
     png = (tmp_path / "integrity.png").read_bytes()
