@@ -51,7 +51,7 @@ def test_verify_exit_codes(run, lenet_file, dbi_key_file, tmp_path):
     assert verdict["queries"] == 30 and verdict["model_digest_matches"] is True
 
     attacked = tmp_path / "attacked.safetensors"
-    r = run("attack", "finetune", "--model", lenet_file, "--out", attacked, "--lr", 1e-3, "--steps", 20)
+    r = run("attack", "finetune", "--model", lenet_file, "--out", attacked, "--lr", 1e-3, "--steps", 20, "--freeze-bn")
     assert r.exit_code == 0, r.output
     r = run("verify", dbi_key_file, "--model", attacked, "--secret-file", run.secret, "--json")
     assert r.exit_code == 1, r.output

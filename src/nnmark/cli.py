@@ -525,12 +525,16 @@ def attack() -> None:
 @click.option("--steps", type=click.IntRange(0), default=100, show_default=True, help="SGD minibatch steps.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed) -> None:
+@click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm running statistics as they are (eval-mode BatchNorm).")
+def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed, freeze_bn) -> None:
     """Fine-tune all layers with SGD on attacker data disjoint from the key's samples."""
     model, config = models.load(model_path)
     split = attacker_data(_dataset_for(config, data_spec))
-    attacked = finetune(model, split.x, split.y, lr=lr, steps=steps, batch_size=batch_size, seed=seed)
-    _save_attacked(attacked, config, out, f"fine-tuned {steps} SGD steps at lr {lr:g} on {len(split)} attacker images")
+    attacked = finetune(model, split.x, split.y, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                        freeze_bn=freeze_bn)
+    bn = ", BatchNorm statistics frozen" if freeze_bn else ""
+    _save_attacked(attacked, config, out,
+                   f"fine-tuned {steps} SGD steps at lr {lr:g} on {len(split)} attacker images{bn}")
 
 
 @attack.command("noise")
