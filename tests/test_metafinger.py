@@ -62,6 +62,34 @@ def test_a_gradient_step_on_eq2_moves_positives_toward_the_anchor():
     assert metafinger.kl_divergence(a2, neg2[0]).sum() > metafinger.kl_divergence(a, neg[0]).sum()
 
 
+# --- input augmentation during meta-training ------------------------------------------------------------
+
+
+def test_augment_is_deterministic_by_generator_and_keeps_shape_and_range():
+    x = torch.rand(6, 1, 12, 12)
+    outs = [metafinger.augment(x, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(outs[0], outs[1])
+    gen = torch.Generator().manual_seed(0)
+    draws = [metafinger.augment(x, gen) for _ in range(40)]
+    for y in [*outs, *draws]:
+        assert y.shape == x.shape and y.dtype == x.dtype and y.min() >= 0 and y.max() <= 1
+    changed = [not torch.equal(y, x) for y in draws]
+    assert any(changed) and not all(changed)  # the identity is one of the draws, the others move X
+    assert len({y.sum().item() for y in draws}) > len(metafinger.AUGMENTATIONS) // 2  # several transforms drawn
+
+
+@pytest.mark.parametrize("entry", metafinger.AUGMENTATIONS, ids=lambda e: e[0])
+def test_augment_lets_the_gradient_reach_x(entry, monkeypatch):
+    monkeypatch.setattr(metafinger, "AUGMENTATIONS", (entry,))
+    x = torch.rand(4, 1, 12, 12).mul(0.8).add(0.1).requires_grad_(True)
+    weight = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = metafinger.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    (grad,) = torch.autograd.grad((y * weight).sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert entry[0] == "identity" or not torch.equal(y.detach(), x.detach())
+
+
 # --- screening, labels, null --------------------------------------------------------------------------
 
 
@@ -148,6 +176,7 @@ def test_key_records_the_method_and_its_calibration(world):
     assert not torch.equal(key.queries, key.extras["sources"])  # meta-training moved the images
     assert c["pools"] == {"positives_train": 2, "negatives_train": 6, "positives_val": 2, "negatives_val": 2}
     assert (c["k"], c["lam"], c["lr"], c["epochs"], c["optimizer"], c["data"]) == (3, 1.0, 0.01, 30, "adam", "digits")
+    assert c["augment_inputs"] is metafinger.DEFAULT_AUGMENT_INPUTS
     assert len(c["null_accuracies"]) == 2 and c["p0"] == max(sum(c["null_accuracies"]) / 2, 0.1)
     # the kept X is the epoch with the lowest validation ACC_neg, and it fell from the natural images' level
     history = [h["neg_accuracy"] for h in c["history"]]

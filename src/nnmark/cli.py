@@ -473,6 +473,8 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
 @click.option("--k", type=click.IntRange(1), default=metafinger.PAPER_K, show_default=True)
 @click.option("--lam", type=click.FloatRange(0), default=metafinger.PAPER_LAMBDA, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=metafinger.PAPER_LR, show_default=True)
+@click.option("--augment-inputs/--no-augment-inputs", default=metafinger.DEFAULT_AUGMENT_INPUTS, show_default=True,
+              help="Meta-train on one random input transformation of X per step (the authors' code).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=metafinger.DEFAULT_THRESHOLD, show_default=True,
               help="Least query accuracy of a match.")
 @click.option("--max-p-value", type=click.FloatRange(0, 1, min_open=True), default=metafinger.DEFAULT_MAX_P_VALUE,
@@ -482,8 +484,8 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
 @click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True)
 @click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance).")
 def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, candidates, negatives,
-                    val_negatives, af, alpha, shadow_epochs, finetune_epochs, epochs, k, lam, lr, threshold,
-                    max_p_value, cache_dir, workers, executor, ray_address) -> None:
+                    val_negatives, af, alpha, shadow_epochs, finetune_epochs, epochs, k, lam, lr, augment_inputs,
+                    threshold, max_p_value, cache_dir, workers, executor, ray_address) -> None:
     """MetaFinger fingerprint (Yang et al.): images only the model and models derived from it label as expected."""
     secret = _secret_for_writing(secret_file, unsigned)
     model, config = models.load(model_path)
@@ -498,8 +500,8 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
     shadow_seconds, start = time.perf_counter() - start, time.perf_counter()
     key = metafinger.create(
         model, *(pool.select(specs[name]) for name in metafinger.POOLS), ds.train.x, n=n, candidates=candidates,
-        epochs=epochs, k=k, lam=lam, lr=lr, seed=seed, threshold=threshold, max_p_value=max_p_value,
-        model_digest=digest, meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af},
+        epochs=epochs, k=k, lam=lam, lr=lr, augment_inputs=augment_inputs, seed=seed, threshold=threshold,
+        max_p_value=max_p_value, model_digest=digest, meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af},
         progress=progress_enabled(),
     )
     summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,

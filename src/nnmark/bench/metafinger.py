@@ -4,8 +4,10 @@ For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.shadow``, pro
 worker, cached under ``nnmark.shadow.default_cache_dir()``) of LeNet-5 (positives: eq. 1
 augmentations of the source; negatives: from-scratch families with their augmentations, and
 independent validation models) and of a second architecture (VGG-11 negatives and one VGG-11
-validation negative); three keys from the source: MetaFinger, IPGuard (boundary points from training
-images) and natural test images labelled by the source (the sanity baseline). Then:
+validation negative); four keys from the source: MetaFinger (meta-trained with input augmentation,
+``metafinger.create``'s default), the same without it (``augment_inputs=False``, side by side: the
+measurement behind that default), IPGuard (boundary points from training images) and natural test
+images labelled by the source (the sanity baseline). Then:
 
 - Fig. 3 layout: query accuracy of each key on the source after FTLL/FTAL/RTLL/RTAL, after pruning
   p = 10..70% per layer with fine-tuning, and after eq. 1 weight noise at several alpha with
@@ -16,18 +18,20 @@ images) and natural test images labelled by the source (the sanity baseline). Th
 - Table 1 layout: query accuracy, decision and p-value on independently trained clean LeNet-5,
   ResNet-20 and VGG-11 models in no pool (the false-positive side);
 - Fig. 7 layout: query-accuracy difference (mean over the Fig. 3 attacked models minus mean over
-  the Table 1 clean models) of MetaFinger keys made with LeNet-5 pools of 1, 2, 4 negative families
-  at AF 3, and of 4 families at AF 0..3 (subsets of the main pool: no extra training);
+  the Table 1 clean models) of MetaFinger keys made with LeNet-5 pools of 1, 2, 4, 6 negative
+  families at AF 4, and of 6 families at AF 0..4 (subsets of the main pool: no extra training);
 - cost: training seconds of the shadow models (each model's time as recorded in the cache when it
   was trained) and wall time of meta-training, for the pool of each Fig. 7 setting.
 
 Test accuracy is measured on ``nnmark.data.roles.natural_pool`` (the first half of the test split;
 the attacker holds the second half). Deviations from the paper, which trains ResNet/VGG pools on
 CIFAR-10 and Tiny-ImageNet on GPUs: one data set (mnist5k, 4,000 training images), pools of a
-few models (full mode: 4 LeNet-5 families with AF 3 and 2 VGG-11 families with AF 2, where the
-paper's Fig. 7 goes to 15 negatives and AF 5), VGG-11 trained 2 epochs and ResNet-20 2 epochs (on
-one CPU core a ResNet-20 epoch takes ~30 s), and 2 seeds in full mode, so that the full run fits in
-about 40 minutes of one core.
+few models (full mode: 6 LeNet-5 families with AF 4 and 2 VGG-11 families with AF 2, where the
+paper's Fig. 7 goes to 15 negatives and AF 5; 6 families at AF 4 gave more screened queries, higher
+query accuracy under attack and lower accuracy on clean models than the earlier 4 families at AF 3
+in a side-by-side run on seed 0), VGG-11 trained 2 epochs and ResNet-20 2 epochs (on one CPU core a
+ResNet-20 epoch takes ~30 s), and 2 seeds in full mode, so that the full run fits in about 40
+minutes of one core with an empty shadow cache (each seed trains ~60 models, ~11 minutes).
 """
 
 from __future__ import annotations
@@ -57,14 +61,18 @@ from nnmark.shadow import ShadowSpec
 
 STEM = "metafinger"
 DATA = "mnist5k"
-METHODS = ("MetaFinger", "IPGuard", "Natural")
+PLAIN = "MetaFinger (no input aug.)"
+METHODS = ("MetaFinger", PLAIN, "IPGuard", "Natural")
+"""The keys compared; ``PLAIN`` is MetaFinger meta-trained on X itself (``augment_inputs=False``)."""
+DECIDING = ("MetaFinger", PLAIN, "IPGuard")
+"""The methods with a decision rule and p-value (Natural has none)."""
 FULL = {
     "seeds": 2, "n": 100, "source_epochs": 8, "shadow_epochs": 8, "finetune_epochs": 2, "alpha": 3.0,
-    "negatives": 4, "val_negatives": 2, "af": 3, "second_arch": "vgg11", "second_epochs": 2, "second_negatives": 2,
+    "negatives": 6, "val_negatives": 2, "af": 4, "second_arch": "vgg11", "second_epochs": 2, "second_negatives": 2,
     "second_val_negatives": 1, "second_af": 2, "meta_epochs": 10, "ipguard_iterations": 1000,
     "attack_epochs": 10, "prune": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), "noise_alphas": (10.0, 5.0, 3.0, 2.0, 1.0),
     "clean": {"lenet5": (3, 8), "resnet20": (2, 2), "vgg11": (2, 2)},
-    "fig7_negatives": (1, 2, 4), "fig7_af": (0, 1, 2, 3),
+    "fig7_negatives": (1, 2, 4, 6), "fig7_af": (0, 1, 2, 3, 4),
 }
 QUICK = {
     "seeds": 1, "n": 30, "source_epochs": 2, "shadow_epochs": 1, "finetune_epochs": 1, "alpha": 3.0,
@@ -144,10 +152,11 @@ def query_accuracy(suspect: Oracle, key: KeyFile) -> dict:
     return {"accuracy": v.statistic, "passed": v.passed, "p_value": v.details["p_value"]}
 
 
-def _metafinger_key(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int) -> tuple[KeyFile, float]:
+def _metafinger_key(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int,
+                    augment_inputs: bool = True) -> tuple[KeyFile, float]:
     start = time.perf_counter()
     key = metafinger.create(source, *(pools[g] for g in metafinger.POOLS), ds.train.x, n=p["n"],
-                            epochs=p["meta_epochs"], seed=seed)
+                            epochs=p["meta_epochs"], seed=seed, augment_inputs=augment_inputs)
     return key, time.perf_counter() - start
 
 
@@ -155,17 +164,19 @@ def _keys(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int) 
     oracle = TorchOracle(source, ds.shape, ds.num_classes)
     gen = torch.Generator().manual_seed(seed)
     mf, mf_seconds = _metafinger_key(source, pools, ds, p, seed)
+    plain, plain_seconds = _metafinger_key(source, pools, ds, p, seed, augment_inputs=False)
     start = time.perf_counter()
     ipg = ipguard.create(oracle, ds.train.x[torch.randperm(len(ds.train), generator=gen)[: p["n"]]],
                          iterations=p["ipguard_iterations"], seed=seed)
     ipg_seconds = time.perf_counter() - start
     pool = natural_pool(ds)
     nat = baselines.natural(oracle, pool.x[torch.randperm(len(pool), generator=gen)[: p["n"]]])
-    info = {"MetaFinger": {"n": len(mf.expected), "screened": mf.config["screened"], "p0": mf.config["p0"],
-                           "best_epoch": mf.config["best_epoch"], "seconds": mf_seconds},
-            "IPGuard": {"n": len(ipg.expected), "converged": ipg.config["converged"], "seconds": ipg_seconds},
-            "Natural": {"n": len(nat.expected)}}
-    return {"MetaFinger": mf, "IPGuard": ipg, "Natural": nat}, info
+    info = {m: {"n": len(k.expected), "screened": k.config["screened"], "p0": k.config["p0"],
+                "best_epoch": k.config["best_epoch"], "seconds": t}
+            for m, k, t in (("MetaFinger", mf, mf_seconds), (PLAIN, plain, plain_seconds))}
+    info["IPGuard"] = {"n": len(ipg.expected), "converged": ipg.config["converged"], "seconds": ipg_seconds}
+    info["Natural"] = {"n": len(nat.expected)}
+    return {"MetaFinger": mf, PLAIN: plain, "IPGuard": ipg, "Natural": nat}, info
 
 
 def _model_attacks(source, ds: data.Dataset, p: dict, seed: int) -> dict[str, torch.nn.Module]:
@@ -251,6 +262,7 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
             "second_training_seconds": _training_seconds(pool, [s for g in second.values() for s in g]),
             "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
             "meta_training_seconds": key_info["MetaFinger"]["seconds"],
+            "meta_training_plain_seconds": key_info[PLAIN]["seconds"],
             "ipguard_seconds": key_info["IPGuard"]["seconds"]}
     return {"seed": seed, "source_accuracy": models.accuracy(source, test), "keys": key_info,
             "pools": {g: len(v) for g, v in pools.items()}, "fig3": fig3, "fig5": fig5, "table1": table1,
@@ -294,7 +306,8 @@ def render(result: dict) -> str:
         f"families {p['negatives']} with AF {p['af']}, {p['second_arch']} families {p['second_negatives']} with AF "
         f"{p['second_af']}; eq. 1 alpha {p['alpha']:g}. Keys (seed 0): MetaFinger {r0['keys']['MetaFinger']['n']} "
         f"queries ({r0['keys']['MetaFinger']['screened']} passed the screen, null p0 = "
-        f"{r0['keys']['MetaFinger']['p0']:.3f}), IPGuard {r0['keys']['IPGuard']['n']} boundary points "
+        f"{r0['keys']['MetaFinger']['p0']:.3f}; without input augmentation {r0['keys'][PLAIN]['n']} queries, p0 = "
+        f"{r0['keys'][PLAIN]['p0']:.3f}), IPGuard {r0['keys']['IPGuard']['n']} boundary points "
         f"(k = {ipguard.DEFAULT_K:g}, {r0['keys']['IPGuard']['converged']} converged), "
         f"Natural {r0['keys']['Natural']['n']} "
         "test images labelled by the source. Deviations from the paper: see the module docstring of "
@@ -315,12 +328,12 @@ def render(result: dict) -> str:
         "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; "
         "the p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's "
         "under chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.", "",
-        "| model | test accuracy | MetaFinger | p-value | match | IPGuard | p-value | match | Natural |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | test accuracy | " + " | ".join(f"{m} | p-value | match" for m in DECIDING) + " | Natural |",
+        "|---|---|" + "---|---|---|" * len(DECIDING) + "---|",
     ]
     for name in r0["table1"]:
         cells = [_pct([r["table1"][name]["test_accuracy"] for r in rows])]
-        for m in ("MetaFinger", "IPGuard"):
+        for m in DECIDING:
             vals = [r["table1"][name][m] for r in rows]
             cells += [_pct([v["accuracy"] for v in vals]), _pvalue([v["p_value"] for v in vals]),
                       f"{sum(bool(v['passed']) for v in vals)}/{len(vals)}"]
@@ -360,6 +373,8 @@ def render(result: dict) -> str:
         f"| build_pool wall time this run ({sum(x['trained_this_run'] for x in c)} models trained) | "
         f"{c[0]['pool_models']} + clean | {mean_std([x['build_wall_seconds'] for x in c], 1, 0)} |",
         f"| MetaFinger meta-training + screening | - | {mean_std([x['meta_training_seconds'] for x in c], 1, 1)} |",
+        f"| the same without input augmentation | - | "
+        f"{mean_std([x['meta_training_plain_seconds'] for x in c], 1, 1)} |",
         f"| IPGuard boundary search | - | {mean_std([x['ipguard_seconds'] for x in c], 1, 1)} |",
         "", "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows "
         "linearly with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, "
@@ -383,10 +398,10 @@ def plot(result: dict) -> bytes:
 
     fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     fig3 = list(rows[0]["fig3"])
-    width = 0.27
+    width = 0.8 / len(METHODS)
     for i, m in enumerate(METHODS):
-        axes[0].bar([x + (i - 1) * width for x in range(len(MODES))], [mean("fig3", a, m) for a in MODES], width,
-                    label=m)
+        axes[0].bar([x + (i - (len(METHODS) - 1) / 2) * width for x in range(len(MODES))],
+                    [mean("fig3", a, m) for a in MODES], width, label=m)
     axes[0].set_xticks(range(len(MODES)), MODES)
     axes[0].set_title("(a) fine-tuning")
     for ax, prefix, title in ((axes[1], "prune", "(b) pruning + fine-tuning"),
@@ -408,8 +423,8 @@ def plot(result: dict) -> bytes:
     fig7 = rows[0]["fig7"]
     for ax, key, fixed, title in ((axes[3], "negatives", ("af", p["af"]), "(d) vs negative families"),
                                   (axes[4], "af", ("negatives", p["negatives"]), "(e) vs augmentation factor")):
-        idx = [i for i, f in enumerate(fig7) if f[fixed[0]] == fixed[1] and f["difference"] is not None
-               and all(r["fig7"][i]["difference"] is not None for r in rows)]
+        idx = sorted((i for i, f in enumerate(fig7) if f[fixed[0]] == fixed[1] and f["difference"] is not None
+                      and all(r["fig7"][i]["difference"] is not None for r in rows)), key=lambda i: fig7[i][key])
         xs = [fig7[i][key] for i in idx]
         ys = [100 * statistics.mean(r["fig7"][i]["difference"] for r in rows) for i in idx]
         ax.plot(xs, ys, marker="o")
