@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from nnmark.errors import AccessError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
 
@@ -202,16 +202,5 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         raise KeyFileError(f"{METHOD} key config has threshold/p0 outside [0, 1]")
     before = oracle.queries
     hits_mask = oracle.labels(key.queries) == key.expected
-    hits, n = int(hits_mask.sum()), len(key.expected)
-    rate = hits / n
-    passed = rate >= threshold
-    return Verdict(
-        method=key.method,
-        decision="match" if passed else "no match",
-        passed=passed,
-        statistic_name="matching_rate",
-        statistic=rate,
-        flipped=torch.nonzero(~hits_mask).flatten().tolist(),
-        queries=oracle.queries - before,
-        details={"n": n, "hits": hits, "threshold": threshold, "p0": p0, "p_value": binomial_tail(hits, n, p0)},
-    )
+    return match_verdict(key.method, hits_mask, oracle.queries - before, statistic_name="matching_rate", p0=p0,
+                         threshold=threshold)

@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 from nnmark.attacks.transforms import TRANSFORMS
 from nnmark.errors import InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
 
@@ -339,19 +339,6 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     if not (0 <= p0 <= 1 and 0 <= threshold <= 1 and 0 < max_p <= 1):
         raise KeyFileError(f"{METHOD} key config has p0/threshold/max_p_value outside [0, 1]")
     before = oracle.queries
-    observed = oracle.labels(key.queries)
-    hits_mask = observed == key.expected
-    hits, n = int(hits_mask.sum()), len(key.expected)
-    accuracy = hits / n
-    p_value = binomial_tail(hits, n, p0)
-    passed = accuracy >= threshold and p_value < max_p
-    return Verdict(
-        method=key.method,
-        decision="match" if passed else "no match",
-        passed=passed,
-        statistic_name="query_accuracy",
-        statistic=accuracy,
-        flipped=torch.nonzero(~hits_mask).flatten().tolist(),
-        queries=oracle.queries - before,
-        details={"n": n, "hits": hits, "p_value": p_value, "p0": p0, "threshold": threshold, "max_p_value": max_p},
-    )
+    hits_mask = oracle.labels(key.queries) == key.expected
+    return match_verdict(key.method, hits_mask, oracle.queries - before, statistic_name="query_accuracy", p0=p0,
+                         threshold=threshold, max_p_value=max_p)

@@ -1,8 +1,11 @@
-"""The binomial tail p-value behind ownership decisions."""
+"""The binomial tail p-value behind ownership decisions, and the verdict built from it."""
 
 from __future__ import annotations
 
+import torch
 from scipy.stats import binom
+
+from nnmark.marks.verdict import Verdict
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -20,3 +23,36 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     if k <= 0:
         return 1.0
     return float(binom.sf(k - 1, n, p))
+
+
+def match_verdict(
+    method: str,
+    hits_mask: torch.Tensor,
+    queries: int,
+    *,
+    statistic_name: str,
+    p0: float,
+    threshold: float,
+    max_p_value: float | None = None,
+    **details,
+) -> Verdict:
+    """The ownership verdict from which key queries the suspect answered as expected (``hits_mask`` (n,) bool).
+
+    "match" (passed) iff the rate hits / n >= ``threshold`` and, when ``max_p_value`` is given, the
+    one-sided p-value P[Bin(n, p0) >= hits] < ``max_p_value``. Details: n, hits, p0, p_value, the
+    threshold(s) and ``details``; ``flipped`` lists the queries answered otherwise.
+    """
+    hits, n = int(hits_mask.sum()), len(hits_mask)
+    rate, p_value = hits / n, binomial_tail(hits, n, p0)
+    passed = rate >= threshold and (max_p_value is None or p_value < max_p_value)
+    limits = {"threshold": threshold} if max_p_value is None else {"threshold": threshold, "max_p_value": max_p_value}
+    return Verdict(
+        method=method,
+        decision="match" if passed else "no match",
+        passed=passed,
+        statistic_name=statistic_name,
+        statistic=rate,
+        flipped=torch.nonzero(~hits_mask).flatten().tolist(),
+        queries=queries,
+        details={"n": n, "hits": hits, "p0": p0, "p_value": p_value, **limits, **details},
+    )
