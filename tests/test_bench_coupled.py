@@ -1,12 +1,9 @@
-"""``nnmark bench ownership-watermark --quick`` end to end, and the bench's BatchNorm re-estimation."""
+"""``nnmark bench ownership-watermark --quick`` end to end."""
 
 import json
 
-import torch
 from click.testing import CliRunner
 
-from nnmark import models
-from nnmark.bench import coupled as bench
 from nnmark.cli import main
 
 
@@ -35,6 +32,10 @@ def test_quick_bench_writes_tables_json_and_plot(tmp_path):
         assert c["passed"] == (c["success"] >= 0.5 and c["p_value"] < 1e-3), name
         assert c["null"] >= max(0.1, c["rate_clean"] if mark["method"] != "adi" else 0.1) - 1e-9, name
     assert lenet["marks"]["zhang-content"]["method"] == "zhang" and lenet["marks"]["adi-scratch"]["method"] == "adi"
+    front = lenet["marks"]["frontier"]
+    assert front["method"] == "frontier" and front["before"]["passed"] and front["before"]["null"] >= 0.5
+    assert front["on_clean_model"]["success"] == 0.5 and not front["on_clean_model"]["passed"]  # the key's source
+    assert front["config"]["success_before"] == 0.5
     for heading in ("Table 2", "Fig. 5/6", "Fig. 8/9", "Fig. 7", "Table 3", "Table 4", "null p0"):
         assert heading in md
     assert "nnmark bench ownership-watermark --quick" in md and out["date"] in md
@@ -42,20 +43,3 @@ def test_quick_bench_writes_tables_json_and_plot(tmp_path):
     assert f"{direct['before']['success'] * 100:.0f} / " in row and "✓" in row
     assert (tmp_path / "coupled.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-
-def test_batchnorm_re_estimation_uses_the_full_weights_and_copies():
-    torch.manual_seed(0)
-    model = models.build("resnet20", (1, 28, 28), 10, width=0.25).eval()
-    x = torch.rand(64, 1, 28, 28)
-    bn = model.features[1]
-    with torch.no_grad():
-        bn.running_mean.fill_(5.0)
-    fixed = bench.recalibrate_bn(model, x, batch_size=16)
-    assert torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 5.0))  # the input model is untouched
-    new = fixed.features[1]
-    with torch.no_grad():
-        stem = torch.nn.functional.conv2d(x, fixed.features[0].weight, padding=1)
-    assert torch.allclose(new.running_mean, stem.mean(dim=(0, 2, 3)), atol=1e-5)  # the average of four batch means
-    assert new.momentum == 0.1 and not fixed.training
-    lenet = models.build("lenet5", (1, 28, 28), 10)
-    assert models.digest(bench.recalibrate_bn(lenet, x)) == models.digest(lenet)

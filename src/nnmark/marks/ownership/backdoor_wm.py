@@ -23,7 +23,8 @@ Triggers (``make_triggers``), all float32 (K, C, H, W) in [0, 1]:
 Embedding (``embed``):
     Zhang (method "zhang", ``kind`` content | noise | unrelated): K_wm = floor(0.009 * N_train) triggers
         (under 1% of the training data, as coupled) made from training images of the source class i, all
-        labelled the target t, trained in with the clean training data from the given model (Adam,
+        labelled the target t, each repeated ``coupled.WM_REPEAT`` times in the training data (the same
+        weight as coupled's WM), trained in with the clean training data from the given model (Adam,
         ``nnmark.models.train``). i and t come from ``coupled.pick_classes`` (i = its first base class).
         The key holds 90 verification triggers made the same way from the natural pool (images never
         trained on; content and noise: one per natural-pool image of class i, at most 90, which is about 50
@@ -279,8 +280,8 @@ def embed(
         classes = {"source": i, "target": t}
 
     k_wm = len(wm_x)
-    if kind == "abstract":
-        wm_x, wm_y = wm_x.repeat(ADI_REPEAT, 1, 1, 1), wm_y.repeat(ADI_REPEAT)
+    repeat = ADI_REPEAT if kind == "abstract" else coupled.WM_REPEAT
+    wm_x, wm_y = wm_x.repeat(repeat, 1, 1, 1), wm_y.repeat(repeat)
     wm_model = copy.deepcopy(model)
     train(wm_model, Split(torch.cat([dataset.train.x, wm_x]), torch.cat([dataset.train.y, wm_y])), epochs=epochs,
           lr=lr, batch_size=batch_size, seed=seed, progress=progress)

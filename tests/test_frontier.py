@@ -1,0 +1,78 @@
+"""Frontier stitching (Le Merrer et al.): FGSM key of true and false adversaries, fine-tuned in, binomial decision."""
+
+import pytest
+import torch
+
+from nnmark import models
+from nnmark.data.roles import natural_pool
+from nnmark.errors import DataError, KeyFileError
+from nnmark.keys import KeyFile
+from nnmark.marks.ownership import frontier
+from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.oracles import LabelsOracle, TorchOracle
+
+
+def _black_box(model, shape):
+    return LabelsOracle(TorchOracle(model, shape))
+
+
+@pytest.fixture(scope="module")
+def marked(lenet, mnist):
+    return frontier.embed(lenet, mnist, seed=0)
+
+
+def test_fgsm_moves_every_pixel_by_at_most_eps_within_range(lenet, mnist):
+    x, y = mnist.test.x[:32], mnist.test.y[:32]
+    adv = frontier.fgsm(lenet, x, y, 0.1)
+    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and (adv != x).float().mean() > 0.3
+    with torch.no_grad():
+        loss = lambda z: torch.nn.functional.cross_entropy(lenet(z), y).item()  # noqa: E731
+    assert loss(adv) > loss(x)  # it climbs the loss
+    with pytest.raises(ValueError):
+        frontier.fgsm(lenet, x, y, 0.0)
+
+
+def test_key_holds_half_true_and_half_false_adversaries_of_the_source_model(lenet, mnist):
+    pool = natural_pool(mnist)
+    x, y, is_true = frontier.make_key(lenet, pool, 20, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (20, 1, 28, 28) and int(is_true.sum()) == 10
+    with torch.no_grad():
+        answers = lenet(x).argmax(1)
+    assert (answers[is_true] != y[is_true]).all() and (answers[~is_true] == y[~is_true]).all()
+    with pytest.raises(ValueError):
+        frontier.make_key(lenet, pool, 9, eps=0.1, generator=torch.Generator())
+    with pytest.raises(DataError):
+        frontier.make_key(lenet, pool, 90, eps=0.5, generator=torch.Generator())  # hardly any false adversary
+
+
+def test_marked_model_is_found_the_source_model_and_a_constant_one_are_not(marked, lenet, mnist, constant_model):
+    wm_model, key = marked
+    assert key.config["success_before"] == 0.5 and key.config["success"] >= 0.9
+    assert key.config["clean_accuracy"] >= models.accuracy(lenet, mnist.test) - 0.02
+    v = frontier.verify(_black_box(wm_model, mnist.shape), key)
+    assert v.passed and v.details["mismatches"] <= v.details["theta"]
+    assert v.queries == 90 + len(key.extras["clean"])
+    source = frontier.verify(_black_box(lenet, mnist.shape), key)
+    assert not source.passed and source.statistic == 0.5 and source.details["mismatches"] > source.details["theta"]
+    top = int(torch.bincount(key.expected).argmax())
+    const = frontier.verify(_black_box(constant_model(top), mnist.shape), key)
+    assert not const.passed and const.details["rate_clean"] == 1.0
+
+
+def test_theta_is_the_largest_significant_mismatch_count():
+    th = frontier.theta(90, 0.5)
+    assert binomial_tail(90 - th, 90, 0.5) < 1e-3 <= binomial_tail(90 - th - 1, 90, 0.5)
+    assert frontier.theta(4, 0.5) == -1
+
+
+def test_bad_keys_raise_clear_errors(marked, mnist):
+    wm_model, key = marked
+    oracle = _black_box(wm_model, mnist.shape)
+    with pytest.raises(KeyFileError):
+        frontier.verify(oracle, KeyFile(method="adi", config={}, queries=key.queries, expected=key.expected))
+    with pytest.raises(KeyFileError):
+        frontier.verify(oracle, KeyFile(method="frontier", config={}, queries=key.queries, expected=key.expected))
+    with pytest.raises(KeyFileError):
+        frontier.verify(oracle, KeyFile(method="frontier", config={}, queries=key.queries,
+                                        expected=key.expected + 10, extras=key.extras))
