@@ -243,6 +243,21 @@ def test_coupled_watermark_found_in_its_model_and_not_in_a_clean_one(run, lenet_
                "--out-model", wm, "--out", key, "--unsigned").exit_code == 2
 
 
+def test_frontier_watermark_found_in_the_marked_model_and_not_in_its_source(run, lenet_file, tmp_path):
+    wm, key = tmp_path / "wm.safetensors", tmp_path / "frontier.key"
+    r = run("mark", "frontier", "--model", lenet_file, "--epochs", 1, "--out-model", wm, "--out", key,
+            "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["success_before"] == 0.5 and summary["success"] >= 0.8
+    assert run("verify", key, "--model", wm, "--secret-file", run.secret).exit_code == 0
+    source = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    assert source.exit_code == 1, source.output
+    assert json.loads(source.output)["decision"] == "not watermarked"
+    assert run("mark", "frontier", "--model", lenet_file, "--eps", 0, "--out-model", wm, "--out", key,
+               "--unsigned").exit_code == 2
+
+
 def test_innformant_identifies_environments_locally_and_through_nnmark_serve(run, lenet_file, tmp_path):
     key = tmp_path / "telltale.key"
     r = run("mark", "innformant", "--model", lenet_file, "--n", 20, "--envs", "float32,float64", "--remote-max", 200,

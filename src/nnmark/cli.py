@@ -24,7 +24,7 @@ from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.metrics import sample_quality
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, ipguard, metafinger
+from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
 from nnmark.oracles.worker import WorkerOracle
@@ -343,13 +343,16 @@ def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, wi
               help="eta' of the training-time fine-tuning pass.")
 @click.option("--no-mask", is_flag=True, help="Train with the full W (ablation).")
 @click.option("--no-tt-finetune", is_flag=True, help="Skip the training-time fine-tuning pass (ablation).")
-def mark_coupled(kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask, no_tt_finetune, seed,
+@click.option("--wm-repeat", type=click.IntRange(1), default=coupled.WM_REPEAT, show_default=True,
+              help="Copies of each watermark trigger in the training data per epoch.")
+def mark_coupled(kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask, no_tt_finetune, wm_repeat, seed,
                  **common) -> None:
     """Function-coupled watermark (Wen et al.): train a watermarked model and its key of 90 fused triggers."""
     _embed_and_save(
         lambda model, ds: coupled.embed(model, ds, kind=kind, r=r, base=base, target=target, epochs=epochs,
                                         keep_ratio=keep_ratio, finetune_lr=finetune_lr, seed=seed, masked=not no_mask,
-                                        tt_finetune=not no_tt_finetune, progress=progress_enabled()),
+                                        tt_finetune=not no_tt_finetune, wm_repeat=wm_repeat,
+                                        progress=progress_enabled()),
         ("kind", "base", "target", "success", "rate_plain", "clean_accuracy"), seed=seed, **common,
     )
 
@@ -408,6 +411,36 @@ def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, ou
     config.accuracy = key.config["clean_accuracy"]
     models.save(wm_model, config, out_model)
     summary = {k: key.config[k] for k in ("pretrained", "success", "null", "clean_accuracy")}
+    _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
+
+
+@mark.command("frontier")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help="Trained model to mark.")
+@click.option("--data", "data_spec", help="Dataset (default: the model's).")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=frontier.EPS, show_default=True,
+              help="FGSM step of the key's adversaries.")
+@click.option("--epochs", type=click.IntRange(1), default=frontier.EMBED_EPOCHS, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=frontier.EMBED_LR, show_default=True,
+              help="Adam lr of the fine-tune that stitches the key in.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out-model", type=click.Path(dir_okay=False), required=True, help="Watermarked checkpoint to write.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Key file to write.")
+@with_secret
+@click.option("--json", "as_json", is_flag=True)
+def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, secret_file, unsigned, as_json) -> None:
+    """Frontier stitching (Le Merrer et al.): fine-tune a trained model on true and false FGSM adversaries."""
+    secret = _secret_for_writing(secret_file, unsigned)
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    start = time.perf_counter()
+    try:
+        wm_model, key = frontier.embed(model, ds, eps=eps, epochs=epochs, lr=lr, seed=seed,
+                                       progress=progress_enabled())
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    config.data, config.accuracy = ds.name, key.config["clean_accuracy"]
+    models.save(wm_model, config, out_model)
+    summary = {k: key.config[k] for k in ("success_before", "success", "null", "clean_accuracy")}
     _finish_mark(key, out, secret, {"out_model": out_model, **summary, "seconds": time.perf_counter() - start}, as_json)
 
 

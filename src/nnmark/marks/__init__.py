@@ -12,7 +12,7 @@ from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, ipguard, metafinger
+from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
@@ -26,6 +26,7 @@ VERIFIERS: dict[str, Callable[[Oracle, KeyFile], Verdict]] = {
     backdoor_wm.ADI: backdoor_wm.verify,
     ipguard.METHOD: ipguard.verify,
     coupled.METHOD: coupled.verify,
+    frontier.METHOD: frontier.verify,
     metafinger.METHOD: metafinger.verify,
     innformant.METHOD: innformant.verify,
 }
