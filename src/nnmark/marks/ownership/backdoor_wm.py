@@ -70,7 +70,7 @@ from nnmark.data.roles import natural_pool
 from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import coupled
-from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest, train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
@@ -325,19 +325,10 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
                            f"the model has {oracle.num_classes} classes")
     before = oracle.queries
     hits = oracle.labels(key.queries) == key.expected
-    k, n = int(hits.sum()), len(hits)
     chance = 1.0 / oracle.num_classes
-    label_share = torch.bincount(key.expected).max().item() / n
+    label_share = torch.bincount(key.expected).max().item() / len(hits)
     clean_answers = oracle.labels(clean_x)
     rate_clean = torch.bincount(clean_answers).max().item() / len(clean_answers)
-    null = max(chance, label_share)
-    p_value = binomial_tail(k, n, null)
-    success = k / n
-    found = success >= coupled.MIN_SUCCESS and p_value < coupled.ALPHA
-    return Verdict(
-        method=ADI, decision="watermarked" if found else "not watermarked", passed=found,
-        statistic_name="success_rate", statistic=success, flipped=torch.nonzero(~hits).flatten().tolist(),
-        queries=oracle.queries - before,
-        details={"n": n, "successes": k, "chance": chance, "label_share": label_share, "rate_clean": rate_clean,
-                 "null": null, "p_value": p_value, "min_success": coupled.MIN_SUCCESS, "alpha": coupled.ALPHA},
-    )
+    return watermark_verdict(ADI, hits, oracle.queries - before, null=max(chance, label_share),
+                             min_success=coupled.MIN_SUCCESS, alpha=coupled.ALPHA, chance=chance,
+                             label_share=label_share, rate_clean=rate_clean)

@@ -84,7 +84,7 @@ from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
@@ -401,24 +401,9 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
     before = oracle.queries
     answers = oracle.labels(key.queries)
     hits = answers == t
-    k, n = int(hits.sum()), len(hits)
     chance = 1.0 / oracle.num_classes
     rate_plain = target_rate(oracle, key.extras["plain"], t)
     rate_clean = target_rate(oracle, clean_x, t)
-    null = max(chance, rate_plain, rate_clean)
-    p_value = binomial_tail(k, n, null)
-    success = k / n
-    found = success >= MIN_SUCCESS and p_value < ALPHA
-    return Verdict(
-        method=METHOD,
-        decision="watermarked" if found else "not watermarked",
-        passed=found,
-        statistic_name="success_rate",
-        statistic=success,
-        flipped=torch.nonzero(~hits).flatten().tolist(),
-        queries=oracle.queries - before,
-        details={
-            "n": n, "successes": k, "target": t, "chance": chance, "rate_plain": rate_plain,
-            "rate_clean": rate_clean, "null": null, "p_value": p_value, "min_success": MIN_SUCCESS, "alpha": ALPHA,
-        },
-    )
+    return watermark_verdict(METHOD, hits, oracle.queries - before, null=max(chance, rate_plain, rate_clean),
+                             min_success=MIN_SUCCESS, alpha=ALPHA, target=t, chance=chance, rate_plain=rate_plain,
+                             rate_clean=rate_clean)

@@ -56,7 +56,7 @@ from nnmark.data.roles import natural_pool
 from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import coupled
-from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.ownership.stats import binomial_tail, watermark_verdict
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
@@ -179,20 +179,11 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
     check_inputs(clean_x, oracle.input_shape)
     before = oracle.queries
     hits = oracle.labels(key.queries) == key.expected
-    n = len(hits)
-    right = int(hits.sum())
+    n, right = len(hits), int(hits.sum())
     label_share = torch.bincount(key.expected).max().item() / n
     clean_answers = oracle.labels(clean_x)
     rate_clean = torch.bincount(clean_answers).max().item() / len(clean_answers)
     null = max(NULL_RIGHT, label_share)
-    p_value = binomial_tail(right, n, null)
-    success = right / n
-    found = success >= coupled.MIN_SUCCESS and p_value < coupled.ALPHA
-    return Verdict(
-        method=METHOD, decision="watermarked" if found else "not watermarked", passed=found,
-        statistic_name="success_rate", statistic=success, flipped=torch.nonzero(~hits).flatten().tolist(),
-        queries=oracle.queries - before,
-        details={"n": n, "successes": right, "mismatches": n - right, "theta": theta(n, null),
-                 "label_share": label_share, "rate_clean": rate_clean, "null": null, "p_value": p_value,
-                 "min_success": coupled.MIN_SUCCESS, "alpha": coupled.ALPHA},
-    )
+    return watermark_verdict(METHOD, hits, oracle.queries - before, null=null, min_success=coupled.MIN_SUCCESS,
+                             alpha=coupled.ALPHA, mismatches=n - right, theta=theta(n, null),
+                             label_share=label_share, rate_clean=rate_clean)

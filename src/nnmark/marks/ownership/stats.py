@@ -56,3 +56,34 @@ def match_verdict(
         queries=queries,
         details={"n": n, "hits": hits, "p0": p0, "p_value": p_value, **limits, **details},
     )
+
+
+def watermark_verdict(
+    method: str,
+    hits: torch.Tensor,
+    queries: int,
+    *,
+    null: float,
+    min_success: float,
+    alpha: float,
+    **details,
+) -> Verdict:
+    """The watermark verdict from which triggers the suspect answered as the key expects (``hits`` (n,) bool).
+
+    Success s = k / n; "watermarked" (passed) iff s >= ``min_success`` and P[Bin(n, null) >= k] < ``alpha``.
+    Details: n, successes, null, p_value, min_success, alpha and ``details``.
+    """
+    k, n = int(hits.sum()), len(hits)
+    p_value = binomial_tail(k, n, null)
+    found = k / n >= min_success and p_value < alpha
+    return Verdict(
+        method=method,
+        decision="watermarked" if found else "not watermarked",
+        passed=found,
+        statistic_name="success_rate",
+        statistic=k / n,
+        flipped=torch.nonzero(~hits).flatten().tolist(),
+        queries=queries,
+        details={"n": n, "successes": k, **details, "null": null, "p_value": p_value, "min_success": min_success,
+                 "alpha": alpha},
+    )
