@@ -855,8 +855,8 @@ BENCHMARKS = {
                   "(Gao et al.)."),
     "ownership-fingerprint": ("metafinger", "MetaFinger and IPGuard under model and input modifications, and on "
                               "independent models (Yang et al.)."),
-    "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks under fine-tuning, "
-                            "transfer, pruning and overwriting (Wen et al.)."),
+    "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
+                            "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),
 }
