@@ -17,8 +17,10 @@ ALPHA = 1e-5  # the paper's 1e-6 needs ~10x more steps; the claims hold the same
 
 @pytest.fixture(scope="module")
 def key(lenet, mnist):
+    """The paper's adjacent pairs (margin 0), one stage-2 step apart."""
     oracle = TorchOracle(lenet, mnist.shape)
-    return pairing.create(oracle, N_PAIRS, secret=SECRET, user_id=USER, max_itr=150, alpha=ALPHA, max_steps=1000)
+    return pairing.create(oracle, N_PAIRS, secret=SECRET, user_id=USER, max_itr=150, alpha=ALPHA, max_steps=1000,
+                          margin=0.0)
 
 
 def test_head_is_keyed_deterministic_and_shift_invariant():
