@@ -163,16 +163,21 @@ def get(name: str) -> Environment:
     raise NnmarkError(f"unknown environment {name!r}; known: {', '.join(KNOWN)}")
 
 
-def probe(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> Iterator[tuple[Status, Oracle | None]]:
-    """Each known environment's status for ``model``, with its oracle when it can run it (else None).
+def probe(
+    model: torch.nn.Module | None = None, input_shape: tuple[int, int, int] | None = None
+) -> Iterator[tuple[Status, Oracle | None]]:
+    """Each known environment's status, with its oracle for ``model`` when it can run it (else None).
 
-    Every available environment builds its oracle and is asked one all-zero input, so a model an
-    environment cannot run (e.g. one TorchScript cannot trace) is listed as unavailable with the
-    error's first line. The caller closes each ``WorkerOracle`` it is given.
+    Without a model only the machine's requirements are checked (every oracle is None). With one, every
+    available environment builds its oracle and is asked one all-zero input, so a model an environment
+    cannot run (e.g. one TorchScript cannot trace) is listed as unavailable with the error's first line.
+    The caller closes the oracles it is given.
     """
+    if (model is None) != (input_shape is None):
+        raise ValueError("pass both model and input_shape, or neither")
     for env in KNOWN.values():
         reason, oracle = env.requirement(), None
-        if reason is None:
+        if reason is None and model is not None:
             try:
                 oracle = env.oracle(model, input_shape)
                 oracle.labels(torch.zeros(1, *input_shape))
@@ -182,17 +187,13 @@ def probe(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> Iterator
 
 
 def available(model: torch.nn.Module | None = None, input_shape: tuple[int, int, int] | None = None) -> list[Status]:
-    """Every known environment with whether it can run here and why not; never raises for one that cannot.
+    """Every known environment with whether it can run here (and ``model``, if given) and why not.
 
-    With ``model`` and ``input_shape`` it also checks that each environment runs that model (``probe``).
+    Never raises for an environment that cannot; ``probe`` does the checking.
     """
-    if (model is None) != (input_shape is None):
-        raise ValueError("pass both model and input_shape, or neither")
-    if model is None:
-        return [Status(e.name, e.description, e.requirement() is None, e.requirement() or "") for e in KNOWN.values()]
     out = []
     for status, oracle in probe(model, input_shape):
-        if isinstance(oracle, WorkerOracle):
+        if oracle is not None:
             oracle.close()
         out.append(status)
     return out

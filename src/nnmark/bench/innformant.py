@@ -91,8 +91,7 @@ def _oracles(model, shape, names) -> dict:
 
 def _close(oracles: dict) -> None:
     for o in oracles.values():
-        if hasattr(o, "close"):
-            o.close()
+        o.close()
 
 
 def _queries(local, oracles) -> int:

@@ -100,6 +100,9 @@ class Oracle:
         self._spend(x)
         return self._gradient(loss_fn, x, on)
 
+    def close(self) -> None:
+        """Release what the oracle holds (a worker process, an HTTP client); a no-op for in-process oracles."""
+
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         return self._probabilities(x).argmax(dim=1)
 
