@@ -27,7 +27,6 @@ from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
-from nnmark.oracles.worker import WorkerOracle
 
 
 class CliError(click.ClickException):
@@ -133,10 +132,16 @@ def _mark_common(f):
     return f
 
 
-def _pick(n: int, available: int, seed: int) -> torch.Tensor:
-    if n > available:
-        raise CliError(f"asked for {n} samples but only {available} are available")
-    return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: str):
+    """The model, its dataset, n images of ``split`` ("train" or "natural_pool") drawn by ``seed``, and the
+    key meta that records them: (model, dataset, images, meta)."""
+    model, config = models.load(model_path)
+    ds = _dataset_for(config, data_spec)
+    source = ds.train if split == "train" else natural_pool(ds)
+    if n > len(source):
+        raise CliError(f"asked for {n} samples but only {len(source)} are available")
+    idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return model, ds, source.x[idx], {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
 
 
 def _finish_mark(key: keys.KeyFile, out: str, secret: bytes | None, summary: dict, as_json: bool) -> None:
@@ -157,14 +162,11 @@ def _finish_mark(key: keys.KeyFile, out: str, secret: bytes | None, summary: dic
 def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, eps, itr, direction) -> None:
     """DBI fragile samples (Yin et al.) from training images."""
     secret = _secret_for_writing(secret_file, unsigned)
-    model, config = models.load(model_path)
-    ds = _dataset_for(config, data_spec)
-    idx = _pick(n, len(ds.train), seed)
-    oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
     start = time.perf_counter()
     key = dbi.create(
-        oracle, ds.train.x[idx], eps=eps, itr=itr, direction=-1 if direction == "descent" else 1,
-        model_digest=models.digest(model), meta={"data": ds.name, "split": "train", "indices": idx.tolist(), "seed": seed},
+        TorchOracle(model, ds.shape, ds.num_classes), x, eps=eps, itr=itr,
+        direction=-1 if direction == "descent" else 1, model_digest=models.digest(model), meta=meta,
         progress=progress_enabled(),
     )
     quality = sample_quality(key.queries, key.extras["sources"])
@@ -181,14 +183,11 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
 def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, itr, lr, beta) -> None:
     """AID edge-points (Aramoon et al.) from training images: on the boundary, with many neurons active."""
     secret = _secret_for_writing(secret_file, unsigned)
-    model, config = models.load(model_path)
-    ds = _dataset_for(config, data_spec)
-    idx = _pick(n, len(ds.train), seed)
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
     start = time.perf_counter()
     key = aid.create(
-        TorchOracle(model, ds.shape, ds.num_classes), ds.train.x[idx], itr=itr, lr=lr, beta=beta,
-        model_digest=models.digest(model), meta={"data": ds.name, "split": "train", "indices": idx.tolist(), "seed": seed},
-        progress=progress_enabled(),
+        TorchOracle(model, ds.shape, ds.num_classes), x, itr=itr, lr=lr, beta=beta,
+        model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
     )
     summary = {"coverage_start": key.config["coverage_start"], "coverage_end": key.config["coverage_end"],
                "seconds": time.perf_counter() - start}
@@ -207,14 +206,11 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
                  threshold) -> None:
     """IPGuard fingerprint (Cao et al.): points near the model's classification boundary, from training images."""
     secret = _secret_for_writing(secret_file, unsigned)
-    model, config = models.load(model_path)
-    ds = _dataset_for(config, data_spec)
-    idx = _pick(n, len(ds.train), seed)
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
     start = time.perf_counter()
     key = ipguard.create(
-        TorchOracle(model, ds.shape, ds.num_classes), ds.train.x[idx], k=k, lr=lr, iterations=iterations, seed=seed,
-        threshold=threshold, model_digest=models.digest(model),
-        meta={"data": ds.name, "split": "train", "indices": idx.tolist()}, progress=progress_enabled(),
+        TorchOracle(model, ds.shape, ds.num_classes), x, k=k, lr=lr, iterations=iterations, seed=seed,
+        threshold=threshold, model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
     )
     _finish_mark(key, out, secret, {"converged": key.config["converged"], "seconds": time.perf_counter() - start},
                  as_json)
@@ -225,14 +221,9 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
 def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json) -> None:
     """Baseline: natural test images labelled by the model ("non-fragile")."""
     secret = _secret_for_writing(secret_file, unsigned)
-    model, config = models.load(model_path)
-    ds = _dataset_for(config, data_spec)
-    pool = natural_pool(ds)
-    idx = _pick(n, len(pool), seed)
-    key = baselines.natural(
-        TorchOracle(model, ds.shape, ds.num_classes), pool.x[idx], model_digest=models.digest(model),
-        meta={"data": ds.name, "split": "natural_pool", "indices": idx.tolist(), "seed": seed},
-    )
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
+    key = baselines.natural(TorchOracle(model, ds.shape, ds.num_classes), x, model_digest=models.digest(model),
+                            meta=meta)
     _finish_mark(key, out, secret, {}, as_json)
 
 
@@ -464,21 +455,16 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
                     secret_file, unsigned, as_json) -> None:
     """iNNformant boundary samples (Schloegl et al.) whose labels tell the environments apart."""
     secret = _secret_for_writing(secret_file, unsigned)
-    model, config = models.load(model_path)
-    ds = _dataset_for(config, data_spec)
     names = [e.strip() for e in env_names.split(",") if e.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise CliError("--envs needs at least two different environments")
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
     oracles = {name: envs.get(name).oracle(model, ds.shape) for name in names}
-    pool = natural_pool(ds)
-    idx = _pick(n, len(pool), seed)
     start = time.perf_counter()
     local = oracles[names[0]] if oracles[names[0]].can("gradients") else envs.get("float32").oracle(model, ds.shape)
     key = innformant.create(
-        local, oracles, pool.x[idx], target=target, local_max=local_max, remote_max=remote_max,
-        direction=direction, model_digest=models.digest(model),
-        meta={"data": ds.name, "split": "natural_pool", "indices": idx.tolist(), "seed": seed},
-        progress=progress_enabled(),
+        local, oracles, x, target=target, local_max=local_max, remote_max=remote_max, direction=direction,
+        model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
     )
     rows = innformant.report(key)
     singled = {name: sum(name in r["singles_out"] for r in rows) for name in names}
@@ -839,8 +825,7 @@ def list_envs(model_path, data_spec, n) -> None:
             dp = (oracle.probabilities(x) - p0).abs().max().item()
             differ = int((oracle.labels(x) != y0).sum())
         finally:
-            if isinstance(oracle, WorkerOracle):
-                oracle.close()
+            oracle.close()
         click.echo(f"{status.name:<20} {'yes':<10} {dp:>10.2e} {differ:>14}  {status.description}")
 
 
