@@ -316,19 +316,31 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
         return dataclasses.replace(v, method=ZHANG)
     if key.method != ADI:
         raise KeyFileError(f"not a {' or '.join(METHODS)} key: method {key.method!r}")
+    chance = 1.0 / oracle.num_classes
+    return verify_labelled(oracle, key, clean_x, floor=chance, chance=chance)
+
+
+def verify_labelled(oracle: Oracle, key: KeyFile, clean_x: torch.Tensor | None, *, floor: float,
+                    **details) -> Verdict:
+    """The verdict of a key whose queries each expect their own label (Adi, frontier stitching).
+
+    p0 = max(``floor``, max_c f_c), f_c the share of class c among the expected labels, so that a model
+    answering one class everywhere cannot pass; ``rate_clean`` (the share of the suspect's most frequent
+    answer on the key's clean images, or ``clean_x``) shows a collapsed model. Details: label_share,
+    rate_clean and ``details``.
+    """
     if "clean" not in key.extras:
-        raise KeyFileError(f"{ADI} key lacks the extra 'clean'")
+        raise KeyFileError(f"{key.method} key lacks the extra 'clean'")
     clean_x = key.extras["clean"] if clean_x is None else clean_x
     check_inputs(clean_x, oracle.input_shape)
     if int(key.expected.max()) >= oracle.num_classes:
-        raise KeyFileError(f"{ADI} key expects label {int(key.expected.max())}; "
+        raise KeyFileError(f"{key.method} key expects label {int(key.expected.max())}; "
                            f"the model has {oracle.num_classes} classes")
     before = oracle.queries
     hits = oracle.labels(key.queries) == key.expected
-    chance = 1.0 / oracle.num_classes
     label_share = torch.bincount(key.expected).max().item() / len(hits)
     clean_answers = oracle.labels(clean_x)
     rate_clean = torch.bincount(clean_answers).max().item() / len(clean_answers)
-    return watermark_verdict(ADI, hits, oracle.queries - before, null=max(chance, label_share),
-                             min_success=coupled.MIN_SUCCESS, alpha=coupled.ALPHA, chance=chance,
+    return watermark_verdict(key.method, hits, oracle.queries - before, null=max(floor, label_share),
+                             min_success=coupled.MIN_SUCCESS, alpha=coupled.ALPHA, **details,
                              label_share=label_share, rate_clean=rate_clean)

@@ -46,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +56,11 @@ from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership import coupled
-from nnmark.marks.ownership.stats import binomial_tail, watermark_verdict
+from nnmark.marks.ownership import backdoor_wm, coupled
+from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
-from nnmark.oracles import Oracle, TorchOracle, check_inputs
+from nnmark.oracles import Oracle, TorchOracle
 
 METHOD = "frontier"
 EPS = 0.1
@@ -170,20 +171,7 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
     """
     if key.method != METHOD:
         raise KeyFileError(f"not a {METHOD} key: method {key.method!r}")
-    if "clean" not in key.extras:
-        raise KeyFileError(f"{METHOD} key lacks the extra 'clean'")
-    if int(key.expected.max()) >= oracle.num_classes:
-        raise KeyFileError(f"{METHOD} key expects label {int(key.expected.max())}; "
-                           f"the model has {oracle.num_classes} classes")
-    clean_x = key.extras["clean"] if clean_x is None else clean_x
-    check_inputs(clean_x, oracle.input_shape)
-    before = oracle.queries
-    hits = oracle.labels(key.queries) == key.expected
-    n, right = len(hits), int(hits.sum())
-    label_share = torch.bincount(key.expected).max().item() / n
-    clean_answers = oracle.labels(clean_x)
-    rate_clean = torch.bincount(clean_answers).max().item() / len(clean_answers)
-    null = max(NULL_RIGHT, label_share)
-    return watermark_verdict(METHOD, hits, oracle.queries - before, null=null, min_success=coupled.MIN_SUCCESS,
-                             alpha=coupled.ALPHA, mismatches=n - right, theta=theta(n, null),
-                             label_share=label_share, rate_clean=rate_clean)
+    v = backdoor_wm.verify_labelled(oracle, key, clean_x, floor=NULL_RIGHT)
+    n, null = v.details["n"], v.details["null"]
+    return dataclasses.replace(v, details={**v.details, "mismatches": n - v.details["successes"],
+                                           "theta": theta(n, null)})
