@@ -6,7 +6,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from nnmark.models import batchnorm_layers
 
 
 def finetune(
@@ -39,9 +40,8 @@ def finetune(
         raise ValueError("finetune needs as many labels as images, and at least one image")
     attacked = copy.deepcopy(model).train()
     if freeze_bn:
-        for m in attacked.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        for m in batchnorm_layers(attacked):
+            m.eval()
     opt = torch.optim.SGD(attacked.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)

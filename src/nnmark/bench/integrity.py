@@ -176,8 +176,7 @@ def attacks(model: torch.nn.Module, ds: data.Dataset, p: dict, seed: int) -> tup
     out["backdoor"] = bd
     info["backdoor"] = {"poison_success": report.poison_success, "steps": report.steps,
                         "clean_accuracy": report.clean_accuracy_after}
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    for frozen in (False, True) if has_bn else (False,):
+    for frozen in (False, True) if models.batchnorm_layers(model) else (False,):
         for lr in FINETUNE_LRS:
             name = f"finetune {'frozen-BN ' if frozen else ''}lr={lr:g}"
             out[name] = finetune(model, atk.x, atk.y, lr=lr, steps=p["finetune_steps"], seed=seed, freeze_bn=frozen)

@@ -40,6 +40,11 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return batches
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of ``model`` (1d, 2d, 3d), in ``modules()`` order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def train(
     model: nn.Module,
     train_split: object,

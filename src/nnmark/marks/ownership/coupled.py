@@ -86,7 +86,7 @@ from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest
+from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "coupled"
@@ -259,7 +259,7 @@ def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> N
     recomputed as the cumulative average over ``x`` (no labels, no gradient, weights untouched); each
     layer's momentum is restored afterwards. A no-op for models without BatchNorm; leaves ``model`` in eval mode.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if norms:
         momenta = [m.momentum for m in norms]
         for m in norms:
