@@ -5,6 +5,12 @@ class NnmarkError(Exception):
     """Base class of every error nnmark raises on purpose."""
 
 
+class ArgumentError(NnmarkError, ValueError):
+    """An argument is out of its documented range or does not fit the others (e.g. a target class >= K).
+
+    Every argument check in nnmark raises this, so the CLI reports it as one line with exit code 2."""
+
+
 class DataError(NnmarkError):
     """A dataset file or tensor is missing, malformed, or out of range."""
 
