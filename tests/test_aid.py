@@ -26,8 +26,9 @@ def test_coverage_and_its_hinge_on_known_activations():
 
 
 def test_hooks_see_every_relu_input_and_leave_the_model_clean(lenet, mnist):
-    with aid.HiddenActivations(lenet) as hidden:
-        lenet(mnist.train.x[:3])
+    oracle = TorchOracle(lenet, mnist.shape)
+    with oracle.module_inputs(torch.nn.ReLU) as hidden:
+        oracle.labels(mnist.train.x[:3])
         pre = hidden.take()
     assert [a.shape[1] for a in pre] == [6 * 28 * 28, 16 * 10 * 10, 120, 84]
     assert all(a.shape[0] == 3 for a in pre) and (torch.cat(pre, 1) < 0).any()

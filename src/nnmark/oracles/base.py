@@ -2,7 +2,8 @@
 
 An oracle answers a whole batch of inputs per call, counts every input it answers as one query,
 and refuses (``QueryBudgetExceeded``) a call that would take it past its budget. Its ``access``
-says what it can give: ``"gradients"`` (white box), ``"probabilities"`` or ``"labels"``.
+says what it can give: ``"internals"`` (a local module: gradients and hidden activations),
+``"gradients"``, ``"probabilities"`` or ``"labels"``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from nnmark.errors import AccessError, InputError, QueryBudgetExceeded
 
-ACCESS_LEVELS = ("labels", "probabilities", "gradients")
+ACCESS_LEVELS = ("labels", "probabilities", "gradients", "internals")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps model outputs (N, K) to one loss value per sample (N,)."""
@@ -53,7 +54,7 @@ class Oracle:
         self.queries = 0
 
     def can(self, access: str) -> bool:
-        """Whether this oracle gives ``access`` ("labels" < "probabilities" < "gradients")."""
+        """Whether this oracle gives ``access`` ("labels" < "probabilities" < "gradients" < "internals")."""
         return ACCESS_LEVELS.index(self.access) >= ACCESS_LEVELS.index(access)
 
     def _spend(self, x: torch.Tensor) -> None:

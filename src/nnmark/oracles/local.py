@@ -15,8 +15,36 @@ from nnmark.oracles.base import LogitsOracle, LossFn
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
 
+class ModuleInputs:
+    """Context manager: while open, records the input of every ``kind`` module of ``model`` (flattened per sample).
+
+    ``take()`` returns the recorded tensors, one (N, units) per module call in forward order, and forgets them.
+    """
+
+    def __init__(self, model: torch.nn.Module, kind: type[torch.nn.Module]):
+        self.modules = [m for m in model.modules() if isinstance(m, kind)]
+        self._handles: list = []
+        self._seen: list[torch.Tensor] = []
+
+    def __enter__(self) -> ModuleInputs:
+        self._handles = [m.register_forward_pre_hook(self._record) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._seen = [], []
+
+    def _record(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._seen.append(inputs[0].flatten(1))
+
+    def take(self) -> list[torch.Tensor]:
+        seen, self._seen = self._seen, []
+        return seen
+
+
 class TorchOracle(LogitsOracle):
-    """White-box access to a local model: labels, probabilities and input gradients.
+    """White-box access to a local model: labels, probabilities, input gradients and hidden activations.
 
     Args:
         model: a module mapping (N, C, H, W) inputs in [0, 1] to logits (N, K); put in eval mode.
@@ -38,7 +66,7 @@ class TorchOracle(LogitsOracle):
     on a copy.
     """
 
-    access = "gradients"
+    access = "internals"
 
     def __init__(
         self,
@@ -77,6 +105,10 @@ class TorchOracle(LogitsOracle):
             with torch.no_grad(), self._numerics():
                 num_classes = self._forward(self._placed(example)).shape[1]
         super().__init__(input_shape, num_classes, budget)
+
+    def module_inputs(self, kind: type[torch.nn.Module]) -> ModuleInputs:
+        """Records the inputs of the model's ``kind`` modules during this oracle's calls (use as a context manager)."""
+        return ModuleInputs(self.model, kind)
 
     def _numerics(self):
         stack = contextlib.ExitStack()

@@ -1,7 +1,7 @@
 """AID: edge-points that sit on the decision boundary and activate many hidden neurons (Aramoon, Chen, Qu).
 
 Paper: "AID: Attesting the Integrity of Deep Neural Networks", DAC 2021, pp. 19-24.
-Access: white box with hidden activations to make the key (a ``TorchOracle``: forward hooks on its
+Access: the model's internals to make the key (``TorchOracle.module_inputs``: forward hooks on its
 model's ``nn.ReLU`` modules); labels only to verify (``verify_labels``, Algorithm 2 of Yin et al.).
 
 The published description (the DAC abstract, and Gao et al.'s summary of AID as a baseline):
@@ -44,46 +44,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nnmark.errors import AccessError, ModelError
+from nnmark.errors import ModelError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
-from nnmark.oracles import Oracle, TorchOracle, check_inputs
+from nnmark.marks.spec import MethodSpec, require
+from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "aid"
 PAPER_LR = 1e-3
 PAPER_ITR = 10_000
 DEFAULT_BETA = 10.0
 verify = verify_labels
-
-
-class HiddenActivations:
-    """Context manager: while open, records the input (pre-activation) of every ``nn.ReLU`` of ``model``.
-
-    ``take()`` returns the recorded tensors, one (N, units) per ReLU call in forward order, and forgets them.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-        if not self.relus:
-            raise ModelError("AID needs hidden activations: the model has no nn.ReLU module to hook")
-        self._handles: list = []
-        self._seen: list[torch.Tensor] = []
-
-    def __enter__(self) -> HiddenActivations:
-        self._handles = [m.register_forward_pre_hook(self._record) for m in self.relus]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles, self._seen = [], []
-
-    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self._seen.append(inputs[0].flatten(1))
-
-    def take(self) -> list[torch.Tensor]:
-        seen, self._seen = self._seen, []
-        return seen
 
 
 def boundary_gap(logits: torch.Tensor) -> torch.Tensor:
@@ -108,7 +79,7 @@ def edge_loss(logits: torch.Tensor, pre: list[torch.Tensor], beta: float, thresh
 
 
 def find_edge_points(
-    oracle: TorchOracle,
+    oracle: Oracle,
     x0: torch.Tensor,
     *,
     lr: float,
@@ -126,7 +97,9 @@ def find_edge_points(
     x = x0.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     trace: dict = {"coverage": [], "gap": []}
-    with HiddenActivations(oracle.model) as hidden:
+    with oracle.module_inputs(nn.ReLU) as hidden:
+        if not hidden.modules:
+            raise ModelError("AID needs hidden activations: the model has no nn.ReLU module to hook")
         cov, gap = [], []
 
         def loss_fn(logits: torch.Tensor) -> torch.Tensor:
@@ -168,11 +141,11 @@ def create(
 ) -> KeyFile:
     """Make an AID key: edge-points x' from ``x0`` and their labels y' = argmax f(x').
 
-    Needs a ``TorchOracle`` (AccessError otherwise; ModelError when its model has no ``nn.ReLU``).
+    Needs an oracle with access to the model's internals (AccessError otherwise; ModelError when its model
+    has no ``nn.ReLU``).
     The sources are kept as the extra tensor "sources", the per-sample coverage cov(x') as "coverage".
     """
-    if not isinstance(oracle, TorchOracle):
-        raise AccessError(f"making an AID key needs hidden activations (a TorchOracle); got {type(oracle).__name__}")
+    require(oracle, "internals", "making an AID key")
     check_inputs(x0, oracle.input_shape)
     if not (lr > 0 and beta >= 0 and itr >= 0):
         raise ValueError("need lr > 0, beta >= 0 and itr >= 0")
@@ -191,3 +164,9 @@ def create(
                 "gap": trace["final_gap"].float().contiguous()},
         model_digest=model_digest,
     )
+
+
+SPECS = (MethodSpec(
+    METHOD, "integrity", "AID edge-points on the boundary that activate many hidden neurons (Aramoon et al.)",
+    create_access="internals", verify_access="labels", embeds=False, verdicts=("intact", "tampered"), verify=verify,
+),)

@@ -13,6 +13,7 @@ import torch
 
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
+from nnmark.marks.spec import MethodSpec
 from nnmark.oracles import Oracle, check_inputs
 
 verify = verify_labels
@@ -44,3 +45,11 @@ def random_noise(oracle: Oracle, n: int, *, seed: int = 0, model_digest: str = "
         expected=oracle.labels(x),
         model_digest=model_digest,
     )
+
+
+SPECS = tuple(
+    MethodSpec(name, "integrity", summary, create_access="labels", verify_access="labels", embeds=False,
+               verdicts=("intact", "tampered"), verify=verify)
+    for name, summary in (("natural", "baseline: natural test images labelled by the model"),
+                          ("random", "baseline: uniform-noise images labelled by the model"))
+)

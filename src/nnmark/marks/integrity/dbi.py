@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
+from nnmark.marks.spec import MethodSpec
 from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "dbi"
@@ -105,3 +106,9 @@ def create(
         extras={"sources": sources.float().contiguous()},
         model_digest=model_digest,
     )
+
+
+SPECS = (MethodSpec(
+    METHOD, "integrity", "DBI fragile samples whose predicted distribution is made flat (Yin et al.)",
+    create_access="gradients", verify_access="labels", embeds=False, verdicts=("intact", "tampered"), verify=verify,
+),)

@@ -67,8 +67,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nnmark.errors import AccessError, KeyFileError, NnmarkError
+from nnmark.errors import KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
+from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
@@ -325,8 +326,7 @@ def create(
     ``max_steps`` are dropped and counted in the config. Raises AccessError without gradients,
     ValueError for bad arguments and NnmarkError when no pair survives.
     """
-    if not oracle.can("gradients"):
-        raise AccessError(f"making a pairs key needs gradients; {type(oracle).__name__} gives {oracle.access}")
+    require(oracle, "gradients", "making a pairs key")
     _check_secret_and_user(secret, user_id)
     if not (isinstance(n_pairs, int) and n_pairs >= 1):
         raise ValueError("n_pairs must be an int >= 1")
@@ -393,8 +393,6 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes) -> Verdict:
     under which the two members of a pair, a step apart, almost always share a label: every pair flips).
     """
     user_id = _check_key(key)
-    if not oracle.can("probabilities"):
-        raise AccessError(f"verifying a pairs key needs probabilities; {type(oracle).__name__} gives {oracle.access}")
     made_for = key.config.get("num_classes", oracle.num_classes)
     if made_for != oracle.num_classes:
         raise KeyFileError(f"pairs key was made for a model with {made_for} classes; this one has {oracle.num_classes}")
@@ -420,3 +418,10 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes) -> Verdict:
             "min_abs_margin": margins.abs().min().item(),
         },
     )
+
+
+SPECS = (MethodSpec(
+    METHOD, "integrity", "sensitive sample pairs around a secret per-user binary head (Gao et al.)",
+    create_access="gradients", verify_access="probabilities", embeds=False, verdicts=("intact", "tampered"),
+    verify=verify, keyed=True,
+),)

@@ -71,6 +71,7 @@ from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import coupled
 from nnmark.marks.ownership.stats import watermark_verdict
+from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest, train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
@@ -344,3 +345,11 @@ def verify_labelled(oracle: Oracle, key: KeyFile, clean_x: torch.Tensor | None, 
     return watermark_verdict(key.method, hits, oracle.queries - before, null=max(floor, label_share),
                              min_success=coupled.MIN_SUCCESS, alpha=coupled.ALPHA, **details,
                              label_share=label_share, rate_clean=rate_clean)
+
+
+SPECS = tuple(
+    MethodSpec(name, "ownership", summary, create_access="training", verify_access="labels", embeds=True,
+               verdicts=("watermarked", "not watermarked"), verify=verify)
+    for name, summary in ((ZHANG, "backdoor watermark with content / noise / unrelated triggers (Zhang et al.)"),
+                          (ADI, "backdoor watermark of abstract images with random labels (Adi et al.)"))
+)

@@ -85,6 +85,7 @@ from nnmark.data.roles import natural_pool
 from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import watermark_verdict
+from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
@@ -407,3 +408,10 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
     return watermark_verdict(METHOD, hits, oracle.queries - before, null=max(chance, rate_plain, rate_clean),
                              min_success=MIN_SUCCESS, alpha=ALPHA, target=t, chance=chance, rate_plain=rate_plain,
                              rate_clean=rate_clean)
+
+
+SPECS = (MethodSpec(
+    METHOD, "ownership", "function-coupled watermark: fused in-distribution triggers, masked training (Wen et al.)",
+    create_access="training", verify_access="labels", embeds=True, verdicts=("watermarked", "not watermarked"),
+    verify=verify,
+),)

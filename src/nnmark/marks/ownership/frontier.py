@@ -58,6 +58,7 @@ from nnmark.errors import DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import backdoor_wm, coupled
 from nnmark.marks.ownership.stats import binomial_tail
+from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
 from nnmark.oracles import Oracle, TorchOracle
@@ -175,3 +176,10 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
     n, null = v.details["n"], v.details["null"]
     return dataclasses.replace(v, details={**v.details, "mismatches": n - v.details["successes"],
                                            "theta": theta(n, null)})
+
+
+SPECS = (MethodSpec(
+    METHOD, "ownership", "frontier stitching: fine-tuned on true and false adversaries (Le Merrer et al.)",
+    create_access="training", verify_access="labels", embeds=True, verdicts=("watermarked", "not watermarked"),
+    verify=verify,
+),)

@@ -50,9 +50,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import AccessError, InputError, KeyFileError, NnmarkError
+from nnmark.errors import InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import match_verdict
+from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
 
@@ -156,8 +157,7 @@ def create(
     extra tensor "sources", the drawn runner-up labels j as "runner_up". Raises NnmarkError when no
     point converges (use more iterations or a smaller k).
     """
-    if not oracle.can("gradients"):
-        raise AccessError(f"{METHOD} needs input gradients of the source model (oracle access: {oracle.access})")
+    require(oracle, "gradients", f"making an {METHOD} key")
     if not isinstance(x0, torch.Tensor) or x0.dim() != 4:
         raise InputError(f"x0 must be an (N, C, H, W) tensor, got {getattr(x0, 'shape', type(x0).__name__)}")
     check_inputs(x0, oracle.input_shape)
@@ -204,3 +204,9 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     hits_mask = oracle.labels(key.queries) == key.expected
     return match_verdict(key.method, hits_mask, oracle.queries - before, statistic_name="matching_rate", p0=p0,
                          threshold=threshold)
+
+
+SPECS = (MethodSpec(
+    METHOD, "ownership", "IPGuard points a logit margin k from the classification boundary (Cao et al.)",
+    create_access="gradients", verify_access="labels", embeds=False, verdicts=("match", "no match"), verify=verify,
+),)

@@ -73,6 +73,7 @@ from nnmark.attacks.transforms import TRANSFORMS
 from nnmark.errors import InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import match_verdict
+from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
 
@@ -342,3 +343,9 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     hits_mask = oracle.labels(key.queries) == key.expected
     return match_verdict(key.method, hits_mask, oracle.queries - before, statistic_name="query_accuracy", p0=p0,
                          threshold=threshold, max_p_value=max_p)
+
+
+SPECS = (MethodSpec(
+    METHOD, "ownership", "MetaFinger query images meta-trained over shadow-model pools (Yang et al.)",
+    create_access="gradients", verify_access="labels", embeds=False, verdicts=("match", "no match"), verify=verify,
+),)

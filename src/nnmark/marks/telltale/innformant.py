@@ -63,8 +63,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import AccessError, KeyFileError, NnmarkError
+from nnmark.errors import KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
+from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.metrics import psnr
 from nnmark.oracles import Oracle, check_inputs
@@ -250,11 +251,9 @@ def remote_phase(
     if len(env_oracles) < 2:
         raise ValueError("the remote phase needs at least two environments")
     for name, o in env_oracles.items():
-        if not o.can("probabilities"):
-            raise AccessError(f"environment {name!r} gives labels only; the remote phase needs probabilities")
+        require(o, "probabilities", f"the remote phase in environment {name!r}")
         check_inputs(x, o.input_shape)
-    if not local_oracle.can("gradients"):
-        raise AccessError("the local oracle must give gradients")
+    require(local_oracle, "gradients", "the local phase")
     if alpha <= 0 or remote_max < 0 or direction not in ("sign", "l2"):
         raise ValueError("alpha must be > 0, remote_max >= 0, direction 'sign' or 'l2'")
     x = x.detach().float().clone()
@@ -451,3 +450,9 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         details={"n": n, "consistent": consistent, "match_table": table, "natural_agreement": natural,
                  "reference": reference},
     )
+
+
+SPECS = (MethodSpec(
+    METHOD, "telltale", "iNNformant boundary samples whose labels tell execution environments apart",
+    create_access="gradients", verify_access="labels", embeds=False, verdicts=("reference", "other"), verify=verify,
+),)
