@@ -33,7 +33,7 @@ def dbi_key_file(run, lenet_file, tmp_path):
     r = run("mark", "dbi", "--model", lenet_file, "--n", 30, "--itr", 300, "--eps", 1e-3,
             "--out", key, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)
     assert summary["n"] == 30 and summary["signed"] and 10 < summary["psnr_db"] < 60
     return key
 
@@ -46,7 +46,7 @@ def test_version():
 def test_verify_exit_codes(run, lenet_file, dbi_key_file, tmp_path):
     r = run("verify", dbi_key_file, "--model", lenet_file, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    verdict = json.loads(r.output)
+    verdict = json.loads(r.stdout)
     assert verdict["decision"] == "intact" and verdict["statistic"] == 0 and verdict["flipped"] == []
     assert verdict["queries"] == 30 and verdict["model_digest_matches"] is True
 
@@ -55,7 +55,7 @@ def test_verify_exit_codes(run, lenet_file, dbi_key_file, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("verify", dbi_key_file, "--model", attacked, "--secret-file", run.secret, "--json")
     assert r.exit_code == 1, r.output
-    verdict = json.loads(r.output)
+    verdict = json.loads(r.stdout)
     assert verdict["decision"] == "tampered" and verdict["statistic"] > 0
     assert len(verdict["flipped"]) == round(verdict["statistic"] * 30)
     assert verdict["model_digest_matches"] is False
@@ -113,7 +113,7 @@ def test_train_reports_accuracy(run, tmp_path):
     out = tmp_path / "digits.safetensors"
     r = run("train", "--arch", "lenet5", "--data", "digits", "--epochs", 10, "--out", out, "--json")
     assert r.exit_code == 0, r.output
-    row = json.loads(r.output)
+    row = json.loads(r.stdout)
     assert 0.8 < row["test_accuracy"] <= 1 and out.exists()
     assert run("train", "--arch", "lenet5", "--data", "nope", "--out", out).exit_code == 2
 
@@ -184,7 +184,7 @@ def test_pairs_key_verifies_through_the_cli_and_an_endpoint(run, lenet_file, tmp
     r = run("mark", "pairs", "--model", lenet_file, "--n-pairs", 6, "--user-id", "alice", "--max-itr", 100,
             "--alpha", 1e-5, "--max-steps", 500, "--out", key, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["pairs"] >= 4
+    assert json.loads(r.stdout)["pairs"] >= 4
     assert run("verify", key, "--model", lenet_file, "--secret-file", run.secret).exit_code == 0
     model, config = models.load(lenet_file)
     noisy_file = tmp_path / "noisy.safetensors"
@@ -232,7 +232,7 @@ def test_coupled_watermark_found_in_its_model_and_not_in_a_clean_one(run, lenet_
     r = run("mark", "coupled", "--arch", "lenet5", "--data", "mnist5k", "--epochs", 4, "--base", 4, 1, "--target", 7,
             "--out-model", wm, "--out", key, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["success"] >= 0.8
+    assert json.loads(r.stdout)["success"] >= 0.8
     found = run("verify", key, "--model", wm, "--secret-file", run.secret, "--json")
     assert found.exit_code == 0, found.output
     assert json.loads(found.output)["decision"] == "watermarked"
@@ -248,7 +248,7 @@ def test_frontier_watermark_found_in_the_marked_model_and_not_in_its_source(run,
     r = run("mark", "frontier", "--model", lenet_file, "--epochs", 1, "--out-model", wm, "--out", key,
             "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)
     assert summary["success_before"] == 0.5 and summary["success"] >= 0.8
     assert run("verify", key, "--model", wm, "--secret-file", run.secret).exit_code == 0
     source = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
@@ -263,15 +263,15 @@ def test_innformant_identifies_environments_locally_and_through_nnmark_serve(run
     r = run("mark", "innformant", "--model", lenet_file, "--n", 20, "--envs", "float32,float64", "--remote-max", 200,
             "--out", key, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["found"] >= 5
+    assert json.loads(r.stdout)["found"] >= 5
     r = run("identify", key, "--model", lenet_file, "--env", "float32", "--secret-file", run.secret, "--json")
-    assert r.exit_code == 0 and json.loads(r.output)["decision"] == "float32", r.output
+    assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "float32", r.output
     r = run("identify", key, "--model", lenet_file, "--env", "float64", "--secret-file", run.secret, "--json")
-    assert r.exit_code == 1 and json.loads(r.output)["decision"] == "float64", r.output
+    assert r.exit_code == 1 and json.loads(r.stdout)["decision"] == "float64", r.output
     for env, code in (("float32", 0), ("float64", 1)):
         with nnmark_serve("--model", lenet_file, "--env", env) as url:
             r = run("identify", key, "--endpoint", url, "--secret-file", run.secret, "--json")
-        assert r.exit_code == code and json.loads(r.output)["decision"] == env, (env, r.output)
+        assert r.exit_code == code and json.loads(r.stdout)["decision"] == env, (env, r.output)
 
 
 def test_envs_lists_what_runs_here(run, lenet_file):

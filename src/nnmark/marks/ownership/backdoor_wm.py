@@ -82,6 +82,10 @@ ZHANG_KINDS = ("content", "noise", "unrelated")
 KINDS = (*ZHANG_KINDS, "abstract")
 NOISE_SIGMA = 0.5
 ADI_REPEAT = 3
+SCRATCH_EPOCHS = 8
+"""Training epochs from scratch."""
+FINETUNE_EPOCHS = 3
+"""Epochs of the fine-tuning variant (a pretrained model)."""
 N_SHAPES = 6
 PATCH = 128
 TRAIN_REGION = 0.6
@@ -234,7 +238,7 @@ def embed(
     kind: str = "content",
     source: int | None = None,
     target: int | None = None,
-    epochs: int = 8,
+    epochs: int | None = None,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
@@ -245,11 +249,14 @@ def embed(
 
     ``kind`` content | noise | unrelated makes a Zhang key (source class i -> target t, both drawn from
     ``seed`` when not given); abstract makes an Adi key (random labels; ``source``/``target`` unused).
-    ``pretrained`` records that ``model`` was already trained (Adi's fine-tuning variant). ``model`` is
+    ``pretrained`` records that ``model`` was already trained (Adi's fine-tuning variant); ``epochs`` defaults
+    to ``FINETUNE_EPOCHS`` then and to ``SCRATCH_EPOCHS`` from scratch. ``model`` is
     left untouched; the key's config records every setting and the rates measured on the watermarked model.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if epochs is None:
+        epochs = FINETUNE_EPOCHS if pretrained else SCRATCH_EPOCHS
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     gen = torch.Generator().manual_seed(seed)

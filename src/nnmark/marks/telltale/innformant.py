@@ -71,6 +71,16 @@ from nnmark.metrics import psnr
 from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "innformant"
+LOCAL_ALPHA = 1e-4
+"""alpha of the local phase (eq. 2 step scale)."""
+REMOTE_ALPHA = 2e-4
+"""alpha of the remote phase."""
+TARGET = 1e-6
+"""The local phase stops once delta_conf is below this."""
+LOCAL_MAX = 2000
+"""Local-phase steps at most."""
+REMOTE_MAX = 500
+"""Remote-phase steps at most."""
 UNKNOWN = "unknown environment"
 DIFFERENT_MODEL = "different model"
 MAX_SCALE = 2.0**32
@@ -153,9 +163,9 @@ def local_phase(
     oracle: Oracle,
     x: torch.Tensor,
     *,
-    alpha: float = 1e-4,
-    target: float = 1e-6,
-    local_max: int = 2000,
+    alpha: float = LOCAL_ALPHA,
+    target: float = TARGET,
+    local_max: int = LOCAL_MAX,
     original: torch.Tensor | None = None,
     direction: str = "sign",
     max_scale: float = MAX_SCALE,
@@ -232,8 +242,8 @@ def remote_phase(
     env_oracles: dict[str, Oracle],
     x: torch.Tensor,
     *,
-    alpha: float = 2e-4,
-    remote_max: int = 500,
+    alpha: float = REMOTE_ALPHA,
+    remote_max: int = REMOTE_MAX,
     original: torch.Tensor | None = None,
     direction: str = "sign",
     max_scale: float = MAX_SCALE,
@@ -310,11 +320,11 @@ def create(
     sources: torch.Tensor,
     *,
     reference: str | None = None,
-    local_alpha: float = 1e-4,
-    remote_alpha: float = 2e-4,
-    target: float = 1e-6,
-    local_max: int = 2000,
-    remote_max: int = 500,
+    local_alpha: float = LOCAL_ALPHA,
+    remote_alpha: float = REMOTE_ALPHA,
+    target: float = TARGET,
+    local_max: int = LOCAL_MAX,
+    remote_max: int = REMOTE_MAX,
     direction: str = "sign",
     model_digest: str = "",
     meta: dict | None = None,

@@ -1,0 +1,47 @@
+"""``nnmark bench NAME``: one subcommand per benchmark module in ``nnmark.bench``; each writes to docs/."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from nnmark.cli._shared import progress_enabled
+
+BENCHMARKS = {
+    "dbi": ("dbi", "DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."),
+    "integrity": ("integrity", "Validset, DBI, AID and Pairs under backdoor, fine-tuning, pruning and int8 quantization "
+                  "(Gao et al.)."),
+    "ownership-fingerprint": ("metafinger", "MetaFinger and IPGuard under model and input modifications, and on "
+                              "independent models (Yang et al.)."),
+    "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
+                            "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
+    "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
+                 "nnmark serve."),
+}
+"""Benchmark command name -> (module in nnmark.bench, help)."""
+
+
+@click.group()
+def bench() -> None:
+    """Run a benchmark and write its tables to docs/benchmarks/.
+
+    \b
+    Example:
+      nnmark bench dbi --quick --out-dir /tmp/bench
+    """
+
+
+def _bench_command(name: str, module: str, doc: str) -> None:
+    @bench.command(name, help=doc)
+    @click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
+    @click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default: the full run's, quick 1).")
+    @click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
+    def command(quick, seeds, out_dir) -> None:
+        bench_module = importlib.import_module(f"nnmark.bench.{module}")
+        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
+        click.echo(f"wrote {path}")
+
+
+for _name, (_module, _doc) in BENCHMARKS.items():
+    _bench_command(_name, _module, _doc)

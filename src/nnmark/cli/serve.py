@@ -1,0 +1,55 @@
+"""``nnmark serve``: a model over HTTP with the Open Inference Protocol v2."""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from nnmark import envs
+from nnmark.cli._shared import CliError, load_model, model_option
+from nnmark.cli.suspect import env_option, read_token
+
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BATCH = 256
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse, before anything is printed or loaded, an address this process cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+@click.command()
+@model_option
+@env_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--model-name", default="model", show_default=True, help="The {name} in /v2/models/{name}.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file (else NNMARK_TOKEN; none: open).")
+@click.option("--output", type=click.Choice(["probabilities", "logits"]), default="probabilities", show_default=True,
+              help="What the output tensor holds.")
+@click.option("--max-batch", type=click.IntRange(1), default=DEFAULT_MAX_BATCH, show_default=True,
+              help="Most inputs in one request.")
+@click.option("--budget", type=click.IntRange(0), help="Most queries the server will answer in total.")
+def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget) -> None:
+    """Serve a model over the Open Inference Protocol v2 (HTTP), on 127.0.0.1 unless told otherwise.
+
+    \b
+    Example:
+      nnmark serve --model lenet5.safetensors --port 8000 --token-file token
+    """
+    from nnmark import serve as serving
+
+    token = read_token(token_file)
+    _check_port_free(host, port)
+    model, config = load_model(model_path)
+    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
+    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch)
+    click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
+               f"{' with a bearer token' if token else ' WITHOUT a token'}", err=True)
+    serving.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,91 @@
+"""The CLI's exit-code contract: 0 pass, 1 a negative verdict only, 2 every error as one line, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from nnmark.cli import main
+
+BAD_CALLS = {
+    "unknown command": ["nonesuch"],
+    "bad option value": ["train", "--arch", "lenet5", "--data", "digits", "--epochs", "0", "--out", "{tmp}/m"],
+    "unknown option": ["verify", "{tmp}/k.key", "--frobnicate"],
+    "missing key file": ["verify", "{tmp}/missing.key", "--model", "{model}", "--unsigned"],
+    "model and endpoint": ["verify", "{tmp}/k.key", "--model", "{model}", "--endpoint", "http://127.0.0.1:9"],
+    "neither model nor endpoint": ["identify", "{tmp}/k.key", "--unsigned"],
+    "out folder missing": ["mark", "natural", "--model", "{model}", "--out", "{tmp}/no/such/dir/k.key", "--unsigned"],
+    "out is a folder": ["attack", "noise", "--model", "{model}", "--out", "{tmp}"],
+    "model file missing": ["mark", "natural", "--model", "{tmp}/missing.safetensors", "--out", "{tmp}/k", "--unsigned"],
+    "model file not safetensors": ["attack", "noise", "--model", "{tmp}/junk.bin", "--out", "{tmp}/o.safetensors"],
+    "backdoor target out of range": ["attack", "backdoor", "--model", "{model}", "--out", "{tmp}/o", "--target", "10",
+                                     "--max-steps", "1"],
+    "no secret to sign": ["mark", "natural", "--model", "{model}", "--out", "{tmp}/k.key"],
+    "endpoint unreachable": ["verify", "{key}", "--endpoint", "http://127.0.0.1:9", "--unsigned"],
+    "identify with a non-telltale key": ["identify", "{key}", "--model", "{model}", "--unsigned"],
+    "innformant one environment": ["mark", "innformant", "--model", "{model}", "--envs", "float32", "--out", "{tmp}/k",
+                                   "--unsigned"],
+}
+
+
+@pytest.fixture(scope="module")
+def natural_key(lenet_file, tmp_path_factory):
+    key = tmp_path_factory.mktemp("keys") / "natural.key"
+    r = CliRunner().invoke(main, ["mark", "natural", "--model", str(lenet_file), "--n", "5", "--out", str(key),
+                                  "--unsigned"])
+    assert r.exit_code == 0, r.output
+    return key
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS), ids=lambda c: c.replace(" ", "-"))
+def test_every_bad_call_exits_2_with_one_line_and_no_traceback(case, lenet_file, natural_key, tmp_path):
+    (tmp_path / "junk.bin").write_bytes(b"\x00" * 64)
+    args = [a.format(tmp=tmp_path, model=lenet_file, key=natural_key) for a in BAD_CALLS[case]]
+    r = CliRunner().invoke(main, args, env={"NNMARK_SECRET": None, "NNMARK_TOKEN": None})
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2, (case, r.output)
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case, r.stderr)
+    assert "Traceback" not in r.output
+
+
+def test_json_errors_are_json_on_stdout(lenet_file, tmp_path):
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "missing.key"), "--model", str(lenet_file), "--unsigned",
+                                  "--json"])
+    assert r.exit_code == 2
+    error = json.loads(r.stdout)
+    assert set(error) == {"error", "type"} and "missing.key" in error["error"]
+
+
+def test_an_unexpected_failure_is_one_line_unless_debug(monkeypatch, natural_key, lenet_file):
+    from nnmark.cli import check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(check.keys, "load", broken)
+    args = ["verify", str(natural_key), "--model", str(lenet_file), "--unsigned"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == ["error: unexpected RuntimeError: boom (run with "
+                                                                  "--debug for the traceback)"]
+    r = CliRunner().invoke(main, ["--debug", *args])
+    assert isinstance(r.exception, RuntimeError)
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from click.testing import CliRunner; from nnmark.cli import main; "
+            "r = CliRunner().invoke(main, ['--help']); v = CliRunner().invoke(main, ['--version']); "
+            "print(r.exit_code, v.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0", "False"]
+
+
+def test_every_command_has_help_with_an_example():
+    from nnmark.cli import COMMANDS
+
+    from nnmark.cli.mark import mark
+
+    for args in [[name] for name in COMMANDS] + [["mark", name] for name in mark.commands]:
+        r = CliRunner().invoke(main, [*args, "--help"])
+        assert r.exit_code == 0 and "Example:" in r.output and r.output.startswith("Usage: nnmark "), args
