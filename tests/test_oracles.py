@@ -94,3 +94,25 @@ def test_environments_answer_natural_images_alike_and_leave_model_alone(lenet, m
     for name, env in envs.ENVIRONMENTS.items():
         assert torch.equal(env.oracle(lenet, (1, 28, 28)).labels(x), reference), name
     assert next(lenet.parameters()).dtype == torch.float32
+
+
+def test_logits_are_counted_and_budgeted_and_only_models_give_them(lenet, mnist):
+    x = mnist.test.x[:4]
+    with TorchOracle(lenet, mnist.shape, budget=6) as oracle:
+        assert oracle.logits(x).shape == (4, 10) and oracle.queries == 4
+        with pytest.raises(QueryBudgetExceeded):
+            oracle.logits(x)
+    with pytest.raises(AccessError, match="no logits"):
+        ProbabilitiesOracle(TorchOracle(lenet, mnist.shape)).logits(x)
+
+
+def test_every_oracle_closes_as_a_context_manager(lenet, mnist):
+    closed = []
+
+    class Tracked(LabelsOracle):
+        def close(self):
+            closed.append(True)
+
+    with Tracked(TorchOracle(lenet, mnist.shape)) as oracle:
+        oracle.labels(mnist.test.x[:2])
+    assert closed == [True]

@@ -220,8 +220,8 @@ def test_logits_output_counts_queries_and_matches_local_logits(lenet, mnist):
     out = r.json()["outputs"][0]
     assert out["name"] == "logits"
     logits = torch.tensor(out["data"], dtype=torch.float64).float().reshape(4, 10)
-    assert torch.equal(logits, oracle.logits(x))
     assert oracle.queries == 4
+    assert torch.equal(logits, oracle.logits(x))
 
 
 def test_startup_refuses_what_it_cannot_serve(lenet):

@@ -74,12 +74,13 @@ def _compiled(model: torch.nn.Module, input_shape: tuple[int, int, int], **kwarg
     try:
         with warnings.catch_warnings():  # inductor's imports warn that torch.jit APIs are deprecated
             warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", DeprecationWarning)
-            oracle = TorchOracle(torch.compile(copy.deepcopy(model).eval()), input_shape, **kwargs)
-            oracle.logits(torch.zeros(1, *input_shape))
+            compiled = torch.compile(copy.deepcopy(model).eval())
+            with torch.no_grad():
+                compiled(torch.zeros(1, *input_shape))
     except Exception as e:  # a compiler failure can surface as almost any exception type
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NnmarkError(f"torch.compile failed: {first}") from e
-    return oracle
+    return TorchOracle(compiled, input_shape, **kwargs)
 
 
 @dataclass(frozen=True)

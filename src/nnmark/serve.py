@@ -193,7 +193,7 @@ def create_app(
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if output == "logits" and not callable(getattr(oracle, "logits", None)):
+    if output == "logits" and not oracle.gives_logits:
         raise ValueError(f"{type(oracle).__name__} gives no logits; serve it with output='probabilities'")
     if output == "probabilities" and not oracle.can("probabilities"):
         raise ValueError(f"{type(oracle).__name__} gives labels only; an OIP endpoint needs probabilities")
@@ -263,7 +263,6 @@ def create_app(
         try:
             with lock:
                 if output == "logits":
-                    oracle._spend(x)  # count and budget the queries, as ``TorchOracle.logits`` leaves to its caller
                     out = oracle.logits(x)
                     labels, out = out.argmax(dim=1), out.float()
                 else:

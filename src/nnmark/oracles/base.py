@@ -44,6 +44,7 @@ class Oracle:
     """
 
     access: str = "labels"
+    gives_logits: bool = False
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, budget: int | None = None):
         if budget is not None and budget < 0:
@@ -58,13 +59,24 @@ class Oracle:
         return ACCESS_LEVELS.index(self.access) >= ACCESS_LEVELS.index(access)
 
     def _spend(self, x: torch.Tensor) -> None:
+        """Check the inputs and count what answering them costs, all before anything is asked."""
         check_inputs(x, self.input_shape)
-        n = x.shape[0]
+        n = self._cost(x.shape[0])
         if self.budget is not None and self.queries + n > self.budget:
             raise QueryBudgetExceeded(
                 f"query budget exceeded: {self.queries} spent + {n} asked > budget {self.budget}"
             )
         self.queries += n
+
+    def _cost(self, n: int) -> int:
+        """Queries that answering ``n`` inputs costs; an oracle that re-asks some (a consistency check) adds them."""
+        return n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """Top-1 labels (N,) int64."""
@@ -77,6 +89,13 @@ class Oracle:
             raise AccessError(f"{type(self).__name__} gives labels only, not probabilities")
         self._spend(x)
         return self._probabilities(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (N, K), counted like every other answer; only oracles over a model give them."""
+        if not self.gives_logits:
+            raise AccessError(f"{type(self).__name__} gives no logits")
+        self._spend(x)
+        return self._logits(x)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities (N, K) float32 and labels (N,) int64 of one set of queries, counted once.
@@ -122,19 +141,21 @@ class Oracle:
 
 class LogitsOracle(Oracle):
     """An oracle over a model whose logits it can compute: labels are their argmax, probabilities their
-    softmax (widened to float32), both from one pass. Subclasses implement ``logits`` (uncounted)."""
+    softmax (widened to float32), both from one pass. Subclasses implement ``_logits`` (uncounted)."""
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    gives_logits = True
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).argmax(dim=1)
+        return self._logits(x).argmax(dim=1)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1).float()
+        return torch.softmax(self._logits(x), dim=1).float()
 
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(x)
+        z = self._logits(x)
         return torch.softmax(z, dim=1).float(), z.argmax(dim=1)
 
 

@@ -132,7 +132,7 @@ class TorchOracle(LogitsOracle):
         step = x.shape[0] if self.batch_size is None else self.batch_size
         return x.split(step)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) in ``dtype`` (float32 under bfloat16 autocast), uncounted (callers spent the queries)."""
         with torch.no_grad(), self._numerics():
             out = torch.cat([self._forward(self._placed(c)) for c in self._chunks(x)]).cpu()

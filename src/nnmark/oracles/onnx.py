@@ -97,7 +97,7 @@ class OnnxOracle(LogitsOracle):
         (out,) = self.session.run(["logits"], {"input": x.detach().to(torch.float32).contiguous().numpy()})
         return torch.from_numpy(out).float()
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits (N, K), uncounted (callers spent the queries)."""
         out = self._run(x)
         if out.shape != (x.shape[0], self.num_classes):

@@ -162,12 +162,6 @@ class WorkerOracle(LogitsOracle):
             self.close()
             raise NnmarkError(f"worker model has {self.info['num_classes']} classes, expected {self.num_classes}")
 
-    def __enter__(self) -> "WorkerOracle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         """Stop the worker (idempotent)."""
         self._finalizer()
@@ -205,7 +199,7 @@ class WorkerOracle(LogitsOracle):
             raise self._dead(f"gave no answer within {self.timeout:g} s") from None
         raise self._dead("died" if not kind else f"sent a malformed message ({kind!r})")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits (N, K) from the worker, uncounted (callers spent the queries)."""
         data = x.detach().to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
         with self._lock:
