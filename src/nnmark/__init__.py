@@ -1,3 +1,112 @@
-"""nnmark: query samples that protect trained neural networks."""
+"""nnmark: query samples that protect trained neural networks.
+
+nnmark answers three questions about a model you shipped: *is it intact?* (integrity), *is it mine?*
+(ownership) and *what runs it?* (telltale). It does so in three steps, each one call here:
+
+1. **Mark**: make a key of query samples from your model with one method (``nnmark.marks.METHODS``
+   lists them with their purpose and the access they need)::
+
+       key = nnmark.mark("dbi", model, x)                     # x: (N, C, H, W) images in [0, 1]
+
+2. **Keep**: sign the key and write it; load it back, signature checked, before anything runs::
+
+       nnmark.save_key(key, "dbi.key", secret=secret)
+       key = nnmark.load_key("dbi.key", secret=secret)
+
+3. **Verify**: ask a suspect the key's queries: a module, a checkpoint file, or an endpoint URL::
+
+       verdict = nnmark.verify(key, "http://127.0.0.1:8000", secret=secret)
+       verdict.passed, verdict.decision                        # True, "intact"
+
+The configured calls take the method's settings and an oracle you build yourself (a budget, an access
+level, an execution environment)::
+
+    key = nnmark.mark("pairs", model, n_pairs=150, secret=secret, user_id="alice", margin=1e-4)
+    verdict = nnmark.verify(key, LabelsOracle(TorchOracle(model, (1, 28, 28)), budget=1_000))
+
+Methods that train shadow models or the model itself (MetaFinger, the watermarks, iNNformant's
+environments) are called from their modules (``nnmark.marks.ownership.metafinger.create`` ...).
+Nothing here imports torch until it is called.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+ORACLE_METHODS = ("dbi", "aid", "ipguard", "natural", "random", "pairs")
+"""Methods ``mark`` makes from a model alone: the ones whose create step needs only an oracle and inputs."""
+
+
+def _oracle(target, input_shape=None):
+    """(oracle, model digest or "") for ``target``: an oracle as is, an ``nn.Module``, a model file, or an
+    endpoint URL."""
+    from nnmark import models
+    from nnmark.oracles import Oracle, TorchOracle
+
+    if isinstance(target, Oracle):
+        return target, ""
+    if isinstance(target, str) and target.startswith(("http://", "https://")):
+        from nnmark.oracles.remote import HttpOracle
+
+        return HttpOracle(target), ""
+    if isinstance(target, str):
+        model, config = models.load(target)
+        return TorchOracle(model, tuple(config.input_shape), config.num_classes), models.digest(model)
+    if input_shape is None:
+        from nnmark.errors import ArgumentError
+
+        raise ArgumentError("an nn.Module needs input_shape=(C, H, W) (or pass a TorchOracle)")
+    return TorchOracle(target, input_shape), models.digest(target)
+
+
+def mark(method: str, model, x=None, **settings):
+    """A key of ``method`` made from ``model`` (a module, a file or an oracle) and the images ``x``.
+
+    ``settings`` go to the method's create step (e.g. ``itr`` for dbi; ``n``, ``seed`` for random;
+    ``n_pairs``, ``secret``, ``user_id`` for pairs). The key records the model's digest when ``model`` is
+    a module or a file.
+    """
+    from nnmark.errors import ArgumentError
+    from nnmark.marks.integrity import aid, baselines, dbi, pairing
+    from nnmark.marks.ownership import ipguard
+
+    if method not in ORACLE_METHODS:
+        raise ArgumentError(f"nnmark.mark makes {', '.join(ORACLE_METHODS)}; make a {method} key with its module "
+                            "in nnmark.marks (it trains shadow models or the model itself)")
+    shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
+    oracle, digest = _oracle(model, shape)
+    settings.setdefault("model_digest", digest)
+    if method == "random":
+        return baselines.random_noise(oracle, **settings)
+    if method == "pairs":
+        return pairing.create(oracle, **settings)
+    if x is None:
+        raise ArgumentError(f"{method} keys are made from images: pass x (N, C, H, W) in [0, 1]")
+    create = {"dbi": dbi.create, "aid": aid.create, "ipguard": ipguard.create, "natural": baselines.natural}[method]
+    return create(oracle, x, **settings)
+
+
+def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
+    """The verdict of asking ``suspect`` (a module, a model file, an endpoint URL or an oracle) the key's queries."""
+    from nnmark import marks
+
+    oracle, _ = _oracle(suspect, input_shape or tuple(key.queries.shape[1:]))
+    with oracle:
+        return marks.verify(oracle, key, secret=secret)
+
+
+def save_key(key, path, *, secret: bytes | None):
+    """Sign ``key`` with ``secret`` (None: unsigned) and write it atomically to ``path``."""
+    from nnmark import keys
+
+    keys.save(key, path, secret=secret)
+
+
+def load_key(path, *, secret: bytes | None, allow_unsigned: bool = False):
+    """The key at ``path``, its signature and contents checked before anything runs."""
+    from nnmark import keys
+
+    return keys.load(path, secret=secret, allow_unsigned=allow_unsigned)
+
+
+__all__ = ["__version__", "load_key", "mark", "save_key", "verify"]
