@@ -56,3 +56,10 @@ def write(out_dir: str | Path, stem: str, result: dict, markdown: str) -> Path:
 
 def today() -> str:
     return time.strftime("%Y-%m-%d")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table: a header row, its rule, one line per row (cells as given, str() of each)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ BENCHMARKS = {
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),
+    "cli": ("cli", "Cold start of nnmark --help, --version, models.load and verify beside a bare import torch."),
 }
 """Benchmark command name -> (module in nnmark.bench, help)."""
 
