@@ -94,6 +94,11 @@ def log_mixture_e_value(successes: int, trials: int, p0: float) -> float:
             - successes * math.log(p0) - (trials - successes) * math.log1p(-p0))
 
 
+def anytime_p_value(successes: int, trials: int, p0: float) -> float:
+    """min(1, 1/E_t) of ``log_mixture_e_value``: a p-value for 'rate > p0' valid at any stopping time."""
+    return math.exp(-max(log_mixture_e_value(successes, trials, p0), 0.0))
+
+
 def integrity_decision(flips: int, asked: int, n: int) -> Step:
     """Stop at the first counted flip (exact: the full key is tampered too); INTACT only once all n are asked."""
     if flips:
