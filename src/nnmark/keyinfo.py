@@ -22,22 +22,16 @@ from safetensors import safe_open
 
 from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
+from nnmark.marks import METHODS
 
-INTEGRITY, OWNERSHIP, TELLTALE = "integrity", "ownership", "telltale"
-PURPOSES = {
-    "dbi": INTEGRITY, "natural": INTEGRITY, "random": INTEGRITY, "aid": INTEGRITY, "pairs": INTEGRITY,
-    "metafinger": OWNERSHIP, "ipguard": OWNERSHIP, "coupled": OWNERSHIP, "zhang": OWNERSHIP, "adi": OWNERSHIP,
-    "frontier": OWNERSHIP,
-    "innformant": TELLTALE,
-}
-"""Each method's purpose: the one place it is read, until the methods declare it themselves."""
 VALID, INVALID, UNSIGNED, NOT_CHECKED, MALFORMED = "valid", "invalid", "unsigned", "not checked", "malformed"
 _KEY_META, _SIG_META = "nnmark.key", "nnmark.signature"
 
 
 def purpose_of(method: str) -> str:
-    """The purpose (integrity, ownership, telltale) of a key's method; '' for a method nnmark does not know."""
-    return PURPOSES.get(method, "")
+    """The purpose (integrity, ownership, telltale) the method declares; '' for a method nnmark does not know."""
+    spec = METHODS.get(method)
+    return spec.purpose if spec else ""
 
 
 def _header(path: Path) -> tuple[dict, str, list[int]]:

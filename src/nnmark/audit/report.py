@@ -20,9 +20,8 @@ import torch
 from PIL import Image
 
 from nnmark._io import atomic_write_bytes
-from nnmark.audit.run import ERROR, OTHER_MODEL, KeyResult, TargetReport
+from nnmark.audit.run import ERROR, INTEGRITY, OTHER_MODEL, OWNERSHIP, TELLTALE, KeyResult, TargetReport
 from nnmark.errors import ArgumentError, NnmarkError
-from nnmark.keyinfo import INTEGRITY, OWNERSHIP, TELLTALE
 from nnmark.marks.telltale.innformant import DIFFERENT_MODEL, UNKNOWN
 
 THUMBNAIL_PX = 64

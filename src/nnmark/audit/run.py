@@ -30,16 +30,14 @@ import torch
 from nnmark import __version__, keys, marks
 from nnmark.audit import sequential as seq
 from nnmark.errors import ArgumentError, EndpointError, NnmarkError
-from nnmark.keyinfo import INTEGRITY, OWNERSHIP, TELLTALE, purpose_of
+from nnmark.keyinfo import purpose_of
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import pairing
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
-OPPOSITE = {"match": "no match", "no match": "match", "watermarked": "not watermarked",
-            "not watermarked": "watermarked"}
-"""An ownership verdict word and the other decision's word."""
+INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
 """Methods whose queries must be asked in runs of consecutive indices (a sensitive-sample pair)."""
 SHARED_EXTRAS = ("clean", "plain")
@@ -387,7 +385,7 @@ def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dic
         if step.decided:
             break
     passed = verdict.passed if step.passed is None else step.passed
-    decision = verdict.decision if passed == verdict.passed else OPPOSITE[verdict.decision]
+    decision = verdict.decision if passed == verdict.passed else marks.METHODS[key.method].verdicts[not passed]
     flipped = sorted(idx[verdict.flipped].tolist())
     d = verdict.details
     return dataclasses.replace(
