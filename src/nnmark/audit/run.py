@@ -315,24 +315,28 @@ def _preflight(oracle: Oracle, key: KeyFile) -> dict | None:
     return jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
 
 
+def _ownership_rule(verdict: Verdict) -> dict:
+    """p0, threshold and max_p_value of an ownership verdict (``stats.match_verdict`` or ``watermark_verdict``)."""
+    d = verdict.details
+    return {"p0": d.get("p0", d.get("null")), "threshold": d.get("threshold", d.get("min_success")),
+            "max_p_value": d.get("max_p_value", d.get("alpha"))}
+
+
 def decide(purpose: str, verdict: Verdict, asked: int, n: int, alpha: float) -> seq.Step:
     """The sequential step for a verdict on the first ``asked`` of n queries (``nnmark.audit.sequential``)."""
     if purpose == INTEGRITY:
         return seq.integrity_decision(0 if verdict.passed else 1, asked, n)
     if purpose == TELLTALE:
         return seq.telltale_decision(verdict.details["consistent"], asked, n)
-    d = verdict.details
-    return seq.ownership_decision(asked - len(verdict.flipped), asked, n, p0=d.get("p0", d.get("null")),
-                                  threshold=d.get("threshold", d.get("min_success")),
-                                  max_p_value=d.get("max_p_value", d.get("alpha")), alpha=alpha)
+    return seq.ownership_decision(asked - len(verdict.flipped), asked, n, **_ownership_rule(verdict), alpha=alpha)
 
 
 def _ownership_p_value(verdict: Verdict, asked: int, n: int) -> float | None:
-    """The whole key's binomial p-value, or the anytime-valid min(1, 1/E_t) of the match indicators asked so far."""
+    """The whole key's binomial p-value, or the anytime-valid min(1, 1/E_t) of the match indicators asked so far
+    against the null the MATCH claim is tested against (``sequential.match_null``)."""
     if asked >= n:
         return verdict.details.get("p_value")
-    p0 = verdict.details.get("p0", verdict.details.get("null"))
-    return seq.anytime_p_value(asked - len(verdict.flipped), asked, p0)
+    return seq.anytime_p_value(asked - len(verdict.flipped), asked, seq.match_null(**_ownership_rule(verdict)))
 
 
 @dataclass

@@ -8,13 +8,17 @@ queries asked so far. Each states its error bound:
   counted flip among the asked queries is a flip of the whole key. INTACT needs every query: none of these
   statistics allows less, since any query not asked could be the one that flips.
 - ownership (``ownership_decision``): MATCH when the one-sided mixture e-value of the match indicators
-  against the method's null p0 reaches 1/alpha (and the rate so far is at or above the method's
+  against the method's null reaches 1/alpha (and the rate so far is at or above the method's
   threshold), or when even all remaining queries missing would leave the full key a match; NO MATCH when
   the e-value of the misses against the method's threshold (the alternative) reaches 1/alpha, or when even
   all remaining queries matching could not reach the full key's decision. By Ville's inequality the chance
   of ever claiming MATCH for a model whose per-query match rate is <= p0 is at most alpha, at every
   stopping time and whatever the batch sizes; likewise for NO MATCH on a model whose rate is >= the
-  threshold. The curtailed decisions are exact (the full key decides the same).
+  threshold. The curtailed decisions are exact (the full key decides the same). The null is the method's
+  p0 when its decision rests on a binomial p-value (MetaFinger's calibrated p0, the watermarks' nulls), and
+  its threshold when the rate alone decides (IPGuard, whose p0 = 1/K is reported but, by its own account,
+  far below how often independent models agree on boundary points): testing IPGuard against p0 = 1/K
+  claimed MATCH on 2 of 15 (independent model, query order) runs in ``nnmark bench audit --quick``.
 - telltale (``telltale_decision``): stop once at most one environment of the key stays consistent with every
   answer so far. No probability bound: the remaining queries could still rule that environment out (an
   environment the key does not know); the decision is the one the asked queries support.
@@ -113,6 +117,11 @@ def _full_key_matches(hits: int, n: int, p0: float, threshold: float, max_p_valu
     return hits / n >= threshold and (max_p_value is None or binomial_tail(hits, n, p0) < max_p_value)
 
 
+def match_null(p0: float, threshold: float, max_p_value: float | None) -> float:
+    """The null a MATCH claim is tested against: p0 when a p-value bound decides, else the rate threshold."""
+    return threshold if max_p_value is None else p0
+
+
 def ownership_decision(hits: int, asked: int, n: int, *, p0: float, threshold: float, max_p_value: float | None,
                        alpha: float = DEFAULT_ALPHA) -> Step:
     """Match (passed) / no match after ``asked`` of n queries with ``hits`` matches, or undecided (module docstring).
@@ -122,7 +131,8 @@ def ownership_decision(hits: int, asked: int, n: int, *, p0: float, threshold: f
         asked: queries asked so far; n: the key's size.
         p0: the method's null, the match rate of an independent model.
         threshold: the method's least match rate of a match.
-        max_p_value: the method's bound on the binomial p-value of the whole key, or None (rate rule alone).
+        max_p_value: the method's bound on the binomial p-value of the whole key, or None (rate rule alone:
+            the e-value for MATCH then tests against ``threshold`` instead of ``p0``).
         alpha: the bound on a false claim under early stopping.
     """
     if not 0 < alpha < 1:
@@ -136,8 +146,9 @@ def ownership_decision(hits: int, asked: int, n: int, *, p0: float, threshold: f
         return Step(True, False, "curtailed")
     bound = math.log(1 / alpha)
     misses = asked - hits
-    if 0 < p0 < 1:
-        log_e = log_mixture_e_value(hits, asked, p0)
+    null = match_null(p0, threshold, max_p_value)
+    if 0 < null < 1:
+        log_e = log_mixture_e_value(hits, asked, null)
         if log_e >= bound and hits / asked >= threshold:
             return Step(True, True, "e-value", math.exp(min(log_e, _MAX_LOG)))
     if 0 < threshold < 1:
