@@ -174,3 +174,39 @@ def test_keys_are_listed_and_shown_without_asking_a_model(world):
 
 def test_public_url_drops_user_info():
     assert audit.public_url("https://alice:pw@example.org:8443/v2?x=1") == "https://example.org:8443/v2?x=1"
+
+
+def test_the_cli_audits_a_fleet_writes_its_report_and_log_and_finds_an_edited_log(world, tmp_path):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET + b"\n")
+    report_path, log_path = tmp_path / "audit.json", tmp_path / "audit.jsonl"
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None})
+
+    with endpoint(world["models"]["source"]) as a, endpoint(world["models"]["noised"]) as b:
+        clean = run("audit", "--keys", world["key_dir"], "--endpoint", a, "--secret-file", secret,
+                    "--report", report_path, "--log", log_path, "--json")
+        fleet = run("audit", "--keys", world["key_dir"], "--endpoint", a, "--endpoint", b, "--secret-file", secret,
+                    "--log", log_path)
+    assert clean.exit_code == 0, clean.output
+    summary = json.loads(report_path.read_text())["targets"][0]["summary"]
+    assert summary.startswith("INTACT · MINE (metafinger") and "environment float32" in summary
+    assert fleet.exit_code == 1, fleet.output
+    assert f"{a}: INTACT" in fleet.output and f"{b}: TAMPERED (dbi, pairs) · MINE" in fleet.output
+
+    r = run("log", "verify", log_path, "--secret-file", secret)
+    assert r.exit_code == 0 and "OK: 2 records verify" in r.output and "last MAC" in r.output
+    lines = log_path.read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(b'"sequential":true', b'"sequential":false', 1)  # still valid JSON
+    log_path.write_bytes(b"\n".join(lines))
+    r = run("log", "verify", log_path, "--secret-file", secret, "--json")
+    assert r.exit_code == 1 and json.loads(r.output)["bad_line"] == 1 and "MAC does not match" in r.output
+
+    r = run("keys", "ls", world["key_dir"], "--secret-file", secret, "--json")
+    assert r.exit_code == 0 and [k["signature"] for k in json.loads(r.output)] == ["valid"] * 4
+    assert run("audit", "--model", world["models"]["source"]).exit_code == 2  # no keys

@@ -1,9 +1,9 @@
 """Audit one target, or a fleet of them, with every key an owner holds: integrity, ownership and telltale at once.
 
-For each key the target is reached through one ``RecordingOracle``: it asks the target only inputs it has not
-answered before and keeps every answer, so the method's own verifier (``nnmark.marks.verify``) can be run on
-the sub-key of the queries asked so far after each batch at no further cost, and the audit log gets a digest
-of every query sent and every answer received. Decisions are the verifiers' own on the asked queries, stopped
+Each target's oracle is opened once; each key reaches it through its own ``RecordingOracle``, which asks
+the target only inputs it has not answered before and keeps every answer, so the method's own verifier
+(``nnmark.marks.verify``) can be run on the sub-key of the queries asked so far after each batch at no
+further cost, and the audit log gets a digest of every query sent and every answer received. Decisions are the verifiers' own on the asked queries, stopped
 by the rules of ``nnmark.audit.sequential``; ``sequential=False`` asks the whole key in one batch, as
 ``nnmark verify`` does.
 
@@ -15,11 +15,13 @@ tampering, which is what integrity keys look for); its digest is reported beside
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,41 +77,44 @@ class Target:
 
     Attributes:
         name: how reports name it (a model path or a URL without user info).
-        open: builds the target's oracle; called once per key, the oracle closed after it.
+        open: returns a context manager that yields the target's oracle (opened once per audit, closed after).
         info: what is known of it (server and model metadata, environment, computed digest), for the report and log.
         published: what the target says about itself ("model_digest", "model_card"), compared with each key.
     """
 
     name: str
-    open: Callable[[], Oracle]
+    open: Callable[[], AbstractContextManager[Oracle]]
     info: dict = field(default_factory=dict)
     published: dict = field(default_factory=dict)
 
 
 def local_target(model_path: str | os.PathLike, env: str = "float32", budget: int | None = None) -> Target:
-    """A local checkpoint run in environment ``env``."""
+    """A local checkpoint run in environment ``env``; its computed digest goes into ``info``."""
     from nnmark import envs, models
 
     model, config = models.load(model_path)
     shape = tuple(config.input_shape)
     info = {"model": str(model_path), "env": env, "arch": config.arch, "model_digest_computed": models.digest(model)}
-    return Target(str(model_path), lambda: envs.get(env).oracle(model, shape, budget=budget), info)
+    return Target(str(model_path), lambda: contextlib.closing(envs.get(env).oracle(model, shape, budget=budget)), info)
+
+
+def endpoint_info(url: str, model_name: str = "model", token: bytes | None = None) -> tuple[dict, dict]:
+    """(info, published) of an OIP v2 endpoint: its public URL, server and model metadata, and the "model_digest"
+    and "model_card" its model metadata's parameters publish, if any."""
+    server, model = _metadata(url, model_name, token)
+    params = model.get("parameters") if isinstance(model.get("parameters"), dict) else {}
+    published = {name: params[name] for name in ("model_digest", "model_card") if name in params}
+    return {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}, published
 
 
 def endpoint_target(url: str, *, model_name: str = "model", token: bytes | None = None,
                     budget: int | None = None) -> Target:
-    """An OIP v2 endpoint; its server and model metadata are read once, and "model_digest" / "model_card" in the
-    model metadata's parameters, when it publishes them, are what each key is compared with."""
+    """An OIP v2 endpoint (``HttpOracle``), described by ``endpoint_info``."""
     from nnmark.oracles.remote import HttpOracle
 
-    def connect() -> HttpOracle:
-        return HttpOracle(url, model_name=model_name, token=token, budget=budget)
-
-    server, model = _metadata(url, model_name, token)
-    params = model.get("parameters") if isinstance(model.get("parameters"), dict) else {}
-    published = {name: params[name] for name in ("model_digest", "model_card") if name in params}
-    info = {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}
-    return Target(public_url(url), connect, info, published)
+    info, published = endpoint_info(url, model_name, token)
+    return Target(public_url(url), lambda: HttpOracle(url, model_name=model_name, token=token, budget=budget), info,
+                  published)
 
 
 def _metadata(url: str, model_name: str, token: bytes | None) -> tuple[dict, dict]:
@@ -401,18 +406,13 @@ def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dic
     )
 
 
-def _guarded(oracle_factory: Callable[[], Oracle], akey: AuditKey, settings: Settings, published: dict) -> KeyResult:
-    """``audit_key`` with its own oracle, closed after; an ``NnmarkError`` becomes an error result naming it."""
-    oracle = None
+def _guarded(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict) -> KeyResult:
+    """``audit_key``; an ``NnmarkError`` becomes an error result naming it."""
     try:
-        oracle = oracle_factory()
         return audit_key(oracle, akey, settings, published)
     except NnmarkError as e:
         return KeyResult(akey.path, akey.sha256, akey.key.method, purpose_of(akey.key.method), ERROR, None,
                          len(akey.key.expected), note=str(e))
-    finally:
-        if oracle is not None:
-            oracle.close()
 
 
 # --- targets and fleets ---------------------------------------------------------------------------------
@@ -443,9 +443,13 @@ class TargetReport:
 
 
 def audit_target(target: Target, audit_keys: list[AuditKey], settings: Settings) -> TargetReport:
-    """Ask ``target`` every key, one after another, each through its own oracle."""
-    return TargetReport(target.name, target.info,
-                        [_guarded(target.open, akey, settings, target.published) for akey in audit_keys])
+    """Ask ``target`` every key, one after another, through one oracle; an error opening it is the report's error."""
+    try:
+        with target.open() as oracle:
+            results = [_guarded(oracle, akey, settings, target.published) for akey in audit_keys]
+    except NnmarkError as e:
+        return TargetReport(target.name, target.info, error=str(e))
+    return TargetReport(target.name, target.info, results)
 
 
 def audit_fleet(targets: list[Target], audit_keys: list[AuditKey], settings: Settings,
