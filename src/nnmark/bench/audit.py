@@ -129,6 +129,10 @@ def render(result: dict) -> str:
     lines = [f"# nnmark audit: sequential vs whole-key verification ({DATA}, LeNet-5)", "",
              f"`{result['command']}` ({result['date']}, {result['wall_seconds']:.0f} s); alpha = {p['alpha']}, "
              f"batches of {p['batch_size']}, {p['seeds']} seed(s) x {p['orders']} query orders.", "",
+             "Queries: inputs sent to the suspect for the key (iNNformant's include its natural sources, and it is "
+             "asked whole: its answers depend on the batch). Median share: the sequential median over the whole "
+             "key's queries. A key of n queries cannot stop before one batch, so keys much larger than the batch "
+             "show the saving best.", "",
              "| method | suspect | whole-key decision | sequential decisions | queries median / max | whole key | "
              "median share |", "| --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict[tuple[str, str], list[dict]] = {}
