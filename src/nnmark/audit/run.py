@@ -3,14 +3,14 @@
 Each target's oracle is opened once; each key reaches it through its own ``RecordingOracle``, which asks
 the target only inputs it has not answered before and keeps every answer, so the method's own verifier
 (``nnmark.marks.verify``) can be run on the sub-key of the queries asked so far after each batch at no
-further cost, and the audit log gets a digest of every query sent and every answer received. Decisions are the verifiers' own on the asked queries, stopped
-by the rules of ``nnmark.audit.sequential``; ``sequential=False`` asks the whole key in one batch, as
-``nnmark verify`` does.
+further cost, and the audit log gets a digest of every query sent and every answer received. Decisions are
+the verifiers' own on the asked queries, stopped by the rules of ``nnmark.audit.sequential``;
+``sequential=False`` asks the whole key in one batch, as ``nnmark verify`` does.
 
 A key whose queries do not fit the target (input shape, number of classes), or whose model digest or model
 card differs from what the target publishes about itself, is reported as made for another model and is not
 counted as a failure. A local checkpoint publishes nothing about itself (its digest differs after any
-tampering, which is what integrity keys look for); its digest is reported beside the key's.
+tampering, which is what integrity keys look for); its computed digest is kept in the target's info.
 """
 
 from __future__ import annotations
@@ -240,7 +240,8 @@ class KeyResult:
         statistic_name, statistic: what the verifier measured on the asked queries.
         p_value: ownership: the binomial p-value of the whole key, or the anytime-valid min(1, 1/E_t) when it
             stopped early; None otherwise. threshold: the method's decision threshold, where it has one.
-        queries: inputs sent to the target for this key (its extras included); key_size: the key's queries.
+        queries: inputs sent to the target for this key (its extras included; an endpoint oracle's own
+            consistency re-asks not counted); key_size: the key's queries.
         flipped: key indices answered otherwise than the key expects, among those asked.
         rule: the sequential rule that stopped (``sequential.Step.rule``); e_value: its e-value, if any.
         note: why the key was not asked (another model, an error), or ''.

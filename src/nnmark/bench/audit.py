@@ -1,4 +1,4 @@
-"""``nnmark bench audit``: queries to a decision, sequential against the whole key, and the error rates of early stopping.
+"""``nnmark bench audit``: queries to a decision, sequential against the whole key, and the error rates of stopping early.
 
 For each seed: a LeNet-5 source on ``DATA``, its MetaFinger shadow pools (``nnmark.shadow``, serial,
 cached under ``nnmark.shadow.default_cache_dir()``) and ``independents`` independently trained LeNet-5s in no
