@@ -1,4 +1,4 @@
-"""The ``nnmark`` command line: train, mark, attack, verify, identify, serve, envs, bench.
+"""The ``nnmark`` command line: train, mark, attack, verify, identify, audit, keys, log, serve, envs, bench.
 
 Exit codes, a contract with scripts and monitors:
 
@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attack": ("nnmark.cli.attack", "Change a model as an adversary would."),
     "verify": ("nnmark.cli.check", "Ask a model a key's queries: pass (0) or fail (1)."),
     "identify": ("nnmark.cli.check", "Name the environment that answers a telltale key."),
+    "audit": ("nnmark.cli.audit", "Ask a model or a fleet every key at once: one report, one log record."),
+    "keys": ("nnmark.cli.audit", "List and show key files without asking any model."),
+    "log": ("nnmark.cli.audit", "Check an audit log's HMAC chain."),
     "serve": ("nnmark.cli.serve", "Serve a model over the Open Inference Protocol v2."),
     "envs": ("nnmark.cli.envs", "List execution environments and how outputs differ."),
     "bench": ("nnmark.cli.bench", "Run a benchmark; tables go to docs/benchmarks/."),

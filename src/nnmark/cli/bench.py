@@ -16,6 +16,7 @@ BENCHMARKS = {
                               "independent models (Yang et al.)."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
+    "audit": ("audit", "Queries to a decision, sequential vs whole key, and the false-claim rate of early stopping."),
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),
     "cli": ("cli", "Cold start of nnmark --help, --version, models.load and verify beside a bare import torch."),

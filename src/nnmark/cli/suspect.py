@@ -1,6 +1,6 @@
 """The suspect: the model a key is asked of, a local file (``--model``) or an endpoint (``--endpoint``).
 
-``verify``, ``identify`` (and ``audit``) share these options and the one function that builds the oracle.
+``verify``, ``identify`` and ``audit`` share these options and the one function that builds the oracle.
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ def env_option(f):
                         help="Execution environment the local model runs in.")(f)
 
 
-def suspect_options(f):
-    """--model | --endpoint, with the local environment and the endpoint's name, token and query budget."""
+def suspect_options(f=None, *, fleet: bool = False):
+    """--model | --endpoint, with the local environment and the endpoint's name, token and query budget.
+
+    ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat: a tuple of URLs."""
+    if f is None:
+        return lambda g: suspect_options(g, fleet=fleet)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local model to ask."),
         env_option,
-        click.option("--endpoint", help="Ask the model behind this OIP v2 base URL instead (e.g. http://host:8000)."),
+        click.option("--endpoint", multiple=fleet,
+                     help="Ask the model behind this OIP v2 base URL instead (e.g. http://host:8000)"
+                     + ("; repeat it for a fleet of replicas." if fleet else ".")),
         click.option("--model-name", default="model", show_default=True, help="The endpoint's model name."),
         click.option("--token-file", type=click.Path(dir_okay=False),
                      help="Bearer token file for --endpoint (else NNMARK_TOKEN)."),

@@ -1,0 +1,168 @@
+"""An audit's report: one summary line per target, then a section per key, as Markdown, JSON or one HTML file.
+
+The summary line reads e.g. ``INTACT · MINE (metafinger p=3e-12) · environment float32 · 412 queries``:
+integrity (INTACT, or TAMPERED with the methods that found it), ownership (MINE with the strongest evidence,
+or NOT MINE), the environment each telltale key names, keys made for another model, errors, and the queries
+spent. The HTML file is self-contained: inline CSS, and the flipped queries beside their sources as PNG
+``data:`` URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from nnmark._io import atomic_write_bytes
+from nnmark.audit.run import ERROR, INTEGRITY, OTHER_MODEL, OWNERSHIP, TELLTALE, KeyResult, TargetReport
+from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.marks.telltale.innformant import DIFFERENT_MODEL, UNKNOWN
+
+THUMBNAIL_PX = 64
+"""The side of a thumbnail in the HTML report (nearest-neighbour upscaling of the query)."""
+SEPARATOR = " · "
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.2em;border-bottom:1px solid #ccc}h3{font-size:1.05em}
+.summary{font-family:monospace;font-size:1.1em;padding:.4em .6em;background:#f4f4f4}
+.pass{color:#176b2c}.fail{color:#a31515}.other{color:#666}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
+figure{display:inline-block;margin:.3em;text-align:center}img{image-rendering:pixelated;border:1px solid #999}"""
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
+
+
+def summary_line(report: TargetReport) -> str:
+    """The one-line summary of a target's audit (module docstring)."""
+    if report.error:
+        return f"ERROR: {report.error}"
+    parts = []
+    integrity = [r for r in report.keys if r.purpose == INTEGRITY and r.passed is not None]
+    if integrity:
+        failed = [r.method for r in integrity if not r.passed]
+        parts.append(f"TAMPERED ({', '.join(failed)})" if failed else "INTACT")
+    ownership = [r for r in report.keys if r.purpose == OWNERSHIP and r.passed is not None]
+    mine = sorted((r for r in ownership if r.passed), key=lambda r: 1.0 if r.p_value is None else r.p_value)
+    if mine:
+        parts.append(f"MINE ({mine[0].method} p={_p(mine[0].p_value)})")
+    elif ownership:
+        parts.append("NOT MINE")
+    parts += [r.decision if r.decision in (UNKNOWN, DIFFERENT_MODEL) else f"environment {r.decision}"
+              for r in report.keys if r.purpose == TELLTALE and r.passed is not None]
+    for word, label in ((OTHER_MODEL, "for another model"), (ERROR, "failed to run")):
+        count = sum(r.decision == word for r in report.keys)
+        if count:
+            parts.append(f"{count} key{'s' if count > 1 else ''} {label}")
+    parts.append(f"{report.queries} queries")
+    return SEPARATOR.join(parts)
+
+
+def _decision_rows(r: KeyResult) -> list[tuple[str, str]]:
+    """What the decision rests on: the p-value, e-value and threshold (ownership), the flip rule (integrity), or
+    the consistent environments (telltale)."""
+    if r.purpose == OWNERSHIP:
+        rows = [("p-value", _p(r.p_value)), ("threshold", _p(r.threshold))]
+        return rows + ([("e-value", f"{r.e_value:.3g}")] if r.e_value is not None else [])
+    if r.purpose == INTEGRITY:
+        return [("threshold", "any flipped query (any changed pair member) means tampered")]
+    return [("consistent", ", ".join(r.details.get("consistent", [])) or "none")]
+
+
+def _key_rows(r: KeyResult) -> list[tuple[str, str]]:
+    """(field, value) rows of a key's section."""
+    rows = [("method", r.method), ("purpose", r.purpose or "unknown"), ("verdict", r.decision),
+            ("key file", f"{r.key} (sha256 {r.key_sha256[:16]}...)")]
+    if r.note:
+        rows.append(("note", r.note))
+    if r.passed is not None:
+        rows.append(("statistic", f"{r.statistic_name} = {r.statistic:.4g}"))
+        rows += _decision_rows(r)
+        rows += [("queries", f"{r.queries} spent; key size {r.key_size}; stopped by: {r.rule}"),
+                 ("flipped", ", ".join(map(str, r.flipped)) or "none")]
+    if r.preflight is not None:
+        rows.append(("preflight", json.dumps(r.preflight)))
+    return rows
+
+
+def to_markdown(reports: list[TargetReport], meta: dict) -> str:
+    """The report as Markdown: per target its summary line, then a table per key."""
+    lines = ["# nnmark audit", "", " ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    for report in reports:
+        lines += [f"## {report.target}", "", f"**{summary_line(report)}**", ""]
+        for r in report.keys:
+            lines += [f"### {r.method}: {r.decision}", "", "| | |", "| --- | --- |"]
+            lines += [f"| {name} | {value} |" for name, value in _key_rows(r)] + [""]
+    return "\n".join(lines)
+
+
+def to_json(reports: list[TargetReport], meta: dict) -> str:
+    """The report as JSON: {"meta", "targets": [{target, summary, status, info, queries, keys: [...]}]}."""
+    return json.dumps({"meta": meta, "targets": [{**report.to_dict(), "summary": summary_line(report)}
+                                                 for report in reports]}, indent=2, allow_nan=False)
+
+
+def png_data_uri(image: torch.Tensor, px: int = THUMBNAIL_PX) -> str:
+    """A (C, H, W) image in [0, 1] (C = 1 or 3) as a ``data:image/png;base64,...`` URI, scaled to ``px`` wide."""
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array)
+    picture = picture.resize((px, max(1, round(px * picture.height / picture.width))), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figures(r: KeyResult) -> str:
+    """The flipped queries, each beside its source where the key has one."""
+    figures = []
+    for i, (query, source) in zip(r.flipped, r.thumbnails):
+        images = "".join(f'<img alt="{alt} {i}" src="{png_data_uri(t)}">'
+                         for alt, t in (("source", source), ("query", query)) if t is not None)
+        figures.append(f"<figure>{images}<figcaption>#{i}</figcaption></figure>")
+    return f'<div class="flipped">{"".join(figures)}</div>' if figures else ""
+
+
+def _css_class(passed: bool | None) -> str:
+    return "other" if passed is None else "pass" if passed else "fail"
+
+
+def to_html(reports: list[TargetReport], meta: dict) -> str:
+    """The report as one self-contained HTML page (inline CSS, images as data: URIs)."""
+    esc = html.escape
+    body = [f"<h1>nnmark audit</h1><p>{esc(' '.join(f'{k}: {v}' for k, v in meta.items()))}</p>"]
+    for report in reports:
+        status = {0: True, 1: False}.get(report.status())
+        body.append(f'<section class="target"><h2>{esc(report.target)}</h2>'
+                    f'<p class="summary {_css_class(status)}">{esc(summary_line(report))}</p>')
+        for r in report.keys:
+            rows = "".join(f"<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>" for name, value in _key_rows(r))
+            body.append(f'<section class="key"><h3 class="{_css_class(r.passed)}">{esc(r.method)}: '
+                        f"{esc(r.decision)}</h3><table>{rows}</table>{_figures(r)}</section>")
+        body.append("</section>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>nnmark audit</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+class ReportError(NnmarkError):
+    """A report file cannot be written."""
+
+
+WRITERS = {".md": to_markdown, ".json": to_json, ".html": to_html}
+
+
+def write_report(path: str | os.PathLike, reports: list[TargetReport], meta: dict) -> None:
+    """Write the report in the format named by ``path``'s suffix (.md, .json, .html), atomically."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITERS:
+        raise ArgumentError(f"report {path}: use a .md, .json or .html file name")
+    try:
+        atomic_write_bytes(path, WRITERS[suffix](reports, meta).encode("utf-8"))
+    except OSError as e:
+        raise ReportError(f"report {path}: cannot write it: {e.strerror or e}") from None

@@ -1,0 +1,481 @@
+"""Audit one target, or a fleet of them, with every key an owner holds: integrity, ownership and telltale at once.
+
+Each target's oracle is opened once; each key reaches it through its own ``RecordingOracle``, which asks
+the target only inputs it has not answered before and keeps every answer, so the method's own verifier
+(``nnmark.marks.verify``) can be run on the sub-key of the queries asked so far after each batch at no
+further cost, and the audit log gets a digest of every query sent and every answer received. Decisions are
+the verifiers' own on the asked queries, stopped by the rules of ``nnmark.audit.sequential``;
+``sequential=False`` asks the whole key in one batch, as ``nnmark verify`` does.
+
+A key whose queries do not fit the target (input shape, number of classes), or whose model digest or model
+card differs from what the target publishes about itself, is reported as made for another model and is not
+counted as a failure. A local checkpoint publishes nothing about itself (its digest differs after any
+tampering, which is what integrity keys look for); its computed digest is kept in the target's info.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import torch
+
+from nnmark import __version__, keys, marks
+from nnmark.audit import sequential as seq
+from nnmark.errors import ArgumentError, EndpointError, NnmarkError
+from nnmark.keyinfo import purpose_of
+from nnmark.keys import KeyFile
+from nnmark.marks.integrity import pairing
+from nnmark.marks.telltale import innformant
+from nnmark.marks.verdict import Verdict
+from nnmark.oracles import Oracle
+
+INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
+GROUPS = {pairing.METHOD: 2}
+"""Methods whose queries must be asked in runs of consecutive indices (a sensitive-sample pair)."""
+SHARED_EXTRAS = ("clean", "plain")
+"""Key extras that belong to the whole key, not to its queries one by one (a watermark's null images)."""
+WHOLE_KEY_METHODS = (innformant.METHOD,)
+"""Methods asked in one batch even in sequential mode: their samples sit ~1e-7 from a boundary, and a float32
+model's answer there can change with the batch a sample is asked in (see ``innformant``). Measured: a digits
+LeNet-5 key asked one sample per batch named float32 "float64" for one of three query orders."""
+DEFAULT_WORKERS = 4
+"""Targets of a fleet asked at once."""
+MAX_THUMBNAILS = 8
+"""Flipped queries per key kept for the report's pictures."""
+METADATA_TIMEOUT = 10.0
+"""Seconds to wait for an endpoint's metadata."""
+OTHER_MODEL = "made for another model"
+ERROR = "error"
+
+
+# --- targets ----------------------------------------------------------------------------------------
+
+
+def public_url(url: str) -> str:
+    """``url`` without user name and password (kept out of reports and logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass
+class Target:
+    """A model to audit.
+
+    Attributes:
+        name: how reports name it (a model path or a URL without user info).
+        open: returns a context manager that yields the target's oracle (opened once per audit, closed after).
+        info: what is known of it (server and model metadata, environment, computed digest), for the report and log.
+        published: what the target says about itself ("model_digest", "model_card"), compared with each key.
+    """
+
+    name: str
+    open: Callable[[], AbstractContextManager[Oracle]]
+    info: dict = field(default_factory=dict)
+    published: dict = field(default_factory=dict)
+
+
+def local_target(model_path: str | os.PathLike, env: str = "float32", budget: int | None = None) -> Target:
+    """A local checkpoint run in environment ``env``; its computed digest goes into ``info``."""
+    from nnmark import envs, models
+
+    model, config = models.load(model_path)
+    shape = tuple(config.input_shape)
+    info = {"model": str(model_path), "env": env, "arch": config.arch, "model_digest_computed": models.digest(model)}
+    return Target(str(model_path), lambda: contextlib.closing(envs.get(env).oracle(model, shape, budget=budget)), info)
+
+
+def endpoint_info(url: str, model_name: str = "model", token: bytes | None = None) -> tuple[dict, dict]:
+    """(info, published) of an OIP v2 endpoint: its public URL, server and model metadata, and the "model_digest"
+    and "model_card" its model metadata's parameters publish, if any."""
+    server, model = _metadata(url, model_name, token)
+    params = model.get("parameters") if isinstance(model.get("parameters"), dict) else {}
+    published = {name: params[name] for name in ("model_digest", "model_card") if name in params}
+    return {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}, published
+
+
+def endpoint_target(url: str, *, model_name: str = "model", token: bytes | None = None,
+                    budget: int | None = None) -> Target:
+    """An OIP v2 endpoint (``HttpOracle``), described by ``endpoint_info``."""
+    from nnmark.oracles.remote import HttpOracle
+
+    info, published = endpoint_info(url, model_name, token)
+    return Target(public_url(url), lambda: HttpOracle(url, model_name=model_name, token=token, budget=budget), info,
+                  published)
+
+
+def _metadata(url: str, model_name: str, token: bytes | None) -> tuple[dict, dict]:
+    """The OIP v2 server and model metadata (GET /v2, GET /v2/models/{name}); {} where one is not a JSON object.
+
+    ``EndpointError`` when the endpoint cannot be reached."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token.decode('ascii')}"} if token else {}
+    answers = []
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=METADATA_TIMEOUT) as client:
+        for path in ("/v2", f"/v2/models/{model_name}"):
+            try:
+                body = client.get(path).json()
+            except httpx.HTTPError as e:
+                raise EndpointError(f"endpoint {public_url(url)} cannot be reached: {type(e).__name__}") from None
+            except ValueError:
+                body = {}
+            answers.append(body if isinstance(body, dict) else {})
+    return answers[0], answers[1]
+
+
+# --- recording oracle and sub-keys -------------------------------------------------------------------
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+class RecordingOracle(Oracle):
+    """Answers from the answers ``inner`` gave before, asking ``inner`` only inputs it has not seen.
+
+    Access is the inner oracle's, at most probabilities (probabilities and labels are asked together, in one
+    ``predict``). ``sent`` and ``answers`` hold the SHA-256 of each input sent (its float32 bytes) and of each
+    answer (label int64 bytes, then the float32 probabilities when given); ``sent_count`` counts them.
+    """
+
+    def __init__(self, inner: Oracle):
+        super().__init__(inner.input_shape, inner.num_classes)
+        self.access = "probabilities" if inner.can("probabilities") else "labels"
+        self.inner = inner
+        self._cache: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self.sent: list[str] = []
+        self.answers: list[str] = []
+
+    @property
+    def sent_count(self) -> int:
+        return len(self.sent)
+
+    def _fetch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        x = x.float().contiguous()
+        names = [_digest(row) for row in x]
+        new, seen = [], set()
+        for i, name in enumerate(names):
+            if name not in self._cache and name not in seen:
+                seen.add(name)
+                new.append(i)
+        if new:
+            rows = x[new]
+            if self.access == "probabilities":
+                p, y = self.inner.predict(rows)
+            else:
+                p, y = None, self.inner.labels(rows)
+            for j, i in enumerate(new):
+                answer = y[j : j + 1].to(torch.int64)
+                self._cache[names[i]] = (None if p is None else p[j].float(), answer[0])
+                self.sent.append(names[i])
+                self.answers.append(_digest(answer if p is None else torch.cat([answer.view(torch.uint8),
+                                                                                p[j].float().view(torch.uint8)])))
+        cached = [self._cache[name] for name in names]
+        labels = torch.stack([c[1] for c in cached])
+        probs = None if self.access == "labels" else torch.stack([c[0] for c in cached])
+        return probs, labels
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fetch(x)[1]
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fetch(x)[0]
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._fetch(x)
+
+
+def sub_key(key: KeyFile, idx: torch.Tensor) -> KeyFile:
+    """The key cut to the queries ``idx`` (in that order), with each per-query extra cut alike."""
+    n = len(key.expected)
+    extras = {name: t[idx].contiguous() if name not in SHARED_EXTRAS and t.dim() and len(t) == n else t
+              for name, t in key.extras.items()}
+    return dataclasses.replace(key, queries=key.queries[idx].contiguous(), expected=key.expected[idx].contiguous(),
+                               extras=extras)
+
+
+# --- one key -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditKey:
+    """A key file to audit with: where it is, the SHA-256 of its bytes, and its contents."""
+
+    path: str
+    sha256: str
+    key: KeyFile
+
+
+def load_keys(paths: list[str | os.PathLike], *, secret: bytes | None, allow_unsigned: bool = False) -> list[AuditKey]:
+    """Load and check each key file (``keys.load``) and digest its bytes."""
+    loaded = []
+    for path in paths:
+        key = keys.load(path, secret=secret, allow_unsigned=allow_unsigned)
+        loaded.append(AuditKey(str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest(), key))
+    return loaded
+
+
+@dataclass
+class KeyResult:
+    """One key's part of an audit.
+
+    Attributes:
+        key, key_sha256, method, purpose: the key file, its digest, its method and the method's purpose.
+        decision: the method's verdict word, ``OTHER_MODEL`` or ``ERROR``.
+        passed: True / False; None when the key was made for another model or could not be asked.
+        statistic_name, statistic: what the verifier measured on the asked queries.
+        p_value: ownership: the binomial p-value of the whole key, or the anytime-valid min(1, 1/E_t) when it
+            stopped early; None otherwise. threshold: the method's decision threshold, where it has one.
+        queries: inputs sent to the target for this key (its extras included; an endpoint oracle's own
+            consistency re-asks not counted); key_size: the key's queries.
+        flipped: key indices answered otherwise than the key expects, among those asked.
+        rule: the sequential rule that stopped (``sequential.Step.rule``); e_value: its e-value, if any.
+        note: why the key was not asked (another model, an error), or ''.
+        details: the verifier's details; preflight: the canary preflight's answer, if any.
+        sent, answers: SHA-256 of each input sent and answer received (for the audit log).
+        thumbnails: up to ``MAX_THUMBNAILS`` (flipped query, its source or None) pairs, for the HTML report.
+    """
+
+    key: str
+    key_sha256: str
+    method: str
+    purpose: str
+    decision: str
+    passed: bool | None
+    key_size: int
+    statistic_name: str = ""
+    statistic: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+    queries: int = 0
+    flipped: list[int] = field(default_factory=list)
+    rule: str = ""
+    e_value: float | None = None
+    note: str = ""
+    details: dict = field(default_factory=dict)
+    preflight: dict | None = None
+    sent: list[str] = field(default_factory=list, repr=False)
+    answers: list[str] = field(default_factory=list, repr=False)
+    thumbnails: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list, repr=False)
+
+    def to_dict(self, *, exchanges: bool = False) -> dict:
+        """The JSON-able fields; the per-query digests only with ``exchanges``."""
+        skip = {"thumbnails"} | (set() if exchanges else {"sent", "answers"})
+        return jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip})
+
+
+def jsonable(value):
+    """``value`` with tensors turned into lists, tuples into lists, and non-finite floats into None."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def fit_problem(key: KeyFile, oracle: Oracle, published: dict) -> str:
+    """Why ``key`` was made for another model than the one behind ``oracle``, or '' when it fits."""
+    if tuple(key.queries.shape[1:]) != oracle.input_shape:
+        return f"queries of shape {tuple(key.queries.shape[1:])}; the target takes {oracle.input_shape}"
+    classes = key.config.get("num_classes")
+    if isinstance(classes, int) and classes != oracle.num_classes:
+        return f"key made for {classes} classes; the target has {oracle.num_classes}"
+    digest = published.get("model_digest")
+    if digest and key.model_digest and digest != key.model_digest:
+        return f"key made for model {key.model_digest[:12]}; the target publishes {str(digest)[:12]}"
+    card, key_card = published.get("model_card"), key.config.get("model_card")
+    if isinstance(card, dict) and isinstance(key_card, dict):
+        differ = sorted(name for name in card.keys() & key_card.keys() if card[name] != key_card[name])
+        if differ:
+            return f"key's model card differs from the target's in {', '.join(differ)}"
+    return ""
+
+
+def _preflight(oracle: Oracle, key: KeyFile) -> dict | None:
+    """The canary preflight (``nnmark.marks.canary.preflight``) when the key has canaries and nnmark has one."""
+    if not any("canar" in name for name in (*key.extras, *key.config)):
+        return None
+    try:
+        canary = importlib.import_module("nnmark.marks.canary")
+    except ImportError:
+        return {"skipped": "this nnmark has no canary preflight"}
+    result = canary.preflight(oracle, key)
+    return jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
+
+
+def _ownership_rule(verdict: Verdict) -> dict:
+    """p0, threshold and max_p_value of an ownership verdict (``stats.match_verdict`` or ``watermark_verdict``)."""
+    d = verdict.details
+    return {"p0": d.get("p0", d.get("null")), "threshold": d.get("threshold", d.get("min_success")),
+            "max_p_value": d.get("max_p_value", d.get("alpha"))}
+
+
+def decide(purpose: str, verdict: Verdict, asked: int, n: int, alpha: float) -> seq.Step:
+    """The sequential step for a verdict on the first ``asked`` of n queries (``nnmark.audit.sequential``)."""
+    if purpose == INTEGRITY:
+        return seq.integrity_decision(0 if verdict.passed else 1, asked, n)
+    if purpose == TELLTALE:
+        return seq.telltale_decision(verdict.details["consistent"], asked, n)
+    return seq.ownership_decision(asked - len(verdict.flipped), asked, n, **_ownership_rule(verdict), alpha=alpha)
+
+
+def _ownership_p_value(verdict: Verdict, asked: int, n: int) -> float | None:
+    """The whole key's binomial p-value, or the anytime-valid min(1, 1/E_t) of the match indicators asked so far
+    against the null the MATCH claim is tested against (``sequential.match_null``)."""
+    if asked >= n:
+        return verdict.details.get("p_value")
+    return seq.anytime_p_value(asked - len(verdict.flipped), asked, seq.match_null(**_ownership_rule(verdict)))
+
+
+@dataclass
+class Settings:
+    """How keys are asked.
+
+    Attributes:
+        secret: the owner's secret (keyed methods need it to verify).
+        alpha: the error bound of a sequential ownership claim.
+        seed: seeds the query order.
+        sequential: False asks every query of every key in one batch, as ``nnmark verify`` does.
+        batch_size: queries per batch in sequential mode.
+    """
+
+    secret: bytes | None = None
+    alpha: float = seq.DEFAULT_ALPHA
+    seed: int = 0
+    sequential: bool = True
+    batch_size: int = seq.DEFAULT_BATCH_SIZE
+
+
+def _prefixes(method: str, n: int, settings: Settings) -> list[torch.Tensor]:
+    """The asked prefixes of the key's query order: seeded batches, or the whole key at once."""
+    if not settings.sequential or method in WHOLE_KEY_METHODS:
+        return [torch.arange(n)]
+    group = GROUPS.get(method, 1)
+    return seq.batches(seq.query_order(n, settings.seed, group), settings.batch_size, group)
+
+
+def _thumbnails(key: KeyFile, flipped: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    sources = key.extras.get("sources")
+    if sources is not None and tuple(sources.shape) != tuple(key.queries.shape):
+        sources = None
+    return [(key.queries[i], None if sources is None else sources[i]) for i in flipped[:MAX_THUMBNAILS]]
+
+
+def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict | None = None) -> KeyResult:
+    """Ask ``oracle`` the key's queries batch by batch until its purpose's rule decides; the key's result."""
+    key = akey.key
+    n = len(key.expected)
+    base = KeyResult(akey.path, akey.sha256, key.method, purpose_of(key.method), "", None, n)
+    problem = fit_problem(key, oracle, published or {})
+    if problem:
+        return dataclasses.replace(base, decision=OTHER_MODEL, note=problem)
+    recorder = RecordingOracle(oracle)
+    preflight = _preflight(recorder, key)
+    for idx in _prefixes(key.method, n, settings):
+        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret)
+        step = decide(base.purpose, verdict, len(idx), n, settings.alpha)
+        if step.decided:
+            break
+    passed = verdict.passed if step.passed is None else step.passed
+    decision = verdict.decision if passed == verdict.passed else marks.METHODS[key.method].verdicts[not passed]
+    flipped = sorted(idx[verdict.flipped].tolist())
+    d = verdict.details
+    return dataclasses.replace(
+        base, decision=decision, passed=passed, statistic_name=verdict.statistic_name, statistic=verdict.statistic,
+        p_value=_ownership_p_value(verdict, len(idx), n) if base.purpose == OWNERSHIP else None,
+        threshold=d.get("threshold", d.get("min_success")), queries=recorder.sent_count, flipped=flipped,
+        rule=step.rule, e_value=step.e_value, details=jsonable(d), preflight=preflight, sent=recorder.sent,
+        answers=recorder.answers, thumbnails=_thumbnails(key, flipped),
+    )
+
+
+def _guarded(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict) -> KeyResult:
+    """``audit_key``; an ``NnmarkError`` becomes an error result naming it."""
+    try:
+        return audit_key(oracle, akey, settings, published)
+    except NnmarkError as e:
+        return KeyResult(akey.path, akey.sha256, akey.key.method, purpose_of(akey.key.method), ERROR, None,
+                         len(akey.key.expected), note=str(e))
+
+
+# --- targets and fleets ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetReport:
+    """The audit of one target: its name and info, each key's result, and an error that stopped it, if any."""
+
+    target: str
+    info: dict
+    keys: list[KeyResult] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def queries(self) -> int:
+        return sum(r.queries for r in self.keys)
+
+    def status(self) -> int:
+        """0 every check passed (keys for another model aside), 1 any negative, 2 any error."""
+        if self.error or any(r.decision == ERROR for r in self.keys):
+            return 2
+        return 1 if any(r.passed is False for r in self.keys) else 0
+
+    def to_dict(self, *, exchanges: bool = False) -> dict:
+        return jsonable({"target": self.target, "info": self.info, "error": self.error, "queries": self.queries,
+                         "status": self.status(), "keys": [r.to_dict(exchanges=exchanges) for r in self.keys]})
+
+
+def audit_target(target: Target, audit_keys: list[AuditKey], settings: Settings) -> TargetReport:
+    """Ask ``target`` every key, one after another, through one oracle; an error opening it is the report's error."""
+    try:
+        with target.open() as oracle:
+            results = [_guarded(oracle, akey, settings, target.published) for akey in audit_keys]
+    except NnmarkError as e:
+        return TargetReport(target.name, target.info, error=str(e))
+    return TargetReport(target.name, target.info, results)
+
+
+def audit_fleet(targets: list[Target], audit_keys: list[AuditKey], settings: Settings,
+                workers: int = DEFAULT_WORKERS) -> list[TargetReport]:
+    """``audit_target`` for each target, at most ``workers`` at once (threads); reports in the targets' order."""
+    if workers < 1:
+        raise ArgumentError(f"workers must be >= 1, got {workers}")
+    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(targets))), thread_name_prefix="nnmark-audit") as pool:
+        return list(pool.map(lambda t: audit_target(t, audit_keys, settings), targets))
+
+
+def exit_status(reports: list[TargetReport]) -> int:
+    """The CLI's exit status: 2 on any error, else 1 on any negative verdict, else 0."""
+    return max((r.status() for r in reports), default=0)
+
+
+def log_record(reports: list[TargetReport], settings: Settings) -> dict:
+    """The audit-log record of one run (``nnmark.audit.log.append`` adds seq and mac): time (UTC), nnmark's
+    version, the settings, and per target its info and per key the key's digest, the verdict and the digests of
+    every query sent and answer received."""
+    return {
+        "time": keys.now_utc(),
+        "nnmark": __version__,
+        "alpha": settings.alpha,
+        "seed": settings.seed,
+        "sequential": settings.sequential,
+        "targets": [report.to_dict(exchanges=True) for report in reports],
+    }

@@ -1,0 +1,189 @@
+"""``nnmark audit`` (every key asked of a model or a fleet), ``nnmark keys ls|show`` and ``nnmark log verify``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import click
+
+from nnmark import keyinfo
+from nnmark import keys as keyfiles
+from nnmark.audit import log as audit_log
+from nnmark.audit import report as audit_report
+from nnmark.audit import run as audit_run
+from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
+from nnmark.cli._shared import CliError, emit, json_option, with_secret
+from nnmark.cli.suspect import read_token, suspect_options, suspect_oracle
+
+AUDIT_HELP = """\b
+Summary line per target, e.g.:
+  INTACT · MINE (metafinger p=3e-12) · environment float32 · 412 queries
+Exit codes: 0 every check passed (keys made for another model aside), 1 any negative verdict, 2 any error.
+Sequential mode stops a key at its first counted flip (integrity), once MATCH / NO MATCH holds at --alpha
+at every stopping time (ownership), or once one environment is left (telltale); --no-sequential asks every
+query of every key, as verify does.
+
+\b
+A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
+  nnmark audit --keys keys/ --endpoint http://replica-1:8000 --endpoint http://replica-2:8000 \\
+    --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
+
+
+def _target(model_path, env_name, endpoint, model_name, token_file, budget) -> audit_run.Target:
+    """The audit target of the suspect options (one --endpoint URL, or --model); its oracle comes from the shared
+    suspect builder, and an endpoint's metadata is read when it is opened, so an unreachable replica of a fleet
+    is that target's error."""
+    name = audit_run.public_url(endpoint) if endpoint else model_path
+    info = {"endpoint": name} if endpoint else {"model": name, "env": env_name}
+    published: dict = {}
+
+    @contextlib.contextmanager
+    def open_oracle():
+        if endpoint:
+            more, claims = audit_run.endpoint_info(endpoint, model_name, read_token(token_file))
+            info.update(more)
+            published.update(claims)
+        with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
+            if suspect.digest:
+                info["model_digest_computed"] = suspect.digest
+            yield oracle
+
+    return audit_run.Target(name, open_oracle, info, published)
+
+
+def _text(reports: list[audit_run.TargetReport]) -> str:
+    """Per target its summary line, then one line per key."""
+    lines = []
+    for report in reports:
+        lines.append(f"{report.target}: {audit_report.summary_line(report)}")
+        for r in report.keys:
+            measured = f"{r.statistic_name} {r.statistic:.3g}; " if r.passed is not None else ""
+            lines.append(f"  {r.method} ({r.purpose or 'unknown'}): {r.decision.upper()} - {measured}"
+                         f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
+                         + (f"; flipped {r.flipped}" if r.flipped else ""))
+    return "\n".join(lines)
+
+
+@click.command(epilog=AUDIT_HELP)
+@click.argument("key_paths", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Every key file in this folder.")
+@suspect_options(fleet=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the report here: .md, .json or .html (one self-contained file).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append one HMAC-chained record to this JSONL audit log (needs the secret).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_ALPHA,
+              show_default=True, help="Error bound of a sequential MATCH / NO MATCH claim.")
+@click.option("--no-sequential", is_flag=True, help="Ask every query of every key (as verify does).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the order queries are asked in.")
+@click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Queries per batch before the decision is checked again.")
+@click.option("--workers", type=click.IntRange(1), default=audit_run.DEFAULT_WORKERS, show_default=True,
+              help="Endpoints of a fleet asked at once.")
+@with_secret
+@json_option
+def audit(key_paths, keys_dir, model_path, env_name, endpoint, model_name, token_file, budget, report_path, log_path,
+          alpha, no_sequential, seed, batch_size, workers, secret_file, unsigned, as_json) -> None:
+    """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
+
+    \b
+    Example:
+      nnmark audit dbi.key pairs.key metafinger.key telltale.key --model lenet5.safetensors --secret-file secret
+      nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --report audit.html --log audit.jsonl
+    """
+    if (model_path is None) == (not endpoint):
+        raise CliError("pass --model FILE or one or more --endpoint URL")
+    paths = list(key_paths) + (keyinfo.key_files(keys_dir) if keys_dir else [])
+    if not paths:
+        raise CliError("no keys: pass key files or --keys DIR")
+    secret = keyfiles.read_secret(secret_file)
+    if log_path and secret is None:
+        raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
+    audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
+    settings = audit_run.Settings(secret=secret, alpha=alpha, seed=seed, sequential=not no_sequential,
+                                  batch_size=batch_size)
+    targets = [_target(model_path, env_name, url, model_name, token_file, budget) for url in (endpoint or [None])]
+    reports = audit_run.audit_fleet(targets, audit_keys, settings, workers=workers)
+    meta = {"alpha": alpha, "seed": seed, "sequential": not no_sequential, "batch_size": batch_size}
+    if report_path:
+        audit_report.write_report(report_path, reports, meta)
+    if log_path:
+        mac = audit_log.append(log_path, audit_run.log_record(reports, settings), secret)
+        click.echo(f"logged to {log_path}; last MAC {mac}", err=True)
+    click.echo(audit_report.to_json(reports, meta) if as_json else _text(reports))
+    sys.exit(audit_run.exit_status(reports))
+
+
+@click.group()
+def keys() -> None:
+    """List and show key files without asking any model.
+
+    \b
+    Example:
+      nnmark keys ls keys/ --secret-file secret
+      nnmark keys show keys/dbi.key --json
+    """
+
+
+def _secret_option(f):
+    return click.option("--secret-file", type=click.Path(dir_okay=False),
+                        help="Check signatures under this secret (else NNMARK_SECRET; none: not checked).")(f)
+
+
+def _row(info: dict) -> str:
+    return (f"{info['file']}  {info['method']} ({info['purpose'] or 'unknown'})  {info['queries']} queries  "
+            f"created {info['created']}  model {str(info['model_digest'] or '-')[:12]}  signature {info['signature']}")
+
+
+@keys.command("ls")
+@click.argument("folder", type=click.Path(file_okay=False))
+@_secret_option
+@json_option
+def keys_ls(folder, secret_file, as_json) -> None:
+    """Each key file in FOLDER: method, purpose, queries, creation time, model digest, signature status."""
+    listed = keyinfo.scan(folder, secret=keyfiles.read_secret(secret_file))
+    if as_json:
+        click.echo(json.dumps(listed))
+    else:
+        click.echo("\n".join(_row(info) for info in listed) or f"no key files in {folder}")
+
+
+@keys.command("show")
+@click.argument("key_path", type=click.Path(dir_okay=False))
+@_secret_option
+@json_option
+def keys_show(key_path, secret_file, as_json) -> None:
+    """One key file: method, purpose, created, model digest and card, query count, config, signature status."""
+    info = keyinfo.describe(key_path, secret=keyfiles.read_secret(secret_file))
+    emit(info, as_json, "\n".join(f"{name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
+                                  for name, value in info.items()))
+
+
+@click.group()
+def log() -> None:
+    """The audit log that ``nnmark audit --log`` appends to.
+
+    \b
+    Example:
+      nnmark log verify audit.jsonl --secret-file secret
+    """
+
+
+@log.command("verify")
+@click.argument("log_path", type=click.Path(dir_okay=False))
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="The owner's secret (else NNMARK_SECRET).")
+@json_option
+def log_verify(log_path, secret_file, as_json) -> None:
+    """Check the HMAC chain: exit 0 when every record verifies, 1 naming the first record that does not.
+
+    Prints the last MAC: truncation of whole records at the end cannot be seen from the file alone, so keep it
+    elsewhere and compare.
+    """
+    secret = keyfiles.read_secret(secret_file)
+    if secret is None:
+        raise CliError("log verify needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
+    check = audit_log.verify_log(log_path, secret)
+    emit(check.to_dict(), as_json, check.summary())
+    sys.exit(0 if check.ok else 1)
