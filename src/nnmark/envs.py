@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nnmark.errors import NnmarkError
+from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.oracles import Oracle, TorchOracle
 from nnmark.oracles import onnx as onnx_oracle
 from nnmark.oracles.worker import WorkerOracle
@@ -175,7 +175,7 @@ def probe(
     The caller closes the oracles it is given.
     """
     if (model is None) != (input_shape is None):
-        raise ValueError("pass both model and input_shape, or neither")
+        raise ArgumentError("pass both model and input_shape, or neither")
     for env in KNOWN.values():
         reason, oracle = env.requirement(), None
         if reason is None and model is not None:

@@ -7,11 +7,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nnmark.errors import ArgumentError
+
 
 def change_rate(expected: torch.Tensor, observed: torch.Tensor) -> float:
     """ChangeRate (Yin et al., eq. 5): the fraction of samples whose label differs from the expected one."""
     if expected.shape != observed.shape:
-        raise ValueError(f"label shapes differ: {tuple(expected.shape)} vs {tuple(observed.shape)}")
+        raise ArgumentError(f"label shapes differ: {tuple(expected.shape)} vs {tuple(observed.shape)}")
     return (expected != observed).float().mean().item()
 
 
@@ -35,7 +37,7 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0, window: in
     averaged over positions and channels. Images smaller than the window use the largest odd window that fits.
     """
     if x.shape != ref.shape or x.dim() != 4:
-        raise ValueError(f"ssim needs two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
+        raise ArgumentError(f"ssim needs two (N, C, H, W) tensors of one shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
     size = min(window, x.shape[2], x.shape[3])
     size -= 1 - size % 2
     c = x.shape[1]

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nnmark.errors import ModelError
+from nnmark.errors import ArgumentError, ModelError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
 from nnmark.marks.spec import MethodSpec, require
@@ -148,7 +148,7 @@ def create(
     require(oracle, "internals", "making an AID key")
     check_inputs(x0, oracle.input_shape)
     if not (lr > 0 and beta >= 0 and itr >= 0):
-        raise ValueError("need lr > 0, beta >= 0 and itr >= 0")
+        raise ArgumentError("need lr > 0, beta >= 0 and itr >= 0")
     edge, trace = find_edge_points(oracle, x0, lr=lr, itr=int(itr), beta=beta, threshold=threshold, progress=progress)
     config = {
         "itr": int(itr), "lr": float(lr), "beta": float(beta), "threshold": float(threshold), "n": len(edge),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from nnmark.errors import ArgumentError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
 from nnmark.marks.spec import MethodSpec
@@ -66,9 +67,9 @@ def fragilize(
     One forward/backward per iteration for all samples. Returns (x', D(f_p(x')) after the last step).
     """
     if direction not in (-1, 1):
-        raise ValueError("direction must be -1 (descend D) or +1 (eq. 4 as printed)")
+        raise ArgumentError("direction must be -1 (descend D) or +1 (eq. 4 as printed)")
     if eps <= 0 or itr < 0:
-        raise ValueError("eps must be > 0 and itr >= 0")
+        raise ArgumentError("eps must be > 0 and itr >= 0")
     x = x.detach().clone()
     for _ in tqdm(range(itr), desc="dbi", unit="itr", disable=not progress, leave=False):
         _, grad = oracle.gradient(variance_loss, x)

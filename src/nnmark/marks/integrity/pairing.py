@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nnmark.errors import KeyFileError, NnmarkError
+from nnmark.errors import ArgumentError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
@@ -91,16 +91,16 @@ SMALLEST_PROBABILITY = 2.0**-149
 
 def _check_secret_and_user(secret: bytes, user_id: str) -> None:
     if not (isinstance(secret, (bytes, bytearray)) and secret):
-        raise ValueError("secret must be non-empty bytes")
+        raise ArgumentError("secret must be non-empty bytes")
     if not (isinstance(user_id, str) and user_id):
-        raise ValueError("user_id must be a non-empty string")
+        raise ArgumentError("user_id must be a non-empty string")
 
 
 def head_seed(secret: bytes, user_id: str, num_classes: int) -> int:
     """The generator seed of a user's head: first 8 bytes of HMAC-SHA256(secret, tag | len(u) | u | N)."""
     _check_secret_and_user(secret, user_id)
     if not (isinstance(num_classes, int) and num_classes >= 2):
-        raise ValueError("num_classes must be an int >= 2")
+        raise ArgumentError("num_classes must be an int >= 2")
     user = user_id.encode("utf-8")
     msg = HEAD_TAG + len(user).to_bytes(8, "little") + user + num_classes.to_bytes(8, "little")
     return int.from_bytes(hmac.new(bytes(secret), msg, hashlib.sha256).digest()[:8], "little")
@@ -324,18 +324,18 @@ def create(
 
     Tries ``n_pairs`` stage-1 samples; pairs that do not cross (or do not reach ``margin``) within
     ``max_steps`` are dropped and counted in the config. Raises AccessError without gradients,
-    ValueError for bad arguments and NnmarkError when no pair survives.
+    ArgumentError for bad arguments and NnmarkError when no pair survives.
     """
     require(oracle, "gradients", "making a pairs key")
     _check_secret_and_user(secret, user_id)
     if not (isinstance(n_pairs, int) and n_pairs >= 1):
-        raise ValueError("n_pairs must be an int >= 1")
+        raise ArgumentError("n_pairs must be an int >= 1")
     if activation_on not in ACTIVATIONS:
-        raise ValueError(f"activation_on must be one of {ACTIVATIONS}, got {activation_on!r}")
+        raise ArgumentError(f"activation_on must be one of {ACTIVATIONS}, got {activation_on!r}")
     if not (lam >= 0 and lr > 0 and alpha > 0 and margin >= 0 and tol >= 0):
-        raise ValueError("need lam >= 0, lr > 0, alpha > 0, margin >= 0 and tol >= 0")
+        raise ArgumentError("need lam >= 0, lr > 0, alpha > 0, margin >= 0 and tol >= 0")
     if max_itr < 0 or max_steps < 1 or patience < 1:
-        raise ValueError("need max_itr >= 0, max_steps >= 1 and patience >= 1")
+        raise ArgumentError("need max_itr >= 0, max_steps >= 1 and patience >= 1")
     head = derive_head(secret, user_id, oracle.num_classes)
     x, itr, _ = approach_boundary(
         oracle, head, n_pairs, lam=lam, lr=lr, max_itr=max_itr, tol=tol, patience=patience,

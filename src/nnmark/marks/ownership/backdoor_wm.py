@@ -67,7 +67,7 @@ from torch import nn
 
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
-from nnmark.errors import DataError, KeyFileError
+from nnmark.errors import ArgumentError, DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import coupled
 from nnmark.marks.ownership.stats import watermark_verdict
@@ -126,7 +126,7 @@ def stamp(x: torch.Tensor, word: str = WORD) -> torch.Tensor:
 def gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """Zhang's noise trigger: clip(x + N(0, sigma^2), 0, 1)."""
     if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+        raise ArgumentError(f"sigma must be > 0, got {sigma}")
     return (x + sigma * torch.randn(x.shape, generator=generator)).clamp(0, 1)
 
 
@@ -141,7 +141,7 @@ def photo_patches(k: int, shape: tuple[int, int, int], *, part: str, generator: 
     ``part`` "train" crops from the left 60% of each photo, "verify" from the right 40%.
     """
     if part not in ("train", "verify"):
-        raise ValueError(f"part must be 'train' or 'verify', got {part!r}")
+        raise ArgumentError(f"part must be 'train' or 'verify', got {part!r}")
     photos = _photos()
     _, _, ph, pw = photos.shape
     split = round(TRAIN_REGION * pw)
@@ -201,9 +201,9 @@ def make_triggers(
     sample photos' ``part`` ("train" or "verify"); abstract: procedural.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ArgumentError(f"k must be >= 1, got {k}")
     if kind == "unrelated":
         return photo_patches(k, shape, part=part, generator=generator)
     if kind == "abstract":
@@ -227,7 +227,7 @@ def pick_source_target(
     order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     t = int(target) if target is not None else next(c for c in order if c != source)
     if source == t or not all(0 <= c < num_classes for c in (source, t)):
-        raise ValueError(f"need two distinct classes in [0, {num_classes}): source {source}, target {t}")
+        raise ArgumentError(f"need two distinct classes in [0, {num_classes}): source {source}, target {t}")
     return int(source), t
 
 
@@ -254,18 +254,18 @@ def embed(
     left untouched; the key's config records every setting and the rates measured on the watermarked model.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     if epochs is None:
         epochs = FINETUNE_EPOCHS if pretrained else SCRATCH_EPOCHS
     if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     gen = torch.Generator().manual_seed(seed)
     pool = natural_pool(dataset)
     clean = pool.x[: coupled.N_NULL]
     shape, n_c = dataset.shape, dataset.num_classes
     if kind == "abstract":
         if source is not None or target is not None:
-            raise ValueError("Adi's abstract triggers take random labels: give no source or target")
+            raise ArgumentError("Adi's abstract triggers take random labels: give no source or target")
         queries = make_triggers(kind, coupled.N_VERIFY, shape=shape, generator=gen)
         expected = torch.randint(n_c, (coupled.N_VERIFY,), generator=gen)
         wm_x, wm_y, extras = queries, expected, {"clean": clean}

@@ -82,7 +82,7 @@ from tqdm.auto import tqdm
 
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
-from nnmark.errors import DataError, KeyFileError
+from nnmark.errors import ArgumentError, DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
@@ -110,12 +110,12 @@ def pick_classes(
 ) -> tuple[int, int, int]:
     """Base classes i, j and target t, t not in {i, j} (eq. 1b): the given ones, the rest drawn from ``seed``."""
     if num_classes < 3:
-        raise ValueError(f"function-coupled watermarks need at least 3 classes, got {num_classes}")
+        raise ArgumentError(f"function-coupled watermarks need at least 3 classes, got {num_classes}")
     order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
     i, j = (int(c) for c in base) if base is not None else [c for c in order if c != target][:2]
     t = int(target) if target is not None else next((c for c in order if c not in (i, j)), i)
     if len({i, j, t}) != 3 or not all(0 <= c < num_classes for c in (i, j, t)):
-        raise ValueError(f"need three distinct classes in [0, {num_classes}): base {(i, j)}, target {t}")
+        raise ArgumentError(f"need three distinct classes in [0, {num_classes}): base {(i, j)}, target {t}")
     return i, j, t
 
 
@@ -134,7 +134,7 @@ def direct_fusion(x_i: torch.Tensor, x_j: torch.Tensor) -> torch.Tensor:
 def invisible_fusion(x_i: torch.Tensor, x_j: torch.Tensor, r: float) -> torch.Tensor:
     """wm = r * X_b1^p + (1 - r) * X_b2^q, eq. 3b; x_i, x_j (K, C, H, W) in [0, 1]."""
     if not 0 < r < 1:
-        raise ValueError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
+        raise ArgumentError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
     return r * x_i + (1 - r) * x_j
 
 
@@ -151,7 +151,7 @@ def make_triggers(
 ) -> torch.Tensor:
     """WM = {wm_1 .. wm_K}, eq. 1a: ``k`` triggers fused (``kind``) from distinct pairs of ``split``'s classes i, j."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     x_i, x_j = (split.x[split.y == c] for c in base)
     if len(x_i) == 0 or len(x_j) == 0:
         raise DataError(f"no images of base class {base[0] if len(x_i) == 0 else base[1]} to fuse")
@@ -173,7 +173,7 @@ def maskable(model: nn.Module) -> list[str]:
 def draw_masks(model: nn.Module, keep_ratio: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """M ~ Prune(random, p), eq. 4: per weight tensor a bool mask keeping exactly round(keep_ratio * n) entries."""
     if not 0 < keep_ratio <= 1:
-        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+        raise ArgumentError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
     params = dict(model.named_parameters())
     masks = {}
     for name in maskable(model):
@@ -317,16 +317,16 @@ def embed(
     on the watermarked model. ``model`` is left untouched.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     if epochs < 1 or batch_size < 1 or not lr > 0 or not finetune_lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, finetune_lr > 0; got {epochs}, {batch_size}, "
+        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0, finetune_lr > 0; got {epochs}, {batch_size}, "
                          f"{lr}, {finetune_lr}")
     if kind == "invisible" and not 0 < r < 1:
-        raise ValueError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
+        raise ArgumentError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
     if not 0 < keep_ratio <= 1:
-        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+        raise ArgumentError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
     if wm_repeat < 1:
-        raise ValueError(f"wm_repeat must be >= 1, got {wm_repeat}")
+        raise ArgumentError(f"wm_repeat must be >= 1, got {wm_repeat}")
     i, j, t = pick_classes(dataset.num_classes, seed, base, target)
     gen = torch.Generator().manual_seed(seed)
     train_part, ft = finetune_split(dataset.train, seed)

@@ -54,7 +54,7 @@ from torch import nn
 
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
-from nnmark.errors import DataError, KeyFileError
+from nnmark.errors import ArgumentError, DataError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import backdoor_wm, coupled
 from nnmark.marks.ownership.stats import binomial_tail
@@ -73,7 +73,7 @@ NULL_RIGHT = 0.5
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """x' = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1), the fast gradient sign method (model in eval mode)."""
     if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+        raise ArgumentError(f"eps must be > 0, got {eps}")
     model.eval()
     x = x.clone().requires_grad_(True)
     grad, = torch.autograd.grad(F.cross_entropy(model(x), y), x)
@@ -93,7 +93,7 @@ def make_key(
     Only images that ``model`` classifies right are perturbed; the key lists the true adversaries first.
     """
     if k < 2 or k % 2:
-        raise ValueError(f"the key size k must be even and >= 2, got {k}")
+        raise ArgumentError(f"the key size k must be even and >= 2, got {k}")
     order = torch.randperm(len(split), generator=generator)
     x, y = split.x[order], split.y[order]
     right = _labels(model, x) == y
@@ -126,7 +126,7 @@ def embed(
     ``model`` is left untouched.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     pool = natural_pool(dataset)
     source = copy.deepcopy(model)
     queries, expected, is_true = make_key(source, pool, coupled.N_VERIFY, eps=eps,

@@ -50,7 +50,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import InputError, KeyFileError, NnmarkError
+from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.spec import MethodSpec, require
@@ -72,9 +72,9 @@ def boundary_loss(logits: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: flo
     0 iff label i leads the runner-up j by at least k. Needs K >= 3 (a third class to keep below j).
     """
     if logits.dim() != 2 or logits.shape[1] < 3:
-        raise ValueError(f"need logits (N, K >= 3), got shape {tuple(logits.shape)}")
+        raise ArgumentError(f"need logits (N, K >= 3), got shape {tuple(logits.shape)}")
     if i.shape != (logits.shape[0],) or j.shape != i.shape or bool((i == j).any()):
-        raise ValueError("i and j must be (N,) label tensors with i != j everywhere")
+        raise ArgumentError("i and j must be (N,) label tensors with i != j everywhere")
     rows = torch.arange(len(logits))
     g_i, g_j = logits[rows, i], logits[rows, j]
     others = logits.clone()
@@ -107,7 +107,7 @@ def find_boundary_points(
     iteration its loss is 0 (``done``). Stops early once every point is done.
     """
     if iterations < 0 or not lr > 0 or k < 0:
-        raise ValueError(f"need iterations >= 0, lr > 0 and k >= 0, got {iterations}, {lr}, {k}")
+        raise ArgumentError(f"need iterations >= 0, lr > 0 and k >= 0, got {iterations}, {lr}, {k}")
     x = x0.detach().clone().float()
     done = torch.zeros(len(x), dtype=torch.bool)
     param = x.clone().requires_grad_(True)
@@ -162,11 +162,11 @@ def create(
         raise InputError(f"x0 must be an (N, C, H, W) tensor, got {getattr(x0, 'shape', type(x0).__name__)}")
     check_inputs(x0, oracle.input_shape)
     if n is not None and n < 1:
-        raise ValueError(f"n must be >= 1 or None, got {n}")
+        raise ArgumentError(f"n must be >= 1 or None, got {n}")
     if not 0 <= threshold <= 1 or (p0 is not None and not 0 <= p0 <= 1):
-        raise ValueError(f"need threshold and p0 in [0, 1], got {threshold}, {p0}")
+        raise ArgumentError(f"need threshold and p0 in [0, 1], got {threshold}, {p0}")
     if clash := sorted(set(meta or {}) & set(CONFIG_FIELDS)):
-        raise ValueError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
+        raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
     num_classes = oracle.num_classes
     i, j = draw_pairs(len(x0), num_classes, torch.Generator().manual_seed(seed))
     x, done = find_boundary_points(oracle, x0, i, j, k=k, lr=lr, iterations=iterations, progress=progress)

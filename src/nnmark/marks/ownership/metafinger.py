@@ -70,7 +70,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnmark.attacks.transforms import TRANSFORMS
-from nnmark.errors import InputError, KeyFileError, NnmarkError
+from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.spec import MethodSpec
@@ -112,7 +112,7 @@ def meta_loss(p_anchor: torch.Tensor, p_pos: torch.Tensor, p_neg: torch.Tensor, 
     Args: p_anchor (N, K); p_pos (k, N, K); p_neg (k', N, K) probabilities. Returns (N,).
     """
     if p_pos.dim() != 3 or p_neg.dim() != 3 or p_pos.shape[1:] != p_anchor.shape or p_neg.shape[1:] != p_anchor.shape:
-        raise ValueError(f"need p_anchor (N, K), p_pos and p_neg (k, N, K); got {tuple(p_anchor.shape)}, "
+        raise ArgumentError(f"need p_anchor (N, K), p_pos and p_neg (k, N, K); got {tuple(p_anchor.shape)}, "
                          f"{tuple(p_pos.shape)}, {tuple(p_neg.shape)}")
     return kl_divergence(p_anchor, p_pos).mean(dim=0) - lam * kl_divergence(p_anchor, p_neg).mean(dim=0)
 
@@ -180,7 +180,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _check_pool(name: str, pool: Sequence[nn.Module], minimum: int) -> None:
     if len(pool) < minimum or not all(isinstance(m, nn.Module) for m in pool):
-        raise ValueError(f"{name} must be a sequence of at least {minimum} torch modules, got {len(pool)}")
+        raise ArgumentError(f"{name} must be a sequence of at least {minimum} torch modules, got {len(pool)}")
 
 
 def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | None = None) -> list[nn.Module]:
@@ -218,7 +218,7 @@ def meta_train(
     _check_pool("negatives_train", negatives_train, 1)
     _check_pool("negatives_val", negatives_val, 1)
     if epochs < 1 or k < 1 or not lr > 0 or lam < 0:
-        raise ValueError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {epochs}, {k}, {lr}, {lam}")
+        raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {epochs}, {k}, {lr}, {lam}")
     p_train = [source, *positives_train]
     p_val = [source, *positives_val]
     for m in [*p_train, *negatives_train, *p_val, *negatives_val]:
@@ -289,9 +289,9 @@ def create(
     check_inputs(images, tuple(images.shape[1:]))
     candidates = 2 * n if candidates is None else candidates
     if n < 1 or not 1 <= candidates <= len(images):
-        raise ValueError(f"need n >= 1 and 1 <= candidates <= {len(images)} images, got n={n}, candidates={candidates}")
+        raise ArgumentError(f"need n >= 1 and 1 <= candidates <= {len(images)} images, got n={n}, candidates={candidates}")
     if not 0 <= threshold <= 1 or not 0 < max_p_value <= 1:
-        raise ValueError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {threshold}, {max_p_value}")
+        raise ArgumentError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {threshold}, {max_p_value}")
     gen = torch.Generator().manual_seed(seed)
     x0 = images[torch.randperm(len(images), generator=gen)[:candidates]].float()
     result = meta_train(source, positives_train, negatives_train, positives_val, negatives_val, x0,
@@ -319,7 +319,7 @@ def create(
         "threshold": float(threshold), "max_p_value": float(max_p_value),
     }
     if clash := sorted(set(meta or {}) & set(config)):
-        raise ValueError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
+        raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
     config.update(meta or {})
     return KeyFile(method=METHOD, config=config, queries=result.x[keep].contiguous(),
                    expected=result.y[keep].contiguous(), extras={"sources": x0[keep].contiguous()},

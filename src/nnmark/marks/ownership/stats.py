@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from scipy.stats import binom
 
+from nnmark.errors import ArgumentError
 from nnmark.marks.verdict import Verdict
 
 
@@ -15,11 +16,11 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     with probability ``p`` under the null (an independent model). ``k <= 0`` gives 1.0.
     """
     if isinstance(k, bool) or isinstance(n, bool) or not (isinstance(k, int) and isinstance(n, int)):
-        raise ValueError(f"k and n must be integers, got {k!r} and {n!r}")
+        raise ArgumentError(f"k and n must be integers, got {k!r} and {n!r}")
     if n < 0 or k > n:
-        raise ValueError(f"need 0 <= n and k <= n, got k={k}, n={n}")
+        raise ArgumentError(f"need 0 <= n and k <= n, got k={k}, n={n}")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
+        raise ArgumentError(f"p must lie in [0, 1], got {p}")
     if k <= 0:
         return 1.0
     return float(binom.sf(k - 1, n, p))

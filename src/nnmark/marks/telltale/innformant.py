@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import KeyFileError, NnmarkError
+from nnmark.errors import ArgumentError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
@@ -124,7 +124,7 @@ def step_direction(grad: torch.Tensor, direction: str = "sign") -> torch.Tensor:
     if direction == "l2":
         norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         return g / norm[:, None, None, None] * g[0].numel() ** 0.5
-    raise ValueError("direction must be 'sign' or 'l2'")
+    raise ArgumentError("direction must be 'sign' or 'l2'")
 
 
 def boundary_step(x, grad, c, delta, alpha: float, scale, direction: str = "sign") -> torch.Tensor:
@@ -181,7 +181,7 @@ def local_phase(
     """
     check_inputs(x, oracle.input_shape)
     if alpha <= 0 or target <= 0 or local_max < 0 or direction not in ("sign", "l2"):
-        raise ValueError("alpha and target must be > 0, local_max >= 0, direction 'sign' or 'l2'")
+        raise ArgumentError("alpha and target must be > 0, local_max >= 0, direction 'sign' or 'l2'")
     x = x.detach().float().clone()
     n = len(x)
     original = oracle.labels(x) if original is None else original
@@ -259,13 +259,13 @@ def remote_phase(
     :func:`local_phase`.
     """
     if len(env_oracles) < 2:
-        raise ValueError("the remote phase needs at least two environments")
+        raise ArgumentError("the remote phase needs at least two environments")
     for name, o in env_oracles.items():
         require(o, "probabilities", f"the remote phase in environment {name!r}")
         check_inputs(x, o.input_shape)
     require(local_oracle, "gradients", "the local phase")
     if alpha <= 0 or remote_max < 0 or direction not in ("sign", "l2"):
-        raise ValueError("alpha must be > 0, remote_max >= 0, direction 'sign' or 'l2'")
+        raise ArgumentError("alpha must be > 0, remote_max >= 0, direction 'sign' or 'l2'")
     x = x.detach().float().clone()
     n = len(x)
     original = local_oracle.labels(x) if original is None else original
@@ -342,7 +342,7 @@ def create(
     names = list(env_oracles)
     reference = names[0] if reference is None else reference
     if reference not in env_oracles:
-        raise ValueError(f"reference {reference!r} is not one of the environments {names}")
+        raise ArgumentError(f"reference {reference!r} is not one of the environments {names}")
     original = local_oracle.labels(sources)
     local = local_phase(local_oracle, sources, alpha=local_alpha, target=target, local_max=local_max,
                         original=original, direction=direction, progress=progress)

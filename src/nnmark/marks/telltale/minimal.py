@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nnmark.errors import ArgumentError
 from nnmark.marks.telltale.innformant import margin, singled_out
 from nnmark.metrics import psnr
 from nnmark.oracles import Oracle, check_inputs
@@ -95,7 +96,7 @@ def deepfool(oracle: Oracle, x: torch.Tensor, *, overshoot: float = 0.02, max_it
     """
     check_inputs(x, oracle.input_shape)
     if overshoot < 0 or max_iter < 1 or bisect_steps < 0:
-        raise ValueError("overshoot must be >= 0, max_iter >= 1, bisect_steps >= 0")
+        raise ArgumentError("overshoot must be >= 0, max_iter >= 1, bisect_steps >= 0")
     x0 = x.detach().float()
     n, k = len(x0), oracle.num_classes
     original = oracle.labels(x0) if original is None else original
@@ -194,7 +195,7 @@ def refine(env_oracles: dict[str, Oracle], sources: torch.Tensor, samples: torch
         check_inputs(samples, o.input_shape)
         check_inputs(sources, o.input_shape)
     if sources.shape != samples.shape or steps < 0 or (through is not None and through.shape != samples.shape):
-        raise ValueError("sources, samples (and through) must have the same shape; steps must be >= 0")
+        raise ArgumentError("sources, samples (and through) must have the same shape; steps must be >= 0")
     x0, s = sources.detach().float(), samples.detach().float()
     want = _env_labels(env_oracles, s)
     own = singled_out(want)
@@ -247,7 +248,7 @@ def line_search(env_oracles: dict[str, Oracle], sources: torch.Tensor, through: 
     """
     names = list(env_oracles)
     if len(names) < 2:
-        raise ValueError("line_search needs at least two environments")
+        raise ArgumentError("line_search needs at least two environments")
     for o in env_oracles.values():
         check_inputs(sources, o.input_shape)
         check_inputs(through, o.input_shape)
