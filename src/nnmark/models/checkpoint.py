@@ -1,8 +1,10 @@
 """The architecture registry, model configs, and safetensors checkpoints (never pickle).
 
 A checkpoint is a safetensors file holding the model's state_dict (parameters and buffers),
-with ``ModelConfig.to_json()`` in the header metadata under ``"nnmark.model"``; loading
-rebuilds the model from that config and loads the tensors strictly.
+with ``ModelConfig.to_json()`` in the header metadata under ``"nnmark.model"``. Loading reads
+the header alone first, bounds the config (``MAX_*`` below), builds the model on the meta device
+(nothing allocated, nothing run) and checks every tensor the header declares against it and
+against the file's size; only then does it read the body and load the tensors strictly.
 """
 
 import dataclasses
@@ -13,13 +15,14 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 import torch
 from torch import nn
 
+from nnmark import _safetensors
 from nnmark._io import atomic_write_bytes
 from nnmark.errors import ModelError
 from nnmark.models.lenet import LeNet5
@@ -27,6 +30,14 @@ from nnmark.models.resnet import cifar_resnet, resnet18
 from nnmark.models.vgg import VGG
 
 METADATA_KEY = "nnmark.model"
+
+# Bounds on a model config, checked before anything is built, so a hostile config cannot make nnmark allocate.
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_SIDE = 4096  # H and W
+MAX_NUM_CLASSES = 100_000
+MAX_WIDTH = 16.0
+MAX_PARAMETERS = 1_000_000_000  # elements of the state_dict (4 GB in float32)
+MAX_HEADER_BYTES = 10_000_000  # a checkpoint header holds about 100 bytes per tensor
 
 _BUILDERS: dict[str, Callable[[tuple[int, int, int], int, float], nn.Module]] = {
     "lenet5": LeNet5,
@@ -47,20 +58,39 @@ def _check_spec(arch: object, input_shape: object, num_classes: object, width: o
     """Raise ModelError unless the arguments describe a buildable model; return the shape as a tuple."""
     if not isinstance(arch, str) or arch not in _BUILDERS:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    limits = (MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3 or not all(
-        _is_int(d) and d >= 1 for d in input_shape
+        _is_int(d) and 1 <= d <= most for d, most in zip(input_shape, limits)
     ):
-        raise ModelError(f"input shape must be 3 positive integers (C, H, W), got {input_shape!r}")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not (math.isfinite(width) and width > 0):
-        raise ModelError(f"width must be a finite number > 0, got {width!r}")
+        raise ModelError(f"input shape must be 3 integers (C, H, W) with 1 <= C <= {MAX_INPUT_CHANNELS} and "
+                         f"1 <= H, W <= {MAX_INPUT_SIDE}, got {input_shape!r}")
+    if not _is_int(num_classes) or not 2 <= num_classes <= MAX_NUM_CLASSES:
+        raise ModelError(f"num_classes must be an integer in [2, {MAX_NUM_CLASSES}], got {num_classes!r}")
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not (math.isfinite(width) and
+                                                                              0 < width <= MAX_WIDTH):
+        raise ModelError(f"width must be a number in (0, {MAX_WIDTH:g}], got {width!r}")
     return tuple(input_shape)
 
 
+def _meta_model(arch: str, shape: tuple[int, int, int], num_classes: int, width: float) -> nn.Module:
+    """``arch`` built on the meta device (shapes only: nothing allocated, nothing run); ModelError when its
+    state_dict would hold more than MAX_PARAMETERS elements."""
+    with torch.device("meta"):
+        model = _BUILDERS[arch](shape, num_classes, float(width))
+    size = sum(t.numel() for t in model.state_dict().values())
+    if size > MAX_PARAMETERS:
+        raise ModelError(f"{arch} for input {shape} with {num_classes} classes at width {width:g} has {size:,} "
+                         f"parameters, above the limit of {MAX_PARAMETERS:,}")
+    return model
+
+
 def build(arch: str, input_shape: tuple[int, int, int], num_classes: int, *, width: float = 1.0) -> nn.Module:
-    """A freshly initialised ``arch`` (one of ARCHITECTURES) for (C, H, W) inputs; returns logits."""
+    """A freshly initialised ``arch`` (one of ARCHITECTURES) for (C, H, W) inputs; returns logits.
+
+    ModelError when an argument is outside its ``MAX_*`` bound or the model would exceed MAX_PARAMETERS.
+    """
     shape = _check_spec(arch, input_shape, num_classes, width)
+    _meta_model(arch, shape, num_classes, width)
     return _BUILDERS[arch](shape, num_classes, float(width))
 
 
@@ -106,18 +136,27 @@ class ModelConfig:
         return cls(**fields)
 
 
-def _build_for(config: ModelConfig) -> nn.Module:
-    return build(config.arch, config.input_shape, config.num_classes, width=config.width)
+def _meta_model_for(config: ModelConfig) -> nn.Module:
+    """The model ``config`` describes, on the meta device."""
+    return _meta_model(config.arch, config.input_shape, config.num_classes, config.width)
 
 
-def _check_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+_Specs = dict[str, tuple[str, tuple[int, ...]]]
+
+
+def _specs(tensors: dict[str, torch.Tensor]) -> _Specs:
+    """Name -> (safetensors dtype code, shape) of ``tensors``."""
+    return {n: (_safetensors.DTYPE_CODES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for n, t in tensors.items()}
+
+
+def _check_tensors(expected: _Specs, got: _Specs) -> None:
     """Raise ModelError naming the first few missing, unexpected, or mis-shaped/-typed tensors."""
     problems = [f"missing {n}" for n in sorted(expected.keys() - got.keys())]
     problems += [f"unexpected {n}" for n in sorted(got.keys() - expected.keys())]
     for n in sorted(expected.keys() & got.keys()):
-        e, g = expected[n], got[n]
-        if e.shape != g.shape or e.dtype != g.dtype:
-            problems.append(f"{n} is {g.dtype} {tuple(g.shape)}, expected {e.dtype} {tuple(e.shape)}")
+        if expected[n] != got[n]:
+            (ed, es), (gd, gs) = expected[n], got[n]
+            problems.append(f"{n} is {gd} {gs}, expected {ed} {es}")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ModelError("; ".join(problems[:3]) + more)
@@ -126,36 +165,50 @@ def _check_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tenso
 def save(model: nn.Module, config: ModelConfig, path: str | os.PathLike) -> None:
     """Write ``model``'s state_dict and ``config`` to a safetensors file at ``path``, atomically."""
     tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
-    with torch.device("meta"):
-        reference = _build_for(config).state_dict()  # shapes only: no memory, no init cost
     try:
-        _check_tensors(reference, tensors)
+        _check_tensors(_specs(_meta_model_for(config).state_dict()), _specs(tensors))
     except ModelError as e:
         raise ModelError(f"model does not match config {config.arch}: {e}") from None
     atomic_write_bytes(path, safetensors_save(tensors, metadata={METADATA_KEY: config.to_json()}))
 
 
 def load(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig]:
-    """Read a checkpoint written by ``save``: the rebuilt model (in eval mode) and its config."""
+    """Read a checkpoint written by ``save``: the rebuilt model (in eval mode) and its config.
+
+    The header is checked (length, config bounds, every tensor's name, dtype, shape and extent) before
+    the body is read; any problem is a ModelError naming ``path``.
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            return _read_checkpoint(fh)
     except OSError as e:
         raise ModelError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except ModelError as e:
+        raise ModelError(f"bad checkpoint {path}: {e}") from None
+
+
+def _read_checkpoint(fh: BinaryIO) -> tuple[nn.Module, ModelConfig]:
+    """The model and config of the open checkpoint ``fh``, its header checked before its body is read."""
+    size = _safetensors.file_size(fh)
+    try:
+        raw, header = _safetensors.read_header(fh, size, MAX_HEADER_BYTES)
+        _safetensors.check_entries(header, size - _safetensors.LENGTH_BYTES - len(raw))
+    except _safetensors.HeaderError as e:
+        raise ModelError(f"not a valid safetensors checkpoint: {e}") from None
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
+        raise ModelError(f"no {METADATA_KEY!r} metadata; was it written by nnmark.models.save?")
+    config = ModelConfig.from_json(metadata[METADATA_KEY])
+    model = _meta_model_for(config)  # a hostile config allocates nothing before the tensors match it
+    _check_tensors(_specs(model.state_dict()), {n: (e["dtype"], tuple(e["shape"])) for n, e in header.items()})
+    fh.seek(0)
+    data = fh.read(size)
+    if len(data) != size or data[_safetensors.LENGTH_BYTES : _safetensors.LENGTH_BYTES + len(raw)] != raw:
+        raise ModelError("the file changed while it was read")
     try:
         tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types (and others) for corrupt input
-        raise ModelError(f"{path} is not a valid safetensors checkpoint: {e}") from None
-    header_len = int.from_bytes(data[:8], "little")
-    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-    if METADATA_KEY not in metadata:
-        raise ModelError(f"{path} has no {METADATA_KEY!r} metadata; was it written by nnmark.models.save?")
-    try:
-        config = ModelConfig.from_json(metadata[METADATA_KEY])
-        with torch.device("meta"):  # a hostile config allocates nothing before the tensors match it
-            model = _build_for(config)
-        _check_tensors(model.state_dict(), tensors)
-    except ModelError as e:
-        raise ModelError(f"bad checkpoint {path}: {e}") from None
+        raise ModelError(f"not a valid safetensors checkpoint: {e}") from None
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval(), config
 

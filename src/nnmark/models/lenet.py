@@ -3,7 +3,8 @@
 The first conv is padded by 2 (the usual 28x28 variant). Small inputs are adapted per spatial
 dimension at build time: the second 5x5 conv is padded by 2 along a dimension below 5, and a
 2x2 max pool is skipped along a dimension that is already 1. So it builds for any H, W >= 1:
-28x28 gives the classic 16x5x5 flatten, 8x8 gives 16x2x2, 12x12 gives 16x1x1.
+28x28 gives the classic 16x5x5 flatten, 8x8 gives 16x2x2, 12x12 gives 16x1x1. The flatten size
+is computed from these rules, so building never runs the model.
 """
 
 import torch
@@ -38,16 +39,14 @@ class LeNet5(nn.Module):
         c1, c2, f1, f2 = (scaled(n, width) for n in (6, 16, 120, 84))
         pool1, h, w = halving_pool(h, w)
         pad = (2 if h < 5 else 0, 2 if w < 5 else 0)
-        pool2, _, _ = halving_pool(h + 2 * pad[0] - 4, w + 2 * pad[1] - 4)
+        pool2, h, w = halving_pool(h + 2 * pad[0] - 4, w + 2 * pad[1] - 4)
         self.features = nn.Sequential(
             nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), pool1,
             nn.Conv2d(c1, c2, 5, padding=pad), nn.ReLU(), pool2,
             nn.Flatten(),
         )
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, *input_shape)).shape[1]
         self.classifier = nn.Sequential(
-            nn.Linear(flat, f1), nn.ReLU(),
+            nn.Linear(c2 * h * w, f1), nn.ReLU(),
             nn.Linear(f1, f2), nn.ReLU(),
             nn.Linear(f2, num_classes),
         )
