@@ -1,15 +1,18 @@
 """Tests of nnmark.keys: round trips, determinism, tamper and truncation detection, validation, secrets."""
 
+import io
 import json
 import os
+import tracemalloc
 
 import pytest
 import safetensors
 import safetensors.torch
 import torch
 
-from nnmark import __version__, keys
+from nnmark import __version__, keys, marks, models
 from nnmark.errors import KeyFileError, SignatureError
+from nnmark.oracles import TorchOracle
 
 SECRET = b"correct horse battery staple"
 CREATED = "2024-05-01T12:00:00Z"
@@ -205,7 +208,8 @@ def test_pickle_is_never_unpickled(tmp_path):
 
 def rewrite(path, edit_metadata=None, edit_records=None, secret=None) -> None:
     """Re-encode a key file canonically after editing its metadata/records; re-sign under ``secret`` if given."""
-    metadata, records = keys._decode(path.read_bytes())
+    data = path.read_bytes()
+    _, metadata, records = keys._decode(io.BytesIO(data), len(data))
     if edit_metadata:
         edit_metadata(metadata)
     if edit_records:
@@ -372,3 +376,74 @@ def test_secret_from_file_and_env_agree(tmp_path):
     path = tmp_path / "key.safetensors"
     keys.save(make_key(), path, secret=keys.read_secret(f))
     keys.load(path, secret=keys.read_secret(environ={"NNMARK_SECRET": "shared"}))
+
+
+def test_signed_key_with_labels_outside_its_classes_is_refused(tmp_path):
+    path = tmp_path / "key.safetensors"
+    keys.save(make_key(config={"num_classes": 10}), path, secret=SECRET)
+    rewrite(path, edit_records=lambda rs: [keys._tensor_record("expected", torch.tensor([0, 4, 10**12]))
+                                           if r.name == "expected" else r for r in rs], secret=SECRET)
+    with pytest.raises(KeyFileError, match="outside the config's num_classes = 10"):
+        keys.load(path, secret=SECRET)
+    for bad in (1, "10", 2.5):
+        with pytest.raises(KeyFileError, match="num_classes"):
+            make_key(config={"num_classes": bad})
+
+
+def test_verify_refuses_a_key_whose_labels_the_model_cannot_give(constant_model):
+    oracle = TorchOracle(constant_model(0), (1, 4, 4), 10)
+    with pytest.raises(KeyFileError, match="10 classes"):
+        marks.verify(oracle, make_key(expected=torch.tensor([0, 4, 10**12])))
+    assert marks.verify(oracle, make_key(expected=torch.zeros(3, dtype=torch.int64))).passed
+
+
+def _sparse_key_file(path, header: dict, body_size: int) -> None:
+    """A safetensors header followed by a sparse body of ``body_size`` zero bytes (takes no disk space)."""
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        fh.truncate(8 + len(raw) + body_size)
+
+
+def test_key_header_is_checked_before_the_body_is_read(tmp_path):
+    n = keys.MAX_QUERIES + 1
+    meta = {"__metadata__": {"nnmark.key": "{}", "nnmark.signature": "unsigned"}}
+    too_many = {"dtype": "F32", "shape": [n, 1, 8, 8], "data_offsets": [0, n * 256]}
+    big = {"dtype": "F32", "shape": [1000, 3, 32, 32], "data_offsets": [0, 1000 * 3 * 32 * 32 * 4]}
+    cases = {
+        "more than a key may hold": ({**meta, "queries": too_many}, n * 256),
+        "header describes": ({**meta, "queries": big}, 2**31),  # a 2 GB file declaring 12 MB
+    }
+    for match, (header, body) in cases.items():
+        path = tmp_path / "key.safetensors"
+        _sparse_key_file(path, header, body)
+        tracemalloc.start()
+        try:
+            with pytest.raises(KeyFileError, match=match):
+                keys.load(path, secret=None, allow_unsigned=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10_000_000, match
+    with pytest.raises(KeyFileError, match="more than a key may hold"):
+        make_key(queries=torch.zeros(n, 1, 1, 1), expected=torch.zeros(n, dtype=torch.int64))
+
+
+FORMAT1 = os.path.join(os.path.dirname(__file__), "data", "keys")
+
+
+def test_key_files_of_format_1_still_load_and_verify(tmp_path):
+    """A key file written by nnmark 0.1 (format 1, see data/keys/make_format1.py) must keep working."""
+    path = os.path.join(FORMAT1, "format1-natural.safetensors")
+    secret = keys.read_secret(os.path.join(FORMAT1, "secret.txt"))
+    key = keys.load(path, secret=secret)
+    assert (key.method, len(key.expected), tuple(key.queries.shape[1:])) == ("natural", 16, (1, 8, 8))
+    assert json.loads(safetensors.safe_open(path, "pt").metadata()["nnmark.key"])["format"] == 1
+    keys.save(key, tmp_path / "again.safetensors", secret=secret)
+    assert (tmp_path / "again.safetensors").read_bytes() == open(path, "rb").read()
+    model, config = models.load(os.path.join(FORMAT1, "format1-lenet.safetensors"))
+    assert models.digest(model) == key.model_digest
+    verdict = marks.verify(TorchOracle(model, config.input_shape, config.num_classes), key)
+    assert verdict.passed and verdict.decision == "intact"
+    with pytest.raises(SignatureError):
+        keys.load(path, secret=secret + b"x")

@@ -4,7 +4,8 @@ A key file is a safetensors file with the tensors ``queries``, ``expected`` and 
 metadata entries: ``nnmark.key`` (canonical JSON of the method, config and provenance) and
 ``nnmark.signature`` (``hmac-sha256:<hex>`` or ``unsigned``). The file is written in one canonical byte
 layout, and :func:`load` rejects any other layout, so every byte of a signed file is covered by its check.
-Nothing is ever unpickled.
+:func:`load` reads the header first and refuses a file whose header does not fit it, or that declares more
+than MAX_QUERIES queries, before reading its body. Nothing is ever unpickled.
 """
 
 import hashlib
@@ -17,16 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from safetensors.torch import load as safetensors_load
 import torch
 
-from nnmark import __version__
+from nnmark import __version__, _safetensors
 from nnmark._io import atomic_write_bytes
 from nnmark.errors import KeyFileError, SignatureError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a key file of every released format is kept under tests/data/keys/ and must still verify
+MAX_QUERIES = 100_000
+"""The most queries a key may hold; checked from a file's header before its body is read."""
 
 SECRET_ENV = "NNMARK_SECRET"
 _KEY_META = "nnmark.key"
@@ -36,26 +39,15 @@ _HMAC_PREFIX = "hmac-sha256:"
 _MAC_TAG = b"nnmark.key/v1"
 _KEY_FIELDS = frozenset({"format", "method", "config", "model_digest", "created", "version"})
 _MAX_HEADER = 100_000_000
+_LENGTH = _safetensors.LENGTH_BYTES
 _EXTRA_PREFIX = "extra."
 _RESERVED = frozenset({"queries", "expected"})
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _METHOD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _SIG_RE = re.compile(re.escape(_HMAC_PREFIX) + r"[0-9a-f]{64}")
-
-_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_ITEMSIZE = {code: dtype.itemsize for dtype, code in _DTYPES.items()}
+_DTYPES = _safetensors.DTYPE_CODES
+_ITEMSIZE = _safetensors.ITEMSIZE
 
 
 def now_utc() -> str:
@@ -112,13 +104,12 @@ def load(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool 
     """Read, check and return the key file at ``path``; raises KeyFileError (SignatureError for signatures)."""
     _check_secret(secret)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            return _parse(*_decode(fh, _safetensors.file_size(fh)), secret, allow_unsigned)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read key file: {e.strerror or e}") from None
-    try:
-        return _parse(data, secret, allow_unsigned)
     except KeyFileError as e:
         raise type(e)(f"{path}: {e}") from None
 
@@ -169,8 +160,15 @@ def _validate(key: KeyFile) -> None:
         raise KeyFileError(f"expected must be an int64 tensor of shape (N,), got {_describe(y)}")
     if len(y) != len(q):
         raise KeyFileError(f"expected has {len(y)} labels for {len(q)} queries")
+    if len(q) > MAX_QUERIES:
+        raise KeyFileError(f"{len(q)} queries is more than a key may hold ({MAX_QUERIES})")
+    k = key.config.get("num_classes")
+    if k is not None and not (type(k) is int and k >= 2):
+        raise KeyFileError(f"config num_classes must be an integer >= 2, got {k!r}")
     if (y < 0).any():
         raise KeyFileError("expected labels must be >= 0")
+    if k is not None and (y >= k).any():
+        raise KeyFileError(f"expected label {int(y.max())} is outside the config's num_classes = {k}")
     if not isinstance(key.extras, dict):
         raise KeyFileError(f"extras must be a dict, got {type(key.extras).__name__}")
     for name, t in key.extras.items():
@@ -245,24 +243,6 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object hook that refuses duplicate keys."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in JSON object")
-    return obj
-
-
-def _reject_constant(name: str) -> None:
-    """A JSON hook that refuses NaN and Infinity."""
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse_json(text: str) -> Any:
-    """Parse JSON, refusing duplicate keys and NaN/Infinity."""
-    return json.loads(text, object_pairs_hook=_strict_pairs, parse_constant=_reject_constant)
-
-
 def _tensor_record(name: str, t: torch.Tensor) -> _Record:
     """The record of tensor ``t`` stored as ``name``."""
     t = t.detach().cpu().contiguous()
@@ -298,20 +278,16 @@ def _corrupt(reason: str) -> KeyFileError:
     return KeyFileError(f"key file is truncated or corrupt: {reason}")
 
 
-def _decode(data: bytes) -> tuple[dict[str, str], list[_Record]]:
-    """Check the safetensors framing of ``data`` and that it is in canonical layout; return metadata and records."""
-    if len(data) < 8:
-        raise _corrupt(f"{len(data)} bytes is shorter than the 8-byte header length")
-    size = int.from_bytes(data[:8], "little")
-    if not 0 < size <= min(_MAX_HEADER, len(data) - 8):
-        raise _corrupt(f"header length {size} does not fit a file of {len(data)} bytes")
-    raw = data[8 : 8 + size]
+def _decode(fh: BinaryIO, size: int) -> tuple[bytes, dict[str, str], list[_Record]]:
+    """Check the safetensors framing of the key file ``fh`` (``size`` bytes) and that it is in canonical layout.
+
+    The header is read and checked first (length, entries, the number of queries, the body size it declares
+    against the file's size); only then is the body read. Returns the file's bytes, its metadata and records.
+    """
     try:
-        header = _parse_json(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _corrupt(f"header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _corrupt("header is not a JSON object")
+        raw, header = _safetensors.read_header(fh, size, _MAX_HEADER)
+    except _safetensors.HeaderError as e:
+        raise _corrupt(str(e)) from None
     metadata = header.pop("__metadata__", None)
     if not (isinstance(metadata, dict) and all(isinstance(v, str) and v.isascii() for v in metadata.values())):
         raise _corrupt("header has no ASCII string metadata")
@@ -319,26 +295,29 @@ def _decode(data: bytes) -> tuple[dict[str, str], list[_Record]]:
         raise _corrupt("header holds non-ASCII names")
     specs = []
     for name, entry in header.items():
-        if not (
-            isinstance(entry, dict)
-            and entry.keys() == {"dtype", "shape", "data_offsets"}
-            and entry["dtype"] in _ITEMSIZE
-            and isinstance(entry["shape"], list)
-            and all(type(d) is int and d >= 0 for d in entry["shape"])
-        ):
-            raise _corrupt(f"bad header entry for tensor {name!r}")
+        try:
+            _safetensors.entry_bytes(entry)
+        except _safetensors.HeaderError:
+            raise _corrupt(f"bad header entry for tensor {name!r}") from None
         specs.append(_Record(name, entry["dtype"], tuple(entry["shape"]), b""))
-    body = data[8 + size :]
+    n = header["queries"]["shape"][:1] if "queries" in header else []
+    if n and n[0] > MAX_QUERIES:
+        raise KeyFileError(f"the key declares {n[0]} queries, more than a key may hold ({MAX_QUERIES})")
+    body_size = size - _LENGTH - len(raw)
+    declared = sum(math.prod(r.shape) * _ITEMSIZE[r.dtype] for r in specs)
+    if declared != body_size:
+        raise _corrupt(f"tensor data is {body_size} bytes but the header describes {declared}")
+    body = fh.read(body_size)
+    if len(body) != body_size:
+        raise _corrupt("the file ended before its tensor data")
     records, offset = [], 0
     for spec in sorted(specs, key=_storage_order):
         end = offset + math.prod(spec.shape) * _ITEMSIZE[spec.dtype]
         records.append(spec._replace(data=body[offset:end]))
         offset = end
-    if offset != len(body):
-        raise _corrupt(f"tensor data is {len(body)} bytes but the header describes {offset}")
     if _header(metadata, records) != raw:
         raise _corrupt("header is not in canonical form (offsets, order, spacing or escapes altered)")
-    return metadata, records
+    return len(raw).to_bytes(_LENGTH, "little") + raw + body, metadata, records
 
 
 def _mac(secret: bytes, key_json: str, records: list[_Record]) -> str:
@@ -354,9 +333,9 @@ def _mac(secret: bytes, key_json: str, records: list[_Record]) -> str:
     return mac.hexdigest()
 
 
-def _parse(data: bytes, secret: bytes | None, allow_unsigned: bool) -> KeyFile:
-    """Check the bytes of a key file (framing, safetensors, format, signature, contents) and build its KeyFile."""
-    metadata, records = _decode(data)
+def _parse(data: bytes, metadata: dict[str, str], records: list[_Record], secret: bytes | None,
+           allow_unsigned: bool) -> KeyFile:
+    """Check a decoded key file (safetensors, format, signature, contents) and build its KeyFile."""
     try:
         tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types; any of them means a corrupt file
@@ -364,7 +343,7 @@ def _parse(data: bytes, secret: bytes | None, allow_unsigned: bool) -> KeyFile:
     if metadata.keys() != {_KEY_META, _SIG_META}:
         raise KeyFileError(f"not an nnmark key file: metadata keys are {sorted(metadata)}")
     try:
-        info = _parse_json(metadata[_KEY_META])
+        info = _safetensors.parse_json(metadata[_KEY_META])
     except (ValueError, RecursionError) as e:
         raise KeyFileError(f"key metadata is not valid JSON ({e})") from None
     fmt = info.get("format") if isinstance(info, dict) else None

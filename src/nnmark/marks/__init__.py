@@ -36,9 +36,15 @@ def spec_of(key: KeyFile) -> MethodSpec:
 
 
 def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verdict:
-    """Ask ``oracle`` the key's queries and decide with the key's method; keyed methods need ``secret``."""
+    """Ask ``oracle`` the key's queries and decide with the key's method; keyed methods need ``secret``.
+
+    KeyFileError when the key expects a label the model cannot give (outside [0, K)).
+    """
     spec = spec_of(key)
     require(oracle, spec.verify_access, f"verifying a {spec.name} key")
+    if int(key.expected.max()) >= oracle.num_classes:
+        raise KeyFileError(f"the key expects label {int(key.expected.max())}; the model has {oracle.num_classes} "
+                           "classes, so the key cannot be for it")
     if not spec.keyed:
         return spec.verify(oracle, key)
     if secret is None:
