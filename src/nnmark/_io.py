@@ -1,14 +1,29 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
 
+A write goes to a temp sibling ``.NAME.<pid>.<random>.tmp`` that is renamed over ``NAME``. A write that is
+killed leaves its temp file behind; the next write to the same path removes such leftovers (see
+:func:`remove_stale_temps`).
+"""
+
+import glob
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+
+STALE_TEMP_AGE_S = 3600.0
+"""A temp sibling untouched for this long is left by a killed write, whatever its process id says."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    Stale temp files of earlier, killed writes to ``path`` are removed first.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -18,3 +33,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike, *, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the temp siblings ``.NAME.*.tmp`` of ``path`` that killed writes left behind; return them.
+
+    A temp file is stale when the process whose id it carries no longer runs (on POSIX), or when it has
+    not been modified for ``max_age_s`` seconds. Files that vanish or cannot be removed are skipped.
+    """
+    path = Path(path)
+    own = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.\w+\.tmp")
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = own.fullmatch(tmp.name)
+        try:
+            if (match and not _running(int(match.group(1)))) or time.time() - tmp.lstat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (always True where that cannot be asked safely)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

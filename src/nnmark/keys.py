@@ -117,7 +117,12 @@ def load(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool 
 def read_secret(
     secret_file: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
 ) -> bytes | None:
-    """The signing secret: ``secret_file``'s bytes (one trailing newline stripped), else $NNMARK_SECRET, else None."""
+    """The signing secret: ``secret_file``'s bytes (one trailing newline stripped), else $NNMARK_SECRET, else None.
+
+    The one way nnmark reads a secret: the CLI's ``--secret-file`` and ``NNMARK_SECRET`` go through it, so a
+    key saved from Python with ``read_secret(path)`` verifies from the CLI with ``--secret-file path``. An
+    empty secret (an empty file, a file holding only a newline, an empty variable) is a SignatureError.
+    """
     if secret_file is not None:
         try:
             data = Path(secret_file).read_bytes()
