@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from nnmark.errors import AccessError
+from nnmark.errors import AccessError, ArgumentError
 
 PURPOSES = ("integrity", "ownership", "telltale")
 CREATE_ACCESS = ("labels", "probabilities", "gradients", "internals", "training")
@@ -46,11 +46,11 @@ class MethodSpec:
 
     def __post_init__(self) -> None:
         if self.purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {PURPOSES}, got {self.purpose!r}")
+            raise ArgumentError(f"purpose must be one of {PURPOSES}, got {self.purpose!r}")
         if self.create_access not in CREATE_ACCESS:
-            raise ValueError(f"create_access must be one of {CREATE_ACCESS}, got {self.create_access!r}")
+            raise ArgumentError(f"create_access must be one of {CREATE_ACCESS}, got {self.create_access!r}")
         if self.verify_access not in ("labels", "probabilities"):
-            raise ValueError(f"verify_access must be labels or probabilities, got {self.verify_access!r}")
+            raise ArgumentError(f"verify_access must be labels or probabilities, got {self.verify_access!r}")
 
 
 def require(oracle, access: str, what: str) -> None:
