@@ -238,7 +238,7 @@ def test_bad_inputs_raise_clear_errors(world):
     with pytest.raises(ValueError):
         metafinger.create(source, pools[0], [], pools[2], pools[3], ds.train.x, n=5)
     with pytest.raises(NnmarkError, match="screen"):  # the source as its own negative: nothing can pass
-        metafinger.create(source, pools[0], pools[1], pools[2], [source], ds.train.x, n=5, epochs=1)
+        metafinger.create(source, pools[0], pools[1], pools[2], [source], ds.train.x, n=metafinger.MIN_KEPT, epochs=1)
     with pytest.raises(KeyFileError):
         metafinger.verify(LabelsOracle(TorchOracle(source, ds.shape)),
                           keys.KeyFile("dbi", key.config, key.queries, key.expected))

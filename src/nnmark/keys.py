@@ -25,11 +25,13 @@ import torch
 
 from nnmark import __version__, _safetensors
 from nnmark._io import atomic_write_bytes
-from nnmark.errors import KeyFileError, SignatureError
+from nnmark.errors import ArgumentError, KeyFileError, SignatureError
 
 FORMAT_VERSION = 1  # a key file of every released format is kept under tests/data/keys/ and must still verify
 MAX_QUERIES = 100_000
 """The most queries a key may hold; checked from a file's header before its body is read."""
+SHORTFALL = "shortfall"
+"""Config entry of a key that holds fewer queries than asked: {"asked", "kept", "why"}, for the CLI to report."""
 
 SECRET_ENV = "NNMARK_SECRET"
 _KEY_META = "nnmark.key"
@@ -112,6 +114,24 @@ def load(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool 
         raise KeyFileError(f"{path}: cannot read key file: {e.strerror or e}") from None
     except KeyFileError as e:
         raise type(e)(f"{path}: {e}") from None
+
+
+def note_shortfall(config: dict, asked: int, kept: int, why: str) -> dict:
+    """``config`` with a SHORTFALL entry when ``kept < asked``; ``why`` gives the reasons and the setting to change."""
+    if kept < asked:
+        config[SHORTFALL] = {"asked": int(asked), "kept": int(kept), "why": why}
+    return config
+
+
+def check_query_count(n: int, name: str, *, queries_each: int = 1) -> None:
+    """ArgumentError unless ``n`` (the argument ``name``, e.g. "n_pairs") is an int in [1, MAX_QUERIES / queries_each].
+
+    Methods call it before they allocate their ``n * queries_each`` queries, so a huge ``n`` is refused at once.
+    """
+    most = MAX_QUERIES // queries_each
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+        raise ArgumentError(f"{name} must be an integer in [1, {most}] (a key holds at most {MAX_QUERIES} queries), "
+                            f"got {n!r}")
 
 
 def read_secret(

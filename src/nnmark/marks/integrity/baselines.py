@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nnmark.errors import ArgumentError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, check_query_count
 from nnmark.marks.integrity.common import verify_labels
 from nnmark.marks.spec import MethodSpec
 from nnmark.oracles import Oracle, check_inputs
@@ -35,8 +34,7 @@ def natural(oracle: Oracle, samples: torch.Tensor, *, model_digest: str = "", me
 
 def random_noise(oracle: Oracle, n: int, *, seed: int = 0, model_digest: str = "", meta: dict | None = None) -> KeyFile:
     """Key of n uniform-noise images U[0, 1]^(C, H, W) drawn from ``seed``, with y = argmax f(x)."""
-    if n < 1:
-        raise ArgumentError("n must be >= 1")
+    check_query_count(n, "n")
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((n, *oracle.input_shape), generator=gen)
     return KeyFile(

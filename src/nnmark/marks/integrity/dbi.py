@@ -36,6 +36,8 @@ from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "dbi"
 PAPER_ITR = 10_000
+MIN_ITR = 1
+"""The fewest iterations of a key worth writing: with 0 the queries are the unmodified sources."""
 verify = verify_labels
 
 
@@ -95,6 +97,9 @@ def create(
     as the extra tensor "sources" so PSNR/SSIM can be reported later.
     """
     check_inputs(sources, oracle.input_shape)
+    if itr < MIN_ITR:
+        raise ArgumentError(f"itr must be >= {MIN_ITR}, got {itr}: with no iteration the queries are the unmodified "
+                            "sources (the natural method makes such keys)")
     eps = default_eps(oracle.input_shape) if eps is None else float(eps)
     fragile, _ = fragilize(oracle, sources, eps, itr, direction, progress)
     labels = oracle.labels(fragile)

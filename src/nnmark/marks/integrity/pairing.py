@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nnmark.errors import ArgumentError, KeyFileError, NnmarkError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, check_query_count, note_shortfall
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
@@ -328,8 +328,7 @@ def create(
     """
     require(oracle, "gradients", "making a pairs key")
     _check_secret_and_user(secret, user_id)
-    if not (isinstance(n_pairs, int) and n_pairs >= 1):
-        raise ArgumentError("n_pairs must be an int >= 1")
+    check_query_count(n_pairs, "n_pairs", queries_each=2)
     if activation_on not in ACTIVATIONS:
         raise ArgumentError(f"activation_on must be one of {ACTIVATIONS}, got {activation_on!r}")
     if not (lam >= 0 and lr > 0 and alpha > 0 and margin >= 0 and tol >= 0):
@@ -363,6 +362,11 @@ def create(
         "dropped_no_crossing": no_crossing, "dropped_margin": no_margin,
         "dropped_batch": len(kept) - len(steps), "stage1_iterations": itr,
     }
+    reasons = [(no_crossing, f"did not cross the boundary within max_steps={max_steps}"),
+               (no_margin, f"did not reach margin {margin} within max_steps={max_steps}"),
+               (len(kept) - len(steps), "changed label when the key's queries were asked together")]
+    why = "; ".join(f"{count} {reason}" for count, reason in reasons if count)
+    note_shortfall(config, n_pairs, len(steps), f"{why}; raise max_steps or alpha, or lower margin")
     return KeyFile(
         method=METHOD,
         config=config,

@@ -68,7 +68,7 @@ from torch import nn
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, DataError, KeyFileError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, check_query_count
 from nnmark.marks.ownership import coupled
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
@@ -202,8 +202,7 @@ def make_triggers(
     """
     if kind not in KINDS:
         raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
-    if k < 1:
-        raise ArgumentError(f"k must be >= 1, got {k}")
+    check_query_count(k, "k")
     if kind == "unrelated":
         return photo_patches(k, shape, part=part, generator=generator)
     if kind == "abstract":

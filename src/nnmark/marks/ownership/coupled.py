@@ -83,7 +83,7 @@ from tqdm.auto import tqdm
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, DataError, KeyFileError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, check_query_count
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
@@ -152,6 +152,7 @@ def make_triggers(
     """WM = {wm_1 .. wm_K}, eq. 1a: ``k`` triggers fused (``kind``) from distinct pairs of ``split``'s classes i, j."""
     if kind not in KINDS:
         raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_query_count(k, "k")
     x_i, x_j = (split.x[split.y == c] for c in base)
     if len(x_i) == 0 or len(x_j) == 0:
         raise DataError(f"no images of base class {base[0] if len(x_i) == 0 else base[1]} to fuse")

@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from nnmark.attacks.transforms import TRANSFORMS
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
@@ -85,6 +85,8 @@ PAPER_LAMBDA = 1.0
 PAPER_LR = 0.01
 PAPER_EPOCHS = 10
 DEFAULT_N = 100
+MIN_KEPT = 10
+"""The fewest queries of a key worth writing: a verdict on fewer answers says little (the paper uses 100)."""
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_P_VALUE = 1e-3
 DEFAULT_AUGMENT_INPUTS = True
@@ -255,6 +257,19 @@ def meta_train(
     return best
 
 
+def check_decidable(n: int, p0: float, max_p_value: float, remedy: str) -> None:
+    """ArgumentError unless a key of ``n`` queries can decide: n >= MIN_KEPT and p0^n < max_p_value.
+
+    p0^n is the smallest p-value n queries can give (every answer a hit); at or above max_p_value even the
+    source model would get "no match". ``remedy`` says what to change.
+    """
+    if n < MIN_KEPT:
+        raise ArgumentError(f"the key would hold {n} queries, fewer than {MIN_KEPT}: {remedy}")
+    if p0**n >= max_p_value:
+        raise ArgumentError(f"with p0 = {p0:.3g} the smallest p-value of {n} queries is p0^{n} = {p0**n:.3g}, not below "
+                            f"max_p_value = {max_p_value:g}, so no model could match: {remedy}")
+
+
 def create(
     source: nn.Module,
     positives_train: Sequence[nn.Module],
@@ -288,8 +303,9 @@ def create(
         raise InputError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     check_inputs(images, tuple(images.shape[1:]))
     candidates = 2 * n if candidates is None else candidates
-    if n < 1 or not 1 <= candidates <= len(images):
-        raise ArgumentError(f"need n >= 1 and 1 <= candidates <= {len(images)} images, got n={n}, candidates={candidates}")
+    if n < MIN_KEPT or not 1 <= candidates <= len(images):
+        raise ArgumentError(f"need n >= {MIN_KEPT} and 1 <= candidates <= {len(images)} images, got n={n}, "
+                            f"candidates={candidates}")
     if not 0 <= threshold <= 1 or not 0 < max_p_value <= 1:
         raise ArgumentError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {threshold}, {max_p_value}")
     gen = torch.Generator().manual_seed(seed)
@@ -308,6 +324,8 @@ def create(
     with torch.no_grad():
         num_classes = int(source(x0[:1]).shape[1])
     p0 = max(sum(nulls) / len(nulls), 1.0 / num_classes)
+    why = f"only {int(mask.sum())} of {candidates} candidates passed the screen"
+    check_decidable(len(keep), p0, max_p_value, f"{why}; raise candidates or epochs, or use more shadow models")
     config = {
         "n": int(n), "kept": len(keep), "screened": int(mask.sum()), "candidates": int(candidates),
         "epochs": int(epochs), "k": int(k), "lam": float(lam), "lr": float(lr), "optimizer": "adam", "seed": int(seed),
@@ -321,6 +339,7 @@ def create(
     if clash := sorted(set(meta or {}) & set(config)):
         raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
     config.update(meta or {})
+    note_shortfall(config, n, len(keep), f"{why}; raise candidates or epochs")
     return KeyFile(method=METHOD, config=config, queries=result.x[keep].contiguous(),
                    expected=result.y[keep].contiguous(), extras={"sources": x0[keep].contiguous()},
                    model_digest=model_digest)

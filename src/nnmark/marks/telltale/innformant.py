@@ -64,7 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nnmark.errors import ArgumentError, KeyFileError, NnmarkError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.metrics import psnr
@@ -360,6 +360,10 @@ def create(
         "target": target, "local_max": int(local_max), "remote_max": int(remote_max), "n_sources": len(sources),
         "direction": direction, "n": len(index), **(meta or {}),
     }
+    note_shortfall(config, len(sources), len(index),
+                   f"{len(sources) - len(found)} sources gave no boundary sample within local_max={local_max} and "
+                   f"remote_max={remote_max}, {len(found) - len(kept)} did not single out one environment when "
+                   "asked together; give more sources or raise local_max/remote_max")
     return KeyFile(
         method=METHOD,
         config=config,
