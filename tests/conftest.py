@@ -1,7 +1,9 @@
 """Test set-up: caches go to a temporary folder so a run leaves nothing behind."""
 
+import json
 import os
 import tempfile
+import tracemalloc
 
 _CACHE = tempfile.mkdtemp(prefix="nnmark-test-home-")
 os.environ["HOME"] = _CACHE
@@ -32,6 +34,34 @@ class _Constant(torch.nn.Module):
 def constant_model():
     """Makes broken models that answer one label for every input: ``constant_model(label)``."""
     return _Constant
+
+
+@pytest.fixture(scope="session")
+def sparse_safetensors():
+    """Writes a safetensors header and a sparse body of zero bytes (no disk space): ``f(path, header, body_size)``."""
+
+    def write(path, header: dict, body_size: int) -> None:
+        raw = json.dumps(header).encode()
+        with open(path, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little") + raw)
+            fh.truncate(8 + len(raw) + body_size)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def peak_memory():
+    """Runs ``fn()`` and returns the peak of Python-tracked memory meanwhile, in bytes: ``peak_memory(fn)``."""
+
+    def measure(fn) -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    return measure
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import tracemalloc
 
 import pytest
 import safetensors
@@ -397,15 +396,7 @@ def test_verify_refuses_a_key_whose_labels_the_model_cannot_give(constant_model)
     assert marks.verify(oracle, make_key(expected=torch.zeros(3, dtype=torch.int64))).passed
 
 
-def _sparse_key_file(path, header: dict, body_size: int) -> None:
-    """A safetensors header followed by a sparse body of ``body_size`` zero bytes (takes no disk space)."""
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little") + raw)
-        fh.truncate(8 + len(raw) + body_size)
-
-
-def test_key_header_is_checked_before_the_body_is_read(tmp_path):
+def test_key_header_is_checked_before_the_body_is_read(tmp_path, sparse_safetensors, peak_memory):
     n = keys.MAX_QUERIES + 1
     meta = {"__metadata__": {"nnmark.key": "{}", "nnmark.signature": "unsigned"}}
     too_many = {"dtype": "F32", "shape": [n, 1, 8, 8], "data_offsets": [0, n * 256]}
@@ -416,15 +407,13 @@ def test_key_header_is_checked_before_the_body_is_read(tmp_path):
     }
     for match, (header, body) in cases.items():
         path = tmp_path / "key.safetensors"
-        _sparse_key_file(path, header, body)
-        tracemalloc.start()
-        try:
+        sparse_safetensors(path, header, body)
+
+        def refused():
             with pytest.raises(KeyFileError, match=match):
                 keys.load(path, secret=None, allow_unsigned=True)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert peak < 10_000_000, match
+
+        assert peak_memory(refused) < 10_000_000, match
     with pytest.raises(KeyFileError, match="more than a key may hold"):
         make_key(queries=torch.zeros(n, 1, 1, 1), expected=torch.zeros(n, dtype=torch.int64))
 

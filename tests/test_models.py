@@ -2,7 +2,6 @@
 
 import json
 import time
-import tracemalloc
 from types import SimpleNamespace
 
 import numpy as np
@@ -136,15 +135,12 @@ def test_bad_width_raises_model_error():
         ((1, checkpoint.MAX_INPUT_SIDE, checkpoint.MAX_INPUT_SIDE), 10, checkpoint.MAX_WIDTH),  # > MAX_PARAMETERS
     ],
 )
-def test_configs_beyond_the_limits_raise_model_error_before_allocating(shape, classes, width):
-    tracemalloc.start()
-    try:
+def test_configs_beyond_the_limits_raise_model_error_before_allocating(peak_memory, shape, classes, width):
+    def refused():
         with pytest.raises(ModelError, match="limit|must be"):
             build("lenet5", shape, classes, width=width)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 10_000_000
+
+    assert peak_memory(refused) < 10_000_000
 
 
 def test_building_never_runs_the_model(monkeypatch):
@@ -298,39 +294,23 @@ def test_checkpoint_with_an_unbounded_config_raises_model_error(tmp_path, change
         load(path)
 
 
-def _header_only_file(path, header: dict, body_size: int) -> None:
-    """A safetensors header followed by a sparse body of ``body_size`` zero bytes (takes no disk space)."""
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little") + raw)
-        fh.truncate(8 + len(raw) + body_size)
-
-
-def test_checkpoint_header_is_checked_before_the_body_is_read(tmp_path):
+def test_checkpoint_header_is_checked_before_the_body_is_read(tmp_path, sparse_safetensors, peak_memory):
     config = json.loads(_tiny("lenet5")[1].to_json())
     meta = {"__metadata__": {"nnmark.model": json.dumps(config)}}
     big = 2**31  # a 2 GB sparse body
-    cases = {
-        "unexpected": ({**meta, "x": {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}}, big),
-        "outside": ({**meta, "x": {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}}, 1000),
-        "header length": (None, big),
-    }
+    huge_tensor = {"dtype": "F32", "shape": [big // 4], "data_offsets": [0, big]}
+    cases = {"unexpected": ({**meta, "x": huge_tensor}, big), "outside": ({**meta, "x": huge_tensor}, 1000)}
     for name, (header, body) in cases.items():
-        path = tmp_path / f"{name.replace(' ', '_')}.safetensors"
-        if header is None:
-            with open(path, "wb") as fh:
-                fh.write((big + 1).to_bytes(8, "little"))
-                fh.truncate(big)
-        else:
-            _header_only_file(path, header, body)
-        tracemalloc.start()
-        try:
+        sparse_safetensors(tmp_path / f"{name}.safetensors", header, body)
+    with open(tmp_path / "header length.safetensors", "wb") as fh:  # a header length beyond the file's end
+        fh.write((big + 1).to_bytes(8, "little"))
+        fh.truncate(big)
+    for name in [*cases, "header length"]:
+        def refused():
             with pytest.raises(ModelError, match=name):
-                load(path)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert peak < 10_000_000, name
+                load(tmp_path / f"{name}.safetensors")
+
+        assert peak_memory(refused) < 10_000_000, name
 
 
 def test_train_is_deterministic_for_a_seed(digits):
