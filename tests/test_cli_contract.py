@@ -27,6 +27,12 @@ BAD_CALLS = {
     "identify with a non-telltale key": ["identify", "{key}", "--model", "{model}", "--unsigned"],
     "innformant one environment": ["mark", "innformant", "--model", "{model}", "--envs", "float32", "--out", "{tmp}/k",
                                    "--unsigned"],
+    "dbi without iterations": ["mark", "dbi", "--model", "{model}", "--n", "2", "--itr", "0", "--out", "{tmp}/k",
+                               "--unsigned"],
+    "random beyond a key's size": ["mark", "random", "--model", "{model}", "--n", "1000000000", "--out", "{tmp}/k",
+                                   "--unsigned"],
+    "pairs beyond a key's size": ["mark", "pairs", "--model", "{model}", "--n-pairs", "1000000000", "--user-id", "a",
+                                  "--out", "{tmp}/k", "--secret-file", "{tmp}/junk.bin"],
 }
 
 

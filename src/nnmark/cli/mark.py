@@ -11,7 +11,7 @@ import time
 import click
 import torch
 
-from nnmark import data, envs, keys, marks, models, shadow
+from nnmark import data, envs, keys, models, shadow
 from nnmark.cli._shared import (
     CliError, dataset_for, emit, json_option, load_model, model_option, out_option, progress_enabled,
     secret_for_writing, with_secret,
@@ -19,6 +19,7 @@ from nnmark.cli._shared import (
 from nnmark.data.roles import natural_pool
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
+from nnmark.marks.selfcheck import self_check
 from nnmark.marks.telltale import innformant
 from nnmark.metrics import sample_quality
 from nnmark.oracles import Oracle, TorchOracle
@@ -57,29 +58,19 @@ def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: s
     return model, ds, source.x[idx], {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
 
 
-def _self_check(key: keys.KeyFile, source: Oracle, secret: bytes | None) -> None:
-    """Refuse a key that does not pass on the very model (and environment) it was made from."""
-    verdict = marks.verify(source, key, secret=secret)
-    if not verdict.passed:
-        raise CliError(f"the new {key.method} key does not pass on its own model ({verdict.decision}, "
-                       f"{verdict.statistic_name} {verdict.statistic:.3g}); no key written: use more samples or "
-                       "iterations, or the method's documented defaults")
-
-
 def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | None, summary: dict, as_json: bool,
-                 *, asked: int | None = None, model_out: tuple | None = None) -> None:
-    """Check the key on its source, write it (after the watermarked model ``model_out`` = (model, config,
-    path) of an embedding method), and report; say so when fewer samples were kept than asked."""
-    _self_check(key, source, secret)
+                 *, model_out: tuple | None = None) -> None:
+    """Check the key on its source (``self_check``: no key is written that fails there), write it (after the
+    watermarked model ``model_out`` = (model, config, path) of an embedding method), and report; say so when
+    the method kept fewer samples than asked (the key's ``keys.SHORTFALL``)."""
+    self_check(source, key, secret=secret)
     if model_out is not None:
         models.save(*model_out)
     keys.save(key, out, secret=secret)
-    kept = len(key.expected)
-    summary = {"out": out, "method": key.method, "n": kept, "signed": secret is not None, **summary}
-    if asked is not None and kept < asked:
-        why = key.config.get("dropped_reason", "the others did not reach the method's criterion")
-        summary.update(asked=asked, dropped=asked - kept, dropped_reason=why)
-        click.echo(f"note: kept {kept} of {asked} samples: {why}", err=True)
+    summary = {"out": out, "method": key.method, "n": len(key.expected), "signed": secret is not None, **summary}
+    if short := key.config.get(keys.SHORTFALL):
+        summary.update(asked=short["asked"], dropped=short["asked"] - short["kept"], dropped_reason=short["why"])
+        click.echo(f"note: kept {short['kept']} of {short['asked']}: {short['why']}", err=True)
     emit(summary, as_json)
 
 
@@ -106,7 +97,7 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
         progress=progress_enabled(),
     )
     quality = sample_quality(key.queries, key.extras["sources"])
-    _finish_mark(key, source, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json, asked=n)
+    _finish_mark(key, source, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json)
 
 
 @mark.command("aid")
@@ -133,7 +124,7 @@ def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
     )
     summary = {"coverage_start": key.config["coverage_start"], "coverage_end": key.config["coverage_end"],
                "seconds": time.perf_counter() - start}
-    _finish_mark(key, source, out, secret, summary, as_json, asked=n)
+    _finish_mark(key, source, out, secret, summary, as_json)
 
 
 @mark.command("ipguard")
@@ -161,7 +152,7 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
         threshold=threshold, model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
     )
     _finish_mark(key, source, out, secret,
-                 {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json, asked=n)
+                 {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json)
 
 
 @mark.command("natural")
@@ -177,7 +168,7 @@ def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
     model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = baselines.natural(source, x, model_digest=models.digest(model), meta=meta)
-    _finish_mark(key, source, out, secret, {}, as_json, asked=n)
+    _finish_mark(key, source, out, secret, {}, as_json)
 
 
 @mark.command("random")
@@ -198,7 +189,7 @@ def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> Non
     model, config = load_model(model_path)
     oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
     key = baselines.random_noise(oracle, n, seed=seed, model_digest=models.digest(model))
-    _finish_mark(key, oracle, out, secret, {}, as_json, asked=n)
+    _finish_mark(key, oracle, out, secret, {}, as_json)
 
 
 @mark.command("pairs")
@@ -243,7 +234,7 @@ def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps,
         model_digest=models.digest(model), progress=progress_enabled(),
     )
     summary = {"pairs": key.config["n_pairs"], "dropped": key.config["dropped"], "seconds": time.perf_counter() - start}
-    _finish_mark(key, oracle, out, None if unsigned else secret, summary, as_json, asked=n_pairs)
+    _finish_mark(key, oracle, out, None if unsigned else secret, summary, as_json)
 
 
 def _embed_options(f):
@@ -457,7 +448,7 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
         psnrs = sorted(r["psnr"] for r in rows)
         summary = {"found": len(rows), "psnr_median_db": psnrs[len(psnrs) // 2], "singles_out": singled,
                    "seconds": time.perf_counter() - start}
-        _finish_mark(key, oracles[names[0]], out, secret, summary, as_json, asked=n)
+        _finish_mark(key, oracles[names[0]], out, secret, summary, as_json)
     finally:
         for oracle in oracles.values():
             oracle.close()
@@ -519,4 +510,4 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
     )
     summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
                "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}
-    _finish_mark(key, TorchOracle(model, ds.shape, ds.num_classes), out, secret, summary, as_json, asked=n)
+    _finish_mark(key, TorchOracle(model, ds.shape, ds.num_classes), out, secret, summary, as_json)

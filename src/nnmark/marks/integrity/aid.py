@@ -53,6 +53,8 @@ from nnmark.oracles import Oracle, check_inputs
 METHOD = "aid"
 PAPER_LR = 1e-3
 PAPER_ITR = 10_000
+MIN_ITR = 1
+"""The fewest iterations of a key worth writing: with 0 the queries are the unmodified sources."""
 DEFAULT_BETA = 10.0
 verify = verify_labels
 
@@ -147,8 +149,9 @@ def create(
     """
     require(oracle, "internals", "making an AID key")
     check_inputs(x0, oracle.input_shape)
-    if not (lr > 0 and beta >= 0 and itr >= 0):
-        raise ArgumentError("need lr > 0, beta >= 0 and itr >= 0")
+    if not (lr > 0 and beta >= 0 and itr >= MIN_ITR):
+        raise ArgumentError(f"need lr > 0, beta >= 0 and itr >= {MIN_ITR} (with no iteration the queries are the "
+                            f"unmodified sources), got lr={lr}, beta={beta}, itr={itr}")
     edge, trace = find_edge_points(oracle, x0, lr=lr, itr=int(itr), beta=beta, threshold=threshold, progress=progress)
     config = {
         "itr": int(itr), "lr": float(lr), "beta": float(beta), "threshold": float(threshold), "n": len(edge),

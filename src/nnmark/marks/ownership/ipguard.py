@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
-from nnmark.keys import KeyFile
+from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
@@ -182,6 +182,9 @@ def create(
         "threshold": float(threshold), "p0": float(1.0 / num_classes if p0 is None else p0),
     }
     config.update(meta or {})
+    note_shortfall(config, len(x0) if n is None else min(n, len(x0)), len(keep),
+                   f"{len(x0) - int(ok.sum())} of {len(x0)} starts did not reach the boundary loss 0 within "
+                   f"iterations={iterations}; use more iterations or a smaller k")
     return KeyFile(method=METHOD, config=config, queries=x[keep].contiguous(), expected=labels[keep].contiguous(),
                    extras={"sources": x0[keep].float().contiguous(), "runner_up": j[keep].contiguous()},
                    model_digest=model_digest)
