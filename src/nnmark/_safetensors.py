@@ -111,4 +111,5 @@ def check_entries(header: dict[str, Any], body_size: int) -> None:
             and 0 <= offsets[0] <= offsets[1] <= body_size
             and offsets[1] - offsets[0] == nbytes
         ):
-            raise HeaderError(f"tensor {name!r} declares {nbytes} bytes at {offsets!r}, outside a {body_size}-byte body")
+            raise HeaderError(f"tensor {name!r} declares {nbytes} bytes at {offsets!r}, "
+                              f"outside a {body_size}-byte body")

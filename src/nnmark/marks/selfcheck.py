@@ -42,6 +42,6 @@ def self_check(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> 
     verdict = verify(oracle, key, secret=secret)
     if not verdict.passed:
         remedy = REMEDIES.get(key.method, "check the method's settings")
-        raise ArgumentError(f"the new {key.method} key does not pass on the model it was made from "
-                            f"({verdict.decision}, {verdict.statistic_name} {verdict.statistic:.3g}): {remedy}")
+        raise ArgumentError(f"the new {key.method} key does not pass on the model it was made from ({verdict.decision}, "
+                            f"{verdict.statistic_name} {verdict.statistic:.3g}), so it is not written: {remedy}")
     return verdict
