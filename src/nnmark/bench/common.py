@@ -9,6 +9,9 @@ from pathlib import Path
 
 from nnmark._io import atomic_write_bytes
 
+ARCH_NAMES = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
+"""How the Markdown and the figures name the architectures the benchmarks train."""
+
 
 def parameters(full: dict, quick_params: dict, *, quick: bool, seeds: int | None) -> dict:
     """The run's parameters: the quick or full set, with the seed count overridden when given."""

@@ -1,0 +1,48 @@
+"""Every benchmark figure, drawn from the points a benchmark module prepares; each returns PNG bytes.
+
+The modules compute what to draw (JSON-ready lists, no matplotlib); this module alone draws, with the
+non-interactive Agg backend chosen once, here, before pyplot is imported.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PERCENT_LIMITS = (-2, 102)
+"""y range of the panels that show a percentage."""
+
+
+def _png(fig, dpi: int) -> bytes:
+    """``fig`` as PNG bytes at ``dpi``; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _percent_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Labels, a 0-100 % y range and a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*PERCENT_LIMITS)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def detection_vs_pruning(curves: dict[str, tuple[list[float], dict[str, list[float]]]]) -> bytes:
+    """Gao et al.'s Fig. 3 layout: one panel per case (name -> pruned weights in %, key -> pair detection in %),
+    one line per key, log x."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    for ax, (name, (xs, lines)) in zip(axes[0], curves.items()):
+        for label, ys in lines.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log")
+        _percent_panel(ax, name, "pruned weights (%)", "pair detection (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=100)
