@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PERCENT_LIMITS = (-2, 102)
 """y range of the panels that show a percentage."""
+TAB20 = 20
+"""Colours in matplotlib's "tab20" map, cycled over the watermarks of one panel."""
 
 
 def _png(fig, dpi: int) -> bytes:
@@ -46,3 +48,25 @@ def detection_vs_pruning(curves: dict[str, tuple[list[float], dict[str, list[flo
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _png(fig, dpi=100)
+
+
+def success_curves(panels: list[list[dict]]) -> bytes:
+    """Wen et al.'s curves: a grid of panels (rows of dicts with title, xlabel, x, lines, accuracy).
+
+    Each line (label, y, dashed, lost) is a watermark's success (%), dashed for an ablation, a cross at each
+    ``lost`` (x, y) point where it was not found; ``accuracy`` (label, y) is drawn dotted after the first line.
+    """
+    fig, axes = plt.subplots(len(panels), len(panels[0]), figsize=(11, 4 * len(panels)), squeeze=False)
+    for ax, panel in ((axes[i][j], p) for i, row in enumerate(panels) for j, p in enumerate(row)):
+        for n, line in enumerate(panel["lines"]):
+            drawn, = ax.plot(panel["x"], line["y"], marker="o", ms=3, label=line["label"],
+                             color=plt.get_cmap("tab20")(n % TAB20), linestyle="--" if line["dashed"] else "-")
+            if line["lost"]:
+                ax.scatter(*zip(*line["lost"]), marker="x", s=30, color=drawn.get_color(), zorder=3)
+            if n == 0:
+                ax.plot(panel["x"], panel["accuracy"]["y"], color="black", linestyle=":",
+                        label=panel["accuracy"]["label"])
+        _percent_panel(ax, panel["title"], panel["xlabel"], "%")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=110)
