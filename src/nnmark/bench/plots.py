@@ -70,3 +70,22 @@ def success_curves(panels: list[list[dict]]) -> bytes:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig, dpi=110)
+
+
+def boundary_steps(cases: list[dict]) -> bytes:
+    """Schlögl et al.'s Fig. 5 layout: local and remote steps per kept sample (box plots per model), and PSNR
+    against local steps; each case holds arch, local_steps, remote_steps and psnr_values."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = [c["arch"] for c in cases]
+    axes[0].boxplot([c["local_steps"] or [0] for c in cases], tick_labels=labels)
+    axes[0].set_title("local steps per kept sample")
+    axes[1].boxplot([c["remote_steps"] or [0] for c in cases], tick_labels=labels)
+    axes[1].set_title("remote steps per kept sample")
+    for c in cases:
+        axes[2].scatter(c["local_steps"], c["psnr_values"], s=10, label=c["arch"])
+    axes[2].set_xlabel("local steps")
+    axes[2].set_ylabel("PSNR (dB)")
+    axes[2].set_title("transparency vs complexity")
+    axes[2].legend()
+    fig.tight_layout()
+    return _png(fig, dpi=110)
