@@ -378,6 +378,12 @@ def success_panels(result: dict) -> list[list[dict]]:
     return panels
 
 
+def figure(result: dict) -> bytes:
+    """coupled.png: success (solid; dashed: ablation) and clean accuracy (dotted) vs pruning ratio and fine-tuning
+    trials; a cross where the watermark is not found (success < 50% or p >= 1e-3 against the null p0)."""
+    return plots.success_curves(success_panels(result))
+
+
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
     """Run the benchmark and write ``coupled.md``, ``coupled.json`` and ``coupled.png`` to ``out_dir``."""
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
@@ -388,4 +394,4 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     for seed in range(p["seeds"]):
         rows.append({"seed": seed, "archs": {a: run_arch(a, seed, p, ds, digits, progress) for a in p["archs"]}})
     result = {**header(NAME, p, quick=quick, seeds=seeds), "seeds": rows}
-    return write(out_dir, STEM, result, render(result), plots.success_curves(success_panels(result)))
+    return write(out_dir, STEM, result, render(result), figure(result))

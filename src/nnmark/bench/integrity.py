@@ -38,6 +38,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -333,15 +334,18 @@ def _case_summary(cases: dict) -> str:
         f"{_mean([r['aid_coverage'][1] for r in c['seeds']]):.3f}." for name, c in cases.items())
 
 
+def _per_case(cases: dict, make: Callable[[list[dict]], str | None]) -> list[str]:
+    """A level-3 section per case with ``make``'s table of the case's seeds; none where it makes none."""
+    return [section(name, t, level=3) for name, c in cases.items() if (t := make(c["seeds"])) is not None]
+
+
 def _detection_section(cases: dict, title: str, text: str, prefix: str) -> str:
     """A section of detection tables, one per case, of the attacks whose names start with ``prefix``."""
-    tables = []
-    for name, c in cases.items():
-        rows = c["seeds"]
+    def make(rows: list[dict]) -> str | None:
         chosen = [a for a in rows[0]["detection"] if a.startswith(prefix) and all(a in r["detection"] for r in rows)]
-        if chosen:
-            tables.append(section(name, detection_table(rows, chosen, _keys(rows)), level=3))
-    return section(title, text, *tables)
+        return detection_table(rows, chosen, _keys(rows)) if chosen else None
+
+    return section(title, text, *_per_case(cases, make))
 
 
 DETECTION_SECTIONS = (
@@ -384,13 +388,14 @@ def false_alarm_table(rows: list[dict]) -> str:
 
 
 def _false_alarm_section(result: dict) -> str:
+    """False alarms of the untouched model, a table per case, and the environments used."""
     used = result["false_alarm_envs"]
     return section(
         "False alarms: the untouched model in other environments",
         "Samples (summed over seeds) whose label changes when the intact model runs in another numeric "
         "environment; for Pairs, a changed member makes its pair (and the verdict) an alarm. Every nonzero "
         "cell would accuse an intact deployment.",
-        *(section(name, false_alarm_table(c["seeds"]), level=3) for name, c in result["cases"].items()),
+        *_per_case(result["cases"], false_alarm_table),
         f"Environments used: {', '.join(used)}; onnxruntime environments present "
         f"here: {', '.join(e for e in used if e.startswith('onnxruntime')) or 'none'}.")
 
@@ -415,6 +420,7 @@ def margin_table(rows: list[dict], margins: list[float]) -> str:
 
 
 def _margin_section(result: dict) -> str:
+    """Detection vs margin, a table per case, and the default margin it gives."""
     dm = result["default_margin"]
     return section(
         "Detection vs margin (the price of robustness to benign numerics)",
@@ -422,8 +428,7 @@ def _margin_section(result: dict) -> str:
         "any environment above, summed over seeds and environments), per margin. The default margin is the "
         "smallest with no false alarm in any case, seed and environment: "
         f"**{'none of those tried' if dm is None else f'{dm:g}'}**.",
-        *(section(name, margin_table(c["seeds"], result["params"]["margins"]), level=3)
-          for name, c in result["cases"].items()))
+        *_per_case(result["cases"], lambda rows: margin_table(rows, result["params"]["margins"])))
 
 
 ACTIVATION_KEYS = {"N logits": f"Pairs m={pairing.DEFAULT_MARGIN:g}",
@@ -431,8 +436,11 @@ ACTIVATION_KEYS = {"N logits": f"Pairs m={pairing.DEFAULT_MARGIN:g}",
 """Activation term of eq. 6 -> the key made with it at the default margin."""
 
 
-def activation_table(rows: list[dict]) -> str:
-    """Per activation term: pairs made per seed and pair detection (%) under the margin attacks."""
+def activation_table(rows: list[dict]) -> str | None:
+    """Per activation term: pairs made per seed and pair detection (%) under the margin attacks (None where a
+    seed lacks one of the two keys)."""
+    if not all(k in r["key_sizes"] for r in rows for k in ACTIVATION_KEYS.values()):
+        return None
     chosen = _margin_attacks(rows)
     return table(["activation term", "pairs made", *chosen],
                  [[label, ", ".join(str(r["key_sizes"][k] // 2) for r in rows),
@@ -441,12 +449,12 @@ def activation_table(rows: list[dict]) -> str:
 
 
 def _activation_section(cases: dict) -> str:
+    """The two activation terms of eq. 6 side by side, a table per case that made both keys."""
     return section(
         "Activation term of eq. 6: the model's N logits or the head's 2 outputs",
         f"Pair detection (%) of pairs made with each activation term at margin {pairing.DEFAULT_MARGIN:g}, and "
         "how many pairs each made, under the attacks of the margin table.",
-        *(section(name, activation_table(c["seeds"]), level=3) for name, c in cases.items()
-          if all(k in r["key_sizes"] for r in c["seeds"] for k in ACTIVATION_KEYS.values())))
+        *_per_case(cases, activation_table))
 
 
 def cost_table(cases: dict) -> str:
@@ -485,6 +493,11 @@ def pruning_curves(result: dict) -> dict[str, tuple[list[float], dict[str, list[
     return curves
 
 
+def figure(result: dict) -> bytes:
+    """integrity.png: pair detection vs pruning fraction, one line per key, one panel per case (Fig. 3 layout)."""
+    return plots.detection_vs_pruning(pruning_curves(result))
+
+
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
     """Run the benchmark; write ``integrity.md``, ``integrity.json`` and ``integrity.png`` to ``out_dir``.
 
@@ -502,4 +515,4 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
         rows = [run_seed(case, s, p, ds) for s in tqdm(range(case["seeds"]), desc="seeds", disable=not progress)]
         result["cases"][case_name(case)] = {"seeds": rows, "timing": time_core(case, p, ds)}
     result["default_margin"] = choose_default_margin(result)
-    return write(out_dir, "integrity", result, render(result), plots.detection_vs_pruning(pruning_curves(result)))
+    return write(out_dir, "integrity", result, render(result), figure(result))
