@@ -195,7 +195,7 @@ def _marks(result: dict, arch: str) -> list[str]:
     return list(result["seeds"][0]["archs"][arch]["marks"])
 
 
-def _coupled(result: dict, arch: str) -> list[str]:
+def _coupled_marks(result: dict, arch: str) -> list[str]:
     """The coupled variants, the ablation rows among them (no baseline)."""
     return [m for m in _marks(result, arch) if not m.startswith(("zhang", "adi", "frontier"))]
 
@@ -271,7 +271,7 @@ def effectiveness_table(result: dict, arch: str) -> str:
 
 def transfer_table(result: dict, arch: str) -> str:
     """Fig. 7: each robust mark after each transfer trial, with the digits test accuracy in brackets."""
-    enhanced = [m for m in _coupled(result, arch) if not m.endswith("plain")]
+    enhanced = [m for m in _coupled_marks(result, arch) if not m.endswith("plain")]
     body = []
     for idx in range(result["params"]["transfer_trials"]):
         cells = []
@@ -316,7 +316,7 @@ def side_by_side_table(result: dict, arch: str) -> str:
 def _arch_section(result: dict, arch: str) -> str:
     """Every table of one architecture."""
     p = result["params"]
-    coupled_marks = _coupled(result, arch)
+    coupled_marks = _coupled_marks(result, arch)
     digits = statistics.mean(r["archs"][arch]["clean_digits_accuracy"] for r in result["seeds"]) * 100
     return section(
         ARCH_NAMES[arch],

@@ -253,6 +253,20 @@ def time_core(case: dict, p: dict, ds: data.Dataset) -> list[dict]:
     return rows
 
 
+def choose_default_margin(result: dict) -> float | None:
+    """The smallest margin whose Pairs keys had no false alarm in any environment, case and seed.
+
+    Seeds where no pair of that margin was made (e.g. none crossed within the step budget) do not count.
+    """
+    for m in result["params"]["margins"]:
+        key = f"Pairs m={m:g}"
+        alarms = [r["false_alarm_samples"][e][key] for c in result["cases"].values() for r in c["seeds"]
+                  if key in r["key_sizes"] for e in r["false_alarm_samples"]]
+        if alarms and max(alarms) == 0:
+            return m
+    return None
+
+
 # --- report -------------------------------------------------------------------------------------------
 
 
@@ -277,20 +291,6 @@ def detection_table(rows: list[dict], attacks_: list[str], keys: list[str]) -> s
         body.append([a, did, *(f"{_cell([r['detection'][a][k]['single'] for r in rows])} / "
                                f"{_cell([r['detection'][a][k]['pair'] for r in rows])}" for k in keys)])
     return table(["attack", "what it did", *(f"{k} single / pair" for k in keys)], body)
-
-
-def choose_default_margin(result: dict) -> float | None:
-    """The smallest margin whose Pairs keys had no false alarm in any environment, case and seed.
-
-    Seeds where no pair of that margin was made (e.g. none crossed within the step budget) do not count.
-    """
-    for m in result["params"]["margins"]:
-        key = f"Pairs m={m:g}"
-        alarms = [r["false_alarm_samples"][e][key] for c in result["cases"].values() for r in c["seeds"]
-                  if key in r["key_sizes"] for e in r["false_alarm_samples"]]
-        if alarms and max(alarms) == 0:
-            return m
-    return None
 
 
 def _intro(result: dict) -> str:
