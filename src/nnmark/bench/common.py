@@ -9,6 +9,9 @@ from pathlib import Path
 
 from nnmark._io import atomic_write_bytes
 
+ARCH_NAMES = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
+"""How the Markdown and the figures name the architectures the benchmarks train."""
+
 
 def parameters(full: dict, quick_params: dict, *, quick: bool, seeds: int | None) -> dict:
     """The run's parameters: the quick or full set, with the seed count overridden when given."""
@@ -44,10 +47,13 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def write(out_dir: str | Path, stem: str, result: dict, markdown: str) -> Path:
-    """Write ``stem``.json and ``stem``.md to ``out_dir`` atomically; returns the Markdown path."""
+def write(out_dir: str | Path, stem: str, result: dict, markdown: str, png: bytes | None = None) -> Path:
+    """Write ``stem``.json, ``stem``.md (and ``stem``.png when given) to ``out_dir`` atomically; returns the
+    Markdown path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if png is not None:
+        atomic_write_bytes(out / f"{stem}.png", png)
     atomic_write_bytes(out / f"{stem}.json", json.dumps(result, indent=1).encode())
     md = out / f"{stem}.md"
     atomic_write_bytes(md, markdown.encode())
@@ -58,8 +64,22 @@ def today() -> str:
     return time.strftime("%Y-%m-%d")
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    """A Markdown table: a header row, its rule, one line per row (cells as given, str() of each)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+def table(headers: list[str], rows: list[list], align: str = "") -> str:
+    """A Markdown table: a header row, its rule, one line per row (cells as given, str() of each).
+
+    ``align``: one letter per column from the left, "r" for a right-aligned column; the rest align left.
+    """
+    rule = "".join("---:|" if a == "r" else "---|" for a in align.ljust(len(headers), "l"))
+    lines = ["| " + " | ".join(headers) + " |", "|" + rule]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def section(title: str, *blocks: str, level: int = 2) -> str:
+    """A Markdown section: a heading of ``level``, then each block (paragraph, table), blank lines between."""
+    return "\n\n".join(["#" * level + " " + title, *blocks])
+
+
+def document(*blocks: str) -> str:
+    """Markdown blocks (paragraphs, tables, sections) with blank lines between, ending with a newline."""
+    return "\n\n".join(blocks) + "\n"

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, envs, models
 from nnmark.attacks import finetune, weight_noise
-from nnmark.bench.common import header, mean_std, parameters, write
+from nnmark.bench.common import document, header, mean_std, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.marks.integrity import baselines, dbi
 from nnmark.metrics import change_rate, sample_quality
@@ -98,59 +98,71 @@ def time_generation(p: dict, ds: data.Dataset) -> dict:
             "ratio": single / batched, "threads": torch.get_num_threads()}
 
 
-def render(result: dict) -> str:
-    """The Markdown report of a run."""
+def _intro(result: dict) -> str:
+    """Title, the run's settings and the model's accuracy."""
     rows, p = result["seeds"], result["params"]
-    attacks = list(rows[0]["change_rate"]["DBI"])
-    lines = [
+    return "\n\n".join([
         "# DBI benchmark (Yin et al.), mnist5k, LeNet-5",
-        "",
         f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}, "
         f"{result['timing']['threads']} threads. Values are mean ± std over seeds, ChangeRate in %.",
-        "",
         f"DBI: {p['n']} training images per seed, eps = 1e-4, itr = {p['itr']}, descent on D(p). "
         f"Non-fragile: {p['natural']} natural test images. Random: {p['n']} uniform-noise images. "
         f"Fine-tuning: SGD, all layers, {FINETUNE_ROUNDS} rounds, one round = one step on a minibatch of 64 "
         "attacker images (the second half of the test split, disjoint from every key's samples).",
-        "",
         f"Model test accuracy: {mean_std([r['accuracy'] for r in rows], 100)} %.",
-        "",
-        "## ChangeRate under fine-tuning and weight noise (Tables 4 and 8 layout)",
-        "",
-        "| method | " + " | ".join(attacks) + " |",
-        "|---|" + "---|" * len(attacks),
-    ]
-    for method in rows[0]["change_rate"]:
-        cells = [mean_std([r["change_rate"][method][a] for r in rows], 100) for a in attacks]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("| attacked model accuracy | " + " | ".join(
-        mean_std([r["attacked_accuracy"][a] for r in rows], 100) for a in attacks) + " |")
-    lines.append("")
-    lines.append("Paper (MNIST, ResNet-18): DBI 80 / 75 / 74 % under fine-tuning at lr 1e-3 / 1e-4 / 1e-5, "
-                 "86 / 84 / 82 % under noise std 1e-3 / 5e-4 / 1e-4; non-fragile 0.06 / 0.03 %; random 0 %.")
-    lines += ["", "## DBI samples along the iterations (Fig. 5 layout)", "",
-              "| itr | D(p) | mean max p | PSNR dB | SSIM | " + " | ".join(attacks) + " |",
-              "|---|---|---|---|---|" + "---|" * len(attacks)]
+    ])
+
+
+def change_rate_table(rows: list[dict]) -> str:
+    """Tables 4 and 8 layout: each key's ChangeRate (%) per attack, and the attacked models' accuracy."""
+    attacks = list(rows[0]["change_rate"]["DBI"])
+    body = [[method, *(mean_std([r["change_rate"][method][a] for r in rows], 100) for a in attacks)]
+            for method in rows[0]["change_rate"]]
+    body.append(["attacked model accuracy", *(mean_std([r["attacked_accuracy"][a] for r in rows], 100)
+                                              for a in attacks)])
+    return table(["method", *attacks], body)
+
+
+def trace_table(rows: list[dict]) -> str:
+    """Fig. 5 layout: D(p), confidence, PSNR, SSIM and ChangeRates (%) of the samples at each checkpoint."""
+    attacks = list(rows[0]["change_rate"]["DBI"])
+    body = []
     for i, point in enumerate(rows[0]["trace"]):
         per = [r["trace"][i] for r in rows]
-        cells = [mean_std([t["D"] for t in per], 1, 4), mean_std([t["max_p"] for t in per], 1, 3),
-                 mean_std([t["psnr_db"] for t in per]), mean_std([t["ssim"] for t in per], 1, 3)]
-        cells += [mean_std([t[a] for t in per], 100) for a in attacks]
-        lines.append(f"| {point['itr']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Paper (MNIST): PSNR about 25-29 dB, SSIM about 0.8.")
-    lines += ["", "## False alarms of the untouched model", "",
-              f"DBI samples (of {p['n']} per seed) whose label changes when the untouched model runs elsewhere:", "",
-              "| environment | " + " | ".join(f"seed {r['seed']}" for r in rows) + " |",
-              "|---|" + "---|" * len(rows)]
-    for e in FALSE_ALARM_ENVS:
-        lines.append(f"| {envs.get(e).description} | " + " | ".join(str(r["false_alarms"][e]) for r in rows) + " |")
-    t = result["timing"]
-    lines += ["", "## Generation time", "",
-              f"{t['n']} samples x {t['itr']} iterations, measured side by side in one run:", "",
-              "| batched (one forward/backward per iteration) | one sample at a time | ratio |", "|---|---|---|",
-              f"| {t['batched_s']:.1f} s | {t['one_at_a_time_s']:.1f} s | {t['ratio']:.1f}x |", ""]
-    return "\n".join(lines)
+        body.append([point["itr"], mean_std([t["D"] for t in per], 1, 4), mean_std([t["max_p"] for t in per], 1, 3),
+                     mean_std([t["psnr_db"] for t in per]), mean_std([t["ssim"] for t in per], 1, 3),
+                     *(mean_std([t[a] for t in per], 100) for a in attacks)])
+    return table(["itr", "D(p)", "mean max p", "PSNR dB", "SSIM", *attacks], body)
+
+
+def false_alarm_table(rows: list[dict]) -> str:
+    """DBI samples per seed whose label changes when the untouched model runs in another environment."""
+    return table(["environment", *(f"seed {r['seed']}" for r in rows)],
+                 [[envs.get(e).description, *(r["false_alarms"][e] for r in rows)] for e in FALSE_ALARM_ENVS])
+
+
+def timing_table(t: dict) -> str:
+    """Generation time, batched against one sample at a time."""
+    return table(["batched (one forward/backward per iteration)", "one sample at a time", "ratio"],
+                 [[f"{t['batched_s']:.1f} s", f"{t['one_at_a_time_s']:.1f} s", f"{t['ratio']:.1f}x"]])
+
+
+def render(result: dict) -> str:
+    """The Markdown report of a run."""
+    rows, p, t = result["seeds"], result["params"], result["timing"]
+    return document(
+        _intro(result),
+        section("ChangeRate under fine-tuning and weight noise (Tables 4 and 8 layout)", change_rate_table(rows),
+                "Paper (MNIST, ResNet-18): DBI 80 / 75 / 74 % under fine-tuning at lr 1e-3 / 1e-4 / 1e-5, "
+                "86 / 84 / 82 % under noise std 1e-3 / 5e-4 / 1e-4; non-fragile 0.06 / 0.03 %; random 0 %."),
+        section("DBI samples along the iterations (Fig. 5 layout)", trace_table(rows),
+                "Paper (MNIST): PSNR about 25-29 dB, SSIM about 0.8."),
+        section("False alarms of the untouched model",
+                f"DBI samples (of {p['n']} per seed) whose label changes when the untouched model runs elsewhere:",
+                false_alarm_table(rows)),
+        section("Generation time", f"{t['n']} samples x {t['itr']} iterations, measured side by side in one run:",
+                timing_table(t)),
+    )
 
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:

@@ -35,7 +35,6 @@ the same server code without a new Python and torch per environment, which costs
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import socket
 import statistics
@@ -45,18 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from nnmark import data, envs, keys, models  # noqa: E402
-from nnmark._io import atomic_write_bytes  # noqa: E402
-from nnmark.bench.common import header, parameters, write  # noqa: E402
-from nnmark.errors import NnmarkError  # noqa: E402
-from nnmark.marks.telltale import innformant, minimal  # noqa: E402
-from nnmark.metrics import psnr  # noqa: E402
+from nnmark import data, envs, keys, models
+from nnmark.bench import plots
+from nnmark.bench.common import document, header, parameters, section, table, write
+from nnmark.errors import NnmarkError
+from nnmark.marks.telltale import innformant, minimal
+from nnmark.metrics import psnr
 
 SECRET = b"nnmark-bench-secret"
 ENVIRONMENTS = ("float32", "float64", "onnxruntime", "onednn-sse41")
@@ -73,6 +68,24 @@ QUICK = {
 }
 PAPER = {"success": {"FMNIST": 70.5, "CIFAR10": 28.25}, "psnr_median": {"FMNIST": 50.10, "CIFAR10": 85.76},
          "set_min_psnr": {"FMNIST": 70.93, "CIFAR10": 77.05}}
+
+
+TRANSPARENCY = (
+    "Median PSNR (dB). Limit: DeepFool's closest boundary point (bisected onto the boundary) of the same "
+    "source images, the highest PSNR a boundary sample of them can have (an estimate); sign limit: the "
+    "closest boundary point along sign(grad m), the direction of eq. 2. Refined: our samples moved back "
+    "toward their sources while singling out the same environment (`minimal.refine`: bisection back "
+    "along the path, and line searches through points between the DeepFool point and the sample); gap: "
+    "limit minus our PSNR, per sample. Line search: boundary samples "
+    "searched on the line through the DeepFool point (its success rate over all starting images).")
+"""How to read the transparency table."""
+AGAINST_THE_PAPER = (
+    "Success and the spread over environments are read against Table 2 (70.5% FMNIST / ResNet-20, all four "
+    "MAs singled out); PSNR against Table 3 (median 50.1 dB, sets above 70 dB). Where our median PSNR lies "
+    "below the paper's, compare it with the DeepFool limit of the same images: no boundary sample of an "
+    "image can have a higher PSNR than its closest boundary point, so a paper-like 45-50 dB median is out "
+    "of reach for models whose limit is lower.")
+"""How to read the comparison with the paper."""
 
 
 def _quantiles(values: list[float]) -> dict:
@@ -204,84 +217,110 @@ def _confusion(model, config, key, names, how: str) -> dict:
     return out
 
 
-def run_case(case: dict, p: dict, ds, progress: bool) -> dict:
-    """One model: train it, make the key, and measure every table's numbers."""
-    shape = ds.shape
+@contextlib.contextmanager
+def _timed(stages: dict[str, float], name: str):
+    """Record the wall seconds of the block in ``stages[name]``."""
+    start = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - start
+
+
+def _train(case: dict, ds: data.Dataset) -> tuple[torch.nn.Module, models.ModelConfig]:
+    """The case's model, trained with seed 0, in eval mode, and its config (with its test accuracy)."""
     torch.manual_seed(0)
-    model = models.build(case["arch"], shape, ds.num_classes, width=case["width"])
+    model = models.build(case["arch"], ds.shape, ds.num_classes, width=case["width"])
     models.train(model, ds.train, epochs=case["epochs"], seed=0)
     model.eval()
-    acc = models.accuracy(model, ds.test)
-    config = models.ModelConfig(case["arch"], shape, ds.num_classes, width=case["width"], data="mnist5k",
-                                accuracy=acc, seed=0)
-    x = ds.test.x[: case["n"]]
-    names = list(p["environments"])
-    local = envs.get("float32").oracle(model, shape)
-    oracles = _oracles(model, shape, names)
-    start = time.perf_counter()
-    key = innformant.create(local, oracles, x, local_max=p["local_max"], remote_max=p["remote_max"],
-                            progress=progress)
-    seconds = time.perf_counter() - start
-    queries = _queries(local, oracles)
-    rows = innformant.report(key)
-    singles = {name: sum(name in r["singles_out"] for r in rows) for name in names}
-    ours = key.extras["psnr"].tolist()
+    config = models.ModelConfig(case["arch"], ds.shape, ds.num_classes, width=case["width"], data="mnist5k",
+                                accuracy=models.accuracy(model, ds.test), seed=0)
+    return model, config
+
+
+def _successes(rows: list[dict], n: int, names: list[str]) -> dict:
+    """Table 2's numbers, from ``innformant.report``'s rows of a key made from ``n`` images: the successes and
+    how many single out each environment."""
+    return {"successes": len(rows), "success_rate": len(rows) / n,
+            "singles_out": {name: sum(name in r["singles_out"] for r in rows) for name in names}}
+
+
+def _psnr_stats(rows: list[dict], names: list[str]) -> dict:
+    """Table 3's numbers: PSNR quantiles of the kept samples, the best per environment, and that set's minimum."""
     best = {name: max((r["psnr"] for r in rows if name in r["singles_out"]), default=None) for name in names}
     found = [v for v in best.values() if v is not None]
+    return {"psnr": _quantiles([r["psnr"] for r in rows]), "best_per_env": best,
+            "set_min_psnr": min(found) if found else None, "set_complete": len(found) == len(names)}
 
-    sources, index = key.extras["sources"], key.extras["source_index"]
-    stages = {"innformant": seconds}
-    start = time.perf_counter()
-    limit = minimal.deepfool(local, x)
-    sign = minimal.sign_minimal(local, x)
-    limit_psnr = psnr(limit.samples, x)
-    stages["limits"] = time.perf_counter() - start
-    start = time.perf_counter()
-    refined = minimal.refine(oracles, sources, key.queries, through=limit.samples[index])
-    refined_psnr = psnr(refined, sources).tolist()
-    stages["refine"] = time.perf_counter() - start
-    start = time.perf_counter()
+
+def _line_search(oracles: dict, x: torch.Tensor, limit) -> tuple[torch.Tensor, list[float], list[int]]:
+    """Boundary samples on the line through each DeepFool point: which images succeeded, their PSNRs, and how
+    many single out each environment."""
     through = (x.double() + 2 * (limit.samples.double() - x.double())).clamp(0, 1).float()
-    line, line_ok = minimal.line_search(oracles, x, through)
-    line_ok &= limit.success
-    line_psnr = psnr(line[line_ok], x[line_ok]).tolist()
-    line_labels = torch.stack([o.labels(line[line_ok]) for o in oracles.values()], dim=1)
-    line_singles = innformant.singled_out(line_labels).bincount(minlength=len(names)).tolist() if line_ok.any() \
-        else [0] * len(names)
-    stages["line_search"] = time.perf_counter() - start
-    _close(oracles)
+    line, ok = minimal.line_search(oracles, x, through)
+    ok &= limit.success
+    labels = torch.stack([o.labels(line[ok]) for o in oracles.values()], dim=1)
+    singles = innformant.singled_out(labels).bincount(minlength=len(oracles)).tolist() if ok.any() \
+        else [0] * len(oracles)
+    return ok, psnr(line[ok], x[ok]).tolist(), singles
 
-    start = time.perf_counter()
-    cost = _cost(model, shape, x[: case["cost_n"]], p)
-    stages["cost"] = time.perf_counter() - start
-    start = time.perf_counter()
-    confusion = _confusion(model, config, key, names, p["serve"])
-    stages["confusion"] = time.perf_counter() - start
+
+def _transparency(local, oracles: dict, x: torch.Tensor, key, stages: dict[str, float]) -> dict:
+    """Our samples against the DeepFool and sign-direction limits, refined, and the line search (timed in
+    ``stages``)."""
+    sources, index, psnrs = key.extras["sources"], key.extras["source_index"], key.extras["psnr"]
+    ours = psnrs.tolist()
+    with _timed(stages, "limits"):
+        limit = minimal.deepfool(local, x)
+        sign = minimal.sign_minimal(local, x)
+        limit_psnr = psnr(limit.samples, x)
+    with _timed(stages, "refine"):
+        refined = minimal.refine(oracles, sources, key.queries, through=limit.samples[index])
+        refined_psnr = psnr(refined, sources).tolist()
+    with _timed(stages, "line_search"):
+        line_ok, line_psnr, line_singles = _line_search(oracles, x, limit)
     return {
-        "arch": case["arch"], "width": case["width"], "epochs": case["epochs"], "accuracy": acc, "n": len(x),
-        "successes": len(rows), "success_rate": len(rows) / len(x), "singles_out": singles,
-        "seconds": seconds, "queries": queries,
-        "psnr": _quantiles(ours), "best_per_env": best,
-        "set_min_psnr": min(found) if found else None, "set_complete": len(found) == len(names),
+        "ours": _quantiles(ours),
+        "refined": _quantiles(refined_psnr),
+        "refined_gain_median": statistics.median([a - b for a, b in zip(refined_psnr, ours)]),
+        "refined_improved": sum(a > b for a, b in zip(refined_psnr, ours)),
+        "limit_same_images": _quantiles(limit_psnr[index].tolist()),
+        "gap_to_limit_median": statistics.median((limit_psnr[index] - psnrs).tolist()),
+        "gap_after_refine_median": statistics.median(
+            (limit_psnr[index] - torch.tensor(refined_psnr, dtype=torch.float64)).tolist()),
+        "limit_all": _quantiles(limit_psnr[limit.success].tolist()),
+        "limit_success_rate": limit.success.double().mean().item(),
+        "sign_limit_all": _quantiles(psnr(sign.samples[sign.success], x[sign.success]).tolist()),
+        "deepfool_smaller_than_sign": ((limit.l2 < sign.l2) | ~sign.success)[limit.success].double().mean().item(),
+        "line_success_rate": line_ok.double().mean().item(),
+        "line": _quantiles(line_psnr),
+        "line_singles_out": dict(zip(oracles, line_singles)),
+    }
+
+
+def run_case(case: dict, p: dict, ds: data.Dataset, progress: bool) -> dict:
+    """One model: train it, make the key, and measure every table's numbers."""
+    model, config = _train(case, ds)
+    x = ds.test.x[: case["n"]]
+    names = list(p["environments"])
+    local = envs.get("float32").oracle(model, ds.shape)
+    oracles = _oracles(model, ds.shape, names)
+    stages: dict[str, float] = {}
+    with _timed(stages, "innformant"):
+        key = innformant.create(local, oracles, x, local_max=p["local_max"], remote_max=p["remote_max"],
+                                progress=progress)
+    queries = _queries(local, oracles)
+    rows = innformant.report(key)
+    transparency = _transparency(local, oracles, x, key, stages)
+    _close(oracles)
+    with _timed(stages, "cost"):
+        cost = _cost(model, ds.shape, x[: case["cost_n"]], p)
+    with _timed(stages, "confusion"):
+        confusion = _confusion(model, config, key, names, p["serve"])
+    return {
+        "arch": case["arch"], "width": case["width"], "epochs": case["epochs"], "accuracy": config.accuracy,
+        "n": len(x), **_successes(rows, len(x), names), "seconds": stages["innformant"], "queries": queries,
+        **_psnr_stats(rows, names),
         "local_steps": key.extras["local_steps"].tolist(), "remote_steps": key.extras["remote_steps"].tolist(),
-        "psnr_values": ours,
-        "transparency": {
-            "ours": _quantiles(ours),
-            "refined": _quantiles(refined_psnr),
-            "refined_gain_median": statistics.median([a - b for a, b in zip(refined_psnr, ours)]),
-            "refined_improved": sum(a > b for a, b in zip(refined_psnr, ours)),
-            "limit_same_images": _quantiles(limit_psnr[index].tolist()),
-            "gap_to_limit_median": statistics.median((limit_psnr[index] - key.extras["psnr"]).tolist()),
-            "gap_after_refine_median": statistics.median(
-                (limit_psnr[index] - torch.tensor(refined_psnr, dtype=torch.float64)).tolist()),
-            "limit_all": _quantiles(limit_psnr[limit.success].tolist()),
-            "limit_success_rate": limit.success.double().mean().item(),
-            "sign_limit_all": _quantiles(psnr(sign.samples[sign.success], x[sign.success]).tolist()),
-            "deepfool_smaller_than_sign": ((limit.l2 < sign.l2) | ~sign.success)[limit.success].double().mean().item(),
-            "line_success_rate": line_ok.double().mean().item(),
-            "line": _quantiles(line_psnr),
-            "line_singles_out": dict(zip(names, line_singles)),
-        },
+        "psnr_values": key.extras["psnr"].tolist(), "transparency": transparency,
         "cost": cost, "confusion": confusion, "stage_seconds": stages,
     }
 
@@ -290,123 +329,140 @@ def _fmt(v, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def _plot(cases: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    labels = [f"{c['arch']}" for c in cases]
-    axes[0].boxplot([c["local_steps"] or [0] for c in cases], tick_labels=labels)
-    axes[0].set_title("local steps per kept sample")
-    axes[1].boxplot([c["remote_steps"] or [0] for c in cases], tick_labels=labels)
-    axes[1].set_title("remote steps per kept sample")
-    for c in cases:
-        axes[2].scatter(c["local_steps"], c["psnr_values"], s=10, label=c["arch"])
-    axes[2].set_xlabel("local steps")
-    axes[2].set_ylabel("PSNR (dB)")
-    axes[2].set_title("transparency vs complexity")
-    axes[2].legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _markdown(result: dict) -> str:
+def _intro(result: dict) -> str:
+    """Title and the run's settings against the paper's."""
     p, cases = result["params"], result["cases"]
-    names = list(p["environments"])
-    out = [
-        "# iNNformant boundary samples (telltale)", "",
-        f"Written by `{result['command']}` on {result['date']}. Parameters: environments {', '.join(names)} "
+    return "\n\n".join([
+        "# iNNformant boundary samples (telltale)",
+        f"Written by `{result['command']}` on {result['date']}. Parameters: environments "
+        f"{', '.join(p['environments'])} "
         f"(reference and local white-box oracle: float32); local_max {p['local_max']}, remote_max "
         f"{p['remote_max']} (paper: 2000 / 500), alpha 1e-4 local / 2e-4 remote, target 1e-6, sign steps; "
         + "; ".join(f"{c['arch']} (width {c['width']}, {c['epochs']} epochs, test accuracy {c['accuracy']:.2%}): "
                     f"{c['n']} starting mnist5k test images, cost on {p['cost_n'][c['arch']]}" for c in cases)
         + ". The paper used 400 images per model, FMNIST/ResNet-20 and CIFAR-10/ResNet-32, and four CPU "
         "microarchitectures; here four execution environments on one CPU stand in for them, and fewer "
-        "images fit the time budget of one loaded core.", "",
-        "## Table 2: success and the environment each success singles out", "",
-        "Share of starting images that gave a kept boundary sample, and of the successes, the share singling "
-        f"out each environment (paper: {PAPER['success']['FMNIST']}% FMNIST, {PAPER['success']['CIFAR10']}% CIFAR-10).",
-        "", "| model | success % | " + " | ".join(names) + " | failure % |",
-        "|---|---:|" + "---:|" * len(names) + "---:|",
-    ]
+        "images fit the time budget of one loaded core.",
+    ])
+
+
+def success_table(cases: list[dict], names: list[str]) -> str:
+    """Table 2: success rate, the share of successes singling out each environment, failure rate (%)."""
+    body = []
     for c in cases:
         shares = [100 * c["singles_out"][n] / c["successes"] if c["successes"] else 0.0 for n in names]
-        out.append(f"| {c['arch']} | {100 * c['success_rate']:.1f} | " + " | ".join(f"{s:.1f}" for s in shares)
-                   + f" | {100 * (1 - c['success_rate']):.1f} |")
-    out += ["", "## Table 3: PSNR of the kept samples (dB)", "",
-            "PSNR of each kept sample against its source image, and the minimum PSNR of a fully identifying set "
-            "made of the best sample per environment (paper: median 50.1 dB FMNIST, sets above 70 dB).", "",
-            "| model | min | Q1 | median | mean | Q3 | max | set min PSNR | set complete |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for c in cases:
-        q = c["psnr"]
-        out.append(f"| {c['arch']} | " + " | ".join(_fmt(q[k]) for k in ("min", "q1", "median", "mean", "q3", "max"))
-                   + f" | {_fmt(c['set_min_psnr'])} | {'yes' if c['set_complete'] else 'no'} |")
-    out += ["", "## Figure 5: steps per sample", "",
-            "innformant.png: box plots of the local and remote steps of the kept samples, and PSNR against local "
-            "steps. Medians:", "", "| model | local steps (median, max) | remote steps (median, max) |",
-            "|---|---:|---:|"]
+        body.append([c["arch"], f"{100 * c['success_rate']:.1f}", *(f"{s:.1f}" for s in shares),
+                     f"{100 * (1 - c['success_rate']):.1f}"])
+    return table(["model", "success %", *names, "failure %"], body, align="l" + "r" * (len(names) + 2))
+
+
+def psnr_table(cases: list[dict]) -> str:
+    """Table 3: PSNR quantiles of the kept samples, and the minimum PSNR of the best-per-environment set."""
+    stats = ("min", "q1", "median", "mean", "q3", "max")
+    return table(["model", "min", "Q1", "median", "mean", "Q3", "max", "set min PSNR", "set complete"],
+                 [[c["arch"], *(_fmt(c["psnr"][k]) for k in stats), _fmt(c["set_min_psnr"]),
+                   "yes" if c["set_complete"] else "no"] for c in cases], align="lrrrrrrrl")
+
+
+def steps_table(cases: list[dict]) -> str:
+    """Fig. 5's medians and maxima of the local and remote steps."""
+    body = []
     for c in cases:
         ls, rs = c["local_steps"] or [0], c["remote_steps"] or [0]
-        out.append(f"| {c['arch']} | {statistics.median(ls):g}, {max(ls)} | {statistics.median(rs):g}, {max(rs)} |")
-    out += ["", "## Cost: batched vs one image at a time", "",
-            "Wall time and queries (local gradients plus every environment's labels and probabilities) per "
-            "success, for the same images made in one batched run and in one run per image.", "",
-            "| model | mode | images | successes | seconds | s / success | queries / success |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+        body.append([c["arch"], f"{statistics.median(ls):g}, {max(ls)}", f"{statistics.median(rs):g}, {max(rs)}"])
+    return table(["model", "local steps (median, max)", "remote steps (median, max)"], body, align="lrr")
+
+
+def cost_table(cases: list[dict], cost_n: dict[str, int]) -> str:
+    """Wall time and queries per success, batched and one image at a time, and their time ratio."""
+    body = []
     for c in cases:
         for mode in ("batched", "one at a time"):
             m = c["cost"][mode]
-            out.append(f"| {c['arch']} | {mode} | {p['cost_n'][c['arch']]} | {m['successes']} | {m['seconds']:.1f} | "
-                       f"{_fmt(m['seconds_per_success'], 2)} | {_fmt(m['queries_per_success'], 0)} |")
-        out.append(f"| {c['arch']} | ratio (one at a time / batched) | | | {c['cost']['time_ratio']:.1f}x | | |")
-    where = ("in a `nnmark serve --env` subprocess" if p["serve"] == "subprocess"
-             else "from a thread running the app `nnmark serve` builds")
-    out += ["", "## Confusion: `nnmark identify --endpoint` against `nnmark serve --env`", "",
-            f"Each environment serves the model ({where}); the key (all kept samples) is asked over HTTP and "
-            "`identify` names the environment(s) whose recorded labels all match.", "",
-            "| model | served environment | identify said | exit code |", "|---|---|---|---:|"]
-    for c in cases:
-        for env, answer in c["confusion"].items():
-            out.append(f"| {c['arch']} | {env} | {answer['decision']} | {answer['exit_code']} |")
-    out += ["", "## Transparency: our samples vs the minimal-perturbation limit", "",
-            "Median PSNR (dB). Limit: DeepFool's closest boundary point (bisected onto the boundary) of the same "
-            "source images, the highest PSNR a boundary sample of them can have (an estimate); sign limit: the "
-            "closest boundary point along sign(grad m), the direction of eq. 2. Refined: our samples moved back "
-            "toward their sources while singling out the same environment (`minimal.refine`: bisection back "
-            "along the path, and line searches through points between the DeepFool point and the sample); gap: "
-            "limit minus our PSNR, per sample. Line search: boundary samples "
-            "searched on the line through the DeepFool point (its success rate over all starting images).", "",
-            "| model | ours | refined | limit (same images) | gap before / after refine | DeepFool limit (all) | "
-            "sign limit (all) | DeepFool < sign L2 | line search success % | line search PSNR |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            body.append([c["arch"], mode, cost_n[c["arch"]], m["successes"], f"{m['seconds']:.1f}",
+                         _fmt(m["seconds_per_success"], 2), _fmt(m["queries_per_success"], 0)])
+        body.append([c["arch"], "ratio (one at a time / batched)", "", "", f"{c['cost']['time_ratio']:.1f}x", "", ""])
+    return table(["model", "mode", "images", "successes", "seconds", "s / success", "queries / success"], body,
+                 align="llrrrrr")
+
+
+def confusion_table(cases: list[dict]) -> str:
+    """What ``nnmark identify --endpoint`` said of each served environment."""
+    return table(["model", "served environment", "identify said", "exit code"],
+                 [[c["arch"], env, a["decision"], a["exit_code"]] for c in cases for env, a in c["confusion"].items()],
+                 align="lllr")
+
+
+def transparency_table(cases: list[dict]) -> str:
+    """Median PSNRs of our samples, refined ones, the limits and the line search."""
+    body = []
     for c in cases:
         t = c["transparency"]
-        out.append(f"| {c['arch']} | {_fmt(t['ours']['median'])} | {_fmt(t['refined']['median'])} | "
-                   f"{_fmt(t['limit_same_images']['median'])} | {_fmt(t['gap_to_limit_median'])} / "
-                   f"{_fmt(t['gap_after_refine_median'])} | {_fmt(t['limit_all']['median'])} | "
-                   f"{_fmt(t['sign_limit_all']['median'])} | {100 * t['deepfool_smaller_than_sign']:.0f}% | "
-                   f"{100 * t['line_success_rate']:.1f} | {_fmt(t['line']['median'])} |")
-    out += ["", "Refinement raised the PSNR of " + "; ".join(
+        body.append([c["arch"], _fmt(t["ours"]["median"]), _fmt(t["refined"]["median"]),
+                     _fmt(t["limit_same_images"]["median"]),
+                     f"{_fmt(t['gap_to_limit_median'])} / {_fmt(t['gap_after_refine_median'])}",
+                     _fmt(t["limit_all"]["median"]), _fmt(t["sign_limit_all"]["median"]),
+                     f"{100 * t['deepfool_smaller_than_sign']:.0f}%", f"{100 * t['line_success_rate']:.1f}",
+                     _fmt(t["line"]["median"])])
+    return table(["model", "ours", "refined", "limit (same images)", "gap before / after refine",
+                  "DeepFool limit (all)", "sign limit (all)", "DeepFool < sign L2", "line search success %",
+                  "line search PSNR"], body, align="l" + "r" * 9)
+
+
+def _transparency_summary(cases: list[dict]) -> str:
+    """How many samples refinement improved, and whom the line search's samples single out."""
+    return ("Refinement raised the PSNR of " + "; ".join(
         f"{c['arch']}: {c['transparency']['refined_improved']} of {c['successes']} samples" for c in cases)
         + ". Line search: environments singled out: " + "; ".join(
         f"{c['arch']}: " + ", ".join(f"{k} {v}" for k, v in c["transparency"]["line_singles_out"].items())
-        for c in cases) + ".", ""]
-    out += ["## Against the paper", "",
-            "Success and the spread over environments are read against Table 2 (70.5% FMNIST / ResNet-20, all four "
-            "MAs singled out); PSNR against Table 3 (median 50.1 dB, sets above 70 dB). Where our median PSNR lies "
-            "below the paper's, compare it with the DeepFool limit of the same images: no boundary sample of an "
-            "image can have a higher PSNR than its closest boundary point, so a paper-like 45-50 dB median is out "
-            "of reach for models whose limit is lower.", "",
-            "| model | success % (paper 70.5) | environments singled out | median PSNR (paper 50.1) | "
-            "DeepFool limit median | set min PSNR (paper 70.9) |", "|---|---:|---:|---:|---:|---:|"]
-    for c in cases:
-        covered = sum(v > 0 for v in c["singles_out"].values())
-        out.append(f"| {c['arch']} | {100 * c['success_rate']:.1f} | {covered} of {len(names)} | "
-                   f"{_fmt(c['psnr']['median'])} | {_fmt(c['transparency']['limit_all']['median'])} | "
-                   f"{_fmt(c['set_min_psnr'])} |")
-    out.append("")
-    return "\n".join(out)
+        for c in cases) + ".")
+
+
+def paper_table(cases: list[dict], names: list[str]) -> str:
+    """Success, coverage of the environments and PSNRs beside the paper's Tables 2 and 3."""
+    return table(["model", "success % (paper 70.5)", "environments singled out", "median PSNR (paper 50.1)",
+                  "DeepFool limit median", "set min PSNR (paper 70.9)"],
+                 [[c["arch"], f"{100 * c['success_rate']:.1f}",
+                   f"{sum(v > 0 for v in c['singles_out'].values())} of {len(names)}", _fmt(c["psnr"]["median"]),
+                   _fmt(c["transparency"]["limit_all"]["median"]), _fmt(c["set_min_psnr"])] for c in cases],
+                 align="lrrrrr")
+
+
+def render(result: dict) -> str:
+    """The Markdown report of a run."""
+    p, cases = result["params"], result["cases"]
+    names = list(p["environments"])
+    where = ("in a `nnmark serve --env` subprocess" if p["serve"] == "subprocess"
+             else "from a thread running the app `nnmark serve` builds")
+    return document(
+        _intro(result),
+        section("Table 2: success and the environment each success singles out",
+                "Share of starting images that gave a kept boundary sample, and of the successes, the share "
+                f"singling out each environment (paper: {PAPER['success']['FMNIST']}% FMNIST, "
+                f"{PAPER['success']['CIFAR10']}% CIFAR-10).", success_table(cases, names)),
+        section("Table 3: PSNR of the kept samples (dB)",
+                "PSNR of each kept sample against its source image, and the minimum PSNR of a fully identifying "
+                "set made of the best sample per environment (paper: median 50.1 dB FMNIST, sets above 70 dB).",
+                psnr_table(cases)),
+        section("Figure 5: steps per sample",
+                "innformant.png: box plots of the local and remote steps of the kept samples, and PSNR against "
+                "local steps. Medians:", steps_table(cases)),
+        section("Cost: batched vs one image at a time",
+                "Wall time and queries (local gradients plus every environment's labels and probabilities) per "
+                "success, for the same images made in one batched run and in one run per image.",
+                cost_table(cases, p["cost_n"])),
+        section("Confusion: `nnmark identify --endpoint` against `nnmark serve --env`",
+                f"Each environment serves the model ({where}); the key (all kept samples) is asked over HTTP and "
+                "`identify` names the environment(s) whose recorded labels all match.", confusion_table(cases)),
+        section("Transparency: our samples vs the minimal-perturbation limit", TRANSPARENCY,
+                transparency_table(cases), _transparency_summary(cases)),
+        section("Against the paper", AGAINST_THE_PAPER, paper_table(cases, names)),
+    )
+
+
+def figure(result: dict) -> bytes:
+    """innformant.png (Fig. 5 layout): local and remote steps per kept sample, and PSNR against local steps."""
+    return plots.boundary_steps(result["cases"])
 
 
 def run(*, quick: bool, seeds: int | None, out_dir, progress: bool = False) -> Path:
@@ -419,7 +475,4 @@ def run(*, quick: bool, seeds: int | None, out_dir, progress: bool = False) -> P
     cases = [run_case(case, p, ds, progress) for case in p["cases"]]
     p = {**p, "cost_n": {c["arch"]: c["cost_n"] for c in p["cases"]}}
     result = {**header("telltale", p, quick=quick, seeds=seeds), "paper": PAPER, "cases": cases}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _plot(cases, out / "innformant.png")
-    return write(out, "innformant", result, _markdown(result))
+    return write(out_dir, "innformant", result, render(result), figure(result))

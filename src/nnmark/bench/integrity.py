@@ -35,29 +35,25 @@ minutes), one seed, 8 pairs, 100 iterations, alpha 1e-5, 'Pairs head-act' on mni
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import torch
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from nnmark import data, envs, models  # noqa: E402
-from nnmark._io import atomic_write_bytes  # noqa: E402
-from nnmark.attacks import (  # noqa: E402
+from nnmark import data, envs, models
+from nnmark.attacks import (
     backdoor, finetune, measure, prune, quantize_dynamic_torch, quantize_int8, quantize_static_torch,
 )
-from nnmark.bench.common import header, mean_std, parameters, write  # noqa: E402
-from nnmark.data.roles import attacker_data, natural_pool  # noqa: E402
-from nnmark.errors import NnmarkError  # noqa: E402
-from nnmark.keys import KeyFile  # noqa: E402
-from nnmark.marks.integrity import aid, baselines, dbi, pairing  # noqa: E402
-from nnmark.oracles import Oracle, TorchOracle  # noqa: E402
+from nnmark.bench import plots
+from nnmark.bench.common import ARCH_NAMES, document, header, mean_std, parameters, section, table, write
+from nnmark.data.roles import attacker_data, natural_pool
+from nnmark.errors import NnmarkError
+from nnmark.keys import KeyFile
+from nnmark.marks.integrity import aid, baselines, dbi, pairing
+from nnmark.oracles import Oracle, TorchOracle
 
 SECRET, USER = b"nnmark-bench-secret", "bench"
 FULL = {
@@ -87,7 +83,6 @@ QUICK = {
 FINETUNE_LRS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 BASE_ENVS = ("float64", "mkldnn-off", "batch1")
 PAPER_DBI_PATH = 1e-4 * dbi.PAPER_ITR
-ARCH_NAMES = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
 MARGIN_ATTACKS = ("backdoor", "finetune lr=1e-10", "finetune lr=1e-08", "finetune lr=1e-06", "prune 0.001",
                   "int8 per-tensor (fake)")
 
@@ -258,29 +253,6 @@ def time_core(case: dict, p: dict, ds: data.Dataset) -> list[dict]:
     return rows
 
 
-# --- report -------------------------------------------------------------------------------------------
-
-
-def _cell(values: list[float]) -> str:
-    return mean_std(values, 100)
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.mean(values)
-
-
-def detection_table(rows: list[dict], attacks_: list[str], keys: list[str]) -> list[str]:
-    """Markdown rows: attack, what it did, then each key's 'single / pair' detection rates (%)."""
-    out = ["| attack | what it did | " + " | ".join(f"{k} single / pair" for k in keys) + " |",
-           "|---|---|" + "---|" * len(keys)]
-    for a in attacks_:
-        did = ", ".join(f"{f} {_mean([r['attack_info'][a][f] for r in rows]):.4g}" for f in rows[0]["attack_info"][a])
-        cells = [f"{_cell([r['detection'][a][k]['single'] for r in rows])} / "
-                 f"{_cell([r['detection'][a][k]['pair'] for r in rows])}" for k in keys]
-        out.append(f"| {a} | {did} | " + " | ".join(cells) + " |")
-    return out
-
-
 def choose_default_margin(result: dict) -> float | None:
     """The smallest margin whose Pairs keys had no false alarm in any environment, case and seed.
 
@@ -295,24 +267,41 @@ def choose_default_margin(result: dict) -> float | None:
     return None
 
 
-def render(result: dict) -> str:
+# --- report -------------------------------------------------------------------------------------------
+
+
+def _cell(values: list[float]) -> str:
+    return mean_std(values, 100)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values)
+
+
+def _keys(rows: list[dict]) -> list[str]:
+    """The keys every seed made (a Pairs margin may have made no pair on some seed)."""
+    return [k for k in rows[0]["key_sizes"] if all(k in r["key_sizes"] for r in rows)]
+
+
+def detection_table(rows: list[dict], attacks_: list[str], keys: list[str]) -> str:
+    """Attack, what it did, then each key's 'single / pair' detection rates (%)."""
+    body = []
+    for a in attacks_:
+        did = ", ".join(f"{f} {_mean([r['attack_info'][a][f] for r in rows]):.4g}" for f in rows[0]["attack_info"][a])
+        body.append([a, did, *(f"{_cell([r['detection'][a][k]['single'] for r in rows])} / "
+                               f"{_cell([r['detection'][a][k]['pair'] for r in rows])}" for k in keys)])
+    return table(["attack", "what it did", *(f"{k} single / pair" for k in keys)], body)
+
+
+def _intro(result: dict) -> str:
+    """Title, what the rates mean, and the settings where they differ from the paper."""
     p = result["params"]
-    lines = [
-        "# Integrity benchmark (Gao et al. layout): Validset, DBI, AID, Pairs", "",
-        f"Written by `{result['command']}` on {result['date']}; torch {torch.__version__}, one CPU thread. "
-        "Detection rates in %, mean ± std over seeds. *single*: fraction of samples whose label changed; "
-        "*pair*: fraction of pairs with at least one changed member (Validset, DBI, AID: two random samples per "
-        "pair, as the paper forms them; Pairs: the key's own pairs, whose binary label is the key-derived head's).",
-        "",
-        "Settings, and where they differ from the paper (150 pairs, 10,000 iterations, >= 3 seeds):", "",
-    ]
-    for c in p["cases"]:
-        lines.append(f"- {case_name(c)}: {c['seeds']} seed(s), {c['epochs']} training epochs, {c['n']} pairs "
-                     f"(baselines: {2 * c['n']} samples), {c['itr']} iterations for DBI (eps "
-                     f"{PAPER_DBI_PATH / c['itr']:g}, the paper's 1e-4 x 10,000 path), AID (Adam, lr 1e-3, beta "
-                     f"{aid.DEFAULT_BETA:g}) and Pairs stage 1 (Adam, lr 1e-3, lambda {pairing.DEFAULT_LAMBDA:g}); "
-                     f"Pairs stage-2 alpha {c.get('alpha', p['alpha']):g}.")
-    lines += [
+    cases = [f"- {case_name(c)}: {c['seeds']} seed(s), {c['epochs']} training epochs, {c['n']} pairs "
+             f"(baselines: {2 * c['n']} samples), {c['itr']} iterations for DBI (eps "
+             f"{PAPER_DBI_PATH / c['itr']:g}, the paper's 1e-4 x 10,000 path), AID (Adam, lr 1e-3, beta "
+             f"{aid.DEFAULT_BETA:g}) and Pairs stage 1 (Adam, lr 1e-3, lambda {pairing.DEFAULT_LAMBDA:g}); "
+             f"Pairs stage-2 alpha {c.get('alpha', p['alpha']):g}." for c in p["cases"]]
+    common = [
         f"- Pairs stage 2 and margins: at most {p['max_steps']} steps; margins "
         f"{', '.join(f'{m:g}' for m in p['margins'])} widen the same crossings ('Pairs m=0' is the paper's "
         "adjacent pair).",
@@ -323,151 +312,190 @@ def render(result: dict) -> str:
         f"poisoned image is classified as the target, at most {p['backdoor_steps']} steps. Fine-tuning: SGD, "
         f"{p['finetune_steps']} steps of 64 attacker images. Attacker images are disjoint from every key's samples.",
         "- The paper's models (ResNet-18, VGG16, ResNet-152 on CIFAR-10, GTSRB, Flowers102) are replaced by small "
-        "ones that train here in minutes.", "",
+        "ones that train here in minutes.",
     ]
-    cases = result["cases"]
-    for name, c in cases.items():
-        rows = c["seeds"]
-        acc = _cell([r["accuracy"] for r in rows])
-        sizes = rows[0]["key_sizes"]
-        lines.append(f"{name}: test accuracy {acc} %; key sizes (seed 0) "
-                     + ", ".join(f"{k} {v}" for k, v in sizes.items())
-                     + f"; AID neuron coverage {_mean([r['aid_coverage'][0] for r in rows]):.3f} -> "
-                     f"{_mean([r['aid_coverage'][1] for r in rows]):.3f}.")
-    lines.append("")
+    return "\n\n".join([
+        "# Integrity benchmark (Gao et al. layout): Validset, DBI, AID, Pairs",
+        f"Written by `{result['command']}` on {result['date']}; torch {torch.__version__}, one CPU thread. "
+        "Detection rates in %, mean ± std over seeds. *single*: fraction of samples whose label changed; "
+        "*pair*: fraction of pairs with at least one changed member (Validset, DBI, AID: two random samples per "
+        "pair, as the paper forms them; Pairs: the key's own pairs, whose binary label is the key-derived head's).",
+        "Settings, and where they differ from the paper (150 pairs, 10,000 iterations, >= 3 seeds):",
+        "\n".join(cases + common),
+    ])
 
-    def section(title: str, text: str, select) -> None:
-        lines.extend([f"## {title}", "", text, ""])
-        for name, c in cases.items():
-            rows = c["seeds"]
-            keys = [k for k in rows[0]["key_sizes"] if all(k in r["key_sizes"] for r in rows)]
-            chosen = [a for a in rows[0]["detection"] if select(a) and all(a in r["detection"] for r in rows)]
-            if chosen:
-                lines.extend([f"### {name}", "", *detection_table(rows, chosen, keys), ""])
 
-    section("After a backdoor attack (Table 2 layout)",
-            "Detection after implanting a BadNets backdoor. 'what it did': share of poisoned images classified as "
-            "the target, steps, clean accuracy after. The paper: DBI and AID about 27-62 % single / 48-86 % pair, "
-            "Pairs 92-99.6 %, Validset 0-3 %.", lambda a: a == "backdoor")
-    section("After fine-tuning at small learning rates (Table 3 layout)",
-            "'changed_fraction' is the fraction of parameters whose float32 value changed at all: an update below "
-            "half an ulp leaves a weight as it was, and then no method can detect anything. 'changed_buffers' is "
-            "the same for BatchNorm running statistics: a train-mode fine-tune moves them by the BatchNorm "
-            "momentum whatever the learning rate, so on models with BatchNorm the 'frozen-BN' rows (BatchNorm kept "
-            "in eval mode) show what the learning rate alone does. The paper's claim is Pairs far above DBI and "
-            "AID at the smallest rates (e.g. 50-78 % vs 18-49 % at 1e-10/1e-9 on CIFAR-10).",
-            lambda a: a.startswith("finetune"))
-    section("After magnitude pruning (Fig. 3 layout; global L1, plot in integrity.png)",
-            "'sparsity' is the measured fraction of zero weights. The paper: Pairs keep a high detection rate "
-            "even at 0.1 % pruning.", lambda a: a.startswith("prune"))
-    section("After int8 quantization (Table 4 layout)",
-            "'(fake)': symmetric int8 weight quantization per tensor or per output channel, dequantized back to "
-            "float32. 'torch dynamic PTQ': ``torch.ao.quantization.quantize_dynamic`` (Linear layers, qint8). "
-            "'torch static PTQ': eager-mode static quantization calibrated on 256 attacker images. The paper: "
-            "Pairs single ('unpaired') above the baselines' single rates; paired rates close to the baselines'.",
-            lambda a: a.startswith("int8"))
-    for name, c in cases.items():
-        skipped = {a: why for r in c["seeds"] for a, why in r["attacks_skipped"].items()}
-        for a, why in skipped.items():
-            lines.append(f"- {name}: {a} could not run here: {why}")
-    lines.append("")
+def _case_summary(cases: dict) -> str:
+    """One line per case: test accuracy, key sizes (seed 0) and AID's neuron coverage."""
+    return "\n".join(
+        f"{name}: test accuracy {_cell([r['accuracy'] for r in c['seeds']])} %; key sizes (seed 0) "
+        + ", ".join(f"{k} {v}" for k, v in c["seeds"][0]["key_sizes"].items())
+        + f"; AID neuron coverage {_mean([r['aid_coverage'][0] for r in c['seeds']]):.3f} -> "
+        f"{_mean([r['aid_coverage'][1] for r in c['seeds']]):.3f}." for name, c in cases.items())
 
-    lines += ["## False alarms: the untouched model in other environments", "",
-              "Samples (summed over seeds) whose label changes when the intact model runs in another numeric "
-              "environment; for Pairs, a changed member makes its pair (and the verdict) an alarm. Every nonzero "
-              "cell would accuse an intact deployment.", ""]
-    for name, c in cases.items():
-        rows = c["seeds"]
-        keys = list(rows[0]["key_sizes"])
-        env_names = list(rows[0]["false_alarm_samples"])
-        lines += [f"### {name}", "", "| environment | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        for e in env_names:
-            cells = [str(sum(r["false_alarm_samples"][e].get(k, 0) for r in rows)) for k in keys]
-            lines.append(f"| {envs.get(e).description} | " + " | ".join(cells) + " |")
-        skipped = {e: why for r in rows for e, why in r["envs_skipped"].items()}
-        lines += [f"- skipped {e}: {why}" for e, why in skipped.items()]
-        lines.append("")
-    lines.append(f"Environments used: {', '.join(result['false_alarm_envs'])}; onnxruntime environments present "
-                 f"here: {', '.join(e for e in result['false_alarm_envs'] if e.startswith('onnxruntime')) or 'none'}.")
-    lines.append("")
 
-    dm = result["default_margin"]
-    lines += ["## Detection vs margin (the price of robustness to benign numerics)", "",
-              "Pairs detection (pair rate, %) under a few attacks beside the false alarms (pair members flipped in "
-              "any environment above, summed over seeds and environments), per margin. The default margin is the "
-              "smallest with no false alarm in any case, seed and environment: "
-              f"**{'none of those tried' if dm is None else f'{dm:g}'}**.", ""]
-    for name, c in cases.items():
-        rows = c["seeds"]
-        chosen = [a for a in MARGIN_ATTACKS if a in rows[0]["detection"]]
-        lines += [f"### {name}", "", "| margin | pairs made | " + " | ".join(chosen) + " | false-alarm members |",
-                  "|---|---|" + "---|" * len(chosen) + "---|"]
-        for m in p["margins"]:
-            k = f"Pairs m={m:g}"
-            if not all(k in r["key_sizes"] for r in rows):
-                lines.append(f"| {m:g} | none | " + " | ".join("-" for _ in chosen) + " | - |")
-                continue
-            cells = [_cell([r["detection"][a][k]["pair"] for r in rows]) for a in chosen]
-            alarms = sum(r["false_alarm_samples"][e].get(k, 0) for r in rows for e in r["false_alarm_samples"])
-            made = ", ".join(str(r["key_sizes"][k] // 2) for r in rows)
-            lines.append(f"| {m:g} | {made} | " + " | ".join(cells) + f" | {alarms} |")
-        lines.append("")
+def _per_case(cases: dict, make: Callable[[list[dict]], str | None]) -> list[str]:
+    """A level-3 section per case with ``make``'s table of the case's seeds; none where it makes none."""
+    return [section(name, t, level=3) for name, c in cases.items() if (t := make(c["seeds"])) is not None]
 
-    act = f"Pairs m={pairing.DEFAULT_MARGIN:g}", f"Pairs head-act m={pairing.DEFAULT_MARGIN:g}"
-    lines += ["## Activation term of eq. 6: the model's N logits or the head's 2 outputs", "",
-              f"Pair detection (%) of pairs made with each activation term at margin {pairing.DEFAULT_MARGIN:g}, and "
-              "how many pairs each made, under the attacks of the margin table.", ""]
-    for name, c in cases.items():
-        rows = c["seeds"]
-        if not all(k in r["key_sizes"] for r in rows for k in act):
+
+def _detection_section(cases: dict, title: str, text: str, prefix: str) -> str:
+    """A section of detection tables, one per case, of the attacks whose names start with ``prefix``."""
+    def make(rows: list[dict]) -> str | None:
+        chosen = [a for a in rows[0]["detection"] if a.startswith(prefix) and all(a in r["detection"] for r in rows)]
+        return detection_table(rows, chosen, _keys(rows)) if chosen else None
+
+    return section(title, text, *_per_case(cases, make))
+
+
+DETECTION_SECTIONS = (
+    ("After a backdoor attack (Table 2 layout)",
+     "Detection after implanting a BadNets backdoor. 'what it did': share of poisoned images classified as "
+     "the target, steps, clean accuracy after. The paper: DBI and AID about 27-62 % single / 48-86 % pair, "
+     "Pairs 92-99.6 %, Validset 0-3 %.", "backdoor"),
+    ("After fine-tuning at small learning rates (Table 3 layout)",
+     "'changed_fraction' is the fraction of parameters whose float32 value changed at all: an update below "
+     "half an ulp leaves a weight as it was, and then no method can detect anything. 'changed_buffers' is "
+     "the same for BatchNorm running statistics: a train-mode fine-tune moves them by the BatchNorm "
+     "momentum whatever the learning rate, so on models with BatchNorm the 'frozen-BN' rows (BatchNorm kept "
+     "in eval mode) show what the learning rate alone does. The paper's claim is Pairs far above DBI and "
+     "AID at the smallest rates (e.g. 50-78 % vs 18-49 % at 1e-10/1e-9 on CIFAR-10).", "finetune"),
+    ("After magnitude pruning (Fig. 3 layout; global L1, plot in integrity.png)",
+     "'sparsity' is the measured fraction of zero weights. The paper: Pairs keep a high detection rate "
+     "even at 0.1 % pruning.", "prune"),
+    ("After int8 quantization (Table 4 layout)",
+     "'(fake)': symmetric int8 weight quantization per tensor or per output channel, dequantized back to "
+     "float32. 'torch dynamic PTQ': ``torch.ao.quantization.quantize_dynamic`` (Linear layers, qint8). "
+     "'torch static PTQ': eager-mode static quantization calibrated on 256 attacker images. The paper: "
+     "Pairs single ('unpaired') above the baselines' single rates; paired rates close to the baselines'.", "int8"),
+)
+"""(title, text, attack-name prefix) of the detection sections, in the order of the paper's tables."""
+
+
+def _skipped_attacks(cases: dict) -> str:
+    """A line per attack that could not run here, and why."""
+    return "\n".join(f"- {name}: {a} could not run here: {why}" for name, c in cases.items()
+                     for a, why in {a: why for r in c["seeds"] for a, why in r["attacks_skipped"].items()}.items())
+
+
+def false_alarm_table(rows: list[dict]) -> str:
+    """Samples (summed over seeds) per environment and key whose label changed, then the skipped environments."""
+    keys = list(rows[0]["key_sizes"])
+    body = [[envs.get(e).description, *(sum(r["false_alarm_samples"][e].get(k, 0) for r in rows) for k in keys)]
+            for e in rows[0]["false_alarm_samples"]]
+    skipped = {e: why for r in rows for e, why in r["envs_skipped"].items()}
+    return "\n".join([table(["environment", *keys], body), *(f"- skipped {e}: {why}" for e, why in skipped.items())])
+
+
+def _false_alarm_section(result: dict) -> str:
+    """False alarms of the untouched model, a table per case, and the environments used."""
+    used = result["false_alarm_envs"]
+    return section(
+        "False alarms: the untouched model in other environments",
+        "Samples (summed over seeds) whose label changes when the intact model runs in another numeric "
+        "environment; for Pairs, a changed member makes its pair (and the verdict) an alarm. Every nonzero "
+        "cell would accuse an intact deployment.",
+        *_per_case(result["cases"], false_alarm_table),
+        f"Environments used: {', '.join(used)}; onnxruntime environments present "
+        f"here: {', '.join(e for e in used if e.startswith('onnxruntime')) or 'none'}.")
+
+
+def _margin_attacks(rows: list[dict]) -> list[str]:
+    return [a for a in MARGIN_ATTACKS if a in rows[0]["detection"]]
+
+
+def margin_table(rows: list[dict], margins: list[float]) -> str:
+    """Per margin: pairs made per seed, pair detection (%) under the margin attacks, false-alarm members."""
+    chosen = _margin_attacks(rows)
+    body = []
+    for m in margins:
+        k = f"Pairs m={m:g}"
+        if not all(k in r["key_sizes"] for r in rows):
+            body.append([f"{m:g}", "none", *("-" for _ in chosen), "-"])
             continue
-        chosen = [a for a in MARGIN_ATTACKS if a in rows[0]["detection"]]
-        lines += [f"### {name}", "", "| activation term | pairs made | " + " | ".join(chosen) + " |",
-                  "|---|---|" + "---|" * len(chosen)]
-        for label, k in zip(("N logits", "head's 2 outputs"), act):
-            cells = [_cell([r["detection"][a][k]["pair"] for r in rows]) for a in chosen]
-            made = ", ".join(str(r["key_sizes"][k] // 2) for r in rows)
-            lines.append(f"| {label} | {made} | " + " | ".join(cells) + " |")
-        lines.append("")
-
-    lines += ["## Cost of the core optimisation (Table 5 layout)", "",
-              "Seconds per 1,000 iterations (measured over the stated iterations, scaled linearly), all methods "
-              "side by side in one run on an untrained model; ratio = time / plain forward+backward passes over the "
-              "same batch (the floor no method can beat). The paper: Pairs about DBI's cost, AID 1.5-2.3x DBI.", "",
-              "| case | samples | measured itr | plain fwd+bwd | DBI | AID | Pairs stage 1 | DBI ratio | AID ratio "
-              "| Pairs ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, c in cases.items():
-        for t in c["timing"]:
-            lines.append(f"| {name} | {t['n']} | {t['itr']} | {t['plain']:.1f} s | {t['DBI']:.1f} s | "
-                         f"{t['AID']:.1f} s | {t['Pairs stage 1']:.1f} s | {t['DBI'] / t['plain']:.2f}x | "
-                         f"{t['AID'] / t['plain']:.2f}x | {t['Pairs stage 1'] / t['plain']:.2f}x |")
-    return "\n".join(lines) + "\n"
+        alarms = sum(r["false_alarm_samples"][e].get(k, 0) for r in rows for e in r["false_alarm_samples"])
+        body.append([f"{m:g}", ", ".join(str(r["key_sizes"][k] // 2) for r in rows),
+                     *(_cell([r["detection"][a][k]["pair"] for r in rows]) for a in chosen), alarms])
+    return table(["margin", "pairs made", *chosen, "false-alarm members"], body)
 
 
-def plot(result: dict, path: Path) -> None:
-    """Fig. 3 layout: pair detection vs pruning fraction, one line per method, one panel per case."""
+def _margin_section(result: dict) -> str:
+    """Detection vs margin, a table per case, and the default margin it gives."""
+    dm = result["default_margin"]
+    return section(
+        "Detection vs margin (the price of robustness to benign numerics)",
+        "Pairs detection (pair rate, %) under a few attacks beside the false alarms (pair members flipped in "
+        "any environment above, summed over seeds and environments), per margin. The default margin is the "
+        "smallest with no false alarm in any case, seed and environment: "
+        f"**{'none of those tried' if dm is None else f'{dm:g}'}**.",
+        *_per_case(result["cases"], lambda rows: margin_table(rows, result["params"]["margins"])))
+
+
+ACTIVATION_KEYS = {"N logits": f"Pairs m={pairing.DEFAULT_MARGIN:g}",
+                   "head's 2 outputs": f"Pairs head-act m={pairing.DEFAULT_MARGIN:g}"}
+"""Activation term of eq. 6 -> the key made with it at the default margin."""
+
+
+def activation_table(rows: list[dict]) -> str | None:
+    """Per activation term: pairs made per seed and pair detection (%) under the margin attacks (None where a
+    seed lacks one of the two keys)."""
+    if not all(k in r["key_sizes"] for r in rows for k in ACTIVATION_KEYS.values()):
+        return None
+    chosen = _margin_attacks(rows)
+    return table(["activation term", "pairs made", *chosen],
+                 [[label, ", ".join(str(r["key_sizes"][k] // 2) for r in rows),
+                   *(_cell([r["detection"][a][k]["pair"] for r in rows]) for a in chosen)]
+                  for label, k in ACTIVATION_KEYS.items()])
+
+
+def _activation_section(cases: dict) -> str:
+    """The two activation terms of eq. 6 side by side, a table per case that made both keys."""
+    return section(
+        "Activation term of eq. 6: the model's N logits or the head's 2 outputs",
+        f"Pair detection (%) of pairs made with each activation term at margin {pairing.DEFAULT_MARGIN:g}, and "
+        "how many pairs each made, under the attacks of the margin table.",
+        *_per_case(cases, activation_table))
+
+
+def cost_table(cases: dict) -> str:
+    """Table 5 layout: seconds per 1,000 iterations of each core optimisation and their ratio to plain passes."""
+    return table(
+        ["case", "samples", "measured itr", "plain fwd+bwd", "DBI", "AID", "Pairs stage 1", "DBI ratio", "AID ratio",
+         "Pairs ratio"],
+        [[name, t["n"], t["itr"], f"{t['plain']:.1f} s", f"{t['DBI']:.1f} s", f"{t['AID']:.1f} s",
+          f"{t['Pairs stage 1']:.1f} s", f"{t['DBI'] / t['plain']:.2f}x", f"{t['AID'] / t['plain']:.2f}x",
+          f"{t['Pairs stage 1'] / t['plain']:.2f}x"] for name, c in cases.items() for t in c["timing"]])
+
+
+def render(result: dict) -> str:
+    """The Markdown report of a run."""
     cases = result["cases"]
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.6), squeeze=False)
-    for ax, (name, c) in zip(axes[0], cases.items()):
+    blocks = [_intro(result), _case_summary(cases),
+              *(_detection_section(cases, *s) for s in DETECTION_SECTIONS), _skipped_attacks(cases),
+              _false_alarm_section(result), _margin_section(result), _activation_section(cases),
+              section("Cost of the core optimisation (Table 5 layout)",
+                      "Seconds per 1,000 iterations (measured over the stated iterations, scaled linearly), all "
+                      "methods side by side in one run on an untrained model; ratio = time / plain forward+backward "
+                      "passes over the same batch (the floor no method can beat). The paper: Pairs about DBI's cost, "
+                      "AID 1.5-2.3x DBI.", cost_table(cases))]
+    return document(*(b for b in blocks if b))
+
+
+def pruning_curves(result: dict) -> dict[str, tuple[list[float], dict[str, list[float]]]]:
+    """Fig. 3's points per case: the pruned weights (%), and each key's mean pair detection (%) there."""
+    curves = {}
+    for name, c in result["cases"].items():
         rows = c["seeds"]
         fractions = [f for f in result["params"]["prune"] if f"prune {f:g}" in rows[0]["detection"]]
-        for k in rows[0]["key_sizes"]:
-            if not all(k in r["key_sizes"] for r in rows):
-                continue
-            ys = [100 * _mean([r["detection"][f"prune {f:g}"][k]["pair"] for r in rows]) for f in fractions]
-            ax.plot([100 * f for f in fractions], ys, marker="o", label=k)
-        ax.set_xscale("log")
-        ax.set_xlabel("pruned weights (%)")
-        ax.set_ylabel("pair detection (%)")
-        ax.set_ylim(-2, 102)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+        curves[name] = ([100 * f for f in fractions],
+                        {k: [100 * _mean([r["detection"][f"prune {f:g}"][k]["pair"] for r in rows]) for f in fractions]
+                         for k in _keys(rows)})
+    return curves
+
+
+def figure(result: dict) -> bytes:
+    """integrity.png: pair detection vs pruning fraction, one line per key, one panel per case (Fig. 3 layout)."""
+    return plots.detection_vs_pruning(pruning_curves(result))
 
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
@@ -487,7 +515,4 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
         rows = [run_seed(case, s, p, ds) for s in tqdm(range(case["seeds"]), desc="seeds", disable=not progress)]
         result["cases"][case_name(case)] = {"seeds": rows, "timing": time_core(case, p, ds)}
     result["default_margin"] = choose_default_margin(result)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(result, out / "integrity.png")
-    return write(out_dir, "integrity", result, render(result))
+    return write(out_dir, "integrity", result, render(result), figure(result))

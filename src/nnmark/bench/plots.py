@@ -1,0 +1,91 @@
+"""Every benchmark figure, drawn from the points a benchmark module prepares; each returns PNG bytes.
+
+The modules compute what to draw (JSON-ready lists, no matplotlib); this module alone draws, with the
+non-interactive Agg backend chosen once, here, before pyplot is imported.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PERCENT_LIMITS = (-2, 102)
+"""y range of the panels that show a percentage."""
+TAB20 = 20
+"""Colours in matplotlib's "tab20" map, cycled over the watermarks of one panel."""
+
+
+def _png(fig, dpi: int) -> bytes:
+    """``fig`` as PNG bytes at ``dpi``; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _percent_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Labels, a 0-100 % y range and a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*PERCENT_LIMITS)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def detection_vs_pruning(curves: dict[str, tuple[list[float], dict[str, list[float]]]]) -> bytes:
+    """Gao et al.'s Fig. 3 layout: one panel per case (name -> pruned weights in %, key -> pair detection in %),
+    one line per key, log x."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    for ax, (name, (xs, lines)) in zip(axes[0], curves.items()):
+        for label, ys in lines.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log")
+        _percent_panel(ax, name, "pruned weights (%)", "pair detection (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=100)
+
+
+def success_curves(panels: list[list[dict]]) -> bytes:
+    """Wen et al.'s curves: a grid of panels (rows of dicts with title, xlabel, x, lines, accuracy).
+
+    Each line (label, y, dashed, lost) is a watermark's success (%), dashed for an ablation, a cross at each
+    ``lost`` (x, y) point where it was not found; ``accuracy`` (label, y) is drawn dotted after the first line.
+    """
+    fig, axes = plt.subplots(len(panels), len(panels[0]), figsize=(11, 4 * len(panels)), squeeze=False)
+    for ax, panel in ((axes[i][j], p) for i, row in enumerate(panels) for j, p in enumerate(row)):
+        for n, line in enumerate(panel["lines"]):
+            drawn, = ax.plot(panel["x"], line["y"], marker="o", ms=3, label=line["label"],
+                             color=plt.get_cmap("tab20")(n % TAB20), linestyle="--" if line["dashed"] else "-")
+            if line["lost"]:
+                ax.scatter(*zip(*line["lost"]), marker="x", s=30, color=drawn.get_color(), zorder=3)
+            if n == 0:
+                ax.plot(panel["x"], panel["accuracy"]["y"], color="black", linestyle=":",
+                        label=panel["accuracy"]["label"])
+        _percent_panel(ax, panel["title"], panel["xlabel"], "%")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=110)
+
+
+def boundary_steps(cases: list[dict]) -> bytes:
+    """Schlögl et al.'s Fig. 5 layout: local and remote steps per kept sample (box plots per model), and PSNR
+    against local steps; each case holds arch, local_steps, remote_steps and psnr_values."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = [c["arch"] for c in cases]
+    axes[0].boxplot([c["local_steps"] or [0] for c in cases], tick_labels=labels)
+    axes[0].set_title("local steps per kept sample")
+    axes[1].boxplot([c["remote_steps"] or [0] for c in cases], tick_labels=labels)
+    axes[1].set_title("remote steps per kept sample")
+    for c in cases:
+        axes[2].scatter(c["local_steps"], c["psnr_values"], s=10, label=c["arch"])
+    axes[2].set_xlabel("local steps")
+    axes[2].set_ylabel("PSNR (dB)")
+    axes[2].set_title("transparency vs complexity")
+    axes[2].legend()
+    fig.tight_layout()
+    return _png(fig, dpi=110)
