@@ -122,10 +122,11 @@ def test_masked_step_moves_only_the_kept_weights_even_with_adam_momentum(mnist):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = mnist.train.x[:32], mnist.train.y[:32]
     gen = torch.Generator().manual_seed(0)
-    coupled.masked_step(model, coupled.draw_masks(model, 0.5, gen), 0.5, opt, x, y)  # builds momentum everywhere
+    step = dict(batch_size=len(x), generator=gen)  # one batch: one masked step
+    coupled.masked_epoch(model, coupled.draw_masks(model, 0.5, gen), 0.5, opt, x, y, **step)  # momentum everywhere
     masks = coupled.draw_masks(model, 0.5, gen)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    coupled.masked_step(model, masks, 0.5, opt, x, y)
+    coupled.masked_epoch(model, masks, 0.5, opt, x, y, **step)
     for name, p in model.named_parameters():
         if name in masks:
             assert torch.equal(p[~masks[name]], before[name][~masks[name]])

@@ -53,6 +53,7 @@ from torch import nn
 
 from nnmark.errors import InputError
 from nnmark.models import accuracy
+from nnmark.models.training import fit
 from nnmark.oracles import check_inputs
 
 
@@ -131,22 +132,20 @@ def implant(
     gen: torch.Generator,
 ) -> int:
     """Fine-tune ``model`` in place (Adam, train mode) until all ``x_poison`` are ``target``; return the steps taken."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    y_poison = torch.full((len(x_poison),), target, dtype=torch.int64)
-    weights = torch.cat([torch.ones(len(x_poison)), torch.full((batch_size,), float(clean_weight))])
-    order = torch.empty(0, dtype=torch.long)
-    model.train()
-    for step in range(max_steps):
-        if step % check_every == 0 and target_rate(model, x_poison, target) == 1.0:
-            return step
-        while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(len(x), generator=gen)])
-        idx, order = order[:batch_size], order[batch_size:]
-        losses = F.cross_entropy(model(torch.cat([x_poison, x[idx]])), torch.cat([y_poison, y[idx]]), reduction="none")
-        opt.zero_grad(set_to_none=True)
-        ((losses * weights).sum() / weights.sum()).backward()
-        opt.step()
-    return max_steps
+    device = next(model.parameters()).device
+    x_poison = x_poison.to(device)
+    y_poison = torch.full((len(x_poison),), target, dtype=torch.int64, device=device)
+
+    def poisoned_loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        weights = torch.cat([torch.ones(len(x_poison)), torch.full((len(xb),), float(clean_weight))]).to(xb.device)
+        losses = F.cross_entropy(m(torch.cat([x_poison, xb])), torch.cat([y_poison, yb]), reduction="none")
+        return (losses * weights).sum() / weights.sum()
+
+    def poisons_took(step: int) -> bool:
+        return step % check_every == 0 and target_rate(model, x_poison, target) == 1.0
+
+    return fit(model, x, y, lr=lr, steps=max_steps, batch_size=batch_size, seed=gen, loss=poisoned_loss,
+               stop=poisons_took)
 
 
 @torch.no_grad()

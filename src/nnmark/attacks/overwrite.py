@@ -8,7 +8,7 @@ The attack only needs the new trigger images and labels (the caller makes them, 
 ``coupled.make_triggers`` on other classes; attacks never import marks) and some clean labelled data so the
 model keeps its accuracy. Training: Adam at a constant ``lr`` (default 1e-4) over clean + triggers, all
 layers, train mode, minibatches of ``batch_size`` (default 64) in an order drawn from ``seed`` each epoch
-(``nnmark.attacks.transfer.adam_fit``).
+(as ``nnmark.attacks.transfer``).
 
 Example::
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnmark.attacks.transfer import DEFAULT_BATCH_SIZE, DEFAULT_LR, adam_fit
+from nnmark.attacks.transfer import DEFAULT_BATCH_SIZE, DEFAULT_LR, transfer
 from nnmark.data import Split
 
 
@@ -31,4 +31,4 @@ def overwrite(model: nn.Module, x_wm: torch.Tensor, y_wm: torch.Tensor, clean: S
         raise ValueError(f"need as many watermark labels as images, and at least one; got {len(x_wm)}, {len(y_wm)}")
     x = torch.cat([clean.x, x_wm])
     y = torch.cat([clean.y, y_wm])
-    return adam_fit(model, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+    return transfer(model, Split(x, y), lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)

@@ -26,6 +26,7 @@ from torch import nn
 
 from nnmark.attacks.modes import check_labelled
 from nnmark.data import Split
+from nnmark.models.training import fit
 
 DEFAULT_LR = 1e-4
 DEFAULT_BATCH_SIZE = 64
@@ -49,32 +50,12 @@ def resize(split: Split, shape: tuple[int, int, int]) -> Split:
     return Split(x.contiguous(), split.y)
 
 
-def adam_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, epochs: int, batch_size: int,
-             seed: int) -> nn.Module:
-    """A copy of ``model`` after ``epochs`` passes of Adam at constant ``lr`` over (x, y), all layers, train mode."""
-    if epochs < 0 or not lr > 0 or batch_size < 1:
-        raise ValueError(f"need epochs >= 0, lr > 0 and batch_size >= 1, got {epochs}, {lr}, {batch_size}")
-    check_labelled(model, x, y)
-    attacked = copy.deepcopy(model).train()
-    device = next(attacked.parameters()).device
-    x, y = x.to(device), y.to(device)
-    opt = torch.optim.Adam(attacked.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        batches = list(torch.randperm(len(x), generator=gen).split(batch_size))
-        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm needs two samples
-            batches[-2:] = [torch.cat(batches[-2:])]
-        for idx in batches:
-            idx = idx.to(device)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(attacked(x[idx]), y[idx]).backward()
-            opt.step()
-    return attacked.eval()
-
-
 def transfer(
     model: nn.Module, split: Split, *, lr: float = DEFAULT_LR, epochs: int, batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
 ) -> nn.Module:
     """Return a copy of ``model`` trained ``epochs`` epochs on the new domain ``split`` (x in [0, 1], model's shape)."""
-    return adam_fit(model, split.x, split.y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+    check_labelled(model, split.x, split.y)
+    attacked = copy.deepcopy(model)
+    fit(attacked, split.x, split.y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+    return attacked

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,9 @@ from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
+from nnmark.models.training import (
+    Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer, train_batches,
+)
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "coupled"
@@ -194,37 +198,26 @@ def masked_forward(
     return functional_call(model, weights, (x,))
 
 
-def masked_step(
-    model: nn.Module,
-    masks: dict[str, torch.Tensor],
-    keep_ratio: float,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-) -> float:
-    """One update W' = W - eta * (dL/dW * M) / keep_ratio, eq. 6 (eq. 7 with eta'); entries outside M unchanged.
+def masked_loss(masks: dict[str, torch.Tensor], keep_ratio: float) -> Loss:
+    """The ``fit`` loss hook of eq. 4-6: cross-entropy of the masked forward, so masked entries get zero gradient."""
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(masked_forward(model, masks, keep_ratio, x), y)
+    return loss
 
-    The masked forward gives masked entries a zero gradient; they are restored after the step so the
-    optimizer's momentum cannot move them. Returns the cross-entropy loss.
+
+def restore_unmasked(model: nn.Module, masks: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """The ``after_step`` hook of eq. 6: put every entry outside M back to its value now, after each optimizer step.
+
+    The masked forward gives those entries a zero gradient, but an optimizer's momentum would still move them.
     """
     params = dict(model.named_parameters())
     frozen = {name: params[name].detach().clone() for name in masks}
-    loss = F.cross_entropy(masked_forward(model, masks, keep_ratio, x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():
+
+    @torch.no_grad()
+    def restore() -> None:
         for name, m in masks.items():
             params[name].copy_(torch.where(m, params[name], frozen[name]))
-    return loss.item()
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch's shuffled index batches; a last batch of one sample joins the one before (BatchNorm needs two)."""
-    batches = list(torch.randperm(n, generator=generator).split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
+    return restore
 
 
 def masked_epoch(
@@ -239,14 +232,16 @@ def masked_epoch(
     generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
-    """Algorithm 1 lines 6-9 (and, on X_ft, lines 10-11 = eq. 7-8): one pass of masked steps; mean loss."""
+    """Algorithm 1 lines 6-9 (and, on X_ft, lines 10-11 = eq. 7-8): one pass of masked steps; mean loss.
+
+    Each step is W' = W - eta * (dL/dW * M) / keep_ratio (eq. 6; eq. 7 with eta'), entries outside M unchanged:
+    ``models.training.train_batches`` with the ``masked_loss`` and ``restore_unmasked`` hooks.
+    """
     model.train()
-    total = 0.0
-    for idx in _batches(len(x), batch_size, generator):
-        total += masked_step(model, masks, keep_ratio, optimizer, x[idx], y[idx]) * len(idx)
-        if scheduler is not None:
-            scheduler.step()
-    return total / len(x)
+    _, loss = train_batches(model, x, y, optimizer, index_batches(len(x), batch_size, generator),
+                            loss=masked_loss(masks, keep_ratio), scheduler=scheduler,
+                            after_step=restore_unmasked(model, masks))
+    return loss
 
 
 # --- embedding (Algorithm 1) ---------------------------------------------------------------------------
@@ -346,10 +341,9 @@ def embed(
     device = next(wm_model.parameters()).device
     x, y, ft_x, ft_y = x.to(device), y.to(device), ft.x.to(device), ft.y.to(device)
     keep = keep_ratio if masked else 1.0
-    opt = torch.optim.Adam(wm_model.parameters(), lr=lr)
-    steps = epochs * max(1, len(x) // batch_size + (len(x) % batch_size > 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    ft_opt = torch.optim.Adam(wm_model.parameters(), lr=finetune_lr)
+    opt = make_optimizer(wm_model.parameters(), "adam", lr)
+    sched = cosine_schedule(opt, epochs * batches_per_epoch(len(x), batch_size))
+    ft_opt = make_optimizer(wm_model.parameters(), "adam", finetune_lr)
     bar = tqdm(range(epochs), desc="coupled", unit="epoch", disable=not progress)
     for _ in bar:
         masks = draw_masks(wm_model, keep, gen)
