@@ -152,8 +152,8 @@ def test_relative_noise_on_a_one_element_tensor_uses_its_magnitude():
 
 def test_prune_finetune_keeps_pruned_weights_at_zero_and_recovers_accuracy(lenet, attacker, natural):
     before = models.digest(lenet)
-    pruned_only = prune_finetune(lenet, 0.7, attacker.x, attacker.y, epochs=0)
-    tuned = prune_finetune(lenet, 0.7, attacker.x, attacker.y, epochs=3, seed=0)
+    pruned_only = prune_finetune(lenet, attacker.x, attacker.y, fraction=0.7, epochs=0)
+    tuned = prune_finetune(lenet, attacker.x, attacker.y, fraction=0.7, epochs=3, seed=0)
     assert models.digest(lenet) == before and not tuned.training
     assert tuned.state_dict().keys() == lenet.state_dict().keys()
     assert not any(hasattr(m, "weight_mask") for m in tuned.modules())
@@ -168,11 +168,11 @@ def test_prune_finetune_keeps_pruned_weights_at_zero_and_recovers_accuracy(lenet
     # the paper's observation: test accuracy recovers after pruning 70% of each layer
     assert models.accuracy(pruned_only, natural) + 0.03 < models.accuracy(tuned, natural)
     assert models.accuracy(tuned, natural) > models.accuracy(lenet, natural) - 0.03
-    again = prune_finetune(lenet, 0.7, attacker.x, attacker.y, epochs=3, seed=0)
+    again = prune_finetune(lenet, attacker.x, attacker.y, fraction=0.7, epochs=3, seed=0)
     assert models.digest(again) == models.digest(tuned)
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError):
-            prune_finetune(lenet, bad, attacker.x, attacker.y)
+            prune_finetune(lenet, attacker.x, attacker.y, fraction=bad)
 
 
 # ---- input transforms --------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnmark.errors import ArgumentError
+
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -30,12 +32,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], kind: str) -> tuple[int, int]:
     """(elements whose bits differ, all elements) over tensors of the same names, shapes and dtypes."""
     if a.keys() != b.keys():
-        raise ValueError(f"the models have different {kind}s: {sorted(a.keys() ^ b.keys())}")
+        raise ArgumentError(f"the models have different {kind}s: {sorted(a.keys() ^ b.keys())}")
     total = changed = 0
     for name, p in a.items():
         q = b[name]
         if p.shape != q.shape or p.dtype != q.dtype:
-            raise ValueError(f"{kind} {name}: {p.dtype}{tuple(p.shape)} before but {q.dtype}{tuple(q.shape)} after")
+            raise ArgumentError(f"{kind} {name}: {p.dtype}{tuple(p.shape)} before but {q.dtype}{tuple(q.shape)} after")
         changed += int((_bits(p) != _bits(q)).sum())
         total += p.numel()
     return changed, total
@@ -44,12 +46,12 @@ def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], kind: str) 
 def changed_fraction(before: nn.Module, after: nn.Module) -> float:
     """Fraction of all parameter elements of ``after`` whose bits differ from ``before`` (buffers not counted).
 
-    Both models must have the same parameter names, shapes and dtypes (else ValueError); a model with
+    Both models must have the same parameter names, shapes and dtypes (else ArgumentError); a model with
     packed quantized layers (``quantize_dynamic_torch``) has other parameters and cannot be compared.
     """
     changed, total = _changed(dict(before.named_parameters()), dict(after.named_parameters()), "parameter")
     if total == 0:
-        raise ValueError("the models have no parameters")
+        raise ArgumentError("the models have no parameters")
     return changed / total
 
 
@@ -65,7 +67,7 @@ def changed_buffer_fraction(before: nn.Module, after: nn.Module) -> float:
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     layers = weight_layers(model)
     if not layers:
-        raise ValueError("the model has no Conv2d or Linear layer")
+        raise ArgumentError("the model has no Conv2d or Linear layer")
     return {name: m.weight.detach() for name, m in layers}
 
 
@@ -87,7 +89,7 @@ def distinct_values(model: nn.Module, granularity: str = "tensor") -> dict[str, 
     channel (dim 0). An int8-quantized weight has at most 255 per tensor (per channel in channel mode).
     """
     if granularity not in ("tensor", "channel"):
-        raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+        raise ArgumentError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
     out = {}
     for name, w in _weights(model).items():
         rows = w.reshape(1, -1) if granularity == "tensor" else w.reshape(w.shape[0], -1)

@@ -35,15 +35,20 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nnmark.attacks.registry import register_attack
 from nnmark.data import validate
-from nnmark.errors import ModelError
+from nnmark.errors import ArgumentError, ModelError
+from nnmark.models.training import fit
 
-MODES = ("FTLL", "FTAL", "RTLL", "RTAL")
+Mode = Literal["FTLL", "FTAL", "RTLL", "RTAL"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+DEFAULT_MODE = "FTAL"
 DEFAULT_EPOCHS = 10
 DEFAULT_LR = 0.01
 DEFAULT_BATCH_SIZE = 64
@@ -72,58 +77,14 @@ def check_labelled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     validate(x, y, last_linear(model).out_features, source="attacker data")
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch's shuffled index batches; a last batch of one sample joins the one before (BatchNorm needs two)."""
-    batches = list(torch.randperm(n, generator=generator).split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
-
-
-def fit(
-    model: nn.Module,
-    params: list[nn.Parameter],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    generator: torch.Generator,
-    train_mode: bool,
-) -> nn.Module:
-    """Train ``params`` of ``model`` in place: ``epochs`` passes of SGD (momentum 0.9, constant ``lr``), cross-entropy.
-
-    Parameters outside ``params`` get no gradient and keep their values. ``train_mode`` False runs the
-    forward passes in eval mode (BatchNorm statistics and dropout frozen). Returns the model in eval mode.
-    """
-    if epochs < 0 or not lr >= 0 or batch_size < 1:
-        raise ValueError(f"need epochs >= 0, lr >= 0 and batch_size >= 1, got {epochs}, {lr}, {batch_size}")
-    trainable = {id(p) for p in params}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(id(p) in trainable)
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
-    model.train(train_mode)
-    for _ in range(epochs):
-        for idx in _batches(len(x), batch_size, generator):
-            idx = idx.to(device)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    return model.eval()
-
-
+@register_attack("finetune-mode", summary="FTLL, FTAL, RTLL or RTAL on attacker data disjoint from the key's samples.",
+                 applies_to="models whose last layer is an nn.Linear; needs attacker data", data="attacker")
 def finetune_mode(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    mode: str,
+    mode: Mode = DEFAULT_MODE,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -134,14 +95,14 @@ def finetune_mode(
     Args:
         model: the stolen model (left untouched).
         x: attacker images (N, C, H, W) float32 in [0, 1]; y: their labels (N,) int64.
-        mode: "FTLL" | "FTAL" | "RTLL" | "RTAL".
-        epochs: passes over (x, y), default 10 (0: RTLL/RTAL only re-initialise).
-        lr: SGD learning rate (momentum 0.9), default 0.01.
-        batch_size: default 64.
+        mode: Adi et al.: fine-tune (FT) or re-train (RT) the last layer (LL) or all layers (AL).
+        epochs: passes over (x, y) (0: RTLL/RTAL only re-initialise).
+        lr: SGD learning rate (momentum 0.9).
+        batch_size: images per step.
         seed: seeds the re-initialisation (drawn first) and the minibatch order.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_labelled(model, x, y)
     attacked = copy.deepcopy(model)
     last = last_linear(attacked)
@@ -150,5 +111,6 @@ def finetune_mode(
         reinitialize(last, gen)
     all_layers = mode.endswith("AL")
     params = list(attacked.parameters()) if all_layers else list(last.parameters())
-    return fit(attacked, params, x, y, epochs=epochs, lr=lr, batch_size=batch_size, generator=gen,
-               train_mode=all_layers)
+    fit(attacked, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=gen, optimizer="sgd", momentum=MOMENTUM,
+        mode="train" if all_layers else "eval", params=params)
+    return attacked

@@ -6,14 +6,25 @@ import copy
 
 import torch
 
+from nnmark.attacks.registry import register_attack
+from nnmark.errors import ArgumentError
 
-def weight_noise(model: torch.nn.Module, std: float, *, seed: int = 0) -> torch.nn.Module:
+STD = 1e-4
+ALPHA = 10.0
+
+
+@register_attack("noise", summary="Add Gaussian noise N(0, std^2) to every parameter.", applies_to="any nn.Module")
+def weight_noise(model: torch.nn.Module, std: float = STD, *, seed: int = 0) -> torch.nn.Module:
     """Return a copy of ``model`` with N(0, std^2) noise added to every parameter (buffers untouched).
 
     Yin et al., Tables 8-11: std 1e-3, 5e-4, 1e-4. Draws in ``named_parameters`` order from a ``seed``ed generator.
+
+    Args:
+        std: the noise's standard deviation, >= 0.
+        seed: seeds the noise.
     """
-    if std < 0:
-        raise ValueError("std must be >= 0")
+    if not std >= 0:
+        raise ArgumentError(f"std must be >= 0, got {std}")
     attacked = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -22,7 +33,9 @@ def weight_noise(model: torch.nn.Module, std: float, *, seed: int = 0) -> torch.
     return attacked.eval()
 
 
-def relative_weight_noise(model: torch.nn.Module, alpha: float, *, seed: int = 0) -> torch.nn.Module:
+@register_attack("relnoise", summary="Add N(0, (std(param)/alpha)^2) noise to each parameter tensor (MetaFinger eq. 1).",
+                 applies_to="any nn.Module")
+def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed: int = 0) -> torch.nn.Module:
     """Return a copy of ``model`` with eq. 1 of MetaFinger applied to every parameter tensor (buffers untouched).
 
     Paper: Yang et al., "MetaFinger: fingerprinting the deep neural networks with meta-training"
@@ -36,7 +49,8 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float, *, seed: int = 0
     Draws in ``named_parameters`` order from a ``seed``ed generator.
 
     Args:
-        alpha: > 0, no default (the paper's text gives no values; its Fig. 3(c)/4(c) sweep alpha).
+        alpha: > 0, the noise is std(param) / alpha (the paper's text gives no value; its Fig. 3(c)/4(c) sweep it).
+        seed: seeds the noise.
 
     Example::
 
@@ -44,7 +58,7 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float, *, seed: int = 0
         thief = finetune_mode(noisy, attacker.x, attacker.y, mode="FTAL")
     """
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ArgumentError(f"alpha must be > 0, got {alpha}")
     attacked = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

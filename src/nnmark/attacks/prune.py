@@ -20,23 +20,37 @@ Example::
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from nnmark.attacks.measure import weight_layers
+from nnmark.attacks.registry import register_attack
+from nnmark.errors import ArgumentError
+
+Scope = Literal["global", "layer"]
+FRACTION = 0.1
+DEFAULT_SCOPE = "global"
 
 
-def prune(model: nn.Module, fraction: float, *, scope: str = "global") -> nn.Module:
-    """Return a copy of ``model`` with the ``fraction`` smallest-|w| Conv2d/Linear weights set to 0, in eval mode."""
+@register_attack("prune", summary="Zero the smallest-magnitude fraction of Conv2d/Linear weights (L1, global or per layer).",
+                 applies_to="models with Conv2d or Linear layers")
+def prune(model: nn.Module, fraction: float = FRACTION, *, scope: Scope = DEFAULT_SCOPE) -> nn.Module:
+    """Return a copy of ``model`` with the ``fraction`` smallest-|w| Conv2d/Linear weights set to 0, in eval mode.
+
+    Args:
+        fraction: share of weights set to zero, in [0, 1).
+        scope: rank all weights together (global) or prune that fraction of each layer (layer).
+    """
     if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must lie in [0, 1), got {fraction}")
+        raise ArgumentError(f"fraction must lie in [0, 1), got {fraction}")
     if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        raise ArgumentError(f"scope must be 'global' or 'layer', got {scope!r}")
     attacked = copy.deepcopy(model)
     layers = [m for _, m in weight_layers(attacked)]
     if not layers:
-        raise ValueError("the model has no Conv2d or Linear layer to prune")
+        raise ArgumentError("the model has no Conv2d or Linear layer to prune")
     if scope == "global":
         torch_prune.global_unstructured([(m, "weight") for m in layers], torch_prune.L1Unstructured, amount=fraction)
     else:

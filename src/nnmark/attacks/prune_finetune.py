@@ -20,7 +20,7 @@ Returns a new model in eval mode; the input model is untouched; the same seed gi
 
 Example::
 
-    thief = prune_finetune(model, 0.5, attacker.x, attacker.y, epochs=5, seed=0)
+    thief = prune_finetune(model, attacker.x, attacker.y, fraction=0.5, epochs=5, seed=0)
     models.accuracy(thief, dataset.test)
 """
 
@@ -31,16 +31,22 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from nnmark.attacks.measure import weight_layers
-from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, check_labelled, fit
-from nnmark.attacks.prune import prune
+from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, MOMENTUM, check_labelled
+from nnmark.attacks.prune import FRACTION, prune
+from nnmark.attacks.registry import register_attack
+from nnmark.errors import ArgumentError
+from nnmark.models.training import fit
 
 
+@register_attack("prune-finetune", summary="Prune each layer's smallest weights, then fine-tune with the pruned ones held at zero.",
+                 applies_to="models with Conv2d or Linear layers and a last nn.Linear; needs attacker data",
+                 data="attacker")
 def prune_finetune(
     model: nn.Module,
-    fraction: float,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    fraction: float = FRACTION,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -50,23 +56,21 @@ def prune_finetune(
 
     Args:
         model: the stolen model (left untouched).
-        fraction: p, the share of each layer's weights set to zero; the paper sweeps 0.1 to 0.7.
         x: attacker images (N, C, H, W) float32 in [0, 1]; y: their labels (N,) int64.
-        epochs: fine-tuning passes over (x, y), default 10 (0: prune only).
-        lr: SGD learning rate (momentum 0.9), default 0.01.
-        batch_size: default 64.
+        fraction: p, the share of each layer's weights set to zero; the paper sweeps 0.1 to 0.7.
+        epochs: fine-tuning passes over (x, y) (0: prune only).
+        lr: SGD learning rate (momentum 0.9).
+        batch_size: images per step.
         seed: seeds the minibatch order (pruning itself is deterministic).
     """
     if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must lie in [0, 1), got {fraction}")
+        raise ArgumentError(f"fraction must lie in [0, 1), got {fraction}")
     check_labelled(model, x, y)
     attacked = prune(model, fraction, scope="layer")
     layers = [m for _, m in weight_layers(attacked)]
     for layer in layers:
         torch_prune.custom_from_mask(layer, "weight", mask=layer.weight.detach() != 0)
-    gen = torch.Generator().manual_seed(seed)
-    fit(attacked, list(attacked.parameters()), x, y, epochs=epochs, lr=lr, batch_size=batch_size, generator=gen,
-        train_mode=True)
+    fit(attacked, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, optimizer="sgd", momentum=MOMENTUM)
     for layer in layers:
         torch_prune.remove(layer, "weight")
     return attacked.eval()

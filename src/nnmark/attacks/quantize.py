@@ -40,15 +40,19 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.ao import quantization as tq
 
 from nnmark.attacks.measure import weight_layers
-from nnmark.errors import InputError, ModelError
+from nnmark.attacks.registry import register_attack
+from nnmark.errors import ArgumentError, InputError, ModelError
 from nnmark.oracles import check_inputs
 
+Granularity = Literal["tensor", "channel"]
+DEFAULT_GRANULARITY = "tensor"
 QMAX = 127
 
 
@@ -65,14 +69,20 @@ def fake_quantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, torch.clamp(torch.round(w / safe), -QMAX, QMAX) * safe, torch.zeros_like(w))
 
 
-def quantize_int8(model: nn.Module, *, granularity: str = "tensor") -> nn.Module:
-    """Return a copy of ``model`` whose Conv2d/Linear weights are int8 fake-quantized, in eval mode."""
+@register_attack("quantize", summary="Symmetric int8 weight quantization, dequantized back to float32.",
+                 applies_to="models with Conv2d or Linear layers")
+def quantize_int8(model: nn.Module, *, granularity: Granularity = DEFAULT_GRANULARITY) -> nn.Module:
+    """Return a copy of ``model`` whose Conv2d/Linear weights are int8 fake-quantized, in eval mode.
+
+    Args:
+        granularity: one scale per weight tensor (tensor) or per output channel (channel).
+    """
     if granularity not in ("tensor", "channel"):
-        raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+        raise ArgumentError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
     attacked = copy.deepcopy(model)
     layers = weight_layers(attacked)
     if not layers:
-        raise ValueError("the model has no Conv2d or Linear layer to quantize")
+        raise ArgumentError("the model has no Conv2d or Linear layer to quantize")
     with torch.no_grad():
         for _, m in layers:
             m.weight.copy_(fake_quantize(m.weight, int8_scale(m.weight, granularity)))
@@ -92,7 +102,7 @@ def _quiet_deprecation() -> Iterator[None]:
 def quantize_dynamic_torch(model: nn.Module) -> nn.Module:
     """Return PyTorch's dynamic-quantized copy of ``model`` (``nn.Linear`` -> qint8), in eval mode."""
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        raise ValueError("the model has no Linear layer for dynamic quantization")
+        raise ArgumentError("the model has no Linear layer for dynamic quantization")
     with _quiet_deprecation():
         quantized = tq.quantize_dynamic(
             copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8, inplace=True

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnmark.attacks.modes import check_labelled
+from nnmark.attacks.registry import register_attack
 from nnmark.data import Split
+from nnmark.errors import ArgumentError
 from nnmark.models.training import fit
 
 DEFAULT_LR = 1e-4
+DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -45,16 +48,27 @@ def resize(split: Split, shape: tuple[int, int, int]) -> Split:
         elif x.shape[1] == 1:
             x = x.expand(-1, c, -1, -1)
         else:
-            raise ValueError(f"cannot map {x.shape[1]} channels to {c}")
+            raise ArgumentError(f"cannot map {x.shape[1]} channels to {c}")
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
     return Split(x.contiguous(), split.y)
 
 
+@register_attack("transfer", summary="Transfer learning: train all layers on another domain with the same classes (Adam).",
+                 applies_to="classifiers of as many classes as the new domain; needs the new domain's data",
+                 data="domain")
 def transfer(
-    model: nn.Module, split: Split, *, lr: float = DEFAULT_LR, epochs: int, batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
+    model: nn.Module, split: Split, *, lr: float = DEFAULT_LR, epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
 ) -> nn.Module:
-    """Return a copy of ``model`` trained ``epochs`` epochs on the new domain ``split`` (x in [0, 1], model's shape)."""
+    """Return a copy of ``model`` trained ``epochs`` epochs on the new domain ``split`` (x in [0, 1], model's shape).
+
+    Args:
+        split: the new domain's labelled images (``.x`` (N, C, H, W) in [0, 1], ``.y`` in [0, K)).
+        lr: Adam learning rate, > 0.
+        epochs: passes over the new domain (the paper's trials).
+        batch_size: images per step.
+        seed: seeds the minibatch order.
+    """
     check_labelled(model, split.x, split.y)
     attacked = copy.deepcopy(model)
     fit(attacked, split.x, split.y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)

@@ -11,7 +11,8 @@ Every transform is a callable ``t(x)``: x (N, C, H, W) floating point in [0, 1] 
 A random transform owns a ``torch.Generator`` seeded at construction: successive calls draw fresh
 randomness (as a deployed preprocessing would), and two transforms built with the same seed give the
 same sequence of outputs. Defaults follow the MetaFinger release (noise 0.05, 3x3 kernels, Gaussian
-sigma 0.8). ``TRANSFORMS`` maps a name to its constructor (all arguments have defaults).
+sigma 0.8). Each class registers in ``nnmark.attacks.TRANSFORMS`` (``registry.register_transform``): a name
+mapped to its constructor, all of whose arguments have defaults.
 
 Example::
 
@@ -27,8 +28,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nnmark.errors import InputError
+from nnmark.attacks.registry import TRANSFORMS, register_transform
+from nnmark.errors import ArgumentError, InputError
 from nnmark.oracles import check_inputs
+
+MAX_SHRINK = 0.25
+FILL = 0.0
+NOISE = 0.05
+KERNEL = 3
+SIGMA = 0.8
+
+__all__ = ["TRANSFORMS", "GaussianNoise", "GaussianSmoothing", "MeanSmoothing", "MedianSmoothing", "RandomResizePad",
+           "Transform", "UniformNoise", "UniversalNoise"]
 
 
 class Transform(abc.ABC):
@@ -60,14 +71,15 @@ class _Seeded(Transform):
 
 def _check_nonnegative(name: str, value: float) -> None:
     if not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        raise ArgumentError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def _check_kernel(k: int) -> None:
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise ValueError(f"kernel size k must be an odd integer >= 1, got {k!r}")
+        raise ArgumentError(f"kernel size k must be an odd integer >= 1, got {k!r}")
 
 
+@register_transform("resize_pad", summary="Random resize and padding (Xie et al. 2018), back to the input size.")
 class RandomResizePad(_Seeded):
     """Random resize and padding (Xie et al. 2018), back to the input size.
 
@@ -78,16 +90,16 @@ class RandomResizePad(_Seeded):
     draws 24..40 pixels for 32-pixel CIFAR images). Each image gets its own size and offset.
 
     Args:
-        max_shrink: in [0, 1), default 0.25 (smallest side 75%); 0 leaves x unchanged.
-        seed: default 0.
-        fill: canvas value in [0, 1], default 0 (black, as Xie et al. pad with zeros).
+        max_shrink: in [0, 1), the largest share a side loses (0.25: smallest side 75%; 0 leaves x unchanged).
+        seed: seeds the sizes and offsets.
+        fill: canvas value in [0, 1] (0: black, as Xie et al. pad with zeros).
     """
 
-    def __init__(self, max_shrink: float = 0.25, seed: int = 0, fill: float = 0.0):
+    def __init__(self, max_shrink: float = MAX_SHRINK, seed: int = 0, fill: float = FILL):
         if not 0 <= max_shrink < 1:
-            raise ValueError(f"max_shrink must lie in [0, 1), got {max_shrink}")
+            raise ArgumentError(f"max_shrink must lie in [0, 1), got {max_shrink}")
         if not 0 <= fill <= 1:
-            raise ValueError(f"fill must lie in [0, 1], got {fill}")
+            raise ArgumentError(f"fill must lie in [0, 1], got {fill}")
         super().__init__(seed)
         self.max_shrink = max_shrink
         self.fill = fill
@@ -127,13 +139,16 @@ def _source_coords(size: int, new: torch.Tensor, offset: torch.Tensor) -> torch.
     return torch.where((i >= offset) & (i < offset + new), src, torch.full_like(src, float("nan")))
 
 
+@register_transform("gaussian_noise", summary="Gaussian noise on every pixel, clipped to [0, 1].")
 class GaussianNoise(_Seeded):
     """x + N(0, std^2), i.i.d. per pixel and per image, clipped to [0, 1] (Dziugaite et al. 2016).
 
-    Args: std >= 0, default 0.05 (0 leaves x unchanged); seed, default 0.
+    Args:
+        std: the noise's standard deviation, >= 0 (0 leaves x unchanged).
+        seed: seeds the noise.
     """
 
-    def __init__(self, std: float = 0.05, seed: int = 0):
+    def __init__(self, std: float = NOISE, seed: int = 0):
         _check_nonnegative("std", std)
         super().__init__(seed)
         self.std = std
@@ -143,13 +158,16 @@ class GaussianNoise(_Seeded):
         return (x + self.std * noise).clamp_(0, 1)
 
 
+@register_transform("uniform_noise", summary="Uniform noise on every pixel, clipped to [0, 1].")
 class UniformNoise(_Seeded):
     """x + U(-eps, eps), i.i.d. per pixel and per image, clipped to [0, 1].
 
-    Args: eps >= 0, default 0.05 (0 leaves x unchanged); seed, default 0.
+    Args:
+        eps: the noise's bound, >= 0 (0 leaves x unchanged).
+        seed: seeds the noise.
     """
 
-    def __init__(self, eps: float = 0.05, seed: int = 0):
+    def __init__(self, eps: float = NOISE, seed: int = 0):
         _check_nonnegative("eps", eps)
         super().__init__(seed)
         self.eps = eps
@@ -159,16 +177,19 @@ class UniformNoise(_Seeded):
         return (x + self.eps * noise).clamp_(0, 1)
 
 
+@register_transform("universal_noise", summary="One fixed uniform noise pattern added to every input.")
 class UniversalNoise(Transform):
     """x + u, one fixed pattern u ~ U(-eps, eps)^(C x H x W) for every input and every call, clipped to [0, 1].
 
     u is a pure function of ``seed`` and the input's (C, H, W), drawn afresh from a generator seeded
     with ``seed`` on each call, so the pattern never changes.
 
-    Args: eps >= 0, default 0.05 (0 leaves x unchanged); seed, default 0.
+    Args:
+        eps: the pattern's bound, >= 0 (0 leaves x unchanged).
+        seed: seeds the pattern.
     """
 
-    def __init__(self, eps: float = 0.05, seed: int = 0):
+    def __init__(self, eps: float = NOISE, seed: int = 0):
         _check_nonnegative("eps", eps)
         self.eps = eps
         self.seed = seed
@@ -196,17 +217,19 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def _reflect(x: torch.Tensor, k: int) -> torch.Tensor:
     r = k // 2
     if r >= min(x.shape[-2:]):
-        raise ValueError(f"kernel size {k} needs images larger than {r} pixels per side, got {tuple(x.shape[-2:])}")
+        raise ArgumentError(f"kernel size {k} needs images larger than {r} pixels per side, got {tuple(x.shape[-2:])}")
     return F.pad(x, (r, r, r, r), mode="reflect")
 
 
+@register_transform("mean_smoothing", summary="Mean (box) filter over k x k neighbourhoods.")
 class MeanSmoothing(Transform):
     """Mean (box) filter: each pixel becomes the mean of its k x k neighbourhood (reflect padding, same size).
 
-    Args: k, odd >= 1, default 3 (1 leaves x unchanged).
+    Args:
+        k: kernel size, odd >= 1 (1 leaves x unchanged).
     """
 
-    def __init__(self, k: int = 3):
+    def __init__(self, k: int = KERNEL):
         _check_kernel(k)
         self.k = k
 
@@ -214,15 +237,17 @@ class MeanSmoothing(Transform):
         return _depthwise(x, torch.full((self.k, self.k), 1.0 / self.k**2, dtype=torch.float64))
 
 
+@register_transform("median_smoothing", summary="Median filter over k x k neighbourhoods.")
 class MedianSmoothing(Transform):
     """Median filter: each pixel becomes the median of its k x k neighbourhood (reflect padding, same size).
 
     All neighbourhoods come from one ``unfold``; k is odd, so the median is the middle value.
 
-    Args: k, odd >= 1, default 3 (1 leaves x unchanged).
+    Args:
+        k: kernel size, odd >= 1 (1 leaves x unchanged).
     """
 
-    def __init__(self, k: int = 3):
+    def __init__(self, k: int = KERNEL):
         _check_kernel(k)
         self.k = k
 
@@ -234,16 +259,19 @@ class MedianSmoothing(Transform):
         return patches.reshape(n, c, self.k * self.k, h * w).median(dim=2).values.reshape(n, c, h, w)
 
 
+@register_transform("gaussian_smoothing", summary="Gaussian filter over k x k neighbourhoods.")
 class GaussianSmoothing(Transform):
     """Gaussian filter: k x k kernel exp(-(i^2 + j^2) / (2 sigma^2)), normalised to sum 1 (reflect padding, same size).
 
-    Args: k, odd >= 1, default 3 (1 leaves x unchanged); sigma > 0, default 0.8.
+    Args:
+        k: kernel size, odd >= 1 (1 leaves x unchanged).
+        sigma: the Gaussian's standard deviation in pixels, > 0.
     """
 
-    def __init__(self, k: int = 3, sigma: float = 0.8):
+    def __init__(self, k: int = KERNEL, sigma: float = SIGMA):
         _check_kernel(k)
         if not sigma > 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+            raise ArgumentError(f"sigma must be a finite number > 0, got {sigma}")
         self.k = k
         self.sigma = sigma
 
@@ -256,15 +284,3 @@ class GaussianSmoothing(Transform):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return _depthwise(x, self.kernel())
-
-
-TRANSFORMS: dict[str, type[Transform]] = {
-    "resize_pad": RandomResizePad,
-    "gaussian_noise": GaussianNoise,
-    "uniform_noise": UniformNoise,
-    "universal_noise": UniversalNoise,
-    "mean_smoothing": MeanSmoothing,
-    "median_smoothing": MedianSmoothing,
-    "gaussian_smoothing": GaussianSmoothing,
-}
-"""Name -> constructor; every constructor argument has a default, so ``TRANSFORMS[name]()`` works."""

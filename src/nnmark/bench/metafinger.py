@@ -184,7 +184,7 @@ def _model_attacks(source, ds: data.Dataset, p: dict, seed: int) -> dict[str, to
     atk = attacker_data(ds)
     kw = {"epochs": p["attack_epochs"], "seed": seed}
     out = {mode: finetune_mode(source, atk.x, atk.y, mode=mode, **kw) for mode in MODES}
-    out.update({f"prune {f:.0%}": prune_finetune(source, f, atk.x, atk.y, **kw) for f in p["prune"]})
+    out.update({f"prune {f:.0%}": prune_finetune(source, atk.x, atk.y, fraction=f, **kw) for f in p["prune"]})
     out.update({f"noise alpha={a:g}": finetune_mode(relative_weight_noise(source, a, seed=seed), atk.x, atk.y,
                                                     mode="FTAL", **kw) for a in p["noise_alphas"]})
     return out

@@ -1,0 +1,168 @@
+"""The attack contract and its two registries: ``ATTACKS`` (model -> model) and ``TRANSFORMS`` (input -> input).
+
+An attack is a plain function ``f(model, *data, **options) -> nn.Module``:
+
+- ``model`` comes first and is left untouched; the result is a new model of the same architecture, in
+  eval mode (``reports=True``: a pair (model, report), the report saying what the attack measured);
+- ``data`` are the positional inputs its ``data`` kind names (``DATA``): none; the attacker's labelled
+  images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,) int64; another domain's ``split``; or the
+  attacker's own watermark set ``x_wm``, ``y_wm`` plus clean labelled data ``clean``;
+- every other parameter is an option: typed (int, float, bool, str or ``Literal[...]``), with a default
+  that is a named module constant (flags default to False, seeds to 0), documented by one line
+  ``name: text`` in the docstring's ``Args:`` section. A keyword input that is no scalar (a test split, a
+  student model) defaults to None and is not an option;
+- the same seed gives the same weights.
+
+A transform is a class whose constructor takes only options (the same rules) and whose instances map a
+batch x (N, C, H, W) in [0, 1] to a new batch of the same shape in [0, 1].
+
+Both register where they are defined, with a name, a one-line summary and what they apply to; the CLI's
+``nnmark attack <name>`` commands and the registry-wide test are built from the registries.
+
+Example::
+
+    @register_attack("prune", summary="Zero the smallest weights.", applies_to="Conv2d/Linear models")
+    def prune(model: nn.Module, fraction: float = FRACTION) -> nn.Module: ...
+
+    ATTACKS["prune"](model, 0.1)            # the plain function
+    [o.name for o in ATTACKS["prune"].options]
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from nnmark.errors import ArgumentError
+
+DataKind = Literal["none", "attacker", "domain", "watermark"]
+DATA: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "attacker": ("x", "y"),
+    "domain": ("split",),
+    "watermark": ("x_wm", "y_wm", "clean"),
+}
+"""Data kind -> the positional parameters that follow ``model``."""
+
+SCALARS = (bool, int, float, str)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of an attack or transform: ``choices`` for a ``Literal[...]`` type, else ``type`` is a scalar."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+
+def _args_section(doc: str | None) -> dict[str, str]:
+    """``name: text`` entries of a Google-style ``Args:`` section (continuation lines joined); "a, b: text" names both."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), None)
+    if start is None:
+        return {}
+    entries: dict[str, str] = {}
+    indent, current = None, []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        match = re.match(r"\s*(\w+(?:, \w+)*): (.*)", line) if depth == indent else None
+        if match:
+            current = match.group(1).split(", ")
+            for name in current:
+                entries[name] = match.group(2).strip()
+        else:
+            for name in current:
+                entries[name] += " " + line.strip()
+    return entries
+
+
+def _option(name: str, hint: Any, default: Any, help_text: str) -> Option:
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        return Option(name, type(choices[0]), default, help_text, choices)
+    if hint not in SCALARS:
+        raise TypeError(f"option {name}: type {hint} is not one of {[t.__name__ for t in SCALARS]} or a Literal")
+    return Option(name, hint, default, help_text)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered attack or transform: calling it calls ``fn`` (the function, or the transform's class)."""
+
+    name: str
+    fn: Callable[..., Any]
+    summary: str
+    applies_to: str
+    data: DataKind = "none"
+    reports: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.fn)
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        """The scalar parameters after the model and its data, in signature order, each with its docstring line."""
+        target = self.fn.__init__ if isinstance(self.fn, type) else self.fn
+        hints = typing.get_type_hints(target)
+        docs = _args_section(self.fn.__doc__)
+        skip = 0 if isinstance(self.fn, type) else 1 + len(DATA[self.data])
+        params = list(inspect.signature(self.fn).parameters.values())[skip:]
+        return tuple(_option(p.name, hints[p.name], p.default, docs.get(p.name, "")) for p in params
+                     if p.default is not None)
+
+    def inputs(self) -> tuple[str, ...]:
+        """Keyword inputs that are no options (default None): supplied by a caller that has them."""
+        return tuple(name for name, p in inspect.signature(self.fn).parameters.items() if p.default is None)
+
+
+ATTACKS: dict[str, Spec] = {}
+"""Name -> the registered model -> model attack."""
+
+TRANSFORMS: dict[str, Spec] = {}
+"""Name -> the registered input transform (calling the spec constructs it; every argument has a default)."""
+
+
+def _register(registry: dict[str, Spec], spec: Spec) -> None:
+    if spec.name in registry:
+        raise ArgumentError(f"{spec.name!r} is registered twice")
+    names = list(inspect.signature(spec.fn).parameters)
+    expected = [] if isinstance(spec.fn, type) else ["model", *DATA[spec.data]]
+    if names[: len(expected)] != expected:
+        raise TypeError(f"{spec.name}: a {spec.data!r} attack takes ({', '.join(expected)}, ...), got {names}")
+    spec.options  # checks every option's type now, at import
+    registry[spec.name] = spec
+
+
+def register_attack(name: str, *, summary: str, applies_to: str, data: DataKind = "none",
+                    reports: bool = False) -> Callable[[F], F]:
+    """Register the decorated function in ``ATTACKS`` under ``name``; the function itself is returned unchanged."""
+    def add(fn: F) -> F:
+        _register(ATTACKS, Spec(name, fn, summary, applies_to, data, reports))
+        return fn
+    return add
+
+
+def register_transform(name: str, *, summary: str, applies_to: str = "any input batch in [0, 1]"
+                       ) -> Callable[[F], F]:
+    """Register the decorated transform class in ``TRANSFORMS`` under ``name``; the class is returned unchanged."""
+    def add(cls: F) -> F:
+        _register(TRANSFORMS, Spec(name, cls, summary, applies_to))
+        return cls
+    return add
