@@ -59,7 +59,8 @@ def test_every_attack_returns_a_new_changed_model_and_is_deterministic(name, vic
     attacked = run(spec, victim, digits)
     assert models.digest(victim) == before and victim is not attacked  # the input is untouched
     assert type(attacked) is type(victim) and not attacked.training
-    assert {k: v.shape for k, v in attacked.state_dict().items()} == {k: v.shape for k, v in victim.state_dict().items()}
+    shapes = {k: v.shape for k, v in victim.state_dict().items()}
+    assert {k: v.shape for k, v in attacked.state_dict().items()} == shapes
     assert models.digest(attacked) != before  # the weights changed
     assert models.digest(run(spec, victim, digits)) == models.digest(attacked)  # same seed, same weights
     if "seed" in {o.name for o in spec.options}:

@@ -32,10 +32,8 @@ itself (Adam 1e-3, 60 clean-only steps: 0.976 -> 0.962). Held-out success (the t
 split's images of other classes) stays low with only 10 poisons (0.02-0.05): the model memorises the 10
 poisoned images more than it learns the trigger.
 
-Arguments (defaults): target=0, n_poison=10, patch=3, lr=1e-3 (the paper's 1e-5 is ``PAPER_LR``),
-max_steps=1000, batch_size=64, seed=0, clean_weight=1.0, check_every=10; ``test``: a clean split (``.x``,
-``.y``) for clean accuracy before/after and held-out trigger success (None: not measured).
-x: (N, C, H, W) float in [0, 1]; y: (N,) int64.
+Arguments: see ``backdoor`` (its default lr is 1e-3; the paper's 1e-5 is ``PAPER_LR``). x: (N, C, H, W)
+float in [0, 1]; y: (N,) int64.
 
 Example::
 
@@ -107,7 +105,7 @@ def check_images(x: torch.Tensor) -> None:
     check_inputs(x, tuple(x.shape[1:]))
 
 
-def stamp_trigger(x: torch.Tensor, patch: int = 3) -> torch.Tensor:
+def stamp_trigger(x: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     """A copy of ``x`` (N, C, H, W) in [0, 1] with its bottom-right ``patch`` x ``patch`` pixels set to 1 (white)."""
     check_images(x)
     if not 1 <= patch <= min(x.shape[-2:]):
@@ -190,8 +188,8 @@ def _check_arguments(model: nn.Module, x: torch.Tensor, y: torch.Tensor, test: o
     if test is not None:
         check_inputs(test.x, tuple(x.shape[1:]))
     if not lr >= 0 or not clean_weight >= 0 or min(max_steps, batch_size, n_poison, check_every) < 1:
-        raise ArgumentError("need lr >= 0, clean_weight >= 0, and max_steps, batch_size, n_poison, check_every >= 1; got "
-                         f"{lr}, {clean_weight}, {max_steps}, {batch_size}, {n_poison}, {check_every}")
+        raise ArgumentError("need lr >= 0, clean_weight >= 0, and max_steps, batch_size, n_poison, check_every >= 1; "
+                            f"got {lr}, {clean_weight}, {max_steps}, {batch_size}, {n_poison}, {check_every}")
     if not 1 <= patch <= min(x.shape[-2:]):
         raise ArgumentError(f"patch must lie in [1, {min(x.shape[-2:])}], got {patch}")
     classes = num_classes(model, x)

@@ -33,8 +33,8 @@ def weight_noise(model: torch.nn.Module, std: float = STD, *, seed: int = 0) -> 
     return attacked.eval()
 
 
-@register_attack("relnoise", summary="Add N(0, (std(param)/alpha)^2) noise to each parameter tensor (MetaFinger eq. 1).",
-                 applies_to="any nn.Module")
+@register_attack("relnoise", applies_to="any nn.Module",
+                 summary="Add N(0, (std(param)/alpha)^2) noise to each parameter tensor (MetaFinger eq. 1).")
 def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed: int = 0) -> torch.nn.Module:
     """Return a copy of ``model`` with eq. 1 of MetaFinger applied to every parameter tensor (buffers untouched).
 

@@ -28,7 +28,8 @@ from nnmark.errors import ArgumentError
 EPOCHS = 5
 
 
-@register_attack("overwrite", summary="Overwriting: train the attacker's own watermark set into the model, with clean data.",
+@register_attack("overwrite",
+                 summary="Overwriting: train the attacker's own watermark set into the model, with clean data.",
                  applies_to="any classifier; needs the attacker's watermark set and clean data", data="watermark")
 def overwrite(model: nn.Module, x_wm: torch.Tensor, y_wm: torch.Tensor, clean: Split, *, lr: float = DEFAULT_LR,
               epochs: int = EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> nn.Module:

@@ -38,7 +38,8 @@ from nnmark.errors import ArgumentError
 from nnmark.models.training import fit
 
 
-@register_attack("prune-finetune", summary="Prune each layer's smallest weights, then fine-tune with the pruned ones held at zero.",
+@register_attack("prune-finetune",
+                 summary="Prune each layer's smallest weights, then fine-tune with the pruned ones held at zero.",
                  applies_to="models with Conv2d or Linear layers and a last nn.Linear; needs attacker data",
                  data="attacker")
 def prune_finetune(

@@ -64,7 +64,7 @@ class Option:
 
 
 def _args_section(doc: str | None) -> dict[str, str]:
-    """``name: text`` entries of a Google-style ``Args:`` section (continuation lines joined); "a, b: text" names both."""
+    """``name: text`` entries of a Google-style ``Args:`` section, continuation lines joined ("a, b: text": both)."""
     lines = inspect.cleandoc(doc or "").splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), None)
     if start is None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -53,7 +52,8 @@ def resize(split: Split, shape: tuple[int, int, int]) -> Split:
     return Split(x.contiguous(), split.y)
 
 
-@register_attack("transfer", summary="Transfer learning: train all layers on another domain with the same classes (Adam).",
+@register_attack("transfer",
+                 summary="Transfer learning: train all layers on another domain with the same classes (Adam).",
                  applies_to="classifiers of as many classes as the new domain; needs the new domain's data",
                  data="domain")
 def transfer(
