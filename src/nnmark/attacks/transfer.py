@@ -29,6 +29,8 @@ from nnmark.data import Split
 from nnmark.errors import ArgumentError
 from nnmark.models.training import fit
 
+NEW_DOMAIN = "digits"
+"""The bundled dataset that stands in for the paper's new domain (``nnmark attack transfer --to``)."""
 DEFAULT_LR = 1e-4
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 64

@@ -1,0 +1,47 @@
+"""``nnmark attack``: one command per registered attack, its options generated from the attack's signature."""
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from nnmark import models
+from nnmark.attacks import ATTACKS
+from nnmark.cli import main
+from nnmark.cli.attack import SOURCES, attack
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_is_a_command_whose_options_are_the_attacks(name):
+    spec, command = ATTACKS[name], attack.commands[name]
+    params = {p.name: p for p in command.params}
+    assert {"model_path", "out"} <= set(params)
+    for option in spec.options:
+        param = params[option.name]
+        assert param.opts[0] == "--" + option.name.replace("_", "-")
+        assert param.default == option.default  # the attack module's constant, not a copy
+        assert param.help and param.help.lower() == option.help.lower()
+        if option.choices:
+            assert isinstance(param.type, click.Choice) and tuple(param.type.choices) == option.choices
+        if option.type is bool:
+            assert param.is_flag
+    def data_options():
+        """Stands in for a command, to collect the options of the attack's data kind."""
+
+    for decorate in SOURCES[spec.data].options:
+        decorate(data_options)
+    data_names = {p.name for p in getattr(data_options, "__click_params__", [])}
+    assert set(params) == {"model_path", "out", *data_names, *(o.name for o in spec.options)}
+    assert "Example:" in CliRunner().invoke(main, ["attack", name, "--help"]).output
+
+
+def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
+    out = tmp_path / "student.safetensors"
+    r = CliRunner().invoke(main, ["attack", "distill", "--model", str(lenet_file), "--out", str(out), "--epochs", "8",
+                                  "--temperature", "2"])
+    assert r.exit_code == 0, r.output
+    assert "distill temperature 2, alpha 0.9, epochs 8" in r.output
+    student, config = models.load(out)
+    teacher, _ = models.load(lenet_file)
+    assert models.digest(student) != models.digest(teacher) and config.accuracy > 0.8
+    r = CliRunner().invoke(main, ["attack", "distill", "--model", str(lenet_file), "--out", str(out), "--alpha", "2"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: need temperature > 0 and alpha in [0, 1]")
