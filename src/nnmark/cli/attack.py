@@ -78,7 +78,8 @@ SOURCES: dict[str, _DataSource] = {
                                              "shape; trains on its train split."),), _domain),
     "watermark": _DataSource((
         _data_option("Dataset (default: the model's); triggers and clean data from its attacker split."),
-        click.option("--base", type=(int, int), required=True, help="The attacker's base classes i j (its triggers are drawn by --seed)."),
+        click.option("--base", type=(int, int), required=True,
+                     help="The attacker's base classes i j (its triggers are drawn by --seed)."),
         click.option("--target", type=int, required=True, help="The attacker's target class t."),
         click.option("--kind", type=click.Choice(coupled.KINDS), default=coupled.KINDS[0], show_default=True,
                      help="Trigger fusion (Wen et al. eq. 2b / 3b)."),
@@ -92,7 +93,7 @@ SOURCES: dict[str, _DataSource] = {
 
 
 def _click_option(option: Option) -> Callable:
-    """The click option of one attack option: --name-with-dashes, typed, its default shown, its docstring line as help."""
+    """One attack option as a click option: --name-with-dashes, typed, default shown, its docstring line as help."""
     flag = "--" + option.name.replace("_", "-")
     text = option.help[:1].upper() + option.help[1:]
     if option.type is bool:
@@ -126,7 +127,8 @@ def _command(spec: Spec) -> click.Command:
     for decorate in reversed(source.options):
         run = decorate(run)
     run = model_option(out_option("--out", help="Attacked checkpoint to write.")(run))
-    doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  {EXAMPLE.format(name=spec.name, more=source.example)}"
+    example = EXAMPLE.format(name=spec.name, more=source.example)
+    doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  {example}"
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 
 
