@@ -135,13 +135,15 @@ def train_batches(
 
 
 def _check_fit(x: torch.Tensor, y: torch.Tensor, lr: float, epochs: int | None, steps: int | None, batch_size: int,
-               optimizer: Optimizer) -> None:
+               optimizer: Optimizer, schedule: Schedule) -> None:
     if (epochs is None) == (steps is None):
         raise ArgumentError("give exactly one of epochs and steps")
     if (epochs if steps is None else steps) < 0 or batch_size < 1:
         raise ArgumentError(f"need epochs or steps >= 0 and batch_size >= 1, got {epochs or steps}, {batch_size}")
     if not (lr > 0 if optimizer == "adam" else lr >= 0):
         raise ArgumentError(f"need lr {'> 0 for Adam' if optimizer == 'adam' else '>= 0'}, got {lr}")
+    if schedule not in ("constant", "cosine"):
+        raise ArgumentError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if len(x) != len(y) or len(x) == 0:
         raise ArgumentError(f"need as many targets as images, and at least one image; got {len(x)}, {len(y)}")
 
@@ -162,6 +164,7 @@ def fit(
     mode: Mode = "train",
     params: Sequence[nn.Parameter] | None = None,
     loss: Loss = cross_entropy,
+    after_step: Callable[[], None] | None = None,
     stop: Callable[[int], bool] | None = None,
     progress: bool = False,
     desc: str = "train",
@@ -181,16 +184,13 @@ def fit(
         mode: "train"; "freeze_bn" (BatchNorm in eval mode, its statistics untouched); "eval" (every layer).
         params: the parameters that train (default all); the others get no gradient and keep their values.
         loss: the ``Loss`` hook (default cross-entropy on labels).
+        after_step: called after each optimizer step (e.g. to restore weights a mask keeps).
         stop: called with the step index before each step; True ends training early.
         progress: show a progress bar over the steps.
         desc: the progress bar's label.
     """
-    _check_fit(x, y, lr, epochs, steps, batch_size, optimizer)
+    _check_fit(x, y, lr, epochs, steps, batch_size, optimizer, schedule)
     trained = list(model.parameters()) if params is None else list(params)
-    trainable = {id(p) for p in trained}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(id(p) in trainable)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
@@ -198,6 +198,10 @@ def fit(
     total = steps if steps is not None else epochs * batches_per_epoch(len(x), batch_size)
     sched = cosine_schedule(opt, max(1, total)) if schedule == "cosine" else None
     set_mode(model, mode)
+    trainable = {id(p) for p in trained}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(id(p) in trainable)
     if steps is None:
         batches = itertools.chain.from_iterable(index_batches(len(x), batch_size, gen) for _ in range(epochs))
     else:
@@ -205,7 +209,7 @@ def fit(
     try:
         taken, _ = train_batches(model, x, y, opt, tqdm(batches, desc=desc, unit="step", total=total,
                                                         disable=not progress),
-                                 loss=loss, scheduler=sched, stop=stop)
+                                 loss=loss, scheduler=sched, after_step=after_step, stop=stop)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

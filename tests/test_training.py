@@ -1,0 +1,78 @@
+"""models.training.fit: the one training loop (batches, optimizer, schedule, BatchNorm mode, trained parameters, hooks)."""
+
+import pytest
+import torch
+from torch import nn
+
+from nnmark import models
+from nnmark.errors import ArgumentError
+from nnmark.models.training import batches_per_epoch, fit, index_batches
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+
+
+@pytest.fixture
+def xy():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(33, 1, 8, 8, generator=gen), torch.randint(4, (33,), generator=gen)
+
+
+def test_index_batches_cover_each_epoch_once_or_stream_fixed_size_steps():
+    gen = torch.Generator().manual_seed(0)
+    epoch = list(index_batches(33, 8, gen))
+    assert [len(b) for b in epoch] == [8, 8, 8, 9]  # a lone last sample joins the batch before
+    assert sorted(torch.cat(epoch).tolist()) == list(range(33)) and batches_per_epoch(33, 8) == len(epoch)
+    stream = list(index_batches(5, 4, gen, steps=4))
+    assert [len(b) for b in stream] == [4] * 4  # batches span permutations
+    assert sorted(torch.cat(stream).tolist()[:5]) == list(range(5))  # the first 5 indices: one permutation
+
+
+def test_fit_is_deterministic_by_seed_and_counts_its_steps(xy):
+    x, y = xy
+    a, b, c = net(), net(), net()
+    assert fit(a, x, y, lr=1e-2, epochs=2, batch_size=8, seed=3) == 2 * 4
+    fit(b, x, y, lr=1e-2, epochs=2, batch_size=8, seed=3)
+    fit(c, x, y, lr=1e-2, epochs=2, batch_size=8, seed=4)
+    assert models.digest(a) == models.digest(b) != models.digest(c) and not a.training
+    assert fit(net(), x, y, lr=1e-2, steps=5, seed=0, stop=lambda step: step == 3) == 3
+
+
+def test_fit_trains_only_the_given_parameters_and_keeps_bn_statistics_when_frozen(xy):
+    x, y = xy
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = list(model[-1].parameters())
+    fit(model, x, y, lr=1e-1, steps=3, optimizer="sgd", momentum=0.9, mode="freeze_bn", params=head)
+    after = model.state_dict()
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"4.weight", "4.bias"}  # BatchNorm running statistics and the conv untouched
+
+
+def test_fit_hooks_replace_the_loss_and_act_after_each_step(xy):
+    x, y = xy
+    model, calls = net(), []
+    soft = torch.softmax(torch.randn(len(x), 4, generator=torch.Generator().manual_seed(1)), dim=1)
+
+    def soft_loss(m, xb, tb):
+        return -(tb * torch.log_softmax(m(xb), dim=1)).sum(dim=1).mean()
+
+    fit(model, x, soft, lr=1e-2, epochs=1, batch_size=16, loss=soft_loss, after_step=lambda: calls.append(1))
+    assert len(calls) == batches_per_epoch(33, 16)
+
+
+def test_fit_refuses_bad_arguments(xy):
+    x, y = xy
+    for bad in ({"epochs": 1, "steps": 1}, {}, {"epochs": -1}, {"epochs": 1, "batch_size": 0},
+                {"epochs": 1, "optimizer": "lbfgs"}, {"epochs": 1, "mode": "frozen"},
+                {"epochs": 1, "schedule": "step"}):
+        with pytest.raises(ArgumentError):
+            fit(net(), x, y, lr=1e-2, **bad)
+    with pytest.raises(ArgumentError):
+        fit(net(), x, y, lr=0.0, epochs=1)  # Adam needs lr > 0; SGD takes 0
+    assert fit(net(), x, y, lr=0.0, epochs=1, optimizer="sgd") == 1  # 33 = 32 + a lone last sample
+    with pytest.raises(ArgumentError):
+        fit(net(), x, y[:5], lr=1e-2, epochs=1)
