@@ -1,4 +1,4 @@
-"""models.training.fit: the one training loop (batches, optimizer, schedule, BatchNorm mode, trained parameters, hooks)."""
+"""models.training.fit: the one training loop (batches, optimizer, schedule, BatchNorm mode, parameters, hooks)."""
 
 import pytest
 import torch
