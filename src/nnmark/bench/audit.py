@@ -80,7 +80,7 @@ def _suspects(source, independents, ds: data.Dataset, p: dict, seed: int) -> dic
     att = attacker_data(ds)
     copies = {"untouched": source, "int8": quantize_int8(source),
               "FTAL (stolen)": finetune_mode(source, att.x, att.y, mode="FTAL", seed=seed),
-              "prune 50% + FT (stolen)": prune_finetune(source, 0.5, att.x, att.y, seed=seed)}
+              "prune 50% + FT (stolen)": prune_finetune(source, att.x, att.y, fraction=0.5, seed=seed)}
     copies.update({f"fine-tune lr {lr:g}": finetune(source, att.x, att.y, lr=lr, steps=10, seed=seed)
                    for lr in p["finetune_lrs"]})
     copies.update({f"prune {f:.0%}": prune(source, f) for f in p["prune"]})
