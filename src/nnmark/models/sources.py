@@ -11,7 +11,9 @@
   TorchScript's own interpreter, not in Python. A file that is not a TorchScript zip is refused, never unpickled.
 - ``export``: a ``torch.export`` archive (``.pt2``) loaded with ``torch.export.load`` after checking that it holds
   no pickled payloads, and with every ``torch.load`` inside forced to ``weights_only=True``.
-- ``onnx``: an ONNX file (one image input) run by ONNX Runtime on the CPU; probabilities and labels only.
+- ``onnx``: an ONNX file (one image input). Its graph runs with torch operators (``onnx_torch``) when every
+  operator converts and the result matches ONNX Runtime on a probe batch, so methods get gradients; otherwise
+  ONNX Runtime (CPU) answers with probabilities and labels only, and ``LoadedModel.note`` says so.
 
 Nothing here calls ``torch.load`` on a pickle or passes ``weights_only=False``. The card's input shape comes from
 the checkpoint config, the archive's example input, the ONNX input, a card nnmark stored in the file, or an
@@ -54,6 +56,7 @@ from nnmark._onnxrt import session
 from nnmark.errors import ModelError, NnmarkError
 from nnmark.models import checkpoint
 from nnmark.models.card import ModelCard, Normalization, parse_normalize, pixel_model, unwrap
+from nnmark.models.onnx_torch import Unconvertible, convert
 
 CARD_KEY = "nnmark.card"
 """Where nnmark stores a card: safetensors metadata key, and (with ``.json``) an extra file in an archive."""
@@ -72,6 +75,8 @@ class _Raw:
     card: ModelCard | None = None
     config: checkpoint.ModelConfig | None = None
     factory: Callable[[], nn.Module] | None = None
+    gradients: bool = True
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,8 @@ class Source:
         name: the kind's name (the key in SOURCES).
         executes: what loading it runs (for the README and ``--help``).
         suffixes: the file suffixes it claims (empty for the factory spec).
-        read: spec, weights path -> _Raw.
+        read: (spec, weights path, explicit input shape) -> _Raw.
         write: (module as the source holds it, card, config, out path) -> None, or None if it cannot be written.
-        gradients: whether methods get input gradients through it.
         trainable: whether attacks and embedding methods can train it.
         limits: one line on what it cannot do and why ("" when it can do everything).
     """
@@ -92,9 +96,8 @@ class Source:
     name: str
     executes: str
     suffixes: tuple[str, ...]
-    read: Callable[[str, str | None], _Raw]
+    read: Callable[[str, str | None, tuple[int, int, int] | None], _Raw]
     write: Callable[[nn.Module, ModelCard, checkpoint.ModelConfig | None, Path], None] | None
-    gradients: bool = True
     trainable: bool = True
     limits: str = ""
 
@@ -106,6 +109,7 @@ class LoadedModel:
     ``module`` is the model as stored (it receives normalised inputs when the card says so); ``model`` is the
     same model in pixel space [0, 1], what oracles, methods and attacks use. ``factory`` builds a fresh, untrained
     model of the same architecture (in the stored input space) when the kind has one (checkpoint, factory).
+    ``gradients`` is False for an ONNX graph that runs only in ONNX Runtime; ``note`` then says why, in one line.
     """
 
     spec: str
@@ -115,6 +119,8 @@ class LoadedModel:
     digest: str
     config: checkpoint.ModelConfig | None = None
     factory: Callable[[], nn.Module] | None = None
+    gradients: bool = True
+    note: str = ""
 
     @property
     def source(self) -> Source:
@@ -127,17 +133,18 @@ class LoadedModel:
 
     @property
     def access(self) -> str:
-        """"gradients" or "probabilities" (ONNX Runtime)."""
-        return "gradients" if self.source.gradients else "probabilities"
+        """"gradients", or "probabilities" for a graph that runs only in ONNX Runtime."""
+        return "gradients" if self.gradients else "probabilities"
 
     def require(self, what: str, purpose: str) -> None:
         """Raise a one-line ModelError unless this kind allows ``what`` ("gradients", "training", "saving")."""
-        allowed = {"gradients": self.source.gradients, "training": self.source.trainable,
+        allowed = {"gradients": self.gradients, "training": self.source.trainable,
                    "saving": self.source.write is not None}
         if what not in allowed:
             raise ValueError(f"what must be one of {sorted(allowed)}, got {what!r}")
         if not allowed[what]:
-            raise ModelError(f"{purpose} needs {what}, which a {self.kind} model does not allow: {self.source.limits}")
+            why = self.note if what == "gradients" else self.source.limits
+            raise ModelError(f"{purpose} needs {what}, which this {self.kind} model does not allow: {why}")
 
 
 def load_any(spec: str, *, weights: str | os.PathLike | None = None, input_shape: tuple[int, int, int] | None = None,
@@ -153,9 +160,9 @@ def load_any(spec: str, *, weights: str | os.PathLike | None = None, input_shape
     kind = source_kind(spec)
     if weights is not None and kind.name != "factory":
         raise ModelError(f"--weights goes with a package.module:factory model, not a {kind.name} file")
-    raw = kind.read(spec, None if weights is None else os.fspath(weights))
+    raw = kind.read(spec, None if weights is None else os.fspath(weights), input_shape)
     card = _card(spec, raw, input_shape, normalize)
-    return LoadedModel(spec, kind.name, raw.module, card, raw.digest, raw.config, raw.factory)
+    return LoadedModel(spec, kind.name, raw.module, card, raw.digest, raw.config, raw.factory, raw.gradients, raw.note)
 
 
 def source_kind(spec: str) -> Source:
@@ -244,7 +251,7 @@ def _card_json(card: ModelCard) -> str:
 
 # checkpoint ---------------------------------------------------------------------------------------------------
 
-def _read_checkpoint(path: str, weights: str | None) -> _Raw:
+def _read_checkpoint(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     module, config = checkpoint.load(path)
     rebuild = functools.partial(checkpoint.build, config.arch, config.input_shape, config.num_classes,
                                 width=config.width)
@@ -257,7 +264,7 @@ def _write_checkpoint(module: nn.Module, card: ModelCard, config: checkpoint.Mod
 
 # factory + safetensors weights ----------------------------------------------------------------------------------
 
-def _read_factory(spec: str, weights: str | None) -> _Raw:
+def _read_factory(spec: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     factory = _import_factory(spec)
     module = _call_factory(spec, factory)
     card = None
@@ -341,7 +348,7 @@ def _zip_names(path: str, data: bytes, kind: str) -> list[str]:
         raise ModelError(f"{path} is {looks}, not a {kind} archive; nnmark never unpickles model files") from None
 
 
-def _read_torchscript(path: str, weights: str | None) -> _Raw:
+def _read_torchscript(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     data = _read_bytes(path, "TorchScript archive")
     names = _zip_names(path, data, "TorchScript")
     if not any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
@@ -406,7 +413,7 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
-def _read_export(path: str, weights: str | None) -> _Raw:
+def _read_export(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     data = _read_bytes(path, "torch.export archive")
     _check_export_archive(path, data)
     extra = {_CARD_FILE: ""}
@@ -475,10 +482,22 @@ class OnnxRuntimeModule(nn.Module):
         return torch.from_numpy(out).float()
 
 
-def _read_onnx(path: str, weights: str | None) -> _Raw:
+def _read_onnx(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
+    """The graph in torch (``onnx_torch.convert``) when it converts and matches ONNX Runtime, else ONNX Runtime."""
+    import onnx
+
     data = _read_bytes(path, "ONNX file")
-    module = OnnxRuntimeModule(data, path)
-    return _Raw(module, hashlib.sha256(data).hexdigest(), module.input_shape)
+    runtime = OnnxRuntimeModule(data, path)
+    shape, digest = input_shape or runtime.input_shape, hashlib.sha256(data).hexdigest()
+    if shape is None:  # the card step asks for --input-shape
+        return _Raw(runtime, digest, gradients=False)
+    try:
+        graph = convert(onnx.load_from_string(data), ModelCard(tuple(shape), 2).input_shape, runtime)
+    except Unconvertible as e:
+        note = (f"{Path(path).name} does not run in torch ({e}), so ONNX Runtime answers with probabilities only: "
+                "verify and the natural and random baselines run, methods that need input gradients do not")
+        return _Raw(runtime, digest, runtime.input_shape, gradients=False, note=note)
+    return _Raw(graph, digest, runtime.input_shape)
 
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -491,8 +510,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("export", "runs the archive's ATen graph (torch.export); no Python code from the file",
            (".pt2",), _read_export, _write_export, trainable=False,
            limits="a torch.export graph is frozen in eval mode and cannot be trained (torch raises on train())"),
-    Source("onnx", "runs the graph in ONNX Runtime (CPU); no Python code from the file",
-           (".onnx",), _read_onnx, None, gradients=False, trainable=False,
-           limits="ONNX Runtime gives probabilities only, so methods that need gradients or training cannot run "
-                  "(verify, natural and random baselines can); export the model as TorchScript or .pt2 for those"),
+    Source("onnx", "runs the graph with torch operators (nnmark.models.onnx_torch, checked against ONNX Runtime) "
+           "or, when it does not convert, in ONNX Runtime; no Python code from the file",
+           (".onnx",), _read_onnx, None, trainable=False,
+           limits="an ONNX graph is inference-only (BatchNormalization frozen, no dropout) and nnmark does not write "
+                  "ONNX back; export the model as TorchScript for attacks and embedding methods"),
 )}
