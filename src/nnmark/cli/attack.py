@@ -16,8 +16,8 @@ from nnmark.marks.ownership import coupled
 
 
 def attack_io(f):
-    """The --model (checkpoint to attack) and --out (attacked checkpoint) options every attack takes."""
-    f = out_option("--out", help="Attacked checkpoint to write.")(f)
+    """The --model (model to attack) and --out (attacked model, the same source kind) options every attack takes."""
+    f = out_option("--out", help="Attacked model to write, as the same kind as --model.")(f)
     return model_option(f)
 
 
@@ -41,7 +41,7 @@ def attack() -> None:
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm running statistics as they are (eval-mode BatchNorm).")
 def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed, freeze_bn) -> None:
     """Fine-tune all layers with SGD on attacker data disjoint from the key's samples."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("training", "saving"))
     split = attacker_data(dataset_for(config, data_spec))
     attacked = finetune(model, split.x, split.y, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
                         freeze_bn=freeze_bn)
@@ -56,7 +56,7 @@ def attack_finetune(model_path, out, data_spec, lr, steps, batch_size, seed, fre
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_noise(model_path, out, std, seed) -> None:
     """Add Gaussian noise N(0, std^2) to every parameter."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("saving",))
     _save_attacked(weight_noise(model, std, seed=seed), config, out, f"added N(0, {std:g}^2) to every parameter")
 
 
@@ -95,7 +95,7 @@ def attack_finetune_mode(model_path, out, mode, data_spec, epochs, lr, seed) -> 
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_transfer(model_path, out, to_spec, epochs, lr, seed) -> None:
     """Transfer learning: train all layers on another domain with the same classes (Adam, Wen et al. sec. 5.3)."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("training", "saving"))
     new = data.load(to_spec)
     if new.num_classes != config.num_classes:
         raise CliError(f"{to_spec} has {new.num_classes} classes, the model {config.num_classes}")
@@ -118,7 +118,7 @@ def attack_transfer(model_path, out, to_spec, epochs, lr, seed) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_overwrite(model_path, out, data_spec, base, target, kind, r, k, epochs, lr, seed) -> None:
     """Overwriting: train a second coupled watermark (i, j -> t) into the model with the attacker's data."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("training", "saving"))
     split = attacker_data(dataset_for(config, data_spec))
     try:
         i, j, t = coupled.pick_classes(config.num_classes, seed, base, target)
@@ -135,7 +135,7 @@ def attack_overwrite(model_path, out, data_spec, base, target, kind, r, k, epoch
 @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True)
 def attack_prune(model_path, out, fraction, scope) -> None:
     """Zero the smallest-magnitude fraction of Conv2d/Linear weights (L1, global or per layer)."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("layers", "saving"))
     pruned = prune(model, fraction, scope=scope)
     _save_attacked(pruned, config, out, f"pruned {fraction:.2%} of weights ({scope}); sparsity {measure.sparsity(pruned):.2%}")
 
@@ -145,7 +145,7 @@ def attack_prune(model_path, out, fraction, scope) -> None:
 @click.option("--granularity", type=click.Choice(["tensor", "channel"]), default="tensor", show_default=True)
 def attack_quantize(model_path, out, granularity) -> None:
     """Symmetric int8 weight quantization, dequantized back to float32 (per tensor or per output channel)."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("layers", "saving"))
     _save_attacked(quantize_int8(model, granularity=granularity), config, out,
                    f"int8 per-{granularity} weight quantization")
 
@@ -162,7 +162,7 @@ def attack_quantize(model_path, out, granularity) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack_backdoor(model_path, out, data_spec, target, n_poison, patch, lr, max_steps, seed) -> None:
     """BadNets: a white corner patch on a few attacker images relabelled as the target, fine-tuned in."""
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("training", "saving"))
     ds = dataset_for(config, data_spec)
     split = attacker_data(ds)
     attacked, report = backdoor(model, split.x, split.y, target=target, max_steps=max_steps, test=natural_pool(ds),
@@ -171,10 +171,9 @@ def attack_backdoor(model_path, out, data_spec, target, n_poison, patch, lr, max
                    f"{report.poison_success:.0%}, held-out trigger success {report.heldout_success:.0%}")
 
 
-def _save_attacked(model: torch.nn.Module, config: models.ModelConfig, out: str, what: str) -> None:
-    config.accuracy = None
-    if config.data:
-        config.accuracy = models.accuracy(model, data.load(config.data).test)
-    models.save(model, config, out)
-    acc = "" if config.accuracy is None else f" (test accuracy {config.accuracy:.2%})"
+def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str) -> None:
+    """Write the attacked ``model`` as ``loaded``'s source kind, with its test accuracy when the model names its data."""
+    accuracy = models.accuracy(model, data.load_for(loaded.data, loaded).test) if loaded.data else None
+    models.save_like(loaded, model, out, accuracy=accuracy)
+    acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"
     click.echo(f"{what}{acc} -> {out}")

@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -90,7 +91,9 @@ class Source:
         read: (spec, weights path, explicit input shape) -> _Raw.
         write: (module as the source holds it, card, config, out path) -> None, or None if it cannot be written.
         trainable: whether attacks and embedding methods can train it.
-        limits: one line on what it cannot do and why ("" when it can do everything).
+        layers: whether its layers are torch.nn modules of their own types (nn.Conv2d, nn.Linear, nn.ReLU), which
+            pruning, quantization and AID's activation hooks look for; compiled archives have none.
+        limits: why it cannot be trained ("" when it can).
     """
 
     name: str
@@ -99,6 +102,7 @@ class Source:
     read: Callable[[str, str | None, tuple[int, int, int] | None], _Raw]
     write: Callable[[nn.Module, ModelCard, checkpoint.ModelConfig | None, Path], None] | None
     trainable: bool = True
+    layers: bool = True
     limits: str = ""
 
 
@@ -126,6 +130,19 @@ class LoadedModel:
     def source(self) -> Source:
         return SOURCES[self.kind]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.card.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    @property
+    def data(self) -> str | None:
+        """The dataset a checkpoint says it was trained on (None for other kinds)."""
+        return None if self.config is None else self.config.data
+
     @functools.cached_property
     def model(self) -> nn.Module:
         """The model as it sees pixels in [0, 1] (``Normalized`` when the card normalises)."""
@@ -137,14 +154,20 @@ class LoadedModel:
         return "gradients" if self.gradients else "probabilities"
 
     def require(self, what: str, purpose: str) -> None:
-        """Raise a one-line ModelError unless this kind allows ``what`` ("gradients", "training", "saving")."""
-        allowed = {"gradients": self.gradients, "training": self.source.trainable,
-                   "saving": self.source.write is not None}
-        if what not in allowed:
-            raise ValueError(f"what must be one of {sorted(allowed)}, got {what!r}")
-        if not allowed[what]:
-            why = self.note if what == "gradients" else self.source.limits
-            raise ModelError(f"{purpose} needs {what}, which this {self.kind} model does not allow: {why}")
+        """Raise a one-line ModelError naming ``purpose`` unless this model allows ``what``: "gradients",
+        "training", "saving" (writing a changed copy back as the same kind) or "layers" (see ``Source.layers``)."""
+        source = self.source
+        missing = {
+            "gradients": None if self.gradients else self.note,
+            "training": None if source.trainable else source.limits,
+            "saving": None if source.write else f"nnmark does not write {self.kind} models back",
+            "layers": None if source.layers else "its layers are compiled, not the torch.nn modules (nn.Conv2d, "
+                                                 "nn.Linear, nn.ReLU) that pruning, quantization and AID look for",
+        }
+        if what not in missing:
+            raise ValueError(f"what must be one of {sorted(missing)}, got {what!r}")
+        if missing[what] is not None:
+            raise ModelError(f"{purpose} needs {what}, which this {self.kind} model does not allow: {missing[what]}")
 
 
 def load_any(spec: str, *, weights: str | os.PathLike | None = None, input_shape: tuple[int, int, int] | None = None,
@@ -179,14 +202,16 @@ def source_kind(spec: str) -> Source:
     raise ModelError(f"cannot tell what kind of model {spec} is from its suffix (known: {known})")
 
 
-def save_like(loaded: LoadedModel, model: nn.Module, out: str | os.PathLike) -> None:
+def save_like(loaded: LoadedModel, model: nn.Module, out: str | os.PathLike, *, accuracy: float | None = None) -> None:
     """Write ``model`` (``loaded.model`` or ``loaded.module`` changed, e.g. by an attack) as ``loaded``'s kind.
 
-    A checkpoint stays a checkpoint, a factory model becomes safetensors weights for the same factory, TorchScript
-    stays TorchScript, a torch.export archive is exported again; each stores the card so it loads the same way.
+    A checkpoint stays a checkpoint (its config with ``accuracy``), a factory model becomes safetensors weights for
+    the same factory, TorchScript stays TorchScript, a torch.export archive is exported again; each stores the card
+    so it loads the same way.
     """
     loaded.require("saving", f"writing {out}")
-    loaded.source.write(unwrap(model), loaded.card, loaded.config, Path(out))
+    config = None if loaded.config is None else dataclasses.replace(loaded.config, accuracy=accuracy)
+    loaded.source.write(unwrap(model), loaded.card, config, Path(out))
 
 
 def _card(spec: str, raw: _Raw, input_shape: tuple[int, int, int] | None,
@@ -506,13 +531,13 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("factory", "imports package.module and calls the factory: runs the user's Python code",
            (), _read_factory, _write_factory),
     Source("torchscript", "runs the archive's code in TorchScript's own interpreter (not Python)",
-           (".pt", ".ts", ".jit"), _read_torchscript, _write_torchscript),
+           (".pt", ".ts", ".jit"), _read_torchscript, _write_torchscript, layers=False),
     Source("export", "runs the archive's ATen graph (torch.export); no Python code from the file",
-           (".pt2",), _read_export, _write_export, trainable=False,
+           (".pt2",), _read_export, _write_export, trainable=False, layers=False,
            limits="a torch.export graph is frozen in eval mode and cannot be trained (torch raises on train())"),
     Source("onnx", "runs the graph with torch operators (nnmark.models.onnx_torch, checked against ONNX Runtime) "
            "or, when it does not convert, in ONNX Runtime; no Python code from the file",
-           (".onnx",), _read_onnx, None, trainable=False,
+           (".onnx",), _read_onnx, None, trainable=False, layers=False,
            limits="an ONNX graph is inference-only (BatchNormalization frozen, no dropout) and nnmark does not write "
                   "ONNX back; export the model as TorchScript for attacks and embedding methods"),
 )}
