@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import foreign_models
-from nnmark import data, models
+from nnmark import data, keys, models
 from nnmark.errors import AccessError, DataError, ModelError
 from nnmark.models import ModelCard, Normalized, load_any, parse_normalize, save_like
 from nnmark.models.card import PRESETS
@@ -373,3 +373,71 @@ def test_conform_converts_channels_and_size():
     with pytest.raises(DataError) as e:
         data.conform(digits, ModelCard((1, 8, 8), 3))
     assert "10 classes but the model has 3" in _one_line(e)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The foreign model trained briefly on digits (conformed to RGB 32x32), its weights and its other forms."""
+    d = tmp_path_factory.mktemp("trained")
+    card = ModelCard(SHAPE, foreign_models.NUM_CLASSES, normalize=foreign_models.MEAN_STD)
+    ds = data.load_for("digits", card)
+    torch.manual_seed(0)
+    net = foreign_models.small_gn_net()
+    models.train(Normalized(net, card.normalize), ds.train, epochs=3, lr=3e-3)
+    assert models.accuracy(Normalized(net, card.normalize), ds.test) > 0.8
+    save_file(net.state_dict(), d / "w.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), d / "net.pt")
+    torch.export.save(torch.export.export(net, (torch.zeros(2, *SHAPE),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), d / "net.pt2")
+    (d / "net.onnx").write_bytes(onnx_export(net, SHAPE))
+    return d
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": "a long test secret"})
+
+
+def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
+    source = ["--model", FACTORY, "--weights", trained / "w.safetensors", "--input-shape", "3,32,32",
+              "--normalize", NORMALIZE]
+    dbi_key, pairs_key = tmp_path / "dbi.key", tmp_path / "pairs.key"
+    r = _cli("mark", "dbi", *source, "--data", "digits", "--n", 10, "--itr", 200, "--eps", 1e-3, "--out", dbi_key)
+    assert r.exit_code == 0, r.output
+    r = _cli("mark", "pairs", *source, "--n-pairs", 6, "--user-id", "alice", "--max-itr", 100, "--alpha", 1e-5,
+             "--max-steps", 500, "--out", pairs_key)
+    assert r.exit_code == 0, r.output
+    card = keys.load(dbi_key, secret=b"a long test secret").config["model_card"]
+    assert card == ModelCard(SHAPE, 10, normalize=foreign_models.MEAN_STD).to_dict()
+
+    for key in (dbi_key, pairs_key):  # shape and normalisation come from the key's card
+        r = _cli("verify", key, "--model", FACTORY, "--weights", trained / "w.safetensors", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["model_digest_matches"] is True
+    for form in ("net.pt", "net.pt2", "net.onnx"):  # the same weights in each container: the same verdict
+        r = _cli("verify", dbi_key, "--model", trained / form, "--json")
+        assert r.exit_code == 0, (form, r.output)
+
+    tuned = tmp_path / "tuned.safetensors"
+    r = _cli("attack", "finetune", *source, "--data", "digits", "--lr", 1e-3, "--steps", 20, "--out", tuned)
+    assert r.exit_code == 0, r.output
+    for key in (dbi_key, pairs_key):
+        r = _cli("verify", key, "--model", FACTORY, "--weights", tuned, "--json")
+        assert r.exit_code == 1, r.output
+        assert json.loads(r.stdout)["decision"] == "tampered"
+
+    r = _cli("mark", "dbi", "--model", trained / "net.pt2", "--normalize", NORMALIZE, "--data", "mnist5k", "--n", 5,
+             "--itr", 50, "--eps", 1e-3, "--out", tmp_path / "x.key")  # mnist5k has 10 classes: converted to RGB 32x32, it works
+    assert r.exit_code == 0, r.output
+    r = _cli("attack", "finetune", "--model", trained / "net.pt2", "--data", "digits", "--out", tmp_path / "x.pt2")
+    assert r.exit_code == 2 and "cannot be trained" in r.output
+    r = _cli("attack", "prune", "--model", trained / "net.pt", "--input-shape", "3,32,32", "--fraction", 0.5,
+             "--out", tmp_path / "x.pt")
+    assert r.exit_code == 2 and "layers" in r.output
+    r = _cli("verify", dbi_key, "--model", FACTORY, "--weights", trained / "net.pt")
+    assert r.exit_code == 2 and "never unpickles" in r.output
