@@ -7,6 +7,7 @@ import math
 import warnings
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import foreign_models
-from nnmark import data, keys, models
+from nnmark import data, keys, models, serve
 from nnmark.errors import AccessError, DataError, ModelError
 from nnmark.models import ModelCard, Normalized, load_any, parse_normalize, save_like
 from nnmark.models.card import PRESETS
@@ -422,6 +423,11 @@ def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
     for form in ("net.pt", "net.pt2", "net.onnx"):  # the same weights in each container: the same verdict
         r = _cli("verify", dbi_key, "--model", trained / form, "--json")
         assert r.exit_code == 0, (form, r.output)
+    loaded = load_any(FACTORY, weights=trained / "w.safetensors", input_shape=SHAPE, normalize=NORMALIZE)
+    with serve.serving(serve.create_app(model_oracle(loaded), model_name="model", card=loaded.card.to_dict())) as url:
+        assert httpx.get(f"{url}/v2/models/model").json()["parameters"]["model_card"] == card
+        r = _cli("verify", dbi_key, "--endpoint", url, "--json")
+    assert r.exit_code == 0, r.output
 
     tuned = tmp_path / "tuned.safetensors"
     r = _cli("attack", "finetune", *source, "--data", "digits", "--lr", 1e-3, "--steps", 20, "--out", tuned)
