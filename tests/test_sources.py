@@ -196,8 +196,11 @@ def test_kinds_that_cannot_do_something_say_so_in_one_line(files, tmp_path):
     with pytest.raises(ModelError) as e:
         _load("export", d).require("training", "attack finetune")
     assert "cannot be trained" in _one_line(e)
-    exported = _load("export", d).model
-    exported.eval()  # a no-op: the graph is already in eval mode
+    with pytest.raises(ModelError) as e:
+        _load("torchscript", d).require("training", "attack finetune")
+    assert "non-leaf" in _one_line(e)
+    exported = _load("export", d).module
+    assert exported.eval() is exported  # a no-op: the graph is already in eval mode
     with pytest.raises(ModelError):
         exported.train()
     with pytest.raises(ModelError) as e:

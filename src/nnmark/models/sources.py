@@ -454,15 +454,20 @@ def _read_export(path: str, weights: str | None, input_shape: tuple[int, int, in
     dims = tuple(inputs[0].meta["val"].shape)[1:]
     shape = tuple(int(d) for d in dims) if len(dims) == 3 and all(isinstance(d, int) for d in dims) else None
     module = program.module()
-    module.train = types.MethodType(_eval_only, module)  # torch raises on eval() too; the graph is already eval
+    module.train = types.MethodType(_export_train, module)  # torch raises on eval() as on train()
+    module.eval = types.MethodType(_export_eval, module)
     return _Raw(module, checkpoint.digest(module), shape, _stored_card(extra[_CARD_FILE], path))
 
 
-def _eval_only(module: nn.Module, mode: bool = True) -> nn.Module:
-    """``train`` for a torch.export module: eval() is a no-op (the graph was exported in eval mode), train() an error."""
+def _export_train(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` for a torch.export module: train(False) is a no-op (it was exported in eval mode), train() an error."""
     if mode:
         raise ModelError(f"a torch.export model cannot be trained: {SOURCES['export'].limits}")
     return module
+
+
+def _export_eval(module: nn.Module) -> nn.Module:
+    return _export_train(module, False)
 
 
 def _write_export(module: nn.Module, card: ModelCard, config: checkpoint.ModelConfig | None, out: Path) -> None:
@@ -531,7 +536,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("factory", "imports package.module and calls the factory: runs the user's Python code",
            (), _read_factory, _write_factory),
     Source("torchscript", "runs the archive's code in TorchScript's own interpreter (not Python)",
-           (".pt", ".ts", ".jit"), _read_torchscript, _write_torchscript, layers=False),
+           (".pt", ".ts", ".jit"), _read_torchscript, _write_torchscript, trainable=False, layers=False,
+           limits="a copy of a TorchScript module (attacks train a copy) has parameters torch cannot optimise "
+                  "(non-leaf tensors); load the same weights through a package.module:factory to train them"),
     Source("export", "runs the archive's ATen graph (torch.export); no Python code from the file",
            (".pt2",), _read_export, _write_export, trainable=False, layers=False,
            limits="a torch.export graph is frozen in eval mode and cannot be trained (torch raises on train())"),
