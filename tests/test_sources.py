@@ -450,3 +450,14 @@ def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
     assert r.exit_code == 2 and "layers" in r.output
     r = _cli("verify", dbi_key, "--model", FACTORY, "--weights", trained / "net.pt")
     assert r.exit_code == 2 and "never unpickles" in r.output
+
+
+def test_bench_sources_quick_times_every_kind_on_the_same_weights(tmp_path):
+    r = _cli("bench", "sources", "--quick", "--out-dir", tmp_path)
+    assert r.exit_code == 0, r.output
+    rows = {row["kind"]: row for row in json.loads((tmp_path / "sources.json").read_text())["rows"]}
+    assert len(rows) == 5 and all(len(row["load_s"]) == 2 and len(row["forward_s"]) == 2 for row in rows.values())
+    assert rows["ONNX Runtime"]["gradient_s"] == [] and len(rows["torch.export"]["gradient_s"]) == 2
+    for kind, row in rows.items():
+        assert row["labels_agree"] == 16 and row["max_abs_logit_diff"] < ONNX_ATOL, kind
+    assert "| TorchScript |" in (tmp_path / "sources.md").read_text()
