@@ -97,7 +97,7 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
 
 def model_source_options(f):
     """--weights, --input-shape and --normalize: how to read a --model that is not an nnmark checkpoint."""
-    from nnmark.models.card import NORMALIZE_HELP  # torch-free module-level names only
+    from nnmark.models.card import NORMALIZE_HELP
 
     f = click.option("--normalize", expose_value=False, callback=_remember,
                      help=f"What the model expects of pixels x in [0, 1]: {NORMALIZE_HELP}; the model receives "
@@ -117,7 +117,8 @@ def load_model(model_path: str, *, needs: tuple[str, ...] = (), card: dict | Non
     """The model behind ``--model`` in pixel space [0, 1], and its ``models.LoadedModel``: the one loader every
     command uses, for every source kind (``models.load_any`` with --weights, --input-shape and --normalize).
 
-    ``needs`` ("gradients", "training", "saving") are checked with a one-line error naming the command. ``card``
+    ``needs`` ("gradients", "training", "saving", "layers": see ``LoadedModel.require``) are checked with a
+    one-line error naming the command. ``card``
     (a key's model card) supplies the input shape and normalisation the options do not give.
     """
     from nnmark import models
