@@ -441,7 +441,7 @@ def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
         assert json.loads(r.stdout)["decision"] == "tampered"
 
     r = _cli("mark", "dbi", "--model", trained / "net.pt2", "--normalize", NORMALIZE, "--data", "mnist5k", "--n", 5,
-             "--itr", 50, "--eps", 1e-3, "--out", tmp_path / "x.key")  # mnist5k has 10 classes: converted to RGB 32x32, it works
+             "--itr", 50, "--eps", 1e-3, "--out", tmp_path / "x.key")  # 10 classes: converted to RGB 32x32, it works
     assert r.exit_code == 0, r.output
     r = _cli("attack", "finetune", "--model", trained / "net.pt2", "--data", "digits", "--out", tmp_path / "x.pt2")
     assert r.exit_code == 2 and "cannot be trained" in r.output

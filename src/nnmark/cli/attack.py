@@ -172,7 +172,7 @@ def attack_backdoor(model_path, out, data_spec, target, n_poison, patch, lr, max
 
 
 def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str) -> None:
-    """Write the attacked ``model`` as ``loaded``'s source kind, with its test accuracy when the model names its data."""
+    """Write the attacked ``model`` as ``loaded``'s source kind (with its test accuracy if the model names its data)."""
     accuracy = models.accuracy(model, data.load_for(loaded.data, loaded).test) if loaded.data else None
     models.save_like(loaded, model, out, accuracy=accuracy)
     acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"

@@ -41,7 +41,8 @@ def suspect_options(f=None, *, fleet: bool = False):
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet)
     for option in reversed([
-        click.option("--model", "model_path", type=click.Path(dir_okay=False), help=f"Local model to ask. {MODEL_HELP}"),
+        click.option("--model", "model_path", type=click.Path(dir_okay=False),
+                     help=f"Local model to ask. {MODEL_HELP}"),
         model_source_options,
         env_option,
         click.option("--endpoint", multiple=fleet,

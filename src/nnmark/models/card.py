@@ -76,7 +76,8 @@ class ModelCard:
         if not (isinstance(shape, (tuple, list)) and len(shape) == 3 and all(_is_int(d) and d >= 1 for d in shape)):
             raise ModelError(f"input shape must be 3 positive integers (C, H, W), got {shape!r}")
         if shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_SIDE:
-            raise ModelError(f"input shape {tuple(shape)} is too large (at most {MAX_CHANNELS} channels, sides {MAX_SIDE})")
+            raise ModelError(f"input shape {tuple(shape)} is too large (at most {MAX_CHANNELS} channels, "
+                             f"sides of {MAX_SIDE})")
         if not _is_int(self.num_classes) or not 2 <= self.num_classes <= MAX_CLASSES:
             raise ModelError(f"num_classes must be an integer in [2, {MAX_CLASSES}], got {self.num_classes!r}")
         names = self.class_names

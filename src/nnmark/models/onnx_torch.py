@@ -21,6 +21,7 @@ from torch import nn
 
 MATCH_ATOL = 1e-4
 """Largest |logit difference| to ONNX Runtime, relative to the logits' scale (max(1, max |logit|)), on the probe."""
+SOFTMAX_LAST_AXIS_OPSET = 13
 PROBE_BATCH = 4
 PROBE_SEED = 0
 
@@ -230,6 +231,7 @@ class OnnxGraph(nn.Module):
         if len(inputs) != 1 or len(graph.output) != 1:
             raise Unconvertible(f"{len(inputs)} inputs and {len(graph.output)} outputs")
         self.input_name, self.output_name = inputs[0], graph.output[0].name
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
         self.nodes: list[tuple[str, list[str], str, dict]] = []
         for node in graph.node:
             if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
@@ -237,6 +239,8 @@ class OnnxGraph(nn.Module):
             if len([o for o in node.output if o]) != 1:
                 raise Unconvertible(f"{node.op_type} with {len(node.output)} outputs")
             attrs = {a.name: _attribute(a) for a in node.attribute}
+            if node.op_type == "Softmax" and opset < SOFTMAX_LAST_AXIS_OPSET:
+                attrs.setdefault("axis", 1)  # before opset 13 Softmax flattened from axis 1; on (N, K) logits the same
             self.nodes.append((node.op_type, list(node.input), node.output[0], attrs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -240,7 +240,8 @@ def _num_classes(spec: str, module: nn.Module, shape: tuple[int, int, int]) -> i
     except NnmarkError:
         raise
     except Exception as e:
-        raise ModelError(f"{spec} fails on a zero batch of shape (1, {', '.join(map(str, shape))}): {_first_line(e)}") from None
+        dims = ", ".join(map(str, shape))
+        raise ModelError(f"{spec} fails on a zero batch of shape (1, {dims}): {_first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"{spec} must return logits of shape (N, K); on one input it returned {got}")
