@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnmark.errors import ModelError
+
 MATCH_ATOL = 1e-4
 """Largest |logit difference| to ONNX Runtime, relative to the logits' scale (max(1, max |logit|)), on the probe."""
 SOFTMAX_LAST_AXIS_OPSET = 13
@@ -244,6 +246,8 @@ class OnnxGraph(nn.Module):
             self.nodes.append((node.op_type, list(node.input), node.output[0], attrs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # shapes computed inside the graph would be traced as constants of one batch size
+            raise ModelError("an ONNX graph run by torch operators cannot be traced by TorchScript")
         env: dict[str, torch.Tensor] = {self.input_name: x}
         for name, key in self._names.items():
             env[name] = getattr(self, key)
