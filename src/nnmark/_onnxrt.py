@@ -14,11 +14,12 @@ DEFAULT_OPTIMIZATION = "all"
 
 
 def requirement() -> str | None:
-    """Why ONNX Runtime cannot run here (not importable), else None."""
+    """Why ONNX models cannot run here (onnx or onnxruntime not importable), else None."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        return f"onnxruntime is not installed (pip install 'nnmark[onnx]'): {e}"
+        return f"onnx or onnxruntime is not installed (pip install 'nnmark[onnx]'): {e}"
     return None
 
 

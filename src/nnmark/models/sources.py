@@ -515,10 +515,10 @@ class OnnxRuntimeModule(nn.Module):
 
 def _read_onnx(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     """The graph in torch (``onnx_torch.convert``) when it converts and matches ONNX Runtime, else ONNX Runtime."""
+    data = _read_bytes(path, "ONNX file")
+    runtime = OnnxRuntimeModule(data, path)  # first: it says in one line when onnx or onnxruntime is missing
     import onnx
 
-    data = _read_bytes(path, "ONNX file")
-    runtime = OnnxRuntimeModule(data, path)
     shape, digest = input_shape or runtime.input_shape, hashlib.sha256(data).hexdigest()
     if shape is None:  # the card step asks for --input-shape
         return _Raw(runtime, digest, gradients=False)
