@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nnmark.bench.common import header, parameters, table, write
+from nnmark.bench.common import document, header, parameters, table, write
 
 FULL = {"seeds": 1, "repeats": 15, "n": 256}
 QUICK = {"seeds": 1, "repeats": 2, "n": 16}
@@ -133,17 +133,16 @@ def _ratio(rows: list[dict], row: dict, field: str) -> str:
 
 def render(result: dict) -> str:
     rows, n = result["rows"], result["params"]["n"]
-    return "\n".join([
-        "# Model sources: the same weights in each container", "",
+    return document(
+        "# Model sources: the same weights in each container",
         f"`{result['command']}` ({result['date']}); {result['params']['repeats']} rounds, every kind in turn; median "
         f"wall time and its ratio to the eager model; a batch of {n} RGB 32x32 queries; torch threads: "
-        f"{result['threads']}.", "",
+        f"{result['threads']}.",
         table(["source", "load", f"forward ({n})", f"input gradient ({n})", "max abs logit diff to eager",
                f"labels agree (of {n})"],
               [[r["kind"], _ratio(rows, r, "load_s"), _ratio(rows, r, "forward_s"), _ratio(rows, r, "gradient_s"),
-                f"{r['max_abs_logit_diff']:.1e}", r["labels_agree"]] for r in rows]),
-        "",
-    ])
+                f"{r['max_abs_logit_diff']:.1e}", r["labels_agree"]] for r in rows], align="lrrrrr"),
+    )
 
 
 def run(*, quick: bool = False, seeds: int | None = None, out_dir: str | Path = "docs/benchmarks",
