@@ -15,7 +15,7 @@ from nnmark.bench import common
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 COMMITTED_TORCH = "2.13.0+cpu"
 """The torch the committed reports name (render writes the running torch's version)."""
-REPORTS = ("dbi", "integrity", "coupled", "innformant")
+REPORTS = ("dbi", "integrity", "coupled", "innformant", "sources")
 FIGURES = ("integrity", "coupled", "innformant")
 
 

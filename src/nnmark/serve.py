@@ -176,6 +176,7 @@ def create_app(
     output: str = "probabilities",
     max_batch: int = 256,
     max_body_bytes: int | None = None,
+    card: dict | None = None,
 ) -> FastAPI:
     """An ASGI app serving ``oracle`` as OIP v2 model ``model_name``.
 
@@ -187,6 +188,8 @@ def create_app(
             ``logits``, e.g. ``TorchOracle``; cast to float32; the queries are still counted).
         max_batch: the most inputs one request may carry (published as ``max_batch_size``).
         max_body_bytes: the largest request body; None allows 32 bytes per value of a full batch + 64 KiB.
+        card: the model card (``ModelCard.to_dict()``) published as the metadata parameter ``model_card``, so a
+            client can check the input shape, the classes and whether the model normalises its [0, 1] inputs.
 
     Requests are answered one at a time (a lock around the oracle), off the event loop, so health
     checks answer while a batch runs.
@@ -250,7 +253,8 @@ def create_app(
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *shape]}],
             "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, classes]},
                         {"name": LABEL_NAME, "datatype": "INT64", "shape": [-1]}],
-            "parameters": {"max_batch_size": max_batch, "max_body_bytes": limit, "input_range": [0, 1]},
+            "parameters": {"max_batch_size": max_batch, "max_body_bytes": limit, "input_range": [0, 1],
+                           **({"model_card": card} if card is not None else {})},
         }
 
     @app.get("/v2/models/{name}/ready")

@@ -34,7 +34,7 @@ FRACTION = 0.1
 DEFAULT_SCOPE = "global"
 
 
-@register_attack("prune", applies_to="models with Conv2d or Linear layers",
+@register_attack("prune", applies_to="models with Conv2d or Linear layers", needs=("layers",),
                  summary="Zero the smallest-magnitude fraction of Conv2d/Linear weights (L1, global or per layer).")
 def prune(model: nn.Module, fraction: float = FRACTION, *, scope: Scope = DEFAULT_SCOPE) -> nn.Module:
     """Return a copy of ``model`` with the ``fraction`` smallest-|w| Conv2d/Linear weights set to 0, in eval mode.

@@ -70,7 +70,7 @@ def fake_quantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @register_attack("quantize", summary="Symmetric int8 weight quantization, dequantized back to float32.",
-                 applies_to="models with Conv2d or Linear layers")
+                 applies_to="models with Conv2d or Linear layers", needs=("layers",))
 def quantize_int8(model: nn.Module, *, granularity: Granularity = DEFAULT_GRANULARITY) -> nn.Module:
     """Return a copy of ``model`` whose Conv2d/Linear weights are int8 fake-quantized, in eval mode.
 

@@ -108,6 +108,7 @@ class Spec:
     applies_to: str
     data: DataKind = "none"
     reports: bool = False
+    needs: tuple[str, ...] = ()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -115,6 +116,12 @@ class Spec:
     @property
     def __signature__(self) -> inspect.Signature:
         return inspect.signature(self.fn)
+
+    @property
+    def model_needs(self) -> tuple[str, ...]:
+        """What the attacked model must allow (``models.LoadedModel.require``): writing back, training when the
+        attack takes data (it trains), and what the attack declares (e.g. "layers" for pruning)."""
+        return ("saving", *(("training",) if self.data != "none" else ()), *self.needs)
 
     @property
     def options(self) -> tuple[Option, ...]:
@@ -151,10 +158,13 @@ def _register(registry: dict[str, Spec], spec: Spec) -> None:
 
 
 def register_attack(name: str, *, summary: str, applies_to: str, data: DataKind = "none",
-                    reports: bool = False) -> Callable[[F], F]:
-    """Register the decorated function in ``ATTACKS`` under ``name``; the function itself is returned unchanged."""
+                    reports: bool = False, needs: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Register the decorated function in ``ATTACKS`` under ``name``; the function itself is returned unchanged.
+
+    ``needs``: what the model must allow beyond being written back (and trained, for an attack that takes data),
+    e.g. ("layers",) for an attack that looks for nn.Conv2d / nn.Linear modules."""
     def add(fn: F) -> F:
-        _register(ATTACKS, Spec(name, fn, summary, applies_to, data, reports))
+        _register(ATTACKS, Spec(name, fn, summary, applies_to, data, reports, needs))
         return fn
     return add
 

@@ -72,34 +72,102 @@ def secret_for_writing(secret_file: str | None, unsigned: bool) -> bytes | None:
     return None if unsigned else secret
 
 
+MODEL_HELP = ("The model: an nnmark checkpoint (.safetensors), package.module:factory (with --weights), "
+              "TorchScript (.pt, .ts), torch.export (.pt2) or ONNX (.onnx).")
+_SOURCE_OPTIONS = "nnmark.model_source_options"
+_LOADED = "nnmark.loaded_model"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    """Keep a model-source option for ``load_model`` (so command functions need no parameter for it)."""
+    ctx.meta.setdefault(_SOURCE_OPTIONS, {})[param.name] = value
+    return value
+
+
+def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is not None:
+        try:
+            value = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected C,H,W (three integers), got {value!r}", ctx, param) from None
+        if len(value) != 3:
+            raise click.BadParameter(f"expected C,H,W (three integers), got {len(value)} numbers", ctx, param)
+    return _remember(ctx, param, value)
+
+
+def model_source_options(f):
+    """--weights, --input-shape and --normalize: how to read a --model that is not an nnmark checkpoint."""
+    from nnmark.models.card import NORMALIZE_HELP
+
+    f = click.option("--normalize", expose_value=False, callback=_remember,
+                     help=f"What the model expects of pixels x in [0, 1]: {NORMALIZE_HELP}; the model receives "
+                          "(x - mean) / std (default: the card stored with the model or the key, else none).")(f)
+    f = click.option("--input-shape", expose_value=False, callback=_input_shape, metavar="C,H,W",
+                     help="The model's input shape, where its file does not say (TorchScript, factories).")(f)
+    return click.option("--weights", expose_value=False, callback=_remember, type=click.Path(dir_okay=False),
+                        help="Safetensors state dict for a package.module:factory --model (loaded strictly).")(f)
+
+
 def model_option(f):
-    return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True,
-                        help="The model: an nnmark checkpoint (.safetensors).")(f)
+    f = model_source_options(f)
+    return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help=MODEL_HELP)(f)
 
 
-def load_model(model_path: str):
-    """The model behind ``--model`` and its config: the one loader every command uses."""
+def load_model(model_path: str, *, needs: tuple[str, ...] = (), card: dict | None = None):
+    """The model behind ``--model`` in pixel space [0, 1], and its ``models.LoadedModel``: the one loader every
+    command uses, for every source kind (``models.load_any`` with --weights, --input-shape and --normalize).
+
+    ``needs`` ("gradients", "training", "saving", "layers": see ``LoadedModel.require``) are checked with a
+    one-line error naming the command. ``card``
+    (a key's model card) supplies the input shape and normalisation the options do not give.
+    """
     from nnmark import models
 
-    return models.load(model_path)
+    ctx = click.get_current_context()
+    options = ctx.meta.get(_SOURCE_OPTIONS, {})
+    known = models.ModelCard.from_dict(card) if card else None
+    shape = options.get("input_shape") or (known.input_shape if known else None)
+    normalize = options.get("normalize")
+    if normalize is None and known is not None:
+        normalize = known.normalize
+    loaded = models.load_any(model_path, weights=options.get("weights"), input_shape=shape, normalize=normalize)
+    for what in needs:
+        loaded.require(what, ctx.command_path)
+    ctx.meta[_LOADED] = loaded
+    return loaded.model, loaded
+
+
+def load_checkpoint(model_path: str):
+    """(model, a copy of its ModelConfig) for commands that build zoo architectures from the model (embedding
+    marks fine-tuning a pretrained model, MetaFinger's shadow pools): a one-line error for other source kinds."""
+    import dataclasses
+
+    model, loaded = load_model(model_path)
+    if loaded.kind != "checkpoint" or loaded.card.normalize is not None:
+        raise CliError(f"{click.get_current_context().command_path} needs an nnmark checkpoint without --normalize "
+                       f"(it builds zoo architectures from its config); {model_path} is a {loaded.kind} model")
+    return model, dataclasses.replace(loaded.config)
+
+
+def loaded_model():
+    """The ``models.LoadedModel`` this command loaded with ``load_model``, or None."""
+    return click.get_current_context().meta.get(_LOADED)
 
 
 def dataset_for(config, spec: str | None):
-    """The dataset ``spec`` (default: the one the model's checkpoint names), checked against the model's input."""
+    """The dataset ``spec`` (default: the one the model's checkpoint names) as the model takes it: converted to
+    its channels and input size (bilinear), with its number of classes (``data.load_for``)."""
     from nnmark import data
     from nnmark.errors import DataError
 
     if not (spec or config.data):
         raise CliError("the model's checkpoint names no dataset: pass --data")
     try:
-        ds = data.load(spec or config.data)
+        return data.load_for(spec or config.data, config)
     except DataError as e:
         if spec:
             raise
         raise CliError(f"{e} (the dataset the checkpoint names; pass --data to use another)") from e
-    if ds.shape != tuple(config.input_shape):
-        raise CliError(f"data {ds.name} has inputs {ds.shape}, the model expects {tuple(config.input_shape)}")
-    return ds
 
 
 def emit(row: dict, as_json: bool, text: str | None = None) -> None:

@@ -40,16 +40,16 @@ class _DataSource:
     what its required options add to a command's example."""
 
     options: tuple[Callable, ...]
-    load: Callable[[models.ModelConfig, dict], tuple[tuple, str]]
+    load: Callable[[models.LoadedModel, dict], tuple[tuple, str]]
     example: str = ""
 
 
-def _attacker(config: models.ModelConfig, given: dict) -> tuple[tuple, str]:
+def _attacker(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
     split = attacker_data(dataset_for(config, given["data_spec"]))
     return (split.x, split.y), f"on {len(split)} attacker images"
 
 
-def _domain(config: models.ModelConfig, given: dict) -> tuple[tuple, str]:
+def _domain(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
     new = data.load(given["to_spec"])
     if new.num_classes != config.num_classes:
         raise CliError(f"{given['to_spec']} has {new.num_classes} classes, the model {config.num_classes}")
@@ -57,7 +57,7 @@ def _domain(config: models.ModelConfig, given: dict) -> tuple[tuple, str]:
     return (resize(new.train, shape),), f"on {given['to_spec']} resized to {shape}"
 
 
-def _watermark(config: models.ModelConfig, given: dict) -> tuple[tuple, str]:
+def _watermark(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
     ds = dataset_for(config, given["data_spec"])
     split = attacker_data(ds)
     k = given["k"] or math.floor(coupled.WM_FRACTION * len(ds.train))
@@ -114,7 +114,7 @@ def _command(spec: Spec) -> click.Command:
     options = spec.options
 
     def run(model_path: str, out: str, **given) -> None:
-        model, config = load_model(model_path)
+        model, config = load_model(model_path, needs=spec.model_needs)
         values = {o.name: given.pop(o.name) for o in options}
         inputs, where = source.load(config, {**given, "seed": values.get("seed", 0)})
         result = spec(model, *inputs, **values)
@@ -126,7 +126,7 @@ def _command(spec: Spec) -> click.Command:
         run = _click_option(option)(run)
     for decorate in reversed(source.options):
         run = decorate(run)
-    run = model_option(out_option("--out", help="Attacked checkpoint to write.")(run))
+    run = model_option(out_option("--out", help="Attacked model to write, as the same kind as --model.")(run))
     example = EXAMPLE.format(name=spec.name, more=source.example)
     doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  {example}"
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
@@ -146,10 +146,9 @@ for _spec in ATTACKS.values():
     attack.add_command(_command(_spec))
 
 
-def _save_attacked(model: torch.nn.Module, config: models.ModelConfig, out: str, what: str) -> None:
-    config.accuracy = None
-    if config.data:
-        config.accuracy = models.accuracy(model, data.load(config.data).test)
-    models.save(model, config, out)
-    acc = "" if config.accuracy is None else f" (test accuracy {config.accuracy:.2%})"
+def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str) -> None:
+    """Write the attacked ``model`` as ``loaded``'s source kind (with its test accuracy if the model names its data)."""
+    accuracy = models.accuracy(model, data.load_for(loaded.data, loaded).test) if loaded.data else None
+    models.save_like(loaded, model, out, accuracy=accuracy)
+    acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"
     click.echo(f"{what}{acc} -> {out}")

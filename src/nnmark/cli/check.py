@@ -41,7 +41,8 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
     """
     secret = keys.read_secret(secret_file)
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
-    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
+    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
+                        card=key.config.get("model_card")) as (oracle, suspect):
         verdict = marks.verify(oracle, key, secret=secret)
     same = suspect.digest == key.model_digest if suspect.digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
@@ -74,7 +75,8 @@ def identify(key_path, model_path, env_name, endpoint, model_name, token_file, b
     key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
     if key.method != innformant.METHOD:
         raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
-    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
+    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
+                        card=key.config.get("model_card")) as (oracle, suspect):
         verdict = marks.verify(oracle, key)
     if as_json:
         emit({**verdict.to_dict(), "key": key_path, **suspect.where}, True)

@@ -13,8 +13,8 @@ import torch
 
 from nnmark import data, envs, keys, models, shadow
 from nnmark.cli._shared import (
-    CliError, dataset_for, emit, json_option, load_model, model_option, out_option, progress_enabled,
-    secret_for_writing, with_secret,
+    CliError, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option, out_option,
+    progress_enabled, secret_for_writing, with_secret,
 )
 from nnmark.data.roles import natural_pool
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
@@ -46,10 +46,10 @@ def _mark_common(f):
     return f
 
 
-def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: str):
-    """The model, its dataset, n images of ``split`` ("train" or "natural_pool") drawn by ``seed``, and the
-    key meta that records them: (model, dataset, images, meta)."""
-    model, config = load_model(model_path)
+def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: str, needs: tuple[str, ...] = ()):
+    """The model (with ``needs``, see ``load_model``), its dataset, n images of ``split`` ("train" or
+    "natural_pool") drawn by ``seed``, and the key meta that records them: (model, dataset, images, meta)."""
+    model, config = load_model(model_path, needs=needs)
     ds = dataset_for(config, data_spec)
     source = ds.train if split == "train" else natural_pool(ds)
     if n > len(source):
@@ -62,7 +62,15 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
                  *, model_out: tuple | None = None) -> None:
     """Check the key on its source (``self_check``: no key is written that fails there), write it (after the
     watermarked model ``model_out`` = (model, config, path) of an embedding method), and report; say so when
-    the method kept fewer samples than asked (the key's ``keys.SHORTFALL``)."""
+    the method kept fewer samples than asked (the key's ``keys.SHORTFALL``).
+
+    The key records the model card (input shape, classes, normalisation) so verify asks the same question; a key
+    made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file)."""
+    loaded = loaded_model()
+    card = loaded.card if loaded is not None else models.ModelCard(source.input_shape, source.num_classes)
+    key.config["model_card"] = card.to_dict()
+    if loaded is not None and model_out is None:
+        key.model_digest = loaded.digest
     self_check(source, key, secret=secret)
     if model_out is not None:
         models.save(*model_out)
@@ -88,7 +96,7 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
       nnmark mark dbi --model lenet5.safetensors --n 100 --itr 3000 --out dbi.key --secret-file secret
     """
     secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients",))
     start = time.perf_counter()
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = dbi.create(
@@ -115,7 +123,7 @@ def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
       nnmark mark aid --model lenet5.safetensors --n 100 --out aid.key --secret-file secret
     """
     secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients", "layers"))
     start = time.perf_counter()
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = aid.create(
@@ -144,7 +152,7 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
       nnmark mark ipguard --model lenet5.safetensors --n 100 --out ipguard.key --secret-file secret
     """
     secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train")
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients",))
     start = time.perf_counter()
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = ipguard.create(
@@ -225,7 +233,7 @@ def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps,
     secret = keys.read_secret(secret_file)
     if secret is None:
         raise CliError("pairs keys need a secret (it derives the user's head): pass --secret-file FILE or set NNMARK_SECRET")
-    model, config = load_model(model_path)
+    model, config = load_model(model_path, needs=("gradients",))
     oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
     start = time.perf_counter()
     key = pairing.create(
@@ -350,7 +358,7 @@ def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, ou
         raise CliError("pass either --arch (train from scratch) or --model (fine-tune a pretrained checkpoint)")
     secret = secret_for_writing(secret_file, unsigned)
     if model_path:
-        model, config = load_model(model_path)
+        model, config = load_checkpoint(model_path)
         ds = dataset_for(config, data_spec)
         config.data = data_spec or config.data
     else:
@@ -392,7 +400,7 @@ def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, 
       nnmark mark frontier --model lenet5.safetensors --out-model wm.safetensors --out frontier.key --secret-file secret
     """
     secret = secret_for_writing(secret_file, unsigned)
-    model, config = load_model(model_path)
+    model, config = load_checkpoint(model_path)
     ds = dataset_for(config, data_spec)
     start = time.perf_counter()
     wm_model, key = frontier.embed(model, ds, eps=eps, epochs=epochs, lr=lr, seed=seed, progress=progress_enabled())
@@ -434,7 +442,7 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
     names = [e.strip() for e in env_names.split(",") if e.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise CliError("--envs needs at least two different environments")
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
+    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool", ("gradients",))
     oracles = {name: envs.get(name).oracle(model, ds.shape) for name in names}
     try:
         start = time.perf_counter()
@@ -492,7 +500,7 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
       nnmark mark metafinger --model lenet5.safetensors --out finger.key --secret-file secret
     """
     secret = secret_for_writing(secret_file, unsigned)
-    model, config = load_model(model_path)
+    model, config = load_checkpoint(model_path)
     ds = dataset_for(config, data_spec)
     digest = models.digest(model)
     specs = shadow.pool_specs(config.arch, ds.name, digest, negatives=negatives, val_negatives=val_negatives, af=af,

@@ -47,9 +47,10 @@ def serve(model_path, env_name, host, port, model_name, token_file, output, max_
 
     token = read_token(token_file)
     _check_port_free(host, port)
-    model, config = load_model(model_path)
-    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
-    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch)
+    model, loaded = load_model(model_path)
+    oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
+    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch,
+                             card=loaded.card.to_dict())
     click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                f"{' with a bearer token' if token else ' WITHOUT a token'}", err=True)
     serving.run(app, host=host, port=port, log_level="warning")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import CliError, load_model
+from nnmark.cli._shared import MODEL_HELP, CliError, load_model, model_source_options
 
 def read_token(token_file: str | None) -> bytes | None:
     """The bearer token in ``token_file`` (surrounding whitespace stripped), else $NNMARK_TOKEN, else None."""
@@ -41,7 +41,9 @@ def suspect_options(f=None, *, fleet: bool = False):
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet)
     for option in reversed([
-        click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local model to ask."),
+        click.option("--model", "model_path", type=click.Path(dir_okay=False),
+                     help=f"Local model to ask. {MODEL_HELP}"),
+        model_source_options,
         env_option,
         click.option("--endpoint", multiple=fleet,
                      help="Ask the model behind this OIP v2 base URL instead (e.g. http://host:8000)"
@@ -64,8 +66,9 @@ class Suspect:
 
 
 @contextlib.contextmanager
-def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget):
-    """Yield (oracle, Suspect) for the suspect options; the oracle is closed afterwards."""
+def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget, card: dict | None = None):
+    """Yield (oracle, Suspect) for the suspect options; the oracle is closed afterwards. ``card`` (the key's model
+    card) gives a local model the input shape and normalisation its options do not."""
     if (model_path is None) == (endpoint is None):
         raise CliError("pass exactly one of --model FILE and --endpoint URL")
     if endpoint:
@@ -74,11 +77,9 @@ def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budge
         with HttpOracle(endpoint, model_name=model_name, token=read_token(token_file), budget=budget) as oracle:
             yield oracle, Suspect({"endpoint": endpoint, "model_name": model_name})
         return
-    from nnmark import models
-
-    model, config = load_model(model_path)
-    oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
+    model, loaded = load_model(model_path, card=card)
+    oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
     try:
-        yield oracle, Suspect({"model": model_path, "env": env_name}, models.digest(model))
+        yield oracle, Suspect({"model": model_path, "env": env_name}, loaded.digest)
     finally:
         oracle.close()

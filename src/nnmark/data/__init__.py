@@ -11,20 +11,29 @@
 
 mnist5k and digits always use the same split (seed 0); ``seed`` only picks the 80/20 split of npz
 and folder data that come without a test set. Every problem raises :class:`nnmark.errors.DataError`.
+
+``load_for(spec, card)`` loads data for a given model: folder images are decoded straight to the model's
+channels and size, other data are converted afterwards (``conform``), and the class counts must agree.
 """
 
 from nnmark.data import bundled, user
 from nnmark.data._checks import validate
 from nnmark.data._types import Dataset, Split
+from nnmark.data.conform import DEFAULT_INTERPOLATION, INTERPOLATIONS, ModelInput, conform, convert_images
 from nnmark.errors import DataError
 
-__all__ = ["Dataset", "Split", "load", "validate"]
+__all__ = ["DEFAULT_INTERPOLATION", "INTERPOLATIONS", "Dataset", "ModelInput", "Split", "conform", "convert_images",
+           "load", "load_for", "validate"]
 
 SPECS = ("mnist5k", "digits", "cifar10:PATH", "npz:PATH", "folder:PATH")
 
 
-def load(spec: str, *, seed: int = 0) -> Dataset:
-    """Load the dataset ``spec`` names (see the module docstring); ``Dataset.name`` is ``spec``."""
+def load(spec: str, *, seed: int = 0, shape: tuple[int, int, int] | None = None,
+         interpolation: str = DEFAULT_INTERPOLATION) -> Dataset:
+    """Load the dataset ``spec`` names (see the module docstring); ``Dataset.name`` is ``spec``.
+
+    ``shape`` and ``interpolation`` are for ``folder:`` data only: decode every image to (C, H, W) = ``shape``.
+    """
     if spec == "mnist5k":
         return bundled.load_mnist5k()
     if spec == "digits":
@@ -35,5 +44,10 @@ def load(spec: str, *, seed: int = 0) -> Dataset:
     if path and kind == "npz":
         return user.load_npz(path, name=spec, seed=seed)
     if path and kind == "folder":
-        return user.load_folder(path, name=spec, seed=seed)
+        return user.load_folder(path, name=spec, seed=seed, shape=shape, interpolation=interpolation)
     raise DataError(f"unknown dataset spec {spec!r}; use one of: {', '.join(SPECS)}")
+
+
+def load_for(spec: str, model: ModelInput, *, seed: int = 0, interpolation: str = DEFAULT_INTERPOLATION) -> Dataset:
+    """The dataset ``spec`` as ``model`` (e.g. a ``ModelCard``) takes it: its channels, size and class count."""
+    return conform(load(spec, seed=seed, shape=model.input_shape, interpolation=interpolation), model, interpolation)

@@ -11,6 +11,7 @@ from PIL import Image
 from nnmark.data._checks import existing, reason
 from nnmark.data._safe_pickle import read_numpy_pickle
 from nnmark.data._types import Dataset, Split, random_split
+from nnmark.data.conform import DEFAULT_INTERPOLATION, PIL_RESAMPLE, check_interpolation, image_mode
 from nnmark.errors import DataError
 
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -109,13 +110,16 @@ def _num_classes(*ys: torch.Tensor) -> int:
     return max((int(y.max()) for y in ys if y.numel()), default=-1) + 1
 
 
-def load_folder(path: str, *, name: str, seed: int) -> Dataset:
+def load_folder(path: str, *, name: str, seed: int, shape: tuple[int, int, int] | None = None,
+                interpolation: str = DEFAULT_INTERPOLATION) -> Dataset:
     """Images in one subfolder per class; class index follows the sorted subfolder names.
 
     If the folder holds exactly ``train/`` and ``test/``, each must hold the same class subfolders;
     otherwise 20% of the images, chosen by ``seed``, become the test split. Every non-hidden file in
-    a class folder must be an image Pillow can read, and all images must share one size. Images are
-    grayscale (C=1) if every one has mode "L" or "1", else all are converted to RGB (C=3).
+    a class folder must be an image Pillow can read (else DataError naming it). Without ``shape`` all
+    images must share one size, and are grayscale (C=1) if every one has mode "L" or "1", else all
+    are converted to RGB (C=3). With ``shape`` (C, H, W) every image is decoded as C channels and
+    resized to W x H by Pillow with ``interpolation`` (one of ``conform.INTERPOLATIONS``).
     Names starting with "." and files directly in the top folder are skipped.
     """
     root = existing(path, name, folder=True)
@@ -127,10 +131,10 @@ def load_folder(path: str, *, name: str, seed: int) -> Dataset:
         if _subfolders(root / "test") != classes:
             raise DataError(f"{name}: train/ and test/ in {root} must hold the same class folders")
         train = _labelled_files(root / "train", classes, name)
-        x, y = _read_images(train + _labelled_files(root / "test", classes, name), name)
+        x, y = _read_images(train + _labelled_files(root / "test", classes, name), name, shape, interpolation)
         n = len(train)
         return Dataset(name, Split(x[:n].clone(), y[:n].clone()), Split(x[n:].clone(), y[n:].clone()), len(classes))
-    x, y = _read_images(_labelled_files(root, top, name), name)
+    x, y = _read_images(_labelled_files(root, top, name), name, shape, interpolation)
     return random_split(name, x, y, len(top), seed)
 
 
@@ -153,18 +157,27 @@ def _labelled_files(base: Path, classes: list[str], name: str) -> list[tuple[Pat
     return out
 
 
-def _read_images(files: list[tuple[Path, int]], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_images(files: list[tuple[Path, int]], name: str, shape: tuple[int, int, int] | None,
+                 interpolation: str) -> tuple[torch.Tensor, torch.Tensor]:
     headers = [_open(f, name, lambda im: (im.size, im.mode)) for f, _ in files]
-    size, first = headers[0][0], files[0][0]
-    for (f, _), (sz, _) in zip(files, headers):
-        if sz != size:
-            raise DataError(
-                f"{name}: {f} is {sz[0]}x{sz[1]} but {first} is {size[0]}x{size[1]}; all images must be the same size"
-            )
-    mode = "L" if all(m in _GRAY_MODES for _, m in headers) else "RGB"
+    if shape is None:
+        size, first = headers[0][0], files[0][0]
+        for (f, _), (sz, _) in zip(files, headers):
+            if sz != size:
+                raise DataError(f"{name}: {f} is {sz[0]}x{sz[1]} but {first} is {size[0]}x{size[1]}; all images must "
+                                "be the same size")
+        mode = "L" if all(m in _GRAY_MODES for _, m in headers) else "RGB"
+    else:
+        check_interpolation(interpolation)
+        mode, size = image_mode(shape[0]), (shape[2], shape[1])
+
+    def decode(im: Image.Image) -> np.ndarray:
+        im = im.convert(mode)
+        return np.asarray(im if im.size == size else im.resize(size, PIL_RESAMPLE[interpolation]))
+
     pixels = np.empty((len(files), size[1], size[0], 1 if mode == "L" else 3), dtype=np.uint8)
     for i, (f, _) in enumerate(files):
-        pixels[i] = _open(f, name, lambda im: np.asarray(im.convert(mode))).reshape(pixels.shape[1:])
+        pixels[i] = _open(f, name, decode).reshape(pixels.shape[1:])
     return _unit(pixels.transpose(0, 3, 1, 2)), torch.tensor([label for _, label in files], dtype=torch.int64)
 
 

@@ -13,12 +13,12 @@ subprocess with its own environment variables, e.g. ``ONEDNN_MAX_CPU_ISA``) give
 """
 
 from nnmark.oracles.base import ACCESS_LEVELS, LabelsOracle, LogitsOracle, Oracle, ProbabilitiesOracle, check_inputs
-from nnmark.oracles.local import TorchOracle
+from nnmark.oracles.local import TorchOracle, model_oracle
 from nnmark.oracles.onnx import OnnxOracle
 from nnmark.oracles.transformed import TransformedOracle
 from nnmark.oracles.worker import WorkerOracle
 
 __all__ = [
     "ACCESS_LEVELS", "LabelsOracle", "LogitsOracle", "OnnxOracle", "Oracle", "ProbabilitiesOracle", "TorchOracle",
-    "TransformedOracle", "WorkerOracle", "check_inputs",
+    "TransformedOracle", "WorkerOracle", "check_inputs", "model_oracle",
 ]

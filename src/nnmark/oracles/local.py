@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 from nnmark.errors import InputError
-from nnmark.oracles.base import LogitsOracle, LossFn
+from nnmark.oracles.base import LogitsOracle, LossFn, Oracle, ProbabilitiesOracle
+
+if TYPE_CHECKING:
+    from nnmark.models.sources import LoadedModel
 
 # torch warns about Intel-GPU TF32 whenever oneDNN flags are toggled on a CPU build: not ours to act on.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
@@ -153,3 +157,15 @@ class TorchOracle(LogitsOracle):
                 losses.append(loss.detach().cpu())
                 grads.append(g.cpu().contiguous())
         return torch.cat(losses).to(x.dtype), torch.cat(grads).to(x.dtype)
+
+
+def model_oracle(loaded: LoadedModel, *, budget: int | None = None) -> Oracle:
+    """An oracle over ``loaded.model`` (any source kind, pixel space [0, 1], the card's shape and K).
+
+    White box where the kind gives gradients; otherwise (ONNX Runtime) probabilities and labels only, so a method
+    that needs gradients gets a one-line ``AccessError`` instead of a failed backward pass.
+    """
+    card = loaded.card
+    if loaded.access == "gradients":
+        return TorchOracle(loaded.model, card.input_shape, card.num_classes, budget=budget)
+    return ProbabilitiesOracle(TorchOracle(loaded.model, card.input_shape, card.num_classes), budget)

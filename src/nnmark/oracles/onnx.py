@@ -27,19 +27,9 @@ import warnings
 
 import torch
 
-from nnmark.errors import InputError, NnmarkError
+from nnmark._onnxrt import OPTIMIZATIONS, requirement, session
+from nnmark.errors import InputError
 from nnmark.oracles.base import LogitsOracle
-
-OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
-
-
-def requirement() -> str | None:
-    """Why ONNX Runtime cannot run here (not importable), else None."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        return f"onnxruntime is not installed (pip install 'nnmark[onnx]'): {e}"
-    return None
 
 
 def export(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> bytes:
@@ -71,24 +61,8 @@ class OnnxOracle(LogitsOracle):
 
     def __init__(self, model: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int | None = None, *,
                  optimization: str = "all", budget: int | None = None):
-        if optimization not in OPTIMIZATIONS:
-            raise ValueError(f"optimization must be one of {OPTIMIZATIONS}, got {optimization!r}")
-        reason = requirement()
-        if reason is not None:
-            raise NnmarkError(reason)
-        import onnxruntime as ort
-
-        levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[optimization]
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         self.optimization = optimization
-        self.session = ort.InferenceSession(export(model, input_shape), options, providers=["CPUExecutionProvider"])
+        self.session = session(export(model, input_shape), optimization)
         if num_classes is None:
             num_classes = self._run(torch.zeros(1, *input_shape)).shape[1]
         super().__init__(input_shape, num_classes, budget)
