@@ -30,7 +30,8 @@ def test_every_attack_is_a_command_whose_options_are_the_attacks(name):
     for decorate in SOURCES[spec.data].options:
         decorate(data_options)
     data_names = {p.name for p in getattr(data_options, "__click_params__", [])}
-    assert set(params) == {"model_path", "out", *data_names, *(o.name for o in spec.options)}
+    source_options = {"weights", "input_shape", "normalize"}  # the model source's, shared by every --model
+    assert set(params) == {"model_path", "out", *source_options, *data_names, *(o.name for o in spec.options)}
     assert "Example:" in CliRunner().invoke(main, ["attack", name, "--help"]).output
 
 
