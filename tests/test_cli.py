@@ -302,3 +302,13 @@ def test_metafinger_matches_the_source_and_a_fine_tuned_copy_but_not_an_independ
         v = run("verify", key, "--model", suspect, "--unsigned", "--json")
         assert v.exit_code == code, (suspect.name, v.output)
         assert 0 <= json.loads(v.output)["details"]["p_value"] <= 1
+
+
+def test_ipguard_key_from_the_command_line_matches_its_source(run, lenet_file, tmp_path):
+    key = tmp_path / "ipguard.key"
+    r = run("mark", "ipguard", "--model", lenet_file, "--n", 20, "--iterations", 100, "--out", key,
+            "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["method"] == "ipguard"
+    r = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "match", r.output

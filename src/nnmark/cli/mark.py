@@ -156,8 +156,9 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
     start = time.perf_counter()
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = ipguard.create(
-        source, x, k=k, lr=lr, iterations=iterations, seed=seed,
-        threshold=threshold, model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
+        source, x, k=k, lr=lr, iterations=iterations, seed=seed, threshold=threshold,
+        model_digest=models.digest(model), meta={m: v for m, v in meta.items() if m != "seed"},  # it records seed
+        progress=progress_enabled(),
     )
     _finish_mark(key, source, out, secret,
                  {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json)
