@@ -78,6 +78,11 @@ LABEL_NAME = "label"
 OUTPUTS = ("probabilities", "logits", "labels")
 BYTES_PER_VALUE = 32
 """Default body limit per input value: a float32 written as a JSON float64 repr plus separator is at most ~25 bytes."""
+GRPC_WORKERS = 4
+"""Threads of the gRPC server (the model itself answers one request at a time)."""
+GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "RESOURCE_EXHAUSTED", 404: "NOT_FOUND",
+               413: "OUT_OF_RANGE", 500: "INTERNAL"}
+"""The gRPC status of each refusal (HTTP status) of ``ServedModel``."""
 KEEP_ALIVE_SECONDS = 5
 """An idle keep-alive connection is closed after this long."""
 BODY_READ_SECONDS = 30.0
@@ -261,7 +266,7 @@ def create_app(
         BYTES_PER_VALUE * max_batch * math.prod(oracle.input_shape) + 65536
 
     app = FastAPI(title="nnmark", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.model, app.state.token = model, token
+    app.state.model, app.state.token, app.state.body_limit = model, token, limit
 
     @app.exception_handler(_Refused)
     async def _refused(request: Request, exc: _Refused) -> JSONResponse:
@@ -392,3 +397,73 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, log_level: 
         server.should_exit = True
         thread.join()
         sock.close()
+
+
+def grpc_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecure_no_token: bool = False):
+    """Serve ``app``'s model and token over OIP v2 gRPC too (needs ``nnmark[grpc]``); returns the started
+    ``grpc.Server`` and its port. The caller stops it (``server.stop(grace)``).
+
+    Health RPCs never need the token; the others check ``authorization: Bearer <token>`` call metadata.
+    Messages up to the REST body limit are accepted. Refusals are gRPC statuses (``GRPC_STATUS``) with the
+    same one-line messages as REST.
+    """
+    from concurrent import futures
+
+    import grpc
+
+    from nnmark.oracles import oip_grpc, proto
+
+    check_exposure(host, app.state.token, insecure_no_token)
+    model: ServedModel = app.state.model
+
+    def guarded(fn, needs_token: bool = True):
+        def method(request, context):
+            try:
+                if needs_token:
+                    authorize(dict(context.invocation_metadata()).get("authorization"), app.state.token)
+                name = getattr(request, "name", None) or getattr(request, "model_name", None)
+                if name is not None and name != model.name:
+                    raise _Refused(404, f"unknown model {name[:60]!r}; this server serves {model.name!r}")
+                return fn(request)
+            except _Refused as e:
+                context.abort(getattr(grpc.StatusCode, GRPC_STATUS.get(e.status, "INTERNAL")), e.message)
+            except EndpointError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return method
+
+    def infer(request):
+        inputs = oip_grpc.read_tensors(request.inputs, list(request.raw_input_contents), "inputs")
+        outputs = model.infer(inputs, [o.name for o in request.outputs] or None)
+        answer = proto.ModelInferResponse(model_name=model.name, model_version=request.model_version, id=request.id)
+        oip_grpc.write_tensors(outputs, answer.outputs, answer.raw_output_contents)
+        return answer
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS), options=[
+        ("grpc.max_receive_message_length", app.state.body_limit), ("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers([oip_grpc.service_handler({
+        "ServerLive": guarded(lambda r: proto.ServerLiveResponse(live=True), needs_token=False),
+        "ServerReady": guarded(lambda r: proto.ServerReadyResponse(ready=True), needs_token=False),
+        "ServerMetadata": guarded(lambda r: proto.ServerMetadataResponse(name="nnmark", version=__version__,
+                                                                         extensions=EXTENSIONS)),
+        "ModelReady": guarded(lambda r: proto.ModelReadyResponse(ready=True)),
+        "ModelMetadata": guarded(lambda r: oip_grpc.metadata_message(model.metadata())),
+        "ModelInfer": guarded(infer),
+    })])
+    try:
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise EndpointError(f"cannot serve gRPC on {host}:{port} (address in use or not available)")
+    server.start()
+    return server, bound
+
+
+@contextlib.contextmanager
+def serving_grpc(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """``grpc_server`` for the length of a ``with`` block; yields its ``grpc://host:port`` URL."""
+    server, bound = grpc_server(app, host, port)
+    try:
+        yield f"grpc://{f'[{host}]' if ':' in host else host}:{bound}"
+    finally:
+        server.stop(None).wait()

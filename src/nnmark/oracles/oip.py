@@ -114,7 +114,8 @@ def _flatten(data: Any, shape: list[int]) -> list:
     return out
 
 
-def _array(values: list, datatype: str) -> np.ndarray:
+def values_array(values: list, datatype: str) -> np.ndarray:
+    """A flat array of ``datatype`` from Python values, each of the right kind, in range and finite."""
     dtype = DTYPES[datatype]
     types = set(map(type, values))
     allowed = {bool} if dtype.kind == "b" else {int} if dtype.kind in "iu" else {int, float}
@@ -132,11 +133,26 @@ def _array(values: list, datatype: str) -> np.ndarray:
     return array
 
 
-def _shape(obj: dict, where: str) -> list[int]:
-    shape = obj.get("shape")
+def check_shape(shape: Any, where: str) -> list[int]:
+    """``shape`` as a list of at most ``MAX_DIMS`` sizes >= 0."""
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(s) is int and s >= 0 for s in shape):
         raise MalformedMessage(f"{where}: shape must be a list of at most {MAX_DIMS} sizes >= 0, got {str(shape)[:60]}")
     return shape
+
+
+def bytes_array(raw: bytes, datatype: str, shape: list[int], where: str, offset: int = 0,
+                size: int | None = None) -> np.ndarray:
+    """The ``shape`` array of little-endian ``datatype`` values in ``raw[offset:offset + size]`` (size: the rest)."""
+    dtype = DTYPES[datatype]
+    need = math.prod(shape) * dtype.itemsize
+    size = len(raw) - offset if size is None else size
+    if type(size) is not int or size != need or offset + size > len(raw):
+        raise MalformedMessage(f"{where}: {str(size)[:30]} bytes of binary data do not fit its shape {shape} "
+                               f"({need} bytes) or the body")
+    array = np.frombuffer(raw, dtype, math.prod(shape), offset).reshape(shape).copy()
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise MalformedMessage(f"{where} holds non-finite values")
+    return array
 
 
 def read_tensors(objs: Any, binary: bytes, where: str) -> dict[str, np.ndarray]:
@@ -151,28 +167,23 @@ def read_tensors(objs: Any, binary: bytes, where: str) -> dict[str, np.ndarray]:
             raise MalformedMessage(f"every tensor in '{where}' needs its own string 'name'")
         if datatype not in DTYPES:
             raise MalformedMessage(f"tensor {name[:40]!r}: datatype must be one of {', '.join(DTYPES)}")
-        shape = _shape(obj, f"tensor {name[:40]!r}")
+        where = f"tensor {name[:40]!r}"
+        shape = check_shape(obj.get("shape"), where)
         count = math.prod(shape)
         params = obj.get("parameters") or {}
         if not isinstance(params, dict):
-            raise MalformedMessage(f"tensor {name[:40]!r}: parameters must be an object")
+            raise MalformedMessage(f"{where}: parameters must be an object")
         size = params.get("binary_data_size")
         if size is not None:
-            dtype = DTYPES[datatype]
-            if type(size) is not int or size != count * dtype.itemsize or offset + size > len(binary):
-                raise MalformedMessage(f"tensor {name[:40]!r}: binary_data_size {str(size)[:30]} does not fit its "
-                                       f"shape {shape} ({count * dtype.itemsize} bytes) or the body")
-            array = np.frombuffer(binary, dtype, count, offset).reshape(shape).copy()
+            array = bytes_array(binary, datatype, shape, where, offset, size)
             offset += size
-            if dtype.kind == "f" and not np.isfinite(array).all():
-                raise MalformedMessage(f"tensor {name[:40]!r} holds non-finite values")
         else:
             if "data" not in obj:
-                raise MalformedMessage(f"tensor {name[:40]!r} has neither 'data' nor binary_data_size")
+                raise MalformedMessage(f"{where} has neither 'data' nor binary_data_size")
             values = _flatten(obj["data"], shape)
             if len(values) != count:
-                raise MalformedMessage(f"tensor {name[:40]!r} has {len(values)} values, its shape {shape} needs {count}")
-            array = _array(values, datatype).reshape(shape)
+                raise MalformedMessage(f"{where} has {len(values)} values, its shape {shape} needs {count}")
+            array = values_array(values, datatype).reshape(shape)
         tensors[name] = array
     if offset != len(binary):
         raise MalformedMessage(f"{len(binary) - offset} bytes of binary data belong to no tensor")
