@@ -6,7 +6,8 @@ numbers are those Triton, KServe and MLServer speak. Requests carry their inputs
 (little-endian bytes, one entry per input); answers are read from ``raw_output_contents`` or from the typed
 ``contents`` (``fp32_contents``, ``int64_contents``, ...), every size, range and value checked as in the
 REST codec (``nnmark.oracles.oip``). Metadata is turned into the REST JSON form, so one ``resolve`` serves
-both transports (the gRPC metadata has no ``parameters``, hence no model card).
+both transports (the gRPC metadata has no ``parameters``, hence no model card and no max_batch_size: the
+batch size is the spec's ``batch_size``).
 
 ``GrpcOracle`` behaves as ``HttpOracle`` (see ``nnmark.oracles.remote``): the bearer token goes in the
 ``authorization`` call metadata; ``timeout`` is each call's gRPC deadline; ``max_answer_bytes`` is the
