@@ -418,7 +418,7 @@ def read_answer(outputs: Mapping[str, np.ndarray], n: int, endpoint: Endpoint) -
         p, labels = torch.softmax(z, dim=1).float(), z.argmax(dim=1)
     else:
         if z.min() < 0 or z.max() > 1:
-            raise EndpointError(f"{bad}: values outside [0, 1]")
+            raise EndpointError(f"{bad}: values outside [0, 1] (logits? then pass --output-kind logits)")
         worst = (z.sum(dim=1) - 1).abs().max().item()
         if worst > ROW_SUM_TOLERANCE:
             raise EndpointError(f"{bad}: a row's sum is {worst:.3g} away from 1 (tolerance {ROW_SUM_TOLERANCE:g})")
