@@ -58,10 +58,6 @@ class Oracle:
         """Whether this oracle gives ``access`` ("labels" < "probabilities" < "gradients" < "internals")."""
         return ACCESS_LEVELS.index(self.access) >= ACCESS_LEVELS.index(access)
 
-    def _cost(self, n: int) -> int:
-        """Queries a call of ``n`` inputs spends (an oracle that re-asks some inputs counts them too)."""
-        return n
-
     def _spend(self, x: torch.Tensor) -> None:
         """Check the inputs and count what answering them costs, all before anything is asked."""
         check_inputs(x, self.input_shape)

@@ -99,12 +99,6 @@ class EndpointOracle(Oracle):
         self.batch_size = self.endpoint.batch_limit
         super().__init__(self.endpoint.input_shape, self.endpoint.num_classes, budget)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _metadata(self) -> dict:
         """The model metadata as the OIP v2 REST JSON object."""
         raise NotImplementedError
