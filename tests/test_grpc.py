@@ -102,3 +102,42 @@ def test_the_shipped_descriptor_is_the_proto_compiled():
     fields = {f.name: f.number for f in proto.ModelInferRequest.DESCRIPTOR.fields}
     assert fields == {"model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "inputs": 5, "outputs": 6,
                       "raw_input_contents": 7}
+
+
+def test_nnmark_serve_grpc_port_and_verify_over_grpc(lenet, lenet_file, mnist, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from nnmark import keys
+    from nnmark.cli import main
+
+    key_file = tmp_path / "dbi.key"
+    keys.save(dbi.create(TorchOracle(lenet, SHAPE), mnist.train.x[:6], itr=30, eps=1e-3), key_file, secret=None)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--port",
+                               str(ports[0]), "--grpc-port", str(ports[1]), "--model-name", "lenet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):  # start-up: at most 60 s
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", ports[0])) == 0:
+                    break
+            time.sleep(0.1)
+        args = ["verify", str(key_file), "--unsigned", "--model-name", "lenet", "--endpoint"]
+        r = CliRunner().invoke(main, [*args, f"grpc://127.0.0.1:{ports[1]}", "--batch-size", "8"],
+                               env={"NNMARK_TOKEN": None})
+        assert r.exit_code == 0, r.output
+        assert CliRunner().invoke(main, [*args, f"http://127.0.0.1:{ports[0]}", "--transport", "grpc"]).exit_code == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    r = CliRunner().invoke(main, ["serve", "--model", str(lenet_file), "--host", "0.0.0.0", "--port", str(ports[0])],
+                           env={"NNMARK_TOKEN": None})
+    assert r.exit_code == 2 and "refusing to serve 0.0.0.0 without a token" in r.stderr

@@ -1,6 +1,7 @@
 """``HttpOracle``: same answers and verdicts as a local oracle, retries, time-outs, budget, lying endpoints."""
 
 import asyncio
+import json
 import socket
 import time
 
@@ -398,3 +399,51 @@ def test_connect_picks_the_transport_and_urls_never_show_their_password(served):
     with pytest.raises(EndpointError, match=r"http://\*\*\*@127.0.0.1") as e:
         HttpOracle(f"http://alice:pw-s3cret@127.0.0.1:{port}", model_name="nope", token="tok", retries=0)
     assert "pw-s3cret" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def canary_key_file(lenet, mnist, tmp_path_factory):
+    from nnmark import keys
+    from nnmark.marks import canary
+
+    oracle = TorchOracle(lenet, SHAPE)
+    key = canary.attach(dbi.create(oracle, mnist.train.x[:10], itr=50, eps=1e-3), oracle, mnist.test.x[:300],
+                        mnist.test.y[:300])
+    path = tmp_path_factory.mktemp("keys") / "dbi.key"
+    keys.save(key, path, secret=None)
+    return path
+
+
+def cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None, "NNMARK_TOKEN": None, **(env or {})})
+
+
+def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lenet, canary_key_file):
+    key = ("verify", canary_key_file, "--unsigned", "--endpoint")
+    with serving(shaped_endpoint(lenet, kind="logits", name="output__0")) as url:
+        r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits", "--transport", "rest-binary",
+                "--batch-size", 4, "--timeout", 5, "--retries", 0, "--no-consistency-check", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["details"]["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
+        r = cli(*key, url)
+        assert r.exit_code == 2 and "none is named 'probabilities' or 'logits': pass --output-name" in r.stderr
+    with serving(create_app(TorchOracle(lenet, SHAPE), model_name="model")) as url:
+        r = cli(*key, url, "--layout", "NHWC")
+        assert r.exit_code == 2 and "metadata says NCHW, --layout says NHWC" in r.stderr
+        r = cli(*key, f"{url}/v2/models/model")
+        assert r.exit_code == 2 and f"use '{url}'" in r.stderr
+        r = cli(*key, url, env={"NNMARK_TOKEN": "s3cret\ntoken"})
+        assert r.exit_code == 2 and "HTTP header cannot carry" in r.stderr and "s3cret" not in r.output
+
+
+def test_cli_preflight_stops_a_misnormalised_endpoint_with_exit_2(lenet, canary_key_file):
+    key = ("verify", canary_key_file, "--unsigned", "--endpoint")
+    with serving(shaped_endpoint(lenet, mean=0.1307, std=0.3081)) as url:
+        r = cli(*key, url)
+        assert r.exit_code == 2, r.output
+        assert "different model or wrong endpoint format; check --normalize" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert cli(*key, url, "--normalize", "0.1307,0.3081").exit_code == 0

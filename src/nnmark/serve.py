@@ -357,7 +357,8 @@ def check_exposure(host: str, token: bytes | None, insecure_no_token: bool) -> N
     if not insecure_no_token:
         raise EndpointError(f"refusing to serve {host} without a token: give one (--token-file or NNMARK_TOKEN) "
                             f"or pass --insecure-no-token")
-    warnings.warn(f"serving {host} WITHOUT a token: anyone who reaches it can query the model", stacklevel=3)
+    # one location for every caller, so a process that serves REST and gRPC warns once
+    warnings.warn(f"serving {host} WITHOUT a token: anyone who reaches it can query the model", stacklevel=1)
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",

@@ -1,32 +1,81 @@
 """The suspect: the model a key is asked of, a local file (``--model``) or an endpoint (``--endpoint``).
 
 ``verify``, ``identify`` and ``audit`` share these options and the one function that builds the oracle.
+The endpoint's shape (``--input-name``, ``--layout``, ... ``--max-answer-bytes``) fills an ``EndpointSpec``
+(``nnmark.oracles.endpoint``); what a flag leaves open is read from the server's metadata, and a flag that
+contradicts the metadata is refused in one line. ``grpc://host:port`` endpoints speak gRPC.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 from dataclasses import dataclass
 
 import click
 
 from nnmark import envs
 from nnmark.cli._shared import CliError, load_model
+from nnmark.oracles import endpoint as ep
+
+_SPEC_OPTIONS: dict = {}
+"""The running command's endpoint-shape options, for ``suspect_oracle`` (also in a fleet audit's worker threads)."""
+ENDPOINT_OPTIONS = [
+    click.option("--transport", type=click.Choice(ep.TRANSPORTS),
+                 help="rest (JSON), rest-binary (binary tensor extension) or grpc  [default: grpc for grpc://, else rest]"),
+    click.option("--model-version", help="The endpoint's model version (/v2/models/{name}/versions/{v})."),
+    click.option("--input-name", help="Input tensor name  [default: the metadata's only input]"),
+    click.option("--layout", type=click.Choice(ep.LAYOUTS), help="Input layout  [default: from the metadata, else NCHW]"),
+    click.option("--input-dtype", type=click.Choice(ep.INPUT_DTYPES),
+                 help="Input datatype; UINT8 sends 0-255 pixels  [default: the metadata's]"),
+    click.option("--normalize", help="Client-side normalisation: none, imagenet, M,S or M1,M2,M3,S1,S2,S3  "
+                                     "[default: the model card's, else none]"),
+    click.option("--output-name", help="Output tensor name  [default: probabilities, logits or label by kind]"),
+    click.option("--output-kind", type=click.Choice(ep.OUTPUT_KINDS),
+                 help="What the output holds; logits get a float64 softmax; labels: label-only access  "
+                      "[default: told by the output's name]"),
+    click.option("--label-name", help="An integer [N] or [N, 1] output with the server's own labels  "
+                                      "[default: 'label' when listed]"),
+    click.option("--batch-size", type=click.IntRange(1),
+                 help="Most inputs per request  [default: the metadata's max_batch_size, else all]"),
+    click.option("--timeout", type=click.FloatRange(0, min_open=True), default=ep.DEFAULT_TIMEOUT, show_default=True,
+                 help="Seconds one request may take in all (an overall deadline)."),
+    click.option("--retries", type=click.IntRange(0), default=ep.DEFAULT_RETRIES, show_default=True,
+                 help="Retries after a transient failure (connection, timeout, 429, 502-504)."),
+    click.option("--no-consistency-check", "consistency_check", is_flag=True, flag_value=False, default=True,
+                 help="Do not re-ask a few inputs per call to catch an endpoint whose answers move."),
+    click.option("--max-answer-bytes", type=click.IntRange(1), default=ep.DEFAULT_MAX_ANSWER_BYTES,
+                 show_default=True, help="Largest answer read; a longer one is refused."),
+]
+SPEC_OPTIONS = ("transport", "model_version", "input_name", "layout", "input_dtype", "normalize", "output_name",
+                "output_kind", "label_name", "batch_size", "timeout", "retries", "consistency_check",
+                "max_answer_bytes")
+
 
 def read_token(token_file: str | None) -> bytes | None:
-    """The bearer token in ``token_file`` (surrounding whitespace stripped), else $NNMARK_TOKEN, else None."""
-    if token_file is None:
-        token = os.environ.get("NNMARK_TOKEN", "").strip().encode()
-        return token or None
-    try:
-        with open(token_file, "rb") as fh:
-            token = fh.read().strip()
-    except OSError as e:
-        raise CliError(f"{token_file}: cannot read token file: {e.strerror or e}") from None
-    if not token:
-        raise CliError(f"{token_file}: token file is empty")
-    return token
+    """The bearer token in ``token_file``, else $NNMARK_TOKEN, else None (``nnmark.oracles.auth.read_token``:
+    whitespace stripped; anything an HTTP header cannot carry refused without echoing it)."""
+    from nnmark.oracles.auth import read_token as read
+
+    return read(token_file)
+
+
+def _stash_spec_options(f):
+    """Take the endpoint-shape options out of the command's keywords, for ``suspect_oracle``."""
+    @functools.wraps(f)
+    def command(*args, **kwargs):
+        _SPEC_OPTIONS.clear()
+        _SPEC_OPTIONS.update({name: kwargs.pop(name) for name in SPEC_OPTIONS})
+        return f(*args, **kwargs)
+    return command
+
+
+def endpoint_spec(url: str, model_name: str, options: dict) -> ep.EndpointSpec:
+    """The ``EndpointSpec`` of ``--endpoint`` and the endpoint-shape options (unset ones left open)."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    if "normalize" in fields:
+        fields["normalize"] = ep.parse_normalize(fields["normalize"])
+    return ep.EndpointSpec(url, model_name=model_name, **fields)
 
 
 def env_option(f):
@@ -40,6 +89,7 @@ def suspect_options(f=None, *, fleet: bool = False):
     ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat: a tuple of URLs."""
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet)
+    f = _stash_spec_options(f)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local model to ask."),
         env_option,
@@ -50,6 +100,7 @@ def suspect_options(f=None, *, fleet: bool = False):
         click.option("--token-file", type=click.Path(dir_okay=False),
                      help="Bearer token file for --endpoint (else NNMARK_TOKEN)."),
         click.option("--budget", type=click.IntRange(0), help="Most queries the check may spend."),
+        *ENDPOINT_OPTIONS,
     ]):
         f = option(f)
     return f
@@ -69,10 +120,11 @@ def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budge
     if (model_path is None) == (endpoint is None):
         raise CliError("pass exactly one of --model FILE and --endpoint URL")
     if endpoint:
-        from nnmark.oracles.remote import HttpOracle
+        from nnmark.oracles import connect
 
-        with HttpOracle(endpoint, model_name=model_name, token=read_token(token_file), budget=budget) as oracle:
-            yield oracle, Suspect({"endpoint": endpoint, "model_name": model_name})
+        spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS)
+        with connect(spec, token=read_token(token_file), budget=budget) as oracle:
+            yield oracle, Suspect({"endpoint": spec.shown_url, "model_name": model_name})
         return
     from nnmark import models
 
