@@ -20,36 +20,39 @@ from nnmark.oracles import endpoint as ep
 
 _SPEC_OPTIONS: dict = {}
 """The running command's endpoint-shape options, for ``suspect_oracle`` (also in a fleet audit's worker threads)."""
-ENDPOINT_OPTIONS = [
-    click.option("--transport", type=click.Choice(ep.TRANSPORTS),
-                 help="rest (JSON), rest-binary (binary tensor extension) or grpc  [default: grpc for grpc://, else rest]"),
-    click.option("--model-version", help="The endpoint's model version (/v2/models/{name}/versions/{v})."),
-    click.option("--input-name", help="Input tensor name  [default: the metadata's only input]"),
-    click.option("--layout", type=click.Choice(ep.LAYOUTS), help="Input layout  [default: from the metadata, else NCHW]"),
-    click.option("--input-dtype", type=click.Choice(ep.INPUT_DTYPES),
-                 help="Input datatype; UINT8 sends 0-255 pixels  [default: the metadata's]"),
-    click.option("--normalize", help="Client-side normalisation: none, imagenet, M,S or M1,M2,M3,S1,S2,S3  "
-                                     "[default: the model card's, else none]"),
-    click.option("--output-name", help="Output tensor name  [default: probabilities, logits or label by kind]"),
-    click.option("--output-kind", type=click.Choice(ep.OUTPUT_KINDS),
-                 help="What the output holds; logits get a float64 softmax; labels: label-only access  "
-                      "[default: told by the output's name]"),
-    click.option("--label-name", help="An integer [N] or [N, 1] output with the server's own labels  "
-                                      "[default: 'label' when listed]"),
-    click.option("--batch-size", type=click.IntRange(1),
-                 help="Most inputs per request  [default: the metadata's max_batch_size, else all]"),
-    click.option("--timeout", type=click.FloatRange(0, min_open=True), default=ep.DEFAULT_TIMEOUT, show_default=True,
-                 help="Seconds one request may take in all (an overall deadline)."),
-    click.option("--retries", type=click.IntRange(0), default=ep.DEFAULT_RETRIES, show_default=True,
-                 help="Retries after a transient failure (connection, timeout, 429, 502-504)."),
-    click.option("--no-consistency-check", "consistency_check", is_flag=True, flag_value=False, default=True,
-                 help="Do not re-ask a few inputs per call to catch an endpoint whose answers move."),
-    click.option("--max-answer-bytes", type=click.IntRange(1), default=ep.DEFAULT_MAX_ANSWER_BYTES,
-                 show_default=True, help="Largest answer read; a longer one is refused."),
-]
-SPEC_OPTIONS = ("transport", "model_version", "input_name", "layout", "input_dtype", "normalize", "output_name",
-                "output_kind", "label_name", "batch_size", "timeout", "retries", "consistency_check",
-                "max_answer_bytes")
+ENDPOINT_OPTIONS = {
+    "transport": click.option(
+        "--transport", type=click.Choice(ep.TRANSPORTS),
+        help="rest (JSON), rest-binary (binary tensor extension) or grpc  [default: grpc for grpc://, else rest]"),
+    "model_version": click.option("--model-version", help="The endpoint's model version (/v2/models/{name}/versions/{v})."),
+    "input_name": click.option("--input-name", help="Input tensor name  [default: the metadata's only input]"),
+    "layout": click.option("--layout", type=click.Choice(ep.LAYOUTS),
+                           help="Input layout  [default: from the metadata, else NCHW]"),
+    "input_dtype": click.option("--input-dtype", type=click.Choice(ep.INPUT_DTYPES),
+                                help="Input datatype; UINT8 sends 0-255 pixels  [default: the metadata's]"),
+    "normalize": click.option("--normalize", help="Client-side normalisation: none, imagenet, M,S or "
+                                                  "M1,M2,M3,S1,S2,S3  [default: the model card's, else none]"),
+    "output_name": click.option("--output-name",
+                                help="Output tensor name  [default: probabilities, logits or label by kind]"),
+    "output_kind": click.option("--output-kind", type=click.Choice(ep.OUTPUT_KINDS),
+                                help="What the output holds; logits get a float64 softmax; labels: label-only "
+                                     "access  [default: told by the output's name]"),
+    "label_name": click.option("--label-name", help="An integer [N] or [N, 1] output with the server's own labels  "
+                                                    "[default: 'label' when listed]"),
+    "batch_size": click.option("--batch-size", type=click.IntRange(1),
+                               help="Most inputs per request  [default: the metadata's max_batch_size, else all]"),
+    "timeout": click.option("--timeout", type=click.FloatRange(0, min_open=True), default=ep.DEFAULT_TIMEOUT,
+                            show_default=True, help="Seconds one request may take in all (an overall deadline)."),
+    "retries": click.option("--retries", type=click.IntRange(0), default=ep.DEFAULT_RETRIES, show_default=True,
+                            help="Retries after a transient failure (connection, timeout, 429, 502-504)."),
+    "consistency_check": click.option(
+        "--no-consistency-check", "consistency_check", is_flag=True, flag_value=False, default=True,
+        help="Do not re-ask a few inputs per call to catch an endpoint whose answers move."),
+    "max_answer_bytes": click.option("--max-answer-bytes", type=click.IntRange(1), default=ep.DEFAULT_MAX_ANSWER_BYTES,
+                                     show_default=True, help="Largest answer read; a longer one is refused."),
+}
+"""The endpoint-shape options by ``EndpointSpec`` field. A fleet (``audit``) has its own --batch-size (queries
+between two sequential decisions), so its requests follow the server's max_batch_size."""
 
 
 def read_token(token_file: str | None) -> bytes | None:
@@ -60,12 +63,12 @@ def read_token(token_file: str | None) -> bytes | None:
     return read(token_file)
 
 
-def _stash_spec_options(f):
-    """Take the endpoint-shape options out of the command's keywords, for ``suspect_oracle``."""
+def _stash_spec_options(f, names: list[str]):
+    """Take the endpoint-shape options ``names`` out of the command's keywords, for ``suspect_oracle``."""
     @functools.wraps(f)
     def command(*args, **kwargs):
         _SPEC_OPTIONS.clear()
-        _SPEC_OPTIONS.update({name: kwargs.pop(name) for name in SPEC_OPTIONS})
+        _SPEC_OPTIONS.update({name: kwargs.pop(name) for name in names})
         return f(*args, **kwargs)
     return command
 
@@ -89,7 +92,8 @@ def suspect_options(f=None, *, fleet: bool = False):
     ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat: a tuple of URLs."""
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet)
-    f = _stash_spec_options(f)
+    names = [name for name in ENDPOINT_OPTIONS if not (fleet and name == "batch_size")]
+    f = _stash_spec_options(f, names)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Local model to ask."),
         env_option,
@@ -100,7 +104,7 @@ def suspect_options(f=None, *, fleet: bool = False):
         click.option("--token-file", type=click.Path(dir_okay=False),
                      help="Bearer token file for --endpoint (else NNMARK_TOKEN)."),
         click.option("--budget", type=click.IntRange(0), help="Most queries the check may spend."),
-        *ENDPOINT_OPTIONS,
+        *(ENDPOINT_OPTIONS[name] for name in names),
     ]):
         f = option(f)
     return f

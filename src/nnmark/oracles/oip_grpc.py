@@ -120,11 +120,7 @@ class GrpcOracle(EndpointOracle):
         self._stubs = {name: self._channel.unary_unary(f"/{proto.SERVICE}/{name}", request_serializer=req.SerializeToString,
                                                        response_deserializer=resp.FromString)
                        for name, (req, resp) in proto.METHODS.items()}
-        try:
-            super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
-        except BaseException:
-            self._channel.close()
-            raise
+        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
 
     def close(self) -> None:
         """Close the channel."""

@@ -75,7 +75,8 @@ def make_spec(spec: EndpointSpec | str, fields: Mapping) -> EndpointSpec:
 
 class EndpointOracle(Oracle):
     """What every OIP v2 transport shares: the metadata check, batching, retries, the consistency check and
-    reading answers. A transport implements ``_metadata`` and ``_exchange`` (and ``close``).
+    reading answers. A transport opens its connection, then calls this ``__init__`` (which closes it again
+    when the endpoint does not fit), and implements ``_metadata``, ``_exchange`` and ``close``.
 
     Args:
         spec: the endpoint (see ``EndpointSpec``).
@@ -90,11 +91,15 @@ class EndpointOracle(Oracle):
         self.spec = spec
         self._ids = itertools.count(1)
         self._generator = torch.Generator().manual_seed(seed)
-        metadata = self._metadata()
         try:
-            self.endpoint: Endpoint = resolve(spec, metadata, input_shape=input_shape, num_classes=num_classes)
-        except EndpointError as e:
-            raise EndpointError(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
+            metadata = self._metadata()
+            try:
+                self.endpoint: Endpoint = resolve(spec, metadata, input_shape=input_shape, num_classes=num_classes)
+            except EndpointError as e:
+                raise EndpointError(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
+        except BaseException:
+            self.close()
+            raise
         self.access = self.endpoint.access
         self.batch_size = self.endpoint.batch_limit
         super().__init__(self.endpoint.input_shape, self.endpoint.num_classes, budget)
@@ -189,11 +194,7 @@ class HttpOracle(EndpointOracle):
         if token is not None:
             headers["Authorization"] = "Bearer " + check_token(token).decode()
         self._client = httpx.Client(base_url=spec.url, timeout=spec.timeout, headers=headers)
-        try:
-            super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
-        except BaseException:
-            self._client.close()
-            raise
+        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
