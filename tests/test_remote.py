@@ -429,6 +429,8 @@ def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lene
                 "--batch-size", 4, "--timeout", 5, "--retries", 0, "--no-consistency-check", "--json")
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["details"]["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
+        r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits")
+        assert r.exit_code == 0 and r.stderr.strip() == "preflight: 8 of 8 canaries answered as the keyed model does"
         r = cli(*key, url)
         assert r.exit_code == 2 and "none is named 'probabilities' or 'logits': pass --output-name" in r.stderr
     with serving(create_app(TorchOracle(lenet, SHAPE), model_name="model")) as url:
