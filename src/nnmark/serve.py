@@ -334,6 +334,8 @@ def _bind(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (0: a free port); ``EndpointError`` when the address is taken."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit TCP_NODELAY: an answer's headers and body leave at once, not 40 ms apart
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:

@@ -227,10 +227,6 @@ class Endpoint:
         """The outputs to ask for."""
         return [self.spec.output_name] + ([self.spec.label_name] if self.spec.label_name else [])
 
-    def wire_shape(self, n: int) -> list[int]:
-        c, h, w = self.input_shape
-        return [n, c, h, w] if self.spec.layout == "NCHW" else [n, h, w, c]
-
 
 def _shape(value: Any) -> list[int] | None:
     return list(value) if isinstance(value, (list, tuple)) and all(type(s) is int for s in value) else None

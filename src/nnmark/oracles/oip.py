@@ -7,7 +7,7 @@ little-endian bytes follow the header in tensor order. A request asks for binary
 (``"parameters": {"binary_data": true}``) or for all of them (request parameter ``binary_data_output``).
 
 Decoding is strict, since either side may be hostile: JSON NaN/Infinity, numbers that overflow float64
-(``1e999``) or integers longer than 20 digits, booleans or strings among numbers, a shape or data that do
+(``1e999``) or their datatype, integers longer than 20 digits, booleans or strings among numbers, a shape or data that do
 not agree, binary sizes that do not fit the body, bytes left over: each raises ``MalformedMessage`` with
 one line (the server answers it with 400). Datatypes: BOOL, UINT8-64, INT8-64, FP16, FP32, FP64.
 """
@@ -52,13 +52,6 @@ def _refuse_constant(name: str):
     raise MalformedMessage(f"non-finite number {name} in JSON")
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise MalformedMessage(f"number {text[:30]} overflows float64")
-    return value
-
-
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise MalformedMessage(f"integer of {len(text)} digits is out of range")
@@ -66,9 +59,10 @@ def _bounded_int(text: str) -> int:
 
 
 def loads(data: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity, no float64 overflow, no integer longer than ``MAX_INT_DIGITS`` digits."""
+    """Strict JSON: no NaN/Infinity and no integer longer than ``MAX_INT_DIGITS`` digits (a float that overflows
+    float64, e.g. 1e999, becomes inf here and is refused where tensor data are read)."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        return json.loads(data, parse_constant=_refuse_constant, parse_int=_bounded_int)
     except MalformedMessage:
         raise
     except (ValueError, RecursionError) as e:
@@ -126,8 +120,11 @@ def values_array(values: list, datatype: str) -> np.ndarray:
         info = np.iinfo(dtype)
         if min(values) < info.min or max(values) > info.max:
             raise MalformedMessage(f"{datatype} data holds values outside [{info.min}, {info.max}]")
-    with np.errstate(over="ignore"):
-        array = np.array(values, dtype=np.float64 if dtype.kind == "f" else dtype).astype(dtype)
+    try:
+        with np.errstate(over="ignore"):
+            array = np.array(values, dtype=np.float64 if dtype.kind == "f" else dtype).astype(dtype)
+    except OverflowError:
+        raise MalformedMessage(f"{datatype} data holds a number too large for it") from None
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise MalformedMessage(f"{datatype} data holds values that are non-finite or overflow {datatype}")
     return array
