@@ -41,7 +41,8 @@ def test_tampered_copies_pass_preflight_and_reach_tampered(key, lenet, mnist, at
     assert verdict.details["preflight"].startswith("preflight: ")
     assert verdict.decision == "tampered", verdict.statistic
     intact = marks.verify(TorchOracle(lenet, SHAPE), key)
-    assert intact.decision == "intact" and intact.details["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
+    assert intact.decision == "intact"
+    assert intact.details["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
 
 
 def test_a_wrongly_normalised_endpoint_stops_before_a_verdict(key, lenet):

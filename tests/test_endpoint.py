@@ -85,8 +85,8 @@ def test_resolve_fills_the_spec_from_the_metadata():
     (EndpointSpec(URL, input_name="images"), meta(), {}, "no input 'images'; it lists 'x'"),
     (EndpointSpec(URL), meta(outputs=[{"name": "output__0", "datatype": "FP32", "shape": [-1, 10]}]), {},
      "pass --output-name and --output-kind"),
-    (EndpointSpec(URL, output_name="output__0"), meta(outputs=[{"name": "output__0", "datatype": "FP32", "shape": [-1, 10]}]),
-     {}, "pass --output-kind"),
+    (EndpointSpec(URL, output_name="output__0"),
+     meta(outputs=[{"name": "output__0", "datatype": "FP32", "shape": [-1, 10]}]), {}, "pass --output-kind"),
     (EndpointSpec(URL), meta(), {"input_shape": (3, 32, 32)}, "the key's queries are (3, 32, 32)"),
     (EndpointSpec(URL), meta(), {"num_classes": 100}, "metadata says 10, --num-classes says 100"),
     (EndpointSpec(URL, output_kind="labels"), meta(outputs=[{"name": "label", "datatype": "INT64", "shape": [-1]}]), {},
@@ -165,7 +165,8 @@ def test_request_codec_reads_nested_data_binary_flags_and_the_id():
 
 
 @pytest.mark.parametrize("body, header_length, message", [
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e999]}]}', None, "non-finite or overflow FP32"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e999]}]}', None,
+     "non-finite or overflow FP32"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [' + b"9" * 400 + b"]}]}", None,
      "400 digits"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "non-finite"),

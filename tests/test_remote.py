@@ -414,12 +414,16 @@ def canary_key_file(lenet, mnist, tmp_path_factory):
     return path
 
 
+ALL_CANARIES = "preflight: 8 of 8 canaries answered as the keyed model does"
+
+
 def cli(*args, env=None):
     from click.testing import CliRunner
 
     from nnmark.cli import main
 
-    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None, "NNMARK_TOKEN": None, **(env or {})})
+    return CliRunner().invoke(main, [str(a) for a in args],
+                              env={"NNMARK_SECRET": None, "NNMARK_TOKEN": None, **(env or {})})
 
 
 def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lenet, canary_key_file):
@@ -428,9 +432,9 @@ def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lene
         r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits", "--transport", "rest-binary",
                 "--batch-size", 4, "--timeout", 5, "--retries", 0, "--no-consistency-check", "--json")
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["details"]["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
+        assert json.loads(r.stdout)["details"]["preflight"] == ALL_CANARIES
         r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits")
-        assert r.exit_code == 0 and r.stderr.strip() == "preflight: 8 of 8 canaries answered as the keyed model does"
+        assert r.exit_code == 0 and r.stderr.strip() == ALL_CANARIES
         r = cli(*key, url)
         assert r.exit_code == 2 and "none is named 'probabilities' or 'logits': pass --output-name" in r.stderr
     with serving(create_app(TorchOracle(lenet, SHAPE), model_name="model")) as url:
@@ -447,5 +451,6 @@ def test_cli_preflight_stops_a_misnormalised_endpoint_with_exit_2(lenet, canary_
     with serving(shaped_endpoint(lenet, mean=0.1307, std=0.3081)) as url:
         r = cli(*key, url)
         assert r.exit_code == 2, r.output
-        assert "different model or wrong endpoint format; check --normalize" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert "different model or wrong endpoint format; check --normalize" in r.stderr
+        assert len(r.stderr.splitlines()) == 1
         assert cli(*key, url, "--normalize", "0.1307,0.3081").exit_code == 0

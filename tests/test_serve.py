@@ -245,7 +245,8 @@ def test_binary_requests_and_answers_and_nested_data(client, mnist, server_oracl
 
     x = mnist.test.x[:3]
     local = TorchOracle(server_oracle.model, SHAPE)
-    content, headers = oip.encode_request({"input": x.numpy()}, ["probabilities", "label"], request_id="b-1", binary=True)
+    content, headers = oip.encode_request({"input": x.numpy()}, ["probabilities", "label"], request_id="b-1",
+                                          binary=True)
     r = client.post("/v2/models/lenet/infer", content=content, headers={**AUTH, **headers})
     assert r.status_code == 200 and oip.HEADER_LENGTH.lower() in r.headers
     rid, outputs = oip.decode_response(r.content, r.headers[oip.HEADER_LENGTH])
@@ -297,7 +298,8 @@ def test_slow_bodies_get_408_and_a_client_that_leaves_leaves_no_traceback(lenet,
     handler = logging.Handler()
     handler.emit = records.append
     app = create_app(TorchOracle(lenet, SHAPE), model_name="lenet", body_read_seconds=0.3)
-    head = b"POST /v2/models/lenet/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    head = (b"POST /v2/models/lenet/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
     with serving(app) as base:
         logging.getLogger("uvicorn.error").addHandler(handler)
         try:
@@ -316,9 +318,10 @@ def test_label_only_output_and_the_model_card(lenet, mnist):
         meta = httpx.get(f"{base}/v2/models/m/versions/1").json()
         r = httpx.post(f"{base}/v2/models/m/versions/1/infer", json=body(mnist.test.x[:2]))
     assert meta["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]}]
-    assert {k: meta["parameters"][k] for k in ("input_shape", "num_classes", "layout", "normalize", "output_kind", "data")} \
-        == {"input_shape": [1, 28, 28], "num_classes": 10, "layout": "NCHW", "normalize": "none",
-            "output_kind": "labels", "data": "mnist5k"}
+    card = ("input_shape", "num_classes", "layout", "normalize", "output_kind", "data")
+    assert {k: meta["parameters"][k] for k in card} == {
+        "input_shape": [1, 28, 28], "num_classes": 10, "layout": "NCHW", "normalize": "none",
+        "output_kind": "labels", "data": "mnist5k"}
     assert [o["name"] for o in r.json()["outputs"]] == ["label"]
 
 
@@ -384,14 +387,16 @@ def _malformed_requests():
     base = {"inputs": [{"name": "input", "shape": [1, *TINY], "datatype": "FP32", "data": [0.5] * 9}]}
     corruptions = st.sampled_from([
         lambda r: r.pop("inputs"), lambda r: r["inputs"][0].pop("data"), lambda r: r["inputs"][0].pop("shape"),
-        lambda r: r["inputs"][0].update(shape=[1, 3, 3]), lambda r: r["inputs"][0].update(shape=[5, *TINY], data=[0.5] * 45),
+        lambda r: r["inputs"][0].update(shape=[1, 3, 3]),
+        lambda r: r["inputs"][0].update(shape=[5, *TINY], data=[0.5] * 45),
         lambda r: r["inputs"][0].update(datatype="FP64"), lambda r: r["inputs"][0].update(datatype="STRING"),
         lambda r: r["inputs"][0].update(name="x"), lambda r: r["inputs"][0]["data"].__setitem__(0, 1.5),
         lambda r: r["inputs"][0]["data"].__setitem__(0, -0.25), lambda r: r["inputs"][0]["data"].__setitem__(0, "0.5"),
         lambda r: r["inputs"][0]["data"].__setitem__(0, True), lambda r: r["inputs"][0]["data"].__setitem__(0, 10**30),
         lambda r: r["inputs"][0]["data"].pop(), lambda r: r["inputs"][0].update(data=[[0.5] * 9]),
         lambda r: r.update(outputs=[{"name": "logits"}]), lambda r: r.update(outputs="label"), lambda r: r.update(id=7),
-        lambda r: r.update(parameters={"binary_data_output": "yes"}), lambda r: r["inputs"].append(dict(r["inputs"][0])),
+        lambda r: r.update(parameters={"binary_data_output": "yes"}),
+        lambda r: r["inputs"].append(dict(r["inputs"][0])),
         lambda r: r["inputs"][0].update(parameters={"binary_data_size": 36}),
     ])
 

@@ -372,7 +372,8 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
     check_exposure(host, app.state.token, insecure_no_token)
     sock = _bind(host, port)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_SECONDS)).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_SECONDS)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -386,7 +387,8 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, log_level: 
     """
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_keep_alive=KEEP_ALIVE_SECONDS))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off",
+                                           timeout_keep_alive=KEEP_ALIVE_SECONDS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"nnmark-serve-{bound}")
     thread.start()
     try:

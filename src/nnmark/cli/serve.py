@@ -41,7 +41,7 @@ def _check_port_free(host: str, port: int) -> None:
               help="Allow a non-loopback --host without a token (it warns); refused otherwise.")
 def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
           insecure_no_token) -> None:
-    """Serve a model over the Open Inference Protocol v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
+    """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
     \b
     Example:
@@ -56,7 +56,9 @@ def serve(model_path, env_name, host, port, model_name, token_file, output, max_
     model, config = load_model(model_path)
     oracle = envs.get(env_name).oracle(model, tuple(config.input_shape), budget=budget)
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch)
-    grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0] if grpc_port else None
+    grpc_server = None
+    if grpc_port:
+        grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
     click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
                + (" with a bearer token" if token else " WITHOUT a token"), err=True)

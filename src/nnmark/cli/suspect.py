@@ -24,7 +24,8 @@ ENDPOINT_OPTIONS = {
     "transport": click.option(
         "--transport", type=click.Choice(ep.TRANSPORTS),
         help="rest (JSON), rest-binary (binary tensor extension) or grpc  [default: grpc for grpc://, else rest]"),
-    "model_version": click.option("--model-version", help="The endpoint's model version (/v2/models/{name}/versions/{v})."),
+    "model_version": click.option("--model-version",
+                                  help="The endpoint's model version (/v2/models/{name}/versions/{v})."),
     "input_name": click.option("--input-name", help="Input tensor name  [default: the metadata's only input]"),
     "layout": click.option("--layout", type=click.Choice(ep.LAYOUTS),
                            help="Input layout  [default: from the metadata, else NCHW]"),

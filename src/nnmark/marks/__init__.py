@@ -49,7 +49,8 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verd
         raise KeyFileError(f"the key expects label {int(key.expected.max())}; the model has {oracle.num_classes} "
                            "classes, so the key cannot be for it")
     if spec.keyed and secret is None:
-        raise SignatureError(f"{key.method} keys need the owner's secret to verify (--secret-file or {keys.SECRET_ENV})")
+        raise SignatureError(f"{key.method} keys need the owner's secret to verify "
+                             f"(--secret-file or {keys.SECRET_ENV})")
     note = canary.preflight(oracle, key)
     verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
     verdict.details["preflight"] = note

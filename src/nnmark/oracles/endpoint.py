@@ -71,7 +71,8 @@ def parse_normalize(text: str) -> Normalization:
         values = []
     half = len(values) // 2
     if len(values) not in (2, 6) or not all(math.isfinite(v) for v in values) or min(values[half:]) <= 0:
-        raise ArgumentError(f"normalize must be none, imagenet, 'M,S' or 'M1,M2,M3,S1,S2,S3' with std > 0, got {text!r}")
+        raise ArgumentError(f"normalize must be none, imagenet, 'M,S' or 'M1,M2,M3,S1,S2,S3' with std > 0, "
+                            f"got {text!r}")
     return tuple(values[:half]), tuple(values[half:])
 
 
@@ -171,7 +172,8 @@ class EndpointSpec:
             if len(mean) != len(std) or len(mean) not in _CHANNEL_SIZES or min(std) <= 0:
                 raise ArgumentError("normalize needs as many means as stds (1 or 3), every std > 0")
             if self.input_dtype == "UINT8" and self.normalize != NO_NORMALIZATION:
-                raise ArgumentError("UINT8 inputs are 0-255 pixels; normalisation is then the server's, not --normalize")
+                raise ArgumentError("UINT8 inputs are 0-255 pixels; normalisation is then the server's, "
+                                    "not --normalize")
         if self.batch_size is not None and self.batch_size < 1:
             raise ArgumentError("batch_size must be >= 1 or None")
         if not self.timeout > 0 or self.retries < 0 or self.backoff < 0 or self.max_answer_bytes < 1:
@@ -256,7 +258,8 @@ def _layout_of(dims: list[int], card: dict, input_shape: tuple[int, int, int] | 
         return card["layout"]
     if input_shape is not None:
         c, h, w = input_shape
-        fits = [lay for lay, d in (("NCHW", [c, h, w]), ("NHWC", [h, w, c])) if all(a in (-1, b) for a, b in zip(dims, d))]
+        fits = [lay for lay, d in (("NCHW", [c, h, w]), ("NHWC", [h, w, c]))
+                if all(a in (-1, b) for a, b in zip(dims, d))]
         if len(fits) == 1:
             return fits[0]
     first, last = dims[0] in _CHANNEL_SIZES, dims[2] in _CHANNEL_SIZES
@@ -268,7 +271,7 @@ def _pick_output(spec: EndpointSpec, named: dict[str, dict]) -> tuple[str, str]:
     listed = ", ".join(map(repr, named)) or "none"
     name, kind = spec.output_name, spec.output_kind
     if name is None:
-        candidates = [DEFAULT_OUTPUT_NAMES[kind]] if kind else [DEFAULT_OUTPUT_NAMES[k] for k in ("probabilities", "logits")]
+        candidates = [DEFAULT_OUTPUT_NAMES[k] for k in ((kind,) if kind else ("probabilities", "logits"))]
         found = [c for c in candidates if c in named]
         if not found:
             raise EndpointError(f"metadata lists outputs {listed}; none is named {' or '.join(map(repr, candidates))}: "
@@ -280,7 +283,8 @@ def _pick_output(spec: EndpointSpec, named: dict[str, dict]) -> tuple[str, str]:
         by_name = {v: k for k, v in DEFAULT_OUTPUT_NAMES.items()}
         kind = by_name.get(name, "labels" if named[name].get("datatype") in LABEL_OUTPUTS else None)
         if kind is None:
-            raise EndpointError(f"cannot tell whether output {name!r} holds probabilities or logits: pass --output-kind")
+            raise EndpointError(f"cannot tell whether output {name!r} holds probabilities or logits: "
+                                "pass --output-kind")
     return name, kind
 
 
@@ -322,13 +326,15 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
     input_dtype = _agree("input_dtype", said_dtype, spec.input_dtype) or DEFAULT_INPUT_DTYPE
     dims = _shape(meta_in.get("shape"))
     if dims is None or len(dims) != 4:
-        raise EndpointError(f"input {input_name!r} must be a 4-d image batch; metadata says shape {meta_in.get('shape')}")
+        raise EndpointError(f"input {input_name!r} must be a 4-d image batch; metadata says shape "
+                            f"{meta_in.get('shape')}")
     dims = dims[1:]
     layout = _agree("layout", _layout_of(dims, card, input_shape), spec.layout) or DEFAULT_LAYOUT
     chw = dims if layout == "NCHW" else [dims[2], dims[0], dims[1]]
     if input_shape is not None:
         if any(a not in (-1, b) for a, b in zip(chw, input_shape)):
-            raise EndpointError(f"endpoint takes {layout} inputs of (C, H, W) {tuple(chw)}, the key's queries are {tuple(input_shape)}")
+            raise EndpointError(f"endpoint takes {layout} inputs of (C, H, W) {tuple(chw)}, the key's queries are "
+                                f"{tuple(input_shape)}")
         chw = list(input_shape)
     if min(chw) < 1:
         raise EndpointError(f"metadata leaves the input size open ({tuple(chw)}) and no key tells it")
@@ -339,7 +345,8 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
     if len(norm[0]) not in (1, chw[0]):
         raise EndpointError(f"normalize has {len(norm[0])} channel values, the inputs have {chw[0]} channels")
     if input_dtype == "UINT8" and norm != NO_NORMALIZATION:
-        raise EndpointError("the endpoint takes UINT8 pixels, which nnmark cannot normalise: normalisation is the server's")
+        raise EndpointError("the endpoint takes UINT8 pixels, which nnmark cannot normalise: normalisation is "
+                            "the server's")
     named = {t.get("name"): t for t in metadata["outputs"] if isinstance(t, dict)}
     output_name, output_kind = _pick_output(spec, named)
     meta_out = named[output_name]
@@ -350,11 +357,13 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
     else:
         out_shape = _shape(meta_out.get("shape"))
         if meta_out.get("datatype") not in FLOAT_OUTPUTS or out_shape is None or len(out_shape) != 2:
-            raise EndpointError(f"output {output_name!r} must be a float tensor [N, K] of {output_kind}; metadata says {meta_out}")
+            raise EndpointError(f"output {output_name!r} must be a float tensor [N, K] of {output_kind}; "
+                                f"metadata says {meta_out}")
         if out_shape[1] >= 1:
             classes = _agree("num_classes", out_shape[1], num_classes)
     if type(classes) is not int or classes < 2:
-        raise EndpointError(f"metadata does not tell the number of classes of output {output_name!r} and no key tells it")
+        raise EndpointError(f"metadata does not tell the number of classes of output {output_name!r} "
+                            "and no key tells it")
     label_name = spec.label_name
     if label_name is not None:
         if label_name not in named:
@@ -365,7 +374,8 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
     max_batch = card.get("max_batch_size")
     filled = replace(spec, input_name=input_name, input_dtype=input_dtype, layout=layout, normalize=norm,
                      output_name=output_name, output_kind=output_kind, label_name=label_name)
-    return Endpoint(filled, (chw[0], chw[1], chw[2]), classes, max_batch if type(max_batch) is int and max_batch >= 1 else None)
+    max_batch = max_batch if type(max_batch) is int and max_batch >= 1 else None
+    return Endpoint(filled, (chw[0], chw[1], chw[2]), classes, max_batch)
 
 
 _NUMPY = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
@@ -388,14 +398,16 @@ def to_wire(x: torch.Tensor, endpoint: Endpoint) -> np.ndarray:
 
 def _labels(name: str, array: np.ndarray | None, n: int, k: int) -> torch.Tensor:
     if array is None or array.shape not in ((n,), (n, 1)) or array.dtype.kind not in "iu":
-        raise EndpointError(f"endpoint returned malformed labels: expected {n} integer class indices in output {name!r}")
+        raise EndpointError(f"endpoint returned malformed labels: expected {n} integer class indices "
+                            f"in output {name!r}")
     labels = array.reshape(n).astype(np.int64)
     if labels.min() < 0 or labels.max() >= k:
         raise EndpointError(f"endpoint returned malformed labels: class indices outside [0, {k})")
     return torch.from_numpy(labels)
 
 
-def read_answer(outputs: Mapping[str, np.ndarray], n: int, endpoint: Endpoint) -> tuple[torch.Tensor | None, torch.Tensor]:
+def read_answer(outputs: Mapping[str, np.ndarray], n: int,
+                endpoint: Endpoint) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The float32 probabilities (n, K) (None for a label-only endpoint) and int64 labels (n,) of an answer."""
     spec, k = endpoint.spec, endpoint.num_classes
     name, kind = spec.output_name, spec.output_kind
@@ -406,7 +418,8 @@ def read_answer(outputs: Mapping[str, np.ndarray], n: int, endpoint: Endpoint) -
     if out is None:
         raise EndpointError(f"{bad}: no output named {name!r}")
     if out.dtype.kind != "f" or out.shape != (n, k):
-        raise EndpointError(f"{bad}: expected a float tensor of shape {[n, k]}, got {out.dtype} of shape {list(out.shape)}")
+        raise EndpointError(f"{bad}: expected a float tensor of shape {[n, k]}, got {out.dtype} "
+                            f"of shape {list(out.shape)}")
     z = torch.from_numpy(out.astype(np.float64))
     if not torch.isfinite(z).all():
         raise EndpointError(f"{bad}: values are non-finite")

@@ -7,9 +7,10 @@ little-endian bytes follow the header in tensor order. A request asks for binary
 (``"parameters": {"binary_data": true}``) or for all of them (request parameter ``binary_data_output``).
 
 Decoding is strict, since either side may be hostile: JSON NaN/Infinity, numbers that overflow float64
-(``1e999``) or their datatype, integers longer than 20 digits, booleans or strings among numbers, a shape or data that do
-not agree, binary sizes that do not fit the body, bytes left over: each raises ``MalformedMessage`` with
-one line (the server answers it with 400). Datatypes: BOOL, UINT8-64, INT8-64, FP16, FP32, FP64.
+(``1e999``) or their datatype, integers longer than 20 digits, booleans or strings among numbers, a shape
+and data that do not agree, binary sizes that do not fit the body, bytes left over: each raises
+``MalformedMessage`` with one line (the server answers it with 400). Datatypes: BOOL, UINT8-64, INT8-64,
+FP16, FP32, FP64.
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise MalformedMessage("'outputs' must be a list of objects with a string 'name'")
     names = [o["name"] for o in wanted]
-    binary_outputs = {o["name"] for o in wanted if _flag(o.get("parameters"), "binary_data", f"output {o['name'][:40]!r}")}
+    binary_outputs = {o["name"] for o in wanted
+                      if _flag(o.get("parameters"), "binary_data", f"output {o['name'][:40]!r}")}
     return InferRequest(rid, inputs, names, binary_outputs, binary_all)
 
 

@@ -51,7 +51,8 @@ def read_tensors(tensors, raw: list[bytes], where: str) -> dict[str, np.ndarray]
     for i, t in enumerate(tensors):
         name = f"tensor {t.name[:40]!r}"
         if t.name in arrays or t.datatype not in oip.DTYPES:
-            raise oip.MalformedMessage(f"{name}: a second tensor of that name, or datatype not one of {', '.join(oip.DTYPES)}")
+            raise oip.MalformedMessage(f"{name}: a second tensor of that name, or datatype not one of "
+                                       f"{', '.join(oip.DTYPES)}")
         shape = oip.check_shape(list(t.shape), name)
         if raw:
             arrays[t.name] = oip.bytes_array(raw[i], t.datatype, shape, name)
@@ -60,7 +61,8 @@ def read_tensors(tensors, raw: list[bytes], where: str) -> dict[str, np.ndarray]
             raise oip.MalformedMessage(f"{name}: {t.datatype} travels only in raw contents")
         values = list(getattr(t.contents, CONTENTS[t.datatype]))
         if len(values) != int(np.prod(shape)):
-            raise oip.MalformedMessage(f"{name} has {len(values)} values, its shape {shape} needs {int(np.prod(shape))}")
+            raise oip.MalformedMessage(f"{name} has {len(values)} values, its shape {shape} needs "
+                                       f"{int(np.prod(shape))}")
         arrays[t.name] = oip.values_array(values, t.datatype).reshape(shape)
     return arrays
 
@@ -92,7 +94,8 @@ def metadata_message(meta: Mapping):
 
 
 def service_handler(implementations: Mapping[str, Callable]) -> grpc.GenericRpcHandler:
-    """A handler for ``inference.GRPCInferenceService`` whose methods are ``implementations[name](request, context)``."""
+    """A handler for ``inference.GRPCInferenceService``; method ``name`` runs
+    ``implementations[name](request, context)``."""
     return grpc.method_handlers_generic_handler(proto.SERVICE, {
         name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=proto.METHODS[name][0].FromString,
                                                   response_serializer=proto.METHODS[name][1].SerializeToString)
@@ -117,7 +120,8 @@ class GrpcOracle(EndpointOracle):
         self._auth = (("authorization", "Bearer " + check_token(token).decode()),) if token is not None else ()
         self._channel = grpc.insecure_channel(urlsplit(spec.url).netloc, options=[
             ("grpc.max_receive_message_length", spec.max_answer_bytes), ("grpc.max_send_message_length", -1)])
-        self._stubs = {name: self._channel.unary_unary(f"/{proto.SERVICE}/{name}", request_serializer=req.SerializeToString,
+        self._stubs = {name: self._channel.unary_unary(f"/{proto.SERVICE}/{name}",
+                                                       request_serializer=req.SerializeToString,
                                                        response_deserializer=resp.FromString)
                        for name, (req, resp) in proto.METHODS.items()}
         super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)

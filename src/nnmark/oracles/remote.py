@@ -133,7 +133,8 @@ class EndpointOracle(Oracle):
 
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One request of n <= batch limit queries; the checked float32 probabilities (or None) and labels."""
-        outputs = self._exchange({self.endpoint.spec.input_name: to_wire(x, self.endpoint)}, f"nnmark-{next(self._ids)}")
+        inputs = {self.endpoint.spec.input_name: to_wire(x, self.endpoint)}
+        outputs = self._exchange(inputs, f"nnmark-{next(self._ids)}")
         return read_answer(outputs, x.shape[0], self.endpoint)
 
     def _ask(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:

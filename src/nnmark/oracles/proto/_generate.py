@@ -1,4 +1,5 @@
-"""Regenerate ``descriptor.py`` from ``grpc_predict_v2.proto``: ``make proto`` runs this file as a script (needs grpcio-tools).
+"""Regenerate ``descriptor.py`` from ``grpc_predict_v2.proto``; ``make proto`` runs this file as a script
+(needs grpcio-tools).
 
 protoc compiles the .proto into its serialized ``FileDescriptorProto``, which ``descriptor.py`` ships as a
 bytes literal; ``nnmark.oracles.proto`` builds the message classes from it at import time. That keeps the
