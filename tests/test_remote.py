@@ -1,6 +1,7 @@
 """``HttpOracle``: same answers and verdicts as a local oracle, retries, time-outs, budget, lying endpoints."""
 
 import asyncio
+import json
 import socket
 import time
 
@@ -157,7 +158,7 @@ def test_budget_is_enforced_before_anything_is_sent(mnist):
 
     app = fake_endpoint(answer)
     with serving(app) as url, HttpOracle(url, budget=10, **FAST) as oracle:
-        with pytest.raises(QueryBudgetExceeded, match="re-queries included"):
+        with pytest.raises(QueryBudgetExceeded, match=r"\+ 11 asked"):
             oracle.labels(mnist.test.x[:9])  # 9 + 2 re-queries > 10
         assert oracle.queries == 0 and app.state.calls == 0
         oracle.labels(mnist.test.x[:8])
@@ -200,7 +201,7 @@ def test_refuses_malformed_probabilities(mnist, lie):
         elif lie == "shape":
             out["shape"] = [out["shape"][0], 5]
         elif lie == "datatype":
-            out["datatype"] = "FP64"
+            out["datatype"] = "INT64"
         elif lie == "not-json":
             return Response(b"<html>oops</html>", media_type="text/html")
         return JSONResponse(answer)
@@ -220,7 +221,7 @@ def test_construction_refuses_what_is_not_a_matching_oip_model(served):
     url, _ = served
     with pytest.raises(EndpointError, match="failed 1 times; last: ConnectError"):
         HttpOracle(f"http://127.0.0.1:{free_port()}", retries=0)
-    with pytest.raises(EndpointError, match="http:// or https://"):
+    with pytest.raises(EndpointError, match=r"http\(s\)://host\[:port\] or grpc://"):
         HttpOracle("ftp://example.org")
     with pytest.raises(EndpointError, match=r"HTTP 401\): missing bearer token"):
         HttpOracle(url, model_name="lenet")
@@ -230,9 +231,11 @@ def test_construction_refuses_what_is_not_a_matching_oip_model(served):
     async def never(req, calls):
         raise AssertionError("not reached")
 
-    with serving(fake_endpoint(never, output="logits")) as other:
-        with pytest.raises(EndpointError, match="must return one FP32 output 'probabilities'"):
+    with serving(fake_endpoint(never, output="output__0")) as other:
+        with pytest.raises(EndpointError, match="none is named 'probabilities' or 'logits': pass --output-name"):
             HttpOracle(other)
+        with pytest.raises(EndpointError, match="whether output 'output__0' holds probabilities or logits"):
+            HttpOracle(other, output_name="output__0")
     page = FastAPI()
     page.get("/v2/models/{name}")(lambda name: Response(b"<html></html>", media_type="text/html"))
     with serving(page) as other:
@@ -249,3 +252,205 @@ def test_a_smaller_batch_size_argument_wins_and_float64_queries_go_as_float32(se
     assert server_oracle.batches == [4, 4, 2]
     local = torch.cat([TorchOracle(lenet, SHAPE).probabilities(c) for c in x.float().split(4)])
     assert torch.equal(p, local)
+
+
+def test_binary_transport_gives_the_json_answers_and_sends_fewer_bytes(served, mnist):
+    url, _ = served
+    x = mnist.test.x[:20]
+    sizes = {}
+    answers = {}
+    for transport in ("rest", "rest-binary"):
+        with remote(url, transport=transport, consistency_check=False) as oracle:
+            sent = []
+            oracle._client.event_hooks["request"] = [lambda r: sent.append(len(r.content))]
+            answers[transport] = oracle.predict(x)
+            sizes[transport] = sum(sent)
+    assert torch.equal(answers["rest"][0], answers["rest-binary"][0])
+    assert torch.equal(answers["rest"][1], answers["rest-binary"][1])
+    assert sizes["rest-binary"] < min(sizes["rest"], 4 * x.numel() + 1000), sizes  # 4 bytes a value + its header
+
+
+def shaped_endpoint(model, *, layout="NCHW", dtype="FP32", kind="probabilities", name="probabilities",
+                    label_shape=None, mean=0.0, std=1.0, seen=None) -> FastAPI:
+    """An OIP v2 app shaped as real deployments are: NHWC, UINT8, server-side normalisation, logits or
+    labels only, a label output of shape [N, 1]; it answers with ``model`` (NCHW float in [0, 1] after
+    its own de-normalisation) and records every request body in ``seen``."""
+    from nnmark.oracles import oip
+
+    app = FastAPI()
+    dims = [-1, *SHAPE] if layout == "NCHW" else [-1, SHAPE[1], SHAPE[2], SHAPE[0]]
+    outputs = [] if kind == "labels" else [{"name": name, "datatype": "FP32", "shape": [-1, 10]}]
+    if label_shape is not None:
+        outputs.append({"name": "label", "datatype": "INT64", "shape": label_shape})
+
+    @app.get("/v2/models/{m}")
+    async def metadata(m: str):
+        return {"name": m, "inputs": [{"name": "input__0", "datatype": dtype, "shape": dims}], "outputs": outputs}
+
+    @app.post("/v2/models/{m}/infer")
+    async def infer(request: Request, m: str):
+        body = await request.body()
+        req = oip.decode_request(body, request.headers.get(oip.HEADER_LENGTH))
+        if seen is not None:
+            seen.append(req)
+        x = torch.from_numpy(req.inputs["input__0"].astype("float64"))
+        x = x / 255 if dtype == "UINT8" else x * std + mean
+        if layout == "NHWC":
+            x = x.permute(0, 3, 1, 2)
+        z = model(x.float().clamp(0, 1)).detach()
+        answers = {name: (z if kind == "logits" else torch.softmax(z, 1)).numpy(),
+                   "label": z.argmax(1, keepdim=label_shape == [-1, 1]).numpy()}
+        wanted = req.outputs or list(answers)
+        content, headers = oip.encode_response(m, {k: answers[k] for k in wanted}, request_id=req.id,
+                                               binary={k for k in wanted if req.wants_binary(k)})
+        return Response(content, headers=headers)
+
+    return app
+
+
+@pytest.mark.parametrize("shape, spec", [
+    ({"kind": "logits", "name": "output__0"}, {"output_name": "output__0", "output_kind": "logits"}),
+    ({"layout": "NHWC", "dtype": "UINT8", "label_shape": [-1, 1]}, {}),
+    ({"mean": 0.1307, "std": 0.3081}, {"normalize": "0.1307,0.3081"}),
+    ({"kind": "labels", "label_shape": [-1, 1]}, {"output_kind": "labels", "num_classes": 10}),
+])
+@pytest.mark.parametrize("transport", ["rest", "rest-binary"])
+def test_deployed_shapes_give_the_local_labels(lenet, mnist, shape, spec, transport):
+    from nnmark.oracles.endpoint import parse_normalize
+
+    x = mnist.test.x[:12]
+    local = TorchOracle(lenet, SHAPE)
+    seen = []
+    if "normalize" in spec:
+        spec = {**spec, "normalize": parse_normalize(spec["normalize"])}
+    with serving(shaped_endpoint(lenet, seen=seen, **shape)) as url, \
+            HttpOracle(url, transport=transport, input_shape=SHAPE, **FAST, **spec) as oracle:
+        labels = oracle.labels(x)
+        assert oracle.access == ("labels" if shape.get("kind") == "labels" else "probabilities")
+    assert all(r.id.startswith("nnmark-") for r in seen) and len({r.id for r in seen}) == len(seen)
+    if shape.get("dtype") == "UINT8":
+        assert (labels == local.labels((x * 255).round() / 255)).all()
+    else:
+        assert torch.equal(labels, local.labels(x))
+
+
+def test_a_500_fails_at_once_with_the_servers_message_and_429_is_retried(mnist):
+    async def broken(req, calls):
+        return JSONResponse({"error": "model crashed:\nCUDA out of memory"}, status_code=500)
+
+    app = fake_endpoint(broken)
+    with serving(app) as url, HttpOracle(url, retries=3, **FAST) as oracle:
+        with pytest.raises(EndpointError, match=r"HTTP 500\): model crashed: CUDA out of memory$"):
+            oracle.labels(mnist.test.x[:2])
+    assert app.state.calls == 1
+
+    async def busy(req, calls):
+        if calls == 1:
+            return JSONResponse({"error": "slow down"}, status_code=429)
+        return JSONResponse({**uniform_answer(req), "id": 12345})
+
+    app = fake_endpoint(busy)
+    with serving(app) as url, HttpOracle(url, retries=1, consistency_check=False, **FAST) as oracle:
+        assert oracle.labels(mnist.test.x[:2]).shape == (2,)
+    assert app.state.calls == 2
+
+
+def test_an_answer_over_the_byte_cap_is_cut_off_and_refused(mnist):
+    async def huge(req, calls):
+        answer = uniform_answer(req)
+        answer["padding"] = "x" * 200_000
+        return JSONResponse(answer)
+
+    app = fake_endpoint(huge)
+    with serving(app) as url, HttpOracle(url, max_answer_bytes=50_000, retries=2, **FAST) as oracle:
+        with pytest.raises(EndpointError, match="answered more than 50000 bytes"):
+            oracle.labels(mnist.test.x[:2])
+    assert app.state.calls == 1
+
+
+def test_a_trickling_answer_is_cut_off_at_the_deadline(mnist):
+    from fastapi.responses import StreamingResponse
+
+    async def trickle(req, calls):
+        async def drip():
+            for _ in range(40):
+                yield b" "
+                await asyncio.sleep(0.05)
+            yield JSONResponse(uniform_answer(req)).body
+
+        return StreamingResponse(drip(), media_type="application/json")
+
+    app = fake_endpoint(trickle)
+    with serving(app) as url, HttpOracle(url, timeout=0.5, retries=0, backoff=0.01) as oracle:
+        start = time.perf_counter()
+        with pytest.raises(EndpointError, match="no complete answer within 0.5 s"):
+            oracle.labels(mnist.test.x[:2])
+        elapsed = time.perf_counter() - start
+    assert elapsed < 2.0  # each byte came within the per-read time; the whole answer would take 2 s
+
+
+def test_connect_picks_the_transport_and_urls_never_show_their_password(served):
+    from nnmark.oracles import connect
+
+    url, _ = served
+    with connect(url, model_name="lenet", token="tok", transport="rest-binary") as oracle:
+        assert isinstance(oracle, HttpOracle) and oracle.spec.transport == "rest-binary"
+    port = url.rsplit(":", 1)[1]
+    with pytest.raises(EndpointError, match=r"http://\*\*\*@127.0.0.1") as e:
+        HttpOracle(f"http://alice:pw-s3cret@127.0.0.1:{port}", model_name="nope", token="tok", retries=0)
+    assert "pw-s3cret" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def canary_key_file(lenet, mnist, tmp_path_factory):
+    from nnmark import keys
+    from nnmark.marks import canary
+
+    oracle = TorchOracle(lenet, SHAPE)
+    key = canary.attach(dbi.create(oracle, mnist.train.x[:10], itr=50, eps=1e-3), oracle, mnist.test.x[:300],
+                        mnist.test.y[:300])
+    path = tmp_path_factory.mktemp("keys") / "dbi.key"
+    keys.save(key, path, secret=None)
+    return path
+
+
+ALL_CANARIES = "preflight: 8 of 8 canaries answered as the keyed model does"
+
+
+def cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args],
+                              env={"NNMARK_SECRET": None, "NNMARK_TOKEN": None, **(env or {})})
+
+
+def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lenet, canary_key_file):
+    key = ("verify", canary_key_file, "--unsigned", "--endpoint")
+    with serving(shaped_endpoint(lenet, kind="logits", name="output__0")) as url:
+        r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits", "--transport", "rest-binary",
+                "--batch-size", 4, "--timeout", 5, "--retries", 0, "--no-consistency-check", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["details"]["preflight"] == ALL_CANARIES
+        r = cli(*key, url, "--output-name", "output__0", "--output-kind", "logits")
+        assert r.exit_code == 0 and r.stderr.strip() == ALL_CANARIES
+        r = cli(*key, url)
+        assert r.exit_code == 2 and "none is named 'probabilities' or 'logits': pass --output-name" in r.stderr
+    with serving(create_app(TorchOracle(lenet, SHAPE), model_name="model")) as url:
+        r = cli(*key, url, "--layout", "NHWC")
+        assert r.exit_code == 2 and "metadata says NCHW, --layout says NHWC" in r.stderr
+        r = cli(*key, f"{url}/v2/models/model")
+        assert r.exit_code == 2 and f"use '{url}'" in r.stderr
+        r = cli(*key, url, env={"NNMARK_TOKEN": "s3cret\ntoken"})
+        assert r.exit_code == 2 and "HTTP header cannot carry" in r.stderr and "s3cret" not in r.output
+
+
+def test_cli_preflight_stops_a_misnormalised_endpoint_with_exit_2(lenet, canary_key_file):
+    key = ("verify", canary_key_file, "--unsigned", "--endpoint")
+    with serving(shaped_endpoint(lenet, mean=0.1307, std=0.3081)) as url:
+        r = cli(*key, url)
+        assert r.exit_code == 2, r.output
+        assert "different model or wrong endpoint format; check --normalize" in r.stderr
+        assert len(r.stderr.splitlines()) == 1
+        assert cli(*key, url, "--normalize", "0.1307,0.3081").exit_code == 0

@@ -3,9 +3,11 @@
 import json
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
+from nnmark.errors import EndpointError
 from nnmark.oracles import LabelsOracle, Oracle, ProbabilitiesOracle, TorchOracle
 from nnmark.serve import create_app, serving
 
@@ -124,11 +126,11 @@ def good(mnist):
         ("flat-shape", 400, "shape"),
         ("short-data", 400, "needs"),
         ("string-data", 400, "numbers"),
-        ("nested-data", 400, "numbers"),
+        ("ragged-nested-data", 400, "nested data"),
         ("nan", 400, "NaN"),
         ("out-of-range", 400, "[0, 1]"),
         ("too-large-batch", 413, "max_batch_size"),
-        ("wrong-input-name", 400, "unknown input"),
+        ("wrong-input-name", 400, "exactly one tensor named 'input'"),
         ("unknown-output", 400, "outputs"),
         ("unknown-model", 404, "unknown model"),
         ("missing-token", 401, "missing bearer token"),
@@ -149,7 +151,7 @@ def test_bad_requests_get_one_line_4xx_errors_and_the_server_stays_up(client, mn
     elif case == "missing-field":
         del payload["inputs"][0]["data"]
     elif case == "int64":
-        payload = body(x, datatype="INT64")
+        payload = body(x, datatype="INT64", data=[0] * x.numel())
     elif case == "wrong-shape":
         payload = body(torch.rand(1, 3, 28, 28))
     elif case == "flat-shape":
@@ -158,8 +160,8 @@ def test_bad_requests_get_one_line_4xx_errors_and_the_server_stays_up(client, mn
         payload["inputs"][0]["data"] = payload["inputs"][0]["data"][:-1]
     elif case == "string-data":
         payload["inputs"][0]["data"][5] = "0.5"
-    elif case == "nested-data":
-        payload = body(x, data=x.reshape(2, -1).tolist())
+    elif case == "ragged-nested-data":
+        payload = body(x, data=x.reshape(2, -1).tolist()[:1])
     elif case == "nan":
         content = json.dumps(payload).replace("0.0,", "NaN,", 1).encode()
     elif case == "out-of-range":
@@ -230,9 +232,207 @@ def test_startup_refuses_what_it_cannot_serve(lenet):
         create_app(ProbabilitiesOracle(local), model_name="m", output="logits")
     with pytest.raises(ValueError, match="labels only"):
         create_app(LabelsOracle(local), model_name="m")
-    with pytest.raises(ValueError, match="token"):
-        create_app(local, model_name="m", token=b"has space")
+    with pytest.raises(EndpointError, match="HTTP header cannot carry"):
+        create_app(local, model_name="m", token=b"two\nlines")
     with pytest.raises(ValueError, match="output"):
-        create_app(local, model_name="m", output="labels")
+        create_app(local, model_name="m", output="label")
     with pytest.raises(ValueError, match="max_batch"):
         create_app(local, model_name="m", max_batch=0)
+
+
+def test_binary_requests_and_answers_and_nested_data(client, mnist, server_oracle):
+    from nnmark.oracles import oip
+
+    x = mnist.test.x[:3]
+    local = TorchOracle(server_oracle.model, SHAPE)
+    content, headers = oip.encode_request({"input": x.numpy()}, ["probabilities", "label"], request_id="b-1",
+                                          binary=True)
+    r = client.post("/v2/models/lenet/infer", content=content, headers={**AUTH, **headers})
+    assert r.status_code == 200 and oip.HEADER_LENGTH.lower() in r.headers
+    rid, outputs = oip.decode_response(r.content, r.headers[oip.HEADER_LENGTH])
+    assert rid == "b-1" and torch.equal(torch.from_numpy(outputs["probabilities"]), local.probabilities(x))
+    assert outputs["label"].tolist() == local.labels(x).tolist()
+    nested = infer(client, {"inputs": [{"name": "input", "shape": [3, *SHAPE], "datatype": "FP32", "data": x.tolist()}],
+                            "outputs": [{"name": "label"}]})
+    assert nested.status_code == 200 and [o["name"] for o in nested.json()["outputs"]] == ["label"]
+    assert nested.json()["outputs"][0]["data"] == local.labels(x).tolist()
+
+
+def test_overflowing_numbers_are_a_400_and_keep_the_connection(client, mnist):
+    for bad in (b"9" * 400, b"1e999", b"-Infinity"):
+        content = json.dumps(body(mnist.test.x[:1])).encode().replace(b"0.0,", bad + b",", 1)
+        r = client.post("/v2/models/lenet/infer", content=content, headers=AUTH)
+        assert r.status_code == 400 and r.headers.get("connection") != "close", (bad, r.text)
+    assert infer(client, good(mnist)).status_code == 200
+
+
+def test_405_names_the_allowed_methods(client):
+    r = client.get("/v2/models/lenet/infer", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def _raw_request(url: str, head: bytes, body: bytes, read: bool):
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(head + body)
+        if not read:
+            return None
+        answer = b""
+        for _ in range(16):  # the headers, then the body of content-length bytes
+            answer += s.recv(4096)
+            headers, _, rest = answer.partition(b"\r\n\r\n")
+            length = [int(v) for k, _, v in (h.partition(b":") for h in headers.split(b"\r\n")[1:])
+                      if k.lower() == b"content-length"]
+            if length and len(rest) >= length[0]:
+                break
+        return answer
+
+
+def test_slow_bodies_get_408_and_a_client_that_leaves_leaves_no_traceback(lenet, mnist):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    app = create_app(TorchOracle(lenet, SHAPE), model_name="lenet", body_read_seconds=0.3)
+    head = (b"POST /v2/models/lenet/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
+    with serving(app) as base:
+        logging.getLogger("uvicorn.error").addHandler(handler)
+        try:
+            answer = _raw_request(base, head, b'{"inputs"', read=True)
+            _raw_request(base, head, b'{"inputs"', read=False)  # hangs up with 91 bytes unsent
+            assert httpx.post(f"{base}/v2/models/lenet/infer", json=body(mnist.test.x[:1])).status_code == 200
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert answer.startswith(b"HTTP/1.1 408") and b"not received within 0.3 s" in answer
+    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in records]
+
+
+def test_label_only_output_and_the_model_card(lenet, mnist):
+    app = create_app(LabelsOracle(TorchOracle(lenet, SHAPE)), model_name="m", output="labels", card={"data": "mnist5k"})
+    with serving(app) as base:
+        meta = httpx.get(f"{base}/v2/models/m/versions/1").json()
+        r = httpx.post(f"{base}/v2/models/m/versions/1/infer", json=body(mnist.test.x[:2]))
+    assert meta["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]}]
+    card = ("input_shape", "num_classes", "layout", "normalize", "output_kind", "data")
+    assert {k: meta["parameters"][k] for k in card} == {
+        "input_shape": [1, 28, 28], "num_classes": 10, "layout": "NCHW", "normalize": "none",
+        "output_kind": "labels", "data": "mnist5k"}
+    assert [o["name"] for o in r.json()["outputs"]] == ["label"]
+
+
+def test_run_refuses_an_open_host_without_a_token_and_a_taken_port(lenet):
+    from nnmark.serve import check_exposure, run
+
+    app = create_app(TorchOracle(lenet, SHAPE), model_name="m")
+    with pytest.raises(EndpointError, match="refusing to serve 0.0.0.0 without a token"):
+        run(app, host="0.0.0.0", port=0)
+    with pytest.warns(UserWarning, match="WITHOUT a token"):
+        check_exposure("0.0.0.0", None, insecure_no_token=True)
+    check_exposure("127.0.0.1", None, insecure_no_token=False)
+    check_exposure("::1", None, insecure_no_token=False)
+    with serving(app) as base, pytest.raises(EndpointError, match="cannot serve on 127.0.0.1"):
+        run(app, port=int(base.rsplit(":", 1)[1]))
+
+
+# --- property: the request decoder answers 200 to every valid request and 4xx to every malformed one ----------
+
+PROPERTY_EXAMPLES = 150
+TINY = (1, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_client():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 4))
+    with serving(create_app(TorchOracle(model, TINY), model_name="t", max_batch=4)) as base, \
+            httpx.Client(base_url=base, timeout=10) as c:
+        yield c
+
+
+def _valid_requests():
+    from hypothesis import strategies as st
+
+    pixel = st.floats(0, 1, width=32)
+
+    @st.composite
+    def build(draw):
+        from nnmark.oracles import oip
+
+        n = draw(st.integers(1, 4))
+        x = np.array(draw(st.lists(pixel, min_size=n * 9, max_size=n * 9)), np.float32).reshape(n, *TINY)
+        outputs = draw(st.sampled_from([None, ["probabilities"], ["label"], ["probabilities", "label"]]))
+        rid = draw(st.none() | st.text(max_size=8))
+        if draw(st.booleans()):
+            content, headers = oip.encode_request({"input": x}, outputs or [], request_id=rid or "", binary=True)
+            return content, headers
+        data = x.tolist() if draw(st.booleans()) else x.reshape(-1).tolist()
+        req = {"inputs": [{"name": "input", "shape": [n, *TINY], "datatype": "FP32", "data": data}]}
+        if outputs is not None:
+            req["outputs"] = [{"name": o} for o in outputs]
+        if rid is not None:
+            req["id"] = rid
+        return json.dumps(req).encode(), {"Content-Type": "application/json"}
+
+    return build()
+
+
+def _malformed_requests():
+    from hypothesis import strategies as st
+
+    base = {"inputs": [{"name": "input", "shape": [1, *TINY], "datatype": "FP32", "data": [0.5] * 9}]}
+    corruptions = st.sampled_from([
+        lambda r: r.pop("inputs"), lambda r: r["inputs"][0].pop("data"), lambda r: r["inputs"][0].pop("shape"),
+        lambda r: r["inputs"][0].update(shape=[1, 3, 3]),
+        lambda r: r["inputs"][0].update(shape=[5, *TINY], data=[0.5] * 45),
+        lambda r: r["inputs"][0].update(datatype="FP64"), lambda r: r["inputs"][0].update(datatype="STRING"),
+        lambda r: r["inputs"][0].update(name="x"), lambda r: r["inputs"][0]["data"].__setitem__(0, 1.5),
+        lambda r: r["inputs"][0]["data"].__setitem__(0, -0.25), lambda r: r["inputs"][0]["data"].__setitem__(0, "0.5"),
+        lambda r: r["inputs"][0]["data"].__setitem__(0, True), lambda r: r["inputs"][0]["data"].__setitem__(0, 10**30),
+        lambda r: r["inputs"][0]["data"].pop(), lambda r: r["inputs"][0].update(data=[[0.5] * 9]),
+        lambda r: r.update(outputs=[{"name": "logits"}]), lambda r: r.update(outputs="label"), lambda r: r.update(id=7),
+        lambda r: r.update(parameters={"binary_data_output": "yes"}),
+        lambda r: r["inputs"].append(dict(r["inputs"][0])),
+        lambda r: r["inputs"][0].update(parameters={"binary_data_size": 36}),
+    ])
+
+    @st.composite
+    def build(draw):
+        import copy
+
+        req = copy.deepcopy(base)
+        draw(corruptions)(req)
+        content = json.dumps(req).encode()
+        if draw(st.booleans()):  # and/or damage the bytes themselves
+            cut = draw(st.integers(0, len(content) - 1))
+            content = draw(st.sampled_from([content[:cut], content[:cut] + b"NaN" + content[cut:],
+                                            content[:cut] + b"9" * 400, content + b"\x00"]))
+        return content, {"Content-Type": "application/json"}
+
+    return build() | st.binary(max_size=64).map(lambda b: (b, {"Content-Type": "application/json"})) | \
+        st.sampled_from([(json.dumps(base).encode(), {"Inference-Header-Content-Length": "9999"}),
+                         (json.dumps(base).encode(), {"Inference-Header-Content-Length": "-1"})])
+
+
+@pytest.mark.parametrize("kind, expected", [("valid", 200), ("malformed", 400)],
+                         ids=[f"valid-{PROPERTY_EXAMPLES}-examples", f"malformed-{PROPERTY_EXAMPLES}-examples"])
+def test_request_decoding_property(tiny_client, kind, expected):
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=PROPERTY_EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(_valid_requests() if kind == "valid" else _malformed_requests())
+    def check(request):
+        content, headers = request
+        r = tiny_client.post("/v2/models/t/infer", content=content, headers=headers)
+        if expected == 200:
+            assert r.status_code == 200, r.text
+        else:
+            assert 400 <= r.status_code < 500 and r.status_code != 404, (content[:200], r.status_code, r.text)
+            assert "\n" not in r.json()["error"]
+
+    check()

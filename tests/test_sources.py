@@ -430,7 +430,8 @@ def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
         r = _cli("verify", dbi_key, "--model", trained / form, "--json")
         assert r.exit_code == 0, (form, r.output)
     loaded = load_any(FACTORY, weights=trained / "w.safetensors", input_shape=SHAPE, normalize=NORMALIZE)
-    with serve.serving(serve.create_app(model_oracle(loaded), model_name="model", card=loaded.card.to_dict())) as url:
+    with serve.serving(serve.create_app(model_oracle(loaded), model_name="model",
+                                        card={"model_card": loaded.card.to_dict()})) as url:
         assert httpx.get(f"{url}/v2/models/model").json()["parameters"]["model_card"] == card
         r = _cli("verify", dbi_key, "--endpoint", url, "--json")
     assert r.exit_code == 0, r.output

@@ -41,3 +41,7 @@ class QueryBudgetExceeded(NnmarkError):
 
 class EndpointError(NnmarkError):
     """A model endpoint is unreachable, speaks no Open Inference Protocol v2, refuses a request, or answers wrongly."""
+
+
+class EndpointMismatch(EndpointError):
+    """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model."""

@@ -95,6 +95,11 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
     return _remember(ctx, param, value)
 
 
+def source_option(name: str):
+    """The value of the model-source option ``name`` (weights, input_shape, normalize) given to this command."""
+    return click.get_current_context().meta.get(_SOURCE_OPTIONS, {}).get(name)
+
+
 def model_source_options(f):
     """--weights, --input-shape and --normalize: how to read a --model that is not an nnmark checkpoint."""
     from nnmark.models.card import NORMALIZE_HELP

@@ -56,6 +56,7 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
                    f"{len(verdict.flipped)}/{n} answers differ from the key; {verdict.queries} queries spent")
         if verdict.flipped:
             click.echo(f"flipped: {verdict.flipped}")
+        click.echo(verdict.details["preflight"], err=True)
     sys.exit(0 if verdict.passed else 1)
 
 

@@ -1,4 +1,4 @@
-"""``nnmark serve``: a model over HTTP with the Open Inference Protocol v2."""
+"""``nnmark serve``: a model over the Open Inference Protocol v2, REST and (``--grpc-port``) gRPC."""
 
 from __future__ import annotations
 
@@ -31,26 +31,40 @@ def _check_port_free(host: str, port: int) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--model-name", default="model", show_default=True, help="The {name} in /v2/models/{name}.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file (else NNMARK_TOKEN; none: open).")
-@click.option("--output", type=click.Choice(["probabilities", "logits"]), default="probabilities", show_default=True,
-              help="What the output tensor holds.")
+@click.option("--output", type=click.Choice(["probabilities", "logits", "labels"]), default="probabilities",
+              show_default=True, help="What the output tensor holds (labels: the label output only).")
 @click.option("--max-batch", type=click.IntRange(1), default=DEFAULT_MAX_BATCH, show_default=True,
               help="Most inputs in one request.")
 @click.option("--budget", type=click.IntRange(0), help="Most queries the server will answer in total.")
-def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget) -> None:
-    """Serve a model over the Open Inference Protocol v2 (HTTP), on 127.0.0.1 unless told otherwise.
+@click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve OIP v2 gRPC on this port (nnmark[grpc]).")
+@click.option("--insecure-no-token", is_flag=True,
+              help="Allow a non-loopback --host without a token (it warns); refused otherwise.")
+def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
+          insecure_no_token) -> None:
+    """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
     \b
     Example:
-      nnmark serve --model lenet5.safetensors --port 8000 --token-file token
+      nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token
     """
     from nnmark import serve as serving
 
     token = read_token(token_file)
-    _check_port_free(host, port)
+    serving.check_exposure(host, token, insecure_no_token)
+    for p in (port, grpc_port) if grpc_port else (port,):
+        _check_port_free(host, p)
     model, loaded = load_model(model_path)
     oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch,
-                             card=loaded.card.to_dict())
+                             card={"model_card": loaded.card.to_dict()})
+    grpc_server = None
+    if grpc_port:
+        grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
     click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
-               f"{' with a bearer token' if token else ' WITHOUT a token'}", err=True)
-    serving.run(app, host=host, port=port, log_level="warning")
+               + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
+               + (" with a bearer token" if token else " WITHOUT a token"), err=True)
+    try:
+        serving.run(app, host=host, port=port, log_level="warning", insecure_no_token=insecure_no_token)
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(None)

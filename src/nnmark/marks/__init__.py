@@ -12,6 +12,7 @@ from __future__ import annotations
 from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
+from nnmark.marks import canary
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.spec import PURPOSES, MethodSpec, require
@@ -36,7 +37,9 @@ def spec_of(key: KeyFile) -> MethodSpec:
 
 
 def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verdict:
-    """Ask ``oracle`` the key's queries and decide with the key's method; keyed methods need ``secret``.
+    """Ask ``oracle`` the key's canaries (``canary.preflight``: ``EndpointMismatch`` when the endpoint is not
+    shaped as the key expects), then its queries, and decide with the key's method; keyed methods need
+    ``secret``. The preflight's one-line note is ``verdict.details["preflight"]``.
 
     KeyFileError when the key expects a label the model cannot give (outside [0, K)).
     """
@@ -45,11 +48,13 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verd
     if int(key.expected.max()) >= oracle.num_classes:
         raise KeyFileError(f"the key expects label {int(key.expected.max())}; the model has {oracle.num_classes} "
                            "classes, so the key cannot be for it")
-    if not spec.keyed:
-        return spec.verify(oracle, key)
-    if secret is None:
-        raise SignatureError(f"{key.method} keys need the owner's secret to verify (--secret-file or {keys.SECRET_ENV})")
-    return spec.verify(oracle, key, secret=secret)
+    if spec.keyed and secret is None:
+        raise SignatureError(f"{key.method} keys need the owner's secret to verify "
+                             f"(--secret-file or {keys.SECRET_ENV})")
+    note = canary.preflight(oracle, key)
+    verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
+    verdict.details["preflight"] = note
+    return verdict
 
 
 __all__ = ["METHODS", "PURPOSES", "MethodSpec", "Verdict", "spec_of", "verify"]
