@@ -6,6 +6,7 @@ import torch
 from nnmark import marks
 from nnmark.attacks import finetune, prune, quantize_int8
 from nnmark.errors import ArgumentError, EndpointMismatch
+from nnmark.keys import KeyFile
 from nnmark.marks import canary
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import HttpOracle, LabelsOracle, TorchOracle, TransformedOracle
@@ -84,3 +85,17 @@ def test_another_model_is_named_and_keys_without_canaries_verify_with_a_note(key
     plain = dbi.create(TorchOracle(lenet, SHAPE), mnist.train.x[:4], itr=10, eps=1e-3)
     verdict = marks.verify(LabelsOracle(TorchOracle(lenet, SHAPE)), plain)
     assert verdict.details["preflight"] == canary.NO_CANARIES and verdict.decision == "intact"
+
+
+def test_an_independent_model_passes_the_preflight_of_an_ownership_key(lenet, mnist):
+    """A clean model must get NO MATCH from a fingerprint, not an endpoint error: only labels and flat rows count."""
+    from nnmark import models
+
+    other = models.build("lenet5", mnist.shape, mnist.num_classes)
+    models.train(other, mnist.train, epochs=2, seed=7)
+    key = canary.attach(KeyFile(method="ipguard", config={}, queries=mnist.test.x[:4],
+                                expected=torch.zeros(4, dtype=torch.int64)),
+                        TorchOracle(lenet, mnist.shape), mnist.test.x, mnist.test.y)
+    assert canary.preflight(TorchOracle(other, mnist.shape), key, same_model=False).startswith("preflight:")
+    with pytest.raises(EndpointMismatch, match="different model or wrong endpoint format"):
+        canary.preflight(TorchOracle(other, mnist.shape), key)

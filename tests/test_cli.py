@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from nnmark import __version__, keys
+from nnmark.marks import canary
 from nnmark.cli import main
 
 
@@ -312,3 +313,13 @@ def test_ipguard_key_from_the_command_line_matches_its_source(run, lenet_file, t
     assert json.loads(r.stdout)["method"] == "ipguard"
     r = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "match", r.output
+
+
+def test_a_mis_described_endpoint_is_an_error_not_a_verdict(run, lenet_file, dbi_key_file):
+    key = keys.load(dbi_key_file, secret=keys.read_secret(run.secret))
+    assert len(key.extras[canary.QUERIES]) == canary.CANARY_COUNT  # every mark command stores canaries
+    with nnmark_serve("--model", lenet_file) as url:
+        r = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret)
+        assert r.exit_code == 0, r.output
+        r = run("verify", dbi_key_file, "--endpoint", url, "--normalize", "0.1307,0.3081", "--secret-file", run.secret)
+    assert r.exit_code == 2 and "--normalize says 0.1307,0.3081" in r.stderr, r.output  # refused before asking

@@ -16,7 +16,10 @@ from nnmark.cli._shared import (
     CliError, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option, out_option,
     progress_enabled, secret_for_writing, with_secret,
 )
+from nnmark.data import Split
 from nnmark.data.roles import natural_pool
+from nnmark.errors import ArgumentError
+from nnmark.marks import canary
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.selfcheck import self_check
@@ -58,11 +61,17 @@ def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: s
     return model, ds, source.x[idx], {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
 
 
+def _canary_pool(config) -> Split | None:
+    """The test split of the dataset the model names (canaries for keys made without a dataset), else None."""
+    return dataset_for(config, None).test if config.data else None
+
+
 def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | None, summary: dict, as_json: bool,
-                 *, model_out: tuple | None = None) -> None:
-    """Check the key on its source (``self_check``: no key is written that fails there), write it (after the
-    watermarked model ``model_out`` = (model, config, path) of an embedding method), and report; say so when
-    the method kept fewer samples than asked (the key's ``keys.SHORTFALL``).
+                 *, canaries: Split | None, model_out: tuple | None = None) -> None:
+    """Add preflight canaries from the natural images ``canaries``, check the key on its source (``self_check``: no
+    key is written that fails there), write it (after the watermarked model ``model_out`` = (model, config, path)
+    of an embedding method), and report; say so when the method kept fewer samples than asked (the key's
+    ``keys.SHORTFALL``).
 
     The key records the model card (input shape, classes, normalisation) so verify asks the same question; a key
     made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file)."""
@@ -71,6 +80,12 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     key.config["model_card"] = card.to_dict()
     if loaded is not None and model_out is None:
         key.model_digest = loaded.digest
+    try:
+        if canaries is None:
+            raise ArgumentError("the model names no dataset; pass --data")
+        key = canary.attach(key, source, canaries.x, canaries.y)
+    except ArgumentError as e:  # a key without canaries still verifies; verify says its endpoint was not checked
+        click.echo(f"note: no preflight canaries: {e}", err=True)
     self_check(source, key, secret=secret)
     if model_out is not None:
         models.save(*model_out)
@@ -105,7 +120,8 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
         progress=progress_enabled(),
     )
     quality = sample_quality(key.queries, key.extras["sources"])
-    _finish_mark(key, source, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json)
+    _finish_mark(key, source, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json,
+                 canaries=ds.test)
 
 
 @mark.command("aid")
@@ -132,7 +148,7 @@ def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
     )
     summary = {"coverage_start": key.config["coverage_start"], "coverage_end": key.config["coverage_end"],
                "seconds": time.perf_counter() - start}
-    _finish_mark(key, source, out, secret, summary, as_json)
+    _finish_mark(key, source, out, secret, summary, as_json, canaries=ds.test)
 
 
 @mark.command("ipguard")
@@ -161,7 +177,8 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
         progress=progress_enabled(),
     )
     _finish_mark(key, source, out, secret,
-                 {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json)
+                 {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json,
+                 canaries=ds.test)
 
 
 @mark.command("natural")
@@ -177,7 +194,7 @@ def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
     model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
     source = TorchOracle(model, ds.shape, ds.num_classes)
     key = baselines.natural(source, x, model_digest=models.digest(model), meta=meta)
-    _finish_mark(key, source, out, secret, {}, as_json)
+    _finish_mark(key, source, out, secret, {}, as_json, canaries=ds.test)
 
 
 @mark.command("random")
@@ -198,7 +215,7 @@ def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> Non
     model, config = load_model(model_path)
     oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
     key = baselines.random_noise(oracle, n, seed=seed, model_digest=models.digest(model))
-    _finish_mark(key, oracle, out, secret, {}, as_json)
+    _finish_mark(key, oracle, out, secret, {}, as_json, canaries=_canary_pool(config))
 
 
 @mark.command("pairs")
@@ -243,7 +260,7 @@ def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps,
         model_digest=models.digest(model), progress=progress_enabled(),
     )
     summary = {"pairs": key.config["n_pairs"], "dropped": key.config["dropped"], "seconds": time.perf_counter() - start}
-    _finish_mark(key, oracle, out, None if unsigned else secret, summary, as_json)
+    _finish_mark(key, oracle, out, None if unsigned else secret, summary, as_json, canaries=_canary_pool(config))
 
 
 def _embed_options(f):
@@ -276,7 +293,7 @@ def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, wi
                                 accuracy=key.config["clean_accuracy"], seed=seed)
     summary = {"out_model": out_model, **{k: key.config[k] for k in summary_keys}, "seconds": time.perf_counter() - start}
     _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 model_out=(wm_model, config, out_model))
+                 canaries=ds.test, model_out=(wm_model, config, out_model))
 
 
 @mark.command("coupled")
@@ -377,7 +394,7 @@ def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, ou
     summary = {"out_model": out_model, **{k: key.config[k] for k in ("pretrained", "success", "null", "clean_accuracy")},
                "seconds": time.perf_counter() - start}
     _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 model_out=(wm_model, config, out_model))
+                 canaries=ds.test, model_out=(wm_model, config, out_model))
 
 
 @mark.command("frontier")
@@ -410,7 +427,7 @@ def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, 
                **{k: key.config[k] for k in ("success_before", "success", "null", "clean_accuracy")},
                "seconds": time.perf_counter() - start}
     _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 model_out=(wm_model, config, out_model))
+                 canaries=ds.test, model_out=(wm_model, config, out_model))
 
 
 @mark.command("innformant")
@@ -457,7 +474,7 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
         psnrs = sorted(r["psnr"] for r in rows)
         summary = {"found": len(rows), "psnr_median_db": psnrs[len(psnrs) // 2], "singles_out": singled,
                    "seconds": time.perf_counter() - start}
-        _finish_mark(key, oracles[names[0]], out, secret, summary, as_json)
+        _finish_mark(key, oracles[names[0]], out, secret, summary, as_json, canaries=ds.test)
     finally:
         for oracle in oracles.values():
             oracle.close()
@@ -519,4 +536,4 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
     )
     summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
                "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}
-    _finish_mark(key, TorchOracle(model, ds.shape, ds.num_classes), out, secret, summary, as_json)
+    _finish_mark(key, TorchOracle(model, ds.shape, ds.num_classes), out, secret, summary, as_json, canaries=ds.test)

@@ -51,7 +51,7 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verd
     if spec.keyed and secret is None:
         raise SignatureError(f"{key.method} keys need the owner's secret to verify "
                              f"(--secret-file or {keys.SECRET_ENV})")
-    note = canary.preflight(oracle, key)
+    note = canary.preflight(oracle, key, same_model=spec.purpose != "ownership")
     verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
     verdict.details["preflight"] = note
     return verdict

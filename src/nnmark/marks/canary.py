@@ -97,8 +97,13 @@ def _canaries(key: KeyFile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return q, y, rows
 
 
-def preflight(oracle: Oracle, key: KeyFile) -> str:
-    """Ask the key's canaries; a one-line note when they pass (or the key has none), else ``EndpointMismatch``."""
+def preflight(oracle: Oracle, key: KeyFile, *, same_model: bool = True) -> str:
+    """Ask the key's canaries; a one-line note when they pass (or the key has none), else ``EndpointMismatch``.
+
+    ``same_model=False`` (ownership keys, whose suspects are other models by design: an independently trained
+    model must get a NO MATCH, not an error) checks labels and flat rows only, not how far the probabilities
+    moved from the keyed model's: another model's calibration moves them far (measured on a clean LeNet-5
+    against a watermarked one: mean |change of log p| 3.5)."""
     if QUERIES not in key.extras:
         return NO_CANARIES
     q, expected, rows = _canaries(key)
@@ -113,7 +118,7 @@ def preflight(oracle: Oracle, key: KeyFile) -> str:
         if int((top < FLAT_TOP).sum()) > allowed:
             what = (f"gives flat probability rows for {int((top < FLAT_TOP).sum())} of {n} canaries (top "
                     f"{top.mean():.2f} on average, the keyed model's {rows.max(dim=1).values.mean():.3f})")
-        elif not shift <= MAX_LOG_SHIFT:
+        elif same_model and not shift <= MAX_LOG_SHIFT:
             what = f"answers the canaries with probabilities far from the keyed model's (mean |change of log p| " \
                    f"{shift:.2g} > {MAX_LOG_SHIFT:g})"
     if what:
