@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from nnmark import shadow
+from nnmark.marks.ownership import shadow
 from nnmark.attacks import MODES, TRANSFORMS
 from nnmark.bench import metafinger as bench
 from nnmark.cli import main

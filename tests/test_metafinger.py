@@ -12,7 +12,7 @@ from nnmark.errors import InputError, KeyFileError, NnmarkError
 from nnmark.marks.ownership import metafinger
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.oracles import LabelsOracle, TorchOracle
-from nnmark.shadow import ShadowSpec, build_pool, pool_specs
+from nnmark.marks.ownership.shadow import ShadowSpec, build_pool, pool_specs
 
 ALPHA = 3.0  # eq. 1 strength of the DNN augmentation
 

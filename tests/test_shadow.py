@@ -8,10 +8,11 @@ import tempfile
 import pytest
 import torch
 
-from nnmark import data, models, shadow
+from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
 from nnmark.errors import ModelError, NnmarkError
-from nnmark.shadow import ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.marks.ownership import shadow
+from nnmark.marks.ownership.shadow import ShadowSpec, build_pool, pool_specs, train_shadow
 
 
 @pytest.fixture(scope="module")

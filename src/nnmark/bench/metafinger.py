@@ -1,7 +1,7 @@
 """``nnmark bench ownership-fingerprint``: MetaFinger's evaluation layout (Yang et al., IJCAI 2022) on mnist5k.
 
-For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.shadow``, process executor, one
-worker, cached under ``nnmark.shadow.default_cache_dir()``) of LeNet-5 (positives: eq. 1
+For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.marks.ownership.shadow``, process
+executor, one worker, cached under its ``default_cache_dir()``) of LeNet-5 (positives: eq. 1
 augmentations of the source; negatives: from-scratch families with their augmentations, and
 independent validation models) and of a second architecture (VGG-11 negatives and one VGG-11
 validation negative); four keys from the source: MetaFinger (meta-trained with input augmentation,
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nnmark import data, models, shadow
+from nnmark import data, models
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import MODES, TRANSFORMS, finetune_mode, prune_finetune, relative_weight_noise
 from nnmark.bench.common import header, mean_std, parameters, write
@@ -54,10 +54,10 @@ from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import baselines
-from nnmark.marks.ownership import ipguard, metafinger
+from nnmark.marks.ownership import ipguard, metafinger, shadow
+from nnmark.marks.ownership.shadow import ShadowSpec
 from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 from nnmark.oracles.transformed import TransformedOracle
-from nnmark.shadow import ShadowSpec
 
 STEM = "metafinger"
 DATA = "mnist5k"

@@ -11,14 +11,14 @@ import time
 import click
 import torch
 
-from nnmark import data, envs, keys, models, shadow
+from nnmark import data, envs, keys, models
 from nnmark.cli._shared import (
     CliError, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option, out_option,
     progress_enabled, secret_for_writing, with_secret,
 )
 from nnmark.data.roles import natural_pool
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
+from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, shadow
 from nnmark.marks.selfcheck import self_check
 from nnmark.marks.telltale import innformant
 from nnmark.metrics import sample_quality

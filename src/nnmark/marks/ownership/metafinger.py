@@ -4,9 +4,9 @@ Paper: "MetaFinger: Fingerprinting the Deep Neural Networks with Meta-training" 
 Access: the owner's source model and shadow models are white-box torch modules to *create* the key
 (probabilities and their input gradient); the suspect is asked *labels only* to verify.
 
-Meta-data (sec. 4.1, ``nnmark.shadow``): negative models trained from scratch with other seeds, DNN
-augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are split into
-train models (P_train, N_train) and validation models (P_val, N_val).
+Meta-data (sec. 4.1, ``nnmark.marks.ownership.shadow``): negative models trained from scratch with other
+seeds, DNN augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are
+split into train models (P_train, N_train) and validation models (P_val, N_val).
 Meta-training (Algorithm 1): X starts from random training images; each epoch takes every positive
 train model in turn as the anchor, draws k other positive and k negative train models, and steps X
 on eq. 2, Loss = 1/k sum_i KL(p_anchor(X) || p_i(X)) - lambda 1/k sum_i KL(p_anchor(X) || n_i(X)),
@@ -19,7 +19,7 @@ p-value P[Bin(n, p0) >= hits] < max_p_value, else "no match" (CLI exit 1).
 
 Symbols and defaults: k = 3, lambda = 1, learning rate eta = 0.01, N_epoch = 10 (the authors' code;
 the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images. The pools'
-layout and the augmentation strength: ``nnmark.shadow.pool_specs``.
+layout and the augmentation strength: ``shadow.pool_specs``.
 
 Choices (the paper leaves them open or its code differs from its text):
 
