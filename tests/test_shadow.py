@@ -103,7 +103,8 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     # the augmented negative needed its from-scratch base, built (and cached) too
     assert set(pool.trained) == {*specs, specs[1].base()}
     assert all(p.exists() and p.with_suffix(".json").exists() for p in pool.paths)
-    assert not list(tmp_path.glob(".base-*"))  # the source copy for the workers is gone
+    built = {n for s in pool.trained for n in (s.cache_name(), s.cache_name().replace(".safetensors", ".json"))}
+    assert {p.name for p in tmp_path.iterdir()} == built  # the cache holds the models and records, nothing else
     record = json.loads(pool.paths[0].with_suffix(".json").read_text())
     assert ShadowSpec(**record["spec"]) == specs[0] and 0 <= record["test_accuracy"] <= 1
     assert _same(pool[0], train_shadow(specs[0]))  # a worker builds what this process would
@@ -115,6 +116,28 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
     assert all(models.digest(a) == models.digest(b) for a, b in zip(pool.models, again.models))
     assert again.select([specs[2], specs[0]])[0] is again[2]
+
+
+def _checkpoint(model: torch.nn.Module, ds, tmp_path) -> bytes:
+    path = tmp_path / "given.safetensors"
+    models.save(model, models.ModelConfig("lenet5", ds.shape, ds.num_classes), path)
+    return path.read_bytes()
+
+
+def test_a_task_takes_bytes_and_data_and_returns_checkpoint_bytes(base_model, digits, tmp_path):
+    spec = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=4, finetune_epochs=1,
+                      base_digest=models.digest(base_model))
+    checkpoint, record = shadow.build_task(spec.to_json(), _checkpoint(base_model, digits, tmp_path), "digits")
+    (tmp_path / "out.safetensors").write_bytes(checkpoint)
+    model, config = models.load(tmp_path / "out.safetensors")
+    assert _same(model, train_shadow(spec, base_model))
+    record = json.loads(record)
+    assert record["spec"] == json.loads(spec.to_json()) and config.accuracy == record["test_accuracy"]
+    scratch = ShadowSpec("lenet5", "digits", 61, epochs=1).to_json()
+    by_tensors, by_name = (shadow.build_task(scratch, None, d)[0] for d in (digits, "digits"))
+    assert by_tensors == by_name  # the data as tensors gives the same model as its bundled name
+    with pytest.raises(ValueError, match="mnist5k"):
+        shadow.build_task(ShadowSpec("lenet5", "mnist5k", 61).to_json(), None, digits)
 
 
 def test_pool_rejects_bad_arguments(base_model, tmp_path):

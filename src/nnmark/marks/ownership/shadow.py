@@ -19,12 +19,14 @@ seed=seed)``, so a spec gives the same weights every time on one machine.
 Each model is cached as ``<cache_dir>/<arch>-<hash>.safetensors`` (``nnmark.models.save``) with a
 ``.json`` beside it (the spec, test accuracy, seconds); ``hash`` is the SHA-256 of the spec's
 canonical JSON, so a second ``build_pool`` over the same specs trains nothing. Missing models are
-built in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
-thread each): from-scratch bases first, then the augmentations that start from them. Only JSON
-strings and file paths cross process boundaries; models travel as safetensors files.
-``executor="ray"`` runs them as Ray tasks instead (``pip install 'nnmark[ray]'``, imported only then).
-``pool_specs`` lays out
-MetaFinger's positive and negative pools.
+built by ``build_task``, from-scratch bases first, then the augmentations that start from them, in
+this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
+thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
+A task is given no path: it takes the spec's JSON, the base model's checkpoint bytes and the data (a
+bundled dataset's name, else the tensors) and returns the new checkpoint's bytes, so it runs on any
+node of a cluster without a shared file system (Ray passes the inputs through its object store, each
+base and dataset once). The driver alone reads and writes the cache, each file atomically.
+``pool_specs`` lays out MetaFinger's positive and negative pools.
 
 Example::
 
@@ -47,7 +49,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -56,7 +58,7 @@ from tqdm.auto import tqdm
 from nnmark import data, models
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import finetune_mode, relative_weight_noise
-from nnmark.errors import ModelError, NnmarkError
+from nnmark.errors import ArgumentError, ModelError, NnmarkError
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -65,8 +67,16 @@ DEFAULT_NEGATIVES = 4
 DEFAULT_VAL_NEGATIVES = 2
 DEFAULT_AF = 3
 DEFAULT_ALPHA = 3.0
+DEFAULT_WORKERS = 2
+DEFAULT_RAY_TIMEOUT = None
+BUNDLED_DATA = tuple(spec for spec in data.SPECS if ":" not in spec)
+"""Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
 
-Runner = Callable[[list[tuple[str, str, str | None]]], Iterator[str]]
+Task = tuple[str, Any, Any]
+"""A task's arguments: the spec's JSON, the base (checkpoint bytes or None) and the data (a name or a Dataset),
+the last two possibly as Ray object references."""
+Result = tuple[bytes, str]
+"""A task's result: the model's checkpoint bytes and its JSON record."""
 
 
 @dataclass(frozen=True)
@@ -97,28 +107,29 @@ class ShadowSpec:
         if self.arch not in models.ARCHITECTURES:
             raise ModelError(f"unknown architecture {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}")
         if not isinstance(self.data, str) or not self.data:
-            raise ValueError(f"data must be a dataset spec string, got {self.data!r}")
+            raise ArgumentError(f"data must be a dataset spec string, got {self.data!r}")
         for name in ("seed", "epochs", "finetune_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ArgumentError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1 or self.finetune_epochs < 0:
-            raise ValueError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+            raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
         if (self.augment_alpha is None) != (self.augment_seed is None):
-            raise ValueError("augment_alpha and augment_seed must be given together")
+            raise ArgumentError("augment_alpha and augment_seed must be given together")
         if self.augment_alpha is not None:
             alpha = self.augment_alpha
             numeric = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
             if not (numeric and math.isfinite(alpha) and alpha > 0):
-                raise ValueError(f"augment_alpha must be a finite number > 0, got {alpha!r}")
+                raise ArgumentError(f"augment_alpha must be a finite number > 0, got {alpha!r}")
             object.__setattr__(self, "augment_alpha", float(alpha))
             if isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int):
-                raise ValueError(f"augment_seed must be an integer, got {self.augment_seed!r}")
+                raise ArgumentError(f"augment_seed must be an integer, got {self.augment_seed!r}")
         if self.base_digest is not None:
             if self.augment_alpha is None:
-                raise ValueError("base_digest is only meaningful for an augmented spec (a given model is not trained)")
+                raise ArgumentError("base_digest is only meaningful for an augmented spec "
+                                    "(a given model is not trained)")
             if not (isinstance(self.base_digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.base_digest)):
-                raise ValueError(f"base_digest must be 64 lowercase hex digits, got {self.base_digest!r}")
+                raise ArgumentError(f"base_digest must be 64 lowercase hex digits, got {self.base_digest!r}")
 
     @property
     def augmented(self) -> bool:
@@ -166,7 +177,8 @@ def pool_specs(
     loses about a third of its accuracy before the fine-tune restores it).
     """
     if negatives < 1 or val_negatives < 1 or af < 0:
-        raise ValueError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, got {negatives}, {val_negatives}, {af}")
+        raise ArgumentError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, "
+                            f"got {negatives}, {val_negatives}, {af}")
     common = {"epochs": epochs, "finetune_epochs": finetune_epochs}
     positives = [ShadowSpec(arch, data, seed, alpha, i, base_digest=source_digest, **common) for i in range(af)]
     n_pos_val = round(af / 3)
@@ -185,10 +197,6 @@ def default_cache_dir() -> Path:
     return Path(root) / "nnmark" / "shadow"
 
 
-def _dataset(spec: ShadowSpec) -> data.Dataset:
-    return data.load(spec.data)
-
-
 def _train_scratch(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
     """A negative model: built under ``torch.manual_seed(seed)`` and trained with ``seed`` (global RNG restored)."""
     with torch.random.fork_rng(devices=[]):
@@ -204,44 +212,81 @@ def _augment(spec: ShadowSpec, base: nn.Module, ds: data.Dataset) -> nn.Module:
                          seed=spec.augment_seed)
 
 
-def train_shadow(spec: ShadowSpec, base: nn.Module | None = None) -> nn.Module:
+def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: data.Dataset | None = None) -> nn.Module:
     """Train (or derive) the model ``spec`` describes; returns it in eval mode.
 
-    ``base``: for an augmented spec, the model to augment; required when ``spec.base_digest`` is set (and
-    its digest must match), optional otherwise (the from-scratch base is trained when omitted).
+    Args:
+        spec: the model.
+        base: for an augmented spec, the model to augment; required when ``spec.base_digest`` is set (and
+            its digest must match), optional otherwise (the from-scratch base is trained when omitted).
+        dataset: ``spec.data`` already loaded (None: ``data.load(spec.data)``).
     """
-    ds = _dataset(spec)
+    if dataset is None:
+        dataset = data.load(spec.data)
+    elif dataset.name != spec.data:
+        raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset.name!r}")
     if not spec.augmented:
         if base is not None:
-            raise ValueError("a from-scratch spec takes no base model")
-        return _train_scratch(spec, ds)
+            raise ArgumentError("a from-scratch spec takes no base model")
+        return _train_scratch(spec, dataset)
     if spec.base_digest is not None:
         if base is None:
-            raise ValueError("this spec augments a given model (base_digest): pass it as base")
+            raise ArgumentError("this spec augments a given model (base_digest): pass it as base")
         if models.digest(base) != spec.base_digest:
             raise ModelError("the base model's digest differs from the spec's base_digest")
     elif base is None:
-        base = _train_scratch(spec.base(), ds)
-    return _augment(spec, base, ds)
+        base = _train_scratch(spec.base(), dataset)
+    return _augment(spec, base, dataset)
 
 
 def _config(spec: ShadowSpec, ds: data.Dataset, accuracy: float | None) -> models.ModelConfig:
     return models.ModelConfig(spec.arch, ds.shape, ds.num_classes, data=spec.data, accuracy=accuracy, seed=spec.seed)
 
 
-def _build_and_cache(spec_json: str, path: str, base_path: str | None) -> str:
-    """Worker task: build one spec (its base read from ``base_path``), save it to ``path``; return a JSON record."""
+def _checkpoint_bytes(model: nn.Module, config: models.ModelConfig) -> bytes:
+    """``model`` as the bytes of an ``nnmark.models.save`` checkpoint (written in a private temp folder)."""
+    with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        models.save(model, config, path)
+        return path.read_bytes()
+
+
+def _model_from_bytes(checkpoint: bytes) -> nn.Module:
+    """The model of checkpoint bytes (``_checkpoint_bytes``), loaded with every check of ``nnmark.models.load``."""
+    with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(checkpoint)
+        return models.load(path)[0]
+
+
+def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) -> Result:
+    """One shadow model from its inputs alone (no path): the task every executor runs.
+
+    Args:
+        spec_json: ``ShadowSpec.to_json()``.
+        base: for an augmented spec, the checkpoint bytes of the model it augments; None otherwise.
+        dataset: ``spec.data`` as a ``BUNDLED_DATA`` name or as the loaded tensors.
+
+    Returns the new model's checkpoint bytes and a JSON record: the spec, its test accuracy, the seconds taken.
+    """
     start = time.perf_counter()
     spec = ShadowSpec.from_json(spec_json)
-    base = models.load(base_path)[0] if base_path is not None else None
-    model = train_shadow(spec, base)
-    ds = _dataset(spec)
+    ds = data.load(dataset) if isinstance(dataset, str) else dataset
+    model = train_shadow(spec, None if base is None else _model_from_bytes(base), dataset=ds)
     acc = models.accuracy(model, ds.test)
-    models.save(model, _config(spec, ds, acc), path)
     record = json.dumps({"spec": json.loads(spec_json), "test_accuracy": acc, "seconds": time.perf_counter() - start},
                         sort_keys=True)
-    atomic_write_bytes(Path(path).with_suffix(".json"), record.encode())
-    return record
+    return _checkpoint_bytes(model, _config(spec, ds, acc)), record
+
+
+def _store(cache: Path, result: Result) -> ShadowSpec:
+    """Write a task's result to the cache (the record first: the checkpoint marks the entry complete)."""
+    checkpoint, record = result
+    spec = ShadowSpec(**json.loads(record)["spec"])
+    path = cache / spec.cache_name()
+    atomic_write_bytes(path.with_suffix(".json"), record.encode())
+    atomic_write_bytes(path, checkpoint)
+    return spec
 
 
 def _init_worker() -> None:
@@ -276,22 +321,49 @@ class ShadowPool:
         return [self.models[index[s]] for s in specs]
 
 
-def _ray_results(ray, refs: list) -> Iterator[str]:
-    """The results of Ray task ``refs`` as each finishes."""
+def _as_is(obj: Any) -> Any:
+    return obj
+
+
+@dataclass
+class _Runner:
+    """How an executor runs tasks: ``run`` yields the results of a batch of tasks as each finishes; ``put``
+    stores a task input once (in Ray's object store; other executors pass inputs by value)."""
+
+    run: Callable[[list[Task]], Iterator[Result]]
+    put: Callable[[Any], Any] = _as_is
+
+
+def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
+    """The results of Ray task ``refs`` as each finishes; NnmarkError (the rest cancelled) past ``timeout`` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while refs:
-        done, refs = ray.wait(refs, num_returns=1)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        done, refs = ray.wait(refs, num_returns=1, timeout=left)
+        if not done:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise NnmarkError(f"{len(refs)} shadow-model task(s) did not finish within {timeout:g} s on Ray")
         yield ray.get(done[0])
 
 
+def _ray_runner(ray, timeout: float | None) -> _Runner:
+    remote = ray.remote(num_cpus=1)(build_task)
+    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch], timeout),
+                   put=lambda obj: obj if isinstance(obj, str) else ray.put(obj))
+
+
 @contextlib.contextmanager
-def _runner(executor: str, workers: int, ray_address: str | None, tasks: int) -> Iterator[Runner]:
-    """A function that runs ``_build_and_cache`` over a batch of tasks and yields each result as it finishes."""
+def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: float | None,
+            tasks: int) -> Iterator[_Runner]:
+    """The executor's ``_Runner`` for ``tasks`` tasks in all (started here, stopped on exit)."""
     if executor == "serial" or tasks == 0:
-        yield lambda batch: (_build_and_cache(*t) for t in batch)
+        yield _Runner(lambda batch: (build_task(*t) for t in batch))
     elif executor == "process":
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker) as pool:
-            yield lambda batch: (f.result() for f in as_completed([pool.submit(_build_and_cache, *t) for t in batch]))
+            yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t)
+                                                                           for t in batch])))
     else:
         try:
             import ray
@@ -301,11 +373,19 @@ def _runner(executor: str, workers: int, ray_address: str | None, tasks: int) ->
         if started:
             ray.init(address=ray_address)
         try:
-            remote = ray.remote(num_cpus=1)(_build_and_cache)
-            yield lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch])
+            yield _ray_runner(ray, ray_timeout)
         finally:
             if started:
                 ray.shutdown()
+
+
+def _missing(specs: list[ShadowSpec], cache: Path) -> tuple[list[ShadowSpec], list[ShadowSpec]]:
+    """The specs to build, as (from-scratch, augmented): those not cached, and the uncached bases they need."""
+    missing = list(dict.fromkeys(s for s in specs if not (cache / s.cache_name()).exists()))
+    scratch = [s for s in missing if not s.augmented]
+    scratch += [b for b in dict.fromkeys(s.base() for s in missing if s.augmented and s.base_digest is None)
+                if b not in scratch and not (cache / b.cache_name()).exists()]
+    return scratch, [s for s in missing if s.augmented]
 
 
 def build_pool(
@@ -313,28 +393,33 @@ def build_pool(
     *,
     cache_dir: str | os.PathLike,
     base: nn.Module | None = None,
-    workers: int = 2,
+    workers: int = DEFAULT_WORKERS,
     executor: str = "process",
     ray_address: str | None = None,
+    ray_timeout: float | None = DEFAULT_RAY_TIMEOUT,
     progress: bool = False,
 ) -> ShadowPool:
     """Load every spec from ``cache_dir``, building the missing ones first (in parallel); see the module docstring.
 
     Args:
         specs: the models wanted (duplicates allowed).
-        cache_dir: folder of the cache (created if missing).
+        cache_dir: folder of the cache (created if missing), read and written by this process only.
         base: the given model that specs with ``base_digest`` augment (the owner's source model).
         workers: worker processes for ``executor="process"``.
         executor: "process" (spawned workers, one torch thread each), "serial" (this process) or "ray"
             (one-CPU Ray tasks on the running Ray instance, else on ``ray.init(address=ray_address)``, shut
-            down afterwards; on a multi-machine cluster ``cache_dir`` must be a file system all nodes share).
+            down afterwards; the nodes need nnmark installed, not a shared file system).
         ray_address: the Ray cluster to connect to when none is initialised (None: start a local one).
+        ray_timeout: seconds to wait for each batch of Ray tasks (None: no limit); past it the tasks left are
+            cancelled and NnmarkError is raised.
         progress: show a tqdm bar over the models built.
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        raise ArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ArgumentError(f"workers must be >= 1, got {workers}")
+    if ray_timeout is not None and not ray_timeout > 0:
+        raise ArgumentError(f"ray_timeout must be > 0 seconds or None, got {ray_timeout!r}")
     start = time.perf_counter()
     cache = Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -343,25 +428,24 @@ def build_pool(
         if s.base_digest is not None and s.base_digest != digest:
             raise ModelError(f"spec {s.to_json()} augments a model with digest {s.base_digest[:12]}..., "
                              f"which is not the given base")
-    missing = list(dict.fromkeys(s for s in specs if not (cache / s.cache_name()).exists()))
-    scratch = [s for s in missing if not s.augmented]
-    scratch += [b for b in dict.fromkeys(s.base() for s in missing if s.augmented and s.base_digest is None)
-                if b not in scratch and not (cache / b.cache_name()).exists()]
-    augmented = [s for s in missing if s.augmented]
-    bar = tqdm(total=len(scratch) + len(augmented), desc="shadow models", unit="model", disable=not progress)
-    work = _runner(executor, workers, ray_address, len(scratch) + len(augmented))
-    with bar, work as run, tempfile.TemporaryDirectory(dir=cache, prefix=".base-") as tmp:
-        for _ in run([(s.to_json(), str(cache / s.cache_name()), None) for s in scratch]):
-            bar.update()
-        base_path = None
+    scratch, augmented = _missing(specs, cache)
+    todo = scratch + augmented
+    bar = tqdm(total=len(todo), desc="shadow models", unit="model", disable=not progress)
+    with bar, _runner(executor, workers, ray_address, ray_timeout, len(todo)) as runner:
+
+        def build(tasks: list[Task]) -> None:
+            for result in runner.run(tasks):
+                _store(cache, result)
+                bar.update()
+
+        loaded = {name: data.load(name) for name in dict.fromkeys(s.data for s in todo)}
+        inputs = {name: runner.put(name if name in BUNDLED_DATA else ds) for name, ds in loaded.items()}
+        build([(s.to_json(), None, inputs[s.data]) for s in scratch])
         given = [s for s in augmented if s.base_digest is not None]
-        if given:  # the given base travels to the workers as a safetensors file, removed afterwards
-            base_path = str(Path(tmp) / "base.safetensors")
-            models.save(base, _config(given[0], _dataset(given[0]), None), base_path)
-        tasks = [(s.to_json(), str(cache / s.cache_name()),
-                  base_path if s.base_digest is not None else str(cache / s.base().cache_name())) for s in augmented]
-        for _ in run(tasks):
-            bar.update()
+        source = runner.put(_checkpoint_bytes(base, _config(given[0], loaded[given[0].data], None))) if given else None
+        bases = {b: runner.put((cache / b.cache_name()).read_bytes())
+                 for b in dict.fromkeys(s.base() for s in augmented if s.base_digest is None)}
+        build([(s.to_json(), source if s.base_digest is not None else bases[s.base()], inputs[s.data])
+               for s in augmented])
     paths = [cache / s.cache_name() for s in specs]
-    return ShadowPool(list(specs), [models.load(p)[0] for p in paths], paths, scratch + augmented,
-                      time.perf_counter() - start)
+    return ShadowPool(list(specs), [models.load(p)[0] for p in paths], paths, todo, time.perf_counter() - start)
