@@ -13,7 +13,7 @@ DIGEST = "0" * 64
 
 
 def test_subset_pools_take_families_and_augmentations_from_the_full_pool():
-    full = shadow.pool_specs("lenet5", "mnist5k", DIGEST, negatives=4, val_negatives=2, af=3, seed=0)
+    full = shadow.pool_specs("lenet5", "mnist5k", DIGEST, shadow.PoolLayout(negatives=4, val_negatives=2, af=3))
     everything = {s for g in full.values() for s in g}
     same = bench.subset_pools(full, 4, 3)
     assert {g: len(v) for g, v in same.items()} == {g: len(v) for g, v in full.items()}

@@ -14,7 +14,7 @@ from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
 from nnmark.errors import ModelError, NnmarkError
 from nnmark.marks.ownership import shadow
-from nnmark.marks.ownership.shadow import ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_pool_rejects_bad_arguments(base_model, tmp_path):
 
 
 def test_pool_specs_lay_out_metafinger_meta_data():
-    specs = pool_specs("lenet5", "digits", "a" * 64, negatives=3, val_negatives=2, af=3, alpha=2.0, seed=5)
+    specs = pool_specs("lenet5", "digits", "a" * 64, PoolLayout(negatives=3, val_negatives=2, af=3, alpha=2.0), seed=5)
     assert list(specs) == ["positives_train", "negatives_train", "positives_val", "negatives_val"]
     pos = specs["positives_train"] + specs["positives_val"]
     assert (len(specs["positives_train"]), len(specs["positives_val"])) == (2, 1)
@@ -167,7 +167,7 @@ def test_pool_specs_lay_out_metafinger_meta_data():
     assert len({s.cache_name() for s in everything}) == len(everything)  # no two specs alike
     assert 5 not in {s.seed for s in everything if s.base_digest is None}  # no negative repeats the source
     with pytest.raises(ValueError):
-        pool_specs("lenet5", "digits", "a" * 64, negatives=0)
+        PoolLayout(negatives=0)
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):

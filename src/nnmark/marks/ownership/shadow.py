@@ -26,7 +26,7 @@ A task is given no path: it takes the spec's JSON, the base model's checkpoint b
 bundled dataset's name, else the tensors) and returns the new checkpoint's bytes, so it runs on any
 node of a cluster without a shared file system (Ray passes the inputs through its object store, each
 base and dataset once). The driver alone reads and writes the cache, each file atomically.
-``pool_specs`` lays out MetaFinger's positive and negative pools.
+``pool_specs`` lays out MetaFinger's positive and negative pools (``PoolLayout``).
 
 Example::
 
@@ -152,18 +152,34 @@ class ShadowSpec:
         return f"{self.arch}-{hashlib.sha256(self.to_json().encode()).hexdigest()[:16]}.safetensors"
 
 
+@dataclass(frozen=True)
+class PoolLayout:
+    """MetaFinger's meta-data (sec. 4.1): how many shadow models of each kind, and how they are made.
+
+    Attributes:
+        negatives: negative train families (a from-scratch model and its ``af`` augmentations each).
+        val_negatives: independent from-scratch negative validation models.
+        af: the augmentation factor: eq. 1 copies (then fine-tuned) per model.
+        alpha: eq. 1's alpha (the noise is std(param) / alpha).
+        epochs: from-scratch training epochs.
+        finetune_epochs: FTAL epochs after the noise.
+    """
+
+    negatives: int = DEFAULT_NEGATIVES
+    val_negatives: int = DEFAULT_VAL_NEGATIVES
+    af: int = DEFAULT_AF
+    alpha: float = DEFAULT_ALPHA
+    epochs: int = DEFAULT_EPOCHS
+    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
+
+    def __post_init__(self) -> None:
+        if self.negatives < 1 or self.val_negatives < 1 or self.af < 0:
+            raise ArgumentError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, "
+                                f"got {self.negatives}, {self.val_negatives}, {self.af}")
+
+
 def pool_specs(
-    arch: str,
-    data: str,
-    source_digest: str,
-    *,
-    negatives: int = DEFAULT_NEGATIVES,
-    val_negatives: int = DEFAULT_VAL_NEGATIVES,
-    af: int = DEFAULT_AF,
-    alpha: float = DEFAULT_ALPHA,
-    seed: int = 0,
-    epochs: int = DEFAULT_EPOCHS,
-    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
+    arch: str, data: str, source_digest: str, layout: PoolLayout = PoolLayout(), *, seed: int = 0,
 ) -> dict[str, list[ShadowSpec]]:
     """MetaFinger's meta-data (sec. 4.1) as specs, keyed by ``nnmark.marks.ownership.metafinger.POOLS``.
 
@@ -173,20 +189,19 @@ def pool_specs(
     trained from scratch with the next seeds, un-augmented so that they are independent of each other
     (MetaFinger's leave-one-out null needs that). Pass the source's training seed as ``seed``: no negative
     then repeats it. The source is not listed: ``metafinger.create`` adds it to both positive pools.
-    Defaults: 4 families, 2 validation negatives, AF 3, alpha 3 (the paper gives no alpha; at 3 LeNet-5
-    loses about a third of its accuracy before the fine-tune restores it).
+    Defaults (``PoolLayout``): 4 families, 2 validation negatives, AF 3, alpha 3 (the paper gives no alpha;
+    at 3 LeNet-5 loses about a third of its accuracy before the fine-tune restores it).
     """
-    if negatives < 1 or val_negatives < 1 or af < 0:
-        raise ArgumentError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, "
-                            f"got {negatives}, {val_negatives}, {af}")
-    common = {"epochs": epochs, "finetune_epochs": finetune_epochs}
+    af, alpha = layout.af, layout.alpha
+    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs}
     positives = [ShadowSpec(arch, data, seed, alpha, i, base_digest=source_digest, **common) for i in range(af)]
     n_pos_val = round(af / 3)
-    families = [seed + j for j in range(1, negatives + 1)]
+    families = [seed + j for j in range(1, layout.negatives + 1)]
     neg_train = [ShadowSpec(arch, data, s, **common) for s in families]
     neg_train += [ShadowSpec(arch, data, s, alpha, 1000 * j + i, **common)
                   for j, s in enumerate(families, start=1) for i in range(af)]
-    neg_val = [ShadowSpec(arch, data, seed + negatives + j, **common) for j in range(1, val_negatives + 1)]
+    neg_val = [ShadowSpec(arch, data, seed + layout.negatives + j, **common)
+               for j in range(1, layout.val_negatives + 1)]
     return {"positives_train": positives[: af - n_pos_val], "negatives_train": neg_train,
             "positives_val": positives[af - n_pos_val:], "negatives_val": neg_val}
 
