@@ -142,6 +142,20 @@ def test_a_task_takes_bytes_and_data_and_returns_checkpoint_bytes(base_model, di
         shadow.build_task(ShadowSpec("lenet5", "mnist5k", 61).to_json(), None, digits)
 
 
+def test_pool_reports_each_model_it_builds_once(tmp_path, capsys):
+    augmented = ShadowSpec("lenet5", "digits", 71, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1)
+    specs = [augmented, ShadowSpec("lenet5", "digits", 72, epochs=1), augmented]
+    built = []
+    pool = build_pool(specs, cache_dir=tmp_path, executor="serial", progress=True,
+                      on_built=lambda spec, record: built.append((spec, record)))
+    assert [s for s, _ in built] == pool.trained and len(built) == 3  # the implied base too, the duplicate once
+    assert all(record["spec"] == json.loads(s.to_json()) and 0 <= record["test_accuracy"] <= 1
+               for s, record in built)
+    assert "shadow models" in capsys.readouterr().err  # the tqdm bar
+    built.clear()
+    assert build_pool(specs, cache_dir=tmp_path, executor="serial", on_built=built.append).trained == built == []
+
+
 def test_pool_rejects_bad_arguments(base_model, tmp_path):
     spec = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=1, base_digest="0" * 64)
     with pytest.raises(ModelError):

@@ -294,14 +294,15 @@ def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) 
     return _checkpoint_bytes(model, _config(spec, ds, acc)), record
 
 
-def _store(cache: Path, result: Result) -> ShadowSpec:
+def _store(cache: Path, result: Result) -> tuple[ShadowSpec, dict]:
     """Write a task's result to the cache (the record first: the checkpoint marks the entry complete)."""
     checkpoint, record = result
-    spec = ShadowSpec(**json.loads(record)["spec"])
+    fields = json.loads(record)
+    spec = ShadowSpec(**fields["spec"])
     path = cache / spec.cache_name()
     atomic_write_bytes(path.with_suffix(".json"), record.encode())
     atomic_write_bytes(path, checkpoint)
-    return spec
+    return spec, fields
 
 
 def _init_worker() -> None:
@@ -413,6 +414,7 @@ def build_pool(
     ray_address: str | None = None,
     ray_timeout: float | None = DEFAULT_RAY_TIMEOUT,
     progress: bool = False,
+    on_built: Callable[[ShadowSpec, dict], None] | None = None,
 ) -> ShadowPool:
     """Load every spec from ``cache_dir``, building the missing ones first (in parallel); see the module docstring.
 
@@ -428,6 +430,8 @@ def build_pool(
         ray_timeout: seconds to wait for each batch of Ray tasks (None: no limit); past it the tasks left are
             cancelled and NnmarkError is raised.
         progress: show a tqdm bar over the models built.
+        on_built: called in this process once per model built, as each is cached, with its spec and record
+            (``test_accuracy``, ``seconds``); not for models found in the cache.
     """
     if executor not in EXECUTORS:
         raise ArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
@@ -450,8 +454,10 @@ def build_pool(
 
         def build(tasks: list[Task]) -> None:
             for result in runner.run(tasks):
-                _store(cache, result)
+                spec, record = _store(cache, result)
                 bar.update()
+                if on_built is not None:
+                    on_built(spec, record)
 
         loaded = {name: data.load(name) for name in dict.fromkeys(s.data for s in todo)}
         inputs = {name: runner.put(name if name in BUNDLED_DATA else ds) for name, ds in loaded.items()}
