@@ -162,7 +162,7 @@ def world(tmp_path_factory):
     independent = ShadowSpec("lenet5", "digits", 7)
     wanted = [s for group in specs.values() for s in group]
     pool = build_pool([*wanted, independent], cache_dir=cache, base=source, executor="serial")
-    pools = Pools(**{name: pool.select(specs[name]) for name in metafinger.POOLS})
+    pools = Pools(**pool.groups(specs))
     key = metafinger.create(source, pools, ds.train.x, SETTINGS, seed=0,
                             model_digest=digest, meta={"data": "digits"})
     att = attacker_data(ds)

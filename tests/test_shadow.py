@@ -152,6 +152,8 @@ def test_pool_reports_each_model_it_builds_once(tmp_path, capsys):
     assert all(record["spec"] == json.loads(s.to_json()) and 0 <= record["test_accuracy"] <= 1
                for s, record in built)
     assert "shadow models" in capsys.readouterr().err  # the tqdm bar
+    groups = pool.groups({"one": [specs[1]], "two": [specs[1], specs[0]]})
+    assert groups == {"one": [pool[1]], "two": [pool[1], *pool.select([specs[0]])]}
     built.clear()
     assert build_pool(specs, cache_dir=tmp_path, executor="serial", on_built=built.append).trained == built == []
 

@@ -213,8 +213,7 @@ def _fig7(lenet_specs: dict, pool: shadow.ShadowPool, source, ds: data.Dataset, 
     for negatives, af in dict.fromkeys(settings):
         specs = subset_pools(lenet_specs, negatives, af)
         try:
-            key, seconds = _metafinger_key(source, {g: pool.select(s) for g, s in specs.items()}, ds, _settings(p),
-                                           seed)
+            key, seconds = _metafinger_key(source, pool.groups(specs), ds, _settings(p), seed)
         except NnmarkError:
             rows.append({"negatives": negatives, "af": af, "kept": 0, "difference": None, "meta_seconds": None,
                          "shadow_models": sum(len(s) for s in specs.values()),

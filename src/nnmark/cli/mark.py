@@ -515,9 +515,8 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
                              executor=executor, ray_address=ray_address, progress=progress_enabled())
     shadow_seconds, start = time.perf_counter() - start, time.perf_counter()
     key = metafinger.create(
-        model, metafinger.Pools(**{name: pool.select(specs[name]) for name in metafinger.POOLS}), ds.train.x,
-        settings, seed=seed, model_digest=digest, meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af},
-        progress=progress_enabled(),
+        model, metafinger.Pools(**pool.groups(specs)), ds.train.x, settings, seed=seed, model_digest=digest,
+        meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af}, progress=progress_enabled(),
     )
     summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
                "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}

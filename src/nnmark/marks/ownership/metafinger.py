@@ -55,7 +55,7 @@ Example::
 
     specs = shadow.pool_specs("lenet5", "mnist5k", models.digest(source))
     pool = shadow.build_pool([s for group in specs.values() for s in group], cache_dir=cache, base=source)
-    pools = metafinger.Pools(**{g: pool.select(specs[g]) for g in metafinger.POOLS})
+    pools = metafinger.Pools(**pool.groups(specs))
     key = metafinger.create(source, pools, ds.train.x, metafinger.Settings(n=50))
     verdict = metafinger.verify(LabelsOracle(TorchOracle(suspect, ds.shape)), key)
 """

@@ -336,6 +336,10 @@ class ShadowPool:
         index = {s: i for i, s in enumerate(self.specs)}
         return [self.models[index[s]] for s in specs]
 
+    def groups(self, specs: dict[str, list[ShadowSpec]]) -> dict[str, list[nn.Module]]:
+        """The models of each group of ``specs`` (e.g. ``pool_specs``' pools, for ``metafinger.Pools(**...)``)."""
+        return {name: self.select(group) for name, group in specs.items()}
+
 
 def _as_is(obj: Any) -> Any:
     return obj
