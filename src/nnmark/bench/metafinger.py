@@ -77,7 +77,7 @@ FULL = {
 QUICK = {
     "seeds": 1, "n": 30, "source_epochs": 2, "shadow_epochs": 1, "finetune_epochs": 1, "alpha": 3.0,
     "negatives": 2, "val_negatives": 2, "af": 2, "second_arch": "vgg11", "second_epochs": 1, "second_negatives": 1,
-    "second_val_negatives": 1, "second_af": 1, "meta_epochs": 5, "ipguard_iterations": 300,
+    "second_val_negatives": 1, "second_af": 1, "meta_epochs": 30, "ipguard_iterations": 300,
     "attack_epochs": 2, "prune": (0.1, 0.7), "noise_alphas": (5.0, 1.0),
     "clean": {"lenet5": (1, 1), "vgg11": (1, 1)},
     "fig7_negatives": (1, 2), "fig7_af": (0, 2),
