@@ -27,6 +27,11 @@ def base_model():
     return train_shadow(ShadowSpec("lenet5", "digits", seed=0, epochs=6))
 
 
+def _cache_files(specs: list[ShadowSpec]) -> set[str]:
+    """The names of the cache's model and record files for ``specs``."""
+    return {name for s in specs for name in (s.cache_name(), s.cache_name().removesuffix(".safetensors") + ".json")}
+
+
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.allclose(sa[n], sb[n], atol=1e-5) for n in sa)
@@ -105,8 +110,7 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     # the augmented negative needed its from-scratch base, built (and cached) too
     assert set(pool.trained) == {*specs, specs[1].base()}
     assert all(p.exists() and p.with_suffix(".json").exists() for p in pool.paths)
-    built = {n for s in pool.trained for n in (s.cache_name(), s.cache_name().replace(".safetensors", ".json"))}
-    assert {p.name for p in tmp_path.iterdir()} == built  # the cache holds the models and records, nothing else
+    assert {p.name for p in tmp_path.iterdir()} == _cache_files(pool.trained)  # models and records, nothing else
     record = json.loads(pool.paths[0].with_suffix(".json").read_text())
     assert ShadowSpec(**record["spec"]) == specs[0] and 0 <= record["test_accuracy"] <= 1
     assert _same(pool[0], train_shadow(specs[0]))  # a worker builds what this process would
@@ -271,8 +275,7 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     np.savez(npz, x=digits.train.x.numpy(), y=digits.train.y.numpy(), x_test=digits.test.x.numpy(),
              y_test=digits.test.y.numpy())
     report.mkdir()
-    pickle_by_value = ray.cloudpickle.register_pickle_by_value
-    pickle_by_value(sys.modules[__name__])  # the hook reaches the workers by value, not by this module's name
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook reaches the workers by value
     try:
         hook = _guard([str(cache), str(npz.parent)], str(report))
         ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook})
@@ -296,8 +299,7 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     pool = build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300)
     assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache or the npz file
     assert set(pool.trained) == {*specs, augmented.base()} and ray.is_initialized()  # a running cluster stays up
-    built = {n for s in pool.trained for n in (s.cache_name(), s.cache_name().replace(".safetensors", ".json"))}
-    assert {p.name for p in cache.iterdir()} == built  # written by the driver from the returned bytes
+    assert {p.name for p in cache.iterdir()} == _cache_files(pool.trained)  # written by the driver from the bytes
     assert _same(pool[1], train_shadow(given, base_model))  # the bytes crossed intact
     assert _same(pool[2], train_shadow(ShadowSpec("lenet5", "digits", 32, epochs=1)))  # same tensors, same model
     assert build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300).trained == []
