@@ -16,7 +16,7 @@ from nnmark.marks.ownership import metafinger
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import TorchOracle
 from nnmark.serve import create_app, serving
-from nnmark.shadow import ShadowSpec, build_pool, pool_specs
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs
 
 SECRET = b"owner secret"
 NOISE_STD = 1e-2
@@ -29,7 +29,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     source = build_pool([ShadowSpec("lenet5", "digits", 0)], cache_dir=root / "cache", executor="serial")[0]
     digest = models.digest(source)
-    specs = pool_specs("lenet5", "digits", digest, negatives=2, val_negatives=2, af=2, alpha=10.0)
+    specs = pool_specs("lenet5", "digits", digest, PoolLayout(negatives=2, val_negatives=2, af=2, alpha=10.0))
     independent = ShadowSpec("lenet5", "digits", 7)
     pool = build_pool([*(s for group in specs.values() for s in group), independent], cache_dir=root / "cache",
                       base=source, executor="serial")
@@ -38,8 +38,9 @@ def world(tmp_path_factory):
     made = {
         "dbi": dbi.create(oracle, ds.test.x[:30], itr=300, eps=1e-3, model_digest=digest),
         "pairs": pairing.create(oracle, 6, secret=SECRET, user_id="alice", max_itr=100, alpha=1e-4),
-        "metafinger": metafinger.create(source, *(pool.select(specs[g]) for g in metafinger.POOLS), ds.train.x, n=40,
-                                        candidates=80, epochs=30, seed=0, model_digest=digest),
+        "metafinger": metafinger.create(source, metafinger.Pools(**pool.groups(specs)), ds.train.x,
+                                        metafinger.Settings(n=40, candidates=80, epochs=30), seed=0,
+                                        model_digest=digest),
         "innformant": innformant.create(env_oracles["float32"], env_oracles, ds.test.x[:20], remote_max=200),
     }
     key_dir = root / "keys"

@@ -52,7 +52,7 @@ def test_metafinger_refuses_keys_that_cannot_decide():
 
 def test_metafinger_refuses_a_small_n_before_training(mnist):
     with pytest.raises(ArgumentError, match=f"n >= {metafinger.MIN_KEPT}"):
-        metafinger.create(torch.nn.Identity(), [], [], [], [], mnist.train.x[:50], n=metafinger.MIN_KEPT - 1)
+        metafinger.Settings(n=metafinger.MIN_KEPT - 1)
 
 
 def test_a_short_key_says_how_many_it_kept_and_why(oracle):

@@ -1,5 +1,6 @@
 """MetaFinger (Yang et al.): eq. 2's signs, the screen, the null, and the headline in miniature on 8x8 digits."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,13 +9,15 @@ import torch
 from nnmark import data, keys, models
 from nnmark.attacks import finetune_mode
 from nnmark.data.roles import attacker_data
-from nnmark.errors import InputError, KeyFileError, NnmarkError
+from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.marks.ownership import metafinger
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.oracles import LabelsOracle, TorchOracle
-from nnmark.shadow import ShadowSpec, build_pool, pool_specs
+from nnmark.marks.ownership.metafinger import Pools, Settings
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs
 
 ALPHA = 3.0  # eq. 1 strength of the DNN augmentation
+SETTINGS = Settings(n=40, candidates=80, epochs=30)
 
 
 # --- eq. 2 -------------------------------------------------------------------------------------------
@@ -137,6 +140,14 @@ def test_binomial_tail_is_exact():
             binomial_tail(*bad)
 
 
+@pytest.mark.parametrize("changes", [{"n": 0}, {"candidates": 0}, {"epochs": 0}, {"k": 0}, {"lr": 0.0},
+                                     {"lam": -1.0}, {"threshold": 1.5}, {"max_p_value": 0.0}], ids=str)
+def test_settings_refuse_values_outside_their_range(changes):
+    with pytest.raises(ArgumentError, match=next(iter(changes))):
+        Settings(**changes)
+    assert Settings().starts == 2 * metafinger.DEFAULT_N and Settings(candidates=7).starts == 7
+
+
 # --- the headline in miniature --------------------------------------------------------------------------
 
 
@@ -147,12 +158,12 @@ def world(tmp_path_factory):
     cache = tmp_path_factory.mktemp("shadow")
     source = build_pool([ShadowSpec("lenet5", "digits", 0)], cache_dir=cache, executor="serial")[0]
     digest = models.digest(source)
-    specs = pool_specs("lenet5", "digits", digest, negatives=2, val_negatives=2, af=2, alpha=ALPHA)
+    specs = pool_specs("lenet5", "digits", digest, PoolLayout(negatives=2, val_negatives=2, af=2, alpha=ALPHA))
     independent = ShadowSpec("lenet5", "digits", 7)
     wanted = [s for group in specs.values() for s in group]
     pool = build_pool([*wanted, independent], cache_dir=cache, base=source, executor="serial")
-    pools = tuple(pool.select(specs[name]) for name in metafinger.POOLS)
-    key = metafinger.create(source, *pools, ds.train.x, n=40, candidates=80, epochs=30, seed=0,
+    pools = Pools(**pool.groups(specs))
+    key = metafinger.create(source, pools, ds.train.x, SETTINGS, seed=0,
                             model_digest=digest, meta={"data": "digits"})
     att = attacker_data(ds)
     suspects = {
@@ -209,7 +220,7 @@ def test_key_survives_signing_and_verifies_after_loading(world, tmp_path):
 
 def test_create_is_deterministic_by_seed(world):
     ds, source, pools, key, _ = world
-    again = metafinger.create(source, *pools, ds.train.x, n=40, candidates=80, epochs=30, seed=0,
+    again = metafinger.create(source, pools, ds.train.x, SETTINGS, seed=0,
                               model_digest=key.model_digest, meta={"data": "digits"})
     assert torch.equal(again.queries, key.queries) and torch.equal(again.expected, key.expected)
 
@@ -228,17 +239,18 @@ def test_bad_inputs_raise_clear_errors(world):
     bad = ds.train.x[:20].clone()
     bad[0, 0, 0, 0] = 2.0
     with pytest.raises(InputError):
-        metafinger.create(source, *pools, bad, n=5)
+        metafinger.create(source, pools, bad, Settings(n=metafinger.MIN_KEPT))
     with pytest.raises(InputError):
-        metafinger.create(source, *pools, ds.train.x[0], n=5)
+        metafinger.create(source, pools, ds.train.x[0], Settings(n=metafinger.MIN_KEPT))
     with pytest.raises(InputError):
-        metafinger.meta_train(source, *pools, torch.full((2, 1, 8, 8), float("nan")), epochs=1)
+        metafinger.meta_train(source, pools, torch.full((2, 1, 8, 8), float("nan")), Settings(epochs=1))
     with pytest.raises(ValueError):
-        metafinger.create(source, *pools, ds.train.x, n=5, candidates=10**6)
+        metafinger.create(source, pools, ds.train.x, Settings(n=metafinger.MIN_KEPT, candidates=10**6))
     with pytest.raises(ValueError):
-        metafinger.create(source, pools[0], [], pools[2], pools[3], ds.train.x, n=5)
+        Pools(pools.positives_train, [], pools.positives_val, pools.negatives_val)
     with pytest.raises(NnmarkError, match="screen"):  # the source as its own negative: nothing can pass
-        metafinger.create(source, pools[0], pools[1], pools[2], [source], ds.train.x, n=metafinger.MIN_KEPT, epochs=1)
+        metafinger.create(source, dataclasses.replace(pools, negatives_val=[source]), ds.train.x,
+                          Settings(n=metafinger.MIN_KEPT, epochs=1))
     with pytest.raises(KeyFileError):
         metafinger.verify(LabelsOracle(TorchOracle(source, ds.shape)),
                           keys.KeyFile("dbi", key.config, key.queries, key.expected))

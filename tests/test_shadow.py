@@ -1,17 +1,20 @@
 """Shadow-model pools: specs, from-scratch and augmented models, the on-disk cache, worker processes."""
 
 import json
+import os
 import shutil
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
-from nnmark import data, models, shadow
+from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
 from nnmark.errors import ModelError, NnmarkError
-from nnmark.shadow import ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.marks.ownership import shadow
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,11 @@ def digits():
 @pytest.fixture(scope="module")
 def base_model():
     return train_shadow(ShadowSpec("lenet5", "digits", seed=0, epochs=6))
+
+
+def _cache_files(specs: list[ShadowSpec]) -> set[str]:
+    """The names of the cache's model and record files for ``specs``."""
+    return {name for s in specs for name in (s.cache_name(), s.cache_name().removesuffix(".safetensors") + ".json")}
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -102,7 +110,7 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     # the augmented negative needed its from-scratch base, built (and cached) too
     assert set(pool.trained) == {*specs, specs[1].base()}
     assert all(p.exists() and p.with_suffix(".json").exists() for p in pool.paths)
-    assert not list(tmp_path.glob(".base-*"))  # the source copy for the workers is gone
+    assert {p.name for p in tmp_path.iterdir()} == _cache_files(pool.trained)  # models and records, nothing else
     record = json.loads(pool.paths[0].with_suffix(".json").read_text())
     assert ShadowSpec(**record["spec"]) == specs[0] and 0 <= record["test_accuracy"] <= 1
     assert _same(pool[0], train_shadow(specs[0]))  # a worker builds what this process would
@@ -114,6 +122,44 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes
     assert all(models.digest(a) == models.digest(b) for a, b in zip(pool.models, again.models))
     assert again.select([specs[2], specs[0]])[0] is again[2]
+
+
+def _checkpoint(model: torch.nn.Module, ds, tmp_path) -> bytes:
+    path = tmp_path / "given.safetensors"
+    models.save(model, models.ModelConfig("lenet5", ds.shape, ds.num_classes), path)
+    return path.read_bytes()
+
+
+def test_a_task_takes_bytes_and_data_and_returns_checkpoint_bytes(base_model, digits, tmp_path):
+    spec = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=4, finetune_epochs=1,
+                      base_digest=models.digest(base_model))
+    checkpoint, record = shadow.build_task(spec.to_json(), _checkpoint(base_model, digits, tmp_path), "digits")
+    (tmp_path / "out.safetensors").write_bytes(checkpoint)
+    model, config = models.load(tmp_path / "out.safetensors")
+    assert _same(model, train_shadow(spec, base_model))
+    record = json.loads(record)
+    assert record["spec"] == json.loads(spec.to_json()) and config.accuracy == record["test_accuracy"]
+    scratch = ShadowSpec("lenet5", "digits", 61, epochs=1).to_json()
+    by_tensors, by_name = (shadow.build_task(scratch, None, d)[0] for d in (digits, "digits"))
+    assert by_tensors == by_name  # the data as tensors gives the same model as its bundled name
+    with pytest.raises(ValueError, match="mnist5k"):
+        shadow.build_task(ShadowSpec("lenet5", "mnist5k", 61).to_json(), None, digits)
+
+
+def test_pool_reports_each_model_it_builds_once(tmp_path, capsys):
+    augmented = ShadowSpec("lenet5", "digits", 71, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1)
+    specs = [augmented, ShadowSpec("lenet5", "digits", 72, epochs=1), augmented]
+    built = []
+    pool = build_pool(specs, cache_dir=tmp_path, executor="serial", progress=True,
+                      on_built=lambda spec, record: built.append((spec, record)))
+    assert [s for s, _ in built] == pool.trained and len(built) == 3  # the implied base too, the duplicate once
+    assert all(record["spec"] == json.loads(s.to_json()) and 0 <= record["test_accuracy"] <= 1
+               for s, record in built)
+    assert "shadow models" in capsys.readouterr().err  # the tqdm bar
+    groups = pool.groups({"one": [specs[1]], "two": [specs[1], specs[0]]})
+    assert groups == {"one": [pool[1]], "two": [pool[1], *pool.select([specs[0]])]}
+    built.clear()
+    assert build_pool(specs, cache_dir=tmp_path, executor="serial", on_built=built.append).trained == built == []
 
 
 def test_pool_rejects_bad_arguments(base_model, tmp_path):
@@ -129,7 +175,7 @@ def test_pool_rejects_bad_arguments(base_model, tmp_path):
 
 
 def test_pool_specs_lay_out_metafinger_meta_data():
-    specs = pool_specs("lenet5", "digits", "a" * 64, negatives=3, val_negatives=2, af=3, alpha=2.0, seed=5)
+    specs = pool_specs("lenet5", "digits", "a" * 64, PoolLayout(negatives=3, val_negatives=2, af=3, alpha=2.0), seed=5)
     assert list(specs) == ["positives_train", "negatives_train", "positives_val", "negatives_val"]
     pos = specs["positives_train"] + specs["positives_val"]
     assert (len(specs["positives_train"]), len(specs["positives_val"])) == (2, 1)
@@ -141,7 +187,7 @@ def test_pool_specs_lay_out_metafinger_meta_data():
     assert len({s.cache_name() for s in everything}) == len(everything)  # no two specs alike
     assert 5 not in {s.seed for s in everything if s.base_digest is None}  # no negative repeats the source
     with pytest.raises(ValueError):
-        pool_specs("lenet5", "digits", "a" * 64, negatives=0)
+        PoolLayout(negatives=0)
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
@@ -151,20 +197,112 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert shadow.default_cache_dir().parts[-3:] == (".cache", "nnmark", "shadow")
 
 
-def test_pool_on_a_local_ray_instance(tmp_path):
+def _guard(forbidden: list[str], report: str):
+    """A Ray worker set-up hook: any file access under ``forbidden`` fails and leaves a note in ``report``.
+
+    Audit hooks see open, listdir, scandir, mkdir, rename, remove and the like; os.stat, os.lstat and
+    os.access (behind ``exists()``) are wrapped. The note survives code that swallows the error.
+    """
+
+    def install() -> None:
+        import os
+        import sys
+
+        roots = [os.path.normpath(p) for p in forbidden]
+
+        def touches(arg) -> bool:
+            if not isinstance(arg, (str, bytes, os.PathLike)):
+                return False
+            path = os.path.normpath(os.path.abspath(os.fsdecode(arg)))
+            return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+        def refuse(what, arg) -> None:
+            with open(os.path.join(report, f"{os.getpid()}-{len(os.listdir(report))}"), "w") as fh:
+                fh.write(f"{what} {os.fsdecode(arg)}")
+            raise PermissionError(f"a task touched {os.fsdecode(arg)} ({what})")
+
+        def hook(event, args) -> None:
+            if event.startswith(("open", "os.", "shutil.")):
+                for arg in args:
+                    if touches(arg):
+                        refuse(event, arg)
+
+        def checked(real):
+            def call(path, *args, **kwargs):
+                if touches(path):
+                    refuse(real.__name__, path)
+                return real(path, *args, **kwargs)
+            return call
+
+        sys.addaudithook(hook)
+        for name in ("stat", "lstat", "access"):
+            setattr(os, name, checked(getattr(os, name)))
+
+    return install
+
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory, monkeypatch):
+    """A local Ray cluster of a head node without CPUs and two one-CPU nodes, each with its own HOME, on 127.0.0.1."""
     ray = pytest.importorskip("ray")
-    ray_tmp = tempfile.mkdtemp(prefix="nnray")  # short: Ray's socket paths must stay under ~107 characters
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=ray_tmp)
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    root = tempfile.mkdtemp(prefix="nnray")  # short: Ray's socket paths must stay under ~107 characters
+    os.mkdir(os.path.join(root, "ray"))
+    monkeypatch.setenv("RAY_TMPDIR", root)  # the cluster's address file and session folders
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # "127.0.0.1" stays the loopback address
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    local = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **local})
     try:
-        augmented = ShadowSpec("lenet5", "digits", 31, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1)
-        specs = [augmented.base(), augmented]
-        pool = build_pool(specs, cache_dir=tmp_path, executor="ray")
-        assert set(pool.trained) == set(specs) and ray.is_initialized()  # a running instance is left running
-        assert _same(pool[0], train_shadow(specs[0])) and _same(pool[1], train_shadow(specs[1], pool[0]))
-        assert build_pool(specs, cache_dir=tmp_path, executor="ray").trained == []
+        for i in range(2):
+            home = tmp_path_factory.mktemp(f"node{i}")
+            cluster.add_node(num_cpus=1, env_vars={"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")},
+                             **local)
+        yield ray, cluster
     finally:
         ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_cluster, base_model, digits, tmp_path):
+    ray, cluster = ray_cluster
+    cache, report = tmp_path / "cache", tmp_path / "report"
+    npz = tmp_path / "data" / "digits.npz"  # a user dataset: it travels as tensors, its file stays here
+    npz.parent.mkdir()
+    np.savez(npz, x=digits.train.x.numpy(), y=digits.train.y.numpy(), x_test=digits.test.x.numpy(),
+             y_test=digits.test.y.numpy())
+    report.mkdir()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook reaches the workers by value
+    try:
+        hook = _guard([str(cache), str(npz.parent)], str(report))
+        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook})
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 3 and sorted(n["Resources"].get("CPU", 0) for n in nodes) == [0, 1, 1]
+
+    cache.mkdir()
+    probe = ray.remote(num_cpus=1)(lambda path: os.path.exists(path))  # the guard is live on the workers:
+    assert ray.get(probe.remote(str(cache)), timeout=120) is False  # the cache exists, but the task may not look
+    assert len(list(report.iterdir())) == 1
+    shutil.rmtree(report)
+    report.mkdir()
+
+    augmented = ShadowSpec("lenet5", "digits", 31, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1)
+    given = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=9, finetune_epochs=1,
+                       base_digest=models.digest(base_model))
+    user = ShadowSpec("lenet5", f"npz:{npz}", 32, epochs=1)
+    specs = [augmented, given, user]
+    pool = build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300)
+    assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache or the npz file
+    assert set(pool.trained) == {*specs, augmented.base()} and ray.is_initialized()  # a running cluster stays up
+    assert {p.name for p in cache.iterdir()} == _cache_files(pool.trained)  # written by the driver from the bytes
+    assert _same(pool[1], train_shadow(given, base_model))  # the bytes crossed intact
+    assert _same(pool[2], train_shadow(ShadowSpec("lenet5", "digits", 32, epochs=1)))  # same tensors, same model
+    assert build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300).trained == []
 
 
 def test_ray_executor_without_ray_says_how_to_get_it(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """``nnmark bench audit``: queries to a decision, sequential against the whole key, and the error rates of stopping early.
 
-For each seed: a LeNet-5 source on ``DATA``, its MetaFinger shadow pools (``nnmark.shadow``, serial,
-cached under ``nnmark.shadow.default_cache_dir()``) and ``independents`` independently trained LeNet-5s in no
+For each seed: a LeNet-5 source on ``DATA``, its MetaFinger shadow pools (``nnmark.marks.ownership.shadow``,
+serial, cached under its ``default_cache_dir()``) and ``independents`` independently trained LeNet-5s in no
 pool; five keys from the source (DBI, pairs, MetaFinger, IPGuard, iNNformant float32 vs float64). Suspects:
 the source untouched and in the float64 environment; fine-tuned (SGD, attacker data, 10 steps, at
 ``finetune_lrs``), pruned (``prune`` fractions) and int8-quantized copies; stolen copies after FTAL and
@@ -23,16 +23,16 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from nnmark import data, envs, models, shadow
+from nnmark import data, envs, models
 from nnmark.attacks import finetune, finetune_mode, prune, prune_finetune, quantize_int8
 from nnmark.audit import run as audit
 from nnmark.bench.common import header, parameters, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.marks.integrity import dbi, pairing
-from nnmark.marks.ownership import ipguard, metafinger
+from nnmark.marks.ownership import ipguard, metafinger, shadow
+from nnmark.marks.ownership.shadow import ShadowSpec
 from nnmark.marks.telltale import innformant
 from nnmark.oracles import Oracle, TorchOracle
-from nnmark.shadow import ShadowSpec
 
 STEM = "audit"
 DATA = "digits"
@@ -51,12 +51,12 @@ def _source_and_pools(p: dict, seed: int):
     cache = shadow.default_cache_dir()
     source = shadow.build_pool([ShadowSpec("lenet5", DATA, seed, epochs=p["epochs"])], cache_dir=cache,
                                executor="serial")[0]
-    specs = shadow.pool_specs("lenet5", DATA, models.digest(source), negatives=p["negatives"], val_negatives=2,
-                              af=p["af"], seed=seed, epochs=p["epochs"])
+    layout = shadow.PoolLayout(negatives=p["negatives"], val_negatives=2, af=p["af"], epochs=p["epochs"])
+    specs = shadow.pool_specs("lenet5", DATA, models.digest(source), layout, seed=seed)
     others = [ShadowSpec("lenet5", DATA, 1000 + 100 * seed + i, epochs=p["epochs"]) for i in range(p["independents"])]
     pool = shadow.build_pool([*(s for g in specs.values() for s in g), *others], cache_dir=cache, base=source,
                              executor="serial")
-    return source, [pool.select(specs[g]) for g in metafinger.POOLS], pool.select(others)
+    return source, metafinger.Pools(**pool.groups(specs)), pool.select(others)
 
 
 def _keys(source, pools, ds: data.Dataset, p: dict, seed: int) -> list[audit.AuditKey]:
@@ -67,8 +67,7 @@ def _keys(source, pools, ds: data.Dataset, p: dict, seed: int) -> list[audit.Aud
     made = [
         dbi.create(oracle, x[: p["n_dbi"]], itr=p["dbi_itr"], eps=1e-4 * dbi.PAPER_ITR / p["dbi_itr"]),
         pairing.create(oracle, p["n_pairs"], secret=SECRET, user_id=USER, max_itr=100, alpha=1e-4, seed=seed),
-        metafinger.create(source, *pools, ds.train.x, n=p["n_fingerprint"], candidates=2 * p["n_fingerprint"],
-                          epochs=30, seed=seed),
+        metafinger.create(source, pools, ds.train.x, metafinger.Settings(n=p["n_fingerprint"], epochs=30), seed=seed),
         ipguard.create(oracle, ds.train.x[: 2 * p["n_fingerprint"]], n=p["n_fingerprint"], seed=seed),
         innformant.create(env_oracles["float32"], env_oracles, x[: p["n_telltale"]], remote_max=200),
     ]

@@ -1,7 +1,7 @@
 """``nnmark bench ownership-fingerprint``: MetaFinger's evaluation layout (Yang et al., IJCAI 2022) on mnist5k.
 
-For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.shadow``, process executor, one
-worker, cached under ``nnmark.shadow.default_cache_dir()``) of LeNet-5 (positives: eq. 1
+For each seed: a LeNet-5 source; MetaFinger shadow pools (``nnmark.marks.ownership.shadow``, process
+executor, one worker, cached under its ``default_cache_dir()``) of LeNet-5 (positives: eq. 1
 augmentations of the source; negatives: from-scratch families with their augmentations, and
 independent validation models) and of a second architecture (VGG-11 negatives and one VGG-11
 validation negative); four keys from the source: MetaFinger (meta-trained with input augmentation,
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nnmark import data, models, shadow
+from nnmark import data, models
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import MODES, TRANSFORMS, finetune_mode, prune_finetune, relative_weight_noise
 from nnmark.bench.common import header, mean_std, parameters, write
@@ -54,10 +54,10 @@ from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import baselines
-from nnmark.marks.ownership import ipguard, metafinger
+from nnmark.marks.ownership import ipguard, metafinger, shadow
+from nnmark.marks.ownership.shadow import ShadowSpec
 from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 from nnmark.oracles.transformed import TransformedOracle
-from nnmark.shadow import ShadowSpec
 
 STEM = "metafinger"
 DATA = "mnist5k"
@@ -77,7 +77,7 @@ FULL = {
 QUICK = {
     "seeds": 1, "n": 30, "source_epochs": 2, "shadow_epochs": 1, "finetune_epochs": 1, "alpha": 3.0,
     "negatives": 2, "val_negatives": 2, "af": 2, "second_arch": "vgg11", "second_epochs": 1, "second_negatives": 1,
-    "second_val_negatives": 1, "second_af": 1, "meta_epochs": 5, "ipguard_iterations": 300,
+    "second_val_negatives": 1, "second_af": 1, "meta_epochs": 30, "ipguard_iterations": 300,
     "attack_epochs": 2, "prune": (0.1, 0.7), "noise_alphas": (5.0, 1.0),
     "clean": {"lenet5": (1, 1), "vgg11": (1, 1)},
     "fig7_negatives": (1, 2), "fig7_af": (0, 2),
@@ -100,11 +100,13 @@ TRANSFORM_STRENGTHS = {
 def _specs(p: dict, seed: int, digest: str) -> tuple[dict[str, list[ShadowSpec]], dict[str, list[ShadowSpec]]]:
     """(LeNet-5 pools by ``metafinger.POOLS``, second-architecture negatives "negatives_train"/"negatives_val")."""
     common = {"alpha": p["alpha"], "finetune_epochs": p["finetune_epochs"]}
-    lenet = shadow.pool_specs("lenet5", DATA, digest, negatives=p["negatives"], val_negatives=p["val_negatives"],
-                              af=p["af"], seed=100 * seed, epochs=p["shadow_epochs"], **common)
-    second = shadow.pool_specs(p["second_arch"], DATA, digest, negatives=p["second_negatives"],
-                               val_negatives=p["second_val_negatives"], af=p["second_af"], seed=100 * seed + 10,
-                               epochs=p["second_epochs"], **common)
+    lenet = shadow.pool_specs("lenet5", DATA, digest, shadow.PoolLayout(
+        negatives=p["negatives"], val_negatives=p["val_negatives"], af=p["af"], epochs=p["shadow_epochs"], **common,
+    ), seed=100 * seed)
+    second = shadow.pool_specs(p["second_arch"], DATA, digest, shadow.PoolLayout(
+        negatives=p["second_negatives"], val_negatives=p["second_val_negatives"], af=p["second_af"],
+        epochs=p["second_epochs"], **common,
+    ), seed=100 * seed + 10)
     return lenet, {g: second[g] for g in ("negatives_train", "negatives_val")}
 
 
@@ -152,19 +154,23 @@ def query_accuracy(suspect: Oracle, key: KeyFile) -> dict:
     return {"accuracy": v.statistic, "passed": v.passed, "p_value": v.details["p_value"]}
 
 
-def _metafinger_key(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int,
-                    augment_inputs: bool = True) -> tuple[KeyFile, float]:
+def _settings(p: dict, **changes) -> metafinger.Settings:
+    """MetaFinger's settings in this run: ``p``'s n and meta-training epochs, the module's other defaults."""
+    return metafinger.Settings(n=p["n"], epochs=p["meta_epochs"], **changes)
+
+
+def _metafinger_key(source, pools: dict[str, list], ds: data.Dataset, settings: metafinger.Settings,
+                    seed: int) -> tuple[KeyFile, float]:
     start = time.perf_counter()
-    key = metafinger.create(source, *(pools[g] for g in metafinger.POOLS), ds.train.x, n=p["n"],
-                            epochs=p["meta_epochs"], seed=seed, augment_inputs=augment_inputs)
+    key = metafinger.create(source, metafinger.Pools(**pools), ds.train.x, settings, seed=seed)
     return key, time.perf_counter() - start
 
 
 def _keys(source, pools: dict[str, list], ds: data.Dataset, p: dict, seed: int) -> tuple[dict[str, KeyFile], dict]:
     oracle = TorchOracle(source, ds.shape, ds.num_classes)
     gen = torch.Generator().manual_seed(seed)
-    mf, mf_seconds = _metafinger_key(source, pools, ds, p, seed)
-    plain, plain_seconds = _metafinger_key(source, pools, ds, p, seed, augment_inputs=False)
+    mf, mf_seconds = _metafinger_key(source, pools, ds, _settings(p), seed)
+    plain, plain_seconds = _metafinger_key(source, pools, ds, _settings(p, augment_inputs=False), seed)
     start = time.perf_counter()
     ipg = ipguard.create(oracle, ds.train.x[torch.randperm(len(ds.train), generator=gen)[: p["n"]]],
                          iterations=p["ipguard_iterations"], seed=seed)
@@ -207,7 +213,7 @@ def _fig7(lenet_specs: dict, pool: shadow.ShadowPool, source, ds: data.Dataset, 
     for negatives, af in dict.fromkeys(settings):
         specs = subset_pools(lenet_specs, negatives, af)
         try:
-            key, seconds = _metafinger_key(source, {g: pool.select(s) for g, s in specs.items()}, ds, p, seed)
+            key, seconds = _metafinger_key(source, pool.groups(specs), ds, _settings(p), seed)
         except NnmarkError:
             rows.append({"negatives": negatives, "af": af, "kept": 0, "difference": None, "meta_seconds": None,
                          "shadow_models": sum(len(s) for s in specs.values()),

@@ -11,7 +11,7 @@ import time
 import click
 import torch
 
-from nnmark import data, envs, keys, models, shadow
+from nnmark import data, envs, keys, models
 from nnmark.cli._shared import (
     CliError, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option, out_option,
     progress_enabled, secret_for_writing, with_secret,
@@ -21,7 +21,7 @@ from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError
 from nnmark.marks import canary
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
+from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, shadow
 from nnmark.marks.selfcheck import self_check
 from nnmark.marks.telltale import innformant
 from nnmark.metrics import sample_quality
@@ -505,7 +505,7 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
 @click.option("--max-p-value", type=click.FloatRange(0, 1, min_open=True), default=metafinger.DEFAULT_MAX_P_VALUE,
               show_default=True, help="A match also needs the binomial p-value below this.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Shadow-model cache (default ~/.cache/nnmark/shadow).")
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=shadow.DEFAULT_WORKERS, show_default=True)
 @click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True)
 @click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance).")
 def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, candidates, negatives,
@@ -521,18 +521,19 @@ def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, 
     model, config = load_checkpoint(model_path)
     ds = dataset_for(config, data_spec)
     digest = models.digest(model)
-    specs = shadow.pool_specs(config.arch, ds.name, digest, negatives=negatives, val_negatives=val_negatives, af=af,
-                              alpha=alpha, seed=config.seed or 0, epochs=shadow_epochs, finetune_epochs=finetune_epochs)
+    layout = shadow.PoolLayout(negatives=negatives, val_negatives=val_negatives, af=af, alpha=alpha,
+                               epochs=shadow_epochs, finetune_epochs=finetune_epochs)
+    settings = metafinger.Settings(n=n, candidates=candidates, epochs=epochs, k=k, lam=lam, lr=lr,
+                                   augment_inputs=augment_inputs, threshold=threshold, max_p_value=max_p_value)
+    specs = shadow.pool_specs(config.arch, ds.name, digest, layout, seed=config.seed or 0)
     start = time.perf_counter()
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=cache_dir or shadow.default_cache_dir(), base=model, workers=workers,
                              executor=executor, ray_address=ray_address, progress=progress_enabled())
     shadow_seconds, start = time.perf_counter() - start, time.perf_counter()
     key = metafinger.create(
-        model, *(pool.select(specs[name]) for name in metafinger.POOLS), ds.train.x, n=n, candidates=candidates,
-        epochs=epochs, k=k, lam=lam, lr=lr, augment_inputs=augment_inputs, seed=seed, threshold=threshold,
-        max_p_value=max_p_value, model_digest=digest, meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af},
-        progress=progress_enabled(),
+        model, metafinger.Pools(**pool.groups(specs)), ds.train.x, settings, seed=seed, model_digest=digest,
+        meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af}, progress=progress_enabled(),
     )
     summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
                "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}

@@ -4,9 +4,9 @@ Paper: "MetaFinger: Fingerprinting the Deep Neural Networks with Meta-training" 
 Access: the owner's source model and shadow models are white-box torch modules to *create* the key
 (probabilities and their input gradient); the suspect is asked *labels only* to verify.
 
-Meta-data (sec. 4.1, ``nnmark.shadow``): negative models trained from scratch with other seeds, DNN
-augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are split into
-train models (P_train, N_train) and validation models (P_val, N_val).
+Meta-data (sec. 4.1, ``nnmark.marks.ownership.shadow``): negative models trained from scratch with other
+seeds, DNN augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are
+split into train models (P_train, N_train) and validation models (P_val, N_val).
 Meta-training (Algorithm 1): X starts from random training images; each epoch takes every positive
 train model in turn as the anchor, draws k other positive and k negative train models, and steps X
 on eq. 2, Loss = 1/k sum_i KL(p_anchor(X) || p_i(X)) - lambda 1/k sum_i KL(p_anchor(X) || n_i(X)),
@@ -17,9 +17,9 @@ Verify: the suspect's query accuracy on the screened set; "match" (the suspect i
 or derived from it; ``passed``, CLI exit 0) when accuracy >= threshold AND the one-sided binomial
 p-value P[Bin(n, p0) >= hits] < max_p_value, else "no match" (CLI exit 1).
 
-Symbols and defaults: k = 3, lambda = 1, learning rate eta = 0.01, N_epoch = 10 (the authors' code;
-the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images. The pools'
-layout and the augmentation strength: ``nnmark.shadow.pool_specs``.
+Symbols and defaults (``Settings``): k = 3, lambda = 1, learning rate eta = 0.01, N_epoch = 10 (the
+authors' code; the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images.
+The pools' layout and the augmentation strength: ``shadow.PoolLayout``.
 
 Choices (the paper leaves them open or its code differs from its text):
 
@@ -55,12 +55,14 @@ Example::
 
     specs = shadow.pool_specs("lenet5", "mnist5k", models.digest(source))
     pool = shadow.build_pool([s for group in specs.values() for s in group], cache_dir=cache, base=source)
-    key = metafinger.create(source, *(pool.select(specs[g]) for g in metafinger.POOLS), ds.train.x)
+    pools = metafinger.Pools(**pool.groups(specs))
+    key = metafinger.create(source, pools, ds.train.x, metafinger.Settings(n=50))
     verdict = metafinger.verify(LabelsOracle(TorchOracle(suspect, ds.shape)), key)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -78,8 +80,6 @@ from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "metafinger"
-POOLS = ("positives_train", "negatives_train", "positives_val", "negatives_val")
-"""The order of the shadow pools in ``meta_train`` and ``create``."""
 PAPER_K = 3
 PAPER_LAMBDA = 1.0
 PAPER_LR = 0.01
@@ -100,6 +100,80 @@ AUGMENTATIONS: tuple[tuple[str, dict], ...] = (
     ("gaussian_smoothing", {"k": 3, "sigma": 0.8}),
 )
 """Meta-training's input transformations: ``nnmark.attacks.TRANSFORMS`` names (or "identity") and arguments."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Algorithm 1's hyper-parameters, the key's size and the decision rule; defaults are the module constants.
+
+    Attributes:
+        n: most queries kept in the key.
+        candidates: starting images of X (None: 2n).
+        epochs: meta-training epochs N_epoch.
+        k: positive and negative train models drawn per anchor step.
+        lam: lambda, the weight of eq. 2's negative term.
+        lr: eta, Adam's learning rate on X.
+        augment_inputs: each anchor step sees one random ``AUGMENTATIONS`` transformation of X.
+        threshold: least query accuracy of a match.
+        max_p_value: a match also needs the binomial p-value below this.
+    """
+
+    n: int = DEFAULT_N
+    candidates: int | None = None
+    epochs: int = PAPER_EPOCHS
+    k: int = PAPER_K
+    lam: float = PAPER_LAMBDA
+    lr: float = PAPER_LR
+    augment_inputs: bool = DEFAULT_AUGMENT_INPUTS
+    threshold: float = DEFAULT_THRESHOLD
+    max_p_value: float = DEFAULT_MAX_P_VALUE
+
+    def __post_init__(self) -> None:
+        if self.n < MIN_KEPT or (self.candidates is not None and self.candidates < 1):
+            raise ArgumentError(f"need n >= {MIN_KEPT} and candidates >= 1, got n={self.n}, "
+                                f"candidates={self.candidates}")
+        if self.epochs < 1 or self.k < 1 or not self.lr > 0 or self.lam < 0:
+            raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {self.epochs}, {self.k}, "
+                                f"{self.lr}, {self.lam}")
+        if not 0 <= self.threshold <= 1 or not 0 < self.max_p_value <= 1:
+            raise ArgumentError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {self.threshold}, "
+                                f"{self.max_p_value}")
+
+    @property
+    def starts(self) -> int:
+        """The number of starting images: ``candidates``, else 2n."""
+        return 2 * self.n if self.candidates is None else self.candidates
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The shadow models of sec. 4.1 by role (the source is added to both positive pools by ``meta_train``).
+
+    Attributes:
+        positives_train: P_train, models derived from the source (anchors and pulled-together models).
+        negatives_train: N_train, independent models (pushed apart); at least one.
+        positives_val: P_val, derived models that vote for Y and must pass the screen.
+        negatives_val: N_val, independent models that set ACC_neg, the screen and the null; at least one.
+    """
+
+    positives_train: Sequence[nn.Module]
+    negatives_train: Sequence[nn.Module]
+    positives_val: Sequence[nn.Module]
+    negatives_val: Sequence[nn.Module]
+
+    def __post_init__(self) -> None:
+        for name in POOLS:
+            pool, minimum = getattr(self, name), 1 if name.startswith("negatives") else 0
+            if len(pool) < minimum or not all(isinstance(m, nn.Module) for m in pool):
+                raise ArgumentError(f"{name} must be a sequence of at least {minimum} torch modules, got {len(pool)}")
+
+    def sizes(self) -> dict[str, int]:
+        """Models per pool, the source counted in both positive pools (the key's ``pools`` config)."""
+        return {name: len(getattr(self, name)) + name.startswith("positives") for name in POOLS}
+
+
+POOLS = tuple(f.name for f in dataclasses.fields(Pools))
+"""The shadow pools' names, in order: ``shadow.pool_specs``'s keys and ``Pools``' fields."""
 
 
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -180,11 +254,6 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return cls(**kwargs)(x)
 
 
-def _check_pool(name: str, pool: Sequence[nn.Module], minimum: int) -> None:
-    if len(pool) < minimum or not all(isinstance(m, nn.Module) for m in pool):
-        raise ArgumentError(f"{name} must be a sequence of at least {minimum} torch modules, got {len(pool)}")
-
-
 def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | None = None) -> list[nn.Module]:
     """k models drawn without replacement (capped at the pool size), leaving out index ``skip``."""
     idx = [i for i in torch.randperm(len(pool), generator=gen).tolist() if i != skip]
@@ -193,18 +262,11 @@ def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | N
 
 def meta_train(
     source: nn.Module,
-    positives_train: Sequence[nn.Module],
-    negatives_train: Sequence[nn.Module],
-    positives_val: Sequence[nn.Module],
-    negatives_val: Sequence[nn.Module],
+    pools: Pools,
     x0: torch.Tensor,
+    settings: Settings = Settings(),
     *,
-    epochs: int = PAPER_EPOCHS,
-    k: int = PAPER_K,
-    lam: float = PAPER_LAMBDA,
-    lr: float = PAPER_LR,
     seed: int = 0,
-    augment_inputs: bool = DEFAULT_AUGMENT_INPUTS,
     progress: bool = False,
 ) -> MetaTrainResult:
     """Algorithm 1, lines 5-21: optimise X from ``x0`` (N, C, H, W) in [0, 1]; return the X with the lowest ACC_neg.
@@ -212,33 +274,29 @@ def meta_train(
     P_train = [source, *positives_train] (anchors in a seeded random order each epoch), N_train =
     ``negatives_train``; Y is the majority of [source, *positives_val]; ACC_neg the mean accuracy of
     ``negatives_val`` on (X, Y). One forward per model and one backward per anchor step for all of X;
-    with ``augment_inputs`` the models of a step see ``augment(X)`` (one draw per step) instead of X.
+    with ``settings.augment_inputs`` the models of a step see ``augment(X)`` (one draw per step) instead of X.
     """
     if x0.dim() != 4:
         raise InputError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
     check_inputs(x0, tuple(x0.shape[1:]))
-    _check_pool("negatives_train", negatives_train, 1)
-    _check_pool("negatives_val", negatives_val, 1)
-    if epochs < 1 or k < 1 or not lr > 0 or lam < 0:
-        raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {epochs}, {k}, {lr}, {lam}")
-    p_train = [source, *positives_train]
-    p_val = [source, *positives_val]
-    for m in [*p_train, *negatives_train, *p_val, *negatives_val]:
+    p_train = [source, *pools.positives_train]
+    p_val = [source, *pools.positives_val]
+    for m in [*p_train, *pools.negatives_train, *p_val, *pools.negatives_val]:
         m.eval()
     gen = torch.Generator().manual_seed(seed)
     x = x0.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = torch.optim.Adam([x], lr=settings.lr)
     best = MetaTrainResult(x.detach().clone(), torch.empty(0, dtype=torch.long), -1, float("inf"))
-    for epoch in tqdm(range(epochs), desc="metafinger", unit="epoch", disable=not progress, leave=False):
+    for epoch in tqdm(range(settings.epochs), desc="metafinger", unit="epoch", disable=not progress, leave=False):
         total = 0.0
         for a in torch.randperm(len(p_train), generator=gen).tolist():
-            pos = _draw(p_train, k, gen, skip=a) or [p_train[a]]
-            neg = _draw(negatives_train, k, gen)
-            xs = augment(x, gen) if augment_inputs else x
+            pos = _draw(p_train, settings.k, gen, skip=a) or [p_train[a]]
+            neg = _draw(pools.negatives_train, settings.k, gen)
+            xs = augment(x, gen) if settings.augment_inputs else x
             p_anchor = torch.softmax(p_train[a](xs), dim=1)
             p_pos = torch.stack([torch.softmax(m(xs), dim=1) for m in pos])
             p_neg = torch.stack([torch.softmax(m(xs), dim=1) for m in neg])
-            loss = meta_loss(p_anchor, p_pos, p_neg, lam).sum()
+            loss = meta_loss(p_anchor, p_pos, p_neg, settings.lam).sum()
             (grad,) = torch.autograd.grad(loss, x)
             opt.zero_grad(set_to_none=True)
             x.grad = grad
@@ -250,7 +308,7 @@ def meta_train(
         pos_preds = predictions(p_val, xd)
         y = majority_labels(pos_preds)
         pos_acc = (pos_preds == y).float().mean().item()
-        neg_acc = (predictions(negatives_val, xd) == y).float().mean().item()
+        neg_acc = (predictions(pools.negatives_val, xd) == y).float().mean().item()
         best.history.append({"epoch": epoch, "loss": total, "pos_accuracy": pos_acc, "neg_accuracy": neg_acc})
         if neg_acc < best.neg_accuracy:
             best.x, best.y, best.best_epoch, best.neg_accuracy = xd.clone(), y, epoch, neg_acc
@@ -272,74 +330,57 @@ def check_decidable(n: int, p0: float, max_p_value: float, remedy: str) -> None:
 
 def create(
     source: nn.Module,
-    positives_train: Sequence[nn.Module],
-    negatives_train: Sequence[nn.Module],
-    positives_val: Sequence[nn.Module],
-    negatives_val: Sequence[nn.Module],
+    pools: Pools,
     images: torch.Tensor,
+    settings: Settings = Settings(),
     *,
-    n: int = DEFAULT_N,
-    candidates: int | None = None,
-    epochs: int = PAPER_EPOCHS,
-    k: int = PAPER_K,
-    lam: float = PAPER_LAMBDA,
-    lr: float = PAPER_LR,
     seed: int = 0,
-    augment_inputs: bool = DEFAULT_AUGMENT_INPUTS,
-    threshold: float = DEFAULT_THRESHOLD,
-    max_p_value: float = DEFAULT_MAX_P_VALUE,
     model_digest: str = "",
     meta: dict | None = None,
     progress: bool = False,
 ) -> KeyFile:
-    """Make a MetaFinger key: meta-train X from ``candidates`` (default 2n) random ``images``, screen, keep <= n.
+    """Make a MetaFinger key: meta-train X from ``settings.starts`` random ``images``, screen, keep <= n.
 
     ``images``: the owner's training images (N, C, H, W) in [0, 1]; X starts from a seeded random choice
-    of them (kept as the extra tensor "sources"). The config holds every hyper-parameter, the pool sizes,
+    of them (kept as the extra tensor "sources"). The config holds every setting, the seed, the pool sizes,
     the leave-one-out null accuracies of ``negatives_val``, p0 and the decision rule. Raises NnmarkError
     when no sample passes the screen (use more candidates, epochs or shadow models).
     """
     if images.dim() != 4:
         raise InputError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     check_inputs(images, tuple(images.shape[1:]))
-    candidates = 2 * n if candidates is None else candidates
-    if n < MIN_KEPT or not 1 <= candidates <= len(images):
-        raise ArgumentError(f"need n >= {MIN_KEPT} and 1 <= candidates <= {len(images)} images, got n={n}, "
-                            f"candidates={candidates}")
-    if not 0 <= threshold <= 1 or not 0 < max_p_value <= 1:
-        raise ArgumentError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {threshold}, {max_p_value}")
+    candidates = settings.starts
+    if candidates > len(images):
+        raise ArgumentError(f"need candidates <= {len(images)} images, got {candidates}")
     gen = torch.Generator().manual_seed(seed)
     x0 = images[torch.randperm(len(images), generator=gen)[:candidates]].float()
-    result = meta_train(source, positives_train, negatives_train, positives_val, negatives_val, x0,
-                        epochs=epochs, k=k, lam=lam, lr=lr, seed=seed, augment_inputs=augment_inputs,
-                        progress=progress)
-    pos_preds = predictions([source, *positives_val], result.x)
-    neg_preds = predictions(negatives_val, result.x)
+    result = meta_train(source, pools, x0, settings, seed=seed, progress=progress)
+    pos_preds = predictions([source, *pools.positives_val], result.x)
+    neg_preds = predictions(pools.negatives_val, result.x)
     mask = screen_mask(result.y, pos_preds, neg_preds)
     if not mask.any():
         raise NnmarkError(f"no sample of {candidates} passed the MetaFinger screen; "
                           "use more candidates, meta-training epochs or shadow models")
-    keep = mask.nonzero().flatten()[:n]
+    keep = mask.nonzero().flatten()[:settings.n]
     nulls = null_accuracies(result.y, pos_preds, neg_preds)
     with torch.no_grad():
         num_classes = int(source(x0[:1]).shape[1])
     p0 = max(sum(nulls) / len(nulls), 1.0 / num_classes)
     why = f"only {int(mask.sum())} of {candidates} candidates passed the screen"
-    check_decidable(len(keep), p0, max_p_value, f"{why}; raise candidates or epochs, or use more shadow models")
+    check_decidable(len(keep), p0, settings.max_p_value,
+                    f"{why}; raise candidates or epochs, or use more shadow models")
     config = {
-        "n": int(n), "kept": len(keep), "screened": int(mask.sum()), "candidates": int(candidates),
-        "epochs": int(epochs), "k": int(k), "lam": float(lam), "lr": float(lr), "optimizer": "adam", "seed": int(seed),
-        "augment_inputs": bool(augment_inputs),
-        "pools": {"positives_train": len(positives_train) + 1, "negatives_train": len(negatives_train),
-                  "positives_val": len(positives_val) + 1, "negatives_val": len(negatives_val)},
+        "n": int(settings.n), "kept": len(keep), "screened": int(mask.sum()), "candidates": int(candidates),
+        "epochs": int(settings.epochs), "k": int(settings.k), "lam": float(settings.lam), "lr": float(settings.lr),
+        "optimizer": "adam", "seed": int(seed), "augment_inputs": bool(settings.augment_inputs), "pools": pools.sizes(),
         "best_epoch": result.best_epoch, "val_neg_accuracy": result.neg_accuracy, "history": result.history,
         "null_accuracies": nulls, "num_classes": num_classes, "p0": p0,
-        "threshold": float(threshold), "max_p_value": float(max_p_value),
+        "threshold": float(settings.threshold), "max_p_value": float(settings.max_p_value),
     }
     if clash := sorted(set(meta or {}) & set(config)):
         raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
     config.update(meta or {})
-    note_shortfall(config, n, len(keep), f"{why}; raise candidates or epochs")
+    note_shortfall(config, settings.n, len(keep), f"{why}; raise candidates or epochs")
     return KeyFile(method=METHOD, config=config, queries=result.x[keep].contiguous(),
                    expected=result.y[keep].contiguous(), extras={"sources": x0[keep].contiguous()},
                    model_digest=model_digest)

@@ -1,0 +1,476 @@
+"""Shadow-model pools: models trained or derived on the owner's side, cached on disk, built in parallel.
+
+MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many shadow models:
+
+- a *negative* model is trained from scratch on the same task with its own seed
+  (``ShadowSpec(arch, data, seed)``);
+- an *augmented* model is a base model plus eq. 1 noise, param += N(0, std(param) / alpha) layer by
+  layer (``nnmark.attacks.relative_weight_noise``), then fine-tuned to recover accuracy
+  (``ShadowSpec(..., augment_alpha=alpha, augment_seed=s)``). The base is the negative model of the same
+  (arch, data, seed, epochs), or, when ``base_digest`` is set, a model given by the caller (the owner's
+  source model, never trained here), identified by its ``nnmark.models.digest``.
+
+Choices: the fine-tune after the noise is ``finetune_mode(..., mode="FTAL")`` (SGD, momentum 0.9,
+lr 0.01, all layers) for ``finetune_epochs`` passes over the *owner's* training split of ``data``
+(the owner has it; the paper only says "fine-tunes the model to achieve high accuracy"). A
+from-scratch model is ``models.build`` under ``torch.manual_seed(seed)`` then ``models.train(...,
+seed=seed)``, so a spec gives the same weights every time on one machine.
+
+Each model is cached as ``<cache_dir>/<arch>-<hash>.safetensors`` (``nnmark.models.save``) with a
+``.json`` beside it (the spec, test accuracy, seconds); ``hash`` is the SHA-256 of the spec's
+canonical JSON, so a second ``build_pool`` over the same specs trains nothing. Missing models are
+built by ``build_task``, from-scratch bases first, then the augmentations that start from them, in
+this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
+thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
+A task is given no path: it takes the spec's JSON, the base model's checkpoint bytes and the data (a
+bundled dataset's name, else the tensors) and returns the new checkpoint's bytes, so it runs on any
+node of a cluster without a shared file system (Ray passes the inputs through its object store, each
+base and dataset once). The driver alone reads and writes the cache, each file atomically.
+``pool_specs`` lays out MetaFinger's positive and negative pools (``PoolLayout``).
+
+Example::
+
+    specs = [ShadowSpec("lenet5", "digits", seed=s) for s in (1, 2)]
+    pool = build_pool(specs, cache_dir=default_cache_dir(), workers=2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nnmark import data, models
+from nnmark._io import atomic_write_bytes
+from nnmark.attacks import finetune_mode, relative_weight_noise
+from nnmark.errors import ArgumentError, ModelError, NnmarkError
+
+DEFAULT_EPOCHS = 8
+DEFAULT_FINETUNE_EPOCHS = 2
+EXECUTORS = ("process", "serial", "ray")
+DEFAULT_NEGATIVES = 4
+DEFAULT_VAL_NEGATIVES = 2
+DEFAULT_AF = 3
+DEFAULT_ALPHA = 3.0
+DEFAULT_WORKERS = 2
+DEFAULT_RAY_TIMEOUT = None
+BUNDLED_DATA = tuple(spec for spec in data.SPECS if ":" not in spec)
+"""Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
+
+Task = tuple[str, Any, Any]
+"""A task's arguments: the spec's JSON, the base (checkpoint bytes or None) and the data (a name or a Dataset),
+the last two possibly as Ray object references."""
+Result = tuple[bytes, str]
+"""A task's result: the model's checkpoint bytes and its JSON record."""
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """One shadow model, as JSON-able fields.
+
+    Args:
+        arch: a ``nnmark.models.ARCHITECTURES`` name.
+        data: a ``nnmark.data.load`` spec; the task (and the owner's fine-tuning data).
+        seed: from-scratch seed (initialisation and minibatch order); with ``base_digest`` a label only.
+        augment_alpha: eq. 1's alpha (> 0) for an augmented model; None for a from-scratch one.
+        augment_seed: seeds the eq. 1 noise and the fine-tune; set exactly when ``augment_alpha`` is.
+        epochs: from-scratch training epochs.
+        finetune_epochs: FTAL epochs after the noise.
+        base_digest: None (augment the from-scratch model of this spec) or the digest of a given base model.
+    """
+
+    arch: str
+    data: str
+    seed: int
+    augment_alpha: float | None = None
+    augment_seed: int | None = None
+    epochs: int = DEFAULT_EPOCHS
+    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
+    base_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in models.ARCHITECTURES:
+            raise ModelError(f"unknown architecture {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}")
+        if not isinstance(self.data, str) or not self.data:
+            raise ArgumentError(f"data must be a dataset spec string, got {self.data!r}")
+        for name in ("seed", "epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ArgumentError(f"{name} must be an integer, got {value!r}")
+        if self.epochs < 1 or self.finetune_epochs < 0:
+            raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+        if (self.augment_alpha is None) != (self.augment_seed is None):
+            raise ArgumentError("augment_alpha and augment_seed must be given together")
+        if self.augment_alpha is not None:
+            alpha = self.augment_alpha
+            numeric = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+            if not (numeric and math.isfinite(alpha) and alpha > 0):
+                raise ArgumentError(f"augment_alpha must be a finite number > 0, got {alpha!r}")
+            object.__setattr__(self, "augment_alpha", float(alpha))
+            if isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int):
+                raise ArgumentError(f"augment_seed must be an integer, got {self.augment_seed!r}")
+        if self.base_digest is not None:
+            if self.augment_alpha is None:
+                raise ArgumentError("base_digest is only meaningful for an augmented spec "
+                                    "(a given model is not trained)")
+            if not (isinstance(self.base_digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.base_digest)):
+                raise ArgumentError(f"base_digest must be 64 lowercase hex digits, got {self.base_digest!r}")
+
+    @property
+    def augmented(self) -> bool:
+        return self.augment_alpha is not None
+
+    def base(self) -> ShadowSpec:
+        """The from-scratch spec this one augments (only for specs without ``base_digest``)."""
+        return dataclasses.replace(self, augment_alpha=None, augment_seed=None, base_digest=None)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, compact)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ShadowSpec:
+        return cls(**json.loads(text))
+
+    def cache_name(self) -> str:
+        """``<arch>-<first 16 hex of SHA-256(to_json())>.safetensors``."""
+        return f"{self.arch}-{hashlib.sha256(self.to_json().encode()).hexdigest()[:16]}.safetensors"
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """MetaFinger's meta-data (sec. 4.1): how many shadow models of each kind, and how they are made.
+
+    Attributes:
+        negatives: negative train families (a from-scratch model and its ``af`` augmentations each).
+        val_negatives: independent from-scratch negative validation models.
+        af: the augmentation factor: eq. 1 copies (then fine-tuned) per model.
+        alpha: eq. 1's alpha (the noise is std(param) / alpha).
+        epochs: from-scratch training epochs.
+        finetune_epochs: FTAL epochs after the noise.
+    """
+
+    negatives: int = DEFAULT_NEGATIVES
+    val_negatives: int = DEFAULT_VAL_NEGATIVES
+    af: int = DEFAULT_AF
+    alpha: float = DEFAULT_ALPHA
+    epochs: int = DEFAULT_EPOCHS
+    finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
+
+    def __post_init__(self) -> None:
+        if self.negatives < 1 or self.val_negatives < 1 or self.af < 0:
+            raise ArgumentError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, "
+                                f"got {self.negatives}, {self.val_negatives}, {self.af}")
+
+
+def pool_specs(
+    arch: str, data: str, source_digest: str, layout: PoolLayout = PoolLayout(), *, seed: int = 0,
+) -> dict[str, list[ShadowSpec]]:
+    """MetaFinger's meta-data (sec. 4.1) as specs, keyed by ``nnmark.marks.ownership.metafinger.POOLS``.
+
+    Positives: ``af`` augmentations (eq. 1 at ``alpha``, then fine-tune) of the source (``source_digest``);
+    a third of them, rounded, validate. Negatives: ``negatives`` train families (a from-scratch model of
+    seed ``seed + j``, j = 1.., and its ``af`` augmentations) and ``val_negatives`` validation models
+    trained from scratch with the next seeds, un-augmented so that they are independent of each other
+    (MetaFinger's leave-one-out null needs that). Pass the source's training seed as ``seed``: no negative
+    then repeats it. The source is not listed: ``metafinger.create`` adds it to both positive pools.
+    Defaults (``PoolLayout``): 4 families, 2 validation negatives, AF 3, alpha 3 (the paper gives no alpha;
+    at 3 LeNet-5 loses about a third of its accuracy before the fine-tune restores it).
+    """
+    af, alpha = layout.af, layout.alpha
+    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs}
+    positives = [ShadowSpec(arch, data, seed, alpha, i, base_digest=source_digest, **common) for i in range(af)]
+    n_pos_val = round(af / 3)
+    families = [seed + j for j in range(1, layout.negatives + 1)]
+    neg_train = [ShadowSpec(arch, data, s, **common) for s in families]
+    neg_train += [ShadowSpec(arch, data, s, alpha, 1000 * j + i, **common)
+                  for j, s in enumerate(families, start=1) for i in range(af)]
+    neg_val = [ShadowSpec(arch, data, seed + layout.negatives + j, **common)
+               for j in range(1, layout.val_negatives + 1)]
+    return {"positives_train": positives[: af - n_pos_val], "negatives_train": neg_train,
+            "positives_val": positives[af - n_pos_val:], "negatives_val": neg_val}
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nnmark/shadow``, else ``~/.cache/nnmark/shadow``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "nnmark" / "shadow"
+
+
+def _train_scratch(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
+    """A negative model: built under ``torch.manual_seed(seed)`` and trained with ``seed`` (global RNG restored)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = models.build(spec.arch, ds.shape, ds.num_classes)
+    return models.train(model, ds.train, epochs=spec.epochs, seed=spec.seed)
+
+
+def _augment(spec: ShadowSpec, base: nn.Module, ds: data.Dataset) -> nn.Module:
+    """DNN augmentation: eq. 1 noise on ``base`` (a copy), then FTAL on the owner's training split."""
+    noisy = relative_weight_noise(base, spec.augment_alpha, seed=spec.augment_seed)
+    return finetune_mode(noisy, ds.train.x, ds.train.y, mode="FTAL", epochs=spec.finetune_epochs,
+                         seed=spec.augment_seed)
+
+
+def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: data.Dataset | None = None) -> nn.Module:
+    """Train (or derive) the model ``spec`` describes; returns it in eval mode.
+
+    Args:
+        spec: the model.
+        base: for an augmented spec, the model to augment; required when ``spec.base_digest`` is set (and
+            its digest must match), optional otherwise (the from-scratch base is trained when omitted).
+        dataset: ``spec.data`` already loaded (None: ``data.load(spec.data)``).
+    """
+    if dataset is None:
+        dataset = data.load(spec.data)
+    elif dataset.name != spec.data:
+        raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset.name!r}")
+    if not spec.augmented:
+        if base is not None:
+            raise ArgumentError("a from-scratch spec takes no base model")
+        return _train_scratch(spec, dataset)
+    if spec.base_digest is not None:
+        if base is None:
+            raise ArgumentError("this spec augments a given model (base_digest): pass it as base")
+        if models.digest(base) != spec.base_digest:
+            raise ModelError("the base model's digest differs from the spec's base_digest")
+    elif base is None:
+        base = _train_scratch(spec.base(), dataset)
+    return _augment(spec, base, dataset)
+
+
+def _config(spec: ShadowSpec, ds: data.Dataset, accuracy: float | None) -> models.ModelConfig:
+    return models.ModelConfig(spec.arch, ds.shape, ds.num_classes, data=spec.data, accuracy=accuracy, seed=spec.seed)
+
+
+def _checkpoint_bytes(model: nn.Module, config: models.ModelConfig) -> bytes:
+    """``model`` as the bytes of an ``nnmark.models.save`` checkpoint (written in a private temp folder)."""
+    with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        models.save(model, config, path)
+        return path.read_bytes()
+
+
+def _model_from_bytes(checkpoint: bytes) -> nn.Module:
+    """The model of checkpoint bytes (``_checkpoint_bytes``), loaded with every check of ``nnmark.models.load``."""
+    with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(checkpoint)
+        return models.load(path)[0]
+
+
+def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) -> Result:
+    """One shadow model from its inputs alone (no path): the task every executor runs.
+
+    Args:
+        spec_json: ``ShadowSpec.to_json()``.
+        base: for an augmented spec, the checkpoint bytes of the model it augments; None otherwise.
+        dataset: ``spec.data`` as a ``BUNDLED_DATA`` name or as the loaded tensors.
+
+    Returns the new model's checkpoint bytes and a JSON record: the spec, its test accuracy, the seconds taken.
+    """
+    start = time.perf_counter()
+    spec = ShadowSpec.from_json(spec_json)
+    ds = data.load(dataset) if isinstance(dataset, str) else dataset
+    model = train_shadow(spec, None if base is None else _model_from_bytes(base), dataset=ds)
+    acc = models.accuracy(model, ds.test)
+    record = json.dumps({"spec": json.loads(spec_json), "test_accuracy": acc, "seconds": time.perf_counter() - start},
+                        sort_keys=True)
+    return _checkpoint_bytes(model, _config(spec, ds, acc)), record
+
+
+def _store(cache: Path, result: Result) -> tuple[ShadowSpec, dict]:
+    """Write a task's result to the cache (the record first: the checkpoint marks the entry complete)."""
+    checkpoint, record = result
+    fields = json.loads(record)
+    spec = ShadowSpec(**fields["spec"])
+    path = cache / spec.cache_name()
+    atomic_write_bytes(path.with_suffix(".json"), record.encode())
+    atomic_write_bytes(path, checkpoint)
+    return spec, fields
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass
+class ShadowPool:
+    """Built shadow models, in the order of ``specs``.
+
+    Attributes:
+        specs: the requested specs; models: the models (eval mode); paths: their cache files;
+        trained: the specs built on this call (implied from-scratch bases included), empty when all were cached;
+        seconds: wall time of the call.
+    """
+
+    specs: list[ShadowSpec]
+    models: list[nn.Module]
+    paths: list[Path]
+    trained: list[ShadowSpec]
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __getitem__(self, i: int) -> nn.Module:
+        return self.models[i]
+
+    def select(self, specs: list[ShadowSpec]) -> list[nn.Module]:
+        """The models of ``specs`` (each must be in this pool)."""
+        index = {s: i for i, s in enumerate(self.specs)}
+        return [self.models[index[s]] for s in specs]
+
+    def groups(self, specs: dict[str, list[ShadowSpec]]) -> dict[str, list[nn.Module]]:
+        """The models of each group of ``specs`` (e.g. ``pool_specs``' pools, for ``metafinger.Pools(**...)``)."""
+        return {name: self.select(group) for name, group in specs.items()}
+
+
+def _as_is(obj: Any) -> Any:
+    return obj
+
+
+@dataclass
+class _Runner:
+    """How an executor runs tasks: ``run`` yields the results of a batch of tasks as each finishes; ``put``
+    stores a task input once (in Ray's object store; other executors pass inputs by value)."""
+
+    run: Callable[[list[Task]], Iterator[Result]]
+    put: Callable[[Any], Any] = _as_is
+
+
+def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
+    """The results of Ray task ``refs`` as each finishes; NnmarkError (the rest cancelled) past ``timeout`` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while refs:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        done, refs = ray.wait(refs, num_returns=1, timeout=left)
+        if not done:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise NnmarkError(f"{len(refs)} shadow-model task(s) did not finish within {timeout:g} s on Ray")
+        yield ray.get(done[0])
+
+
+def _ray_runner(ray, timeout: float | None) -> _Runner:
+    remote = ray.remote(num_cpus=1)(build_task)
+    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch], timeout),
+                   put=lambda obj: obj if isinstance(obj, str) else ray.put(obj))
+
+
+@contextlib.contextmanager
+def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: float | None,
+            tasks: int) -> Iterator[_Runner]:
+    """The executor's ``_Runner`` for ``tasks`` tasks in all (started here, stopped on exit)."""
+    if executor == "serial" or tasks == 0:
+        yield _Runner(lambda batch: (build_task(*t) for t in batch))
+    elif executor == "process":
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker) as pool:
+            yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t)
+                                                                           for t in batch])))
+    else:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise NnmarkError("executor 'ray' needs Ray: pip install 'nnmark[ray]'") from None
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=ray_address)
+        try:
+            yield _ray_runner(ray, ray_timeout)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _missing(specs: list[ShadowSpec], cache: Path) -> tuple[list[ShadowSpec], list[ShadowSpec]]:
+    """The specs to build, as (from-scratch, augmented): those not cached, and the uncached bases they need."""
+    missing = list(dict.fromkeys(s for s in specs if not (cache / s.cache_name()).exists()))
+    scratch = [s for s in missing if not s.augmented]
+    scratch += [b for b in dict.fromkeys(s.base() for s in missing if s.augmented and s.base_digest is None)
+                if b not in scratch and not (cache / b.cache_name()).exists()]
+    return scratch, [s for s in missing if s.augmented]
+
+
+def build_pool(
+    specs: list[ShadowSpec],
+    *,
+    cache_dir: str | os.PathLike,
+    base: nn.Module | None = None,
+    workers: int = DEFAULT_WORKERS,
+    executor: str = "process",
+    ray_address: str | None = None,
+    ray_timeout: float | None = DEFAULT_RAY_TIMEOUT,
+    progress: bool = False,
+    on_built: Callable[[ShadowSpec, dict], None] | None = None,
+) -> ShadowPool:
+    """Load every spec from ``cache_dir``, building the missing ones first (in parallel); see the module docstring.
+
+    Args:
+        specs: the models wanted (duplicates allowed).
+        cache_dir: folder of the cache (created if missing), read and written by this process only.
+        base: the given model that specs with ``base_digest`` augment (the owner's source model).
+        workers: worker processes for ``executor="process"``.
+        executor: "process" (spawned workers, one torch thread each), "serial" (this process) or "ray"
+            (one-CPU Ray tasks on the running Ray instance, else on ``ray.init(address=ray_address)``, shut
+            down afterwards; the nodes need nnmark installed, not a shared file system).
+        ray_address: the Ray cluster to connect to when none is initialised (None: start a local one).
+        ray_timeout: seconds to wait for each batch of Ray tasks (None: no limit); past it the tasks left are
+            cancelled and NnmarkError is raised.
+        progress: show a tqdm bar over the models built.
+        on_built: called in this process once per model built, as each is cached, with its spec and record
+            (``test_accuracy``, ``seconds``); not for models found in the cache.
+    """
+    if executor not in EXECUTORS:
+        raise ArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if workers < 1:
+        raise ArgumentError(f"workers must be >= 1, got {workers}")
+    if ray_timeout is not None and not ray_timeout > 0:
+        raise ArgumentError(f"ray_timeout must be > 0 seconds or None, got {ray_timeout!r}")
+    start = time.perf_counter()
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = models.digest(base) if base is not None else None
+    for s in specs:
+        if s.base_digest is not None and s.base_digest != digest:
+            raise ModelError(f"spec {s.to_json()} augments a model with digest {s.base_digest[:12]}..., "
+                             f"which is not the given base")
+    scratch, augmented = _missing(specs, cache)
+    todo = scratch + augmented
+    bar = tqdm(total=len(todo), desc="shadow models", unit="model", disable=not progress)
+    with bar, _runner(executor, workers, ray_address, ray_timeout, len(todo)) as runner:
+
+        def build(tasks: list[Task]) -> None:
+            for result in runner.run(tasks):
+                spec, record = _store(cache, result)
+                bar.update()
+                if on_built is not None:
+                    on_built(spec, record)
+
+        loaded = {name: data.load(name) for name in dict.fromkeys(s.data for s in todo)}
+        inputs = {name: runner.put(name if name in BUNDLED_DATA else ds) for name, ds in loaded.items()}
+        build([(s.to_json(), None, inputs[s.data]) for s in scratch])
+        given = [s for s in augmented if s.base_digest is not None]
+        source = runner.put(_checkpoint_bytes(base, _config(given[0], loaded[given[0].data], None))) if given else None
+        bases = {b: runner.put((cache / b.cache_name()).read_bytes())
+                 for b in dict.fromkeys(s.base() for s in augmented if s.base_digest is None)}
+        build([(s.to_json(), source if s.base_digest is not None else bases[s.base()], inputs[s.data])
+               for s in augmented])
+    paths = [cache / s.cache_name() for s in specs]
+    return ShadowPool(list(specs), [models.load(p)[0] for p in paths], paths, todo, time.perf_counter() - start)
