@@ -1,9 +1,8 @@
 """Real inference servers for the interop tests: MLServer 1.7 and KServe 0.21, each a subprocess of its own
 virtualenv (``make interop-envs``; ``make test`` makes them) on 127.0.0.1 with free HTTP and gRPC ports.
 
-Each server runs once per session and serves the session's LeNet-5 (``lenet_file``) in every shape of
-``shapes.SHAPES`` under the shape's name, the same weights with N(0, ``NOISE_STD``^2) noise under
-``<shape>-noised``, and the probabilities shape in float64 under ``FLOAT64_MODEL``. A server whose
+Each server runs once per session and serves ``shapes.served_models`` of the session's LeNet-5
+(``lenet_file``) and of its copy with N(0, ``NOISE_STD``^2) weight noise. A server whose
 virtualenv is missing skips its tests with the reason; one that does not become ready within
 ``STARTUP_TIMEOUT`` fails them with the tail of its log. At teardown the server's process group gets
 SIGTERM, then SIGKILL after ``STOP_TIMEOUT``.
@@ -18,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 import shapes
+from features import SERVE_HAS_GRPC
 from nnmark import models
 from nnmark.attacks import weight_noise
 
@@ -40,9 +41,8 @@ STOP_TIMEOUT = 15.0
 LOG_TAIL_BYTES = 3000
 NOISE_STD = 1e-3
 NOISE_SEED = 0
-NOISED = "-noised"
-FLOAT64_MODEL = "probabilities-float64"
 SERVERS = ("mlserver", "kserve")
+NNMARK_MODEL = "lenet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +140,8 @@ def checkpoints(lenet_file, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def served_models(checkpoints) -> list[dict]:
-    """What each server serves: {name, checkpoint, shape, dtype} (see the module docstring)."""
-    entries = []
-    for shape in shapes.SHAPES:
-        entries.append({"name": shape, "checkpoint": str(checkpoints["clean"]), "shape": shape, "dtype": "float32"})
-        entries.append({"name": shape + NOISED, "checkpoint": str(checkpoints["noised"]), "shape": shape,
-                        "dtype": "float32"})
-    entries.append({"name": FLOAT64_MODEL, "checkpoint": str(checkpoints["clean"]), "shape": "probabilities",
-                    "dtype": "float64"})
-    return entries
+    """What each server serves (``shapes.served_models``)."""
+    return shapes.served_models(str(checkpoints["clean"]), str(checkpoints["noised"]))
 
 
 def write_model_settings(root: Path, entries: list[dict], chw: tuple[int, int, int], classes: int) -> None:
@@ -196,3 +189,15 @@ def kserve(served_models, tmp_path_factory) -> Iterator[Server]:
 def server(request) -> Server:
     """Each real server in turn."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def nnmark_serve(lenet_file, tmp_path_factory) -> Iterator[Server]:
+    """``nnmark serve`` of the session's LeNet-5 as model "lenet" (also over gRPC where it can)."""
+    workdir = tmp_path_factory.mktemp("nnmark-serve")
+    http_port, grpc_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--model-name", NNMARK_MODEL,
+            "--port", str(http_port), *(["--grpc-port", str(grpc_port)] if SERVE_HAS_GRPC else [])]
+    entries = [{"name": NNMARK_MODEL}]
+    with running("nnmark", argv, server_env(workdir), entries, http_port, grpc_port, workdir) as server:
+        yield server

@@ -15,7 +15,8 @@ becomes the checkpoint's (N, C, H, W) input in [0, 1] and which outputs answer i
   output [N, 1]).
 
 A served model may run in float64 (``dtype="float64"``): its labels are the float64 argmax and its
-probabilities are sent as float32, so a telltale key tells it from the float32 one.
+probabilities are sent as float32, so a telltale key tells it from the float32 one. ``served_models`` is
+what every interop server serves.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 WIRE_DTYPES = {"FP32": np.float32, "UINT8": np.uint8}
+NOISED = "-noised"
+FLOAT64_MODEL = "probabilities-float64"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,14 @@ SHAPES = {
     "nhwc-uint8": Shape("image", "NHWC", "UINT8", (MNIST_MEAN, MNIST_STD), (("probabilities", "probabilities"),)),
     "labels": Shape("input", "NCHW", "FP32", None, (("label", "label-column"),)),
 }
+
+
+def served_models(clean: str, noised: str) -> list[dict]:
+    """{name, checkpoint, shape, dtype} of each served model: every shape of ``clean`` under the shape's name,
+    of ``noised`` under ``<shape>-noised``, and ``clean``'s probabilities in float64 under ``FLOAT64_MODEL``."""
+    entries = [{"name": shape + suffix, "checkpoint": checkpoint, "shape": shape, "dtype": "float32"}
+               for shape in SHAPES for suffix, checkpoint in (("", clean), (NOISED, noised))]
+    return entries + [{"name": FLOAT64_MODEL, "checkpoint": clean, "shape": "probabilities", "dtype": "float64"}]
 
 
 def wire_dims(shape: Shape, chw: tuple[int, int, int]) -> list[int]:
