@@ -8,9 +8,8 @@ becomes the checkpoint's (N, C, H, W) input in [0, 1] and which outputs answer i
   (the outputs ``nnmark serve`` gives);
 - ``logits``: FP32 NCHW named "input__0"; FP32 raw logits "output__0" [N, K] (Triton's PyTorch naming);
 - ``nhwc-uint8``: UINT8 NHWC pixels 0-255 named "image"; the server divides by 255 and normalises with
-  ``MNIST_MEAN``/``MNIST_STD`` before the network, which is the checkpoint behind a first step that undoes
-  that normalisation (a network exported for normalised input, with the checkpoint's weights); FP32
-  "probabilities" [N, K];
+  ``MNIST_MEAN``/``MNIST_STD`` for a network exported for normalised input (the checkpoint behind a first
+  step that undoes the normalisation: the checkpoint's weights); FP32 "probabilities" [N, K];
 - ``labels``: FP32 NCHW named "input"; only INT64 "label" [N, 1] (MLServer's numpy codec makes any 1-D
   output [N, 1]).
 
@@ -97,15 +96,16 @@ def to_wire(x: torch.Tensor, shape: Shape) -> np.ndarray:
     return np.ascontiguousarray(x.numpy().astype(WIRE_DTYPES[shape.datatype]))
 
 
-class Denormalize(torch.nn.Module):
-    """x = z * std + mean: turns a normalised input back into the checkpoint's [0, 1] input."""
+class Normalize(torch.nn.Module):
+    """(x - mean) / std, the server's normalisation; ``inverse=True``: z * std + mean, the first step of a
+    network exported for normalised input that turns it back into the checkpoint's [0, 1] input."""
 
-    def __init__(self, mean: float, std: float):
+    def __init__(self, mean: float, std: float, inverse: bool = False):
         super().__init__()
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.inverse = mean, std, inverse
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean if self.inverse else (x - self.mean) / self.std
 
 
 class Served:
@@ -123,7 +123,8 @@ class Served:
         model, config = models.load(checkpoint)
         self.shape = SHAPES[shape]
         if self.shape.normalize is not None:
-            model = torch.nn.Sequential(Denormalize(*self.shape.normalize), model)
+            mean, std = self.shape.normalize
+            model = torch.nn.Sequential(Normalize(mean, std), Normalize(mean, std, inverse=True), model)
         self.chw = tuple(config.input_shape)
         self.oracle = TorchOracle(model, self.chw, dtype=DTYPES[dtype])
         self.classes = self.oracle.num_classes
@@ -131,8 +132,8 @@ class Served:
     def metadata(self) -> tuple[list[dict], list[dict]]:
         return metadata(self.shape, self.chw, self.classes)
 
-    def _model_input(self, tensor: np.ndarray) -> torch.Tensor:
-        """The request's tensor as the network's (N, C, H, W) float32 input; ``ValueError`` if it is not the shape's."""
+    def _pixels(self, tensor: np.ndarray) -> torch.Tensor:
+        """The request's tensor as (N, C, H, W) float32 in [0, 1]; ``ValueError`` if it is not the shape's."""
         expected = wire_dims(self.shape, self.chw)
         if tensor.dtype != WIRE_DTYPES[self.shape.datatype] or tensor.ndim != 4 or list(tensor.shape[1:]) != expected:
             raise ValueError(f"input {self.shape.input_name!r} must be {self.shape.datatype} {[-1, *expected]}, "
@@ -141,18 +142,16 @@ class Served:
         if self.shape.layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
         x = x.float().contiguous()
-        if self.shape.datatype == "UINT8":
-            x = x / 255
-        if self.shape.normalize is not None:
-            mean, std = self.shape.normalize
-            x = (x - mean) / std
-        return x
+        return x / 255 if self.shape.datatype == "UINT8" else x
 
     def __call__(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """The shape's outputs for one request's input tensor."""
-        x = self._model_input(tensor)
-        p, labels = self.oracle._predict(x)  # uncounted, and unchecked: a normalised input lies outside [0, 1]
-        answers = {"probabilities": p.numpy(), "label": labels.numpy(), "label-column": labels[:, None].numpy()}
-        if any(kind == "logits" for _, kind in self.shape.outputs):
+        x = self._pixels(tensor)
+        kinds = {kind for _, kind in self.shape.outputs}
+        answers = {}
+        if "logits" in kinds:
             answers["logits"] = self.oracle.logits(x).float().numpy()
+        if kinds - {"logits"}:
+            p, labels = self.oracle.predict(x)
+            answers |= {"probabilities": p.numpy(), "label": labels.numpy(), "label-column": labels[:, None].numpy()}
         return {name: answers[kind] for name, kind in self.shape.outputs}
