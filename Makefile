@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 # Real inference servers for the interop tests, one virtualenv each: their web stacks pin
 # incompatible fastapi/starlette releases, so neither can share the main venv or the other's.
+# nnmark goes in without its dependencies: the servers load checkpoints through nnmark.models
+# (torch, safetensors, numpy, tqdm) and keep their own protobuf (< 7) and web stack.
 INTEROP := .interop
 INTEROP_SERVERS := mlserver kserve
 mlserver_PIN := mlserver==1.7.1
@@ -22,7 +24,8 @@ $(STAMP): pyproject.toml
 
 $(INTEROP)/%/.installed: pyproject.toml
 	test -x $(INTEROP)/$*/bin/python || $(PYTHON) -m venv $(INTEROP)/$*
-	$(INTEROP)/$*/bin/pip install $(PIP_QUIET) 'torch==2.13.0' safetensors numpy '$($*_PIN)' -e .
+	$(INTEROP)/$*/bin/pip install $(PIP_QUIET) 'torch==2.13.0' safetensors numpy tqdm '$($*_PIN)'
+	$(INTEROP)/$*/bin/pip install $(PIP_QUIET) --no-deps -e .
 	touch $@
 
 interop-envs: $(INTEROP_STAMPS)

@@ -14,9 +14,7 @@ from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
-from shapes import Served
-
-DATATYPES = {"float32": "FP32", "int64": "INT64"}
+from shapes import Served, datatype
 
 
 class NnmarkRuntime(MLModel):
@@ -35,6 +33,6 @@ class NnmarkRuntime(MLModel):
             answers = self._served(NumpyCodec.decode_input(payload.inputs[0]))
         except ValueError as e:
             raise MLServerError(str(e)) from None
-        outputs = [ResponseOutput(name=name, shape=list(a.shape), datatype=DATATYPES[a.dtype.name],
+        outputs = [ResponseOutput(name=name, shape=list(a.shape), datatype=datatype(a),
                                   data=a.flatten().tolist()) for name, a in answers.items()]
         return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id, outputs=outputs)

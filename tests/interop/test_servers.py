@@ -75,7 +75,7 @@ def test_infer_answers_as_the_local_model(server, name, lenet, mnist):
     assert set(got) == set(want)
     for out, values in want.items():
         datatype, dims, data = got[out]
-        assert (datatype, dims) == ({"float32": "FP32", "int64": "INT64"}[values.dtype.name], list(values.shape)), out
+        assert (datatype, dims) == (shapes.datatype(values), list(values.shape)), out
         data = data.astype(values.dtype).reshape(values.shape)
         if values.dtype == np.int64 or shape.normalize is None:
             assert np.array_equal(data, values), out
