@@ -1,8 +1,9 @@
 """What nnmark's endpoint client and server can do yet, and the strict xfails of the cases they cannot.
 
 The endpoint description (``nnmark.oracles.endpoint``: tensor names, layout, dtype, normalisation, output
-kind, request ids, canaries), the binary tensor extension and gRPC in ``nnmark serve`` come together; until
-then their interop cases are strict xfails (an unexpected pass fails the run, so they cannot go stale).
+kind, request ids), preflight canaries (``nnmark.marks.canary``), the binary tensor extension and gRPC in
+``nnmark serve`` come together; until then their interop cases are strict xfails (an unexpected pass fails
+the run, so they cannot go stale).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from nnmark.cli import main
 
 HAS_ENDPOINT_SPEC = importlib.util.find_spec("nnmark.oracles.endpoint") is not None
+HAS_CANARIES = importlib.util.find_spec("nnmark.marks.canary") is not None
 SERVE_HAS_GRPC = "--grpc-port" in CliRunner().invoke(main, ["serve", "--help"]).output
 
 NEEDS_SPEC = pytest.mark.xfail(not HAS_ENDPOINT_SPEC, strict=True, reason=(

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import shapes
-from features import NEEDS_ID, NEEDS_SPEC
+from features import HAS_CANARIES, NEEDS_ID, NEEDS_SPEC
 from nnmark import keys
 from nnmark.cli import main
 from nnmark.marks.integrity import dbi
@@ -30,6 +30,7 @@ SECRET = b"interop secret, long enough to sign with"
 KEY_N = 20
 KEY_ITR = 300
 KEY_EPS = 1e-3
+CANARY_POOL = 200
 TELLTALE_N = 20
 TELLTALE_REMOTE_MAX = 200
 
@@ -74,18 +75,25 @@ def secret_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dbi_key_file(lenet, mnist, tmp_path_factory):
-    """A signed DBI key whose queries are 8-bit images (see the module docstring)."""
+    """A signed DBI key whose queries are 8-bit images (see the module docstring), with preflight canaries
+    from the test images where nnmark makes them."""
     oracle = TorchOracle(lenet, mnist.shape)
     key = dbi.create(oracle, mnist.train.x[:KEY_N], itr=KEY_ITR, eps=KEY_EPS)
     pixels = (key.queries * 255).round() / 255
+    key = dataclasses.replace(key, queries=pixels, expected=oracle.labels(pixels))
+    if HAS_CANARIES:
+        from nnmark.marks import canary
+
+        key = canary.attach(key, oracle, mnist.test.x[:CANARY_POOL], mnist.test.y[:CANARY_POOL])
     path = tmp_path_factory.mktemp("interop-keys") / "dbi.key"
-    keys.save(dataclasses.replace(key, queries=pixels, expected=oracle.labels(pixels)), path, secret=SECRET)
+    keys.save(key, path, secret=SECRET)
     return path
 
 
 def run(*args):
+    """The CLI in-process: (exit code, stdout, stderr)."""
     result = CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None})
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout, result.stderr
 
 
 def verify(server, model: str, key, secret_file, *flags):
@@ -96,13 +104,13 @@ def verify(server, model: str, key, secret_file, *flags):
 @pytest.mark.parametrize("kind, shape", CASES)
 def test_verify_intact_then_tampered(kind, shape, request, dbi_key_file, secret_file, checkpoints):
     server = request.getfixturevalue(kind)
-    code, local = run("verify", dbi_key_file, "--model", checkpoints["noised"], "--secret-file", secret_file, "--json")
-    assert code == 1, local
-    code, out = verify(server, shape, dbi_key_file, secret_file, *FLAGS[shape])
-    assert code == 0, out
-    assert json.loads(out)["decision"] == "intact"
-    code, out = verify(server, shape + shapes.NOISED, dbi_key_file, secret_file, *FLAGS[shape])
-    assert code == 1, out
+    code, local, err = run("verify", dbi_key_file, "--model", checkpoints["noised"], "--secret-file", secret_file,
+                           "--json")
+    assert code == 1, err
+    code, out, err = verify(server, shape, dbi_key_file, secret_file, *FLAGS[shape])
+    assert code == 0 and json.loads(out)["decision"] == "intact", out + err
+    code, out, err = verify(server, shape + shapes.NOISED, dbi_key_file, secret_file, *FLAGS[shape])
+    assert code == 1, out + err
     assert json.loads(out)["flipped"] == json.loads(local)["flipped"]
 
 
@@ -110,18 +118,18 @@ def test_verify_intact_then_tampered(kind, shape, request, dbi_key_file, secret_
 def test_wrong_endpoint_flags_stop_before_any_verdict(kind, shape, request, dbi_key_file, secret_file):
     server = request.getfixturevalue(kind)
     flags, message = WRONG[shape]
-    code, out = verify(server, shape, dbi_key_file, secret_file, *flags)
-    lines = out.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in out, out
+    code, out, err = verify(server, shape, dbi_key_file, secret_file, *flags)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in out + err, out + err
     assert re.search(message, lines[0]), lines[0]
 
 
 def test_identify_tells_float32_from_float64_through_mlserver(mlserver, lenet_file, secret_file, tmp_path):
     key = tmp_path / "telltale.key"
-    code, out = run("mark", "innformant", "--model", lenet_file, "--n", TELLTALE_N, "--envs", "float32,float64",
-                    "--remote-max", TELLTALE_REMOTE_MAX, "--out", key, "--secret-file", secret_file, "--json")
-    assert code == 0, out
+    code, out, err = run("mark", "innformant", "--model", lenet_file, "--n", TELLTALE_N, "--envs", "float32,float64",
+                         "--remote-max", TELLTALE_REMOTE_MAX, "--out", key, "--secret-file", secret_file, "--json")
+    assert code == 0, err
     for model, env, want in (("probabilities", "float32", 0), (shapes.FLOAT64_MODEL, "float64", 1)):
-        code, out = run("identify", key, "--endpoint", mlserver.url, "--model-name", model,
-                        "--secret-file", secret_file, "--json")
-        assert code == want and json.loads(out)["decision"] == env, (model, out)
+        code, out, err = run("identify", key, "--endpoint", mlserver.url, "--model-name", model,
+                             "--secret-file", secret_file, "--json")
+        assert code == want and json.loads(out)["decision"] == env, (model, out + err)
