@@ -113,16 +113,15 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running(kind: str, argv: list[str], env: dict[str, str], entries: list[dict], http_port: int, grpc_port: int,
+def running(kind: str, argv: list[str], env: dict[str, str], names: list[str], http_port: int, grpc_port: int,
             workdir: Path) -> Iterator[Server]:
-    """Start ``argv`` in its own process group, wait until it and every model are ready, stop it after."""
+    """Start ``argv`` in its own process group, wait until it and every model in ``names`` are ready, stop it after."""
     log = workdir / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://{HOST}:{http_port}"
-        names = [e["name"] for e in entries]
         wait_ready(process, url, names, log)
         yield Server(kind, url, f"{HOST}:{grpc_port}", tuple(names))
     finally:
@@ -168,7 +167,7 @@ def mlserver(served_models, lenet_file, tmp_path_factory) -> Iterator[Server]:
     env.update(MLSERVER_HOST=HOST, MLSERVER_HTTP_PORT=str(http_port), MLSERVER_GRPC_PORT=str(grpc_port),
                MLSERVER_METRICS_ENDPOINT="", MLSERVER_PARALLEL_WORKERS="0")
     argv = [str(python), "-m", "mlserver.cli.main", "start", str(workdir / "models")]
-    with running("mlserver", argv, env, served_models, http_port, grpc_port, workdir) as server:
+    with running("mlserver", argv, env, [e["name"] for e in served_models], http_port, grpc_port, workdir) as server:
         yield server
 
 
@@ -181,7 +180,8 @@ def kserve(served_models, tmp_path_factory) -> Iterator[Server]:
     http_port, grpc_port = free_port(), free_port()
     argv = [str(python), str(HERE / "kserve_model.py"), "--models", str(workdir / "models.json"),
             "--http_port", str(http_port), "--grpc_port", str(grpc_port)]
-    with running("kserve", argv, server_env(workdir), served_models, http_port, grpc_port, workdir) as server:
+    names = [e["name"] for e in served_models]
+    with running("kserve", argv, server_env(workdir), names, http_port, grpc_port, workdir) as server:
         yield server
 
 
@@ -198,6 +198,5 @@ def nnmark_serve(lenet_file, tmp_path_factory) -> Iterator[Server]:
     http_port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--model-name", NNMARK_MODEL,
             "--port", str(http_port), *(["--grpc-port", str(grpc_port)] if SERVE_HAS_GRPC else [])]
-    entries = [{"name": NNMARK_MODEL}]
-    with running("nnmark", argv, server_env(workdir), entries, http_port, grpc_port, workdir) as server:
+    with running("nnmark", argv, server_env(workdir), [NNMARK_MODEL], http_port, grpc_port, workdir) as server:
         yield server

@@ -19,6 +19,14 @@ HAS_ENDPOINT_SPEC = importlib.util.find_spec("nnmark.oracles.endpoint") is not N
 HAS_CANARIES = importlib.util.find_spec("nnmark.marks.canary") is not None
 SERVE_HAS_GRPC = "--grpc-port" in CliRunner().invoke(main, ["serve", "--help"]).output
 
+INTEROP_EXTRA = "needs the interop extra: pip install -e '.[interop]'"
+
+
+def triton_client(protocol: str):
+    """Triton's client module for ``protocol`` ("http" or "grpc"); skips the test without the interop extra."""
+    return pytest.importorskip(f"tritonclient.{protocol}", reason=INTEROP_EXTRA)
+
+
 NEEDS_SPEC = pytest.mark.xfail(not HAS_ENDPOINT_SPEC, strict=True, reason=(
     "the HTTP client takes only FP32 NCHW inputs and a 'probabilities' output, and has no endpoint flags "
     "(--input-name, --layout, --input-dtype, --normalize, --output-name, --output-kind) nor canaries"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features import NEEDS_BINARY_SERVE, NEEDS_GRPC_SERVE
+from features import NEEDS_BINARY_SERVE, NEEDS_GRPC_SERVE, triton_client
 from nnmark.oracles import TorchOracle
 
 pytestmark = pytest.mark.interop
@@ -16,7 +16,6 @@ pytestmark = pytest.mark.interop
 N = 8
 REQUEST_ID = "triton-1"
 INPUT, OUTPUT, LABEL = "input", "probabilities", "label"
-EXTRA = "needs the interop extra: pip install -e '.[interop]'"
 
 TRANSPORTS = [
     pytest.param("http", False, id="http-json"),
@@ -28,7 +27,7 @@ TRANSPORTS = [
 
 def client_for(server, protocol: str):
     """Triton's client module and a client of ``server`` over ``protocol``."""
-    module = pytest.importorskip(f"tritonclient.{protocol}", reason=EXTRA)
+    module = triton_client(protocol)
     address = server.url.removeprefix("http://") if protocol == "http" else server.grpc
     return module, module.InferenceServerClient(address)
 
