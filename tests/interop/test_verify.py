@@ -114,6 +114,25 @@ def test_verify_intact_then_tampered(kind, shape, request, dbi_key_file, secret_
     assert json.loads(out)["flipped"] == json.loads(local)["flipped"]
 
 
+@pytest.mark.parametrize("kind, transport", [("kserve", "rest-binary"), ("kserve", "grpc"), ("mlserver", "grpc")])
+@NEEDS_SPEC
+def test_verify_over_binary_rest_and_grpc(kind, transport, request, dbi_key_file, secret_file):
+    server = request.getfixturevalue(kind)
+    endpoint = f"grpc://{server.grpc}" if transport == "grpc" else server.url
+    for model, want in (("probabilities", 0), ("probabilities" + shapes.NOISED, 1)):
+        code, out, err = run("verify", dbi_key_file, "--endpoint", endpoint, "--transport", transport,
+                             "--model-name", model, "--secret-file", secret_file, "--json")
+        assert code == want, out + err
+
+
+@NEEDS_SPEC
+def test_binary_rest_against_mlserver_fails_at_once_with_its_error(mlserver, dbi_key_file, secret_file):
+    """MLServer answers binary tensors with HTTP 500 (see test_servers): exit 2 naming it, not a verdict."""
+    code, out, err = run("verify", dbi_key_file, "--endpoint", mlserver.url, "--transport", "rest-binary",
+                         "--model-name", "probabilities", "--secret-file", secret_file)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "500" in err, out + err
+
+
 @pytest.mark.parametrize("kind, shape", WRONG_CASES)
 def test_wrong_endpoint_flags_stop_before_any_verdict(kind, shape, request, dbi_key_file, secret_file):
     server = request.getfixturevalue(kind)
