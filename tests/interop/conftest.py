@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 import shapes
-from features import SERVE_HAS_GRPC
 from nnmark import models
 from nnmark.attacks import weight_noise
 
@@ -193,10 +192,10 @@ def server(request) -> Server:
 
 @pytest.fixture(scope="session")
 def nnmark_serve(lenet_file, tmp_path_factory) -> Iterator[Server]:
-    """``nnmark serve`` of the session's LeNet-5 as model "lenet" (also over gRPC where it can)."""
+    """``nnmark serve`` of the session's LeNet-5 as model "lenet", over REST and gRPC."""
     workdir = tmp_path_factory.mktemp("nnmark-serve")
     http_port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--model-name", NNMARK_MODEL,
-            "--port", str(http_port), *(["--grpc-port", str(grpc_port)] if SERVE_HAS_GRPC else [])]
+            "--port", str(http_port), "--grpc-port", str(grpc_port)]
     with running("nnmark", argv, server_env(workdir), [NNMARK_MODEL], http_port, grpc_port, workdir) as server:
         yield server

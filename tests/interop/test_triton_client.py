@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features import NEEDS_BINARY_SERVE, NEEDS_GRPC_SERVE, triton_client
+from features import triton_client
 from nnmark.oracles import TorchOracle
 
 pytestmark = pytest.mark.interop
@@ -19,8 +19,8 @@ INPUT, OUTPUT, LABEL = "input", "probabilities", "label"
 
 TRANSPORTS = [
     pytest.param("http", False, id="http-json"),
-    pytest.param("http", True, id="http-binary", marks=NEEDS_BINARY_SERVE),
-    pytest.param("grpc", True, id="grpc", marks=NEEDS_GRPC_SERVE),
+    pytest.param("http", True, id="http-binary"),
+    pytest.param("grpc", True, id="grpc"),
 ]
 """(Triton client module, binary tensors): gRPC tensors are always binary."""
 

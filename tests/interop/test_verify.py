@@ -5,7 +5,7 @@ and deliberately wrong endpoint flags stop with exit 2 and a one-line diagnosis,
 
 The DBI key's queries are snapped to 8-bit pixels (and labelled by the model again), as any key asked
 through a UINT8 endpoint must be: the client sends round(255 x), which would otherwise move the fragile
-samples themselves. Cases the HTTP client cannot express yet are strict xfails (``features``).
+samples themselves. The key carries preflight canaries (natural test images), which the wrong flags trip.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 import shapes
-from features import HAS_CANARIES, NEEDS_ID, NEEDS_SPEC
+from features import NEEDS_LABEL_CLASSES
 from nnmark import keys
 from nnmark.cli import main
+from nnmark.marks import canary
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import TorchOracle
 
@@ -53,17 +54,10 @@ WRONG = {
 (normalisation the server does not expect), or the metadata contradicts the flag (layout)."""
 
 
-def case_marks(server: str, shape: str) -> list:
-    """What the client lacks for this server and shape, as strict xfails."""
-    if shape != "probabilities":
-        return [NEEDS_SPEC]
-    return [NEEDS_ID] if server == "kserve" else []
-
-
-CASES = [pytest.param(server, shape, marks=case_marks(server, shape), id=f"{server}-{shape}")
-         for server in ("mlserver", "kserve") for shape in shapes.SHAPES]
-WRONG_CASES = [pytest.param(server, shape, marks=[NEEDS_SPEC], id=f"{server}-{shape}")
-               for server in ("mlserver", "kserve") for shape in shapes.SHAPES]
+SERVERS = ("mlserver", "kserve")
+CASES = [pytest.param(server, shape, id=f"{server}-{shape}",
+                      marks=[NEEDS_LABEL_CLASSES] if shape == "labels" else [])
+         for server in SERVERS for shape in shapes.SHAPES]
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +69,12 @@ def secret_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dbi_key_file(lenet, mnist, tmp_path_factory):
-    """A signed DBI key whose queries are 8-bit images (see the module docstring), with preflight canaries
-    from the test images where nnmark makes them."""
+    """A signed DBI key whose queries are 8-bit images (see the module docstring), with preflight canaries."""
     oracle = TorchOracle(lenet, mnist.shape)
     key = dbi.create(oracle, mnist.train.x[:KEY_N], itr=KEY_ITR, eps=KEY_EPS)
     pixels = (key.queries * 255).round() / 255
     key = dataclasses.replace(key, queries=pixels, expected=oracle.labels(pixels))
-    if HAS_CANARIES:
-        from nnmark.marks import canary
-
-        key = canary.attach(key, oracle, mnist.test.x[:CANARY_POOL], mnist.test.y[:CANARY_POOL])
+    key = canary.attach(key, oracle, mnist.test.x[:CANARY_POOL], mnist.test.y[:CANARY_POOL])
     path = tmp_path_factory.mktemp("interop-keys") / "dbi.key"
     keys.save(key, path, secret=SECRET)
     return path
@@ -115,7 +105,6 @@ def test_verify_intact_then_tampered(kind, shape, request, dbi_key_file, secret_
 
 
 @pytest.mark.parametrize("kind, transport", [("kserve", "rest-binary"), ("kserve", "grpc"), ("mlserver", "grpc")])
-@NEEDS_SPEC
 def test_verify_over_binary_rest_and_grpc(kind, transport, request, dbi_key_file, secret_file):
     server = request.getfixturevalue(kind)
     endpoint = f"grpc://{server.grpc}" if transport == "grpc" else server.url
@@ -125,7 +114,6 @@ def test_verify_over_binary_rest_and_grpc(kind, transport, request, dbi_key_file
         assert code == want, out + err
 
 
-@NEEDS_SPEC
 def test_binary_rest_against_mlserver_fails_at_once_with_its_error(mlserver, dbi_key_file, secret_file):
     """MLServer answers binary tensors with HTTP 500 (see test_servers): exit 2 naming it, not a verdict."""
     code, out, err = run("verify", dbi_key_file, "--endpoint", mlserver.url, "--transport", "rest-binary",
@@ -133,7 +121,7 @@ def test_binary_rest_against_mlserver_fails_at_once_with_its_error(mlserver, dbi
     assert code == 2 and len(err.strip().splitlines()) == 1 and "500" in err, out + err
 
 
-@pytest.mark.parametrize("kind, shape", WRONG_CASES)
+@pytest.mark.parametrize("kind, shape", CASES)
 def test_wrong_endpoint_flags_stop_before_any_verdict(kind, shape, request, dbi_key_file, secret_file):
     server = request.getfixturevalue(kind)
     flags, message = WRONG[shape]
