@@ -4,17 +4,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean proto
+PIP_QUIET := --quiet --disable-pip-version-check
+# Real inference servers for the interop tests, one virtualenv each: their web stacks pin
+# incompatible fastapi/starlette releases, so neither can share the main venv or the other's.
+# nnmark goes in without its dependencies: the servers load checkpoints through nnmark.models
+# (torch, safetensors, numpy, tqdm) and keep their own protobuf (< 7) and web stack.
+INTEROP := .interop
+INTEROP_SERVERS := mlserver kserve
+mlserver_PIN := mlserver==1.7.1
+kserve_PIN := kserve==0.21.0
+INTEROP_STAMPS := $(INTEROP_SERVERS:%=$(INTEROP)/%/.installed)
+
+.PHONY: demo test interop-envs clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,ray,onnx,grpc]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[dev,ray,onnx,grpc,interop]'
 	touch $(STAMP)
+
+$(INTEROP)/%/.installed: pyproject.toml
+	test -x $(INTEROP)/$*/bin/python || $(PYTHON) -m venv $(INTEROP)/$*
+	$(INTEROP)/$*/bin/pip install $(PIP_QUIET) 'torch==2.13.0' safetensors numpy tqdm '$($*_PIN)'
+	$(INTEROP)/$*/bin/pip install $(PIP_QUIET) --no-deps -e .
+	touch $@
+
+interop-envs: $(INTEROP_STAMPS)
 
 demo: $(STAMP)
 	$(BIN)/python -m nnmark.demo
 
-test: $(STAMP)
+test: $(STAMP) $(INTEROP_STAMPS)
 	$(BIN)/python -m pytest -q
 
 # regenerate the shipped gRPC descriptor from src/nnmark/oracles/proto/grpc_predict_v2.proto
@@ -23,4 +42,4 @@ proto: $(STAMP)
 	$(BIN)/python src/nnmark/oracles/proto/_generate.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(INTEROP) build src/*.egg-info .pytest_cache
