@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnmark.errors import ArgumentError, EndpointError
+from nnmark.errors import ArgumentError, EndpointError, InputError
 from nnmark.oracles import oip
 from nnmark.oracles.auth import read_token
 from nnmark.oracles.endpoint import (
@@ -114,9 +114,11 @@ def test_to_wire_normalises_transposes_and_casts_in_one_place():
     mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in IMAGENET)
     want = ((x.double() - mean) / std).float()
     assert np.array_equal(norm, want.numpy())
-    pixels = to_wire(torch.tensor([0.0, 0.5, 1 / 255, 1.0]).view(1, 1, 2, 2),
-                     resolve(base, meta(in_shape=(-1, 1, 2, 2), in_dtype="UINT8")))
+    uint8 = resolve(base, meta(in_shape=(-1, 1, 2, 2), in_dtype="UINT8"))
+    pixels = to_wire(torch.tensor([0.0, 128 / 255, 1 / 255, 1.0]).view(1, 1, 2, 2), uint8)
     assert pixels.dtype == np.uint8 and pixels.reshape(-1).tolist() == [0, 128, 1, 255]
+    with pytest.raises(InputError, match="not 8-bit images"):  # never rounded into another question
+        to_wire(torch.tensor([0.0, 0.5, 1 / 255, 1.0]).view(1, 1, 2, 2), uint8)
     half = to_wire(x, resolve(base, meta(in_shape=(-1, 3, 4, 5), in_dtype="FP16")))
     assert half.dtype == np.float16 and np.abs(half.astype(np.float32) - x.numpy()).max() < 1e-3
 

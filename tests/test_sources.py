@@ -1,7 +1,6 @@
 """Model sources and cards: every kind loads the same foreign model, agrees with the eager module, and refuses
 what it must (missing factories, mismatched or pickled weights, two-input ONNX graphs, pickled archives)."""
 
-import io
 import json
 import math
 import warnings

@@ -113,3 +113,17 @@ def key_files(folder: str | os.PathLike) -> list[Path]:
 def scan(folder: str | os.PathLike, *, secret: bytes | None = None) -> list[dict]:
     """``describe`` of every key file in ``folder`` (``key_files``)."""
     return [describe(path, secret=secret) for path in key_files(folder)]
+
+
+def card_of(key: keys.KeyFile) -> dict | None:
+    """What ``key`` says of the model it was made for: its stored model card, else a card of its queries' (C, H, W)
+    and K (the config's ``num_classes``, or the width of its canaries' probability rows); None when K is unknown.
+
+    An endpoint that publishes no class count (a labels-only output) takes K from here."""
+    if "model_card" in key.config:
+        return key.config["model_card"]
+    from nnmark.marks import canary
+
+    rows = key.extras.get(canary.PROBABILITIES)
+    classes = key.config.get("num_classes") or (int(rows.shape[1]) if rows is not None else None)
+    return {"input_shape": list(key.queries.shape[1:]), "num_classes": classes} if classes else None

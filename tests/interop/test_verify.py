@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 import shapes
-from features import NEEDS_LABEL_CLASSES
 from nnmark import keys
 from nnmark.cli import main
 from nnmark.marks import canary
@@ -55,9 +54,7 @@ WRONG = {
 
 
 SERVERS = ("mlserver", "kserve")
-CASES = [pytest.param(server, shape, id=f"{server}-{shape}",
-                      marks=[NEEDS_LABEL_CLASSES] if shape == "labels" else [])
-         for server in SERVERS for shape in shapes.SHAPES]
+CASES = [pytest.param(server, shape, id=f"{server}-{shape}") for server in SERVERS for shape in shapes.SHAPES]
 
 
 @pytest.fixture(scope="session")

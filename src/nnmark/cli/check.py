@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from nnmark import keys, marks
+from nnmark import keyinfo, keys, marks
 from nnmark.cli._shared import CliError, emit, json_option, with_secret
 from nnmark.cli.suspect import suspect_options, suspect_oracle
 from nnmark.marks.telltale import innformant
@@ -42,7 +42,7 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
     secret = keys.read_secret(secret_file)
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
     with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=key.config.get("model_card")) as (oracle, suspect):
+                        card=keyinfo.card_of(key)) as (oracle, suspect):
         verdict = marks.verify(oracle, key, secret=secret)
     same = suspect.digest == key.model_digest if suspect.digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
@@ -77,7 +77,7 @@ def identify(key_path, model_path, env_name, endpoint, model_name, token_file, b
     if key.method != innformant.METHOD:
         raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
     with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=key.config.get("model_card")) as (oracle, suspect):
+                        card=keyinfo.card_of(key)) as (oracle, suspect):
         verdict = marks.verify(oracle, key)
     if as_json:
         emit({**verdict.to_dict(), "key": key_path, **suspect.where}, True)

@@ -131,7 +131,8 @@ def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budge
         from nnmark.oracles import connect
 
         spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS)
-        with connect(spec, token=read_token(token_file), budget=budget) as oracle:
+        known = {"input_shape": tuple(card["input_shape"]), "num_classes": card["num_classes"]} if card else {}
+        with connect(spec, token=read_token(token_file), budget=budget, **known) as oracle:
             yield oracle, Suspect({"endpoint": spec.shown_url, "model_name": model_name})
         return
     model, loaded = load_model(model_path, card=card)

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import torch
 
-from nnmark.errors import ArgumentError, EndpointError
+from nnmark.errors import ArgumentError, EndpointError, InputError
 
 TRANSPORTS = ("rest", "rest-binary", "grpc")
 LAYOUTS = ("NCHW", "NHWC")
@@ -50,6 +50,8 @@ DEFAULT_BACKOFF = 0.2
 DEFAULT_CONSISTENCY_SAMPLES = 2
 DEFAULT_CONSISTENCY_ATOL = 1e-5
 ROW_SUM_TOLERANCE = 1e-3
+UINT8_TOLERANCE = 1e-3
+"""How far (in 0-255 levels) a query may sit from a pixel level and still be sent to a UINT8 endpoint."""
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 """Per-channel (mean, std); one value each applies to every channel."""
@@ -386,7 +388,12 @@ def to_wire(x: torch.Tensor, endpoint: Endpoint) -> np.ndarray:
     spec = endpoint.spec
     x = x.detach().cpu()
     if spec.input_dtype == "UINT8":
-        x = (x.double() * 255).round().clamp(0, 255)
+        x = x.double() * 255
+        if (x - x.round()).abs().max() > UINT8_TOLERANCE:
+            raise InputError("the endpoint takes UINT8 pixels but these queries are not 8-bit images (fragile "
+                             "samples sit between pixel levels): rounding them would ask another question, so they "
+                             "are not sent; serve the model with FP32 inputs to check this key")
+        x = x.round().clamp(0, 255)
     elif spec.normalize != NO_NORMALIZATION:
         mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in spec.normalize)
         x = (x.double() - mean) / std
