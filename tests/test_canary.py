@@ -50,10 +50,26 @@ def test_a_wrongly_normalised_endpoint_stops_before_a_verdict(key, lenet):
     # the server de-normalises what it gets (it expects (x - 0.1307) / 0.3081); the client sends pixels
     served = TransformedOracle(TorchOracle(lenet, SHAPE), lambda x: (x * 0.3081 + 0.1307).clamp(0, 1))
     with serving(create_app(served, model_name="m")) as url, HttpOracle(url, model_name="m") as oracle:
-        with pytest.raises(EndpointMismatch, match=r"^endpoint answers the canaries with probabilities far from the "
-                                                   r"keyed model's .*: different model or wrong endpoint format; "
+        with pytest.raises(EndpointMismatch, match=r"^endpoint .*: different model or wrong endpoint format; "
                                                    r"check --normalize"):
             marks.verify(oracle, key)
+
+
+def test_canaries_catch_a_mis_normalised_label_only_endpoint(key, lenet):
+    """Label-only answers carry no probability rows: the canaries are chosen so that the common misreadings relabel
+    them (attacked copies still label them as the keyed model did: the test above, through labels only)."""
+    assert "normalised with 0.5, 0.5... though not expected" in key.config["canaries_tell"]
+    note = canary.preflight(LabelsOracle(TorchOracle(lenet, SHAPE)), key)
+    assert f"they tell {len(key.config['canaries_tell'])} common misreadings" in note
+    misread = LabelsOracle(TorchOracle(lenet, SHAPE).seen_through(lambda x: (x - 0.5) / 0.5))
+    with pytest.raises(EndpointMismatch, match="canaries differently: different model or wrong endpoint format"):
+        canary.preflight(misread, key)
+    # MNIST's own normalisation relabels no confident natural image of this LeNet-5, but it does relabel the
+    # key's fragile queries, to the labels the key's probes recorded
+    assert "normalised with 0.1307, 0.3081... though not expected" in key.config["canaries_untold"]
+    mnist_misread = LabelsOracle(TorchOracle(lenet, SHAPE).seen_through(lambda x: (x - 0.1307) / 0.3081))
+    with pytest.raises(EndpointMismatch, match="when its inputs are normalised with 0.1307, 0.3081"):
+        canary.preflight(mnist_misread, key)
 
 
 def test_probabilities_taken_for_logits_give_flat_rows_and_stop(key, lenet):

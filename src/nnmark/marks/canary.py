@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -32,6 +33,12 @@ from nnmark.keys import KeyFile
 from nnmark.oracles import Oracle
 
 QUERIES, LABELS, PROBABILITIES = "canary.queries", "canary.labels", "canary.probabilities"
+PROBE_INDEX, PROBE_LABELS = "canary.probe_index", "canary.probe_labels"
+PROBES_EACH = 8
+"""Key queries kept per misreading that no canary tells: the ones it relabels (see ``attach``)."""
+MIN_PROBES = 4
+MISREAD_MATCH = 0.75
+"""A label-only endpoint whose answers on a misreading's probes match the misread labels this often is misread."""
 CANARY_COUNT = 8
 MIN_CANARIES = 4
 MIN_CONFIDENCE = 0.99
@@ -45,17 +52,37 @@ MAX_LOG_SHIFT = 0.75
 """The largest mean |change of log p| over the canaries' rows. Measured on the test LeNet-5 / MNIST: 0.03
 after a fine-tune (lr 1e-4, 100 steps), 0.04 int8, 0.24 pruned 30 %; 1.2 for pixels normalised with the
 MNIST mean/std (and clipped) that the server did not expect, 12 for normalised inputs sent as pixels."""
+NORMALIZATIONS = {1: ((0.1307,), (0.3081,)), 3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+"""The usual per-channel (mean, std) of 1- and 3-channel images (MNIST, ImageNet); (0.5, 0.5) is tried for any."""
 HINT = "check --normalize / --layout / --input-dtype / --output-kind"
 NO_CANARIES = "this key has no canaries (made before preflight checks): the endpoint's format was not checked"
 
 
-def select(p: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of up to ``n`` canaries: labelled ``y`` with top probability >= ``MIN_CONFIDENCE``, by
-    decreasing log-probability margin (top-1 minus top-2), taking one per class in turn."""
+def misreadings(channels: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """What a model in pixel space sees when an endpoint is mis-described, by description: inputs normalised that it
+    takes as pixels, pixels that it takes as normalised inputs, 0-255 pixels for [0, 1], channels interleaved
+    (NHWC read as NCHW; 3 channels)."""
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"0-255 pixels sent as [0, 1]": lambda x: x * 255}
+    for mean, std in (NORMALIZATIONS.get(channels), ((0.5,) * channels, (0.5,) * channels)):
+        if mean is None:
+            continue
+        m, s = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+        out[f"normalised with {mean[0]:g}, {std[0]:g}... though not expected"] = lambda x, m=m, s=s: (x - m) / s
+        out[f"pixels sent where {mean[0]:g}, {std[0]:g}... normalisation is expected"] = lambda x, m=m, s=s: x * s + m
+    if channels == 3:
+        out["NHWC read as NCHW"] = lambda x: x.permute(0, 2, 3, 1).reshape(x.shape)
+    return out
+
+
+def select(p: torch.Tensor, y: torch.Tensor, n: int, telling: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of up to ``n`` canaries: labelled ``y`` with top probability >= ``MIN_CONFIDENCE``, by how many
+    misreadings relabel them (``telling`` (N,), most first), then by decreasing log-probability margin (top-1
+    minus top-2), taking one per class in turn."""
     top2 = p.double().clamp_min(1e-300).log().topk(2, dim=1).values
     margin = top2[:, 0] - top2[:, 1]
     ok = (p.argmax(dim=1) == y) & (p.max(dim=1).values >= MIN_CONFIDENCE)
-    order = [int(i) for i in torch.argsort(margin, descending=True, stable=True) if ok[i]]
+    score = margin if telling is None else telling.double() * 1e6 + margin.clamp(0, 1e5)
+    order = [int(i) for i in torch.argsort(score, descending=True, stable=True) if ok[i]]
     taken: dict[int, int] = {}
     ranked = []  # (how many of its class come before it, its margin rank, index)
     for pos, i in enumerate(order):
@@ -67,6 +94,10 @@ def select(p: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
 
 def attach(key: KeyFile, oracle: Oracle, pool_x: torch.Tensor, pool_y: torch.Tensor, n: int = CANARY_COUNT) -> KeyFile:
     """``key`` with ``n`` canaries from the natural images ``pool_x`` (labels ``pool_y``) in its extras.
+
+    When ``oracle`` can show its model other inputs (``Oracle.seen_through``, a local module), canaries are
+    preferred that the ``misreadings`` relabel, so that a label-only endpoint too is caught mis-described; the
+    key's config lists under "canaries_tell" the misreadings that relabel more than ``MAX_DISAGREEMENT`` of them.
 
     Args:
         key: the new key (made from the model behind ``oracle``).
@@ -80,13 +111,54 @@ def attach(key: KeyFile, oracle: Oracle, pool_x: torch.Tensor, pool_y: torch.Ten
     if n < MIN_CANARIES or len(pool_x) != len(pool_y):
         raise ArgumentError(f"canaries need n >= {MIN_CANARIES} and one label per pool image")
     p, _ = oracle.predict(pool_x)
-    idx = select(p, pool_y.to(torch.int64), n)
+    y = pool_y.to(torch.int64)
+    relabelled = {}
+    if oracle.can("internals"):
+        relabelled = {name: oracle.seen_through(f).labels(pool_x) != y
+                      for name, f in misreadings(pool_x.shape[1]).items()}
+    telling = torch.stack(list(relabelled.values())).sum(dim=0) if relabelled else None
+    idx = select(p, y, n, telling)
     if len(idx) < MIN_CANARIES:
         raise ArgumentError(f"only {len(idx)} of {len(pool_x)} pool images are labelled right with confidence >= "
                             f"{MIN_CONFIDENCE}; canaries need {MIN_CANARIES}: give a larger pool")
     extras = {QUERIES: pool_x[idx].float().contiguous(), LABELS: pool_y[idx].to(torch.int64).contiguous(),
               PROBABILITIES: p[idx].float().contiguous()}
-    return replace(key, extras={**key.extras, **extras})
+    tell = [name for name, r in relabelled.items() if int(r[idx].sum()) > math.floor(MAX_DISAGREEMENT * len(idx))]
+    untold = [name for name in relabelled if name not in tell]
+    config = {**key.config, "canaries_tell": tell}
+    if untold and torch.equal(oracle.labels(key.queries), key.expected):
+        probes, probe_labels = _probes(key, oracle, untold)
+        extras.update({PROBE_INDEX: probes, PROBE_LABELS: probe_labels})
+        config["canaries_untold"] = untold
+    return replace(key, extras={**key.extras, **extras}, config=config)
+
+
+def _probes(key: KeyFile, oracle: Oracle, untold: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For misreadings no natural canary tells (a model robust to them on clean images), the key's own queries
+    they relabel, up to ``PROBES_EACH`` each: (indices (m,), the misread labels (len(untold), m)). Fragile queries
+    flip under a misreading to labels the keyed model predicts, under tampering to others."""
+    fns = misreadings(key.queries.shape[1])
+    seen = torch.stack([oracle.seen_through(fns[name]).labels(key.queries) for name in untold])
+    idx = sorted({int(i) for row in seen != key.expected for i in row.nonzero().flatten()[:PROBES_EACH]})
+    index = torch.tensor(idx, dtype=torch.int64)
+    return index, seen[:, index].contiguous()
+
+
+def _check_probes(oracle: Oracle, key: KeyFile) -> None:
+    """``EndpointMismatch`` when a label-only endpoint answers the probes of a misreading as the keyed model
+    misreading its inputs would (``MISREAD_MATCH`` of at least ``MIN_PROBES`` probes); asks the probe queries."""
+    index, misread = key.extras[PROBE_INDEX], key.extras[PROBE_LABELS]
+    untold = key.config.get("canaries_untold", [])
+    if index.dim() != 1 or misread.shape != (len(untold), len(index)) or len(index) == 0 \
+            or int(index.max()) >= len(key.expected) or int(index.min()) < 0:
+        raise KeyFileError("the key's canary probes are malformed")
+    answers = oracle.labels(key.queries[index])
+    for name, labels in zip(untold, misread):
+        relabelled = labels != key.expected[index]
+        if int(relabelled.sum()) >= MIN_PROBES and \
+                (answers[relabelled] == labels[relabelled]).double().mean().item() >= MISREAD_MATCH:
+            raise EndpointMismatch(f"endpoint answers the key as the keyed model does when its inputs are {name}: "
+                                   f"different model or wrong endpoint format; {HINT}")
 
 
 def _canaries(key: KeyFile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,4 +195,11 @@ def preflight(oracle: Oracle, key: KeyFile, *, same_model: bool = True) -> str:
                    f"{shift:.2g} > {MAX_LOG_SHIFT:g})"
     if what:
         raise EndpointMismatch(f"endpoint {what}: different model or wrong endpoint format; {HINT}")
-    return f"preflight: {n - differ} of {n} canaries answered as the keyed model does"
+    note = f"preflight: {n - differ} of {n} canaries answered as the keyed model does"
+    if p is None and PROBE_INDEX in key.extras:
+        _check_probes(oracle, key)
+    if p is None:
+        tell = key.config.get("canaries_tell", [])
+        note += f" (labels only: they tell {len(tell)} common misreadings)" if tell else \
+            " (labels only: a mis-described endpoint may still pass them)"
+    return note

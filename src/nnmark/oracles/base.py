@@ -120,6 +120,11 @@ class Oracle:
         self._spend(x)
         return self._gradient(loss_fn, x, on)
 
+    def seen_through(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> Oracle:
+        """The same model asked ``transform(x)`` for each query x (which may leave [0, 1]): what it answers when an
+        endpoint misreads its inputs. Only oracles over a local module can (access "internals")."""
+        raise AccessError(f"{type(self).__name__} cannot show its model other inputs (access: {self.access})")
+
     def close(self) -> None:
         """Release what the oracle holds (a worker process, an HTTP client); a no-op for in-process oracles."""
 

@@ -47,6 +47,17 @@ class ModuleInputs:
         return seen
 
 
+class _Through(torch.nn.Module):
+    """``model(transform(x))``."""
+
+    def __init__(self, transform, model: torch.nn.Module):
+        super().__init__()
+        self.transform, self.model = transform, model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))
+
+
 class TorchOracle(LogitsOracle):
     """White-box access to a local model: labels, probabilities, input gradients and hidden activations.
 
@@ -109,6 +120,11 @@ class TorchOracle(LogitsOracle):
             with torch.no_grad(), self._numerics():
                 num_classes = self._forward(self._placed(example)).shape[1]
         super().__init__(input_shape, num_classes, budget)
+
+    def seen_through(self, transform) -> TorchOracle:
+        """A float32 TorchOracle over ``transform`` then the model (``Oracle.seen_through``)."""
+        return TorchOracle(_Through(transform, self.model), self.input_shape, self.num_classes, budget=self.budget,
+                           dtype=self.dtype)
 
     def module_inputs(self, kind: type[torch.nn.Module]) -> ModuleInputs:
         """Records the inputs of the model's ``kind`` modules during this oracle's calls (use as a context manager)."""
