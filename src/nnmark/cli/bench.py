@@ -20,6 +20,8 @@ BENCHMARKS = {
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),
     "cli": ("cli", "Cold start of nnmark --help, --version, models.load and verify beside a bare import torch."),
+    "endpoints": ("endpoints", "Verify locally and over REST JSON, REST binary and gRPC against nnmark serve, MLServer "
+                  "and KServe: wall time, bytes and the ratio to local."),
     "sources": ("sources", "Load, forward and gradient cost of the same weights as eager torch, TorchScript, "
                 "torch.export and ONNX (torch operators and ONNX Runtime)."),
 }
