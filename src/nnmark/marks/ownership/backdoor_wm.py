@@ -62,7 +62,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_sample_images
 from torch import nn
 
 from nnmark.data import Dataset, Split
@@ -132,6 +131,8 @@ def gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) ->
 
 def _photos() -> torch.Tensor:
     """scikit-learn's two bundled sample photos as float32 (2, 3, 427, 640) in [0, 1]."""
+    from sklearn.datasets import load_sample_images  # imported here: scikit-learn takes ~1 s to import
+
     return torch.from_numpy(np.stack(load_sample_images().images)).permute(0, 3, 1, 2).float() / 255
 
 

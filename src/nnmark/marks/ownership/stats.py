@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from scipy.stats import binom
+from scipy.special import bdtrc
 
 from nnmark.errors import ArgumentError
 from nnmark.marks.verdict import Verdict
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
-    """P[X >= k] for X ~ Binomial(n, p), exact (scipy's survival function, accurate far into the tail).
+    """P[X >= k] for X ~ Binomial(n, p), exact (scipy's regularised incomplete beta, accurate far into the tail).
 
     The one-sided p-value of observing ``k`` or more agreements out of ``n`` queries when each agrees
     with probability ``p`` under the null (an independent model). ``k <= 0`` gives 1.0.
@@ -23,7 +23,7 @@ def binomial_tail(k: int, n: int, p: float) -> float:
         raise ArgumentError(f"p must lie in [0, 1], got {p}")
     if k <= 0:
         return 1.0
-    return float(binom.sf(k - 1, n, p))
+    return float(bdtrc(k - 1, n, p))  # P[X > k - 1]; scipy.special, not scipy.stats (~0.4 s to import)
 
 
 def match_verdict(
