@@ -35,3 +35,11 @@ def test_importing_nnmark_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, nnmark; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_attack_is_a_thin_call_into_the_registry(lenet, mnist):
+    key = nnmark.mark("natural", lenet, mnist.test.x[:20])
+    noisy = nnmark.attack("noise", lenet, std=0.05, seed=0)
+    assert noisy is not lenet and nnmark.verify(key, noisy, input_shape=mnist.shape).decision == "tampered"
+    with pytest.raises(ArgumentError, match="unknown attack 'nonesuch'"):
+        nnmark.attack("nonesuch", lenet)

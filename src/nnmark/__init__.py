@@ -18,6 +18,11 @@ nnmark answers three questions about a model you shipped: *is it intact?* (integ
        verdict = nnmark.verify(key, "http://127.0.0.1:8000", secret=secret)
        verdict.passed, verdict.decision                        # True, "intact"
 
+To test a key, change the model as an adversary would (``nnmark.attacks.ATTACKS`` lists the attacks)::
+
+    suspect = nnmark.attack("finetune", model, x_attacker, y_attacker, lr=1e-4, steps=100)
+    nnmark.verify(key, suspect).decision                        # "tampered"
+
 The configured calls take the method's settings and an oracle you build yourself (a budget, an access
 level, an execution environment)::
 
@@ -95,6 +100,17 @@ def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
         return marks.verify(oracle, key, secret=secret)
 
 
+def attack(name: str, model, *data, **options):
+    """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model, the input left
+    untouched; ``data`` as the attack's kind needs (e.g. attacker images and labels), ``options`` its parameters."""
+    from nnmark.attacks import ATTACKS
+    from nnmark.errors import ArgumentError
+
+    if name not in ATTACKS:
+        raise ArgumentError(f"unknown attack {name!r}; registered: {', '.join(ATTACKS)}")
+    return ATTACKS[name](model, *data, **options)
+
+
 def save_key(key, path, *, secret: bytes | None):
     """Sign ``key`` with ``secret`` (None: unsigned) and write it atomically to ``path``."""
     from nnmark import keys
@@ -109,4 +125,4 @@ def load_key(path, *, secret: bytes | None, allow_unsigned: bool = False):
     return keys.load(path, secret=secret, allow_unsigned=allow_unsigned)
 
 
-__all__ = ["__version__", "load_key", "mark", "save_key", "verify"]
+__all__ = ["__version__", "attack", "load_key", "mark", "save_key", "verify"]

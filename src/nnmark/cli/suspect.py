@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import MODEL_HELP, CliError, load_model, model_source_options, source_option
+from nnmark.cli._shared import (
+    MODEL_HELP, CliError, load_model, model_source_options, progress_enabled, source_option,
+)
 from nnmark.oracles import endpoint as ep
 
 _SPEC_OPTIONS: dict = {}
@@ -132,7 +134,8 @@ def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budge
 
         spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS)
         known = {"input_shape": tuple(card["input_shape"]), "num_classes": card["num_classes"]} if card else {}
-        with connect(spec, token=read_token(token_file), budget=budget, **known) as oracle:
+        with connect(spec, token=read_token(token_file), budget=budget, progress=progress_enabled(),
+                     **known) as oracle:
             yield oracle, Suspect({"endpoint": spec.shown_url, "model_name": model_name})
         return
     model, loaded = load_model(model_path, card=card)

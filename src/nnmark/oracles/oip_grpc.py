@@ -108,12 +108,12 @@ class GrpcOracle(EndpointOracle):
     Args:
         spec: an ``EndpointSpec`` with a grpc:// URL, or that URL with spec fields as keywords.
         token: bearer token sent as ``authorization: Bearer <token>`` call metadata.
-        budget, input_shape, num_classes, seed: as ``EndpointOracle``.
+        budget, input_shape, num_classes, seed, progress: as ``EndpointOracle``.
     """
 
     def __init__(self, spec: EndpointSpec | str, *, token: str | bytes | None = None, budget: int | None = None,
                  input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None, seed: int = 0,
-                 **fields):
+                 progress: bool = False, **fields):
         spec = make_spec(spec, fields)
         if spec.transport != "grpc":
             raise EndpointError(f"{spec.shown_url} is not a gRPC endpoint (grpc://host:port): use HttpOracle")
@@ -124,7 +124,8 @@ class GrpcOracle(EndpointOracle):
                                                        request_serializer=req.SerializeToString,
                                                        response_deserializer=resp.FromString)
                        for name, (req, resp) in proto.METHODS.items()}
-        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
+        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed,
+                         progress=progress)
 
     def close(self) -> None:
         """Close the channel."""

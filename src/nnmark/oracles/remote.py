@@ -52,6 +52,7 @@ from typing import Callable, Mapping, TypeVar
 import httpx
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from nnmark.errors import EndpointError
 from nnmark.oracles import oip
@@ -85,11 +86,14 @@ class EndpointOracle(Oracle):
         input_shape: the (C, H, W) the caller's queries have (e.g. the key's), to check against the metadata.
         num_classes: the K the caller expects, likewise.
         seed: seeds the choice of the re-asked inputs.
+        progress: a progress bar on stderr over the requests of a call that takes several.
     """
 
     def __init__(self, spec: EndpointSpec, *, budget: int | None = None,
-                 input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None, seed: int = 0):
+                 input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None, seed: int = 0,
+                 progress: bool = False):
         self.spec = spec
+        self.progress = progress
         self._ids = itertools.count(1)
         self._generator = torch.Generator().manual_seed(seed)
         try:
@@ -138,7 +142,9 @@ class EndpointOracle(Oracle):
         return read_answer(outputs, x.shape[0], self.endpoint)
 
     def _ask(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        answers = [self._infer(chunk) for chunk in x.split(self.batch_size or x.shape[0])]
+        chunks = x.split(self.batch_size or x.shape[0])
+        answers = [self._infer(chunk) for chunk in tqdm(chunks, desc=self.spec.shown_url, unit="request", leave=False,
+                                                        disable=not self.progress or len(chunks) < 2)]
         p = None if answers[0][0] is None else torch.cat([a for a, _ in answers])
         return p, torch.cat([y for _, y in answers])
 
@@ -180,7 +186,7 @@ class HttpOracle(EndpointOracle):
         spec: an ``EndpointSpec``, or the base URL (e.g. "http://127.0.0.1:8000") with spec fields as
             keywords (``model_name="lenet"``, ``timeout=5``, ``transport="rest-binary"``, ...).
         token: bearer token sent as ``Authorization: Bearer <token>`` (checked by ``auth.check_token``).
-        budget, input_shape, num_classes, seed: as ``EndpointOracle``.
+        budget, input_shape, num_classes, seed, progress: as ``EndpointOracle``.
 
     Raises ``EndpointError`` on construction when the endpoint is unreachable, not OIP v2, or serves a
     model that contradicts the spec.
@@ -188,7 +194,7 @@ class HttpOracle(EndpointOracle):
 
     def __init__(self, spec: EndpointSpec | str, *, token: str | bytes | None = None, budget: int | None = None,
                  input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None, seed: int = 0,
-                 **fields):
+                 progress: bool = False, **fields):
         spec = make_spec(spec, fields)
         if spec.transport == "grpc":
             raise EndpointError(f"{spec.shown_url} is a gRPC endpoint: use GrpcOracle or connect()")
@@ -198,7 +204,8 @@ class HttpOracle(EndpointOracle):
         # TCP_NODELAY: a request's headers and body go out at once, not 40 ms apart (Nagle + delayed ACK)
         transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self._client = httpx.Client(base_url=spec.url, timeout=spec.timeout, headers=headers, transport=transport)
-        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed)
+        super().__init__(spec, budget=budget, input_shape=input_shape, num_classes=num_classes, seed=seed,
+                         progress=progress)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
