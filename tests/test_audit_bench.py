@@ -20,4 +20,4 @@ def test_bench_audit_quick_measures_sequential_against_whole_key(tmp_path, monke
     assert not any(rows["independent 0", "metafinger"]["passed"])
     assert rows["float64 environment", "innformant"]["decisions"] == ["float64", "float64"]
     text = md.read_text()
-    assert "| method | suspect | whole-key decision |" in text and "| metafinger | 0/4 | 0.001 |" in text
+    assert "| method | suspect | whole-key decision |" in text and "| metafinger | 0/4 | 0/2 | 0.001 |" in text
