@@ -95,3 +95,9 @@ def test_every_command_has_help_with_an_example():
     for args in [[name] for name in COMMANDS] + [["mark", name] for name in mark.commands]:
         r = CliRunner().invoke(main, [*args, "--help"])
         assert r.exit_code == 0 and "Example:" in r.output and r.output.startswith("Usage: nnmark "), args
+
+
+@pytest.mark.parametrize("group", ["mark", "attack", "bench", "keys"])
+def test_group_listings_show_whole_descriptions(group):
+    r = CliRunner().invoke(main, [group, "--help"])
+    assert r.exit_code == 0 and "..." not in r.output.split("Commands:")[1], r.output

@@ -19,6 +19,21 @@ class CliError(click.ClickException):
     exit_code = 2
 
 
+class Group(click.Group):
+    """A command group whose listing shows each command's whole first sentence (click cuts it at ~45 characters)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                text = command.short_help or (command.help or "").strip().split("\n\n")[0]
+                rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 def debug_enabled(args: list[str] | None = None) -> bool:
     """Whether --debug was given (in ``args``) or NNMARK_DEBUG=1 is set."""
     return os.environ.get("NNMARK_DEBUG", "") not in ("", "0") or "--debug" in (args or [])

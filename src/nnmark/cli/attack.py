@@ -21,7 +21,7 @@ from nnmark import data, models
 from nnmark.attacks import ATTACKS, Spec
 from nnmark.attacks.registry import Option
 from nnmark.attacks.transfer import NEW_DOMAIN, resize
-from nnmark.cli._shared import CliError, dataset_for, load_model, model_option, out_option
+from nnmark.cli._shared import CliError, Group, dataset_for, load_model, model_option, out_option
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
 
@@ -132,7 +132,7 @@ def _command(spec: Spec) -> click.Command:
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 
 
-@click.group()
+@click.group(cls=Group)
 def attack() -> None:
     """Change a model the way an adversary or an accident would (model -> new model).
 

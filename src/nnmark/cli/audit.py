@@ -14,7 +14,7 @@ from nnmark.audit import log as audit_log
 from nnmark.audit import report as audit_report
 from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
-from nnmark.cli._shared import CliError, emit, json_option, with_secret
+from nnmark.cli._shared import CliError, Group, emit, json_option, with_secret
 from nnmark.cli.suspect import read_token, suspect_options, suspect_oracle
 
 AUDIT_HELP = """\b
@@ -116,7 +116,7 @@ def audit(key_paths, keys_dir, model_path, env_name, endpoint, model_name, token
     sys.exit(audit_run.exit_status(reports))
 
 
-@click.group()
+@click.group(cls=Group)
 def keys() -> None:
     """List and show key files without asking any model.
 
@@ -161,7 +161,7 @@ def keys_show(key_path, secret_file, as_json) -> None:
                                   for name, value in info.items()))
 
 
-@click.group()
+@click.group(cls=Group)
 def log() -> None:
     """The audit log that ``nnmark audit --log`` appends to.
 

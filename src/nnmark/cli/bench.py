@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-from nnmark.cli._shared import progress_enabled
+from nnmark.cli._shared import Group, progress_enabled
 
 BENCHMARKS = {
     "dbi": ("dbi", "DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."),
@@ -28,7 +28,7 @@ BENCHMARKS = {
 """Benchmark command name -> (module in nnmark.bench, help)."""
 
 
-@click.group()
+@click.group(cls=Group)
 def bench() -> None:
     """Run a benchmark and write its tables to docs/benchmarks/.
 

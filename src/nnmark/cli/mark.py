@@ -13,8 +13,8 @@ import torch
 
 from nnmark import data, envs, keys, models
 from nnmark.cli._shared import (
-    CliError, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option, out_option,
-    progress_enabled, secret_for_writing, with_secret,
+    CliError, Group, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option,
+    out_option, progress_enabled, secret_for_writing, with_secret,
 )
 from nnmark.data import Split
 from nnmark.data.roles import natural_pool
@@ -28,7 +28,7 @@ from nnmark.metrics import sample_quality
 from nnmark.oracles import Oracle, TorchOracle
 
 
-@click.group()
+@click.group(cls=Group)
 def mark() -> None:
     """Make a key of query samples from a model, checked on that model, signed, and written to --out.
 
