@@ -323,3 +323,19 @@ def test_a_mis_described_endpoint_is_an_error_not_a_verdict(run, lenet_file, dbi
         assert r.exit_code == 0, r.output
         r = run("verify", dbi_key_file, "--endpoint", url, "--normalize", "0.1307,0.3081", "--secret-file", run.secret)
     assert r.exit_code == 2 and "--normalize says 0.1307,0.3081" in r.stderr, r.output  # refused before asking
+
+
+def test_a_key_carries_endpoint_defaults_that_verify_flags_override(run, lenet_file, tmp_path):
+    key = tmp_path / "natural.key"
+    r = run("mark", "natural", "--model", lenet_file, "--n", 10, "--out", key, "--secret-file", run.secret,
+            "--endpoint-default", "layout=NHWC", "--endpoint-default", "input-dtype=FP32")
+    assert r.exit_code == 0, r.output
+    assert keys.load(key, secret=keys.read_secret(run.secret)).config["endpoint"] == {"layout": "NHWC",
+                                                                                       "input_dtype": "FP32"}
+    with nnmark_serve("--model", lenet_file) as url:
+        refused = run("verify", key, "--endpoint", url, "--secret-file", run.secret)
+        overridden = run("verify", key, "--endpoint", url, "--layout", "NCHW", "--secret-file", run.secret)
+    assert refused.exit_code == 2 and "--layout says NHWC" in refused.stderr, refused.output
+    assert overridden.exit_code == 0, overridden.output
+    r = run("mark", "natural", "--model", lenet_file, "--out", key, "--unsigned", "--endpoint-default", "colour=red")
+    assert r.exit_code == 2 and "FIELD=VALUE" in r.stderr

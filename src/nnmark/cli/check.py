@@ -42,7 +42,7 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
     secret = keys.read_secret(secret_file)
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
     with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=keyinfo.card_of(key)) as (oracle, suspect):
+                        card=keyinfo.card_of(key), defaults=key.config.get("endpoint")) as (oracle, suspect):
         verdict = marks.verify(oracle, key, secret=secret)
     same = suspect.digest == key.model_digest if suspect.digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
@@ -52,7 +52,8 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
     else:
         n = verdict.details.get("n", len(key.expected))
         qualifier = " (behaviour) - weights differ from the keyed model" if same is False else ""
-        click.echo(f"{_style(verdict.decision.upper(), verdict.passed)}{qualifier}: {verdict.statistic_name} {verdict.statistic:.2%}; "
+        word = _style(verdict.decision.upper(), verdict.passed)
+        click.echo(f"{word}{qualifier}: {verdict.statistic_name} {verdict.statistic:.2%}; "
                    f"{len(verdict.flipped)}/{n} answers differ from the key; {verdict.queries} queries spent")
         if verdict.flipped:
             click.echo(f"flipped: {verdict.flipped}")
@@ -77,12 +78,13 @@ def identify(key_path, model_path, env_name, endpoint, model_name, token_file, b
     if key.method != innformant.METHOD:
         raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
     with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=keyinfo.card_of(key)) as (oracle, suspect):
+                        card=keyinfo.card_of(key), defaults=key.config.get("endpoint")) as (oracle, suspect):
         verdict = marks.verify(oracle, key)
     if as_json:
         emit({**verdict.to_dict(), "key": key_path, **suspect.where}, True)
     else:
-        click.echo(f"{_style(verdict.decision, verdict.passed)} (reference: {key.config['reference']}); {verdict.queries} queries spent")
+        click.echo(f"{_style(verdict.decision, verdict.passed)} (reference: {key.config['reference']}); "
+                   f"{verdict.queries} queries spent")
         for name, count in verdict.details["match_table"].items():
             click.echo(f"  {name:<20} {count}/{len(key.expected)} boundary samples match")
     sys.exit(0 if verdict.passed else 1)

@@ -16,6 +16,7 @@ from nnmark.cli._shared import (
     CliError, Group, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option,
     out_option, progress_enabled, secret_for_writing, with_secret,
 )
+from nnmark.cli.suspect import endpoint_default_option, endpoint_defaults
 from nnmark.data import Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError
@@ -78,6 +79,8 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     loaded = loaded_model()
     card = loaded.card if loaded is not None else models.ModelCard(source.input_shape, source.num_classes)
     key.config["model_card"] = card.to_dict()
+    if defaults := endpoint_defaults():
+        key.config["endpoint"] = defaults
     if loaded is not None and model_out is None:
         key.model_digest = loaded.digest
     try:
@@ -98,6 +101,7 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
 
 
 @mark.command("dbi")
+@endpoint_default_option
 @_mark_common
 @click.option("--eps", type=click.FloatRange(0, min_open=True), help="Step size (default 1e-4 one-channel, 1e-5 otherwise).")
 @click.option("--itr", type=click.IntRange(0), default=dbi.PAPER_ITR, show_default=True)
@@ -125,6 +129,7 @@ def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
 
 
 @mark.command("aid")
+@endpoint_default_option
 @_mark_common
 @click.option("--itr", type=click.IntRange(0), default=aid.PAPER_ITR, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=aid.PAPER_LR, show_default=True,
@@ -152,6 +157,7 @@ def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json
 
 
 @mark.command("ipguard")
+@endpoint_default_option
 @_mark_common
 @click.option("--k", type=click.FloatRange(0), default=ipguard.DEFAULT_K, show_default=True,
               help="Logit margin of each point's label over its runner-up class (small: unique but fragile).")
@@ -182,6 +188,7 @@ def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
 
 
 @mark.command("natural")
+@endpoint_default_option
 @_mark_common
 def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json) -> None:
     """Baseline: natural test images labelled by the model ("non-fragile").
@@ -198,6 +205,7 @@ def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_
 
 
 @mark.command("random")
+@endpoint_default_option
 @model_option
 @click.option("--n", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -219,6 +227,7 @@ def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> Non
 
 
 @mark.command("pairs")
+@endpoint_default_option
 @model_option
 @click.option("--n-pairs", type=click.IntRange(1), default=150, show_default=True, help="Pairs to try (the paper: 150).")
 @click.option("--user-id", required=True, help="Whom the key is for; with the secret it derives the secret binary head.")
@@ -297,6 +306,7 @@ def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, wi
 
 
 @mark.command("coupled")
+@endpoint_default_option
 @_embed_options
 @click.option("--kind", type=click.Choice(coupled.KINDS), default="direct", show_default=True,
               help="direct: x_i top-left, x_j bottom-right on white (eq. 2); invisible: r*x_i + (1-r)*x_j (eq. 3).")
@@ -330,6 +340,7 @@ def mark_coupled(kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask
 
 
 @mark.command("zhang")
+@endpoint_default_option
 @_embed_options
 @click.option("--kind", type=click.Choice(backdoor_wm.ZHANG_KINDS), default="content", show_default=True,
               help="content: 'TEST' stamped on source-class images; noise: Gaussian noise on them; "
@@ -351,6 +362,7 @@ def mark_zhang(kind, source, target, epochs, seed, **common) -> None:
 
 
 @mark.command("adi")
+@endpoint_default_option
 @click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Train from scratch (with --data).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Fine-tune this pretrained checkpoint.")
 @click.option("--data", "data_spec", help="Dataset (required with --arch; default: the pretrained model's).")
@@ -398,6 +410,7 @@ def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, ou
 
 
 @mark.command("frontier")
+@endpoint_default_option
 @model_option
 @click.option("--data", "data_spec", help="Dataset (default: the model's).")
 @click.option("--eps", type=click.FloatRange(0, min_open=True), default=frontier.EPS, show_default=True,
@@ -431,6 +444,7 @@ def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, 
 
 
 @mark.command("innformant")
+@endpoint_default_option
 @model_option
 @click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")
 @click.option("--n", type=click.IntRange(1), default=50, show_default=True, help="Natural test images to start from.")
@@ -481,6 +495,7 @@ def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, r
 
 
 @mark.command("metafinger")
+@endpoint_default_option
 @_mark_common
 @click.option("--candidates", type=click.IntRange(1), help="Training images to start from (default 2n).")
 @click.option("--negatives", type=click.IntRange(1), default=shadow.DEFAULT_NEGATIVES, show_default=True,

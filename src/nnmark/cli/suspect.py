@@ -76,9 +76,44 @@ def _stash_spec_options(f, names: list[str]):
     return command
 
 
-def endpoint_spec(url: str, model_name: str, options: dict) -> ep.EndpointSpec:
-    """The ``EndpointSpec`` of ``--endpoint`` and the endpoint-shape options (unset ones left open)."""
-    fields = {name: value for name, value in options.items() if value is not None}
+_ENDPOINT_DEFAULTS = "nnmark.endpoint_defaults"
+DEFAULTABLE = ("transport", "model_version", "input_name", "layout", "input_dtype", "output_name", "output_kind",
+               "label_name")
+"""The ``EndpointSpec`` fields a key may carry as defaults: how the model is deployed, not where."""
+
+
+def _parse_defaults(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
+    defaults = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in DEFAULTABLE or not value.strip():
+            raise click.BadParameter(f"expected FIELD=VALUE with FIELD one of {', '.join(DEFAULTABLE)}, got {item!r}",
+                                     ctx, param)
+        defaults[name] = value.strip()
+    if defaults:
+        ep.EndpointSpec("http://127.0.0.1", **defaults)  # checked now (ArgumentError), not at verification
+    ctx.meta[_ENDPOINT_DEFAULTS] = defaults
+
+
+def endpoint_default_option(f):
+    """``--endpoint-default FIELD=VALUE`` (repeatable): how the model will be deployed, kept in the key as the
+    default of verify's endpoint-shape options (``DEFAULTABLE``)."""
+    return click.option("--endpoint-default", multiple=True, expose_value=False, callback=_parse_defaults,
+                        metavar="FIELD=VALUE",
+                        help="How the model is deployed, kept in the key for verify --endpoint (repeat): "
+                             f"{', '.join(DEFAULTABLE)}; e.g. layout=NHWC.")(f)
+
+
+def endpoint_defaults() -> dict:
+    """The ``--endpoint-default`` values given to this command."""
+    return dict(click.get_current_context().meta.get(_ENDPOINT_DEFAULTS, {}))
+
+
+def endpoint_spec(url: str, model_name: str, options: dict, defaults: dict | None = None) -> ep.EndpointSpec:
+    """The ``EndpointSpec`` of ``--endpoint`` and the endpoint-shape options (unset ones left open), over the
+    key's ``defaults`` (``--endpoint-default`` at marking: the options override them)."""
+    fields = {**(defaults or {}), **{name: value for name, value in options.items() if value is not None}}
     if "normalize" in fields:
         fields["normalize"] = ep.parse_normalize(fields["normalize"])
     return ep.EndpointSpec(url, model_name=model_name, **fields)
@@ -124,15 +159,17 @@ class Suspect:
 
 
 @contextlib.contextmanager
-def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget, card: dict | None = None):
+def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget, card: dict | None = None,
+                   defaults: dict | None = None):
     """Yield (oracle, Suspect) for the suspect options; the oracle is closed afterwards. ``card`` (the key's model
-    card) gives a local model the input shape and normalisation its options do not."""
+    card) gives a local model the input shape and normalisation its options do not; ``defaults`` (the key's
+    endpoint defaults) describe an endpoint where the options do not."""
     if (model_path is None) == (endpoint is None):
         raise CliError("pass exactly one of --model FILE and --endpoint URL")
     if endpoint:
         from nnmark.oracles import connect
 
-        spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS)
+        spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS, defaults)
         known = {"input_shape": tuple(card["input_shape"]), "num_classes": card["num_classes"]} if card else {}
         with connect(spec, token=read_token(token_file), budget=budget, progress=progress_enabled(),
                      **known) as oracle:
