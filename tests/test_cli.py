@@ -339,3 +339,14 @@ def test_a_key_carries_endpoint_defaults_that_verify_flags_override(run, lenet_f
     assert overridden.exit_code == 0, overridden.output
     r = run("mark", "natural", "--model", lenet_file, "--out", key, "--unsigned", "--endpoint-default", "colour=red")
     assert r.exit_code == 2 and "FIELD=VALUE" in r.stderr
+
+
+def test_adi_watermark_fine_tuned_into_a_pretrained_model(run, lenet_file, tmp_path):
+    wm, key = tmp_path / "adi.safetensors", tmp_path / "adi.key"
+    r = run("mark", "adi", "--model", lenet_file, "--out-model", wm, "--out", key,
+            "--secret-file", run.secret, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["pretrained"] is True and summary["out_model"] == str(wm)
+    assert run("verify", key, "--model", wm, "--secret-file", run.secret).exit_code == 0
+    assert run("verify", key, "--model", lenet_file, "--secret-file", run.secret).exit_code == 1

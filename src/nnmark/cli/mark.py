@@ -298,8 +298,15 @@ def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, wi
     model = models.build(arch, ds.shape, ds.num_classes, width=width)
     start = time.perf_counter()
     wm_model, key = embed(model, ds)
-    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec,
-                                accuracy=key.config["clean_accuracy"], seed=seed)
+    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, seed=seed)
+    _finish_embedding(wm_model, config, key, ds, summary_keys, start, out_model, out, secret, as_json)
+
+
+def _finish_embedding(wm_model, config, key: keys.KeyFile, ds, summary_keys: tuple[str, ...], start: float,
+                      out_model: str, out: str, secret: bytes | None, as_json: bool) -> None:
+    """``_finish_mark`` for an embedding method: the key checked on the watermarked model, which is written first
+    (with its clean accuracy), then the key; the summary reports ``summary_keys`` of the key's config."""
+    config.accuracy = key.config["clean_accuracy"]
     summary = {"out_model": out_model, **{k: key.config[k] for k in summary_keys}, "seconds": time.perf_counter() - start}
     _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
                  canaries=ds.test, model_out=(wm_model, config, out_model))
@@ -402,11 +409,8 @@ def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, ou
     start = time.perf_counter()
     wm_model, key = backdoor_wm.embed(model, ds, kind="abstract", epochs=epochs, lr=lr, seed=seed,
                                       pretrained=pretrained, progress=progress_enabled())
-    config.accuracy = key.config["clean_accuracy"]
-    summary = {"out_model": out_model, **{k: key.config[k] for k in ("pretrained", "success", "null", "clean_accuracy")},
-               "seconds": time.perf_counter() - start}
-    _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 canaries=ds.test, model_out=(wm_model, config, out_model))
+    _finish_embedding(wm_model, config, key, ds, ("pretrained", "success", "null", "clean_accuracy"), start,
+                      out_model, out, secret, as_json)
 
 
 @mark.command("frontier")
@@ -435,12 +439,9 @@ def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, 
     ds = dataset_for(config, data_spec)
     start = time.perf_counter()
     wm_model, key = frontier.embed(model, ds, eps=eps, epochs=epochs, lr=lr, seed=seed, progress=progress_enabled())
-    config.data, config.accuracy = ds.name, key.config["clean_accuracy"]
-    summary = {"out_model": out_model,
-               **{k: key.config[k] for k in ("success_before", "success", "null", "clean_accuracy")},
-               "seconds": time.perf_counter() - start}
-    _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 canaries=ds.test, model_out=(wm_model, config, out_model))
+    config.data = ds.name
+    _finish_embedding(wm_model, config, key, ds, ("success_before", "success", "null", "clean_accuracy"), start,
+                      out_model, out, secret, as_json)
 
 
 @mark.command("innformant")
