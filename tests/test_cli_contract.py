@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -88,11 +89,15 @@ def test_help_and_version_do_not_import_torch():
 
 
 def test_every_command_has_help_with_an_example():
-    from nnmark.cli import COMMANDS
+    def paths(group: click.Group, prefix: list[str]):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            yield [*prefix, name]
+            if isinstance(command, click.Group):
+                yield from paths(command, [*prefix, name])
 
-    from nnmark.cli.mark import mark
-
-    for args in [[name] for name in COMMANDS] + [["mark", name] for name in mark.commands]:
+    for args in paths(main, []):
         r = CliRunner().invoke(main, [*args, "--help"])
         assert r.exit_code == 0 and "Example:" in r.output and r.output.startswith("Usage: nnmark "), args
 

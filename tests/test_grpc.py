@@ -141,3 +141,24 @@ def test_nnmark_serve_grpc_port_and_verify_over_grpc(lenet, lenet_file, mnist, t
     r = CliRunner().invoke(main, ["serve", "--model", str(lenet_file), "--host", "0.0.0.0", "--port", str(ports[0])],
                            env={"NNMARK_TOKEN": None})
     assert r.exit_code == 2 and "refusing to serve 0.0.0.0 without a token" in r.stderr
+
+
+def test_audit_asks_a_grpc_endpoint_and_logs_its_metadata(app, grpc_url, lenet, mnist, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nnmark import keys
+    from nnmark.cli import main
+    from nnmark.marks.integrity import baselines
+
+    key_file = tmp_path / "natural.key"
+    keys.save(baselines.natural(TorchOracle(lenet, SHAPE), mnist.test.x[:16]), key_file, secret=b"audit secret")
+    (tmp_path / "token").write_bytes(b"tok")
+    (tmp_path / "secret").write_bytes(b"audit secret")
+    r = CliRunner().invoke(main, ["audit", str(key_file), "--endpoint", grpc_url, "--model-name", "lenet",
+                                  "--token-file", str(tmp_path / "token"), "--secret-file", str(tmp_path / "secret"),
+                                  "--report", str(tmp_path / "audit.json")], env={"NNMARK_SECRET": None})
+    assert r.exit_code == 0, r.output
+    (target,) = json.loads((tmp_path / "audit.json").read_text())["targets"]
+    assert target["info"]["model"]["name"] == "lenet"

@@ -102,9 +102,13 @@ def endpoint_info(url: str, model_name: str = "model", token: bytes | None = Non
     """(info, published) of an OIP v2 endpoint: its public URL, server and model metadata, and the "model_digest"
     and "model_card" its model metadata's parameters publish, if any."""
     server, model = _metadata(url, model_name, token)
-    params = model.get("parameters") if isinstance(model.get("parameters"), dict) else {}
-    published = {name: params[name] for name in ("model_digest", "model_card") if name in params}
-    return {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}, published
+    return {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}, published_by(model)
+
+
+def published_by(model_metadata: dict) -> dict:
+    """The "model_digest" and "model_card" an endpoint's model metadata publishes in its parameters, if any."""
+    params = model_metadata.get("parameters") if isinstance(model_metadata.get("parameters"), dict) else {}
+    return {name: params[name] for name in ("model_digest", "model_card") if name in params}
 
 
 def endpoint_target(url: str, *, model_name: str = "model", token: bytes | None = None,

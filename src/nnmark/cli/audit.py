@@ -15,7 +15,7 @@ from nnmark.audit import report as audit_report
 from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, Group, emit, json_option, with_secret
-from nnmark.cli.suspect import read_token, suspect_options, suspect_oracle
+from nnmark.cli.suspect import suspect_options, suspect_oracle
 
 AUDIT_HELP = """\b
 Summary line per target, e.g.:
@@ -41,13 +41,12 @@ def _target(model_path, env_name, endpoint, model_name, token_file, budget) -> a
 
     @contextlib.contextmanager
     def open_oracle():
-        if endpoint:
-            more, claims = audit_run.endpoint_info(endpoint, model_name, read_token(token_file))
-            info.update(more)
-            published.update(claims)
         with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
             if suspect.digest:
                 info["model_digest_computed"] = suspect.digest
+            if endpoint:  # any transport: what the oracle read when it connected
+                info.update(model_name=model_name, model=oracle.metadata)
+                published.update(audit_run.published_by(oracle.metadata))
             yield oracle
 
     return audit_run.Target(name, open_oracle, info, published)
@@ -142,7 +141,12 @@ def _row(info: dict) -> str:
 @_secret_option
 @json_option
 def keys_ls(folder, secret_file, as_json) -> None:
-    """Each key file in FOLDER: method, purpose, queries, creation time, model digest, signature status."""
+    """Each key file in FOLDER: method, purpose, queries, creation time, model digest, signature status.
+
+    \b
+    Example:
+      nnmark keys ls keys/ --secret-file secret
+    """
     listed = keyinfo.scan(folder, secret=keyfiles.read_secret(secret_file))
     if as_json:
         click.echo(json.dumps(listed))
@@ -155,7 +159,12 @@ def keys_ls(folder, secret_file, as_json) -> None:
 @_secret_option
 @json_option
 def keys_show(key_path, secret_file, as_json) -> None:
-    """One key file: method, purpose, created, model digest and card, query count, config, signature status."""
+    """One key file: method, purpose, created, model digest and card, query count, config, signature status.
+
+    \b
+    Example:
+      nnmark keys show keys/dbi.key --json
+    """
     info = keyinfo.describe(key_path, secret=keyfiles.read_secret(secret_file))
     emit(info, as_json, "\n".join(f"{name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
                                   for name, value in info.items()))
@@ -180,6 +189,10 @@ def log_verify(log_path, secret_file, as_json) -> None:
 
     Prints the last MAC: truncation of whole records at the end cannot be seen from the file alone, so keep it
     elsewhere and compare.
+
+    \b
+    Example:
+      nnmark log verify audit.jsonl --secret-file secret
     """
     secret = keyfiles.read_secret(secret_file)
     if secret is None:

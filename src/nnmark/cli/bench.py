@@ -39,7 +39,7 @@ def bench() -> None:
 
 
 def _bench_command(name: str, module: str, doc: str) -> None:
-    @bench.command(name, help=doc)
+    @bench.command(name, short_help=doc, help=f"{doc}\n\n\b\nExample:\n  nnmark bench {name} --quick --out-dir /tmp/bench")
     @click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
     @click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default: the full run's, quick 1).")
     @click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)

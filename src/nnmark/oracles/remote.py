@@ -98,6 +98,7 @@ class EndpointOracle(Oracle):
         self._generator = torch.Generator().manual_seed(seed)
         try:
             metadata = self._metadata()
+            self.metadata = metadata  # as published, in OIP v2 REST JSON form whatever the transport (audit logs it)
             try:
                 self.endpoint: Endpoint = resolve(spec, metadata, input_shape=input_shape, num_classes=num_classes)
             except EndpointError as e:
