@@ -10,7 +10,8 @@ changes. Global average pooling makes them build for any H, W >= 1.
 import torch
 from torch import nn
 
-from nnmark.models.lenet import kaiming_init, scaled
+from nnmark.models.gap import GapClassifier
+from nnmark.models.lenet import scaled
 
 
 class BasicBlock(nn.Module):
@@ -30,11 +31,10 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(GapClassifier):
     """3x3 stem, stages of basic blocks (stride 2 entering every stage after the first), GAP, linear."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: list[int], blocks: list[int]) -> None:
-        super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(),
         ]
@@ -43,13 +43,7 @@ class ResNet(nn.Module):
             for i in range(n):
                 layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1))
                 c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c_in, num_classes)
-        kaiming_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, c_in, num_classes)
 
 
 def cifar_resnet(depth: int, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> ResNet:

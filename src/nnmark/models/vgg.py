@@ -5,10 +5,10 @@ Configs A (VGG-11) and D (VGG-16) with channels divided by 4 at width 1.0 (16, 3
 build time), then global average pooling and one linear classifier; builds for any H, W >= 1.
 """
 
-import torch
 from torch import nn
 
-from nnmark.models.lenet import halving_pool, kaiming_init, scaled
+from nnmark.models.gap import GapClassifier
+from nnmark.models.lenet import halving_pool, scaled
 
 # Conv widths of the five blocks at full (paper) width; each block ends in a max pool.
 CONFIGS: dict[str, list[list[int]]] = {
@@ -17,11 +17,10 @@ CONFIGS: dict[str, list[list[int]]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(GapClassifier):
     """Blocks of 3x3 conv-BN-ReLU, each followed by a 2x2 max pool where it fits; GAP, linear."""
 
     def __init__(self, config: str, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> None:
-        super().__init__()
         c_in, h, w = input_shape
         layers: list[nn.Module] = []
         for block in CONFIGS[config]:
@@ -31,10 +30,4 @@ class VGG(nn.Module):
                 c_in = c_out
             pool, h, w = halving_pool(h, w)
             layers.append(pool)
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(c_in, num_classes)
-        kaiming_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(layers, c_in, num_classes)
