@@ -1,7 +1,8 @@
 """``nnmark mark METHOD``: make a key file of query samples from a model, one subcommand per method.
 
-Every command writes its key only after checking the key on its own source model, and says how many
-samples it kept when a method keeps fewer than asked.
+Every command (``_finish_mark``) records the model card and any ``--endpoint-default``, adds preflight canaries,
+writes its key only after checking it on its own source model, and says how many samples it kept when a method
+keeps fewer than asked.
 """
 
 from __future__ import annotations
