@@ -132,6 +132,11 @@ def subset_pools(lenet: dict[str, list[ShadowSpec]], negatives: int, af: int) ->
             "positives_val": positives[af - n_val:], "negatives_val": lenet["negatives_val"]}
 
 
+def _flat(groups: dict[str, list[ShadowSpec]]) -> list[ShadowSpec]:
+    """The specs of every group, in group order."""
+    return [s for g in groups.values() for s in g]
+
+
 def _training_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float:
     """Sum of the training times recorded in the cache for ``specs`` (when each was built)."""
     index = dict(zip(pool.specs, pool.paths))
@@ -216,15 +221,45 @@ def _fig7(lenet_specs: dict, pool: shadow.ShadowPool, source, ds: data.Dataset, 
         except NnmarkError:
             rows.append({"negatives": negatives, "af": af, "kept": 0, "difference": None, "meta_seconds": None,
                          "shadow_models": sum(len(s) for s in specs.values()),
-                         "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+                         "shadow_seconds": _training_seconds(pool, _flat(specs))})
             continue
         pos = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_pos]
         neg = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_neg]
         rows.append({"negatives": negatives, "af": af, "kept": len(key.expected), "positive": statistics.mean(pos),
                      "negative": statistics.mean(neg), "difference": statistics.mean(pos) - statistics.mean(neg),
                      "meta_seconds": seconds, "shadow_models": sum(len(s) for s in specs.values()),
-                     "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+                     "shadow_seconds": _training_seconds(pool, _flat(specs))})
     return rows
+
+
+def _fig5(source, keys: dict[str, KeyFile], ds: data.Dataset, seed: int) -> dict[str, dict]:
+    """Fig. 5's rows: the source behind each transform of ``TRANSFORM_STRENGTHS``, by "name k=v"."""
+    test = natural_pool(ds)
+    out = {}
+    for name, strengths in TRANSFORM_STRENGTHS.items():
+        for kwargs in strengths:
+            label = f"{name} " + ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
+            seeded = "seed" in inspect.signature(TRANSFORMS[name]).parameters
+            transform = TRANSFORMS[name](**kwargs, **({"seed": seed} if seeded else {}))
+            oracle = TransformedOracle(TorchOracle(source, ds.shape), transform)
+            out[label] = _row(oracle, keys, _transformed_accuracy(source, oracle.transform, test))
+    return out
+
+
+def _cost(pool: shadow.ShadowPool, lenet: dict[str, list[ShadowSpec]], second: dict[str, list[ShadowSpec]],
+          key_info: dict) -> dict:
+    """Shadow models and their recorded training seconds (all, LeNet-5, second architecture), this run's build
+    wall time, and the keys' creation seconds."""
+    all_pool = _flat(lenet) + _flat(second)
+    return {"pool_models": len(dict.fromkeys(all_pool)), "pool_training_seconds": _training_seconds(pool, all_pool),
+            "lenet_models": len(dict.fromkeys(_flat(lenet))),
+            "lenet_training_seconds": _training_seconds(pool, _flat(lenet)),
+            "second_models": len(dict.fromkeys(_flat(second))),
+            "second_training_seconds": _training_seconds(pool, _flat(second)),
+            "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
+            "meta_training_seconds": key_info["MetaFinger"]["seconds"],
+            "meta_training_plain_seconds": key_info[PLAIN]["seconds"],
+            "ipguard_seconds": key_info["IPGuard"]["seconds"]}
 
 
 def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
@@ -236,9 +271,7 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
     digest = models.digest(source)
     lenet, second = _specs(p, seed, digest)
     clean = _clean_specs(p, seed)
-    wanted = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
-    wanted += [s for g in clean.values() for s in g]
-    pool = shadow.build_pool(wanted, base=source, **build)
+    pool = shadow.build_pool(_flat(lenet) + _flat(second) + _flat(clean), base=source, **build)
     pools = {g: pool.select(lenet[g]) + (pool.select(second[g]) if g in second else []) for g in metafinger.POOLS}
     keys, key_info = _keys(source, pools, ds, p, seed)
     test = natural_pool(ds)
@@ -247,28 +280,12 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
     fig3 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
             for name, m in tqdm(attacked.items(), desc="model attacks", disable=not progress, leave=False)}
     fig3 = {"none": _row(LabelsOracle(TorchOracle(source, ds.shape)), keys, models.accuracy(source, test)), **fig3}
-    fig5 = {}
-    for name, strengths in TRANSFORM_STRENGTHS.items():
-        for kwargs in strengths:
-            label = f"{name} " + ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
-            seeded = "seed" in inspect.signature(TRANSFORMS[name]).parameters
-            transform = TRANSFORMS[name](**kwargs, **({"seed": seed} if seeded else {}))
-            oracle = TransformedOracle(TorchOracle(source, ds.shape), transform)
-            fig5[label] = _row(oracle, keys, _transformed_accuracy(source, oracle.transform, test))
+    fig5 = _fig5(source, keys, ds, seed)
     clean_models = {f"{arch} #{i + 1}": m for arch, specs in clean.items() for i, m in enumerate(pool.select(specs))}
     table1 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
               for name, m in clean_models.items()}
     fig7 = _fig7(lenet, pool, source, ds, p, seed, list(attacked.values()), list(clean_models.values()))
-    all_pool = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
-    cost = {"pool_models": len(dict.fromkeys(all_pool)), "pool_training_seconds": _training_seconds(pool, all_pool),
-            "lenet_models": len(dict.fromkeys(s for g in lenet.values() for s in g)),
-            "lenet_training_seconds": _training_seconds(pool, [s for g in lenet.values() for s in g]),
-            "second_models": len(dict.fromkeys(s for g in second.values() for s in g)),
-            "second_training_seconds": _training_seconds(pool, [s for g in second.values() for s in g]),
-            "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
-            "meta_training_seconds": key_info["MetaFinger"]["seconds"],
-            "meta_training_plain_seconds": key_info[PLAIN]["seconds"],
-            "ipguard_seconds": key_info["IPGuard"]["seconds"]}
+    cost = _cost(pool, lenet, second, key_info)
     return {"seed": seed, "source_accuracy": models.accuracy(source, test), "keys": key_info,
             "pools": {g: len(v) for g, v in pools.items()}, "fig3": fig3, "fig5": fig5, "table1": table1,
             "fig7": fig7, "cost": cost}
