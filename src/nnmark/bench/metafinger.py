@@ -294,11 +294,35 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
 # --- report -------------------------------------------------------------------------------------------------
 
 
+CLEAN = (
+    "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; the "
+    "p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's under "
+    "chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.")
+"""How to read the Table 1 layout."""
+FIG7 = (
+    "MetaFinger keys from LeNet-5 sub-pools. Difference = mean query accuracy of the Fig. 3 attacked models minus "
+    "that of the Table 1 clean models (percentage points); the paper reaches 93 points with 6 negatives at AF 5 and "
+    "finds AF 0 poor even with 15 negatives. Shadow models counts the pool (source excluded); their training time "
+    "is each model's recorded build time; meta-training is this run's wall time.")
+"""How to read the Fig. 7 layout."""
+COST = (
+    "Meta-data generation (shadow-model training, one worker process, one core) against meta-training (Algorithm "
+    "1, the main key) and IPGuard's boundary search. Training seconds are each model's recorded build time (a "
+    "cached model keeps the time of the run that built it); the build wall time is this run's.")
+"""How to read the cost table."""
+SCALING = (
+    "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows linearly "
+    "with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, since each step "
+    "draws k = 3 of them).")
+"""What the cost says about larger pools."""
+
+
 def _pct(values: list[float]) -> str:
     return mean_std(values, 100)
 
 
-def _seconds(values: list[float], digits: int) -> str:
+def _mean(values: list[float], digits: int) -> str:
+    """'m ± s' of counts or seconds, with ``digits`` decimals."""
     return mean_std(values, 1, digits)
 
 
@@ -336,10 +360,10 @@ def fig7_table(rows: list[dict]) -> str:
             out.append([f["negatives"], f["af"], f["shadow_models"], 0, "-", "-", "no key",
                         f"{f['shadow_seconds']:.0f} s", "-"])
             continue
-        out.append([f["negatives"], f["af"], f["shadow_models"], _seconds([v["kept"] for v in vals], 0),
+        out.append([f["negatives"], f["af"], f["shadow_models"], _mean([v["kept"] for v in vals], 0),
                     *(_pct([v[k] for v in vals]) for k in ("positive", "negative", "difference")),
-                    f"{_seconds([v['shadow_seconds'] for v in vals], 0)} s",
-                    f"{_seconds([v['meta_seconds'] for v in vals], 1)} s"])
+                    f"{_mean([v['shadow_seconds'] for v in vals], 0)} s",
+                    f"{_mean([v['meta_seconds'] for v in vals], 1)} s"])
     return table(["negative families", "AF", "shadow models", "kept queries", "positives", "negatives", "difference",
                   "shadow training", "meta-training"], out)
 
@@ -349,7 +373,7 @@ def cost_table(rows: list[dict], p: dict) -> str:
     c = [r["cost"] for r in rows]
 
     def cost(name: str, digits: int) -> str:
-        return _seconds([x[name] for x in c], digits)
+        return _mean([x[name] for x in c], digits)
 
     return table(["part", "models", "seconds"], [
         ["LeNet-5 pool training", c[0]["lenet_models"], cost("lenet_training_seconds", 0)],
@@ -389,29 +413,6 @@ def _model_section(rows: list[dict]) -> str:
         query_table(rows, "fig3", [n for n in fig3 if n.startswith("prune")], "attack"),
         "(c) Eq. 1 weight noise std(param)/alpha (smaller alpha: more noise), then FTAL fine-tuning.",
         query_table(rows, "fig3", [n for n in fig3 if n.startswith("noise")], "attack"))
-
-
-CLEAN = (
-    "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; the "
-    "p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's under "
-    "chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.")
-"""How to read the Table 1 layout."""
-FIG7 = (
-    "MetaFinger keys from LeNet-5 sub-pools. Difference = mean query accuracy of the Fig. 3 attacked models minus "
-    "that of the Table 1 clean models (percentage points); the paper reaches 93 points with 6 negatives at AF 5 and "
-    "finds AF 0 poor even with 15 negatives. Shadow models counts the pool (source excluded); their training time "
-    "is each model's recorded build time; meta-training is this run's wall time.")
-"""How to read the Fig. 7 layout."""
-COST = (
-    "Meta-data generation (shadow-model training, one worker process, one core) against meta-training (Algorithm "
-    "1, the main key) and IPGuard's boundary search. Training seconds are each model's recorded build time (a "
-    "cached model keeps the time of the run that built it); the build wall time is this run's.")
-"""How to read the cost table."""
-SCALING = (
-    "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows linearly "
-    "with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, since each step "
-    "draws k = 3 of them).")
-"""What the cost says about larger pools."""
 
 
 def render(result: dict) -> str:
