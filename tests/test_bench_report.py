@@ -15,8 +15,8 @@ from nnmark.bench import common
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 COMMITTED_TORCH = "2.13.0+cpu"
 """The torch the committed reports name (render writes the running torch's version)."""
-REPORTS = ("dbi", "integrity", "coupled", "innformant", "sources")
-FIGURES = ("integrity", "coupled", "innformant")
+REPORTS = ("dbi", "integrity", "coupled", "innformant", "sources", "metafinger")
+FIGURES = ("integrity", "coupled", "innformant", "metafinger")
 
 
 def test_table_aligns_the_columns_it_is_told_and_left_aligns_the_rest():

@@ -37,7 +37,6 @@ minutes of one core with an empty shadow cache (each seed trains ~60 models, ~11
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import statistics
 import time
@@ -47,9 +46,9 @@ import torch
 from tqdm.auto import tqdm
 
 from nnmark import data, models
-from nnmark._io import atomic_write_bytes
 from nnmark.attacks import MODES, TRANSFORMS, finetune_mode, prune_finetune, relative_weight_noise
-from nnmark.bench.common import header, mean_std, parameters, write
+from nnmark.bench import plots
+from nnmark.bench.common import document, header, mean_std, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import NnmarkError
 from nnmark.keys import KeyFile
@@ -131,6 +130,11 @@ def subset_pools(lenet: dict[str, list[ShadowSpec]], negatives: int, af: int) ->
            if s.seed in families and (not s.augmented or s.augment_seed % 1000 < af)]
     return {"positives_train": positives[: af - n_val], "negatives_train": neg,
             "positives_val": positives[af - n_val:], "negatives_val": lenet["negatives_val"]}
+
+
+def _flat(groups: dict[str, list[ShadowSpec]]) -> list[ShadowSpec]:
+    """The specs of every group, in group order."""
+    return [s for g in groups.values() for s in g]
 
 
 def _training_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float:
@@ -217,15 +221,45 @@ def _fig7(lenet_specs: dict, pool: shadow.ShadowPool, source, ds: data.Dataset, 
         except NnmarkError:
             rows.append({"negatives": negatives, "af": af, "kept": 0, "difference": None, "meta_seconds": None,
                          "shadow_models": sum(len(s) for s in specs.values()),
-                         "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+                         "shadow_seconds": _training_seconds(pool, _flat(specs))})
             continue
         pos = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_pos]
         neg = [query_accuracy(LabelsOracle(TorchOracle(m, ds.shape)), key)["accuracy"] for m in held_neg]
         rows.append({"negatives": negatives, "af": af, "kept": len(key.expected), "positive": statistics.mean(pos),
                      "negative": statistics.mean(neg), "difference": statistics.mean(pos) - statistics.mean(neg),
                      "meta_seconds": seconds, "shadow_models": sum(len(s) for s in specs.values()),
-                     "shadow_seconds": _training_seconds(pool, [s for g in specs.values() for s in g])})
+                     "shadow_seconds": _training_seconds(pool, _flat(specs))})
     return rows
+
+
+def _fig5(source, keys: dict[str, KeyFile], ds: data.Dataset, seed: int) -> dict[str, dict]:
+    """Fig. 5's rows: the source behind each transform of ``TRANSFORM_STRENGTHS``, by "name k=v"."""
+    test = natural_pool(ds)
+    out = {}
+    for name, strengths in TRANSFORM_STRENGTHS.items():
+        for kwargs in strengths:
+            label = f"{name} " + ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
+            seeded = "seed" in inspect.signature(TRANSFORMS[name]).parameters
+            transform = TRANSFORMS[name](**kwargs, **({"seed": seed} if seeded else {}))
+            oracle = TransformedOracle(TorchOracle(source, ds.shape), transform)
+            out[label] = _row(oracle, keys, _transformed_accuracy(source, oracle.transform, test))
+    return out
+
+
+def _cost(pool: shadow.ShadowPool, lenet: dict[str, list[ShadowSpec]], second: dict[str, list[ShadowSpec]],
+          key_info: dict) -> dict:
+    """Shadow models and their recorded training seconds (all, LeNet-5, second architecture), this run's build
+    wall time, and the keys' creation seconds."""
+    all_pool = _flat(lenet) + _flat(second)
+    return {"pool_models": len(dict.fromkeys(all_pool)), "pool_training_seconds": _training_seconds(pool, all_pool),
+            "lenet_models": len(dict.fromkeys(_flat(lenet))),
+            "lenet_training_seconds": _training_seconds(pool, _flat(lenet)),
+            "second_models": len(dict.fromkeys(_flat(second))),
+            "second_training_seconds": _training_seconds(pool, _flat(second)),
+            "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
+            "meta_training_seconds": key_info["MetaFinger"]["seconds"],
+            "meta_training_plain_seconds": key_info[PLAIN]["seconds"],
+            "ipguard_seconds": key_info["IPGuard"]["seconds"]}
 
 
 def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
@@ -237,9 +271,7 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
     digest = models.digest(source)
     lenet, second = _specs(p, seed, digest)
     clean = _clean_specs(p, seed)
-    wanted = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
-    wanted += [s for g in clean.values() for s in g]
-    pool = shadow.build_pool(wanted, base=source, **build)
+    pool = shadow.build_pool(_flat(lenet) + _flat(second) + _flat(clean), base=source, **build)
     pools = {g: pool.select(lenet[g]) + (pool.select(second[g]) if g in second else []) for g in metafinger.POOLS}
     keys, key_info = _keys(source, pools, ds, p, seed)
     test = natural_pool(ds)
@@ -248,28 +280,12 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
     fig3 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
             for name, m in tqdm(attacked.items(), desc="model attacks", disable=not progress, leave=False)}
     fig3 = {"none": _row(LabelsOracle(TorchOracle(source, ds.shape)), keys, models.accuracy(source, test)), **fig3}
-    fig5 = {}
-    for name, strengths in TRANSFORM_STRENGTHS.items():
-        for kwargs in strengths:
-            label = f"{name} " + ", ".join(f"{k}={v:g}" for k, v in kwargs.items())
-            seeded = "seed" in inspect.signature(TRANSFORMS[name]).parameters
-            transform = TRANSFORMS[name](**kwargs, **({"seed": seed} if seeded else {}))
-            oracle = TransformedOracle(TorchOracle(source, ds.shape), transform)
-            fig5[label] = _row(oracle, keys, _transformed_accuracy(source, oracle.transform, test))
+    fig5 = _fig5(source, keys, ds, seed)
     clean_models = {f"{arch} #{i + 1}": m for arch, specs in clean.items() for i, m in enumerate(pool.select(specs))}
     table1 = {name: _row(LabelsOracle(TorchOracle(m, ds.shape)), keys, models.accuracy(m, test))
               for name, m in clean_models.items()}
     fig7 = _fig7(lenet, pool, source, ds, p, seed, list(attacked.values()), list(clean_models.values()))
-    all_pool = [s for g in lenet.values() for s in g] + [s for g in second.values() for s in g]
-    cost = {"pool_models": len(dict.fromkeys(all_pool)), "pool_training_seconds": _training_seconds(pool, all_pool),
-            "lenet_models": len(dict.fromkeys(s for g in lenet.values() for s in g)),
-            "lenet_training_seconds": _training_seconds(pool, [s for g in lenet.values() for s in g]),
-            "second_models": len(dict.fromkeys(s for g in second.values() for s in g)),
-            "second_training_seconds": _training_seconds(pool, [s for g in second.values() for s in g]),
-            "build_wall_seconds": pool.seconds, "trained_this_run": len(pool.trained),
-            "meta_training_seconds": key_info["MetaFinger"]["seconds"],
-            "meta_training_plain_seconds": key_info[PLAIN]["seconds"],
-            "ipguard_seconds": key_info["IPGuard"]["seconds"]}
+    cost = _cost(pool, lenet, second, key_info)
     return {"seed": seed, "source_accuracy": models.accuracy(source, test), "keys": key_info,
             "pools": {g: len(v) for g, v in pools.items()}, "fig3": fig3, "fig5": fig5, "table1": table1,
             "fig7": fig7, "cost": cost}
@@ -278,172 +294,185 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
 # --- report -------------------------------------------------------------------------------------------------
 
 
+CLEAN = (
+    "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; the "
+    "p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's under "
+    "chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.")
+"""How to read the Table 1 layout."""
+FIG7 = (
+    "MetaFinger keys from LeNet-5 sub-pools. Difference = mean query accuracy of the Fig. 3 attacked models minus "
+    "that of the Table 1 clean models (percentage points); the paper reaches 93 points with 6 negatives at AF 5 and "
+    "finds AF 0 poor even with 15 negatives. Shadow models counts the pool (source excluded); their training time "
+    "is each model's recorded build time; meta-training is this run's wall time.")
+"""How to read the Fig. 7 layout."""
+COST = (
+    "Meta-data generation (shadow-model training, one worker process, one core) against meta-training (Algorithm "
+    "1, the main key) and IPGuard's boundary search. Training seconds are each model's recorded build time (a "
+    "cached model keeps the time of the run that built it); the build wall time is this run's.")
+"""How to read the cost table."""
+SCALING = (
+    "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows linearly "
+    "with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, since each step "
+    "draws k = 3 of them).")
+"""What the cost says about larger pools."""
+
+
 def _pct(values: list[float]) -> str:
     return mean_std(values, 100)
 
 
-def _table(rows: list[dict], section: str, names: list[str], first: str) -> list[str]:
-    out = [f"| {first} | test accuracy | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
-    for name in names:
-        cells = [_pct([r[section][name][m]["accuracy"] for r in rows]) for m in METHODS]
-        accuracy = _pct([r[section][name]["test_accuracy"] for r in rows])
-        out.append(f"| {name} | {accuracy} | " + " | ".join(cells) + " |")
-    return out
+def _mean(values: list[float], digits: int) -> str:
+    """'m ± s' of counts or seconds, with ``digits`` decimals."""
+    return mean_std(values, 1, digits)
 
 
 def _pvalue(values: list[float | None]) -> str:
     return "n/a" if any(v is None for v in values) else f"{max(values):.2g}"
 
 
-def render(result: dict) -> str:
-    rows, p = result["seeds"], result["params"]
-    fig3 = list(rows[0]["fig3"])
-    modes = ["none", *MODES]
-    prunes = [n for n in fig3 if n.startswith("prune")]
-    noises = [n for n in fig3 if n.startswith("noise")]
-    r0 = rows[0]
-    lines = [
-        "# Ownership fingerprints: MetaFinger vs IPGuard (Yang et al. layout), mnist5k, LeNet-5 source", "",
-        f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}. "
-        "Query accuracy in % (the share of a key's queries the suspect labels as expected), mean ± std over seeds. "
-        "Test accuracy on the first half of the test split; the attacker fine-tunes on the second half.", "",
-        f"Parameters: `{json.dumps({k: v for k, v in p.items()})}`.", "",
-        f"Pools (seed 0): {r0['pools']} models (MetaFinger adds the source to both positive pools); LeNet-5 "
-        f"families {p['negatives']} with AF {p['af']}, {p['second_arch']} families {p['second_negatives']} with AF "
-        f"{p['second_af']}; eq. 1 alpha {p['alpha']:g}. Keys (seed 0): MetaFinger {r0['keys']['MetaFinger']['n']} "
-        f"queries ({r0['keys']['MetaFinger']['screened']} passed the screen, null p0 = "
-        f"{r0['keys']['MetaFinger']['p0']:.3f}; without input augmentation {r0['keys'][PLAIN]['n']} queries, p0 = "
-        f"{r0['keys'][PLAIN]['p0']:.3f}), IPGuard {r0['keys']['IPGuard']['n']} boundary points "
-        f"(k = {ipguard.DEFAULT_K:g}, {r0['keys']['IPGuard']['converged']} converged), "
-        f"Natural {r0['keys']['Natural']['n']} "
-        "test images labelled by the source. Deviations from the paper: see the module docstring of "
-        "`nnmark.bench.metafinger` (one small data set, small pools, short training of the larger architectures).", "",
-        "## Model modification (Fig. 3 layout)", "",
-        "(a) Fine-tuning modes on the attacker's data. A key that stays near 100% identifies the stolen model after "
-        "the attack; the test accuracy shows the attacker kept a useful model.", "",
-        *_table(rows, "fig3", modes, "attack"), "",
-        "(b) Pruning p% of each layer's weights by magnitude, then fine-tuning with the mask kept.", "",
-        *_table(rows, "fig3", prunes, "attack"), "",
-        "(c) Eq. 1 weight noise std(param)/alpha (smaller alpha: more noise), then FTAL fine-tuning.", "",
-        *_table(rows, "fig3", noises, "attack"), "",
-        "## Input modification (Fig. 5 layout)", "",
-        "The unmodified source behind a preprocessing of every query. Test accuracy is the source's accuracy "
-        "under the same preprocessing.", "",
-        *_table(rows, "fig5", list(r0["fig5"]), "transform"), "",
-        "## Clean models (Table 1 layout)", "",
-        "Independently trained models in no shadow pool. Low query accuracy means no false claim of ownership; "
-        "the p-value (largest over seeds) is MetaFinger's binomial tail under its calibrated null p0 and IPGuard's "
-        "under chance 1/10; 'match' counts the seeds where the method's rule would (falsely) claim the model.", "",
-        "| model | test accuracy | " + " | ".join(f"{m} | p-value | match" for m in DECIDING) + " | Natural |",
-        "|---|---|" + "---|---|---|" * len(DECIDING) + "---|",
-    ]
-    for name in r0["table1"]:
-        cells = [_pct([r["table1"][name]["test_accuracy"] for r in rows])]
+def query_table(rows: list[dict], part: str, names: list[str], first: str) -> str:
+    """Fig. 3 / Fig. 5 layout: per attack or transform, test accuracy and each key's query accuracy (%)."""
+    return table([first, "test accuracy", *METHODS], [
+        [name, _pct([r[part][name]["test_accuracy"] for r in rows]),
+         *(_pct([r[part][name][m]["accuracy"] for r in rows]) for m in METHODS)] for name in names])
+
+
+def clean_table(rows: list[dict]) -> str:
+    """Table 1 layout: per clean model, test accuracy, each deciding key's query accuracy, p-value and matches."""
+    out = []
+    for name in rows[0]["table1"]:
+        cells = [name, _pct([r["table1"][name]["test_accuracy"] for r in rows])]
         for m in DECIDING:
             vals = [r["table1"][name][m] for r in rows]
             cells += [_pct([v["accuracy"] for v in vals]), _pvalue([v["p_value"] for v in vals]),
                       f"{sum(bool(v['passed']) for v in vals)}/{len(vals)}"]
-        cells.append(_pct([r["table1"][name]["Natural"]["accuracy"] for r in rows]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "", "## Negative models and augmentation (Fig. 7 layout)", "",
-        "MetaFinger keys from LeNet-5 sub-pools. Difference = mean query accuracy of the Fig. 3 attacked models "
-        "minus that of the Table 1 clean models (percentage points); the paper reaches 93 points with 6 negatives "
-        "at AF 5 and finds AF 0 poor even with 15 negatives. Shadow models counts the pool (source excluded); "
-        "their training time is each model's recorded build time; meta-training is this run's wall time.", "",
-        "| negative families | AF | shadow models | kept queries | positives | negatives | difference | "
-        "shadow training | meta-training |", "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, f in enumerate(r0["fig7"]):
+        out.append([*cells, _pct([r["table1"][name]["Natural"]["accuracy"] for r in rows])])
+    headers = ["model", "test accuracy", *(c for m in DECIDING for c in (m, "p-value", "match")), "Natural"]
+    return table(headers, out)
+
+
+def fig7_table(rows: list[dict]) -> str:
+    """Fig. 7 layout: per sub-pool, its size, kept queries, query accuracies and difference, and costs."""
+    out = []
+    for i, f in enumerate(rows[0]["fig7"]):
         vals = [r["fig7"][i] for r in rows]
         if any(v["difference"] is None for v in vals):
-            lines.append(f"| {f['negatives']} | {f['af']} | {f['shadow_models']} | 0 | - | - | no key | "
-                         f"{f['shadow_seconds']:.0f} s | - |")
+            out.append([f["negatives"], f["af"], f["shadow_models"], 0, "-", "-", "no key",
+                        f"{f['shadow_seconds']:.0f} s", "-"])
             continue
-        lines.append(
-            f"| {f['negatives']} | {f['af']} | {f['shadow_models']} | {mean_std([v['kept'] for v in vals], 1, 0)} | "
-            f"{_pct([v['positive'] for v in vals])} | {_pct([v['negative'] for v in vals])} | "
-            f"{_pct([v['difference'] for v in vals])} | {mean_std([v['shadow_seconds'] for v in vals], 1, 0)} s | "
-            f"{mean_std([v['meta_seconds'] for v in vals], 1, 1)} s |")
+        out.append([f["negatives"], f["af"], f["shadow_models"], _mean([v["kept"] for v in vals], 0),
+                    *(_pct([v[k] for v in vals]) for k in ("positive", "negative", "difference")),
+                    f"{_mean([v['shadow_seconds'] for v in vals], 0)} s",
+                    f"{_mean([v['meta_seconds'] for v in vals], 1)} s"])
+    return table(["negative families", "AF", "shadow models", "kept queries", "positives", "negatives", "difference",
+                  "shadow training", "meta-training"], out)
+
+
+def cost_table(rows: list[dict], p: dict) -> str:
+    """Shadow-model training against meta-training and IPGuard's boundary search (seconds)."""
     c = [r["cost"] for r in rows]
-    lines += [
-        "", "## Cost", "",
-        "Meta-data generation (shadow-model training, one worker process, one core) against meta-training "
-        "(Algorithm 1, the main key) and IPGuard's boundary search. Training seconds are each model's recorded "
-        "build time (a cached model keeps the time of the run that built it); the build wall time is this run's.", "",
-        "| part | models | seconds |", "|---|---|---|",
-        f"| LeNet-5 pool training | {c[0]['lenet_models']} | "
-        f"{mean_std([x['lenet_training_seconds'] for x in c], 1, 0)} |",
-        f"| {p['second_arch']} pool training | {c[0]['second_models']} | "
-        f"{mean_std([x['second_training_seconds'] for x in c], 1, 0)} |",
-        f"| build_pool wall time this run ({sum(x['trained_this_run'] for x in c)} models trained) | "
-        f"{c[0]['pool_models']} + clean | {mean_std([x['build_wall_seconds'] for x in c], 1, 0)} |",
-        f"| MetaFinger meta-training + screening | - | {mean_std([x['meta_training_seconds'] for x in c], 1, 1)} |",
-        f"| the same without input augmentation | - | "
-        f"{mean_std([x['meta_training_plain_seconds'] for x in c], 1, 1)} |",
-        f"| IPGuard boundary search | - | {mean_std([x['ipguard_seconds'] for x in c], 1, 1)} |",
-        "", "Scaling with the number of shadow models: the Fig. 7 table's last two columns (training time grows "
-        "linearly with the models; meta-training grows with the anchors, i.e. with AF, not with the negatives, "
-        "since each step draws k = 3 of them).", "",
-        f"![Fig. 3 and Fig. 7 panels]({STEM}.png)", "",
-    ]
-    return "\n".join(lines) + "\n"
+
+    def cost(name: str, digits: int) -> str:
+        return _mean([x[name] for x in c], digits)
+
+    return table(["part", "models", "seconds"], [
+        ["LeNet-5 pool training", c[0]["lenet_models"], cost("lenet_training_seconds", 0)],
+        [f"{p['second_arch']} pool training", c[0]["second_models"], cost("second_training_seconds", 0)],
+        [f"build_pool wall time this run ({sum(x['trained_this_run'] for x in c)} models trained)",
+         f"{c[0]['pool_models']} + clean", cost("build_wall_seconds", 0)],
+        ["MetaFinger meta-training + screening", "-", cost("meta_training_seconds", 1)],
+        ["the same without input augmentation", "-", cost("meta_training_plain_seconds", 1)],
+        ["IPGuard boundary search", "-", cost("ipguard_seconds", 1)],
+    ])
 
 
-def plot(result: dict) -> bytes:
-    """PNG: Fig. 3 (a) fine-tuning, (b) pruning, (c) noise; Fig. 7 (d) vs negatives, (e) vs AF (seed means)."""
-    import matplotlib
+def _setup(result: dict) -> str:
+    """The run's pools and keys (seed 0), and where the deviations from the paper are listed."""
+    r0, p = result["seeds"][0], result["params"]
+    mf, plain = r0["keys"]["MetaFinger"], r0["keys"][PLAIN]
+    return (
+        f"Pools (seed 0): {r0['pools']} models (MetaFinger adds the source to both positive pools); LeNet-5 "
+        f"families {p['negatives']} with AF {p['af']}, {p['second_arch']} families {p['second_negatives']} with AF "
+        f"{p['second_af']}; eq. 1 alpha {p['alpha']:g}. Keys (seed 0): MetaFinger {mf['n']} queries "
+        f"({mf['screened']} passed the screen, null p0 = {mf['p0']:.3f}; without input augmentation {plain['n']} "
+        f"queries, p0 = {plain['p0']:.3f}), IPGuard {r0['keys']['IPGuard']['n']} boundary points "
+        f"(k = {ipguard.DEFAULT_K:g}, {r0['keys']['IPGuard']['converged']} converged), "
+        f"Natural {r0['keys']['Natural']['n']} test images labelled by the source. Deviations from the paper: see "
+        "the module docstring of `nnmark.bench.metafinger` (one small data set, small pools, short training of the "
+        "larger architectures).")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = result["seeds"]
-
-    def mean(section: str, name: str, m: str) -> float:
-        return 100 * statistics.mean(r[section][name][m]["accuracy"] for r in rows)
-
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+def _model_section(rows: list[dict]) -> str:
     fig3 = list(rows[0]["fig3"])
-    width = 0.8 / len(METHODS)
-    for i, m in enumerate(METHODS):
-        axes[0].bar([x + (i - (len(METHODS) - 1) / 2) * width for x in range(len(MODES))],
-                    [mean("fig3", a, m) for a in MODES], width, label=m)
-    axes[0].set_xticks(range(len(MODES)), MODES)
-    axes[0].set_title("(a) fine-tuning")
-    for ax, prefix, title in ((axes[1], "prune", "(b) pruning + fine-tuning"),
-                              (axes[2], "noise", "(c) weight noise + fine-tuning")):
-        names = [n for n in fig3 if n.startswith(prefix)]
-        ticks = [n.split(" ", 1)[1] for n in names]
-        for m in METHODS:
-            ax.plot(ticks, [mean("fig3", n, m) for n in names], marker="o", label=m)
-        ax.plot(ticks, [100 * statistics.mean(r["fig3"][n]["test_accuracy"] for r in rows) for n in names],
-                "k--", label="test accuracy")
-        ax.set_title(title)
-        ax.tick_params(axis="x", labelrotation=30)
-    for ax in axes[:3]:
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("query accuracy (%)")
-    axes[0].legend(loc="lower left")
-    axes[1].legend(loc="lower left")
-    p = result["params"]
+    return section(
+        "Model modification (Fig. 3 layout)",
+        "(a) Fine-tuning modes on the attacker's data. A key that stays near 100% identifies the stolen model after "
+        "the attack; the test accuracy shows the attacker kept a useful model.",
+        query_table(rows, "fig3", ["none", *MODES], "attack"),
+        "(b) Pruning p% of each layer's weights by magnitude, then fine-tuning with the mask kept.",
+        query_table(rows, "fig3", [n for n in fig3 if n.startswith("prune")], "attack"),
+        "(c) Eq. 1 weight noise std(param)/alpha (smaller alpha: more noise), then FTAL fine-tuning.",
+        query_table(rows, "fig3", [n for n in fig3 if n.startswith("noise")], "attack"))
+
+
+def render(result: dict) -> str:
+    """metafinger.md: the setup, then the Fig. 3, Fig. 5, Table 1 and Fig. 7 layouts and the cost."""
+    rows, p = result["seeds"], result["params"]
+    return document(
+        "# Ownership fingerprints: MetaFinger vs IPGuard (Yang et al. layout), mnist5k, LeNet-5 source",
+        f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}. "
+        "Query accuracy in % (the share of a key's queries the suspect labels as expected), mean ± std over seeds. "
+        "Test accuracy on the first half of the test split; the attacker fine-tunes on the second half.",
+        f"Parameters: `{json.dumps(p)}`.",
+        _setup(result),
+        _model_section(rows),
+        section("Input modification (Fig. 5 layout)",
+                "The unmodified source behind a preprocessing of every query. Test accuracy is the source's "
+                "accuracy under the same preprocessing.",
+                query_table(rows, "fig5", list(rows[0]["fig5"]), "transform")),
+        section("Clean models (Table 1 layout)", CLEAN, clean_table(rows)),
+        section("Negative models and augmentation (Fig. 7 layout)", FIG7, fig7_table(rows)),
+        section("Cost", COST, cost_table(rows, p)),
+        SCALING,
+        f"![Fig. 3 and Fig. 7 panels]({STEM}.png)",
+    )
+
+
+def _mean_accuracy(rows: list[dict], part: str, name: str, m: str) -> float:
+    """Seed mean of a key's (or with ``m`` None, the model's test) accuracy, in %."""
+    return 100 * statistics.mean(r[part][name][m]["accuracy"] if m else r[part][name]["test_accuracy"] for r in rows)
+
+
+def _curve(rows: list[dict], prefix: str, title: str) -> dict:
+    """A Fig. 3 line panel: the attacks named ``prefix`` ..., each key's query accuracy and the test accuracy."""
+    names = [n for n in rows[0]["fig3"] if n.startswith(prefix)]
+    return {"title": title, "x": [n.split(" ", 1)[1] for n in names],
+            "keys": {m: [_mean_accuracy(rows, "fig3", n, m) for n in names] for m in METHODS},
+            "accuracy": [_mean_accuracy(rows, "fig3", n, None) for n in names]}
+
+
+def _difference(result: dict, varied: str, fixed: str, title: str) -> dict:
+    """A Fig. 7 panel: the query-accuracy difference (pp) against ``varied``, at the run's ``fixed`` setting,
+    over the sub-pools that gave a key in every seed."""
+    rows, value = result["seeds"], result["params"][fixed]
     fig7 = rows[0]["fig7"]
-    for ax, key, fixed, title in ((axes[3], "negatives", ("af", p["af"]), "(d) vs negative families"),
-                                  (axes[4], "af", ("negatives", p["negatives"]), "(e) vs augmentation factor")):
-        idx = sorted((i for i, f in enumerate(fig7) if f[fixed[0]] == fixed[1] and f["difference"] is not None
-                      and all(r["fig7"][i]["difference"] is not None for r in rows)), key=lambda i: fig7[i][key])
-        xs = [fig7[i][key] for i in idx]
-        ys = [100 * statistics.mean(r["fig7"][i]["difference"] for r in rows) for i in idx]
-        ax.plot(xs, ys, marker="o")
-        ax.set_xticks(xs)
-        ax.set_ylim(-5, 105)
-        ax.set_title(f"{title} ({fixed[0]} = {fixed[1]})")
-        ax.set_ylabel("query accuracy difference (pp)")
-        ax.set_xlabel(key)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    idx = sorted((i for i, f in enumerate(fig7) if f[fixed] == value
+                  and all(r["fig7"][i]["difference"] is not None for r in rows)), key=lambda i: fig7[i][varied])
+    return {"title": f"{title} ({fixed} = {value})", "xlabel": varied, "x": [fig7[i][varied] for i in idx],
+            "y": [100 * statistics.mean(r["fig7"][i]["difference"] for r in rows) for i in idx]}
+
+
+def figure(result: dict) -> bytes:
+    """metafinger.png: Fig. 3 (a) fine-tuning, (b) pruning, (c) noise; Fig. 7 (d) vs negatives, (e) vs AF
+    (seed means)."""
+    rows = result["seeds"]
+    bars = {"title": "(a) fine-tuning", "x": list(MODES),
+            "keys": {m: [_mean_accuracy(rows, "fig3", a, m) for a in MODES] for m in METHODS}}
+    curves = [_curve(rows, "prune", "(b) pruning + fine-tuning"),
+              _curve(rows, "noise", "(c) weight noise + fine-tuning")]
+    differences = [_difference(result, "negatives", "af", "(d) vs negative families"),
+                   _difference(result, "af", "negatives", "(e) vs augmentation factor")]
+    return plots.fingerprint_panels(bars, curves, differences)
 
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
@@ -457,7 +486,4 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
         "seeds": rows,
         "wall_seconds": time.perf_counter() - start,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / f"{STEM}.png", plot(result))
-    return write(out, STEM, result, render(result))
+    return write(out_dir, STEM, result, render(result), figure(result))

@@ -89,3 +89,45 @@ def boundary_steps(cases: list[dict]) -> bytes:
     axes[2].legend()
     fig.tight_layout()
     return _png(fig, dpi=110)
+
+
+FINGERPRINT_PANEL = (4.4, 4)
+"""Width and height (inches) of each panel of ``fingerprint_panels``."""
+
+
+def fingerprint_panels(bars: dict, curves: list[dict], differences: list[dict]) -> bytes:
+    """Yang et al.'s Fig. 3 and Fig. 7 panels in one row, query accuracies in %.
+
+    ``bars`` (title, x, keys: label -> ys): grouped bars, one per key at each x; each of ``curves`` (title, x
+    tick labels, keys: label -> ys, accuracy: the models' test accuracy, dashed black): one line per key; each of
+    ``differences`` (title, xlabel, x, y): the query-accuracy difference in percentage points.
+    """
+    n = 1 + len(curves) + len(differences)
+    fig, axes = plt.subplots(1, n, figsize=(FINGERPRINT_PANEL[0] * n, FINGERPRINT_PANEL[1]))
+    width = 0.8 / len(bars["keys"])
+    for i, (label, ys) in enumerate(bars["keys"].items()):
+        axes[0].bar([x + (i - (len(bars["keys"]) - 1) / 2) * width for x in range(len(bars["x"]))], ys, width,
+                    label=label)
+    axes[0].set_xticks(range(len(bars["x"])), bars["x"])
+    axes[0].set_title(bars["title"])
+    for ax, curve in zip(axes[1:], curves):
+        for label, ys in curve["keys"].items():
+            ax.plot(curve["x"], ys, marker="o", label=label)
+        ax.plot(curve["x"], curve["accuracy"], "k--", label="test accuracy")
+        ax.set_title(curve["title"])
+        ax.tick_params(axis="x", labelrotation=30)
+    for ax in axes[: 1 + len(curves)]:
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("query accuracy (%)")
+    axes[0].legend(loc="lower left")
+    if curves:
+        axes[1].legend(loc="lower left")
+    for ax, panel in zip(axes[1 + len(curves):], differences):
+        ax.plot(panel["x"], panel["y"], marker="o")
+        ax.set_xticks(panel["x"])
+        ax.set_ylim(-5, 105)
+        ax.set_title(panel["title"])
+        ax.set_ylabel("query accuracy difference (pp)")
+        ax.set_xlabel(panel["xlabel"])
+    fig.tight_layout()
+    return _png(fig, dpi=80)
