@@ -173,8 +173,8 @@ def test_keys_are_listed_and_shown_without_asking_a_model(world):
     assert keyinfo.describe(world["key_dir"] / "dbi.key", secret=b"wrong")["signature"].startswith("invalid")
 
 
-def test_public_url_drops_user_info():
-    assert audit.public_url("https://alice:pw@example.org:8443/v2?x=1") == "https://example.org:8443/v2?x=1"
+def test_reports_name_endpoints_without_user_info():
+    assert audit.redact_url("https://alice:pw@example.org:8443/v2?x=1") == "https://***@example.org:8443/v2?x=1"
 
 
 def test_the_cli_audits_a_fleet_writes_its_report_and_log_and_finds_an_edited_log(world, tmp_path):

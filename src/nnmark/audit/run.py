@@ -25,7 +25,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
@@ -38,6 +37,7 @@ from nnmark.marks.integrity import pairing
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
+from nnmark.oracles.endpoint import redact_url
 
 INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
@@ -59,16 +59,6 @@ ERROR = "error"
 
 
 # --- targets ----------------------------------------------------------------------------------------
-
-
-def public_url(url: str) -> str:
-    """``url`` without user name and password (kept out of reports and logs)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass
@@ -102,7 +92,7 @@ def endpoint_info(url: str, model_name: str = "model", token: bytes | None = Non
     """(info, published) of an OIP v2 endpoint: its public URL, server and model metadata, and the "model_digest"
     and "model_card" its model metadata's parameters publish, if any."""
     server, model = _metadata(url, model_name, token)
-    return {"endpoint": public_url(url), "model_name": model_name, "server": server, "model": model}, published_by(model)
+    return {"endpoint": redact_url(url), "model_name": model_name, "server": server, "model": model}, published_by(model)
 
 
 def published_by(model_metadata: dict) -> dict:
@@ -117,7 +107,7 @@ def endpoint_target(url: str, *, model_name: str = "model", token: bytes | None 
     from nnmark.oracles.remote import HttpOracle
 
     info, published = endpoint_info(url, model_name, token)
-    return Target(public_url(url), lambda: HttpOracle(url, model_name=model_name, token=token, budget=budget), info,
+    return Target(redact_url(url), lambda: HttpOracle(url, model_name=model_name, token=token, budget=budget), info,
                   published)
 
 
@@ -134,7 +124,7 @@ def _metadata(url: str, model_name: str, token: bytes | None) -> tuple[dict, dic
             try:
                 body = client.get(path).json()
             except httpx.HTTPError as e:
-                raise EndpointError(f"endpoint {public_url(url)} cannot be reached: {type(e).__name__}") from None
+                raise EndpointError(f"endpoint {redact_url(url)} cannot be reached: {type(e).__name__}") from None
             except ValueError:
                 body = {}
             answers.append(body if isinstance(body, dict) else {})

@@ -16,6 +16,7 @@ from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, Group, emit, json_option, with_secret
 from nnmark.cli.suspect import suspect_options, suspect_oracle
+from nnmark.oracles.endpoint import redact_url
 
 AUDIT_HELP = """\b
 Summary line per target, e.g.:
@@ -35,7 +36,7 @@ def _target(model_path, env_name, endpoint, model_name, token_file, budget) -> a
     """The audit target of the suspect options (one --endpoint URL, or --model); its oracle comes from the shared
     suspect builder, and an endpoint's metadata is read when it is opened, so an unreachable replica of a fleet
     is that target's error."""
-    name = audit_run.public_url(endpoint) if endpoint else model_path
+    name = redact_url(endpoint) if endpoint else model_path
     info = {"endpoint": name} if endpoint else {"model": name, "env": env_name}
     published: dict = {}
 
