@@ -106,3 +106,15 @@ def test_every_command_has_help_with_an_example():
 def test_group_listings_show_whole_descriptions(group):
     r = CliRunner().invoke(main, [group, "--help"])
     assert r.exit_code == 0 and "..." not in r.output.split("Commands:")[1], r.output
+
+
+def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "missing.safetensors"), "--port", str(port)])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert f"cannot serve on 127.0.0.1:{port}" in r.stderr  # the address, not the missing model, is reported

@@ -330,7 +330,7 @@ def create_app(
     return app
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (0: a free port); ``EndpointError`` when the address is taken."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -370,7 +370,7 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
     A non-loopback ``host`` needs the app to have a token, or ``insecure_no_token=True`` (then it warns);
     a taken port is an ``EndpointError`` before anything is served."""
     check_exposure(host, app.state.token, insecure_no_token)
-    sock = _bind(host, port)
+    sock = bind(host, port)
     try:
         config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_SECONDS)
         uvicorn.Server(config).run(sockets=[sock])
@@ -385,7 +385,7 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, log_level: 
 
     ``port=0`` takes a free port. For notebooks and tests; ``run`` is the blocking server.
     """
-    sock = _bind(host, port)
+    sock = bind(host, port)
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off",
                                            timeout_keep_alive=KEEP_ALIVE_SECONDS))

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import CliError, load_model, model_option
+from nnmark.cli._shared import load_model, model_option
 from nnmark.cli.suspect import env_option, read_token
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 256
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse, before anything is printed or loaded, an address this process cannot bind."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 @click.command()
@@ -52,7 +40,7 @@ def serve(model_path, env_name, host, port, model_name, token_file, output, max_
     token = read_token(token_file)
     serving.check_exposure(host, token, insecure_no_token)
     for p in (port, grpc_port) if grpc_port else (port,):
-        _check_port_free(host, p)
+        serving.bind(host, p).close()  # a taken address: one line now, before the model loads
     model, loaded = load_model(model_path)
     oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch,
