@@ -25,7 +25,6 @@ from nnmark.errors import KeyFileError, SignatureError
 from nnmark.marks import METHODS
 
 VALID, INVALID, UNSIGNED, NOT_CHECKED, MALFORMED = "valid", "invalid", "unsigned", "not checked", "malformed"
-_KEY_META, _SIG_META = "nnmark.key", "nnmark.signature"
 
 
 def purpose_of(method: str) -> str:
@@ -42,15 +41,15 @@ def _header(path: Path) -> tuple[dict, str, list[int]]:
             shape = f.get_slice("queries").get_shape() if "queries" in f.keys() else []
     except Exception as e:  # safetensors raises its own error types: all mean "not a readable key file"
         raise KeyFileError(f"{path}: not a safetensors key file ({type(e).__name__})") from None
-    if _KEY_META not in meta:
+    if keys.KEY_META not in meta:
         raise KeyFileError(f"{path}: not an nnmark key file")
     try:
-        info = json.loads(meta[_KEY_META])
+        info = json.loads(meta[keys.KEY_META])
     except ValueError:
         raise KeyFileError(f"{path}: key metadata is not valid JSON") from None
     if not isinstance(info, dict):
         raise KeyFileError(f"{path}: key metadata is not a JSON object")
-    return info, meta.get(_SIG_META, ""), list(shape)
+    return info, meta.get(keys.SIGNATURE_META, ""), list(shape)
 
 
 def signature_status(path: str | os.PathLike, signature: str, secret: bytes | None) -> str:

@@ -34,8 +34,10 @@ SHORTFALL = "shortfall"
 """Config entry of a key that holds fewer queries than asked: {"asked", "kept", "why"}, for the CLI to report."""
 
 SECRET_ENV = "NNMARK_SECRET"
-_KEY_META = "nnmark.key"
-_SIG_META = "nnmark.signature"
+KEY_META = "nnmark.key"
+"""The safetensors metadata entry holding a key's JSON (method, config, digest, ...)."""
+SIGNATURE_META = "nnmark.signature"
+"""The metadata entry holding its signature."""
 _UNSIGNED = "unsigned"
 _HMAC_PREFIX = "hmac-sha256:"
 _MAC_TAG = b"nnmark.key/v1"
@@ -95,7 +97,7 @@ def save(key: KeyFile, path: str | os.PathLike, *, secret: bytes | None) -> None
     tensors.update({_EXTRA_PREFIX + name: t for name, t in key.extras.items()})
     records = [_tensor_record(name, t) for name, t in tensors.items()]
     signature = _UNSIGNED if secret is None else _HMAC_PREFIX + _mac(secret, key_json, records)
-    data = _encode({_KEY_META: key_json, _SIG_META: signature}, records)
+    data = _encode({KEY_META: key_json, SIGNATURE_META: signature}, records)
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
@@ -365,10 +367,10 @@ def _parse(data: bytes, metadata: dict[str, str], records: list[_Record], secret
         tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types; any of them means a corrupt file
         raise _corrupt(f"safetensors cannot read it ({e})") from None
-    if metadata.keys() != {_KEY_META, _SIG_META}:
+    if metadata.keys() != {KEY_META, SIGNATURE_META}:
         raise KeyFileError(f"not an nnmark key file: metadata keys are {sorted(metadata)}")
     try:
-        info = _safetensors.parse_json(metadata[_KEY_META])
+        info = _safetensors.parse_json(metadata[KEY_META])
     except (ValueError, RecursionError) as e:
         raise KeyFileError(f"key metadata is not valid JSON ({e})") from None
     fmt = info.get("format") if isinstance(info, dict) else None
@@ -380,7 +382,7 @@ def _parse(data: bytes, metadata: dict[str, str], records: list[_Record], secret
         )
     if info.keys() != _KEY_FIELDS:
         raise KeyFileError(f"key metadata has fields {sorted(info)}, expected {sorted(_KEY_FIELDS)}")
-    signature = metadata[_SIG_META]
+    signature = metadata[SIGNATURE_META]
     if signature == _UNSIGNED:
         if not allow_unsigned:
             raise SignatureError("key file is unsigned; accept it explicitly (--unsigned, or allow_unsigned=True)")
@@ -388,7 +390,7 @@ def _parse(data: bytes, metadata: dict[str, str], records: list[_Record], secret
         raise SignatureError(f"malformed signature {signature[:40]!r}")
     elif secret is None:
         raise SignatureError(f"key file is signed; a secret is needed to check it (--secret-file or {SECRET_ENV})")
-    elif not hmac.compare_digest(signature, _HMAC_PREFIX + _mac(secret, metadata[_KEY_META], records)):
+    elif not hmac.compare_digest(signature, _HMAC_PREFIX + _mac(secret, metadata[KEY_META], records)):
         raise SignatureError("signature does not match: the file was altered or the secret is wrong")
     if "queries" not in tensors or "expected" not in tensors:
         raise KeyFileError("key file lacks the 'queries' or 'expected' tensor")
