@@ -455,6 +455,25 @@ def test_cli_marks_verifies_and_attacks_a_foreign_model(trained, tmp_path):
     assert r.exit_code == 2 and "never unpickles" in r.output
 
 
+def test_cli_trains_a_factory_and_its_weights_load_with_the_card_alone(tmp_path):
+    out = tmp_path / "net.safetensors"
+    r = _cli("train", "--model", FACTORY, "--input-shape", "3,32,32", "--normalize", NORMALIZE, "--data", "digits",
+             "--epochs", 2, "--lr", 3e-3, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)
+    assert row["model"] == FACTORY and row["test_accuracy"] > 0.5
+    loaded = load_any(FACTORY, weights=out)  # shape and normalisation from the card written with the weights
+    assert loaded.card == ModelCard(SHAPE, 10, normalize=foreign_models.MEAN_STD)
+    assert models.accuracy(loaded.model, data.load_for("digits", loaded).test) == pytest.approx(row["test_accuracy"])
+
+    for args, words in [((), "either --arch"), (("--arch", "lenet5", "--model", FACTORY), "either --arch"),
+                        (("--model", FACTORY, "--weights", out), "drop --weights"),
+                        (("--model", "foreign_models:nope", "--input-shape", "3,32,32"), "no factory function")]:
+        r = _cli("train", *args, "--data", "digits", "--out", tmp_path / "x.safetensors")
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_bench_sources_quick_times_every_kind_on_the_same_weights(tmp_path):
     r = _cli("bench", "sources", "--quick", "--out-dir", tmp_path)
     assert r.exit_code == 0, r.output

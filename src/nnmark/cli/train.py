@@ -1,4 +1,6 @@
-"""``nnmark train``: a zoo model trained on a dataset, saved as a safetensors checkpoint."""
+"""``nnmark train``: a fresh model trained on a dataset and saved: a zoo architecture (``--arch``, written as an
+nnmark checkpoint) or a user's ``package.module:factory`` (``--model``, written as safetensors weights with the model
+card)."""
 
 from __future__ import annotations
 
@@ -8,38 +10,68 @@ import click
 import torch
 
 from nnmark import data, models
-from nnmark.cli._shared import emit, json_option, out_option, progress_enabled
+from nnmark.cli._shared import (
+    CliError, emit, json_option, load_model, model_source_options, out_option, progress_enabled,
+    source_option,
+)
+from nnmark.models.card import pixel_model
 
 DEFAULT_EPOCHS = 8
 
 
 @click.command()
-@click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True, help="Zoo architecture.")
+@click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Zoo architecture.")
+@click.option("--model", "model_path", metavar="PACKAGE.MODULE:FACTORY",
+              help="Or your own architecture: the factory's fresh model (with --input-shape and --normalize).")
+@model_source_options
 @click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR.")
 @click.option("--epochs", type=click.IntRange(1), default=DEFAULT_EPOCHS, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=models.DEFAULT_LR, show_default=True,
               help="Adam learning rate (cosine decay).")
 @click.option("--batch-size", type=click.IntRange(1), default=models.DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              help="Channel width multiplier.")
+              help="Channel width multiplier (--arch only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
-@out_option("--out", help="Checkpoint to write (.safetensors).")
+@out_option("--out", help="Checkpoint (--arch) or weights (--model, the same kind) to write (.safetensors).")
 @json_option
-def train(arch, data_spec, epochs, lr, batch_size, width, seed, out, as_json) -> None:
-    """Train a zoo model on a dataset and save a safetensors checkpoint.
+def train(arch, model_path, data_spec, epochs, lr, batch_size, width, seed, out, as_json) -> None:
+    """Train a fresh model on a dataset and save it: a zoo architecture, or your own factory's.
+
+    A --model factory is trained in pixel space [0, 1] with its --normalize inside, on the data converted to its
+    --input-shape (gray <-> RGB, resized); the weights are written with the model card, so they load again with
+    just --model and --weights.
 
     \b
-    Example:
+    Examples:
       nnmark train --arch lenet5 --data mnist5k --epochs 8 --out lenet5.safetensors
+      nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet \\
+          --data mnist5k --out net.safetensors
     """
-    ds = data.load(data_spec)
+    if (arch is None) == (model_path is None):
+        raise CliError("pass either --arch (a zoo architecture) or --model (a trainable source's architecture)")
     torch.manual_seed(seed)
-    model = models.build(arch, ds.shape, ds.num_classes, width=width)
+    if arch is not None:
+        ds = data.load(data_spec)
+        model, name = models.build(arch, ds.shape, ds.num_classes, width=width), arch
+    else:
+        if source_option("weights") is not None:
+            raise CliError("train starts from a fresh initialisation: drop --weights (attack finetune goes on "
+                           "training given weights)")
+        _, loaded = load_model(model_path, needs=("training", "saving"))
+        if loaded.kind != "factory":
+            raise CliError(f"--model takes a package.module:factory here; {model_path} is a {loaded.kind} model "
+                           "(for a checkpoint pass its --arch)")
+        ds = data.load_for(data_spec, loaded)
+        model, name = pixel_model(loaded.factory(), loaded.card), model_path
     start = time.perf_counter()
     models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress_enabled())
     seconds = time.perf_counter() - start
     acc = models.accuracy(model, ds.test)
-    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, accuracy=acc, seed=seed)
-    models.save(model, config, out)
-    row = {"out": out, "arch": arch, "data": data_spec, "epochs": epochs, "test_accuracy": acc, "seconds": seconds}
-    emit(row, as_json, f"{arch} on {data_spec}: test accuracy {acc:.2%} after {epochs} epochs ({seconds:.1f} s) -> {out}")
+    if arch is not None:
+        config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, accuracy=acc,
+                                    seed=seed)
+        models.save(model, config, out)
+    else:
+        models.save_like(loaded, model, out, accuracy=acc)
+    row = {"out": out, ("arch" if arch else "model"): name, "data": data_spec, "epochs": epochs, "test_accuracy": acc, "seconds": seconds}
+    emit(row, as_json, f"{name} on {data_spec}: test accuracy {acc:.2%} after {epochs} epochs ({seconds:.1f} s) -> {out}")
