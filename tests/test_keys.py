@@ -1,5 +1,6 @@
 """Tests of nnmark.keys: round trips, determinism, tamper and truncation detection, validation, secrets."""
 
+import hashlib
 import io
 import json
 import os
@@ -87,6 +88,15 @@ def test_file_is_plain_safetensors(signed):
     assert meta["nnmark.signature"].startswith("hmac-sha256:")
     info = json.loads(meta["nnmark.key"])
     assert info["format"] == keys.FORMAT_VERSION and info["method"] == "dbi" and info["created"] == CREATED
+
+
+def test_load_digested_names_the_bytes_it_read(signed, tmp_path):
+    key, digest = keys.load_digested(signed, secret=SECRET)
+    assert digest == hashlib.sha256(signed.read_bytes()).hexdigest()
+    assert torch.equal(key.queries, keys.load(signed, secret=SECRET).queries)
+    other = tmp_path / "other.key"
+    keys.save(make_key(), other, secret=None)
+    assert keys.load_digested(other, secret=None, allow_unsigned=True)[1] != digest
 
 
 def test_same_inputs_give_same_bytes(tmp_path):

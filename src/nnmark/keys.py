@@ -106,10 +106,18 @@ def save(key: KeyFile, path: str | os.PathLike, *, secret: bytes | None) -> None
 
 def load(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool = False) -> KeyFile:
     """Read, check and return the key file at ``path``; raises KeyFileError (SignatureError for signatures)."""
+    return load_digested(path, secret=secret, allow_unsigned=allow_unsigned)[0]
+
+
+def load_digested(path: str | os.PathLike, *, secret: bytes | None,
+                  allow_unsigned: bool = False) -> tuple[KeyFile, str]:
+    """``load``, and the SHA-256 (hex) of the very bytes the key was read from (the file is read once, so a log
+    that records the digest names what was checked, even if the file changes meanwhile)."""
     _check_secret(secret)
     try:
         with open(path, "rb") as fh:
-            return _parse(*_decode(fh, _safetensors.file_size(fh)), secret, allow_unsigned)
+            data, metadata, records = _decode(fh, _safetensors.file_size(fh))
+            return _parse(data, metadata, records, secret, allow_unsigned), hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
     except OSError as e:

@@ -23,7 +23,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -215,11 +214,11 @@ class AuditKey:
 
 
 def load_keys(paths: list[str | os.PathLike], *, secret: bytes | None, allow_unsigned: bool = False) -> list[AuditKey]:
-    """Load and check each key file (``keys.load``) and digest its bytes."""
+    """Load and check each key file and digest the bytes it was read from (``keys.load_digested``)."""
     loaded = []
     for path in paths:
-        key = keys.load(path, secret=secret, allow_unsigned=allow_unsigned)
-        loaded.append(AuditKey(str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest(), key))
+        key, digest = keys.load_digested(path, secret=secret, allow_unsigned=allow_unsigned)
+        loaded.append(AuditKey(str(path), digest, key))
     return loaded
 
 
