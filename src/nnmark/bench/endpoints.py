@@ -7,7 +7,7 @@ Open Inference Protocol v2 servers, in one run:
 - ``nnmark serve`` (``serve.create_app`` in this process: its REST server on a thread, its gRPC server
   on a thread pool; it shares this process's interpreter with the client), always;
 - MLServer and KServe, each a subprocess of its own virtualenv under ``.interop/`` (``make
-  interop-envs``), started with the launcher of ``tests/interop/conftest.py`` and serving the checkpoint
+  interop-envs``), started with ``tests/interop/launcher.py`` and serving the checkpoint
   through ``tests/interop/shapes.py``'s "probabilities" shape; without their virtualenvs their rows say
   so. MLServer answers the binary tensor extension with HTTP 500, so it is measured over JSON and gRPC.
 
@@ -22,7 +22,7 @@ Every target must reach the local verdict.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import json
 import statistics
 import sys
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, marks, models
 from nnmark.bench.common import document, header, parameters, section, table, write
+from nnmark.errors import EndpointError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import EndpointOracle, EndpointSpec, HttpOracle, Oracle, TorchOracle, connect
@@ -48,8 +49,6 @@ INTEROP = Path(__file__).resolve().parents[3] / "tests" / "interop"
 """The real-server launcher and the model code the servers import (a source checkout's tests/interop)."""
 VENVS = INTEROP.parents[1] / ".interop"
 """Where ``make interop-envs`` puts the servers' virtualenvs."""
-LAUNCHER = "nnmark_interop_launcher"
-"""The module name tests/interop/conftest.py is imported under."""
 SHAPE = "probabilities"
 """The served shape (``shapes.SHAPES``): FP32 NCHW in, probabilities and labels out, as ``nnmark serve``."""
 MODEL_NAME = SHAPE
@@ -140,15 +139,10 @@ def nnmark_serve(oracle: Oracle) -> Iterator[dict[str, str]]:
 
 
 def _launcher() -> ModuleType:
-    """tests/interop/conftest.py as a module (with ``shapes`` importable): the real-server launcher."""
-    if LAUNCHER in sys.modules:
-        return sys.modules[LAUNCHER]
+    """tests/interop/launcher.py (with ``shapes`` beside it importable): the real-server launcher."""
     if str(INTEROP) not in sys.path:
         sys.path.insert(0, str(INTEROP))
-    spec = importlib.util.spec_from_file_location(LAUNCHER, INTEROP / "conftest.py")
-    module = sys.modules[LAUNCHER] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("launcher")
 
 
 def _server_argv(kind: str, launcher: ModuleType, checkpoint: Path, workdir: Path, ports: tuple[int, int]):
@@ -173,12 +167,15 @@ def real_server(kind: str, checkpoint: Path, workdir: Path) -> Iterator[dict[str
     launcher = _launcher()
     ports = (launcher.free_port(), launcher.free_port())
     argv, env = _server_argv(kind, launcher, checkpoint, workdir, ports)
-    with launcher.running(kind, argv, env, [MODEL_NAME], *ports, workdir) as server:
-        yield {"rest": server.url, "rest-binary": server.url, "grpc": f"grpc://{server.grpc}"}
+    try:
+        with launcher.running(kind, argv, env, [MODEL_NAME], *ports, workdir) as server:
+            yield {"rest": server.url, "rest-binary": server.url, "grpc": f"grpc://{server.grpc}"}
+    except launcher.ServerNotReady as e:
+        raise EndpointError(f"{kind} did not start: {str(e).splitlines()[0]}") from None
 
 
 def _installed(kind: str) -> bool:
-    return (INTEROP / "conftest.py").exists() and (VENVS / kind / ".installed").exists()
+    return (INTEROP / "launcher.py").exists() and (VENVS / kind / ".installed").exists()
 
 
 def measure(oracle: Oracle, checkpoint: Path, keys: dict[int, KeyFile], p: dict, progress: bool) -> dict:
