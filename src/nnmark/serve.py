@@ -69,7 +69,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from nnmark import __version__
-from nnmark.errors import EndpointError, InputError, NnmarkError, QueryBudgetExceeded
+from nnmark.errors import ArgumentError, EndpointError, InputError, NnmarkError, QueryBudgetExceeded
 from nnmark.oracles import Oracle, oip
 from nnmark.oracles.auth import check_token
 
@@ -157,15 +157,15 @@ class ServedModel:
     def __init__(self, oracle: Oracle, *, model_name: str, output: str = "probabilities", max_batch: int = 256,
                  card: Mapping | None = None):
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+            raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
         if output == "logits" and not oracle.gives_logits:
-            raise ValueError(f"{type(oracle).__name__} gives no logits; serve it with output='probabilities'")
+            raise ArgumentError(f"{type(oracle).__name__} gives no logits; serve it with output='probabilities'")
         if output == "probabilities" and not oracle.can("probabilities"):
-            raise ValueError(f"{type(oracle).__name__} gives labels only; serve it with output='labels'")
+            raise ArgumentError(f"{type(oracle).__name__} gives labels only; serve it with output='labels'")
         if not model_name or "/" in model_name:
-            raise ValueError("model_name must be a non-empty name without '/'")
+            raise ArgumentError("model_name must be a non-empty name without '/'")
         if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+            raise ArgumentError("max_batch must be >= 1")
         self.oracle, self.name, self.output, self.max_batch = oracle, model_name, output, max_batch
         self.card = {"input_shape": list(oracle.input_shape), "num_classes": oracle.num_classes, "layout": "NCHW",
                      "normalize": "none", "output_kind": output, **(card or {})}
@@ -259,9 +259,9 @@ def create_app(
     if token is not None:
         token = check_token(token)
     if max_body_bytes is not None and max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be >= 1 or None")
+        raise ArgumentError("max_body_bytes must be >= 1 or None")
     if not body_read_seconds > 0:
-        raise ValueError("body_read_seconds must be > 0")
+        raise ArgumentError("body_read_seconds must be > 0")
     limit = max_body_bytes if max_body_bytes is not None else \
         BYTES_PER_VALUE * max_batch * math.prod(oracle.input_shape) + 65536
 

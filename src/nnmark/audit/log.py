@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnmark.errors import NnmarkError, SignatureError
+from nnmark.errors import ArgumentError, NnmarkError, SignatureError
 from nnmark.keys import _canonical_json
 
 GENESIS = "0" * 64
@@ -156,7 +156,7 @@ def append(path: str | os.PathLike, record: dict, secret: bytes) -> str:
     """
     secret = _check_secret(secret)
     if MAC_FIELD in record or SEQ_FIELD in record:
-        raise ValueError(f"record must not carry {MAC_FIELD!r} or {SEQ_FIELD!r}; append sets them")
+        raise ArgumentError(f"record must not carry {MAC_FIELD!r} or {SEQ_FIELD!r}; append sets them")
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as e:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from nnmark.errors import AccessError, InputError, QueryBudgetExceeded
+from nnmark.errors import AccessError, ArgumentError, InputError, QueryBudgetExceeded
 
 ACCESS_LEVELS = ("labels", "probabilities", "gradients", "internals")
 
@@ -48,7 +48,7 @@ class Oracle:
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, budget: int | None = None):
         if budget is not None and budget < 0:
-            raise ValueError("budget must be >= 0 or None")
+            raise ArgumentError("budget must be >= 0 or None")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
         self.budget = budget
@@ -116,7 +116,7 @@ class Oracle:
         if not self.can("gradients"):
             raise AccessError(f"{type(self).__name__} gives no gradients (access: {self.access})")
         if on not in ("probabilities", "logits"):
-            raise ValueError("on must be 'probabilities' or 'logits'")
+            raise ArgumentError("on must be 'probabilities' or 'logits'")
         self._spend(x)
         return self._gradient(loss_fn, x, on)
 

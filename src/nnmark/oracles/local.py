@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nnmark.errors import InputError
+from nnmark.errors import ArgumentError, InputError
 from nnmark.oracles.base import LogitsOracle, LossFn, Oracle, ProbabilitiesOracle
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class TorchOracle(LogitsOracle):
         device: str | torch.device = "cpu",
     ):
         if batch_size is not None and batch_size < 1:
-            raise ValueError("batch_size must be >= 1 or None")
+            raise ArgumentError("batch_size must be >= 1 or None")
         self.model = model.eval()
         self.dtype = dtype
         self.mkldnn = mkldnn
@@ -168,7 +168,7 @@ class TorchOracle(LogitsOracle):
                 out = self._forward(c)
                 loss = loss_fn(torch.softmax(out, dim=1) if on == "probabilities" else out)
                 if loss.shape != (c.shape[0],):
-                    raise ValueError(f"loss_fn must return one value per sample, got shape {tuple(loss.shape)}")
+                    raise ArgumentError(f"loss_fn must return one value per sample, got shape {tuple(loss.shape)}")
                 (g,) = torch.autograd.grad(loss.sum(), c)
                 losses.append(loss.detach().cpu())
                 grads.append(g.cpu().contiguous())

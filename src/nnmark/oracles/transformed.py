@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from nnmark.errors import ArgumentError
 from nnmark.oracles.base import Oracle
 
 
@@ -35,7 +36,7 @@ class TransformedOracle(Oracle):
 
     def __init__(self, inner: Oracle, transform: Callable[[torch.Tensor], torch.Tensor], budget: int | None = None):
         if not callable(transform):
-            raise ValueError(f"transform must be callable, got {type(transform).__name__}")
+            raise ArgumentError(f"transform must be callable, got {type(transform).__name__}")
         super().__init__(inner.input_shape, inner.num_classes, budget)
         self.access = "probabilities" if inner.can("probabilities") else "labels"
         self.inner = inner

@@ -40,7 +40,7 @@ import weakref
 
 import torch
 
-from nnmark.errors import NnmarkError
+from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.oracles.base import LogitsOracle
 
 _U32 = struct.Struct("<I")
@@ -131,7 +131,7 @@ class WorkerOracle(LogitsOracle):
         from nnmark import models
 
         if timeout <= 0:
-            raise ValueError("timeout must be > 0")
+            raise ArgumentError("timeout must be > 0")
         if num_classes is None:
             with torch.no_grad():
                 num_classes = model.eval()(torch.zeros(1, *input_shape)).shape[1]
