@@ -13,18 +13,18 @@ from nnmark.oracles.worker import WorkerOracle, config_for
 @pytest.fixture(scope="module")
 def sse41(lenet, mnist):
     made = []
-    real = worker.tempfile.mkstemp
+    real = worker._write_model
 
-    def mkstemp(*args, **kwargs):
-        made.append(real(*args, **kwargs))
+    def write_model(*args):
+        made.append(real(*args))
         return made[-1]
 
-    worker.tempfile.mkstemp = mkstemp
+    worker._write_model = write_model
     try:
         oracle = envs.get("onednn-sse41").oracle(lenet, mnist.shape)
     finally:
-        worker.tempfile.mkstemp = real
-    oracle.checkpoints = [path for _, path in made]
+        worker._write_model = real
+    oracle.checkpoints = made
     with oracle:
         yield oracle
 
@@ -33,7 +33,8 @@ def test_the_worker_sees_the_isa_cap_and_answers_like_float32(sse41, lenet, mnis
     assert isinstance(sse41, WorkerOracle)
     assert sse41.info["env"]["ONEDNN_MAX_CPU_ISA"] == "SSE41"
     assert sse41.info["env"]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
-    assert sse41.checkpoints and not any(map(os.path.exists, sse41.checkpoints))  # weights file removed
+    assert [os.path.basename(p) for p in sse41.checkpoints] == ["model.safetensors"]  # a zoo model: a checkpoint
+    assert not any(map(os.path.exists, sse41.checkpoints))  # removed once the worker loaded it
     x = mnist.test.x[:200]
     reference = TorchOracle(lenet, mnist.shape)
     p, y = sse41.predict(x)
@@ -65,15 +66,42 @@ def test_an_uncapped_worker_is_bit_exact_float32_and_dies_cleanly(lenet, mnist):
     assert process.poll() is not None  # the context manager stopped it
 
 
-def test_the_worker_rebuilds_nnmark_architectures_only(lenet, mnist):
+def test_the_worker_rebuilds_nnmark_architectures_and_carries_other_modules_as_a_checked_trace(lenet, mnist):
     config = config_for(lenet, mnist.shape, 10)
     assert config.arch == "lenet5" and config.width == 1.0
     narrow = models.build("resnet20", mnist.shape, 10, width=0.5)
     assert config_for(narrow, mnist.shape, 10).width == 0.5
-    foreign = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.manual_seed(0)
+    foreign = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.GELU()).eval()
     with pytest.raises(NnmarkError, match="matches no nnmark architecture"):
-        WorkerOracle(foreign, mnist.shape)
-    with pytest.raises(NnmarkError, match="'onednn-sse41' cannot run this model: .*no nnmark architecture"):
-        envs.get("onednn-sse41").oracle(foreign, mnist.shape)
+        config_for(foreign, mnist.shape, 10)
+    x = mnist.test.x[:50]
+    with WorkerOracle(foreign, mnist.shape) as oracle:  # a trace, run unoptimised: the eager kernels, the same bits
+        assert torch.equal(oracle.logits(x), TorchOracle(foreign, mnist.shape).logits(x))
+    with envs.get("onednn-sse41").oracle(foreign, mnist.shape) as capped:
+        assert capped.info["env"]["ONEDNN_MAX_CPU_ISA"] == "SSE41"
+        assert torch.equal(capped.labels(x), TorchOracle(foreign, mnist.shape).labels(x))
+    with pytest.raises(NnmarkError, match="its torch.jit.trace answers differently"):
+        WorkerOracle(BatchBranch(foreign), mnist.shape)
+    with pytest.raises(NnmarkError, match="torch.jit.trace fails"):
+        WorkerOracle(DictOut(foreign), mnist.shape, 10)
     with pytest.raises(ValueError):
         WorkerOracle(lenet, mnist.shape, timeout=0)
+
+
+class BatchBranch(torch.nn.Module):
+    """Answers batches of more than two inputs negated: a trace on two inputs cannot see that."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return -self.net(x) if x.shape[0] > 2 else self.net(x)
+
+
+class DictOut(BatchBranch):
+    """Returns a dict, which torch.jit.trace refuses."""
+
+    def forward(self, x):
+        return {"logits": self.net(x)}

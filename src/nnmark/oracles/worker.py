@@ -2,9 +2,13 @@
 
 Some numerics can only be chosen before torch loads: ``ONEDNN_MAX_CPU_ISA`` caps the instruction
 set oneDNN (mkldnn) dispatches to (``AVX2``, ``SSE41``, ``AVX512_CORE``, ...) and is read once per
-process. ``WorkerOracle`` therefore starts ``python -m nnmark.oracles.worker CHECKPOINT`` with the
-variables set, hands it the weights as a safetensors checkpoint (``nnmark.models.save`` to a temp
-file, removed once the worker has loaded it) and asks it for logits over its stdin/stdout pipes.
+process. ``WorkerOracle`` therefore starts ``python -m nnmark.oracles.worker MODEL C,H,W`` with the
+variables set, hands it the model in a temp file (removed once the worker has loaded it) and asks it
+for logits over its stdin/stdout pipes. The file is a safetensors checkpoint (``nnmark.models.save``)
+for a model of an nnmark architecture; any other module (a user's factory model, its normalisation
+wrapper, a TorchScript or torch.export source) goes as a ``torch.jit.trace`` archive, used only when
+the trace answers a probe batch as the module does (to ``TRACE_ATOL`` of the logits' scale), and run
+in the worker without graph optimisations, so it calls the same kernels as the eager module.
 
 Protocol (never pickle; all integers uint32 little-endian, arrays raw float32 little-endian,
 row-major):
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 import weakref
 
 import torch
@@ -44,6 +49,9 @@ from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.oracles.base import LogitsOracle
 
 _U32 = struct.Struct("<I")
+TRACE_ATOL = 1e-5
+"""How far (relative to the largest logit) a traced module may answer a probe batch from the module itself."""
+_PROBE = 8
 
 
 def config_for(model: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int):
@@ -69,6 +77,42 @@ def config_for(model: torch.nn.Module, input_shape: tuple[int, int, int], num_cl
                 return models.ModelConfig(arch, tuple(input_shape), num_classes, width=width)
     raise NnmarkError(f"cannot rebuild a {type(model).__name__} in a worker: it matches no nnmark architecture "
                       "(pass config=ModelConfig(...))")
+
+
+def _write_model(model: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int, config,
+                 folder: str) -> str:
+    """The file the worker loads ``model`` from: a checkpoint when ``config`` (or ``config_for``) rebuilds it, else
+    a ``torch.jit.trace`` archive checked on a probe batch; ``NnmarkError`` when neither can carry the model."""
+    from nnmark import models
+
+    if config is None:
+        try:
+            config = config_for(model, input_shape, num_classes)
+        except NnmarkError:
+            pass
+    if config is not None:
+        path = os.path.join(folder, "model.safetensors")
+        models.save(model, config, path)
+        return path
+    probe = torch.rand(_PROBE, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, probe[:2], check_trace=False)
+        with torch.jit.optimized_execution(False):
+            got = traced(probe)
+        want = model(probe)
+    except Exception as e:  # tracing fails in many ways (control flow, non-tensor outputs, a runtime session)
+        raise NnmarkError(f"cannot run a {type(model).__name__} in a worker: it matches no nnmark architecture and "
+                          f"torch.jit.trace fails ({type(e).__name__})") from None
+    if got.shape != want.shape or (got - want).abs().max() > TRACE_ATOL * want.abs().max().clamp(min=1):
+        raise NnmarkError(f"cannot run a {type(model).__name__} in a worker: its torch.jit.trace answers differently "
+                          "(data-dependent control flow?)")
+    path = os.path.join(folder, "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, path)
+    return path
 
 
 def _read_exact(fd: int, n: int, timeout: float | None) -> bytes:
@@ -109,13 +153,13 @@ class WorkerOracle(LogitsOracle):
     """Labels and probabilities of a float32 model run in a subprocess with ``env`` set.
 
     Args:
-        model: a model of an nnmark architecture (or any module when ``config`` is given); copied to the
-            worker once, so later changes to it are not seen.
+        model: the module; copied to the worker once (as a checkpoint or a trace, see the module docstring), so
+            later changes to it are not seen.
         input_shape: (C, H, W).
         num_classes: K (default: the model's, from one local forward pass).
         env: environment variables for the worker (e.g. {"ONEDNN_MAX_CPU_ISA": "SSE41"}); the worker's
             OMP_NUM_THREADS is this process's ``torch.get_num_threads()``.
-        config: the ``ModelConfig`` to rebuild the model from (default: :func:`config_for`).
+        config: the ``ModelConfig`` to rebuild the model from (default: :func:`config_for`, else a trace).
         budget: the most inputs answered in total (None: no limit).
         timeout: seconds to wait for the worker to start or answer before it is killed.
 
@@ -128,32 +172,26 @@ class WorkerOracle(LogitsOracle):
 
     def __init__(self, model: torch.nn.Module, input_shape: tuple[int, int, int], num_classes: int | None = None, *,
                  env: dict[str, str] | None = None, config=None, budget: int | None = None, timeout: float = 120.0):
-        from nnmark import models
-
         if timeout <= 0:
             raise ArgumentError("timeout must be > 0")
         if num_classes is None:
             with torch.no_grad():
                 num_classes = model.eval()(torch.zeros(1, *input_shape)).shape[1]
         super().__init__(input_shape, num_classes, budget)
-        config = config_for(model, self.input_shape, self.num_classes) if config is None else config
         self.env = dict(env or {})
         self.timeout = timeout
         self._lock = threading.Lock()  # one request on the pipes at a time (a server answers from threads)
-        fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="nnmark-worker-")
-        os.close(fd)
-        try:
-            models.save(model, config, path)
+        with tempfile.TemporaryDirectory(prefix="nnmark-worker-") as folder:
+            with torch.no_grad():
+                path = _write_model(model.eval(), self.input_shape, self.num_classes, config, folder)
             child_env = {**os.environ, **self.env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
             self._stderr = tempfile.TemporaryFile()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nnmark.oracles.worker", path], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._stderr, env=child_env,
+                [sys.executable, "-m", "nnmark.oracles.worker", path, ",".join(map(str, self.input_shape))],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=child_env,
             )
             self._finalizer = weakref.finalize(self, _stop, self.process, self._stderr)
             kind, body = self._receive()
-        finally:
-            os.unlink(path)
         if kind != b"R":
             self.close()
             raise NnmarkError(f"worker did not start: {body.decode(errors='replace')}")
@@ -219,8 +257,25 @@ class WorkerOracle(LogitsOracle):
         return torch.frombuffer(bytearray(body[8:]), dtype=torch.float32).reshape(n, k)
 
 
-def _serve(path: str) -> int:
-    """The worker's loop: load the checkpoint at ``path``, then answer logits requests until told to quit."""
+def _load(path: str) -> torch.nn.Module:
+    """The model the parent wrote to ``path`` (``_write_model``): a checkpoint, or a trace run unoptimised."""
+    from nnmark import models
+
+    if path.endswith(".safetensors"):
+        return models.load(path)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.load(path)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return traced(x)
+    return run
+
+
+def _serve(path: str, shape: str) -> int:
+    """The worker's loop: load the model at ``path`` (inputs of shape "C,H,W"), then answer logits requests until
+    told to quit."""
     out = os.dup(1)
     os.dup2(2, 1)  # library output (e.g. ONEDNN_VERBOSE) goes to stderr, never into the protocol
     stdin = sys.stdin.buffer
@@ -231,12 +286,11 @@ def _serve(path: str) -> int:
         while view:
             view = view[os.write(out, view):]
 
-    from nnmark import models
-
+    input_shape = tuple(int(v) for v in shape.split(","))
     try:
-        model, config = models.load(path)
+        model = _load(path)
         with torch.no_grad():
-            k = model(torch.zeros(1, *config.input_shape)).shape[1]
+            k = model(torch.zeros(1, *input_shape)).shape[1]
     except Exception as e:  # report any load failure to the parent instead of dying silently
         message = f"{type(e).__name__}: {e}".encode()
         send(b"E", _U32.pack(len(message)) + message)
@@ -245,7 +299,7 @@ def _serve(path: str) -> int:
     hello = json.dumps({"num_classes": int(k), "env": seen, "torch": torch.__version__,
                         "mkldnn": torch.backends.mkldnn.is_available()}).encode()
     send(b"R", _U32.pack(len(hello)) + hello)
-    per_input = 4 * config.input_shape[0] * config.input_shape[1] * config.input_shape[2]
+    per_input = 4 * input_shape[0] * input_shape[1] * input_shape[2]
     while True:
         kind = stdin.read(1)
         if kind in (b"", b"Q"):
@@ -257,7 +311,7 @@ def _serve(path: str) -> int:
         data = stdin.read(n * per_input)
         if len(data) != n * per_input:
             return 2
-        x = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(n, *config.input_shape)
+        x = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(n, *input_shape)
         try:
             with torch.no_grad():
                 z = model(x).float().contiguous()
@@ -269,4 +323,4 @@ def _serve(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve(sys.argv[1]))
+    sys.exit(_serve(sys.argv[1], sys.argv[2]))
