@@ -124,6 +124,13 @@ def embed(
     The key's queries are K, its expected labels the source labels y; extras "clean" (300 natural images)
     for the collapse rate; config records every setting and the success measured before and after marking.
     ``model`` is left untouched.
+
+    Args:
+        eps: FGSM step of the key's adversaries.
+        epochs: epochs of the fine-tune that stitches the key in.
+        lr: Adam learning rate of that fine-tune (cosine decay).
+        batch_size: its batch size.
+        seed: orders the images the key is made from and the batches.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
@@ -181,5 +188,5 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
 SPECS = (MethodSpec(
     METHOD, "ownership", "frontier stitching: fine-tuned on true and false adversaries (Le Merrer et al.)",
     create_access="training", verify_access="labels", embeds=True, verdicts=("watermarked", "not watermarked"),
-    verify=verify,
+    verify=verify, create=embed, inputs="pretrained", shows=("success_before", "success", "null", "clean_accuracy"),
 ),)
