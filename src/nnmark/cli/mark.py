@@ -36,7 +36,7 @@ from nnmark.errors import ArgumentError
 from nnmark.marks import METHODS, MethodSpec, canary
 from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.selfcheck import self_check
-from nnmark.models.card import pixel_model, unwrap
+from nnmark.models.card import pixel_model
 from nnmark.oracles import Oracle, TorchOracle
 
 NEEDS = {"labels": (), "probabilities": (), "gradients": ("gradients",), "internals": ("gradients", "layers")}
@@ -204,7 +204,6 @@ def _training(pretrained: bool | None):
 
         def finish(result):
             wm_model, key = result
-            key.model_digest = models.digest(unwrap(wm_model))  # as the written model loads
             return key, TorchOracle(wm_model, ds.shape, ds.num_classes), \
                 lambda: write(wm_model, key.config["clean_accuracy"], given["out_model"])
 

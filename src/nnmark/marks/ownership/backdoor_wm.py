@@ -75,6 +75,7 @@ from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest, train
+from nnmark.models.card import unwrap
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 ZHANG, ADI = "zhang", "adi"
@@ -305,7 +306,7 @@ def embed(
         "alpha": coupled.ALPHA, "clean_accuracy": accuracy(wm_model, dataset.test),
     }
     key = KeyFile(method=method, config=config, queries=queries.float().contiguous(), expected=expected,
-                  extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(wm_model))
+                  extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(unwrap(wm_model)))
     v = verify(TorchOracle(wm_model, shape, n_c), key)
     key.config.update(success=v.statistic, rate_clean=v.details["rate_clean"], null=v.details["null"])
     if method == ZHANG:

@@ -91,6 +91,7 @@ from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
+from nnmark.models.card import unwrap
 from nnmark.models.training import (
     Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer, train_batches,
 )
@@ -393,7 +394,7 @@ def embed(
         queries=queries.float().contiguous(),
         expected=torch.full((N_VERIFY,), t, dtype=torch.int64),
         extras={"plain": plain.float().contiguous(), "clean": clean.float().contiguous()},
-        model_digest=digest(wm_model),
+        model_digest=digest(unwrap(wm_model)),
     )
     return wm_model, key
 

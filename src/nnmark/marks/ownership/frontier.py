@@ -61,6 +61,7 @@ from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
+from nnmark.models.card import unwrap
 from nnmark.oracles import Oracle, TorchOracle
 
 METHOD = "frontier"
@@ -152,7 +153,7 @@ def embed(
         queries=queries.float().contiguous(),
         expected=expected,
         extras={"clean": pool.x[: coupled.N_NULL].float().contiguous()},
-        model_digest=digest(wm_model),
+        model_digest=digest(unwrap(wm_model)),
     )
     before = verify(TorchOracle(source, dataset.shape, dataset.num_classes), key)
     after = verify(TorchOracle(wm_model, dataset.shape, dataset.num_classes), key)
