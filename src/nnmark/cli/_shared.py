@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from nnmark.options import Option
+
 
 class CliError(click.ClickException):
     """An error the user can act on: one line on stderr, exit code 2."""
@@ -67,7 +69,7 @@ def out_option(*names: str, help: str, required: bool = True):
                         callback=_check_out)
 
 
-def click_option(option) -> Callable:
+def click_option(option: Option) -> Callable:
     """An ``nnmark.options.Option`` as a click option: --name-with-dashes, typed (a ``Literal`` as a choice, a bool
     as a flag, a tuple as several values), required without a default, default shown, its docstring line as help."""
     flag = "--" + option.name.replace("_", "-")

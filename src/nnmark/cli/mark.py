@@ -82,8 +82,8 @@ def _keyed(key_oracle: Oracle) -> Callable:
     return lambda key: (key, key_oracle, None)
 
 
-def _data_option(help_text: str = "Dataset (default: the one the model was trained on).", required: bool = False):
-    return click.option("--data", "data_spec", required=required, help=help_text)
+def _data_option(help_text: str = "Dataset (default: the one the model was trained on)."):
+    return click.option("--data", "data_spec", help=help_text)
 
 
 def _seed_option(help_text: str):
@@ -99,7 +99,7 @@ def _image_options(spec: MethodSpec) -> tuple[Callable, ...]:
 
 def _images(spec: MethodSpec, given: dict, split: str):
     """The model (with the access ``spec`` needs), its dataset, n images of ``split`` ("train" or "natural_pool")
-    drawn by seed, and the key meta that records them: (model, dataset, images, meta)."""
+    drawn by seed, and what create is given with them (n, seed, the key meta that records the images)."""
     model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
     ds = dataset_for(loaded, given["data_spec"])
     source = ds.train if split == "train" else natural_pool(ds)
@@ -107,15 +107,16 @@ def _images(spec: MethodSpec, given: dict, split: str):
     if n > len(source):
         raise CliError(f"asked for {n} samples but only {len(source)} are available")
     idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return model, ds, source.x[idx], {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
+    meta = {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
+    return model, ds, source.x[idx], {"n": n, "seed": seed, "meta": meta}
 
 
 def _drawn(split: str):
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
-        model, ds, x, meta = _images(spec, given, split)
+        model, ds, x, context = _images(spec, given, split)
         oracle = TorchOracle(model, ds.shape, ds.num_classes)
-        yield _Prepared((oracle, x), _keyed(oracle), ds.test, {"n": given["n"], "seed": given["seed"], "meta": meta})
+        yield _Prepared((oracle, x), _keyed(oracle), ds.test, context)
     return prepare
 
 
@@ -126,14 +127,14 @@ def _environments(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     names = [e.strip() for e in given["env_names"].split(",") if e.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise CliError("--envs needs at least two different environments")
-    model, ds, x, meta = _images(spec, given, "natural_pool")
+    model, ds, x, context = _images(spec, given, "natural_pool")
     with contextlib.ExitStack() as stack:
         oracles = {name: stack.enter_context(envs.get(name).oracle(model, ds.shape)) for name in names}
         local = oracles[names[0]]
         if not local.can("gradients"):
             local = stack.enter_context(envs.get("float32").oracle(model, ds.shape))
         yield _Prepared((local, oracles, x), lambda key: (key, oracles[key.config["reference"]], None), ds.test,
-                        {"n": given["n"], "seed": given["seed"], "meta": meta})
+                        context)
 
 
 def _canary_pool(loaded: models.LoadedModel) -> Split | None:
@@ -151,7 +152,9 @@ def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepar
 # --- embedding kinds: train a model, write it with its key ---------------------------------------------------
 
 
-def _embed_options(spec: MethodSpec, *, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
+def _embed_options(*, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
+    """--arch (``scratch``), --model (trained from scratch, or fine-tuned when ``pretrained``), --data, --width and
+    --out-model."""
     model_help = ("the model to fine-tune (any trainable source)" if pretrained else
                   "train its architecture from scratch: an nnmark checkpoint's or a package.module:factory's (with "
                   "--input-shape and --normalize; weights ignored)")
@@ -272,15 +275,15 @@ KINDS: dict[str, _Kind] = {
         "--model lenet5.safetensors --n {n}"),
     "none": _Kind(lambda spec: (model_option,), _model_only, "Made from the model alone.",
                   "--model lenet5.safetensors"),
-    "embed": _Kind(lambda spec: _embed_options(spec, scratch=True, pretrained=False), _training(False),
+    "embed": _Kind(lambda spec: _embed_options(scratch=True, pretrained=False), _training(False),
                    "Trains a fresh model with the watermark: --arch (with --data), or --model's architecture (an "
                    "nnmark checkpoint's, or a package.module:factory's); writes it to --out-model.",
                    "--arch lenet5 --data mnist5k --out-model wm.safetensors"),
-    "pretrained": _Kind(lambda spec: _embed_options(spec, scratch=False, pretrained=True), _training(True),
+    "pretrained": _Kind(lambda spec: _embed_options(scratch=False, pretrained=True), _training(True),
                         "Fine-tunes --model (any trainable source) with the watermark; writes it to --out-model as "
                         "the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "embed_or_pretrained": _Kind(
-        lambda spec: _embed_options(spec, scratch=True, pretrained=True), _training(None),
+        lambda spec: _embed_options(scratch=True, pretrained=True), _training(None),
         "Trains a fresh --arch model (with --data), or fine-tunes --model (any trainable source); writes it to "
         "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "shadow": _Kind(_shadow_options, _shadow_pools,

@@ -22,7 +22,6 @@ from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
 
-
 def _declared() -> dict[str, MethodSpec]:
     """The ``SPECS`` of every module in the purpose packages (``integrity``, ``ownership``, ``telltale``), by
     purpose, then module name: a new method's module is found without being listed anywhere else."""

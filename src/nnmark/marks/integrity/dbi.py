@@ -11,8 +11,8 @@ W moves its argmax.
 
 Sign: the paper says it *minimises* D but prints eq. 4 / Algorithm 1 line 9 as
 x' = x + eps * sign(grad_x D), which ascends D. nnmark descends (``direction="descent"``, the stated aim,
-and the one that makes samples fragile); ``"ascent"`` follows the printed formula (the key records -1 or +1). Each step is
-clipped to [0, 1] (the paper does not clip; its samples are images).
+and the one that makes samples fragile); ``"ascent"`` follows the printed formula (the key records -1 or +1).
+Each step is clipped to [0, 1] (the paper does not clip; its samples are images).
 
 Arguments (paper defaults): eps = 1e-4 for MNIST-like (one-channel) data, 1e-5 for CIFAR-like
 (three-channel) data; itr = 10,000. Inputs (N, C, H, W) in [0, 1].

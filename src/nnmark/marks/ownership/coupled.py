@@ -332,8 +332,8 @@ def embed(
         finetune_lr: eta' of the training-time fine-tuning pass.
         batch_size: training batch size.
         seed: draws the classes, triggers, masks and batches.
-        masked: train with the random weight mask (--no-masked: with the full W, an ablation).
-        tt_finetune: run the training-time fine-tuning pass (--no-tt-finetune skips it, an ablation).
+        masked: train with the random weight mask (off: with the full W, an ablation).
+        tt_finetune: run the training-time fine-tuning pass (off: skip it, an ablation).
         wm_repeat: copies of each watermark trigger in the training data per epoch.
     """
     if kind not in KINDS:
