@@ -63,7 +63,7 @@ def _verify(key, *source):
     return r.exit_code, json.loads(r.stdout) if r.stdout.startswith("{") else r.output
 
 
-def test_coupled_and_frontier_mark_a_factory_model_and_write_it_back_as_weights(tmp_path):
+def test_coupled_frontier_and_adi_mark_a_factory_model_and_write_it_back_as_weights(tmp_path):
     source = ["--model", FACTORY, "--input-shape", "3,32,32", "--normalize", NORMALIZE]
     wm, coupled_key = tmp_path / "coupled.safetensors", tmp_path / "coupled.key"
     r = _cli("mark", "coupled", *source, "--data", "digits", "--epochs", 6, "--base", 1, 2, "--target", 3,
@@ -87,6 +87,12 @@ def test_coupled_and_frontier_mark_a_factory_model_and_write_it_back_as_weights(
     assert code == 0 and verdict["decision"] == "watermarked", verdict
     code, verdict = _verify(frontier_key, "--model", FACTORY, "--weights", wm)  # the model before stitching
     assert code == 1 and verdict["decision"] == "not watermarked", verdict
+
+    adi_model, adi_key = tmp_path / "adi.safetensors", tmp_path / "adi.key"
+    r = _cli("mark", "adi", "--model", FACTORY, "--weights", wm, "--data", "digits", "--out-model", adi_model,
+             "--out", adi_key, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["pretrained"] is True, r.output
+    assert _verify(adi_key, "--model", FACTORY, "--weights", adi_model)[0] == 0
 
 
 def test_a_torchscript_model_cannot_be_trained_to_embed_a_watermark(tmp_path):
