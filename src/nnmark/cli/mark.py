@@ -77,7 +77,7 @@ class _Kind:
     example: str
 
 
-def _keyed(key_oracle: Oracle) -> Callable:
+def _made_on(key_oracle: Oracle) -> Callable:
     """``finish`` of a kind whose method returns a key made on ``key_oracle``."""
     return lambda key: (key, key_oracle, None)
 
@@ -116,7 +116,7 @@ def _drawn(split: str):
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
         model, ds, x, context = _images(spec, given, split)
         oracle = TorchOracle(model, ds.shape, ds.num_classes)
-        yield _Prepared((oracle, x), _keyed(oracle), ds.test, context)
+        yield _Prepared((oracle, x), _made_on(oracle), ds.test, context)
     return prepare
 
 
@@ -146,7 +146,7 @@ def _canary_pool(loaded: models.LoadedModel) -> Split | None:
 def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
     oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes)
-    yield _Prepared((oracle,), _keyed(oracle), _canary_pool(loaded))
+    yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded))
 
 
 # --- embedding kinds: train a model, write it with its key ---------------------------------------------------
@@ -254,7 +254,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
                              progress=progress_enabled())
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
-    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _keyed(oracle), ds.test,
+    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
                     {"seed": given["seed"], "meta": {"data": ds.name, "arch": config.arch, "alpha": given["alpha"],
                                                      "af": given["af"]}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
