@@ -10,7 +10,8 @@ from torch import nn
 
 from nnmark import data, models
 from nnmark.attacks import ATTACKS, TRANSFORMS
-from nnmark.attacks.registry import DATA, SCALARS
+from nnmark.attacks.registry import DATA
+from nnmark.options import SCALARS
 from nnmark.data.roles import attacker_data, natural_pool
 
 QUICK = {"epochs": 2, "steps": 5, "max_steps": 20}

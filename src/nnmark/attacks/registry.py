@@ -7,10 +7,10 @@ An attack is a plain function ``f(model, *data, **options) -> nn.Module``:
 - ``data`` are the positional inputs its ``data`` kind names (``DATA``): none; the attacker's labelled
   images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,) int64; another domain's ``split``; or the
   attacker's own watermark set ``x_wm``, ``y_wm`` plus clean labelled data ``clean``;
-- every other parameter is an option: typed (int, float, bool, str or ``Literal[...]``), with a default
-  that is a named module constant (flags default to False, seeds to 0), documented by one line
-  ``name: text`` in the docstring's ``Args:`` section. A keyword input that is no scalar (a test split, a
-  student model) defaults to None and is not an option;
+- every other parameter is an option (``nnmark.options``): typed (int, float, bool, str, ``Literal[...]``, or
+  one of these ``| None``), with a default that is a named module constant (flags default to False, seeds to
+  0), documented by one line ``name: text`` in the docstring's ``Args:`` section. A keyword input that is no
+  option (a test split, a student model) defaults to None;
 - the same seed gives the same weights.
 
 A transform is a class whose constructor takes only options (the same rules) and whose instances map a
@@ -31,13 +31,13 @@ Example::
 from __future__ import annotations
 
 import inspect
-import re
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from nnmark import options as _options
 from nnmark.errors import ArgumentError
+from nnmark.options import Option
 
 DataKind = Literal["none", "attacker", "domain", "watermark"]
 DATA: dict[str, tuple[str, ...]] = {
@@ -48,54 +48,7 @@ DATA: dict[str, tuple[str, ...]] = {
 }
 """Data kind -> the positional parameters that follow ``model``."""
 
-SCALARS = (bool, int, float, str)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of an attack or transform: ``choices`` for a ``Literal[...]`` type, else ``type`` is a scalar."""
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-
-
-def _args_section(doc: str | None) -> dict[str, str]:
-    """``name: text`` entries of a Google-style ``Args:`` section, continuation lines joined ("a, b: text": both)."""
-    lines = inspect.cleandoc(doc or "").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "Args:"), None)
-    if start is None:
-        return {}
-    entries: dict[str, str] = {}
-    indent, current = None, []
-    for line in lines[start + 1:]:
-        if not line.strip():
-            break
-        depth = len(line) - len(line.lstrip())
-        indent = depth if indent is None else indent
-        if depth < indent:
-            break
-        match = re.match(r"\s*(\w+(?:, \w+)*): (.*)", line) if depth == indent else None
-        if match:
-            current = match.group(1).split(", ")
-            for name in current:
-                entries[name] = match.group(2).strip()
-        else:
-            for name in current:
-                entries[name] += " " + line.strip()
-    return entries
-
-
-def _option(name: str, hint: Any, default: Any, help_text: str) -> Option:
-    if typing.get_origin(hint) is Literal:
-        choices = typing.get_args(hint)
-        return Option(name, type(choices[0]), default, help_text, choices)
-    if hint not in SCALARS:
-        raise TypeError(f"option {name}: type {hint} is not one of {[t.__name__ for t in SCALARS]} or a Literal")
-    return Option(name, hint, default, help_text)
 
 
 @dataclass(frozen=True)
@@ -125,18 +78,17 @@ class Spec:
 
     @property
     def options(self) -> tuple[Option, ...]:
-        """The scalar parameters after the model and its data, in signature order, each with its docstring line."""
-        target = self.fn.__init__ if isinstance(self.fn, type) else self.fn
-        hints = typing.get_type_hints(target)
-        docs = _args_section(self.fn.__doc__)
-        skip = 0 if isinstance(self.fn, type) else 1 + len(DATA[self.data])
-        params = list(inspect.signature(self.fn).parameters.values())[skip:]
-        return tuple(_option(p.name, hints[p.name], p.default, docs.get(p.name, "")) for p in params
-                     if p.default is not None)
+        """The parameters after the model and its data that are options (``nnmark.options``), in signature
+        order, each with its docstring line."""
+        return _options.read(self.fn, skip=self._skip)
 
     def inputs(self) -> tuple[str, ...]:
         """Keyword inputs that are no options (default None): supplied by a caller that has them."""
-        return tuple(name for name, p in inspect.signature(self.fn).parameters.items() if p.default is None)
+        return _options.inputs(self.fn, skip=self._skip)
+
+    @property
+    def _skip(self) -> int:
+        return 0 if isinstance(self.fn, type) else 1 + len(DATA[self.data])
 
 
 ATTACKS: dict[str, Spec] = {}

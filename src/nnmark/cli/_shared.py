@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+
+from nnmark.options import Option
 
 
 class CliError(click.ClickException):
@@ -64,6 +67,21 @@ def out_option(*names: str, help: str, required: bool = True):
     """An output-file option checked (folder exists and is writable) when the command starts."""
     return click.option(*(names or ("--out",)), type=click.Path(dir_okay=False), required=required, help=help,
                         callback=_check_out)
+
+
+def click_option(option: Option) -> Callable:
+    """An ``nnmark.options.Option`` as a click option: --name-with-dashes, typed (a ``Literal`` as a choice, a bool
+    as a flag, a tuple as several values), required without a default, default shown, its docstring line as help."""
+    flag = "--" + option.name.replace("_", "-")
+    text = option.help[:1].upper() + option.help[1:]
+    if option.type is bool:
+        names = flag if not option.default else f"{flag}/--no-{flag[2:]}"
+        return click.option(names, option.name, is_flag=True, default=option.default, help=text)
+    kind = click.Choice(option.choices) if option.choices else option.type
+    if option.required:
+        return click.option(flag, option.name, type=kind, nargs=option.nargs, required=True, help=text)
+    return click.option(flag, option.name, type=kind, nargs=option.nargs, default=option.default,
+                        show_default=option.default is not None, help=text)
 
 
 def json_option(f):
@@ -128,9 +146,12 @@ def model_source_options(f):
                         help="Safetensors state dict for a package.module:factory --model (loaded strictly).")(f)
 
 
-def model_option(f):
-    f = model_source_options(f)
-    return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=True, help=MODEL_HELP)(f)
+def model_option(f=None, *, required: bool = True, help: str = MODEL_HELP):
+    """--model with the model-source options; ``@model_option`` or ``@model_option(required=..., help=...)``."""
+    def add(f):
+        f = model_source_options(f)
+        return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=required, help=help)(f)
+    return add if f is None else add(f)
 
 
 def load_model(model_path: str, *, needs: tuple[str, ...] = (), card: dict | None = None):

@@ -19,9 +19,8 @@ import torch
 
 from nnmark import data, models
 from nnmark.attacks import ATTACKS, Spec
-from nnmark.attacks.registry import Option
 from nnmark.attacks.transfer import NEW_DOMAIN, resize
-from nnmark.cli._shared import CliError, Group, dataset_for, load_model, model_option, out_option
+from nnmark.cli._shared import CliError, Group, click_option, dataset_for, load_model, model_option, out_option
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
 
@@ -92,17 +91,6 @@ SOURCES: dict[str, _DataSource] = {
 """Data kind (``nnmark.attacks.registry.DATA``) -> where the command gets that data."""
 
 
-def _click_option(option: Option) -> Callable:
-    """One attack option as a click option: --name-with-dashes, typed, default shown, its docstring line as help."""
-    flag = "--" + option.name.replace("_", "-")
-    text = option.help[:1].upper() + option.help[1:]
-    if option.type is bool:
-        names = flag if not option.default else f"{flag}/--no-{flag[2:]}"
-        return click.option(names, option.name, is_flag=True, default=option.default, help=text)
-    kind = click.Choice(option.choices) if option.choices else option.type
-    return click.option(flag, option.name, type=kind, default=option.default, show_default=True, help=text)
-
-
 def _describe(spec: Spec, values: dict) -> str:
     """"name option value, ...": what the command did, with every option's value."""
     shown = (f"{v:g}" if isinstance(v, float) else str(v) for v in values.values())
@@ -123,7 +111,7 @@ def _command(spec: Spec) -> click.Command:
         _save_attacked(attacked, config, out, what)
 
     for option in reversed(options):
-        run = _click_option(option)(run)
+        run = click_option(option)(run)
     for decorate in reversed(source.options):
         run = decorate(run)
     run = model_option(out_option("--out", help="Attacked model to write, as the same kind as --model.")(run))

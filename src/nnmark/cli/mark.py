@@ -1,5 +1,12 @@
 """``nnmark mark METHOD``: make a key file of query samples from a model, one subcommand per method.
 
+One command per entry of ``nnmark.marks.METHODS``, generated from it: the help is the method's summary and what
+its input kind takes; its options are the method's (``MethodSpec.options``: the parameters of its create function,
+typed and documented, see ``nnmark.options``). What each input kind (``nnmark.marks.spec.INPUTS``) needs is written
+once here (``KINDS``): the model with the access its method declares, the dataset, the images drawn by --seed, the
+environments' oracles, a fresh or the given model to train (any trainable --model source, written back as the same
+kind), MetaFinger's shadow-model pools.
+
 Every command (``_finish_mark``) records the model card and any ``--endpoint-default``, adds preflight canaries,
 writes its key only after checking it on its own source model, and says how many samples it kept when a method
 keeps fewer than asked.
@@ -7,27 +14,34 @@ keeps fewer than asked.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import click
 import torch
 
 from nnmark import data, envs, keys, models
 from nnmark.cli._shared import (
-    CliError, Group, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model, model_option,
-    out_option, progress_enabled, secret_for_writing, with_secret,
+    CliError, Group, click_option, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model,
+    model_option, out_option, progress_enabled, secret_for_writing, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option, endpoint_defaults
 from nnmark.data import Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError
-from nnmark.marks import canary
-from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, shadow
+from nnmark.marks import METHODS, MethodSpec, canary
+from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.selfcheck import self_check
-from nnmark.marks.telltale import innformant
-from nnmark.metrics import sample_quality
+from nnmark.models.card import pixel_model
 from nnmark.oracles import Oracle, TorchOracle
+
+NEEDS = {"labels": (), "probabilities": (), "gradients": ("gradients",), "internals": ("gradients", "layers")}
+"""A method's create access -> what its --model must allow (``models.LoadedModel.require``)."""
+EXAMPLE = "nnmark mark {name} {source} {more} --out {name}.key --secret-file secret"
 
 
 @click.group(cls=Group)
@@ -40,40 +54,261 @@ def mark() -> None:
     """
 
 
-def _mark_common(f):
-    f = json_option(f)
-    f = with_secret(f)
-    f = out_option("--out", help="Key file to write.")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Chooses the source samples.")(f)
-    f = click.option("--n", type=click.IntRange(1), default=100, show_default=True, help="Number of query samples.")(f)
-    f = click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")(f)
-    f = model_option(f)
-    return f
+@dataclass
+class _Prepared:
+    """What an input kind gives a method's create function, and how the result becomes (key, source oracle, the
+    watermarked model's writer or None): ``finish(result)``."""
+
+    args: tuple
+    finish: Callable[[object], tuple[keys.KeyFile, Oracle, Callable[[], None] | None]]
+    canaries: Split | None
+    context: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
 
 
-def _sources(model_path: str, data_spec: str | None, n: int, seed: int, split: str, needs: tuple[str, ...] = ()):
-    """The model (with ``needs``, see ``load_model``), its dataset, n images of ``split`` ("train" or
-    "natural_pool") drawn by ``seed``, and the key meta that records them: (model, dataset, images, meta)."""
-    model, config = load_model(model_path, needs=needs)
-    ds = dataset_for(config, data_spec)
+@dataclass(frozen=True)
+class _Kind:
+    """How the CLI serves one input kind: its options (given the method), a context manager (method, option values
+    of the kind, the method's option values) -> ``_Prepared``, a line of help and the source part of its example."""
+
+    options: Callable[[MethodSpec], tuple[Callable, ...]]
+    prepare: Callable[[MethodSpec, dict, dict], contextlib.AbstractContextManager[_Prepared]]
+    help: str
+    example: str
+
+
+def _made_on(key_oracle: Oracle) -> Callable:
+    """``finish`` of a kind whose method returns a key made on ``key_oracle``."""
+    return lambda key: (key, key_oracle, None)
+
+
+def _data_option(help_text: str = "Dataset (default: the one the model was trained on)."):
+    return click.option("--data", "data_spec", help=help_text)
+
+
+def _seed_option(help_text: str):
+    return click.option("--seed", type=int, default=0, show_default=True, help=help_text)
+
+
+def _image_options(spec: MethodSpec) -> tuple[Callable, ...]:
+    return (model_option, _data_option(),
+            click.option("--n", type=click.IntRange(1), default=spec.n, show_default=True,
+                         help="Number of images to start from."),
+            _seed_option("Chooses the images."))
+
+
+def _images(spec: MethodSpec, given: dict, split: str):
+    """The model (with the access ``spec`` needs), its dataset, n images of ``split`` ("train" or "natural_pool")
+    drawn by seed, and what create is given with them (n, seed, the key meta that records the images)."""
+    model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
+    ds = dataset_for(loaded, given["data_spec"])
     source = ds.train if split == "train" else natural_pool(ds)
+    n, seed = given["n"], given["seed"]
     if n > len(source):
         raise CliError(f"asked for {n} samples but only {len(source)} are available")
     idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return model, ds, source.x[idx], {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
+    meta = {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
+    return model, ds, source.x[idx], {"n": n, "seed": seed, "meta": meta}
 
 
-def _canary_pool(config) -> Split | None:
+def _drawn(split: str):
+    @contextlib.contextmanager
+    def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+        model, ds, x, context = _images(spec, given, split)
+        oracle = TorchOracle(model, ds.shape, ds.num_classes)
+        yield _Prepared((oracle, x), _made_on(oracle), ds.test, context)
+    return prepare
+
+
+@contextlib.contextmanager
+def _environments(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+    """(local oracle, {name: the environment's oracle}, natural images); the oracles are closed afterwards and the
+    key is checked in its reference environment."""
+    names = [e.strip() for e in given["env_names"].split(",") if e.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise CliError("--envs needs at least two different environments")
+    model, ds, x, context = _images(spec, given, "natural_pool")
+    with contextlib.ExitStack() as stack:
+        oracles = {name: stack.enter_context(envs.get(name).oracle(model, ds.shape)) for name in names}
+        local = oracles[names[0]]
+        if not local.can("gradients"):
+            local = stack.enter_context(envs.get("float32").oracle(model, ds.shape))
+        yield _Prepared((local, oracles, x), lambda key: (key, oracles[key.config["reference"]], None), ds.test,
+                        context)
+
+
+def _canary_pool(loaded: models.LoadedModel) -> Split | None:
     """The test split of the dataset the model names (canaries for keys made without a dataset), else None."""
-    return dataset_for(config, None).test if config.data else None
+    return dataset_for(loaded, None).test if loaded.data else None
+
+
+@contextlib.contextmanager
+def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+    model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
+    oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes)
+    yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded))
+
+
+# --- embedding kinds: train a model, write it with its key ---------------------------------------------------
+
+
+def _embed_options(*, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
+    """--arch (``scratch``), --model (trained from scratch, or fine-tuned when ``pretrained``), --data, --width and
+    --out-model."""
+    model_help = ("the model to fine-tune (any trainable source)" if pretrained else
+                  "train its architecture from scratch: an nnmark checkpoint's or a package.module:factory's (with "
+                  "--input-shape and --normalize; weights ignored)")
+    options = (click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Train this zoo architecture "
+                            "from scratch (with --data)."),) if scratch else ()
+    return (*options, model_option(required=not scratch, help=f"The model: {model_help}."),
+            _data_option("mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR (required with --arch; default: the "
+                         "model's)."),
+            *((click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+                            help="Width of the --arch model."),) if scratch else ()),
+            out_option("--out-model", help="Watermarked model to write, as the same kind as --model (--arch: an "
+                                           "nnmark checkpoint)."))
+
+
+def _trained(given: dict, seed: int, pretrained: bool):
+    """(model in pixel space to train, dataset, write(model, accuracy, path)): a fresh --arch model, a fresh model of
+    --model's architecture, or (``pretrained``) --model itself."""
+    if given.get("arch") is not None:
+        if given["model_path"] is not None:
+            raise CliError("pass either --arch (train from scratch) or --model, not both")
+        if not given["data_spec"]:
+            raise CliError("--arch needs --data")
+        ds = data.load(given["data_spec"])
+        torch.manual_seed(seed)
+        model = models.build(given["arch"], ds.shape, ds.num_classes, width=given["width"])
+        config = models.ModelConfig(given["arch"], ds.shape, ds.num_classes, width=given["width"], data=ds.name,
+                                    seed=seed)
+        return model, ds, lambda wm, accuracy, out: models.save(wm, dataclasses.replace(config, accuracy=accuracy),
+                                                                out)
+    if given["model_path"] is None:
+        raise CliError("pass either --arch (train from scratch) or --model")
+    model, loaded = load_model(given["model_path"], needs=("training", "saving"))
+    ds = dataset_for(loaded, given["data_spec"])
+    if not pretrained:
+        torch.manual_seed(seed)
+        model = pixel_model(loaded.factory(), loaded.card)
+    if loaded.config is not None:  # the checkpoint written records the data it was trained on
+        loaded = dataclasses.replace(loaded, config=dataclasses.replace(
+            loaded.config, data=ds.name, seed=loaded.config.seed if pretrained else seed))
+    return model, ds, lambda wm, accuracy, out: models.save_like(loaded, wm, out, accuracy=accuracy)
+
+
+def _training(pretrained: bool | None):
+    """The kind that trains a fresh model (``pretrained`` False), the given one (True), or either (None: --arch or
+    --model, the method told which)."""
+    @contextlib.contextmanager
+    def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+        tune = given["model_path"] is not None if pretrained is None else pretrained
+        model, ds, write = _trained(given, values.get("seed", 0), tune)
+
+        def finish(result):
+            wm_model, key = result
+            return key, TorchOracle(wm_model, ds.shape, ds.num_classes), \
+                lambda: write(wm_model, key.config["clean_accuracy"], given["out_model"])
+
+        yield _Prepared((model, ds), finish, ds.test, {"pretrained": tune}, {"out_model": given["out_model"]})
+    return prepare
+
+
+# --- MetaFinger's shadow-model pools -------------------------------------------------------------------------------
+
+
+def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
+    return (
+        model_option, _data_option(), _seed_option("Chooses the starting images and the meta-training draws."),
+        click.option("--negatives", type=click.IntRange(1), default=shadow.DEFAULT_NEGATIVES, show_default=True,
+                     help="Negative train families (models trained from scratch, each with AF augmentations)."),
+        click.option("--val-negatives", type=click.IntRange(1), default=shadow.DEFAULT_VAL_NEGATIVES,
+                     show_default=True, help="Independent negative validation models (screen and null calibration)."),
+        click.option("--af", type=click.IntRange(0), default=shadow.DEFAULT_AF, show_default=True,
+                     help="Augmentation factor: eq. 1 copies per model."),
+        click.option("--alpha", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_ALPHA,
+                     show_default=True, help="Eq. 1 noise std(param)/alpha before the fine-tune."),
+        click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
+        click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
+                     show_default=True),
+        click.option("--cache-dir", type=click.Path(file_okay=False),
+                     help="Shadow-model cache (default ~/.cache/nnmark/shadow)."),
+        click.option("--workers", type=click.IntRange(1), default=shadow.DEFAULT_WORKERS, show_default=True),
+        click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True),
+        click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance)."),
+    )
+
+
+@contextlib.contextmanager
+def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+    """(source model, its shadow pools, training images): the pools built (or read from the cache) first."""
+    model, config = load_checkpoint(given["model_path"])
+    ds = dataset_for(config, given["data_spec"])
+    layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
+                               alpha=given["alpha"], epochs=given["shadow_epochs"],
+                               finetune_epochs=given["finetune_epochs"])
+    specs = shadow.pool_specs(config.arch, ds.name, models.digest(model), layout, seed=config.seed or 0)
+    start = time.perf_counter()
+    pool = shadow.build_pool([s for group in specs.values() for s in group],
+                             cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
+                             workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
+                             progress=progress_enabled())
+    oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
+                    {"seed": given["seed"], "meta": {"data": ds.name, "arch": config.arch, "alpha": given["alpha"],
+                                                     "af": given["af"]}},
+                    {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
+
+
+KINDS: dict[str, _Kind] = {
+    "samples": _Kind(_image_options, _drawn("train"), "Made from --n training images drawn by --seed.",
+                     "--model lenet5.safetensors --n {n}"),
+    "natural": _Kind(_image_options, _drawn("natural_pool"),
+                     "Made from --n natural images (held-out test images) drawn by --seed.",
+                     "--model lenet5.safetensors --n {n}"),
+    "environments": _Kind(
+        lambda spec: (*_image_options(spec), click.option(
+            "--envs", "env_names", default="float32,float64", show_default=True,
+            help="Comma-separated environments to tell apart; the first is the reference (the licensed one) unless "
+                 "--reference names another.")),
+        _environments, "Made from --n natural images (held-out test images) drawn by --seed, in each of --envs.",
+        "--model lenet5.safetensors --n {n}"),
+    "none": _Kind(lambda spec: (model_option,), _model_only, "Made from the model alone.",
+                  "--model lenet5.safetensors"),
+    "embed": _Kind(lambda spec: _embed_options(scratch=True, pretrained=False), _training(False),
+                   "Trains a fresh model with the watermark: --arch (with --data), or --model's architecture (an "
+                   "nnmark checkpoint's, or a package.module:factory's); writes it to --out-model.",
+                   "--arch lenet5 --data mnist5k --out-model wm.safetensors"),
+    "pretrained": _Kind(lambda spec: _embed_options(scratch=False, pretrained=True), _training(True),
+                        "Fine-tunes --model (any trainable source) with the watermark; writes it to --out-model as "
+                        "the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
+    "embed_or_pretrained": _Kind(
+        lambda spec: _embed_options(scratch=True, pretrained=True), _training(None),
+        "Trains a fresh --arch model (with --data), or fine-tunes --model (any trainable source); writes it to "
+        "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
+    "shadow": _Kind(_shadow_options, _shadow_pools,
+                    "Trains shadow models of the --model checkpoint's architecture first (cached in --cache-dir).",
+                    "--model lenet5.safetensors"),
+}
+"""Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""
+
+
+def _secrets(spec: MethodSpec, secret_file: str | None, unsigned: bool) -> tuple[bytes | None, bytes | None]:
+    """(the secret ``create`` takes, if it takes one; the secret the key is signed with, None with --unsigned)."""
+    if "secret" not in inspect.signature(spec.create).parameters:
+        return None, secret_for_writing(secret_file, unsigned)
+    secret = keys.read_secret(secret_file)
+    if secret is None:
+        raise CliError(f"{spec.name} keys need a secret (it derives the key): pass --secret-file FILE or set "
+                       f"{keys.SECRET_ENV}")
+    return secret, None if unsigned else secret
 
 
 def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | None, summary: dict, as_json: bool,
-                 *, canaries: Split | None, model_out: tuple | None = None) -> None:
+                 *, canaries: Split | None, write_model: Callable[[], None] | None = None) -> None:
     """Add preflight canaries from the natural images ``canaries``, check the key on its source (``self_check``: no
-    key is written that fails there), write it (after the watermarked model ``model_out`` = (model, config, path)
-    of an embedding method), and report; say so when the method kept fewer samples than asked (the key's
-    ``keys.SHORTFALL``).
+    key is written that fails there), write it (after the watermarked model, ``write_model``, of an embedding
+    method), and report; say so when the method kept fewer samples than asked (the key's ``keys.SHORTFALL``).
 
     The key records the model card (input shape, classes, normalisation) so verify asks the same question; a key
     made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file)."""
@@ -82,7 +317,7 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     key.config["model_card"] = card.to_dict()
     if defaults := endpoint_defaults():
         key.config["endpoint"] = defaults
-    if loaded is not None and model_out is None:
+    if loaded is not None and write_model is None:
         key.model_digest = loaded.digest
     try:
         if canaries is None:
@@ -91,8 +326,8 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     except ArgumentError as e:  # a key without canaries still verifies; verify says its endpoint was not checked
         click.echo(f"note: no preflight canaries: {e}", err=True)
     self_check(source, key, secret=secret)
-    if model_out is not None:
-        models.save(*model_out)
+    if write_model is not None:
+        write_model()
     keys.save(key, out, secret=secret)
     summary = {"out": out, "method": key.method, "n": len(key.expected), "signed": secret is not None, **summary}
     if short := key.config.get(keys.SHORTFALL):
@@ -101,457 +336,35 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     emit(summary, as_json)
 
 
-@mark.command("dbi")
-@endpoint_default_option
-@_mark_common
-@click.option("--eps", type=click.FloatRange(0, min_open=True), help="Step size (default 1e-4 one-channel, 1e-5 otherwise).")
-@click.option("--itr", type=click.IntRange(0), default=dbi.PAPER_ITR, show_default=True)
-@click.option("--direction", type=click.Choice(["descent", "ascent"]), default="descent", show_default=True,
-              help="descent minimises D(p) (the paper's aim); ascent follows eq. 4 as printed.")
-def mark_dbi(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, eps, itr, direction) -> None:
-    """DBI fragile samples (Yin et al.) from training images.
+def _command(spec: MethodSpec) -> click.Command:
+    kind = KINDS[spec.inputs]
+    options = spec.options
 
-    \b
-    Example:
-      nnmark mark dbi --model lenet5.safetensors --n 100 --itr 3000 --out dbi.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients",))
-    start = time.perf_counter()
-    source = TorchOracle(model, ds.shape, ds.num_classes)
-    key = dbi.create(
-        source, x, eps=eps, itr=itr,
-        direction=-1 if direction == "descent" else 1, model_digest=models.digest(model), meta=meta,
-        progress=progress_enabled(),
-    )
-    quality = sample_quality(key.queries, key.extras["sources"])
-    _finish_mark(key, source, out, secret, {**quality, "seconds": time.perf_counter() - start}, as_json,
-                 canaries=ds.test)
+    def run(out: str, secret_file: str | None, unsigned: bool, as_json: bool, **given) -> None:
+        values = {o.name: given.pop(o.name) for o in options}
+        secret, signing = _secrets(spec, secret_file, unsigned)
+        with kind.prepare(spec, given, values) as prepared:
+            start = time.perf_counter()
+            result = spec.call(*prepared.args, values=values, **prepared.context, secret=secret,
+                               progress=progress_enabled())
+            seconds = time.perf_counter() - start
+            key, source, write_model = prepared.finish(result)
+            summary = {**prepared.summary, **{name: key.config[name] for name in spec.shows},
+                       **(spec.describe(key) if spec.describe else {}), "seconds": seconds}
+            _finish_mark(key, source, out, signing, summary, as_json, canaries=prepared.canaries,
+                         write_model=write_model)
 
-
-@mark.command("aid")
-@endpoint_default_option
-@_mark_common
-@click.option("--itr", type=click.IntRange(0), default=aid.PAPER_ITR, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=aid.PAPER_LR, show_default=True,
-              help="Adam learning rate on the inputs.")
-@click.option("--beta", type=click.FloatRange(0), default=aid.DEFAULT_BETA, show_default=True,
-              help="Weight of the neuron-coverage term.")
-def mark_aid(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, itr, lr, beta) -> None:
-    """AID edge-points (Aramoon et al.) from training images: on the boundary, with many neurons active.
-
-    \b
-    Example:
-      nnmark mark aid --model lenet5.safetensors --n 100 --out aid.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients", "layers"))
-    start = time.perf_counter()
-    source = TorchOracle(model, ds.shape, ds.num_classes)
-    key = aid.create(
-        source, x, itr=itr, lr=lr, beta=beta,
-        model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
-    )
-    summary = {"coverage_start": key.config["coverage_start"], "coverage_end": key.config["coverage_end"],
-               "seconds": time.perf_counter() - start}
-    _finish_mark(key, source, out, secret, summary, as_json, canaries=ds.test)
+    for option in reversed(options):
+        run = click_option(option)(run)
+    for decorate in reversed(kind.options(spec)):
+        run = decorate(run)
+    run = endpoint_default_option(out_option("--out", help="Key file to write.")(with_secret(json_option(run))))
+    first = spec.summary.split()[0]
+    summary = spec.summary[:1].upper() + spec.summary[1:] if first.islower() else spec.summary  # not "INNformant"
+    example = " ".join(EXAMPLE.format(name=spec.name, source=kind.example.format(n=spec.n), more=spec.example).split())
+    doc = f"{summary}.\n\n{kind.help}\n\n\b\nExample:\n  {example}"
+    return click.command(spec.name, help=doc, short_help=summary)(run)
 
 
-@mark.command("ipguard")
-@endpoint_default_option
-@_mark_common
-@click.option("--k", type=click.FloatRange(0), default=ipguard.DEFAULT_K, show_default=True,
-              help="Logit margin of each point's label over its runner-up class (small: unique but fragile).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=ipguard.DEFAULT_LR, show_default=True)
-@click.option("--iterations", type=click.IntRange(1), default=ipguard.DEFAULT_ITERATIONS, show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1), default=ipguard.DEFAULT_THRESHOLD, show_default=True,
-              help="Least matching rate of a match.")
-def mark_ipguard(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, k, lr, iterations,
-                 threshold) -> None:
-    """IPGuard fingerprint (Cao et al.): points near the model's classification boundary, from training images.
-
-    \b
-    Example:
-      nnmark mark ipguard --model lenet5.safetensors --n 100 --out ipguard.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "train", ("gradients",))
-    start = time.perf_counter()
-    source = TorchOracle(model, ds.shape, ds.num_classes)
-    key = ipguard.create(
-        source, x, k=k, lr=lr, iterations=iterations, seed=seed, threshold=threshold,
-        model_digest=models.digest(model), meta={m: v for m, v in meta.items() if m != "seed"},  # it records seed
-        progress=progress_enabled(),
-    )
-    _finish_mark(key, source, out, secret,
-                 {"converged": key.config["converged"], "seconds": time.perf_counter() - start}, as_json,
-                 canaries=ds.test)
-
-
-@mark.command("natural")
-@endpoint_default_option
-@_mark_common
-def mark_natural(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json) -> None:
-    """Baseline: natural test images labelled by the model ("non-fragile").
-
-    \b
-    Example:
-      nnmark mark natural --model lenet5.safetensors --n 100 --out natural.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool")
-    source = TorchOracle(model, ds.shape, ds.num_classes)
-    key = baselines.natural(source, x, model_digest=models.digest(model), meta=meta)
-    _finish_mark(key, source, out, secret, {}, as_json, canaries=ds.test)
-
-
-@mark.command("random")
-@endpoint_default_option
-@model_option
-@click.option("--n", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@out_option("--out", help="Key file to write.")
-@with_secret
-@json_option
-def mark_random(model_path, n, seed, out, secret_file, unsigned, as_json) -> None:
-    """Baseline: uniform-noise images labelled by the model.
-
-    \b
-    Example:
-      nnmark mark random --model lenet5.safetensors --n 100 --out random.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, config = load_model(model_path)
-    oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
-    key = baselines.random_noise(oracle, n, seed=seed, model_digest=models.digest(model))
-    _finish_mark(key, oracle, out, secret, {}, as_json, canaries=_canary_pool(config))
-
-
-@mark.command("pairs")
-@endpoint_default_option
-@model_option
-@click.option("--n-pairs", type=click.IntRange(1), default=150, show_default=True, help="Pairs to try (the paper: 150).")
-@click.option("--user-id", required=True, help="Whom the key is for; with the secret it derives the secret binary head.")
-@click.option("--lam", type=click.FloatRange(0), default=pairing.DEFAULT_LAMBDA, show_default=True,
-              help="lambda of eq. 6.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=pairing.PAPER_LR, show_default=True,
-              help="Stage-1 Adam step.")
-@click.option("--max-itr", type=click.IntRange(0), default=pairing.PAPER_MAX_ITR, show_default=True,
-              help="Stage-1 iterations at most.")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=pairing.PAPER_ALPHA, show_default=True,
-              help="Stage-2 step (eq. 7).")
-@click.option("--max-steps", type=click.IntRange(1), default=pairing.DEFAULT_MAX_STEPS, show_default=True,
-              help="Stage-2 steps at most.")
-@click.option("--margin", type=click.FloatRange(0), default=pairing.DEFAULT_MARGIN, show_default=True,
-              help="Head margin each member keeps from the boundary (0: the paper's adjacent pair; the "
-                   "default is the smallest with no false alarm in other numeric environments).")
-@click.option("--activation-on", type=click.Choice(pairing.ACTIVATIONS), default="logits", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Chooses the random starting pixels.")
-@out_option("--out", help="Key file to write.")
-@with_secret
-@json_option
-def mark_pairs(model_path, n_pairs, user_id, lam, lr, max_itr, alpha, max_steps, margin, activation_on, seed, out,
-               secret_file, unsigned, as_json) -> None:
-    """Sensitive sample pairs (Gao et al.) around a secret per-user binary head.
-
-    \b
-    Example:
-      nnmark mark pairs --model lenet5.safetensors --n-pairs 150 --user-id alice --out pairs.key --secret-file secret
-    """
-    secret = keys.read_secret(secret_file)
-    if secret is None:
-        raise CliError("pairs keys need a secret (it derives the user's head): pass --secret-file FILE or set NNMARK_SECRET")
-    model, config = load_model(model_path, needs=("gradients",))
-    oracle = TorchOracle(model, tuple(config.input_shape), config.num_classes)
-    start = time.perf_counter()
-    key = pairing.create(
-        oracle, n_pairs, secret=secret, user_id=user_id, lam=lam, lr=lr, max_itr=max_itr, alpha=alpha,
-        max_steps=max_steps, margin=margin, activation_on=activation_on, seed=seed,
-        model_digest=models.digest(model), progress=progress_enabled(),
-    )
-    summary = {"pairs": key.config["n_pairs"], "dropped": key.config["dropped"], "seconds": time.perf_counter() - start}
-    _finish_mark(key, oracle, out, None if unsigned else secret, summary, as_json, canaries=_canary_pool(config))
-
-
-def _embed_options(f):
-    """The options of commands that train a watermarked model from scratch and write it with its key."""
-    for option in reversed([
-        click.option("--arch", type=click.Choice(models.ARCHITECTURES), required=True),
-        click.option("--data", "data_spec", required=True, help="mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR."),
-        click.option("--epochs", type=click.IntRange(1), default=8, show_default=True),
-        click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        out_option("--out-model", help="Watermarked checkpoint to write."),
-        out_option("--out", help="Key file to write."),
-        with_secret,
-        json_option,
-    ]):
-        f = option(f)
-    return f
-
-
-def _embed_and_save(embed, summary_keys: tuple[str, ...], *, arch, data_spec, width, seed, out_model, out,
-                    secret_file, unsigned, as_json) -> None:
-    """Train a fresh ``arch`` model with ``embed(model, ds) -> (model, key)``; write the model and the key."""
-    secret = secret_for_writing(secret_file, unsigned)
-    ds = data.load(data_spec)
-    torch.manual_seed(seed)
-    model = models.build(arch, ds.shape, ds.num_classes, width=width)
-    start = time.perf_counter()
-    wm_model, key = embed(model, ds)
-    config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, seed=seed)
-    _finish_embedding(wm_model, config, key, ds, summary_keys, start, out_model, out, secret, as_json)
-
-
-def _finish_embedding(wm_model, config, key: keys.KeyFile, ds, summary_keys: tuple[str, ...], start: float,
-                      out_model: str, out: str, secret: bytes | None, as_json: bool) -> None:
-    """``_finish_mark`` for an embedding method: the key checked on the watermarked model, which is written first
-    (with its clean accuracy), then the key; the summary reports ``summary_keys`` of the key's config."""
-    config.accuracy = key.config["clean_accuracy"]
-    summary = {"out_model": out_model, **{k: key.config[k] for k in summary_keys}, "seconds": time.perf_counter() - start}
-    _finish_mark(key, TorchOracle(wm_model, ds.shape, ds.num_classes), out, secret, summary, as_json,
-                 canaries=ds.test, model_out=(wm_model, config, out_model))
-
-
-@mark.command("coupled")
-@endpoint_default_option
-@_embed_options
-@click.option("--kind", type=click.Choice(coupled.KINDS), default="direct", show_default=True,
-              help="direct: x_i top-left, x_j bottom-right on white (eq. 2); invisible: r*x_i + (1-r)*x_j (eq. 3).")
-@click.option("--r", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
-              help="Invisible-fusion ratio (paper: 0.5, 0.7, 0.9).")
-@click.option("--base", type=(int, int), help="Base classes i j (default: drawn from --seed).")
-@click.option("--target", type=int, help="Target class t, not i or j (default: drawn from --seed).")
-@click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
-              help="Fraction of each weight tensor the random mask keeps (1/keep-ratio scaling).")
-@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
-              help="eta' of the training-time fine-tuning pass.")
-@click.option("--no-mask", is_flag=True, help="Train with the full W (ablation).")
-@click.option("--no-tt-finetune", is_flag=True, help="Skip the training-time fine-tuning pass (ablation).")
-@click.option("--wm-repeat", type=click.IntRange(1), default=coupled.WM_REPEAT, show_default=True,
-              help="Copies of each watermark trigger in the training data per epoch.")
-def mark_coupled(kind, r, base, target, epochs, keep_ratio, finetune_lr, no_mask, no_tt_finetune, wm_repeat, seed,
-                 **common) -> None:
-    """Function-coupled watermark (Wen et al.): train a watermarked model and its key of 90 fused triggers.
-
-    \b
-    Example:
-      nnmark mark coupled --arch lenet5 --data mnist5k --out-model wm.safetensors --out coupled.key --secret-file secret
-    """
-    _embed_and_save(
-        lambda model, ds: coupled.embed(model, ds, kind=kind, r=r, base=base, target=target, epochs=epochs,
-                                        keep_ratio=keep_ratio, finetune_lr=finetune_lr, seed=seed, masked=not no_mask,
-                                        tt_finetune=not no_tt_finetune, wm_repeat=wm_repeat,
-                                        progress=progress_enabled()),
-        ("kind", "base", "target", "success", "rate_plain", "clean_accuracy"), seed=seed, **common,
-    )
-
-
-@mark.command("zhang")
-@endpoint_default_option
-@_embed_options
-@click.option("--kind", type=click.Choice(backdoor_wm.ZHANG_KINDS), default="content", show_default=True,
-              help="content: 'TEST' stamped on source-class images; noise: Gaussian noise on them; "
-                   "unrelated: patches of scikit-learn's sample photos.")
-@click.option("--source", type=int, help="Source class i (default: drawn from --seed; unused by unrelated).")
-@click.option("--target", type=int, help="Target class t, not i (default: drawn from --seed).")
-def mark_zhang(kind, source, target, epochs, seed, **common) -> None:
-    """Backdoor watermark of Zhang et al. (content, noise or unrelated triggers -> t): a watermarked model and its key.
-
-    \b
-    Example:
-      nnmark mark zhang --arch lenet5 --data mnist5k --kind content --out-model wm.safetensors --out zhang.key --secret-file secret
-    """
-    _embed_and_save(
-        lambda model, ds: backdoor_wm.embed(model, ds, kind=kind, source=source, target=target, epochs=epochs,
-                                            seed=seed, progress=progress_enabled()),
-        ("kind", "source", "target", "success", "rate_plain", "clean_accuracy"), seed=seed, **common,
-    )
-
-
-@mark.command("adi")
-@endpoint_default_option
-@click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Train from scratch (with --data).")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Fine-tune this pretrained checkpoint.")
-@click.option("--data", "data_spec", help="Dataset (required with --arch; default: the pretrained model's).")
-@click.option("--epochs", type=click.IntRange(1),
-              help=f"Default {backdoor_wm.SCRATCH_EPOCHS} from scratch, {backdoor_wm.FINETUNE_EPOCHS} fine-tuning.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=models.DEFAULT_LR, show_default=True,
-              help="Adam lr, cosine decay.")
-@click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@out_option("--out-model", help="Watermarked checkpoint to write.")
-@out_option("--out", help="Key file to write.")
-@with_secret
-@json_option
-def mark_adi(arch, model_path, data_spec, epochs, lr, width, seed, out_model, out, secret_file, unsigned,
-             as_json) -> None:
-    """Backdoor watermark of Adi et al.: 90 abstract images with random labels, from scratch or fine-tuned in.
-
-    \b
-    Example:
-      nnmark mark adi --model lenet5.safetensors --out-model wm.safetensors --out adi.key --secret-file secret
-    """
-    if (arch is None) == (model_path is None):
-        raise CliError("pass either --arch (train from scratch) or --model (fine-tune a pretrained checkpoint)")
-    secret = secret_for_writing(secret_file, unsigned)
-    if model_path:
-        model, config = load_checkpoint(model_path)
-        ds = dataset_for(config, data_spec)
-        config.data = data_spec or config.data
-    else:
-        if not data_spec:
-            raise CliError("--arch needs --data")
-        ds = data.load(data_spec)
-        torch.manual_seed(seed)
-        model = models.build(arch, ds.shape, ds.num_classes, width=width)
-        config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, seed=seed)
-    pretrained = model_path is not None
-    start = time.perf_counter()
-    wm_model, key = backdoor_wm.embed(model, ds, kind="abstract", epochs=epochs, lr=lr, seed=seed,
-                                      pretrained=pretrained, progress=progress_enabled())
-    _finish_embedding(wm_model, config, key, ds, ("pretrained", "success", "null", "clean_accuracy"), start,
-                      out_model, out, secret, as_json)
-
-
-@mark.command("frontier")
-@endpoint_default_option
-@model_option
-@click.option("--data", "data_spec", help="Dataset (default: the model's).")
-@click.option("--eps", type=click.FloatRange(0, min_open=True), default=frontier.EPS, show_default=True,
-              help="FGSM step of the key's adversaries.")
-@click.option("--epochs", type=click.IntRange(1), default=frontier.EMBED_EPOCHS, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=frontier.EMBED_LR, show_default=True,
-              help="Adam lr of the fine-tune that stitches the key in.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@out_option("--out-model", help="Watermarked checkpoint to write.")
-@out_option("--out", help="Key file to write.")
-@with_secret
-@json_option
-def mark_frontier(model_path, data_spec, eps, epochs, lr, seed, out_model, out, secret_file, unsigned, as_json) -> None:
-    """Frontier stitching (Le Merrer et al.): fine-tune a trained model on true and false FGSM adversaries.
-
-    \b
-    Example:
-      nnmark mark frontier --model lenet5.safetensors --out-model wm.safetensors --out frontier.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, config = load_checkpoint(model_path)
-    ds = dataset_for(config, data_spec)
-    start = time.perf_counter()
-    wm_model, key = frontier.embed(model, ds, eps=eps, epochs=epochs, lr=lr, seed=seed, progress=progress_enabled())
-    config.data = ds.name
-    _finish_embedding(wm_model, config, key, ds, ("success_before", "success", "null", "clean_accuracy"), start,
-                      out_model, out, secret, as_json)
-
-
-@mark.command("innformant")
-@endpoint_default_option
-@model_option
-@click.option("--data", "data_spec", help="Dataset (default: the one the model was trained on).")
-@click.option("--n", type=click.IntRange(1), default=50, show_default=True, help="Natural test images to start from.")
-@click.option("--envs", "env_names", default="float32,float64", show_default=True,
-              help="Comma-separated environments to tell apart; the first is the reference (the licensed one).")
-@click.option("--direction", type=click.Choice(["sign", "l2"]), default="sign", show_default=True,
-              help="sign: the paper's step; l2: normalised-gradient step (higher PSNR).")
-@click.option("--local-max", type=click.IntRange(0), default=innformant.LOCAL_MAX, show_default=True,
-              help="Local-phase steps at most.")
-@click.option("--remote-max", type=click.IntRange(0), default=innformant.REMOTE_MAX, show_default=True,
-              help="Remote-phase steps at most.")
-@click.option("--target", type=click.FloatRange(0, min_open=True), default=innformant.TARGET, show_default=True,
-              help="Stop the local phase once delta_conf is below this.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Chooses the starting images.")
-@out_option("--out", help="Key file to write.")
-@with_secret
-@json_option
-def mark_innformant(model_path, data_spec, n, env_names, direction, local_max, remote_max, target, seed, out,
-                    secret_file, unsigned, as_json) -> None:
-    """iNNformant boundary samples (Schloegl et al.) whose labels tell the environments apart.
-
-    \b
-    Example:
-      nnmark mark innformant --model lenet5.safetensors --envs float32,float64 --out telltale.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    names = [e.strip() for e in env_names.split(",") if e.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise CliError("--envs needs at least two different environments")
-    model, ds, x, meta = _sources(model_path, data_spec, n, seed, "natural_pool", ("gradients",))
-    oracles = {name: envs.get(name).oracle(model, ds.shape) for name in names}
-    try:
-        start = time.perf_counter()
-        local = oracles[names[0]] if oracles[names[0]].can("gradients") else envs.get("float32").oracle(model, ds.shape)
-        key = innformant.create(
-            local, oracles, x, target=target, local_max=local_max, remote_max=remote_max, direction=direction,
-            model_digest=models.digest(model), meta=meta, progress=progress_enabled(),
-        )
-        rows = innformant.report(key)
-        singled = {name: sum(name in r["singles_out"] for r in rows) for name in names}
-        psnrs = sorted(r["psnr"] for r in rows)
-        summary = {"found": len(rows), "psnr_median_db": psnrs[len(psnrs) // 2], "singles_out": singled,
-                   "seconds": time.perf_counter() - start}
-        _finish_mark(key, oracles[names[0]], out, secret, summary, as_json, canaries=ds.test)
-    finally:
-        for oracle in oracles.values():
-            oracle.close()
-
-
-@mark.command("metafinger")
-@endpoint_default_option
-@_mark_common
-@click.option("--candidates", type=click.IntRange(1), help="Training images to start from (default 2n).")
-@click.option("--negatives", type=click.IntRange(1), default=shadow.DEFAULT_NEGATIVES, show_default=True,
-              help="Negative train families (models trained from scratch, each with AF augmentations).")
-@click.option("--val-negatives", type=click.IntRange(1), default=shadow.DEFAULT_VAL_NEGATIVES, show_default=True,
-              help="Independent negative validation models (screen and null calibration).")
-@click.option("--af", type=click.IntRange(0), default=shadow.DEFAULT_AF, show_default=True,
-              help="Augmentation factor: eq. 1 copies per model.")
-@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_ALPHA, show_default=True,
-              help="Eq. 1 noise std(param)/alpha before the fine-tune.")
-@click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True)
-@click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=metafinger.PAPER_EPOCHS, show_default=True,
-              help="Meta-training epochs N_epoch.")
-@click.option("--k", type=click.IntRange(1), default=metafinger.PAPER_K, show_default=True)
-@click.option("--lam", type=click.FloatRange(0), default=metafinger.PAPER_LAMBDA, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=metafinger.PAPER_LR, show_default=True)
-@click.option("--augment-inputs/--no-augment-inputs", default=metafinger.DEFAULT_AUGMENT_INPUTS, show_default=True,
-              help="Meta-train on one random input transformation of X per step (the authors' code).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=metafinger.DEFAULT_THRESHOLD, show_default=True,
-              help="Least query accuracy of a match.")
-@click.option("--max-p-value", type=click.FloatRange(0, 1, min_open=True), default=metafinger.DEFAULT_MAX_P_VALUE,
-              show_default=True, help="A match also needs the binomial p-value below this.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Shadow-model cache (default ~/.cache/nnmark/shadow).")
-@click.option("--workers", type=click.IntRange(1), default=shadow.DEFAULT_WORKERS, show_default=True)
-@click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True)
-@click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance).")
-def mark_metafinger(model_path, data_spec, n, seed, out, secret_file, unsigned, as_json, candidates, negatives,
-                    val_negatives, af, alpha, shadow_epochs, finetune_epochs, epochs, k, lam, lr, augment_inputs,
-                    threshold, max_p_value, cache_dir, workers, executor, ray_address) -> None:
-    """MetaFinger fingerprint (Yang et al.): images only the model and models derived from it label as expected.
-
-    \b
-    Example:
-      nnmark mark metafinger --model lenet5.safetensors --out finger.key --secret-file secret
-    """
-    secret = secret_for_writing(secret_file, unsigned)
-    model, config = load_checkpoint(model_path)
-    ds = dataset_for(config, data_spec)
-    digest = models.digest(model)
-    layout = shadow.PoolLayout(negatives=negatives, val_negatives=val_negatives, af=af, alpha=alpha,
-                               epochs=shadow_epochs, finetune_epochs=finetune_epochs)
-    settings = metafinger.Settings(n=n, candidates=candidates, epochs=epochs, k=k, lam=lam, lr=lr,
-                                   augment_inputs=augment_inputs, threshold=threshold, max_p_value=max_p_value)
-    specs = shadow.pool_specs(config.arch, ds.name, digest, layout, seed=config.seed or 0)
-    start = time.perf_counter()
-    pool = shadow.build_pool([s for group in specs.values() for s in group],
-                             cache_dir=cache_dir or shadow.default_cache_dir(), base=model, workers=workers,
-                             executor=executor, ray_address=ray_address, progress=progress_enabled())
-    shadow_seconds, start = time.perf_counter() - start, time.perf_counter()
-    key = metafinger.create(
-        model, metafinger.Pools(**pool.groups(specs)), ds.train.x, settings, seed=seed, model_digest=digest,
-        meta={"data": ds.name, "arch": config.arch, "alpha": alpha, "af": af}, progress=progress_enabled(),
-    )
-    summary = {"shadow_models_trained": len(pool.trained), "shadow_seconds": shadow_seconds,
-               "meta_seconds": time.perf_counter() - start, "p0": key.config["p0"]}
-    _finish_mark(key, TorchOracle(model, ds.shape, ds.num_classes), out, secret, summary, as_json, canaries=ds.test)
+for _spec in METHODS.values():
+    mark.add_command(_command(_spec))

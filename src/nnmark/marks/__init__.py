@@ -1,7 +1,8 @@
 """Marks: one module per paper method and per baseline, each with ``create`` (or ``embed``) and ``verify``.
 
 Each module declares its methods as ``SPECS`` (``nnmark.marks.spec.MethodSpec``: purpose, access for
-create and verify, whether it embeds, its verdict words); ``METHODS`` collects them.
+create and verify, whether it embeds, its verdict words, its create function and input kind); ``METHODS``
+collects them from every module of the purpose packages.
 ``verify(oracle, key, secret=...)`` checks the declared access once and picks the method's verifier from
 the key's method name; keyed methods (sensitive-sample pairs) re-derive their secret per-user head from
 the owner's secret.
@@ -9,22 +10,33 @@ the owner's secret.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from nnmark import keys
 from nnmark.errors import KeyFileError, SignatureError
 from nnmark.keys import KeyFile
 from nnmark.marks import canary
-from nnmark.marks.integrity import aid, baselines, dbi, pairing
-from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger
 from nnmark.marks.spec import PURPOSES, MethodSpec, require
-from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle
 
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for module in (dbi, baselines, aid, pairing, metafinger, ipguard, coupled, backdoor_wm, frontier, innformant)
-    for spec in module.SPECS
-}
+
+def _declared() -> dict[str, MethodSpec]:
+    """The ``SPECS`` of every module in the purpose packages (``integrity``, ``ownership``, ``telltale``), by
+    purpose, then module name: a new method's module is found without being listed anywhere else."""
+    found: dict[str, MethodSpec] = {}
+    for purpose in PURPOSES:
+        package = importlib.import_module(f"{__name__}.{purpose}")
+        for info in pkgutil.iter_modules(package.__path__):
+            for spec in getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "SPECS", ()):
+                if spec.name in found:
+                    raise TypeError(f"method {spec.name!r} is declared twice")
+                found[spec.name] = spec
+    return found
+
+
+METHODS: dict[str, MethodSpec] = _declared()
 """Method name -> its declaration, in the order listings show them."""
 
 

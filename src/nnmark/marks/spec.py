@@ -2,20 +2,54 @@
 
 The CLI, ``marks.verify`` and ``nnmark audit`` read these declarations instead of special-casing methods:
 access is checked once, purpose decides how a verdict reads, ``keyed`` says the owner's secret is needed
-to verify, ``embeds`` says that making a key trains the model it protects.
+to verify, ``embeds`` says that making a key trains the model it protects. ``nnmark mark NAME`` is generated
+from ``create`` and its input kind (``INPUTS``): the kind says what the command gives ``create`` first, and
+every other parameter is an option (``nnmark.options``: typed, a named module constant as default, one line in
+the docstring's ``Args:`` section), except what a caller supplies from its context (``SUPPLIED``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from nnmark import options as _options
 from nnmark.errors import AccessError, ArgumentError
+from nnmark.options import Option
 
 PURPOSES = ("integrity", "ownership", "telltale")
 CREATE_ACCESS = ("labels", "probabilities", "gradients", "internals", "training")
 """What making a key needs: an oracle's access level, a module's hidden activations ("internals") or the
 training data and a trainable model ("training", embedding methods)."""
+
+INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "samples": (2, ("n", "seed")),
+    "natural": (2, ("n", "seed")),
+    "environments": (3, ("n", "seed")),
+    "none": (1, ()),
+    "embed": (2, ()),
+    "pretrained": (2, ()),
+    "embed_or_pretrained": (2, ("pretrained",)),
+    "shadow": (3, ("seed",)),
+}
+"""Input kind -> (how many positional inputs ``create`` takes, what else the caller gives it when it takes them):
+
+- samples: (oracle, n images of the training split drawn by ``seed``);
+- natural: (oracle, n images of the natural pool, ``nnmark.data.roles.natural_pool``, drawn by ``seed``);
+- environments: (local oracle, {name: environment oracle}, n natural-pool images);
+- none: (oracle,);
+- embed: (a fresh, untrained model in pixel space, dataset) -> (watermarked model, key);
+- pretrained: (the trained model, dataset) -> (watermarked model, key);
+- embed_or_pretrained: either; ``pretrained`` says which;
+- shadow: (source model, ``metafinger.Pools`` of shadow models, training images)."""
+
+SUPPLIED = ("model_digest", "meta", "progress", "secret")
+"""Keyword parameters a caller fills from its context, never options: the model's digest, what the key records
+of its inputs, progress bars, the owner's secret (a method whose create takes it needs one)."""
+
+DEFAULT_N = 100
+"""How many images the CLI draws for a method whose kind takes images, unless the method says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +63,15 @@ class MethodSpec:
         create_access: see ``CREATE_ACCESS``.
         verify_access: the least oracle access verification needs ("labels" or "probabilities").
         embeds: making a key trains the model it protects (the method returns a new model).
-        keyed: verification needs the owner's secret (e.g. a per-user head derived from it).
         verdicts: the decision words of a passed and a failed check.
         verify: ``verify(oracle, key[, secret=...]) -> Verdict``.
+        keyed: verification needs the owner's secret (e.g. a per-user head derived from it).
+        create: the function that makes a key (``-> KeyFile``; an embedding method's ``-> (model, KeyFile)``).
+        inputs: what ``create`` takes first (``INPUTS``).
+        shows: the key config's fields ``nnmark mark`` reports.
+        describe: ``describe(key) -> dict``, more fields ``nnmark mark`` reports, computed from the key.
+        n: the number of images the CLI draws by default (image kinds).
+        example: what the method's ``nnmark mark`` example adds to its kind's (e.g. required options).
     """
 
     name: str
@@ -43,6 +83,12 @@ class MethodSpec:
     verdicts: tuple[str, str]
     verify: Callable
     keyed: bool = False
+    create: Callable | None = None
+    inputs: str = "samples"
+    shows: tuple[str, ...] = ()
+    describe: Callable | None = None
+    n: int = DEFAULT_N
+    example: str = ""
 
     def __post_init__(self) -> None:
         if self.purpose not in PURPOSES:
@@ -51,6 +97,26 @@ class MethodSpec:
             raise ArgumentError(f"create_access must be one of {CREATE_ACCESS}, got {self.create_access!r}")
         if self.verify_access not in ("labels", "probabilities"):
             raise ArgumentError(f"verify_access must be labels or probabilities, got {self.verify_access!r}")
+        if self.inputs not in INPUTS:
+            raise ArgumentError(f"inputs must be one of {tuple(INPUTS)}, got {self.inputs!r}")
+        if self.create is not None:
+            self.options  # checks every option's type now, at import
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        """``create``'s options: its parameters after the kind's inputs, less what a caller supplies."""
+        skip, given = INPUTS[self.inputs]
+        return _options.read(self.create, skip=skip, exclude=(*SUPPLIED, *given))
+
+    def call(self, *inputs, values: dict, **context):
+        """``create(*inputs, **options, **context)``: option ``values`` (settings objects built from their fields)
+        and of ``context`` (``SUPPLIED`` and the kind's values) what ``create`` takes; ``meta`` less the values
+        ``create`` takes, which it records itself."""
+        takes = inspect.signature(self.create).parameters
+        given = {name: value for name, value in context.items() if name in takes}
+        if given.get("meta"):  # what create records itself (e.g. its seed) is not recorded twice
+            given["meta"] = {name: value for name, value in given["meta"].items() if name not in takes}
+        return self.create(*inputs, **_options.arguments(self.options, values, self.create), **given)
 
 
 def require(oracle, access: str, what: str) -> None:

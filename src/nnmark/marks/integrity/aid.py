@@ -56,6 +56,8 @@ PAPER_ITR = 10_000
 MIN_ITR = 1
 """The fewest iterations of a key worth writing: with 0 the queries are the unmodified sources."""
 DEFAULT_BETA = 10.0
+ACTIVE = 0.0
+"""t: a neuron is active when its pre-activation exceeds t (0: the ReLU is active)."""
 verify = verify_labels
 
 
@@ -65,17 +67,17 @@ def boundary_gap(logits: torch.Tensor) -> torch.Tensor:
     return top[:, 0] - top[:, 1]
 
 
-def neuron_coverage(pre: list[torch.Tensor], threshold: float = 0.0) -> torch.Tensor:
+def neuron_coverage(pre: list[torch.Tensor], threshold: float = ACTIVE) -> torch.Tensor:
     """cov(x): mean over layers of the fraction of neurons with a_j > t, per sample (N,)."""
     return torch.stack([(a > threshold).double().mean(dim=1) for a in pre]).mean(dim=0)
 
 
-def coverage_loss(pre: list[torch.Tensor], threshold: float = 0.0) -> torch.Tensor:
+def coverage_loss(pre: list[torch.Tensor], threshold: float = ACTIVE) -> torch.Tensor:
     """c(x): mean over layers of mean_j max(0, t - a_j), per sample (N,); 0 when every neuron is active."""
     return torch.stack([(threshold - a).clamp_min(0).mean(dim=1) for a in pre]).mean(dim=0)
 
 
-def edge_loss(logits: torch.Tensor, pre: list[torch.Tensor], beta: float, threshold: float = 0.0) -> torch.Tensor:
+def edge_loss(logits: torch.Tensor, pre: list[torch.Tensor], beta: float, threshold: float = ACTIVE) -> torch.Tensor:
     """L(x) = g(x) + beta * c(x) per sample."""
     return boundary_gap(logits) + beta * coverage_loss(pre, threshold)
 
@@ -136,7 +138,7 @@ def create(
     itr: int = PAPER_ITR,
     lr: float = PAPER_LR,
     beta: float = DEFAULT_BETA,
-    threshold: float = 0.0,
+    threshold: float = ACTIVE,
     model_digest: str = "",
     meta: dict | None = None,
     progress: bool = False,
@@ -146,6 +148,12 @@ def create(
     Needs an oracle with access to the model's internals (AccessError otherwise; ModelError when its model
     has no ``nn.ReLU``).
     The sources are kept as the extra tensor "sources", the per-sample coverage cov(x') as "coverage".
+
+    Args:
+        itr: Adam iterations on the inputs.
+        lr: Adam learning rate on the inputs.
+        beta: weight of the neuron-coverage term.
+        threshold: a neuron is active when its pre-activation exceeds this.
     """
     require(oracle, "internals", "making an AID key")
     check_inputs(x0, oracle.input_shape)
@@ -172,4 +180,5 @@ def create(
 SPECS = (MethodSpec(
     METHOD, "integrity", "AID edge-points on the boundary that activate many hidden neurons (Aramoon et al.)",
     create_access="internals", verify_access="labels", embeds=False, verdicts=("intact", "tampered"), verify=verify,
+    create=create, inputs="samples", shows=("coverage_start", "coverage_end"),
 ),)

@@ -17,6 +17,7 @@ from nnmark.marks.spec import MethodSpec
 from nnmark.oracles import Oracle, check_inputs
 
 verify = verify_labels
+DEFAULT_N = 100
 
 
 def natural(oracle: Oracle, samples: torch.Tensor, *, model_digest: str = "", meta: dict | None = None) -> KeyFile:
@@ -32,8 +33,14 @@ def natural(oracle: Oracle, samples: torch.Tensor, *, model_digest: str = "", me
     )
 
 
-def random_noise(oracle: Oracle, n: int, *, seed: int = 0, model_digest: str = "", meta: dict | None = None) -> KeyFile:
-    """Key of n uniform-noise images U[0, 1]^(C, H, W) drawn from ``seed``, with y = argmax f(x)."""
+def random_noise(oracle: Oracle, n: int = DEFAULT_N, *, seed: int = 0, model_digest: str = "",
+                 meta: dict | None = None) -> KeyFile:
+    """Key of n uniform-noise images U[0, 1]^(C, H, W) drawn from ``seed``, with y = argmax f(x).
+
+    Args:
+        n: number of query samples.
+        seed: draws the images.
+    """
     check_query_count(n, "n")
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((n, *oracle.input_shape), generator=gen)
@@ -48,7 +55,9 @@ def random_noise(oracle: Oracle, n: int, *, seed: int = 0, model_digest: str = "
 
 SPECS = tuple(
     MethodSpec(name, "integrity", summary, create_access="labels", verify_access="labels", embeds=False,
-               verdicts=("intact", "tampered"), verify=verify)
-    for name, summary in (("natural", "baseline: natural test images labelled by the model"),
-                          ("random", "baseline: uniform-noise images labelled by the model"))
+               verdicts=("intact", "tampered"), verify=verify, create=create, inputs=inputs)
+    for name, summary, create, inputs in (
+        ("natural", "baseline: natural test images labelled by the model", natural, "natural"),
+        ("random", "baseline: uniform-noise images labelled by the model", random_noise, "none"),
+    )
 )

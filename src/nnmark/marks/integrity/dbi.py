@@ -10,9 +10,9 @@ the distribution is nearly flat: the sample then sits at the decision boundary, 
 W moves its argmax.
 
 Sign: the paper says it *minimises* D but prints eq. 4 / Algorithm 1 line 9 as
-x' = x + eps * sign(grad_x D), which ascends D. nnmark descends (``direction=-1``, the stated aim,
-and the one that makes samples fragile); ``direction=+1`` follows the printed formula. Each step is
-clipped to [0, 1] (the paper does not clip; its samples are images).
+x' = x + eps * sign(grad_x D), which ascends D. nnmark descends (``direction="descent"``, the stated aim,
+and the one that makes samples fragile); ``"ascent"`` follows the printed formula (the key records -1 or +1).
+Each step is clipped to [0, 1] (the paper does not clip; its samples are images).
 
 Arguments (paper defaults): eps = 1e-4 for MNIST-like (one-channel) data, 1e-5 for CIFAR-like
 (three-channel) data; itr = 10,000. Inputs (N, C, H, W) in [0, 1].
@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from tqdm.auto import tqdm
 
@@ -32,12 +34,17 @@ from nnmark.errors import ArgumentError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity.common import verify_labels
 from nnmark.marks.spec import MethodSpec
+from nnmark.metrics import sample_quality
 from nnmark.oracles import Oracle, check_inputs
 
 METHOD = "dbi"
 PAPER_ITR = 10_000
 MIN_ITR = 1
 """The fewest iterations of a key worth writing: with 0 the queries are the unmodified sources."""
+Direction = Literal["descent", "ascent"]
+DIRECTIONS: dict[str, int] = {"descent": -1, "ascent": 1}
+"""The step's sign: descent minimises D(p) (the paper's aim), ascent follows eq. 4 as printed."""
+DEFAULT_DIRECTION: Direction = "descent"
 verify = verify_labels
 
 
@@ -86,7 +93,7 @@ def create(
     *,
     eps: float | None = None,
     itr: int = PAPER_ITR,
-    direction: int = -1,
+    direction: Direction = DEFAULT_DIRECTION,
     model_digest: str = "",
     meta: dict | None = None,
     progress: bool = False,
@@ -94,16 +101,25 @@ def create(
     """Make a DBI key: fragile samples x' from ``sources`` and their labels y' = argmax f_p(x').
 
     ``meta`` (e.g. the data spec and source indices) is kept in the key's config. The sources are kept
-    as the extra tensor "sources" so PSNR/SSIM can be reported later.
+    as the extra tensor "sources" so PSNR/SSIM can be reported later. The config records ``direction`` as
+    the step's sign, -1 (descent) or +1 (ascent).
+
+    Args:
+        eps: step size (default: 1e-4 one-channel, 1e-5 otherwise, the paper's).
+        itr: iterations of Algorithm 1.
+        direction: descent minimises D(p) (the paper's aim); ascent follows eq. 4 as printed.
     """
+    if direction not in DIRECTIONS:
+        raise ArgumentError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
     check_inputs(sources, oracle.input_shape)
     if itr < MIN_ITR:
         raise ArgumentError(f"itr must be >= {MIN_ITR}, got {itr}: with no iteration the queries are the unmodified "
                             "sources (the natural method makes such keys)")
     eps = default_eps(oracle.input_shape) if eps is None else float(eps)
-    fragile, _ = fragilize(oracle, sources, eps, itr, direction, progress)
+    sign = DIRECTIONS[direction]
+    fragile, _ = fragilize(oracle, sources, eps, itr, sign, progress)
     labels = oracle.labels(fragile)
-    config = {"eps": eps, "itr": int(itr), "direction": int(direction), "n": len(fragile), **(meta or {})}
+    config = {"eps": eps, "itr": int(itr), "direction": sign, "n": len(fragile), **(meta or {})}
     return KeyFile(
         method=METHOD,
         config=config,
@@ -117,4 +133,6 @@ def create(
 SPECS = (MethodSpec(
     METHOD, "integrity", "DBI fragile samples whose predicted distribution is made flat (Yin et al.)",
     create_access="gradients", verify_access="labels", embeds=False, verdicts=("intact", "tampered"), verify=verify,
+    create=create, inputs="samples", describe=lambda key: sample_quality(key.queries, key.extras["sources"]),
+    example="--itr 3000",
 ),)

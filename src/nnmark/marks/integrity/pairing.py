@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import typing
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +83,12 @@ PAPER_ALPHA = 1e-6
 DEFAULT_LAMBDA = 10.0
 DEFAULT_MAX_STEPS = 10_000
 DEFAULT_MARGIN = 1e-4
-ACTIVATIONS = ("logits", "head")
+PAPER_PAIRS = 150
+DEFAULT_TOL = 1e-6
+DEFAULT_PATIENCE = 20
+Activation = Literal["logits", "head"]
+ACTIVATIONS: tuple[Activation, ...] = typing.get_args(Activation)
+DEFAULT_ACTIVATION: Activation = "logits"
 SMALLEST_PROBABILITY = 2.0**-149
 """The smallest positive float32: probabilities that underflowed to 0 are clamped to it before the log."""
 
@@ -138,7 +145,8 @@ def binary_labels(oracle: Oracle, head: torch.Tensor, x: torch.Tensor) -> tuple[
 # --- stage 1: approach the boundary with large activations (eq. 6) -------------------------------------
 
 
-def combined_loss(logits: torch.Tensor, head: torch.Tensor, lam: float, activation_on: str = "logits") -> torch.Tensor:
+def combined_loss(logits: torch.Tensor, head: torch.Tensor, lam: float,
+                  activation_on: Activation = DEFAULT_ACTIVATION) -> torch.Tensor:
     """Eq. 6 per sample: lambda * variance(h) - sum_i |output_i|; output = the N logits or the 2 head outputs."""
     h = head_outputs(logits, head)
     activation = logits.double() if activation_on == "logits" else h
@@ -303,19 +311,19 @@ def final_labels(
 
 def create(
     oracle: Oracle,
-    n_pairs: int,
+    n_pairs: int = PAPER_PAIRS,
     *,
     secret: bytes,
     user_id: str,
     lam: float = DEFAULT_LAMBDA,
     lr: float = PAPER_LR,
     max_itr: int = PAPER_MAX_ITR,
-    tol: float = 1e-6,
-    patience: int = 20,
+    tol: float = DEFAULT_TOL,
+    patience: int = DEFAULT_PATIENCE,
     alpha: float = PAPER_ALPHA,
     max_steps: int = DEFAULT_MAX_STEPS,
     margin: float = DEFAULT_MARGIN,
-    activation_on: str = "logits",
+    activation_on: Activation = DEFAULT_ACTIVATION,
     seed: int = 0,
     model_digest: str = "",
     progress: bool = False,
@@ -325,6 +333,21 @@ def create(
     Tries ``n_pairs`` stage-1 samples; pairs that do not cross (or do not reach ``margin``) within
     ``max_steps`` are dropped and counted in the config. Raises AccessError without gradients,
     ArgumentError for bad arguments and NnmarkError when no pair survives.
+
+    Args:
+        n_pairs: pairs to try (the paper: 150).
+        secret: the owner's secret; with ``user_id`` it derives the secret binary head.
+        user_id: whom the key is for; with the secret it derives the secret binary head.
+        lam: lambda of eq. 6.
+        lr: stage-1 Adam step.
+        max_itr: stage-1 iterations at most.
+        tol, patience: stage 1 stops once the loss changes by less than tol (relative) patience times in a row.
+        alpha: stage-2 step (eq. 7).
+        max_steps: stage-2 steps at most.
+        margin: head margin each member keeps from the boundary (0: the paper's adjacent pair; the default is
+            the smallest with no false alarm in other numeric environments).
+        activation_on: the stage-1 loss on the logits or on the binary head's outputs.
+        seed: chooses the random starting pixels.
     """
     require(oracle, "gradients", "making a pairs key")
     _check_secret_and_user(secret, user_id)
@@ -427,5 +450,7 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes) -> Verdict:
 SPECS = (MethodSpec(
     METHOD, "integrity", "sensitive sample pairs around a secret per-user binary head (Gao et al.)",
     create_access="gradients", verify_access="probabilities", embeds=False, verdicts=("intact", "tampered"),
-    verify=verify, keyed=True,
+    verify=verify, keyed=True, create=create, inputs="none",
+    describe=lambda key: {"pairs": key.config["n_pairs"], "dropped": key.config["dropped"]},
+    example="--user-id alice",
 ),)

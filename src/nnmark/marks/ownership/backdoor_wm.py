@@ -58,6 +58,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import typing
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,11 +75,14 @@ from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest, train
+from nnmark.models.card import unwrap
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 ZHANG, ADI = "zhang", "adi"
 METHODS = (ZHANG, ADI)
-ZHANG_KINDS = ("content", "noise", "unrelated")
+ZhangKind = Literal["content", "noise", "unrelated"]
+ZHANG_KINDS: tuple[ZhangKind, ...] = typing.get_args(ZhangKind)
+DEFAULT_ZHANG_KIND: ZhangKind = "content"
 KINDS = (*ZHANG_KINDS, "abstract")
 NOISE_SIGMA = 0.5
 ADI_REPEAT = 3
@@ -235,7 +240,7 @@ def embed(
     model: nn.Module,
     dataset: Dataset,
     *,
-    kind: str = "content",
+    kind: str = DEFAULT_ZHANG_KIND,
     source: int | None = None,
     target: int | None = None,
     epochs: int | None = None,
@@ -301,12 +306,61 @@ def embed(
         "alpha": coupled.ALPHA, "clean_accuracy": accuracy(wm_model, dataset.test),
     }
     key = KeyFile(method=method, config=config, queries=queries.float().contiguous(), expected=expected,
-                  extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(wm_model))
+                  extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(unwrap(wm_model)))
     v = verify(TorchOracle(wm_model, shape, n_c), key)
     key.config.update(success=v.statistic, rate_clean=v.details["rate_clean"], null=v.details["null"])
     if method == ZHANG:
         key.config["rate_plain"] = v.details["rate_plain"]
     return wm_model, key
+
+
+def zhang(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    kind: ZhangKind = DEFAULT_ZHANG_KIND,
+    source: int | None = None,
+    target: int | None = None,
+    epochs: int = SCRATCH_EPOCHS,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[nn.Module, KeyFile]:
+    """Zhang et al.'s watermark: ``embed`` with triggers of ``kind`` made from source class i, labelled t.
+
+    Args:
+        kind: content: 'TEST' stamped on source-class images; noise: Gaussian noise on them; unrelated: patches
+            of scikit-learn's sample photos.
+        source: source class i (default: drawn from seed; unused by unrelated).
+        target: target class t, not i (default: drawn from seed).
+        epochs: training epochs.
+        lr: Adam learning rate (cosine decay).
+        seed: draws the classes, the triggers and the batches.
+    """
+    return embed(model, dataset, kind=kind, source=source, target=target, epochs=epochs, lr=lr, seed=seed,
+                 progress=progress)
+
+
+def adi(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    epochs: int | None = None,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    pretrained: bool = False,
+    progress: bool = False,
+) -> tuple[nn.Module, KeyFile]:
+    """Adi et al.'s watermark: ``embed`` with 90 abstract images with random labels, from scratch or, with
+    ``pretrained``, fine-tuned into a trained model.
+
+    Args:
+        epochs: training epochs (default: 8 from scratch, 3 fine-tuning: SCRATCH_EPOCHS, FINETUNE_EPOCHS).
+        lr: Adam learning rate (cosine decay).
+        seed: draws the images, their labels and the batches.
+    """
+    return embed(model, dataset, kind="abstract", epochs=epochs, lr=lr, seed=seed, pretrained=pretrained,
+                 progress=progress)
 
 
 # --- verification ----------------------------------------------------------------------------------------
@@ -354,9 +408,13 @@ def verify_labelled(oracle: Oracle, key: KeyFile, clean_x: torch.Tensor | None, 
                              label_share=label_share, rate_clean=rate_clean)
 
 
-SPECS = tuple(
-    MethodSpec(name, "ownership", summary, create_access="training", verify_access="labels", embeds=True,
+_SHARED = dict(create_access="training", verify_access="labels", embeds=True,
                verdicts=("watermarked", "not watermarked"), verify=verify)
-    for name, summary in ((ZHANG, "backdoor watermark with content / noise / unrelated triggers (Zhang et al.)"),
-                          (ADI, "backdoor watermark of abstract images with random labels (Adi et al.)"))
+SPECS = (
+    MethodSpec(ZHANG, "ownership", "backdoor watermark with content / noise / unrelated triggers (Zhang et al.)",
+               **_SHARED, create=zhang, inputs="embed",
+               shows=("kind", "source", "target", "success", "rate_plain", "clean_accuracy"), example="--kind content"),
+    MethodSpec(ADI, "ownership", "backdoor watermark of abstract images with random labels (Adi et al.)",
+               **_SHARED, create=adi, inputs="embed_or_pretrained", shows=("pretrained", "success", "null",
+                                                                          "clean_accuracy")),
 )

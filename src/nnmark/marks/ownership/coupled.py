@@ -73,7 +73,9 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -89,14 +91,21 @@ from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
+from nnmark.models.card import unwrap
 from nnmark.models.training import (
     Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer, train_batches,
 )
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "coupled"
-KINDS = ("direct", "invisible")
+Kind = Literal["direct", "invisible"]
+KINDS: tuple[Kind, ...] = typing.get_args(Kind)
+DEFAULT_KIND: Kind = "direct"
 PAPER_RATIOS = (0.5, 0.7, 0.9)
+DEFAULT_R = PAPER_RATIOS[0]
+EPOCHS = 8
+KEEP_RATIO = 0.9
+FINETUNE_LR = 1e-4
 WM_FRACTION = 0.009
 FT_FRACTION = 0.1
 WM_REPEAT = 5
@@ -288,14 +297,14 @@ def embed(
     model: nn.Module,
     dataset: Dataset,
     *,
-    kind: str = "direct",
-    r: float = 0.5,
+    kind: Kind = DEFAULT_KIND,
+    r: float = DEFAULT_R,
     base: tuple[int, int] | None = None,
     target: int | None = None,
-    epochs: int = 8,
-    keep_ratio: float = 0.9,
+    epochs: int = EPOCHS,
+    keep_ratio: float = KEEP_RATIO,
     lr: float = DEFAULT_LR,
-    finetune_lr: float = 1e-4,
+    finetune_lr: float = FINETUNE_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     masked: bool = True,
@@ -311,6 +320,21 @@ def embed(
     hold plain images of classes i and j ("plain") and clean images of all classes ("clean") from the
     natural pool, for the verifier's null rates; its config records every setting and the rates measured
     on the watermarked model. ``model`` is left untouched.
+
+    Args:
+        kind: direct: x_i top-left, x_j bottom-right on white (eq. 2); invisible: r*x_i + (1-r)*x_j (eq. 3).
+        r: invisible-fusion ratio in (0, 1) (paper: 0.5, 0.7, 0.9).
+        base: base classes i j (default: drawn from seed).
+        target: target class t, not i or j (default: drawn from seed).
+        epochs: training epochs.
+        keep_ratio: fraction of each weight tensor the random mask keeps (1/keep-ratio scaling).
+        lr: eta, the Adam learning rate of the main pass (cosine decay).
+        finetune_lr: eta' of the training-time fine-tuning pass.
+        batch_size: training batch size.
+        seed: draws the classes, triggers, masks and batches.
+        masked: train with the random weight mask (off: with the full W, an ablation).
+        tt_finetune: run the training-time fine-tuning pass (off: skip it, an ablation).
+        wm_repeat: copies of each watermark trigger in the training data per epoch.
     """
     if kind not in KINDS:
         raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -370,7 +394,7 @@ def embed(
         queries=queries.float().contiguous(),
         expected=torch.full((N_VERIFY,), t, dtype=torch.int64),
         extras={"plain": plain.float().contiguous(), "clean": clean.float().contiguous()},
-        model_digest=digest(wm_model),
+        model_digest=digest(unwrap(wm_model)),
     )
     return wm_model, key
 
@@ -408,5 +432,6 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
 SPECS = (MethodSpec(
     METHOD, "ownership", "function-coupled watermark: fused in-distribution triggers, masked training (Wen et al.)",
     create_access="training", verify_access="labels", embeds=True, verdicts=("watermarked", "not watermarked"),
-    verify=verify,
+    verify=verify, create=embed, inputs="embed",
+    shows=("kind", "base", "target", "success", "rate_plain", "clean_accuracy"),
 ),)

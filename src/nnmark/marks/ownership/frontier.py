@@ -61,6 +61,7 @@ from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
+from nnmark.models.card import unwrap
 from nnmark.oracles import Oracle, TorchOracle
 
 METHOD = "frontier"
@@ -124,6 +125,13 @@ def embed(
     The key's queries are K, its expected labels the source labels y; extras "clean" (300 natural images)
     for the collapse rate; config records every setting and the success measured before and after marking.
     ``model`` is left untouched.
+
+    Args:
+        eps: FGSM step of the key's adversaries.
+        epochs: epochs of the fine-tune that stitches the key in.
+        lr: Adam learning rate of that fine-tune (cosine decay).
+        batch_size: its batch size.
+        seed: orders the images the key is made from and the batches.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
@@ -145,7 +153,7 @@ def embed(
         queries=queries.float().contiguous(),
         expected=expected,
         extras={"clean": pool.x[: coupled.N_NULL].float().contiguous()},
-        model_digest=digest(wm_model),
+        model_digest=digest(unwrap(wm_model)),
     )
     before = verify(TorchOracle(source, dataset.shape, dataset.num_classes), key)
     after = verify(TorchOracle(wm_model, dataset.shape, dataset.num_classes), key)
@@ -181,5 +189,5 @@ def verify(oracle: Oracle, key: KeyFile, *, clean_x: torch.Tensor | None = None)
 SPECS = (MethodSpec(
     METHOD, "ownership", "frontier stitching: fine-tuned on true and false adversaries (Le Merrer et al.)",
     create_access="training", verify_access="labels", embeds=True, verdicts=("watermarked", "not watermarked"),
-    verify=verify,
+    verify=verify, create=embed, inputs="pretrained", shows=("success_before", "success", "null", "clean_accuracy"),
 ),)

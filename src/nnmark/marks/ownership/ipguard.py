@@ -156,6 +156,15 @@ def create(
     The expected labels are the source's own labels of the points (= i). The starts are kept as the
     extra tensor "sources", the drawn runner-up labels j as "runner_up". Raises NnmarkError when no
     point converges (use more iterations or a smaller k).
+
+    Args:
+        n: most points kept (default: every converged one).
+        k: logit margin of each point's label over its runner-up class (small: unique but fragile).
+        lr: Adam learning rate on the inputs.
+        iterations: Adam iterations at most.
+        seed: draws the runner-up classes.
+        threshold: least matching rate of a match.
+        p0: the matching rate an unrelated model reaches by chance (default: 1/K).
     """
     require(oracle, "gradients", f"making an {METHOD} key")
     if not isinstance(x0, torch.Tensor) or x0.dim() != 4:
@@ -212,4 +221,5 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
 SPECS = (MethodSpec(
     METHOD, "ownership", "IPGuard points a logit margin k from the classification boundary (Cao et al.)",
     create_access="gradients", verify_access="labels", embeds=False, verdicts=("match", "no match"), verify=verify,
+    create=create, inputs="samples", shows=("converged",),
 ),)

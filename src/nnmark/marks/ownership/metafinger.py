@@ -408,4 +408,5 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
 SPECS = (MethodSpec(
     METHOD, "ownership", "MetaFinger query images meta-trained over shadow-model pools (Yang et al.)",
     create_access="gradients", verify_access="labels", embeds=False, verdicts=("match", "no match"), verify=verify,
+    create=create, inputs="shadow", shows=("p0",),
 ),)

@@ -59,6 +59,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -81,6 +82,10 @@ LOCAL_MAX = 2000
 """Local-phase steps at most."""
 REMOTE_MAX = 500
 """Remote-phase steps at most."""
+Direction = Literal["sign", "l2"]
+DEFAULT_DIRECTION: Direction = "sign"
+DEFAULT_SOURCES = 50
+"""Natural images a key starts from (the CLI's --n)."""
 UNKNOWN = "unknown environment"
 DIFFERENT_MODEL = "different model"
 MAX_SCALE = 2.0**32
@@ -111,7 +116,7 @@ def stall_scale(scale: torch.Tensor, same: torch.Tensor, max_scale: float = MAX_
     return torch.where(same, (scale * 2).clamp(max=max_scale), torch.ones_like(scale))
 
 
-def step_direction(grad: torch.Tensor, direction: str = "sign") -> torch.Tensor:
+def step_direction(grad: torch.Tensor, direction: Direction = DEFAULT_DIRECTION) -> torch.Tensor:
     """The direction of a step from grad_x m(x) (N, C, H, W), float64.
 
     "sign": sign(grad), eq. 2 as printed. "l2": grad / ||grad||_2 * sqrt(C*H*W), the gradient direction
@@ -127,7 +132,7 @@ def step_direction(grad: torch.Tensor, direction: str = "sign") -> torch.Tensor:
     raise ArgumentError("direction must be 'sign' or 'l2'")
 
 
-def boundary_step(x, grad, c, delta, alpha: float, scale, direction: str = "sign") -> torch.Tensor:
+def boundary_step(x, grad, c, delta, alpha: float, scale, direction: Direction = DEFAULT_DIRECTION) -> torch.Tensor:
     """Eq. 2 with the stall scale: x <- clip(x + c * delta_conf * alpha * s * sign(grad_x m(x)), 0, 1).
 
     ``direction="l2"`` replaces sign(grad) by :func:`step_direction`'s "l2". Computed in float64, stored
@@ -167,7 +172,7 @@ def local_phase(
     target: float = TARGET,
     local_max: int = LOCAL_MAX,
     original: torch.Tensor | None = None,
-    direction: str = "sign",
+    direction: Direction = DEFAULT_DIRECTION,
     max_scale: float = MAX_SCALE,
     progress: bool = False,
 ) -> PhaseResult:
@@ -245,7 +250,7 @@ def remote_phase(
     alpha: float = REMOTE_ALPHA,
     remote_max: int = REMOTE_MAX,
     original: torch.Tensor | None = None,
-    direction: str = "sign",
+    direction: Direction = DEFAULT_DIRECTION,
     max_scale: float = MAX_SCALE,
     progress: bool = False,
 ) -> PhaseResult:
@@ -325,7 +330,7 @@ def create(
     target: float = TARGET,
     local_max: int = LOCAL_MAX,
     remote_max: int = REMOTE_MAX,
-    direction: str = "sign",
+    direction: Direction = DEFAULT_DIRECTION,
     model_digest: str = "",
     meta: dict | None = None,
     progress: bool = False,
@@ -337,6 +342,15 @@ def create(
     :func:`step_direction`). Extras: "env_labels" (N, n) int64 in the config's "environments" order,
     "sources" and "source_labels" (y0, the local model's labels), "source_index", "local_steps",
     "remote_steps", "psnr" (dB against the source). ``NnmarkError`` when no source gave a boundary sample.
+
+    Args:
+        reference: the licensed environment (default: the first one).
+        local_alpha: alpha of the local phase's steps.
+        remote_alpha: alpha of the remote phase's steps.
+        target: stop the local phase once delta_conf is below this.
+        local_max: local-phase steps at most.
+        remote_max: remote-phase steps at most.
+        direction: sign: the paper's step; l2: normalised-gradient step (higher PSNR).
     """
     check_inputs(sources, local_oracle.input_shape)
     names = list(env_oracles)
@@ -466,7 +480,17 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     )
 
 
+def summary(key: KeyFile) -> dict:
+    """What ``nnmark mark innformant`` reports: samples found, their median PSNR (dB), and per environment how
+    many samples single it out."""
+    rows = report(key)
+    psnrs = sorted(r["psnr"] for r in rows)
+    return {"found": len(rows), "psnr_median_db": psnrs[len(psnrs) // 2],
+            "singles_out": {name: sum(name in r["singles_out"] for r in rows) for name in key.config["environments"]}}
+
+
 SPECS = (MethodSpec(
     METHOD, "telltale", "iNNformant boundary samples whose labels tell execution environments apart",
     create_access="gradients", verify_access="labels", embeds=False, verdicts=("reference", "other"), verify=verify,
+    create=create, inputs="environments", describe=summary, n=DEFAULT_SOURCES, example="--envs float32,float64",
 ),)
