@@ -38,8 +38,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-ORACLE_METHODS = ("dbi", "aid", "ipguard", "natural", "random", "pairs")
-"""Methods ``mark`` makes from a model alone: the ones whose create step needs only an oracle and inputs."""
+ORACLE_INPUTS = ("samples", "natural", "none")
+"""The input kinds (``nnmark.marks.spec.INPUTS``) of the methods ``mark`` makes from a model alone: their create
+step takes an oracle and images (or only the oracle, for "none")."""
 
 
 def _oracle(target, input_shape=None):
@@ -72,23 +73,21 @@ def mark(method: str, model, x=None, **settings):
     a module or a file.
     """
     from nnmark.errors import ArgumentError
-    from nnmark.marks.integrity import aid, baselines, dbi, pairing
-    from nnmark.marks.ownership import ipguard
+    from nnmark.marks import METHODS
 
-    if method not in ORACLE_METHODS:
-        raise ArgumentError(f"nnmark.mark makes {', '.join(ORACLE_METHODS)}; make a {method} key with its module "
+    spec = METHODS.get(method)
+    if spec is None or spec.inputs not in ORACLE_INPUTS:
+        made = [name for name, s in METHODS.items() if s.inputs in ORACLE_INPUTS]
+        raise ArgumentError(f"nnmark.mark makes {', '.join(made)}; make a {method} key with its module "
                             "in nnmark.marks (it trains shadow models or the model itself)")
     shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
     oracle, digest = _oracle(model, shape)
     settings.setdefault("model_digest", digest)
-    if method == "random":
-        return baselines.random_noise(oracle, **settings)
-    if method == "pairs":
-        return pairing.create(oracle, **settings)
+    if spec.inputs == "none":
+        return spec.create(oracle, **settings)
     if x is None:
         raise ArgumentError(f"{method} keys are made from images: pass x (N, C, H, W) in [0, 1]")
-    create = {"dbi": dbi.create, "aid": aid.create, "ipguard": ipguard.create, "natural": baselines.natural}[method]
-    return create(oracle, x, **settings)
+    return spec.create(oracle, x, **settings)
 
 
 def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
