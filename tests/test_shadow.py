@@ -1,5 +1,6 @@
 """Shadow-model pools: specs, from-scratch and augmented models, the on-disk cache, worker processes."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -283,10 +284,12 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     np.savez(npz, x=digits.train.x.numpy(), y=digits.train.y.numpy(), x_test=digits.test.x.numpy(),
              y_test=digits.test.y.numpy())
     report.mkdir()
+    factory = ShadowSpec(FACTORY, "digits", 33, epochs=1, card=CARD)  # its module travels as the job's py_modules
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook reaches the workers by value
     try:
-        hook = _guard([str(cache), str(npz.parent)], str(report))
-        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook})
+        hook = _guard([str(cache), str(npz.parent), os.path.dirname(foreign_models.__file__)], str(report))
+        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook,
+                                                       "py_modules": shadow.shipped_modules([factory])})
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -303,14 +306,24 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     given = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=9, finetune_epochs=1,
                        base_digest=models.digest(base_model))
     user = ShadowSpec("lenet5", f"npz:{npz}", 32, epochs=1)
-    specs = [augmented, given, user]
+    specs = [augmented, given, user, factory]
     pool = build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300)
-    assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache or the npz file
+    assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache, the npz file or tests/
     assert set(pool.trained) == {*specs, augmented.base()} and ray.is_initialized()  # a running cluster stays up
     assert {p.name for p in cache.iterdir()} == _cache_files(pool.trained)  # written by the driver from the bytes
     assert _same(pool[1], train_shadow(given, base_model))  # the bytes crossed intact
     assert _same(pool[2], train_shadow(ShadowSpec("lenet5", "digits", 32, epochs=1)))  # same tensors, same model
+    assert _same(pool[3], train_shadow(factory))  # the factory, shipped to the nodes, built the same model
     assert build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300).trained == []
+
+    ray.shutdown()  # the Ray instance build_pool starts ships the factory's module itself
+    again = ShadowSpec(FACTORY, "digits", 34, epochs=1, card=CARD)
+    assert build_pool([again], cache_dir=cache, executor="ray", ray_address=cluster.address,
+                      ray_timeout=300).trained == [again] and not ray.is_initialized()
+    ray.init(address=cluster.address)  # a running instance without it: the task's import error, in one line
+    with pytest.raises(ModelError, match="cannot import foreign_models") as e:
+        build_pool([dataclasses.replace(again, seed=35)], cache_dir=cache, executor="ray", ray_timeout=300)
+    assert "\n" not in str(e.value)
 
 
 def test_ray_executor_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
@@ -426,7 +439,7 @@ def test_a_factory_the_worker_cannot_import_is_one_line(tmp_path):
 def test_ray_ships_local_factory_modules_but_not_installed_ones():
     local = ShadowSpec(FACTORY, "digits", 0, card=CARD)
     installed = ShadowSpec("torch.nn:Identity", "digits", 0, card=CARD)  # torch lives in site-packages
-    assert shadow.shipped_modules([local, installed, local, ShadowSpec("lenet5", "digits", 0)]) == [foreign_models]
+    assert shadow.shipped_modules([local, installed, local, ShadowSpec("lenet5", "digits", 0)]) == [foreign_models.__file__]
     assert shadow.shipped_modules([installed]) == []
     with pytest.raises(ModelError, match="no_such_module_for_nnmark"):
         shadow.shipped_modules([ShadowSpec("no_such_module_for_nnmark:net", "digits", 0, card=CARD)])

@@ -34,7 +34,7 @@ thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``,
 A task is given no path: it takes the spec's JSON, the base model's bytes (a cache file's) and the data
 (a bundled dataset's name, else the tensors) and returns the new model's bytes, so it runs on any
 node of a cluster without a shared file system (Ray passes the inputs through its object store, each
-base and dataset once, and a factory's module as ``py_modules``). The driver alone reads and writes
+base and dataset once, and a factory's module as the job's ``py_modules``). The driver alone reads and writes
 the cache, each file atomically. ``pool_specs`` lays out MetaFinger's positive and negative pools
 (``PoolLayout``); ``pool_specs_for`` does it for a source model from ``load_any``.
 
@@ -64,7 +64,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import types
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,12 +492,16 @@ def _installed(path: str) -> bool:
     return any(path == root or path.startswith(root + os.sep) for root in _INSTALLED)
 
 
-def shipped_modules(specs: list[ShadowSpec]) -> list[types.ModuleType]:
-    """The top-level modules of the specs' factories that Ray tasks get through ``runtime_env["py_modules"]``.
+def shipped_modules(specs: list[ShadowSpec]) -> list[str]:
+    """The top-level modules of the specs' factories that Ray tasks need in the job's ``runtime_env["py_modules"]``:
+    the package folder, or the file of a one-file module.
 
-    Each factory is imported here (``import_factory``: a one-line ModelError naming the module when it cannot be).
-    A module of an installed distribution (under site-packages) is left out: like nnmark, it must be installed on
-    every node. A namespace package spread over several folders cannot be shipped (ModelError).
+    ``build_pool`` passes them to the ``ray.init`` it makes; a Ray instance already running must have been started
+    with them (``ray.init(runtime_env={"py_modules": shipped_modules(specs)})``: Ray uploads local modules only
+    for a whole job), else a task that cannot import the factory fails with its one-line ModelError naming the
+    module. Each factory is imported here (a one-line ModelError when it cannot be). A module of an installed
+    distribution (under site-packages) is left out: like nnmark, it must be installed on every node. A namespace
+    package spread over several folders cannot be shipped (ModelError).
     """
     shipped = {}
     for arch in dict.fromkeys(s.arch for s in specs if s.factory):
@@ -508,25 +511,23 @@ def shipped_modules(specs: list[ShadowSpec]) -> list[types.ModuleType]:
         if len(paths) > 1:
             raise ModelError(f"factory module {top.__name__} spans {len(paths)} folders; Ray ships a module from one")
         if not _installed(paths[0]):
-            shipped[top.__name__] = top
+            shipped[top.__name__] = paths[0]
     return list(shipped.values())
 
 
-def _ray_get(ray, ref, modules: list[types.ModuleType]) -> Result:
-    """``ray.get(ref)``; a failed task's error as one line (its own NnmarkError, e.g. a factory it cannot import)."""
+def _ray_get(ray, ref) -> Result:
+    """``ray.get(ref)``; a failed task's error in one line (its own NnmarkError, e.g. a factory it cannot import)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, NnmarkError):
             raise e.cause from None
         raise NnmarkError(f"a shadow-model task failed on Ray: {_first_line(e.cause or e)}") from None
-    except ray.exceptions.RuntimeEnvSetupError as e:
-        names = ", ".join(m.__name__ for m in modules) or "none"
-        raise NnmarkError(f"Ray could not set up the shadow-model tasks (py_modules: {names}): {_first_line(e)}"
-                          ) from None
+    except ray.exceptions.RayError as e:
+        raise NnmarkError(f"a shadow-model task failed on Ray: {_first_line(e)}") from None
 
 
-def _ray_results(ray, refs: list, timeout: float | None, modules: list[types.ModuleType]) -> Iterator[Result]:
+def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
     """The results of Ray task ``refs`` as each finishes; NnmarkError (the rest cancelled) past ``timeout`` s."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while refs:
@@ -536,13 +537,12 @@ def _ray_results(ray, refs: list, timeout: float | None, modules: list[types.Mod
             for ref in refs:
                 ray.cancel(ref, force=True)
             raise NnmarkError(f"{len(refs)} shadow-model task(s) did not finish within {timeout:g} s on Ray")
-        yield _ray_get(ray, done[0], modules)
+        yield _ray_get(ray, done[0])
 
 
-def _ray_runner(ray, timeout: float | None, modules: list[types.ModuleType]) -> _Runner:
-    options = {"runtime_env": {"py_modules": modules}} if modules else {}
-    remote = ray.remote(num_cpus=1, **options)(build_task)
-    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch], timeout, modules),
+def _ray_runner(ray, timeout: float | None) -> _Runner:
+    remote = ray.remote(num_cpus=1)(build_task)
+    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch], timeout),
                    put=lambda obj: obj if isinstance(obj, str) else ray.put(obj))
 
 
@@ -565,9 +565,10 @@ def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: f
             raise NnmarkError("executor 'ray' needs Ray: pip install 'nnmark[ray]'") from None
         started = not ray.is_initialized()
         if started:
-            ray.init(address=ray_address)
+            modules = shipped_modules(todo)
+            ray.init(address=ray_address, **({"runtime_env": {"py_modules": modules}} if modules else {}))
         try:
-            yield _ray_runner(ray, ray_timeout, shipped_modules(todo))
+            yield _ray_runner(ray, ray_timeout)
         finally:
             if started:
                 ray.shutdown()
@@ -606,8 +607,8 @@ def build_pool(
             and current directory, so they import a factory module as it is imported here), "serial" (this
             process) or "ray" (one-CPU Ray tasks on the running Ray instance, else on
             ``ray.init(address=ray_address)``, shut down afterwards; the nodes need nnmark installed, not a shared
-            file system; a factory's top-level module travels with the tasks as ``py_modules`` unless it is an
-            installed distribution, see ``shipped_modules``).
+            file system; the ``ray.init`` made here ships a factory's top-level module as ``py_modules``, see
+            ``shipped_modules``).
         ray_address: the Ray cluster to connect to when none is initialised (None: start a local one).
         ray_timeout: seconds to wait for each batch of Ray tasks (None: no limit); past it the tasks left are
             cancelled and NnmarkError is raised.
