@@ -90,9 +90,9 @@ DEFAULT_ALPHA = 3.0
 DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
 BUNDLED_DATA = tuple(spec for spec in data.SPECS if ":" not in spec)
+"""Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
 _INSTALLED = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")))
 """Where installed distributions live: a factory module from there is installed on every node, not shipped to Ray."""
-"""Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
 
 Task = tuple[str, Any, Any]
 """A task's arguments: the spec's JSON, the base (model bytes or None) and the data (a name or a Dataset),
@@ -482,11 +482,6 @@ class _Runner:
     put: Callable[[Any], Any] = _as_is
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def _installed(path: str) -> bool:
     path = os.path.realpath(path)
     return any(path == root or path.startswith(root + os.sep) for root in _INSTALLED)
@@ -516,15 +511,14 @@ def shipped_modules(specs: list[ShadowSpec]) -> list[str]:
 
 
 def _ray_get(ray, ref) -> Result:
-    """``ray.get(ref)``; a failed task's error in one line (its own NnmarkError, e.g. a factory it cannot import)."""
+    """``ray.get(ref)``; a failed task raises the task's own exception (as the process executor does), not Ray's
+    wrapper with the remote traceback, so e.g. a factory the task cannot import is its one-line ModelError."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, NnmarkError):
-            raise e.cause from None
-        raise NnmarkError(f"a shadow-model task failed on Ray: {_first_line(e.cause or e)}") from None
-    except ray.exceptions.RayError as e:
-        raise NnmarkError(f"a shadow-model task failed on Ray: {_first_line(e)}") from None
+        if e.cause is None:
+            raise
+        raise e.cause from None
 
 
 def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
