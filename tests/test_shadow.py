@@ -376,7 +376,8 @@ def test_factory_models_train_in_pixel_space_on_converted_data(foreign):
     ds = shadow.load_data(spec)
     assert ds.shape == CARD.input_shape and ds.name == "digits"
     from_stored, from_pixels = train_shadow(spec, foreign.module, dataset=ds), train_shadow(spec, foreign.model)
-    assert isinstance(from_stored, Normalized) and torch.allclose(from_stored.mean.flatten(), torch.tensor(CARD.normalize[0]))
+    assert isinstance(from_stored, Normalized)
+    assert torch.allclose(from_stored.mean.flatten(), torch.tensor(CARD.normalize[0]))
     assert _same(from_stored, from_pixels)  # the normalisation is applied once, whichever form the base has
     assert models.accuracy(from_stored, ds.test) > 0.8  # eq. 1 noise then the fine-tune, on the real weights
     assert models.digest(unwrap(from_stored)) != foreign.digest
@@ -439,7 +440,8 @@ def test_a_factory_the_worker_cannot_import_is_one_line(tmp_path):
 def test_ray_ships_local_factory_modules_but_not_installed_ones():
     local = ShadowSpec(FACTORY, "digits", 0, card=CARD)
     installed = ShadowSpec("torch.nn:Identity", "digits", 0, card=CARD)  # torch lives in site-packages
-    assert shadow.shipped_modules([local, installed, local, ShadowSpec("lenet5", "digits", 0)]) == [foreign_models.__file__]
+    zoo = ShadowSpec("lenet5", "digits", 0)
+    assert shadow.shipped_modules([local, installed, local, zoo]) == [foreign_models.__file__]
     assert shadow.shipped_modules([installed]) == []
     with pytest.raises(ModelError, match="no_such_module_for_nnmark"):
         shadow.shipped_modules([ShadowSpec("no_such_module_for_nnmark:net", "digits", 0, card=CARD)])

@@ -137,7 +137,8 @@ class ShadowSpec:
             object.__setattr__(self, "card", ModelCard.from_dict(self.card))
         if self.factory:
             if self.card is None:
-                raise ArgumentError(f"a factory model ({self.arch}) needs its card: input shape, classes, normalisation")
+                raise ArgumentError(f"a factory model ({self.arch}) needs its card: input shape, classes, "
+                                    "normalisation")
         elif self.arch not in models.ARCHITECTURES:
             raise ModelError(f"unknown architecture {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)} "
                              "or a package.module:factory")
