@@ -1,4 +1,5 @@
-"""Shadow-model pools: specs, from-scratch and augmented models, the on-disk cache, worker processes."""
+"""Shadow-model pools: specs, from-scratch and augmented models (zoo and package.module:factory), the on-disk cache,
+worker processes and Ray."""
 
 import dataclasses
 import json
