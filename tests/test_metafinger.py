@@ -1,4 +1,5 @@
-"""MetaFinger (Yang et al.): eq. 2's signs, the screen, the null, and the headline in miniature on 8x8 digits."""
+"""MetaFinger (Yang et al.): eq. 2's signs, the screen, the null, and the headline in miniature on 8x8 digits, for a
+zoo model and for a user's own (factory) model."""
 
 import dataclasses
 import math
@@ -6,11 +7,12 @@ import math
 import pytest
 import torch
 
+import foreign_models
 from nnmark import data, keys, models
 from nnmark.attacks import finetune_mode
 from nnmark.data.roles import attacker_data
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
-from nnmark.marks.ownership import metafinger
+from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.oracles import LabelsOracle, TorchOracle
 from nnmark.marks.ownership.metafinger import Pools, Settings
@@ -18,6 +20,7 @@ from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, po
 
 ALPHA = 3.0  # eq. 1 strength of the DNN augmentation
 SETTINGS = Settings(n=40, candidates=80, epochs=30)
+FACTORY = "foreign_models:small_gn_net"  # tests/ is on sys.path (rootdir conftest), as a user's folder would be
 
 
 # --- eq. 2 -------------------------------------------------------------------------------------------
@@ -258,3 +261,40 @@ def test_bad_inputs_raise_clear_errors(world):
     with pytest.raises(KeyFileError):
         metafinger.verify(LabelsOracle(TorchOracle(source, ds.shape)),
                           keys.KeyFile(key.method, no_null, key.queries, key.expected))
+
+
+# --- the user's own model ------------------------------------------------------------------------------------
+
+
+def test_a_factory_model_gets_a_fingerprint_that_matches_it_and_not_an_independent_model(tmp_path):
+    """RGB 32x32, normalised, not in the zoo: shadow pools from its factory on digits converted for it, a key,
+    MATCH on the model and its fine-tuned copy, NO MATCH on a model the same factory trained independently."""
+    normalize = ",".join(map(str, foreign_models.MEAN_STD[0] + foreign_models.MEAN_STD[1]))
+    fresh = models.load_any(FACTORY, input_shape=foreign_models.INPUT_SHAPE, normalize=normalize)
+    card, cache = fresh.card, tmp_path / "shadow"
+    trained = shadow.train_shadow(ShadowSpec(FACTORY, "digits", 0, epochs=2, card=card))
+    models.save_like(fresh, trained, tmp_path / "w.safetensors")
+    source = models.load_any(FACTORY, weights=tmp_path / "w.safetensors")  # the card comes with the weights
+    ds = data.load_for("digits", source.card)
+
+    layout = PoolLayout(negatives=1, val_negatives=1, af=1, alpha=ALPHA, epochs=1, finetune_epochs=1)
+    specs = shadow.pool_specs_for(source, "digits", layout)
+    independent = ShadowSpec(FACTORY, "digits", 7, epochs=2, card=card)
+    pool = build_pool([*(s for group in specs.values() for s in group), independent], cache_dir=cache,
+                      base=source.model, executor="serial")
+    key = metafinger.create(source.model, Pools(**pool.groups(specs)), ds.train.x, Settings(n=20, candidates=60,
+                            epochs=10), seed=0, model_digest=source.digest)
+    assert key.queries.shape[1:] == card.input_shape and 0 <= key.queries.min() and key.queries.max() <= 1
+
+    att = attacker_data(ds)
+    suspects = {"source": source.model, "FTAL": finetune_mode(source.model, att.x, att.y, mode="FTAL", seed=1),
+                "independent": pool.select([independent])[0]}
+    verdicts = {name: metafinger.verify(LabelsOracle(TorchOracle(m, card.input_shape)), key)
+                for name, m in suspects.items()}
+    print({n: (v.decision, round(v.statistic, 3), v.details["p_value"]) for n, v in verdicts.items()})
+    assert verdicts["source"].passed and verdicts["source"].statistic == 1.0
+    assert verdicts["FTAL"].passed
+    assert not verdicts["independent"].passed
+    cached = models.load_any(FACTORY, weights=pool.paths[-1])  # the pool's files load as the user's own model
+    assert torch.equal(TorchOracle(cached.model, card.input_shape).labels(key.queries),
+                       TorchOracle(suspects["independent"], card.input_shape).labels(key.queries))

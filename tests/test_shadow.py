@@ -1,20 +1,30 @@
-"""Shadow-model pools: specs, from-scratch and augmented models, the on-disk cache, worker processes."""
+"""Shadow-model pools: specs, from-scratch and augmented models (zoo and package.module:factory), the on-disk cache,
+worker processes and Ray."""
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import foreign_models
 from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
 from nnmark.errors import ModelError, NnmarkError
 from nnmark.marks.ownership import shadow
-from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, pool_specs_for, train_shadow
+from nnmark.models import ModelCard, Normalized, load_any
+from nnmark.models.card import unwrap
+
+FACTORY = "foreign_models:small_gn_net"  # tests/ is on sys.path (rootdir conftest), as a user's folder would be
+CARD = ModelCard(foreign_models.INPUT_SHAPE, foreign_models.NUM_CLASSES, normalize=foreign_models.MEAN_STD)
+NORMALIZE = ",".join(map(str, foreign_models.MEAN_STD[0] + foreign_models.MEAN_STD[1]))
 
 
 @pytest.fixture(scope="module")
@@ -275,10 +285,12 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     np.savez(npz, x=digits.train.x.numpy(), y=digits.train.y.numpy(), x_test=digits.test.x.numpy(),
              y_test=digits.test.y.numpy())
     report.mkdir()
+    factory = ShadowSpec(FACTORY, "digits", 33, epochs=1, card=CARD)  # its module travels as the job's py_modules
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook reaches the workers by value
     try:
-        hook = _guard([str(cache), str(npz.parent)], str(report))
-        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook})
+        hook = _guard([str(cache), str(npz.parent), os.path.dirname(foreign_models.__file__)], str(report))
+        ray.init(address=cluster.address, runtime_env={"worker_process_setup_hook": hook,
+                                                       "py_modules": shadow.shipped_modules([factory])})
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -295,17 +307,142 @@ def test_pool_on_a_two_node_ray_cluster_never_touches_the_drivers_cache(ray_clus
     given = ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=9, finetune_epochs=1,
                        base_digest=models.digest(base_model))
     user = ShadowSpec("lenet5", f"npz:{npz}", 32, epochs=1)
-    specs = [augmented, given, user]
+    specs = [augmented, given, user, factory]
     pool = build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300)
-    assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache or the npz file
+    assert list(report.iterdir()) == []  # no task read, wrote or looked at the cache, the npz file or tests/
     assert set(pool.trained) == {*specs, augmented.base()} and ray.is_initialized()  # a running cluster stays up
     assert {p.name for p in cache.iterdir()} == _cache_files(pool.trained)  # written by the driver from the bytes
     assert _same(pool[1], train_shadow(given, base_model))  # the bytes crossed intact
     assert _same(pool[2], train_shadow(ShadowSpec("lenet5", "digits", 32, epochs=1)))  # same tensors, same model
+    assert _same(pool[3], train_shadow(factory))  # the factory, shipped to the nodes, built the same model
     assert build_pool(specs, cache_dir=cache, base=base_model, executor="ray", ray_timeout=300).trained == []
+
+    ray.shutdown()  # the Ray instance build_pool starts ships the factory's module itself
+    again = ShadowSpec(FACTORY, "digits", 34, epochs=1, card=CARD)
+    assert build_pool([again], cache_dir=cache, executor="ray", ray_address=cluster.address,
+                      ray_timeout=300).trained == [again] and not ray.is_initialized()
+    ray.init(address=cluster.address)  # a running instance without it: the task's import error, in one line
+    with pytest.raises(ModelError, match="cannot import foreign_models") as e:
+        build_pool([dataclasses.replace(again, seed=35)], cache_dir=cache, executor="ray", ray_timeout=300)
+    assert "\n" not in str(e.value)
 
 
 def test_ray_executor_without_ray_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(NnmarkError, match="pip install"):
         build_pool([ShadowSpec("lenet5", "digits", 41, epochs=1)], cache_dir=tmp_path, executor="ray")
+
+
+# --- the user's own model: package.module:factory ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """The foreign model (RGB 32x32, normalised) trained on digits converted for it, loaded as a user loads it."""
+    model = train_shadow(ShadowSpec(FACTORY, "digits", 0, epochs=1, card=CARD))
+    weights = tmp_path_factory.mktemp("foreign") / "w.safetensors"
+    models.save_like(load_any(FACTORY, input_shape=CARD.input_shape, normalize=NORMALIZE), model, weights)
+    return load_any(FACTORY, weights=weights, input_shape=CARD.input_shape, normalize=NORMALIZE)
+
+
+@pytest.fixture(scope="module")
+def lenet_digits(tmp_path_factory):
+    """A LeNet-5 checkpoint trained on digits with seed 3 (its config records both)."""
+    model = train_shadow(ShadowSpec("lenet5", "digits", 3, epochs=1))
+    path = tmp_path_factory.mktemp("zoo") / "lenet.safetensors"
+    models.save(model, models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=3), path)
+    return model, path
+
+
+def test_a_zoo_spec_keeps_its_cache_name_and_a_card_joins_the_json():
+    assert ShadowSpec("lenet5", "digits", 0).cache_name() == "lenet5-3a0ae6efb750b0d2.safetensors"  # as before cards
+    spec = ShadowSpec(FACTORY, "mnist5k", 3, augment_alpha=2.0, augment_seed=1, card=CARD.to_dict())
+    assert spec.card == CARD and spec.factory and not ShadowSpec("lenet5", "digits", 0).factory
+    assert ShadowSpec.from_json(spec.to_json()) == spec and json.loads(spec.to_json())["card"] == CARD.to_dict()
+    assert spec.cache_name().startswith("foreign_models-small_gn_net-")
+    plain = ModelCard(CARD.input_shape, CARD.num_classes)
+    assert spec.cache_name() != ShadowSpec(FACTORY, "mnist5k", 3, 2.0, 1, card=plain).cache_name()
+    assert spec.base() == ShadowSpec(FACTORY, "mnist5k", 3, card=CARD)
+    with pytest.raises(ValueError, match="card"):
+        ShadowSpec(FACTORY, "digits", 0)
+    with pytest.raises(ModelError):
+        ShadowSpec("foreign_models:", "digits", 0, card=CARD)
+    with pytest.raises(ModelError):
+        ShadowSpec(FACTORY, "digits", 0, card={"input_shape": [3, 32, 32]})
+
+
+def test_factory_models_train_in_pixel_space_on_converted_data(foreign):
+    spec = ShadowSpec(FACTORY, "digits", 5, augment_alpha=3.0, augment_seed=2, finetune_epochs=1,
+                      base_digest=foreign.digest, card=CARD)
+    ds = shadow.load_data(spec)
+    assert ds.shape == CARD.input_shape and ds.name == "digits"
+    from_stored, from_pixels = train_shadow(spec, foreign.module, dataset=ds), train_shadow(spec, foreign.model)
+    assert isinstance(from_stored, Normalized)
+    assert torch.allclose(from_stored.mean.flatten(), torch.tensor(CARD.normalize[0]))
+    assert _same(from_stored, from_pixels)  # the normalisation is applied once, whichever form the base has
+    assert models.accuracy(from_stored, ds.test) > 0.8  # eq. 1 noise then the fine-tune, on the real weights
+    assert models.digest(unwrap(from_stored)) != foreign.digest
+    with pytest.raises(ValueError, match="load_data"):
+        train_shadow(spec, foreign.model, dataset=data.load("digits"))  # 1x8x8 digits, not converted
+
+
+def test_factory_pool_builds_in_worker_processes_and_caches_weights_the_factory_loads(foreign, tmp_path):
+    specs = pool_specs_for(foreign, "digits", PoolLayout(negatives=1, val_negatives=1, af=1, epochs=1,
+                                                         finetune_epochs=1))
+    wanted = [specs["positives_train"][0], specs["negatives_train"][0]]  # the source augmented; a fresh factory
+    pool = build_pool(wanted, cache_dir=tmp_path, base=foreign.model, workers=2, executor="process")
+    assert set(pool.trained) == set(wanted)
+    ds = shadow.load_data(wanted[0])
+    for spec, model, path in zip(wanted, pool.models, pool.paths):
+        assert _same(model, train_shadow(spec, foreign.module, dataset=ds) if spec.base_digest
+                     else train_shadow(spec, dataset=ds))  # a spawned worker imports the factory and builds the same
+        assert isinstance(model, Normalized) and models.accuracy(model, ds.test) > 0.5
+        cached = load_any(FACTORY, weights=path)  # the card comes from the file: input shape and normalisation
+        assert cached.card == CARD and _same(cached.model, model)
+        record = json.loads(path.with_suffix(".json").read_text())
+        assert ShadowSpec(**record["spec"]) == spec
+    assert build_pool(wanted, cache_dir=tmp_path, base=foreign.module, executor="serial").trained == []
+
+
+def test_pool_specs_for_a_loaded_model(foreign, lenet_digits):
+    layout = PoolLayout(negatives=2, val_negatives=1, af=3)
+    specs = pool_specs_for(foreign, "mnist5k", layout, seed=4)
+    everything = [s for group in specs.values() for s in group]
+    assert all(s.arch == FACTORY and s.card == CARD and s.data == "mnist5k" for s in everything)
+    assert {s.base_digest for s in specs["positives_train"] + specs["positives_val"]} == {foreign.digest}
+    assert specs == pool_specs(FACTORY, "mnist5k", foreign.digest, layout, seed=4, card=CARD)
+    model, path = lenet_digits  # a zoo checkpoint on its own data keeps the plain specs (and their cache)
+    checkpoint = load_any(str(path))
+    assert pool_specs_for(checkpoint, "digits", layout) == pool_specs("lenet5", "digits", checkpoint.digest, layout,
+                                                                      seed=3)
+    normalised = load_any(str(path), normalize="0.5,0.25")
+    assert {s.card for g in pool_specs_for(normalised, "digits").values() for s in g} == {normalised.card}
+    assert {s.card.input_shape for g in pool_specs_for(checkpoint, "mnist5k").values() for s in g} == {(1, 8, 8)}
+
+
+def test_pool_specs_for_refuses_a_model_it_cannot_rebuild(foreign, tmp_path):
+    path = tmp_path / "net.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(foreign.module), path)
+    scripted = load_any(str(path), input_shape=CARD.input_shape)
+    with pytest.raises(ModelError, match="torchscript") as e:
+        pool_specs_for(scripted, "digits")
+    assert "\n" not in str(e.value)
+
+
+def test_a_factory_the_worker_cannot_import_is_one_line(tmp_path):
+    spec = ShadowSpec("no_such_module_for_nnmark:net", "digits", 1, epochs=1, card=CARD)
+    with pytest.raises(ModelError, match="no_such_module_for_nnmark") as e:
+        build_pool([spec], cache_dir=tmp_path, executor="serial")
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_ray_ships_local_factory_modules_but_not_installed_ones():
+    local = ShadowSpec(FACTORY, "digits", 0, card=CARD)
+    installed = ShadowSpec("torch.nn:Identity", "digits", 0, card=CARD)  # torch lives in site-packages
+    zoo = ShadowSpec("lenet5", "digits", 0)
+    assert shadow.shipped_modules([local, installed, local, zoo]) == [foreign_models.__file__]
+    assert shadow.shipped_modules([installed]) == []
+    with pytest.raises(ModelError, match="no_such_module_for_nnmark"):
+        shadow.shipped_modules([ShadowSpec("no_such_module_for_nnmark:net", "digits", 0, card=CARD)])

@@ -62,7 +62,7 @@ from nnmark.models.onnx_torch import Unconvertible, convert
 CARD_KEY = "nnmark.card"
 """Where nnmark stores a card: safetensors metadata key, and (with ``.json``) an extra file in an archive."""
 _CARD_FILE = CARD_KEY + ".json"
-_FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _MIN_EXPORT_BATCH = 2  # torch.export specialises a batch of 1, so the example batch that keeps N dynamic is 2
 
 
@@ -191,7 +191,7 @@ def load_any(spec: str, *, weights: str | os.PathLike | None = None, input_shape
 def source_kind(spec: str) -> Source:
     """The entry of SOURCES that ``spec`` names: a factory spec, else the file's suffix; ModelError if none."""
     path = Path(spec)
-    if _FACTORY_SPEC.fullmatch(spec) and not path.exists():
+    if FACTORY_SPEC.fullmatch(spec) and not path.exists():
         return SOURCES["factory"]
     if not path.is_file():
         raise ModelError(f"no model file {spec} (and it is not a package.module:factory spec)")
@@ -291,8 +291,8 @@ def _write_checkpoint(module: nn.Module, card: ModelCard, config: checkpoint.Mod
 # factory + safetensors weights ----------------------------------------------------------------------------------
 
 def _read_factory(spec: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
-    factory = _import_factory(spec)
-    module = _call_factory(spec, factory)
+    factory = import_factory(spec)
+    module = factory()
     card = None
     if weights is not None:
         tensors, card = _read_weights(weights)
@@ -301,8 +301,7 @@ def _read_factory(spec: str, weights: str | None, input_shape: tuple[int, int, i
         except ModelError as e:
             raise ModelError(f"weights {weights} do not match {spec}: {e}") from None
         module.load_state_dict(tensors, strict=True)
-    return _Raw(module.eval(), checkpoint.digest(module), getattr(module, "input_shape", None), card,
-                factory=functools.partial(_call_factory, spec, factory))
+    return _Raw(module.eval(), checkpoint.digest(module), getattr(module, "input_shape", None), card, factory=factory)
 
 
 @contextlib.contextmanager
@@ -319,7 +318,12 @@ def _cwd_on_path() -> Iterator[None]:
             sys.path.remove(cwd)
 
 
-def _import_factory(spec: str) -> Callable[[], nn.Module]:
+def import_factory(spec: str) -> Callable[[], nn.Module]:
+    """The factory ``package.module:factory`` names, imported from ``sys.path`` and the current directory, as a
+    callable that returns a float32 ``nn.Module``; every failure (importing, a missing or failing factory, a result
+    that is not a module) is a one-line ModelError naming ``spec``."""
+    if not FACTORY_SPEC.fullmatch(spec):
+        raise ModelError(f"{spec!r} is not a package.module:factory spec")
     module_name, _, attr = spec.partition(":")
     with _cwd_on_path():
         try:
@@ -331,7 +335,7 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no factory function {attr!r}")
-    return factory
+    return functools.partial(_call_factory, spec, factory)
 
 
 def _call_factory(spec: str, factory: Callable[[], nn.Module]) -> nn.Module:

@@ -2,7 +2,9 @@
 
 Paper: "MetaFinger: Fingerprinting the Deep Neural Networks with Meta-training" (IJCAI 2022).
 Access: the owner's source model and shadow models are white-box torch modules to *create* the key
-(probabilities and their input gradient); the suspect is asked *labels only* to verify.
+(probabilities and their input gradient); the suspect is asked *labels only* to verify. All of them
+take pixels in [0, 1], as X is clipped: a model with a normalising card enters as ``LoadedModel.model``
+(``shadow.pool_specs_for`` builds pools for any checkpoint or ``package.module:factory`` source).
 
 Meta-data (sec. 4.1, ``nnmark.marks.ownership.shadow``): negative models trained from scratch with other
 seeds, DNN augmentation (eq. 1 noise, then fine-tune) of the source and of the negatives; the pools are

@@ -10,28 +10,44 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
   (arch, data, seed, epochs), or, when ``base_digest`` is set, a model given by the caller (the owner's
   source model, never trained here), identified by its ``nnmark.models.digest``.
 
-Choices: the fine-tune after the noise is ``finetune_mode(..., mode="FTAL")`` (SGD, momentum 0.9,
-lr 0.01, all layers) for ``finetune_epochs`` passes over the *owner's* training split of ``data``
-(the owner has it; the paper only says "fine-tunes the model to achieve high accuracy"). A
-from-scratch model is ``models.build`` under ``torch.manual_seed(seed)`` then ``models.train(...,
-seed=seed)``, so a spec gives the same weights every time on one machine.
+The architecture is a zoo name or the user's own ``package.module:factory`` (``nnmark.models.load_any``);
+a spec with a ``card`` (required for a factory) trains on ``data`` converted to the card's input shape
+(``data.load_for``) and keeps every model in pixel space [0, 1] behind the card's normalisation
+(``models.card.pixel_model``), so eq. 1 noise and the fine-tune act on the real weights, and
+``metafinger.create`` can query the pool with pixels as it queries the source.
 
-Each model is cached as ``<cache_dir>/<arch>-<hash>.safetensors`` (``nnmark.models.save``) with a
-``.json`` beside it (the spec, test accuracy, seconds); ``hash`` is the SHA-256 of the spec's
+Choices: the fine-tune after the noise is ``finetune_mode(..., mode="FTAL")`` (SGD, momentum 0.9,
+lr 0.01, all layers; the model needs a final ``nn.Linear``) for ``finetune_epochs`` passes over the
+*owner's* training split of ``data`` (the owner has it; the paper only says "fine-tunes the model to
+achieve high accuracy"). A from-scratch model is ``models.build`` (or the factory) under
+``torch.manual_seed(seed)`` then ``models.train(..., seed=seed)``, so a spec gives the same weights
+every time on one machine.
+
+Each model is cached as ``<cache_dir>/<arch>-<hash>.safetensors`` with a ``.json`` beside it (the spec,
+test accuracy, seconds), in the form ``load_any`` reads: a zoo model as an nnmark checkpoint
+(``nnmark.models.save``), a factory model as the safetensors state dict its factory loads strictly, with
+the card (``--model package.module:factory --weights FILE``). ``hash`` is the SHA-256 of the spec's
 canonical JSON, so a second ``build_pool`` over the same specs trains nothing. Missing models are
 built by ``build_task``, from-scratch bases first, then the augmentations that start from them, in
 this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
 thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
-A task is given no path: it takes the spec's JSON, the base model's checkpoint bytes and the data (a
-bundled dataset's name, else the tensors) and returns the new checkpoint's bytes, so it runs on any
+A task is given no path: it takes the spec's JSON, the base model's bytes (a cache file's) and the data
+(a bundled dataset's name, else the tensors) and returns the new model's bytes, so it runs on any
 node of a cluster without a shared file system (Ray passes the inputs through its object store, each
-base and dataset once). The driver alone reads and writes the cache, each file atomically.
-``pool_specs`` lays out MetaFinger's positive and negative pools (``PoolLayout``).
+base and dataset once, and a factory's module as the job's ``py_modules``). The driver alone reads and writes
+the cache, each file atomically. ``pool_specs`` lays out MetaFinger's positive and negative pools
+(``PoolLayout``); ``pool_specs_for`` does it for a source model from ``load_any``.
 
 Example::
 
     specs = [ShadowSpec("lenet5", "digits", seed=s) for s in (1, 2)]
     pool = build_pool(specs, cache_dir=default_cache_dir(), workers=2)
+
+    loaded = load_any("mypkg.nets:small_cnn", weights="net.safetensors", input_shape=(3, 32, 32),
+                      normalize="imagenet")
+    specs = pool_specs_for(loaded, "mnist5k")        # digits converted to RGB 32x32 in every worker
+    pool = build_pool([s for group in specs.values() for s in group], cache_dir=default_cache_dir(),
+                      base=loaded.model)
 """
 
 from __future__ import annotations
@@ -44,6 +60,8 @@ import math
 import multiprocessing
 import os
 import re
+import sys
+import sysconfig
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -59,6 +77,8 @@ from nnmark import data, models
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import finetune_mode, relative_weight_noise
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
+from nnmark.models.card import ModelCard, pixel_model, unwrap
+from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -71,12 +91,14 @@ DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
 BUNDLED_DATA = tuple(spec for spec in data.SPECS if ":" not in spec)
 """Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
+_INSTALLED = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")))
+"""Where installed distributions live: a factory module from there is installed on every node, not shipped to Ray."""
 
 Task = tuple[str, Any, Any]
-"""A task's arguments: the spec's JSON, the base (checkpoint bytes or None) and the data (a name or a Dataset),
+"""A task's arguments: the spec's JSON, the base (model bytes or None) and the data (a name or a Dataset),
 the last two possibly as Ray object references."""
 Result = tuple[bytes, str]
-"""A task's result: the model's checkpoint bytes and its JSON record."""
+"""A task's result: the model's bytes (``_model_bytes``) and its JSON record."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +106,20 @@ class ShadowSpec:
     """One shadow model, as JSON-able fields.
 
     Args:
-        arch: a ``nnmark.models.ARCHITECTURES`` name.
+        arch: a ``nnmark.models.ARCHITECTURES`` name, or a ``package.module:factory`` (the user's own model,
+            ``nnmark.models.load_any``), which needs ``card``.
         data: a ``nnmark.data.load`` spec; the task (and the owner's fine-tuning data).
         seed: from-scratch seed (initialisation and minibatch order); with ``base_digest`` a label only.
         augment_alpha: eq. 1's alpha (> 0) for an augmented model; None for a from-scratch one.
         augment_seed: seeds the eq. 1 noise and the fine-tune; set exactly when ``augment_alpha`` is.
         epochs: from-scratch training epochs.
         finetune_epochs: FTAL epochs after the noise.
-        base_digest: None (augment the from-scratch model of this spec) or the digest of a given base model.
+        base_digest: None (augment the from-scratch model of this spec) or the digest of a given base model:
+            ``models.digest`` of its stored state dict, outside any ``Normalized`` wrapper (``LoadedModel.digest``).
+        card: None (a zoo model on ``data`` as it loads), or the model's ``ModelCard`` (or its ``to_dict()``):
+            ``data`` is converted to its input shape (``data.load_for``) and the model is trained and used in pixel
+            space [0, 1] behind its normalisation (``models.card.pixel_model``). Written into the JSON (and so the
+            cache name) only when set.
     """
 
     arch: str
@@ -102,10 +130,18 @@ class ShadowSpec:
     epochs: int = DEFAULT_EPOCHS
     finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
     base_digest: str | None = None
+    card: ModelCard | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in models.ARCHITECTURES:
-            raise ModelError(f"unknown architecture {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}")
+        if self.card is not None and not isinstance(self.card, ModelCard):
+            object.__setattr__(self, "card", ModelCard.from_dict(self.card))
+        if self.factory:
+            if self.card is None:
+                raise ArgumentError(f"a factory model ({self.arch}) needs its card: input shape, classes, "
+                                    "normalisation")
+        elif self.arch not in models.ARCHITECTURES:
+            raise ModelError(f"unknown architecture {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)} "
+                             "or a package.module:factory")
         if not isinstance(self.data, str) or not self.data:
             raise ArgumentError(f"data must be a dataset spec string, got {self.data!r}")
         for name in ("seed", "epochs", "finetune_epochs"):
@@ -135,21 +171,31 @@ class ShadowSpec:
     def augmented(self) -> bool:
         return self.augment_alpha is not None
 
+    @property
+    def factory(self) -> bool:
+        """Whether ``arch`` is a ``package.module:factory`` (else a zoo architecture)."""
+        return FACTORY_SPEC.fullmatch(self.arch) is not None
+
     def base(self) -> ShadowSpec:
         """The from-scratch spec this one augments (only for specs without ``base_digest``)."""
         return dataclasses.replace(self, augment_alpha=None, augment_seed=None, base_digest=None)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, compact)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON (sorted keys, compact); ``card`` as ``ModelCard.to_dict()``, left out when None."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        card = fields.pop("card")
+        if card is not None:
+            fields["card"] = card.to_dict()
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ShadowSpec:
         return cls(**json.loads(text))
 
     def cache_name(self) -> str:
-        """``<arch>-<first 16 hex of SHA-256(to_json())>.safetensors``."""
-        return f"{self.arch}-{hashlib.sha256(self.to_json().encode()).hexdigest()[:16]}.safetensors"
+        """``<arch>-<first 16 hex of SHA-256(to_json())>.safetensors`` (a factory's ``:`` written as ``-``)."""
+        name = self.arch.replace(":", "-")
+        return f"{name}-{hashlib.sha256(self.to_json().encode()).hexdigest()[:16]}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -180,6 +226,7 @@ class PoolLayout:
 
 def pool_specs(
     arch: str, data: str, source_digest: str, layout: PoolLayout = PoolLayout(), *, seed: int = 0,
+    card: ModelCard | None = None,
 ) -> dict[str, list[ShadowSpec]]:
     """MetaFinger's meta-data (sec. 4.1) as specs, keyed by ``nnmark.marks.ownership.metafinger.POOLS``.
 
@@ -190,10 +237,11 @@ def pool_specs(
     (MetaFinger's leave-one-out null needs that). Pass the source's training seed as ``seed``: no negative
     then repeats it. The source is not listed: ``metafinger.create`` adds it to both positive pools.
     Defaults (``PoolLayout``): 4 families, 2 validation negatives, AF 3, alpha 3 (the paper gives no alpha;
-    at 3 LeNet-5 loses about a third of its accuracy before the fine-tune restores it).
+    at 3 LeNet-5 loses about a third of its accuracy before the fine-tune restores it). ``card`` goes into
+    every spec (``ShadowSpec.card``); ``pool_specs_for`` picks ``arch``, ``card`` and the digest of a loaded model.
     """
     af, alpha = layout.af, layout.alpha
-    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs}
+    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs, "card": card}
     positives = [ShadowSpec(arch, data, seed, alpha, i, base_digest=source_digest, **common) for i in range(af)]
     n_pos_val = round(af / 3)
     families = [seed + j for j in range(1, layout.negatives + 1)]
@@ -206,17 +254,64 @@ def pool_specs(
             "positives_val": positives[af - n_pos_val:], "negatives_val": neg_val}
 
 
+def pool_specs_for(
+    loaded: LoadedModel, data: str, layout: PoolLayout = PoolLayout(), *, seed: int | None = None,
+) -> dict[str, list[ShadowSpec]]:
+    """``pool_specs`` for a source from ``nnmark.models.load_any``: a zoo checkpoint or a ``package.module:factory``.
+
+    Positives augment the source itself: ``base_digest`` is ``loaded.digest`` (``models.digest`` of the state dict
+    as stored, outside the ``Normalized`` wrapper; pass ``loaded.model`` or ``loaded.module`` as ``build_pool``'s
+    ``base``). Negatives are trained from scratch from the same architecture (the zoo's, or the factory called
+    afresh under each seed) on ``data`` converted to the source's input shape (``data.load_for``). Every spec
+    carries the source's card without class names, so a worker converts the data and applies the normalisation
+    as here; a checkpoint trained on ``data`` itself, without normalisation, keeps the plain zoo specs (and their
+    cache entries). ``seed``: the source's training seed (None: the one its checkpoint records, else 0).
+    """
+    loaded.require("training", "building MetaFinger's shadow pools")
+    if loaded.kind == "factory":
+        arch = loaded.spec
+    elif loaded.config is not None:
+        arch = loaded.config.arch
+    else:
+        raise ModelError(f"MetaFinger's shadow pools need a zoo checkpoint or a package.module:factory model, "
+                         f"not a {loaded.kind} model")
+    card = dataclasses.replace(loaded.card, class_names=None)
+    if loaded.config is not None and card.normalize is None and loaded.config.data == data and (
+            card.input_shape == loaded.config.input_shape):
+        card = None
+    if seed is None:
+        seed = (loaded.config.seed if loaded.config is not None else None) or 0
+    return pool_specs(arch, data, loaded.digest, layout, seed=seed, card=card)
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/nnmark/shadow``, else ``~/.cache/nnmark/shadow``."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "nnmark" / "shadow"
 
 
+def load_data(spec: ShadowSpec) -> data.Dataset:
+    """``spec.data`` as the spec's model takes it: ``data.load``, or with a card ``data.load_for`` (converted to the
+    card's channels and size, the class counts checked); the same tensors on every node."""
+    return data.load(spec.data) if spec.card is None else data.load_for(spec.data, spec.card)
+
+
+def _data_key(spec: ShadowSpec) -> tuple[str, ModelCard | None]:
+    """What ``load_data`` depends on: specs with the same key train on the same tensors."""
+    return spec.data, spec.card
+
+
+def _fresh(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
+    """A freshly initialised model of ``spec`` in pixel space (the factory, or ``models.build`` for ``ds``)."""
+    module = import_factory(spec.arch)() if spec.factory else models.build(spec.arch, ds.shape, ds.num_classes)
+    return module if spec.card is None else pixel_model(module, spec.card)
+
+
 def _train_scratch(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
     """A negative model: built under ``torch.manual_seed(seed)`` and trained with ``seed`` (global RNG restored)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = models.build(spec.arch, ds.shape, ds.num_classes)
+        model = _fresh(spec, ds)
     return models.train(model, ds.train, epochs=spec.epochs, seed=spec.seed)
 
 
@@ -228,18 +323,22 @@ def _augment(spec: ShadowSpec, base: nn.Module, ds: data.Dataset) -> nn.Module:
 
 
 def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: data.Dataset | None = None) -> nn.Module:
-    """Train (or derive) the model ``spec`` describes; returns it in eval mode.
+    """Train (or derive) the model ``spec`` describes; returns it in eval mode, in pixel space (see ``ShadowSpec``).
 
     Args:
         spec: the model.
         base: for an augmented spec, the model to augment; required when ``spec.base_digest`` is set (and
-            its digest must match), optional otherwise (the from-scratch base is trained when omitted).
-        dataset: ``spec.data`` already loaded (None: ``data.load(spec.data)``).
+            its digest must match), optional otherwise (the from-scratch base is trained when omitted). With a
+            card, the model as stored or in pixel space (the normalisation is applied once either way).
+        dataset: ``load_data(spec)`` already done (None: done here).
     """
     if dataset is None:
-        dataset = data.load(spec.data)
+        dataset = load_data(spec)
     elif dataset.name != spec.data:
         raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset.name!r}")
+    elif spec.card is not None and dataset.shape != spec.card.input_shape:
+        raise ArgumentError(f"the spec's model takes {spec.card.input_shape} inputs, but the data given are "
+                            f"{dataset.shape}; load them with load_data(spec)")
     if not spec.augmented:
         if base is not None:
             raise ArgumentError("a from-scratch spec takes no base model")
@@ -247,51 +346,81 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
     if spec.base_digest is not None:
         if base is None:
             raise ArgumentError("this spec augments a given model (base_digest): pass it as base")
-        if models.digest(base) != spec.base_digest:
+        if models.digest(unwrap(base)) != spec.base_digest:
             raise ModelError("the base model's digest differs from the spec's base_digest")
     elif base is None:
         base = _train_scratch(spec.base(), dataset)
+    if spec.card is not None:
+        base = pixel_model(unwrap(base), spec.card)
     return _augment(spec, base, dataset)
 
 
-def _config(spec: ShadowSpec, ds: data.Dataset, accuracy: float | None) -> models.ModelConfig:
-    return models.ModelConfig(spec.arch, ds.shape, ds.num_classes, data=spec.data, accuracy=accuracy, seed=spec.seed)
+def _source_kind(spec: ShadowSpec) -> str:
+    """The ``nnmark.models.SOURCES`` kind a model of ``spec`` is stored as."""
+    return "factory" if spec.factory else "checkpoint"
 
 
-def _checkpoint_bytes(model: nn.Module, config: models.ModelConfig) -> bytes:
-    """``model`` as the bytes of an ``nnmark.models.save`` checkpoint (written in a private temp folder)."""
+def _write_model(spec: ShadowSpec, model: nn.Module, ds: data.Dataset, accuracy: float | None, path: Path) -> None:
+    """``model`` (of ``spec``, trained on ``ds``) as ``load_any`` reads it back: a zoo model as an nnmark checkpoint
+    (``models.save``), a factory model as the safetensors state dict its factory loads, with the card."""
+    config = None if spec.factory else models.ModelConfig(spec.arch, ds.shape, ds.num_classes, data=spec.data,
+                                                         accuracy=accuracy, seed=spec.seed)
+    SOURCES[_source_kind(spec)].write(unwrap(model), spec.card, config, path)
+
+
+def _read_model(spec: ShadowSpec, path: Path) -> nn.Module:
+    """The model of ``spec`` that ``_write_model`` wrote to ``path``, in pixel space; read by ``load_any``, so with
+    every check of its kind (tensors loaded strictly, nothing unpickled)."""
+    loaded = load_any(spec.arch, weights=path) if spec.factory else load_any(str(path))
+    if spec.card is None:
+        return loaded.module
+    if (loaded.input_shape, loaded.num_classes) != (spec.card.input_shape, spec.card.num_classes):
+        raise ModelError(f"{path.name} holds a model for {loaded.input_shape} inputs and {loaded.num_classes} "
+                         f"classes, not the spec's {spec.card.input_shape} and {spec.card.num_classes}")
+    return pixel_model(loaded.module, spec.card)
+
+
+def _model_bytes(spec: ShadowSpec, model: nn.Module, ds: data.Dataset, accuracy: float | None) -> bytes:
+    """``_write_model``'s file as bytes (written in a private temp folder): what tasks take and return."""
     with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
         path = Path(tmp) / "model.safetensors"
-        models.save(model, config, path)
+        _write_model(spec, model, ds, accuracy, path)
         return path.read_bytes()
 
 
-def _model_from_bytes(checkpoint: bytes) -> nn.Module:
-    """The model of checkpoint bytes (``_checkpoint_bytes``), loaded with every check of ``nnmark.models.load``."""
+def _model_from_bytes(spec: ShadowSpec, raw: bytes) -> nn.Module:
+    """The model of ``_model_bytes``' bytes (``_read_model`` on a private temp file)."""
     with tempfile.TemporaryDirectory(prefix="nnmark-shadow-") as tmp:
         path = Path(tmp) / "model.safetensors"
-        path.write_bytes(checkpoint)
-        return models.load(path)[0]
+        path.write_bytes(raw)
+        return _read_model(spec, path)
 
 
 def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) -> Result:
     """One shadow model from its inputs alone (no path): the task every executor runs.
 
+    A factory spec imports the user's module here, in the worker: from ``sys.path`` and the current directory
+    (spawned worker processes start with the parent's ``sys.path`` and current directory; Ray tasks get the
+    module through their runtime environment, see ``build_pool``).
+
     Args:
         spec_json: ``ShadowSpec.to_json()``.
-        base: for an augmented spec, the checkpoint bytes of the model it augments; None otherwise.
-        dataset: ``spec.data`` as a ``BUNDLED_DATA`` name or as the loaded tensors.
+        base: for an augmented spec, the bytes (``_model_bytes``) of the model it augments; None otherwise.
+        dataset: ``spec.data`` as a ``BUNDLED_DATA`` name (loaded here with ``load_data``) or as the tensors
+            ``load_data(spec)`` gives.
 
-    Returns the new model's checkpoint bytes and a JSON record: the spec, its test accuracy, the seconds taken.
+    Returns the new model's bytes (``_model_bytes``) and a JSON record: the spec, its test accuracy, the seconds.
     """
     start = time.perf_counter()
     spec = ShadowSpec.from_json(spec_json)
-    ds = data.load(dataset) if isinstance(dataset, str) else dataset
-    model = train_shadow(spec, None if base is None else _model_from_bytes(base), dataset=ds)
+    if isinstance(dataset, str) and dataset != spec.data:
+        raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset!r}")
+    ds = load_data(spec) if isinstance(dataset, str) else dataset
+    model = train_shadow(spec, None if base is None else _model_from_bytes(spec, base), dataset=ds)
     acc = models.accuracy(model, ds.test)
     record = json.dumps({"spec": json.loads(spec_json), "test_accuracy": acc, "seconds": time.perf_counter() - start},
                         sort_keys=True)
-    return _checkpoint_bytes(model, _config(spec, ds, acc)), record
+    return _model_bytes(spec, model, ds, acc), record
 
 
 def _store(cache: Path, result: Result) -> tuple[ShadowSpec, dict]:
@@ -354,6 +483,45 @@ class _Runner:
     put: Callable[[Any], Any] = _as_is
 
 
+def _installed(path: str) -> bool:
+    path = os.path.realpath(path)
+    return any(path == root or path.startswith(root + os.sep) for root in _INSTALLED)
+
+
+def shipped_modules(specs: list[ShadowSpec]) -> list[str]:
+    """The top-level modules of the specs' factories that Ray tasks need in the job's ``runtime_env["py_modules"]``:
+    the package folder, or the file of a one-file module.
+
+    ``build_pool`` passes them to the ``ray.init`` it makes; a Ray instance already running must have been started
+    with them (``ray.init(runtime_env={"py_modules": shipped_modules(specs)})``: Ray uploads local modules only
+    for a whole job), else a task that cannot import the factory fails with its one-line ModelError naming the
+    module. Each factory is imported here (a one-line ModelError when it cannot be). A module of an installed
+    distribution (under site-packages) is left out: like nnmark, it must be installed on every node. A namespace
+    package spread over several folders cannot be shipped (ModelError).
+    """
+    shipped = {}
+    for arch in dict.fromkeys(s.arch for s in specs if s.factory):
+        import_factory(arch)
+        top = sys.modules[arch.partition(":")[0].split(".")[0]]
+        paths = list(getattr(top, "__path__", None) or [top.__file__])
+        if len(paths) > 1:
+            raise ModelError(f"factory module {top.__name__} spans {len(paths)} folders; Ray ships a module from one")
+        if not _installed(paths[0]):
+            shipped[top.__name__] = paths[0]
+    return list(shipped.values())
+
+
+def _ray_get(ray, ref) -> Result:
+    """``ray.get(ref)``; a failed task raises the task's own exception (as the process executor does), not Ray's
+    wrapper with the remote traceback, so e.g. a factory the task cannot import is its one-line ModelError."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if e.cause is None:
+            raise
+        raise e.cause from None
+
+
 def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
     """The results of Ray task ``refs`` as each finishes; NnmarkError (the rest cancelled) past ``timeout`` s."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -364,7 +532,7 @@ def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
             for ref in refs:
                 ray.cancel(ref, force=True)
             raise NnmarkError(f"{len(refs)} shadow-model task(s) did not finish within {timeout:g} s on Ray")
-        yield ray.get(done[0])
+        yield _ray_get(ray, done[0])
 
 
 def _ray_runner(ray, timeout: float | None) -> _Runner:
@@ -375,8 +543,9 @@ def _ray_runner(ray, timeout: float | None) -> _Runner:
 
 @contextlib.contextmanager
 def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: float | None,
-            tasks: int) -> Iterator[_Runner]:
-    """The executor's ``_Runner`` for ``tasks`` tasks in all (started here, stopped on exit)."""
+            todo: list[ShadowSpec]) -> Iterator[_Runner]:
+    """The executor's ``_Runner`` for the tasks of ``todo`` (started here, stopped on exit)."""
+    tasks = len(todo)
     if executor == "serial" or tasks == 0:
         yield _Runner(lambda batch: (build_task(*t) for t in batch))
     elif executor == "process":
@@ -391,7 +560,8 @@ def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: f
             raise NnmarkError("executor 'ray' needs Ray: pip install 'nnmark[ray]'") from None
         started = not ray.is_initialized()
         if started:
-            ray.init(address=ray_address)
+            modules = shipped_modules(todo)
+            ray.init(address=ray_address, **({"runtime_env": {"py_modules": modules}} if modules else {}))
         try:
             yield _ray_runner(ray, ray_timeout)
         finally:
@@ -425,11 +595,15 @@ def build_pool(
     Args:
         specs: the models wanted (duplicates allowed).
         cache_dir: folder of the cache (created if missing), read and written by this process only.
-        base: the given model that specs with ``base_digest`` augment (the owner's source model).
+        base: the given model that specs with ``base_digest`` augment (the owner's source model; as stored or
+            in pixel space, e.g. ``LoadedModel.module`` or ``.model``).
         workers: worker processes for ``executor="process"``.
-        executor: "process" (spawned workers, one torch thread each), "serial" (this process) or "ray"
-            (one-CPU Ray tasks on the running Ray instance, else on ``ray.init(address=ray_address)``, shut
-            down afterwards; the nodes need nnmark installed, not a shared file system).
+        executor: "process" (spawned workers, one torch thread each; they start with this process's ``sys.path``
+            and current directory, so they import a factory module as it is imported here), "serial" (this
+            process) or "ray" (one-CPU Ray tasks on the running Ray instance, else on
+            ``ray.init(address=ray_address)``, shut down afterwards; the nodes need nnmark installed, not a shared
+            file system; the ``ray.init`` made here ships a factory's top-level module as ``py_modules``, see
+            ``shipped_modules``).
         ray_address: the Ray cluster to connect to when none is initialised (None: start a local one).
         ray_timeout: seconds to wait for each batch of Ray tasks (None: no limit); past it the tasks left are
             cancelled and NnmarkError is raised.
@@ -446,7 +620,7 @@ def build_pool(
     start = time.perf_counter()
     cache = Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    digest = models.digest(base) if base is not None else None
+    digest = models.digest(unwrap(base)) if base is not None else None
     for s in specs:
         if s.base_digest is not None and s.base_digest != digest:
             raise ModelError(f"spec {s.to_json()} augments a model with digest {s.base_digest[:12]}..., "
@@ -454,7 +628,7 @@ def build_pool(
     scratch, augmented = _missing(specs, cache)
     todo = scratch + augmented
     bar = tqdm(total=len(todo), desc="shadow models", unit="model", disable=not progress)
-    with bar, _runner(executor, workers, ray_address, ray_timeout, len(todo)) as runner:
+    with bar, _runner(executor, workers, ray_address, ray_timeout, todo) as runner:
 
         def build(tasks: list[Task]) -> None:
             for result in runner.run(tasks):
@@ -463,14 +637,15 @@ def build_pool(
                 if on_built is not None:
                     on_built(spec, record)
 
-        loaded = {name: data.load(name) for name in dict.fromkeys(s.data for s in todo)}
-        inputs = {name: runner.put(name if name in BUNDLED_DATA else ds) for name, ds in loaded.items()}
-        build([(s.to_json(), None, inputs[s.data]) for s in scratch])
-        given = [s for s in augmented if s.base_digest is not None]
-        source = runner.put(_checkpoint_bytes(base, _config(given[0], loaded[given[0].data], None))) if given else None
+        loaded = {key: load_data(s) for key, s in {_data_key(s): s for s in todo}.items()}
+        inputs = {key: runner.put(key[0] if key[0] in BUNDLED_DATA else ds) for key, ds in loaded.items()}
+        build([(s.to_json(), None, inputs[_data_key(s)]) for s in scratch])
+        given = {(s.arch, *_data_key(s)): s for s in augmented if s.base_digest is not None}
+        sources = {key: runner.put(_model_bytes(s, base, loaded[_data_key(s)], None)) for key, s in given.items()}
         bases = {b: runner.put((cache / b.cache_name()).read_bytes())
                  for b in dict.fromkeys(s.base() for s in augmented if s.base_digest is None)}
-        build([(s.to_json(), source if s.base_digest is not None else bases[s.base()], inputs[s.data])
-               for s in augmented])
+        build([(s.to_json(), sources[(s.arch, *_data_key(s))] if s.base_digest is not None else bases[s.base()],
+                inputs[_data_key(s)]) for s in augmented])
     paths = [cache / s.cache_name() for s in specs]
-    return ShadowPool(list(specs), [models.load(p)[0] for p in paths], paths, todo, time.perf_counter() - start)
+    return ShadowPool(list(specs), [_read_model(s, p) for s, p in zip(specs, paths)], paths, todo,
+                      time.perf_counter() - start)
