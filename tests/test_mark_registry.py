@@ -114,6 +114,29 @@ def test_embedding_from_scratch_takes_either_arch_or_model(tmp_path):
     assert r.exit_code == 2 and "--arch" in r.stderr
     r = _cli("mark", "zhang", "--arch", "lenet5", "--model", FACTORY, *out)
     assert r.exit_code == 2 and "not both" in r.stderr
+    r = _cli("mark", "coupled", "--model", FACTORY, "--weights", tmp_path / "w.safetensors", *out)
+    assert r.exit_code == 2 and "drop --weights" in r.stderr  # from scratch: given weights would be thrown away
+
+
+def test_metafinger_marks_a_factory_model_from_its_own_shadow_pools(tmp_path):
+    nets = {seed: tmp_path / f"net{seed}.safetensors" for seed in (0, 7)}
+    for seed, out in nets.items():
+        r = _cli("train", "--model", FACTORY, "--input-shape", "3,32,32", "--normalize", NORMALIZE, "--data", "digits",
+                 "--epochs", 2, "--seed", seed, "--out", out)
+        assert r.exit_code == 0, r.output
+    key = tmp_path / "finger.key"
+    r = _cli("mark", "metafinger", "--model", FACTORY, "--weights", nets[0], "--data", "digits", "--n", 20,
+             "--candidates", 100, "--negatives", 2, "--val-negatives", 2, "--af", 1, "--shadow-epochs", 2,
+             "--finetune-epochs", 1, "--epochs", 10, "--executor", "serial", "--cache-dir", tmp_path / "cache",
+             "--out", key, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 7  # 1 positive, 2 negative families of 2, 2 validation
+    made = keys.load(key, secret=SECRET.encode())
+    assert made.config["arch"] == FACTORY and made.config["model_card"]["normalize"] is not None
+    code, verdict = _verify(key, "--model", FACTORY, "--weights", nets[0])
+    assert code == 0 and verdict["decision"] == "match", verdict
+    code, verdict = _verify(key, "--model", FACTORY, "--weights", nets[7])  # the same factory, trained apart
+    assert code == 1 and verdict["decision"] == "no match", verdict
 
 
 def test_one_command_per_method_and_nothing_else():

@@ -178,18 +178,6 @@ def load_model(model_path: str, *, needs: tuple[str, ...] = (), card: dict | Non
     return loaded.model, loaded
 
 
-def load_checkpoint(model_path: str):
-    """(model, a copy of its ModelConfig) for commands that build zoo architectures from the model (embedding
-    marks fine-tuning a pretrained model, MetaFinger's shadow pools): a one-line error for other source kinds."""
-    import dataclasses
-
-    model, loaded = load_model(model_path)
-    if loaded.kind != "checkpoint" or loaded.card.normalize is not None:
-        raise CliError(f"{click.get_current_context().command_path} needs an nnmark checkpoint without --normalize "
-                       f"(it builds zoo architectures from its config); {model_path} is a {loaded.kind} model")
-    return model, dataclasses.replace(loaded.config)
-
-
 def loaded_model():
     """The ``models.LoadedModel`` this command loaded with ``load_model``, or None."""
     return click.get_current_context().meta.get(_LOADED)

@@ -26,8 +26,8 @@ import torch
 
 from nnmark import data, envs, keys, models
 from nnmark.cli._shared import (
-    CliError, Group, click_option, dataset_for, emit, json_option, load_checkpoint, load_model, loaded_model,
-    model_option, out_option, progress_enabled, secret_for_writing, with_secret,
+    CliError, Group, click_option, dataset_for, emit, json_option, load_model, loaded_model,
+    model_option, out_option, progress_enabled, secret_for_writing, source_option, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option, endpoint_defaults
 from nnmark.data import Split
@@ -157,7 +157,7 @@ def _embed_options(*, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
     --out-model."""
     model_help = ("the model to fine-tune (any trainable source)" if pretrained else
                   "train its architecture from scratch: an nnmark checkpoint's or a package.module:factory's (with "
-                  "--input-shape and --normalize; weights ignored)")
+                  "--input-shape and --normalize, no --weights)")
     options = (click.option("--arch", type=click.Choice(models.ARCHITECTURES), help="Train this zoo architecture "
                             "from scratch (with --data)."),) if scratch else ()
     return (*options, model_option(required=not scratch, help=f"The model: {model_help}."),
@@ -186,6 +186,9 @@ def _trained(given: dict, seed: int, pretrained: bool):
                                                                 out)
     if given["model_path"] is None:
         raise CliError("pass either --arch (train from scratch) or --model")
+    if not pretrained and source_option("weights") is not None:
+        raise CliError("training from scratch starts from a fresh initialisation: drop --weights (or fine-tune them "
+                       "with a method that takes a pretrained --model)")
     model, loaded = load_model(given["model_path"], needs=("training", "saving"))
     ds = dataset_for(loaded, given["data_spec"])
     if not pretrained:
@@ -241,21 +244,23 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 
 @contextlib.contextmanager
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
-    """(source model, its shadow pools, training images): the pools built (or read from the cache) first."""
-    model, config = load_checkpoint(given["model_path"])
-    ds = dataset_for(config, given["data_spec"])
+    """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
+    or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first."""
+    model, loaded = load_model(given["model_path"], needs=("training",))
+    ds = dataset_for(loaded, given["data_spec"])
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
                                finetune_epochs=given["finetune_epochs"])
-    specs = shadow.pool_specs(config.arch, ds.name, models.digest(model), layout, seed=config.seed or 0)
+    specs = shadow.pool_specs_for(loaded, ds.name, layout)
     start = time.perf_counter()
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
                              progress=progress_enabled())
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
+    arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
-                    {"seed": given["seed"], "meta": {"data": ds.name, "arch": config.arch, "alpha": given["alpha"],
+                    {"seed": given["seed"], "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
                                                      "af": given["af"]}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
 
@@ -287,7 +292,8 @@ KINDS: dict[str, _Kind] = {
         "Trains a fresh --arch model (with --data), or fine-tunes --model (any trainable source); writes it to "
         "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "shadow": _Kind(_shadow_options, _shadow_pools,
-                    "Trains shadow models of the --model checkpoint's architecture first (cached in --cache-dir).",
+                    "Trains shadow models of --model's architecture first (a checkpoint's or a package.module:factory's;"
+                    " cached in --cache-dir).",
                     "--model lenet5.safetensors"),
 }
 """Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""
