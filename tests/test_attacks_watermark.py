@@ -8,31 +8,18 @@ import torch
 
 from nnmark import data, models
 from nnmark.attacks.overwrite import overwrite
-from nnmark.attacks.transfer import resize, transfer
+from nnmark.attacks.transfer import transfer
 from nnmark.data import Split
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.errors import DataError
 from nnmark.marks.ownership import coupled
+from nnmark.models import ModelCard
 
 
 @pytest.fixture(scope="module")
 def digits28(mnist):
-    raw = data.load("digits")
-    return resize(raw.train, mnist.shape), resize(raw.test, mnist.shape)
-
-
-def test_resize_upsamples_digits_to_the_mnist_shape_within_range():
-    raw = data.load("digits")
-    up = resize(raw.train, (1, 28, 28))
-    assert up.x.shape == (len(raw.train), 1, 28, 28) and up.x.dtype == torch.float32
-    assert up.x.min() >= 0 and up.x.max() <= 1 and torch.equal(up.y, raw.train.y)
-    assert abs(up.x.mean().item() - raw.train.x.mean().item()) < 0.02  # bilinear keeps the mean ink
-    assert torch.allclose(resize(raw.train, (1, 8, 8)).x, raw.train.x, atol=1e-6)  # same size: unchanged
-    ink = lambda x: (x * torch.linspace(0, 1, x.shape[-1])).sum(dim=(1, 2, 3)) / x.sum(dim=(1, 2, 3))  # noqa: E731
-    assert torch.allclose(ink(up.x), ink(raw.train.x), atol=0.05)  # the digit stays where it was
-    rgb = resize(raw.train, (3, 16, 16))
-    assert rgb.x.shape[1:] == (3, 16, 16) and torch.equal(rgb.x[:, 0], rgb.x[:, 2])
-    assert torch.allclose(resize(rgb, (1, 16, 16)).x, rgb.x[:, :1], atol=1e-6)
+    digits = data.load_for("digits", ModelCard(mnist.shape, mnist.num_classes))  # upsampled to 28 x 28
+    return digits.train, digits.test
 
 
 def test_transfer_learns_the_new_domain_is_seeded_and_leaves_the_model_untouched(lenet, mnist, digits28):

@@ -18,7 +18,7 @@ from nnmark.attacks.prune import prune
 from nnmark.attacks.prune_finetune import prune_finetune
 from nnmark.attacks.quantize import quantize_dynamic_torch, quantize_int8, quantize_static_torch
 from nnmark.attacks.registry import ATTACKS, TRANSFORMS, Spec
-from nnmark.attacks.transfer import resize, transfer
+from nnmark.attacks.transfer import transfer
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -26,5 +26,5 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "ATTACKS", "MODES", "TRANSFORMS", "BackdoorReport", "Spec", "backdoor", "finetune", "finetune_mode", "measure",
     "overwrite", "prune", "prune_finetune", "quantize_dynamic_torch", "quantize_int8", "quantize_static_torch",
-    "relative_weight_noise", "resize", "stamp_trigger", "transfer", "weight_noise",
+    "relative_weight_noise", "stamp_trigger", "transfer", "weight_noise",
 ]

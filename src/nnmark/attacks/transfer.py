@@ -3,7 +3,8 @@
 Paper: Wen et al., "On function-coupled watermarks for deep neural networks" (2023), sec. 5.3 and Fig. 7:
 the stolen model is trained on a new 10-class dataset at learning rate 1e-4 "retaining the number of
 classes", and the watermark and the accuracy on the original domain are measured after each trial.
-nnmark's stand-in for CIFAR-10 -> MNIST: mnist5k -> scikit-learn digits upsampled to 28 x 28 (``resize``).
+nnmark's stand-in for CIFAR-10 -> MNIST: mnist5k -> scikit-learn digits upsampled to 28 x 28
+(``data.load_for``).
 
 Choices: Adam (torch defaults) at a constant ``lr`` (default 1e-4), cross-entropy, all parameters, train
 mode (BatchNorm statistics follow the new domain), minibatches of ``batch_size`` (default 64) in an order
@@ -12,21 +13,19 @@ labels must lie in [0, K) for the model's K outputs. One "trial" of the paper is
 
 Example::
 
-    digits = data.load("digits")
-    attacked = transfer(model, resize(digits.train, (1, 28, 28)), epochs=1, seed=0)
+    digits = data.load_for("digits", ModelCard((1, 28, 28), 10))     # upsampled to the model's input
+    attacked = transfer(model, digits.train, epochs=1, seed=0)
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch.nn.functional as F
 from torch import nn
 
 from nnmark.attacks.modes import check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.data import Split
-from nnmark.errors import ArgumentError
 from nnmark.models.training import fit
 
 NEW_DOMAIN = "digits"
@@ -34,24 +33,6 @@ NEW_DOMAIN = "digits"
 DEFAULT_LR = 1e-4
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 64
-
-
-def resize(split: Split, shape: tuple[int, int, int]) -> Split:
-    """``split`` with its images bilinearly resized to (C, H, W) = ``shape`` (channels averaged or repeated).
-
-    A 1-channel target averages the channels; a C-channel target repeats a 1-channel source. Values stay in [0, 1].
-    """
-    c, h, w = shape
-    x = split.x
-    if x.shape[1] != c:
-        if c == 1:
-            x = x.mean(dim=1, keepdim=True)
-        elif x.shape[1] == 1:
-            x = x.expand(-1, c, -1, -1)
-        else:
-            raise ArgumentError(f"cannot map {x.shape[1]} channels to {c}")
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
-    return Split(x.contiguous(), split.y)
 
 
 @register_attack("transfer",

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from nnmark import data, models
 from nnmark.attacks import finetune_mode, prune
 from nnmark.attacks.overwrite import overwrite
-from nnmark.attacks.transfer import resize, transfer
+from nnmark.attacks.transfer import transfer
 from nnmark.bench import plots
 from nnmark.bench.common import ARCH_NAMES, document, header, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
@@ -388,8 +388,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     """Run the benchmark and write ``coupled.md``, ``coupled.json`` and ``coupled.png`` to ``out_dir``."""
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     ds = data.load("mnist5k")
-    raw = data.load("digits")
-    digits = data.Dataset("digits-28", resize(raw.train, ds.shape), resize(raw.test, ds.shape), raw.num_classes)
+    digits = data.load_for("digits", models.ModelCard(ds.shape, ds.num_classes))  # upsampled to 28 x 28
     rows = []
     for seed in range(p["seeds"]):
         rows.append({"seed": seed, "archs": {a: run_arch(a, seed, p, ds, digits, progress) for a in p["archs"]}})

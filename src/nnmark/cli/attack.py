@@ -19,7 +19,7 @@ import torch
 
 from nnmark import data, models
 from nnmark.attacks import ATTACKS, Spec
-from nnmark.attacks.transfer import NEW_DOMAIN, resize
+from nnmark.attacks.transfer import NEW_DOMAIN
 from nnmark.cli._shared import CliError, Group, click_option, dataset_for, load_model, model_option, out_option
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
@@ -49,11 +49,8 @@ def _attacker(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
 
 
 def _domain(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
-    new = data.load(given["to_spec"])
-    if new.num_classes != config.num_classes:
-        raise CliError(f"{given['to_spec']} has {new.num_classes} classes, the model {config.num_classes}")
-    shape = tuple(config.input_shape)
-    return (resize(new.train, shape),), f"on {given['to_spec']} resized to {shape}"
+    new = data.load_for(given["to_spec"], config)  # converted to the model's input; DataError names both K
+    return (new.train,), f"on {given['to_spec']} converted to {tuple(config.input_shape)}"
 
 
 def _watermark(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
