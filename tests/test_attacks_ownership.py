@@ -106,8 +106,27 @@ def test_fine_tune_modes_refuse_bad_arguments(lenet, attacker):
         finetune_mode(lenet, x, y + 10, mode="FTLL")
     with pytest.raises(ValueError):
         finetune_mode(lenet, x, y, mode="FTLL", epochs=-1)
-    with pytest.raises(ModelError):
-        finetune_mode(nn.Sequential(nn.Conv2d(1, 10, 28), nn.Flatten()), x, y, mode="FTLL")
+    no_linear = nn.Sequential(nn.Conv2d(1, 10, 28), nn.Flatten())
+    with pytest.raises(ModelError, match="no nn.Linear"):
+        finetune_mode(no_linear, x, y, mode="FTLL")
+    with pytest.raises(DataError, match="only 10 classes"):
+        finetune_mode(no_linear, x, y + 10, mode="FTAL")
+    with pytest.raises(ModelError, match="fails on images of shape"):
+        finetune_mode(lenet, x[:, :, :20], y, mode="FTAL")
+
+
+def test_ftal_trains_a_classifier_without_a_last_linear_layer(attacker):
+    torch.manual_seed(0)
+    conv_head = nn.Sequential(nn.Conv2d(1, 8, 5), nn.GELU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten()).eval()
+    x, y = attacker.x[:256], attacker.y[:256]
+    loss = lambda m: F.cross_entropy(m(x), y).item()  # noqa: E731
+    with torch.no_grad():
+        before = loss(conv_head)
+    attacked = finetune_mode(conv_head, x, y, mode="FTAL", epochs=3, seed=0)
+    with torch.no_grad():
+        assert loss(attacked) < before and loss(conv_head) == before  # trained a copy, the model left untouched
+    assert not attacked.training
 
 
 # ---- relative weight noise (MetaFinger eq. 1) --------------------------------------------------------

@@ -43,7 +43,7 @@ from torch import nn
 
 from nnmark.attacks.registry import register_attack
 from nnmark.data import validate
-from nnmark.errors import ArgumentError, ModelError
+from nnmark.errors import ArgumentError, DataError, ModelError
 from nnmark.models.training import fit
 
 Mode = Literal["FTLL", "FTAL", "RTLL", "RTAL"]
@@ -53,6 +53,8 @@ DEFAULT_EPOCHS = 10
 DEFAULT_LR = 0.01
 DEFAULT_BATCH_SIZE = 64
 MOMENTUM = 0.9
+UNCHECKED_CLASSES = 2**62
+"""The class count ``validate`` is given before the model's own K is known (labels are then checked against K)."""
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -72,13 +74,31 @@ def reinitialize(layer: nn.Linear, generator: torch.Generator) -> None:
             layer.bias.uniform_(-bound, bound, generator=generator)
 
 
+def output_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """K, the width of ``model``'s output on the first image of ``x`` (in eval mode; the model's mode is restored);
+    ModelError when the model cannot run on it."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            return int(model.eval()(x[:1]).shape[1])
+    except Exception as e:  # any failure of the model's own code on these images
+        raise ModelError(f"the model fails on images of shape {tuple(x.shape[1:])} ({type(e).__name__})") from None
+    finally:
+        model.train(training)
+
+
 def check_labelled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise ``DataError`` unless (x, y) is a labelled image set for the classes of ``model``'s last layer."""
-    validate(x, y, last_linear(model).out_features, source="attacker data")
+    """Raise ``DataError`` unless (x, y) is a labelled image set for ``model``'s K classes (K from one forward pass,
+    once x is checked)."""
+    validate(x, y, UNCHECKED_CLASSES, source="attacker data")
+    k = output_classes(model, x)
+    if int(y.max()) >= k:
+        raise DataError(f"attacker data: y has label {int(y.max())} but the model has only {k} classes")
 
 
 @register_attack("finetune-mode", summary="FTLL, FTAL, RTLL or RTAL on attacker data disjoint from the key's samples.",
-                 applies_to="models whose last layer is an nn.Linear; needs attacker data", data="attacker")
+                 applies_to="FTAL: any classifier; FTLL, RTLL, RTAL: models whose last layer is an nn.Linear; needs "
+                           "attacker data", data="attacker")
 def finetune_mode(
     model: nn.Module,
     x: torch.Tensor,
@@ -105,7 +125,7 @@ def finetune_mode(
         raise ArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_labelled(model, x, y)
     attacked = copy.deepcopy(model)
-    last = last_linear(attacked)
+    last = None if mode == "FTAL" else last_linear(attacked)  # FTAL trains every layer, whatever the last one is
     gen = torch.Generator().manual_seed(seed)
     if mode.startswith("RT"):
         reinitialize(last, gen)

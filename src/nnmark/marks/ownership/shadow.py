@@ -17,9 +17,8 @@ a spec with a ``card`` (required for a factory) trains on ``data`` converted to 
 ``metafinger.create`` can query the pool with pixels as it queries the source.
 
 Choices: the fine-tune after the noise is ``finetune_mode(..., mode="FTAL")`` (SGD, momentum 0.9,
-lr 0.01, all layers; the model needs a final ``nn.Linear``) for ``finetune_epochs`` passes over the
-*owner's* training split of ``data`` (the owner has it; the paper only says "fine-tunes the model to
-achieve high accuracy"). A from-scratch model is ``models.build`` (or the factory) under
+lr 0.01, all layers) for ``finetune_epochs`` passes over the *owner's* training split of ``data`` (the
+owner has it; the paper only says "fine-tunes the model to achieve high accuracy"). A from-scratch model is ``models.build`` (or the factory) under
 ``torch.manual_seed(seed)`` then ``models.train(..., seed=seed)``, so a spec gives the same weights
 every time on one machine.
 
