@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.errors import ArgumentError, NnmarkError, first_line
 from nnmark.oracles import Oracle, TorchOracle
 from nnmark.oracles import onnx as onnx_oracle
 from nnmark.oracles.worker import WorkerOracle
@@ -78,8 +78,7 @@ def _compiled(model: torch.nn.Module, input_shape: tuple[int, int, int], **kwarg
             with torch.no_grad():
                 compiled(torch.zeros(1, *input_shape))
     except Exception as e:  # a compiler failure can surface as almost any exception type
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NnmarkError(f"torch.compile failed: {first}") from e
+        raise NnmarkError(f"torch.compile failed: {first_line(e)}") from e
     return TorchOracle(compiled, input_shape, **kwargs)
 
 
@@ -109,8 +108,7 @@ class Environment:
         except NnmarkError as e:
             raise NnmarkError(f"environment {self.name!r} cannot run this model: {e}") from e
         except (RuntimeError, torch.jit.Error) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise NnmarkError(f"environment {self.name!r} cannot run this model: {first}") from e
+            raise NnmarkError(f"environment {self.name!r} cannot run this model: {first_line(e)}") from e
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ class NnmarkError(Exception):
     """Base class of every error nnmark raises on purpose."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (or its type name): how another library's error is named inside a
+    one-line nnmark error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class ArgumentError(NnmarkError, ValueError):
     """An argument is out of its documented range or does not fit the others (e.g. a target class >= K).
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, marks, models
 from nnmark.bench.common import document, header, parameters, section, table, write
-from nnmark.errors import EndpointError
+from nnmark.errors import EndpointError, first_line
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import EndpointOracle, EndpointSpec, HttpOracle, Oracle, TorchOracle, connect
@@ -171,7 +171,7 @@ def real_server(kind: str, checkpoint: Path, workdir: Path) -> Iterator[dict[str
         with launcher.running(kind, argv, env, [MODEL_NAME], *ports, workdir) as server:
             yield {"rest": server.url, "rest-binary": server.url, "grpc": f"grpc://{server.grpc}"}
     except launcher.ServerNotReady as e:
-        raise EndpointError(f"{kind} did not start: {str(e).splitlines()[0]}") from None
+        raise EndpointError(f"{kind} did not start: {first_line(e)}") from None
 
 
 def _installed(kind: str) -> bool:

@@ -45,9 +45,3 @@ def existing(path: str, source: str, *, folder: bool) -> Path:
     if not folder and not p.is_file():
         raise DataError(f"{source}: {p} is not an existing file")
     return p
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (or its type name), to embed in a one-line DataError."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

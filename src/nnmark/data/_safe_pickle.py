@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnmark.data._checks import reason
-from nnmark.errors import DataError
+from nnmark.errors import DataError, first_line
 
 # ndarray.__reduce__ names numpy's _reconstruct under whichever module path this numpy uses.
 _RECONSTRUCT = np.empty(0).__reduce__()[0]
@@ -47,4 +46,4 @@ def read_numpy_pickle(path: Path, source: str) -> object:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"{source}: not a readable pickle ({reason(exc)})") from exc
+            raise DataError(f"{source}: not a readable pickle ({first_line(exc)})") from exc

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nnmark.data._checks import existing, reason
+from nnmark.data._checks import existing
 from nnmark.data._safe_pickle import read_numpy_pickle
 from nnmark.data._types import Dataset, Split, random_split
 from nnmark.data.conform import DEFAULT_INTERPOLATION, PIL_RESAMPLE, check_interpolation, image_mode
-from nnmark.errors import DataError
+from nnmark.errors import DataError, first_line
 
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _NPZ_KEYS = ("x", "y", "x_test", "y_test")
@@ -75,7 +75,7 @@ def _read_npz(file: Path, name: str) -> dict[str, np.ndarray]:
         try:
             npz = np.load(fh, allow_pickle=False)
         except Exception as exc:
-            raise DataError(f"{name}: cannot read {file} as .npz ({reason(exc)})") from exc
+            raise DataError(f"{name}: cannot read {file} as .npz ({first_line(exc)})") from exc
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise DataError(f"{name}: {file} is a single .npy array, not an .npz archive holding x and y")
         with npz:
@@ -88,7 +88,7 @@ def _read_npz(file: Path, name: str) -> dict[str, np.ndarray]:
                 try:
                     arrays[key] = npz[key]
                 except Exception as exc:
-                    raise DataError(f"{name}: cannot read array {key!r} from {file} ({reason(exc)})") from exc
+                    raise DataError(f"{name}: cannot read array {key!r} from {file} ({first_line(exc)})") from exc
     return arrays
 
 
@@ -187,7 +187,7 @@ def _open(file: Path, name: str, read: Callable[[Image.Image], T]) -> T:
         with Image.open(file) as im:
             return read(im)
     except Exception as exc:
-        raise DataError(f"{name}: cannot read image {file} ({reason(exc)})") from exc
+        raise DataError(f"{name}: cannot read image {file} ({first_line(exc)})") from exc
 
 
 def _labels(labels: object, source: str, key: str) -> torch.Tensor:

@@ -54,7 +54,7 @@ from torch import nn
 
 from nnmark._io import atomic_write_bytes
 from nnmark._onnxrt import session
-from nnmark.errors import ModelError, NnmarkError
+from nnmark.errors import ModelError, NnmarkError, first_line
 from nnmark.models import checkpoint
 from nnmark.models.card import ModelCard, Normalization, parse_normalize, pixel_model, unwrap
 from nnmark.models.onnx_torch import Unconvertible, convert
@@ -241,16 +241,11 @@ def _num_classes(spec: str, module: nn.Module, shape: tuple[int, int, int]) -> i
         raise
     except Exception as e:
         dims = ", ".join(map(str, shape))
-        raise ModelError(f"{spec} fails on a zero batch of shape (1, {dims}): {_first_line(e)}") from None
+        raise ModelError(f"{spec} fails on a zero batch of shape (1, {dims}): {first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"{spec} must return logits of shape (N, K); on one input it returned {got}")
     return int(out.shape[1])
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _read_bytes(path: str, what: str) -> bytes:
@@ -266,7 +261,7 @@ def _stored_card(text: str | None, path: str) -> ModelCard | None:
     try:
         return ModelCard.from_dict(json.loads(text))
     except ValueError as e:
-        raise ModelError(f"{path} stores a malformed model card: {_first_line(e)}") from None
+        raise ModelError(f"{path} stores a malformed model card: {first_line(e)}") from None
     except ModelError as e:
         raise ModelError(f"{path} stores a bad model card: {e}") from None
 
@@ -329,9 +324,9 @@ def import_factory(spec: str) -> Callable[[], nn.Module]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ModelError(f"cannot import {module_name} for factory {spec}: {_first_line(e)}") from None
+            raise ModelError(f"cannot import {module_name} for factory {spec}: {first_line(e)}") from None
         except Exception as e:
-            raise ModelError(f"importing {module_name} for factory {spec} failed: {_first_line(e)}") from None
+            raise ModelError(f"importing {module_name} for factory {spec} failed: {first_line(e)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no factory function {attr!r}")
@@ -342,7 +337,7 @@ def _call_factory(spec: str, factory: Callable[[], nn.Module]) -> nn.Module:
     try:
         module = factory()
     except Exception as e:
-        raise ModelError(f"factory {spec} failed: {_first_line(e)}") from None
+        raise ModelError(f"factory {spec} failed: {first_line(e)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"factory {spec} returned a {type(module).__name__}, not a torch.nn.Module")
     return module.float()
@@ -390,7 +385,7 @@ def _read_torchscript(path: str, weights: str | None, input_shape: tuple[int, in
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as e:
-        raise ModelError(f"cannot load TorchScript archive {path}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load TorchScript archive {path}: {first_line(e)}") from None
     return _Raw(module.eval(), checkpoint.digest(module), card=_stored_card(extra[_CARD_FILE], path))
 
 
@@ -452,7 +447,7 @@ def _read_export(path: str, weights: str | None, input_shape: tuple[int, int, in
             warnings.simplefilter("ignore")
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as e:
-        raise ModelError(f"cannot load torch.export archive {path}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load torch.export archive {path}: {first_line(e)}") from None
     inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
     if len(inputs) != 1:
         raise ModelError(f"{path} takes {len(inputs)} inputs; nnmark needs a model with one image input")
@@ -480,7 +475,7 @@ def _write_export(module: nn.Module, card: ModelCard, config: checkpoint.ModelCo
     try:
         program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as e:
-        raise ModelError(f"cannot export the changed model to {out}: {_first_line(e)}") from None
+        raise ModelError(f"cannot export the changed model to {out}: {first_line(e)}") from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={_CARD_FILE: _card_json(card)})
     atomic_write_bytes(out, buffer.getvalue())
@@ -503,7 +498,7 @@ class OnnxRuntimeModule(nn.Module):
         except NnmarkError:
             raise
         except Exception as e:
-            raise ModelError(f"ONNX Runtime cannot load {name}: {_first_line(e)}") from None
+            raise ModelError(f"ONNX Runtime cannot load {name}: {first_line(e)}") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
