@@ -162,11 +162,17 @@ def _check_tensors(expected: _Specs, got: _Specs) -> None:
         raise ModelError("; ".join(problems[:3]) + more)
 
 
+def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    """Raise ModelError unless the tensors ``got`` have exactly the names, dtypes and shapes of the state dict
+    ``expected`` (a strict ``load_state_dict`` would succeed), naming the first few differences."""
+    _check_tensors(_specs(expected), _specs(got))
+
+
 def save(model: nn.Module, config: ModelConfig, path: str | os.PathLike) -> None:
     """Write ``model``'s state_dict and ``config`` to a safetensors file at ``path``, atomically."""
     tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
     try:
-        _check_tensors(_specs(_meta_model_for(config).state_dict()), _specs(tensors))
+        check_state(_meta_model_for(config).state_dict(), tensors)
     except ModelError as e:
         raise ModelError(f"model does not match config {config.arch}: {e}") from None
     atomic_write_bytes(path, safetensors_save(tensors, metadata={METADATA_KEY: config.to_json()}))

@@ -292,7 +292,7 @@ def _read_factory(spec: str, weights: str | None, input_shape: tuple[int, int, i
     if weights is not None:
         tensors, card = _read_weights(weights)
         try:
-            checkpoint._check_tensors(checkpoint._specs(module.state_dict()), checkpoint._specs(tensors))
+            checkpoint.check_state(module.state_dict(), tensors)
         except ModelError as e:
             raise ModelError(f"weights {weights} do not match {spec}: {e}") from None
         module.load_state_dict(tensors, strict=True)
