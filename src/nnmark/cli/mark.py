@@ -239,6 +239,9 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
         click.option("--workers", type=click.IntRange(1), default=shadow.DEFAULT_WORKERS, show_default=True),
         click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True),
         click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance)."),
+        click.option("--ray-timeout", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_RAY_TIMEOUT,
+                     help="Seconds to wait for each batch of Ray tasks; past it they are cancelled and the command "
+                          "stops (default: no limit)."),
     )
 
 
@@ -256,7 +259,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
-                             progress=progress_enabled())
+                             ray_timeout=given["ray_timeout"], progress=progress_enabled())
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
