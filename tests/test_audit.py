@@ -174,7 +174,9 @@ def test_keys_are_listed_and_shown_without_asking_a_model(world):
 
 
 def test_reports_name_endpoints_without_user_info():
-    assert audit.redact_url("https://alice:pw@example.org:8443/v2?x=1") == "https://***@example.org:8443/v2?x=1"
+    target = audit.endpoint_target("https://alice:pw@example.org:8443/", model_name="m")  # nothing asked yet
+    assert target.name == target.info["endpoint"] == "https://***@example.org:8443"
+    assert target.info["model_name"] == "m" and "pw" not in json.dumps(target.info)
 
 
 def test_the_cli_audits_a_fleet_writes_its_report_and_log_and_finds_an_edited_log(world, tmp_path):

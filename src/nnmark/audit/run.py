@@ -9,7 +9,7 @@ the verifiers' own on the asked queries, stopped by the rules of ``nnmark.audit.
 
 A key whose queries do not fit the target (input shape, number of classes), or whose model digest or model
 card differs from what the target publishes about itself, is reported as made for another model and is not
-counted as a failure. A local checkpoint publishes nothing about itself (its digest differs after any
+counted as a failure. A local model publishes nothing about itself (its digest differs after any
 tampering, which is what integrity keys look for); its computed digest is kept in the target's info.
 """
 
@@ -29,14 +29,14 @@ import torch
 
 from nnmark import __version__, keys, marks
 from nnmark.audit import sequential as seq
-from nnmark.errors import ArgumentError, EndpointError, NnmarkError
+from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.keyinfo import purpose_of
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import pairing
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
-from nnmark.oracles import Oracle
-from nnmark.oracles.endpoint import redact_url
+from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle, connect
+from nnmark.oracles.remote import make_spec
 
 INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
@@ -51,8 +51,6 @@ DEFAULT_WORKERS = 4
 """Targets of a fleet asked at once."""
 MAX_THUMBNAILS = 8
 """Flipped queries per key kept for the report's pictures."""
-METADATA_TIMEOUT = 10.0
-"""Seconds to wait for an endpoint's metadata."""
 OTHER_MODEL = "made for another model"
 ERROR = "error"
 
@@ -77,57 +75,49 @@ class Target:
     published: dict = field(default_factory=dict)
 
 
-def local_target(model_path: str | os.PathLike, env: str = "float32", budget: int | None = None) -> Target:
-    """A local checkpoint run in environment ``env``; its computed digest goes into ``info``."""
+def opened_target(name: str, open_suspect: Callable[[], AbstractContextManager[Oracle]], info: dict,
+                  digest: str = "") -> Target:
+    """A target whose oracle ``open_suspect()`` opens; when it opens, an endpoint's model metadata (whatever the
+    transport, as its oracle read it on connecting) goes into ``info`` and what it publishes about itself into
+    ``published``, so a fleet's unreachable replica is that target's error. ``digest``: a local model's."""
+    published: dict = {}
+    if digest:
+        info["model_digest_computed"] = digest
+
+    @contextlib.contextmanager
+    def open_oracle():
+        with open_suspect() as oracle:
+            if isinstance(oracle, EndpointOracle):
+                info["model"] = oracle.metadata
+                published.update(published_by(oracle.metadata))
+            yield oracle
+
+    return Target(name, open_oracle, info, published)
+
+
+def local_target(model: str | os.PathLike, env: str = "float32", budget: int | None = None, **source) -> Target:
+    """A local model of any source kind (``models.load_any(model, **source)``: weights, input_shape, normalize) run
+    in environment ``env``; its digest goes into ``info``."""
     from nnmark import envs, models
 
-    model, config = models.load(model_path)
-    shape = tuple(config.input_shape)
-    info = {"model": str(model_path), "env": env, "arch": config.arch, "model_digest_computed": models.digest(model)}
-    return Target(str(model_path), lambda: contextlib.closing(envs.get(env).oracle(model, shape, budget=budget)), info)
+    loaded = models.load_any(os.fspath(model), **source)
+    return opened_target(str(model), lambda: contextlib.closing(
+        envs.get(env).oracle(loaded.model, loaded.input_shape, budget=budget)),
+        {"model": str(model), "kind": loaded.kind, "env": env}, loaded.digest)
 
 
-def endpoint_info(url: str, model_name: str = "model", token: bytes | None = None) -> tuple[dict, dict]:
-    """(info, published) of an OIP v2 endpoint: its public URL, server and model metadata, and the "model_digest"
-    and "model_card" its model metadata's parameters publish, if any."""
-    server, model = _metadata(url, model_name, token)
-    return {"endpoint": redact_url(url), "model_name": model_name, "server": server, "model": model}, published_by(model)
+def endpoint_target(endpoint: EndpointSpec | str, *, token: bytes | None = None, budget: int | None = None,
+                    **fields) -> Target:
+    """An OIP v2 endpoint over any transport (``oracles.connect(endpoint, **fields)``: model_name, layout, ...)."""
+    spec = make_spec(endpoint, fields)
+    return opened_target(spec.shown_url, lambda: connect(spec, token=token, budget=budget),
+                         {"endpoint": spec.shown_url, "model_name": spec.model_name})
 
 
 def published_by(model_metadata: dict) -> dict:
     """The "model_digest" and "model_card" an endpoint's model metadata publishes in its parameters, if any."""
     params = model_metadata.get("parameters") if isinstance(model_metadata.get("parameters"), dict) else {}
     return {name: params[name] for name in ("model_digest", "model_card") if name in params}
-
-
-def endpoint_target(url: str, *, model_name: str = "model", token: bytes | None = None,
-                    budget: int | None = None) -> Target:
-    """An OIP v2 endpoint (``HttpOracle``), described by ``endpoint_info``."""
-    from nnmark.oracles.remote import HttpOracle
-
-    info, published = endpoint_info(url, model_name, token)
-    return Target(redact_url(url), lambda: HttpOracle(url, model_name=model_name, token=token, budget=budget), info,
-                  published)
-
-
-def _metadata(url: str, model_name: str, token: bytes | None) -> tuple[dict, dict]:
-    """The OIP v2 server and model metadata (GET /v2, GET /v2/models/{name}); {} where one is not a JSON object.
-
-    ``EndpointError`` when the endpoint cannot be reached."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token.decode('ascii')}"} if token else {}
-    answers = []
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=METADATA_TIMEOUT) as client:
-        for path in ("/v2", f"/v2/models/{model_name}"):
-            try:
-                body = client.get(path).json()
-            except httpx.HTTPError as e:
-                raise EndpointError(f"endpoint {redact_url(url)} cannot be reached: {type(e).__name__}") from None
-            except ValueError:
-                body = {}
-            answers.append(body if isinstance(body, dict) else {})
-    return answers[0], answers[1]
 
 
 # --- recording oracle and sub-keys -------------------------------------------------------------------

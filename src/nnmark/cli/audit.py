@@ -33,24 +33,19 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
 
 
 def _target(model_path, env_name, endpoint, model_name, token_file, budget) -> audit_run.Target:
-    """The audit target of the suspect options (one --endpoint URL, or --model); its oracle comes from the shared
-    suspect builder, and an endpoint's metadata is read when it is opened, so an unreachable replica of a fleet
-    is that target's error."""
+    """The audit target of the suspect options (one --endpoint URL, or --model): its oracle from the shared suspect
+    builder, opened (and an endpoint's metadata read) when the audit reaches it."""
     name = redact_url(endpoint) if endpoint else model_path
-    info = {"endpoint": name} if endpoint else {"model": name, "env": env_name}
-    published: dict = {}
+    info = {"endpoint": name, "model_name": model_name} if endpoint else {"model": name, "env": env_name}
 
     @contextlib.contextmanager
-    def open_oracle():
+    def open_suspect():
         with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
             if suspect.digest:
                 info["model_digest_computed"] = suspect.digest
-            if endpoint:  # any transport: what the oracle read when it connected
-                info.update(model_name=model_name, model=oracle.metadata)
-                published.update(audit_run.published_by(oracle.metadata))
             yield oracle
 
-    return audit_run.Target(name, open_oracle, info, published)
+    return audit_run.opened_target(name, open_suspect, info)
 
 
 def _text(reports: list[audit_run.TargetReport]) -> str:
