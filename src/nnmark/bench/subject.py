@@ -66,8 +66,8 @@ class Subject:
             return bench
         r = self.record
         shape = ",".join(map(str, r["card"]["input_shape"]))
-        return f"{bench} --model {r['spec']} --input-shape {shape} --normalize {_normalize_option(r['card'])} " \
-               f"--data {r['data']}"
+        return (f"{bench} --model {r['spec']} --input-shape {shape} --normalize {_normalize_option(r['card'])} "
+                f"--data {r['data']}")
 
 
 def zoo(arch: str) -> Subject:
@@ -94,8 +94,8 @@ def describe(record: dict) -> str:
     card = record["card"]
     c, h, w = card["input_shape"]
     norm = card["normalize"]
-    seen = "pixels x in [0, 1]" if norm is None else \
-        f"(x - mean) / std of pixels x in [0, 1], mean {_numbers(norm[0])}, std {_numbers(norm[1])}"
+    seen = ("pixels x in [0, 1]" if norm is None else
+            f"(x - mean) / std of pixels x in [0, 1], mean {_numbers(norm[0])}, std {_numbers(norm[1])}")
     return (f"Model: `{record['spec']}`, a {record['kind']} source: every seed trains a fresh model of its "
             "architecture (the weights the source holds are not used). "
             f"Card: input {c}x{h}x{w}, {card['num_classes']} classes; the model receives {seen}. Data: "
@@ -132,4 +132,4 @@ def _normalize_option(card: dict) -> str:
     for name, (mean, std) in PRESETS.items():
         if list(mean) == norm[0] and list(std) == norm[1]:
             return name
-    return ",".join(f"{v:g}" for v in norm[0] + norm[1])
+    return ",".join(map(str, norm[0] + norm[1]))
