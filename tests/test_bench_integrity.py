@@ -52,3 +52,28 @@ def test_default_margin_is_the_smallest_without_false_alarms():
     assert integrity.choose_default_margin(result) == 1e-3
     result["cases"]["a"]["seeds"][0]["false_alarm_samples"]["batch1"]["Pairs m=0.001"] = 1
     assert integrity.choose_default_margin(result) is None
+
+
+def test_bench_integrity_quick_on_a_foreign_model_is_one_case_with_the_same_rows(tmp_path):
+    args = ["--model", "foreign_models:small_gn_net", "--input-shape", "3,32,32", "--normalize", "0.5,0.25",
+            "--data", "digits"]
+    r = CliRunner().invoke(main, ["bench", "integrity", "--quick", *args, "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    stem = "integrity-foreign_models-small_gn_net"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.json", f"{stem}.md", f"{stem}.png"]
+    result = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert result["model"]["spec"] == "foreign_models:small_gn_net" and result["model"]["kind"] == "factory"
+    (case,) = result["cases"].values()
+    assert list(result["cases"]) == ["small_gn_net / digits"]
+    (row,) = case["seeds"]
+    assert row["accuracy"] > 0.5
+    # the zoo quick run's attack rows; AID has no nn.ReLU to hook in a GELU model: skipped, and why
+    assert {"backdoor", "finetune lr=1e-10", "finetune lr=0.001", "prune 0.01", "prune 0.1", "int8 per-tensor (fake)",
+            "int8 per-channel (fake)"} <= set(row["detection"])
+    assert {"Validset", "DBI", "Pairs m=0"} <= set(row["key_sizes"]) and "AID" not in row["key_sizes"]
+    assert "nn.ReLU" in row["keys_skipped"]["AID"] and row["aid_coverage"] is None
+    assert all(t["AID"] is None and t["DBI"] > 0 for t in case["timing"])
+    md = (tmp_path / f"{stem}.md").read_text()
+    assert "Model: `foreign_models:small_gn_net`, a factory source" in md
+    assert "- small_gn_net / digits: AID could not run here: " in md and "| n/a |" in md
+    assert f"`nnmark bench integrity {' '.join(args[:4])} --normalize 0.5,0.5,0.5,0.25,0.25,0.25" in md

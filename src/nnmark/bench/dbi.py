@@ -1,11 +1,13 @@
-"""``nnmark bench dbi``: Yin et al.'s Tables 4 and 8 layout on mnist5k with LeNet-5.
+"""``nnmark bench dbi``: Yin et al.'s Tables 4 and 8 layout on mnist5k with LeNet-5, or with any model.
 
-For each seed: train a LeNet-5, make DBI, natural ("non-fragile") and random keys, apply SGD
-fine-tuning (lr 1e-3 / 1e-4 / 1e-5, 100 rounds; one round = one SGD step on a minibatch of 64
+For each seed: train a LeNet-5 (with ``model``: a fresh model of that source's architecture, on ``data_spec``;
+``bench.subject`` says what that means and which sources are refused), make DBI, natural ("non-fragile") and
+random keys, apply SGD fine-tuning (lr 1e-3 / 1e-4 / 1e-5, 100 rounds; one round = one SGD step on a minibatch of 64
 attacker images) and weight noise (std 1e-3 / 5e-4 / 1e-4), and record each key's ChangeRate.
 Also: PSNR/SSIM and flatness of the DBI samples along the iterations (the paper's Fig. 5), false
 alarms of the untouched model in other execution environments, and the generation time of the
-batched implementation against one sample at a time.
+batched implementation against one sample at a time. A foreign model's results go to ``dbi-NAME.md`` (and .json),
+next to the zoo's ``dbi.md``, and say which model they are for.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tqdm.auto import tqdm
 
 from nnmark import data, envs, models
 from nnmark.attacks import finetune, weight_noise
-from nnmark.bench.common import document, header, mean_std, parameters, section, table, write
+from nnmark.bench import subject
+from nnmark.bench.common import ARCH_NAMES, document, header, mean_std, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
 from nnmark.marks.integrity import baselines, dbi
 from nnmark.metrics import change_rate, sample_quality
@@ -32,6 +35,7 @@ FINETUNE_LRS = (1e-3, 1e-4, 1e-5)
 FINETUNE_ROUNDS = 100
 NOISE_STDS = (1e-3, 5e-4, 1e-4)
 FALSE_ALARM_ENVS = ("float64", "mkldnn-off", "batch1")
+ZOO_ARCH, ZOO_DATA, ZOO_SHAPE = "lenet5", "mnist5k", (1, 28, 28)
 
 
 def _attacks(model: torch.nn.Module, ds: data.Dataset, seed: int) -> dict[str, torch.nn.Module]:
@@ -42,10 +46,10 @@ def _attacks(model: torch.nn.Module, ds: data.Dataset, seed: int) -> dict[str, t
     return out
 
 
-def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
-    """One seed: model, keys, attacks, ChangeRates, quality trace and false alarms."""
+def run_seed(seed: int, p: dict, ds: data.Dataset, build: subject.Builder, progress: bool) -> dict:
+    """One seed: model (from ``build``), keys, attacks, ChangeRates, quality trace and false alarms."""
     torch.manual_seed(seed)
-    model = models.build("lenet5", ds.shape, ds.num_classes)
+    model = build(ds.shape, ds.num_classes)
     models.train(model, ds.train, epochs=p["epochs"], seed=seed)
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     idx = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(seed))[: p["n"]]
@@ -82,9 +86,9 @@ def run_seed(seed: int, p: dict, ds: data.Dataset, progress: bool) -> dict:
     }
 
 
-def time_generation(p: dict, ds: data.Dataset) -> dict:
+def time_generation(p: dict, ds: data.Dataset, build: subject.Builder) -> dict:
     """Seconds for timing_n samples x timing_itr iterations: one batch vs one sample at a time."""
-    model = models.build("lenet5", ds.shape, ds.num_classes).eval()
+    model = build(ds.shape, ds.num_classes).eval()
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     x = ds.train.x[: p["timing_n"]]
     start = time.perf_counter()
@@ -100,12 +104,18 @@ def time_generation(p: dict, ds: data.Dataset) -> dict:
 
 def _intro(result: dict) -> str:
     """Title, the run's settings and the model's accuracy."""
-    rows, p = result["seeds"], result["params"]
+    rows, p, model = result["seeds"], result["params"], result.get("model")
+    data_name, model_name = (model["data"], model["name"]) if model else (ZOO_DATA, ARCH_NAMES[ZOO_ARCH])
+    shape = tuple(model["card"]["input_shape"]) if model else ZOO_SHAPE
+    eps = f"{dbi.default_eps(shape):.0e}".replace("e-0", "e-") + (
+        f" (nnmark's default for {shape[0]}-channel input)" if model else "")
     return "\n\n".join([
-        "# DBI benchmark (Yin et al.), mnist5k, LeNet-5",
+        f"# DBI benchmark (Yin et al.), {data_name}, {model_name}",
         f"Written by `{result['command']}` on {result['date']}; {len(rows)} seed(s); torch {torch.__version__}, "
-        f"{result['timing']['threads']} threads. Values are mean ± std over seeds, ChangeRate in %.",
-        f"DBI: {p['n']} training images per seed, eps = 1e-4, itr = {p['itr']}, descent on D(p). "
+        f"{result['timing']['threads']} threads. Values are mean ± std over seeds, ChangeRate in %."
+        + subject.fewer_seeds(len(rows), FULL["seeds"], result["command"]),
+        *([subject.describe(model)] if model else []),
+        f"DBI: {p['n']} training images per seed, eps = {eps}, itr = {p['itr']}, descent on D(p). "
         f"Non-fragile: {p['natural']} natural test images. Random: {p['n']} uniform-noise images. "
         f"Fine-tuning: SGD, all layers, {FINETUNE_ROUNDS} rounds, one round = one step on a minibatch of 64 "
         "attacker images (the second half of the test split, disjoint from every key's samples).",
@@ -165,14 +175,22 @@ def render(result: dict) -> str:
     )
 
 
-def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
-    """Run the benchmark and write ``dbi.md`` and ``dbi.json`` to ``out_dir``; returns the Markdown path."""
+def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False,
+        model: models.LoadedModel | None = None, data_spec: str | None = None) -> Path:
+    """Run the benchmark and write ``dbi.md`` and ``dbi.json`` to ``out_dir``; returns the Markdown path.
+
+    ``model``: a source that can be trained, whose architecture replaces LeNet-5, trained on ``data_spec`` (default:
+    the dataset its checkpoint names; see ``subject.foreign``); its files are ``dbi-NAME.md`` and ``dbi-NAME.json``.
+    """
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
-    ds = data.load("mnist5k")
-    rows = [run_seed(s, p, ds, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
+    who = subject.zoo(ZOO_ARCH) if model is None else subject.foreign(model, data_spec)
+    ds = who.dataset(who.data or ZOO_DATA)
+    rows = [run_seed(s, p, ds, who.build, progress)
+            for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     result = {
-        **header("dbi", p, quick=quick, seeds=seeds),
+        **header(who.command("dbi"), p, quick=quick, seeds=seeds),
+        **who.result_fields(),
         "seeds": rows,
-        "timing": time_generation(p, ds),
+        "timing": time_generation(p, ds, who.build),
     }
-    return write(out_dir, "dbi", result, render(result))
+    return write(out_dir, who.stem("dbi"), result, render(result))

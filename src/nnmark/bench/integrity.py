@@ -31,6 +31,11 @@ they would take hours, so the full mode is smaller, and the Markdown says so):
 
 Quick mode (a smoke run of about a minute): the two LeNet-5 cases only (ResNet-20 alone would take
 minutes), one seed, 8 pairs, 100 iterations, alpha 1e-5, 'Pairs head-act' on mnist5k only.
+
+Any model (``run(model=..., data_spec=...)``, ``nnmark bench integrity --model``): one case with the settings of
+the LeNet-5 / mnist5k case (``FOREIGN_CASE``; in quick mode its quick settings), a fresh model of the source's
+architecture per seed trained on ``data_spec`` (``bench.subject``: which sources are refused, and why), so the
+tables have the same rows as the zoo run; its files are ``integrity-NAME.md``, ``.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -47,10 +52,10 @@ from nnmark import data, envs, models
 from nnmark.attacks import (
     backdoor, finetune, measure, prune, quantize_dynamic_torch, quantize_int8, quantize_static_torch,
 )
-from nnmark.bench import plots
+from nnmark.bench import plots, subject
 from nnmark.bench.common import ARCH_NAMES, document, header, mean_std, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
-from nnmark.errors import NnmarkError
+from nnmark.errors import ModelError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.oracles import Oracle, TorchOracle
@@ -83,12 +88,14 @@ QUICK = {
 FINETUNE_LRS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 BASE_ENVS = ("float64", "mkldnn-off", "batch1")
 PAPER_DBI_PATH = 1e-4 * dbi.PAPER_ITR
+FOREIGN_CASE = 0
+"""The case whose settings a foreign model's run takes (LeNet-5 / mnist5k)."""
 MARGIN_ATTACKS = ("backdoor", "finetune lr=1e-10", "finetune lr=1e-08", "finetune lr=1e-06", "prune 0.001",
                   "int8 per-tensor (fake)")
 
 
 def case_name(case: dict) -> str:
-    return f"{ARCH_NAMES[case['arch']]} / {case['data']}"
+    return f"{ARCH_NAMES.get(case['arch'], case['arch'])} / {case['data']}"
 
 
 def false_alarm_envs() -> list[str]:
@@ -130,8 +137,10 @@ def pairs_keys(oracle: TorchOracle, case: dict, p: dict, seed: int, *, activatio
     return out
 
 
-def make_keys(oracle: TorchOracle, ds: data.Dataset, case: dict, p: dict, seed: int) -> dict[str, KeyFile]:
-    """Validset, DBI and AID keys of 2n samples (Validset: at most the natural pool), and the Pairs keys."""
+def make_keys(oracle: TorchOracle, ds: data.Dataset, case: dict, p: dict, seed: int
+              ) -> tuple[dict[str, KeyFile], dict[str, str]]:
+    """Validset, DBI and AID keys of 2n samples (Validset: at most the natural pool), and the Pairs keys; and the
+    keys that cannot be made for this model, with why (AID on a model without nn.ReLU modules)."""
     gen = torch.Generator().manual_seed(seed)
     pool = natural_pool(ds)
     n2 = 2 * case["n"]
@@ -139,13 +148,17 @@ def make_keys(oracle: TorchOracle, ds: data.Dataset, case: dict, p: dict, seed: 
     out = {
         "Validset": baselines.natural(oracle, pool.x[torch.randperm(len(pool), generator=gen)[:n2]]),
         "DBI": dbi.create(oracle, sources, itr=case["itr"], eps=PAPER_DBI_PATH / case["itr"]),
-        "AID": aid.create(oracle, sources, itr=case["itr"]),
     }
+    skipped = {}
+    try:
+        out["AID"] = aid.create(oracle, sources, itr=case["itr"])
+    except ModelError as e:
+        skipped["AID"] = str(e)
     out.update(pairs_keys(oracle, case, p, seed, activation_on="logits", margins=p["margins"], prefix="Pairs"))
     if case["head_act"]:
         out.update(pairs_keys(oracle, case, p, seed, activation_on="head", margins=(pairing.DEFAULT_MARGIN,),
                               prefix="Pairs head-act"))
-    return out
+    return out, skipped
 
 
 def detection(suspect: Oracle, key: KeyFile, seed: int) -> dict[str, float]:
@@ -200,12 +213,12 @@ def attacks(model: torch.nn.Module, ds: data.Dataset, p: dict, seed: int) -> tup
 # --- one seed, timing ---------------------------------------------------------------------------------
 
 
-def run_seed(case: dict, seed: int, p: dict, ds: data.Dataset) -> dict:
+def run_seed(case: dict, seed: int, p: dict, ds: data.Dataset, build: subject.Builder) -> dict:
     torch.manual_seed(seed)
-    model = models.build(case["arch"], ds.shape, ds.num_classes)
+    model = build(ds.shape, ds.num_classes)
     models.train(model, ds.train, epochs=case["epochs"], seed=seed)
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
-    keys = make_keys(oracle, ds, case, p, seed)
+    keys, keys_skipped = make_keys(oracle, ds, case, p, seed)
     attacked, info, skipped = attacks(model, ds, p, seed)
     rates = {a: {k: detection(TorchOracle(m, ds.shape, ds.num_classes), key, seed) for k, key in keys.items()}
              for a, m in attacked.items()}
@@ -221,13 +234,14 @@ def run_seed(case: dict, seed: int, p: dict, ds: data.Dataset) -> dict:
     return {"seed": seed, "accuracy": models.accuracy(model, ds.test), "attack_info": info,
             "attacks_skipped": skipped, "detection": rates, "false_alarms": false_alarms,
             "false_alarm_samples": flipped, "envs_skipped": env_skipped,
-            "key_sizes": {k: len(key.expected) for k, key in keys.items()},
-            "aid_coverage": [keys["AID"].config["coverage_start"], keys["AID"].config["coverage_end"]]}
+            "key_sizes": {k: len(key.expected) for k, key in keys.items()}, "keys_skipped": keys_skipped,
+            "aid_coverage": [keys["AID"].config["coverage_start"], keys["AID"].config["coverage_end"]]
+            if "AID" in keys else None}
 
 
-def time_core(case: dict, p: dict, ds: data.Dataset) -> list[dict]:
+def time_core(case: dict, p: dict, ds: data.Dataset, build: subject.Builder) -> list[dict]:
     """Seconds per 1,000 iterations of each core optimisation and of plain forward+backward passes (one run)."""
-    model = models.build(case["arch"], ds.shape, ds.num_classes).eval()
+    model = build(ds.shape, ds.num_classes).eval()
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     head = pairing.derive_head(SECRET, USER, ds.num_classes)
     k = case["timing_itr"]
@@ -247,7 +261,11 @@ def time_core(case: dict, p: dict, ds: data.Dataset) -> list[dict]:
         row = {"n": n, "itr": k}
         for name, fn in runs.items():
             start = time.perf_counter()
-            fn()
+            try:
+                fn()
+            except ModelError:  # the method cannot run on this model (make_keys says why); None: not timed
+                row[name] = None
+                continue
             row[name] = (time.perf_counter() - start) * scale
         rows.append(row)
     return rows
@@ -295,7 +313,7 @@ def detection_table(rows: list[dict], attacks_: list[str], keys: list[str]) -> s
 
 def _intro(result: dict) -> str:
     """Title, what the rates mean, and the settings where they differ from the paper."""
-    p = result["params"]
+    p, model = result["params"], result.get("model")
     cases = [f"- {case_name(c)}: {c['seeds']} seed(s), {c['epochs']} training epochs, {c['n']} pairs "
              f"(baselines: {2 * c['n']} samples), {c['itr']} iterations for DBI (eps "
              f"{PAPER_DBI_PATH / c['itr']:g}, the paper's 1e-4 x 10,000 path), AID (Adam, lr 1e-3, beta "
@@ -319,19 +337,28 @@ def _intro(result: dict) -> str:
         f"Written by `{result['command']}` on {result['date']}; torch {torch.__version__}, one CPU thread. "
         "Detection rates in %, mean ± std over seeds. *single*: fraction of samples whose label changed; "
         "*pair*: fraction of pairs with at least one changed member (Validset, DBI, AID: two random samples per "
-        "pair, as the paper forms them; Pairs: the key's own pairs, whose binary label is the key-derived head's).",
+        "pair, as the paper forms them; Pairs: the key's own pairs, whose binary label is the key-derived head's)."
+        + (subject.fewer_seeds(p["cases"][0]["seeds"], FULL["cases"][FOREIGN_CASE]["seeds"], result["command"])
+           if model else ""),
+        *([f"{subject.describe(model)} Run with the settings of the zoo's "
+           f"{case_name(FULL['cases'][FOREIGN_CASE])} case."] if model else []),
         "Settings, and where they differ from the paper (150 pairs, 10,000 iterations, >= 3 seeds):",
         "\n".join(cases + common),
     ])
 
 
 def _case_summary(cases: dict) -> str:
-    """One line per case: test accuracy, key sizes (seed 0) and AID's neuron coverage."""
+    """One line per case: test accuracy, key sizes (seed 0) and AID's neuron coverage (where AID ran)."""
+    def coverage(rows: list[dict]) -> str:
+        if not all(r["aid_coverage"] for r in rows):
+            return ""
+        return (f"; AID neuron coverage {_mean([r['aid_coverage'][0] for r in rows]):.3f} -> "
+                f"{_mean([r['aid_coverage'][1] for r in rows]):.3f}")
+
     return "\n".join(
         f"{name}: test accuracy {_cell([r['accuracy'] for r in c['seeds']])} %; key sizes (seed 0) "
-        + ", ".join(f"{k} {v}" for k, v in c["seeds"][0]["key_sizes"].items())
-        + f"; AID neuron coverage {_mean([r['aid_coverage'][0] for r in c['seeds']]):.3f} -> "
-        f"{_mean([r['aid_coverage'][1] for r in c['seeds']]):.3f}." for name, c in cases.items())
+        + ", ".join(f"{k} {v}" for k, v in c["seeds"][0]["key_sizes"].items()) + coverage(c["seeds"]) + "."
+        for name, c in cases.items())
 
 
 def _per_case(cases: dict, make: Callable[[list[dict]], str | None]) -> list[str]:
@@ -372,10 +399,13 @@ DETECTION_SECTIONS = (
 """(title, text, attack-name prefix) of the detection sections, in the order of the paper's tables."""
 
 
-def _skipped_attacks(cases: dict) -> str:
-    """A line per attack that could not run here, and why."""
+def _skipped(cases: dict) -> str:
+    """A line per key or attack that could not run here, and why (runs before keys were skipped record none)."""
+    def reasons(rows: list[dict]) -> dict[str, str]:
+        return {a: why for r in rows for a, why in {**r.get("keys_skipped", {}), **r["attacks_skipped"]}.items()}
+
     return "\n".join(f"- {name}: {a} could not run here: {why}" for name, c in cases.items()
-                     for a, why in {a: why for r in c["seeds"] for a, why in r["attacks_skipped"].items()}.items())
+                     for a, why in reasons(c["seeds"]).items())
 
 
 def false_alarm_table(rows: list[dict]) -> str:
@@ -457,21 +487,29 @@ def _activation_section(cases: dict) -> str:
         *_per_case(cases, activation_table))
 
 
+COST_METHODS = ("DBI", "AID", "Pairs stage 1")
+
+
 def cost_table(cases: dict) -> str:
-    """Table 5 layout: seconds per 1,000 iterations of each core optimisation and their ratio to plain passes."""
+    """Table 5 layout: seconds per 1,000 iterations of each core optimisation and their ratio to plain passes
+    ("n/a" for a method that cannot run on the case's model)."""
+    def seconds(t: dict, m: str) -> str:
+        return "n/a" if t[m] is None else f"{t[m]:.1f} s"
+
+    def ratio(t: dict, m: str) -> str:
+        return "n/a" if t[m] is None else f"{t[m] / t['plain']:.2f}x"
+
     return table(
-        ["case", "samples", "measured itr", "plain fwd+bwd", "DBI", "AID", "Pairs stage 1", "DBI ratio", "AID ratio",
-         "Pairs ratio"],
-        [[name, t["n"], t["itr"], f"{t['plain']:.1f} s", f"{t['DBI']:.1f} s", f"{t['AID']:.1f} s",
-          f"{t['Pairs stage 1']:.1f} s", f"{t['DBI'] / t['plain']:.2f}x", f"{t['AID'] / t['plain']:.2f}x",
-          f"{t['Pairs stage 1'] / t['plain']:.2f}x"] for name, c in cases.items() for t in c["timing"]])
+        ["case", "samples", "measured itr", "plain fwd+bwd", *COST_METHODS, "DBI ratio", "AID ratio", "Pairs ratio"],
+        [[name, t["n"], t["itr"], seconds(t, "plain"), *(seconds(t, m) for m in COST_METHODS),
+          *(ratio(t, m) for m in COST_METHODS)] for name, c in cases.items() for t in c["timing"]])
 
 
 def render(result: dict) -> str:
     """The Markdown report of a run."""
     cases = result["cases"]
     blocks = [_intro(result), _case_summary(cases),
-              *(_detection_section(cases, *s) for s in DETECTION_SECTIONS), _skipped_attacks(cases),
+              *(_detection_section(cases, *s) for s in DETECTION_SECTIONS), _skipped(cases),
               _false_alarm_section(result), _margin_section(result), _activation_section(cases),
               section("Cost of the core optimisation (Table 5 layout)",
                       "Seconds per 1,000 iterations (measured over the stated iterations, scaled linearly), all "
@@ -498,21 +536,30 @@ def figure(result: dict) -> bytes:
     return plots.detection_vs_pruning(pruning_curves(result))
 
 
-def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
+def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False,
+        model: models.LoadedModel | None = None, data_spec: str | None = None) -> Path:
     """Run the benchmark; write ``integrity.md``, ``integrity.json`` and ``integrity.png`` to ``out_dir``.
 
-    ``seeds`` overrides every case's seed count.
+    ``seeds`` overrides every case's seed count. ``model``: a source that can be trained; its architecture is the
+    one case, trained on ``data_spec`` (default: the dataset its checkpoint names; see ``subject.foreign``), and
+    the files are ``integrity-NAME.*``.
     """
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
-    cases = [dict(c, seeds=seeds or c["seeds"]) for c in p["cases"]]
+    foreign = None if model is None else subject.foreign(model, data_spec)
+    cases = p["cases"] if foreign is None else [dict(p["cases"][FOREIGN_CASE], arch=foreign.name, data=foreign.data)]
+    cases = [dict(c, seeds=seeds or c["seeds"]) for c in cases]
+    named = foreign or subject.zoo(cases[0]["arch"])  # what names the command, the result and its files
     result = {
-        **header("integrity", {**p, "cases": cases}, quick=quick, seeds=seeds),
+        **header(named.command("integrity"), {**p, "cases": cases}, quick=quick, seeds=seeds),
+        **named.result_fields(),
         "false_alarm_envs": false_alarm_envs(),
         "cases": {},
     }
     for case in tqdm(cases, desc="cases", disable=not progress):
-        ds = data.load(case["data"])
-        rows = [run_seed(case, s, p, ds) for s in tqdm(range(case["seeds"]), desc="seeds", disable=not progress)]
-        result["cases"][case_name(case)] = {"seeds": rows, "timing": time_core(case, p, ds)}
+        who = foreign or subject.zoo(case["arch"])
+        ds = who.dataset(case["data"])
+        rows = [run_seed(case, s, p, ds, who.build)
+                for s in tqdm(range(case["seeds"]), desc="seeds", disable=not progress)]
+        result["cases"][case_name(case)] = {"seeds": rows, "timing": time_core(case, p, ds, who.build)}
     result["default_margin"] = choose_default_margin(result)
-    return write(out_dir, "integrity", result, render(result), figure(result))
+    return write(out_dir, named.stem("integrity"), result, render(result), figure(result))

@@ -1,12 +1,12 @@
 """``nnmark bench sources``: the cost of each model source kind, on the same weights, side by side in one run.
 
-A held-out architecture written only for this benchmark (``bench_net``: GroupNorm + GELU, RGB 32x32, mean/std
-normalisation; not a zoo model) is saved once as factory weights (eager torch), TorchScript, torch.export and
-ONNX, and each is loaded with ``models.load_any``; ONNX twice: run by torch operators (``onnx_torch``) and by ONNX
-Runtime alone. For each the table gives the median wall time of loading the file, of one forward pass over a
-batch of ``n`` queries, and of one input gradient over it (what DBI and pairs pay per iteration), as ratios to
-the eager model, with how far its logits are from eager. Kinds are timed in turn, round after round, so the
-machine's load spreads over all of them alike.
+The held-out architecture written only for the benchmarks (``nnmark.bench.heldout:groupnorm_gelu``: GroupNorm +
+GELU, RGB 32x32, mean/std normalisation; not a zoo model) is saved once as factory weights (eager torch),
+TorchScript, torch.export and ONNX, and each is loaded with ``models.load_any``; ONNX twice: run by torch operators
+(``onnx_torch``) and by ONNX Runtime alone. For each the table gives the median wall time of loading the file, of
+one forward pass over a batch of ``n`` queries, and of one input gradient over it (what DBI and pairs pay per
+iteration), as ratios to the eager model, with how far its logits are from eager. Kinds are timed in turn, round
+after round, so the machine's load spreads over all of them alike.
 """
 
 from __future__ import annotations
@@ -23,35 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnmark.bench.common import document, header, parameters, table, write
+from nnmark.bench.heldout import FACTORY, INPUT_SHAPE, NUM_CLASSES, groupnorm_gelu
 
 FULL = {"seeds": 1, "repeats": 15, "n": 256}
 QUICK = {"seeds": 1, "repeats": 2, "n": 16}
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
 NORMALIZE = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-WIDTH = 16
-FACTORY = "nnmark.bench.sources:bench_net"
-
-
-class BenchNet(nn.Module):
-    """conv3x3 -> GroupNorm -> GELU -> avgpool2, three times, then global average and a linear head."""
-
-    def __init__(self, width: int = WIDTH, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        layers, c = [], INPUT_SHAPE[0]
-        for w in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(c, w, 3, padding=1), nn.GroupNorm(4, w), nn.GELU(), nn.AvgPool2d(2)]
-            c = w
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-def bench_net() -> nn.Module:
-    """The factory ``load_any`` imports as ``nnmark.bench.sources:bench_net``."""
-    return BenchNet()
 
 
 Loader = Callable[[], tuple[nn.Module, bool]]
@@ -149,7 +125,7 @@ def run(*, quick: bool = False, seeds: int | None = None, out_dir: str | Path = 
         progress: bool = False) -> Path:
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     torch.manual_seed(0)
-    net = bench_net().eval()
+    net = groupnorm_gelu().eval()
     x = torch.rand(p["n"], *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="nnmark-bench-sources-") as tmp:
         rows = measure(write_sources(net, Path(tmp)), x, p["repeats"] * p["seeds"], progress)

@@ -1,4 +1,12 @@
-"""``nnmark bench NAME``: one subcommand per benchmark module in ``nnmark.bench``; each writes to docs/."""
+"""``nnmark bench NAME``: one subcommand per benchmark module in ``nnmark.bench``; each writes to docs/.
+
+The benchmarks in ANY_MODEL also take ``--model`` (with ``--weights``, ``--input-shape``, ``--normalize``) and
+``--data``: they train one model per seed, and with ``--model`` each seed trains a fresh model of that source's
+architecture (a ``package.module:factory`` or an nnmark checkpoint; the weights it holds are not used) on ``--data``
+converted to its card, with its normalisation inside the model, so the tables have the same rows as the zoo run.
+TorchScript, torch.export and ONNX sources cannot be trained and are refused in one line (exit 2). The tables name
+the model (source kind, card, accuracy) and go to ``NAME-MODEL.md``, next to the zoo's ``NAME.md``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import importlib
 
 import click
 
-from nnmark.cli._shared import Group, progress_enabled
+from nnmark.cli._shared import (
+    MODEL_HELP, CliError, Group, load_model, model_source_options, progress_enabled, source_option,
+)
 
 BENCHMARKS = {
     "dbi": ("dbi", "DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."),
@@ -26,6 +36,13 @@ BENCHMARKS = {
                 "torch.export and ONNX (torch operators and ONNX Runtime)."),
 }
 """Benchmark command name -> (module in nnmark.bench, help)."""
+ANY_MODEL = ("dbi", "integrity")
+"""The benchmarks that take --model and --data."""
+ANY_MODEL_HELP = ("\n\nWith --model, every seed trains a fresh model of that source's architecture (a "
+                  "package.module:factory or an nnmark checkpoint; the weights it holds are not used) on --data "
+                  "converted to its input shape, its normalisation inside, so the tables have the same rows; "
+                  "TorchScript, torch.export and ONNX models cannot be trained and are refused. Its tables go to "
+                  "NAME-MODEL.md beside the zoo's.")
 
 
 @click.group(cls=Group)
@@ -38,15 +55,51 @@ def bench() -> None:
     """
 
 
+def _foreign(model_path: str | None, data_spec: str | None) -> dict:
+    """The ``run`` arguments for --model and --data: none without --model (and an error if its options are given)."""
+    if model_path is None:
+        given = [f"--{o.replace('_', '-')}" for o in ("weights", "input_shape", "normalize") if source_option(o)]
+        if data_spec is not None:
+            given.append("--data")
+        if given:
+            raise CliError(f"{', '.join(given)}: only with --model")
+        return {}
+    _, loaded = load_model(model_path)
+    return {"model": loaded, "data_spec": data_spec}
+
+
+def _model_options(f):
+    """--model, its source options and --data, for the benchmarks in ANY_MODEL."""
+    f = click.option("--data", "data_spec", help="With --model: the data to train and mark it on (mnist5k, digits, "
+                     "cifar10:DIR, npz:FILE, folder:DIR; default: the dataset its checkpoint names).")(f)
+    f = model_source_options(f)
+    return click.option("--model", "model_path", type=click.Path(dir_okay=False),
+                        help=f"{MODEL_HELP} Its architecture replaces the zoo's (see above).")(f)
+
+
 def _bench_command(name: str, module: str, doc: str) -> None:
-    @bench.command(name, short_help=doc, help=f"{doc}\n\n\b\nExample:\n  nnmark bench {name} --quick --out-dir /tmp/bench")
-    @click.option("--quick", is_flag=True, help="Minutes, not the full run: fewer seeds, samples and iterations.")
-    @click.option("--seeds", type=click.IntRange(1), help="Number of seeds (default: the full run's, quick 1).")
-    @click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks", show_default=True)
-    def command(quick, seeds, out_dir) -> None:
+    any_model = name in ANY_MODEL
+    example = f"nnmark bench {name} --quick --out-dir /tmp/bench"
+    if any_model:
+        example += (f"\n  nnmark bench {name} --model nnmark.bench.heldout:groupnorm_gelu --normalize imagenet "
+                    "--data mnist5k --seeds 1")
+
+    def command(quick, seeds, out_dir, model_path=None, data_spec=None) -> None:
         bench_module = importlib.import_module(f"nnmark.bench.{module}")
-        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled())
+        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled(),
+                                **_foreign(model_path, data_spec))
         click.echo(f"wrote {path}")
+
+    if any_model:
+        command = _model_options(command)
+    command = click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks",
+                           show_default=True)(command)
+    command = click.option("--seeds", type=click.IntRange(1),
+                           help="Number of seeds (default: the full run's, quick 1).")(command)
+    command = click.option("--quick", is_flag=True,
+                           help="Minutes, not the full run: fewer seeds, samples and iterations.")(command)
+    bench.command(name, short_help=doc,
+                  help=f"{doc}{ANY_MODEL_HELP if any_model else ''}\n\n\b\nExample:\n  {example}")(command)
 
 
 for _name, (_module, _doc) in BENCHMARKS.items():
