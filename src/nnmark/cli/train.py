@@ -42,7 +42,7 @@ def train(arch, model_path, data_spec, epochs, lr, batch_size, width, seed, out,
     just --model and --weights.
 
     \b
-    Examples:
+    Example:
       nnmark train --arch lenet5 --data mnist5k --epochs 8 --out lenet5.safetensors
       nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet \\
           --data mnist5k --out net.safetensors
