@@ -55,7 +55,7 @@ from nnmark.attacks import (
 from nnmark.bench import plots, subject
 from nnmark.bench.common import ARCH_NAMES, document, header, mean_std, parameters, section, table, write
 from nnmark.data.roles import attacker_data, natural_pool
-from nnmark.errors import ModelError, NnmarkError
+from nnmark.errors import ModelError, NnmarkError, first_line
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import aid, baselines, dbi, pairing
 from nnmark.oracles import Oracle, TorchOracle
@@ -206,7 +206,7 @@ def attacks(model: torch.nn.Module, ds: data.Dataset, p: dict, seed: int) -> tup
             info[name] = {"accuracy": (labels == ds.test.y).double().mean().item()}
         except (NnmarkError, ValueError, RuntimeError, NotImplementedError) as e:
             out.pop(name, None)
-            skipped[name] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            skipped[name] = first_line(e)
     return out, info, skipped
 
 
