@@ -2,10 +2,13 @@ import pytest
 import torch
 from torch import nn
 
+import foreign_models
+from nnmark import data, models
 from nnmark.attacks import weight_noise
 from nnmark.data.roles import natural_pool
 from nnmark.errors import AccessError, InputError, ModelError
 from nnmark.marks.integrity import aid, baselines
+from nnmark.models import ModelCard
 from nnmark.oracles import LabelsOracle, ProbabilitiesOracle, TorchOracle
 
 ITR = 200
@@ -87,3 +90,17 @@ def test_bad_input_raises(lenet, mnist):
     linear = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     with pytest.raises(ModelError):
         aid.create(TorchOracle(linear, mnist.shape), x, itr=1)
+
+
+def test_a_gelu_model_is_keyed_through_its_activation_modules():
+    card = ModelCard(foreign_models.INPUT_SHAPE, foreign_models.NUM_CLASSES)
+    ds = data.load_for("digits", card)
+    torch.manual_seed(0)
+    net = models.train(foreign_models.small_gn_net(), ds.train, epochs=1, lr=3e-3)  # GroupNorm + GELU, no ReLU
+    oracle = TorchOracle(net, card.input_shape)
+    with oracle.module_inputs(aid.ACTIVATIONS) as hidden:
+        oracle.logits(ds.test.x[:3])
+        assert len(hidden.modules) == 2 and [t.shape[0] for t in hidden.take()] == [3, 3]
+    key = aid.create(oracle, ds.train.x[:8], itr=ITR)
+    assert key.config["coverage_end"] > key.config["coverage_start"]
+    assert aid.verify(LabelsOracle(oracle), key).passed

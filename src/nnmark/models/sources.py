@@ -91,7 +91,7 @@ class Source:
         read: (spec, weights path, explicit input shape) -> _Raw.
         write: (module as the source holds it, card, config, out path) -> None, or None if it cannot be written.
         trainable: whether attacks and embedding methods can train it.
-        layers: whether its layers are torch.nn modules of their own types (nn.Conv2d, nn.Linear, nn.ReLU), which
+        layers: whether its layers are torch.nn modules of their own types (nn.Conv2d, nn.Linear, activations), which
             pruning, quantization and AID's activation hooks look for; compiled archives have none.
         limits: why it cannot be trained ("" when it can).
     """
@@ -162,7 +162,7 @@ class LoadedModel:
             "training": None if source.trainable else source.limits,
             "saving": None if source.write else f"nnmark does not write {self.kind} models back",
             "layers": None if source.layers else "its layers are compiled, not the torch.nn modules (nn.Conv2d, "
-                                                 "nn.Linear, nn.ReLU) that pruning, quantization and AID look for",
+                                                 "nn.Linear, activations) that pruning, quantization and AID look for",
         }
         if what not in missing:
             raise ValueError(f"what must be one of {sorted(missing)}, got {what!r}")

@@ -20,12 +20,13 @@ warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
 
 class ModuleInputs:
-    """Context manager: while open, records the input of every ``kind`` module of ``model`` (flattened per sample).
+    """Context manager: while open, records the input of every ``kind`` module (a type or a tuple of types) of
+    ``model`` (flattened per sample).
 
     ``take()`` returns the recorded tensors, one (N, units) per module call in forward order, and forgets them.
     """
 
-    def __init__(self, model: torch.nn.Module, kind: type[torch.nn.Module]):
+    def __init__(self, model: torch.nn.Module, kind: type[torch.nn.Module] | tuple[type[torch.nn.Module], ...]):
         self.modules = [m for m in model.modules() if isinstance(m, kind)]
         self._handles: list = []
         self._seen: list[torch.Tensor] = []
@@ -126,8 +127,9 @@ class TorchOracle(LogitsOracle):
         return TorchOracle(_Through(transform, self.model), self.input_shape, self.num_classes, budget=self.budget,
                            dtype=self.dtype)
 
-    def module_inputs(self, kind: type[torch.nn.Module]) -> ModuleInputs:
-        """Records the inputs of the model's ``kind`` modules during this oracle's calls (use as a context manager)."""
+    def module_inputs(self, kind: type[torch.nn.Module] | tuple[type[torch.nn.Module], ...]) -> ModuleInputs:
+        """Records the inputs of the model's ``kind`` modules (a type or a tuple of types) during this oracle's calls
+        (use as a context manager)."""
         return ModuleInputs(self.model, kind)
 
     def _numerics(self):

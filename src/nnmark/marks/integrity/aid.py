@@ -2,7 +2,7 @@
 
 Paper: "AID: Attesting the Integrity of Deep Neural Networks", DAC 2021, pp. 19-24.
 Access: the model's internals to make the key (``TorchOracle.module_inputs``: forward hooks on its
-model's ``nn.ReLU`` modules); labels only to verify (``verify_labels``, Algorithm 2 of Yin et al.).
+model's activation modules, ``ACTIVATIONS``); labels only to verify (``verify_labels``, Algorithm 2 of Yin et al.).
 
 The published description (the DAC abstract, and Gao et al.'s summary of AID as a baseline):
 AID generates test cases called *edge-points* that reveal, from the top-1 label alone, whether a
@@ -17,11 +17,14 @@ Gaps filled here (the full paper text was not available to us; these are our cho
   clipped to [0, 1] after each step, starting from the caller's samples x0 (like DBI).
 - Boundary term g(x) = z_(1) - z_(2), the gap between the two largest logits (0 on the boundary
   between the two most likely classes).
-- Hidden neurons: every element of the input of every ``nn.ReLU`` module (the pre-activation a_j;
-  one neuron per unit of a fully connected layer and per position of a feature map). ReLUs applied
-  functionally (``torch.relu``, e.g. after a ResNet block's sum) are not seen.
+- Hidden neurons: every element of the input of every activation module (the pre-activation a_j;
+  one neuron per unit of a fully connected layer and per position of a feature map). The paper's
+  networks use ReLU; nnmark also hooks the activations that, like it, switch a unit on above 0
+  (``ACTIVATIONS``: ReLU6, LeakyReLU, ELU, GELU, SiLU, Mish), so models of any of them can be keyed with
+  the same notion of an active neuron. Activations applied functionally (``torch.relu``, e.g. after a
+  ResNet block's sum) are not seen.
 - Neuron coverage (the reported statistic): cov(x) = mean over layers of the fraction of that
-  layer's neurons with a_j > t (t = ``threshold``, default 0: the ReLU is active).
+  layer's neurons with a_j > t (t = ``threshold``, default 0: the unit is switched on).
 - Coverage term c(x) = mean over layers of mean_j max(0, t - a_j): a hinge that pushes inactive
   neurons up and is 0 once every neuron is active (a differentiable stand-in for -cov(x)). Layers
   weigh equally, whatever their width. beta = ``DEFAULT_BETA`` = 10 (the paper's weight is not
@@ -57,7 +60,10 @@ MIN_ITR = 1
 """The fewest iterations of a key worth writing: with 0 the queries are the unmodified sources."""
 DEFAULT_BETA = 10.0
 ACTIVE = 0.0
-"""t: a neuron is active when its pre-activation exceeds t (0: the ReLU is active)."""
+"""t: a neuron is active when its pre-activation exceeds t (0: the unit is switched on)."""
+ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish)
+"""The activation modules whose inputs are the hidden neurons: each is (about) zero below 0 and the identity above,
+so a_j > 0 means the unit is on, as for the paper's ReLU."""
 verify = verify_labels
 
 
@@ -101,9 +107,10 @@ def find_edge_points(
     x = x0.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     trace: dict = {"coverage": [], "gap": []}
-    with oracle.module_inputs(nn.ReLU) as hidden:
+    with oracle.module_inputs(ACTIVATIONS) as hidden:
         if not hidden.modules:
-            raise ModelError("AID needs hidden activations: the model has no nn.ReLU module to hook")
+            names = ", ".join(a.__name__ for a in ACTIVATIONS)
+            raise ModelError(f"AID needs hidden activations: the model has no activation module to hook ({names})")
         cov, gap = [], []
 
         def loss_fn(logits: torch.Tensor) -> torch.Tensor:
@@ -146,7 +153,7 @@ def create(
     """Make an AID key: edge-points x' from ``x0`` and their labels y' = argmax f(x').
 
     Needs an oracle with access to the model's internals (AccessError otherwise; ModelError when its model
-    has no ``nn.ReLU``).
+    has no ``ACTIVATIONS`` module).
     The sources are kept as the extra tensor "sources", the per-sample coverage cov(x') as "coverage".
 
     Args:
