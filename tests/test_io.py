@@ -1,10 +1,14 @@
 """nnmark._io: atomic writes, and the removal of temp files that killed writes leave behind."""
 
 import os
+import stat
 import subprocess
 import sys
 import time
 
+import torch
+
+from nnmark import keys
 from nnmark._io import STALE_TEMP_AGE_S, atomic_write_bytes, remove_stale_temps
 
 
@@ -47,3 +51,17 @@ def test_a_killed_write_is_cleaned_up_by_the_next_one(tmp_path):
     assert len(leftovers) == 1 and not target.exists()
     atomic_write_bytes(target, b"whole")
     assert os.listdir(tmp_path) == ["big.key"]
+
+
+def test_files_get_the_mode_open_would_give_and_keys_stay_private(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "report.md", b"x")
+        atomic_write_bytes(tmp_path / "model.safetensors", b"x")
+        keys.save(keys.KeyFile("natural", {}, torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.int64)),
+                  tmp_path / "k.key", secret=None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "k.key").stat().st_mode) == 0o600

@@ -2,7 +2,8 @@
 
 A write goes to a temp sibling ``.NAME.<pid>.<random>.tmp`` that is renamed over ``NAME``. A write that is
 killed leaves its temp file behind; the next write to the same path removes such leftovers (see
-:func:`remove_stale_temps`).
+:func:`remove_stale_temps`). The file gets the mode ``open()`` would give it (0666 less the umask), or 0600 when
+it is private (key files: their queries are what an adversary would tune a model against).
 """
 
 import glob
@@ -14,10 +15,14 @@ from pathlib import Path
 
 STALE_TEMP_AGE_S = 3600.0
 """A temp sibling untouched for this long is left by a killed write, whatever its process id says."""
+PRIVATE_MODE = 0o600
+SHARED_MODE = 0o666
+"""The mode of a file that is not private, before the umask is taken off (as ``open()`` creates files)."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, private: bool = False) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``; mode 0600 when
+    ``private``, else 0666 less the umask.
 
     Stale temp files of earlier, killed writes to ``path`` are removed first.
     """
@@ -25,6 +30,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
+        os.fchmod(fd, PRIVATE_MODE if private else SHARED_MODE & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -66,3 +72,16 @@ def _running(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def _umask() -> int:
+    """This process's umask: from /proc (Linux), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -99,7 +99,7 @@ def save(key: KeyFile, path: str | os.PathLike, *, secret: bytes | None) -> None
     signature = _UNSIGNED if secret is None else _HMAC_PREFIX + _mac(secret, key_json, records)
     data = _encode({KEY_META: key_json, SIGNATURE_META: signature}, records)
     try:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, private=True)
     except OSError as e:
         raise KeyFileError(f"{path}: cannot write key file: {e.strerror or e}") from e
 
