@@ -79,7 +79,7 @@ def describe(path: str | os.PathLike, *, secret: bytes | None = None) -> dict:
     method = str(info.get("method", ""))
     return {
         "file": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": _sha256(path),
         "method": method,
         "purpose": purpose_of(method),
         "created": info.get("created"),
@@ -92,6 +92,12 @@ def describe(path: str | os.PathLike, *, secret: bytes | None = None) -> dict:
         "version": info.get("version"),
         "signature": signature_status(path, signature, secret),
     }
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 (hex) of the file at ``path``, read in chunks (a key may hold up to keys.MAX_QUERIES queries)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def key_files(folder: str | os.PathLike) -> list[Path]:
