@@ -90,6 +90,7 @@ def test_the_untouched_model_passes_every_key_and_names_its_environment(world):
     assert line.startswith("INTACT · MINE (metafinger p=") and "environment float32" in line
     assert line.endswith(f"· {result.queries} queries")
     assert result.info["endpoint"].startswith("http://127.0.0.1:") and result.info["model"]["name"] == "model"
+    assert result.info["server"]["name"] == "nnmark" and "binary_tensor_data" in result.info["server"]["extensions"]
 
 
 def test_a_noised_copy_fails_integrity_but_is_still_mine_and_sequential_asks_fewer_queries(world):

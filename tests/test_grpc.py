@@ -111,7 +111,7 @@ def test_nnmark_serve_grpc_port_and_verify_over_grpc(lenet, lenet_file, mnist, t
 
     from click.testing import CliRunner
 
-    from nnmark import keys
+    from nnmark import __version__, keys
     from nnmark.cli import main
 
     key_file = tmp_path / "dbi.key"
@@ -148,7 +148,7 @@ def test_audit_asks_a_grpc_endpoint_and_logs_its_metadata(app, grpc_url, lenet, 
 
     from click.testing import CliRunner
 
-    from nnmark import keys
+    from nnmark import __version__, keys
     from nnmark.cli import main
     from nnmark.marks.integrity import baselines
 
@@ -162,3 +162,4 @@ def test_audit_asks_a_grpc_endpoint_and_logs_its_metadata(app, grpc_url, lenet, 
     assert r.exit_code == 0, r.output
     (target,) = json.loads((tmp_path / "audit.json").read_text())["targets"]
     assert target["info"]["model"]["name"] == "lenet"
+    assert target["info"]["server"] == {"name": "nnmark", "version": __version__, "extensions": ["binary_tensor_data"]}

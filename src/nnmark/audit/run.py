@@ -29,7 +29,7 @@ import torch
 
 from nnmark import __version__, keys, marks
 from nnmark.audit import sequential as seq
-from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.errors import ArgumentError, EndpointError, NnmarkError
 from nnmark.keyinfo import purpose_of
 from nnmark.keys import KeyFile
 from nnmark.marks.integrity import pairing
@@ -77,9 +77,10 @@ class Target:
 
 def opened_target(name: str, open_suspect: Callable[[], AbstractContextManager[Oracle]], info: dict,
                   digest: str = "") -> Target:
-    """A target whose oracle ``open_suspect()`` opens; when it opens, an endpoint's model metadata (whatever the
-    transport, as its oracle read it on connecting) goes into ``info`` and what it publishes about itself into
-    ``published``, so a fleet's unreachable replica is that target's error. ``digest``: a local model's."""
+    """A target whose oracle ``open_suspect()`` opens; when it opens, an endpoint's server and model metadata
+    (whatever the transport; the model's as its oracle read it on connecting) go into ``info`` and what it
+    publishes about itself into ``published``, so a fleet's unreachable replica is that target's error.
+    ``digest``: a local model's."""
     published: dict = {}
     if digest:
         info["model_digest_computed"] = digest
@@ -88,11 +89,20 @@ def opened_target(name: str, open_suspect: Callable[[], AbstractContextManager[O
     def open_oracle():
         with open_suspect() as oracle:
             if isinstance(oracle, EndpointOracle):
+                info["server"] = _server_metadata(oracle)
                 info["model"] = oracle.metadata
                 published.update(published_by(oracle.metadata))
             yield oracle
 
     return Target(name, open_oracle, info, published)
+
+
+def _server_metadata(oracle: EndpointOracle) -> dict:
+    """What the server says of itself, or {"error": why} for a server that will not say (the audit goes on)."""
+    try:
+        return oracle.server_metadata()
+    except EndpointError as e:
+        return {"error": str(e)}
 
 
 def local_target(model: str | os.PathLike, env: str = "float32", budget: int | None = None, **source) -> Target:

@@ -146,6 +146,10 @@ class GrpcOracle(EndpointOracle):
         request = proto.ModelMetadataRequest(name=self.spec.model_name, version=self.spec.model_version or "")
         return metadata_dict(self._call("ModelMetadata", request))
 
+    def server_metadata(self) -> dict:
+        meta = self._call("ServerMetadata", proto.ServerMetadataRequest())
+        return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+
     def _exchange(self, inputs: dict[str, np.ndarray], request_id: str) -> Mapping[str, np.ndarray]:
         request = proto.ModelInferRequest(model_name=self.spec.model_name, model_version=self.spec.model_version or "",
                                           id=request_id)

@@ -114,6 +114,11 @@ class EndpointOracle(Oracle):
         """The model metadata as the OIP v2 REST JSON object."""
         raise NotImplementedError
 
+    def server_metadata(self) -> dict:
+        """The server's own metadata (OIP v2: name, version, extensions) as a REST JSON object; one more request,
+        made only when asked (``nnmark audit`` logs it: what runs the model)."""
+        raise NotImplementedError
+
     def _exchange(self, inputs: dict[str, np.ndarray], request_id: str) -> Mapping[str, np.ndarray]:
         """One infer request; the answer's output arrays."""
         raise NotImplementedError
@@ -247,9 +252,15 @@ class HttpOracle(EndpointOracle):
         return self._retrying("request", lambda: self._attempt(method, path, body, headers))
 
     def _metadata(self) -> dict:
-        path = self._model_path()
+        return self._json_object(self._model_path(), "model endpoint")
+
+    def server_metadata(self) -> dict:
+        return self._json_object("/v2", "server")
+
+    def _json_object(self, path: str, what: str) -> dict:
+        """The JSON object a GET of ``path`` answers; EndpointError naming ``what`` the path should be otherwise."""
         _, content = self._request("GET", path)
-        not_oip = f"{self.spec.shown_url}{path} is not an Open Inference Protocol v2 model endpoint"
+        not_oip = f"{self.spec.shown_url}{path} is not an Open Inference Protocol v2 {what}"
         try:
             meta = oip.loads(content)
         except EndpointError:
