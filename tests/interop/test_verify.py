@@ -139,3 +139,18 @@ def test_identify_tells_float32_from_float64_through_mlserver(mlserver, lenet_fi
         code, out, err = run("identify", key, "--endpoint", mlserver.url, "--model-name", model,
                              "--secret-file", secret_file, "--json")
         assert code == want and json.loads(out)["decision"] == env, (model, out + err)
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_audit_asks_a_real_server_and_logs_what_runs_it(kind, request, dbi_key_file, secret_file, tmp_path):
+    server = request.getfixturevalue(kind)
+    for model, want in (("probabilities", 0), ("probabilities" + shapes.NOISED, 1)):
+        report = tmp_path / f"{model}.json"
+        code, out, err = run("audit", dbi_key_file, "--endpoint", server.url, "--model-name", model,
+                             "--secret-file", secret_file, "--report", report, "--log", tmp_path / "audit.jsonl")
+        assert code == want, out + err
+        (target,) = json.loads(report.read_text())["targets"]
+        assert target["info"]["model"]["name"] == model
+        assert target["info"]["server"]["name"] and "error" not in target["info"]["server"], target["info"]
+    code, out, err = run("log", "verify", tmp_path / "audit.jsonl", "--secret-file", secret_file)
+    assert code == 0, out + err
