@@ -67,13 +67,13 @@ def test_bench_integrity_quick_on_a_foreign_model_is_one_case_with_the_same_rows
     assert list(result["cases"]) == ["small_gn_net / digits"]
     (row,) = case["seeds"]
     assert row["accuracy"] > 0.5
-    # the zoo quick run's attack rows; AID has no nn.ReLU to hook in a GELU model: skipped, and why
+    # the zoo quick run's attack rows and keys; AID hooks the GELU units of this model as it hooks ReLUs
     assert {"backdoor", "finetune lr=1e-10", "finetune lr=0.001", "prune 0.01", "prune 0.1", "int8 per-tensor (fake)",
             "int8 per-channel (fake)"} <= set(row["detection"])
-    assert {"Validset", "DBI", "Pairs m=0"} <= set(row["key_sizes"]) and "AID" not in row["key_sizes"]
-    assert "nn.ReLU" in row["keys_skipped"]["AID"] and row["aid_coverage"] is None
-    assert all(t["AID"] is None and t["DBI"] > 0 for t in case["timing"])
+    assert {"Validset", "DBI", "AID", "Pairs m=0"} <= set(row["key_sizes"]) and not row.get("keys_skipped")
+    assert row["aid_coverage"] is not None
+    assert all(t["AID"] > 0 and t["DBI"] > 0 for t in case["timing"])
     md = (tmp_path / f"{stem}.md").read_text()
     assert "Model: `foreign_models:small_gn_net`, a factory source" in md
-    assert "- small_gn_net / digits: AID could not run here: " in md and "| n/a |" in md
+    assert "AID could not run here" not in md and "int8 torch static PTQ could not run here" in md
     assert f"`nnmark bench integrity {' '.join(args[:4])} --normalize 0.5,0.5,0.5,0.25,0.25,0.25" in md

@@ -140,7 +140,7 @@ def pairs_keys(oracle: TorchOracle, case: dict, p: dict, seed: int, *, activatio
 def make_keys(oracle: TorchOracle, ds: data.Dataset, case: dict, p: dict, seed: int
               ) -> tuple[dict[str, KeyFile], dict[str, str]]:
     """Validset, DBI and AID keys of 2n samples (Validset: at most the natural pool), and the Pairs keys; and the
-    keys that cannot be made for this model, with why (AID on a model without nn.ReLU modules)."""
+    keys that cannot be made for this model, with why (AID on a model without activation modules)."""
     gen = torch.Generator().manual_seed(seed)
     pool = natural_pool(ds)
     n2 = 2 * case["n"]
