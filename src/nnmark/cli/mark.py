@@ -363,11 +363,11 @@ def _command(spec: MethodSpec) -> click.Command:
             _finish_mark(key, source, out, signing, summary, as_json, canaries=prepared.canaries,
                          write_model=write_model)
 
-    for option in reversed(options):
+    run = endpoint_default_option(out_option("--out", help="Key file to write.")(with_secret(json_option(run))))
+    for option in reversed(options):  # help lists the kind's options, the method's, then the key's output
         run = click_option(option)(run)
     for decorate in reversed(kind.options(spec)):
         run = decorate(run)
-    run = endpoint_default_option(out_option("--out", help="Key file to write.")(with_secret(json_option(run))))
     first = spec.summary.split()[0]
     summary = spec.summary[:1].upper() + spec.summary[1:] if first.islower() else spec.summary  # not "INNformant"
     example = " ".join(EXAMPLE.format(name=spec.name, source=kind.example.format(n=spec.n), more=spec.example).split())
