@@ -229,6 +229,8 @@ def test_bad_arguments_and_inputs_raise_clear_errors(embedded, mnist):
         coupled.embed(model, mnist, kind="blend", epochs=1)
     with pytest.raises(ValueError):
         coupled.embed(model, mnist, kind="invisible", r=1.0, epochs=1)
+    with pytest.raises(ValueError, match="r must lie"):  # unused by direct fusion, still a mistake
+        coupled.embed(model, mnist, kind="direct", r=1.5, epochs=1)
     with pytest.raises(ValueError):
         coupled.embed(model, mnist, keep_ratio=1.5, epochs=1)
     with pytest.raises(ValueError):

@@ -341,7 +341,7 @@ def embed(
     if epochs < 1 or batch_size < 1 or not lr > 0 or not finetune_lr > 0:
         raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0, finetune_lr > 0; got {epochs}, {batch_size}, "
                          f"{lr}, {finetune_lr}")
-    if kind == "invisible" and not 0 < r < 1:
+    if not 0 < r < 1:  # refused even where unused (direct fusion): a value outside (0, 1) is a mistake
         raise ArgumentError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
     if not 0 < keep_ratio <= 1:
         raise ArgumentError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
