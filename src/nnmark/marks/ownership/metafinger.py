@@ -131,9 +131,11 @@ class Settings:
     max_p_value: float = DEFAULT_MAX_P_VALUE
 
     def __post_init__(self) -> None:
-        if self.n < MIN_KEPT or (self.candidates is not None and self.candidates < 1):
-            raise ArgumentError(f"need n >= {MIN_KEPT} and candidates >= 1, got n={self.n}, "
-                                f"candidates={self.candidates}")
+        if self.n < MIN_KEPT:
+            raise ArgumentError(f"need n >= {MIN_KEPT} (a verdict on fewer answers says little; the paper uses 100), "
+                                f"got {self.n}")
+        if self.candidates is not None and self.candidates < 1:
+            raise ArgumentError(f"need candidates >= 1, got {self.candidates}")
         if self.epochs < 1 or self.k < 1 or not self.lr > 0 or self.lam < 0:
             raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {self.epochs}, {self.k}, "
                                 f"{self.lr}, {self.lam}")
