@@ -80,6 +80,26 @@ def test_an_unexpected_failure_is_one_line_unless_debug(monkeypatch, natural_key
     assert isinstance(r.exception, RuntimeError)
 
 
+def test_a_mark_that_fails_says_only_its_error_and_its_notes_only_on_success(monkeypatch, tmp_path):
+    from nnmark.cli import mark
+    from nnmark.errors import NnmarkError
+
+    # a factory model names no dataset: "no preflight canaries" is a note of a key that is written
+    args = ["mark", "random", "--model", "foreign_models:small_gn_net", "--input-shape", "3,32,32", "--n", 5,
+            "--unsigned", "--out", tmp_path / "k.key"]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0 and r.stderr.startswith("note: no preflight canaries"), r.output
+
+    def fails(*args, **kwargs):
+        raise NnmarkError("the new random key does not pass on the model it was made from")
+
+    monkeypatch.setattr(mark, "self_check", fails)
+    r = CliRunner().invoke(main, [str(a) for a in args[:-1]] + [str(tmp_path / "other.key")])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "error: the new random key does not pass on the model it was made from"], r.stderr
+    assert not (tmp_path / "other.key").exists()
+
+
 def test_help_and_version_do_not_import_torch():
     code = ("import sys; from click.testing import CliRunner; from nnmark.cli import main; "
             "r = CliRunner().invoke(main, ['--help']); v = CliRunner().invoke(main, ['--version']); "

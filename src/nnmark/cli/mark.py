@@ -328,16 +328,19 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
         key.config["endpoint"] = defaults
     if loaded is not None and write_model is None:
         key.model_digest = loaded.digest
+    notes = []  # said once the key is written: a failed command's stderr is its one error line
     try:
         if canaries is None:
             raise ArgumentError("the model names no dataset; pass --data")
         key = canary.attach(key, source, canaries.x, canaries.y)
     except ArgumentError as e:  # a key without canaries still verifies; verify says its endpoint was not checked
-        click.echo(f"note: no preflight canaries: {e}", err=True)
+        notes.append(f"note: no preflight canaries: {e}")
     self_check(source, key, secret=secret)
     if write_model is not None:
         write_model()
     keys.save(key, out, secret=secret)
+    for note in notes:
+        click.echo(note, err=True)
     summary = {"out": out, "method": key.method, "n": len(key.expected), "signed": secret is not None, **summary}
     if short := key.config.get(keys.SHORTFALL):
         summary.update(asked=short["asked"], dropped=short["asked"] - short["kept"], dropped_reason=short["why"])
