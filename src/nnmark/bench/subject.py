@@ -2,7 +2,7 @@
 
 ``zoo(arch)`` is nnmark's own architecture (the committed zoo results). ``foreign(loaded, data_spec)`` takes a
 ``models.LoadedModel`` that can be trained (a ``package.module:factory`` or an nnmark checkpoint): every seed gets a
-fresh ``loaded.factory()`` behind the card's normalisation (``pixel_model``), trained on ``data_spec`` as the card
+``loaded.fresh()`` (its factory behind the card's normalisation), trained on ``data_spec`` as the card
 takes it (``data.load_for``: channels converted, resized bilinearly), so methods and attacks work in pixel space
 [0, 1] and the tables have the same rows as the zoo run. The weights the source holds are not used (the benchmark
 trains its own, one model per seed). Sources that cannot be trained (TorchScript, torch.export, ONNX) are refused
@@ -23,7 +23,7 @@ from nnmark import data, models
 from nnmark.bench.common import ARCH_NAMES
 from nnmark.data.conform import DEFAULT_INTERPOLATION
 from nnmark.errors import ArgumentError
-from nnmark.models.card import PRESETS, pixel_model
+from nnmark.models.card import PRESETS
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
 """(input shape, number of classes) -> a fresh, untrained model in pixel space [0, 1]."""
@@ -86,7 +86,7 @@ def foreign(loaded: models.LoadedModel, data_spec: str | None = None) -> Subject
     name, slug = _names(loaded.spec, loaded.kind)
     record = {"name": name, "slug": slug, "spec": loaded.spec, "kind": loaded.kind, "card": card.to_dict(),
               "data": data_spec}
-    return Subject(name, lambda shape, k: pixel_model(loaded.factory(), card), card, data_spec, record)
+    return Subject(name, lambda shape, k: loaded.fresh(), card, data_spec, record)
 
 
 def describe(record: dict) -> str:

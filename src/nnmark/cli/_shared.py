@@ -199,6 +199,46 @@ def dataset_for(config, spec: str | None):
         raise CliError(f"{e} (the dataset the checkpoint names; pass --data to use another)") from e
 
 
+def model_to_train(arch: str | None, model_path: str | None, data_spec: str | None, *, width: float, seed: int,
+                   fresh: bool = True):
+    """What a command that trains works on: (model in pixel space, its dataset, ``write(model, accuracy, out)``).
+
+    ``arch``: a fresh zoo model on ``data_spec``, written as an nnmark checkpoint. ``model_path`` (any trainable
+    source, written back as its kind; default data: the dataset its checkpoint names): a fresh model of its
+    architecture, or with ``fresh`` False the model itself. Exactly one of the two. ``seed`` seeds a fresh model's
+    initialisation and is what a checkpoint written records; --weights a fresh model would throw away are refused.
+    """
+    import dataclasses
+
+    import torch
+
+    from nnmark import data, models
+
+    if (arch is None) == (model_path is None):
+        both = ", not both" if arch is not None else ""
+        raise CliError(f"pass either --arch (a zoo architecture) or --model (a trainable source){both}")
+    if arch is not None:
+        if not data_spec:
+            raise CliError("--arch needs --data")
+        ds = data.load(data_spec)
+        torch.manual_seed(seed)
+        model = models.build(arch, ds.shape, ds.num_classes, width=width)
+        config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=ds.name, seed=seed)
+        return model, ds, lambda m, accuracy, out: models.save(m, dataclasses.replace(config, accuracy=accuracy), out)
+    if fresh and source_option("weights") is not None:
+        raise CliError("training from scratch starts from a fresh initialisation: drop --weights (attack finetune, "
+                       "or a method that fine-tunes a pretrained --model, goes on training given weights)")
+    model, loaded = load_model(model_path, needs=("training", "saving"))
+    ds = dataset_for(loaded, data_spec)
+    if fresh:
+        torch.manual_seed(seed)
+        model = loaded.fresh()
+    if loaded.config is not None:  # the checkpoint written records the data (and a fresh model's seed)
+        loaded = dataclasses.replace(loaded, config=dataclasses.replace(
+            loaded.config, data=ds.name, seed=seed if fresh else loaded.config.seed))
+    return model, ds, lambda m, accuracy, out: models.save_like(loaded, m, out, accuracy=accuracy)
+
+
 def emit(row: dict, as_json: bool, text: str | None = None) -> None:
     """Print a result: ``row`` as one JSON object, or ``text`` (default: key=value pairs)."""
     if as_json:

@@ -15,7 +15,6 @@ keeps fewer than asked.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -24,10 +23,10 @@ from dataclasses import dataclass, field
 import click
 import torch
 
-from nnmark import data, envs, keys, models
+from nnmark import envs, keys, models
 from nnmark.cli._shared import (
-    CliError, Group, click_option, dataset_for, emit, json_option, load_model, loaded_model,
-    model_option, out_option, progress_enabled, secret_for_writing, source_option, with_secret,
+    CliError, Group, click_option, dataset_for, emit, json_option, load_model, loaded_model, model_option,
+    model_to_train, out_option, progress_enabled, secret_for_writing, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option, endpoint_defaults
 from nnmark.data import Split
@@ -36,7 +35,6 @@ from nnmark.errors import ArgumentError
 from nnmark.marks import METHODS, MethodSpec, canary
 from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.selfcheck import self_check
-from nnmark.models.card import pixel_model
 from nnmark.oracles import Oracle, TorchOracle
 
 NEEDS = {"labels": (), "probabilities": (), "gradients": ("gradients",), "internals": ("gradients", "layers")}
@@ -169,44 +167,14 @@ def _embed_options(*, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
                                            "nnmark checkpoint)."))
 
 
-def _trained(given: dict, seed: int, pretrained: bool):
-    """(model in pixel space to train, dataset, write(model, accuracy, path)): a fresh --arch model, a fresh model of
-    --model's architecture, or (``pretrained``) --model itself."""
-    if given.get("arch") is not None:
-        if given["model_path"] is not None:
-            raise CliError("pass either --arch (train from scratch) or --model, not both")
-        if not given["data_spec"]:
-            raise CliError("--arch needs --data")
-        ds = data.load(given["data_spec"])
-        torch.manual_seed(seed)
-        model = models.build(given["arch"], ds.shape, ds.num_classes, width=given["width"])
-        config = models.ModelConfig(given["arch"], ds.shape, ds.num_classes, width=given["width"], data=ds.name,
-                                    seed=seed)
-        return model, ds, lambda wm, accuracy, out: models.save(wm, dataclasses.replace(config, accuracy=accuracy),
-                                                                out)
-    if given["model_path"] is None:
-        raise CliError("pass either --arch (train from scratch) or --model")
-    if not pretrained and source_option("weights") is not None:
-        raise CliError("training from scratch starts from a fresh initialisation: drop --weights (or fine-tune them "
-                       "with a method that takes a pretrained --model)")
-    model, loaded = load_model(given["model_path"], needs=("training", "saving"))
-    ds = dataset_for(loaded, given["data_spec"])
-    if not pretrained:
-        torch.manual_seed(seed)
-        model = pixel_model(loaded.factory(), loaded.card)
-    if loaded.config is not None:  # the checkpoint written records the data it was trained on
-        loaded = dataclasses.replace(loaded, config=dataclasses.replace(
-            loaded.config, data=ds.name, seed=loaded.config.seed if pretrained else seed))
-    return model, ds, lambda wm, accuracy, out: models.save_like(loaded, wm, out, accuracy=accuracy)
-
-
 def _training(pretrained: bool | None):
     """The kind that trains a fresh model (``pretrained`` False), the given one (True), or either (None: --arch or
     --model, the method told which)."""
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
         tune = given["model_path"] is not None if pretrained is None else pretrained
-        model, ds, write = _trained(given, values.get("seed", 0), tune)
+        model, ds, write = model_to_train(given.get("arch"), given["model_path"], given["data_spec"],
+                                          width=given.get("width", 1.0), seed=values.get("seed", 0), fresh=not tune)
 
         def finish(result):
             wm_model, key = result
@@ -295,8 +263,8 @@ KINDS: dict[str, _Kind] = {
         "Trains a fresh --arch model (with --data), or fine-tunes --model (any trainable source); writes it to "
         "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "shadow": _Kind(_shadow_options, _shadow_pools,
-                    "Trains shadow models of --model's architecture first (a checkpoint's or a package.module:factory's;"
-                    " cached in --cache-dir).",
+                    "Trains shadow models of --model's architecture first (a checkpoint's or a "
+                    "package.module:factory's; cached in --cache-dir).",
                     "--model lenet5.safetensors"),
 }
 """Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""

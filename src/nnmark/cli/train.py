@@ -7,14 +7,11 @@ from __future__ import annotations
 import time
 
 import click
-import torch
 
-from nnmark import data, models
+from nnmark import models
 from nnmark.cli._shared import (
-    CliError, emit, json_option, load_model, model_source_options, out_option, progress_enabled,
-    source_option,
+    CliError, emit, json_option, loaded_model, model_source_options, model_to_train, out_option, progress_enabled,
 )
-from nnmark.models.card import pixel_model
 
 DEFAULT_EPOCHS = 8
 
@@ -47,31 +44,17 @@ def train(arch, model_path, data_spec, epochs, lr, batch_size, width, seed, out,
       nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet \\
           --data mnist5k --out net.safetensors
     """
-    if (arch is None) == (model_path is None):
-        raise CliError("pass either --arch (a zoo architecture) or --model (a trainable source's architecture)")
-    torch.manual_seed(seed)
-    if arch is not None:
-        ds = data.load(data_spec)
-        model, name = models.build(arch, ds.shape, ds.num_classes, width=width), arch
-    else:
-        if source_option("weights") is not None:
-            raise CliError("train starts from a fresh initialisation: drop --weights (attack finetune goes on "
-                           "training given weights)")
-        _, loaded = load_model(model_path, needs=("training", "saving"))
-        if loaded.kind != "factory":
-            raise CliError(f"--model takes a package.module:factory here; {model_path} is a {loaded.kind} model "
-                           "(for a checkpoint pass its --arch)")
-        ds = data.load_for(data_spec, loaded)
-        model, name = pixel_model(loaded.factory(), loaded.card), model_path
+    model, ds, write = model_to_train(arch, model_path, data_spec, width=width, seed=seed)
+    if model_path is not None and loaded_model().kind != "factory":
+        raise CliError(f"--model takes a package.module:factory here; {model_path} is a {loaded_model().kind} model "
+                       "(for a checkpoint pass its --arch)")
     start = time.perf_counter()
     models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress_enabled())
     seconds = time.perf_counter() - start
     acc = models.accuracy(model, ds.test)
-    if arch is not None:
-        config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=data_spec, accuracy=acc,
-                                    seed=seed)
-        models.save(model, config, out)
-    else:
-        models.save_like(loaded, model, out, accuracy=acc)
-    row = {"out": out, ("arch" if arch else "model"): name, "data": data_spec, "epochs": epochs, "test_accuracy": acc, "seconds": seconds}
-    emit(row, as_json, f"{name} on {data_spec}: test accuracy {acc:.2%} after {epochs} epochs ({seconds:.1f} s) -> {out}")
+    write(model, acc, out)
+    name = arch or model_path
+    row = {"out": out, ("arch" if arch else "model"): name, "data": data_spec, "epochs": epochs, "test_accuracy": acc,
+           "seconds": seconds}
+    emit(row, as_json,
+         f"{name} on {data_spec}: test accuracy {acc:.2%} after {epochs} epochs ({seconds:.1f} s) -> {out}")

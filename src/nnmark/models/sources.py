@@ -148,6 +148,12 @@ class LoadedModel:
         """The model as it sees pixels in [0, 1] (``Normalized`` when the card normalises)."""
         return pixel_model(self.module, self.card)
 
+    def fresh(self) -> nn.Module:
+        """A freshly initialised model of the same architecture as it sees pixels in [0, 1] (``factory()`` behind the
+        card's normalisation; the caller seeds torch). ModelError for a kind without a factory."""
+        self.require("training", "a fresh model of its architecture")
+        return pixel_model(self.factory(), self.card)
+
     @property
     def access(self) -> str:
         """"gradients", or "probabilities" for a graph that runs only in ONNX Runtime."""
