@@ -11,7 +11,6 @@ SIGTERM, then SIGKILL after ``STOP_TIMEOUT``.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 import launcher
 import shapes
-from launcher import HERE, HOST, VENVS, Server, free_port, server_env, write_model_settings
+from launcher import VENVS, Server, free_port, server_env
 from nnmark import models
 from nnmark.attacks import weight_noise
 
@@ -64,32 +63,23 @@ def served_models(checkpoints) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def mlserver(served_models, lenet_file, tmp_path_factory) -> Iterator[Server]:
+def mlserver(served_models, tmp_path_factory) -> Iterator[Server]:
     """MLServer serving ``served_models`` through ``mlserver_runtime.NnmarkRuntime``, in-process (no worker pool)."""
-    python = venv_python("mlserver")
-    workdir = tmp_path_factory.mktemp("mlserver")
-    config = models.load(lenet_file)[1]
-    write_model_settings(workdir / "models", served_models, tuple(config.input_shape), config.num_classes)
-    http_port, grpc_port = free_port(), free_port()
-    env = server_env(workdir)
-    env.update(MLSERVER_HOST=HOST, MLSERVER_HTTP_PORT=str(http_port), MLSERVER_GRPC_PORT=str(grpc_port),
-               MLSERVER_METRICS_ENDPOINT="", MLSERVER_PARALLEL_WORKERS="0")
-    argv = [str(python), "-m", "mlserver.cli.main", "start", str(workdir / "models")]
-    with running("mlserver", argv, env, [e["name"] for e in served_models], http_port, grpc_port, workdir) as server:
-        yield server
+    yield from _serving("mlserver", served_models, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def kserve(served_models, tmp_path_factory) -> Iterator[Server]:
     """KServe's ModelServer serving ``served_models`` as ``kserve_model.NnmarkModel``s (REST and gRPC)."""
-    python = venv_python("kserve")
-    workdir = tmp_path_factory.mktemp("kserve")
-    (workdir / "models.json").write_text(json.dumps(served_models))
-    http_port, grpc_port = free_port(), free_port()
-    argv = [str(python), str(HERE / "kserve_model.py"), "--models", str(workdir / "models.json"),
-            "--http_port", str(http_port), "--grpc_port", str(grpc_port)]
-    names = [e["name"] for e in served_models]
-    with running("kserve", argv, server_env(workdir), names, http_port, grpc_port, workdir) as server:
+    yield from _serving("kserve", served_models, tmp_path_factory)
+
+
+def _serving(kind: str, served_models: list[dict], tmp_path_factory) -> Iterator[Server]:
+    python = venv_python(kind)
+    workdir = tmp_path_factory.mktemp(kind)
+    ports = (free_port(), free_port())
+    argv, env = launcher.server_command(kind, python, served_models, workdir, ports)
+    with running(kind, argv, env, [e["name"] for e in served_models], *ports, workdir) as server:
         yield server
 
 

@@ -20,6 +20,7 @@ from typing import Iterator
 import httpx
 
 import shapes
+from nnmark import models
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -122,3 +123,20 @@ def write_model_settings(root: Path, entries: list[dict], chw: tuple[int, int, i
         folder = root / e["name"]
         folder.mkdir(parents=True)
         (folder / "model-settings.json").write_text(json.dumps(settings, indent=1))
+
+
+def server_command(kind: str, python: str | Path, entries: list[dict], workdir: Path,
+                   ports: tuple[int, int]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start ``kind`` ("mlserver" or "kserve") with ``python`` (its
+    virtualenv's), serving ``entries`` ({name, checkpoint, shape, dtype}: ``shapes.served_models``) on the HTTP
+    and gRPC ``ports``; the servers' settings are written under ``workdir``."""
+    env = server_env(workdir)
+    if kind == "mlserver":
+        config = models.load(entries[0]["checkpoint"])[1]
+        write_model_settings(workdir / "models", entries, tuple(config.input_shape), config.num_classes)
+        env.update(MLSERVER_HOST=HOST, MLSERVER_HTTP_PORT=str(ports[0]), MLSERVER_GRPC_PORT=str(ports[1]),
+                   MLSERVER_METRICS_ENDPOINT="", MLSERVER_PARALLEL_WORKERS="0")
+        return [str(python), "-m", "mlserver.cli.main", "start", str(workdir / "models")], env
+    (workdir / "models.json").write_text(json.dumps(entries))
+    return [str(python), str(HERE / "kserve_model.py"), "--models", str(workdir / "models.json"),
+            "--http_port", str(ports[0]), "--grpc_port", str(ports[1])], env

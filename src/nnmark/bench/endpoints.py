@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import statistics
 import sys
 import tempfile
@@ -145,28 +144,14 @@ def _launcher() -> ModuleType:
     return importlib.import_module("launcher")
 
 
-def _server_argv(kind: str, launcher: ModuleType, checkpoint: Path, workdir: Path, ports: tuple[int, int]):
-    """The command line and environment that start ``kind`` ("mlserver", "kserve") serving ``checkpoint``."""
-    entries = [{"name": MODEL_NAME, "checkpoint": str(checkpoint), "shape": SHAPE, "dtype": "float32"}]
-    python, env = str(VENVS / kind / "bin" / "python"), launcher.server_env(workdir)
-    if kind == "mlserver":
-        config = models.load(checkpoint)[1]
-        launcher.write_model_settings(workdir / "models", entries, tuple(config.input_shape), config.num_classes)
-        env.update(MLSERVER_HOST=launcher.HOST, MLSERVER_HTTP_PORT=str(ports[0]), MLSERVER_GRPC_PORT=str(ports[1]),
-                   MLSERVER_METRICS_ENDPOINT="", MLSERVER_PARALLEL_WORKERS="0")
-        return [python, "-m", "mlserver.cli.main", "start", str(workdir / "models")], env
-    (workdir / "models.json").write_text(json.dumps(entries))
-    return [python, str(INTEROP / "kserve_model.py"), "--models", str(workdir / "models.json"),
-            "--http_port", str(ports[0]), "--grpc_port", str(ports[1])], env
-
-
 @contextlib.contextmanager
 def real_server(kind: str, checkpoint: Path, workdir: Path) -> Iterator[dict[str, str]]:
     """MLServer or KServe serving ``checkpoint`` on 127.0.0.1 (free ports, bounded readiness wait, stopped
     on exit): {transport: URL}."""
     launcher = _launcher()
     ports = (launcher.free_port(), launcher.free_port())
-    argv, env = _server_argv(kind, launcher, checkpoint, workdir, ports)
+    entries = [{"name": MODEL_NAME, "checkpoint": str(checkpoint), "shape": SHAPE, "dtype": "float32"}]
+    argv, env = launcher.server_command(kind, VENVS / kind / "bin" / "python", entries, workdir, ports)
     try:
         with launcher.running(kind, argv, env, [MODEL_NAME], *ports, workdir) as server:
             yield {"rest": server.url, "rest-binary": server.url, "grpc": f"grpc://{server.grpc}"}
