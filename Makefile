@@ -33,8 +33,12 @@ interop-envs: $(INTEROP_STAMPS)
 demo: $(STAMP)
 	$(BIN)/python -m nnmark.demo
 
+# line and branch coverage of src/nnmark (processes the tests start included), then the cli/ package's total
 test: $(STAMP) $(INTEROP_STAMPS)
-	$(BIN)/python -m pytest -q
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q --cov --cov-report=
+	$(BIN)/python -m coverage report
+	@echo "cli/: $$($(BIN)/python -m coverage report --include='*/nnmark/cli/*' --format=total)% of lines and branches"
 
 # regenerate the shipped gRPC descriptor from src/nnmark/oracles/proto/grpc_predict_v2.proto
 proto: $(STAMP)
@@ -42,4 +46,4 @@ proto: $(STAMP)
 	$(BIN)/python src/nnmark/oracles/proto/_generate.py
 
 clean:
-	rm -rf $(VENV) $(INTEROP) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(INTEROP) build src/*.egg-info .pytest_cache .coverage .coverage.*
