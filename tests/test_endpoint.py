@@ -181,6 +181,17 @@ def test_request_codec_reads_nested_data_binary_flags_and_the_id():
     ((b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}',
       b"\x00\x00\x80?"), "split", "do not fit its shape"),
     (b'{"inputs": []}', "999", "does not fit a body"),
+    (b'{"inputs": []}', "\u00b2", "does not fit a body"),  # str.isdigit takes it, int does not
+    (b'{"inputs": []}', "\uff11", "does not fit a body"),  # a full-width 1: int takes it, HTTP does not
+    (b'{"inputs": []}', "9" * 5000, "does not fit a body"),  # beyond int's 4300-digit limit
+    (b'{"inputs": []}', "-0", "does not fit a body"),
+    (b'{"inputs": [{"name": "x", "shape": [0, 4611686018427387904, 4611686018427387904], "datatype": "FP32", '
+     b'"data": []}]}', None, "holds more values than its message of 115 bytes can"),
+    ((b'{"inputs": [{"name": "x", "shape": [0, 4611686018427387904, 4611686018427387904], "datatype": "FP32", '
+      b'"parameters": {"binary_data_size": 0}}]}', b""), "split", "holds more values than its message"),
+    (b'{"inputs": [{"name": "x", "shape": [-1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}', None, "sizes >= 0"),
+    (b'{"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}', None,
+     "has 2 values, its shape [3, 2] needs 6"),
     (b'{"inputs": [], "id": 7}', None, "'id' must be a string"),
 ])
 def test_codec_refuses_malformed_messages_in_one_line(body, header_length, message):
@@ -189,6 +200,17 @@ def test_codec_refuses_malformed_messages_in_one_line(body, header_length, messa
     with pytest.raises(oip.MalformedMessage) as e:
         oip.decode_request(body, header_length)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_length_headers_and_shape_bounds():
+    assert [oip.parse_length(t) for t in ("0", "17", "9" * 18)] == [0, 17, 10**18 - 1]
+    for bad in ("", "-1", "+1", " 1", "1.0", "\u00b2", "\u0663", "\uff11", "9" * 19):
+        assert oip.parse_length(bad) is None, bad
+    assert oip.check_shape([2, 0, 3], "t", 6) == [2, 0, 3]  # a 0 counts as 1: 2 * 1 * 3 = 6
+    assert oip.check_shape([], "t", 1) == []
+    for shape, most in (([2, 0, 3], 5), ([7], 6), ([0, 2**62, 2**62], 10**9), ([2**32, 2**32, 1, 1], 10**9)):
+        with pytest.raises(oip.MalformedMessage, match="holds more values than its message"):
+            oip.check_shape(shape, "t", most)
 
 
 def test_tokens_are_read_stripped_and_refused_without_echo(tmp_path):
