@@ -50,6 +50,15 @@ def test_spec_reads_the_transport_from_the_url_and_refuses_routes_and_bad_values
         EndpointSpec(URL, timeout=0)
 
 
+@pytest.mark.parametrize("field, value", [("timeout", float("inf")), ("timeout", float("nan")), ("timeout", -1.0),
+                                          ("backoff", float("inf")), ("backoff", float("nan")),
+                                          ("consistency_atol", float("nan"))])
+def test_spec_refuses_non_finite_timings(field, value):
+    with pytest.raises(ArgumentError, match=field):
+        EndpointSpec(URL, **{field: value})
+    assert getattr(EndpointSpec(URL, **{field: 2.5}), field) == 2.5
+
+
 def test_urls_are_shown_without_userinfo():
     assert redact_url("http://alice:s3cret@h:8000/p") == "http://***@h:8000/p"
     assert redact_url(URL) == URL
@@ -98,6 +107,27 @@ def test_resolve_fills_the_spec_from_the_metadata():
 def test_resolve_refuses_contradictions_in_one_line(spec, metadata, hints, message):
     with pytest.raises(EndpointError, match="^[^\n]*$") as e:
         resolve(spec, metadata, **hints)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("max_batch_size, first, limit", [
+    (None, -1, None), (1, -1, 1), (2**31 - 1, -1, 2**31 - 1), (16, 1, 16),
+    (0, -1, None),  # Triton: the server adds no batch dimension; the model's own first one is variable
+    (0, 1, 1),  # ... or takes one input at a time
+])
+def test_resolve_reads_max_batch_size_and_zero_as_triton_does(max_batch_size, first, limit):
+    params = {} if max_batch_size is None else {"max_batch_size": max_batch_size}
+    assert resolve(EndpointSpec(URL), meta(in_shape=(first, 1, 28, 28), **params)).batch_limit == limit
+
+
+@pytest.mark.parametrize("max_batch_size, first, message", [
+    (-1, -1, "got -1"), (2**31, -1, "got 2147483648"), (1e12, -1, "got 1000000000000.0"), ("abc", -1, "got 'abc'"),
+    (True, -1, "got True"), (16.0, -1, "got 16.0"), ([16], -1, "got [16]"),
+    (0, 8, "takes exactly 8 inputs per request"), (0, 0, "takes exactly 0 inputs per request"),
+])
+def test_resolve_refuses_a_bad_max_batch_size_in_one_line(max_batch_size, first, message):
+    with pytest.raises(EndpointError, match="^[^\n]*max_batch_size[^\n]*$") as e:
+        resolve(EndpointSpec(URL), meta(in_shape=(first, 1, 28, 28), max_batch_size=max_batch_size))
     assert message in str(e.value)
 
 
