@@ -50,13 +50,15 @@ def test_spec_reads_the_transport_from_the_url_and_refuses_routes_and_bad_values
         EndpointSpec(URL, timeout=0)
 
 
-@pytest.mark.parametrize("field, value", [("timeout", float("inf")), ("timeout", float("nan")), ("timeout", -1.0),
-                                          ("backoff", float("inf")), ("backoff", float("nan")),
-                                          ("consistency_atol", float("nan"))])
-def test_spec_refuses_non_finite_timings(field, value):
+@pytest.mark.parametrize("field, value, good", [
+    ("timeout", float("inf"), 2.5), ("timeout", float("nan"), 2.5), ("timeout", -1.0, 2.5),
+    ("backoff", float("inf"), 2.5), ("backoff", float("nan"), 0), ("consistency_atol", float("nan"), 0),
+    ("batch_size", 2.5, 2), ("batch_size", True, 2), ("max_answer_bytes", float("inf"), 1000),
+])
+def test_spec_refuses_non_finite_timings_and_non_integer_sizes(field, value, good):
     with pytest.raises(ArgumentError, match=field):
         EndpointSpec(URL, **{field: value})
-    assert getattr(EndpointSpec(URL, **{field: 2.5}), field) == 2.5
+    assert getattr(EndpointSpec(URL, **{field: good}), field) == good
 
 
 def test_urls_are_shown_without_userinfo():

@@ -178,12 +178,12 @@ class EndpointSpec:
             if self.input_dtype == "UINT8" and self.normalize != NO_NORMALIZATION:
                 raise ArgumentError("UINT8 inputs are 0-255 pixels; normalisation is then the server's, "
                                     "not --normalize")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ArgumentError("batch_size must be >= 1 or None")
+        if self.batch_size is not None and (type(self.batch_size) is not int or self.batch_size < 1):
+            raise ArgumentError("batch_size must be an integer >= 1 or None")
         if not (0 < self.timeout < math.inf and 0 <= self.backoff < math.inf) or self.retries < 0 \
-                or self.max_answer_bytes < 1:
-            raise ArgumentError("timeout must be finite and > 0, backoff finite and >= 0, max_answer_bytes >= 1 "
-                                "and retries >= 0")
+                or type(self.max_answer_bytes) is not int or self.max_answer_bytes < 1:
+            raise ArgumentError("timeout must be finite and > 0, backoff finite and >= 0, max_answer_bytes an "
+                                "integer >= 1 and retries >= 0")
         if self.consistency_samples < 1 or not self.consistency_atol >= 0:
             raise ArgumentError("consistency_samples must be >= 1 and consistency_atol >= 0")
         object.__setattr__(self, "url", url)
