@@ -50,6 +50,17 @@ def test_spec_reads_the_transport_from_the_url_and_refuses_routes_and_bad_values
         EndpointSpec(URL, timeout=0)
 
 
+@pytest.mark.parametrize("field, value, good", [
+    ("timeout", float("inf"), 2.5), ("timeout", float("nan"), 2.5), ("timeout", -1.0, 2.5),
+    ("backoff", float("inf"), 2.5), ("backoff", float("nan"), 0), ("consistency_atol", float("nan"), 0),
+    ("batch_size", 2.5, 2), ("batch_size", True, 2), ("max_answer_bytes", float("inf"), 1000),
+])
+def test_spec_refuses_non_finite_timings_and_non_integer_sizes(field, value, good):
+    with pytest.raises(ArgumentError, match=field):
+        EndpointSpec(URL, **{field: value})
+    assert getattr(EndpointSpec(URL, **{field: good}), field) == good
+
+
 def test_urls_are_shown_without_userinfo():
     assert redact_url("http://alice:s3cret@h:8000/p") == "http://***@h:8000/p"
     assert redact_url(URL) == URL
@@ -98,6 +109,27 @@ def test_resolve_fills_the_spec_from_the_metadata():
 def test_resolve_refuses_contradictions_in_one_line(spec, metadata, hints, message):
     with pytest.raises(EndpointError, match="^[^\n]*$") as e:
         resolve(spec, metadata, **hints)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("max_batch_size, first, limit", [
+    (None, -1, None), (1, -1, 1), (2**31 - 1, -1, 2**31 - 1), (16, 1, 16),
+    (0, -1, None),  # Triton: the server adds no batch dimension; the model's own first one is variable
+    (0, 1, 1),  # ... or takes one input at a time
+])
+def test_resolve_reads_max_batch_size_and_zero_as_triton_does(max_batch_size, first, limit):
+    params = {} if max_batch_size is None else {"max_batch_size": max_batch_size}
+    assert resolve(EndpointSpec(URL), meta(in_shape=(first, 1, 28, 28), **params)).batch_limit == limit
+
+
+@pytest.mark.parametrize("max_batch_size, first, message", [
+    (-1, -1, "got -1"), (2**31, -1, "got 2147483648"), (1e12, -1, "got 1000000000000.0"), ("abc", -1, "got 'abc'"),
+    (True, -1, "got True"), (16.0, -1, "got 16.0"), ([16], -1, "got [16]"),
+    (0, 8, "takes exactly 8 inputs per request"), (0, 0, "takes exactly 0 inputs per request"),
+])
+def test_resolve_refuses_a_bad_max_batch_size_in_one_line(max_batch_size, first, message):
+    with pytest.raises(EndpointError, match="^[^\n]*max_batch_size[^\n]*$") as e:
+        resolve(EndpointSpec(URL), meta(in_shape=(first, 1, 28, 28), max_batch_size=max_batch_size))
     assert message in str(e.value)
 
 
@@ -181,6 +213,17 @@ def test_request_codec_reads_nested_data_binary_flags_and_the_id():
     ((b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}',
       b"\x00\x00\x80?"), "split", "do not fit its shape"),
     (b'{"inputs": []}', "999", "does not fit a body"),
+    (b'{"inputs": []}', "\u00b2", "does not fit a body"),  # str.isdigit takes it, int does not
+    (b'{"inputs": []}', "\uff11", "does not fit a body"),  # a full-width 1: int takes it, HTTP does not
+    (b'{"inputs": []}', "9" * 5000, "does not fit a body"),  # beyond int's 4300-digit limit
+    (b'{"inputs": []}', "-0", "does not fit a body"),
+    (b'{"inputs": [{"name": "x", "shape": [0, 4611686018427387904, 4611686018427387904], "datatype": "FP32", '
+     b'"data": []}]}', None, "holds more values than its message of 115 bytes can"),
+    ((b'{"inputs": [{"name": "x", "shape": [0, 4611686018427387904, 4611686018427387904], "datatype": "FP32", '
+      b'"parameters": {"binary_data_size": 0}}]}', b""), "split", "holds more values than its message"),
+    (b'{"inputs": [{"name": "x", "shape": [-1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}', None, "sizes >= 0"),
+    (b'{"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}', None,
+     "has 2 values, its shape [3, 2] needs 6"),
     (b'{"inputs": [], "id": 7}', None, "'id' must be a string"),
 ])
 def test_codec_refuses_malformed_messages_in_one_line(body, header_length, message):
@@ -189,6 +232,17 @@ def test_codec_refuses_malformed_messages_in_one_line(body, header_length, messa
     with pytest.raises(oip.MalformedMessage) as e:
         oip.decode_request(body, header_length)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_length_headers_and_shape_bounds():
+    assert [oip.parse_length(t) for t in ("0", "17", "9" * 18)] == [0, 17, 10**18 - 1]
+    for bad in ("", "-1", "+1", " 1", "1.0", "\u00b2", "\u0663", "\uff11", "9" * 19):
+        assert oip.parse_length(bad) is None, bad
+    assert oip.check_shape([2, 0, 3], "t", 6) == [2, 0, 3]  # a 0 counts as 1: 2 * 1 * 3 = 6
+    assert oip.check_shape([], "t", 1) == []
+    for shape, most in (([2, 0, 3], 5), ([7], 6), ([0, 2**62, 2**62], 10**9), ([2**32, 2**32, 1, 1], 10**9)):
+        with pytest.raises(oip.MalformedMessage, match="holds more values than its message"):
+            oip.check_shape(shape, "t", most)
 
 
 def test_tokens_are_read_stripped_and_refused_without_echo(tmp_path):

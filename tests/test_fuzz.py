@@ -1,12 +1,18 @@
 """Fuzzing of the two loaders of untrusted files: mutated key files and checkpoints raise only their documented
-error types (KeyFileError, ModelError), never anything else. Seeded, with the case count in each test id."""
+error types (KeyFileError, ModelError), never anything else. Seeded, with the case count in each test id.
+And properties of the OIP v2 message decoders: any shape, data length, binary size or length header decodes
+to arrays of the declared shape or raises MalformedMessage (the server's 400), nothing else."""
 
+import json
+import math
 import os
 import random
 from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from nnmark import keys, models
 from nnmark.errors import KeyFileError, ModelError
@@ -94,3 +100,66 @@ def test_every_mutated_checkpoint_loads_or_is_a_model_error(tmp_path, n):
     path.write_bytes(data)
     assert models.digest(models.load(path)[0]) == models.digest(model)
     assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+DECODER_EXAMPLES = 400
+DIMENSION = st.integers(0, 3) | st.integers(-2**64, 2**64) | st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1])
+SHAPE = st.lists(DIMENSION, max_size=9)
+VALUES = st.integers(0, 40) | st.none()
+"""How many values a message holds; None: as many as its shape says, when that is a few."""
+
+
+def _count(values: int | None, shape: list[int]) -> int:
+    fits = all(0 <= s <= 64 for s in shape) and math.prod(shape) <= 64
+    return values if values is not None else math.prod(shape) if fits else 0
+
+
+def _decoded_as_declared(decode, shape: list[int]) -> None:
+    """``decode()`` gives one array of ``shape`` or raises MalformedMessage; anything else fails."""
+    from nnmark.oracles import oip
+
+    try:
+        (array,) = decode().values()
+    except oip.MalformedMessage as e:
+        assert "\n" not in str(e)
+        event("refused")
+    else:
+        assert array.shape == tuple(shape) and array.size == math.prod(shape)
+        event("decoded")
+
+
+@settings(max_examples=DECODER_EXAMPLES, deadline=None, derandomize=True)
+@given(shape=SHAPE, values=VALUES, binary=st.booleans(), size=st.none() | st.integers(-4, 200),
+       length=st.none() | st.sampled_from(["\u00b2", "\uff11", "-1", "9" * 5000, ""]) | st.integers(-2, 2))
+def test_rest_request_decoder_property(shape, values, binary, size, length):
+    from nnmark.oracles import oip
+
+    values = _count(values, shape)
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32"}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 4 * values if size is None else size}
+    else:
+        tensor["data"] = [0.5] * values
+    header = json.dumps({"inputs": [tensor]}).encode()
+    data = b"\0" * (4 * values) if binary else b""
+    if type(length) is int:  # off by a little from the true header length
+        length = str(len(header) + length)
+    elif length is None and binary:
+        length = str(len(header))
+    _decoded_as_declared(lambda: oip.decode_request(header + data, length).inputs, shape)
+
+
+@settings(max_examples=DECODER_EXAMPLES, deadline=None, derandomize=True)
+@given(shape=st.lists(st.integers(0, 3) | st.integers(-2**63, 2**63 - 1), max_size=9), values=VALUES,
+       raw=st.none() | st.integers(0, 160) | st.just("fit"))
+def test_grpc_tensor_decoder_property(shape, values, raw):
+    pytest.importorskip("grpc", reason="needs the grpc extra: pip install 'nnmark[grpc]'")
+    from nnmark.oracles import oip_grpc, proto
+
+    values = _count(values, shape)
+    request = proto.ModelInferRequest(model_name="m")
+    request.inputs.add(name="input", datatype="FP32", shape=shape).contents.fp32_contents.extend([0.5] * values)
+    if raw is not None:
+        request.raw_input_contents.append(b"\0" * (4 * values if raw == "fit" else raw))
+    _decoded_as_declared(lambda: oip_grpc.read_tensors(request.inputs, list(request.raw_input_contents), "inputs",
+                                                       request.ByteSize()), shape)

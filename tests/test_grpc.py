@@ -1,5 +1,6 @@
 """OIP v2 over gRPC: ``GrpcOracle`` against ``serve.grpc_server``, the shipped descriptor, refusals."""
 
+import logging
 import socket
 
 import pytest
@@ -72,6 +73,89 @@ def test_grpc_refusals_are_one_line_and_not_retried(grpc_url, mnist):
         request.inputs.add(name="input", datatype="FP32", shape=[1, *SHAPE]).contents.fp32_contents.extend([2.0] * 784)
         with pytest.raises(EndpointError, match=r"INVALID_ARGUMENT: data must lie in \[0, 1\]"):
             oracle._call("ModelInfer", request)
+
+
+HUGE = 2**62
+
+
+def _typed(shape, values=()):
+    request = proto.ModelInferRequest(model_name="lenet")
+    request.inputs.add(name="input", datatype="FP32", shape=shape).contents.fp32_contents.extend(values)
+    return request
+
+
+def _raw(shape, raw: bytes):
+    request = proto.ModelInferRequest(model_name="lenet", raw_input_contents=[raw])
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    return request
+
+
+@pytest.mark.parametrize("request_, fragment", [
+    (_typed([2**32, 2**32, 1, 1]), "holds more values than its message"),
+    (_typed([0, HUGE, HUGE]), "holds more values than its message"),
+    (_typed([-1, *SHAPE], [0.5] * 784), "sizes >= 0"),
+    (_typed([2, *SHAPE], [0.5] * 784), "has 784 values, its shape [2, 1, 28, 28] needs 1568"),
+    (_raw([0, HUGE, HUGE], b""), "holds more values than its message"),
+    (_raw([2**40, *SHAPE], bytes(3136)), "holds more values than its message"),
+    (_raw([1, *SHAPE], bytes(1000)), "do not fit its shape"),
+], ids=["typed-int64-overflowing-shape", "typed-shape-overflows", "typed-negative-shape",
+        "typed-shape-and-data-disagree", "raw-shape-overflows", "raw-count-beyond-the-message",
+        "raw-size-and-shape-disagree"])
+def test_malformed_shapes_are_a_quiet_invalid_argument_on_a_channel_that_still_works(grpc_url, mnist, caplog,
+                                                                                      request_, fragment):
+    with GrpcOracle(grpc_url, model_name="lenet", token="tok", consistency_check=False) as oracle:
+        with pytest.raises(EndpointError, match=r"^[^\n]*INVALID_ARGUMENT: tensor 'input'[^\n]*$") as e:
+            oracle._call("ModelInfer", request_)
+        assert fragment in str(e.value)
+        assert oracle.labels(mnist.test.x[:2]).shape == (2,)  # the same channel answers the next request
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def fake_grpc_endpoint(answer):
+    """A gRPC OIP v2 server of a FP32 [-1, 1, 28, 28] -> probabilities [-1, 10] model whose ModelInfer answers
+    ``answer(request)``; returns the started server and its URL."""
+    from concurrent import futures
+
+    from nnmark.oracles import oip_grpc
+
+    meta = oip_grpc.metadata_message({
+        "name": "m", "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *SHAPE]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([oip_grpc.service_handler({
+        "ModelMetadata": lambda request, context: meta,
+        "ModelInfer": lambda request, context: answer(request),
+    })])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"grpc://127.0.0.1:{port}"
+
+
+def _answer(shape, raw: bytes | None = None, values=()):
+    response = proto.ModelInferResponse(model_name="m", raw_output_contents=[] if raw is None else [raw])
+    response.outputs.add(name="probabilities", datatype="FP32", shape=shape).contents.fp32_contents.extend(values)
+    return response
+
+
+@pytest.mark.parametrize("answer, fragment", [
+    (_answer([0, HUGE, HUGE], raw=b""), "holds more values than its message"),
+    (_answer([0, HUGE, HUGE]), "holds more values than its message"),
+    (_answer([2**32, 2**32]), "holds more values than its message"),
+    (_answer([-1, 10], values=[0.1] * 20), "sizes >= 0"),
+    (_answer([3, 10], values=[0.1] * 30), "expected a float tensor of shape [2, 10], got float32 of shape [3, 10]"),
+    (_answer([2, 10], values=[0.1] * 19), "has 19 values, its shape [2, 10] needs 20"),
+    (_answer([2, 10], raw=bytes(40)), "do not fit its shape"),
+], ids=["raw-shape-overflows", "typed-shape-overflows", "int64-overflowing-shape", "negative-shape",
+        "not-the-batch-asked", "shape-and-data-disagree", "raw-size-and-shape-disagree"])
+def test_client_refuses_malformed_answer_shapes_in_one_line(mnist, answer, fragment):
+    server, url = fake_grpc_endpoint(lambda request: answer)
+    try:
+        with GrpcOracle(url, model_name="m", retries=0, consistency_check=False) as oracle:
+            with pytest.raises(EndpointError, match="^endpoint returned malformed probabilities: [^\n]*$") as e:
+                oracle.probabilities(mnist.test.x[:2])
+    finally:
+        server.stop(None).wait()
+    assert fragment in str(e.value)
 
 
 def test_server_answers_typed_requests_and_echoes_the_id(grpc_url, mnist):

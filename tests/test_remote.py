@@ -211,6 +211,66 @@ def test_refuses_malformed_probabilities(mnist, lie):
             oracle.probabilities(mnist.test.x[:3])
 
 
+HUGE = 2**62
+
+
+def _binary_answer(shape: list[int], data: bytes, length: bytes | None = None) -> Response:
+    header = json.dumps({"outputs": [{"name": "probabilities", "shape": shape, "datatype": "FP32",
+                                      "parameters": {"binary_data_size": len(data)}}]}).encode()
+    return Response(header + data, headers={"Inference-Header-Content-Length": (length or str(len(header)).encode())
+                                            .decode("latin-1")}, media_type="application/octet-stream")
+
+
+def _json_answer(shape: list[int], n_values: int) -> Response:
+    return JSONResponse({"outputs": [{"name": "probabilities", "shape": shape, "datatype": "FP32",
+                                      "data": [0.1] * n_values}]})
+
+
+@pytest.mark.parametrize("answer, fragment", [
+    (_json_answer([0, HUGE, HUGE], 0), "holds more values than its message"),
+    (_json_answer([2**32, 2**32], 0), "holds more values than its message"),
+    (_json_answer([-2, 10], 20), "sizes >= 0"),
+    (_json_answer([3, 10], 30), "expected a float tensor of shape [2, 10], got float32 of shape [3, 10]"),
+    (_json_answer([2, 10], 19), "has 19 values, its shape [2, 10] needs 20"),
+    (_binary_answer([0, HUGE, HUGE], b""), "holds more values than its message"),
+    (_binary_answer([2, 10], bytes(80), length="\u00b2".encode("latin-1")), "does not fit a body"),
+    (_binary_answer([2, 10], bytes(80), length=b"9" * 5000), "does not fit a body"),
+    (_binary_answer([2, 10], bytes(80), length=b"4000"), "does not fit a body"),
+    (_binary_answer([3, 10], bytes(80)), "do not fit its shape"),
+], ids=["json-shape-overflows", "json-int64-overflowing-shape", "json-negative-shape", "json-not-the-batch-asked",
+        "json-shape-and-data-disagree", "binary-shape-overflows", "binary-length-superscript-two",
+        "binary-length-5000-digits", "binary-length-beyond-the-body", "binary-size-and-shape-disagree"])
+def test_refuses_malformed_answer_shapes_in_one_line(mnist, answer, fragment):
+    async def malformed(req, calls):
+        return answer
+
+    with serving(fake_endpoint(malformed)) as url, HttpOracle(url, retries=0, **FAST) as oracle:
+        with pytest.raises(EndpointError, match="^endpoint returned malformed probabilities: [^\n]*$") as e:
+            oracle.probabilities(mnist.test.x[:2])
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("max_batch", [-1, 1e12, "abc", 2**31, True])
+def test_a_bad_max_batch_size_is_refused_in_one_line(max_batch):
+    async def never(req, calls):
+        raise AssertionError("not reached")
+
+    with serving(fake_endpoint(never, max_batch=max_batch)) as url:
+        with pytest.raises(EndpointError, match="^[^\n]*metadata parameter max_batch_size must be an integer in "
+                                                "\\[0, 2147483647\\], got [^\n]*$"):
+            HttpOracle(url, **FAST)
+
+
+def test_max_batch_size_0_leaves_the_batch_to_the_inputs_first_dimension(mnist):
+    async def uniform(req, calls):
+        return JSONResponse(uniform_answer(req))
+
+    app = fake_endpoint(uniform, max_batch=0)  # its input shape is [-1, 1, 28, 28]: any number per request
+    with serving(app) as url, HttpOracle(url, **FAST) as oracle:
+        assert oracle.batch_size is None and oracle.probabilities(mnist.test.x[:20]).shape == (20, 10)
+    assert app.state.calls == 2  # the 20 inputs in one request, then the re-query
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -444,6 +504,19 @@ def test_cli_endpoint_flags_describe_a_deployment_and_contradictions_exit_2(lene
         assert r.exit_code == 2 and f"use '{url}'" in r.stderr
         r = cli(*key, url, env={"NNMARK_TOKEN": "s3cret\ntoken"})
         assert r.exit_code == 2 and "HTTP header cannot carry" in r.stderr and "s3cret" not in r.output
+
+
+def test_cli_malformed_answers_and_metadata_exit_2_with_one_line(canary_key_file):
+    async def overflowing(req, calls):
+        return _json_answer([0, HUGE, HUGE], 0)
+
+    key = ("verify", canary_key_file, "--unsigned", "--endpoint")
+    for app, fragment in ((fake_endpoint(overflowing), "malformed probabilities: tensor 'probabilities': shape"),
+                          (fake_endpoint(overflowing, max_batch="abc"), "max_batch_size must be an integer")):
+        with serving(app) as url:
+            r = cli(*key, url, "--retries", 0, "--json")
+        assert r.exit_code == 2 and fragment in r.stderr and len(r.stderr.splitlines()) == 1, r.output
+        assert json.loads(r.stdout)["type"] == "EndpointError" and "Traceback" not in r.output
 
 
 def test_cli_preflight_stops_a_misnormalised_endpoint_with_exit_2(lenet, canary_key_file):

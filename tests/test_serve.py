@@ -1,6 +1,8 @@
 """``nnmark serve``: the OIP v2 routes, bit-exact float32 in and out, refusals that leave the server up."""
 
 import json
+import logging
+import socket
 
 import httpx
 import numpy as np
@@ -56,6 +58,20 @@ def client(url):
 
 def infer(client, payload, headers=AUTH, name="lenet"):
     return client.post(f"/v2/models/{name}/infer", content=json.dumps(payload), headers=headers)
+
+
+@pytest.fixture
+def server_log(caplog):
+    """``caplog``, also fed by ``uvicorn.error`` (which does not pass its records on to the root logger)."""
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def tracebacks(log) -> list[str]:
+    """The messages of the error records and of every record with a traceback."""
+    return [r.getMessage() for r in log.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def test_health_metadata_and_ready(client):
@@ -271,45 +287,107 @@ def test_405_names_the_allowed_methods(client):
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
-def _raw_request(url: str, head: bytes, body: bytes, read: bool):
-    import socket
+def _connect(url: str) -> socket.socket:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def _read_answer(s: socket.socket) -> bytes:
+    """One HTTP answer: its headers, then the body of content-length bytes."""
+    answer = b""
+    for _ in range(16):
+        answer += s.recv(4096)
+        headers, _, rest = answer.partition(b"\r\n\r\n")
+        length = [int(v) for k, _, v in (h.partition(b":") for h in headers.split(b"\r\n")[1:])
+                  if k.lower() == b"content-length"]
+        if length and len(rest) >= length[0]:
+            break
+    return answer
+
+
+def _raw_request(url: str, head: bytes, body: bytes, read: bool):
+    with _connect(url) as s:
         s.sendall(head + body)
-        if not read:
-            return None
-        answer = b""
-        for _ in range(16):  # the headers, then the body of content-length bytes
-            answer += s.recv(4096)
-            headers, _, rest = answer.partition(b"\r\n\r\n")
-            length = [int(v) for k, _, v in (h.partition(b":") for h in headers.split(b"\r\n")[1:])
-                      if k.lower() == b"content-length"]
-            if length and len(rest) >= length[0]:
-                break
-        return answer
+        return _read_answer(s) if read else None
 
 
-def test_slow_bodies_get_408_and_a_client_that_leaves_leaves_no_traceback(lenet, mnist):
-    import logging
-
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
+def test_slow_bodies_get_408_and_a_client_that_leaves_leaves_no_traceback(lenet, mnist, server_log):
     app = create_app(TorchOracle(lenet, SHAPE), model_name="lenet", body_read_seconds=0.3)
     head = (b"POST /v2/models/lenet/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n")
     with serving(app) as base:
-        logging.getLogger("uvicorn.error").addHandler(handler)
-        try:
-            answer = _raw_request(base, head, b'{"inputs"', read=True)
-            _raw_request(base, head, b'{"inputs"', read=False)  # hangs up with 91 bytes unsent
-            assert httpx.post(f"{base}/v2/models/lenet/infer", json=body(mnist.test.x[:1])).status_code == 200
-        finally:
-            logging.getLogger("uvicorn.error").removeHandler(handler)
+        answer = _raw_request(base, head, b'{"inputs"', read=True)
+        _raw_request(base, head, b'{"inputs"', read=False)  # hangs up with 91 bytes unsent
+        assert httpx.post(f"{base}/v2/models/lenet/infer", json=body(mnist.test.x[:1])).status_code == 200
     assert answer.startswith(b"HTTP/1.1 408") and b"not received within 0.3 s" in answer
-    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in records]
+    assert not tracebacks(server_log)
+
+
+HUGE = 2**62
+
+
+def _infer_head(content: bytes, headers: dict[str, bytes]) -> bytes:
+    lines = [b"POST /v2/models/lenet/infer HTTP/1.1", b"Host: x", b"Authorization: " + AUTH["Authorization"].encode(),
+             b"Content-Length: %d" % len(content), *(k.encode() + b": " + v for k, v in headers.items())]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _binary_request(shape: list[int], size: int, data: bytes, length: bytes | None = None) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                                     "parameters": {"binary_data_size": size}}]}).encode()
+    return header + data, {"Inference-Header-Content-Length": length or str(len(header)).encode()}
+
+
+def _json_request(shape: list[int], data: list) -> tuple[bytes, dict]:
+    return json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]}).encode(), {}
+
+
+PIXELS = [0.5] * 784
+
+
+@pytest.mark.parametrize("request_, fragment", [
+    (_json_request([0, HUGE, HUGE], []), "holds more values than its message"),
+    (_json_request([2**40, *SHAPE], []), "holds more values than its message"),
+    (_json_request([-1, *SHAPE], PIXELS), "sizes >= 0"),
+    (_json_request([3, *SHAPE], PIXELS * 2), "has 1568 values, its shape [3, 1, 28, 28] needs 2352"),
+    (_json_request([1, 2**32, 2**32, 1], PIXELS), "holds more values than its message"),
+    (_binary_request([0, HUGE, HUGE], 0, b""), "holds more values than its message"),
+    (_binary_request([2**40, *SHAPE], 3136, b"\0" * 3136), "holds more values than its message"),
+    (_binary_request([1, *SHAPE], 3136, b"\0" * 1000), "do not fit its shape"),
+    (_binary_request([1, *SHAPE], 8, b"\0" * 3136), "do not fit its shape"),
+    (_binary_request([1, *SHAPE], 3136, b"\0" * 3136, length="\u00b2".encode("latin-1")), "does not fit a body"),
+    (_binary_request([1, *SHAPE], 3136, b"\0" * 3136, length=b"9" * 5000), "does not fit a body"),
+    (_binary_request([1, *SHAPE], 3136, b"\0" * 3136, length=b"99999"), "does not fit a body"),
+    (_binary_request([1, *SHAPE], 3136, b"\0" * 3136, length=b"-1"), "does not fit a body"),
+], ids=["json-shape-overflows", "json-count-beyond-the-body", "json-negative-shape", "json-shape-and-data-disagree",
+        "json-int64-overflowing-shape", "binary-shape-overflows", "binary-count-beyond-the-body",
+        "binary-size-beyond-the-body", "binary-size-and-shape-disagree", "binary-length-superscript-two",
+        "binary-length-5000-digits", "binary-length-beyond-the-body", "binary-length-negative"])
+def test_malformed_shapes_and_lengths_are_a_quiet_400_on_a_connection_that_still_works(url, mnist, server_log,
+                                                                                      request_, fragment):
+    content, headers = request_
+    good = json.dumps(body(mnist.test.x[:1])).encode()
+    with _connect(url) as s:
+        s.sendall(_infer_head(content, headers) + content)
+        refused = _read_answer(s)
+        s.sendall(_infer_head(good, {}) + good)  # the same connection answers the next request
+        answered = _read_answer(s)
+    head, _, error = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" not in head.lower(), refused
+    message = json.loads(error)["error"]
+    assert fragment in message and "\n" not in message
+    assert answered.startswith(b"HTTP/1.1 200 ") and b'"shape":[1,10]' in answered
+    assert not tracebacks(server_log)
+
+
+def test_a_content_length_that_is_not_ascii_digits_is_a_quiet_400(url, client, mnist, server_log):
+    with _connect(url) as s:  # uvicorn refuses it before the app, and closes the connection
+        s.sendall(b"POST /v2/models/lenet/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
+        assert _read_answer(s).startswith(b"HTTP/1.1 400 ")
+    assert infer(client, good(mnist)).status_code == 200  # another connection works
+    assert not tracebacks(server_log)
 
 
 def test_label_only_output_and_the_model_card(lenet, mnist):
@@ -387,7 +465,9 @@ def _malformed_requests():
     base = {"inputs": [{"name": "input", "shape": [1, *TINY], "datatype": "FP32", "data": [0.5] * 9}]}
     corruptions = st.sampled_from([
         lambda r: r.pop("inputs"), lambda r: r["inputs"][0].pop("data"), lambda r: r["inputs"][0].pop("shape"),
-        lambda r: r["inputs"][0].update(shape=[1, 3, 3]),
+        lambda r: r["inputs"][0].update(shape=[1, 3, 3]), lambda r: r["inputs"][0].update(shape=[-1, *TINY]),
+        lambda r: r["inputs"][0].update(shape=[0, HUGE, HUGE], data=[]),
+        lambda r: r["inputs"][0].update(shape=[2**32, 2**32, 1, 1]),
         lambda r: r["inputs"][0].update(shape=[5, *TINY], data=[0.5] * 45),
         lambda r: r["inputs"][0].update(datatype="FP64"), lambda r: r["inputs"][0].update(datatype="STRING"),
         lambda r: r["inputs"][0].update(name="x"), lambda r: r["inputs"][0]["data"].__setitem__(0, 1.5),
@@ -415,7 +495,8 @@ def _malformed_requests():
 
     return build() | st.binary(max_size=64).map(lambda b: (b, {"Content-Type": "application/json"})) | \
         st.sampled_from([(json.dumps(base).encode(), {"Inference-Header-Content-Length": "9999"}),
-                         (json.dumps(base).encode(), {"Inference-Header-Content-Length": "-1"})])
+                         (json.dumps(base).encode(), {"Inference-Header-Content-Length": "-1"}),
+                         (json.dumps(base).encode(), {"Inference-Header-Content-Length": "\u00b2".encode("latin-1")})])
 
 
 @pytest.mark.parametrize("kind, expected", [("valid", 200), ("malformed", 400)],

@@ -29,7 +29,8 @@ the argmax of float64 logits in a float64 environment): a float32 probability ve
 model's outputs do not, and telltale samples sit exactly there.
 
 Every refusal is ``{"error": "one line"}`` with a 4xx status: 400 malformed request (NaN, 1e999, a
-400-digit integer, nested data that does not follow the shape, binary sizes that do not fit), 401
+400-digit integer, nested data that does not follow the shape, binary sizes that do not fit, a shape that
+holds more values than the body has bytes, a length header that is not plain ASCII digits), 401
 missing or wrong bearer token, 403 the oracle's query budget is spent, 404 unknown model or route, 405
 (with ``Allow``), 408 body not received within ``BODY_READ_SECONDS``, 413 body or batch too large; 500
 when the model fails or returns outputs of the wrong shape or non-finite. A client that disconnects
@@ -120,9 +121,10 @@ async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     when it takes longer than ``seconds`` to arrive, and with 400 when the client goes away."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = oip.parse_length(declared)
+        if length is None:
             raise _Refused(400, f"bad Content-Length {declared[:30]!r}")
-        if int(declared) > limit:
+        if length > limit:
             raise _Refused(413, f"request body of {declared} bytes exceeds this server's limit of {limit} bytes")
     chunks, size = [], 0
     try:
@@ -437,7 +439,7 @@ def grpc_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecur
         return method
 
     def infer(request):
-        inputs = oip_grpc.read_tensors(request.inputs, list(request.raw_input_contents), "inputs")
+        inputs = oip_grpc.read_tensors(request.inputs, list(request.raw_input_contents), "inputs", request.ByteSize())
         outputs = model.infer(inputs, [o.name for o in request.outputs] or None)
         answer = proto.ModelInferResponse(model_name=model.name, model_version=request.model_version, id=request.id)
         oip_grpc.write_tensors(outputs, answer.outputs, answer.raw_output_contents)

@@ -52,6 +52,8 @@ DEFAULT_CONSISTENCY_ATOL = 1e-5
 ROW_SUM_TOLERANCE = 1e-3
 UINT8_TOLERANCE = 1e-3
 """How far (in 0-255 levels) a query may sit from a pixel level and still be sent to a UINT8 endpoint."""
+MAX_BATCH_SIZE = 2**31 - 1
+"""The largest ``max_batch_size`` metadata may state (Triton's model configuration keeps it in an int32)."""
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 """Per-channel (mean, std); one value each applies to every channel."""
@@ -176,11 +178,13 @@ class EndpointSpec:
             if self.input_dtype == "UINT8" and self.normalize != NO_NORMALIZATION:
                 raise ArgumentError("UINT8 inputs are 0-255 pixels; normalisation is then the server's, "
                                     "not --normalize")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ArgumentError("batch_size must be >= 1 or None")
-        if not self.timeout > 0 or self.retries < 0 or self.backoff < 0 or self.max_answer_bytes < 1:
-            raise ArgumentError("timeout must be > 0, max_answer_bytes >= 1, retries >= 0 and backoff >= 0")
-        if self.consistency_samples < 1 or self.consistency_atol < 0:
+        if self.batch_size is not None and (type(self.batch_size) is not int or self.batch_size < 1):
+            raise ArgumentError("batch_size must be an integer >= 1 or None")
+        if not (0 < self.timeout < math.inf and 0 <= self.backoff < math.inf) or self.retries < 0 \
+                or type(self.max_answer_bytes) is not int or self.max_answer_bytes < 1:
+            raise ArgumentError("timeout must be finite and > 0, backoff finite and >= 0, max_answer_bytes an "
+                                "integer >= 1 and retries >= 0")
+        if self.consistency_samples < 1 or not self.consistency_atol >= 0:
             raise ArgumentError("consistency_samples must be >= 1 and consistency_atol >= 0")
         object.__setattr__(self, "url", url)
         object.__setattr__(self, "transport", transport)
@@ -208,7 +212,7 @@ class Endpoint:
             ``output_kind`` are set (``label_name`` may stay None).
         input_shape: (C, H, W) of one pixel-space query.
         num_classes: K.
-        max_batch: the server's max_batch_size, or None.
+        max_batch: the most inputs per request the metadata allows (see ``_server_batch``), or None.
     """
 
     spec: EndpointSpec
@@ -296,6 +300,27 @@ def _check_label_output(name: str, meta: dict) -> None:
         raise EndpointError(f"label output {name!r} must be an integer tensor [N] or [N, 1]; metadata says {meta}")
 
 
+def _server_batch(card: dict, input_name: str, first: int) -> int | None:
+    """The most inputs per request the metadata's ``max_batch_size`` parameter allows (None: no limit).
+
+    0 means, as in Triton's model configuration, that the server adds no batch dimension: the input's first
+    dimension is then the model's own, so -1 takes any number of inputs, 1 one at a time, and a model that
+    takes exactly d > 1 is refused (a call's inputs come in any number)."""
+    said = card.get("max_batch_size")
+    if said is None:
+        return None
+    if type(said) is not int or not 0 <= said <= MAX_BATCH_SIZE:
+        raise EndpointError(f"metadata parameter max_batch_size must be an integer in [0, {MAX_BATCH_SIZE}], "
+                            f"got {repr(said)[:30]}")
+    if said:
+        return said
+    if first not in (-1, 1):
+        raise EndpointError(f"max_batch_size 0 with input {input_name!r} of shape [{first}, ...]: the model takes "
+                            f"exactly {first} inputs per request, but nnmark's calls have any size (publish its "
+                            f"first dimension as -1 or 1)")
+    return None if first == -1 else 1
+
+
 def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, int, int] | None = None,
             num_classes: int | None = None) -> Endpoint:
     """Fill ``spec`` from the model ``metadata`` (OIP v2 JSON form) and check that both agree.
@@ -330,6 +355,7 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
     if dims is None or len(dims) != 4:
         raise EndpointError(f"input {input_name!r} must be a 4-d image batch; metadata says shape "
                             f"{meta_in.get('shape')}")
+    max_batch = _server_batch(card, input_name, dims[0])
     dims = dims[1:]
     layout = _agree("layout", _layout_of(dims, card, input_shape), spec.layout) or DEFAULT_LAYOUT
     chw = dims if layout == "NCHW" else [dims[2], dims[0], dims[1]]
@@ -373,10 +399,8 @@ def resolve(spec: EndpointSpec, metadata: Mapping, *, input_shape: tuple[int, in
         _check_label_output(label_name, named[label_name])
     elif output_kind != "labels" and named.get(DEFAULT_LABEL_NAME, {}).get("datatype") in LABEL_OUTPUTS:
         label_name = DEFAULT_LABEL_NAME
-    max_batch = card.get("max_batch_size")
     filled = replace(spec, input_name=input_name, input_dtype=input_dtype, layout=layout, normalize=norm,
                      output_name=output_name, output_kind=output_kind, label_name=label_name)
-    max_batch = max_batch if type(max_batch) is int and max_batch >= 1 else None
     return Endpoint(filled, (chw[0], chw[1], chw[2]), classes, max_batch)
 
 

@@ -8,9 +8,11 @@ little-endian bytes follow the header in tensor order. A request asks for binary
 
 Decoding is strict, since either side may be hostile: JSON NaN/Infinity, numbers that overflow float64
 (``1e999``) or their datatype, integers longer than 20 digits, booleans or strings among numbers, a shape
-and data that do not agree, binary sizes that do not fit the body, bytes left over: each raises
-``MalformedMessage`` with one line (the server answers it with 400). Datatypes: BOOL, UINT8-64, INT8-64,
-FP16, FP32, FP64.
+and data that do not agree, binary sizes that do not fit the body, bytes left over, a length header that is
+not plain ASCII digits: each raises ``MalformedMessage`` with one line (the server answers it with 400).
+Nothing is allocated beyond the message's own size: every value takes at least one byte (in JSON, in binary
+and in protobuf), so a shape whose product (a 0 counted as 1) exceeds the message's byte count is refused
+before any array is made. Datatypes: BOOL, UINT8-64, INT8-64, FP16, FP32, FP64.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DTYPES = {
 MAX_DIMS = 8
 MAX_INT_DIGITS = 20
 """Longer JSON integers are refused before Python builds them (no INT64/UINT64 value needs more)."""
+MAX_LENGTH_DIGITS = 18
+"""Longer length headers are refused (any shorter one fits an int64)."""
 
 
 class MalformedMessage(EndpointError):
@@ -74,13 +78,18 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+def parse_length(text: str) -> int | None:
+    """A length header as an int: ASCII digits only, at most ``MAX_LENGTH_DIGITS`` of them; None otherwise
+    (``str.isdigit`` alone takes "²", which ``int`` does not)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_LENGTH_DIGITS:
+        return int(text)
+    return None
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON header (an object) and the binary part of a message."""
-    if header_length is None:
-        size = len(body)
-    elif header_length.isdigit() and int(header_length) <= len(body):
-        size = int(header_length)
-    else:
+    size = len(body) if header_length is None else parse_length(header_length)
+    if size is None or size > len(body):
         raise MalformedMessage(f"{HEADER_LENGTH} {header_length[:30]!r} does not fit a body of {len(body)} bytes")
     header = loads(body[:size])
     if not isinstance(header, dict):
@@ -131,10 +140,14 @@ def values_array(values: list, datatype: str) -> np.ndarray:
     return array
 
 
-def check_shape(shape: Any, where: str) -> list[int]:
-    """``shape`` as a list of at most ``MAX_DIMS`` sizes >= 0."""
+def check_shape(shape: Any, where: str, most: int) -> list[int]:
+    """``shape`` as a list of at most ``MAX_DIMS`` sizes >= 0 whose product, a 0 counted as 1, is at most
+    ``most`` (the byte count of the message: no value takes less than a byte)."""
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(s) is int and s >= 0 for s in shape):
         raise MalformedMessage(f"{where}: shape must be a list of at most {MAX_DIMS} sizes >= 0, got {str(shape)[:60]}")
+    if math.prod(max(s, 1) for s in shape) > most:
+        raise MalformedMessage(f"{where}: shape {str(shape)[:60]} holds more values than its message of {most} "
+                               f"bytes can")
     return shape
 
 
@@ -153,8 +166,9 @@ def bytes_array(raw: bytes, datatype: str, shape: list[int], where: str, offset:
     return array
 
 
-def read_tensors(objs: Any, binary: bytes, where: str) -> dict[str, np.ndarray]:
-    """``{name: array}`` of a message's ``inputs`` or ``outputs`` list, JSON or binary, every part checked."""
+def read_tensors(objs: Any, binary: bytes, where: str, most: int) -> dict[str, np.ndarray]:
+    """``{name: array}`` of a message's ``inputs`` or ``outputs`` list, JSON or binary, every part checked;
+    ``most`` is the message's byte count (see ``check_shape``)."""
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
         raise MalformedMessage(f"'{where}' must be a list of tensor objects")
     tensors: dict[str, np.ndarray] = {}
@@ -166,19 +180,19 @@ def read_tensors(objs: Any, binary: bytes, where: str) -> dict[str, np.ndarray]:
         if datatype not in DTYPES:
             raise MalformedMessage(f"tensor {name[:40]!r}: datatype must be one of {', '.join(DTYPES)}")
         where = f"tensor {name[:40]!r}"
-        shape = check_shape(obj.get("shape"), where)
-        count = math.prod(shape)
         params = obj.get("parameters") or {}
         if not isinstance(params, dict):
             raise MalformedMessage(f"{where}: parameters must be an object")
         size = params.get("binary_data_size")
+        if size is None and "data" not in obj:
+            raise MalformedMessage(f"{where} has neither 'data' nor binary_data_size")
+        shape = check_shape(obj.get("shape"), where, most)
         if size is not None:
             array = bytes_array(binary, datatype, shape, where, offset, size)
             offset += size
         else:
-            if "data" not in obj:
-                raise MalformedMessage(f"{where} has neither 'data' nor binary_data_size")
             values = _flatten(obj["data"], shape)
+            count = math.prod(shape)
             if len(values) != count:
                 raise MalformedMessage(f"{where} has {len(values)} values, its shape {shape} needs {count}")
             array = values_array(values, datatype).reshape(shape)
@@ -257,7 +271,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     header, binary = split_body(body, header_length)
     rid = _request_id(header)
     binary_all = _flag(header.get("parameters"), "binary_data_output", "request")
-    inputs = read_tensors(header.get("inputs"), binary, "inputs")
+    inputs = read_tensors(header.get("inputs"), binary, "inputs", len(body))
     wanted = header.get("outputs")
     if wanted is None:
         return InferRequest(rid, inputs, None, set(), binary_all)
@@ -284,4 +298,4 @@ def encode_response(model_name: str, outputs: Mapping[str, np.ndarray], *, reque
 def decode_response(body: bytes, header_length: str | None) -> tuple[Any, dict[str, np.ndarray]]:
     """The id (any JSON value, as servers echo it) and the output arrays of an infer response."""
     header, binary = split_body(body, header_length)
-    return header.get("id"), read_tensors(header.get("outputs"), binary, "outputs")
+    return header.get("id"), read_tensors(header.get("outputs"), binary, "outputs", len(body))

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -43,8 +44,9 @@ CONTENTS = {
 TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def read_tensors(tensors, raw: list[bytes], where: str) -> dict[str, np.ndarray]:
-    """``{name: array}`` of repeated ``InferInputTensor``/``InferOutputTensor`` and their raw contents."""
+def read_tensors(tensors, raw: list[bytes], where: str, most: int) -> dict[str, np.ndarray]:
+    """``{name: array}`` of repeated ``InferInputTensor``/``InferOutputTensor`` and their raw contents;
+    ``most`` is the message's byte count (``ByteSize()``), which bounds every shape (``oip.check_shape``)."""
     if raw and len(raw) != len(tensors):
         raise oip.MalformedMessage(f"{len(raw)} raw contents for {len(tensors)} {where}")
     arrays: dict[str, np.ndarray] = {}
@@ -53,16 +55,15 @@ def read_tensors(tensors, raw: list[bytes], where: str) -> dict[str, np.ndarray]
         if t.name in arrays or t.datatype not in oip.DTYPES:
             raise oip.MalformedMessage(f"{name}: a second tensor of that name, or datatype not one of "
                                        f"{', '.join(oip.DTYPES)}")
-        shape = oip.check_shape(list(t.shape), name)
+        shape = oip.check_shape(list(t.shape), name, most)
         if raw:
             arrays[t.name] = oip.bytes_array(raw[i], t.datatype, shape, name)
             continue
         if t.datatype not in CONTENTS:
             raise oip.MalformedMessage(f"{name}: {t.datatype} travels only in raw contents")
         values = list(getattr(t.contents, CONTENTS[t.datatype]))
-        if len(values) != int(np.prod(shape)):
-            raise oip.MalformedMessage(f"{name} has {len(values)} values, its shape {shape} needs "
-                                       f"{int(np.prod(shape))}")
+        if len(values) != math.prod(shape):
+            raise oip.MalformedMessage(f"{name} has {len(values)} values, its shape {shape} needs {math.prod(shape)}")
         arrays[t.name] = oip.values_array(values, t.datatype).reshape(shape)
     return arrays
 
@@ -158,6 +159,6 @@ class GrpcOracle(EndpointOracle):
             request.outputs.add(name=name)
         answer = self._call("ModelInfer", request)
         try:
-            return read_tensors(answer.outputs, list(answer.raw_output_contents), "outputs")
+            return read_tensors(answer.outputs, list(answer.raw_output_contents), "outputs", answer.ByteSize())
         except EndpointError as e:
             raise EndpointError(f"endpoint returned malformed {self.endpoint.spec.output_kind}: {e}") from None

@@ -13,7 +13,10 @@ Choices where the protocol leaves room:
   ``/v2/models/{name}/versions/{v}``.
 - Every request carries an ``id`` (``nnmark-<n>``); any ``id`` may come back.
 - The batch limit is the smallest of ``batch_size`` and the metadata's ``parameters.max_batch_size``;
-  with neither, a whole call is one request.
+  with neither, a whole call is one request. ``max_batch_size`` must be an integer in [0, 2**31 - 1]
+  (anything else is refused); 0 means, as in Triton's model configuration, that the server adds no batch
+  dimension, so the input's first dimension is the model's own: -1 (any number), 1 (one input per request)
+  or a fixed size, which is refused.
 - Retries: only transient failures (connection errors, timeouts, HTTP 429, 502, 503, 504) are retried,
   after ``backoff * 2**i`` s; any other refusal (a 500 included) fails at once with the server's message.
 - Limits: ``timeout`` bounds each request from connecting to its last byte (the answer is read in chunks
@@ -30,8 +33,9 @@ Choices where the protocol leaves room:
   so a bitwise check would refuse honest endpoints; ``consistency_atol=0`` is the bitwise check for
   endpoints known to be batch-invariant. An endpoint that lies consistently (e.g. replays stored answers)
   cannot be caught this way.
-- An answer of the wrong shape or datatype, with non-finite probabilities or values outside [0, 1], or
-  with a row summing further than 1e-3 from 1, is refused as malformed.
+- An answer of the wrong shape or datatype (a shape that does not fit the batch asked, the data sent or
+  the answer's own size is refused before any array is made), with non-finite probabilities or values
+  outside [0, 1], or with a row summing further than 1e-3 from 1, is refused as malformed.
 
 Example::
 
