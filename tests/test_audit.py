@@ -214,3 +214,24 @@ def test_the_cli_audits_a_fleet_writes_its_report_and_log_and_finds_an_edited_lo
     r = run("keys", "ls", world["key_dir"], "--secret-file", secret, "--json")
     assert r.exit_code == 0 and [k["signature"] for k in json.loads(r.output)] == ["valid"] * 4
     assert run("audit", "--model", world["models"]["source"]).exit_code == 2  # no keys
+
+
+def test_the_cli_audits_a_local_model_with_every_key(world, tmp_path):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    paths = sorted(str(p) for p in world["key_dir"].glob("*.key"))
+
+    def run(model):
+        return CliRunner().invoke(main, ["audit", *paths, "--model", str(world["models"][model]), "--secret-file",
+                                         str(secret)], env={"NNMARK_SECRET": None})
+
+    intact, tampered = run("source"), run("noised")
+    assert intact.exit_code == 0, intact.output
+    assert intact.output.startswith(f"{world['models']['source']}: INTACT · MINE (metafinger")
+    assert "environment float32" in intact.output.splitlines()[0]
+    assert tampered.exit_code == 1, tampered.output
+    assert "TAMPERED (dbi, pairs) · MINE" in tampered.output

@@ -36,6 +36,9 @@ Nothing here imports torch until it is called.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 __version__ = "0.1.0"
 
 ORACLE_INPUTS = ("samples", "natural", "none")
@@ -43,26 +46,35 @@ ORACLE_INPUTS = ("samples", "natural", "none")
 step takes an oracle and images (or only the oracle, for "none")."""
 
 
-def _oracle(target, input_shape=None):
-    """(oracle, model digest or "") for ``target``: an oracle as is, an ``nn.Module``, a model file, or an
-    endpoint URL."""
+URL_SCHEMES = ("http://", "https://", "grpc://")
+"""A suspect given as a string with one of these prefixes is an endpoint; any other string is a model source."""
+
+
+@contextlib.contextmanager
+def _oracle(target, input_shape=None, card=None):
+    """Yield (oracle, model digest or "") for ``target``: an oracle as it is; an ``nn.Module``; an endpoint URL or an
+    ``EndpointSpec``; a model file or ``package.module:factory`` or a ``ModelSource``, opened as the command line
+    opens its suspect (``nnmark.suspect.open_suspect``; ``card``: a key's model card). What this opens it closes."""
     from nnmark import models
-    from nnmark.oracles import Oracle, TorchOracle
+    from nnmark.oracles import EndpointSpec, Oracle, TorchOracle
+    from nnmark.suspect import ModelSource, open_suspect
 
     if isinstance(target, Oracle):
-        return target, ""
-    if isinstance(target, str) and target.startswith(("http://", "https://")):
-        from nnmark.oracles.remote import HttpOracle
-
-        return HttpOracle(target), ""
-    if isinstance(target, str):
-        model, config = models.load(target)
-        return TorchOracle(model, tuple(config.input_shape), config.num_classes), models.digest(model)
+        yield target, ""
+        return
+    if isinstance(target, (str, os.PathLike)):
+        text = os.fspath(target)
+        target = EndpointSpec(text) if text.startswith(URL_SCHEMES) else ModelSource(text)
+    if isinstance(target, (ModelSource, EndpointSpec)):
+        with open_suspect(target, card=card) as (oracle, loaded):
+            yield oracle, loaded.digest if loaded is not None else ""
+        return
     if input_shape is None:
         from nnmark.errors import ArgumentError
 
         raise ArgumentError("an nn.Module needs input_shape=(C, H, W) (or pass a TorchOracle)")
-    return TorchOracle(target, input_shape), models.digest(target)
+    with TorchOracle(target, input_shape) as oracle:
+        yield oracle, models.digest(target)
 
 
 def mark(method: str, model, x=None, **settings):
@@ -80,22 +92,21 @@ def mark(method: str, model, x=None, **settings):
         made = [name for name, s in METHODS.items() if s.inputs in ORACLE_INPUTS]
         raise ArgumentError(f"nnmark.mark makes {', '.join(made)}; make a {method} key with its module "
                             "in nnmark.marks (it trains shadow models or the model itself)")
-    shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
-    oracle, digest = _oracle(model, shape)
-    settings.setdefault("model_digest", digest)
-    if spec.inputs == "none":
-        return spec.create(oracle, **settings)
-    if x is None:
+    if spec.inputs != "none" and x is None:
         raise ArgumentError(f"{method} keys are made from images: pass x (N, C, H, W) in [0, 1]")
-    return spec.create(oracle, x, **settings)
+    shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
+    with _oracle(model, shape) as (oracle, digest):
+        settings.setdefault("model_digest", digest)
+        return spec.create(oracle, *(() if spec.inputs == "none" else (x,)), **settings)
 
 
 def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
-    """The verdict of asking ``suspect`` (a module, a model file, an endpoint URL or an oracle) the key's queries."""
-    from nnmark import marks
+    """The verdict of asking ``suspect`` the key's queries: a module, a model file or ``package.module:factory``
+    (or a ``nnmark.suspect.ModelSource``: with weights, input shape, normalisation), an endpoint URL (or an
+    ``EndpointSpec``) or an oracle; a file or factory takes what its source does not say from the key's model card."""
+    from nnmark import keyinfo, marks
 
-    oracle, _ = _oracle(suspect, input_shape or tuple(key.queries.shape[1:]))
-    with oracle:
+    with _oracle(suspect, input_shape or tuple(key.queries.shape[1:]), keyinfo.card_of(key)) as (oracle, _):
         return marks.verify(oracle, key, secret=secret)
 
 

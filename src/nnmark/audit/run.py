@@ -35,8 +35,10 @@ from nnmark.keys import KeyFile
 from nnmark.marks.integrity import pairing
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
-from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle, connect
+from nnmark.models import LoadedModel
+from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle
 from nnmark.oracles.remote import make_spec
+from nnmark.suspect import DEFAULT_ENV, ModelSource, described, open_suspect
 
 INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
@@ -75,19 +77,20 @@ class Target:
     published: dict = field(default_factory=dict)
 
 
-def opened_target(name: str, open_suspect: Callable[[], AbstractContextManager[Oracle]], info: dict,
-                  digest: str = "") -> Target:
-    """A target whose oracle ``open_suspect()`` opens; when it opens, an endpoint's server and model metadata
-    (whatever the transport; the model's as its oracle read it on connecting) go into ``info`` and what it
-    publishes about itself into ``published``, so a fleet's unreachable replica is that target's error.
-    ``digest``: a local model's."""
+def opened_target(name: str, open_suspect: Callable[[], AbstractContextManager[tuple[Oracle, LoadedModel | None]]],
+                  info: dict) -> Target:
+    """A target whose oracle ``open_suspect()`` opens (yielding the oracle and a local model's ``LoadedModel`` or
+    None, as ``nnmark.suspect.open_suspect`` does); when it opens, a local model's kind and digest, or an
+    endpoint's server and model metadata (whatever the transport; the model's as its oracle read it on connecting),
+    go into ``info`` and what an endpoint publishes about itself into ``published``, so a model that will not load
+    or a fleet's unreachable replica is that target's error."""
     published: dict = {}
-    if digest:
-        info["model_digest_computed"] = digest
 
     @contextlib.contextmanager
     def open_oracle():
-        with open_suspect() as oracle:
+        with open_suspect() as (oracle, loaded):
+            if loaded is not None:
+                info.update(kind=loaded.kind, model_digest_computed=loaded.digest)
             if isinstance(oracle, EndpointOracle):
                 info["server"] = _server_metadata(oracle)
                 info["model"] = oracle.metadata
@@ -105,23 +108,18 @@ def _server_metadata(oracle: EndpointOracle) -> dict:
         return {"error": str(e)}
 
 
-def local_target(model: str | os.PathLike, env: str = "float32", budget: int | None = None, **source) -> Target:
-    """A local model of any source kind (``models.load_any(model, **source)``: weights, input_shape, normalize) run
-    in environment ``env``; its digest goes into ``info``."""
-    from nnmark import envs, models
-
-    loaded = models.load_any(os.fspath(model), **source)
-    return opened_target(str(model), lambda: contextlib.closing(
-        envs.get(env).oracle(loaded.model, loaded.input_shape, budget=budget)),
-        {"model": str(model), "kind": loaded.kind, "env": env}, loaded.digest)
+def local_target(model: ModelSource | str | os.PathLike, env: str = DEFAULT_ENV, budget: int | None = None) -> Target:
+    """A local model (a ``ModelSource``, or a path or factory spec as one) run in environment ``env``; loaded
+    when the audit reaches it, its kind and digest then go into ``info``."""
+    source = model if isinstance(model, ModelSource) else ModelSource(os.fspath(model))
+    return opened_target(source.path, lambda: open_suspect(source, env=env, budget=budget), described(source, env))
 
 
 def endpoint_target(endpoint: EndpointSpec | str, *, token: bytes | None = None, budget: int | None = None,
                     **fields) -> Target:
-    """An OIP v2 endpoint over any transport (``oracles.connect(endpoint, **fields)``: model_name, layout, ...)."""
+    """An OIP v2 endpoint over any transport (``make_spec(endpoint, fields)``: model_name, layout, ...)."""
     spec = make_spec(endpoint, fields)
-    return opened_target(spec.shown_url, lambda: connect(spec, token=token, budget=budget),
-                         {"endpoint": spec.shown_url, "model_name": spec.model_name})
+    return opened_target(spec.shown_url, lambda: open_suspect(spec, token=token, budget=budget), described(spec))
 
 
 def published_by(model_metadata: dict) -> dict:

@@ -5,15 +5,25 @@ Nothing here imports torch at module level: ``nnmark --help`` imports this modul
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
 from nnmark.options import Option
+from nnmark.suspect import ModelSource
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nnmark.data import Dataset
+    from nnmark.models import LoadedModel
 
 
 class CliError(click.ClickException):
@@ -42,11 +52,29 @@ def debug_enabled(args: list[str] | None = None) -> bool:
     return os.environ.get("NNMARK_DEBUG", "") not in ("", "0") or "--debug" in (args or [])
 
 
-def progress_enabled() -> bool:
-    """Progress bars on an interactive stderr, unless --quiet or NNMARK_PROGRESS=0."""
-    ctx = click.get_current_context(silent=True)
-    quiet = ctx is not None and ctx.find_root().params.get("quiet", False)
+def progress_enabled(quiet: bool) -> bool:
+    """Progress bars on an interactive stderr, unless ``quiet`` (-q) or NNMARK_PROGRESS=0."""
     return not quiet and os.environ.get("NNMARK_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+def with_progress(f):
+    """Give the command ``progress`` (``progress_enabled`` of the root's -q, read once as the command starts)."""
+    @functools.wraps(f)
+    def command(*args, **kwargs):
+        quiet = click.get_current_context().find_root().params.get("quiet", False)
+        return f(*args, progress=progress_enabled(quiet), **kwargs)
+    return command
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option (optionally within a range) that refuses nan and +-inf: no step, rate, bound or deadline is
+    infinite, and an infinite deadline overflows the clock."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -77,7 +105,7 @@ def click_option(option: Option) -> Callable:
     if option.type is bool:
         names = flag if not option.default else f"{flag}/--no-{flag[2:]}"
         return click.option(names, option.name, is_flag=True, default=option.default, help=text)
-    kind = click.Choice(option.choices) if option.choices else option.type
+    kind = click.Choice(option.choices) if option.choices else FiniteFloat() if option.type is float else option.type
     if option.required:
         return click.option(flag, option.name, type=kind, nargs=option.nargs, required=True, help=text)
     return click.option(flag, option.name, type=kind, nargs=option.nargs, default=option.default,
@@ -107,14 +135,6 @@ def secret_for_writing(secret_file: str | None, unsigned: bool) -> bytes | None:
 
 MODEL_HELP = ("The model: an nnmark checkpoint (.safetensors), package.module:factory (with --weights), "
               "TorchScript (.pt, .ts), torch.export (.pt2) or ONNX (.onnx).")
-_SOURCE_OPTIONS = "nnmark.model_source_options"
-_LOADED = "nnmark.loaded_model"
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value):
-    """Keep a model-source option for ``load_model`` (so command functions need no parameter for it)."""
-    ctx.meta.setdefault(_SOURCE_OPTIONS, {})[param.name] = value
-    return value
 
 
 def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -123,64 +143,83 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
             value = tuple(int(v) for v in value.split(","))
         except ValueError:
             raise click.BadParameter(f"expected C,H,W (three integers), got {value!r}", ctx, param) from None
-        if len(value) != 3:
-            raise click.BadParameter(f"expected C,H,W (three integers), got {len(value)} numbers", ctx, param)
-    return _remember(ctx, param, value)
+        if len(value) != 3 or min(value) < 1:
+            raise click.BadParameter(f"expected C,H,W (three positive integers), got {value}", ctx, param)
+    return value
 
 
-def source_option(name: str):
-    """The value of the model-source option ``name`` (weights, input_shape, normalize) given to this command."""
-    return click.get_current_context().meta.get(_SOURCE_OPTIONS, {}).get(name)
+def _normalize(ctx: click.Context, param: click.Parameter, value: str | None):
+    """Refuse a --normalize that no model could take (the channel count is checked when the model loads)."""
+    if value is None:
+        return None
+    from nnmark.models.card import NORMALIZE_HELP, PRESETS
+
+    if value.strip().lower() in ("none", *PRESETS):
+        return value
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    half = len(numbers) // 2
+    if not numbers or len(numbers) % 2 or not all(math.isfinite(v) for v in numbers) or min(numbers[half:]) <= 0:
+        raise click.BadParameter(f"expected {NORMALIZE_HELP}, as many means as stds, finite, every std > 0; got "
+                                 f"{value!r}", ctx, param)
+    return value
 
 
 def model_source_options(f):
-    """--weights, --input-shape and --normalize: how to read a --model that is not an nnmark checkpoint."""
+    """--weights, --input-shape and --normalize: how to read a --model that is not an nnmark checkpoint.
+
+    The command receives them with --model as one value, ``model_source`` (see ``with_model_source``)."""
     from nnmark.models.card import NORMALIZE_HELP
 
-    f = click.option("--normalize", expose_value=False, callback=_remember,
+    f = click.option("--normalize", callback=_normalize,
                      help=f"What the model expects of pixels x in [0, 1]: {NORMALIZE_HELP}; the model receives "
                           "(x - mean) / std (default: the card stored with the model or the key, else none).")(f)
-    f = click.option("--input-shape", expose_value=False, callback=_input_shape, metavar="C,H,W",
+    f = click.option("--input-shape", callback=_input_shape, metavar="C,H,W",
                      help="The model's input shape, where its file does not say (TorchScript, factories).")(f)
-    return click.option("--weights", expose_value=False, callback=_remember, type=click.Path(dir_okay=False),
+    return click.option("--weights", type=click.Path(dir_okay=False),
                         help="Safetensors state dict for a package.module:factory --model (loaded strictly).")(f)
 
 
+def source_value(model_path: str | None, weights=None, input_shape=None, normalize=None, *,
+                 alone: tuple[str, ...] = ()) -> ModelSource | None:
+    """The ``ModelSource`` of --model and its source options; None without --model, where a source option (other
+    than those in ``alone``, which have a meaning of their own) is refused."""
+    if model_path is not None:
+        return ModelSource(model_path, weights, input_shape, normalize)
+    given = {"weights": weights, "input_shape": input_shape, "normalize": normalize}
+    if named := [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None
+                 and name not in alone]:
+        raise CliError(f"{', '.join(named)}: only with --model (they say how to read it)")
+    return None
+
+
+def with_model_source(f):
+    """Give the command ``model_source`` (``source_value``) in place of --model and its source options."""
+    @functools.wraps(f)
+    def command(*args, model_path, weights, input_shape, normalize, **kwargs):
+        return f(*args, model_source=source_value(model_path, weights, input_shape, normalize), **kwargs)
+    return command
+
+
 def model_option(f=None, *, required: bool = True, help: str = MODEL_HELP):
-    """--model with the model-source options; ``@model_option`` or ``@model_option(required=..., help=...)``."""
+    """--model with the model-source options, given to the command as ``model_source``; ``@model_option`` or
+    ``@model_option(required=..., help=...)``."""
     def add(f):
-        f = model_source_options(f)
+        f = model_source_options(with_model_source(f))
         return click.option("--model", "model_path", type=click.Path(dir_okay=False), required=required, help=help)(f)
     return add if f is None else add(f)
 
 
-def load_model(model_path: str, *, needs: tuple[str, ...] = (), card: dict | None = None):
-    """The model behind ``--model`` in pixel space [0, 1], and its ``models.LoadedModel``: the one loader every
-    command uses, for every source kind (``models.load_any`` with --weights, --input-shape and --normalize).
-
-    ``needs`` ("gradients", "training", "saving", "layers": see ``LoadedModel.require``) are checked with a
-    one-line error naming the command. ``card``
-    (a key's model card) supplies the input shape and normalisation the options do not give.
-    """
-    from nnmark import models
-
-    ctx = click.get_current_context()
-    options = ctx.meta.get(_SOURCE_OPTIONS, {})
-    known = models.ModelCard.from_dict(card) if card else None
-    shape = options.get("input_shape") or (known.input_shape if known else None)
-    normalize = options.get("normalize")
-    if normalize is None and known is not None:
-        normalize = known.normalize
-    loaded = models.load_any(model_path, weights=options.get("weights"), input_shape=shape, normalize=normalize)
+def load_model(source: ModelSource, *, needs: tuple[str, ...] = (), purpose: str = ""):
+    """The model ``source`` names in pixel space [0, 1], and its ``models.LoadedModel``: the one loader every
+    command uses, for every source kind. ``needs`` ("gradients", "training", "saving", "layers": see
+    ``LoadedModel.require``) are checked with a one-line error naming ``purpose`` (e.g. "nnmark mark aid")."""
+    loaded = source.load()
     for what in needs:
-        loaded.require(what, ctx.command_path)
-    ctx.meta[_LOADED] = loaded
+        loaded.require(what, purpose)
     return loaded.model, loaded
-
-
-def loaded_model():
-    """The ``models.LoadedModel`` this command loaded with ``load_model``, or None."""
-    return click.get_current_context().meta.get(_LOADED)
 
 
 def dataset_for(config, spec: str | None):
@@ -199,14 +238,31 @@ def dataset_for(config, spec: str | None):
         raise CliError(f"{e} (the dataset the checkpoint names; pass --data to use another)") from e
 
 
-def model_to_train(arch: str | None, model_path: str | None, data_spec: str | None, *, width: float, seed: int,
-                   fresh: bool = True):
-    """What a command that trains works on: (model in pixel space, its dataset, ``write(model, accuracy, out)``).
+class ToTrain(NamedTuple):
+    """What a command that trains works on (``model_to_train``).
 
-    ``arch``: a fresh zoo model on ``data_spec``, written as an nnmark checkpoint. ``model_path`` (any trainable
+    Attributes:
+        model: the model to train, in pixel space.
+        data: its dataset.
+        write: ``write(model, accuracy, out)`` writes the trained model as its source's kind.
+        loaded: the --model as loaded (its card, kind and digest); None for --arch.
+    """
+
+    model: nn.Module
+    data: Dataset
+    write: Callable[[nn.Module, float, str], None]
+    loaded: LoadedModel | None
+
+
+def model_to_train(arch: str | None, source: ModelSource | None, data_spec: str | None, *, width: float, seed: int,
+                   fresh: bool = True, purpose: str) -> ToTrain:
+    """What a command that trains works on.
+
+    ``arch``: a fresh zoo model on ``data_spec``, written as an nnmark checkpoint. ``source`` (any trainable
     source, written back as its kind; default data: the dataset its checkpoint names): a fresh model of its
     architecture, or with ``fresh`` False the model itself. Exactly one of the two. ``seed`` seeds a fresh model's
     initialisation and is what a checkpoint written records; --weights a fresh model would throw away are refused.
+    ``purpose`` names the command in the error of a source that cannot be trained.
     """
     import dataclasses
 
@@ -214,7 +270,7 @@ def model_to_train(arch: str | None, model_path: str | None, data_spec: str | No
 
     from nnmark import data, models
 
-    if (arch is None) == (model_path is None):
+    if (arch is None) == (source is None):
         both = ", not both" if arch is not None else ""
         raise CliError(f"pass either --arch (a zoo architecture) or --model (a trainable source){both}")
     if arch is not None:
@@ -224,19 +280,23 @@ def model_to_train(arch: str | None, model_path: str | None, data_spec: str | No
         torch.manual_seed(seed)
         model = models.build(arch, ds.shape, ds.num_classes, width=width)
         config = models.ModelConfig(arch, ds.shape, ds.num_classes, width=width, data=ds.name, seed=seed)
-        return model, ds, lambda m, accuracy, out: models.save(m, dataclasses.replace(config, accuracy=accuracy), out)
-    if fresh and source_option("weights") is not None:
+
+        def write(m, accuracy, out):
+            models.save(m, dataclasses.replace(config, accuracy=accuracy), out)
+        return ToTrain(model, ds, write, None)
+    if fresh and source.weights is not None:
         raise CliError("training from scratch starts from a fresh initialisation: drop --weights (attack finetune, "
                        "or a method that fine-tunes a pretrained --model, goes on training given weights)")
-    model, loaded = load_model(model_path, needs=("training", "saving"))
+    model, loaded = load_model(source, needs=("training", "saving"), purpose=purpose)
     ds = dataset_for(loaded, data_spec)
     if fresh:
         torch.manual_seed(seed)
         model = loaded.fresh()
+    written = loaded
     if loaded.config is not None:  # the checkpoint written records the data (and a fresh model's seed)
-        loaded = dataclasses.replace(loaded, config=dataclasses.replace(
+        written = dataclasses.replace(loaded, config=dataclasses.replace(
             loaded.config, data=ds.name, seed=seed if fresh else loaded.config.seed))
-    return model, ds, lambda m, accuracy, out: models.save_like(loaded, m, out, accuracy=accuracy)
+    return ToTrain(model, ds, lambda m, accuracy, out: models.save_like(written, m, out, accuracy=accuracy), loaded)
 
 
 def emit(row: dict, as_json: bool, text: str | None = None) -> None:

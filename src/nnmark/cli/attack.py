@@ -20,9 +20,12 @@ import torch
 from nnmark import data, models
 from nnmark.attacks import ATTACKS, Spec
 from nnmark.attacks.transfer import NEW_DOMAIN
-from nnmark.cli._shared import CliError, Group, click_option, dataset_for, load_model, model_option, out_option
+from nnmark.cli._shared import (
+    CliError, FiniteFloat, Group, click_option, dataset_for, load_model, model_option, out_option,
+)
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
+from nnmark.suspect import ModelSource
 
 EXAMPLE = "nnmark attack {name} --model lenet5.safetensors --out attacked.safetensors{more}"
 
@@ -79,7 +82,7 @@ SOURCES: dict[str, _DataSource] = {
         click.option("--target", type=int, required=True, help="The attacker's target class t."),
         click.option("--kind", type=click.Choice(coupled.KINDS), default=coupled.KINDS[0], show_default=True,
                      help="Trigger fusion (Wen et al. eq. 2b / 3b)."),
-        click.option("--r", type=float, default=coupled.PAPER_RATIOS[0], show_default=True,
+        click.option("--r", type=FiniteFloat(), default=coupled.PAPER_RATIOS[0], show_default=True,
                      help="Invisible-fusion ratio r in (0, 1)."),
         click.option("--k", type=click.IntRange(1), help="Number of new triggers (default: under 1% of the training "
                                                           "data, as the owner's)."),
@@ -95,13 +98,13 @@ def _describe(spec: Spec, values: dict) -> str:
 
 
 def _command(spec: Spec) -> click.Command:
-    source = SOURCES[spec.data]
+    data_source = SOURCES[spec.data]
     options = spec.options
 
-    def run(model_path: str, out: str, **given) -> None:
-        model, config = load_model(model_path, needs=spec.model_needs)
+    def run(model_source: ModelSource, out: str, **given) -> None:
+        model, config = load_model(model_source, needs=spec.model_needs, purpose=f"nnmark attack {spec.name}")
         values = {o.name: given.pop(o.name) for o in options}
-        inputs, where = source.load(config, {**given, "seed": values.get("seed", 0)})
+        inputs, where = data_source.load(config, {**given, "seed": values.get("seed", 0)})
         result = spec(model, *inputs, **values)
         attacked, report = result if spec.reports else (result, None)
         what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if report else "")
@@ -109,10 +112,10 @@ def _command(spec: Spec) -> click.Command:
 
     for option in reversed(options):
         run = click_option(option)(run)
-    for decorate in reversed(source.options):
+    for decorate in reversed(data_source.options):
         run = decorate(run)
     run = model_option(out_option("--out", help="Attacked model to write, as the same kind as --model.")(run))
-    example = EXAMPLE.format(name=spec.name, more=source.example)
+    example = EXAMPLE.format(name=spec.name, more=data_source.example)
     doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  {example}"
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 
@@ -14,9 +13,9 @@ from nnmark.audit import log as audit_log
 from nnmark.audit import report as audit_report
 from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
-from nnmark.cli._shared import CliError, Group, emit, json_option, with_secret
-from nnmark.cli.suspect import suspect_options, suspect_oracle
-from nnmark.oracles.endpoint import redact_url
+from nnmark.cli._shared import CliError, FiniteFloat, Group, emit, json_option, with_secret
+from nnmark.cli.suspect import SuspectOptions, suspect_options
+from nnmark.suspect import ModelSource, Suspect
 
 AUDIT_HELP = """\b
 Summary line per target, e.g.:
@@ -32,20 +31,12 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
     --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
 
 
-def _target(model_path, env_name, endpoint, model_name, token_file, budget) -> audit_run.Target:
-    """The audit target of the suspect options (one --endpoint URL, or --model): its oracle from the shared suspect
-    builder, opened (and an endpoint's metadata read) when the audit reaches it."""
-    name = redact_url(endpoint) if endpoint else model_path
-    info = {"endpoint": name, "model_name": model_name} if endpoint else {"model": name, "env": env_name}
-
-    @contextlib.contextmanager
-    def open_suspect():
-        with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget) as (oracle, suspect):
-            if suspect.digest:
-                info["model_digest_computed"] = suspect.digest
-            yield oracle
-
-    return audit_run.opened_target(name, open_suspect, info)
+def _target(suspect: Suspect, options: SuspectOptions) -> audit_run.Target:
+    """The audit target of one suspect (the local model, or one --endpoint), built as the Python API builds it
+    (``audit_run.local_target`` / ``endpoint_target``): opened when the audit reaches it, in its worker thread."""
+    if isinstance(suspect, ModelSource):
+        return audit_run.local_target(suspect, options.env, options.budget)
+    return audit_run.endpoint_target(suspect, token=options.token, budget=options.budget)
 
 
 def _text(reports: list[audit_run.TargetReport]) -> str:
@@ -69,7 +60,7 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
               help="Write the report here: .md, .json or .html (one self-contained file).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Append one HMAC-chained record to this JSONL audit log (needs the secret).")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_ALPHA,
+@click.option("--alpha", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=DEFAULT_ALPHA,
               show_default=True, help="Error bound of a sequential MATCH / NO MATCH claim.")
 @click.option("--no-sequential", is_flag=True, help="Ask every query of every key (as verify does).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the order queries are asked in.")
@@ -79,8 +70,8 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
               help="Endpoints of a fleet asked at once.")
 @with_secret
 @json_option
-def audit(key_paths, keys_dir, model_path, env_name, endpoint, model_name, token_file, budget, report_path, log_path,
-          alpha, no_sequential, seed, batch_size, workers, secret_file, unsigned, as_json) -> None:
+def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size, workers,
+          secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
     \b
@@ -88,8 +79,6 @@ def audit(key_paths, keys_dir, model_path, env_name, endpoint, model_name, token
       nnmark audit dbi.key pairs.key metafinger.key telltale.key --model lenet5.safetensors --secret-file secret
       nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --report audit.html --log audit.jsonl
     """
-    if (model_path is None) == (not endpoint):
-        raise CliError("pass --model FILE or one or more --endpoint URL")
     paths = list(key_paths) + (keyinfo.key_files(keys_dir) if keys_dir else [])
     if not paths:
         raise CliError("no keys: pass key files or --keys DIR")
@@ -99,7 +88,7 @@ def audit(key_paths, keys_dir, model_path, env_name, endpoint, model_name, token
     audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
     settings = audit_run.Settings(secret=secret, alpha=alpha, seed=seed, sequential=not no_sequential,
                                   batch_size=batch_size)
-    targets = [_target(model_path, env_name, url, model_name, token_file, budget) for url in (endpoint or [None])]
+    targets = [_target(one, suspect) for one in suspect.suspects()]
     reports = audit_run.audit_fleet(targets, audit_keys, settings, workers=workers)
     meta = {"alpha": alpha, "seed": seed, "sequential": not no_sequential, "batch_size": batch_size}
     if report_path:

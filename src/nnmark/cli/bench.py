@@ -15,8 +15,9 @@ import importlib
 import click
 
 from nnmark.cli._shared import (
-    MODEL_HELP, CliError, Group, load_model, model_source_options, progress_enabled, source_option,
+    MODEL_HELP, CliError, Group, load_model, model_source_options, with_model_source, with_progress,
 )
+from nnmark.suspect import ModelSource
 
 BENCHMARKS = {
     "dbi": ("dbi", "DBI vs natural and random samples under fine-tuning and weight noise (Yin et al., Tables 4 and 8)."),
@@ -55,16 +56,13 @@ def bench() -> None:
     """
 
 
-def _foreign(model_path: str | None, data_spec: str | None) -> dict:
-    """The ``run`` arguments for --model and --data: none without --model (and an error if its options are given)."""
-    if model_path is None:
-        given = [f"--{o.replace('_', '-')}" for o in ("weights", "input_shape", "normalize") if source_option(o)]
+def _foreign(source: ModelSource | None, data_spec: str | None) -> dict:
+    """The ``run`` arguments for --model and --data: none without --model (and an error if --data is given)."""
+    if source is None:
         if data_spec is not None:
-            given.append("--data")
-        if given:
-            raise CliError(f"{', '.join(given)}: only with --model")
+            raise CliError("--data: only with --model")
         return {}
-    _, loaded = load_model(model_path)
+    _, loaded = load_model(source)
     return {"model": loaded, "data_spec": data_spec}
 
 
@@ -72,7 +70,7 @@ def _model_options(f):
     """--model, its source options and --data, for the benchmarks in ANY_MODEL."""
     f = click.option("--data", "data_spec", help="With --model: the data to train and mark it on (mnist5k, digits, "
                      "cifar10:DIR, npz:FILE, folder:DIR; default: the dataset its checkpoint names).")(f)
-    f = model_source_options(f)
+    f = model_source_options(with_model_source(f))
     return click.option("--model", "model_path", type=click.Path(dir_okay=False),
                         help=f"{MODEL_HELP} Its architecture replaces the zoo's (see above).")(f)
 
@@ -84,10 +82,11 @@ def _bench_command(name: str, module: str, doc: str) -> None:
         example += (f"\n  nnmark bench {name} --model nnmark.bench.heldout:groupnorm_gelu --normalize imagenet "
                     "--data mnist5k --seeds 1")
 
-    def command(quick, seeds, out_dir, model_path=None, data_spec=None) -> None:
+    @with_progress
+    def command(quick, seeds, out_dir, progress, model_source=None, data_spec=None) -> None:
         bench_module = importlib.import_module(f"nnmark.bench.{module}")
-        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress_enabled(),
-                                **_foreign(model_path, data_spec))
+        path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress,
+                                **_foreign(model_source, data_spec))
         click.echo(f"wrote {path}")
 
     if any_model:

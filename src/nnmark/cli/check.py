@@ -7,8 +7,8 @@ import sys
 import click
 
 from nnmark import keyinfo, keys, marks
-from nnmark.cli._shared import CliError, emit, json_option, with_secret
-from nnmark.cli.suspect import suspect_options, suspect_oracle
+from nnmark.cli._shared import CliError, emit, json_option, with_progress, with_secret
+from nnmark.cli.suspect import suspect_options
 from nnmark.marks.telltale import innformant
 
 VERDICT_HELP = """\b
@@ -30,8 +30,8 @@ def _style(word: str, passed: bool) -> str:
 @suspect_options
 @with_secret
 @json_option
-def verify(key_path, model_path, env_name, endpoint, model_name, token_file, budget, secret_file, unsigned,
-           as_json) -> None:
+@with_progress
+def verify(key_path, suspect, secret_file, unsigned, as_json, progress) -> None:
     """Ask a model a key's queries: the check passes (exit 0) or fails (exit 1); 2 on error.
 
     \b
@@ -41,12 +41,12 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
     """
     secret = keys.read_secret(secret_file)
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
-    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=keyinfo.card_of(key), defaults=key.config.get("endpoint")) as (oracle, suspect):
+    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"),
+                        progress=progress) as (oracle, where, digest):
         verdict = marks.verify(oracle, key, secret=secret)
-    same = suspect.digest == key.model_digest if suspect.digest and key.model_digest else None
+    same = digest == key.model_digest if digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
-    row = {**verdict.to_dict(), "key": key_path, **suspect.where, "model_digest_matches": same, "weights": weights}
+    row = {**verdict.to_dict(), "key": key_path, **where, "model_digest_matches": same, "weights": weights}
     if as_json:
         emit(row, True)
     else:
@@ -66,8 +66,8 @@ def verify(key_path, model_path, env_name, endpoint, model_name, token_file, bud
 @suspect_options
 @with_secret
 @json_option
-def identify(key_path, model_path, env_name, endpoint, model_name, token_file, budget, secret_file, unsigned,
-             as_json) -> None:
+@with_progress
+def identify(key_path, suspect, secret_file, unsigned, as_json, progress) -> None:
     """Name the execution environment that answers a telltale key: 0 the key's reference, 1 another.
 
     \b
@@ -77,11 +77,11 @@ def identify(key_path, model_path, env_name, endpoint, model_name, token_file, b
     key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
     if key.method != innformant.METHOD:
         raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
-    with suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget,
-                        card=keyinfo.card_of(key), defaults=key.config.get("endpoint")) as (oracle, suspect):
+    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"),
+                        progress=progress) as (oracle, where, _):
         verdict = marks.verify(oracle, key)
     if as_json:
-        emit({**verdict.to_dict(), "key": key_path, **suspect.where}, True)
+        emit({**verdict.to_dict(), "key": key_path, **where}, True)
     else:
         click.echo(f"{_style(verdict.decision, verdict.passed)} (reference: {key.config['reference']}); "
                    f"{verdict.queries} queries spent")

@@ -6,7 +6,7 @@ import click
 from tqdm.auto import tqdm
 
 from nnmark import envs as environments
-from nnmark.cli._shared import dataset_for, emit, json_option, load_model, model_option, progress_enabled
+from nnmark.cli._shared import dataset_for, emit, json_option, load_model, model_option, with_progress
 
 DEFAULT_N = 200
 
@@ -16,14 +16,15 @@ DEFAULT_N = 200
 @click.option("--data", "data_spec", help="Dataset whose test images are compared (default: the model's).")
 @click.option("--n", type=click.IntRange(1), default=DEFAULT_N, show_default=True, help="Test images compared.")
 @json_option
-def envs(model_path, data_spec, n, as_json) -> None:
+@with_progress
+def envs(model_source, data_spec, n, as_json, progress) -> None:
     """List the execution environments here and how far their outputs differ from float32.
 
     \b
     Example:
       nnmark envs --model lenet5.safetensors
     """
-    model, config = load_model(model_path)
+    model, config = load_model(model_source)
     x = dataset_for(config, data_spec).test.x[:n]
     shape = tuple(config.input_shape)
     reference = environments.get("float32").oracle(model, shape)
@@ -31,7 +32,7 @@ def envs(model_path, data_spec, n, as_json) -> None:
     rows = []
     probed = environments.probe(model, shape)
     for status, oracle in tqdm(probed, desc="envs", unit="env", total=len(environments.KNOWN),
-                               disable=not progress_enabled(), leave=False):
+                               disable=not progress, leave=False):
         row = {"name": status.name, "available": oracle is not None, "description": status.description,
                "reason": status.reason}
         if oracle is not None:
@@ -42,7 +43,7 @@ def envs(model_path, data_spec, n, as_json) -> None:
                 oracle.close()
         rows.append(row)
     if as_json:
-        emit({"model": model_path, "n": len(x), "environments": rows}, True)
+        emit({"model": model_source.path, "n": len(x), "environments": rows}, True)
         return
     click.echo(f"{'environment':<20} {'available':<10} {'max |dp|':>10} {'labels differ':>14}  description")
     for r in rows:

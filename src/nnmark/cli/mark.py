@@ -25,10 +25,10 @@ import torch
 
 from nnmark import envs, keys, models
 from nnmark.cli._shared import (
-    CliError, Group, click_option, dataset_for, emit, json_option, load_model, loaded_model, model_option,
-    model_to_train, out_option, progress_enabled, secret_for_writing, with_secret,
+    CliError, FiniteFloat, Group, click_option, dataset_for, emit, json_option, load_model, model_option,
+    model_to_train, out_option, secret_for_writing, with_progress, with_secret,
 )
-from nnmark.cli.suspect import endpoint_default_option, endpoint_defaults
+from nnmark.cli.suspect import endpoint_default_option
 from nnmark.data import Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError
@@ -55,11 +55,12 @@ def mark() -> None:
 @dataclass
 class _Prepared:
     """What an input kind gives a method's create function, and how the result becomes (key, source oracle, the
-    watermarked model's writer or None): ``finish(result)``."""
+    watermarked model's writer or None): ``finish(result)``; ``loaded``: the --model as loaded (None for --arch)."""
 
     args: tuple
     finish: Callable[[object], tuple[keys.KeyFile, Oracle, Callable[[], None] | None]]
     canaries: Split | None
+    loaded: models.LoadedModel | None
     context: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
 
@@ -67,7 +68,8 @@ class _Prepared:
 @dataclass(frozen=True)
 class _Kind:
     """How the CLI serves one input kind: its options (given the method), a context manager (method, option values
-    of the kind, the method's option values) -> ``_Prepared``, a line of help and the source part of its example."""
+    of the kind with ``model_source`` and ``progress``, the method's option values) -> ``_Prepared``, a line of
+    help and the source part of its example."""
 
     options: Callable[[MethodSpec], tuple[Callable, ...]]
     prepare: Callable[[MethodSpec, dict, dict], contextlib.AbstractContextManager[_Prepared]]
@@ -95,10 +97,16 @@ def _image_options(spec: MethodSpec) -> tuple[Callable, ...]:
             _seed_option("Chooses the images."))
 
 
+def _load(spec: MethodSpec, given: dict, needs: tuple[str, ...]):
+    """The --model (``model_source``) and its ``LoadedModel``, with what ``needs`` names allowed."""
+    return load_model(given["model_source"], needs=needs, purpose=f"nnmark mark {spec.name}")
+
+
 def _images(spec: MethodSpec, given: dict, split: str):
-    """The model (with the access ``spec`` needs), its dataset, n images of ``split`` ("train" or "natural_pool")
-    drawn by seed, and what create is given with them (n, seed, the key meta that records the images)."""
-    model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
+    """The model (with the access ``spec`` needs), its ``LoadedModel``, its dataset, n images of ``split`` ("train"
+    or "natural_pool") drawn by seed, and what create is given with them (n, seed, the key meta that records the
+    images)."""
+    model, loaded = _load(spec, given, NEEDS[spec.create_access])
     ds = dataset_for(loaded, given["data_spec"])
     source = ds.train if split == "train" else natural_pool(ds)
     n, seed = given["n"], given["seed"]
@@ -106,15 +114,15 @@ def _images(spec: MethodSpec, given: dict, split: str):
         raise CliError(f"asked for {n} samples but only {len(source)} are available")
     idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     meta = {"data": ds.name, "split": split, "indices": idx.tolist(), "seed": seed}
-    return model, ds, source.x[idx], {"n": n, "seed": seed, "meta": meta}
+    return model, loaded, ds, source.x[idx], {"n": n, "seed": seed, "meta": meta}
 
 
 def _drawn(split: str):
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
-        model, ds, x, context = _images(spec, given, split)
+        model, loaded, ds, x, context = _images(spec, given, split)
         oracle = TorchOracle(model, ds.shape, ds.num_classes)
-        yield _Prepared((oracle, x), _made_on(oracle), ds.test, context)
+        yield _Prepared((oracle, x), _made_on(oracle), ds.test, loaded, context)
     return prepare
 
 
@@ -125,14 +133,14 @@ def _environments(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     names = [e.strip() for e in given["env_names"].split(",") if e.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise CliError("--envs needs at least two different environments")
-    model, ds, x, context = _images(spec, given, "natural_pool")
+    model, loaded, ds, x, context = _images(spec, given, "natural_pool")
     with contextlib.ExitStack() as stack:
         oracles = {name: stack.enter_context(envs.get(name).oracle(model, ds.shape)) for name in names}
         local = oracles[names[0]]
         if not local.can("gradients"):
             local = stack.enter_context(envs.get("float32").oracle(model, ds.shape))
         yield _Prepared((local, oracles, x), lambda key: (key, oracles[key.config["reference"]], None), ds.test,
-                        context)
+                        loaded, context)
 
 
 def _canary_pool(loaded: models.LoadedModel) -> Split | None:
@@ -142,9 +150,9 @@ def _canary_pool(loaded: models.LoadedModel) -> Split | None:
 
 @contextlib.contextmanager
 def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
-    model, loaded = load_model(given["model_path"], needs=NEEDS[spec.create_access])
+    model, loaded = _load(spec, given, NEEDS[spec.create_access])
     oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes)
-    yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded))
+    yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded), loaded)
 
 
 # --- embedding kinds: train a model, write it with its key ---------------------------------------------------
@@ -161,7 +169,7 @@ def _embed_options(*, scratch: bool, pretrained: bool) -> tuple[Callable, ...]:
     return (*options, model_option(required=not scratch, help=f"The model: {model_help}."),
             _data_option("mnist5k, digits, cifar10:DIR, npz:FILE or folder:DIR (required with --arch; default: the "
                          "model's)."),
-            *((click.option("--width", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+            *((click.option("--width", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True,
                             help="Width of the --arch model."),) if scratch else ()),
             out_option("--out-model", help="Watermarked model to write, as the same kind as --model (--arch: an "
                                            "nnmark checkpoint)."))
@@ -172,16 +180,17 @@ def _training(pretrained: bool | None):
     --model, the method told which)."""
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
-        tune = given["model_path"] is not None if pretrained is None else pretrained
-        model, ds, write = model_to_train(given.get("arch"), given["model_path"], given["data_spec"],
-                                          width=given.get("width", 1.0), seed=values.get("seed", 0), fresh=not tune)
+        tune = given["model_source"] is not None if pretrained is None else pretrained
+        model, ds, write, loaded = model_to_train(given.get("arch"), given["model_source"], given["data_spec"],
+                                                  width=given.get("width", 1.0), seed=values.get("seed", 0),
+                                                  fresh=not tune, purpose=f"nnmark mark {spec.name}")
 
         def finish(result):
             wm_model, key = result
             return key, TorchOracle(wm_model, ds.shape, ds.num_classes), \
                 lambda: write(wm_model, key.config["clean_accuracy"], given["out_model"])
 
-        yield _Prepared((model, ds), finish, ds.test, {"pretrained": tune}, {"out_model": given["out_model"]})
+        yield _Prepared((model, ds), finish, ds.test, loaded, {"pretrained": tune}, {"out_model": given["out_model"]})
     return prepare
 
 
@@ -197,7 +206,7 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                      show_default=True, help="Independent negative validation models (screen and null calibration)."),
         click.option("--af", type=click.IntRange(0), default=shadow.DEFAULT_AF, show_default=True,
                      help="Augmentation factor: eq. 1 copies per model."),
-        click.option("--alpha", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_ALPHA,
+        click.option("--alpha", type=FiniteFloat(0, min_open=True), default=shadow.DEFAULT_ALPHA,
                      show_default=True, help="Eq. 1 noise std(param)/alpha before the fine-tune."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
@@ -207,7 +216,7 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
         click.option("--workers", type=click.IntRange(1), default=shadow.DEFAULT_WORKERS, show_default=True),
         click.option("--executor", type=click.Choice(shadow.EXECUTORS), default="process", show_default=True),
         click.option("--ray-address", help="Ray cluster for --executor ray (default: a local instance)."),
-        click.option("--ray-timeout", type=click.FloatRange(0, min_open=True), default=shadow.DEFAULT_RAY_TIMEOUT,
+        click.option("--ray-timeout", type=FiniteFloat(0, min_open=True), default=shadow.DEFAULT_RAY_TIMEOUT,
                      help="Seconds to wait for each batch of Ray tasks; past it they are cancelled and the command "
                           "stops (default: no limit)."),
     )
@@ -217,7 +226,7 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
     or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first."""
-    model, loaded = load_model(given["model_path"], needs=("training",))
+    model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
@@ -227,10 +236,10 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
-                             ray_timeout=given["ray_timeout"], progress=progress_enabled())
+                             ray_timeout=given["ray_timeout"], progress=given["progress"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
-    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
+    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
                     {"seed": given["seed"], "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
                                                      "af": given["af"]}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
@@ -282,18 +291,20 @@ def _secrets(spec: MethodSpec, secret_file: str | None, unsigned: bool) -> tuple
 
 
 def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | None, summary: dict, as_json: bool,
-                 *, canaries: Split | None, write_model: Callable[[], None] | None = None) -> None:
-    """Add preflight canaries from the natural images ``canaries``, check the key on its source (``self_check``: no
-    key is written that fails there), write it (after the watermarked model, ``write_model``, of an embedding
-    method), and report; say so when the method kept fewer samples than asked (the key's ``keys.SHORTFALL``).
+                 *, prepared: _Prepared, write_model: Callable[[], None] | None, endpoint_defaults: dict) -> None:
+    """Add preflight canaries from the natural images ``prepared.canaries``, check the key on its source
+    (``self_check``: no key is written that fails there), write it (after the watermarked model, ``write_model``, of
+    an embedding method), and report; say so when the method kept fewer samples than asked (the key's
+    ``keys.SHORTFALL``).
 
     The key records the model card (input shape, classes, normalisation) so verify asks the same question; a key
-    made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file)."""
-    loaded = loaded_model()
+    made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file); the key keeps
+    ``endpoint_defaults`` (--endpoint-default)."""
+    loaded, canaries = prepared.loaded, prepared.canaries
     card = loaded.card if loaded is not None else models.ModelCard(source.input_shape, source.num_classes)
     key.config["model_card"] = card.to_dict()
-    if defaults := endpoint_defaults():
-        key.config["endpoint"] = defaults
+    if endpoint_defaults:
+        key.config["endpoint"] = endpoint_defaults
     if loaded is not None and write_model is None:
         key.model_digest = loaded.digest
     notes = []  # said once the key is written: a failed command's stderr is its one error line
@@ -320,21 +331,24 @@ def _command(spec: MethodSpec) -> click.Command:
     kind = KINDS[spec.inputs]
     options = spec.options
 
-    def run(out: str, secret_file: str | None, unsigned: bool, as_json: bool, **given) -> None:
+    def run(out: str, secret_file: str | None, unsigned: bool, as_json: bool, endpoint_defaults: dict,
+            **given) -> None:
         values = {o.name: given.pop(o.name) for o in options}
+        arguments = spec.arguments(values)  # the method's settings checked before any work
         secret, signing = _secrets(spec, secret_file, unsigned)
         with kind.prepare(spec, given, values) as prepared:
             start = time.perf_counter()
-            result = spec.call(*prepared.args, values=values, **prepared.context, secret=secret,
-                               progress=progress_enabled())
+            result = spec.call(*prepared.args, arguments=arguments, **prepared.context, secret=secret,
+                               progress=given["progress"])
             seconds = time.perf_counter() - start
             key, source, write_model = prepared.finish(result)
             summary = {**prepared.summary, **{name: key.config[name] for name in spec.shows},
                        **(spec.describe(key) if spec.describe else {}), "seconds": seconds}
-            _finish_mark(key, source, out, signing, summary, as_json, canaries=prepared.canaries,
-                         write_model=write_model)
+            _finish_mark(key, source, out, signing, summary, as_json, prepared=prepared, write_model=write_model,
+                         endpoint_defaults=endpoint_defaults)
 
-    run = endpoint_default_option(out_option("--out", help="Key file to write.")(with_secret(json_option(run))))
+    run = endpoint_default_option(out_option("--out", help="Key file to write.")(
+        with_secret(json_option(with_progress(run)))))
     for option in reversed(options):  # help lists the kind's options, the method's, then the key's output
         run = click_option(option)(run)
     for decorate in reversed(kind.options(spec)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import load_model, model_option
+from nnmark.cli._shared import CliError, load_model, model_option
 from nnmark.cli.suspect import env_option, read_token
 
 DEFAULT_PORT = 8000
@@ -27,7 +27,7 @@ DEFAULT_MAX_BATCH = 256
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve OIP v2 gRPC on this port (nnmark[grpc]).")
 @click.option("--insecure-no-token", is_flag=True,
               help="Allow a non-loopback --host without a token (it warns); refused otherwise.")
-def serve(model_path, env_name, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
+def serve(model_source, env_name, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
           insecure_no_token) -> None:
     """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
@@ -37,18 +37,20 @@ def serve(model_path, env_name, host, port, model_name, token_file, output, max_
     """
     from nnmark import serve as serving
 
+    if grpc_port == port:
+        raise CliError(f"--grpc-port {grpc_port} is --port: serve gRPC on another port")
     token = read_token(token_file)
     serving.check_exposure(host, token, insecure_no_token)
     for p in (port, grpc_port) if grpc_port else (port,):
         serving.bind(host, p).close()  # a taken address: one line now, before the model loads
-    model, loaded = load_model(model_path)
+    model, loaded = load_model(model_source)
     oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch,
                              card={"model_card": loaded.card.to_dict()})
     grpc_server = None
     if grpc_port:
         grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
-    click.echo(f"serving {model_path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
+    click.echo(f"serving {model_source.path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
                + (" with a bearer token" if token else " WITHOUT a token"), err=True)
     try:

@@ -1,7 +1,9 @@
 """The suspect: the model a key is asked of, a local file (``--model``) or an endpoint (``--endpoint``).
 
-``verify``, ``identify`` and ``audit`` share these options and the one function that builds the oracle.
-The endpoint's shape (``--input-name``, ``--layout``, ... ``--max-answer-bytes``) fills an ``EndpointSpec``
+``verify``, ``identify`` and ``audit`` share these options; the command receives them as one value,
+``SuspectOptions``, whose suspects (a ``ModelSource``, or an ``EndpointSpec`` per URL) open through the one
+function the Python API and ``nnmark.audit.run`` use too (``nnmark.suspect.open_suspect``). The endpoint's shape
+(``--input-name``, ``--layout``, ... ``--max-answer-bytes``) fills an ``EndpointSpec``
 (``nnmark.oracles.endpoint``); what a flag leaves open is read from the server's metadata, and a flag that
 contradicts the metadata is refused in one line. ``grpc://host:port`` endpoints speak gRPC.
 """
@@ -10,18 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import (
-    MODEL_HELP, CliError, load_model, model_source_options, progress_enabled, source_option,
-)
+from nnmark.cli._shared import MODEL_HELP, CliError, FiniteFloat, model_source_options, source_value
+from nnmark.oracles import Oracle
 from nnmark.oracles import endpoint as ep
+from nnmark.suspect import ModelSource, Suspect, described, open_suspect
 
-_SPEC_OPTIONS: dict = {}
-"""The running command's endpoint-shape options, for ``suspect_oracle`` (also in a fleet audit's worker threads)."""
 ENDPOINT_OPTIONS = {
     "transport": click.option(
         "--transport", type=click.Choice(ep.TRANSPORTS),
@@ -42,7 +44,7 @@ ENDPOINT_OPTIONS = {
                                                     "[default: 'label' when listed]"),
     "batch_size": click.option("--batch-size", type=click.IntRange(1),
                                help="Most inputs per request  [default: the metadata's max_batch_size, else all]"),
-    "timeout": click.option("--timeout", type=click.FloatRange(0, min_open=True), default=ep.DEFAULT_TIMEOUT,
+    "timeout": click.option("--timeout", type=FiniteFloat(0, min_open=True), default=ep.DEFAULT_TIMEOUT,
                             show_default=True, help="Seconds one request may take in all (an overall deadline)."),
     "retries": click.option("--retries", type=click.IntRange(0), default=ep.DEFAULT_RETRIES, show_default=True,
                             help="Retries after a transient failure (connection, timeout, 429, 502-504)."),
@@ -66,17 +68,6 @@ def read_token(token_file: str | None) -> bytes | None:
     return read(token_file)
 
 
-def _stash_spec_options(f, names: list[str]):
-    """Take the endpoint-shape options ``names`` out of the command's keywords, for ``suspect_oracle``."""
-    @functools.wraps(f)
-    def command(*args, **kwargs):
-        _SPEC_OPTIONS.clear()
-        _SPEC_OPTIONS.update({name: kwargs.pop(name) for name in names}, normalize=source_option("normalize"))
-        return f(*args, **kwargs)
-    return command
-
-
-_ENDPOINT_DEFAULTS = "nnmark.endpoint_defaults"
 DEFAULTABLE = ("transport", "model_version", "input_name", "layout", "input_dtype", "output_name", "output_kind",
                "label_name")
 """The ``EndpointSpec`` fields a key may carry as defaults: how the model is deployed, not where."""
@@ -93,30 +84,17 @@ def _parse_defaults(ctx: click.Context, param: click.Parameter, values: tuple[st
         defaults[name] = value.strip()
     if defaults:
         ep.EndpointSpec("http://127.0.0.1", **defaults)  # checked now (ArgumentError), not at verification
-    ctx.meta[_ENDPOINT_DEFAULTS] = defaults
+    return defaults
 
 
 def endpoint_default_option(f):
     """``--endpoint-default FIELD=VALUE`` (repeatable): how the model will be deployed, kept in the key as the
-    default of verify's endpoint-shape options (``DEFAULTABLE``)."""
-    return click.option("--endpoint-default", multiple=True, expose_value=False, callback=_parse_defaults,
+    default of verify's endpoint-shape options (``DEFAULTABLE``); the command receives ``endpoint_defaults``, a
+    dict."""
+    return click.option("--endpoint-default", "endpoint_defaults", multiple=True, callback=_parse_defaults,
                         metavar="FIELD=VALUE",
                         help="How the model is deployed, kept in the key for verify --endpoint (repeat): "
                              f"{', '.join(DEFAULTABLE)}; e.g. layout=NHWC.")(f)
-
-
-def endpoint_defaults() -> dict:
-    """The ``--endpoint-default`` values given to this command."""
-    return dict(click.get_current_context().meta.get(_ENDPOINT_DEFAULTS, {}))
-
-
-def endpoint_spec(url: str, model_name: str, options: dict, defaults: dict | None = None) -> ep.EndpointSpec:
-    """The ``EndpointSpec`` of ``--endpoint`` and the endpoint-shape options (unset ones left open), over the
-    key's ``defaults`` (``--endpoint-default`` at marking: the options override them)."""
-    fields = {**(defaults or {}), **{name: value for name, value in options.items() if value is not None}}
-    if "normalize" in fields:
-        fields["normalize"] = ep.parse_normalize(fields["normalize"])
-    return ep.EndpointSpec(url, model_name=model_name, **fields)
 
 
 def env_option(f):
@@ -124,14 +102,77 @@ def env_option(f):
                         help="Execution environment the local model runs in.")(f)
 
 
-def suspect_options(f=None, *, fleet: bool = False):
-    """--model | --endpoint, with the local environment and the endpoint's name, token and query budget.
+@dataclass(frozen=True)
+class SuspectOptions:
+    """The suspect options of ``verify``, ``identify`` and ``audit`` as one value: a local model run in ``env``, or
+    one or more endpoints of one shape.
 
-    ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat: a tuple of URLs."""
+    Attributes:
+        model: the --model source, or None.
+        endpoints: the --endpoint URLs (one, or a fleet's replicas).
+        shape: the endpoint-shape options given (``EndpointSpec`` fields, --normalize parsed; unset ones left out).
+        env: the environment a local model runs in.
+        token: the bearer token the endpoints are asked with (never shown).
+        budget: the most queries a check may spend.
+    """
+
+    model: ModelSource | None
+    endpoints: tuple[str, ...]
+    shape: Mapping[str, object]
+    env: str
+    token: bytes | None = field(repr=False)
+    budget: int | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", types.MappingProxyType(dict(self.shape)))
+
+    def suspects(self, defaults: dict | None = None) -> list[Suspect]:
+        """The local model, or each endpoint's ``EndpointSpec``: the options over a key's ``defaults``."""
+        if self.model is not None:
+            return [self.model]
+        return [ep.EndpointSpec(url, **{**(defaults or {}), **self.shape}) for url in self.endpoints]
+
+    @contextlib.contextmanager
+    def opened(self, *, card: dict | None = None, defaults: dict | None = None,
+               progress: bool = False) -> Iterator[tuple[Oracle, dict, str | None]]:
+        """Open the one suspect (``open_suspect``); yield (oracle, where it is, for reports, and a local model's
+        digest or None). ``card`` and ``defaults``: the key's model card and endpoint defaults."""
+        (suspect,) = self.suspects(defaults)
+        with open_suspect(suspect, env=self.env, token=self.token, budget=self.budget, card=card,
+                          progress=progress) as (oracle, loaded):
+            yield oracle, described(suspect, self.env), loaded.digest if loaded is not None else None
+
+
+def _with_suspect(f, names: list[str], fleet: bool):
+    """Give the command ``suspect`` (``SuspectOptions``) in place of the suspect options."""
+    @functools.wraps(f)
+    def command(*args, model_path, weights, input_shape, normalize, env_name, endpoint, model_name, token_file,
+                budget, **kwargs):
+        endpoints = tuple(endpoint) if fleet else (endpoint,) if endpoint else ()
+        if (model_path is None) == (not endpoints):
+            raise CliError("pass --model FILE or one or more --endpoint URL" if fleet else
+                           "pass exactly one of --model FILE and --endpoint URL")
+        source = source_value(model_path, weights, input_shape, normalize, alone=("normalize",))
+        shape = {name: kwargs.pop(name) for name in names}
+        if source is None and normalize is not None:  # what the model behind the endpoint expects
+            shape["normalize"] = ep.parse_normalize(normalize)
+        given = {name: value for name, value in shape.items() if value is not None}
+        token = read_token(token_file) if endpoints else None
+        suspect = SuspectOptions(source, endpoints, {"model_name": model_name, **given}, env_name, token, budget)
+        return f(*args, suspect=suspect, **kwargs)
+    return command
+
+
+def suspect_options(f=None, *, fleet: bool = False):
+    """--model | --endpoint, with the local environment and the endpoint's name, token, shape and query budget,
+    given to the command as one value, ``suspect`` (``SuspectOptions``).
+
+    ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat, and leaves --batch-size to the
+    command."""
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet)
     names = [name for name in ENDPOINT_OPTIONS if not (fleet and name == "batch_size")]
-    f = _stash_spec_options(f, names)
+    f = _with_suspect(f, names, fleet)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False),
                      help=f"Local model to ask. {MODEL_HELP}"),
@@ -148,36 +189,3 @@ def suspect_options(f=None, *, fleet: bool = False):
     ]):
         f = option(f)
     return f
-
-
-@dataclass
-class Suspect:
-    """Where the suspect is (for reports) and, for a local model, its digest."""
-
-    where: dict
-    digest: str | None = None
-
-
-@contextlib.contextmanager
-def suspect_oracle(model_path, env_name, endpoint, model_name, token_file, budget, card: dict | None = None,
-                   defaults: dict | None = None):
-    """Yield (oracle, Suspect) for the suspect options; the oracle is closed afterwards. ``card`` (the key's model
-    card) gives a local model the input shape and normalisation its options do not; ``defaults`` (the key's
-    endpoint defaults) describe an endpoint where the options do not."""
-    if (model_path is None) == (endpoint is None):
-        raise CliError("pass exactly one of --model FILE and --endpoint URL")
-    if endpoint:
-        from nnmark.oracles import connect
-
-        spec = endpoint_spec(endpoint, model_name, _SPEC_OPTIONS, defaults)
-        known = {"input_shape": tuple(card["input_shape"]), "num_classes": card["num_classes"]} if card else {}
-        with connect(spec, token=read_token(token_file), budget=budget, progress=progress_enabled(),
-                     **known) as oracle:
-            yield oracle, Suspect({"endpoint": spec.shown_url, "model_name": model_name})
-        return
-    model, loaded = load_model(model_path, card=card)
-    oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
-    try:
-        yield oracle, Suspect({"model": model_path, "env": env_name}, loaded.digest)
-    finally:
-        oracle.close()

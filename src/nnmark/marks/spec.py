@@ -108,15 +108,20 @@ class MethodSpec:
         skip, given = INPUTS[self.inputs]
         return _options.read(self.create, skip=skip, exclude=(*SUPPLIED, *given))
 
-    def call(self, *inputs, values: dict, **context):
-        """``create(*inputs, **options, **context)``: option ``values`` (settings objects built from their fields)
-        and of ``context`` (``SUPPLIED`` and the kind's values) what ``create`` takes; ``meta`` less the values
-        ``create`` takes, which it records itself."""
+    def arguments(self, values: dict) -> dict:
+        """``create``'s option keywords from option ``values``, a settings dataclass built from its fields: its
+        checks run here, so a caller checks the settings before any work (model loading, shadow pools)."""
+        return _options.arguments(self.options, values, self.create)
+
+    def call(self, *inputs, arguments: dict, **context):
+        """``create(*inputs, **arguments, **context)``: the option keywords (``arguments``) and of ``context``
+        (``SUPPLIED`` and the kind's values) what ``create`` takes; ``meta`` less the values ``create`` takes, which
+        it records itself."""
         takes = inspect.signature(self.create).parameters
         given = {name: value for name, value in context.items() if name in takes}
         if given.get("meta"):  # what create records itself (e.g. its seed) is not recorded twice
             given["meta"] = {name: value for name, value in given["meta"].items() if name not in takes}
-        return self.create(*inputs, **_options.arguments(self.options, values, self.create), **given)
+        return self.create(*inputs, **arguments, **given)
 
 
 def require(oracle, access: str, what: str) -> None:
