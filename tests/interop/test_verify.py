@@ -41,7 +41,7 @@ FLAGS = {
     "labels": ["--output-name", "label", "--output-kind", "labels"],
 }
 """The endpoint flags that describe each shape."""
-MISREAD = r"^endpoint answers as the keyed model does when .*its inputs are normalised with {} statistics it does not " \
+MISREAD = r"^error: endpoint answers as the keyed model does when .*its inputs are normalised with {} statistics it does not " \
           r"expect.*: check .*--normalize"
 MNIST_NORMALIZE = f"{shapes.MNIST_MEAN},{shapes.MNIST_STD}"
 WRONG = {
