@@ -148,7 +148,7 @@ def test_a_label_only_endpoint_is_judged_on_told_canaries_and_probes(key, lenet)
             canary.preflight(LabelsOracle(_misread_oracle(oracle, name)), key, endpoint=True)
 
 
-def test_probes_kept_by_a_misreading_tell_it_from_a_change_that_flips_everything(key, lenet, constant_model):
+def test_probes_kept_by_a_misreading_tell_it_from_a_change_that_flips_everything(key, lenet):
     """A label-only model that answers a probe's misread label everywhere matches the relabelled probes but
     not the kept ones."""
     untold = key.config["canaries_untold"][0]
