@@ -1,18 +1,21 @@
-"""Preflight canaries: tampered copies reach their verdict, misdescribed endpoints and other models stop first."""
+"""Preflight canaries: each known misreading is named, tampered and other models reach their verdict."""
+
+import re
 
 import pytest
 import torch
 
-from nnmark import marks
+from nnmark import marks, models
 from nnmark.attacks import finetune, prune, quantize_int8
 from nnmark.errors import ArgumentError, EndpointMismatch
 from nnmark.keys import KeyFile
 from nnmark.marks import canary
 from nnmark.marks.integrity import dbi
-from nnmark.oracles import HttpOracle, LabelsOracle, TorchOracle, TransformedOracle
-from nnmark.serve import create_app, serving
+from nnmark.oracles import LabelsOracle, TorchOracle
 
 SHAPE = (1, 28, 28)
+THREE = (3, 28, 28)
+DIFFERS = "preflight: the canaries fit no known reading of the keyed model"
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +25,48 @@ def key(lenet, mnist):
     return canary.attach(plain, oracle, mnist.test.x[:500], mnist.test.y[:500])
 
 
-def test_attach_picks_confident_class_diverse_canaries(key, lenet):
+class FirstChannel(torch.nn.Module):
+    """A 3-channel model: the LeNet-5 on the first channel."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x[:, :1])
+
+
+@pytest.fixture(scope="module")
+def three(lenet, mnist):
+    """(3-channel oracle, its key): channels the digit, its negative and half of it."""
+    x = mnist.test.x[:300]
+    pool = torch.cat([x, 1 - x, x / 2], dim=1)
+    oracle = TorchOracle(FirstChannel(lenet), THREE)
+    return oracle, canary.attach(dbi.create(oracle, pool[:6], itr=20, eps=1e-3), oracle, pool, mnist.test.y[:300])
+
+
+@pytest.fixture(scope="module")
+def others(lenet, mnist):
+    """Models that differ from the keyed one: trained with another seed, fine-tuned hard, random weights."""
+    torch.manual_seed(7)
+    other = models.build("lenet5", mnist.shape, mnist.num_classes)
+    models.train(other, mnist.train, epochs=4, seed=7)
+    torch.manual_seed(3)
+    return {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
+            "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2, steps=300)}
+
+
+def test_attach_picks_confident_canaries_and_keeps_the_misread_answers(key, lenet):
     q, y, rows = (key.extras[n] for n in (canary.QUERIES, canary.LABELS, canary.PROBABILITIES))
     assert q.shape == (canary.CANARY_COUNT, *SHAPE) and len(set(y.tolist())) == canary.CANARY_COUNT
     assert (rows.max(1).values >= canary.MIN_CONFIDENCE).all() and torch.equal(rows.argmax(1), y)
     assert torch.equal(TorchOracle(lenet, SHAPE).labels(q), y)
+    names = key.config["canary_readings"]
+    assert names == list(canary.misreadings(1))
+    assert key.extras[canary.READINGS].shape == (len(q), len(names), 10)
+    i = names.index("normalised_05")
+    seen = TorchOracle(lenet, SHAPE).seen_through(lambda x: (x - 0.5) / 0.5).probabilities(q)
+    assert torch.equal(key.extras[canary.READINGS][:, i], seen)
     with pytest.raises(ArgumentError, match="give a larger pool"):
         canary.attach(key, TorchOracle(lenet, SHAPE), key.extras[canary.QUERIES][:2], key.extras[canary.LABELS][:2])
 
@@ -39,79 +79,135 @@ def test_tampered_copies_pass_preflight_and_reach_tampered(key, lenet, mnist, at
         "quantize": lambda: quantize_int8(lenet),
     }[attack]()
     verdict = marks.verify(LabelsOracle(TorchOracle(attacked, SHAPE)), key)
-    assert verdict.details["preflight"].startswith("preflight: ")
+    assert verdict.details["preflight"].startswith("preflight: 8 of 8 canaries answered as the keyed model does")
     assert verdict.decision == "tampered", verdict.statistic
+    assert canary.preflight(TorchOracle(attacked, SHAPE), key, endpoint=True).startswith("preflight: 8 of 8")
     intact = marks.verify(TorchOracle(lenet, SHAPE), key)
     assert intact.decision == "intact"
     assert intact.details["preflight"] == "preflight: 8 of 8 canaries answered as the keyed model does"
 
 
-def test_a_wrongly_normalised_endpoint_stops_before_a_verdict(key, lenet):
-    # the server de-normalises what it gets (it expects (x - 0.1307) / 0.3081); the client sends pixels
-    served = TransformedOracle(TorchOracle(lenet, SHAPE), lambda x: (x * 0.3081 + 0.1307).clamp(0, 1))
-    with serving(create_app(served, model_name="m")) as url, HttpOracle(url, model_name="m") as oracle:
-        with pytest.raises(EndpointMismatch, match=r"^endpoint .*: different model or wrong endpoint format; "
-                                                   r"check --normalize"):
-            marks.verify(oracle, key)
+def _misread_oracle(oracle: TorchOracle, name: str) -> TorchOracle:
+    """The keyed model as an endpoint misread ``name`` answers."""
+    if name == canary.SOFTMAX_TWICE:
+        class Twice(torch.nn.Module):
+            def forward(self, x):
+                return torch.softmax(oracle.model(x).double(), dim=1)
+        return TorchOracle(Twice(), oracle.input_shape)
+    return oracle.seen_through(canary.misreadings(oracle.input_shape[0])[name].transform)
 
 
-def test_canaries_catch_a_mis_normalised_label_only_endpoint(key, lenet):
-    """Label-only answers carry no probability rows: the canaries are chosen so that the common misreadings relabel
-    them (attacked copies still label them as the keyed model did: the test above, through labels only)."""
-    assert "normalised with 0.5, 0.5... though not expected" in key.config["canaries_tell"]
-    note = canary.preflight(LabelsOracle(TorchOracle(lenet, SHAPE)), key)
-    assert f"they tell {len(key.config['canaries_tell'])} common misreadings" in note
-    misread = LabelsOracle(TorchOracle(lenet, SHAPE).seen_through(lambda x: (x - 0.5) / 0.5))
-    with pytest.raises(EndpointMismatch, match="canaries differently: different model or wrong endpoint format"):
-        canary.preflight(misread, key)
-    # MNIST's own normalisation relabels no confident natural image of this LeNet-5, but it does relabel the
-    # key's fragile queries, to the labels the key's probes recorded
-    assert "normalised with 0.1307, 0.3081... though not expected" in key.config["canaries_untold"]
-    mnist_misread = LabelsOracle(TorchOracle(lenet, SHAPE).seen_through(lambda x: (x - 0.1307) / 0.3081))
-    with pytest.raises(EndpointMismatch, match="when its inputs are normalised with 0.1307, 0.3081"):
-        canary.preflight(mnist_misread, key)
+@pytest.mark.parametrize("channels, name", [
+    *((1, name) for name in canary.misreadings(1)), (1, canary.SOFTMAX_TWICE),
+    *((3, name) for name in ("normalised_imagenet", "unnormalised_imagenet", "nchw_as_nhwc", "nhwc_as_nchw")),
+])
+def test_each_misreading_is_named_with_its_flag_on_an_endpoint_and_noted_on_a_local_model(key, lenet, three,
+                                                                                          channels, name):
+    oracle, k = (TorchOracle(lenet, SHAPE), key) if channels == 1 else three
+    misread = canary.described(name, channels)
+    with pytest.raises(EndpointMismatch, match=r"^endpoint answers as the keyed model does when ") as e:
+        canary.preflight(_misread_oracle(oracle, name), k, endpoint=True)
+    assert misread.words in str(e.value) and f"check {misread.flag}" in str(e.value)
+    note = canary.preflight(_misread_oracle(oracle, name), k)  # a local model: its verdict stands
+    assert misread.words in note and "its verdict stands" in note
+    assert canary.preflight(oracle, k, endpoint=True) == "preflight: 8 of 8 canaries answered as the keyed model does"
 
 
-def test_probabilities_taken_for_logits_give_flat_rows_and_stop(key, lenet):
-    with serving(create_app(TorchOracle(lenet, SHAPE), model_name="m")) as url, \
-            HttpOracle(url, model_name="m", output_name="probabilities", output_kind="logits") as oracle:
-        with pytest.raises(EndpointMismatch, match=r"flat probability rows for 8 of 8 canaries .*--output-kind"):
-            marks.verify(oracle, key)
+def test_misreadings_that_look_alike_are_named_together(key, lenet):
+    """Where two misreadings give the same answers (both saturate a model), the canaries cannot tell which: both."""
+    names = key.config["canary_readings"]
+    rows = key.extras[canary.READINGS].clone()
+    rows[:, names.index("scaled_up_255")] = rows[:, names.index("normalised_mnist")]
+    alike = KeyFile(key.method, key.config, key.queries, key.expected, extras={**key.extras, canary.READINGS: rows})
+    with pytest.raises(EndpointMismatch) as e:
+        canary.preflight(_misread_oracle(TorchOracle(lenet, SHAPE), "normalised_mnist"), alike, endpoint=True)
+    assert str(e.value).count(", or when ") == 1 and str(e.value).endswith("check --input-dtype / --normalize")
 
 
-def test_an_nhwc_endpoint_described_as_nchw_stops(lenet, mnist):
-    class FirstChannel(torch.nn.Module):
+@pytest.mark.parametrize("which", ["independent", "random", "heavy fine-tune"])
+def test_models_that_fit_no_reading_get_their_verdict(key, others, which):
+    model = TorchOracle(others[which], SHAPE)
+    note = canary.preflight(model, key, endpoint=True)
+    assert note.startswith(DIFFERS) and note.endswith("an endpoint format nnmark does not know would look the same")
+    verdict = marks.verify(model, key)
+    assert verdict.decision == "tampered" and verdict.details["preflight"].startswith(DIFFERS)
+    assert not verdict.details["preflight"].endswith("look the same")  # a local model has no endpoint format
+    assert marks.verify(LabelsOracle(model), key).decision == "tampered"
+
+
+def test_a_label_only_endpoint_is_judged_on_told_canaries_and_probes(key, lenet):
+    """Label-only answers carry no rows: misreadings that relabel most canaries are told by them (canaries are
+    chosen so), the others by the key's own fragile queries kept as probes."""
+    oracle = TorchOracle(lenet, SHAPE)
+    tell, untold = key.config["canaries_tell"], key.config["canaries_untold"]
+    assert tell and untold and set(tell) | set(untold) == set(canary.misreadings(1))
+    note = canary.preflight(LabelsOracle(oracle), key, endpoint=True)
+    assert note.endswith(f"(labels only: they tell {len(tell)} common misreadings)")
+    for name in tell + untold:
+        with pytest.raises(EndpointMismatch, match=re.escape(canary.described(name, 1).words)):
+            canary.preflight(LabelsOracle(_misread_oracle(oracle, name)), key, endpoint=True)
+
+
+def test_probes_kept_by_a_misreading_tell_it_from_a_change_that_flips_everything(key, lenet):
+    """A label-only model that answers a probe's misread label everywhere matches the relabelled probes but
+    not the kept ones."""
+    untold = key.config["canaries_untold"][0]
+    index = key.extras[canary.PROBE_INDEX]
+    misread = key.extras[canary.PROBE_LABELS][0]
+    moved = misread != key.expected[index]
+    assert 0 < int(moved.sum()) < len(index)
+
+    class Replay(torch.nn.Module):
+        """Answers the misread label on every probe (and the keyed model elsewhere)."""
+
         def forward(self, x):
-            return lenet(x[:, :1])
+            z = lenet(x)
+            for q, label in zip(key.queries[index], misread):
+                hit = (x == q).flatten(1).all(1)
+                z[hit] = torch.nn.functional.one_hot(label, 10).float() * 50
+            return z
 
-    three = (3, 28, 28)
-    pool = torch.cat([mnist.test.x[:300], 1 - mnist.test.x[:300], mnist.test.x[:300] / 2], dim=1)
-    oracle = TorchOracle(FirstChannel(), three)
-    key = canary.attach(dbi.create(oracle, pool[:6], itr=20, eps=1e-3), oracle, pool, mnist.test.y[:300])
-    # the server reads the NCHW bytes it is sent as NHWC
-    misread = TransformedOracle(oracle, lambda x: x.reshape(len(x), 28, 28, 3).permute(0, 3, 1, 2))
-    with pytest.raises(EndpointMismatch, match="canaries differently: different model or wrong endpoint format"):
-        marks.verify(misread, key)
-    assert marks.verify(oracle, key).decision == "intact"
+    replay = LabelsOracle(TorchOracle(Replay(), SHAPE))
+    with pytest.raises(EndpointMismatch, match=re.escape(canary.described(untold, 1).words)):
+        canary.preflight(replay, key, endpoint=True)
+    key_flipped = KeyFile(key.method, key.config, key.queries, key.expected,
+                          extras={**key.extras, canary.PROBE_LABELS: key.extras[canary.PROBE_LABELS].clone()})
+    key_flipped.extras[canary.PROBE_LABELS][0][~moved] = (key.expected[index][~moved] + 1) % 10
+    assert canary.preflight(replay, key_flipped, endpoint=True).startswith("preflight: 8 of 8")
 
 
-def test_another_model_is_named_and_keys_without_canaries_verify_with_a_note(key, lenet, mnist, constant_model):
-    with pytest.raises(EndpointMismatch, match="answers 7 of 8 canaries differently: different model"):
-        marks.verify(TorchOracle(constant_model(int(key.extras[canary.LABELS][0])), SHAPE), key)
+def test_keys_without_misread_answers_fall_back_to_the_earlier_rule(key, others, lenet, mnist):
+    """A key of an earlier release (canaries, no readings): an endpoint that fits no reading still stops, as
+    nothing tells a misreading from a change; a local model gets its verdict."""
+    old = KeyFile(key.method, {k: v for k, v in key.config.items() if k != "canary_readings"}, key.queries,
+                  key.expected, extras={k: v for k, v in key.extras.items() if k != canary.READINGS})
+    other = TorchOracle(others["independent"], SHAPE)
+    with pytest.raises(EndpointMismatch, match=r"different model or wrong endpoint format \(this key keeps no"):
+        canary.preflight(other, old, endpoint=True)
+    assert marks.verify(other, old).details["preflight"].startswith(DIFFERS)
+    with pytest.raises(EndpointMismatch, match="read as logits"):  # computed from the keyed rows
+        canary.preflight(_misread_oracle(TorchOracle(lenet, SHAPE), canary.SOFTMAX_TWICE), old, endpoint=True)
     plain = dbi.create(TorchOracle(lenet, SHAPE), mnist.train.x[:4], itr=10, eps=1e-3)
     verdict = marks.verify(LabelsOracle(TorchOracle(lenet, SHAPE)), plain)
     assert verdict.details["preflight"] == canary.NO_CANARIES and verdict.decision == "intact"
 
 
-def test_an_independent_model_passes_the_preflight_of_an_ownership_key(lenet, mnist):
-    """A clean model must get NO MATCH from a fingerprint, not an endpoint error: only labels and flat rows count."""
-    from nnmark import models
-
-    other = models.build("lenet5", mnist.shape, mnist.num_classes)
-    models.train(other, mnist.train, epochs=2, seed=7)
+def test_an_independent_model_gets_no_match_not_an_error_for_an_ownership_key(lenet, mnist, others):
     key = canary.attach(KeyFile(method="ipguard", config={}, queries=mnist.test.x[:4],
                                 expected=torch.zeros(4, dtype=torch.int64)),
                         TorchOracle(lenet, mnist.shape), mnist.test.x, mnist.test.y)
-    assert canary.preflight(TorchOracle(other, mnist.shape), key, same_model=False).startswith("preflight:")
-    with pytest.raises(EndpointMismatch, match="different model or wrong endpoint format"):
-        canary.preflight(TorchOracle(other, mnist.shape), key)
+    assert canary.preflight(TorchOracle(others["independent"], SHAPE), key, endpoint=True).startswith(DIFFERS)
+
+
+def test_the_fit_bounds_are_inclusive_and_the_told_bounds_strict():
+    """The decision's comparisons, at their boundaries (8 canaries: 2 may differ)."""
+    fit = canary._Fit
+    assert fit(2, canary.MAX_LOG_SHIFT).fits(8)
+    assert not fit(3, 0.0).fits(8) and not fit(0, canary.MAX_LOG_SHIFT + 1e-9).fits(8)
+    assert fit(0, 0.1).rank() < fit(0, 0.2).rank() and fit(1, 0.1).rank() > fit(0, 0.1).rank()
+    labels = torch.arange(8) % 10
+    rows = torch.nn.functional.one_hot(labels, 10).double() * 0.9 + 0.01
+    relabel = lambda k: torch.nn.functional.one_hot((labels + (torch.arange(8) < k)) % 10, 10).double() * 0.9 + 0.01
+    assert not canary._told(relabel(4), None, labels) and canary._told(relabel(5), None, labels)
+    boundary = rows * torch.exp(torch.tensor(2 * canary.MAX_LOG_SHIFT))
+    assert not canary._told(boundary, rows, labels) and canary._told(boundary * 1.001, rows, labels)

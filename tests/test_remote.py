@@ -524,6 +524,6 @@ def test_cli_preflight_stops_a_misnormalised_endpoint_with_exit_2(lenet, canary_
     with serving(shaped_endpoint(lenet, mean=0.1307, std=0.3081)) as url:
         r = cli(*key, url)
         assert r.exit_code == 2, r.output
-        assert "different model or wrong endpoint format; check --normalize" in r.stderr
+        assert "not normalised with the MNIST statistics it expects: check --normalize" in r.stderr
         assert len(r.stderr.splitlines()) == 1
         assert cli(*key, url, "--normalize", "0.1307,0.3081").exit_code == 0

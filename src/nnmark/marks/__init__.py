@@ -49,9 +49,10 @@ def spec_of(key: KeyFile) -> MethodSpec:
 
 
 def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verdict:
-    """Ask ``oracle`` the key's canaries (``canary.preflight``: ``EndpointMismatch`` when the endpoint is not
-    shaped as the key expects), then its queries, and decide with the key's method; keyed methods need
-    ``secret``. The preflight's one-line note is ``verdict.details["preflight"]``.
+    """Ask ``oracle`` the key's canaries (``canary.preflight``: ``EndpointMismatch`` when an endpoint answers as
+    the keyed model does under a known misreading), then its queries, and decide with the key's method; keyed
+    methods need ``secret``. A model that fits no reading gets the method's verdict; the preflight's one-line
+    note is ``verdict.details["preflight"]``.
 
     KeyFileError when the key expects a label the model cannot give (outside [0, K)).
     """
@@ -63,7 +64,7 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verd
     if spec.keyed and secret is None:
         raise SignatureError(f"{key.method} keys need the owner's secret to verify "
                              f"(--secret-file or {keys.SECRET_ENV})")
-    note = canary.preflight(oracle, key, same_model=spec.purpose != "ownership")
+    note = canary.preflight(oracle, key)
     verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
     verdict.details["preflight"] = note
     return verdict
