@@ -41,7 +41,7 @@ plug-in normal over K = 3 models gave an independent LeNet-5 p = 6e-14 on the on
 the t over K = 5 gives it 0.003, still a false match at 0.01 (the threshold let it through too: one-hot
 SAC-w on the 22 images a digits LeNet-5 gets wrong is weak; SAC-m separated every model measured).
 The empirical p-value (1 + #{k: d_k <= d}) / (1 + K) is reported beside it: it assumes nothing about
-the null's shape, but it cannot fall below 1 / (K + 1) (1/7 with the CLI's 6 default models, about 0.05
+the null's shape, but it cannot fall below 1 / (K + 1) (1/7 with the 6 from-scratch models of ``--af 0``, about 0.05
 with the paper's 20), so with the few models an owner trains it could never reach a useful bound. The
 normal shape is the assumption the decision rests on; ``create`` refuses a key on which even the source
 (d = 0) would not reach p < max_p_value.
