@@ -308,7 +308,7 @@ def _preflight(oracle: Oracle, key: KeyFile) -> dict | None:
         canary = importlib.import_module("nnmark.marks.canary")
     except ImportError:
         return {"skipped": "this nnmark has no canary preflight"}
-    result = canary.preflight(oracle, key)
+    result = canary.preflight(oracle, key, same_model=purpose_of(key.method) != OWNERSHIP)
     return jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
 
 
@@ -325,6 +325,8 @@ def decide(purpose: str, verdict: Verdict, asked: int, n: int, alpha: float) -> 
         return seq.integrity_decision(0 if verdict.passed else 1, asked, n)
     if purpose == TELLTALE:
         return seq.telltale_decision(verdict.details["consistent"], asked, n)
+    if marks.METHODS[verdict.method].whole_key:
+        return seq.Step(True, verdict.passed, "whole key")
     return seq.ownership_decision(asked - len(verdict.flipped), asked, n, **_ownership_rule(verdict), alpha=alpha)
 
 
@@ -357,7 +359,8 @@ class Settings:
 
 def _prefixes(method: str, n: int, settings: Settings) -> list[torch.Tensor]:
     """The asked prefixes of the key's query order: seeded batches, or the whole key at once."""
-    if not settings.sequential or method in WHOLE_KEY_METHODS:
+    whole = method in WHOLE_KEY_METHODS or (method in marks.METHODS and marks.METHODS[method].whole_key)
+    if not settings.sequential or whole:
         return [torch.arange(n)]
     group = GROUPS.get(method, 1)
     return seq.batches(seq.query_order(n, settings.seed, group), settings.batch_size, group)

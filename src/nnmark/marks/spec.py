@@ -72,6 +72,8 @@ class MethodSpec:
         describe: ``describe(key) -> dict``, more fields ``nnmark mark`` reports, computed from the key.
         n: the number of images the CLI draws by default (image kinds).
         example: what the method's ``nnmark mark`` example adds to its kind's (e.g. required options).
+        whole_key: the verdict is a statistic of the whole query set, not a count of per-query matches: an audit
+            asks every query at once and keeps the method's own decision and p-value.
     """
 
     name: str
@@ -89,6 +91,7 @@ class MethodSpec:
     describe: Callable | None = None
     n: int = DEFAULT_N
     example: str = ""
+    whole_key: bool = False
 
     def __post_init__(self) -> None:
         if self.purpose not in PURPOSES:

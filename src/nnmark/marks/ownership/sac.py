@@ -1,0 +1,358 @@
+"""SAC: the correlation among a model's outputs on a fixed query set as its fingerprint (Guan, Liang, He).
+
+Paper: "Are You Stealing My Model? Sample Correlation for Fingerprinting Deep Neural Networks"
+(NeurIPS 2022, arXiv:2210.15427; code github.com/guanjiyang/SAC). Built for the copies a thief makes
+without the weights: distillation and label or probability extraction, which keep how the source
+relates samples to each other even where they change its labels.
+Access: the owner's source model and calibration models are local torch modules to *create* the key;
+the suspect is asked *probabilities* to verify (labels only: the one-hot variant below).
+
+Query set (n = 100 in the paper), drawn from held-out natural images (the natural pool: the first half
+of the test split, ``nnmark.data.roles``), two variants (``variant``):
+
+- SAC-w (``misclassified_queries``): natural images the source model labels wrongly;
+- SAC-m (``cutmix_queries``): CutMix images, a natural image with a square patch of another pasted in.
+
+Fingerprint (``correlation_matrix``): for outputs O_1..O_n of a model on the queries, the n x n matrix
+C_ij = cos(O_i, O_j) = O_i . O_j / (|O_i| |O_j|), the cosine similarity the paper chooses among its
+correlation functions. Distance (``correlation_distance``): d = ||C_source - C_suspect||_1 / n^2, the mean
+absolute difference of the two matrices (the paper's and its code's measure). Smaller d: more alike.
+
+Outputs: the key keeps the source's probabilities on the queries (the extra tensor "probabilities"; the
+expected labels are their argmax). A probabilities oracle is compared on probability vectors; a labels-only
+oracle on one-hot vectors (C_ij = 1 when O_i and O_j name the same label, else 0). The key calibrates both
+(``OUTPUTS``); verification decides on the richest output the oracle gives and reports the one-hot
+distance beside it.
+
+Calibration (``calibrate``) on K models the owner trained independently of the source (the "shadow" input:
+every negative model of the pools; the paper compares with 20 such "irrelevant" models): their distances
+d_1..d_K set the threshold tau = min_k d_k, so no calibration model would match. The key records tau,
+d_1..d_K and their mean and standard deviation, per output; the distances of the derived positive
+shadow models (noised and fine-tuned copies of the source), when the pools have any, are recorded
+beside them as evidence, not used.
+
+False-claim bound (``p_values``): the p-value that decides is that of a fitted null. The K calibration
+distances are taken as draws of a normal N(mu, sigma^2) with both parameters unknown; a new independent
+model's distance d then has the predictive law mu_hat + s sqrt(1 + 1/K) T_{K-1} (mean mu_hat, sample
+standard deviation s, Student's t with K - 1 degrees of freedom), so p = P[T_{K-1} <= (d - mu_hat) /
+(s sqrt(1 + 1/K))]: the chance that an independent model lies as close as the suspect. The t (not a
+normal with mu_hat and s plugged in) pays for estimating the spread from few models: on digits, a
+plug-in normal over K = 3 models gave an independent LeNet-5 p = 6e-14 on the one-hot SAC-w distance;
+the t over K = 5 gives it 0.003, still a false match at 0.01 (the threshold let it through too: one-hot
+SAC-w on the 22 images a digits LeNet-5 gets wrong is weak; SAC-m separated every model measured).
+The empirical p-value (1 + #{k: d_k <= d}) / (1 + K) is reported beside it: it assumes nothing about
+the null's shape, but it cannot fall below 1 / (K + 1) (1/7 with the 6 from-scratch models of ``--af 0``, about 0.05
+with the paper's 20), so with the few models an owner trains it could never reach a useful bound. The
+normal shape is the assumption the decision rests on; ``create`` refuses a key on which even the source
+(d = 0) would not reach p < max_p_value.
+Decision: "match" (the suspect is the source or derived from it; ``passed``, CLI exit 0) iff
+d < tau AND p < max_p_value, else "no match" (exit 1).
+
+Symbols and defaults: n = 100, CutMix patch side ``patch`` = 0.5 of the image side at a uniformly drawn
+position (the authors' code pastes a 0.2 patch near a corner of a 32x32 photo; the corners of a digit are
+blank, so nnmark's default patch covers part of the digit), max_p_value = 0.01, K >= 2 (``metafinger.Pools``
+needs a negative train and a negative validation model; the t needs K - 1 >= 1).
+
+Choices and gaps:
+
+- SAC-w keeps images the *source* misclassifies; the paper's SAC-w also asks that surrogate models trained
+  by the owner misclassify them (the reason SAC-m was made: it needs none).
+- outputs are probabilities, as every nnmark oracle gives them; the authors' code correlates raw logits.
+  One-hot rows are plain 0/1 vectors (the code smooths them, an affine change of C that only rescales d).
+- the query images come from the natural pool of ``dataset``; ``nnmark mark sac`` passes the training
+  images of the dataset its shadow models train on, and ``create`` reloads that dataset by the name the
+  command records (``meta["data"]``), refusing one whose training images differ from those given.
+- with ``--af`` > 0 the pools' negatives include noised copies of each independent model: they are still
+  independent of the source, but not of each other; ``--af 0`` calibrates on from-scratch models only.
+
+Example::
+
+    pools = metafinger.Pools([], negatives, [], [extra_negative])
+    key = sac.create(source, pools, ds.train.x, variant="m", dataset=ds)
+    verdict = sac.verify(TorchOracle(suspect, ds.shape), key)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from scipy.special import stdtr
+from torch import nn
+
+from nnmark import data
+from nnmark.data.roles import natural_pool
+from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
+from nnmark.keys import KeyFile, note_shortfall
+from nnmark.marks.ownership.metafinger import Pools
+from nnmark.marks.spec import MethodSpec
+from nnmark.marks.verdict import Verdict
+from nnmark.models.card import ModelCard
+from nnmark.oracles import Oracle, TorchOracle, check_inputs
+
+METHOD = "sac"
+DEFAULT_VARIANT = "m"
+PAPER_N = 100
+MIN_KEPT = 10
+"""The fewest queries of a key worth writing: C has n (n - 1) / 2 free pairs, and the paper uses 100."""
+DEFAULT_PATCH = 0.5
+DEFAULT_MAX_P_VALUE = 0.01
+OUTPUTS = ("probabilities", "labels")
+"""The outputs a key is calibrated for: probability vectors, and one-hot labels for a labels-only oracle."""
+
+
+def cutmix_queries(x: torch.Tensor, n: int, *, patch: float, generator: torch.Generator) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """SAC-m's inputs: n CutMix images from x (N, C, H, W), N >= 2; returns (queries, index of each base image).
+
+    Each query is a base image x_a with the square patch of side round(patch * min(H, W)) at a uniformly
+    drawn position replaced by the same patch of a donor x_b, b != a; a and b are drawn by ``generator``.
+    """
+    if not 0 < patch <= 1:
+        raise ArgumentError(f"patch must lie in (0, 1], got {patch}")
+    if len(x) < 2:
+        raise InputError(f"CutMix needs at least 2 images, got {len(x)}")
+    _, _, h, w = x.shape
+    side = max(1, round(patch * min(h, w)))
+    a = torch.randint(len(x), (n,), generator=generator)
+    b = (a + torch.randint(1, len(x), (n,), generator=generator)) % len(x)
+    top = torch.randint(h - side + 1, (n, 1), generator=generator)
+    left = torch.randint(w - side + 1, (n, 1), generator=generator)
+    rows = (torch.arange(h) >= top) & (torch.arange(h) < top + side)
+    cols = (torch.arange(w) >= left) & (torch.arange(w) < left + side)
+    box = (rows[:, :, None] & cols[:, None, :])[:, None].to(x.dtype)
+    return x[a] * (1 - box) + x[b] * box, a
+
+
+def misclassified_queries(y: torch.Tensor, predicted: torch.Tensor, n: int, *,
+                          generator: torch.Generator) -> torch.Tensor:
+    """SAC-w's inputs: the indices (at most n, in a seeded random order) of images whose true label ``y`` the
+    source's ``predicted`` label misses."""
+    order = torch.randperm(len(y), generator=generator)
+    return order[predicted[order] != y[order]][:n]
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels (n,) as one-hot rows (n, K) in float64: the outputs of a labels-only model."""
+    return nn.functional.one_hot(labels, num_classes).double()
+
+
+def correlation_matrix(outputs: torch.Tensor) -> torch.Tensor:
+    """C_ij = cos(O_i, O_j) for the rows O_i of ``outputs`` (n, K), in float64; an all-zero row has cos 0."""
+    if outputs.dim() != 2:
+        raise ArgumentError(f"outputs must be (n, K), got shape {tuple(outputs.shape)}")
+    unit = nn.functional.normalize(outputs.double(), dim=1)
+    return unit @ unit.T
+
+
+def correlation_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> float:
+    """d = ||C_a - C_b||_1 / n^2: the mean absolute difference of two n x n correlation matrices."""
+    if c_a.shape != c_b.shape or c_a.dim() != 2 or c_a.shape[0] != c_a.shape[1]:
+        raise ArgumentError(f"need two n x n matrices of one shape, got {tuple(c_a.shape)} and {tuple(c_b.shape)}")
+    return float((c_a - c_b).abs().mean())
+
+
+def fingerprints(probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
+    """C of each output in ``OUTPUTS`` from a model's probabilities (n, K) on the queries."""
+    labels = one_hot(probabilities.argmax(dim=1), probabilities.shape[1])
+    return {"probabilities": correlation_matrix(probabilities), "labels": correlation_matrix(labels)}
+
+
+def calibrate(distances: Sequence[float]) -> dict:
+    """The decision's calibration from K >= 2 independent models' distances d_k: threshold tau = min_k d_k,
+    mu = their mean, s = their sample standard deviation (> 0), and the distances themselves."""
+    d = [float(v) for v in distances]
+    if len(d) < 2:
+        raise ArgumentError(f"calibration needs at least 2 independent models, got {len(d)}")
+    if max(d) == min(d):
+        raise NnmarkError("the calibration models' distances have no spread, so no false-claim bound can be fitted; "
+                          "use other calibration models")
+    mean = math.fsum(d) / len(d)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / (len(d) - 1))
+    return {"threshold": min(d), "mean": mean, "std": std, "distances": d}
+
+
+def p_values(d: float, calibration: dict) -> tuple[float, float]:
+    """(fitted, empirical) p-values of distance d: P[T_{K-1} <= (d - mu) / (s sqrt(1 + 1/K))] and
+    (1 + #{d_k <= d}) / (1 + K)."""
+    distances = calibration["distances"]
+    k = len(distances)
+    t = (d - calibration["mean"]) / (calibration["std"] * math.sqrt(1 + 1 / k))
+    return float(stdtr(k - 1, t)), (1 + sum(v <= d for v in distances)) / (1 + k)
+
+
+def judge(d: float, calibration: dict, max_p_value: float) -> dict:
+    """The decision on distance d: match iff d < tau and the fitted p-value < max_p_value; with both p-values."""
+    fitted, empirical = p_values(d, calibration)
+    return {"distance": d, "match": d < calibration["threshold"] and fitted < max_p_value, "p_value": fitted,
+            "p_value_empirical": empirical, "threshold": calibration["threshold"]}
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A local model's probabilities on x, as a ``TorchOracle`` (what a verifier asks) gives them."""
+    return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes).probabilities(x)
+
+
+def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: torch.Tensor,
+               num_classes: int) -> dict[str, list[float]]:
+    """Each model's distance to the source's fingerprints, per output."""
+    found = [fingerprints(_probabilities(m, x, num_classes)) for m in models]
+    return {out: [correlation_distance(source[out], f[out]) for f in found] for out in OUTPUTS}
+
+
+def _held_out(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Split:
+    """The natural pool of ``dataset``, else of the dataset ``meta["data"]`` names, whose training images must be
+    ``images`` (the ones the caller gave)."""
+    if dataset is None:
+        if "data" not in meta:
+            raise ArgumentError("SAC draws its queries from held-out images: pass dataset")
+        dataset = data.load_for(meta["data"], ModelCard(tuple(images.shape[1:]), num_classes))
+        if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
+            raise InputError(f"the training images given are not those of {meta['data']}; pass dataset")
+    return natural_pool(dataset)
+
+
+def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    """The variant's queries from the natural ``pool``, its extras and its config entries."""
+    if variant == "m":
+        x, base = cutmix_queries(pool.x, n, patch=patch, generator=generator)
+        return x, {"sources": pool.x[base].contiguous()}, {"patch": float(patch), "candidates": len(pool)}
+    wrong = misclassified_queries(pool.y, _probabilities(source, pool.x, num_classes).argmax(dim=1), n,
+                                  generator=generator)
+    return pool.x[wrong], {}, {"candidates": len(pool), "misclassified": len(wrong)}
+
+
+def create(
+    source: nn.Module,
+    pools: Pools,
+    images: torch.Tensor,
+    *,
+    variant: Literal["m", "w"] = DEFAULT_VARIANT,
+    n: int = PAPER_N,
+    patch: float = DEFAULT_PATCH,
+    max_p_value: float = DEFAULT_MAX_P_VALUE,
+    seed: int = 0,
+    dataset: data.Dataset | None = None,
+    model_digest: str = "",
+    meta: dict | None = None,
+) -> KeyFile:
+    """Make a SAC key: n queries of ``variant``, the source's probabilities on them, calibrated on the pools'
+    negative (independent) models; see the module docstring.
+
+    ``images``: the owner's training images (N, C, H, W) in [0, 1], those the pools trained on; the queries are
+    drawn from the natural pool of ``dataset`` (None: the dataset ``meta["data"]`` names, checked against
+    ``images``). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
+    too few held-out images) or when even the source itself could not match.
+
+    Args:
+        variant: "m" (SAC-m: CutMix images) or "w" (SAC-w: natural images the source misclassifies).
+        n: most queries kept in the key.
+        patch: SAC-m's patch side, as a fraction of the image side.
+        max_p_value: a match needs the fitted p-value of its distance below this.
+        seed: draws the CutMix images, or the order in which misclassified images are kept.
+    """
+    if images.dim() != 4:
+        raise InputError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    check_inputs(images, tuple(images.shape[1:]))
+    if n < MIN_KEPT or not 0 < max_p_value < 1 or variant not in ("m", "w"):
+        raise ArgumentError(f"need n >= {MIN_KEPT}, max_p_value in (0, 1) and variant m or w, got {n}, {max_p_value}, "
+                            f"{variant!r}")
+    meta = dict(meta or {})
+    with torch.no_grad():
+        num_classes = int(source.eval()(images[:1]).shape[1])
+    pool = _held_out(images, num_classes, dataset, meta)
+    x, extras, found = _queries(source, pool, variant, n, patch, num_classes, torch.Generator().manual_seed(seed))
+    if len(x) < MIN_KEPT:
+        raise NnmarkError(f"only {len(x)} SAC-{variant} queries found, fewer than {MIN_KEPT}: the source misclassifies "
+                          "too few held-out images; use variant m")
+    probabilities = _probabilities(source, x, num_classes)
+    own = fingerprints(probabilities)
+    negatives = [*pools.negatives_train, *pools.negatives_val]
+    calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes).items()}
+    for out, cal in calibration.items():
+        if not judge(0.0, cal, max_p_value)["match"]:
+            raise NnmarkError(f"the {out} calibration distances (mean {cal['mean']:.3g}, sd {cal['std']:.3g}) are too "
+                              f"spread for even the source to reach p < max_p_value = {max_p_value:g}; use more "
+                              "calibration models or a larger max_p_value")
+    config = {
+        "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed), "num_classes": num_classes,
+        "max_p_value": float(max_p_value), "calibration_models": len(negatives), "calibration": calibration,
+        "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes),
+        "p_value": "student-t", **found,
+    }
+    if clash := sorted(set(meta) & set(config)):
+        raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
+    config.update(meta)
+    note_shortfall(config, n, len(x), f"the source misclassifies only {len(x)} of {len(pool)} held-out images")
+    return KeyFile(method=METHOD, config=config, queries=x.float().contiguous(),
+                   expected=probabilities.argmax(dim=1).contiguous(),
+                   extras={"probabilities": probabilities.float().contiguous(), **extras}, model_digest=model_digest)
+
+
+def _calibration(key: KeyFile, out: str) -> dict:
+    """The key's calibration for output ``out``, checked (KeyFileError when missing or malformed)."""
+    try:
+        cal = key.config["calibration"][out]
+        parsed = {name: float(cal[name]) for name in ("threshold", "mean", "std")}
+        parsed["distances"] = [float(v) for v in cal["distances"]]
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{METHOD} key config lacks a numeric {out} calibration") from None
+    if len(parsed["distances"]) < 2 or not parsed["std"] > 0:
+        raise KeyFileError(f"{METHOD} key's {out} calibration needs >= 2 distances and a std > 0")
+    return parsed
+
+
+def _source_outputs(key: KeyFile) -> torch.Tensor:
+    """The source's probabilities kept in the key, checked against its queries and expected labels."""
+    p = key.extras.get("probabilities")
+    n = len(key.expected)
+    if p is None or p.dim() != 2 or len(p) != n or not p.is_floating_point() or (p < 0).any() or (p > 1).any():
+        raise KeyFileError(f"{METHOD} key lacks the source's probabilities (n, K) in [0, 1] for its {n} queries")
+    if not torch.equal(p.argmax(dim=1), key.expected):
+        raise KeyFileError(f"{METHOD} key's expected labels are not the argmax of its probabilities")
+    return p
+
+
+def verify(oracle: Oracle, key: KeyFile) -> Verdict:
+    """The suspect's correlation distance to the source on the key's queries, and the decision.
+
+    Probabilities when the oracle gives them (the one-hot result in ``details["labels"]``), else labels.
+    "match" (passed) iff d < the key's threshold and the fitted p-value < its max_p_value. ``flipped``: queries the
+    suspect labels otherwise than the source (not what decides).
+    """
+    if key.method != METHOD:
+        raise KeyFileError(f"not a {METHOD} key (method {key.method!r})")
+    try:
+        max_p_value = float(key.config["max_p_value"])
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{METHOD} key config lacks a numeric max_p_value") from None
+    if not 0 < max_p_value < 1:
+        raise KeyFileError(f"{METHOD} key config has max_p_value outside (0, 1)")
+    own = fingerprints(_source_outputs(key))
+    before = oracle.queries
+    if oracle.can("probabilities"):
+        outputs = oracle.probabilities(key.queries)
+        labels, theirs = outputs.argmax(dim=1), fingerprints(outputs)
+    else:
+        labels = oracle.labels(key.queries)
+        theirs = {"labels": correlation_matrix(one_hot(labels, oracle.num_classes))}
+    results = {out: judge(correlation_distance(own[out], theirs[out]), _calibration(key, out), max_p_value)
+               for out in theirs}
+    used = "probabilities" if "probabilities" in results else "labels"
+    main = results.pop(used)
+    return Verdict(
+        method=key.method, decision="match" if main["match"] else "no match", passed=main["match"],
+        statistic_name="correlation_distance", statistic=main["distance"],
+        flipped=torch.nonzero(labels != key.expected).flatten().tolist(), queries=oracle.queries - before,
+        details={"output": used, **main, "max_p_value": max_p_value, "variant": key.config.get("variant"), **results},
+    )
+
+
+SPECS = (MethodSpec(
+    METHOD, "ownership", "SAC sample-correlation fingerprint of distilled and extracted copies (Guan et al.)",
+    create_access="probabilities", verify_access="labels", embeds=False, verdicts=("match", "no match"),
+    verify=verify, create=create, inputs="shadow", shows=("variant", "kept"), whole_key=True,
+),)

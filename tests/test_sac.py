@@ -1,0 +1,179 @@
+"""SAC (Guan et al.): the source and a copy distilled from it match, independently trained models do not; the key's
+calibration decides, on probabilities or, for a labels-only oracle, on one-hot outputs."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nnmark import data, keys, models
+from nnmark.attacks.distill import distill
+from nnmark.audit import run as audit
+from nnmark.cli import main
+from nnmark.data.roles import natural_pool
+from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
+from nnmark.marks.ownership import sac
+from nnmark.marks.ownership.metafinger import Pools
+from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.oracles import LabelsOracle, TorchOracle
+
+EPOCHS = 5
+LAYOUT = PoolLayout(negatives=3, val_negatives=2, af=0, epochs=EPOCHS)
+"""Five independent calibration LeNet-5s, laid out as ``nnmark mark sac --negatives 3 --val-negatives 2 --af 0
+--shadow-epochs 5`` lays them out, so the CLI test finds them in the cache."""
+SECRET = "a long test secret"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """digits; the source (seed 0) saved as a checkpoint; calibration pools in a cache; a distilled copy; two
+    independent models (seeds 7, 8); a SAC-m key."""
+    torch.manual_seed(0)
+    ds = data.load("digits")
+    root = tmp_path_factory.mktemp("sac")
+    source = train_shadow(ShadowSpec("lenet5", "digits", 0, epochs=EPOCHS))
+    path = root / "source.safetensors"
+    models.save(source, models.ModelConfig("lenet5", ds.shape, ds.num_classes, data="digits", seed=0), path)
+    specs = pool_specs("lenet5", "digits", models.digest(source), LAYOUT, seed=0)
+    pool = build_pool([s for group in specs.values() for s in group], cache_dir=root / "cache", executor="serial")
+    pools = Pools(**pool.groups(specs))
+    independent = [train_shadow(ShadowSpec("lenet5", "digits", s, epochs=EPOCHS)) for s in (7, 8)]
+    distilled = distill(source, ds.train.x, ds.train.y, alpha=1.0, epochs=15, seed=5).eval()
+    key = sac.create(source, pools, ds.train.x, dataset=ds)
+    return {"ds": ds, "root": root, "path": path, "source": source, "pools": pools, "independent": independent,
+            "distilled": distilled, "key": key}
+
+
+def _verify(model, key, ds, labels_only=False):
+    oracle = TorchOracle(model, ds.shape)
+    return sac.verify(LabelsOracle(oracle) if labels_only else oracle, key)
+
+
+@pytest.mark.parametrize("labels_only", [False, True])
+def test_the_source_and_a_distilled_copy_match_and_independent_models_do_not(world, labels_only):
+    ds, key = world["ds"], world["key"]
+    out = "labels" if labels_only else "probabilities"
+    calibration = key.config["calibration"][out]
+    for model in (world["source"], world["distilled"]):
+        verdict = _verify(model, key, ds, labels_only)
+        assert verdict.decision == "match" and verdict.passed and verdict.details["output"] == out
+        assert verdict.statistic < min(calibration["distances"]) and verdict.details["p_value"] < 0.01
+    for model in world["independent"]:
+        verdict = _verify(model, key, ds, labels_only)
+        assert verdict.decision == "no match" and not verdict.passed
+        assert verdict.statistic > _verify(world["distilled"], key, ds, labels_only).statistic
+
+
+def test_a_labels_only_oracle_is_judged_on_one_hot_outputs_reported_beside_probabilities(world):
+    ds, key, model = world["ds"], world["key"], world["independent"][0]
+    on_labels = _verify(model, key, ds, labels_only=True)
+    on_probabilities = _verify(model, key, ds)
+    labels = model(key.queries).argmax(dim=1)
+    expected = sac.correlation_distance(sac.correlation_matrix(sac.one_hot(key.expected, 10)),
+                                        sac.correlation_matrix(sac.one_hot(labels, 10)))
+    assert on_labels.statistic == pytest.approx(expected) and on_labels.details["output"] == "labels"
+    assert on_probabilities.details["labels"]["distance"] == pytest.approx(expected)
+    assert on_probabilities.statistic != pytest.approx(expected)
+    assert on_labels.queries == on_probabilities.queries == len(key.expected)
+
+
+def test_the_key_records_the_source_outputs_threshold_and_calibration_distances(world, tmp_path):
+    ds, key, pools = world["ds"], world["key"], world["pools"]
+    probabilities = TorchOracle(world["source"], ds.shape).probabilities(key.queries)
+    assert torch.equal(key.extras["probabilities"], probabilities) and torch.equal(key.expected, probabilities.argmax(1))
+    assert key.config["calibration_models"] == 5 and key.config["p_value"] == "student-t"
+    first = pools.negatives_train[0]
+    for out in sac.OUTPUTS:
+        cal = key.config["calibration"][out]
+        assert len(cal["distances"]) == 5 and cal["threshold"] == min(cal["distances"])
+        own, theirs = (sac.fingerprints(TorchOracle(m, ds.shape).probabilities(key.queries)) for m in (world["source"],
+                                                                                                       first))
+        assert cal["distances"][0] == pytest.approx(sac.correlation_distance(own[out], theirs[out]))
+    keys.save(key, tmp_path / "sac.key", secret=SECRET.encode())
+    loaded = keys.load(tmp_path / "sac.key", secret=SECRET.encode())
+    assert _verify(world["distilled"], loaded, ds).passed
+
+
+def test_the_decision_needs_a_distance_below_the_threshold_and_a_p_value_below_the_bound():
+    cal = sac.calibrate([0.20, 0.22, 0.21, 0.23, 0.24])
+    assert cal["threshold"] == 0.20 and cal["std"] > 0
+    near, far = sac.judge(0.05, cal, 0.01), sac.judge(0.30, cal, 0.01)
+    assert near["match"] and near["p_value"] < 0.01 and near["p_value_empirical"] == pytest.approx(1 / 6)
+    assert not far["match"] and far["p_value"] > 0.5 and far["p_value_empirical"] == 1.0
+    assert not sac.judge(0.20, cal, 0.5)["match"]  # at the threshold: not below it, however probable
+    just_below = sac.judge(0.199, cal, 0.01)  # below every calibration model, but not improbable for one
+    assert not just_below["match"] and just_below["p_value"] > 0.01
+    assert sac.judge(0.199, cal, 0.5)["match"]
+    assert sac.p_values(0.1, cal)[0] < sac.p_values(0.15, cal)[0] < sac.p_values(0.2, cal)[0]
+
+
+def test_a_tampered_threshold_or_bound_in_the_key_turns_a_match_into_no_match(world):
+    ds, key = world["ds"], world["key"]
+    distilled = _verify(world["distilled"], key, ds)
+    for change in ({"threshold": distilled.statistic}, {"max_p_value": distilled.details["p_value"]}):
+        config = json.loads(json.dumps(key.config))
+        if "threshold" in change:
+            config["calibration"]["probabilities"]["threshold"] = change["threshold"]
+        else:
+            config["max_p_value"] = change["max_p_value"]
+        tampered = keys.KeyFile(sac.METHOD, config, key.queries, key.expected, key.extras)
+        assert not _verify(world["distilled"], tampered, ds).passed
+
+
+def test_sac_w_asks_natural_images_the_source_gets_wrong(world):
+    ds, source = world["ds"], world["source"]
+    key = sac.create(source, world["pools"], ds.train.x, variant="w", dataset=ds)
+    pool = natural_pool(ds)
+    rows = [int(torch.nonzero((pool.x == q).flatten(1).all(dim=1))[0]) for q in key.queries]
+    assert key.config["misclassified"] == len(rows) >= sac.MIN_KEPT
+    assert (source(key.queries).argmax(1) != pool.y[rows]).all()
+    distilled = _verify(world["distilled"], key, ds)
+    assert distilled.statistic < min(key.config["calibration"]["probabilities"]["distances"])
+
+
+def test_cutmix_pastes_one_square_of_a_donor_image_and_repeats_with_the_seed():
+    x = torch.stack([torch.full((1, 8, 8), v) for v in (0.0, 0.5, 1.0)])
+    q, base = sac.cutmix_queries(x, 20, patch=0.5, generator=torch.Generator().manual_seed(3))
+    changed = (q != x[base]).flatten(1).sum(dim=1)
+    assert q.shape == (20, 1, 8, 8) and (changed == 16).all()  # a 4 x 4 patch from an image of another value
+    again, _ = sac.cutmix_queries(x, 20, patch=0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(q, again)
+    with pytest.raises(ArgumentError, match="patch"):
+        sac.cutmix_queries(x, 2, patch=0.0, generator=torch.Generator())
+
+
+def test_bad_inputs_and_keys_are_refused(world):
+    ds, key = world["ds"], world["key"]
+    with pytest.raises(NnmarkError, match="no spread"):
+        sac.calibrate([0.2, 0.2, 0.2])
+    with pytest.raises(InputError, match="not those of digits"):
+        sac.create(world["source"], world["pools"], ds.train.x[:-1], meta={"data": "digits"})
+    with pytest.raises(ArgumentError, match="n >= 10"):
+        sac.create(world["source"], world["pools"], ds.train.x, n=5, dataset=ds)
+    broken = keys.KeyFile(sac.METHOD, key.config, key.queries, key.expected, {})
+    with pytest.raises(KeyFileError, match="probabilities"):
+        _verify(world["source"], broken, ds)
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": SECRET})
+
+
+def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
+    out = tmp_path / "sac.key"
+    r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+             "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache", "--n", 50,
+             "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 0 and json.loads(r.stdout)["kept"] == 50
+    independent = tmp_path / "independent.safetensors"
+    models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
+                independent)
+    assert _cli("verify", out, "--model", world["path"]).exit_code == 0
+    r = _cli("verify", out, "--model", independent, "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["decision"] == "no match"
+    loaded = audit.load_keys([out], secret=SECRET.encode())
+    for model, passed in ((world["distilled"], True), (world["independent"][1], False)):
+        result = audit.audit_key(TorchOracle(model, (1, 8, 8)), loaded[0], audit.Settings())
+        assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
