@@ -308,7 +308,7 @@ def _preflight(oracle: Oracle, key: KeyFile) -> dict | None:
         canary = importlib.import_module("nnmark.marks.canary")
     except ImportError:
         return {"skipped": "this nnmark has no canary preflight"}
-    result = canary.preflight(oracle, key, same_model=purpose_of(key.method) != OWNERSHIP)
+    result = canary.preflight(oracle, key)
     return jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
 
 

@@ -240,7 +240,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
-                    {"seed": given["seed"], "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
+                    {"seed": given["seed"], "dataset": ds, "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
                                                      "af": given["af"]}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
 

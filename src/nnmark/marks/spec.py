@@ -31,7 +31,7 @@ INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
     "embed": (2, ()),
     "pretrained": (2, ()),
     "embed_or_pretrained": (2, ("pretrained",)),
-    "shadow": (3, ("seed",)),
+    "shadow": (3, ("seed", "dataset")),
 }
 """Input kind -> (how many positional inputs ``create`` takes, what else the caller gives it when it takes them):
 
@@ -42,7 +42,8 @@ INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
 - embed: (a fresh, untrained model in pixel space, dataset) -> (watermarked model, key);
 - pretrained: (the trained model, dataset) -> (watermarked model, key);
 - embed_or_pretrained: either; ``pretrained`` says which;
-- shadow: (source model, ``metafinger.Pools`` of shadow models, training images)."""
+- shadow: (source model, ``metafinger.Pools`` of shadow models, training images), and ``dataset``, the one the
+  pools trained on."""
 
 SUPPLIED = ("model_digest", "meta", "progress", "secret")
 """Keyword parameters a caller fills from its context, never options: the model's digest, what the key records

@@ -59,9 +59,9 @@ Choices and gaps:
   by the owner misclassify them (the reason SAC-m was made: it needs none).
 - outputs are probabilities, as every nnmark oracle gives them; the authors' code correlates raw logits.
   One-hot rows are plain 0/1 vectors (the code smooths them, an affine change of C that only rescales d).
-- the query images come from the natural pool of ``dataset``; ``nnmark mark sac`` passes the training
-  images of the dataset its shadow models train on, and ``create`` reloads that dataset by the name the
-  command records (``meta["data"]``), refusing one whose training images differ from those given.
+- the query images come from the natural pool of ``dataset``, the one the shadow models train on (``nnmark
+  mark sac`` passes it); a caller that passes none gets the dataset ``meta["data"]`` names, refused when its
+  training images differ from those given.
 - with ``--af`` > 0 the pools' negatives include noised copies of each independent model: they are still
   independent of the source, but not of each other; ``--af 0`` calibrates on from-scratch models only.
 
