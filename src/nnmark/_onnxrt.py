@@ -11,6 +11,7 @@ from nnmark.errors import ArgumentError, NnmarkError
 
 OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
 DEFAULT_OPTIMIZATION = "all"
+_FATAL_ONLY = 4  # ONNX Runtime's log severity: 0 verbose .. 3 error, 4 fatal
 
 
 def requirement() -> str | None:
@@ -36,6 +37,7 @@ def session(onnx_bytes: bytes, optimization: str = DEFAULT_OPTIMIZATION):
         raise NnmarkError(reason)
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(_FATAL_ONLY)  # errors reach the user as nnmark's one line, not as ORT's log
     levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -44,5 +46,5 @@ def session(onnx_bytes: bytes, optimization: str = DEFAULT_OPTIMIZATION):
     options.graph_optimization_level = levels[optimization]
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = _FATAL_ONLY
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])

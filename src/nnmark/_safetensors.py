@@ -7,7 +7,6 @@ that every declared tensor fits the body, so nothing of a file's body is read be
 """
 
 import json
-import math
 import os
 from typing import Any, BinaryIO
 
@@ -28,6 +27,7 @@ DTYPE_CODES: dict[torch.dtype, str] = {
 }
 ITEMSIZE: dict[str, int] = {code: dtype.itemsize for dtype, code in DTYPE_CODES.items()}
 LENGTH_BYTES = 8
+MAX_TENSOR_BYTES = 2**63  # what safetensors itself can address; a shape beyond it is refused before multiplying on
 
 
 class HeaderError(Exception):
@@ -90,19 +90,28 @@ def entry_bytes(entry: Any) -> int:
         and all(type(d) is int and d >= 0 for d in entry["shape"])
     ):
         raise HeaderError("bad header entry")
-    return math.prod(entry["shape"]) * ITEMSIZE[entry["dtype"]]
+    if 0 in entry["shape"]:
+        return 0
+    nbytes = ITEMSIZE[entry["dtype"]]
+    for d in entry["shape"]:  # stops at the bound: the product of a long list of huge dimensions would not finish
+        nbytes *= d
+        if nbytes > MAX_TENSOR_BYTES:
+            raise HeaderError(f"its shape declares more than {MAX_TENSOR_BYTES} bytes")
+    return nbytes
 
 
 def check_entries(header: dict[str, Any], body_size: int) -> None:
     """Raise HeaderError unless every tensor entry of ``header`` is well-formed and lies within a body of
-    ``body_size`` bytes, with ``end - begin`` equal to its shape times its item size."""
+    ``body_size`` bytes, with ``end - begin`` equal to its shape times its item size, and the last ends the body
+    (so a body with bytes after its tensors is refused before it is read)."""
+    end = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
             nbytes = entry_bytes(entry)
-        except HeaderError:
-            raise HeaderError(f"bad header entry for tensor {name!r}") from None
+        except HeaderError as e:
+            raise HeaderError(f"tensor {name!r}: {e}") from None
         offsets = entry["data_offsets"]
         if not (
             isinstance(offsets, list)
@@ -113,3 +122,6 @@ def check_entries(header: dict[str, Any], body_size: int) -> None:
         ):
             raise HeaderError(f"tensor {name!r} declares {nbytes} bytes at {offsets!r}, "
                               f"outside a {body_size}-byte body")
+        end = max(end, offsets[1])
+    if end != body_size:
+        raise HeaderError(f"its tensors end at byte {end} of a {body_size}-byte body")

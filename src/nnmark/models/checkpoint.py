@@ -195,28 +195,52 @@ def load(path: str | os.PathLike) -> tuple[nn.Module, ModelConfig]:
 
 def _read_checkpoint(fh: BinaryIO) -> tuple[nn.Module, ModelConfig]:
     """The model and config of the open checkpoint ``fh``, its header checked before its body is read."""
-    size = _safetensors.file_size(fh)
     try:
-        raw, header = _safetensors.read_header(fh, size, MAX_HEADER_BYTES)
-        _safetensors.check_entries(header, size - _safetensors.LENGTH_BYTES - len(raw))
+        head = read_header(fh)
     except _safetensors.HeaderError as e:
         raise ModelError(f"not a valid safetensors checkpoint: {e}") from None
-    metadata = header.pop("__metadata__", None)
+    metadata = head.metadata
     if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
         raise ModelError(f"no {METADATA_KEY!r} metadata; was it written by nnmark.models.save?")
     config = ModelConfig.from_json(metadata[METADATA_KEY])
     model = _meta_model_for(config)  # a hostile config allocates nothing before the tensors match it
-    _check_tensors(_specs(model.state_dict()), {n: (e["dtype"], tuple(e["shape"])) for n, e in header.items()})
+    model.load_state_dict(read_state(fh, head, model.state_dict()), strict=True, assign=True)
+    return model.eval(), config
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors file's checked header: the file's size, the raw header, its tensor entries and metadata."""
+
+    size: int
+    raw: bytes
+    entries: dict
+    metadata: object
+
+
+def read_header(fh: BinaryIO) -> Header:
+    """The header of the open safetensors file ``fh``: its length bounded by MAX_HEADER_BYTES, every entry
+    well-formed and inside the body, the body ending with the last tensor; HeaderError otherwise."""
+    size = _safetensors.file_size(fh)
+    raw, header = _safetensors.read_header(fh, size, MAX_HEADER_BYTES)
+    _safetensors.check_entries(header, size - _safetensors.LENGTH_BYTES - len(raw))
+    metadata = header.pop("__metadata__", None)
+    return Header(size, raw, header, metadata)
+
+
+def read_state(fh: BinaryIO, head: Header, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of the open safetensors file ``fh`` whose header is ``head``, read only after the header's
+    names, dtypes and shapes are those of the state dict ``expected`` (ModelError naming the differences)."""
+    _check_tensors(_specs(expected), {n: (e["dtype"], tuple(e["shape"])) for n, e in head.entries.items()})
     fh.seek(0)
-    data = fh.read(size)
-    if len(data) != size or data[_safetensors.LENGTH_BYTES : _safetensors.LENGTH_BYTES + len(raw)] != raw:
+    data = fh.read(head.size)
+    header = data[_safetensors.LENGTH_BYTES : _safetensors.LENGTH_BYTES + len(head.raw)]
+    if len(data) != head.size or header != head.raw:
         raise ModelError("the file changed while it was read")
     try:
-        tensors = safetensors_load(data)
+        return safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types (and others) for corrupt input
-        raise ModelError(f"not a valid safetensors checkpoint: {e}") from None
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval(), config
+        raise ModelError(f"not a valid safetensors file: {e}") from None
 
 
 def digest(model: nn.Module) -> str:

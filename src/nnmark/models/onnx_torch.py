@@ -222,12 +222,10 @@ class OnnxGraph(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        from onnx import numpy_helper
-
         graph = model.graph
         self._names: dict[str, str] = {}
         for i, init in enumerate(graph.initializer):
-            self.register_buffer(f"t{i}", torch.from_numpy(numpy_helper.to_array(init).copy()))
+            self.register_buffer(f"t{i}", _tensor(init))
             self._names[init.name] = f"t{i}"
         inputs = [i.name for i in graph.input if i.name not in self._names]
         if len(inputs) != 1 or len(graph.output) != 1:
@@ -262,12 +260,22 @@ class OnnxGraph(nn.Module):
 
 def _attribute(a):
     """An attribute's value: strings decoded, a tensor (Constant's ``value``) as a torch tensor."""
-    from onnx import AttributeProto, helper, numpy_helper
+    from onnx import AttributeProto, helper
 
     value = helper.get_attribute_value(a)
     if a.type == AttributeProto.TENSOR:
-        return torch.from_numpy(numpy_helper.to_array(value).copy())
+        return _tensor(value)
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _tensor(proto) -> torch.Tensor:
+    """An ONNX TensorProto as a torch tensor; ModelError for one that keeps its data in another file, which
+    ``onnx.numpy_helper`` would read relative to the current directory (``models.onnx_data.embed`` it first)."""
+    from onnx import TensorProto, numpy_helper
+
+    if proto.data_location == TensorProto.EXTERNAL:
+        raise ModelError(f"ONNX tensor {proto.name!r} keeps its data in another file; embed it first")
+    return torch.from_numpy(numpy_helper.to_array(proto).copy())
 
 
 def convert(model, input_shape: tuple[int, int, int], reference: Callable[[torch.Tensor], torch.Tensor]) -> OnnxGraph:
@@ -278,9 +286,9 @@ def convert(model, input_shape: tuple[int, int, int], reference: Callable[[torch
     """
     try:
         graph = OnnxGraph(model)
-    except Unconvertible:
+    except (Unconvertible, ModelError):
         raise
-    except Exception as e:  # e.g. an initializer kept in external data
+    except Exception as e:
         raise Unconvertible(f"reading the graph failed ({type(e).__name__})") from None
     probe = torch.rand(PROBE_BATCH, *input_shape, generator=torch.Generator().manual_seed(PROBE_SEED))
     try:

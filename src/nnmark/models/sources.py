@@ -5,15 +5,22 @@
 ``SOURCES`` holds one entry per kind; what loading each kind executes:
 
 - ``checkpoint``: an nnmark safetensors checkpoint (``models.load``); builds a zoo architecture, runs no user code.
+  Its header is checked (``checkpoint.read_header``) and matched to the architecture before the body is read.
 - ``factory``: ``package.module:factory`` (imported from ``sys.path`` and the current directory) plus optional
-  ``--weights W.safetensors``, a state dict loaded strictly. Loading runs the user's Python code.
-- ``torchscript``: a TorchScript zip archive (``.pt``, ``.ts``) loaded with ``torch.jit.load``; its code runs in
-  TorchScript's own interpreter, not in Python. A file that is not a TorchScript zip is refused, never unpickled.
-- ``export``: a ``torch.export`` archive (``.pt2``) loaded with ``torch.export.load`` after checking that it holds
-  no pickled payloads, and with every ``torch.load`` inside forced to ``weights_only=True``.
-- ``onnx``: an ONNX file (one image input). Its graph runs with torch operators (``onnx_torch``) when every
-  operator converts and the result matches ONNX Runtime on a probe batch, so methods get gradients; otherwise
-  ONNX Runtime (CPU) answers with probabilities and labels only, and ``LoadedModel.note`` says so.
+  ``--weights W.safetensors``, a state dict whose header is checked as a checkpoint's and against the factory's
+  tensors before its body is read, then loaded strictly. Loading runs the user's Python code.
+- ``torchscript``: a TorchScript zip archive (``.pt``, ``.ts``, ``.jit``) loaded with ``torch.jit.load`` after
+  ``archive.check``; its code runs in TorchScript's own interpreter and its pickles in TorchScript's C++ unpickler,
+  not in Python. A file that is not a TorchScript zip is refused, never unpickled.
+- ``export``: a ``torch.export`` archive (``.pt2``) loaded with ``torch.export.load`` after ``archive.check``, an
+  allow-list of its entries (no AOTInductor, legacy or pickled payload files), a check of its payload configs
+  read by torch's own zip reader (unpickled tensors that fit their bytes), of its sample inputs (a checked
+  torch.save zip) and of its graph (``export_graph.check``: no string torch would run as code), and with every
+  ``torch.load`` inside forced to ``weights_only=True``.
+- ``onnx``: an ONNX file (one image input), its external data read from its own folder only and embedded
+  (``onnx_data.embed``). Its graph runs with torch operators (``onnx_torch``) when every operator converts and the
+  result matches ONNX Runtime on a probe batch, so methods get gradients; otherwise ONNX Runtime (CPU) answers
+  with probabilities and labels only, and ``LoadedModel.note`` says so.
 
 Nothing here calls ``torch.load`` on a pickle or passes ``weights_only=False``. The card's input shape comes from
 the checkpoint config, the archive's example input, the ONNX input, a card nnmark stored in the file, or an
@@ -36,26 +43,25 @@ import hashlib
 import importlib
 import io
 import json
+import logging
 import os
 import re
 import sys
 import types
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from nnmark._io import atomic_write_bytes
-from nnmark._onnxrt import session
+from nnmark._onnxrt import requirement, session
 from nnmark.errors import ModelError, NnmarkError, first_line
-from nnmark.models import checkpoint
+from nnmark._safetensors import HeaderError, parse_json
+from nnmark.models import archive, checkpoint, export_graph, onnx_data
 from nnmark.models.card import ModelCard, Normalization, parse_normalize, pixel_model, unwrap
 from nnmark.models.onnx_torch import Unconvertible, convert
 
@@ -64,6 +70,14 @@ CARD_KEY = "nnmark.card"
 _CARD_FILE = CARD_KEY + ".json"
 FACTORY_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _MIN_EXPORT_BATCH = 2  # torch.export specialises a batch of 1, so the example batch that keeps N dynamic is 2
+# What torch.export.save writes for its one program "model" (names below the archive's top folder).
+_EXPORT_FORMAT, _EXPORT_GRAPH, _EXPORT_SAMPLE = "archive_format", "models/model.json", "data/sample_inputs/model.pt"
+_EXPORT_WEIGHTS = "data/weights/model_weights_config.json"
+_EXPORT_CONSTANTS = "data/constants/model_constants_config.json"
+_EXPORT_ENTRY = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                           r"models/model\.json|data/sample_inputs/model\.pt|data/weights/model_weights_config\.json|"
+                           r"data/constants/model_constants_config\.json|data/weights/weight_\d+|"
+                           r"data/constants/tensor_\d+|extra/[\w.-]+")
 
 
 @dataclass(frozen=True)
@@ -266,7 +280,7 @@ def _stored_card(text: str | None, path: str) -> ModelCard | None:
         return None
     try:
         return ModelCard.from_dict(json.loads(text))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise ModelError(f"{path} stores a malformed model card: {first_line(e)}") from None
     except ModelError as e:
         raise ModelError(f"{path} stores a bad model card: {e}") from None
@@ -296,11 +310,7 @@ def _read_factory(spec: str, weights: str | None, input_shape: tuple[int, int, i
     module = factory()
     card = None
     if weights is not None:
-        tensors, card = _read_weights(weights)
-        try:
-            checkpoint.check_state(module.state_dict(), tensors)
-        except ModelError as e:
-            raise ModelError(f"weights {weights} do not match {spec}: {e}") from None
+        tensors, card = _read_weights(weights, spec, module.state_dict())
         module.load_state_dict(tensors, strict=True)
     return _Raw(module.eval(), checkpoint.digest(module), getattr(module, "input_shape", None), card, factory=factory)
 
@@ -349,18 +359,29 @@ def _call_factory(spec: str, factory: Callable[[], nn.Module]) -> nn.Module:
     return module.float()
 
 
-def _read_weights(path: str) -> tuple[dict[str, torch.Tensor], ModelCard | None]:
-    """A safetensors state dict and the card stored with it; a pickle is named as such and never opened."""
-    data = _read_bytes(path, "weights")
+def _read_weights(path: str, spec: str, expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                                  ModelCard | None]:
+    """A safetensors state dict for ``spec`` and the card stored with it, the header checked against ``expected``
+    before the body is read; a pickle or zip is named as such and never opened."""
     try:
-        tensors = safetensors_load(data)
-    except Exception:
-        looks = "a zip archive (torch.save?)" if data[:4] == b"PK\x03\x04" else (
-            "a pickle" if data[:1] == b"\x80" else "not safetensors")
-        raise ModelError(f"weights {path} are {looks}; nnmark reads weights only from safetensors and never "
-                         "unpickles (convert with safetensors.torch.save_file(model.state_dict(), ...))") from None
-    with safe_open(path, "pt") as fh:
-        metadata = fh.metadata() or {}
+        with open(path, "rb") as fh:
+            try:
+                head = checkpoint.read_header(fh)
+            except HeaderError as e:
+                fh.seek(0)
+                start = fh.read(4)
+                looks = "a zip archive (torch.save?)" if start == b"PK\x03\x04" else (
+                    "a pickle" if start[:1] == b"\x80" else f"not valid safetensors ({e})")
+                raise ModelError(f"weights {path} are {looks}; nnmark reads weights only from safetensors and never "
+                                 "unpickles (convert with safetensors.torch.save_file(model.state_dict(), ...))"
+                                 ) from None
+            try:
+                tensors = checkpoint.read_state(fh, head, expected)
+            except ModelError as e:
+                raise ModelError(f"weights {path} do not match {spec}: {e}") from None
+    except OSError as e:
+        raise ModelError(f"cannot read weights {path}: {e.strerror or e}") from None
+    metadata = head.metadata if isinstance(head.metadata, dict) else {}
     return tensors, _stored_card(metadata.get(CARD_KEY), path)
 
 
@@ -371,18 +392,10 @@ def _write_factory(module: nn.Module, card: ModelCard, config: checkpoint.ModelC
 
 # TorchScript -----------------------------------------------------------------------------------------------------
 
-def _zip_names(path: str, data: bytes, kind: str) -> list[str]:
-    try:
-        return zipfile.ZipFile(io.BytesIO(data)).namelist()
-    except zipfile.BadZipFile:
-        looks = "a pickle" if data[:1] == b"\x80" else "not a zip archive"
-        raise ModelError(f"{path} is {looks}, not a {kind} archive; nnmark never unpickles model files") from None
-
-
 def _read_torchscript(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     data = _read_bytes(path, "TorchScript archive")
-    names = _zip_names(path, data, "TorchScript")
-    if not any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    names = archive.check(path, data, "TorchScript").names
+    if "constants.pkl" not in names and not any(n.startswith("code/") for n in names):
         raise ModelError(f"{path} is a zip archive without TorchScript code (a torch.save pickle?); "
                          "nnmark never unpickles model files")
     extra = {_CARD_FILE: ""}
@@ -409,25 +422,41 @@ def _write_torchscript(module: nn.Module, card: ModelCard, config: checkpoint.Mo
 # torch.export ----------------------------------------------------------------------------------------------------
 
 def _check_export_archive(path: str, data: bytes) -> None:
-    """Refuse a .pt2 archive that torch.export.load would unpickle: pickled weights or constants, custom or
-    opaque objects, or the legacy format."""
-    from torch.export.pt2_archive import constants as c
+    """Refuse a .pt2 archive unless ``archive.check`` passes, it holds only the entries torch.export.save writes for
+    one model (no AOTInductor, legacy or pickled payload files), its payload configs (read by torch's own zip
+    reader) name only unpickled tensors that fit their bytes, and its graph passes ``export_graph.check``."""
+    names = archive.check(path, data, "torch.export").names
+    unexpected = [n for n in names if not _EXPORT_ENTRY.fullmatch(n)]
+    if unexpected:
+        raise ModelError(f"{path} holds {unexpected[0]!r}, which is not an entry torch.export.save writes; nnmark "
+                         "loads only exported programs (no AOTInductor code, no pickles)")
+    missing = [n for n in (_EXPORT_FORMAT, _EXPORT_GRAPH, _EXPORT_SAMPLE) if n not in names]
+    if missing:
+        raise ModelError(f"{path} is not a torch.export archive of the current format (no {missing[0]})")
+    reader = torch._C.PyTorchFileReader(io.BytesIO(data))  # the reader torch.export.load uses
+    for config, prefix in ((_EXPORT_WEIGHTS, "weight_"), (_EXPORT_CONSTANTS, "tensor_")):
+        if config in names:
+            _check_payloads(path, reader, names, config, prefix)
+    archive.check(f"{path} ({_EXPORT_SAMPLE})", reader.get_record(_EXPORT_SAMPLE), "torch.save")
+    export_graph.check(path, reader.get_record(_EXPORT_GRAPH))
 
-    names = _zip_names(path, data, "torch.export")
-    archive = zipfile.ZipFile(io.BytesIO(data))
-    if not any(n.endswith("/" + c.ARCHIVE_FORMAT_PATH) for n in names):
-        raise ModelError(f"{path} is not a torch.export archive of the current format (no {c.ARCHIVE_FORMAT_PATH})")
-    for name in names:
-        if not (name.endswith("_weights_config.json") or name.endswith("_constants_config.json")):
-            continue
-        try:
-            entries = json.loads(archive.read(name))["config"].values()
-        except (ValueError, KeyError, AttributeError, TypeError):
-            raise ModelError(f"{path}: {name} is not a valid payload config") from None
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("use_pickle") or str(entry.get("path_name", "")).startswith(
-                    (c.CUSTOM_OBJ_FILENAME_PREFIX, c.OPAQUE_OBJ_FILENAME_PREFIX)):
-                raise ModelError(f"{path} holds pickled payloads ({name}); nnmark never unpickles model files")
+
+def _check_payloads(path: str, reader, names: tuple[str, ...], config: str, prefix: str) -> None:
+    """ModelError unless every payload in ``config`` is an unpickled tensor file ``prefix<N>`` among ``names`` that
+    holds bytes if its declared shape does (torch fills an empty file with zeros of the declared shape)."""
+    try:
+        entries = parse_json(reader.get_record(config).decode())["config"]
+        payloads = [(e["path_name"], e.get("use_pickle", False), e["tensor_meta"]) for e in entries.values()]
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
+        raise ModelError(f"{path}: {config} is not a valid payload config") from None
+    for name, pickled, meta in payloads:
+        if pickled is not False or not isinstance(name, str) or not re.fullmatch(re.escape(prefix) + r"\d+", name):
+            raise ModelError(f"{path} holds pickled payloads ({config}: {name!r}); nnmark never unpickles model files")
+        file = f"{config.rpartition('/')[0]}/{name}"
+        if file not in names:
+            raise ModelError(f"{path}: {config} names {name}, which the archive does not hold")
+        if reader.get_record_size(file) == 0 and not export_graph.declares_empty(meta):
+            raise ModelError(f"{path}: payload {name} declares a non-empty tensor but holds no bytes")
 
 
 @contextlib.contextmanager
@@ -444,12 +473,24 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
+@contextlib.contextmanager
+def _silenced(logger: str) -> Iterator[None]:
+    """``logger`` logs nothing meanwhile (torch.export.load logs a failure's traceback before raising it)."""
+    log = logging.getLogger(logger)
+    before = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
 def _read_export(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
     data = _read_bytes(path, "torch.export archive")
     _check_export_archive(path, data)
     extra = {_CARD_FILE: ""}
     try:
-        with _weights_only_loads(), warnings.catch_warnings():
+        with _weights_only_loads(), _silenced("torch.export"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as e:
@@ -519,21 +560,40 @@ class OnnxRuntimeModule(nn.Module):
 
 
 def _read_onnx(path: str, weights: str | None, input_shape: tuple[int, int, int] | None) -> _Raw:
-    """The graph in torch (``onnx_torch.convert``) when it converts and matches ONNX Runtime, else ONNX Runtime."""
+    """The graph in torch (``onnx_torch.convert``) when it converts and matches ONNX Runtime, else ONNX Runtime.
+    External data is read from the model's own folder and embedded first (``onnx_data.embed``)."""
     data = _read_bytes(path, "ONNX file")
-    runtime = OnnxRuntimeModule(data, path)  # first: it says in one line when onnx or onnxruntime is missing
-    import onnx
-
+    model = _parse_onnx(path, data)
+    if onnx_data.embed(model, path):
+        try:
+            data = model.SerializeToString()
+        except ValueError as e:  # protobuf's 2 GB limit
+            raise ModelError(f"{path} with its external data embedded cannot be loaded: {first_line(e)}") from None
+    runtime = OnnxRuntimeModule(data, path)
     shape, digest = input_shape or runtime.input_shape, hashlib.sha256(data).hexdigest()
     if shape is None:  # the card step asks for --input-shape
         return _Raw(runtime, digest, gradients=False)
     try:
-        graph = convert(onnx.load_from_string(data), ModelCard(tuple(shape), 2).input_shape, runtime)
+        graph = convert(model, ModelCard(tuple(shape), 2).input_shape, runtime)
     except Unconvertible as e:
         note = (f"{Path(path).name} does not run in torch ({e}), so ONNX Runtime answers with probabilities only: "
                 "verify and the natural and random baselines run, methods that need input gradients do not")
         return _Raw(runtime, digest, runtime.input_shape, gradients=False, note=note)
     return _Raw(graph, digest, runtime.input_shape)
+
+
+def _parse_onnx(path: str, data: bytes):
+    """``data`` as an ``onnx.ModelProto``; NnmarkError when onnx is missing, ModelError when it does not parse."""
+    reason = requirement()
+    if reason is not None:
+        raise NnmarkError(reason)
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path} is not an ONNX model: {first_line(e)}") from None
 
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
