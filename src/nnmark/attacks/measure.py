@@ -21,8 +21,8 @@ from nnmark.models import accuracy
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 THEFT_MARGIN = 5.0
 """Percentage points of test accuracy a copy may lose against its victim and still count as a theft."""
-_POINTS_TOLERANCE = 1e-9
-"""Rounding slack in points, so that 0.85 against 0.90 loses exactly 5 points."""
+_POINTS_DIGITS = 9
+"""Points are compared rounded to this many decimals, so that 0.85 against 0.90 loses exactly 5 points."""
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -116,4 +116,4 @@ def is_theft(victim_acc: float, copy_acc: float, margin: float = THEFT_MARGIN) -
     """
     if not (0 <= victim_acc <= 1 and 0 <= copy_acc <= 1) or not margin >= 0:
         raise ArgumentError(f"need accuracies in [0, 1] and margin >= 0 points, got {victim_acc}, {copy_acc}, {margin}")
-    return copy_acc * 100 >= victim_acc * 100 - margin - _POINTS_TOLERANCE
+    return round(copy_acc * 100, _POINTS_DIGITS) >= round(victim_acc * 100 - margin, _POINTS_DIGITS)
