@@ -191,7 +191,11 @@ def extract(
         test: a labelled split for the copy's test accuracy in the report.
     """
     check_images(x)
-    oracle = TorchOracle(model, tuple(x.shape[1:]))
+    was_training = model.training
     student = student_for(model, student_arch, x, seed)
-    return extract_from(oracle, x, student, queries=queries, answers=answers, augment=augment, inputs=inputs,
-                        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, test=test)
+    try:
+        return extract_from(TorchOracle(model, tuple(x.shape[1:])), x, student, queries=queries, answers=answers,
+                            augment=augment, inputs=inputs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                            test=test)
+    finally:
+        model.train(was_training)  # the oracle put the victim in eval mode
