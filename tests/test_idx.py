@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from nnmark import data
+from nnmark.cli import main
 from nnmark.data import idx
 from nnmark.data.roles import halves
 from nnmark.errors import DataError
@@ -163,3 +165,11 @@ def test_owner_and_thief_specs_name_the_two_halves():
     assert torch.equal(owner.test.x, whole.test.x) and owner.name == "digits@owner"
     with pytest.raises(DataError, match="unknown dataset spec"):
         data.load("digits@nobody")
+
+
+def test_the_command_line_says_how_to_get_missing_fashion_mnist_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(idx.FASHION_MNIST_ENV, str(tmp_path))
+    r = CliRunner().invoke(main, ["train", "--arch", "lenet5", "--data", "fashion-mnist", "--epochs", "1", "--out",
+                                  str(tmp_path / "m.safetensors")])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in r.stderr
+    assert not (tmp_path / "m.safetensors").exists()
