@@ -77,6 +77,16 @@ def test_malformed_idx_files_give_one_line_data_errors(tmp_path, raw, message, g
     assert "\n" not in str(err.value)
 
 
+def test_corrupt_gzip_streams_give_one_line_data_errors(tmp_path):
+    raw = gzip.compress(_header(0x08, (100,)) + bytes(range(100)))
+    for name, bad in (("flipped", raw[:12] + bytes(b ^ 0xFF for b in raw[12:-8]) + raw[-8:]),
+                      ("bad-crc", raw[:-8] + bytes(8)), ("not-gzip", b"plain bytes")):
+        (tmp_path / f"{name}.gz").write_bytes(bad)
+        with pytest.raises(DataError, match=f"cannot read {name}.gz") as err:
+            idx.read_idx(tmp_path / f"{name}.gz", "f")
+        assert "\n" not in str(err.value)
+
+
 def test_a_gzip_bomb_claiming_a_huge_array_is_read_only_as_far_as_it_holds_data(tmp_path, peak_memory):
     path = tmp_path / "f.gz"
     path.write_bytes(gzip.compress(_header(0x08, (1 << 29, 1)) + bytes(100)))  # declares 512 MiB, holds 100 bytes

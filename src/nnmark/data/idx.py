@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -55,7 +56,7 @@ def read_idx(path: Path, source: str) -> np.ndarray:
             return _read_idx_stream(fh, source)
     except DataError:
         raise
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{source}: cannot read {path.name} ({first_line(exc)})") from exc
 
 
