@@ -173,4 +173,4 @@ def test_a_copy_is_a_theft_while_it_keeps_the_victims_accuracy_less_five_points(
     for bad in ((90.0, 85.0), (0.9, -0.1), (0.9, 0.8, -1.0)):
         with pytest.raises(ArgumentError):
             measure.is_theft(*bad)
-    assert measure.test_accuracy(nn.Linear(1, 1), None) is None
+    assert measure.split_accuracy(nn.Linear(1, 1), None) is None

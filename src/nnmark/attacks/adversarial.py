@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnmark.attacks.measure import test_accuracy
+from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.modes import check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError
@@ -145,4 +145,4 @@ def adversarial_train(
         loss=adversarial_loss)
     robust = None if test is None else robust_accuracy(attacked, test, eps=eps, step_size=step_size, steps=steps,
                                                        seed=seed)
-    return attacked, AdversarialReport(test_accuracy(attacked, test), robust)
+    return attacked, AdversarialReport(split_accuracy(attacked, test), robust)

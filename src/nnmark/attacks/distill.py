@@ -14,9 +14,10 @@ attacker's distribution but not the weights, nor decision regions that this data
 Choices: the student is a fresh model of the victim's architecture (a copy whose layers are
 re-initialised by their ``reset_parameters``, torch's default initialisation, drawn from ``seed``), a
 fresh zoo model ``student_arch`` (``models.build`` for the victim's input shape and classes, initialised
-from ``seed``), or a given ``student`` (a copy of it is trained); the teacher's probabilities are computed once, in eval
-mode; training is ``models.training.fit``: Adam at ``lr`` with cosine decay, all layers, train mode,
-minibatches of ``batch_size`` in an order drawn from ``seed`` each epoch. alpha = 1 uses no labels.
+from ``seed``), or a given ``student`` (a copy of it is trained); the teacher's probabilities are
+computed once, in eval mode; training is ``models.training.fit``: Adam at ``lr`` with cosine decay, all
+layers, train mode, minibatches of ``batch_size`` in an order drawn from ``seed`` each epoch. alpha = 1
+uses no labels.
 
 Inputs: x (N, C, H, W) float32 in [0, 1]; y (N,) int64 in [0, K), K the victim's outputs.
 Returns a new model in eval mode; the victim is untouched; the same seed gives the same weights.
@@ -108,8 +109,8 @@ def student_for(model: nn.Module, arch: str, x: torch.Tensor, seed: int) -> nn.M
 
 
 @register_attack("distill", summary="Knowledge distillation: train a fresh model on the victim's soft labels.",
-                 applies_to="any classifier (the student: its architecture, or a given one); needs attacker data",
-                 data="attacker")
+                 applies_to="any classifier (the student: its architecture, a zoo one, or a given one); needs "
+                 "attacker data", data="attacker")
 def distill(
     model: nn.Module,
     x: torch.Tensor,

@@ -39,7 +39,7 @@ from torch import nn
 
 from nnmark.attacks.backdoor import check_images
 from nnmark.attacks.distill import STUDENT_ARCH, Arch, student_for
-from nnmark.attacks.measure import test_accuracy
+from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError
 from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, cross_entropy, fit
@@ -153,7 +153,7 @@ def extract_from(
     thief = copy.deepcopy(student)
     loss = cross_entropy if answers == "labels" else soft_cross_entropy
     fit(thief, sent, targets, lr=lr, epochs=epochs, batch_size=batch_size, seed=gen, schedule="cosine", loss=loss)
-    return thief, ExtractionReport(spent, answers, test_accuracy(thief, test))
+    return thief, ExtractionReport(spent, answers, split_accuracy(thief, test))
 
 
 @register_attack("extract", summary="Model extraction: train a fresh model on the victim's answers to the thief's "

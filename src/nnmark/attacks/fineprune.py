@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnmark.attacks.measure import test_accuracy
+from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, MOMENTUM, check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError, ModelError
@@ -139,9 +139,9 @@ def fine_prune(
     activation = channel_activation(attacked, norm or conv, x)
     pruned = torch.argsort(activation, stable=True)[: round(fraction * len(activation))]
     zero_channels(conv, norm, pruned)
-    pruned_accuracy = test_accuracy(attacked, test)
+    pruned_accuracy = split_accuracy(attacked, test)
     fit(attacked, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, optimizer="sgd", momentum=MOMENTUM,
         after_step=lambda: zero_channels(conv, norm, pruned))
     report = FinePruneReport(name, tuple(pruned.tolist()), tuple(activation.tolist()), pruned_accuracy,
-                             test_accuracy(attacked, test))
+                             split_accuracy(attacked, test))
     return attacked, report

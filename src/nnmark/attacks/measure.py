@@ -1,5 +1,5 @@
 """What an attack changed: bit-wise changed parameters and buffers, weight sparsity, distinct weight values; and
-whether the thief's copy is worth stealing (``test_accuracy``, ``is_theft``).
+whether the thief's copy is worth stealing (``split_accuracy``, ``is_theft``).
 
 "Weights" are the ``weight`` tensors of every ``nn.Conv2d`` and ``nn.Linear`` (biases, BatchNorm and
 other parameters excluded), the tensors that pruning and int8 quantization touch.
@@ -104,9 +104,9 @@ def distinct_values(model: nn.Module, granularity: str = "tensor") -> dict[str, 
     return out
 
 
-def test_accuracy(model: nn.Module, test: object | None) -> float | None:
-    """``model``'s accuracy on the split ``test`` (``.x``, ``.y``), or None without one: what a thief's copy is worth."""
-    return None if test is None else accuracy(model, test)
+def split_accuracy(model: nn.Module, split: object | None) -> float | None:
+    """``model``'s accuracy on ``split`` (``.x``, ``.y``; a test split: what a thief's copy is worth), None without."""
+    return None if split is None else accuracy(model, split)
 
 
 def is_theft(victim_acc: float, copy_acc: float, margin: float = THEFT_MARGIN) -> bool:

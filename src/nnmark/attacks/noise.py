@@ -70,8 +70,8 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed:
     return attacked.eval()
 
 
-@register_attack("noise-finetune", summary="Relative weight noise (MetaFinger eq. 1), then fine-tune all layers (FTAL).",
-                 applies_to="any classifier; needs attacker data", data="attacker")
+@register_attack("noise-finetune", applies_to="any classifier; needs attacker data", data="attacker",
+                 summary="Relative weight noise (MetaFinger eq. 1), then fine-tune all layers (FTAL).")
 def noise_finetune(
     model: torch.nn.Module,
     x: torch.Tensor,
