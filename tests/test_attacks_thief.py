@@ -62,6 +62,11 @@ def test_extraction_through_a_label_only_oracle_copies_the_victim_and_spends_exa
     assert fresh.queries == 0  # refused before anything was asked
     with pytest.raises(AccessError):
         extract_from(fresh, thief.x, fresh_copy(victim, 1), answers="probabilities")
+    with pytest.raises(ModelError, match="3 outputs but the victim answers for 10"):
+        extract_from(fresh, thief.x, nn.Sequential(nn.Flatten(), nn.Linear(64, 3)))
+    with pytest.raises(ArgumentError, match="at most"):
+        extract_from(fresh, thief.x, fresh_copy(victim, 1), queries=10**9)  # refused before 256 GB are drawn
+    assert fresh.queries == 0
 
 
 def test_the_registered_extraction_never_reads_the_thiefs_labels(victim, owner_thief):

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnmark.attacks.measure import split_accuracy
+from nnmark.data import Split
 from nnmark.attacks.modes import check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError
-from nnmark.models.training import DEFAULT_BATCH_SIZE, fit
+from nnmark.models.training import DEFAULT_BATCH_SIZE, accuracy, fit
 
 EPS = 0.3
 STEP_SIZE = 0.01
@@ -92,8 +93,7 @@ def robust_accuracy(model: nn.Module, split: object, *, eps: float, step_size: f
     correct = 0
     for xb, yb in zip(split.x.split(EVAL_BATCH), split.y.split(EVAL_BATCH)):
         x_adv = pgd(model, xb, yb, eps=eps, step_size=step_size, steps=steps, gen=gen)
-        with torch.no_grad():
-            correct += int((model.eval()(x_adv).argmax(dim=1) == yb).sum())
+        correct += round(accuracy(model, Split(x_adv, yb)) * len(yb))
     return correct / len(split.y)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,8 +41,9 @@ from torch import nn
 from nnmark.attacks.backdoor import check_images
 from nnmark.attacks.distill import STUDENT_ARCH, Arch, student_for
 from nnmark.attacks.measure import split_accuracy
+from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import register_attack
-from nnmark.errors import ArgumentError
+from nnmark.errors import ArgumentError, ModelError
 from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, cross_entropy, fit
 from nnmark.oracles import Oracle, TorchOracle
 
@@ -57,6 +59,8 @@ SHIFT = 2
 """Pixels a crop-flip augmentation shifts an image by, at most, in each direction (zero padding)."""
 NOISE_STD = 0.1
 """Standard deviation of the noise augmentation, in [0, 1] pixel units."""
+MAX_QUERY_BYTES = 1 << 32
+"""The most bytes the query images may take together (4 GiB: 1.3 million 28x28 images)."""
 
 
 @dataclass(frozen=True)
@@ -113,15 +117,18 @@ def soft_cross_entropy(model: nn.Module, xb: torch.Tensor, pb: torch.Tensor) -> 
     return -(pb * F.log_softmax(model(xb), dim=1)).sum(dim=1).mean()
 
 
-def _check(x: torch.Tensor, queries: int | None, answers: str, augment: str, inputs: str) -> None:
+def _check(oracle: Oracle, x: torch.Tensor, student: nn.Module, queries: int, options: dict[str, str]) -> None:
+    """Refuse bad options, more query bytes than ``MAX_QUERY_BYTES``, and a student that cannot answer for K."""
     check_images(x)
-    if queries is not None and queries < 1:
-        raise ArgumentError(f"queries must be >= 1, got {queries}")
-    for name, value, allowed in (("answers", answers, ("labels", "probabilities")),
-                                 ("augment", augment, ("none", "crop-flip", "noise")),
-                                 ("inputs", inputs, ("own", "uniform"))):
-        if value not in allowed:
-            raise ArgumentError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    for name, kind in (("answers", Answers), ("augment", Augment), ("inputs", Inputs)):
+        if options[name] not in typing.get_args(kind):
+            raise ArgumentError(f"{name} must be one of {', '.join(typing.get_args(kind))}, got {options[name]!r}")
+    if queries < 1 or queries * x[0].numel() * x.element_size() > MAX_QUERY_BYTES:
+        raise ArgumentError(f"queries must be >= 1 and take at most {MAX_QUERY_BYTES:,} bytes, got {queries:,} of "
+                            f"{tuple(x.shape[1:])}")
+    k = output_classes(student, x)
+    if k != oracle.num_classes:
+        raise ModelError(f"the student has {k} outputs but the victim answers for {oracle.num_classes} classes")
 
 
 def extract_from(
@@ -144,9 +151,10 @@ def extract_from(
     ``x`` are the thief's images (N, C, H, W) in [0, 1] of the oracle's input shape; ``queries`` defaults to N.
     The options are those of ``extract``; ``test`` is a labelled split for the copy's accuracy.
     """
-    _check(x, queries, answers, augment, inputs)
+    n = len(x) if queries is None else queries
+    _check(oracle, x, student, n, {"answers": answers, "augment": augment, "inputs": inputs})
     gen = torch.Generator().manual_seed(seed)
-    sent = query_set(x, queries or len(x), inputs=inputs, augment=augment, gen=gen)
+    sent = query_set(x, n, inputs=inputs, augment=augment, gen=gen)
     before = oracle.queries
     targets = oracle.labels(sent) if answers == "labels" else oracle.probabilities(sent)
     spent = oracle.queries - before
