@@ -40,6 +40,16 @@ test: $(STAMP) $(INTEROP_STAMPS)
 	$(BIN)/python -m coverage report
 	@echo "cli/: $$($(BIN)/python -m coverage report --include='*/nnmark/cli/*' --format=total)% of lines and branches"
 
+# Fashion-MNIST for the ownership benchmarks and tests: Debian's dataset-fashion-mnist (needs root and apt-get;
+# otherwise prints how to unpack it without root and point NNMARK_FASHION_MNIST at it)
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is in $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y dataset-fashion-mnist; \
+	else echo "as root: apt-get install dataset-fashion-mnist; without root: apt-get download dataset-fashion-mnist &&" \
+	  "dpkg -x dataset-fashion-mnist_*.deb DIR, then NNMARK_FASHION_MNIST=DIR$(FASHION_MNIST)"; fi
+
 # regenerate the shipped gRPC descriptor from src/nnmark/oracles/proto/grpc_predict_v2.proto
 proto: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check 'grpcio-tools>=1.60'

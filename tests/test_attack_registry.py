@@ -47,9 +47,14 @@ def data_for(kind: str, ds) -> tuple:
     return ()
 
 
-def run(spec, model, ds, **options):
+def call(spec, model, ds, **options):
+    """What ``spec`` returns for ``model`` on the digits, with the ``QUICK`` settings it has."""
     quick = {k: v for k, v in QUICK.items() if k in {o.name for o in spec.options}}
-    out = spec(model, *data_for(spec.data, ds), **{**quick, **options})
+    return spec(model, *data_for(spec.data, ds), **{**quick, **options})
+
+
+def run(spec, model, ds, **options):
+    out = call(spec, model, ds, **options)
     return out[0] if spec.reports else out
 
 
@@ -66,6 +71,13 @@ def test_every_attack_returns_a_new_changed_model_and_is_deterministic(name, vic
     assert models.digest(run(spec, victim, digits)) == models.digest(attacked)  # same seed, same weights
     if "seed" in {o.name for o in spec.options}:
         assert models.digest(run(spec, victim, digits, seed=1)) != models.digest(attacked)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, spec in ATTACKS.items() if "test" in spec.inputs()))
+def test_every_attack_given_a_test_split_reports_the_copys_accuracy_on_it(name, victim, digits):
+    spec, held_out = ATTACKS[name], natural_pool(digits)
+    attacked, report = call(spec, victim, digits, test=held_out)
+    assert spec.reports and report.test_accuracy == models.accuracy(attacked, held_out)
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))

@@ -68,7 +68,8 @@ def test_digits():
 
 @pytest.mark.parametrize("spec", ["mnist", "MNIST5K", "", "npz:", "cifar10", "csv:/tmp/a.csv", "mnist5k:x"])
 def test_unknown_spec(spec):
-    with pytest.raises(DataError, match="mnist5k, digits, cifar10:PATH, npz:PATH, folder:PATH"):
+    with pytest.raises(DataError, match="mnist5k, digits, fashion-mnist, cifar10:PATH, npz:PATH, folder:PATH, "
+                                        "idx:PATH, each optionally followed by @owner or @thief"):
         load(spec)
 
 

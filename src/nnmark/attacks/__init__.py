@@ -1,4 +1,5 @@
-"""Attacks: what an adversary or an accident does to a model (model -> new model), or to an input.
+"""Attacks: what an adversary or an accident does to a model (model -> new model), or to an input; a thief who
+only has an oracle extracts a copy from it (``extract.extract_from``: oracle -> new model).
 
 Attacks never import marks; each is deterministic by its seed and leaves its input model untouched.
 Every module of this package is imported here, so each attack or transform registers itself in

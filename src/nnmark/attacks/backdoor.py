@@ -92,6 +92,11 @@ class BackdoorReport:
     clean_accuracy_after: float | None
     poison_indices: torch.Tensor
 
+    @property
+    def test_accuracy(self) -> float | None:
+        """The copy's accuracy on the clean split, as every report that has one calls it."""
+        return self.clean_accuracy_after
+
     def __str__(self) -> str:
         heldout = "" if self.heldout_success is None else f", held-out trigger success {self.heldout_success:.0%}"
         return (f"backdoor to class {self.target}: {self.steps} steps, poison success {self.poison_success:.0%}"

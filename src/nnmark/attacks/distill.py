@@ -12,10 +12,12 @@ attack on fingerprints and watermarks: MetaFinger (Yang et al., IJCAI 2022) and 
 attacker's distribution but not the weights, nor decision regions that this data never visits.
 
 Choices: the student is a fresh model of the victim's architecture (a copy whose layers are
-re-initialised by their ``reset_parameters``, torch's default initialisation, drawn from ``seed``), or a
-given ``student`` (a copy of it is trained); the teacher's probabilities are computed once, in eval
-mode; training is ``models.training.fit``: Adam at ``lr`` with cosine decay, all layers, train mode,
-minibatches of ``batch_size`` in an order drawn from ``seed`` each epoch. alpha = 1 uses no labels.
+re-initialised by their ``reset_parameters``, torch's default initialisation, drawn from ``seed``), a
+fresh zoo model ``student_arch`` (``models.build`` for the victim's input shape and classes, initialised
+from ``seed``), or a given ``student`` (a copy of it is trained); the teacher's probabilities are
+computed once, in eval mode; training is ``models.training.fit``: Adam at ``lr`` with cosine decay, all
+layers, train mode, minibatches of ``batch_size`` in an order drawn from ``seed`` each epoch. alpha = 1
+uses no labels.
 
 Inputs: x (N, C, H, W) float32 in [0, 1]; y (N,) int64 in [0, K), K the victim's outputs.
 Returns a new model in eval mode; the victim is untouched; the same seed gives the same weights.
@@ -24,23 +26,34 @@ Example::
 
     student = distill(model, attacker.x, attacker.y, temperature=4.0, epochs=30, seed=0)
     models.accuracy(student, dataset.test)   # close to the victim's
+    vgg = distill(model, attacker.x, attacker.y, temperature=SOK_TEMPERATURE, student_arch="vgg11")
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnmark.attacks.backdoor import check_images
+from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import register_attack
 from nnmark.data import validate
 from nnmark.errors import ArgumentError
+from nnmark.models import ARCHITECTURES, build
 from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, fit
 
+SAME_ARCH = "same"
+"""The student architecture that means the victim's own."""
+Arch = Literal[(SAME_ARCH, *ARCHITECTURES)]  # type: ignore[valid-type]  # choices of an option
 TEMPERATURE = 4.0
+SOK_TEMPERATURE = 3.0
+"""The temperature of the SoK's distillation attack (Lukas et al., "SoK: how robust is image classification deep
+neural network watermarking?", S&P 2022)."""
+STUDENT_ARCH = SAME_ARCH
 ALPHA = 0.9
 EPOCHS = 30
 
@@ -78,9 +91,26 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     return student.to(device)
 
 
+def build_student(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+    """A fresh zoo model ``arch`` (``models.build``) for ``input_shape`` and ``num_classes``, initialised from
+    ``seed`` with the global RNG kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(arch, input_shape, num_classes)
+
+
+def student_for(model: nn.Module, arch: str, x: torch.Tensor, seed: int) -> nn.Module:
+    """A fresh student for ``model``: its own architecture re-initialised (``arch`` "same"), else the zoo's ``arch``
+    built for the images ``x`` and ``model``'s K outputs, on ``model``'s device."""
+    if arch == SAME_ARCH:
+        return fresh_copy(model, seed)
+    device = next(model.parameters()).device
+    return build_student(arch, tuple(x.shape[1:]), output_classes(model, x), seed).to(device)
+
+
 @register_attack("distill", summary="Knowledge distillation: train a fresh model on the victim's soft labels.",
-                 applies_to="any classifier (the student: its architecture, or a given one); needs attacker data",
-                 data="attacker")
+                 applies_to="any classifier (the student: its architecture, a zoo one, or a given one); needs "
+                 "attacker data", data="attacker")
 def distill(
     model: nn.Module,
     x: torch.Tensor,
@@ -92,6 +122,7 @@ def distill(
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
+    student_arch: Arch = STUDENT_ARCH,
     student: nn.Module | None = None,
 ) -> nn.Module:
     """Return a student trained to match ``model``'s soft labels on (x, y); ``model`` is untouched.
@@ -104,14 +135,17 @@ def distill(
         lr: Adam learning rate (cosine decay to 0), > 0.
         batch_size: images per step.
         seed: seeds the fresh student's initialisation and the minibatch order.
-        student: the model to train instead of a fresh copy of ``model``'s architecture (a copy is trained).
+        student_arch: the student's architecture: the victim's own (same) or one of the zoo's.
+        student: the model to train instead of a fresh student (a copy is trained).
     """
     if not temperature > 0 or not 0 <= alpha <= 1:
         raise ArgumentError(f"need temperature > 0 and alpha in [0, 1], got {temperature}, {alpha}")
+    if student is not None and student_arch != SAME_ARCH:
+        raise ArgumentError("give a student or a student_arch, not both")
     check_images(x)
     teacher_log_p = soft_labels(model, x, temperature)
     validate(x, y, teacher_log_p.shape[1], source="attacker data")
-    pupil = fresh_copy(model, seed) if student is None else copy.deepcopy(student)
+    pupil = student_for(model, student_arch, x, seed) if student is None else copy.deepcopy(student)
     labels = y.to(teacher_log_p.device)
 
     def loss(m: nn.Module, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

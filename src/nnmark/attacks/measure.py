@@ -1,4 +1,5 @@
-"""What an attack changed: bit-wise changed parameters and buffers, weight sparsity, distinct weight values.
+"""What an attack changed: bit-wise changed parameters and buffers, weight sparsity, distinct weight values; and
+whether the thief's copy is worth stealing (``split_accuracy``, ``is_theft``).
 
 "Weights" are the ``weight`` tensors of every ``nn.Conv2d`` and ``nn.Linear`` (biases, BatchNorm and
 other parameters excluded), the tensors that pruning and int8 quantization touch.
@@ -15,8 +16,13 @@ import torch
 from torch import nn
 
 from nnmark.errors import ArgumentError
+from nnmark.models import accuracy
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+THEFT_MARGIN = 5.0
+"""Percentage points of test accuracy a copy may lose against its victim and still count as a theft."""
+_POINTS_DIGITS = 9
+"""Points are compared rounded to this many decimals, so that 0.85 against 0.90 loses exactly 5 points."""
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -96,3 +102,18 @@ def distinct_values(model: nn.Module, granularity: str = "tensor") -> dict[str, 
         s = rows.sort(dim=1).values
         out[name] = (1 + (s[:, 1:] != s[:, :-1]).sum(dim=1)).tolist()
     return out
+
+
+def split_accuracy(model: nn.Module, split: object | None) -> float | None:
+    """``model``'s accuracy on ``split`` (``.x``, ``.y``; a test split: what a thief's copy is worth), None without."""
+    return None if split is None else accuracy(model, split)
+
+
+def is_theft(victim_acc: float, copy_acc: float, margin: float = THEFT_MARGIN) -> bool:
+    """Whether a copy counts as stolen: its accuracy (in [0, 1]) is at least the victim's minus ``margin`` points.
+
+    A copy that lost more is no longer worth stealing, so an ownership check need not catch it.
+    """
+    if not (0 <= victim_acc <= 1 and 0 <= copy_acc <= 1) or not margin >= 0:
+        raise ArgumentError(f"need accuracies in [0, 1] and margin >= 0 points, got {victim_acc}, {copy_acc}, {margin}")
+    return round(copy_acc * 100, _POINTS_DIGITS) >= round(victim_acc * 100 - margin, _POINTS_DIGITS)

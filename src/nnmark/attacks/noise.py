@@ -1,4 +1,5 @@
-"""Weight-noise attacks: Gaussian noise on every parameter, absolute or relative to each tensor's std."""
+"""Weight-noise attacks: Gaussian noise on every parameter, absolute or relative to each tensor's std; and the
+relative noise followed by a fine-tune, as MetaFinger's attacker does."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 
 import torch
 
+from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, finetune_mode
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError
 
@@ -66,3 +68,31 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed:
             scale = p.abs().reshape(()) if p.numel() == 1 else p.std()
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (scale / alpha))
     return attacked.eval()
+
+
+@register_attack("noise-finetune", applies_to="any classifier; needs attacker data", data="attacker",
+                 summary="Relative weight noise (MetaFinger eq. 1), then fine-tune all layers (FTAL).")
+def noise_finetune(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float = ALPHA,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Return ``finetune_mode(relative_weight_noise(model, alpha), x, y, mode="FTAL")``: MetaFinger's noise attack
+    with the fine-tune its paper runs afterwards, so the noise can be strong and the accuracy still recover.
+
+    Args:
+        x: attacker images (N, C, H, W) float32 in [0, 1]; y: their labels (N,) int64.
+        alpha: > 0, the noise is std(param) / alpha (small alpha, large noise).
+        epochs: fine-tuning passes over (x, y) (SGD, momentum 0.9).
+        lr: SGD learning rate.
+        batch_size: images per step.
+        seed: seeds the noise and the minibatch order.
+    """
+    noisy = relative_weight_noise(model, alpha, seed=seed)
+    return finetune_mode(noisy, x, y, mode="FTAL", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)

@@ -2,8 +2,9 @@
 
 An attack is a plain function ``f(model, *data, **options) -> nn.Module``:
 
-- ``model`` comes first and is left untouched; the result is a new model of the same architecture, in
-  eval mode (``reports=True``: a pair (model, report), the report saying what the attack measured);
+- ``model`` comes first and is left untouched; the result is a new model of the same architecture (unless an
+  option names another, a student's), in eval mode (``reports=True``: a pair (model, report), the report saying
+  what the attack measured, with the copy's accuracy on a ``test`` split when one is given);
 - ``data`` are the positional inputs its ``data`` kind names (``DATA``): none; the attacker's labelled
   images ``x`` (N, C, H, W) in [0, 1] and labels ``y`` (N,) int64; another domain's ``split``; or the
   attacker's own watermark set ``x_wm``, ``y_wm`` plus clean labelled data ``clean``;

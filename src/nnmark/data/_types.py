@@ -30,14 +30,20 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named train/test pair; construction validates both splits against ``num_classes``."""
+    """A named train/test pair; construction validates both splits against ``num_classes``.
+
+    ``classes``: the class names, in label order, where the data name them (e.g. Fashion-MNIST).
+    """
 
     name: str
     train: Split
     test: Split
     num_classes: int
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes")
         validate(self.train.x, self.train.y, self.num_classes, source=f"{self.name} (train)")
         validate(self.test.x, self.test.y, self.num_classes, source=f"{self.name} (test)")
         if self.train.x.shape[1:] != self.test.x.shape[1:]:

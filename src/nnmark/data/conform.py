@@ -74,4 +74,4 @@ def conform(dataset: Dataset, model: ModelInput, interpolation: str = DEFAULT_IN
     if dataset.shape == shape:
         return dataset
     train, test = (Split(convert_images(s.x, shape, interpolation), s.y) for s in (dataset.train, dataset.test))
-    return Dataset(dataset.name, train, test, dataset.num_classes)
+    return Dataset(dataset.name, train, test, dataset.num_classes, dataset.classes)
