@@ -34,19 +34,20 @@ demo: $(STAMP)
 	$(BIN)/python -m nnmark.demo
 
 # line and branch coverage of src/nnmark (processes the tests start included), then the cli/ package's total
-test: $(STAMP) $(INTEROP_STAMPS)
+test: $(STAMP) $(INTEROP_STAMPS) fashion-mnist
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q --cov --cov-report=
 	$(BIN)/python -m coverage report
 	@echo "cli/: $$($(BIN)/python -m coverage report --include='*/nnmark/cli/*' --format=total)% of lines and branches"
 
 # Fashion-MNIST for the ownership benchmarks and tests: Debian's dataset-fashion-mnist (needs root and apt-get;
-# otherwise prints how to unpack it without root and point NNMARK_FASHION_MNIST at it)
+# otherwise prints how to unpack it without root and point NNMARK_FASHION_MNIST at it; the tests that need it skip)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 .PHONY: fashion-mnist
 fashion-mnist:
 	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is in $(FASHION_MNIST)"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y dataset-fashion-mnist; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt-get could not install it"; \
 	else echo "as root: apt-get install dataset-fashion-mnist; without root: apt-get download dataset-fashion-mnist &&" \
 	  "dpkg -x dataset-fashion-mnist_*.deb DIR, then NNMARK_FASHION_MNIST=DIR$(FASHION_MNIST)"; fi
 

@@ -88,7 +88,7 @@ DEFAULT_AF = 3
 DEFAULT_ALPHA = 3.0
 DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
-BUNDLED_DATA = tuple(spec for spec in data.SPECS if ":" not in spec)
+BUNDLED_DATA = ("mnist5k", "digits")
 """Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
 _INSTALLED = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")))
 """Where installed distributions live: a factory module from there is installed on every node, not shipped to Ray."""
