@@ -46,3 +46,14 @@ def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
     assert models.digest(student) != models.digest(teacher) and config.accuracy > 0.8
     r = CliRunner().invoke(main, ["attack", "distill", "--model", str(lenet_file), "--out", str(out), "--alpha", "2"])
     assert r.exit_code == 2 and r.stderr.startswith("error: need temperature > 0 and alpha in [0, 1]")
+
+
+@pytest.mark.parametrize("name", ["distill", "extract"])
+def test_a_student_of_another_architecture_is_written_as_a_checkpoint_of_its_own(name, lenet_file, tmp_path):
+    out = tmp_path / "student.safetensors"
+    r = CliRunner().invoke(main, ["attack", name, "--model", str(lenet_file), "--out", str(out), "--epochs", "1",
+                                  "--student-arch", "vgg11"])
+    assert r.exit_code == 0, r.output
+    student, config = models.load(out)
+    assert config.arch == "vgg11" and config.data == "mnist5k" and 0.1 < config.accuracy <= 1
+    assert isinstance(student, type(models.build("vgg11", (1, 28, 28), 10)))

@@ -19,6 +19,7 @@ import torch
 
 from nnmark import data, models
 from nnmark.attacks import ATTACKS, Spec
+from nnmark.attacks.distill import SAME_ARCH
 from nnmark.attacks.transfer import NEW_DOMAIN
 from nnmark.cli._shared import (
     CliError, FiniteFloat, Group, click_option, dataset_for, load_model, model_option, out_option,
@@ -108,7 +109,7 @@ def _command(spec: Spec) -> click.Command:
         result = spec(model, *inputs, **values)
         attacked, report = result if spec.reports else (result, None)
         what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if report else "")
-        _save_attacked(attacked, config, out, what)
+        _save_attacked(attacked, config, out, what, values.get("student_arch", SAME_ARCH))
 
     for option in reversed(options):
         run = click_option(option)(run)
@@ -134,9 +135,16 @@ for _spec in ATTACKS.values():
     attack.add_command(_command(_spec))
 
 
-def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str) -> None:
-    """Write the attacked ``model`` as ``loaded``'s source kind (with its test accuracy if the model names its data)."""
-    accuracy = models.accuracy(model, data.load_for(loaded.data, loaded).test) if loaded.data else None
-    models.save_like(loaded, model, out, accuracy=accuracy)
+def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str, arch: str) -> None:
+    """Write the attacked ``model`` as ``loaded``'s source kind, or, for a student of another zoo architecture
+    ``arch``, as an nnmark checkpoint of that architecture in pixel space (with its test accuracy if the model names
+    its data)."""
+    test = data.load_for(loaded.data, loaded).test if loaded.data else None
+    accuracy = models.accuracy(model, test) if test is not None else None
+    if arch == SAME_ARCH:
+        models.save_like(loaded, model, out, accuracy=accuracy)
+    else:
+        models.save(model, models.ModelConfig(arch, loaded.input_shape, loaded.num_classes, data=loaded.data,
+                                              accuracy=accuracy), out)
     acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"
     click.echo(f"{what}{acc} -> {out}")
