@@ -71,8 +71,8 @@ WRITES = ("--out", "--out-model", "--report", "--log", "--out-dir")
 
 
 def _command_line(text: str) -> str:
-    """One shell line as nnmark's argument words: continuations joined, ``&`` and a trailing comment cut."""
-    words = shlex.split(text.replace("\\\n", " "), comments=True)
+    """One shell line as nnmark's words, one space apart: ``&`` and a trailing comment cut."""
+    words = shlex.split(text, comments=True)
     return " ".join(words[:-1] if words and words[-1] == "&" else words)
 
 
@@ -144,7 +144,7 @@ def fill_key_dir(work: Path) -> None:
 
 def _raw_factory_model(work: Path) -> torch.nn.Module:
     """The user's ``small_cnn`` with the trained weights, without the normalisation its card adds."""
-    return models.load_any("mypkg.nets:small_cnn", weights=str(work / "net.safetensors"), normalize="imagenet").module
+    return models.load_any("mypkg.nets:small_cnn", weights=str(work / "net.safetensors")).module
 
 
 def export_onnx(work: Path) -> None:
@@ -178,7 +178,8 @@ def shaped_server(model: torch.nn.Module, chw: tuple[int, int, int], *, input_na
     async def infer(request: Request, name: str, version: str = "1"):
         req = oip.decode_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
         x = torch.from_numpy(req.inputs[input_name].astype(np.float32))
-        x = x.permute(0, 3, 1, 2) / 255 if layout == "NHWC" else x
+        x = x.permute(0, 3, 1, 2) if layout == "NHWC" else x
+        x = x / 255 if dtype == "UINT8" else x
         with torch.no_grad():
             z = model(x.contiguous())
         answer = (z if kind == "logits" else torch.softmax(z, 1)).numpy()
@@ -405,14 +406,15 @@ class Walkthrough:
                 self.ports[args[i]] = free_port()
                 args[i] = str(self.ports[args[i]])
         env = {k: v for k, v in os.environ.items() if k not in ("NNMARK_SECRET", "NNMARK_TOKEN")}
-        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-        log = self.work / f"serve-{args[args.index('--port') + 1]}.log"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+        port = args[args.index("--port") + 1]
+        log = self.work / f"serve-{port}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", "nnmark", *args], cwd=self.work, env=env,
                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         self.stack.callback(_stop, process)
-        code = _wait_ready(process, f"http://{HOST}:{args[args.index('--port') + 1]}")
+        code = _wait_ready(process, f"http://{HOST}:{port}")
         return Outcome(args, code, "", log.read_text(), [])
 
 
