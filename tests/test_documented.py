@@ -229,6 +229,7 @@ PAIRS = "--n-pairs 6 --max-itr 100 --alpha 1e-5 --max-steps 500"
 INNFORMANT = "--n 20 --remote-max 200"
 METAFINGER = ("--n 20 --candidates 60 --negatives 2 --val-negatives 2 --af 1 --shadow-epochs 2 --finetune-epochs 1 "
               "--epochs 10 --executor serial")
+SAC = "--negatives 2 --val-negatives 2 --af 0 --shadow-epochs 2 --finetune-epochs 1 --executor serial"
 HELDOUT_BENCH = "--quick --data digits --out-dir bench"
 
 STEPS: dict[str, Step] = {
@@ -255,6 +256,10 @@ STEPS: dict[str, Step] = {
     "--secret-file secret": Step(INNFORMANT),
     "nnmark mark metafinger --model lenet5.safetensors --out metafinger.key --secret-file secret": Step(METAFINGER),
     "nnmark mark metafinger --model lenet5.safetensors --out finger.key --secret-file secret": Step(METAFINGER),
+    "nnmark mark sac --model lenet5.safetensors --out sac.key --secret-file secret": Step(SAC),
+    "nnmark mark sac --model lenet5.safetensors --af 0 --out sac.key --secret-file secret": Step(SAC),
+    "nnmark attack distill --model lenet5.safetensors --out distilled.safetensors --temperature 3": Step(),
+    "nnmark verify sac.key --model distilled.safetensors --secret-file secret": Step(),
     "nnmark verify finger.key --model ft.safetensors --secret-file secret": Step(),
     "nnmark mark adi --model lenet5.safetensors --out-model wm.safetensors --out adi.key --secret-file secret": Step(),
     "nnmark mark frontier --model lenet5.safetensors --out-model wm.safetensors --out frontier.key "
@@ -270,6 +275,10 @@ STEPS: dict[str, Step] = {
     "nnmark attack distill --model lenet5.safetensors --out attacked.safetensors": Step("--epochs 1"),
     "nnmark attack finetune --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack finetune-mode --model lenet5.safetensors --out attacked.safetensors": Step(),
+    "nnmark attack adversarial --model lenet5.safetensors --out attacked.safetensors": Step(),
+    "nnmark attack extract --model lenet5.safetensors --out attacked.safetensors": Step(),
+    "nnmark attack fine-prune --model lenet5.safetensors --out attacked.safetensors": Step(),
+    "nnmark attack noise-finetune --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack noise --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack overwrite --model lenet5.safetensors --out attacked.safetensors --base 1 2 --target 3": Step(),
     "nnmark attack prune --model lenet5.safetensors --out attacked.safetensors": Step(),
@@ -281,7 +290,7 @@ STEPS: dict[str, Step] = {
     "nnmark envs --model lenet5.safetensors": Step(),
     "nnmark mark innformant --model lenet5.safetensors --envs float32,float64,bf16-autocast --out telltale.key "
     "--secret-file secret": Step(INNFORMANT),
-    "nnmark audit dbi.key pairs.key metafinger.key telltale.key --model lenet5.safetensors --secret-file secret":
+    "nnmark audit dbi.key pairs.key metafinger.key innformant.key --model lenet5.safetensors --secret-file secret":
         Step(),
     # Endpoints: nnmark serve (REST and gRPC), a Triton-shaped server, a float64 server.
     "nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token": Step(),
@@ -292,13 +301,14 @@ STEPS: dict[str, Step] = {
     "nnmark verify natural.key --endpoint http://127.0.0.1:8000 --model-name resnet --model-version 2 "
     "--input-name input__0 --layout NHWC --input-dtype UINT8 --output-name output__0 --output-kind logits "
     "--secret-file secret": Step(server="triton"),
-    "nnmark identify telltale.key --endpoint http://127.0.0.1:8001 --secret-file secret": Step(),
+    "nnmark identify innformant.key --endpoint grpc://127.0.0.1:8001 --token-file token --secret-file secret": Step(),
     "nnmark serve --model lenet5.safetensors --env float64 --port 8002": Step(),
     "nnmark identify telltale.key --endpoint http://127.0.0.1:8002 --secret-file secret": Step(),
     # Audit: every key at once, against the nnmark serve on 8000.
     "nnmark keys ls keys/ --secret-file secret": Step(before=fill_key_dir),
     "nnmark keys show keys/dbi.key --json": Step(),
-    "nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --report audit.html --log audit.jsonl": Step(),
+    "nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret "
+    "--report audit.html --log audit.jsonl": Step(),
     "nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --secret-file secret --token-file token "
     "--report audit.html --log audit.jsonl": Step(),
     "nnmark log verify audit.jsonl --secret-file secret": Step(),

@@ -76,8 +76,9 @@ def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequent
 
     \b
     Example:
-      nnmark audit dbi.key pairs.key metafinger.key telltale.key --model lenet5.safetensors --secret-file secret
-      nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --report audit.html --log audit.jsonl
+      nnmark audit dbi.key pairs.key metafinger.key innformant.key --model lenet5.safetensors --secret-file secret
+      nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret \
+        --report audit.html --log audit.jsonl
     """
     paths = list(key_paths) + (keyinfo.key_files(keys_dir) if keys_dir else [])
     if not paths:

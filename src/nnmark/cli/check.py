@@ -72,7 +72,7 @@ def identify(key_path, suspect, secret_file, unsigned, as_json, progress) -> Non
 
     \b
     Example:
-      nnmark identify telltale.key --endpoint http://127.0.0.1:8001 --secret-file secret
+      nnmark identify innformant.key --endpoint grpc://127.0.0.1:8001 --token-file token --secret-file secret
     """
     key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
     if key.method != innformant.METHOD:
