@@ -75,7 +75,8 @@ NORMALIZATIONS = {1: ("MNIST", (0.1307,), (0.3081,)), 3: ("ImageNet", (0.485, 0.
 KEYED = "keyed"
 SOFTMAX_TWICE = "softmax_twice"
 HINT = "check --normalize / --layout / --input-dtype / --output-kind"
-NO_CANARIES = "this key has no canaries (made before preflight checks): the endpoint's format was not checked"
+NO_CANARIES = ("this key has no canaries (made before preflight checks, or its model labelled no natural image with "
+               "the confidence canaries need): the endpoint's format was not checked")
 
 
 @dataclass(frozen=True)
