@@ -4,14 +4,15 @@ fails `keys show`, and outside names are escaped in every text output."""
 
 import json
 import os
-import threading
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
 import pytest
 import torch
 
-from nnmark import data, keys, models
+from nnmark import data, keyinfo, keys, models
 from nnmark.audit import log, report
 from nnmark.audit import run as audit
 from nnmark.errors import ArgumentError
@@ -49,27 +50,30 @@ def small(tmp_path_factory):
     return {"keys": folder, "secret": root / "secret", "net": model, "shape": ds.shape}
 
 
-def _release(path):
-    """Open the FIFO at ``path`` for writing and close it: a reader blocked on it gets end-of-file."""
+_RELEASE = """import os, sys, time
+time.sleep(float(sys.argv[2]))
+for _ in range(1200):  # until killed (or 10 minutes): each reader blocked on the FIFO gets end-of-file
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))
     except OSError:
         pass  # no reader waits
+    time.sleep(0.5)
+"""
 
 
 @contextmanager
 def fifo(path):
-    """A FIFO at ``path`` that no one writes to; a reader still blocked on it after WAIT_S is released, so a
-    regression fails the test instead of hanging it. Yields a function giving the seconds elapsed."""
+    """A FIFO at ``path`` that no one writes to; after WAIT_S, readers blocked on it are released (by another process:
+    a reader blocked in native code may hold the GIL), so a regression fails the test instead of hanging it.
+    Yields a function giving the seconds elapsed."""
     os.mkfifo(path)
-    timer = threading.Timer(WAIT_S, _release, [path])
+    watchdog = subprocess.Popen([sys.executable, "-c", _RELEASE, str(path), str(WAIT_S)])
     start = time.monotonic()
-    timer.start()
     try:
         yield lambda: time.monotonic() - start
     finally:
-        timer.cancel()
-        timer.join()
+        watchdog.kill()
+        watchdog.wait()
 
 
 @contextmanager
@@ -91,19 +95,21 @@ def test_a_fifo_or_junk_named_like_a_key_is_an_error_in_keys_ls_and_audit_withou
     (folder / "junk.safetensors").write_bytes(os.urandom(300))
     (folder / "old.key").mkdir()
     (folder / "notes.txt").write_text("not a key, not named like one: skipped")
+    (folder / "copy.bin").write_bytes((folder / "dbi.key").read_bytes())  # a key by its contents, not its name
     with fifo(folder / "pipe.key") as elapsed, served(small) as url:
         listed = _cli("keys", "ls", folder, "--secret-file", small["secret"], "--json")
         audited = _cli("audit", "--keys", folder, "--endpoint", url, "--secret-file", small["secret"])
         assert elapsed() < WAIT_S
     rows = {os.path.basename(row["file"]): row for row in json.loads(listed.stdout)}
-    assert listed.exit_code == 2 and sorted(rows) == ["dbi.key", "junk.safetensors", "old.key", "pipe.key"]
-    assert rows["dbi.key"]["signature"] == "valid" and "error" not in rows["dbi.key"]
+    assert listed.exit_code == 2
+    assert sorted(rows) == ["copy.bin", "dbi.key", "junk.safetensors", "old.key", "pipe.key"]
+    assert rows["dbi.key"]["signature"] == rows["copy.bin"]["signature"] == "valid" and "error" not in rows["dbi.key"]
     assert rows["pipe.key"]["error"] == rows["old.key"]["error"] == "not a regular file"
     assert "error" in rows["junk.safetensors"]
-    assert listed.stderr.startswith("error: 3 of 4 key files cannot be used") and listed.stderr.count("\n") == 1
+    assert listed.stderr.startswith("error: 3 of 5 key files cannot be used") and listed.stderr.count("\n") == 1
 
-    assert audited.exit_code == 2 and audited.stderr.count("\n") == 1 and "3 of 4 keys failed" in audited.stderr
-    assert "dbi (integrity): INTACT" in audited.stdout and audited.stdout.count("(unknown): ERROR") == 3
+    assert audited.exit_code == 2 and audited.stderr.count("\n") == 1 and "3 of 5 keys failed" in audited.stderr
+    assert audited.stdout.count("dbi (integrity): INTACT") == 2 and audited.stdout.count("(unknown): ERROR") == 3
     assert "not a regular file" in audited.stdout
 
 
@@ -132,6 +138,23 @@ def test_keys_show_exits_2_for_a_key_that_fails_its_signature_and_0_when_it_is_n
     assert invalid.stderr.startswith(f"error: {key}: signature invalid") and invalid.stderr.count("\n") == 1
     as_json = _cli("keys", "show", key, "--secret-file", wrong, "--json")
     assert as_json.exit_code == 2 and json.loads(as_json.stdout)["signature"].startswith("invalid")
+
+
+@pytest.mark.parametrize("signature, problem", [("valid", False), ("not checked", False), ("unsigned", False),
+                                                ("invalid: altered", True), ("malformed: truncated", True)])
+def test_a_key_is_unusable_when_its_signature_is_invalid_or_malformed_not_when_unchecked(signature, problem):
+    assert bool(keyinfo.problem({"file": "k.key", "signature": signature})) is problem
+    assert keyinfo.problem({"file": "k.key", "error": "not a regular file"}) == "not a regular file"
+
+
+def test_an_endpoint_asked_nothing_exits_2_saying_nothing_was_checked(small, tmp_path):
+    other = dbi.create(TorchOracle(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), (1, 28, 28)),
+                       torch.rand(4, 1, 28, 28), itr=1)
+    keys.save(other, tmp_path / "mnist.key", secret=SECRET)
+    with served(small) as url:
+        r = _cli("audit", tmp_path / "mnist.key", "--endpoint", url, "--secret-file", small["secret"])
+    assert r.exit_code == 2 and r.stdout.startswith(f"{url}: NOTHING WAS CHECKED") and r.stderr.count("\n") == 1
+    assert "cannot be asked" in r.stderr and r.stderr.rstrip().endswith("nothing was checked")
 
 
 @pytest.mark.parametrize("alpha", ["nan", "inf", "-inf", "0", "1", "1.5"])
