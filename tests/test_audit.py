@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,10 +60,11 @@ def world(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def endpoint(path, env="float32"):
-    """`nnmark serve` of the checkpoint at ``path`` in environment ``env``, in-process on a free port."""
+def endpoint(path, env="float32", card=None):
+    """`nnmark serve` of the checkpoint at ``path`` in environment ``env``, in-process on a free port; ``card``: what
+    else its metadata publishes (as a proxy in front of it could)."""
     model, config = models.load(path)
-    app = create_app(envs.get(env).oracle(model, tuple(config.input_shape)), model_name="model")
+    app = create_app(envs.get(env).oracle(model, tuple(config.input_shape)), model_name="model", card=card)
     with serving(app) as url:
         yield url
 
@@ -124,19 +126,60 @@ def test_a_fleet_is_asked_concurrently_and_reported_in_order(world):
     assert [r.status() for r in reports] == [0, 1] and audit.exit_status(reports) == 1
 
 
-def test_a_key_made_for_another_model_is_reported_not_failed(world):
+def _carded(world, card):
+    """The world's keys, each recording ``card`` as the model card it was made for."""
+    return [dataclasses.replace(k, key=dataclasses.replace(k.key, config={**k.key.config, "model_card": card}))
+            for k in world["keys"]]
+
+
+def _card(world, **changes):
+    return {"input_shape": list(world["shape"]), "num_classes": 10, "class_names": None, "normalize": None,
+            **changes}
+
+
+@pytest.mark.parametrize("published, word, disagreeing", [
+    ({"model_card": {"class_names": [f"c{i}" for i in range(10)]}}, "class_names", 4),
+    ({"model_card": {"num_classes": 11}}, "num_classes", 4),
+    ({"model_digest": "f" * 64}, "publishes ffffffffffff", 2),  # the keys that record a digest: dbi, metafinger
+])
+def test_what_a_tampered_endpoint_publishes_cannot_waive_the_keys(world, published, word, disagreeing):
+    card = _card(world)
+    served = {"model_card": {**card, **published.get("model_card", {})}, **{k: v for k, v in published.items()
+                                                                          if k != "model_card"}}
+    with endpoint(world["models"]["noised"], card=served) as url:
+        result = audit.audit_target(audit.endpoint_target(url), _carded(world, card), audit.Settings(secret=SECRET))
+    by = _by_method(result)
+    assert result.status() == 1 and result.queries > 0, report.summary_line(result)
+    assert by["dbi"].decision == "tampered" and by["pairs"].decision == "tampered" and by["metafinger"].passed
+    noted = [r for r in result.keys if any(word in d for d in r.disagreements)]
+    assert len(noted) == disagreeing and all(r.passed is not None for r in result.keys)
+    line = report.summary_line(result)
+    assert line.startswith("TAMPERED (dbi, pairs)") and f"{disagreeing} keys disagree with what the target" in line
+    keys_json = json.loads(report.to_json([result], {}))["targets"][0]["keys"]
+    assert sum(any(word in d for d in k["disagreements"]) for k in keys_json) == disagreeing
+    for text in (report.to_markdown([result], {}).replace("\\", ""), report.to_html([result], {})):
+        assert text.count("disagreement") == disagreeing and word in text
+
+
+def test_a_key_that_cannot_be_asked_is_an_error_and_a_target_asked_nothing_does_not_pass(world):
     mnist_key = audit.AuditKey("mnist.key", "0" * 64, dbi.create(
         TorchOracle(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), (1, 28, 28)),
         torch.rand(4, 1, 28, 28), itr=1))
-    made_for_other = dataclasses.replace(world["keys"][0], key=dataclasses.replace(world["keys"][0].key,
-                                                                                  model_digest="e" * 64))
-    target = audit.local_target(world["models"]["noised"])
-    target.published = {"model_digest": "f" * 64}
-    result = audit.audit_target(target, [mnist_key, made_for_other], audit.Settings(secret=SECRET))
-    assert [r.decision for r in result.keys] == [audit.OTHER_MODEL, audit.OTHER_MODEL]
-    assert "shape" in result.keys[0].note and "publishes" in result.keys[1].note
-    assert result.status() == 0 and result.queries == 0
-    assert "2 keys for another model" in report.summary_line(result)
+    settings = audit.Settings(secret=SECRET)
+    alone = audit.audit_target(audit.local_target(world["models"]["source"]), [mnist_key], settings)
+    assert [r.decision for r in alone.keys] == [audit.ERROR] and "cannot be asked" in alone.keys[0].note
+    assert alone.status() == 2 and alone.queries == 0 and audit.exit_status([alone]) == 2
+    assert audit.NOTHING_CHECKED in alone.problem() and "mnist.key" in audit.problem([alone])
+    assert report.summary_line(alone).startswith("NOTHING WAS CHECKED")
+    page = report.to_html([alone], {})
+    assert 'class="summary error"' in page and "pass" not in page.split("</style>")[1]
+    assert json.loads(report.to_json([alone], {}))["type"] == "AuditError"
+
+    dbi_key = next(k for k in world["keys"] if k.key.method == "dbi")
+    mixed = audit.audit_target(audit.local_target(world["models"]["noised"]), [mnist_key, dbi_key], settings)
+    assert [r.decision for r in mixed.keys] == [audit.ERROR, "tampered"] and mixed.status() == 2
+    assert audit.NOTHING_CHECKED not in mixed.problem() and "1 of 2 keys failed" in mixed.problem()
+    assert audit.exit_status([]) == 2
 
 
 def test_report_files_parse_and_the_log_records_every_exchange(world, tmp_path):
@@ -235,3 +278,81 @@ def test_the_cli_audits_a_local_model_with_every_key(world, tmp_path):
     assert "environment float32" in intact.output.splitlines()[0]
     assert tampered.exit_code == 1, tampered.output
     assert "TAMPERED (dbi, pairs) · MINE" in tampered.output
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None})
+
+
+def test_the_cli_asks_an_endpoint_whose_card_disagrees_and_reports_both(world, tmp_path):
+    card = _card(world)
+    for k in _carded(world, card):
+        keys.save(k.key, tmp_path / f"{k.key.method}.key", secret=SECRET)
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    served = {"model_card": _card(world, class_names=[f"c{i}" for i in range(10)])}
+    with endpoint(world["models"]["noised"], card=served) as url:
+        r = _cli("audit", "--keys", tmp_path, "--endpoint", url, "--secret-file", secret, "--report", tmp_path / "a.md")
+    assert r.exit_code == 1, r.output
+    assert f"{url}: TAMPERED (dbi, pairs)" in r.stdout and r.stdout.count("disagrees: ") == 4
+    assert "differs from the key's in class_names" in r.stdout and r.stderr == ""
+    assert (tmp_path / "a.md").read_text().count("| disagreement |") == 4
+
+
+def test_a_truncated_key_in_the_folder_is_an_error_and_the_others_are_still_asked(world, tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    for path in world["key_dir"].iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    cut = (folder / "pairs.key").read_bytes()
+    (folder / "pairs.key").write_bytes(cut[:-100])
+    (folder / "notes.key").write_text("not a key at all")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+
+    listed = _cli("keys", "ls", folder, "--secret-file", secret, "--json")
+    assert listed.exit_code == 2 and listed.stderr.count("\n") == 1
+    assert "2 of 5 key files cannot be used" in listed.stderr
+    rows = {Path(row["file"]).name: row for row in json.loads(listed.stdout)}
+    assert sorted(rows) == ["dbi.key", "innformant.key", "metafinger.key", "notes.key", "pairs.key"]
+    assert "truncated" in rows["pairs.key"]["error"] and "error" in rows["notes.key"]
+    assert [rows[name]["signature"] for name in ("dbi.key", "innformant.key", "metafinger.key")] == ["valid"] * 3
+
+    with endpoint(world["models"]["source"]) as url:
+        r = _cli("audit", "--keys", folder, "--endpoint", url, "--secret-file", secret, "--json")
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "2 of 5 keys failed" in r.stderr
+    parsed = json.loads(r.stdout)
+    by_file = {Path(k["key"]).name: k for k in parsed["targets"][0]["keys"]}
+    assert {name: k["decision"] for name, k in by_file.items()} == {
+        "dbi.key": "intact", "innformant.key": "float32", "metafinger.key": "match", "notes.key": "error",
+        "pairs.key": "error"}
+    assert "truncated" in by_file["pairs.key"]["note"] and parsed["type"] == "AuditError"
+
+
+def test_a_key_with_as_many_queries_as_canaries_keeps_its_canaries_in_every_batch(world, tmp_path):
+    from nnmark.marks import canary
+
+    ds = data.load("digits")
+    source, _ = models.load(world["models"]["source"])
+    dbi_key = next(k.key for k in world["keys"] if k.key.method == dbi.METHOD)
+    keyed = canary.attach(dbi_key, TorchOracle(source, ds.shape), ds.test.x, ds.test.y)
+    m = len(keyed.extras[canary.QUERIES])
+    small = audit.sub_key(keyed, torch.arange(m))  # as many queries as canaries: no extra of the key is cut
+    part = audit.sub_key(small, torch.tensor([2, 0]))
+    assert len(part.expected) == 2
+    for name, t in small.extras.items():
+        if name.startswith(canary.PREFIX):
+            assert torch.equal(part.extras[name], t), name
+    keys.save(small, tmp_path / "small.key", secret=SECRET)
+    (akey,) = audit.load_keys([tmp_path / "small.key"], secret=SECRET)
+    for suspect, decision in (("source", "intact"), ("noised", "tampered")):
+        with endpoint(world["models"][suspect]) as url:
+            result = audit.audit_target(audit.endpoint_target(url), [akey], audit.Settings(secret=SECRET, batch_size=2))
+        (key_result,) = result.keys
+        assert key_result.decision == decision, key_result
+        assert key_result.preflight and "differently" not in key_result.preflight

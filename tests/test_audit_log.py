@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from nnmark.audit import log as audit_log
 from nnmark.audit.log import GENESIS, AuditLogError, append, verify_log
 from nnmark.errors import SignatureError
 
@@ -92,14 +93,17 @@ def test_inserting_a_record_from_another_log_is_found(log, tmp_path):
     assert not check.ok and check.bad_line == 3
 
 
-def test_a_torn_last_line_verifies_up_to_the_record_before_it_and_the_next_append_cuts_it(log):
+def test_a_torn_last_line_fails_unless_allowed_and_then_is_ignored_and_the_next_append_cuts_it(log):
     path, macs = log
     data = path.read_bytes()
     cut = data[: len(data) - 40]
     path.write_bytes(cut)
-    check = verify_log(path, SECRET)
-    assert check.ok and check.records == 3 and check.last_mac == macs[2] and check.torn_bytes > 0
-    assert "torn" in check.summary()
+    strict = verify_log(path, SECRET)
+    assert not strict.ok and strict.bad_line == 4 and strict.records == 3 and strict.last_mac == macs[2]
+    assert strict.torn_bytes > 0 and "torn" in strict.reason and "cannot be verified" in strict.summary()
+    check = verify_log(path, SECRET, allow_torn_tail=True)
+    assert check.ok and check.records == 3 and check.last_mac == macs[2] and check.torn_bytes == strict.torn_bytes
+    assert "torn" in check.summary() and "ignored" in check.summary()
     append(path, {"run": "after crash"}, SECRET)
     after = verify_log(path, SECRET)
     assert after.ok and after.records == 4 and after.torn_bytes == 0
@@ -120,3 +124,45 @@ def test_no_secret_is_refused(tmp_path):
         append(tmp_path / "a.jsonl", {"run": 1}, b"")
     with pytest.raises(ValueError):
         append(tmp_path / "a.jsonl", {"mac": "x"}, SECRET)
+
+
+def test_a_last_record_edited_then_cut_cannot_pass_as_verified(log):
+    path, macs = log
+    lines = _lines(path)
+    lines[-1] = lines[-1].replace(b'"run":3', b'"run":9')
+    path.write_bytes(b"".join(line + b"\n" for line in lines[:-1]) + lines[-1][:-30])
+    strict = verify_log(path, SECRET)
+    assert not strict.ok and strict.bad_line == 4 and "torn" in strict.reason
+    allowed = verify_log(path, SECRET, allow_torn_tail=True)  # reported and ignored: the first 3 records decide
+    assert allowed.ok and allowed.records == 3 and allowed.last_mac == macs[2] and allowed.torn_bytes > 0
+
+
+def test_log_verify_exits_1_on_a_torn_tail_and_0_with_allow_torn_tail(log, tmp_path):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    path, _ = log
+    path.write_bytes(path.read_bytes()[:-20])
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+
+    def run(*extra):
+        return CliRunner().invoke(main, ["log", "verify", str(path), "--secret-file", str(secret), *extra],
+                                  env={"NNMARK_SECRET": None})
+
+    strict, allowed = run(), run("--allow-torn-tail")
+    assert strict.exit_code == 1 and "BROKEN at line 4" in strict.stdout and "torn" in strict.stdout
+    assert allowed.exit_code == 0 and "OK: 3 records verify" in allowed.stdout and "ignored" in allowed.stdout
+    assert json.loads(run("--json").stdout)["torn_bytes"] > 0
+
+
+def test_a_line_longer_than_a_record_may_be_is_refused_and_never_written(log, monkeypatch):
+    path, _ = log
+    monkeypatch.setattr(audit_log, "MAX_RECORD_BYTES", 300)
+    with pytest.raises(AuditLogError, match="more than a log record may hold"):
+        append(path, {"run": "x" * 400}, SECRET)
+    assert verify_log(path, SECRET).records == 4
+    path.write_bytes(path.read_bytes() + b"{" * 1000 + b"\n")
+    check = verify_log(path, SECRET)
+    assert not check.ok and check.bad_line == 5 and "longer than 300 bytes" in check.reason

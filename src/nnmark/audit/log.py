@@ -8,8 +8,13 @@ from the *end*: ``verify_log`` returns the last MAC, for the owner to keep elsew
 
 Writing: the whole line is one ``write`` on a descriptor opened with ``O_APPEND``, then ``fsync``, under an
 exclusive ``flock`` (two audits appending at once do not fork the chain). A crash mid-write can leave only
-a torn last line, which ``verify_log`` reports and skips; the next ``append`` cuts that torn fragment (it
-never was a record) and notes its size in the new record's ``torn_tail_bytes``.
+a torn last line; the next ``append`` cuts that torn fragment (it never was a record) and notes its size in
+the new record's ``torn_tail_bytes``.
+
+A torn last line proves nothing: it cannot be verified, and a record edited and then cut looks the same as a
+write cut short. So ``verify_log`` fails on one (the records before it are counted) unless
+``allow_torn_tail``, which reports it and ignores it. Only regular files are read (a FIFO would block), line
+by line, each line at most ``MAX_RECORD_BYTES``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 from nnmark.errors import ArgumentError, NnmarkError, SignatureError
 from nnmark.keys import _canonical_json
@@ -30,6 +36,8 @@ GENESIS = "0" * 64
 MAC_FIELD = "mac"
 SEQ_FIELD = "seq"
 TORN_FIELD = "torn_tail_bytes"
+MAX_RECORD_BYTES = 256 * 2**20
+"""The longest record (line) a log holds: ~2 million query digests with their answers in one run."""
 TAIL_NOTE = ("the chain cannot show records cut from the end of the file: keep the last MAC elsewhere "
              "and compare it with this one")
 
@@ -43,12 +51,13 @@ class LogCheck:
     """What ``verify_log`` found.
 
     Attributes:
-        ok: True when every whole record verifies (a torn last line alone does not make it False).
+        ok: True when every record verifies; a torn last line makes it False unless it was allowed (and ignored).
         records: how many records verified, from the first.
         last_mac: the MAC of the last verified record (``GENESIS`` for none): keep it elsewhere.
-        bad_line: the 1-based line number of the first record that fails, or None.
+        bad_line: the 1-based line number of the first record that fails (a torn last line's when not allowed),
+            or None.
         reason: why that line fails ('' when ok).
-        torn_bytes: the size of a torn last line (a write cut short), 0 when there is none.
+        torn_bytes: the size of a torn last line (a write cut short, or a record cut after an edit), 0 when none.
     """
 
     ok: bool
@@ -64,8 +73,8 @@ class LogCheck:
             head = f"OK: {self.records} records verify"
         else:
             head = f"BROKEN at line {self.bad_line}: {self.reason}; the {self.records} records before it verify"
-        torn = (f"; the last line is torn ({self.torn_bytes} bytes, a write cut short) and was skipped, the log "
-                f"verifies up to the record before it" if self.torn_bytes else "")
+        torn = (f"; the last line is torn ({self.torn_bytes} bytes) and cannot be verified: ignored "
+                f"(--allow-torn-tail)" if self.ok and self.torn_bytes else "")
         return f"{head}{torn}\nlast MAC {self.last_mac} ({TAIL_NOTE})"
 
     def to_dict(self) -> dict:
@@ -114,38 +123,51 @@ def _is_torn(fragment: bytes) -> bool:
     return False
 
 
-def _scan(data: bytes, secret: bytes) -> LogCheck:
-    """Verify the chain over the bytes of a log."""
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b'' when the file ends with a newline
-    torn = 0
-    if tail:
-        if _is_torn(tail):
-            torn = len(tail)
-        else:
-            lines.append(tail)
+def _torn_reason(size: int) -> str:
+    return (f"the last line is torn ({size} bytes): it cannot be verified (a write cut short, or a record cut "
+            "after an edit); --allow-torn-tail accepts the records before it")
+
+
+def _scan(fh: BinaryIO, secret: bytes, allow_torn_tail: bool) -> LogCheck:
+    """Verify the chain over a log read from ``fh`` line by line (each at most ``MAX_RECORD_BYTES``)."""
     prev, count = GENESIS, 0
-    for number, line in enumerate(lines, start=1):
-        mac, why = _check_line(line, number, prev, secret)
+    while line := fh.readline(MAX_RECORD_BYTES + 2):
+        number, record = count + 1, line.removesuffix(b"\n")
+        if len(record) > MAX_RECORD_BYTES:
+            return LogCheck(False, count, prev, number, f"longer than {MAX_RECORD_BYTES} bytes (not a record)")
+        if not line.endswith(b"\n") and _is_torn(line):
+            if allow_torn_tail:
+                return LogCheck(True, count, prev, torn_bytes=len(line))
+            return LogCheck(False, count, prev, number, _torn_reason(len(line)), len(line))
+        mac, why = _check_line(record, number, prev, secret)
         if why:
-            return LogCheck(False, count, prev, number, why, torn)
+            return LogCheck(False, count, prev, number, why)
         prev, count = mac, count + 1
-    return LogCheck(True, count, prev, torn_bytes=torn)
+    return LogCheck(True, count, prev)
 
 
-def verify_log(path: str | os.PathLike, secret: bytes) -> LogCheck:
+def _open_regular(path: str | os.PathLike, flags: int) -> int:
+    """A descriptor of the regular file at ``path`` (``os.open`` with ``flags``, never blocking on a FIFO)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AuditLogError(f"{path}: not a regular file")
+    return fd
+
+
+def verify_log(path: str | os.PathLike, secret: bytes, *, allow_torn_tail: bool = False) -> LogCheck:
     """Check every record of the log at ``path`` under ``secret``; names the first line that fails.
 
-    A torn last line (a write cut short) is skipped and reported in ``torn_bytes``; the log then verifies
-    up to the record before it. Truncation of whole records at the end cannot be seen: compare
-    ``last_mac`` with one kept elsewhere.
+    A torn last line fails it (``bad_line``, ``torn_bytes``) unless ``allow_torn_tail``, which reports it in
+    ``torn_bytes`` and ignores it. Truncation of whole records at the end cannot be seen: compare ``last_mac``
+    with one kept elsewhere.
     """
     secret = _check_secret(secret)
     try:
-        data = Path(path).read_bytes()
+        with open(_open_regular(path, os.O_RDONLY), "rb") as fh:
+            return _scan(fh, secret, allow_torn_tail)
     except OSError as e:
         raise AuditLogError(f"{path}: cannot read audit log: {e.strerror or e}") from None
-    return _scan(data, secret)
 
 
 def append(path: str | os.PathLike, record: dict, secret: bytes) -> str:
@@ -158,14 +180,14 @@ def append(path: str | os.PathLike, record: dict, secret: bytes) -> str:
     if MAC_FIELD in record or SEQ_FIELD in record:
         raise ArgumentError(f"record must not carry {MAC_FIELD!r} or {SEQ_FIELD!r}; append sets them")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = _open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     except OSError as e:
         raise AuditLogError(f"{path}: cannot open audit log: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
-        data = os.pread(fd, size, 0)
-        check = _scan(data, secret)
+        with open(fd, "rb", closefd=False) as fh:
+            check = _scan(fh, secret, allow_torn_tail=True)
         if not check.ok:
             raise AuditLogError(f"{path}: will not extend a broken chain: line {check.bad_line}: {check.reason}")
         body = dict(record)
@@ -175,7 +197,10 @@ def append(path: str | os.PathLike, record: dict, secret: bytes) -> str:
         body[SEQ_FIELD] = check.records + 1
         body[MAC_FIELD] = record_mac(secret, check.last_mac, body)
         line = _canonical_json(body).encode("ascii")
-        if data and not data.endswith(b"\n") and not check.torn_bytes:
+        if len(line) > MAX_RECORD_BYTES:
+            raise AuditLogError(f"{path}: the record is {len(line)} bytes, more than a log record may hold "
+                                f"({MAX_RECORD_BYTES})")
+        if size and not check.torn_bytes and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # the last record lacked only its newline
         line += b"\n"
         if os.write(fd, line) != len(line):

@@ -2,9 +2,14 @@
 
 The summary line reads e.g. ``INTACT · MINE (metafinger p=3e-12) · environment float32 · 412 queries``:
 integrity (INTACT, or TAMPERED with the methods that found it), ownership (MINE with the strongest evidence,
-or NOT MINE), the environment each telltale key names, keys made for another model, errors, and the queries
-spent. The HTML file is self-contained: inline CSS, and the flipped queries beside their sources as PNG
-``data:`` URIs.
+or NOT MINE), the environment each telltale key names, keys whose record disagrees with what the target
+publishes, errors, "nothing was checked" when no key was asked, and the queries spent. The HTML file is
+self-contained: inline CSS, and the flipped queries beside their sources as PNG ``data:`` URIs; a target
+with an error (or nothing checked) is styled as an error, never as a pass.
+
+Names and messages that come from outside (key file names, endpoint messages) are escaped in every text
+output: control characters shown as escapes (``printable``), Markdown and HTML specials escaped in Markdown
+(``markdown_text``), HTML-escaped in HTML; JSON escapes by itself.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from nnmark._io import atomic_write_bytes
-from nnmark.audit.run import ERROR, INTEGRITY, OTHER_MODEL, OWNERSHIP, TELLTALE, KeyResult, TargetReport
+from nnmark.audit.run import (ERROR, INTEGRITY, NOTHING_CHECKED, OWNERSHIP, TELLTALE, AuditError, KeyResult,
+                              TargetReport, problem)
 from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.marks.telltale.innformant import DIFFERENT_MODEL, UNKNOWN
 
@@ -30,9 +37,22 @@ SEPARATOR = " · "
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.2em;border-bottom:1px solid #ccc}h3{font-size:1.05em}
 .summary{font-family:monospace;font-size:1.1em;padding:.4em .6em;background:#f4f4f4}
-.pass{color:#176b2c}.fail{color:#a31515}.other{color:#666}
+.pass{color:#176b2c}.fail{color:#a31515}.error{color:#fff;background:#a31515}.other{color:#666}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
 figure{display:inline-block;margin:.3em;text-align:center}img{image-rendering:pixelated;border:1px solid #999}"""
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&|~#!])")
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newlines, ANSI escapes, bidi overrides) shown as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def markdown_text(text: str) -> str:
+    """``printable(text)`` with Markdown and HTML specials backslash-escaped, so it renders as the text itself."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", printable(text))
 
 
 def _p(value: float | None) -> str:
@@ -56,10 +76,11 @@ def summary_line(report: TargetReport) -> str:
         parts.append("NOT MINE")
     parts += [r.decision if r.decision in (UNKNOWN, DIFFERENT_MODEL) else f"environment {r.decision}"
               for r in report.keys if r.purpose == TELLTALE and r.passed is not None]
-    for word, label in ((OTHER_MODEL, "for another model"), (ERROR, "failed to run")):
-        count = sum(r.decision == word for r in report.keys)
-        if count:
-            parts.append(f"{count} key{'s' if count > 1 else ''} {label}")
+    counts = {"disagree with what the target publishes": sum(bool(r.disagreements) for r in report.keys),
+              "failed to run": sum(r.decision == ERROR for r in report.keys)}
+    parts += [f"{count} key{'s' if count > 1 else ''} {label}" for label, count in counts.items() if count]
+    if not any(r.passed is not None for r in report.keys):
+        parts.insert(0, NOTHING_CHECKED.upper())
     parts.append(f"{report.queries} queries")
     return SEPARATOR.join(parts)
 
@@ -81,6 +102,8 @@ def _key_rows(r: KeyResult) -> list[tuple[str, str]]:
             ("key file", f"{r.key} (sha256 {r.key_sha256[:16]}...)")]
     if r.note:
         rows.append(("note", r.note))
+    if r.disagreements:
+        rows.append(("disagreement", "; ".join(r.disagreements)))
     if r.passed is not None:
         rows.append(("statistic", f"{r.statistic_name} = {r.statistic:.4g}"))
         rows += _decision_rows(r)
@@ -92,20 +115,24 @@ def _key_rows(r: KeyResult) -> list[tuple[str, str]]:
 
 
 def to_markdown(reports: list[TargetReport], meta: dict) -> str:
-    """The report as Markdown: per target its summary line, then a table per key."""
-    lines = ["# nnmark audit", "", " ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    """The report as Markdown: per target its summary line, then a table per key (every value ``markdown_text``)."""
+    md = markdown_text
+    lines = ["# nnmark audit", "", md(" ".join(f"{k}: {v}" for k, v in meta.items())), ""]
     for report in reports:
-        lines += [f"## {report.target}", "", f"**{summary_line(report)}**", ""]
+        lines += [f"## {md(report.target)}", "", f"**{md(summary_line(report))}**", ""]
         for r in report.keys:
-            lines += [f"### {r.method}: {r.decision}", "", "| | |", "| --- | --- |"]
-            lines += [f"| {name} | {value} |" for name, value in _key_rows(r)] + [""]
+            lines += [f"### {md(r.method or 'key')}: {md(r.decision)}", "", "| | |", "| --- | --- |"]
+            lines += [f"| {md(name)} | {md(value)} |" for name, value in _key_rows(r)] + [""]
     return "\n".join(lines)
 
 
 def to_json(reports: list[TargetReport], meta: dict) -> str:
-    """The report as JSON: {"meta", "targets": [{target, summary, status, info, queries, keys: [...]}]}."""
-    return json.dumps({"meta": meta, "targets": [{**report.to_dict(), "summary": summary_line(report)}
-                                                 for report in reports]}, indent=2, allow_nan=False)
+    """The report as JSON: {"meta", "targets": [{target, summary, status, info, queries, keys: [...]}]}, and when
+    the run's status is 2 also {"error": ``run.problem``, "type": "AuditError"}."""
+    document = {"meta": meta, "targets": [{**report.to_dict(), "summary": summary_line(report)} for report in reports]}
+    if why := problem(reports):
+        document |= {"error": why, "type": AuditError.__name__}
+    return json.dumps(document, indent=2, allow_nan=False)
 
 
 def png_data_uri(image: torch.Tensor, px: int = THUMBNAIL_PX) -> str:
@@ -129,8 +156,13 @@ def _figures(r: KeyResult) -> str:
     return f'<div class="flipped">{"".join(figures)}</div>' if figures else ""
 
 
-def _css_class(passed: bool | None) -> str:
-    return "other" if passed is None else "pass" if passed else "fail"
+def _css_class(status: int) -> str:
+    """The style of a status: 0 pass, 1 fail, 2 error."""
+    return ("pass", "fail", "error")[status]
+
+
+def _key_status(r: KeyResult) -> int:
+    return 2 if r.passed is None else 0 if r.passed else 1
 
 
 def to_html(reports: list[TargetReport], meta: dict) -> str:
@@ -138,12 +170,11 @@ def to_html(reports: list[TargetReport], meta: dict) -> str:
     esc = html.escape
     body = [f"<h1>nnmark audit</h1><p>{esc(' '.join(f'{k}: {v}' for k, v in meta.items()))}</p>"]
     for report in reports:
-        status = {0: True, 1: False}.get(report.status())
         body.append(f'<section class="target"><h2>{esc(report.target)}</h2>'
-                    f'<p class="summary {_css_class(status)}">{esc(summary_line(report))}</p>')
+                    f'<p class="summary {_css_class(report.status())}">{esc(summary_line(report))}</p>')
         for r in report.keys:
             rows = "".join(f"<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>" for name, value in _key_rows(r))
-            body.append(f'<section class="key"><h3 class="{_css_class(r.passed)}">{esc(r.method)}: '
+            body.append(f'<section class="key"><h3 class="{_css_class(_key_status(r))}">{esc(r.method or "key")}: '
                         f"{esc(r.decision)}</h3><table>{rows}</table>{_figures(r)}</section>")
         body.append("</section>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>nnmark audit</title>'

@@ -7,10 +7,13 @@ further cost, and the audit log gets a digest of every query sent and every answ
 the verifiers' own on the asked queries, stopped by the rules of ``nnmark.audit.sequential``;
 ``sequential=False`` asks the whole key in one batch, as ``nnmark verify`` does.
 
-A key whose queries do not fit the target (input shape, number of classes), or whose model digest or model
-card differs from what the target publishes about itself, is reported as made for another model and is not
-counted as a failure. A local model publishes nothing about itself (its digest differs after any
-tampering, which is what integrity keys look for); its computed digest is kept in the target's info.
+Keys apply to a target because the owner says so, never because the suspect agrees: what a target publishes
+about itself (a model digest, a model card) can only add to a key's result, never waive it. A key whose
+recorded card or digest disagrees with what the target publishes is still asked, and the disagreement is
+reported beside its verdict; a key whose queries cannot be sent (another input shape), or that does not load,
+is an error. A target on which no key was asked has status 2: a run that asked nothing passes nothing. A local
+model publishes nothing about itself (its digest differs after any tampering, which is what integrity keys
+look for); its computed digest is kept in the target's info.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -29,9 +31,10 @@ import torch
 
 from nnmark import __version__, keys, marks
 from nnmark.audit import sequential as seq
-from nnmark.errors import ArgumentError, EndpointError, NnmarkError
-from nnmark.keyinfo import purpose_of
+from nnmark.errors import ArgumentError, EndpointError, KeyFileError, NnmarkError
+from nnmark.keyinfo import purpose_of, regular_file
 from nnmark.keys import KeyFile
+from nnmark.marks import canary
 from nnmark.marks.integrity import pairing
 from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
@@ -53,8 +56,13 @@ DEFAULT_WORKERS = 4
 """Targets of a fleet asked at once."""
 MAX_THUMBNAILS = 8
 """Flipped queries per key kept for the report's pictures."""
-OTHER_MODEL = "made for another model"
 ERROR = "error"
+NOTHING_CHECKED = "nothing was checked"
+
+
+class AuditError(NnmarkError):
+    """An audit could not check all it was pointed at: a key that cannot be asked of a target, a key file that does
+    not load, a target that cannot be reached, or a target on which no key was asked."""
 
 
 # --- targets ----------------------------------------------------------------------------------------
@@ -191,12 +199,16 @@ class RecordingOracle(Oracle):
 
 
 def sub_key(key: KeyFile, idx: torch.Tensor) -> KeyFile:
-    """The key cut to the queries ``idx`` (in that order), with each per-query extra cut alike."""
+    """The key cut to the queries ``idx`` (in that order), with each per-query extra cut alike; the whole key's
+    extras (``SHARED_EXTRAS``, the canaries) kept as they are."""
     n = len(key.expected)
-    extras = {name: t[idx].contiguous() if name not in SHARED_EXTRAS and t.dim() and len(t) == n else t
-              for name, t in key.extras.items()}
+    extras = {name: t[idx].contiguous() if _per_query(name, t, n) else t for name, t in key.extras.items()}
     return dataclasses.replace(key, queries=key.queries[idx].contiguous(), expected=key.expected[idx].contiguous(),
                                extras=extras)
+
+
+def _per_query(name: str, t: torch.Tensor, n: int) -> bool:
+    return name not in SHARED_EXTRAS and not name.startswith(canary.PREFIX) and t.dim() > 0 and len(t) == n
 
 
 # --- one key -----------------------------------------------------------------------------------------
@@ -204,20 +216,28 @@ def sub_key(key: KeyFile, idx: torch.Tensor) -> KeyFile:
 
 @dataclass
 class AuditKey:
-    """A key file to audit with: where it is, the SHA-256 of its bytes, and its contents."""
+    """A key file to audit with: where it is, the SHA-256 of its bytes, and its contents; or, for a file that does
+    not load, ``key`` None and ``error`` saying why."""
 
     path: str
     sha256: str
-    key: KeyFile
+    key: KeyFile | None
+    error: str = ""
+
+
+def load_key(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool = False) -> AuditKey:
+    """Load and check one key file and digest the bytes it was read from (``keys.load_digested``); a file that is
+    not a regular file or fails its checks gives an ``AuditKey`` carrying the error, so the run reports it."""
+    try:
+        key, digest = keys.load_digested(regular_file(path), secret=secret, allow_unsigned=allow_unsigned)
+    except KeyFileError as e:
+        return AuditKey(str(path), "", None, str(e).removeprefix(f"{path}: "))
+    return AuditKey(str(path), digest, key)
 
 
 def load_keys(paths: list[str | os.PathLike], *, secret: bytes | None, allow_unsigned: bool = False) -> list[AuditKey]:
-    """Load and check each key file and digest the bytes it was read from (``keys.load_digested``)."""
-    loaded = []
-    for path in paths:
-        key, digest = keys.load_digested(path, secret=secret, allow_unsigned=allow_unsigned)
-        loaded.append(AuditKey(str(path), digest, key))
-    return loaded
+    """``load_key`` of each path, in order."""
+    return [load_key(path, secret=secret, allow_unsigned=allow_unsigned) for path in paths]
 
 
 @dataclass
@@ -226,8 +246,8 @@ class KeyResult:
 
     Attributes:
         key, key_sha256, method, purpose: the key file, its digest, its method and the method's purpose.
-        decision: the method's verdict word, ``OTHER_MODEL`` or ``ERROR``.
-        passed: True / False; None when the key was made for another model or could not be asked.
+        decision: the method's verdict word, or ``ERROR``.
+        passed: True / False; None when the key could not be asked (an error).
         statistic_name, statistic: what the verifier measured on the asked queries.
         p_value: ownership: the binomial p-value of the whole key, or the anytime-valid min(1, 1/E_t) when it
             stopped early; None otherwise. threshold: the method's decision threshold, where it has one.
@@ -235,7 +255,9 @@ class KeyResult:
             consistency re-asks not counted); key_size: the key's queries.
         flipped: key indices answered otherwise than the key expects, among those asked.
         rule: the sequential rule that stopped (``sequential.Step.rule``); e_value: its e-value, if any.
-        note: why the key was not asked (another model, an error), or ''.
+        note: why the key could not be asked (an error), or ''.
+        disagreements: where what the target publishes (digest, model card, classes) disagrees with what the key
+            records; the key is asked all the same, and these are reported beside its verdict.
         details: the verifier's details; preflight: the canary preflight's answer, if any.
         sent, answers: SHA-256 of each input sent and answer received (for the audit log).
         thumbnails: up to ``MAX_THUMBNAILS`` (flipped query, its source or None) pairs, for the HTML report.
@@ -257,6 +279,7 @@ class KeyResult:
     rule: str = ""
     e_value: float | None = None
     note: str = ""
+    disagreements: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     preflight: dict | None = None
     sent: list[str] = field(default_factory=list, repr=False)
@@ -282,34 +305,37 @@ def jsonable(value):
     return value
 
 
-def fit_problem(key: KeyFile, oracle: Oracle, published: dict) -> str:
-    """Why ``key`` was made for another model than the one behind ``oracle``, or '' when it fits."""
+def check_askable(key: KeyFile, oracle: Oracle) -> None:
+    """``AuditError`` when the key's queries cannot be sent to ``oracle`` (another input shape)."""
     if tuple(key.queries.shape[1:]) != oracle.input_shape:
-        return f"queries of shape {tuple(key.queries.shape[1:])}; the target takes {oracle.input_shape}"
+        raise AuditError(f"cannot be asked: its queries have shape {tuple(key.queries.shape[1:])}; the target takes "
+                         f"{oracle.input_shape}")
+
+
+def disagreements(key: KeyFile, oracle: Oracle, published: dict) -> list[str]:
+    """Where the target (its classes, and the digest and model card it publishes) disagrees with ``key``'s record.
+
+    Reported beside the key's verdict, never a reason to skip the key: the suspect can add checks, not waive them."""
+    found = []
     classes = key.config.get("num_classes")
     if isinstance(classes, int) and classes != oracle.num_classes:
-        return f"key made for {classes} classes; the target has {oracle.num_classes}"
+        found.append(f"key made for {classes} classes; the target has {oracle.num_classes}")
     digest = published.get("model_digest")
     if digest and key.model_digest and digest != key.model_digest:
-        return f"key made for model {key.model_digest[:12]}; the target publishes {str(digest)[:12]}"
+        found.append(f"key made for model {key.model_digest[:12]}; the target publishes {str(digest)[:12]}")
     card, key_card = published.get("model_card"), key.config.get("model_card")
     if isinstance(card, dict) and isinstance(key_card, dict):
-        differ = sorted(name for name in card.keys() & key_card.keys() if card[name] != key_card[name])
+        differ = card.keys() ^ key_card.keys()  # an entry added or dropped counts, as does one changed
+        differ |= {name for name in card.keys() & key_card.keys() if card[name] != key_card[name]}
         if differ:
-            return f"key's model card differs from the target's in {', '.join(differ)}"
-    return ""
+            found.append(f"the target's model card differs from the key's in {', '.join(sorted(map(str, differ)))}")
+    return found
 
 
-def _preflight(oracle: Oracle, key: KeyFile) -> dict | None:
-    """The canary preflight (``nnmark.marks.canary.preflight``) when the key has canaries and nnmark has one."""
-    if not any("canar" in name for name in (*key.extras, *key.config)):
-        return None
-    try:
-        canary = importlib.import_module("nnmark.marks.canary")
-    except ImportError:
-        return {"skipped": "this nnmark has no canary preflight"}
-    result = canary.preflight(oracle, key)
-    return jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
+def _preflight(oracle: Oracle, key: KeyFile) -> str | None:
+    """The canary preflight's note on the whole key (``canary.preflight``: ``EndpointMismatch`` when an endpoint
+    answers as the keyed model does under a known misreading); None for a key without canaries."""
+    return canary.preflight(oracle, key) if canary.QUERIES in key.extras else None
 
 
 def _ownership_rule(verdict: Verdict) -> dict:
@@ -356,6 +382,12 @@ class Settings:
     sequential: bool = True
     batch_size: int = seq.DEFAULT_BATCH_SIZE
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
+            raise ArgumentError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise ArgumentError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+
 
 def _prefixes(method: str, n: int, settings: Settings) -> list[torch.Tensor]:
     """The asked prefixes of the key's query order: seeded batches, or the whole key at once."""
@@ -374,17 +406,17 @@ def _thumbnails(key: KeyFile, flipped: list[int]) -> list[tuple[torch.Tensor, to
 
 
 def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict | None = None) -> KeyResult:
-    """Ask ``oracle`` the key's queries batch by batch until its purpose's rule decides; the key's result."""
+    """Ask ``oracle`` the key's queries batch by batch until its purpose's rule decides; the key's result, with
+    where the target disagrees with the key's record (``disagreements``). ``AuditError`` when it cannot be asked."""
     key = akey.key
     n = len(key.expected)
-    base = KeyResult(akey.path, akey.sha256, key.method, purpose_of(key.method), "", None, n)
-    problem = fit_problem(key, oracle, published or {})
-    if problem:
-        return dataclasses.replace(base, decision=OTHER_MODEL, note=problem)
+    check_askable(key, oracle)
+    base = KeyResult(akey.path, akey.sha256, key.method, purpose_of(key.method), "", None, n,
+                     disagreements=disagreements(key, oracle, published or {}))
     recorder = RecordingOracle(oracle)
     preflight = _preflight(recorder, key)
     for idx in _prefixes(key.method, n, settings):
-        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret)
+        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret, preflight=False)
         step = decide(base.purpose, verdict, len(idx), n, settings.alpha)
         if step.decided:
             break
@@ -401,13 +433,21 @@ def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dic
     )
 
 
+def failed_key(akey: AuditKey, why: str) -> KeyResult:
+    """The error result of a key that was not asked: it did not load, or asking it failed for ``why``."""
+    method = akey.key.method if akey.key is not None else ""
+    size = len(akey.key.expected) if akey.key is not None else 0
+    return KeyResult(akey.path, akey.sha256, method, purpose_of(method), ERROR, None, size, note=why)
+
+
 def _guarded(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict) -> KeyResult:
-    """``audit_key``; an ``NnmarkError`` becomes an error result naming it."""
+    """``audit_key``; a key that did not load, or an ``NnmarkError`` while asking it, becomes an error result."""
+    if akey.key is None:
+        return failed_key(akey, akey.error)
     try:
         return audit_key(oracle, akey, settings, published)
     except NnmarkError as e:
-        return KeyResult(akey.path, akey.sha256, akey.key.method, purpose_of(akey.key.method), ERROR, None,
-                         len(akey.key.expected), note=str(e))
+        return failed_key(akey, str(e))
 
 
 # --- targets and fleets ---------------------------------------------------------------------------------
@@ -426,9 +466,21 @@ class TargetReport:
     def queries(self) -> int:
         return sum(r.queries for r in self.keys)
 
+    def problem(self) -> str:
+        """Why this target's status is 2 (its error, the keys that failed, or that nothing was checked), else ''."""
+        if self.error:
+            return self.error
+        why = []
+        failed = [r for r in self.keys if r.decision == ERROR]
+        if failed:
+            why.append(f"{len(failed)} of {len(self.keys)} keys failed, first {failed[0].key}: {failed[0].note}")
+        if not any(r.passed is not None for r in self.keys):
+            why.append(NOTHING_CHECKED)
+        return "; ".join(why)
+
     def status(self) -> int:
-        """0 every check passed (keys for another model aside), 1 any negative, 2 any error."""
-        if self.error or any(r.decision == ERROR for r in self.keys):
+        """0 every check passed, 1 any negative verdict, 2 any error or nothing checked (``problem``)."""
+        if self.problem():
             return 2
         return 1 if any(r.passed is False for r in self.keys) else 0
 
@@ -457,8 +509,19 @@ def audit_fleet(targets: list[Target], audit_keys: list[AuditKey], settings: Set
 
 
 def exit_status(reports: list[TargetReport]) -> int:
-    """The CLI's exit status: 2 on any error, else 1 on any negative verdict, else 0."""
-    return max((r.status() for r in reports), default=0)
+    """The CLI's exit status: 2 on any error (or no target at all), else 1 on any negative verdict, else 0."""
+    return max((r.status() for r in reports), default=2)
+
+
+def problem(reports: list[TargetReport]) -> str:
+    """One line on why the run's status is 2, naming the first target with a problem and how many more; '' if none."""
+    if not reports:
+        return f"no target: {NOTHING_CHECKED}"
+    failing = [r for r in reports if r.problem()]
+    if not failing:
+        return ""
+    more = f" (and {len(failing) - 1} more targets)" if len(failing) > 1 else ""
+    return f"{failing[0].target}: {failing[0].problem()}{more}"
 
 
 def log_record(reports: list[TargetReport], settings: Settings) -> dict:

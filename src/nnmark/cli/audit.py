@@ -20,7 +20,10 @@ from nnmark.suspect import ModelSource, Suspect
 AUDIT_HELP = """\b
 Summary line per target, e.g.:
   INTACT · MINE (metafinger p=3e-12) · environment float32 · 412 queries
-Exit codes: 0 every check passed (keys made for another model aside), 1 any negative verdict, 2 any error.
+Exit codes: 0 every check passed, 1 any negative verdict, 2 any error: a key that does not load or cannot be
+asked (another input shape), an unreachable target, or a target on which nothing was checked.
+Keys apply because you name them: a key whose card or digest disagrees with what the target publishes is
+still asked, and the disagreement is reported beside its verdict.
 Sequential mode stops a key at its first counted flip (integrity), once MATCH / NO MATCH holds at --alpha
 at every stopping time (ownership), or once one environment is left (telltale); --no-sequential asks every
 query of every key, as verify does.
@@ -40,16 +43,23 @@ def _target(suspect: Suspect, options: SuspectOptions) -> audit_run.Target:
 
 
 def _text(reports: list[audit_run.TargetReport]) -> str:
-    """Per target its summary line, then one line per key."""
+    """Per target its summary line, then one line per key (each line ``printable``)."""
     lines = []
     for report in reports:
         lines.append(f"{report.target}: {audit_report.summary_line(report)}")
         for r in report.keys:
             measured = f"{r.statistic_name} {r.statistic:.3g}; " if r.passed is not None else ""
-            lines.append(f"  {r.method} ({r.purpose or 'unknown'}): {r.decision.upper()} - {measured}"
+            lines.append(f"  {r.method or r.key} ({r.purpose or 'unknown'}): {r.decision.upper()} - {measured}"
                          f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
+                         + (f"; disagrees: {'; '.join(r.disagreements)}" if r.disagreements else "")
                          + (f"; flipped {r.flipped}" if r.flipped else ""))
-    return "\n".join(lines)
+    return "\n".join(map(audit_report.printable, lines))
+
+
+def _error_exit(message: str) -> None:
+    """Exit 2 with ``message`` as the one error line on stderr, once the result is printed on stdout."""
+    click.echo(f"error: {audit_report.printable(message)}", err=True)
+    sys.exit(2)
 
 
 @click.command(epilog=AUDIT_HELP)
@@ -98,7 +108,10 @@ def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequent
         mac = audit_log.append(log_path, audit_run.log_record(reports, settings), secret)
         click.echo(f"logged to {log_path}; last MAC {mac}", err=True)
     click.echo(audit_report.to_json(reports, meta) if as_json else _text(reports))
-    sys.exit(audit_run.exit_status(reports))
+    status = audit_run.exit_status(reports)
+    if status == 2:
+        _error_exit(audit_run.problem(reports))
+    sys.exit(status)
 
 
 @click.group(cls=Group)
@@ -118,8 +131,21 @@ def _secret_option(f):
 
 
 def _row(info: dict) -> str:
-    return (f"{info['file']}  {info['method']} ({info['purpose'] or 'unknown'})  {info['queries']} queries  "
-            f"created {info['created']}  model {str(info['model_digest'] or '-')[:12]}  signature {info['signature']}")
+    """One ``keys ls`` line (``printable``): a key file's description, or the error it gives."""
+    if "error" in info:
+        return audit_report.printable(f"{info['file']}  ERROR: {info['error']}")
+    return audit_report.printable(
+        f"{info['file']}  {info['method']} ({info['purpose'] or 'unknown'})  {info['queries']} queries  "
+        f"created {info['created']}  model {str(info['model_digest'] or '-')[:12]}  signature {info['signature']}")
+
+
+def _key_problems(listed: list[dict]) -> str:
+    """One line naming the key files that cannot be used (``keyinfo.problem``), or ''."""
+    bad = [(info["file"], keyinfo.problem(info)) for info in listed if keyinfo.problem(info)]
+    if not bad:
+        return ""
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return f"{len(bad)} of {len(listed)} key files cannot be used: {bad[0][0]}: {bad[0][1]}{more}"
 
 
 @keys.command("ls")
@@ -129,6 +155,9 @@ def _row(info: dict) -> str:
 def keys_ls(folder, secret_file, as_json) -> None:
     """Each key file in FOLDER: method, purpose, queries, creation time, model digest, signature status.
 
+    Every file named *.key or *.safetensors, and any other file holding a key, is listed; one that does not load
+    (truncated, not a key) or whose signature is invalid is listed as an error and makes the exit status 2.
+
     \b
     Example:
       nnmark keys ls keys/ --secret-file secret
@@ -137,7 +166,9 @@ def keys_ls(folder, secret_file, as_json) -> None:
     if as_json:
         click.echo(json.dumps(listed))
     else:
-        click.echo("\n".join(_row(info) for info in listed) or f"no key files in {folder}")
+        click.echo("\n".join(_row(info) for info in listed) or audit_report.printable(f"no key files in {folder}"))
+    if why := _key_problems(listed):
+        _error_exit(why)
 
 
 @keys.command("show")
@@ -147,13 +178,19 @@ def keys_ls(folder, secret_file, as_json) -> None:
 def keys_show(key_path, secret_file, as_json) -> None:
     """One key file: method, purpose, created, model digest and card, query count, config, signature status.
 
+    With a secret (--secret-file or NNMARK_SECRET) the signature is checked: a key that does not verify under it
+    is shown, and the exit status is 2 with one error line. Without one the signature shows as "not checked"
+    and the exit status is 0.
+
     \b
     Example:
       nnmark keys show keys/dbi.key --json
     """
     info = keyinfo.describe(key_path, secret=keyfiles.read_secret(secret_file))
-    emit(info, as_json, "\n".join(f"{name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
-                                  for name, value in info.items()))
+    emit(info, as_json, "\n".join(audit_report.printable(
+        f"{name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}") for name, value in info.items()))
+    if why := keyinfo.problem(info):
+        _error_exit(f"{key_path}: {why}")
 
 
 @click.group(cls=Group)
@@ -169,12 +206,16 @@ def log() -> None:
 @log.command("verify")
 @click.argument("log_path", type=click.Path(dir_okay=False))
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="The owner's secret (else NNMARK_SECRET).")
+@click.option("--allow-torn-tail", is_flag=True,
+              help="Accept a torn last line (a write cut short): reported, and ignored, since it cannot be verified.")
 @json_option
-def log_verify(log_path, secret_file, as_json) -> None:
+def log_verify(log_path, secret_file, allow_torn_tail, as_json) -> None:
     """Check the HMAC chain: exit 0 when every record verifies, 1 naming the first record that does not.
 
-    Prints the last MAC: truncation of whole records at the end cannot be seen from the file alone, so keep it
-    elsewhere and compare.
+    A torn last line (a write cut short, or a record edited and then cut: the two look alike) cannot be verified:
+    exit 1, unless --allow-torn-tail, which reports it and ignores it (the records before it decide). Prints the
+    last MAC: truncation of whole records at the end cannot be seen from the file alone, so keep it elsewhere and
+    compare.
 
     \b
     Example:
@@ -183,6 +224,6 @@ def log_verify(log_path, secret_file, as_json) -> None:
     secret = keyfiles.read_secret(secret_file)
     if secret is None:
         raise CliError("log verify needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
-    check = audit_log.verify_log(log_path, secret)
+    check = audit_log.verify_log(log_path, secret, allow_torn_tail=allow_torn_tail)
     emit(check.to_dict(), as_json, check.summary())
     sys.exit(0 if check.ok else 1)

@@ -48,11 +48,12 @@ def spec_of(key: KeyFile) -> MethodSpec:
         raise KeyFileError(f"key file method {key.method!r} is not known to this nnmark") from None
 
 
-def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verdict:
+def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None, preflight: bool = True) -> Verdict:
     """Ask ``oracle`` the key's canaries (``canary.preflight``: ``EndpointMismatch`` when an endpoint answers as
     the keyed model does under a known misreading), then its queries, and decide with the key's method; keyed
     methods need ``secret``. A model that fits no reading gets the method's verdict; the preflight's one-line
-    note is ``verdict.details["preflight"]``.
+    note is ``verdict.details["preflight"]``. ``preflight`` False: the caller asked the canaries of the whole key
+    already (the audit, which verifies a key's queries a batch at a time).
 
     KeyFileError when the key expects a label the model cannot give (outside [0, K)).
     """
@@ -64,9 +65,10 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None) -> Verd
     if spec.keyed and secret is None:
         raise SignatureError(f"{key.method} keys need the owner's secret to verify "
                              f"(--secret-file or {keys.SECRET_ENV})")
-    note = canary.preflight(oracle, key)
+    note = canary.preflight(oracle, key) if preflight else None
     verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
-    verdict.details["preflight"] = note
+    if note is not None:
+        verdict.details["preflight"] = note
     return verdict
 
 

@@ -49,6 +49,8 @@ from nnmark.errors import ArgumentError, EndpointMismatch, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.oracles import EndpointOracle, Oracle
 
+PREFIX = "canary."
+"""Every canary extra's name starts with this: they belong to the whole key, not to its queries one by one."""
 QUERIES, LABELS, PROBABILITIES = "canary.queries", "canary.labels", "canary.probabilities"
 READINGS = "canary.readings"
 """The keyed model's rows under each misreading of the key config's "canary_readings": (canaries, M, K)."""
