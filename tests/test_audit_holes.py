@@ -160,7 +160,7 @@ def test_an_endpoint_asked_nothing_exits_2_saying_nothing_was_checked(small, tmp
 @pytest.mark.parametrize("alpha", ["nan", "inf", "-inf", "0", "1", "1.5"])
 def test_alpha_must_be_finite_and_inside_0_1(small, alpha):
     r = _cli("audit", small["keys"] / "dbi.key", "--endpoint", "http://127.0.0.1:9", "--alpha", alpha)
-    assert r.exit_code == 2 and "--alpha" in r.stderr and "must lie in (0, 1)" in r.stderr
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--alpha" in r.stderr and alpha in r.stderr
     with pytest.raises(ArgumentError, match="alpha"):
         audit.Settings(alpha=float(alpha))
     with pytest.raises(ArgumentError, match="batch_size"):
