@@ -14,7 +14,7 @@ from nnmark.attacks.extract import extract_through
 from nnmark.cli import main
 from nnmark.cli.attack import thief_images
 from nnmark.errors import ArgumentError
-from nnmark.oracles import TorchOracle
+from nnmark.oracles import TorchOracle, oip
 from nnmark.oracles.endpoint import DEFAULT_CONSISTENCY_SAMPLES
 from nnmark.serve import create_app, serving
 
@@ -26,7 +26,7 @@ ATTACKER_SPLIT = 500  # mnist5k's attacker split: the second half of its 1,000 t
 @contextlib.contextmanager
 def endpoint(path, token=None):
     """`nnmark serve` of the checkpoint at ``path`` in-process; yields its URL and the list of the inference requests
-    it received (their paths), counted before the app looks at them."""
+    it received (whether each was binary, ``--transport rest-binary``), counted before the app looks at them."""
     model, config = models.load(path)
     app = create_app(envs.get("float32").oracle(model, tuple(config.input_shape)), model_name="model", token=token)
     inferences = []
@@ -34,7 +34,7 @@ def endpoint(path, token=None):
     @app.middleware("http")
     async def count(request, call_next):
         if request.url.path.endswith("/infer"):
-            inferences.append(request.url.path)
+            inferences.append(oip.HEADER_LENGTH in request.headers)
         return await call_next(request)
 
     with serving(app) as url:
@@ -69,8 +69,9 @@ def test_without_a_thief_half_the_thief_asks_its_attacker_split_with_the_servers
     with endpoint(lenet_file, token=TOKEN) as (url, inferences):
         refused = extract(url, out, *args)
         assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and not out.exists()
-        r = extract(url, out, *args, "--token-file", str(token_file))
+        r = extract(url, out, *args, "--token-file", str(token_file), "--transport", "rest-binary")
     assert r.exit_code == 0, r.output
+    assert inferences and all(inferences)  # the endpoint-shape flags reach the oracle
     spent = ATTACKER_SPLIT + DEFAULT_CONSISTENCY_SAMPLES
     assert f"on {ATTACKER_SPLIT} thief images of mnist5k from {url}; {spent} queries spent" in r.stdout
     assert TOKEN.decode() not in r.output + refused.output and models.load(out)[1].arch == "lenet5"
