@@ -1,5 +1,7 @@
 """``nnmark attack``: one command per registered attack, its options generated from the attack's signature."""
 
+import json
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -8,6 +10,7 @@ from nnmark import models
 from nnmark.attacks import ATTACKS
 from nnmark.cli import main
 from nnmark.cli.attack import SOURCES, attack
+from nnmark.cli.suspect import ENDPOINT_OPTIONS
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -31,7 +34,10 @@ def test_every_attack_is_a_command_whose_options_are_the_attacks(name):
         decorate(data_options)
     data_names = {p.name for p in getattr(data_options, "__click_params__", [])}
     source_options = {"weights", "input_shape", "normalize"}  # the model source's, shared by every --model
-    assert set(params) == {"model_path", "out", *source_options, *data_names, *(o.name for o in spec.options)}
+    own = {o.name for o in spec.options}
+    suspect = {"env_name", "endpoint", "model_name", "token_file", "budget", *ENDPOINT_OPTIONS} - own
+    assert set(params) == {"model_path", "out", "as_json", *source_options, *(suspect if spec.oracle else ()),
+                           *data_names, *own}
     assert "Example:" in CliRunner().invoke(main, ["attack", name, "--help"]).output
 
 
@@ -52,8 +58,10 @@ def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
 def test_a_student_of_another_architecture_is_written_as_a_checkpoint_of_its_own(name, lenet_file, tmp_path):
     out = tmp_path / "student.safetensors"
     r = CliRunner().invoke(main, ["attack", name, "--model", str(lenet_file), "--out", str(out), "--epochs", "1",
-                                  "--student-arch", "vgg11"])
+                                  "--student-arch", "vgg11", "--json"])
     assert r.exit_code == 0, r.output
     student, config = models.load(out)
     assert config.arch == "vgg11" and config.data == "mnist5k" and 0.1 < config.accuracy <= 1
+    assert json.loads(r.stdout) == {"attack": name, "model": str(lenet_file), "out": str(out),
+                                    "test_accuracy": config.accuracy}
     assert isinstance(student, type(models.build("vgg11", (1, 28, 28), 10)))

@@ -294,6 +294,8 @@ STEPS: dict[str, Step] = {
         Step(),
     # Endpoints: nnmark serve (REST and gRPC), a Triton-shaped server, a float64 server.
     "nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token": Step(),
+    "nnmark attack extract --endpoint http://127.0.0.1:8000 --token-file token --data mnist5k@thief "
+    "--student-arch lenet5 --out stolen.safetensors": Step("--epochs 2"),
     "nnmark verify dbi.key --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret": Step(),
     "nnmark verify dbi.key --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret --json": Step(),
     "nnmark verify dbi.key --endpoint grpc://127.0.0.1:8001 --batch-size 64 --token-file token --secret-file secret":

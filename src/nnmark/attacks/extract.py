@@ -17,8 +17,9 @@ Steps:
        Adam at ``lr`` with cosine decay, cross-entropy on the labels or on the probability vectors.
 
 ``extract_from(oracle, x, student, ...)`` is the core and works against any ``nnmark.oracles.Oracle`` (an
-endpoint too); the registered ``extract`` attack wraps a local model in a ``TorchOracle``. The labels ``y`` the
-thief may hold are never used.
+endpoint too); the registered ``extract`` attack wraps a local model in a ``TorchOracle``, and ``extract_through``
+(its registered ``oracle``: ``nnmark attack extract --endpoint``) takes ``extract``'s options against any oracle. The
+labels ``y`` the thief may hold are never used.
 
 Example::
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnmark.attacks.backdoor import check_images
-from nnmark.attacks.distill import STUDENT_ARCH, Arch, student_for
+from nnmark.attacks.distill import SAME_ARCH, STUDENT_ARCH, Arch, build_student, student_for
 from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import register_attack
@@ -164,9 +165,21 @@ def extract_from(
     return thief, ExtractionReport(spent, answers, split_accuracy(thief, test))
 
 
+def extract_through(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, *, student_arch: str = STUDENT_ARCH,
+                    seed: int = 0, **options) -> tuple[nn.Module, ExtractionReport]:
+    """``extract`` against any ``oracle`` (an endpoint too), with its options: the copy is a fresh zoo model
+    ``student_arch`` for the oracle's input shape and classes, refused as "same" before any query."""
+    if student_arch == SAME_ARCH:
+        raise ArgumentError('student_arch "same" names the victim\'s architecture, which an oracle does not show: '
+                            'name a zoo one')
+    student = build_student(student_arch, oracle.input_shape, oracle.num_classes, seed)
+    return extract_from(oracle, x, student, seed=seed, **options)
+
+
 @register_attack("extract", summary="Model extraction: train a fresh model on the victim's answers to the thief's "
                  "own queries.", applies_to="any classifier (through an oracle; the copy: its architecture or a zoo "
-                 "one); needs the thief's images (their labels are not used)", data="attacker", reports=True)
+                 "one); needs the thief's images (their labels are not used)", data="attacker", reports=True,
+                 oracle=extract_through)
 def extract(
     model: nn.Module,
     x: torch.Tensor,

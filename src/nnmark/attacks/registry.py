@@ -12,7 +12,11 @@ An attack is a plain function ``f(model, *data, **options) -> nn.Module``:
   one of these ``| None``), with a default that is a named module constant (flags default to False, seeds to
   0), documented by one line ``name: text`` in the docstring's ``Args:`` section. A keyword input that is no
   option (a test split, a student model) defaults to None;
-- the same seed gives the same weights.
+- the same seed gives the same weights;
+- an attack that needs nothing of the model but its answers (extraction) may also register ``oracle``: the same
+  attack against any ``nnmark.oracles.Oracle``, ``oracle(oracle, x, y, **options)`` with the attack's options,
+  its copy a fresh zoo model (``student_arch``, never "same": an oracle shows no architecture); the command then
+  takes ``--endpoint`` beside ``--model``.
 
 A transform is a class whose constructor takes only options (the same rules) and whose instances map a
 batch x (N, C, H, W) in [0, 1] to a new batch of the same shape in [0, 1].
@@ -63,6 +67,7 @@ class Spec:
     data: DataKind = "none"
     reports: bool = False
     needs: tuple[str, ...] = ()
+    oracle: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -107,17 +112,22 @@ def _register(registry: dict[str, Spec], spec: Spec) -> None:
     if names[: len(expected)] != expected:
         raise TypeError(f"{spec.name}: a {spec.data!r} attack takes ({', '.join(expected)}, ...), got {names}")
     spec.options  # checks every option's type now, at import
+    if spec.oracle is not None and (spec.data != "attacker" or "student_arch" not in names):
+        raise TypeError(f"{spec.name}: an attack that runs on an oracle takes the thief's images (data 'attacker') "
+                        "and a student_arch option")
     registry[spec.name] = spec
 
 
 def register_attack(name: str, *, summary: str, applies_to: str, data: DataKind = "none",
-                    reports: bool = False, needs: tuple[str, ...] = ()) -> Callable[[F], F]:
+                    reports: bool = False, needs: tuple[str, ...] = (),
+                    oracle: Callable[..., Any] | None = None) -> Callable[[F], F]:
     """Register the decorated function in ``ATTACKS`` under ``name``; the function itself is returned unchanged.
 
     ``needs``: what the model must allow beyond being written back (and trained, for an attack that takes data),
-    e.g. ("layers",) for an attack that looks for nn.Conv2d / nn.Linear modules."""
+    e.g. ("layers",) for an attack that looks for nn.Conv2d / nn.Linear modules. ``oracle``: the same attack
+    against an oracle (see the module docstring)."""
     def add(fn: F) -> F:
-        _register(ATTACKS, Spec(name, fn, summary, applies_to, data, reports, needs))
+        _register(ATTACKS, Spec(name, fn, summary, applies_to, data, reports, needs, oracle))
         return fn
     return add
 

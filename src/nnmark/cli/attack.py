@@ -3,9 +3,12 @@
 One command per entry of ``nnmark.attacks.ATTACKS``, generated from it: the command's help is the attack's
 summary and what it applies to; its options are the attack's options (``Spec.options``: the name with
 dashes, the type, ``Literal[...]`` as a choice, a bool as a flag, the default from the attack's module and
-the parameter's docstring line as help). What every attack shares is written once here: ``--model`` and
-``--out``, and the data each kind of attack needs (``DATA``: ``--data`` for the attacker split, ``--to`` for
-another domain, the overwriting attack's own watermark set).
+the parameter's docstring line as help). What every attack shares is written once here: ``--model``,
+``--out`` and ``--json``, and the data each kind of attack needs (``DATA``: ``--data`` for the attacker split,
+``--to`` for another domain, the overwriting attack's own watermark set). An attack registered with an ``oracle``
+form (extraction: it needs nothing but answers) takes the suspect options of ``verify`` instead of ``--model``
+(``cli.suspect.suspect_options``): exactly one of ``--model`` and ``--endpoint``, the endpoint asked through the
+one builder every command uses, and its copy written as an nnmark checkpoint of its zoo ``--student-arch``.
 """
 
 from __future__ import annotations
@@ -22,15 +25,25 @@ from nnmark.attacks import ATTACKS, Spec
 from nnmark.attacks.distill import SAME_ARCH
 from nnmark.attacks.transfer import NEW_DOMAIN
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, Group, click_option, dataset_for, load_model, model_option, out_option,
+    CliError, FiniteFloat, Group, click_option, dataset_for, emit, json_option, load_model, model_option, out_option,
 )
+from nnmark.cli.suspect import ENDPOINT_OPTIONS, SuspectOptions, suspect_options
+from nnmark.data import Dataset, Split
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
-from nnmark.suspect import ModelSource
+from nnmark.suspect import DEFAULT_ENV, ModelSource
 
 EXAMPLE = "nnmark attack {name} --model lenet5.safetensors --out attacked.safetensors{more}"
+ENDPOINT_EXAMPLE = ("nnmark attack {name} --endpoint http://127.0.0.1:8000 --token-file token --data mnist5k@thief "
+                    "--student-arch lenet5 --out stolen.safetensors")
 
+OUT_HELP = ("Attacked model to write, as the same kind as --model.",
+            "Copy to write: the same kind as --model, or an nnmark checkpoint of another --student-arch (always with "
+            "--endpoint).")
 DATA_HELP = "Dataset (default: the model's); the attacker uses its attacker split."
+THIEF_HELP = ("Dataset (default: the model's; required with --endpoint). The thief's images: with --endpoint, the "
+              "training split of a spec ending @thief (the thief's half), else the attacker split (the second half of "
+              "the test split); with --model, the attacker split.")
 
 
 def _data_option(help_text: str = DATA_HELP):
@@ -102,22 +115,35 @@ def _command(spec: Spec) -> click.Command:
     data_source = SOURCES[spec.data]
     options = spec.options
 
-    def run(model_source: ModelSource, out: str, **given) -> None:
-        model, config = load_model(model_source, needs=spec.model_needs, purpose=f"nnmark attack {spec.name}")
+    def run(out: str, as_json: bool, **given) -> None:
         values = {o.name: given.pop(o.name) for o in options}
+        suspect = given.pop("suspect", None)
+        if suspect is not None and suspect.endpoints:
+            _on_endpoint(spec, suspect, values, given["data_spec"], out, as_json)
+            return
+        source = given.pop("model_source") if suspect is None else _local(suspect)
+        model, config = load_model(source, needs=spec.model_needs, purpose=f"nnmark attack {spec.name}")
         inputs, where = data_source.load(config, {**given, "seed": values.get("seed", 0)})
         result = spec(model, *inputs, **values)
         attacked, report = result if spec.reports else (result, None)
         what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if report else "")
-        _save_attacked(attacked, config, out, what, values.get("student_arch", SAME_ARCH))
+        arch = values.get("student_arch", SAME_ARCH)
+        write = _like(config) if arch == SAME_ARCH else _checkpoint(arch, config, config.data)
+        test = data.load_for(config.data, config).test if config.data else None
+        _finish(attacked, test, write, what, out, as_json, {"attack": spec.name, "model": source.path})
 
     for option in reversed(options):
         run = click_option(option)(run)
-    for decorate in reversed(data_source.options):
+    for decorate in reversed((_data_option(THIEF_HELP),) if spec.oracle else data_source.options):
         run = decorate(run)
-    run = model_option(out_option("--out", help="Attacked model to write, as the same kind as --model.")(run))
-    example = EXAMPLE.format(name=spec.name, more=data_source.example)
-    doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  {example}"
+    run = out_option("--out", help=OUT_HELP[bool(spec.oracle)])(json_option(run))
+    examples = [EXAMPLE.format(name=spec.name, more=data_source.example)]
+    if spec.oracle:
+        run = suspect_options(run, taken=tuple(o.name for o in options if o.name in ENDPOINT_OPTIONS))
+        examples.append(ENDPOINT_EXAMPLE.format(name=spec.name))
+    else:
+        run = model_option(run)
+    doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  " + "\n  ".join(examples)
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 
 
@@ -135,16 +161,57 @@ for _spec in ATTACKS.values():
     attack.add_command(_command(_spec))
 
 
-def _save_attacked(model: torch.nn.Module, loaded: models.LoadedModel, out: str, what: str, arch: str) -> None:
-    """Write the attacked ``model`` as ``loaded``'s source kind, or, for a student of another zoo architecture
-    ``arch``, as an nnmark checkpoint of that architecture in pixel space (with its test accuracy if the model names
-    its data)."""
-    test = data.load_for(loaded.data, loaded).test if loaded.data else None
-    accuracy = models.accuracy(model, test) if test is not None else None
-    if arch == SAME_ARCH:
-        models.save_like(loaded, model, out, accuracy=accuracy)
-    else:
-        models.save(model, models.ModelConfig(arch, loaded.input_shape, loaded.num_classes, data=loaded.data,
+def _local(suspect: SuspectOptions) -> ModelSource:
+    """The --model of an attack that can also run on an endpoint; the endpoint's query options are refused."""
+    if suspect.budget is not None or suspect.env != DEFAULT_ENV:
+        raise CliError("--budget and --env: only with --endpoint (an attack on --model changes the model itself; "
+                       "--queries says how many the thief asks)")
+    return suspect.model
+
+
+def thief_images(ds: Dataset) -> Split:
+    """The thief's own images against an endpoint: the training split of a spec ending @thief (the thief's half of
+    ``data.halves``), else the attacker split (``roles.attacker_data``)."""
+    return ds.train if ds.name.endswith("@thief") else attacker_data(ds)
+
+
+def _on_endpoint(spec: Spec, suspect: SuspectOptions, values: dict, data_spec: str | None, out: str,
+                 as_json: bool) -> None:
+    """Run ``spec``'s oracle form against the --endpoint on the thief's images of ``data_spec`` (converted to the
+    endpoint's input shape), and write the copy as a checkpoint of its --student-arch."""
+    if not data_spec:
+        raise CliError("--endpoint needs --data: the thief's own images")
+    with suspect.opened() as (oracle, where, _):
+        ds = data.load_for(data_spec, models.ModelCard(oracle.input_shape, oracle.num_classes))
+        thief = thief_images(ds)
+        result = spec.oracle(oracle, thief.x, thief.y, **values)
+        queries = oracle.queries
+    copy = result[0] if spec.reports else result
+    what = (f"{_describe(spec, values)} on {len(thief)} thief images of {data_spec} from {where['endpoint']}; "
+            f"{queries} queries spent")
+    _finish(copy, ds.test, _checkpoint(values["student_arch"], oracle, data_spec), what, out, as_json,
+            {"attack": spec.name, **where, "queries": queries})
+
+
+def _like(loaded: models.LoadedModel) -> Callable:
+    """Writes an attacked model of ``loaded``'s architecture as ``loaded``'s source kind."""
+    return lambda model, accuracy, out: models.save_like(loaded, model, out, accuracy=accuracy)
+
+
+def _checkpoint(arch: str, shape: data.ModelInput, data_spec: str | None) -> Callable:
+    """Writes a student of zoo architecture ``arch`` as an nnmark checkpoint in pixel space, for ``shape``'s input
+    shape and classes, naming ``data_spec``."""
+    def write(model: torch.nn.Module, accuracy: float | None, out: str) -> None:
+        models.save(model, models.ModelConfig(arch, shape.input_shape, shape.num_classes, data=data_spec,
                                               accuracy=accuracy), out)
+    return write
+
+
+def _finish(model: torch.nn.Module, test: Split | None, write: Callable, what: str, out: str, as_json: bool,
+            row: dict) -> None:
+    """Write ``model`` (``write(model, accuracy, out)``) with its accuracy on ``test`` (None: not measured), and
+    print what was done: ``what``, or with ``as_json`` one object, ``row`` with the output and the accuracy."""
+    accuracy = models.accuracy(model, test) if test is not None else None
+    write(model, accuracy, out)
     acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"
-    click.echo(f"{what}{acc} -> {out}")
+    emit({**row, "out": out, "test_accuracy": accuracy}, as_json, f"{what}{acc} -> {out}")

@@ -163,15 +163,16 @@ def _with_suspect(f, names: list[str], fleet: bool):
     return command
 
 
-def suspect_options(f=None, *, fleet: bool = False):
+def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = ()):
     """--model | --endpoint, with the local environment and the endpoint's name, token, shape and query budget,
     given to the command as one value, ``suspect`` (``SuspectOptions``).
 
     ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat, and leaves --batch-size to the
-    command."""
+    command. ``taken``: endpoint-shape options (``ENDPOINT_OPTIONS`` names) left to a command that has options of
+    those names (its requests then follow the server's max_batch_size, as a fleet's)."""
     if f is None:
-        return lambda g: suspect_options(g, fleet=fleet)
-    names = [name for name in ENDPOINT_OPTIONS if not (fleet and name == "batch_size")]
+        return lambda g: suspect_options(g, fleet=fleet, taken=taken)
+    names = [name for name in ENDPOINT_OPTIONS if name not in taken and not (fleet and name == "batch_size")]
     f = _with_suspect(f, names, fleet)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False),
@@ -184,7 +185,7 @@ def suspect_options(f=None, *, fleet: bool = False):
         click.option("--model-name", default="model", show_default=True, help="The endpoint's model name."),
         click.option("--token-file", type=click.Path(dir_okay=False),
                      help="Bearer token file for --endpoint (else NNMARK_TOKEN)."),
-        click.option("--budget", type=click.IntRange(0), help="Most queries the check may spend."),
+        click.option("--budget", type=click.IntRange(0), help="Most queries the command may spend."),
         *(ENDPOINT_OPTIONS[name] for name in names),
     ]):
         f = option(f)
