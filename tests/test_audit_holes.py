@@ -15,7 +15,7 @@ import torch
 from nnmark import data, keyinfo, keys, models
 from nnmark.audit import log, report
 from nnmark.audit import run as audit
-from nnmark.errors import ArgumentError
+from nnmark.errors import ArgumentError, printable
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import TorchOracle
 from nnmark.serve import create_app, serving
@@ -205,5 +205,5 @@ def test_key_file_names_are_escaped_in_keys_ls_the_text_and_markdown_and_html_re
 def test_markdown_text_escapes_what_markdown_and_html_would_render():
     assert report.markdown_text("a|b *c* _d_ [e](f) <g> &h; `i` #j ~k~ \\l") == \
         "a\\|b \\*c\\* \\_d\\_ \\[e\\](f) \\<g\\> \\&h; \\`i\\` \\#j \\~k\\~ \\\\l"
-    assert report.printable("x\x1b[2J\ny\u202ez\tw") == "x\\x1b[2J\\ny\\u202ez\\tw"
-    assert report.printable("plain · text é") == "plain · text é"
+    assert printable("x\x1b[2J\ny\u202ez\tw") == "x\\x1b[2J\\ny\\u202ez\\tw"
+    assert printable("plain · text é") == "plain · text é"

@@ -138,3 +138,10 @@ def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
         r = CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "missing.safetensors"), "--port", str(port)])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert f"cannot serve on 127.0.0.1:{port}" in r.stderr  # the address, not the missing model, is reported
+
+
+def test_an_error_line_shows_control_characters_as_escapes(tmp_path):
+    name = tmp_path / "evil\x1b[2Jname.key"
+    r = CliRunner().invoke(main, ["verify", str(name), "--model", "x.safetensors"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1
+    assert "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr

@@ -52,3 +52,8 @@ class EndpointError(NnmarkError):
 
 class EndpointMismatch(EndpointError):
     """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newlines, ANSI escapes, bidi overrides) shown as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))

@@ -28,7 +28,7 @@ from PIL import Image
 from nnmark._io import atomic_write_bytes
 from nnmark.audit.run import (ERROR, INTEGRITY, NOTHING_CHECKED, OWNERSHIP, TELLTALE, AuditError, KeyResult,
                               TargetReport, problem)
-from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.errors import ArgumentError, NnmarkError, printable
 from nnmark.marks.telltale.innformant import DIFFERENT_MODEL, UNKNOWN
 
 THUMBNAIL_PX = 64
@@ -43,11 +43,6 @@ figure{display:inline-block;margin:.3em;text-align:center}img{image-rendering:pi
 
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&|~#!])")
-
-
-def printable(text: str) -> str:
-    """``text`` with every non-printable character (newlines, ANSI escapes, bidi overrides) shown as its escape."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def markdown_text(text: str) -> str:

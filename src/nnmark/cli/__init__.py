@@ -23,7 +23,7 @@ import click
 
 from nnmark import __version__
 from nnmark.cli._shared import CliError, debug_enabled
-from nnmark.errors import NnmarkError
+from nnmark.errors import NnmarkError, printable
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nnmark.cli.train", "Train a zoo model and save a safetensors checkpoint."),
@@ -101,7 +101,7 @@ class _LazyGroup(click.Group):
 
 def _fail(message: str, kind: str, args: list[str], *, usage: bool = False) -> int:
     """Report an error as one line on stderr (and as JSON on stdout with --json); return exit code 2."""
-    line = " ".join(message.split())
+    line = printable(" ".join(message.split()))
     if usage:
         line += " (see --help)"
     click.echo(f"error: {line}", err=True)

@@ -15,6 +15,7 @@ from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, FiniteFloat, Group, emit, json_option, with_secret
 from nnmark.cli.suspect import SuspectOptions, suspect_options
+from nnmark.errors import printable
 from nnmark.suspect import ModelSource, Suspect
 
 AUDIT_HELP = """\b
@@ -53,12 +54,12 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
                          f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
                          + (f"; disagrees: {'; '.join(r.disagreements)}" if r.disagreements else "")
                          + (f"; flipped {r.flipped}" if r.flipped else ""))
-    return "\n".join(map(audit_report.printable, lines))
+    return "\n".join(map(printable, lines))
 
 
 def _error_exit(message: str) -> None:
     """Exit 2 with ``message`` as the one error line on stderr, once the result is printed on stdout."""
-    click.echo(f"error: {audit_report.printable(message)}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(2)
 
 
@@ -133,8 +134,8 @@ def _secret_option(f):
 def _row(info: dict) -> str:
     """One ``keys ls`` line (``printable``): a key file's description, or the error it gives."""
     if "error" in info:
-        return audit_report.printable(f"{info['file']}  ERROR: {info['error']}")
-    return audit_report.printable(
+        return printable(f"{info['file']}  ERROR: {info['error']}")
+    return printable(
         f"{info['file']}  {info['method']} ({info['purpose'] or 'unknown'})  {info['queries']} queries  "
         f"created {info['created']}  model {str(info['model_digest'] or '-')[:12]}  signature {info['signature']}")
 
@@ -166,7 +167,7 @@ def keys_ls(folder, secret_file, as_json) -> None:
     if as_json:
         click.echo(json.dumps(listed))
     else:
-        click.echo("\n".join(_row(info) for info in listed) or audit_report.printable(f"no key files in {folder}"))
+        click.echo("\n".join(_row(info) for info in listed) or printable(f"no key files in {folder}"))
     if why := _key_problems(listed):
         _error_exit(why)
 
@@ -187,7 +188,7 @@ def keys_show(key_path, secret_file, as_json) -> None:
       nnmark keys show keys/dbi.key --json
     """
     info = keyinfo.describe(key_path, secret=keyfiles.read_secret(secret_file))
-    emit(info, as_json, "\n".join(audit_report.printable(
+    emit(info, as_json, "\n".join(printable(
         f"{name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}") for name, value in info.items()))
     if why := keyinfo.problem(info):
         _error_exit(f"{key_path}: {why}")
