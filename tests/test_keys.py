@@ -588,3 +588,9 @@ def test_created_is_utc_in_any_time_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_file_that_shrinks_while_read_is_refused(tmp_path):
+    data = _unsigned(tmp_path / "k").read_bytes()
+    with pytest.raises(KeyFileError, match="^key file is truncated or corrupt: the file ended before its tensor data$"):
+        keys._decode(io.BytesIO(data[:-1]), len(data))  # the size taken before the read, one byte more than is left

@@ -29,6 +29,8 @@ STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests"
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout"}
 """mutmut's exit code of a mutant's test run -> its status (mutmut.stats.status_by_exit_code); None: not run."""
 COLUMNS = ("killed", "timeout", "survived", "no tests", "not run", "equivalent")
+HISTORY = "\n## History\n"
+"""The report's hand-kept part (earlier tables), carried over when the report is rewritten."""
 
 
 @dataclass
@@ -114,7 +116,13 @@ def report(scores: list[Score], config: dict, total_s: float) -> str:
         f"threshold {config['threshold']}%.", "",
         table(scores, config["threshold"]), "", "## Equivalent mutants", "", *equivalent, "",
         "## Survivors", "", *survivors, "",
-    ])
+    ]) + _history()
+
+
+def _history() -> str:
+    """The ``## History`` section of the report as it stands, or nothing."""
+    text = REPORT.read_text() if REPORT.exists() else ""
+    return text[text.index(HISTORY):] if HISTORY in text else ""
 
 
 def main(argv: list[str] | None = None) -> int:
