@@ -15,7 +15,7 @@ mlserver_PIN := mlserver==1.7.1
 kserve_PIN := kserve==0.21.0
 INTEROP_STAMPS := $(INTEROP_SERVERS:%=$(INTEROP)/%/.installed)
 
-.PHONY: demo test interop-envs clean proto
+.PHONY: demo test interop-envs clean proto mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP) $(INTEROP_STAMPS) fashion-mnist
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q --cov --cov-report=
 	$(BIN)/python -m coverage report
 	@echo "cli/: $$($(BIN)/python -m coverage report --include='*/nnmark/cli/*' --format=total)% of lines and branches"
+	$(BIN)/python tools/mutation.py --ci
+
+# mutation testing of every verdict module within its time bound; writes docs/benchmarks/mutation.md (tools/mutation.py)
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py
 
 # Fashion-MNIST for the ownership benchmarks and tests: Debian's dataset-fashion-mnist (needs root and apt-get;
 # otherwise prints how to unpack it without root and point NNMARK_FASHION_MNIST at it; the tests that need it skip)
@@ -57,4 +62,4 @@ proto: $(STAMP)
 	$(BIN)/python src/nnmark/oracles/proto/_generate.py
 
 clean:
-	rm -rf $(VENV) $(INTEROP) build src/*.egg-info .pytest_cache .coverage .coverage.*
+	rm -rf $(VENV) $(INTEROP) build src/*.egg-info .pytest_cache .coverage .coverage.* mutants

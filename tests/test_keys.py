@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from nnmark import __version__, keys, marks, models
-from nnmark.errors import KeyFileError, SignatureError
+from nnmark.errors import ArgumentError, KeyFileError, SignatureError
 from nnmark.oracles import TorchOracle
 
 SECRET = b"correct horse battery staple"
@@ -446,3 +446,151 @@ def test_key_files_of_format_1_still_load_and_verify(tmp_path):
     assert verdict.passed and verdict.decision == "intact"
     with pytest.raises(SignatureError):
         keys.load(path, secret=secret + b"x")
+
+
+def test_key_file_is_private_to_its_owner(signed):
+    assert os.stat(signed).st_mode & 0o777 == 0o600
+
+
+def test_non_ascii_config_and_version_round_trip(tmp_path):
+    key = make_key(config={"name": "café ✓"}, version="0.0.1-test")
+    keys.save(key, tmp_path / "k", secret=SECRET)
+    assert_same(keys.load(tmp_path / "k", secret=SECRET), key)
+
+
+@pytest.mark.parametrize("labels, classes", [([0, 1, 1], 2), ([0, 9, 5], 10)])
+def test_labels_up_to_the_last_class_are_kept(labels, classes):
+    make_key(expected=torch.tensor(labels), config={"num_classes": classes})
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(expected=torch.tensor([0, 2, 1]), config={"num_classes": 2}), "label 2 is outside"),
+    (dict(config={"num_classes": 1}), "num_classes must be an integer >= 2"),
+    (dict(config={"x": [1, [float("inf")]]}), r"config\.x\[1\]\[0\] is inf"),
+    (dict(queries=torch.zeros(3, 1, 4, 4, dtype=torch.int64)), "got torch.int64 tensor of shape"),
+    (dict(expected=[0, 1, 2]), "got list"),
+    (dict(config=[1]), "got list"),
+    (dict(extras=[("x", torch.zeros(1))]), "got list"),
+    (dict(extras={"x": "text"}), "got str"),
+    (dict(queries=torch.full((3, 1, 4, 4), float("nan"))), "^queries contain NaN or infinite values$"),
+    (dict(queries=torch.full((3, 1, 4, 4), 1.5)), r"^queries lie outside \[0, 1\]$"),
+    (dict(expected=torch.tensor([0, -1, 2])), "^expected labels must be >= 0$"),
+])
+def test_invalid_keys_say_what_is_wrong(overrides, match):
+    with pytest.raises(KeyFileError, match=match):
+        make_key(**overrides)
+
+
+def test_a_key_may_hold_exactly_max_queries():
+    n = keys.MAX_QUERIES
+    key = keys.KeyFile("natural", {}, torch.zeros(n, 1, 1, 1), torch.zeros(n, dtype=torch.int64))
+    assert len(key.queries) == n
+
+
+def test_a_header_of_exactly_max_queries_is_read_on(tmp_path, sparse_safetensors):
+    n = keys.MAX_QUERIES
+    header = {"__metadata__": {}, "queries": {"dtype": "F32", "shape": [n, 1, 1, 1], "data_offsets": [0, 4 * n]}}
+    sparse_safetensors(tmp_path / "k", header, 4 * n + 1)  # one byte more than the header describes
+    with pytest.raises(KeyFileError, match="tensor data is"):
+        keys.load(tmp_path / "k", secret=None, allow_unsigned=True)
+
+
+def test_query_counts_are_bounded_by_what_a_key_holds():
+    keys.check_query_count(1, "n")
+    keys.check_query_count(keys.MAX_QUERIES, "n")
+    keys.check_query_count(keys.MAX_QUERIES // 2, "n_pairs", queries_each=2)
+    for n, each in [(0, 1), (keys.MAX_QUERIES + 1, 1), (keys.MAX_QUERIES // 2 + 1, 2), (True, 1), (2.0, 1)]:
+        with pytest.raises(ArgumentError, match=rf"n must be an integer in \[1, {keys.MAX_QUERIES // each}\] "):
+            keys.check_query_count(n, "n", queries_each=each)
+
+
+def test_a_shortfall_is_noted_only_when_fewer_are_kept():
+    assert keys.note_shortfall({"a": 1}, 10, 7, "why") == {"a": 1, keys.SHORTFALL: {"asked": 10, "kept": 7, "why": "why"}}
+    assert keys.note_shortfall({}, 10, 10, "why") == {}
+
+
+def _unsigned(path, **edits):
+    keys.save(make_key(), path, secret=None)
+    if edits:
+        rewrite(path, **edits)
+    return path
+
+
+@pytest.mark.parametrize("edits, match", [
+    (dict(edit_metadata=lambda m: m.update({"nnmark.key": "{"})), "^key metadata is not valid JSON"),
+    (dict(edit_metadata=lambda m: m.update({"nnmark.key": "[1]"})), "^unknown key file format None$"),
+    (dict(edit_metadata=lambda m: m.update({"other": "x"})), "^not an nnmark key file: metadata keys are"),
+    (dict(edit_metadata=set_info(format=2)), "^key file format 2 was written by a newer nnmark"),
+    (dict(edit_metadata=set_info(surprise=1)), r"^key metadata has fields \["),
+    (dict(edit_records=lambda rs: [r for r in rs if r.name != "queries"]), "^key file lacks the 'queries'"),
+    (dict(edit_records=lambda rs: rs + [keys._tensor_record("bogus", torch.zeros(1))]),
+     "^unexpected tensor 'bogus' in key file$"),
+])
+def test_refused_key_files_say_why(tmp_path, edits, match):
+    path = _unsigned(tmp_path / "k", **edits)
+    with pytest.raises(KeyFileError, match=match.replace("^", "^" + str(path) + ": ")):
+        keys.load(path, secret=None, allow_unsigned=True)
+
+
+def test_broken_framing_says_why(tmp_path):
+    data = _unsigned(tmp_path / "k").read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    spaced = json.dumps(json.loads(data[8:8 + length])).encode()  # ", " and ": " separators
+    spaced += b" " * (-len(spaced) % 8)
+    cases = {
+        "header is not in canonical form": len(spaced).to_bytes(8, "little") + spaced + data[8 + length:],
+        "bad header entry for tensor 'extra.sources'": data.replace(b'"dtype":"F32"', b'"dtype":"Q99"'),
+        "header holds non-ASCII names": data.replace(b'"queries"', b'"quer\xc3\xa9s"'),
+        "header has no ASCII string metadata": data.replace(b'"__metadata__"', b'"__metadata_x"'),
+        "header length": b"\xff" * 8 + data[8:],
+    }
+    for reason, content in cases.items():
+        (tmp_path / "bad").write_bytes(content)
+        with pytest.raises(KeyFileError, match=f"truncated or corrupt: {reason}"):
+            keys.load(tmp_path / "bad", secret=None, allow_unsigned=True)
+
+
+def test_signature_refusals_say_why(tmp_path, signed):
+    with pytest.raises(SignatureError, match=r"unsigned; accept it explicitly \(--unsigned, or allow_unsigned=True\)$"):
+        keys.load_digested(_unsigned(tmp_path / "u"), secret=None)
+    with pytest.raises(SignatureError, match="the secret must be non-empty bytes$"):
+        keys.load_digested(tmp_path / "u", secret=b"", allow_unsigned=True)
+    with pytest.raises(SignatureError, match="signature does not match: the file was altered or the secret is wrong$"):
+        keys.load(signed, secret=SECRET + b"!")
+    long = "hmac-sha256:" + "ab" * 40
+    rewrite(signed, edit_metadata=lambda m: m.update({"nnmark.signature": long}))
+    with pytest.raises(SignatureError, match=f"malformed signature {long[:40]!r}$"):
+        keys.load(signed, secret=SECRET)
+
+
+def test_unreadable_paths_name_the_system_reason(tmp_path):
+    with pytest.raises(KeyFileError, match=f"^{tmp_path}: cannot read key file: Is a directory$"):
+        keys.load(tmp_path, secret=SECRET)
+    with pytest.raises(SignatureError, match=f"^{tmp_path}: cannot read secret file: Is a directory$"):
+        keys.read_secret(tmp_path)
+    with pytest.raises(KeyFileError, match="cannot write key file: No such file or directory$"):
+        keys.save(make_key(), tmp_path / "missing" / "k", secret=SECRET)
+
+
+def test_an_undecodable_secret_variable_keeps_its_bytes():
+    assert keys.read_secret(environ={keys.SECRET_ENV: "s\udcff"}) == b"s\xff"  # as os.environ decodes b"s\xff"
+
+
+def test_created_is_utc_in_any_time_zone(monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        stamp = datetime.strptime(keys.now_utc(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 60
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_file_that_shrinks_while_read_is_refused(tmp_path):
+    data = _unsigned(tmp_path / "k").read_bytes()
+    with pytest.raises(KeyFileError, match="^key file is truncated or corrupt: the file ended before its tensor data$"):
+        keys._decode(io.BytesIO(data[:-1]), len(data))  # the size taken before the read, one byte more than is left
