@@ -50,6 +50,20 @@ def test_survivors_need_every_copy_matched_and_no_false_claim_cheapest_first(mon
     assert bench.survivors(summary, []) == {"a": ["B", "A"], "b": ["A", "B"]}
 
 
+def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
+    cell = {"tpr": 1.0, "false_claims": 0, "queries": 100, "auc": 1.0}
+    summary = {bench.VICTIM: {"theft": True, "methods": {"SAC-m": cell}},
+               "distill, same arch, T=3": {"theft": True, "methods": {"SAC-m": cell}},
+               "RTAL": {"theft": True, "methods": {"SAC-m": {**cell, "queries": 101}}},
+               "extract labels + adversarial": {"theft": False, "methods": {"SAC-m": {**cell, "auc": 0.5}}}}
+    best = {a: ["SAC-m"] for a in summary}
+    first, distill, adversarial = bench.goals(summary, best).splitlines()
+    assert "REFUTED for RTAL (1 of 2 thefts)" in first
+    assert distill.endswith("met.") and "not measured" in adversarial
+    summary["distill, same arch, T=3"]["methods"]["SAC-m"] = {**cell, "auc": 0.98}
+    assert "REFUTED by distill, same arch, T=3 (0.98)" in bench.goals(summary, best)
+
+
 def test_every_theft_names_a_registered_attack_function():
     assert set(thefts.ATTACKS) <= set(attacks.ATTACKS)
     assert all(attacks.ATTACKS[name].fn is fn for name, fn in thefts.ATTACKS.items())
