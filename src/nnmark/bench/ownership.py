@@ -5,9 +5,10 @@ training split (``fashion-mnist@owner``); the thief holds the other half (``@thi
 with other seeds on either half, of three architectures (LeNet-5, narrow VGG-11, ResNet-20), plus distillations of
 *other* independent teachers (the hardest negatives), form the false-claim side. The thief's copies
 (``nnmark.bench.thefts``: distillation at T = 3 into the same and another architecture, extraction with labels or
-probabilities into the same and another architecture, extraction then PGD adversarial training, RTAL, prune 70% /
-90% + fine-tune, noise alpha = 1 + fine-tune, fine-pruning) form the positive side; a copy counts as a theft only
-while it keeps the victim's test accuracy minus 5 points (``attacks.measure.is_theft``), the others are listed apart.
+probabilities into the same and another architecture, extraction then PGD adversarial training at eps 0.05 and 0.1,
+RTAL, prune 70% / 90% + fine-tune, noise alpha = 1 + fine-tune, fine-pruning) form the positive side; a copy counts
+as a theft only while it keeps the victim's test accuracy minus 5 points (``attacks.measure.is_theft``), the others
+are listed apart.
 
 Methods (their keys made from the victim; shadow models from ``marks.ownership.shadow`` with MetaFinger's paper
 pools of LeNet-5 on the owner half, cached under its ``default_cache_dir()``): SAC-m and SAC-w (probabilities, and
@@ -130,9 +131,9 @@ def distilled(independents: dict[str, dict], p: dict, seed: int, cache: Path) ->
         t = independents[teacher]
         recipe = {"attack": "distill", "options": {"temperature": 3.0, "alpha": 1.0, "student_arch": student},
                   "seed": seed, "epochs": p["theft_epochs"]}
-        model, _ = thefts.derive(recipe, t["model"], t["arch"], data.load(t["data"]), cache)
+        model, record = thefts.derive(recipe, t["model"], t["arch"], data.load(t["data"]), cache)
         out[f"{student} distilled from {teacher}"] = {"model": model, "arch": student, "data": t["data"],
-                                                      "kind": "distilled"}
+                                                      "kind": "distilled", **record}
     return out
 
 
@@ -206,14 +207,17 @@ def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
     independents = {name: {"model": pool.select([s])[0], "arch": s.arch, "data": s.data, "kind": "from scratch"}
                     for name, s in scratch.items()}
     independents.update(distilled(independents, p, seed, derived))
-    copies = {VICTIM: {"model": victim, "arch": VICTIM_ARCH, "attack": "none", "seconds": 0.0},
+    copies = {VICTIM: {"model": victim, "arch": VICTIM_ARCH, "attack": "none", "seconds": 0.0, "cached": True},
               **thefts.steal(victim, VICTIM_ARCH, thief, p, seed, derived, progress)}
     victim_accuracy = models.accuracy(victim, test)
     rows = _rows(copies, keys, owner, test)
     for row in rows.values():
         row["theft"] = is_theft(victim_accuracy, row["accuracy"])
+    derived_models = [*copies.values(), *(x for x in independents.values() if x["kind"] == "distilled")]
     cost = {"pool_models": len(dict.fromkeys(pool_list)), "pool_seconds": _recorded_seconds(pool, pool_list),
-            "independent_seconds": _recorded_seconds(pool, list(scratch.values())), "trained": len(pool.trained)}
+            "independent_seconds": _recorded_seconds(pool, list(scratch.values())), "trained": len(pool.trained),
+            "derived_trained": sum(not x["cached"] for x in derived_models),
+            "derived_seconds": sum(x["seconds"] for x in derived_models)}
     return {"seed": seed, "victim_accuracy": victim_accuracy, "keys": key_info, "cost": cost,
             "independents": _rows(independents, keys, owner, test), "thefts": rows}
 
@@ -306,6 +310,14 @@ def survival_table(summary: dict, best: dict[str, list[str]]) -> str:
     return table(["theft", "thief accuracy", *METHODS, "cheapest surviving method"], rows)
 
 
+def false_claims(seeds: list[dict]) -> str:
+    """The independent models each method's rule claims (all seeds), or that none is claimed."""
+    claimed = {m: sorted({name for r in seeds for name, x in r["independents"].items()
+                          if x["methods"].get(m, {}).get("passed")}) for m in METHODS}
+    found = [f"{m}: {', '.join(names)}" for m, names in claimed.items() if names]
+    return "False claims: " + ("; ".join(found) if found else "none") + "."
+
+
 def method_table(summary: dict, method: str) -> str:
     """One method's cells: TPR (rule) and its false claims, threshold-free TPR, AUC, medians, queries."""
     rows = []
@@ -374,7 +386,10 @@ def render(result: dict) -> str:
     apart = [f"{a} ({_pct(r['accuracy'])})" for a, r in summary.items() if not r["theft"]]
     return document(
         "# Ownership against a thief: SAC, MetaFinger and IPGuard on distilled, extracted and retrained copies",
-        f"Written by `{result['command']}` on {result['date']} in {result['wall_seconds'] / 60:.1f} minutes; "
+        f"Written by `{result['command']}` on {result['date']} in {result['wall_seconds'] / 60:.1f} minutes, "
+        f"training {sum(r['cost']['trained'] for r in seeds)} shadow models and "
+        f"{sum(r['cost']['derived_trained'] for r in seeds)} copies or distilled models "
+        "(the rest came from the caches; each model's own training time is recorded, see Cost); "
         f"{len(seeds)} victim seed(s); torch {torch.__version__}. Data: {result['data']}. Victim: LeNet-5 on the "
         f"owner half, test accuracy {_pct(statistics.mean(r['victim_accuracy'] for r in seeds))} (second half of "
         "the test split).",
@@ -386,13 +401,17 @@ def render(result: dict) -> str:
                 "decision rule matches every copy; '(k false)': the same rule also claims k independent models. "
                 "The cheapest surviving method matches with zero false claims at the fewest verification queries.",
                 survival_table(summary, best),
-                "Listed apart (lost more than 5 points, not a theft): " + (", ".join(apart) or "none") + "."),
+                "Listed apart (lost more than 5 points, not a theft): " + (", ".join(apart) or "none") + ".",
+                false_claims(seeds)),
         section("The issue's goals, checked", goals(summary, best)),
         *(section(f"{m}", method_table(summary, m), level=3) for m in METHODS),
         section("Independent models (seed 0)", f"{len(seeds[0]['independents'])} models; each cell is the method's "
                 "statistic (SAC: correlation distance, lower is closer; MetaFinger, IPGuard: query accuracy); * marks "
                 "a (false) match.", independent_table(seeds)),
-        section("Cost", cost_table(seeds)),
+        section("Cost", cost_table(seeds),
+                f"Beside the methods (seed 0, recorded training seconds): the {len(seeds[0]['thefts']) - 1} thieves' "
+                f"copies and the distilled independent models {seeds[0]['cost']['derived_seconds']:.0f} s, the "
+                f"from-scratch independent models {seeds[0]['cost']['independent_seconds']:.0f} s."),
         f"![statistics of copies and independent models]({STEM}.png)",
     )
 

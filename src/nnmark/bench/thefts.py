@@ -3,8 +3,9 @@ distilled independent models, each cached by the recipe that made it.
 
 A recipe is JSON-able: the attack (an ``nnmark.attacks`` function), its options, the digest of the model it starts
 from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 16 hex of SHA-256(recipe)>
-.safetensors`` (an nnmark checkpoint, ``models.save``), so a rerun trains nothing it trained before. A theft may
-start from another theft's copy (``Theft.base``: extraction, then adversarial training of the copy).
+.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe and training seconds in a ``.json`` beside
+it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
+extraction, then adversarial training of the copy).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nnmark import data, models
+from nnmark._io import atomic_write_bytes
 from nnmark.attacks import finetune_mode, prune_finetune
 from nnmark.attacks.adversarial import adversarial_train
 from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
@@ -32,9 +34,15 @@ ATTACKS: dict[str, Callable] = {
     "prune-finetune": prune_finetune, "noise-finetune": noise_finetune, "fine-prune": fine_prune,
 }
 """The attack functions a recipe may name (those of the ``nnmark.attacks`` registry the thief uses)."""
-ADVERSARIAL = {"eps": 0.1, "step_size": 0.025, "steps": 5, "clean_weight": 0.5}
-"""PGD training of the extracted copy: eps 0.1 on Fashion-MNIST (Madry's 0.3 is for MNIST digits) with half the
-loss on clean images, so that the thief keeps a useful copy; 5 steps to fit a CPU."""
+ADVERSARIAL_EPS = (0.05, 0.1)
+"""PGD radii of the adversarial training of the extracted copy (Madry's 0.3 is for MNIST digits; on Fashion-MNIST
+0.1 already costs the copy more than 5 points of accuracy)."""
+
+
+def adversarial(eps: float) -> dict:
+    """PGD training options at radius ``eps``: 5 steps of eps / 4 (to fit a CPU) and half the loss on clean images,
+    so that the thief keeps a useful copy."""
+    return {"eps": eps, "step_size": eps / 4, "steps": 5, "clean_weight": 0.5}
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,9 @@ def catalogue() -> dict[str, Theft]:
         "extract probabilities, same arch": Theft("extract", {"answers": "probabilities"}),
         "extract labels, vgg11": Theft("extract", {"answers": "labels", "student_arch": "vgg11"}),
         "extract probabilities, vgg11": Theft("extract", {"answers": "probabilities", "student_arch": "vgg11"}),
-        "extract labels + adversarial": Theft("adversarial", ADVERSARIAL, base="extract labels, same arch",
-                                              training="finetune"),
+        **{f"extract labels + adversarial eps={eps:g}": Theft("adversarial", adversarial(eps),
+                                                               base="extract labels, same arch", training="finetune")
+           for eps in ADVERSARIAL_EPS},
         "RTAL": Theft("finetune-mode", {"mode": "RTAL"}, training="finetune"),
         "prune 70% + fine-tune": Theft("prune-finetune", {"fraction": 0.7}, training="finetune"),
         "prune 90% + fine-tune": Theft("prune-finetune", {"fraction": 0.9}, training="finetune"),
@@ -74,14 +83,16 @@ def _arch(recipe: dict, base_arch: str) -> str:
     return base_arch if student == SAME_ARCH else student
 
 
-def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cache: Path) -> tuple[nn.Module, float]:
-    """The model ``recipe`` makes from ``base`` on ``ds.train``, from ``cache`` when there, and the seconds it took
-    to train (0 when cached). ``recipe``: attack, options, seed; the base's digest and the data are added."""
+def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cache: Path) -> tuple[nn.Module, dict]:
+    """The model ``recipe`` makes from ``base`` on ``ds.train``, from ``cache`` when there, and its record: the
+    seconds its training took (recorded when it was trained) and whether it was cached. ``recipe``: attack,
+    options, seed, epochs; the base's digest and the data are added."""
     full = {**recipe, "base": models.digest(base), "data": ds.name}
     arch = _arch(recipe, base_arch)
     path = cache / f"{arch}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
-    if path.exists():
-        return models.load(path)[0], 0.0
+    record = path.with_suffix(".json")
+    if path.exists() and record.exists():
+        return models.load(path)[0], {**json.loads(record.read_text()), "cached": True}
     start = time.perf_counter()
     out = ATTACKS[recipe["attack"]](base, ds.train.x, ds.train.y, **recipe["options"], epochs=recipe["epochs"],
                                     seed=recipe["seed"])
@@ -89,17 +100,19 @@ def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cach
     seconds = time.perf_counter() - start
     cache.mkdir(parents=True, exist_ok=True)
     models.save(model, models.ModelConfig(arch, ds.shape, ds.num_classes, data=ds.name, seed=recipe["seed"]), path)
-    return model, seconds
+    atomic_write_bytes(record, json.dumps({"recipe": full, "seconds": seconds}).encode())
+    return model, {"seconds": seconds, "cached": False}
 
 
 def steal(victim: nn.Module, arch: str, thief: data.Dataset, p: dict, seed: int, cache: Path,
           progress: bool = False) -> dict[str, dict]:
-    """Every theft of ``catalogue()`` on ``victim`` with the thief's data: name -> {model, arch, attack, seconds}."""
+    """Every theft of ``catalogue()`` on ``victim`` with the thief's data: name -> {model, arch, attack, seconds,
+    cached}."""
     out: dict[str, dict] = {}
     for name, theft in tqdm(catalogue().items(), desc="thefts", disable=not progress, leave=False):
         base, base_arch = (victim, arch) if theft.base is None else (out[theft.base]["model"], out[theft.base]["arch"])
         recipe = {"attack": theft.attack, "options": theft.options, "seed": seed,
                   "epochs": p["theft_epochs" if theft.training == "train" else "finetune_epochs"]}
-        model, seconds = derive(recipe, base, base_arch, thief, cache)
-        out[name] = {"model": model, "arch": _arch(recipe, base_arch), "attack": theft.attack, "seconds": seconds}
+        model, record = derive(recipe, base, base_arch, thief, cache)
+        out[name] = {"model": model, "arch": _arch(recipe, base_arch), "attack": theft.attack, **record}
     return out
