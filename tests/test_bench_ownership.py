@@ -3,13 +3,15 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
-from nnmark import attacks
+from nnmark import attacks, data
 from nnmark.attacks.measure import is_theft
 from nnmark.bench import ownership as bench
 from nnmark.bench import thefts
 from nnmark.cli import main
+from nnmark.errors import DataError
 
 
 def test_auc_counts_every_pair_and_ties_half():
@@ -62,6 +64,29 @@ def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
     assert distill.endswith("met.") and "not measured" in adversarial
     summary["distill, same arch, T=3"]["methods"]["SAC-m"] = {**cell, "auc": 0.98}
     assert "REFUTED by distill, same arch, T=3 (0.98)" in bench.goals(summary, best)
+
+
+def test_dataset_spec_writes_a_subset_once_and_falls_back_without_fashion_mnist(tmp_path, monkeypatch):
+    fashion = data.Dataset("fashion-mnist", data.Split(torch.rand(50, 1, 28, 28), torch.arange(50) % 10),
+                           data.Split(torch.rand(20, 1, 28, 28), torch.arange(20) % 10), 10)
+    load = data.load
+    monkeypatch.setattr(data, "load", lambda spec, **kw: fashion if spec == bench.DATA else load(spec, **kw))
+    spec, note = bench.dataset_spec({"subset": (40, 10)}, tmp_path)
+    assert spec.startswith("npz:") and "first 40 training and 10 test images" in note
+    subset = load(f"{spec}@thief")
+    assert len(subset.train) == 20 and torch.equal(subset.test.x, fashion.test.x[:10])
+    written = (tmp_path / "fashion-mnist-40-10.npz").stat().st_mtime_ns
+    assert bench.dataset_spec({"subset": (40, 10)}, tmp_path)[0] == spec
+    assert (tmp_path / "fashion-mnist-40-10.npz").stat().st_mtime_ns == written
+    assert bench.dataset_spec({"subset": None}, tmp_path) == (bench.DATA, "fashion-mnist: 50 training images (two "
+                                                               "halves), 20 test images")
+
+    def missing(spec):
+        raise DataError("no fashion-mnist here")
+
+    monkeypatch.setattr(data, "load", missing)
+    spec, note = bench.dataset_spec({"subset": (40, 10)}, tmp_path)
+    assert spec == bench.FALLBACK and "no fashion-mnist here" in note and "mnist5k instead" in note
 
 
 def test_every_theft_names_a_registered_attack_function():
