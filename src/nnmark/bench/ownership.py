@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, models
 from nnmark._io import atomic_write_bytes
+from nnmark.attacks.distill import SOK_TEMPERATURE
 from nnmark.attacks.measure import is_theft
 from nnmark.bench import plots, thefts
 from nnmark.bench.common import document, header, parameters, section, table, write
@@ -129,8 +130,8 @@ def distilled(independents: dict[str, dict], p: dict, seed: int, cache: Path) ->
     out = {}
     for teacher, student in p["distilled"]:
         t = independents[teacher]
-        recipe = {"attack": "distill", "options": {"temperature": 3.0, "alpha": 1.0, "student_arch": student},
-                  "seed": seed, "epochs": p["theft_epochs"]}
+        options = {"temperature": SOK_TEMPERATURE, "alpha": 1.0, "student_arch": student}
+        recipe = {"attack": "distill", "options": options, "seed": seed, "epochs": p["theft_epochs"]}
         model, record = thefts.derive(recipe, t["model"], t["arch"], data.load(t["data"]), cache)
         out[f"{student} distilled from {teacher}"] = {"model": model, "arch": student, "data": t["data"],
                                                       "kind": "distilled", **record}
@@ -197,7 +198,8 @@ def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
     build = {"cache_dir": cache, "workers": p["workers"], "executor": "process" if p["workers"] > 1 else "serial",
              "progress": progress}
     victim_spec = ShadowSpec(VICTIM_ARCH, owner.name, 100 * seed, epochs=p["epochs"][VICTIM_ARCH])
-    victim = shadow.build_pool([victim_spec], **build)[0]
+    first = shadow.build_pool([victim_spec], **build)
+    victim = first[0]
     layout = shadow.PoolLayout(**p["pool"], epochs=p["epochs"][VICTIM_ARCH], finetune_epochs=p["finetune_epochs"])
     pool_specs = shadow.pool_specs(VICTIM_ARCH, owner.name, models.digest(victim), layout, seed=100 * seed)
     scratch = independent_specs(spec, p, seed)
@@ -215,7 +217,8 @@ def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
         row["theft"] = is_theft(victim_accuracy, row["accuracy"])
     derived_models = [*copies.values(), *(x for x in independents.values() if x["kind"] == "distilled")]
     cost = {"pool_models": len(dict.fromkeys(pool_list)), "pool_seconds": _recorded_seconds(pool, pool_list),
-            "independent_seconds": _recorded_seconds(pool, list(scratch.values())), "trained": len(pool.trained),
+            "independent_seconds": _recorded_seconds(pool, list(scratch.values())),
+            "trained": len(first.trained) + len(pool.trained),
             "derived_trained": sum(not x["cached"] for x in derived_models),
             "derived_seconds": sum(x["seconds"] for x in derived_models)}
     return {"seed": seed, "victim_accuracy": victim_accuracy, "keys": key_info, "cost": cost,
