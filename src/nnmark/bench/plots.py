@@ -131,3 +131,21 @@ def fingerprint_panels(bars: dict, curves: list[dict], differences: list[dict]) 
         ax.set_xlabel(panel["xlabel"])
     fig.tight_layout()
     return _png(fig, dpi=80)
+
+
+def ownership_scores(panels: list[dict]) -> bytes:
+    """One panel per method: each independent model's statistic (grey, left) and each copy's (right, labelled).
+
+    ``panels``: title, negatives (values), positives (name -> value).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        ax.scatter([0] * len(panel["negatives"]), panel["negatives"], color="grey", label="independent")
+        names = list(panel["positives"])
+        ax.scatter(range(1, len(names) + 1), list(panel["positives"].values()), color="tab:red", label="copy")
+        ax.set_xticks(range(len(names) + 1), ["independent", *names], rotation=90, fontsize=6)
+        ax.set_title(panel["title"])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=80)

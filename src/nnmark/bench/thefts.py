@@ -1,0 +1,118 @@
+"""The models ``nnmark bench ownership`` trains beyond the shadow cache: the thief's copies of the victim and the
+distilled independent models, each cached by the recipe that made it.
+
+A recipe is JSON-able: the attack (an ``nnmark.attacks`` function), its options, the digest of the model it starts
+from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 16 hex of SHA-256(recipe)>
+.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe and training seconds in a ``.json`` beside
+it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
+extraction, then adversarial training of the copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from nnmark import data, models
+from nnmark._io import atomic_write_bytes
+from nnmark.attacks import finetune_mode, prune_finetune
+from nnmark.attacks.adversarial import adversarial_train
+from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
+from nnmark.attacks.extract import extract
+from nnmark.attacks.fineprune import fine_prune
+from nnmark.attacks.noise import noise_finetune
+
+ATTACKS: dict[str, Callable] = {
+    "distill": distill, "extract": extract, "adversarial": adversarial_train, "finetune-mode": finetune_mode,
+    "prune-finetune": prune_finetune, "noise-finetune": noise_finetune, "fine-prune": fine_prune,
+}
+"""The attack functions a recipe may name (those of the ``nnmark.attacks`` registry the thief uses)."""
+ADVERSARIAL_EPS = (0.05, 0.1)
+"""PGD radii of the adversarial training of the extracted copy (Madry's 0.3 is for MNIST digits; on Fashion-MNIST
+0.1 already costs the copy more than 5 points of accuracy)."""
+
+
+def adversarial(eps: float) -> dict:
+    """PGD training options at radius ``eps``: 5 steps of eps / 4 (to fit a CPU) and half the loss on clean images,
+    so that the thief keeps a useful copy."""
+    return {"eps": eps, "step_size": eps / 4, "steps": 5, "clean_weight": 0.5}
+
+
+@dataclass(frozen=True)
+class Theft:
+    """One attack on the victim: an ``ATTACKS`` name, its options, and the theft whose copy it starts from (None:
+    the victim). ``training`` says which epoch count of the run's parameters it takes ("train" or "finetune")."""
+
+    attack: str
+    options: dict = field(default_factory=dict)
+    base: str | None = None
+    training: str = "train"
+
+
+def catalogue() -> dict[str, Theft]:
+    """The thefts of the issue, by the name the tables show."""
+    soft = {"temperature": SOK_TEMPERATURE, "alpha": 1.0}
+    return {
+        "distill, same arch, T=3": Theft("distill", soft),
+        "distill, vgg11, T=3": Theft("distill", {**soft, "student_arch": "vgg11"}),
+        "extract labels, same arch": Theft("extract", {"answers": "labels"}),
+        "extract probabilities, same arch": Theft("extract", {"answers": "probabilities"}),
+        "extract labels, vgg11": Theft("extract", {"answers": "labels", "student_arch": "vgg11"}),
+        "extract probabilities, vgg11": Theft("extract", {"answers": "probabilities", "student_arch": "vgg11"}),
+        **{f"extract labels + adversarial eps={eps:g}": Theft("adversarial", adversarial(eps),
+                                                               base="extract labels, same arch", training="finetune")
+           for eps in ADVERSARIAL_EPS},
+        "RTAL": Theft("finetune-mode", {"mode": "RTAL"}, training="finetune"),
+        "prune 70% + fine-tune": Theft("prune-finetune", {"fraction": 0.7}, training="finetune"),
+        "prune 90% + fine-tune": Theft("prune-finetune", {"fraction": 0.9}, training="finetune"),
+        "noise alpha=1 + fine-tune": Theft("noise-finetune", {"alpha": 1.0}, training="finetune"),
+        "fine-pruning": Theft("fine-prune", {}, training="finetune"),
+    }
+
+
+def _arch(recipe: dict, base_arch: str) -> str:
+    """The architecture of a recipe's model: a distillation's or extraction's student, else its base's."""
+    student = recipe["options"].get("student_arch", SAME_ARCH)
+    return base_arch if student == SAME_ARCH else student
+
+
+def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cache: Path) -> tuple[nn.Module, dict]:
+    """The model ``recipe`` makes from ``base`` on ``ds.train``, from ``cache`` when there, and its record: the
+    seconds its training took (recorded when it was trained) and whether it was cached. ``recipe``: attack,
+    options, seed, epochs; the base's digest and the data are added."""
+    full = {**recipe, "base": models.digest(base), "data": ds.name}
+    arch = _arch(recipe, base_arch)
+    path = cache / f"{arch}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
+    record = path.with_suffix(".json")
+    if path.exists() and record.exists():
+        return models.load(path)[0], {**json.loads(record.read_text()), "cached": True}
+    start = time.perf_counter()
+    out = ATTACKS[recipe["attack"]](base, ds.train.x, ds.train.y, **recipe["options"], epochs=recipe["epochs"],
+                                    seed=recipe["seed"])
+    model = (out[0] if isinstance(out, tuple) else out).eval()
+    seconds = time.perf_counter() - start
+    cache.mkdir(parents=True, exist_ok=True)
+    models.save(model, models.ModelConfig(arch, ds.shape, ds.num_classes, data=ds.name, seed=recipe["seed"]), path)
+    atomic_write_bytes(record, json.dumps({"recipe": full, "seconds": seconds}).encode())
+    return model, {"seconds": seconds, "cached": False}
+
+
+def steal(victim: nn.Module, arch: str, thief: data.Dataset, p: dict, seed: int, cache: Path,
+          progress: bool = False) -> dict[str, dict]:
+    """Every theft of ``catalogue()`` on ``victim`` with the thief's data: name -> {model, arch, attack, seconds,
+    cached}."""
+    out: dict[str, dict] = {}
+    for name, theft in tqdm(catalogue().items(), desc="thefts", disable=not progress, leave=False):
+        base, base_arch = (victim, arch) if theft.base is None else (out[theft.base]["model"], out[theft.base]["arch"])
+        recipe = {"attack": theft.attack, "options": theft.options, "seed": seed,
+                  "epochs": p["theft_epochs" if theft.training == "train" else "finetune_epochs"]}
+        model, record = derive(recipe, base, base_arch, thief, cache)
+        out[name] = {"model": model, "arch": _arch(recipe, base_arch), "attack": theft.attack, **record}
+    return out
