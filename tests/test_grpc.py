@@ -195,7 +195,7 @@ def test_nnmark_serve_grpc_port_and_verify_over_grpc(lenet, lenet_file, mnist, t
 
     from click.testing import CliRunner
 
-    from nnmark import __version__, keys
+    from nnmark import keys
     from nnmark.cli import main
 
     key_file = tmp_path / "dbi.key"
