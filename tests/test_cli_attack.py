@@ -65,3 +65,19 @@ def test_a_student_of_another_architecture_is_written_as_a_checkpoint_of_its_own
     assert json.loads(r.stdout) == {"attack": name, "model": str(lenet_file), "out": str(out),
                                     "test_accuracy": config.accuracy}
     assert isinstance(student, type(models.build("vgg11", (1, 28, 28), 10)))
+
+
+def test_an_attack_on_a_model_takes_the_thiefs_half_when_the_data_name_it(lenet_file, tmp_path):
+    def run(spec):
+        return CliRunner().invoke(main, ["attack", "finetune", "--model", str(lenet_file), "--out",
+                                         str(tmp_path / "ft.safetensors"), "--steps", "1", "--data", spec])
+
+    half, attacker = run("mnist5k@thief"), run("mnist5k")
+    assert half.exit_code == 0 and attacker.exit_code == 0, half.output + attacker.output
+    from nnmark import data
+    from nnmark.data.roles import attacker_data
+
+    thief, mnist = data.load("mnist5k@thief").train, data.load("mnist5k")
+    assert len(thief) != len(attacker_data(mnist))
+    assert f"on {len(thief)} attacker images" in half.output
+    assert f"on {len(attacker_data(mnist))} attacker images" in attacker.output

@@ -40,10 +40,9 @@ ENDPOINT_EXAMPLE = ("nnmark attack {name} --endpoint http://127.0.0.1:8000 --tok
 OUT_HELP = ("Attacked model to write, as the same kind as --model.",
             "Copy to write: the same kind as --model, or an nnmark checkpoint of another --student-arch (always with "
             "--endpoint).")
-DATA_HELP = "Dataset (default: the model's); the attacker uses its attacker split."
-THIEF_HELP = ("Dataset (default: the model's; required with --endpoint). The thief's images: with --endpoint, the "
-              "training split of a spec ending @thief (the thief's half), else the attacker split (the second half of "
-              "the test split); with --model, the attacker split.")
+DATA_HELP = ("Dataset (default: the model's). The attacker's images: the training split of a spec ending @thief (the "
+             "thief's half), else the attacker split (the second half of the test split).")
+THIEF_HELP = DATA_HELP.replace("(default: the model's)", "(default: the model's; required with --endpoint)")
 
 
 def _data_option(help_text: str = DATA_HELP):
@@ -60,8 +59,14 @@ class _DataSource:
     example: str = ""
 
 
+def thief_images(ds: Dataset) -> Split:
+    """The attacker's own images: the training split of a spec ending @thief (the thief's half of ``data.halves``),
+    else the attacker split (``roles.attacker_data``), whether the attack runs on a --model or an --endpoint."""
+    return ds.train if ds.name.endswith("@thief") else attacker_data(ds)
+
+
 def _attacker(config: models.LoadedModel, given: dict) -> tuple[tuple, str]:
-    split = attacker_data(dataset_for(config, given["data_spec"]))
+    split = thief_images(dataset_for(config, given["data_spec"]))
     return (split.x, split.y), f"on {len(split)} attacker images"
 
 
@@ -167,12 +172,6 @@ def _local(suspect: SuspectOptions) -> ModelSource:
         raise CliError("--budget and --env: only with --endpoint (an attack on --model changes the model itself; "
                        "--queries says how many the thief asks)")
     return suspect.model
-
-
-def thief_images(ds: Dataset) -> Split:
-    """The thief's own images against an endpoint: the training split of a spec ending @thief (the thief's half of
-    ``data.halves``), else the attacker split (``roles.attacker_data``)."""
-    return ds.train if ds.name.endswith("@thief") else attacker_data(ds)
 
 
 def _on_endpoint(spec: Spec, suspect: SuspectOptions, values: dict, data_spec: str | None, out: str,
