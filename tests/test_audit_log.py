@@ -1,6 +1,9 @@
 """The HMAC-chained audit log: every edit, deletion, insertion and reordering is found and named."""
 
 import json
+import os
+import stat
+import tracemalloc
 
 import pytest
 
@@ -120,9 +123,10 @@ def test_append_refuses_to_extend_a_broken_chain(log):
 
 
 def test_no_secret_is_refused(tmp_path):
-    with pytest.raises(SignatureError):
+    with pytest.raises(SignatureError) as caught:
         append(tmp_path / "a.jsonl", {"run": 1}, b"")
-    with pytest.raises(ValueError):
+    assert str(caught.value) == "the audit log needs the owner's secret (--secret-file or NNMARK_SECRET)"
+    with pytest.raises(ValueError, match="record must not carry 'mac' or 'seq'; append sets them"):
         append(tmp_path / "a.jsonl", {"mac": "x"}, SECRET)
 
 
@@ -166,3 +170,133 @@ def test_a_line_longer_than_a_record_may_be_is_refused_and_never_written(log, mo
     path.write_bytes(path.read_bytes() + b"{" * 1000 + b"\n")
     check = verify_log(path, SECRET)
     assert not check.ok and check.bad_line == 5 and "longer than 300 bytes" in check.reason
+
+
+def _replace_line(path, number, line):
+    lines = _lines(path)
+    lines[number - 1] = line
+    _write(path, lines)
+
+
+def test_a_record_edited_into_another_valid_record_fails_its_mac(log):
+    path, _ = log
+    record = json.loads(_lines(path)[2])
+    record["run"] = 7
+    _replace_line(path, 3, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    check = verify_log(path, SECRET)
+    assert check.ok is False and check.bad_line == 3 and check.records == 2
+    assert check.reason.startswith("its MAC does not match")
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b"not json", "not a JSON record"),
+    (b"[1,2]", "not an audit record"),
+    (b'{"run":1,"seq":1}', "not an audit record"),
+    (b'{"mac":"00","seq":2}', "its MAC does not match"),
+])
+def test_each_kind_of_bad_line_is_named_with_its_reason(log, line, reason):
+    path, _ = log
+    _replace_line(path, 2, line)
+    check = verify_log(path, SECRET)
+    assert check.ok is False and check.bad_line == 2 and check.reason.startswith(reason)
+
+
+def test_a_record_rewritten_out_of_canonical_form_is_named(log):
+    path, _ = log
+    _replace_line(path, 2, json.dumps(json.loads(_lines(path)[1]), sort_keys=True).encode())
+    check = verify_log(path, SECRET)
+    assert check.ok is False and check.bad_line == 2 and check.reason == "not in canonical form (edited)"
+
+
+def test_the_report_of_a_log_names_every_field_and_the_torn_note_only_when_a_torn_tail_was_ignored(log):
+    path, macs = log
+    check = verify_log(path, SECRET)
+    assert check.summary().splitlines()[0] == "OK: 4 records verify"
+    assert check.to_dict() == {"ok": True, "records": 4, "last_mac": macs[-1], "bad_line": None, "reason": "",
+                               "torn_bytes": 0, "note": audit_log.TAIL_NOTE}
+    path.write_bytes(path.read_bytes()[:-20])
+    strict = verify_log(path, SECRET)
+    assert "ignored" not in strict.summary()
+    assert strict.reason.endswith("--allow-torn-tail accepts the records before it")
+    assert f"torn ({strict.torn_bytes} bytes)" in strict.reason and strict.ok is False
+
+
+def test_a_log_missing_only_its_last_newline_is_extended_on_a_new_line(log):
+    path, _ = log
+    path.write_bytes(path.read_bytes()[:-1])
+    append(path, {"run": 5}, SECRET)
+    check = verify_log(path, SECRET)
+    assert check.ok and check.records == 5 and json.loads(_lines(path)[-1])["run"] == 5
+
+
+def test_a_write_the_disk_cut_short_is_an_error_and_the_next_append_cuts_it(log, monkeypatch):
+    path, _ = log
+    write = audit_log.os.write
+    monkeypatch.setattr(audit_log.os, "write", lambda fd, data: write(fd, data[: len(data) // 2]))
+    with pytest.raises(AuditLogError, match="the disk took only part of the record; the next append cuts it"):
+        append(path, {"run": 5}, SECRET)
+    monkeypatch.undo()
+    assert verify_log(path, SECRET).ok is False
+    append(path, {"run": 6}, SECRET)
+    check = verify_log(path, SECRET)
+    assert check.ok and check.records == 5 and json.loads(_lines(path)[-1])["torn_tail_bytes"] > 0
+
+
+def test_a_failing_disk_is_an_audit_log_error_with_the_system_s_reason(log, monkeypatch):
+    import errno
+
+    path, _ = log
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audit_log.os, "fsync", fsync)
+    with pytest.raises(AuditLogError) as caught:
+        append(path, {"run": 5}, SECRET)
+    assert str(caught.value) == f"{path}: cannot append to audit log: Input/output error"
+
+
+def test_a_missing_log_or_folder_is_an_audit_log_error_with_the_system_s_reason(tmp_path):
+    missing = tmp_path / "no" / "audit.jsonl"
+    with pytest.raises(AuditLogError) as read:
+        verify_log(missing, SECRET)
+    assert str(read.value) == f"{missing}: cannot read audit log: No such file or directory"
+    with pytest.raises(AuditLogError) as write:
+        append(missing, {"run": 1}, SECRET)
+    assert str(write.value) == f"{missing}: cannot open audit log: No such file or directory"
+
+
+@pytest.mark.parametrize("action", [lambda p: verify_log(p, SECRET), lambda p: append(p, {"run": 1}, SECRET)])
+def test_a_fifo_is_refused_without_blocking(tmp_path, action):
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(AuditLogError, match="not a regular file"):
+        action(fifo)
+
+
+def test_a_new_log_is_readable_by_its_owner_only(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    append(path, {"run": 1}, SECRET)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_record_of_exactly_the_longest_size_is_written_and_verifies(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    append(first, {"run": "x" * 100}, SECRET)
+    monkeypatch.setattr(audit_log, "MAX_RECORD_BYTES", len(_lines(first)[0]))
+    append(second, {"run": "x" * 100}, SECRET)
+    assert verify_log(second, SECRET).records == 1 and verify_log(first, SECRET).ok
+
+
+def test_an_over_long_line_is_refused_without_reading_it_whole(log, monkeypatch):
+    path, macs = log
+    path.write_bytes(path.read_bytes() + b"x" * (20 * 2**20) + b"\n")
+    monkeypatch.setattr(audit_log, "MAX_RECORD_BYTES", 300)
+    tracemalloc.start()
+    try:
+        check = verify_log(path, SECRET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert check.ok is False and check.bad_line == 5 and check.records == 4 and check.last_mac == macs[-1]
+    assert peak < 2**20

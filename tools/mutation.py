@@ -8,6 +8,7 @@ test can tell apart from the code, with why.
 
     python tools/mutation.py                  # every module; writes docs/benchmarks/mutation.md
     python tools/mutation.py --ci             # the CI subset; exit 1 below the threshold, naming the survivors
+    python tools/mutation.py --module nnmark.audit.log   # one module (repeatable); writes no report
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ def _history() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ci", action="store_true", help="only the CI subset; write no report")
+    parser.add_argument("--module", action="append", help="only this module of the table (repeatable); write no report")
     args = parser.parse_args(argv)
     config = settings()
-    modules = {m: config["modules"][m] for m in config["ci"]} if args.ci else config["modules"]
+    chosen = config["ci"] if args.ci else args.module or config["modules"]
+    unknown = [m for m in chosen if m not in config["modules"]]
+    if unknown:
+        parser.error(f"not in [tool.nnmark.mutation.modules]: {', '.join(unknown)}")
+    modules = {m: config["modules"][m] for m in chosen}
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     (ROOT / "mutants").mkdir()
     start, scores = time.monotonic(), []
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = run_module(module, bound_s, config["workers"])
         scores.append(score(module, exit_codes(module), config["equivalent"], seconds))
     print(table(scores, config["threshold"]))
-    if not args.ci:
+    if not (args.ci or args.module):
         REPORT.write_text(report(scores, config, time.monotonic() - start))
     below = [s for s in scores if s.percent < config["threshold"]]
     for s in below:
