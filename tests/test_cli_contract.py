@@ -145,3 +145,20 @@ def test_an_error_line_shows_control_characters_as_escapes(tmp_path):
     r = CliRunner().invoke(main, ["verify", str(name), "--model", "x.safetensors"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
     assert "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr
+
+
+def test_quiet_reaches_every_progress_command_as_a_value(monkeypatch):
+    import nnmark.cli as cli
+    from nnmark.cli._shared import with_progress
+
+    monkeypatch.setattr(cli, "progress_enabled", lambda quiet: not quiet)  # as on a terminal
+
+    @click.command("probe-progress")
+    @with_progress
+    def probe(progress):
+        click.echo(f"progress={progress}")
+
+    monkeypatch.setattr(main, "get_command", lambda ctx, name: probe)
+    assert CliRunner().invoke(main, ["probe-progress"]).output == "progress=True\n"
+    assert CliRunner().invoke(main, ["-q", "probe-progress"]).output == "progress=False\n"
+    assert CliRunner().invoke(probe, []).output == "progress=False\n"  # on its own, not on a terminal

@@ -22,7 +22,7 @@ import sys
 import click
 
 from nnmark import __version__
-from nnmark.cli._shared import CliError, debug_enabled
+from nnmark.cli._shared import CliError, debug_enabled, progress_enabled
 from nnmark.errors import NnmarkError, printable
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -114,12 +114,14 @@ def _fail(message: str, kind: str, args: list[str], *, usage: bool = False) -> i
 @click.version_option(__version__, prog_name="nnmark")
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (also NNMARK_DEBUG=1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars (they show only on a terminal anyway).")
-def main(debug: bool, quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """nnmark: query samples that protect trained neural networks.
 
     Make a key of query samples from a model, keep it signed, and later ask any model (a file, or one behind an
     HTTP endpoint) those queries: is it intact? is it mine? what runs it?
     """
+    ctx.obj = progress_enabled(quiet)  # what commands decorated with_progress receive as ``progress``
 
 
 __all__ = ["CliError", "main"]

@@ -58,11 +58,12 @@ def progress_enabled(quiet: bool) -> bool:
 
 
 def with_progress(f):
-    """Give the command ``progress`` (``progress_enabled`` of the root's -q, read once as the command starts)."""
+    """Give the command ``progress``: the value the root group decided from -q (``nnmark.cli.main`` passes it as
+    click's ``obj``), or ``progress_enabled(False)`` for a command invoked on its own."""
+    @click.pass_obj
     @functools.wraps(f)
-    def command(*args, **kwargs):
-        quiet = click.get_current_context().find_root().params.get("quiet", False)
-        return f(*args, progress=progress_enabled(quiet), **kwargs)
+    def command(progress: bool | None, *args, **kwargs):
+        return f(*args, progress=progress_enabled(False) if progress is None else progress, **kwargs)
     return command
 
 
