@@ -150,21 +150,19 @@ def _input_shape(ctx: click.Context, param: click.Parameter, value: str | None):
 
 
 def _normalize(ctx: click.Context, param: click.Parameter, value: str | None):
-    """Refuse a --normalize that no model could take (the channel count is checked when the model loads)."""
+    """Refuse a --normalize that no model could take: ``models.card.parse_normalize`` for as many channels as it names
+    (the model's own channel count is checked when it loads)."""
     if value is None:
         return None
-    from nnmark.models.card import NORMALIZE_HELP, PRESETS
+    from nnmark.errors import ModelError
+    from nnmark.models.card import PRESETS, parse_normalize
 
-    if value.strip().lower() in ("none", *PRESETS):
-        return value
+    preset = PRESETS.get(value.strip().lower())
+    channels = len(preset[0]) if preset else max(1, (value.count(",") + 1) // 2)
     try:
-        numbers = [float(v) for v in value.split(",")]
-    except ValueError:
-        numbers = []
-    half = len(numbers) // 2
-    if not numbers or len(numbers) % 2 or not all(math.isfinite(v) for v in numbers) or min(numbers[half:]) <= 0:
-        raise click.BadParameter(f"expected {NORMALIZE_HELP}, as many means as stds, finite, every std > 0; got "
-                                 f"{value!r}", ctx, param)
+        parse_normalize(value, channels)
+    except ModelError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
     return value
 
 

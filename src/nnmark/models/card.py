@@ -129,7 +129,8 @@ def parse_normalize(text: str, channels: int) -> Normalization | None:
     if len(values) == 2:
         values = [values[0]] * channels + [values[1]] * channels
     if len(values) != 2 * channels:
-        raise ModelError(f"--normalize needs 2 or {2 * channels} numbers for {channels} channel(s), got {len(values)}")
+        counts = "2" if channels == 1 else f"2 or {2 * channels}"
+        raise ModelError(f"--normalize needs {counts} numbers for {channels} channel(s), got {len(values)}")
     return _check_normalize((values[:channels], values[channels:]), channels)
 
 
