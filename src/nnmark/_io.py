@@ -9,6 +9,7 @@ it is private (key files: their queries are what an adversary would tune a model
 import glob
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,16 @@ STALE_TEMP_AGE_S = 3600.0
 PRIVATE_MODE = 0o600
 SHARED_MODE = 0o666
 """The mode of a file that is not private, before the umask is taken off (as ``open()`` creates files)."""
+
+
+def open_regular(path: str | os.PathLike, flags: int, mode: int = PRIVATE_MODE) -> int | None:
+    """``os.open(path, flags, mode)`` that never blocks on a FIFO or device (``O_NONBLOCK``); None, the descriptor
+    closed again, when ``path`` is not a regular file. OSError as ``os.open`` raises it."""
+    fd = os.open(path, flags | os.O_NONBLOCK, mode)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, private: bool = False) -> None:

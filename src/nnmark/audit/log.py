@@ -24,10 +24,10 @@ import hashlib
 import hmac
 import json
 import os
-import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from nnmark._io import open_regular
 from nnmark.errors import ArgumentError, NnmarkError, SignatureError
 from nnmark.keys import _canonical_json
 
@@ -147,10 +147,9 @@ def _scan(fh: BinaryIO, secret: bytes, allow_torn_tail: bool) -> LogCheck:
 
 
 def _open_regular(path: str | os.PathLike, flags: int) -> int:
-    """A descriptor of the regular file at ``path`` (``os.open`` with ``flags``, never blocking on a FIFO)."""
-    fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    """A descriptor of the regular file at ``path`` (``_io.open_regular``: never blocking on a FIFO)."""
+    fd = open_regular(path, flags)
+    if fd is None:
         raise AuditLogError(f"{path}: not a regular file")
     return fd
 

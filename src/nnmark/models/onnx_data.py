@@ -12,10 +12,10 @@ data must fit protobuf's 2 GB once embedded.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from nnmark._io import open_regular
 from nnmark.errors import ModelError
 
 
@@ -61,13 +61,13 @@ def _read(tensor, folder: Path, path: str) -> bytes:
         raise ModelError(f"{where} with a malformed offset or length") from None
     file = _inside(folder, info.get("location", ""), where)
     try:
-        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = open_regular(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:
         raise ModelError(f"{where}, which cannot be read: {e.strerror or e}") from None
+    if fd is None:
+        raise ModelError(f"{where}, which is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         status = os.fstat(fh.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise ModelError(f"{where}, which is not a regular file")
         length = status.st_size - offset if length is None else length
         if offset < 0 or length < 0 or offset + length > status.st_size:
             raise ModelError(f"{where}, bytes {offset} to {offset + length} of a {status.st_size}-byte file")
