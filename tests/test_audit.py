@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnmark import data, envs, keyinfo, keys, models
+from nnmark import data, envs, keyinfo, keys, marks, models
 from nnmark.attacks import weight_noise
 from nnmark.audit import log, report
 from nnmark.audit import run as audit
@@ -86,6 +86,9 @@ def test_the_untouched_model_passes_every_key_and_names_its_environment(world):
     assert {m: r.decision for m, r in by.items()} == {"dbi": "intact", "pairs": "intact", "metafinger": "match",
                                                       "innformant": "float32"}
     assert by["dbi"].queries == by["dbi"].key_size  # "intact" needs the whole key
+    telltale = next(k.key for k in world["keys"] if k.key.method == innformant.METHOD)
+    whole = marks.verify(TorchOracle(models.load(world["models"]["source"])[0], world["shape"]), telltale)
+    assert by["innformant"].queries == whole.queries  # telltale samples are asked as verify asks them: one batch
     assert by["metafinger"].queries < by["metafinger"].key_size and by["metafinger"].rule == "e-value"
     assert by["metafinger"].p_value < 1e-3
     line = report.summary_line(result)

@@ -36,7 +36,6 @@ from nnmark.keyinfo import purpose_of, regular_file
 from nnmark.keys import KeyFile
 from nnmark.marks import canary
 from nnmark.marks.integrity import pairing
-from nnmark.marks.telltale import innformant
 from nnmark.marks.verdict import Verdict
 from nnmark.models import LoadedModel
 from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle
@@ -48,10 +47,6 @@ GROUPS = {pairing.METHOD: 2}
 """Methods whose queries must be asked in runs of consecutive indices (a sensitive-sample pair)."""
 SHARED_EXTRAS = ("clean", "plain")
 """Key extras that belong to the whole key, not to its queries one by one (a watermark's null images)."""
-WHOLE_KEY_METHODS = (innformant.METHOD,)
-"""Methods asked in one batch even in sequential mode: their samples sit ~1e-7 from a boundary, and a float32
-model's answer there can change with the batch a sample is asked in (see ``innformant``). Measured: a digits
-LeNet-5 key asked one sample per batch named float32 "float64" for one of three query orders."""
 DEFAULT_WORKERS = 4
 """Targets of a fleet asked at once."""
 MAX_THUMBNAILS = 8
@@ -258,7 +253,7 @@ class KeyResult:
         note: why the key could not be asked (an error), or ''.
         disagreements: where what the target publishes (digest, model card, classes) disagrees with what the key
             records; the key is asked all the same, and these are reported beside its verdict.
-        details: the verifier's details; preflight: the canary preflight's answer, if any.
+        details: the verifier's details; preflight: the canary preflight's note, if the key has canaries.
         sent, answers: SHA-256 of each input sent and answer received (for the audit log).
         thumbnails: up to ``MAX_THUMBNAILS`` (flipped query, its source or None) pairs, for the HTML report.
     """
@@ -281,7 +276,7 @@ class KeyResult:
     note: str = ""
     disagreements: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
-    preflight: dict | None = None
+    preflight: str | None = None
     sent: list[str] = field(default_factory=list, repr=False)
     answers: list[str] = field(default_factory=list, repr=False)
     thumbnails: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list, repr=False)
@@ -391,8 +386,8 @@ class Settings:
 
 def _prefixes(method: str, n: int, settings: Settings) -> list[torch.Tensor]:
     """The asked prefixes of the key's query order: seeded batches, or the whole key at once."""
-    whole = method in WHOLE_KEY_METHODS or (method in marks.METHODS and marks.METHODS[method].whole_key)
-    if not settings.sequential or whole:
+    spec = marks.METHODS.get(method)
+    if not settings.sequential or (spec is not None and spec.whole_key):
         return [torch.arange(n)]
     group = GROUPS.get(method, 1)
     return seq.batches(seq.query_order(n, settings.seed, group), settings.batch_size, group)

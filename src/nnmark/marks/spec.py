@@ -73,8 +73,9 @@ class MethodSpec:
         describe: ``describe(key) -> dict``, more fields ``nnmark mark`` reports, computed from the key.
         n: the number of images the CLI draws by default (image kinds).
         example: what the method's ``nnmark mark`` example adds to its kind's (e.g. required options).
-        whole_key: the verdict is a statistic of the whole query set, not a count of per-query matches: an audit
-            asks every query at once and keeps the method's own decision and p-value.
+        whole_key: an audit asks every query at once, even in sequential mode: the verdict is a statistic of the
+            whole query set, not a count of per-query matches (the audit keeps the method's own decision and
+            p-value), or an answer depends on the batch its query is asked in.
     """
 
     name: str
