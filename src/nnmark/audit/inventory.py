@@ -284,7 +284,7 @@ def _value(path: Path, shown: str, field: str, value: object, ctx: click.Context
     try:
         return param.process_value(ctx, value)
     except click.BadParameter as e:
-        raise _fault(path, shown, field, e.format_message()) from None
+        raise _fault(path, shown, field, e.message) from None
 
 
 def _factory_spec(path: Path, value: str) -> bool:

@@ -37,7 +37,7 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
     --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
 
 
-INVENTORY_ALONE = ("inventory", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size", "workers",
+INVENTORY_ALONE = ("inventory_path", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size", "workers",
                    "secret_file", "unsigned", "as_json")
 """The options --inventory goes with: how keys are asked and reported, not which keys or targets (its own)."""
 
