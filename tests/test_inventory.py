@@ -106,6 +106,16 @@ def test_a_target_is_built_as_the_command_line_builds_it_and_reads_its_token_eac
     assert one.audit_target(token=TOKEN).name == "replica-1"  # a token given wins
 
 
+def test_the_readme_inventory_loads(folder):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (text,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    (folder / "keys" / "dbi.key").write_bytes(b"k")
+    one, two = inventory.load(_write(folder, re.sub(r"(?m)^  ", "", text))).targets
+    assert (one.name, one.interval, one.token_file, len(one.keys)) == ("replica-1", 300.0, folder / "token", 3)
+    assert two.suspect == EndpointSpec("grpc://triton:8001", model_name="resnet", layout="NHWC", output_kind="logits")
+    assert two.keys == (folder / "keys" / "dbi.key",)
+
+
 def test_a_factory_spec_is_kept_and_a_relative_model_is_read_beside_the_inventory(folder):
     path = _write(folder, '[[target]]\nname = "f"\nmodel = "nnmark.bench.heldout:groupnorm_gelu"\n'
                           'input_shape = "1,28,28"\nkeys = "keys/a.key"\n')
@@ -270,8 +280,7 @@ keys = ["keys/"]
 """
 
 
-def test_the_cli_audits_a_heterogeneous_inventory_and_lists_the_tampered_target_first(
-        lenet, lenet_file, fleet_keys, tmp_path, monkeypatch):
+def test_the_cli_audits_a_mixed_inventory_tampered_target_first(lenet, lenet_file, fleet_keys, tmp_path, monkeypatch):
     import shutil
 
     shutil.copytree(fleet_keys, tmp_path / "keys")
