@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 DEFAULT_INTERVAL = 300.0
 """Seconds between two audits of a target whose inventory names no interval."""
 MAX_INTERVAL = 30 * 86400.0
+"""The longest interval (30 days): a longer one is a typo, and would overflow a scheduler's clock."""
 MAX_BYTES = 1 << 20
 """The largest inventory file read."""
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")

@@ -102,7 +102,7 @@ def _error_exit(message: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Queries per batch before the decision is checked again.")
 @click.option("--workers", type=click.IntRange(1), default=audit_run.DEFAULT_WORKERS, show_default=True,
-              help="Endpoints of a fleet asked at once.")
+              help="Targets of a fleet asked at once.")
 @with_secret
 @json_option
 def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size,
