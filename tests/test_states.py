@@ -8,6 +8,7 @@ import socket
 
 import pytest
 from fastapi.responses import JSONResponse
+from test_grpc import fake_grpc_endpoint
 from test_remote import fake_endpoint, uniform_answer
 
 from nnmark import errors, keys
@@ -95,6 +96,21 @@ def test_a_server_error_is_unreachable(key, status, retried):
     assert state == states.UNREACHABLE and r.error_type == "EndpointUnreachable"
     assert f"HTTP {status}" in r.note and "model crashed" in r.note
     assert app.state.calls == (2 if retried else 1)  # a 500 is not retried, a 503 is, and both are an outage
+
+
+def test_a_grpc_server_that_fails_or_is_gone_is_unreachable(key):
+    def crash(request):
+        raise RuntimeError("model crashed")
+
+    server, url = fake_grpc_endpoint(crash)
+    try:
+        failing = _audit(url, key)
+    finally:
+        server.stop(None).wait()
+    gone = _audit(url, key)
+    state, r = _only(failing)
+    assert state == states.UNREACHABLE and "gRPC UNKNOWN" in r.note
+    assert _only(gone)[0] == states.UNREACHABLE and "gRPC UNAVAILABLE" in gone.error
 
 
 def test_a_slow_endpoint_is_unreachable(key):
