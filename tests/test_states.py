@@ -2,6 +2,7 @@
 answers move and a misread endpoint each have their own state, decided from the error's type, never failed."""
 
 import asyncio
+import dataclasses
 import contextlib
 import json
 import socket
@@ -154,7 +155,7 @@ def test_a_key_that_does_not_fit_or_load_is_an_error(lenet, key, tmp_path):
 
 
 def _result(passed, error_type=""):
-    return audit.KeyResult("k.key", "", "dbi", "integrity", "x", passed, 10, error_type=error_type)
+    return audit.KeyResult("k.key", "", "dbi", "integrity", "x", passed, 10, "change rate", 0.0, error_type=error_type)
 
 
 def test_a_verdict_decides_ok_or_failed_whatever_the_error_type_says():
@@ -210,3 +211,30 @@ def test_a_target_that_does_not_open_gives_each_key_its_error(key, tmp_path):
                                     audit.Settings(secret=SECRET))
     assert [states.state(r) for r in result.keys] == ["unreachable", "error"]
     assert result.keys[1].error_type == "KeyFileError" and result.problem() == result.error
+
+
+def test_the_fleet_table_puts_the_worst_targets_first_and_tells_keys_of_one_name_apart():
+    def target(name, *results):
+        return audit.TargetReport(name, {}, [_keyed(path, passed, kind) for path, passed, kind in results])
+
+    def _keyed(path, passed, kind):
+        return dataclasses.replace(_result(passed, kind), key=path)
+
+    reports = [target("fine", ("x/dbi.key", True, ""), ("z/other.key", True, "")),
+               target("down", ("x/dbi.key", None, "EndpointUnreachable")),
+               target("tampered", ("x/dbi.key", True, ""), ("y/dbi.key", False, "")),
+               target("moving", ("z/other.key", None, "EndpointInconsistent")),
+               target("empty"),
+               target("misread", ("y/dbi.key", None, "EndpointMismatch"))]
+    assert report.key_labels(reports) == {"x/dbi.key": "x/dbi.key", "z/other.key": "other.key",
+                                          "y/dbi.key": "y/dbi.key"}
+    assert [r.target for _, r, _ in report.fleet_rows(reports)] == ["tampered", "moving", "misread", "down", "empty",
+                                                                     "fine"]
+    table = report.to_markdown(reports, {}).split("## Fleet")[1].split("\n\n")[1].splitlines()
+    assert table[0] == "| target | x/dbi.key | other.key | y/dbi.key |"
+    assert table[2:] == ["| tampered | ok | - | failed |", "| moving | - | inconsistent | - |",
+                         "| misread | - | - | misconfigured |", "| down | unreachable | - | - |",
+                         "| empty | - | - | - |", "| fine | ok | ok | - |"]
+    page = report.to_html(reports, {})
+    assert '<tr><th><a href="#target-2">tampered</a></th><td class="state state-ok">ok</td>' \
+           '<td class="state state-none">-</td><td class="state state-failed">failed</td></tr>' in page
