@@ -28,7 +28,7 @@ SECRET = "a long test secret"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """digits; the source (seed 0) saved as a checkpoint; calibration pools in a cache; a distilled copy; two
-    independent models (seeds 7, 8); a SAC-m key and a (screened) SAC-w key calibrated with 2 distilled negatives."""
+    independent models (seeds 7, 8); a SAC-m key and a (screened) SAC-w key."""
     torch.manual_seed(0)
     ds = data.load("digits")
     root = tmp_path_factory.mktemp("sac")
@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     independent = [train_shadow(ShadowSpec("lenet5", "digits", s, epochs=EPOCHS)) for s in (7, 8)]
     distilled = distill(source, ds.train.x, ds.train.y, alpha=1.0, epochs=15, seed=5).eval()
     key = sac.create(source, pools, ds.train.x, dataset=ds)
-    key_w = sac.create(source, pools, ds.train.x, variant="w", distilled_negatives=2, dataset=ds)
+    key_w = sac.create(source, pools, ds.train.x, variant="w", dataset=ds)
     return {"ds": ds, "root": root, "path": path, "source": source, "pools": pools, "independent": independent,
             "distilled": distilled, "key": key, "key_w": key_w}
 
@@ -83,9 +83,9 @@ def test_a_labels_only_oracle_is_judged_on_one_hot_outputs_reported_beside_proba
 def test_the_key_records_the_source_outputs_threshold_and_calibration_distances(world, tmp_path):
     ds, key, pools = world["ds"], world["key"], world["pools"]
     probabilities = TorchOracle(world["source"], ds.shape).probabilities(key.queries)
-    assert key.config["temperature"] == sac.PAPER_TEMPERATURE and "screen" not in key.config  # SAC-m: as before
+    assert torch.equal(key.extras["probabilities"], probabilities) and torch.equal(key.expected, probabilities.argmax(1))
     assert key.config["p_value"] == "student-t" and key.config["format"] == sac.FORMAT
-    assert key.config["temperature"] == sac.PAPER_TEMPERATURE and "screen" not in key.config  # SAC-m as before
+    assert key.config["temperature"] == sac.PAPER_TEMPERATURE and "screen" not in key.config  # SAC-m: the paper's T
     first = pools.negatives_train[0]
     for out in sac.OUTPUTS:
         cal = key.config["calibration"][out]
@@ -126,7 +126,8 @@ def test_a_tampered_threshold_or_bound_in_the_key_turns_a_match_into_no_match(wo
 
 def test_sac_w_asks_natural_images_the_source_gets_wrong(world):
     ds, source = world["ds"], world["source"]
-    key = sac.create(source, world["pools"], ds.train.x, variant="w", screen="none", dataset=ds)
+    key = sac.create(source, world["pools"], ds.train.x, variant="w", screen="none", distilled_negatives=0,
+                     dataset=ds)
     pool = natural_pool(ds)
     rows = [int(torch.nonzero((pool.x == q).flatten(1).all(dim=1))[0]) for q in key.queries]
     assert key.config["misclassified"] >= len(rows) >= sac.MIN_KEPT and key.config["screening_models"] == 0
@@ -180,20 +181,22 @@ def test_the_screen_keeps_the_images_on_which_the_source_decides_unlike_most_ind
 
     assert key.config["screen"] == "minority" and key.config["screening_models"] == len(pools.negatives_val)
     assert (share(key) < 0.5).all() and key.config["kept"] == key.config["screened"] < key.config["misclassified"]
-    unscreened = sac.create(world["source"], pools, ds.train.x, variant="w", screen="none", dataset=ds)
+    unscreened = sac.create(world["source"], pools, ds.train.x, variant="w", screen="none", distilled_negatives=0,
+                            dataset=ds)
     assert (share(unscreened) >= 0.5).any() and unscreened.config["kept"] == key.config["misclassified"]
 
 
 def test_calibration_leaves_out_the_screening_models_and_takes_distilled_and_extra_negatives(world):
     ds, pools, key_w = world["ds"], world["pools"], world["key_w"]
-    assert key_w.config["distilled_negatives"] == 2 and key_w.config["calibration_models"] == len(
-        pools.negatives_train) + 2 == len(key_w.config["calibration"]["probabilities"]["distances"])
-    assert world["key"].config["calibration_models"] == len(pools.negatives_train) + len(pools.negatives_val)
+    assert key_w.config["distilled_negatives"] == sac.DEFAULT_DISTILLED_NEGATIVES == 2
+    assert key_w.config["calibration_models"] == len(pools.negatives_train) + 2 == len(
+        key_w.config["calibration"]["probabilities"]["distances"])
+    assert world["key"].config["calibration_models"] == len(pools.negatives_train) + len(pools.negatives_val) + 2
     # a distilled model among the calibration negatives pulls the threshold below its own distance: never claimed
     distilled = world["distilled"]
     assert _verify(distilled, world["key"], ds).passed
-    with_it = sac.create(world["source"], pools, ds.train.x, extra_negatives=[distilled], max_p_value=0.3,
-                         dataset=ds)  # so close a negative widens the null: even the source needs 0.3
+    with_it = sac.create(world["source"], pools, ds.train.x, distilled_negatives=0, extra_negatives=[distilled],
+                         max_p_value=0.3, dataset=ds)  # so close a negative widens the null: even the source needs 0.3
     verdict = _verify(distilled, with_it, ds)
     assert with_it.config["extra_negatives"] == 1 and verdict.statistic == pytest.approx(
         with_it.config["calibration"]["probabilities"]["threshold"])
@@ -248,12 +251,12 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     assert json.loads(r.stdout)["shadow_models_trained"] == 0 and json.loads(r.stdout)["kept"] == 50
     screened = tmp_path / "sac-w.key"
     r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
-             "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache", "--variant", "w",
-             "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 2, "--max-p-value", 0.05,
-             "--out", screened, "--json")
+             "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache",
+             "--variant", "w", "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 3,
+             "--max-p-value", 0.05, "--out", screened, "--json")
     assert r.exit_code == 0, r.output
     config = keys.load(screened, secret=SECRET.encode()).config
-    assert (config["screen"], config["temperature"], config["calibration_models"]) == ("minority", 0.5, 5)
+    assert (config["screen"], config["temperature"], config["calibration_models"]) == ("minority", 0.5, 6)
     independent = tmp_path / "independent.safetensors"
     models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
                 independent)

@@ -10,7 +10,11 @@ the suspect is asked *probabilities* to verify (labels only: the one-hot variant
 Query set (n = 100 in the paper), drawn from held-out natural images (the natural pool: the first half
 of the test split, ``nnmark.data.roles``), two variants (``variant``):
 
-- SAC-w (``misclassified_queries``): natural images the source model labels wrongly;
+- SAC-w (``misclassified_queries``): natural images the source model labels wrongly, screened
+  (``screened``, ``screen``) by the pools' validation negatives (independent models): by default
+  ("minority") an image is kept only where fewer than half of them give the source's label, so the
+  key asks where the source decides unlike independent models; "wrong" keeps the paper's condition
+  (most of them misclassify it too), "none" every error of the source;
 - SAC-m (``cutmix_queries``): CutMix images, a natural image with a square patch of another pasted in.
 
 Fingerprint (``correlation_matrix``): for outputs O_1..O_n of a model on the queries, the n x n matrix
@@ -19,13 +23,17 @@ correlation functions. Distance (``correlation_distance``): d = ||C_source - C_s
 absolute difference of the two matrices (the paper's and its code's measure). Smaller d: more alike.
 
 Outputs: the key keeps the source's probabilities on the queries (the extra tensor "probabilities"; the
-expected labels are their argmax). A probabilities oracle is compared on probability vectors; a labels-only
+expected labels are their argmax). A probabilities oracle is compared on probability vectors sharpened at
+``temperature`` T (``sharpen``: softmax(log p / T), which is softmax(z / T) of the logits z whatever
+per-sample constant they carry, since log p = z - logsumexp z; T = 1 is p itself); a labels-only
 oracle on one-hot vectors (C_ij = 1 when O_i and O_j name the same label, else 0). The key calibrates both
 (``OUTPUTS``); verification decides on the richest output the oracle gives and reports the one-hot
 distance beside it.
 
 Calibration (``calibrate``) on K models the owner trained independently of the source (the "shadow" input:
-every negative model of the pools; the paper compares with 20 such "irrelevant" models): their distances
+the negative models of the pools, less the validation negatives when they screened SAC-w's queries, since
+the screen pushes exactly their distances up; plus ``extra_negatives`` and ``distilled_negatives``
+students distilled from the train negatives; the paper compares with 20 "irrelevant" models): their distances
 d_1..d_K set the threshold tau = min_k d_k, so no calibration model would match. The key records tau,
 d_1..d_K and their mean and standard deviation, per output; the distances of the derived positive
 shadow models (noised and fine-tuned copies of the source), when the pools have any, are recorded
@@ -50,13 +58,15 @@ d < tau AND p < max_p_value, else "no match" (exit 1).
 
 Symbols and defaults: n = 100, CutMix patch side ``patch`` = 0.5 of the image side at a uniformly drawn
 position (the authors' code pastes a 0.2 patch near a corner of a 32x32 photo; the corners of a digit are
-blank, so nnmark's default patch covers part of the digit), max_p_value = 0.01, K >= 2 (``metafinger.Pools``
-needs a negative train and a negative validation model; the t needs K - 1 >= 1).
+blank, so nnmark's default patch covers part of the digit), T = 1 for SAC-m and 0.1 for SAC-w, screen
+"minority" (SAC-w only), no distilled negatives, max_p_value = 0.01, K >= 2 (the t needs K - 1 >= 1).
+Key format 2 records T; a format-1 key (before T) is verified on plain probabilities, as it was made.
 
 Choices and gaps:
 
-- SAC-w keeps images the *source* misclassifies; the paper's SAC-w also asks that surrogate models trained
-  by the owner misclassify them (the reason SAC-m was made: it needs none).
+- SAC-w's screen: the paper asks that surrogate models misclassify the images too ("wrong"); nnmark asks
+  that most independent models *label them otherwise than the source* ("minority"), which measured
+  better (below).
 - outputs are probabilities, as every nnmark oracle gives them; the authors' code correlates raw logits.
   One-hot rows are plain 0/1 vectors (the code smooths them, an affine change of C that only rescales d).
 - the query images come from the natural pool of ``dataset``, the one the shadow models train on (``nnmark
@@ -108,7 +118,7 @@ SHARP_TEMPERATURE = 0.1
 SCREENS = ("minority", "wrong", "none")
 """SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
 DEFAULT_SCREEN = "minority"
-DEFAULT_DISTILLED_NEGATIVES = 0
+DEFAULT_DISTILLED_NEGATIVES = 2
 DISTILL_EPOCHS = 4
 TINY = torch.finfo(torch.float32).tiny
 """Probabilities are clamped to this before the log: a float32 API returns exact zeros."""
