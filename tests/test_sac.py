@@ -28,7 +28,7 @@ SECRET = "a long test secret"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """digits; the source (seed 0) saved as a checkpoint; calibration pools in a cache; a distilled copy; two
-    independent models (seeds 7, 8); a SAC-m key."""
+    independent models (seeds 7, 8); a SAC-m key and a (screened) SAC-w key."""
     torch.manual_seed(0)
     ds = data.load("digits")
     root = tmp_path_factory.mktemp("sac")
@@ -41,8 +41,9 @@ def world(tmp_path_factory):
     independent = [train_shadow(ShadowSpec("lenet5", "digits", s, epochs=EPOCHS)) for s in (7, 8)]
     distilled = distill(source, ds.train.x, ds.train.y, alpha=1.0, epochs=15, seed=5).eval()
     key = sac.create(source, pools, ds.train.x, dataset=ds)
+    key_w = sac.create(source, pools, ds.train.x, variant="w", dataset=ds)
     return {"ds": ds, "root": root, "path": path, "source": source, "pools": pools, "independent": independent,
-            "distilled": distilled, "key": key}
+            "distilled": distilled, "key": key, "key_w": key_w}
 
 
 def _verify(model, key, ds, labels_only=False):
@@ -50,9 +51,10 @@ def _verify(model, key, ds, labels_only=False):
     return sac.verify(LabelsOracle(oracle) if labels_only else oracle, key)
 
 
-@pytest.mark.parametrize("labels_only", [False, True])
-def test_the_source_and_a_distilled_copy_match_and_independent_models_do_not(world, labels_only):
-    ds, key = world["ds"], world["key"]
+@pytest.mark.parametrize("variant, labels_only", [("m", False), ("m", True), ("w", False)])
+def test_the_source_and_a_distilled_copy_match_and_independent_models_do_not(world, variant, labels_only):
+    """(SAC-w on digits keeps 13 screened images: too few for one-hot correlation to decide.)"""
+    ds, key = world["ds"], world["key" if variant == "m" else "key_w"]
     out = "labels" if labels_only else "probabilities"
     calibration = key.config["calibration"][out]
     for model in (world["source"], world["distilled"]):
@@ -82,13 +84,14 @@ def test_the_key_records_the_source_outputs_threshold_and_calibration_distances(
     ds, key, pools = world["ds"], world["key"], world["pools"]
     probabilities = TorchOracle(world["source"], ds.shape).probabilities(key.queries)
     assert torch.equal(key.extras["probabilities"], probabilities) and torch.equal(key.expected, probabilities.argmax(1))
-    assert key.config["calibration_models"] == 5 and key.config["p_value"] == "student-t"
+    assert key.config["p_value"] == "student-t" and key.config["format"] == sac.FORMAT
+    assert key.config["temperature"] == sac.PAPER_TEMPERATURE and "screen" not in key.config  # SAC-m: the paper's T
     first = pools.negatives_train[0]
     for out in sac.OUTPUTS:
         cal = key.config["calibration"][out]
-        assert len(cal["distances"]) == 5 and cal["threshold"] == min(cal["distances"])
-        own, theirs = (sac.fingerprints(TorchOracle(m, ds.shape).probabilities(key.queries)) for m in (world["source"],
-                                                                                                       first))
+        assert cal["threshold"] == min(cal["distances"])
+        own, theirs = (sac.fingerprints(TorchOracle(m, ds.shape).probabilities(key.queries), 1.0)
+                       for m in (world["source"], first))
         assert cal["distances"][0] == pytest.approx(sac.correlation_distance(own[out], theirs[out]))
     keys.save(key, tmp_path / "sac.key", secret=SECRET.encode())
     loaded = keys.load(tmp_path / "sac.key", secret=SECRET.encode())
@@ -123,13 +126,92 @@ def test_a_tampered_threshold_or_bound_in_the_key_turns_a_match_into_no_match(wo
 
 def test_sac_w_asks_natural_images_the_source_gets_wrong(world):
     ds, source = world["ds"], world["source"]
-    key = sac.create(source, world["pools"], ds.train.x, variant="w", dataset=ds)
+    key = sac.create(source, world["pools"], ds.train.x, variant="w", screen="none", distilled_negatives=0,
+                     dataset=ds)
     pool = natural_pool(ds)
     rows = [int(torch.nonzero((pool.x == q).flatten(1).all(dim=1))[0]) for q in key.queries]
-    assert key.config["misclassified"] == len(rows) >= sac.MIN_KEPT
+    assert key.config["misclassified"] >= len(rows) >= sac.MIN_KEPT and key.config["screening_models"] == 0
     assert (source(key.queries).argmax(1) != pool.y[rows]).all()
     distilled = _verify(world["distilled"], key, ds)
     assert distilled.statistic < min(key.config["calibration"]["probabilities"]["distances"])
+
+
+def test_sharpened_outputs_are_the_logits_at_a_temperature_whatever_their_per_sample_shift():
+    z = torch.randn(30, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    shifted = z + torch.randn(30, 1, dtype=torch.float64) * 50  # an API's logits may carry any per-sample constant
+    for logits in (z, shifted):
+        p = torch.softmax(logits, dim=1)
+        assert torch.allclose(sac.sharpen(p, 0.1), torch.softmax(z / 0.1, dim=1), atol=1e-9)
+        assert torch.allclose(sac.correlation_matrix(sac.sharpen(p, 0.1)),
+                              sac.correlation_matrix(torch.softmax(z / 0.1, dim=1)), atol=1e-9)
+    p = torch.softmax(z, dim=1)
+    assert torch.equal(sac.sharpen(p, 1.0), p)  # the paper's temperature: the probabilities themselves
+    zeros = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])  # what a float32 API returns for a confident model
+    assert torch.isfinite(sac.sharpen(zeros, 0.1)).all()
+    assert torch.allclose(sac.sharpen(zeros, 0.1)[1], torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+
+
+def test_the_key_compares_sharpened_probabilities_and_a_format_1_key_the_plain_ones(world):
+    ds, key, model = world["ds"], world["key_w"], world["independent"][0]
+    assert key.config["temperature"] == sac.SHARP_TEMPERATURE == 0.1
+    theirs = TorchOracle(model, ds.shape).probabilities(key.queries)
+    sharp, plain = (sac.correlation_distance(sac.correlation_matrix(sac.sharpen(key.extras["probabilities"], t)),
+                                             sac.correlation_matrix(sac.sharpen(theirs, t))) for t in (0.1, 1.0))
+    verdict = _verify(model, key, ds)
+    assert verdict.statistic == pytest.approx(sharp) and verdict.details["temperature"] == 0.1
+    config = {name: value for name, value in key.config.items() if name not in ("temperature", "format")}
+    old = keys.KeyFile(sac.METHOD, config, key.queries, key.expected, key.extras)
+    assert _verify(model, old, ds).statistic == pytest.approx(plain) != pytest.approx(sharp)
+
+
+def test_the_screen_keeps_the_images_on_which_the_source_decides_unlike_most_independent_models(world):
+    source, y = torch.tensor([0, 1, 2, 3]), torch.tensor([9, 1, 9, 9])
+    others = [torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 0, 9]), torch.tensor([1, 1, 0, 9])]
+    assert sac.screened("minority", source, others, y).tolist() == [False, False, True, True]  # 2/3, 2/3, 0, 0
+    assert sac.screened("minority", source, others[:2], y).tolist() == [False, False, True, True]  # 1/2 is not < 1/2
+    assert sac.screened("wrong", source, others, y).tolist() == [True, False, True, False]  # 3/3, 1/3, 3/3, 1/3 wrong
+    assert sac.screened("none", source, [], y).all()
+    with pytest.raises(ArgumentError, match="screen"):
+        sac.screened("minority", source, [], y)
+    ds, pools, key = world["ds"], world["pools"], world["key_w"]
+
+    def share(key):
+        said = [m(key.queries).argmax(dim=1) for m in pools.negatives_val]
+        return torch.stack([s == key.expected for s in said]).double().mean(dim=0)
+
+    assert key.config["screen"] == "minority" and key.config["screening_models"] == len(pools.negatives_val)
+    assert (share(key) < 0.5).all() and key.config["kept"] == key.config["screened"] < key.config["misclassified"]
+    unscreened = sac.create(world["source"], pools, ds.train.x, variant="w", screen="none", distilled_negatives=0,
+                            dataset=ds)
+    assert (share(unscreened) >= 0.5).any() and unscreened.config["kept"] == key.config["misclassified"]
+
+
+def test_calibration_leaves_out_the_screening_models_and_takes_distilled_and_extra_negatives(world):
+    ds, pools, key_w = world["ds"], world["pools"], world["key_w"]
+    assert key_w.config["distilled_negatives"] == sac.DEFAULT_DISTILLED_NEGATIVES == 2
+    assert key_w.config["calibration_models"] == len(pools.negatives_train) + 2 == len(
+        key_w.config["calibration"]["probabilities"]["distances"])
+    assert world["key"].config["calibration_models"] == len(pools.negatives_train) + len(pools.negatives_val) + 2
+    # a distilled model among the calibration negatives pulls the threshold below its own distance: never claimed
+    distilled = world["distilled"]
+    assert _verify(distilled, world["key"], ds).passed
+    with_it = sac.create(world["source"], pools, ds.train.x, distilled_negatives=0, extra_negatives=[distilled],
+                         max_p_value=0.3, dataset=ds)  # so close a negative widens the null: even the source needs 0.3
+    verdict = _verify(distilled, with_it, ds)
+    assert with_it.config["extra_negatives"] == 1 and verdict.statistic == pytest.approx(
+        with_it.config["calibration"]["probabilities"]["threshold"])
+    assert not verdict.passed
+
+
+def test_distilled_negatives_are_students_of_the_teachers_in_turn(world):
+    ds, teachers = world["ds"], world["independent"]
+    students = sac.distill_negatives(teachers, ds.train.x, 3, epochs=15, seed=0)
+    assert len(students) == 3 and all(s is not t for s in students for t in teachers)
+    for student, teacher in zip(students, [*teachers, teachers[0]]):
+        agree = (student(ds.test.x).argmax(1) == teacher(ds.test.x).argmax(1)).double().mean()
+        assert agree > 0.8
+    with pytest.raises(ArgumentError, match="teacher"):
+        sac.distill_negatives([], ds.train.x, 1, epochs=1, seed=0)
 
 
 def test_cutmix_pastes_one_square_of_a_donor_image_and_repeats_with_the_seed():
@@ -167,6 +249,14 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
              "--out", out, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["shadow_models_trained"] == 0 and json.loads(r.stdout)["kept"] == 50
+    screened = tmp_path / "sac-w.key"
+    r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+             "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache",
+             "--variant", "w", "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 3,
+             "--max-p-value", 0.05, "--out", screened, "--json")
+    assert r.exit_code == 0, r.output
+    config = keys.load(screened, secret=SECRET.encode()).config
+    assert (config["screen"], config["temperature"], config["calibration_models"]) == ("minority", 0.5, 6)
     independent = tmp_path / "independent.safetensors"
     models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
                 independent)

@@ -10,7 +10,11 @@ the suspect is asked *probabilities* to verify (labels only: the one-hot variant
 Query set (n = 100 in the paper), drawn from held-out natural images (the natural pool: the first half
 of the test split, ``nnmark.data.roles``), two variants (``variant``):
 
-- SAC-w (``misclassified_queries``): natural images the source model labels wrongly;
+- SAC-w (``misclassified_queries``): natural images the source model labels wrongly, screened
+  (``screened``, ``screen``) by the pools' validation negatives (independent models): by default
+  ("minority") an image is kept only where fewer than half of them give the source's label, so the
+  key asks where the source decides unlike independent models; "wrong" keeps the paper's condition
+  (most of them misclassify it too), "none" every error of the source;
 - SAC-m (``cutmix_queries``): CutMix images, a natural image with a square patch of another pasted in.
 
 Fingerprint (``correlation_matrix``): for outputs O_1..O_n of a model on the queries, the n x n matrix
@@ -19,13 +23,17 @@ correlation functions. Distance (``correlation_distance``): d = ||C_source - C_s
 absolute difference of the two matrices (the paper's and its code's measure). Smaller d: more alike.
 
 Outputs: the key keeps the source's probabilities on the queries (the extra tensor "probabilities"; the
-expected labels are their argmax). A probabilities oracle is compared on probability vectors; a labels-only
+expected labels are their argmax). A probabilities oracle is compared on probability vectors sharpened at
+``temperature`` T (``sharpen``: softmax(log p / T), which is softmax(z / T) of the logits z whatever
+per-sample constant they carry, since log p = z - logsumexp z; T = 1 is p itself); a labels-only
 oracle on one-hot vectors (C_ij = 1 when O_i and O_j name the same label, else 0). The key calibrates both
 (``OUTPUTS``); verification decides on the richest output the oracle gives and reports the one-hot
 distance beside it.
 
 Calibration (``calibrate``) on K models the owner trained independently of the source (the "shadow" input:
-every negative model of the pools; the paper compares with 20 such "irrelevant" models): their distances
+the negative models of the pools, less the validation negatives when they screened SAC-w's queries, since
+the screen pushes exactly their distances up; plus ``extra_negatives`` and ``distilled_negatives``
+students distilled from the train negatives; the paper compares with 20 "irrelevant" models): their distances
 d_1..d_K set the threshold tau = min_k d_k, so no calibration model would match. The key records tau,
 d_1..d_K and their mean and standard deviation, per output; the distances of the derived positive
 shadow models (noised and fine-tuned copies of the source), when the pools have any, are recorded
@@ -50,20 +58,81 @@ d < tau AND p < max_p_value, else "no match" (exit 1).
 
 Symbols and defaults: n = 100, CutMix patch side ``patch`` = 0.5 of the image side at a uniformly drawn
 position (the authors' code pastes a 0.2 patch near a corner of a 32x32 photo; the corners of a digit are
-blank, so nnmark's default patch covers part of the digit), max_p_value = 0.01, K >= 2 (``metafinger.Pools``
-needs a negative train and a negative validation model; the t needs K - 1 >= 1).
+blank, so nnmark's default patch covers part of the digit), T = 1 for SAC-m and 0.1 for SAC-w, screen
+"minority" (SAC-w only), 2 distilled negatives, max_p_value = 0.01, K >= 2 (the t needs K - 1 >= 1).
+Key format 2 records T; a format-1 key (before T) is verified on plain probabilities, as it was made.
 
 Choices and gaps:
 
-- SAC-w keeps images the *source* misclassifies; the paper's SAC-w also asks that surrogate models trained
-  by the owner misclassify them (the reason SAC-m was made: it needs none).
+- SAC-w's screen: the paper asks that surrogate models misclassify the images too ("wrong"); nnmark asks
+  that most independent models *label them otherwise than the source* ("minority"), which measured
+  better (below).
 - outputs are probabilities, as every nnmark oracle gives them; the authors' code correlates raw logits.
+  Their signal reaches an API exactly (centred log-probabilities are centred logits), but logits and
+  centred logits both measured worse than probabilities here (study); SAC-w sharpens them instead.
   One-hot rows are plain 0/1 vectors (the code smooths them, an affine change of C that only rescales d).
+- distilled negatives (``distill_negatives``): the hardest independent models (a student of an independent
+  teacher) are the ones SAC-m claims; two are made by default, at ``distill_epochs`` each (about 50 s for a
+  LeNet-5 on 30,000 Fashion-MNIST images on 2 cores).
 - the query images come from the natural pool of ``dataset``, the one the shadow models train on (``nnmark
   mark sac`` passes it); a caller that passes none gets the dataset ``meta["data"]`` names, refused when its
   training images differ from those given.
 - with ``--af`` > 0 the pools' negatives include noised copies of each independent model: they are still
   independent of the source, but not of each other; ``--af 0`` calibrates on from-scratch models only.
+
+Study (``nnmark bench ownership``'s seed-0 models: LeNet-5 victim on the owner half of Fashion-MNIST, its
+thieves' copies, 21 independent models of three architectures, 4 of them distilled from independent
+teachers; ROC AUC of the distance, copies against the independent models). First, one cause at a time
+from the models' logits, mean over 5-20 draws of n = 100 queries, for the three thefts SAC-m missed
+(extraction with labels / probabilities into VGG-11, label extraction + PGD training at eps 0.05):
+
+==============================================================  =========  =========  ========
+cause tested                                                    labels     probs      + PGD
+==============================================================  =========  =========  ========
+SAC-m as it was (CutMix 0.5, probabilities, cosine, L1)         0.68       0.95       0.66
+logits, as the authors' code                                    0.13       0.53       0.93
+centred log-probabilities (= centred logits)                    0.03       0.67       0.80
+one-hot labels                                                  0.61       0.89       0.84
+patch 0.2 uniform / in a corner (authors' code)                 0.52/0.30  0.97/0.99  0.32/0.15
+natural images instead of CutMix                                0.21       1.00       0.08
+Pearson for cosine, L2 or 1 - corr(C, C') for L1                0.57-0.65  0.97-0.99  0.69-0.95
+SAC-w: the source's errors                                      0.33       1.00       0.57
+SAC-w, paper's screen (most of 11 independent models wrong)     0.35       1.00       0.47
+natural, minority screen by 11 independent models               0.10       1.00       0.91
+the same, sharpened T = 0.1                                     1.00       1.00       1.00
+CutMix 0.2, minority screen, T = 0.1                            0.95       0.99       0.99
+==============================================================  =========  =========  ========
+
+Sharpening matters because a copy trained on hard labels answers ambiguous images with its own
+confidence: the probabilities' correlation then tells it from the source, the labels' do not. The
+screen asks where the source decides unlike independent models, which is what a copy inherits. Then
+end to end with ``create`` (3 seeds; 2 validation negatives screen, 9 train negatives plus 2 distilled
+ones calibrate): AUC for the same thefts, and the independent models the decision rule claims (of 63):
+
+=============================================  =====  =====  =====  ======================================
+key                                            labels probs  + PGD  false claims
+=============================================  =====  =====  =====  ======================================
+SAC-m (default, as before)                     0.68   0.94   0.73   2 (a LeNet-5 distilled from a LeNet-5)
+SAC-m, 2 distilled negatives or not            0.68   0.94   0.73   2 (the same)
+SAC-m, T = 0.1                                 0.68   0.65   0.75   0
+SAC-m, 2,000 CutMix candidates screened        0.81   0.97   0.83   3 (ResNet-20s and a student of one)
+SAC-w as before (no screen, T = 1)             0.37   1.00   0.56   0
+SAC-w, paper's screen ("wrong")                0.43   1.00   0.43   0 (seed 0: no key, too few models)
+SAC-w, minority screen, T = 1                  0.02   1.00   1.00   0
+SAC-w, no screen, T = 0.1                      0.84   1.00   0.46   0
+SAC-w default (minority, T = 0.1)              1.00   1.00   1.00   0
+SAC-w default, labels only (one-hot)           1.00   1.00   1.00   0
+=============================================  =====  =====  =====  ======================================
+
+SAC-w (default) scores AUC 1.00 against every theft that keeps its accuracy (labels only: 0.93 against
+distillation into VGG-11, 1.00 elsewhere), so the issue's SAC goals (0.99 against distillation and
+extraction, 0.9 against extraction + adversarial training) hold for SAC-w on these models, and stay
+refuted for SAC-m (0.68 / 0.94 / 0.73). The decision rule is weaker than the AUC: with 11 calibration
+models the t-bound at 0.01 matched, over the 3 seeds, 0 / 1 / 3 of 3 of those copies, and 2 / 3 of the
+distillations into VGG-11. The screen was chosen on these very models; a second victim would test it.
+The distilled negatives did not remove SAC-m's false claim; they raise SAC-w's matches (K 9 -> 11).
+SAC-m stays the default variant because SAC-w needs enough screened errors of the source (13 on the
+digits, 106 of 594 errors here).
 
 Example::
 
@@ -82,6 +151,7 @@ from scipy.special import stdtr
 from torch import nn
 
 from nnmark import data
+from nnmark.attacks.distill import SOK_TEMPERATURE, distill
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
@@ -92,14 +162,28 @@ from nnmark.models.card import ModelCard
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "sac"
+FORMAT = 2
+"""Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1)."""
 DEFAULT_VARIANT = "m"
 PAPER_N = 100
 MIN_KEPT = 10
 """The fewest queries of a key worth writing: C has n (n - 1) / 2 free pairs, and the paper uses 100."""
 DEFAULT_PATCH = 0.5
 DEFAULT_MAX_P_VALUE = 0.01
+PAPER_TEMPERATURE = 1.0
+"""Temperature 1: the probabilities themselves, the closest an API gives to the authors' logits (SAC-m's default)."""
+SHARP_TEMPERATURE = 0.1
+"""SAC-w's default temperature: its screened images are those a thief's copy must answer as the source does."""
+SCREENS = ("minority", "wrong", "none")
+"""SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
+DEFAULT_SCREEN = "minority"
+DEFAULT_DISTILLED_NEGATIVES = 2
+DISTILL_EPOCHS = 4
+TINY = torch.finfo(torch.float32).tiny
+"""Probabilities are clamped to this before the log: a float32 API returns exact zeros."""
 OUTPUTS = ("probabilities", "labels")
-"""The outputs a key is calibrated for: probability vectors, and one-hot labels for a labels-only oracle."""
+"""The outputs a key is calibrated for: (sharpened) probability vectors, and one-hot labels for a labels-only
+oracle."""
 
 
 def cutmix_queries(x: torch.Tensor, n: int, *, patch: float, generator: torch.Generator) -> tuple[torch.Tensor,
@@ -133,9 +217,37 @@ def misclassified_queries(y: torch.Tensor, predicted: torch.Tensor, n: int, *,
     return order[predicted[order] != y[order]][:n]
 
 
+def screened(rule: str, source_labels: torch.Tensor, screening_labels: Sequence[torch.Tensor],
+             y: torch.Tensor) -> torch.Tensor:
+    """SAC-w's screen of candidates (N,) whose true labels are ``y``, by independent models' labels (each (N,)):
+    "minority" keeps those whose source label fewer than half of the models give (the source decides unlike most
+    independent models), "wrong" those that most of the models misclassify too (the paper's), "none" all."""
+    if rule == "none":
+        return torch.ones(len(y), dtype=torch.bool)
+    if rule not in SCREENS or not screening_labels:
+        raise ArgumentError(f"a screen is one of {', '.join(SCREENS)} and needs an independent model, got {rule!r} "
+                            f"with {len(screening_labels)}")
+    said = torch.stack(list(screening_labels))
+    if rule == "minority":
+        return (said == source_labels).double().mean(dim=0) < 0.5
+    return (said != y).double().mean(dim=0) > 0.5
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Labels (n,) as one-hot rows (n, K) in float64: the outputs of a labels-only model."""
     return nn.functional.one_hot(labels, num_classes).double()
+
+
+def sharpen(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log p / T) per row, in float64; T = 1 returns p itself.
+
+    log p = z - logsumexp(z) for logits z, so this is softmax(z / T) whatever per-sample constant the logits
+    carry: the same from logits, probabilities or any per-row shift of the logits. Zeros are clamped to ``TINY``.
+    """
+    p = probabilities.double()
+    if temperature == 1:
+        return p
+    return torch.softmax(p.clamp_min(TINY).log() / temperature, dim=1)
 
 
 def correlation_matrix(outputs: torch.Tensor) -> torch.Tensor:
@@ -153,10 +265,12 @@ def correlation_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> float:
     return float((c_a - c_b).abs().mean())
 
 
-def fingerprints(probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
-    """C of each output in ``OUTPUTS`` from a model's probabilities (n, K) on the queries."""
+def fingerprints(probabilities: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    """C of each output in ``OUTPUTS`` from a model's probabilities (n, K) on the queries: of the probabilities
+    sharpened at ``temperature``, and of the one-hot labels."""
     labels = one_hot(probabilities.argmax(dim=1), probabilities.shape[1])
-    return {"probabilities": correlation_matrix(probabilities), "labels": correlation_matrix(labels)}
+    return {"probabilities": correlation_matrix(sharpen(probabilities, temperature)),
+            "labels": correlation_matrix(labels)}
 
 
 def calibrate(distances: Sequence[float]) -> dict:
@@ -195,10 +309,15 @@ def _probabilities(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch
     return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes).probabilities(x)
 
 
-def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: torch.Tensor,
-               num_classes: int) -> dict[str, list[float]]:
+def _labels(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A local model's top-1 labels on x, as a verifier's oracle gives them."""
+    return _probabilities(model, x, num_classes).argmax(dim=1)
+
+
+def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: torch.Tensor, num_classes: int,
+               temperature: float) -> dict[str, list[float]]:
     """Each model's distance to the source's fingerprints, per output."""
-    found = [fingerprints(_probabilities(m, x, num_classes)) for m in models]
+    found = [fingerprints(_probabilities(m, x, num_classes), temperature) for m in models]
     return {out: [correlation_distance(source[out], f[out]) for f in found] for out in OUTPUTS}
 
 
@@ -215,14 +334,36 @@ def _held_out(images: torch.Tensor, num_classes: int, dataset: data.Dataset | No
 
 
 def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-    """The variant's queries from the natural ``pool``, its extras and its config entries."""
+             screen: str, screening: Sequence[nn.Module],
+             generator: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
+    """The variant's queries from the natural ``pool``, its extras and its config entries; SAC-w keeps the images the
+    source misclassifies that pass the ``screen`` of the ``screening`` models."""
     if variant == "m":
         x, base = cutmix_queries(pool.x, n, patch=patch, generator=generator)
         return x, {"sources": pool.x[base].contiguous()}, {"patch": float(patch), "candidates": len(pool)}
-    wrong = misclassified_queries(pool.y, _probabilities(source, pool.x, num_classes).argmax(dim=1), n,
-                                  generator=generator)
-    return pool.x[wrong], {}, {"candidates": len(pool), "misclassified": len(wrong)}
+    predicted = _labels(source, pool.x, num_classes)
+    wrong = misclassified_queries(pool.y, predicted, len(pool), generator=generator)
+    passed = screened(screen, predicted[wrong], [_labels(m, pool.x[wrong], num_classes) for m in screening],
+                      pool.y[wrong])
+    kept = wrong[passed][:n]
+    return pool.x[kept], {}, {"candidates": len(pool), "misclassified": len(wrong), "screen": screen,
+                              "screened": int(passed.sum())}
+
+
+def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: int, *, epochs: int,
+                      seed: int) -> list[nn.Module]:
+    """k independent models of the hardest kind: students of the teachers' architecture distilled (T = 3, soft
+    labels only) from the ``teachers`` in turn on the owner's ``images``."""
+    if k and not teachers:
+        raise ArgumentError("distilled negatives need at least one independent teacher")
+    students = []
+    for i in range(k):
+        teacher = teachers[i % len(teachers)].eval()
+        with torch.no_grad():
+            y = torch.cat([teacher(batch).argmax(dim=1) for batch in images.split(1000)])
+        students.append(distill(teacher, images, y, temperature=SOK_TEMPERATURE, alpha=1.0, epochs=epochs,
+                                seed=seed + 1 + i).eval())
+    return students
 
 
 def create(
@@ -233,24 +374,37 @@ def create(
     variant: Literal["m", "w"] = DEFAULT_VARIANT,
     n: int = PAPER_N,
     patch: float = DEFAULT_PATCH,
+    temperature: float | None = None,
+    screen: Literal["minority", "wrong", "none"] = DEFAULT_SCREEN,
+    distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
+    distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
     seed: int = 0,
     dataset: data.Dataset | None = None,
+    extra_negatives: Sequence[nn.Module] | None = None,
     model_digest: str = "",
     meta: dict | None = None,
 ) -> KeyFile:
-    """Make a SAC key: n queries of ``variant``, the source's probabilities on them, calibrated on the pools'
-    negative (independent) models; see the module docstring.
+    """Make a SAC key: n queries of ``variant``, the source's probabilities on them, calibrated on
+    independent models; see the module docstring.
 
     ``images``: the owner's training images (N, C, H, W) in [0, 1], those the pools trained on; the queries are
     drawn from the natural pool of ``dataset`` (None: the dataset ``meta["data"]`` names, checked against
-    ``images``). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
+    ``images``). ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller
+    made). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
     too few held-out images) or when even the source itself could not match.
 
     Args:
         variant: "m" (SAC-m: CutMix images) or "w" (SAC-w: natural images the source misclassifies).
         n: most queries kept in the key.
         patch: SAC-m's patch side, as a fraction of the image side.
+        temperature: compare probabilities sharpened to softmax(log p / temperature) (default: 1, the
+            probabilities, for SAC-m; 0.1 for SAC-w).
+        screen: SAC-w's screen by the pools' validation negatives, which then leave the calibration: minority
+            (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's) or
+            none.
+        distilled_negatives: students distilled from the pools' train negatives, added to the calibration.
+        distill_epochs: training epochs of each distilled negative.
         max_p_value: a match needs the fitted p-value of its distance below this.
         seed: draws the CutMix images, or the order in which misclassified images are kept.
     """
@@ -260,33 +414,50 @@ def create(
     if n < MIN_KEPT or not 0 < max_p_value < 1 or variant not in ("m", "w"):
         raise ArgumentError(f"need n >= {MIN_KEPT}, max_p_value in (0, 1) and variant m or w, got {n}, {max_p_value}, "
                             f"{variant!r}")
+    if temperature is None:
+        temperature = SHARP_TEMPERATURE if variant == "w" else PAPER_TEMPERATURE
+    if not (math.isfinite(temperature) and temperature > 0) or distilled_negatives < 0 or distill_epochs < 1 or (
+            screen not in SCREENS):
+        raise ArgumentError(f"need temperature > 0, distilled_negatives >= 0, distill_epochs >= 1 and a screen of "
+                            f"{', '.join(SCREENS)}, got {temperature}, {distilled_negatives}, {distill_epochs}, "
+                            f"{screen!r}")
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
     pool = _held_out(images, num_classes, dataset, meta)
-    x, extras, found = _queries(source, pool, variant, n, patch, num_classes, torch.Generator().manual_seed(seed))
+    screening = list(pools.negatives_val) if variant == "w" and screen != "none" else []
+    x, extras, found = _queries(source, pool, variant, n, patch, num_classes, screen, screening,
+                                torch.Generator().manual_seed(seed))
     if len(x) < MIN_KEPT:
-        raise NnmarkError(f"only {len(x)} SAC-{variant} queries found, fewer than {MIN_KEPT}: the source misclassifies "
-                          "too few held-out images; use variant m")
+        raise NnmarkError(f"only {len(x)} SAC-{variant} queries found, fewer than {MIN_KEPT}: too few held-out "
+                          "images the source misclassifies (and the screen keeps); use variant m or --screen none")
     probabilities = _probabilities(source, x, num_classes)
-    own = fingerprints(probabilities)
-    negatives = [*pools.negatives_train, *pools.negatives_val]
-    calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes).items()}
+    own = fingerprints(probabilities, temperature)
+    scratch = [*pools.negatives_train, *(pools.negatives_val if not screening else ())]
+    negatives = [*scratch, *(extra_negatives or ()),
+                 *distill_negatives(pools.negatives_train, images, distilled_negatives, epochs=distill_epochs,
+                                    seed=seed)]
+    calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature).items()}
     for out, cal in calibration.items():
         if not judge(0.0, cal, max_p_value)["match"]:
             raise NnmarkError(f"the {out} calibration distances (mean {cal['mean']:.3g}, sd {cal['std']:.3g}) are too "
                               f"spread for even the source to reach p < max_p_value = {max_p_value:g}; use more "
                               "calibration models or a larger max_p_value")
     config = {
-        "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed), "num_classes": num_classes,
-        "max_p_value": float(max_p_value), "calibration_models": len(negatives), "calibration": calibration,
-        "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes),
-        "p_value": "student-t", **found,
+        "format": FORMAT, "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed),
+        "num_classes": num_classes, "temperature": float(temperature),
+        "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
+        "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
+        "calibration": calibration, "p_value": "student-t",
+        "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes,
+                                        temperature),
+        **found,
     }
     if clash := sorted(set(meta) & set(config)):
         raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
     config.update(meta)
-    note_shortfall(config, n, len(x), f"the source misclassifies only {len(x)} of {len(pool)} held-out images")
+    note_shortfall(config, n, len(x), f"the source misclassifies only {found.get('misclassified')} of {len(pool)} "
+                   f"held-out images, {len(x)} of them kept by the screen {screen}")
     return KeyFile(method=METHOD, config=config, queries=x.float().contiguous(),
                    expected=probabilities.argmax(dim=1).contiguous(),
                    extras={"probabilities": probabilities.float().contiguous(), **extras}, model_digest=model_digest)
@@ -303,6 +474,17 @@ def _calibration(key: KeyFile, out: str) -> dict:
     if len(parsed["distances"]) < 2 or not parsed["std"] > 0:
         raise KeyFileError(f"{METHOD} key's {out} calibration needs >= 2 distances and a std > 0")
     return parsed
+
+
+def _temperature(key: KeyFile) -> float:
+    """The key's temperature: ``PAPER_TEMPERATURE`` for a format-1 key (it has none), else a number > 0."""
+    try:
+        temperature = float(key.config.get("temperature", PAPER_TEMPERATURE))
+    except (TypeError, ValueError):
+        raise KeyFileError(f"{METHOD} key config has a non-numeric temperature") from None
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise KeyFileError(f"{METHOD} key config has a temperature that is not a finite number > 0")
+    return temperature
 
 
 def _source_outputs(key: KeyFile) -> torch.Tensor:
@@ -331,11 +513,12 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         raise KeyFileError(f"{METHOD} key config lacks a numeric max_p_value") from None
     if not 0 < max_p_value < 1:
         raise KeyFileError(f"{METHOD} key config has max_p_value outside (0, 1)")
-    own = fingerprints(_source_outputs(key))
+    temperature = _temperature(key)
+    own = fingerprints(_source_outputs(key), temperature)
     before = oracle.queries
     if oracle.can("probabilities"):
         outputs = oracle.probabilities(key.queries)
-        labels, theirs = outputs.argmax(dim=1), fingerprints(outputs)
+        labels, theirs = outputs.argmax(dim=1), fingerprints(outputs, temperature)
     else:
         labels = oracle.labels(key.queries)
         theirs = {"labels": correlation_matrix(one_hot(labels, oracle.num_classes))}
@@ -347,7 +530,8 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         method=key.method, decision="match" if main["match"] else "no match", passed=main["match"],
         statistic_name="correlation_distance", statistic=main["distance"],
         flipped=torch.nonzero(labels != key.expected).flatten().tolist(), queries=oracle.queries - before,
-        details={"output": used, **main, "max_p_value": max_p_value, "variant": key.config.get("variant"), **results},
+        details={"output": used, **main, "max_p_value": max_p_value, "variant": key.config.get("variant"),
+                 "temperature": temperature, **results},
     )
 
 
