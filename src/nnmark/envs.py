@@ -336,7 +336,8 @@ def check_environment(oracle: Oracle, key, verdict, *, fragile: bool, accept: bo
     for a key that records none (made before keys did).
 
     The rule, for a failed check of a ``fragile`` key whose numerics differ from here (``differences``; an endpoint
-    is taken to run in ``DEFAULT_RECORD``, ONNX Runtime and worker environments differ from any torch record):
+    is taken to run in ``DEFAULT_RECORD``, and differs as well where the environment it publishes (``nnmark serve``
+    does) differs; ONNX Runtime and worker environments differ from any torch record):
     a local torch model whose key environment can run here is asked the key in both environments; if the change of
     environment alone flips a query or leaves one within its spread (``_at_risk``; ``reverify(oracle)`` is the
     method's verdict there), or the key's environment cannot run here, or the model is an endpoint,
@@ -350,8 +351,11 @@ def check_environment(oracle: Oracle, key, verdict, *, fragile: bool, accept: bo
     here = record(inner)
     if here is not None:
         differs = differences(made_in, here)
-    elif isinstance(inner, EndpointOracle):
-        differs = differences(made_in, DEFAULT_RECORD)
+    elif isinstance(inner, EndpointOracle):  # what it publishes can add a difference, never remove one
+        params = (getattr(inner, "metadata", None) or {}).get("parameters")
+        published = params.get("environment") if isinstance(params, dict) else None
+        differs = {**(differences(made_in, published) if isinstance(published, dict) else {}),
+                   **differences(made_in, DEFAULT_RECORD)}
     else:
         differs = {"runtime": ["torch", type(inner).__name__]}
     others = {f: [made_in.get(f), here.get(f)] for f in OTHERS if here is not None and made_in.get(f) != here.get(f)}
@@ -363,9 +367,12 @@ def check_environment(oracle: Oracle, key, verdict, *, fragile: bool, accept: bo
     risky = _at_risk(inner, made_in, here, key.queries, reverify) if here is not None and reverify else None
     if risky == 0:
         return {**note, "at_risk": 0}
-    if risky is None:
-        why = ("an endpoint is taken to run on the CPU in float32 and cannot be asked in the key's environment"
-               if here is None and isinstance(inner, EndpointOracle) else "the key's environment cannot run here")
+    if isinstance(inner, EndpointOracle):
+        why = "an endpoint is taken to run on the CPU in float32 and cannot be asked in the key's environment"
+    elif here is None:
+        why = f"{type(inner).__name__} cannot be asked the key beside the key's environment"
+    elif risky is None:
+        why = f"the key's environment (device {made_in.get('device')}) cannot run here"
     else:
         why = f"{risky} of its {len(key.queries)} queries answer differently, or lie within the numeric spread, there"
     raise EnvironmentMismatch(
@@ -381,3 +388,15 @@ CALIBRATION = ("float64", "mkldnn-off", "batch1", "cuda")
 def calibration_environments() -> list[str]:
     """The environments of ``CALIBRATION`` this machine runs (the CPU variants; the CUDA one where a GPU is here)."""
     return [name for name in CALIBRATION if name in ENVIRONMENTS]
+
+
+def note_line(note: dict | None) -> str | None:
+    """The one line a verdict's environment note (``check_environment``) is shown as; None when nothing differs."""
+    if not note or not (note["differs"] or note["others"]):
+        return None
+    line = f"note: the key was made in another environment ({described({**note['differs'], **note['others']})})"
+    if note["accepted"]:
+        return line + "; its verdict is given at the owner's risk (--accept-environment)"
+    if note["at_risk"] == 0:
+        return line + "; no query of the key answers differently there on this model, so the verdict stands"
+    return line

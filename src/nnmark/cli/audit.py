@@ -7,14 +7,14 @@ import sys
 
 import click
 
-from nnmark import keyinfo
+from nnmark import envs, keyinfo
 from nnmark import keys as keyfiles
 from nnmark.audit import log as audit_log
 from nnmark.audit import report as audit_report
 from nnmark.audit import run as audit_run
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, FiniteFloat, Group, emit, json_option, with_secret
-from nnmark.cli.suspect import SuspectOptions, suspect_options
+from nnmark.cli.suspect import SuspectOptions, accept_environment_option, suspect_options
 from nnmark.errors import printable
 from nnmark.suspect import ModelSource, Suspect
 
@@ -39,7 +39,7 @@ def _target(suspect: Suspect, options: SuspectOptions) -> audit_run.Target:
     """The audit target of one suspect (the local model, or one --endpoint), built as the Python API builds it
     (``audit_run.local_target`` / ``endpoint_target``): opened when the audit reaches it, in its worker thread."""
     if isinstance(suspect, ModelSource):
-        return audit_run.local_target(suspect, options.env, options.budget)
+        return audit_run.local_target(suspect, options.env, options.budget, options.device)
     return audit_run.endpoint_target(suspect, token=options.token, budget=options.budget)
 
 
@@ -53,7 +53,9 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
             lines.append(f"  {r.method or r.key} ({r.purpose or 'unknown'}): {r.decision.upper()} - {measured}"
                          f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
                          + (f"; disagrees: {'; '.join(r.disagreements)}" if r.disagreements else "")
-                         + (f"; flipped {r.flipped}" if r.flipped else ""))
+                         + (f"; flipped {r.flipped}" if r.flipped else "")
+                         + (f"; {line.removeprefix('note: ')}" if (line := envs.note_line(r.details.get("environment")))
+                            else ""))
     return "\n".join(map(printable, lines))
 
 
@@ -79,10 +81,11 @@ def _error_exit(message: str) -> None:
               help="Queries per batch before the decision is checked again.")
 @click.option("--workers", type=click.IntRange(1), default=audit_run.DEFAULT_WORKERS, show_default=True,
               help="Endpoints of a fleet asked at once.")
+@accept_environment_option
 @with_secret
 @json_option
 def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size, workers,
-          secret_file, unsigned, as_json) -> None:
+          accept_environment, secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
     \b
@@ -99,7 +102,7 @@ def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequent
         raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
     audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
     settings = audit_run.Settings(secret=secret, alpha=alpha, seed=seed, sequential=not no_sequential,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, accept_environment=accept_environment)
     targets = [_target(one, suspect) for one in suspect.suspects()]
     reports = audit_run.audit_fleet(targets, audit_keys, settings, workers=workers)
     meta = {"alpha": alpha, "seed": seed, "sequential": not no_sequential, "batch_size": batch_size}
