@@ -67,6 +67,15 @@ def test_round_trip_signed(signed):
     assert_same(keys.load(signed, secret=SECRET), make_key())
 
 
+def test_environment_record_round_trips_and_must_be_an_object(tmp_path):
+    made_in = {"device": "cuda", "device_name": "NVIDIA H100", "dtype": "float32", "tf32_matmul": False, "threads": 16}
+    keys.save(make_key(config={keys.ENVIRONMENT: made_in}), tmp_path / "k.key", secret=SECRET)
+    assert keys.load(tmp_path / "k.key", secret=SECRET).config[keys.ENVIRONMENT] == made_in
+    for bad in ("cuda", ["cuda"], None):
+        with pytest.raises(KeyFileError, match="'environment' must be an object"):
+            make_key(config={keys.ENVIRONMENT: bad})
+
+
 def test_round_trip_unsigned(tmp_path):
     path = tmp_path / "key.safetensors"
     keys.save(make_key(extras={}, model_digest=""), path, secret=None)
