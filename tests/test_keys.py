@@ -453,6 +453,9 @@ def test_key_files_of_format_1_still_load_and_verify(tmp_path):
     assert models.digest(model) == key.model_digest
     verdict = marks.verify(TorchOracle(model, config.input_shape, config.num_classes), key)
     assert verdict.passed and verdict.decision == "intact"
+    assert keys.ENVIRONMENT not in key.config and "environment" not in verdict.details  # made before keys recorded it
+    elsewhere = marks.verify(TorchOracle(model, config.input_shape, config.num_classes, dtype=torch.float64), key)
+    assert elsewhere.passed and "environment" not in elsewhere.details
     with pytest.raises(SignatureError):
         keys.load(path, secret=secret + b"x")
 

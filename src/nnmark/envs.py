@@ -308,7 +308,7 @@ def _how_to_run(made_in: dict) -> str:
         if env.factory is TorchOracle and "device" not in options and all(
                 {**DEFAULT_RECORD, **options}[f] == made_in.get(f) for f in NUMERICS[1:]):
             return f"with --device {made_in.get('device')} --env {name}"
-    return f"in the environment the key records ({described({f: [None, made_in.get(f)] for f in NUMERICS})})"
+    return "in the environment the key records (" + ", ".join(f"{f} {made_in.get(f)}" for f in NUMERICS) + ")"
 
 
 def _at_risk(inner: TorchOracle, made_in: dict, here: dict, queries, reverify: Callable) -> int | None:
@@ -320,10 +320,13 @@ def _at_risk(inner: TorchOracle, made_in: dict, here: dict, queries, reverify: C
     except ArgumentError:
         return None
     shape, k = inner.input_shape, inner.num_classes
-    with TorchOracle(inner.module, shape, k, **there_options) as there, \
-            TorchOracle(inner.module, shape, k, **_oracle_options(here)) as now:
-        p_there, p_now = there.probabilities(queries), now.probabilities(queries)
-        flips = set(reverify(there).flipped) ^ set(reverify(now).flipped)
+    try:
+        with TorchOracle(inner.module, shape, k, **there_options) as there, \
+                TorchOracle(inner.module, shape, k, **_oracle_options(here)) as now:
+            p_there, p_now = there.probabilities(queries), now.probabilities(queries)
+            flips = set(reverify(there).flipped) ^ set(reverify(now).flipped)
+    except (RuntimeError, torch.jit.Error):  # a module that cannot be copied, converted or traced there
+        return None
     top = p_there.topk(2, dim=1).values
     spread = (p_there - p_now).abs().amax(dim=1)
     near = torch.nonzero(top[:, 0] - top[:, 1] <= RISK_FACTOR * spread).flatten().tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import platform
 import warnings
 from typing import TYPE_CHECKING
@@ -48,14 +49,17 @@ def device_name(device: torch.device) -> str:
     """What ``device`` is: a CUDA card's name, the CPU's model name (else its architecture), or the device type."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as fh:
-                names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        except OSError:
-            names = []
-        return names[0] if names else platform.machine() or "cpu"
-    return device.type
+    return _cpu_name() if device.type == "cpu" else device.type
+
+
+@functools.cache
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.machine() or "cpu"
 
 
 class ModuleInputs:
