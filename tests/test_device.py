@@ -13,7 +13,7 @@ from nnmark.cli import main
 from nnmark.cli.bench import _on_device
 from nnmark.cli._shared import CliError
 from nnmark.errors import ArgumentError, EnvironmentMismatch, NnmarkError
-from nnmark.marks.integrity import baselines, dbi
+from nnmark.marks.integrity import dbi
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import EndpointOracle, TorchOracle
 from nnmark.oracles.local import CUDA_FLAGS, cuda_flags

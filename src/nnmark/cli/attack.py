@@ -149,8 +149,9 @@ def _command(spec: Spec) -> click.Command:
         run = suspect_options(run, taken=tuple(o.name for o in options if o.name in ENDPOINT_OPTIONS))
         examples.append(ENDPOINT_EXAMPLE.format(name=spec.name))
     else:
-        run = model_option(device_option(run, help="Where the attack runs on --model: cpu, cuda, cuda:N, mps, or auto "
-                                                   "(the first accelerator); the file written is the same on any device."))
+        run = model_option(device_option(run, help="Where the attack runs on --model: cpu, cuda, cuda:N, mps, or "
+                                                   "auto (the first accelerator); the file written is the same on any "
+                                                   "device."))
     doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  " + "\n  ".join(examples)
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 

@@ -180,7 +180,8 @@ def keys_ls(folder, secret_file, as_json) -> None:
 @_secret_option
 @json_option
 def keys_show(key_path, secret_file, as_json) -> None:
-    """One key file: method, purpose, created, model digest and card, query count, config, signature status.
+    """One key file: method, purpose, created, model digest and card, environment, query count, config, signature
+    status.
 
     With a secret (--secret-file or NNMARK_SECRET) the signature is checked: a key that does not verify under it
     is shown, and the exit status is 2 with one error line. Without one the signature shows as "not checked"

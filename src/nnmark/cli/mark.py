@@ -191,7 +191,8 @@ def _training(pretrained: bool | None):
             return key, TorchOracle(wm_model, ds.shape, ds.num_classes, device=given["device"]), \
                 lambda: write(wm_model.cpu(), key.config["clean_accuracy"], given["out_model"])
 
-        yield _Prepared((model.to(given["device"]), ds), finish, ds.test, loaded, {"pretrained": tune}, {"out_model": given["out_model"]})
+        yield _Prepared((model.to(given["device"]), ds), finish, ds.test, loaded, {"pretrained": tune},
+                        {"out_model": given["out_model"]})
     return prepare
 
 
