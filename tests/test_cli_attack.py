@@ -36,8 +36,8 @@ def test_every_attack_is_a_command_whose_options_are_the_attacks(name):
     source_options = {"weights", "input_shape", "normalize"}  # the model source's, shared by every --model
     own = {o.name for o in spec.options}
     suspect = {"env_name", "endpoint", "model_name", "token_file", "budget", *ENDPOINT_OPTIONS} - own
-    assert set(params) == {"model_path", "out", "as_json", *source_options, *(suspect if spec.oracle else ()),
-                           *data_names, *own}
+    assert set(params) == {"model_path", "out", "as_json", "device", *source_options,
+                           *(suspect if spec.oracle else ()), *data_names, *own}
     assert "Example:" in CliRunner().invoke(main, ["attack", name, "--help"]).output
 
 

@@ -241,6 +241,7 @@ STEPS: dict[str, Step] = {
         Step("--itr 1000"),  # fragile enough that the fine-tune flips a quarter of them
     "nnmark mark natural --model lenet5.safetensors --n 100 --out natural.key --secret-file secret": Step(),
     "nnmark verify dbi.key --model lenet5.safetensors --secret-file secret": Step(),
+    "nnmark verify dbi.key --model lenet5.safetensors --secret-file secret --device auto": Step(),
     "nnmark attack finetune --model lenet5.safetensors --out ft.safetensors --lr 1e-4 --steps 100": Step(),
     "nnmark attack noise --model lenet5.safetensors --out noisy.safetensors --std 1e-3": Step(),
     "nnmark verify dbi.key --model ft.safetensors --secret-file secret --json": Step(),

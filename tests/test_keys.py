@@ -67,6 +67,15 @@ def test_round_trip_signed(signed):
     assert_same(keys.load(signed, secret=SECRET), make_key())
 
 
+def test_environment_record_round_trips_and_must_be_an_object(tmp_path):
+    made_in = {"device": "cuda", "device_name": "NVIDIA H100", "dtype": "float32", "tf32_matmul": False, "threads": 16}
+    keys.save(make_key(config={keys.ENVIRONMENT: made_in}), tmp_path / "k.key", secret=SECRET)
+    assert keys.load(tmp_path / "k.key", secret=SECRET).config[keys.ENVIRONMENT] == made_in
+    for bad in ("cuda", ["cuda"], None):
+        with pytest.raises(KeyFileError, match="'environment' must be an object"):
+            make_key(config={keys.ENVIRONMENT: bad})
+
+
 def test_round_trip_unsigned(tmp_path):
     path = tmp_path / "key.safetensors"
     keys.save(make_key(extras={}, model_digest=""), path, secret=None)
@@ -444,6 +453,9 @@ def test_key_files_of_format_1_still_load_and_verify(tmp_path):
     assert models.digest(model) == key.model_digest
     verdict = marks.verify(TorchOracle(model, config.input_shape, config.num_classes), key)
     assert verdict.passed and verdict.decision == "intact"
+    assert keys.ENVIRONMENT not in key.config and "environment" not in verdict.details  # made before keys recorded it
+    elsewhere = marks.verify(TorchOracle(model, config.input_shape, config.num_classes, dtype=torch.float64), key)
+    assert elsewhere.passed and "environment" not in elsewhere.details
     with pytest.raises(SignatureError):
         keys.load(path, secret=secret + b"x")
 

@@ -23,6 +23,13 @@ To test a key, change the model as an adversary would (``nnmark.attacks.ATTACKS`
     suspect = nnmark.attack("finetune", model, x_attacker, y_attacker, lr=1e-4, steps=100)
     nnmark.verify(key, suspect).decision                        # "tampered"
 
+Each call takes ``device=`` ("cpu", the default; "cuda", "cuda:N", "mps", or "auto": the first accelerator) for
+the model it runs; keys and returned models are on the CPU whatever the device, and a key records the
+environment it was made in (device, dtype, backend flags), which ``verify`` compares with its own::
+
+    key = nnmark.mark("dbi", model, x, device="auto")
+    nnmark.verify(key, model).details["environment"]   # where the key was made and what differs here
+
 The configured calls take the method's settings and an oracle you build yourself (a budget, an access
 level, an execution environment)::
 
@@ -51,39 +58,47 @@ URL_SCHEMES = ("http://", "https://", "grpc://")
 
 
 @contextlib.contextmanager
-def _oracle(target, input_shape=None, card=None):
+def _oracle(target, input_shape=None, card=None, device="cpu"):
     """Yield (oracle, model digest or "") for ``target``: an oracle as it is; an ``nn.Module``; an endpoint URL or an
     ``EndpointSpec``; a model file or ``package.module:factory`` or a ``ModelSource``, opened as the command line
-    opens its suspect (``nnmark.suspect.open_suspect``; ``card``: a key's model card). What this opens it closes."""
+    opens its suspect (``nnmark.suspect.open_suspect``; ``card``: a key's model card). A module or a model file runs
+    on ``device`` (``envs.resolve_device``); an oracle or an endpoint runs where it is. What this opens it closes."""
     from nnmark import models
+    from nnmark.envs import resolve_device
+    from nnmark.errors import ArgumentError
     from nnmark.oracles import EndpointSpec, Oracle, TorchOracle
     from nnmark.suspect import ModelSource, open_suspect
 
-    if isinstance(target, Oracle):
-        yield target, ""
-        return
+    device = resolve_device(device)
     if isinstance(target, (str, os.PathLike)):
         text = os.fspath(target)
         target = EndpointSpec(text) if text.startswith(URL_SCHEMES) else ModelSource(text)
+    if device != "cpu" and isinstance(target, (Oracle, EndpointSpec)):
+        raise ArgumentError(f"device={device!r} is for a module or a model file; an oracle or an endpoint runs where "
+                            "it is")
+    if isinstance(target, Oracle):
+        yield target, ""
+        return
     if isinstance(target, (ModelSource, EndpointSpec)):
-        with open_suspect(target, card=card) as (oracle, loaded):
+        with open_suspect(target, card=card, device=device) as (oracle, loaded):
             yield oracle, loaded.digest if loaded is not None else ""
         return
     if input_shape is None:
         from nnmark.errors import ArgumentError
 
         raise ArgumentError("an nn.Module needs input_shape=(C, H, W) (or pass a TorchOracle)")
-    with TorchOracle(target, input_shape) as oracle:
+    with TorchOracle(target, input_shape, device=device) as oracle:
         yield oracle, models.digest(target)
 
 
-def mark(method: str, model, x=None, **settings):
+def mark(method: str, model, x=None, *, device: str = "cpu", **settings):
     """A key of ``method`` made from ``model`` (a module, a file or an oracle) and the images ``x``.
 
     ``settings`` go to the method's create step (e.g. ``itr`` for dbi; ``n``, ``seed`` for random;
     ``n_pairs``, ``secret``, ``user_id`` for pairs). The key records the model's digest when ``model`` is
-    a module or a file.
+    a module or a file, and the environment it was made in (``nnmark.envs.record``: ``device``, dtype, flags).
     """
+    from nnmark import envs
     from nnmark.errors import ArgumentError
     from nnmark.marks import METHODS
 
@@ -95,30 +110,40 @@ def mark(method: str, model, x=None, **settings):
     if spec.inputs != "none" and x is None:
         raise ArgumentError(f"{method} keys are made from images: pass x (N, C, H, W) in [0, 1]")
     shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
-    with _oracle(model, shape) as (oracle, digest):
+    with _oracle(model, shape, device=device) as (oracle, digest):
         settings.setdefault("model_digest", digest)
-        return spec.create(oracle, *(() if spec.inputs == "none" else (x,)), **settings)
+        return envs.stamp(spec.create(oracle, *(() if spec.inputs == "none" else (x,)), **settings), oracle)
 
 
-def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
+def verify(key, suspect, *, secret: bytes | None = None, input_shape=None, device: str = "cpu",
+           accept_environment: bool = False):
     """The verdict of asking ``suspect`` the key's queries: a module, a model file or ``package.module:factory``
-    (or a ``nnmark.suspect.ModelSource``: with weights, input shape, normalisation), an endpoint URL (or an
-    ``EndpointSpec``) or an oracle; a file or factory takes what its source does not say from the key's model card."""
+    (or a ``nnmark.suspect.ModelSource``: with weights, input shape, normalisation), run on ``device``, an endpoint URL
+    (or an ``EndpointSpec``) or an oracle; a file or factory takes what its source does not say from the key's model
+    card. An integrity key made in another environment that the change alone could fail raises
+    ``EnvironmentMismatch`` unless ``accept_environment`` (``nnmark.envs.check_environment``)."""
     from nnmark import keyinfo, marks
 
-    with _oracle(suspect, input_shape or tuple(key.queries.shape[1:]), keyinfo.card_of(key)) as (oracle, _):
-        return marks.verify(oracle, key, secret=secret)
+    with _oracle(suspect, input_shape or tuple(key.queries.shape[1:]), keyinfo.card_of(key), device) as (oracle, _):
+        return marks.verify(oracle, key, secret=secret, accept_environment=accept_environment)
 
 
-def attack(name: str, model, *data, **options):
+def attack(name: str, model, *data, device: str = "cpu", **options):
     """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model, the input left
-    untouched; ``data`` as the attack's kind needs (e.g. attacker images and labels), ``options`` its parameters."""
+    untouched; ``data`` as the attack's kind needs (e.g. attacker images and labels), ``options`` its parameters.
+    The attack runs on ``device`` (a copy of ``model`` is moved there); the new model comes back on the CPU."""
+    import copy
+
     from nnmark.attacks import ATTACKS
+    from nnmark.envs import resolve_device
     from nnmark.errors import ArgumentError
 
     if name not in ATTACKS:
         raise ArgumentError(f"unknown attack {name!r}; registered: {', '.join(ATTACKS)}")
-    return ATTACKS[name](model, *data, **options)
+    device = resolve_device(device)
+    if device == "cpu":
+        return ATTACKS[name](model, *data, **options)
+    return ATTACKS[name](copy.deepcopy(model).to(device), *data, **options).cpu()
 
 
 def save_key(key, path, *, secret: bytes | None):

@@ -27,6 +27,7 @@ environment's oracle for it (a model TorchScript cannot trace is reported, not r
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from nnmark.errors import ArgumentError, NnmarkError, first_line
-from nnmark.oracles import Oracle, TorchOracle
+from nnmark import keys
+from nnmark.errors import ArgumentError, EnvironmentMismatch, NnmarkError, first_line
+from nnmark.oracles import EndpointOracle, Oracle, TorchOracle
+from nnmark.oracles.local import CUDA_FLAGS
 from nnmark.oracles import onnx as onnx_oracle
 from nnmark.oracles.worker import WorkerOracle
 
@@ -95,16 +98,23 @@ class Environment:
     requirement: Callable[[], str | None] = _always
     factory: Factory = TorchOracle
 
-    def oracle(self, model: torch.nn.Module, input_shape: tuple[int, int, int], **kwargs) -> Oracle:
-        """An oracle running ``model`` in this environment; ``NnmarkError`` if it cannot run here or on it.
+    def oracle(self, model: torch.nn.Module, input_shape: tuple[int, int, int], *, device: str = "cpu",
+               **kwargs) -> Oracle:
+        """An oracle running ``model`` in this environment on ``device`` (an environment that names its own device,
+        as "cuda" does, runs there); ``NnmarkError`` if it cannot run here or on it.
 
         ``kwargs`` (e.g. ``budget``, ``num_classes``) go to the factory.
         """
         reason = self.requirement()
         if reason is not None:
             raise NnmarkError(f"environment {self.name!r} is not available here: {reason}")
+        options = dict(self.options)
+        if self.factory is TorchOracle:
+            options.setdefault("device", device)
+        elif device != "cpu":
+            raise NnmarkError(f"environment {self.name!r} runs on the CPU only, not on {device}")
         try:
-            return self.factory(model, input_shape, **self.options, **kwargs)
+            return self.factory(model, input_shape, **options, **kwargs)
         except NnmarkError as e:
             raise NnmarkError(f"environment {self.name!r} cannot run this model: {e}") from e
         except (RuntimeError, torch.jit.Error) as e:
@@ -196,3 +206,200 @@ def available(model: torch.nn.Module | None = None, input_shape: tuple[int, int,
             oracle.close()
         out.append(status)
     return out
+
+
+# --- devices ----------------------------------------------------------------------------------------
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps or auto"
+_DEVICE_RE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
+
+
+def accelerators() -> list[str]:
+    """The accelerator device types torch can use here, in the order ``auto`` tries them: cuda, then mps."""
+    found = ["cuda"] if torch.cuda.is_available() else []
+    return found + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def resolve_device(value: str) -> str:
+    """The device ``value`` names, checked to be here: cpu, cuda, cuda:N, mps, or auto (the first of
+    ``accelerators``, else cpu). ``ArgumentError`` for another form or a device that is not there."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return (accelerators() or ["cpu"])[0]
+    match = _DEVICE_RE.fullmatch(text)
+    if match is None or (match[2] is not None and match[1] != "cuda"):
+        raise ArgumentError(f"unknown device {value!r}: expected {DEVICE_FORMS}")
+    if match[1] != "cpu" and match[1] not in accelerators():
+        raise ArgumentError(f"device {text!r} is not available here: no {match[1]} device (or torch built without it)")
+    if match[2] is not None and int(match[2]) >= torch.cuda.device_count():
+        raise ArgumentError(f"device {text!r} is not available here: {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+# --- the environment a key records ------------------------------------------------------------------
+
+NUMERICS = ("device", "dtype", "mkldnn", "batch_size", "autocast_bf16", "channels_last", "torchscript")
+"""The fields of an environment record that set a model's numerics and can be chosen here (with ``CUDA_FLAGS`` where
+either side runs on CUDA). The others (device name, torch version, threads) are reported, never decisive."""
+OTHERS = ("device_name", "torch", "threads")
+DEFAULT_RECORD = {"device": "cpu", "dtype": "float32", "mkldnn": True, "batch_size": None, "autocast_bf16": False,
+                  "channels_last": False, "torchscript": False}
+"""The numerics an endpoint is taken to run with: it does not say what its server runs."""
+RISK_FACTOR = 2.0
+"""A query is at risk when its margin (top-1 minus top-2 probability in the key's environment) is at most this many
+times the largest change of its probabilities between the two environments."""
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def unwrapped(oracle: Oracle) -> Oracle:
+    """The oracle that answers for ``oracle``: wrappers (access levels, an audit's recorder) followed to it."""
+    while getattr(oracle, "inner", None) is not None:
+        oracle = oracle.inner
+    return oracle
+
+
+def record(oracle: Oracle) -> dict | None:
+    """The environment ``oracle`` runs its model in (``TorchOracle.environment``), as a key records it; None for one
+    that runs no local torch model (an endpoint, ONNX Runtime, a worker process)."""
+    inner = unwrapped(oracle)
+    return inner.environment() if isinstance(inner, TorchOracle) else None
+
+
+def stamp(key, oracle: Oracle):
+    """``key`` with the environment ``oracle`` made it in (``record``) in its config (``keys.ENVIRONMENT``)."""
+    made_in = record(oracle)
+    if made_in is not None:
+        key.config[keys.ENVIRONMENT] = made_in
+    return key
+
+
+def differences(recorded: dict, here: dict) -> dict[str, list]:
+    """{field: [recorded value, value here]} of the numerics fields that differ (``NUMERICS``, and ``CUDA_FLAGS``
+    where either side runs on CUDA)."""
+    fields = NUMERICS + (CUDA_FLAGS if "cuda" in (recorded.get("device"), here.get("device")) else ())
+    return {f: [recorded.get(f), here.get(f)] for f in fields if recorded.get(f) != here.get(f)}
+
+
+def described(differs: dict[str, list]) -> str:
+    """"dtype float32 -> float64, ...": a difference (``differences``) in words."""
+    return ", ".join(f"{name} {a} -> {b}" for name, (a, b) in differs.items())
+
+
+def _oracle_options(made_in: dict) -> dict:
+    """The ``TorchOracle`` options that rebuild the environment ``made_in`` records; ``ArgumentError`` when it is
+    malformed or its device is not here."""
+    try:
+        flags = {f: bool(made_in[f]) for f in CUDA_FLAGS} if made_in["device"] == "cuda" else None
+        batch = made_in["batch_size"]
+        if not (batch is None or (type(batch) is int and batch >= 1)):
+            raise ArgumentError(f"batch_size {batch!r}")
+        return {"device": resolve_device(made_in["device"]), "dtype": _DTYPES[made_in["dtype"]],
+                "mkldnn": bool(made_in["mkldnn"]), "batch_size": batch, "autocast_bf16": bool(made_in["autocast_bf16"]),
+                "channels_last": bool(made_in["channels_last"]), "torchscript": bool(made_in["torchscript"]),
+                "backend_flags": flags}
+    except (KeyError, TypeError) as e:
+        raise ArgumentError(f"malformed environment record ({first_line(e)})") from None
+
+
+def _how_to_run(made_in: dict) -> str:
+    """The options that verify in ``made_in``'s environment: --device, and --env where a known one matches it."""
+    for name, env in KNOWN.items():
+        options = {k: str(v).removeprefix("torch.") if k == "dtype" else v for k, v in env.options.items()}
+        if env.factory is TorchOracle and "device" not in options and all(
+                {**DEFAULT_RECORD, **options}[f] == made_in.get(f) for f in NUMERICS[1:]):
+            return f"with --device {made_in.get('device')} --env {name}"
+    return "in the environment the key records (" + ", ".join(f"{f} {made_in.get(f)}" for f in NUMERICS) + ")"
+
+
+def _at_risk(inner: TorchOracle, made_in: dict, here: dict, queries, reverify: Callable) -> int | None:
+    """How many queries the change of environment alone can flip on this model: asked in both environments, those
+    the method answers differently (``reverify(oracle).flipped``) or whose margin is within ``RISK_FACTOR`` times
+    their spread; None when the key's environment cannot be run here."""
+    try:
+        there_options = _oracle_options(made_in)
+    except ArgumentError:
+        return None
+    shape, k = inner.input_shape, inner.num_classes
+    try:
+        with TorchOracle(inner.module, shape, k, **there_options) as there, \
+                TorchOracle(inner.module, shape, k, **_oracle_options(here)) as now:
+            p_there, p_now = there.probabilities(queries), now.probabilities(queries)
+            flips = set(reverify(there).flipped) ^ set(reverify(now).flipped)
+    except (RuntimeError, torch.jit.Error):  # a module that cannot be copied, converted or traced there
+        return None
+    top = p_there.topk(2, dim=1).values
+    spread = (p_there - p_now).abs().amax(dim=1)
+    near = torch.nonzero(top[:, 0] - top[:, 1] <= RISK_FACTOR * spread).flatten().tolist()
+    return len(flips | set(near))
+
+
+def check_environment(oracle: Oracle, key, verdict, *, fragile: bool, accept: bool = False,
+                      reverify: Callable | None = None) -> dict | None:
+    """What ``verdict`` states of its environment: {"key", "here", "differs", "others", "accepted", "at_risk"}; None
+    for a key that records none (made before keys did).
+
+    The rule, for a failed check of a ``fragile`` key whose numerics differ from here (``differences``; an endpoint
+    is taken to run in ``DEFAULT_RECORD``, and differs as well where the environment it publishes (``nnmark serve``
+    does) differs; ONNX Runtime and worker environments differ from any torch record):
+    a local torch model whose key environment can run here is asked the key in both environments; if the change of
+    environment alone flips a query or leaves one within its spread (``_at_risk``; ``reverify(oracle)`` is the
+    method's verdict there), or the key's environment cannot run here, or the model is an endpoint,
+    ``EnvironmentMismatch``: no TAMPERED is given, unless ``accept`` (the owner accepts the risk). Otherwise the
+    verdict stands, noting the difference.
+    """
+    made_in = key.config.get(keys.ENVIRONMENT)
+    if not isinstance(made_in, dict):
+        return None
+    inner = unwrapped(oracle)
+    here = record(inner)
+    if here is not None:
+        differs = differences(made_in, here)
+    elif isinstance(inner, EndpointOracle):  # what it publishes can add a difference, never remove one
+        params = (getattr(inner, "metadata", None) or {}).get("parameters")
+        published = params.get("environment") if isinstance(params, dict) else None
+        differs = {**(differences(made_in, published) if isinstance(published, dict) else {}),
+                   **differences(made_in, DEFAULT_RECORD)}
+    else:
+        differs = {"runtime": ["torch", type(inner).__name__]}
+    others = {f: [made_in.get(f), here.get(f)] for f in OTHERS if here is not None and made_in.get(f) != here.get(f)}
+    note = {"key": made_in, "here": here, "differs": differs, "others": others, "accepted": False, "at_risk": None}
+    if not (differs and fragile and not verdict.passed):
+        return note
+    if accept:
+        return {**note, "accepted": True}
+    risky = _at_risk(inner, made_in, here, key.queries, reverify) if here is not None and reverify else None
+    if risky == 0:
+        return {**note, "at_risk": 0}
+    if isinstance(inner, EndpointOracle):
+        why = "an endpoint is taken to run on the CPU in float32 and cannot be asked in the key's environment"
+    elif here is None:
+        why = f"{type(inner).__name__} cannot be asked the key beside the key's environment"
+    elif risky is None:
+        why = f"the key's environment (device {made_in.get('device')}) cannot run here"
+    else:
+        why = f"{risky} of its {len(key.queries)} queries answer differently, or lie within the numeric spread, there"
+    raise EnvironmentMismatch(
+        f"the {key.method} key was made in another environment ({described(differs)}): {why}; a fragile key can fail "
+        f"there with no change of the model, so no verdict is given: verify {_how_to_run(made_in)}, or pass "
+        "--accept-environment to accept the risk")
+
+
+CALIBRATION = ("float64", "mkldnn-off", "batch1", "cuda")
+"""The environments a fragile method's margin is calibrated across (``calibration_environments``)."""
+
+
+def calibration_environments() -> list[str]:
+    """The environments of ``CALIBRATION`` this machine runs (the CPU variants; the CUDA one where a GPU is here)."""
+    return [name for name in CALIBRATION if name in ENVIRONMENTS]
+
+
+def note_line(note: dict | None) -> str | None:
+    """The one line a verdict's environment note (``check_environment``) is shown as; None when nothing differs."""
+    if not note or not (note["differs"] or note["others"]):
+        return None
+    line = f"note: the key was made in another environment ({described({**note['differs'], **note['others']})})"
+    if note["accepted"]:
+        return line + "; its verdict is given at the owner's risk (--accept-environment)"
+    if note["at_risk"] == 0:
+        return line + "; no query of the key answers differently there on this model, so the verdict stands"
+    return line

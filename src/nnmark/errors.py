@@ -72,3 +72,8 @@ class EndpointInconsistent(EndpointError):
 def printable(text: str) -> str:
     """``text`` with every non-printable character (newlines, ANSI escapes, bidi overrides) shown as its escape."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+class EnvironmentMismatch(NnmarkError):
+    """A fragile key would answer differently in the verifying environment than in the one it was made in, with no
+    change of the model: no verdict is given (``nnmark.envs.check_environment``)."""

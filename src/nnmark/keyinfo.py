@@ -98,8 +98,9 @@ def signature_status(path: str | os.PathLike, signature: str, secret: bytes | No
 
 
 def describe(path: str | os.PathLike, *, secret: bytes | None = None) -> dict:
-    """The key file at ``path``: file, sha256, method, purpose, created, model_digest, model_card, queries,
-    query_shape, config, format, nnmark version, signature status. ``KeyFileError`` when it is not a regular file,
+    """The key file at ``path``: file, sha256, method, purpose, created, model_digest, model_card, environment (where
+    it was made: ``nnmark.envs.record``; None for a key made before keys recorded it), queries, query_shape, config,
+    format, nnmark version, signature status. ``KeyFileError`` when it is not a regular file,
     no key file, or its header is malformed."""
     path = Path(regular_file(path))
     info, signature, shape = _header(path)
@@ -113,6 +114,7 @@ def describe(path: str | os.PathLike, *, secret: bytes | None = None) -> dict:
         "created": info.get("created"),
         "model_digest": info.get("model_digest"),
         "model_card": config.get("model_card"),
+        "environment": config.get(keys.ENVIRONMENT),
         "queries": shape[0] if shape else 0,
         "query_shape": shape[1:],
         "config": config,

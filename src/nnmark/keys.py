@@ -33,6 +33,10 @@ MAX_QUERIES = 100_000
 SHORTFALL = "shortfall"
 """Config entry of a key that holds fewer queries than asked: {"asked", "kept", "why"}, for the CLI to report."""
 
+ENVIRONMENT = "environment"
+"""Config entry of the environment a key was made in (``nnmark.envs.record``: device, dtype, backend flags); keys
+made before it was recorded have none."""
+
 SECRET_ENV = "NNMARK_SECRET"
 KEY_META = "nnmark.key"
 """The safetensors metadata entry holding a key's JSON (method, config, digest, ...)."""
@@ -182,6 +186,8 @@ def _validate(key: KeyFile) -> None:
     if not isinstance(key.config, dict):
         raise KeyFileError(f"config must be a dict, got {type(key.config).__name__}")
     _check_json(key.config, "config")
+    if not isinstance(key.config.get(ENVIRONMENT, {}), dict):
+        raise KeyFileError(f"config's {ENVIRONMENT!r} must be an object (where the key was made)")
     q, y = key.queries, key.expected
     if not (isinstance(q, torch.Tensor) and q.dtype == torch.float32 and q.dim() == 4):
         raise KeyFileError(f"queries must be a float32 tensor of shape (N, C, H, W), got {_describe(q)}")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from nnmark.oracles import EndpointSpec, Oracle
 
 DEFAULT_ENV = "float32"
+DEFAULT_DEVICE = "cpu"
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,20 @@ Suspect = Union[ModelSource, "EndpointSpec"]
 """A model to ask: a local source, or an OIP v2 endpoint."""
 
 
-def described(suspect: Suspect, env: str = DEFAULT_ENV) -> dict:
-    """How reports name ``suspect``: {"model", "env"}, or {"endpoint" (without user info), "model_name"}."""
+def described(suspect: Suspect, env: str = DEFAULT_ENV, device: str = DEFAULT_DEVICE) -> dict:
+    """How reports name ``suspect``: {"model", "env", "device"}, or {"endpoint" (without user info), "model_name"}."""
     if isinstance(suspect, ModelSource):
-        return {"model": suspect.path, "env": env}
+        return {"model": suspect.path, "env": env, "device": device}
     return {"endpoint": suspect.shown_url, "model_name": suspect.model_name}
 
 
 @contextlib.contextmanager
-def open_suspect(suspect: Suspect, *, env: str = DEFAULT_ENV, token: bytes | None = None, budget: int | None = None,
-                 card: dict | None = None, progress: bool = False) -> Iterator[tuple[Oracle, LoadedModel | None]]:
+def open_suspect(suspect: Suspect, *, env: str = DEFAULT_ENV, device: str = DEFAULT_DEVICE, token: bytes | None = None,
+                 budget: int | None = None, card: dict | None = None,
+                 progress: bool = False) -> Iterator[tuple[Oracle, LoadedModel | None]]:
     """Yield (oracle, the local model's ``LoadedModel``, None for an endpoint); the oracle is closed afterwards.
 
-    A local model runs in environment ``env``; an endpoint is asked with the bearer ``token`` and shows
+    A local model runs in environment ``env`` on ``device`` (``envs.resolve_device`` checked it); an endpoint is asked with the bearer ``token`` and shows
     ``progress``; ``budget`` caps the queries of either. ``card`` (a key's model card) gives a local model the input
     shape and normalisation its source does not, and states the input shape and classes an endpoint must have.
     """
@@ -76,7 +78,7 @@ def open_suspect(suspect: Suspect, *, env: str = DEFAULT_ENV, token: bytes | Non
         from nnmark import envs
 
         loaded = suspect.load(card)
-        with envs.get(env).oracle(loaded.model, loaded.input_shape, budget=budget) as oracle:
+        with envs.get(env).oracle(loaded.model, loaded.input_shape, budget=budget, device=device) as oracle:
             yield oracle, loaded
         return
     from nnmark.oracles import connect

@@ -66,12 +66,12 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 def reinitialize(layer: nn.Linear, generator: torch.Generator) -> None:
-    """Redraw ``layer``'s weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in place (torch's default)."""
+    """Redraw ``layer``'s weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in place (torch's default), drawn
+    on the CPU (``generator``'s device) whatever the layer's device."""
     bound = 1.0 / math.sqrt(layer.in_features)
     with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        if layer.bias is not None:
-            layer.bias.uniform_(-bound, bound, generator=generator)
+        for p in (layer.weight, layer.bias) if layer.bias is not None else (layer.weight,):
+            p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=generator))
 
 
 def output_classes(model: nn.Module, x: torch.Tensor) -> int:

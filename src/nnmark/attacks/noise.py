@@ -31,7 +31,7 @@ def weight_noise(model: torch.nn.Module, std: float = STD, *, seed: int = 0) -> 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in attacked.named_parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) * std)
     return attacked.eval()
 
 
@@ -66,7 +66,7 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed:
     with torch.no_grad():
         for _, p in attacked.named_parameters():
             scale = p.abs().reshape(()) if p.numel() == 1 else p.std()
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (scale / alpha))
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) * (scale / alpha))
     return attacked.eval()
 
 

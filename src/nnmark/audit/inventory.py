@@ -23,9 +23,9 @@ Read by ``nnmark audit --inventory`` (one round) and ``nnmark watch`` (on a sche
 A target's fields are the suspect options of ``nnmark verify`` / ``audit`` under their long names with ``_``
 (``model_name``, ``model_version``, ``input_name``, ``layout``, ``input_dtype``, ``normalize``, ``output_name``,
 ``output_kind``, ``label_name``, ``batch_size``, ``timeout``, ``retries``, ``consistency_check``,
-``max_answer_bytes``, ``token_file``, ``budget``; ``weights``, ``input_shape``, ``normalize`` and ``env`` for a
-model), each checked by the very option that parses the flag (``nnmark.cli.suspect.suspect_options``), plus
-``name``, ``keys`` and ``interval``. A bad inventory is refused whole, before anything runs, with an
+``max_answer_bytes``, ``token_file``, ``budget``; ``weights``, ``input_shape``, ``normalize``, ``env`` and
+``device`` for a model), each checked by the very option that parses the flag
+(``nnmark.cli.suspect.suspect_options``), plus ``name``, ``keys`` and ``interval``. A bad inventory is refused whole, before anything runs, with an
 ``InventoryError`` whose one line names the file, the target and the field.
 """
 
@@ -45,7 +45,7 @@ import click
 from nnmark import keyinfo
 from nnmark._io import open_regular
 from nnmark.errors import NnmarkError, printable
-from nnmark.suspect import DEFAULT_ENV, ModelSource, Suspect
+from nnmark.suspect import DEFAULT_DEVICE, DEFAULT_ENV, ModelSource, Suspect
 
 if TYPE_CHECKING:
     from nnmark.audit import run as audit_run
@@ -85,6 +85,7 @@ class InventoryTarget:
         budget: the most queries one audit of it may spend, or None.
         suspect: its ``ModelSource`` or ``EndpointSpec``.
         env: the environment a local model runs in.
+        device: the device a local model runs on.
         token_file: the bearer token file of an endpoint (read at each ``audit_target``), or None
             ($NNMARK_TOKEN, as on the command line).
     """
@@ -95,6 +96,7 @@ class InventoryTarget:
     budget: int | None
     suspect: Suspect
     env: str = DEFAULT_ENV
+    device: str = DEFAULT_DEVICE
     token_file: Path | None = None
 
     @property
@@ -109,7 +111,8 @@ class InventoryTarget:
 
         if token is None and self.is_endpoint:
             token = read_token(self.token_file)
-        target = audit_run.target_of(self.suspect, env=self.env, token=token, budget=self.budget)
+        target = audit_run.target_of(self.suspect, env=self.env, device=self.device, token=token,
+                                     budget=self.budget)
         return dataclasses.replace(target, name=self.name)
 
 
@@ -214,7 +217,7 @@ def _target(path: Path, index: int, defaults: dict, table: dict) -> InventoryTar
         raise _fault(path, shown, where[0], str(e)) from None
     token_file = table.get("token_file")
     return InventoryTarget(name, interval, _keys(path, shown, table.get("keys")), options.budget, suspect,
-                           options.env, None if token_file is None else _resolved(path, token_file))
+                           options.env, options.device, None if token_file is None else _resolved(path, token_file))
 
 
 def _keys(path: Path, shown: str, value: object) -> tuple[Path, ...]:
@@ -255,7 +258,8 @@ def _command_options() -> tuple[dict[str, click.Parameter], Callable, dict[str, 
     build = suspect_options(lambda suspect: suspect)
     renamed = {param: field for field, param in ALIASES.items()}
     by_field = {renamed.get(param.name, param.name): param for param in build.__click_params__}
-    only = {"endpoint": ("model_name", "token_file", *ENDPOINT_OPTIONS), "model": ("weights", "input_shape", "env")}
+    only = {"endpoint": ("model_name", "token_file", *ENDPOINT_OPTIONS),
+            "model": ("weights", "input_shape", "env", "device")}
     return by_field, build, only
 
 

@@ -41,7 +41,7 @@ from nnmark.marks.verdict import Verdict
 from nnmark.models import LoadedModel
 from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle
 from nnmark.oracles.remote import make_spec
-from nnmark.suspect import DEFAULT_ENV, ModelSource, Suspect, described, open_suspect
+from nnmark.suspect import DEFAULT_DEVICE, DEFAULT_ENV, ModelSource, Suspect, described, open_suspect
 
 INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
@@ -112,11 +112,13 @@ def _server_metadata(oracle: EndpointOracle) -> dict:
         return {"error": str(e)}
 
 
-def local_target(model: ModelSource | str | os.PathLike, env: str = DEFAULT_ENV, budget: int | None = None) -> Target:
-    """A local model (a ``ModelSource``, or a path or factory spec as one) run in environment ``env``; loaded
-    when the audit reaches it, its kind and digest then go into ``info``."""
+def local_target(model: ModelSource | str | os.PathLike, env: str = DEFAULT_ENV, budget: int | None = None,
+                 device: str = DEFAULT_DEVICE) -> Target:
+    """A local model (a ``ModelSource``, or a path or factory spec as one) run in environment ``env`` on ``device``;
+    loaded when the audit reaches it, its kind and digest then go into ``info``."""
     source = model if isinstance(model, ModelSource) else ModelSource(os.fspath(model))
-    return opened_target(source.path, lambda: open_suspect(source, env=env, budget=budget), described(source, env))
+    return opened_target(source.path, lambda: open_suspect(source, env=env, device=device, budget=budget),
+                         described(source, env, device))
 
 
 def endpoint_target(endpoint: EndpointSpec | str, *, token: bytes | None = None, budget: int | None = None,
@@ -126,12 +128,12 @@ def endpoint_target(endpoint: EndpointSpec | str, *, token: bytes | None = None,
     return opened_target(spec.shown_url, lambda: open_suspect(spec, token=token, budget=budget), described(spec))
 
 
-def target_of(suspect: Suspect, *, env: str = DEFAULT_ENV, token: bytes | None = None,
+def target_of(suspect: Suspect, *, env: str = DEFAULT_ENV, device: str = DEFAULT_DEVICE, token: bytes | None = None,
               budget: int | None = None) -> Target:
     """The target of a suspect as the command line and an inventory give it: ``local_target`` of a model source (run
-    in ``env``), else ``endpoint_target`` of an endpoint spec (asked with ``token``)."""
+    in ``env`` on ``device``), else ``endpoint_target`` of an endpoint spec (asked with ``token``)."""
     if isinstance(suspect, ModelSource):
-        return local_target(suspect, env, budget)
+        return local_target(suspect, env, budget, device)
     return endpoint_target(suspect, token=token, budget=budget)
 
 
@@ -385,6 +387,8 @@ class Settings:
         seed: seeds the query order.
         sequential: False asks every query of every key in one batch, as ``nnmark verify`` does.
         batch_size: queries per batch in sequential mode.
+        accept_environment: give an integrity key's verdict even where the key was made in another environment
+            whose numerics alone could fail it (``marks.verify``).
     """
 
     secret: bytes | None = None
@@ -392,6 +396,7 @@ class Settings:
     seed: int = 0
     sequential: bool = True
     batch_size: int = seq.DEFAULT_BATCH_SIZE
+    accept_environment: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
@@ -427,7 +432,8 @@ def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dic
     recorder = RecordingOracle(oracle)
     preflight = _preflight(recorder, key)
     for idx in _prefixes(key.method, n, settings):
-        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret, preflight=False)
+        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret, preflight=False,
+                               accept_environment=settings.accept_environment)
         step = decide(base.purpose, verdict, len(idx), n, settings.alpha)
         if step.decided:
             break

@@ -86,7 +86,6 @@ QUICK = {
     "timing_n": (8, 16),
 }
 FINETUNE_LRS = (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
-BASE_ENVS = ("float64", "mkldnn-off", "batch1")
 PAPER_DBI_PATH = 1e-4 * dbi.PAPER_ITR
 FOREIGN_CASE = 0
 """The case whose settings a foreign model's run takes (LeNet-5 / mnist5k)."""
@@ -99,8 +98,9 @@ def case_name(case: dict) -> str:
 
 
 def false_alarm_envs() -> list[str]:
-    """The environments the false-alarm table uses: float64, oneDNN off, batch1, and any onnxruntime* one here."""
-    return [e for e in envs.ENVIRONMENTS if e in BASE_ENVS or e.startswith("onnxruntime")]
+    """The environments the false-alarm table uses: ``envs.calibration_environments()`` (float64, oneDNN off, batch1,
+    and CUDA where a GPU is here) and any onnxruntime* one here."""
+    return envs.calibration_environments() + [e for e in envs.ENVIRONMENTS if e.startswith("onnxruntime")]
 
 
 # --- keys ---------------------------------------------------------------------------------------------

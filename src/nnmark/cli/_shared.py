@@ -78,6 +78,32 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Device(click.ParamType):
+    """A --device value: cpu, cuda, cuda:N, mps or auto, resolved to a device that is here
+    (``nnmark.envs.resolve_device``; a device that is not there fails the option in one line)."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from nnmark.envs import resolve_device
+        from nnmark.errors import ArgumentError
+
+        try:
+            return resolve_device(value)
+        except ArgumentError as e:
+            self.fail(str(e), param, ctx)
+
+
+DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N, mps, or auto (the first accelerator: cuda, then mps, else cpu)."
+
+
+def device_option(f=None, *, help: str = DEVICE_HELP):
+    """--device (``Device``), given to the command as ``device``, a resolved device string; ``@device_option`` or
+    ``@device_option(help=...)``."""
+    add = click.option("--device", type=Device(), default="cpu", show_default=True, help=help)
+    return add if f is None else add(f)
+
+
 def _check_out(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse an output path whose folder is missing or not writable, before any work is done."""
     if value is None:

@@ -25,7 +25,8 @@ from nnmark.attacks import ATTACKS, Spec
 from nnmark.attacks.distill import SAME_ARCH
 from nnmark.attacks.transfer import NEW_DOMAIN
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, Group, click_option, dataset_for, emit, json_option, load_model, model_option, out_option,
+    CliError, FiniteFloat, Group, click_option, dataset_for, device_option, emit, json_option, load_model,
+    model_option, out_option,
 )
 from nnmark.cli.suspect import ENDPOINT_OPTIONS, SuspectOptions, suspect_options
 from nnmark.data import Dataset, Split
@@ -127,9 +128,10 @@ def _command(spec: Spec) -> click.Command:
             _on_endpoint(spec, suspect, values, given["data_spec"], out, as_json)
             return
         source = given.pop("model_source") if suspect is None else _local(suspect)
+        device = given.pop("device") if suspect is None else suspect.device
         model, config = load_model(source, needs=spec.model_needs, purpose=f"nnmark attack {spec.name}")
         inputs, where = data_source.load(config, {**given, "seed": values.get("seed", 0)})
-        result = spec(model, *inputs, **values)
+        result = spec(model.to(device), *inputs, **values)
         attacked, report = result if spec.reports else (result, None)
         what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if report else "")
         arch = values.get("student_arch", SAME_ARCH)
@@ -147,7 +149,9 @@ def _command(spec: Spec) -> click.Command:
         run = suspect_options(run, taken=tuple(o.name for o in options if o.name in ENDPOINT_OPTIONS))
         examples.append(ENDPOINT_EXAMPLE.format(name=spec.name))
     else:
-        run = model_option(run)
+        run = model_option(device_option(run, help="Where the attack runs on --model: cpu, cuda, cuda:N, mps, or "
+                                                   "auto (the first accelerator); the file written is the same on any "
+                                                   "device."))
     doc = f"{spec.summary}\n\nApplies to: {spec.applies_to}.\n\n\b\nExample:\n  " + "\n  ".join(examples)
     return click.command(spec.name, help=doc, short_help=spec.summary)(run)
 
@@ -211,6 +215,6 @@ def _finish(model: torch.nn.Module, test: Split | None, write: Callable, what: s
     """Write ``model`` (``write(model, accuracy, out)``) with its accuracy on ``test`` (None: not measured), and
     print what was done: ``what``, or with ``as_json`` one object, ``row`` with the output and the accuracy."""
     accuracy = models.accuracy(model, test) if test is not None else None
-    write(model, accuracy, out)
+    write(model.cpu(), accuracy, out)
     acc = "" if accuracy is None else f" (test accuracy {accuracy:.2%})"
     emit({**row, "out": out, "test_accuracy": accuracy}, as_json, f"{what}{acc} -> {out}")

@@ -8,7 +8,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from nnmark import keyinfo
+from nnmark import envs, keyinfo
 from nnmark import keys as keyfiles
 from nnmark.audit import log as audit_log
 from nnmark.audit import report as audit_report
@@ -17,7 +17,7 @@ from nnmark.audit import run as audit_run
 from nnmark.audit import states
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, FiniteFloat, Group, emit, json_option, with_secret
-from nnmark.cli.suspect import SuspectOptions, suspect_options
+from nnmark.cli.suspect import SuspectOptions, accept_environment_option, suspect_options
 from nnmark.errors import printable
 
 AUDIT_HELP = """\b
@@ -37,8 +37,8 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
     --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
 
 
-INVENTORY_ALONE = ("inventory_path", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size", "workers",
-                   "secret_file", "unsigned", "as_json")
+INVENTORY_ALONE = ("inventory_path", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size",
+                   "workers", "accept_environment", "secret_file", "unsigned", "as_json")
 """The options --inventory goes with: how keys are asked and reported, not which keys or targets (its own)."""
 
 
@@ -52,7 +52,8 @@ def _jobs(key_paths, keys_dir, suspect: SuspectOptions | None, secret: bytes | N
     if suspect is None:
         raise CliError("pass --model FILE, one or more --endpoint URL, or --inventory FILE")
     audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
-    return [(audit_run.target_of(one, env=suspect.env, token=suspect.token, budget=suspect.budget), audit_keys)
+    return [(audit_run.target_of(one, env=suspect.env, device=suspect.device, token=suspect.token,
+                                 budget=suspect.budget), audit_keys)
             for one in suspect.suspects()]
 
 
@@ -74,6 +75,8 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
                          f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
                          + (f"; disagrees: {'; '.join(r.disagreements)}" if r.disagreements else "")
                          + (f"; flipped {r.flipped}" if r.flipped else "")
+                         + (f"; {line.removeprefix('note: ')}" if (line := envs.note_line(r.details.get("environment")))
+                            else "")
                          + (f" [{states.state(r)}]" if r.passed is None else ""))
     return "\n".join(map(printable, lines))
 
@@ -103,10 +106,11 @@ def _error_exit(message: str) -> None:
               help="Queries per batch before the decision is checked again.")
 @click.option("--workers", type=click.IntRange(1), default=audit_run.DEFAULT_WORKERS, show_default=True,
               help="Targets of a fleet asked at once.")
+@accept_environment_option
 @with_secret
 @json_option
 def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size,
-          workers, secret_file, unsigned, as_json) -> None:
+          workers, accept_environment, secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
     \b
@@ -125,7 +129,7 @@ def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, a
     else:
         jobs = _jobs(key_paths, keys_dir, suspect, secret, unsigned)
     settings = audit_run.Settings(secret=secret, alpha=alpha, seed=seed, sequential=not no_sequential,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, accept_environment=accept_environment)
     reports = audit_run.audit_each(jobs, settings, workers=workers)
     meta = {"alpha": alpha, "seed": seed, "sequential": not no_sequential, "batch_size": batch_size}
     if inventory_path:
@@ -204,7 +208,8 @@ def keys_ls(folder, secret_file, as_json) -> None:
 @_secret_option
 @json_option
 def keys_show(key_path, secret_file, as_json) -> None:
-    """One key file: method, purpose, created, model digest and card, query count, config, signature status.
+    """One key file: method, purpose, created, model digest and card, environment, query count, config, signature
+    status.
 
     With a secret (--secret-file or NNMARK_SECRET) the signature is checked: a key that does not verify under it
     is shown, and the exit status is 2 with one error line. Without one the signature shows as "not checked"

@@ -11,11 +11,12 @@ the model (source kind, card, accuracy) and go to ``NAME-MODEL.md``, next to the
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import click
 
 from nnmark.cli._shared import (
-    MODEL_HELP, CliError, Group, load_model, model_source_options, with_model_source, with_progress,
+    MODEL_HELP, CliError, Group, device_option, load_model, model_source_options, with_model_source, with_progress,
 )
 from nnmark.suspect import ModelSource
 
@@ -68,6 +69,16 @@ def _foreign(source: ModelSource | None, data_spec: str | None) -> dict:
     return {"model": loaded, "data_spec": data_spec}
 
 
+def _on_device(run, name: str, device: str) -> dict:
+    """The ``run`` argument for --device: ``device`` where the benchmark takes one; a benchmark that does not runs on
+    the CPU, and another device is refused."""
+    if "device" in inspect.signature(run).parameters:
+        return {"device": device}
+    if device != "cpu":
+        raise CliError(f"bench {name} runs on the CPU only: --device cpu")
+    return {}
+
+
 def _model_options(f):
     """--model, its source options and --data, for the benchmarks in ANY_MODEL."""
     f = click.option("--data", "data_spec", help="With --model: the data to train and mark it on (mnist5k, digits, "
@@ -85,14 +96,16 @@ def _bench_command(name: str, module: str, doc: str) -> None:
                     "--data mnist5k --seeds 1")
 
     @with_progress
-    def command(quick, seeds, out_dir, progress, model_source=None, data_spec=None) -> None:
+    def command(quick, seeds, out_dir, device, progress, model_source=None, data_spec=None) -> None:
         bench_module = importlib.import_module(f"nnmark.bench.{module}")
         path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress,
-                                **_foreign(model_source, data_spec))
+                                **_on_device(bench_module.run, name, device), **_foreign(model_source, data_spec))
         click.echo(f"wrote {path}")
 
     if any_model:
         command = _model_options(command)
+    command = device_option(command, help="Where the models run: cpu, cuda, cuda:N, mps, or auto (the first "
+                                          "accelerator); a benchmark that runs on the CPU only refuses another.")
     command = click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks",
                            show_default=True)(command)
     command = click.option("--seeds", type=click.IntRange(1),

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from nnmark import keyinfo, keys, marks
+from nnmark import envs, keyinfo, keys, marks
 from nnmark.cli._shared import CliError, emit, json_option, with_progress, with_secret
-from nnmark.cli.suspect import suspect_options
+from nnmark.cli.suspect import accept_environment_option, suspect_options
 from nnmark.marks.telltale import innformant
 
 VERDICT_HELP = """\b
@@ -17,7 +17,9 @@ Verdicts (exit 0 / exit 1):
   MATCH / NO MATCH             fingerprints (metafinger, ipguard): the suspect is / is not the model or derived from it
   WATERMARKED / NOT WATERMARKED  watermarks (coupled, zhang, adi, frontier): the watermark is / is not in the suspect
 A local model whose weights differ from the keyed ones is reported beside the verdict ("weights differ");
-the behavioural verdict decides the exit code."""
+the behavioural verdict decides the exit code. A key made in another environment (device, dtype, backend
+flags) says so; an integrity key that fails where the change of environment alone could fail it gives no
+verdict (exit 2) unless --accept-environment."""
 
 
 def _style(word: str, passed: bool) -> str:
@@ -28,10 +30,11 @@ def _style(word: str, passed: bool) -> str:
 @click.command(epilog=VERDICT_HELP)
 @click.argument("key_path", type=click.Path(dir_okay=False))
 @suspect_options
+@accept_environment_option
 @with_secret
 @json_option
 @with_progress
-def verify(key_path, suspect, secret_file, unsigned, as_json, progress) -> None:
+def verify(key_path, suspect, accept_environment, secret_file, unsigned, as_json, progress) -> None:
     """Ask a model a key's queries: the check passes (exit 0) or fails (exit 1); 2 on error.
 
     \b
@@ -43,7 +46,7 @@ def verify(key_path, suspect, secret_file, unsigned, as_json, progress) -> None:
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
     with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"),
                         progress=progress) as (oracle, where, digest):
-        verdict = marks.verify(oracle, key, secret=secret)
+        verdict = marks.verify(oracle, key, secret=secret, accept_environment=accept_environment)
     same = digest == key.model_digest if digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
     row = {**verdict.to_dict(), "key": key_path, **where, "model_digest_matches": same, "weights": weights}
@@ -58,6 +61,8 @@ def verify(key_path, suspect, secret_file, unsigned, as_json, progress) -> None:
         if verdict.flipped:
             click.echo(f"flipped: {verdict.flipped}")
         click.echo(verdict.details["preflight"], err=True)
+        if line := envs.note_line(verdict.details.get("environment")):
+            click.echo(line, err=True)
     sys.exit(0 if verdict.passed else 1)
 
 

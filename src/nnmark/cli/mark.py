@@ -25,8 +25,8 @@ import torch
 
 from nnmark import envs, keys, models
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, Group, click_option, dataset_for, emit, json_option, load_model, model_option,
-    model_to_train, out_option, secret_for_writing, with_progress, with_secret,
+    CliError, FiniteFloat, Group, click_option, dataset_for, device_option, emit, json_option, load_model,
+    model_option, model_to_train, out_option, secret_for_writing, with_progress, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option
 from nnmark.data import Split
@@ -121,7 +121,7 @@ def _drawn(split: str):
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
         model, loaded, ds, x, context = _images(spec, given, split)
-        oracle = TorchOracle(model, ds.shape, ds.num_classes)
+        oracle = TorchOracle(model, ds.shape, ds.num_classes, device=given["device"])
         yield _Prepared((oracle, x), _made_on(oracle), ds.test, loaded, context)
     return prepare
 
@@ -135,10 +135,11 @@ def _environments(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
         raise CliError("--envs needs at least two different environments")
     model, loaded, ds, x, context = _images(spec, given, "natural_pool")
     with contextlib.ExitStack() as stack:
-        oracles = {name: stack.enter_context(envs.get(name).oracle(model, ds.shape)) for name in names}
+        oracles = {name: stack.enter_context(envs.get(name).oracle(model, ds.shape, device=given["device"]))
+                   for name in names}
         local = oracles[names[0]]
         if not local.can("gradients"):
-            local = stack.enter_context(envs.get("float32").oracle(model, ds.shape))
+            local = stack.enter_context(envs.get("float32").oracle(model, ds.shape, device=given["device"]))
         yield _Prepared((local, oracles, x), lambda key: (key, oracles[key.config["reference"]], None), ds.test,
                         loaded, context)
 
@@ -151,7 +152,7 @@ def _canary_pool(loaded: models.LoadedModel) -> Split | None:
 @contextlib.contextmanager
 def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     model, loaded = _load(spec, given, NEEDS[spec.create_access])
-    oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes)
+    oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes, device=given["device"])
     yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded), loaded)
 
 
@@ -187,10 +188,11 @@ def _training(pretrained: bool | None):
 
         def finish(result):
             wm_model, key = result
-            return key, TorchOracle(wm_model, ds.shape, ds.num_classes), \
-                lambda: write(wm_model, key.config["clean_accuracy"], given["out_model"])
+            return key, TorchOracle(wm_model, ds.shape, ds.num_classes, device=given["device"]), \
+                lambda: write(wm_model.cpu(), key.config["clean_accuracy"], given["out_model"])
 
-        yield _Prepared((model, ds), finish, ds.test, loaded, {"pretrained": tune}, {"out_model": given["out_model"]})
+        yield _Prepared((model.to(given["device"]), ds), finish, ds.test, loaded, {"pretrained": tune},
+                        {"out_model": given["out_model"]})
     return prepare
 
 
@@ -226,6 +228,8 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
     or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first."""
+    if given["device"] != "cpu":
+        raise CliError(f"{spec.name} trains its shadow pools (--executor) and meta-trains on the CPU: --device cpu")
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
@@ -297,12 +301,14 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
     an embedding method), and report; say so when the method kept fewer samples than asked (the key's
     ``keys.SHORTFALL``).
 
-    The key records the model card (input shape, classes, normalisation) so verify asks the same question; a key
+    The key records the model card (input shape, classes, normalisation) so verify asks the same question, and the
+    environment it was made in (``envs.stamp``: device, dtype, backend flags); a key
     made from the loaded --model itself carries that model's source digest (e.g. of the ONNX file); the key keeps
     ``endpoint_defaults`` (--endpoint-default)."""
     loaded, canaries = prepared.loaded, prepared.canaries
     card = loaded.card if loaded is not None else models.ModelCard(source.input_shape, source.num_classes)
     key.config["model_card"] = card.to_dict()
+    envs.stamp(key, source)
     if endpoint_defaults:
         key.config["endpoint"] = endpoint_defaults
     if loaded is not None and write_model is None:
@@ -348,7 +354,7 @@ def _command(spec: MethodSpec) -> click.Command:
                          endpoint_defaults=endpoint_defaults)
 
     run = endpoint_default_option(out_option("--out", help="Key file to write.")(
-        with_secret(json_option(with_progress(run)))))
+        with_secret(json_option(with_progress(device_option(run))))))
     for option in reversed(options):  # help lists the kind's options, the method's, then the key's output
         run = click_option(option)(run)
     for decorate in reversed(kind.options(spec)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import CliError, load_model, model_option
+from nnmark.cli._shared import CliError, device_option, load_model, model_option
 from nnmark.cli.suspect import env_option, read_token
 
 DEFAULT_PORT = 8000
@@ -15,6 +15,7 @@ DEFAULT_MAX_BATCH = 256
 @click.command()
 @model_option
 @env_option
+@device_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--model-name", default="model", show_default=True, help="The {name} in /v2/models/{name}.")
@@ -27,7 +28,7 @@ DEFAULT_MAX_BATCH = 256
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve OIP v2 gRPC on this port (nnmark[grpc]).")
 @click.option("--insecure-no-token", is_flag=True,
               help="Allow a non-loopback --host without a token (it warns); refused otherwise.")
-def serve(model_source, env_name, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
+def serve(model_source, env_name, device, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
           insecure_no_token) -> None:
     """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
@@ -44,13 +45,13 @@ def serve(model_source, env_name, host, port, model_name, token_file, output, ma
     for p in (port, grpc_port) if grpc_port else (port,):
         serving.bind(host, p).close()  # a taken address: one line now, before the model loads
     model, loaded = load_model(model_source)
-    oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget)
-    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch,
-                             card={"model_card": loaded.card.to_dict()})
+    oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget, device=device)
+    card = {"model_card": loaded.card.to_dict(), **({"environment": made_in} if (made_in := envs.record(oracle)) else {})}
+    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch, card=card)
     grpc_server = None
     if grpc_port:
         grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
-    click.echo(f"serving {model_source.path} ({env_name}, {output}) as http://{host}:{port}/v2/models/{model_name}"
+    click.echo(f"serving {model_source.path} ({env_name} on {device}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
                + (" with a bearer token" if token else " WITHOUT a token"), err=True)
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import MODEL_HELP, CliError, FiniteFloat, model_source_options, source_value
+from nnmark.cli._shared import MODEL_HELP, CliError, FiniteFloat, device_option, model_source_options, source_value
 from nnmark.oracles import Oracle
 from nnmark.oracles import endpoint as ep
 from nnmark.suspect import ModelSource, Suspect, described, open_suspect
@@ -102,6 +102,12 @@ def env_option(f):
                         help="Execution environment the local model runs in.")(f)
 
 
+def accept_environment_option(f):
+    return click.option("--accept-environment", is_flag=True,
+                        help="Give an integrity key's verdict even where the key was made in another environment "
+                             "(device, dtype, backend flags) whose numerics alone could fail it.")(f)
+
+
 @dataclass(frozen=True)
 class SuspectOptions:
     """The suspect options of ``verify``, ``identify`` and ``audit`` as one value: a local model run in ``env``, or
@@ -112,6 +118,7 @@ class SuspectOptions:
         endpoints: the --endpoint URLs (one, or a fleet's replicas).
         shape: the endpoint-shape options given (``EndpointSpec`` fields, --normalize parsed; unset ones left out).
         env: the environment a local model runs in.
+        device: the device a local model runs on (resolved: cpu, cuda, cuda:N, mps).
         token: the bearer token the endpoints are asked with (never shown).
         budget: the most queries a check may spend.
     """
@@ -122,6 +129,7 @@ class SuspectOptions:
     env: str
     token: bytes | None = field(repr=False)
     budget: int | None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", types.MappingProxyType(dict(self.shape)))
@@ -138,17 +146,17 @@ class SuspectOptions:
         """Open the one suspect (``open_suspect``); yield (oracle, where it is, for reports, and a local model's
         digest or None). ``card`` and ``defaults``: the key's model card and endpoint defaults."""
         (suspect,) = self.suspects(defaults)
-        with open_suspect(suspect, env=self.env, token=self.token, budget=self.budget, card=card,
+        with open_suspect(suspect, env=self.env, device=self.device, token=self.token, budget=self.budget, card=card,
                           progress=progress) as (oracle, loaded):
-            yield oracle, described(suspect, self.env), loaded.digest if loaded is not None else None
+            yield oracle, described(suspect, self.env, self.device), loaded.digest if loaded is not None else None
 
 
 def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
     """Give the command ``suspect`` (``SuspectOptions``, or None when ``optional`` and no suspect is named) in place
     of the suspect options."""
     @functools.wraps(f)
-    def command(*args, model_path, weights, input_shape, normalize, env_name, endpoint, model_name, token_file,
-                budget, **kwargs):
+    def command(*args, model_path, weights, input_shape, normalize, env_name, device, endpoint, model_name,
+                token_file, budget, **kwargs):
         endpoints = tuple(endpoint) if fleet else (endpoint,) if endpoint else ()
         if optional and model_path is None and not endpoints:
             return f(*args, suspect=None, **{k: v for k, v in kwargs.items() if k not in names})
@@ -161,7 +169,10 @@ def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
             shape["normalize"] = ep.parse_normalize(normalize)
         given = {name: value for name, value in shape.items() if value is not None}
         token = read_token(token_file) if endpoints else None
-        suspect = SuspectOptions(source, endpoints, {"model_name": model_name, **given}, env_name, token, budget)
+        if source is None and device != "cpu":
+            raise CliError("--device: only with --model (an endpoint runs where its server puts it)")
+        suspect = SuspectOptions(source, endpoints, {"model_name": model_name, **given}, env_name, token, budget,
+                                 device)
         return f(*args, suspect=suspect, **kwargs)
     return command
 
@@ -183,6 +194,7 @@ def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = (),
                      help=f"Local model to ask. {MODEL_HELP}"),
         model_source_options,
         env_option,
+        device_option(help="Where a local --model runs: cpu, cuda, cuda:N, mps, or auto (the first accelerator)."),
         click.option("--endpoint", multiple=fleet,
                      help="Ask the model behind this OIP v2 base URL instead (e.g. http://host:8000)"
                      + ("; repeat it for a fleet of replicas." if fleet else ".")),

@@ -10,8 +10,8 @@ import click
 
 from nnmark import models
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, emit, json_option, model_source_options, model_to_train, out_option, with_model_source,
-    with_progress,
+    CliError, FiniteFloat, device_option, emit, json_option, model_source_options, model_to_train, out_option,
+    with_model_source, with_progress,
 )
 
 DEFAULT_EPOCHS = 8
@@ -31,11 +31,14 @@ DEFAULT_EPOCHS = 8
 @click.option("--width", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True,
               help="Channel width multiplier (--arch only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
+@device_option(help="Where it trains: cpu, cuda, cuda:N, mps, or auto (the first accelerator); the file written is "
+                    "the same on any device.")
 @out_option("--out", help="Checkpoint (--arch) or weights (--model, the same kind) to write (.safetensors).")
 @json_option
 @with_model_source
 @with_progress
-def train(arch, model_source, data_spec, epochs, lr, batch_size, width, seed, out, as_json, progress) -> None:
+def train(arch, model_source, data_spec, epochs, lr, batch_size, width, seed, device, out, as_json,
+          progress) -> None:
     """Train a fresh model on a dataset and save it: a zoo architecture, or your own factory's.
 
     A --model factory is trained in pixel space [0, 1] with its --normalize inside, on the data converted to its
@@ -54,11 +57,12 @@ def train(arch, model_source, data_spec, epochs, lr, batch_size, width, seed, ou
     if loaded is not None and loaded.kind != "factory":
         raise CliError(f"--model takes a package.module:factory here; {model_source.path} is a {loaded.kind} model "
                        "(for a checkpoint pass its --arch)")
+    model = model.to(device)
     start = time.perf_counter()
     models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     acc = models.accuracy(model, ds.test)
-    write(model, acc, out)
+    write(model.cpu(), acc, out)
     name = arch or model_source.path
     row = {"out": out, ("arch" if arch else "model"): name, "data": data_spec, "epochs": epochs, "test_accuracy": acc,
            "seconds": seconds}

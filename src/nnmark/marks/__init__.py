@@ -48,15 +48,22 @@ def spec_of(key: KeyFile) -> MethodSpec:
         raise KeyFileError(f"key file method {key.method!r} is not known to this nnmark") from None
 
 
-def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None, preflight: bool = True) -> Verdict:
+def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None, preflight: bool = True,
+           accept_environment: bool = False) -> Verdict:
     """Ask ``oracle`` the key's canaries (``canary.preflight``: ``EndpointMismatch`` when an endpoint answers as
     the keyed model does under a known misreading), then its queries, and decide with the key's method; keyed
     methods need ``secret``. A model that fits no reading gets the method's verdict; the preflight's one-line
     note is ``verdict.details["preflight"]``. ``preflight`` False: the caller asked the canaries of the whole key
     already (the audit, which verifies a key's queries a batch at a time).
 
+    The environment the key was made in is compared with the oracle's (``envs.check_environment``, noted as
+    ``verdict.details["environment"]``): a failed integrity key that the change of environment alone could fail
+    raises ``EnvironmentMismatch`` unless ``accept_environment``.
+
     KeyFileError when the key expects a label the model cannot give (outside [0, K)).
     """
+    from nnmark import envs
+
     spec = spec_of(key)
     require(oracle, spec.verify_access, f"verifying a {spec.name} key")
     if int(key.expected.max()) >= oracle.num_classes:
@@ -65,10 +72,18 @@ def verify(oracle: Oracle, key: KeyFile, *, secret: bytes | None = None, preflig
     if spec.keyed and secret is None:
         raise SignatureError(f"{key.method} keys need the owner's secret to verify "
                              f"(--secret-file or {keys.SECRET_ENV})")
+
+    def decide(asked: Oracle) -> Verdict:
+        return spec.verify(asked, key, secret=secret) if spec.keyed else spec.verify(asked, key)
+
     note = canary.preflight(oracle, key) if preflight else None
-    verdict = spec.verify(oracle, key, secret=secret) if spec.keyed else spec.verify(oracle, key)
+    verdict = decide(oracle)
     if note is not None:
         verdict.details["preflight"] = note
+    environment = envs.check_environment(oracle, key, verdict, fragile=spec.purpose == "integrity",
+                                         accept=accept_environment, reverify=decide)
+    if environment is not None:
+        verdict.details["environment"] = environment
     return verdict
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import platform
 import warnings
 from typing import TYPE_CHECKING
 
@@ -15,8 +17,49 @@ from nnmark.oracles.base import LogitsOracle, LossFn, Oracle, ProbabilitiesOracl
 if TYPE_CHECKING:
     from nnmark.models.sources import LoadedModel
 
+CUDA_FLAGS = ("tf32_matmul", "tf32_cudnn", "cudnn_deterministic", "cudnn_benchmark")
+"""The CUDA backend flags an environment record holds (``cuda_flags``)."""
+
 # torch warns about Intel-GPU TF32 whenever oneDNN flags are toggled on a CPU build: not ours to act on.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+
+
+def cuda_flags() -> dict[str, bool]:
+    """The CUDA backend flags in force now: TF32 for matmul and for cuDNN, cuDNN deterministic and benchmark."""
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+
+
+@contextlib.contextmanager
+def _cuda_flags_set(flags: dict[str, bool]):
+    """Run the block with the CUDA backend ``flags`` (``CUDA_FLAGS``), restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = flags["tf32_matmul"]
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=flags["cudnn_benchmark"],
+                                        deterministic=flags["cudnn_deterministic"], allow_tf32=flags["tf32_cudnn"]):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is: a CUDA card's name, the CPU's model name (else its architecture), or the device type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpu_name() if device.type == "cpu" else device.type
+
+
+@functools.cache
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.machine() or "cpu"
 
 
 class ModuleInputs:
@@ -76,6 +119,7 @@ class TorchOracle(LogitsOracle):
         torchscript: run ``torch.jit.freeze(torch.jit.trace(model, example))`` of a copy instead of the
             module (traced once at construction on one all-zero input); input gradients still flow.
         device: where the model runs ("cpu", "cuda", ...); inputs go there and answers come back to the CPU.
+        backend_flags: the CUDA backend flags (``CUDA_FLAGS``) every call runs with; None: those in force.
 
     Labels are the argmax of the logits in ``dtype``; probabilities are its softmax returned as float32,
     as an endpoint would send them. The caller's module is never modified: options that change it work
@@ -98,15 +142,21 @@ class TorchOracle(LogitsOracle):
         channels_last: bool = False,
         torchscript: bool = False,
         device: str | torch.device = "cpu",
+        backend_flags: dict[str, bool] | None = None,
     ):
         if batch_size is not None and batch_size < 1:
             raise ArgumentError("batch_size must be >= 1 or None")
+        if backend_flags is not None and set(backend_flags) != set(CUDA_FLAGS):
+            raise ArgumentError(f"backend_flags must name exactly {', '.join(CUDA_FLAGS)}")
+        self.module = model
         self.model = model.eval()
         self.dtype = dtype
         self.mkldnn = mkldnn
         self.batch_size = batch_size
         self.autocast_bf16 = autocast_bf16
         self.channels_last = channels_last
+        self.torchscript = torchscript
+        self.backend_flags = backend_flags
         self.device = torch.device(device)
         if dtype != torch.float32 or channels_last or self.device.type != "cpu":
             self.model = copy.deepcopy(self.model).to(self.device, dtype)
@@ -125,7 +175,19 @@ class TorchOracle(LogitsOracle):
     def seen_through(self, transform) -> TorchOracle:
         """A float32 TorchOracle over ``transform`` then the model (``Oracle.seen_through``)."""
         return TorchOracle(_Through(transform, self.model), self.input_shape, self.num_classes, budget=self.budget,
-                           dtype=self.dtype)
+                           dtype=self.dtype, device=self.device)
+
+    def environment(self) -> dict:
+        """Where and how this oracle runs its model, as a key records it: the numerics options (device type,
+        dtype, oneDNN, batch size, bfloat16 autocast, channels_last, TorchScript), the CUDA backend flags (TF32,
+        cuDNN deterministic and benchmark), and what cannot be chosen here (device name, torch version, threads)."""
+        return {
+            "device": self.device.type, "dtype": str(self.dtype).removeprefix("torch."),
+            "mkldnn": self.mkldnn and bool(torch.backends.mkldnn.enabled), "batch_size": self.batch_size,
+            "autocast_bf16": self.autocast_bf16, "channels_last": self.channels_last, "torchscript": self.torchscript,
+            **(self.backend_flags or cuda_flags()),
+            "device_name": device_name(self.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        }
 
     def module_inputs(self, kind: type[torch.nn.Module] | tuple[type[torch.nn.Module], ...]) -> ModuleInputs:
         """Records the inputs of the model's ``kind`` modules (a type or a tuple of types) during this oracle's calls
@@ -138,6 +200,8 @@ class TorchOracle(LogitsOracle):
             stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
         if self.autocast_bf16:
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        if self.backend_flags is not None:
+            stack.enter_context(_cuda_flags_set(self.backend_flags))
         return stack
 
     def _placed(self, c: torch.Tensor) -> torch.Tensor:
