@@ -93,6 +93,18 @@ def test_reductions_name_what_a_run_left_out_of_the_issues_design():
     assert f"the watermarked victims face 2 of the {len(thefts.catalogue())} thefts" in quick
 
 
+def test_the_audit_goal_is_refuted_by_a_sequential_claim_the_whole_key_does_not_make():
+    def seeds(passed: list[bool], whole: bool) -> list[dict]:
+        runs = {"copy: a": {"passed": [True], "whole_passed": False},
+                "i0": {"passed": passed, "whole_passed": whole}}
+        return [{"victims": {"lenet5": {"audit": {"MetaFinger": runs}}}}]
+
+    assert "met (no sequential MATCH" in bench.audit_goal(seeds([False, False], False), ["lenet5"])
+    assert "met (" in bench.audit_goal(seeds([True, True], True), ["lenet5"])  # the method's own claim
+    refuted = bench.audit_goal(seeds([False, True], False), ["lenet5"])
+    assert "REFUTED" in refuted and "MetaFinger (LeNet-5): i0, 1 of 2 orders" in refuted
+
+
 def test_audit_counts_take_the_thefts_of_the_keys_own_victim_and_every_independent():
     runs = {"copy: a": {"passed": [True]}, "copy: b": {"passed": [True]}, "i0": {"passed": [False]}}
     copies = {"a": {"theft": True}, "b": {"theft": False}}
@@ -145,7 +157,8 @@ def test_a_watermarked_victim_and_its_key_are_made_once_then_read_from_the_cache
 
     def embed():
         made.append(1)
-        return build_student("lenet5", ds.shape, 10, seed=0), KeyFile(method="adi", config={"k": 1}, queries=ds.test.x[:3], expected=torch.tensor([1, 2, 3]))
+        key = KeyFile(method="adi", config={"k": 1}, queries=ds.test.x[:3], expected=torch.tensor([1, 2, 3]))
+        return build_student("lenet5", ds.shape, 10, seed=0), key
 
     recipe = {"watermark": "Adi", "seed": 0}
     first = thefts.embedded(recipe, embed, "lenet5", ds, tmp_path)

@@ -621,6 +621,27 @@ def goals(summaries: dict[str, dict], best: dict[str, dict[str, list[str]]]) -> 
     return "\n".join([first, *(_auc_goal(summaries, *goal) for goal in GOALS)])
 
 
+def audit_goal(seeds: list[dict], archs: list[str]) -> str:
+    """Whether ``nnmark audit``'s sequential decision keeps the false-claim bound: no sequential MATCH on an
+    independent model that the whole key does not claim (those would be early stopping's own)."""
+    extra = {}
+    runs = 0
+    for arch in archs:
+        for r in seeds:
+            for key, suspects in r["victims"][arch]["audit"].items():
+                for name, x in suspects.items():
+                    if name.startswith("copy: "):
+                        continue
+                    runs += len(x["passed"])
+                    if not x["whole_passed"] and any(x["passed"]):
+                        extra.setdefault(f"{key} ({ARCH_NAMES.get(arch, arch)})", []).append(
+                            f"{name}, {sum(x['passed'])} of {len(x['passed'])} orders")
+    found = "; ".join(f"{k}: {', '.join(v)}" for k, v in extra.items())
+    return ("- `nnmark audit` decides these cases sequentially with the false-claim bound kept: "
+            + (f"REFUTED: sequential MATCH on independent models the whole key does not claim ({found})." if extra
+               else f"met (no sequential MATCH on an independent model the whole key does not claim; {runs} runs)."))
+
+
 def reductions(p: dict) -> list[str]:
     """What the run ``p`` left out of the issue's design (``ISSUE``), and what no run measures yet."""
     out = list(NOT_MEASURED)
@@ -683,7 +704,8 @@ def render(result: dict) -> str:
         "**Reduced against the issue:** " + "; ".join(reductions(p)) + ". Short training (parameters below) so the "
         "run fits a shared 2-core machine; see the module docstring of `nnmark.bench.ownership`.",
         f"Parameters: `{json.dumps(p)}`.",
-        section("The issue's goals, checked", goals(result["summary"], result["survivors"])),
+        section("The issue's goals, checked",
+                goals(result["summary"], result["survivors"]) + "\n" + audit_goal(seeds, p["victims"])),
         *(block for arch in p["victims"] for block in _victim_sections(result, arch)),
         "Beside the methods (seed 0): the from-scratch independent models took "
         f"{seeds[0]['independent_seconds']:.0f} s of recorded training, their distillations "
