@@ -111,7 +111,8 @@ def verify(key, suspect, *, secret: bytes | None = None, input_shape=None):
 
 
 def attack(name: str, model, *data, **options):
-    """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model, the input left
+    """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model (an attack that
+    reports, e.g. a thief's: the pair (model, report), the copy's accuracy on a ``test=`` split in it), the input left
     untouched; ``data`` as the attack's kind needs (e.g. attacker images and labels), ``options`` its parameters."""
     from nnmark.attacks import ATTACKS
     from nnmark.errors import ArgumentError
