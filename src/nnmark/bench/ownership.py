@@ -46,9 +46,11 @@ augmentation factor), ``independents`` (per architecture: models on the owner ha
 ``distilled`` (teacher, student architecture), ``n`` queries per key, ``candidates`` (MetaFinger's starting
 images), ``meta_epochs``, ``ipguard_iterations``, ``workers`` (shadow training processes), ``audit_orders``,
 ``alpha``, ``batch_size``. The full mode is the issue's design: 3 seeds x 2 victims x (1 clean + 5 marked victims)
-x 13 thefts, about 470 trained copies; on a shared 2-core machine with empty caches that is a day (one LeNet-5
-victim with its 13 thefts and keys took about 40 minutes, a ResNet-20 one several times that). The committed run
-can be reduced with ``overrides`` (e.g. ``{"seeds": 1, "victims": ["lenet5"]}``). The quick mode (a 3,000 / 1,000
+x 13 thefts, about 470 trained copies; on a shared 2-core machine with empty caches that is roughly 10-12 hours
+(measured: a from-scratch model on a 30k half about 2 minutes, LeNet-5 or ResNet-20 alike at their epochs; a
+watermarked LeNet-5's theft about 35 s; one seed of a LeNet-5 victim with its pools, independents, 5 watermarks
+and 13 + 65 thefts about 80 minutes). The committed run can be reduced with ``overrides`` (e.g. ``{"seeds": 1,
+"victims": ["lenet5"]}``). The quick mode (a 3,000 / 1,000
 image subset, mnist5k when Fashion-MNIST is not installed; LeNet-5 only; the coupled direct watermark against two
 thefts) runs in about two minutes for the test.
 """
