@@ -13,6 +13,8 @@ from nnmark.attacks.extract import extract, extract_from, query_set
 from nnmark.attacks.fineprune import channel_activation, fine_prune, last_conv, zero_channels
 from nnmark.attacks.noise import noise_finetune, relative_weight_noise
 from nnmark.attacks.prune_finetune import prune_finetune
+from nnmark.attacks.registry import ACCURACY
+from nnmark.bench import thefts
 from nnmark.errors import AccessError, ArgumentError, ModelError, QueryBudgetExceeded
 from nnmark.models.lenet import LeNet5
 from nnmark.oracles import LabelsOracle, TorchOracle
@@ -179,3 +181,17 @@ def test_a_copy_is_a_theft_while_it_keeps_the_victims_accuracy_less_five_points(
         with pytest.raises(ArgumentError):
             measure.is_theft(*bad)
     assert measure.split_accuracy(nn.Linear(1, 1), None) is None
+
+
+@pytest.mark.parametrize("name", sorted(thefts.ATTACKS))
+def test_every_attack_of_the_thefts_reports_the_copys_test_accuracy_through_its_spec(name, victim, owner_thief, digits):
+    spec, thief = ATTACKS[name], owner_thief[1]
+    assert spec.reports and "test" in spec.inputs()
+    if spec.reports != ACCURACY:  # reports of their own: test_attack_registry checks them on every attack
+        return
+    copy, report = spec(victim, thief.x[:200], thief.y[:200], epochs=1, seed=3, test=digits.test)
+    assert models.digest(copy) == models.digest(spec.fn(victim, thief.x[:200], thief.y[:200], epochs=1, seed=3))
+    assert report.test_accuracy == models.accuracy(copy, digits.test)
+    assert f"{report.test_accuracy:.2%}" in str(report)
+    bare, unmeasured = spec(victim, thief.x[:200], thief.y[:200], epochs=1, seed=3)
+    assert models.digest(bare) == models.digest(copy) and unmeasured.test_accuracy is None and str(unmeasured) == ""

@@ -6,12 +6,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nnmark import attacks, data
+from nnmark import attacks, data, models
+from nnmark.attacks.distill import build_student
 from nnmark.attacks.measure import is_theft
 from nnmark.bench import ownership as bench
 from nnmark.bench import thefts
 from nnmark.cli import main
-from nnmark.errors import DataError
+from nnmark.errors import ArgumentError, DataError
+from nnmark.keys import KeyFile
 
 
 def test_auc_counts_every_pair_and_ties_half():
@@ -28,42 +30,87 @@ def _verdict(passed: bool, score: float) -> dict:
     return {"passed": passed, "statistic": score, "score": score, "p_value": 0.5, "queries": 100}
 
 
-def _seed(copy: dict, independents: list[dict], method: str = "M") -> dict:
-    return {"thefts": {"a": {"methods": {method: copy}}},
-            "independents": {f"i{j}": {"methods": {method: v}} for j, v in enumerate(independents)}}
+def _seed(copy: dict, independents: list[dict], method: str = "M", victim: str = bench.CLEAN,
+          accuracy: float = 0.9, theft: bool = True) -> dict:
+    """One seed's result on a LeNet-5 victim: one copy "a" of ``victim`` judged by ``method``, and the independents."""
+    copies = {"a": {"accuracy": accuracy, "theft": theft, "methods": {method: copy}}}
+    return {"victims": {"lenet5": {"victims": {victim: {"copies": copies}},
+                                   "independents": {f"i{j}": {"methods": {method: v}}
+                                                    for j, v in enumerate(independents)}}}}
 
 
 def test_method_summary_counts_false_claims_from_the_independent_models(monkeypatch):
     monkeypatch.setattr(bench, "METHODS", {"M": ("M", "labels")})
     seeds = [_seed(_verdict(True, 0.9), [_verdict(False, 0.1), _verdict(True, 0.95), _verdict(False, 0.2)])]
-    cell = bench.method_summary(seeds, "a", "M")
+    cell = bench.method_summary(seeds, "lenet5", "a", "M")
     assert cell["tpr"] == 1 and cell["false_claims"] == 1 and cell["independents"] == 3
     assert cell["tpr_threshold_free"] == 0 and cell["auc"] == pytest.approx(2 / 3)
-    assert bench.method_summary([_seed(_verdict(True, 1), [], method="N")], "a", "M") is None
+    assert cell["accuracy"] == 0.9 and cell["theft"]
+    assert bench.method_summary([_seed(_verdict(True, 1), [], method="N")], "lenet5", "a", "M") is None
+
+
+def test_a_watermark_is_judged_on_the_copies_of_its_own_marked_victim():
+    assert bench.victim_of("SAC-m labels") == bench.victim_of("IPGuard") == bench.CLEAN
+    assert all(bench.victim_of(w) == w for w in bench.WATERMARKS)
+    marked = _seed(_verdict(True, 0.9), [_verdict(False, 0.1)], method="Adi", victim="Adi", accuracy=0.7,
+                   theft=False)
+    cell = bench.method_summary([marked], "lenet5", "a", "Adi")
+    assert cell["tpr"] == 1 and cell["accuracy"] == 0.7 and not cell["theft"]
+    assert bench._mark(cell) == "not a theft (70%)" and not bench._survives(cell)
+    clean = _seed(_verdict(True, 0.9), [_verdict(False, 0.1)], method="Adi")  # a clean copy is not Adi's to judge
+    assert bench.method_summary([clean], "lenet5", "a", "Adi") is None
 
 
 def test_survivors_need_every_copy_matched_and_no_false_claim_cheapest_first(monkeypatch):
-    monkeypatch.setattr(bench, "METHODS", {m: (m, "labels") for m in "ABCD"})
-    monkeypatch.setattr(bench, "key_cost", lambda seeds, m: {"A": 5, "B": 1, "C": 0, "D": 0}[m])
-    cell = {"tpr": 1.0, "false_claims": 0, "queries": 100}
+    monkeypatch.setattr(bench, "METHODS", {m: (m, "labels") for m in "ABCDE"})
+    monkeypatch.setattr(bench, "key_cost", lambda seeds, arch, m: {"A": 5, "B": 1, "C": 0, "D": 0, "E": 0}[m])
+    cell = {"tpr": 1.0, "false_claims": 0, "queries": 100, "theft": True}
     summary = {"a": {"methods": {"A": cell, "B": cell, "C": {**cell, "false_claims": 1},
-                                 "D": {**cell, "tpr": 0.5}}},
-               "b": {"methods": {"A": {**cell, "queries": 10}, "B": cell, "C": None, "D": None}}}
-    assert bench.survivors(summary, []) == {"a": ["B", "A"], "b": ["A", "B"]}
+                                 "D": {**cell, "tpr": 0.5}, "E": {**cell, "theft": False}}},
+               "b": {"methods": {"A": {**cell, "queries": 10}, "B": cell, "C": None, "D": None, "E": None}}}
+    assert bench.survivors(summary, [], "lenet5") == {"a": ["B", "A"], "b": ["A", "B"]}
 
 
 def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
-    cell = {"tpr": 1.0, "false_claims": 0, "queries": 100, "auc": 1.0}
-    summary = {bench.VICTIM: {"theft": True, "methods": {"SAC-m": cell}},
-               "distill, same arch, T=3": {"theft": True, "methods": {"SAC-m": cell}},
-               "RTAL": {"theft": True, "methods": {"SAC-m": {**cell, "queries": 101}}},
-               "extract labels + adversarial": {"theft": False, "methods": {"SAC-m": {**cell, "auc": 0.5}}}}
-    best = {a: ["SAC-m"] for a in summary}
-    first, distill, adversarial = bench.goals(summary, best).splitlines()
-    assert "REFUTED for RTAL (1 of 2 thefts)" in first
+    cell = {"tpr": 1.0, "false_claims": 0, "queries": 100, "auc": 1.0, "theft": True}
+    summary = {bench.VICTIM: {"methods": {"SAC-m": cell}},
+               "distill, same arch, T=3": {"methods": {"SAC-m": cell}},
+               "RTAL": {"methods": {"SAC-m": {**cell, "queries": 101}}},
+               "extract labels + adversarial": {"methods": {"SAC-m": {**cell, "auc": 0.5, "theft": False}}}}
+    best = {"lenet5": {a: ["SAC-m"] for a in summary}}
+    first, distill, adversarial = bench.goals({"lenet5": summary}, best).splitlines()
+    assert "REFUTED for RTAL (LeNet-5) (1 of 2 thefts)" in first
     assert distill.endswith("met.") and "not measured" in adversarial
     summary["distill, same arch, T=3"]["methods"]["SAC-m"] = {**cell, "auc": 0.98}
-    assert "REFUTED by distill, same arch, T=3 (0.98)" in bench.goals(summary, best)
+    assert "REFUTED by distill, same arch, T=3 (LeNet-5) (0.98)" in bench.goals({"lenet5": summary}, best)
+
+
+def test_reductions_name_what_a_run_left_out_of_the_issues_design():
+    assert bench.reductions({**bench.FULL}) == list(bench.NOT_MEASURED)
+    quick = bench.reductions(bench.QUICK)
+    assert "1 victim seed(s), not 3" in quick and "no ResNet-20 victim" in quick
+    assert "no frontier watermark" in quick and "no coupled direct watermark" not in quick
+    assert f"the watermarked victims face 2 of the {len(thefts.catalogue())} thefts" in quick
+
+
+def test_the_audit_goal_is_refuted_by_a_sequential_claim_the_whole_key_does_not_make():
+    def seeds(passed: list[bool], whole: bool) -> list[dict]:
+        runs = {"copy: a": {"passed": [True], "whole_passed": False},
+                "i0": {"passed": passed, "whole_passed": whole}}
+        return [{"victims": {"lenet5": {"audit": {"MetaFinger": runs}}}}]
+
+    assert "met (no sequential MATCH" in bench.audit_goal(seeds([False, False], False), ["lenet5"])
+    assert "met (" in bench.audit_goal(seeds([True, True], True), ["lenet5"])  # the method's own claim
+    refuted = bench.audit_goal(seeds([False, True], False), ["lenet5"])
+    assert "REFUTED" in refuted and "MetaFinger (LeNet-5): i0, 1 of 2 orders" in refuted
+
+
+def test_audit_counts_take_the_thefts_of_the_keys_own_victim_and_every_independent():
+    runs = {"copy: a": {"passed": [True]}, "copy: b": {"passed": [True]}, "i0": {"passed": [False]}}
+    copies = {"a": {"theft": True}, "b": {"theft": False}}
+    seeds = [{"victims": {"lenet5": {"victims": {"Adi": {"copies": copies}}, "audit": {"Adi": runs}}}}]
+    counts = bench._audit_counts(seeds, "lenet5", "Adi")
+    assert counts == {"thefts": [runs["copy: a"]], "independents": [runs["i0"]]}
 
 
 def test_dataset_spec_writes_a_subset_once_and_falls_back_without_fashion_mnist(tmp_path, monkeypatch):
@@ -96,32 +143,71 @@ def test_every_theft_names_a_registered_attack_function():
     assert all(t.attack in thefts.ATTACKS and (t.base is None or t.base in catalogue) for t in catalogue.values())
 
 
+def test_a_subset_of_thefts_keeps_the_catalogues_order_and_the_thefts_they_start_from():
+    assert list(thefts.select(None)) == list(thefts.catalogue())
+    assert list(thefts.select(["RTAL", "distill, same arch, T=3"])) == ["distill, same arch, T=3", "RTAL"]
+    for bad in (["no such theft"], ["extract labels + adversarial eps=0.05"]):
+        with pytest.raises(ArgumentError):
+            thefts.select(bad)
+
+
+def test_a_watermarked_victim_and_its_key_are_made_once_then_read_from_the_cache(tmp_path):
+    ds = data.load("digits")
+    made = []
+
+    def embed():
+        made.append(1)
+        key = KeyFile(method="adi", config={"k": 1}, queries=ds.test.x[:3], expected=torch.tensor([1, 2, 3]))
+        return build_student("lenet5", ds.shape, 10, seed=0), key
+
+    recipe = {"watermark": "Adi", "seed": 0}
+    first = thefts.embedded(recipe, embed, "lenet5", ds, tmp_path)
+    again = thefts.embedded(recipe, embed, "lenet5", ds, tmp_path)
+    assert made == [1] and not first[2]["cached"] and again[2]["cached"]
+    assert models.digest(again[0]) == models.digest(first[0]) and torch.equal(again[1].queries, first[1].queries)
+
+
 def test_bench_ownership_quick_writes_its_tables(tmp_path):
     r = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--out-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "ownership.json").read_text())
     assert result["command"] == "nnmark bench ownership --quick"
     (row,) = result["seeds"]
-    assert row["victim_accuracy"] > 0.6 and len(row["independents"]) == 5
-    assert {x["arch"] for x in row["independents"].values()} == {"lenet5", "vgg11", "resnet20"}
-    assert list(row["thefts"]) == [bench.VICTIM, *thefts.catalogue()] == list(result["summary"])
-    assert row["cost"]["derived_trained"] == len(thefts.catalogue()) + len(bench.QUICK["distilled"])  # cold caches
-    made = [m for m, (key, _) in bench.METHODS.items() if "seconds" in row["keys"][key]]
-    assert {"SAC-m", "SAC-m labels", "MetaFinger", "IPGuard"} <= set(made)
-    for m in made:  # the victim itself is a true positive for every method that made a key
-        assert row["thefts"][bench.VICTIM]["methods"][m]["passed"]
-        assert result["summary"][bench.VICTIM]["methods"][m]["tpr"] == 1
-    for attack, s in result["summary"].items():
-        copy = row["thefts"][attack]
-        assert s["theft"] == copy["theft"] == is_theft(row["victim_accuracy"], copy["accuracy"])
+    (victim,) = row["victims"].values()
+    summary = result["summary"]["lenet5"]
+    assert victim["victim_accuracy"] > 0.6 and len(victim["independents"]) == 5
+    assert {x["arch"] for x in victim["independents"].values()} == {"lenet5", "vgg11", "resnet20"}
+    clean, marked = victim["victims"][bench.CLEAN]["copies"], victim["victims"]["coupled direct"]["copies"]
+    assert list(clean) == [bench.VICTIM, *thefts.catalogue()] == list(summary)
+    assert list(marked) == [bench.VICTIM, *bench.QUICK["watermark_thefts"]]
+    assert victim["cost"]["derived_trained"] == len(thefts.catalogue()) + 2  # cold caches
+    assert row["distilled_trained"] == len(bench.QUICK["distilled"])
+    made = [m for m, (key, _) in bench.METHODS.items() if "seconds" in victim["keys"].get(key, {})]
+    assert {"SAC-m", "SAC-m labels", "MetaFinger", "IPGuard", "coupled direct"} <= set(made)
+    for m in made:  # the victim itself (the marked one, for a watermark) is a true positive for every method
+        assert victim["victims"][bench.victim_of(m)]["copies"][bench.VICTIM]["methods"][m]["passed"], m
+        assert summary[bench.VICTIM]["methods"][m]["tpr"] == 1
+    assert "coupled direct" not in clean["RTAL"]["methods"] and "IPGuard" not in marked["RTAL"]["methods"]
+    for attack, s in summary.items():
+        copy = clean[attack]
+        assert s["theft"] == copy["theft"] == is_theft(victim["victim_accuracy"], copy["accuracy"])
         for m in made:  # false claims are counted over the independent models, under the method's rule
             cell = s["methods"][m]
-            assert cell["false_claims"] == sum(x["methods"][m]["passed"] for x in row["independents"].values())
+            if cell is None:
+                assert m == "coupled direct" and attack not in marked
+                continue
+            assert cell["false_claims"] == sum(x["methods"][m]["passed"] for x in victim["independents"].values())
             assert cell["independents"] == 5 and 0 <= cell["auc"] <= 1 and cell["queries"] >= 1
-    for attack, methods in result["survivors"].items():
-        assert all(result["summary"][attack]["methods"][m]["false_claims"] == 0 for m in methods)
+    for attack, methods in result["survivors"]["lenet5"].items():
+        assert all(summary[attack]["methods"][m]["false_claims"] == 0 for m in methods)
+    audited = victim["audit"]["MetaFinger"]
+    assert set(audited) == {f"copy: {a}" for a in clean} | set(victim["independents"])
+    assert audited["copy: " + bench.VICTIM]["passed"] == [True]
+    assert all(max(x["queries"]) <= x["whole_queries"] for x in audited.values())
     md = (tmp_path / "ownership.md").read_text()
-    for part in ("Reduced against the issue", "## Which method survives which theft", "| none (the victim itself) |",
-                 "### SAC-m labels", "## Independent models", "## Cost", "`nnmark bench ownership --quick`"):
+    for part in ("Reduced against the issue", "no ResNet-20 victim", "## LeNet-5 victim: which method survives",
+                 "| none (the victim itself) |", "### LeNet-5: SAC-m labels", "### LeNet-5: coupled direct",
+                 "### LeNet-5: independent models", "### LeNet-5: cost", "### LeNet-5: nnmark audit",
+                 "`nnmark bench ownership --quick`"):
         assert part in md
     assert (tmp_path / "ownership.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

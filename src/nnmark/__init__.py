@@ -129,7 +129,8 @@ def verify(key, suspect, *, secret: bytes | None = None, input_shape=None, devic
 
 
 def attack(name: str, model, *data, device: str = "cpu", **options):
-    """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model, the input left
+    """``model`` changed by the registered attack ``name`` (``nnmark.attacks.ATTACKS``): a new model (an attack that
+    reports, e.g. a thief's: the pair (model, report), the copy's accuracy on a ``test=`` split in it), the input left
     untouched; ``data`` as the attack's kind needs (e.g. attacker images and labels), ``options`` its parameters.
     The attack runs on ``device`` (a copy of ``model`` is moved there); the new model comes back on the CPU."""
     import copy
@@ -143,7 +144,8 @@ def attack(name: str, model, *data, device: str = "cpu", **options):
     device = resolve_device(device)
     if device == "cpu":
         return ATTACKS[name](model, *data, **options)
-    return ATTACKS[name](copy.deepcopy(model).to(device), *data, **options).cpu()
+    result = ATTACKS[name](copy.deepcopy(model).to(device), *data, **options)
+    return (result[0].cpu(), *result[1:]) if isinstance(result, tuple) else result.cpu()
 
 
 def save_key(key, path, *, secret: bytes | None):

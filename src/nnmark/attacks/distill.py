@@ -40,7 +40,7 @@ from torch import nn
 
 from nnmark.attacks.backdoor import check_images
 from nnmark.attacks.modes import output_classes
-from nnmark.attacks.registry import register_attack
+from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.data import validate
 from nnmark.errors import ArgumentError
 from nnmark.models import ARCHITECTURES, build
@@ -110,7 +110,7 @@ def student_for(model: nn.Module, arch: str, x: torch.Tensor, seed: int) -> nn.M
 
 @register_attack("distill", summary="Knowledge distillation: train a fresh model on the victim's soft labels.",
                  applies_to="any classifier (the student: its architecture, a zoo one, or a given one); needs "
-                 "attacker data", data="attacker")
+                 "attacker data", data="attacker", reports=ACCURACY)
 def distill(
     model: nn.Module,
     x: torch.Tensor,

@@ -12,6 +12,8 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -107,6 +109,16 @@ def distinct_values(model: nn.Module, granularity: str = "tensor") -> dict[str, 
 def split_accuracy(model: nn.Module, split: object | None) -> float | None:
     """``model``'s accuracy on ``split`` (``.x``, ``.y``; a test split: what a thief's copy is worth), None without."""
     return None if split is None else accuracy(model, split)
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """What an attack registered with ``reports=ACCURACY`` reports: the copy's test accuracy (None without a split)."""
+
+    test_accuracy: float | None
+
+    def __str__(self) -> str:
+        return "" if self.test_accuracy is None else f"copy's test accuracy {self.test_accuracy:.2%}"
 
 
 def is_theft(victim_acc: float, copy_acc: float, margin: float = THEFT_MARGIN) -> bool:

@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nnmark.attacks.registry import register_attack
+from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.data import validate
 from nnmark.errors import ArgumentError, DataError, ModelError
 from nnmark.models.training import fit
@@ -98,7 +98,7 @@ def check_labelled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
 
 @register_attack("finetune-mode", summary="FTLL, FTAL, RTLL or RTAL on attacker data disjoint from the key's samples.",
                  applies_to="FTAL: any classifier; FTLL, RTLL, RTAL: models whose last layer is an nn.Linear; needs "
-                           "attacker data", data="attacker")
+                           "attacker data", data="attacker", reports=ACCURACY)
 def finetune_mode(
     model: nn.Module,
     x: torch.Tensor,

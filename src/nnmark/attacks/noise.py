@@ -8,7 +8,7 @@ import copy
 import torch
 
 from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, finetune_mode
-from nnmark.attacks.registry import register_attack
+from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.errors import ArgumentError
 
 STD = 1e-4
@@ -70,7 +70,7 @@ def relative_weight_noise(model: torch.nn.Module, alpha: float = ALPHA, *, seed:
     return attacked.eval()
 
 
-@register_attack("noise-finetune", applies_to="any classifier; needs attacker data", data="attacker",
+@register_attack("noise-finetune", applies_to="any classifier; needs attacker data", data="attacker", reports=ACCURACY,
                  summary="Relative weight noise (MetaFinger eq. 1), then fine-tune all layers (FTAL).")
 def noise_finetune(
     model: torch.nn.Module,

@@ -33,7 +33,7 @@ from torch.nn.utils import prune as torch_prune
 from nnmark.attacks.measure import weight_layers
 from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, MOMENTUM, check_labelled
 from nnmark.attacks.prune import FRACTION, prune
-from nnmark.attacks.registry import register_attack
+from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.errors import ArgumentError
 from nnmark.models.training import fit
 
@@ -41,7 +41,7 @@ from nnmark.models.training import fit
 @register_attack("prune-finetune",
                  summary="Prune each layer's smallest weights, then fine-tune with the pruned ones held at zero.",
                  applies_to="models with Conv2d or Linear layers and a last nn.Linear; needs attacker data",
-                 data="attacker")
+                 data="attacker", reports=ACCURACY)
 def prune_finetune(
     model: nn.Module,
     x: torch.Tensor,

@@ -12,6 +12,9 @@ An attack is a plain function ``f(model, *data, **options) -> nn.Module``:
   one of these ``| None``), with a default that is a named module constant (flags default to False, seeds to
   0), documented by one line ``name: text`` in the docstring's ``Args:`` section. A keyword input that is no
   option (a test split, a student model) defaults to None;
+- an attack that measures nothing of its own but trains a copy a thief keeps (distillation, fine-tuning) registers
+  ``reports=ACCURACY``: its function returns the bare model, and calling the spec returns (model,
+  ``measure.AccuracyReport`` on the ``test`` keyword), so every thief's attack reports the copy's accuracy;
 - the same seed gives the same weights;
 - an attack that needs nothing of the model but its answers (extraction) may also register ``oracle``: the same
   attack against any ``nnmark.oracles.Oracle``, ``oracle(oracle, x, y, **options)`` with the attack's options,
@@ -41,10 +44,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from nnmark import options as _options
+from nnmark.attacks.measure import AccuracyReport, split_accuracy
 from nnmark.errors import ArgumentError
 from nnmark.options import Option
 
 DataKind = Literal["none", "attacker", "domain", "watermark"]
+ACCURACY = "accuracy"
+"""``reports`` of an attack whose spec, not its function, reports the copy's test accuracy."""
 DATA: dict[str, tuple[str, ...]] = {
     "none": (),
     "attacker": ("x", "y"),
@@ -65,12 +71,17 @@ class Spec:
     summary: str
     applies_to: str
     data: DataKind = "none"
-    reports: bool = False
+    reports: bool | Literal["accuracy"] = False
     needs: tuple[str, ...] = ()
     oracle: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+        """``fn``'s result; with ``reports=ACCURACY``, (model, its ``AccuracyReport`` on the ``test`` keyword)."""
+        if self.reports != ACCURACY:
+            return self.fn(*args, **kwargs)
+        test = kwargs.pop("test", None)
+        model = self.fn(*args, **kwargs)
+        return model, AccuracyReport(split_accuracy(model, test))
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -90,7 +101,8 @@ class Spec:
 
     def inputs(self) -> tuple[str, ...]:
         """Keyword inputs that are no options (default None): supplied by a caller that has them."""
-        return _options.inputs(self.fn, skip=self._skip)
+        own = _options.inputs(self.fn, skip=self._skip)
+        return (*own, "test") if self.reports == ACCURACY else own
 
     @property
     def _skip(self) -> int:
@@ -119,7 +131,7 @@ def _register(registry: dict[str, Spec], spec: Spec) -> None:
 
 
 def register_attack(name: str, *, summary: str, applies_to: str, data: DataKind = "none",
-                    reports: bool = False, needs: tuple[str, ...] = (),
+                    reports: bool | Literal["accuracy"] = False, needs: tuple[str, ...] = (),
                     oracle: Callable[..., Any] | None = None) -> Callable[[F], F]:
     """Register the decorated function in ``ATTACKS`` under ``name``; the function itself is returned unchanged.
 

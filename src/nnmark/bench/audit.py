@@ -10,7 +10,9 @@ prune (50%) + fine-tune; the independent models. Each key is asked of each suspe
 ``batch_size``, alpha = ``alpha``). Reported per method and suspect: the whole-key decision, the sequential
 decisions, and queries to a decision (median and max over seeds and orders) against the whole key's; per
 ownership method, the false-claim rate (MATCH on an independent model) against alpha; per method, the
-missed-detection rate (the sequential decision differs from the whole key's).
+missed-detection rate (the sequential decision differs from the whole key's). The thief's copies on Fashion-MNIST
+(distilled, extracted, retrained; every ownership key, watermarks included) are audited the same way in
+``nnmark bench ownership``, beside the independent models they are judged against.
 """
 
 from __future__ import annotations

@@ -1,37 +1,58 @@
 """``nnmark bench ownership``: ownership keys against a thief, judged the field's way, on Fashion-MNIST.
 
-Layout (issue "Ownership that survives a thief"): the owner trains a LeNet-5 victim on the owner half of the
-training split (``fashion-mnist@owner``); the thief holds the other half (``@thief``). Independent models, trained
-with other seeds on either half, of three architectures (LeNet-5, narrow VGG-11, ResNet-20), plus distillations of
-*other* independent teachers (the hardest negatives), form the false-claim side. The thief's copies
+Layout (issue "Ownership that survives a thief"): per victim seed and victim architecture (``victims``: LeNet-5
+and ResNet-20), the owner trains a victim on the owner half of the training split (``fashion-mnist@owner``); the
+thief holds the other half (``@thief``). Independent models, trained with other seeds on either half, of three
+architectures (LeNet-5, narrow VGG-11, ResNet-20), plus distillations of *other* independent teachers (the hardest
+negatives), form the false-claim side, the same for every victim of a seed. The thief's copies
 (``nnmark.bench.thefts``: distillation at T = 3 into the same and another architecture, extraction with labels or
 probabilities into the same and another architecture, extraction then PGD adversarial training at eps 0.05 and 0.1,
 RTAL, prune 70% / 90% + fine-tune, noise alpha = 1 + fine-tune, fine-pruning) form the positive side; a copy counts
-as a theft only while it keeps the victim's test accuracy minus 5 points (``attacks.measure.is_theft``), the others
+as a theft only while it keeps its victim's test accuracy minus 5 points (``attacks.measure.is_theft``), the others
 are listed apart.
 
-Methods (their keys made from the victim; shadow models from ``marks.ownership.shadow`` with MetaFinger's paper
-pools of LeNet-5 on the owner half, cached under its ``default_cache_dir()``): SAC-m and SAC-w (probabilities, and
-the same key asked for labels only: one-hot correlation), both calibrated on the pools' negative models; MetaFinger
-(paper pools); IPGuard. Per method x attack: the true-positive rate under the method's own rule and the count of
-independent models that rule falsely claims, the threshold-free TPR (copies scoring past the most suspicious
-independent model), ROC AUC of the statistic (copies vs independents; ties count half), the median statistic and
-p-value, queries, and the thief's accuracy. Test accuracy is measured on the second half of the test split (the
-first half is the pool SAC draws its queries from).
+Methods: one ``KEYS`` entry per key (how it is made, how a suspect is judged, whether it is a watermark), one
+``METHODS`` row per way of asking it (SAC's key is also asked for labels only). Fingerprints are made from the clean
+victim and judged on its copies: SAC-m and SAC-w (probabilities, and one-hot labels), both calibrated on the
+negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its ``default_cache_dir()``);
+MetaFinger (paper pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
+marked victim from the same owner half and architecture (coupled direct and invisible r = 0.5 and Zhang's content
+triggers and Adi's abstract images from a fresh model of the victim's seed, frontier stitching by fine-tuning the
+clean victim), the thefts (``watermark_thefts``; None: all) are applied to THAT victim, and its key judges those
+copies and every independent model by its own rule. Per method x attack: the true-positive rate under the method's
+rule and the count of independent models that rule falsely claims, the threshold-free TPR (copies scoring past the
+most suspicious independent model), ROC AUC of the statistic (copies vs independents; ties count half), the median
+statistic and p-value, queries, and the thief's accuracy; one survival table per victim architecture. Cost per
+method: key creation (a watermark's: training its marked victim), shadow or calibration models and their recorded
+training, verification queries. Test accuracy is measured on the second half of the test split (the first half
+is the pool SAC draws its queries from).
 
-Not yet measured (say so in the report, ``NOT_MEASURED``): a ResNet-20 victim, more than one victim seed in the
-committed run, MetaFinger's thief-aware pools, and the watermarks that must be embedded at training (coupled,
-Zhang, Adi, frontier).
+``nnmark audit``'s sequential decision (``nnmark.audit.run.audit_key``, batches of ``batch_size``, alpha =
+``alpha``) is run for every key on its copies and on every independent model, in ``audit_orders`` seeded query
+orders: queries to a decision against the whole key's, and the sequential false claims over the independent
+models beside the whole key's (Ville's bound: each run claims a model whose match rate is at most the method's
+null with chance at most alpha; SAC is asked whole, its statistic needs every query).
 
-Runtime knobs (``FULL`` / ``QUICK``): ``subset`` (train, test images of Fashion-MNIST kept; None: all 60k / 10k),
-``epochs`` per architecture of from-scratch models, ``theft_epochs`` (distillation and extraction passes over the
-thief's 30k images), ``finetune_epochs`` (RTAL, pruning, noise, fine-pruning, adversarial training), ``pool``
-(MetaFinger's negatives, validation negatives, augmentation factor), ``independents`` (per architecture: models on
-the owner half, on the thief half), ``distilled`` (teacher, student architecture), ``n`` queries per key,
-``candidates`` (MetaFinger's starting images), ``meta_epochs``, ``ipguard_iterations``, ``workers`` (shadow training
-processes). The full mode's sizes (one victim seed, 2-4 epochs per model) are chosen to fit about 40 minutes of a
-shared 2-core machine with empty caches; the quick mode (a 3,000 / 1,000 image subset, mnist5k when Fashion-MNIST is
-not installed) runs in about a minute for the test.
+Not measured (``NOT_MEASURED``): MetaFinger's thief-aware pools (a ``KEYS`` entry to add). A run reduced against
+the issue's design (``ISSUE``: 3 seeds, both victims, 5 watermarks, every theft on every victim) says so in its
+header (``reductions``).
+
+Runtime knobs (``FULL`` / ``QUICK``; ``run(overrides=...)`` changes any of them, and the report names the change):
+``seeds``, ``victims``, ``watermarks``, ``watermark_thefts``, ``subset`` (train, test images of Fashion-MNIST
+kept; None: all 60k / 10k), ``epochs`` per architecture of from-scratch models (watermarked victims too),
+``theft_epochs`` (distillation and extraction passes over the thief's 30k images), ``finetune_epochs`` (RTAL,
+pruning, noise, fine-pruning, adversarial training), ``pool`` (MetaFinger's negatives, validation negatives,
+augmentation factor), ``independents`` (per architecture: models on the owner half, on the thief half),
+``distilled`` (teacher, student architecture), ``n`` queries per key, ``candidates`` (MetaFinger's starting
+images), ``meta_epochs``, ``ipguard_iterations``, ``workers`` (shadow training processes), ``audit_orders``,
+``alpha``, ``batch_size``. The full mode is the issue's design: 3 seeds x 2 victims x (1 clean + 5 marked victims)
+x 13 thefts, about 470 trained copies; on a shared 2-core machine with empty caches that is roughly 10-12 hours
+(measured: a from-scratch model on a 30k half about 2 minutes, LeNet-5 or ResNet-20 alike at their epochs; a
+watermarked LeNet-5's theft about 35 s; one seed of a LeNet-5 victim with its pools, independents, 5 watermarks
+and 13 + 65 thefts about 80 minutes). The committed run can be reduced with ``overrides`` (e.g. ``{"seeds": 1,
+"victims": ["lenet5"]}``). The quick mode (a 3,000 / 1,000
+image subset, mnist5k when Fashion-MNIST is not installed; LeNet-5 only; the coupled direct watermark against two
+thefts) runs in about two minutes for the test.
 """
 
 from __future__ import annotations
@@ -40,7 +61,9 @@ import io
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,46 +72,73 @@ from tqdm.auto import tqdm
 
 from nnmark import data, models
 from nnmark._io import atomic_write_bytes
-from nnmark.attacks.distill import SOK_TEMPERATURE
+from nnmark.attacks.distill import SOK_TEMPERATURE, build_student
 from nnmark.attacks.measure import is_theft
+from nnmark.audit import run as audit
 from nnmark.bench import plots, thefts
-from nnmark.bench.common import document, header, parameters, section, table, write
+from nnmark.bench.common import ARCH_NAMES, document, header, parameters, section, table, write
 from nnmark.data.roles import attacker_data
 from nnmark.errors import DataError, NnmarkError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership import ipguard, metafinger, sac, shadow
+from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, sac, shadow
 from nnmark.marks.ownership.shadow import ShadowSpec
-from nnmark.oracles import LabelsOracle, TorchOracle
+from nnmark.marks.verdict import Verdict
+from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 
 STEM = "ownership"
 DATA = "fashion-mnist"
 FALLBACK = "mnist5k"
-VICTIM_ARCH = "lenet5"
+WATERMARKS = ("coupled direct", "coupled invisible", "Zhang", "Adi", "frontier")
 FULL = {
-    "seeds": 1, "subset": None, "epochs": {"lenet5": 4, "vgg11": 3, "resnet20": 2}, "theft_epochs": 4,
+    "seeds": 3, "victims": ("lenet5", "resnet20"), "watermarks": WATERMARKS, "watermark_thefts": None,
+    "subset": None, "epochs": {"lenet5": 4, "vgg11": 3, "resnet20": 2}, "theft_epochs": 4,
     "finetune_epochs": 2, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 100, "candidates": 200,
-    "meta_epochs": 10,
-    "ipguard_iterations": 1000, "workers": 2,
+    "meta_epochs": 10, "ipguard_iterations": 1000, "workers": 2, "audit_orders": 3, "alpha": 1e-3, "batch_size": 8,
     "independents": {"lenet5": (4, 4), "vgg11": (3, 3), "resnet20": (1, 2)},
     "distilled": (("lenet5 thief #1", "lenet5"), ("vgg11 thief #1", "lenet5"), ("lenet5 owner #1", "vgg11"),
                   ("resnet20 thief #1", "lenet5")),
 }
 QUICK = {
-    "seeds": 1, "subset": (3000, 1000), "epochs": {"lenet5": 4, "vgg11": 2, "resnet20": 1}, "theft_epochs": 4,
+    "seeds": 1, "victims": ("lenet5",), "watermarks": ("coupled direct",),
+    "watermark_thefts": ("distill, same arch, T=3", "RTAL"), "subset": (3000, 1000),
+    "epochs": {"lenet5": 4, "vgg11": 2, "resnet20": 1}, "theft_epochs": 4,
     "finetune_epochs": 1, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 20, "candidates": 80,
-    "meta_epochs": 10, "ipguard_iterations": 500, "workers": 1,
+    "meta_epochs": 10, "ipguard_iterations": 500, "workers": 1, "audit_orders": 1, "alpha": 1e-3, "batch_size": 8,
     "independents": {"lenet5": (1, 1), "vgg11": (0, 1), "resnet20": (0, 1)},
     "distilled": (("vgg11 thief #1", "lenet5"),),
 }
-METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "labels"),
-           "SAC-w": ("SAC-w", "probabilities"), "SAC-w labels": ("SAC-w", "labels"),
-           "MetaFinger": ("MetaFinger", "labels"), "IPGuard": ("IPGuard", "labels")}
-"""Method as the tables name it -> (its key, what the suspect is asked)."""
-VERIFY = {sac.METHOD: sac.verify, metafinger.METHOD: metafinger.verify, ipguard.METHOD: ipguard.verify}
-NOT_MEASURED = ("MetaFinger with thief-aware pools", "coupled watermark (direct and invisible)", "Zhang", "Adi",
-                "frontier stitching", "a ResNet-20 victim", "more than one victim seed (full mode: 1)")
+ISSUE = {"seeds": 3, "victims": ("lenet5", "resnet20"), "watermarks": WATERMARKS, "watermark_thefts": None}
+"""The issue's design, against which a run's reductions are named."""
+NOT_MEASURED = ("MetaFinger with thief-aware pools",)
+CLEAN = "clean victim"
+"""The victim the fingerprints are made from (a watermark's victim is named by its key)."""
 VICTIM = "none (the victim itself)"
 """The row of the untouched victim: every method must match it."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a key is made from: the clean victim, its architecture, MetaFinger's pools, the owner's data, the run's
+    parameters and the seed."""
+
+    victim: nn.Module
+    arch: str
+    pools: metafinger.Pools
+    data: data.Dataset
+    p: dict
+    seed: int
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One key of the bench: ``make(owner)`` gives (its marked victim, or None for a fingerprint of the clean
+    victim; the key), ``verify(oracle, key)`` judges a suspect, ``lower_is_closer`` when a lower statistic is more
+    suspicious (SAC's distance), ``shadows`` when it is made from the shadow pools (their training is its cost)."""
+
+    make: Callable[[Owner], tuple[nn.Module | None, KeyFile]]
+    verify: Callable[[Oracle, KeyFile], Verdict]
+    lower_is_closer: bool = False
+    shadows: bool = False
 
 
 # --- data and models ----------------------------------------------------------------------------------------
@@ -147,82 +197,205 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 # --- keys and verdicts --------------------------------------------------------------------------------------
 
 
-def make_keys(victim: nn.Module, pools: metafinger.Pools, owner: data.Dataset, p: dict,
-              seed: int) -> tuple[dict[str, KeyFile], dict[str, dict]]:
-    """The victim's keys by name, and per key its creation seconds and queries (or the error that stopped it)."""
-    starts = owner.train.x[torch.randperm(len(owner.train), generator=torch.Generator().manual_seed(seed))[: p["n"]]]
-    makers = {
-        "SAC-m": lambda: sac.create(victim, pools, owner.train.x, variant="m", n=p["n"], seed=seed, dataset=owner),
-        "SAC-w": lambda: sac.create(victim, pools, owner.train.x, variant="w", n=p["n"], seed=seed, dataset=owner),
-        "MetaFinger": lambda: metafinger.create(victim, pools, owner.train.x,
-                                                metafinger.Settings(n=p["n"], candidates=p["candidates"],
-                                                                    epochs=p["meta_epochs"]), seed=seed),
-        "IPGuard": lambda: ipguard.create(TorchOracle(victim, owner.shape, owner.num_classes), starts,
-                                          iterations=p["ipguard_iterations"], seed=seed),
-    }
-    keys, info = {}, {}
-    for name, make in makers.items():
+def _sac(variant: str) -> Callable[[Owner], tuple[None, KeyFile]]:
+    return lambda o: (None, sac.create(o.victim, o.pools, o.data.train.x, variant=variant, n=o.p["n"], seed=o.seed,
+                                       dataset=o.data))
+
+
+def _metafinger(o: Owner) -> tuple[None, KeyFile]:
+    settings = metafinger.Settings(n=o.p["n"], candidates=o.p["candidates"], epochs=o.p["meta_epochs"])
+    return None, metafinger.create(o.victim, o.pools, o.data.train.x, settings, seed=o.seed)
+
+
+def _ipguard(o: Owner) -> tuple[None, KeyFile]:
+    order = torch.randperm(len(o.data.train), generator=torch.Generator().manual_seed(o.seed))
+    oracle = TorchOracle(o.victim, o.data.shape, o.data.num_classes)
+    return None, ipguard.create(oracle, o.data.train.x[order[: o.p["n"]]], iterations=o.p["ipguard_iterations"],
+                                seed=o.seed)
+
+
+def _fresh(o: Owner) -> nn.Module:
+    """An untrained model of the victim's architecture, initialised from the victim's seed."""
+    return build_student(o.arch, o.data.shape, o.data.num_classes, 100 * o.seed)
+
+
+def _coupled(kind: str) -> Callable[[Owner], tuple[nn.Module, KeyFile]]:
+    return lambda o: coupled.embed(_fresh(o), o.data, kind=kind, epochs=o.p["epochs"][o.arch], seed=o.seed)
+
+
+def _backdoor(kind: str) -> Callable[[Owner], tuple[nn.Module, KeyFile]]:
+    return lambda o: backdoor_wm.embed(_fresh(o), o.data, kind=kind, epochs=o.p["epochs"][o.arch], seed=o.seed)
+
+
+KEYS = {
+    "SAC-m": KeySpec(_sac("m"), sac.verify, lower_is_closer=True, shadows=True),
+    "SAC-w": KeySpec(_sac("w"), sac.verify, lower_is_closer=True, shadows=True),
+    "MetaFinger": KeySpec(_metafinger, metafinger.verify, shadows=True),
+    "IPGuard": KeySpec(_ipguard, ipguard.verify),
+    "coupled direct": KeySpec(_coupled("direct"), coupled.verify),
+    "coupled invisible": KeySpec(_coupled("invisible"), coupled.verify),
+    "Zhang": KeySpec(_backdoor("content"), backdoor_wm.verify),
+    "Adi": KeySpec(_backdoor("abstract"), backdoor_wm.verify),
+    "frontier": KeySpec(lambda o: frontier.embed(o.victim, o.data, seed=o.seed), frontier.verify),
+}
+"""Key name -> how it is made and judged. Watermarks (``WATERMARKS``) make their own marked victim."""
+METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "labels"),
+           "SAC-w": ("SAC-w", "probabilities"), "SAC-w labels": ("SAC-w", "labels"),
+           "MetaFinger": ("MetaFinger", "labels"), "IPGuard": ("IPGuard", "labels"),
+           **{w: (w, "labels") for w in WATERMARKS}}
+"""Method as the tables name it -> (its key, what the suspect is asked)."""
+
+
+def run_methods(p: dict) -> list[str]:
+    """The methods a run with parameters ``p`` measures: the fingerprints and its ``watermarks``."""
+    return [m for m, (key, _) in METHODS.items() if key not in WATERMARKS or key in p["watermarks"]]
+
+
+def victim_of(method: str) -> str:
+    """The victim whose copies ``method`` is judged on: its watermark's marked victim, or the clean one."""
+    key = METHODS[method][0]
+    return key if key in WATERMARKS else CLEAN
+
+
+def make_keys(o: Owner, names: list[str], cache: Path) -> tuple[dict[str, KeyFile], dict[str, nn.Module], dict]:
+    """The keys ``names`` by name, the marked victims of the watermarks among them, and per key its creation
+    seconds (a watermark's: its victim's training, cached) and queries, or the error that stopped it."""
+    keys, marked, info = {}, {}, {}
+    for name in names:
         start = time.perf_counter()
         try:
-            keys[name] = make()
+            if name in WATERMARKS:
+                recipe = {"watermark": name, "base": models.digest(o.victim), "data": o.data.name, "seed": o.seed,
+                          "epochs": o.p["epochs"][o.arch]}
+                marked[name], keys[name], record = thefts.embedded(recipe, lambda: KEYS[name].make(o), o.arch,
+                                                                   o.data, cache)
+                seconds = record["seconds"]
+            else:
+                keys[name] = KEYS[name].make(o)[1]
+                seconds = time.perf_counter() - start
         except NnmarkError as e:
             info[name] = {"error": str(e)}
             continue
-        info[name] = {"seconds": time.perf_counter() - start, "queries": len(keys[name].expected)}
-    return keys, info
+        info[name] = {"seconds": seconds, "queries": len(keys[name].expected)}
+    return keys, marked, info
 
 
-def judge(model: nn.Module, key: KeyFile, access: str, ds: data.Dataset) -> dict:
+def judge(model: nn.Module, key_name: str, key: KeyFile, access: str, ds: data.Dataset) -> dict:
     """A suspect's verdict on ``key``: decision, statistic, score (higher: more suspicious), p-value, queries."""
     oracle = TorchOracle(model.eval(), ds.shape, ds.num_classes)
-    verdict = VERIFY[key.method](oracle if access == "probabilities" else LabelsOracle(oracle), key)
-    score = -verdict.statistic if key.method == sac.METHOD else verdict.statistic
+    spec = KEYS[key_name]
+    verdict = spec.verify(oracle if access == "probabilities" else LabelsOracle(oracle), key)
+    score = -verdict.statistic if spec.lower_is_closer else verdict.statistic
     return {"passed": bool(verdict.passed), "statistic": verdict.statistic, "score": score,
             "p_value": verdict.details.get("p_value"), "queries": verdict.queries}
 
 
-def _rows(suspects: dict[str, dict], keys: dict[str, KeyFile], ds: data.Dataset, test: data.Split) -> dict:
-    """Per suspect: its fields but the model, its test accuracy and every method's verdict."""
+def _rows(suspects: dict[str, dict], keys: dict[str, KeyFile], methods: list[str], ds: data.Dataset,
+          test: data.Split) -> dict:
+    """Per suspect: its fields but the model, its test accuracy and the verdict of each of ``methods``."""
     return {name: {**{k: v for k, v in s.items() if k != "model"}, "accuracy": models.accuracy(s["model"], test),
-                   "methods": {m: judge(s["model"], keys[k], access, ds)
-                               for m, (k, access) in METHODS.items() if k in keys}}
+                   "methods": {m: judge(s["model"], METHODS[m][0], keys[METHODS[m][0]], METHODS[m][1], ds)
+                               for m in methods if METHODS[m][0] in keys}}
             for name, s in suspects.items()}
 
 
-def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
-    """One victim seed: victim, pools, independent models, keys, thefts, and every verdict."""
-    cache = shadow.default_cache_dir()
-    derived = cache.parent / "bench-ownership"
-    owner, thief = data.load(f"{spec}@owner"), data.load(f"{spec}@thief")
-    test = attacker_data(owner)
-    build = {"cache_dir": cache, "workers": p["workers"], "executor": "process" if p["workers"] > 1 else "serial",
-             "progress": progress}
-    victim_spec = ShadowSpec(VICTIM_ARCH, owner.name, 100 * seed, epochs=p["epochs"][VICTIM_ARCH])
-    first = shadow.build_pool([victim_spec], **build)
-    victim = first[0]
-    layout = shadow.PoolLayout(**p["pool"], epochs=p["epochs"][VICTIM_ARCH], finetune_epochs=p["finetune_epochs"])
-    pool_specs = shadow.pool_specs(VICTIM_ARCH, owner.name, models.digest(victim), layout, seed=100 * seed)
-    scratch = independent_specs(spec, p, seed)
-    pool_list = [s for group in pool_specs.values() for s in group]
-    pool = shadow.build_pool(pool_list + list(scratch.values()), base=victim, **build)
-    keys, key_info = make_keys(victim, metafinger.Pools(**pool.groups(pool_specs)), owner, p, seed)
-    independents = {name: {"model": pool.select([s])[0], "arch": s.arch, "data": s.data, "kind": "from scratch"}
-                    for name, s in scratch.items()}
-    independents.update(distilled(independents, p, seed, derived))
-    copies = {VICTIM: {"model": victim, "arch": VICTIM_ARCH, "attack": "none", "seconds": 0.0, "cached": True},
-              **thefts.steal(victim, VICTIM_ARCH, thief, p, seed, derived, progress)}
-    victim_accuracy = models.accuracy(victim, test)
-    rows = _rows(copies, keys, owner, test)
+def audit_runs(suspects: dict[str, nn.Module], key: KeyFile, ds: data.Dataset, p: dict) -> dict[str, dict]:
+    """``nnmark audit`` of ``key`` on each suspect, whole and sequentially in ``audit_orders`` query orders."""
+    def ask(model: nn.Module, sequential: bool, order: int = 0) -> audit.KeyResult:
+        settings = audit.Settings(secret=thefts.SECRET, alpha=p["alpha"], seed=order, sequential=sequential,
+                                  batch_size=p["batch_size"])
+        return audit.audit_key(TorchOracle(model.eval(), ds.shape, ds.num_classes),
+                               audit.AuditKey(key.method, "", key), settings)
+
+    out = {}
+    for name, model in suspects.items():
+        whole = ask(model, False)
+        runs = [ask(model, True, order) for order in range(p["audit_orders"])]
+        out[name] = {"whole_passed": whole.passed, "whole_queries": whole.queries,
+                     "passed": [r.passed for r in runs], "queries": [r.queries for r in runs]}
+    return out
+
+
+# --- one victim, one seed -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What every victim of a seed shares: the seed, the run's parameters, the owner's and the thief's data, the
+    test split, the shadow build settings and the cache of derived models."""
+
+    seed: int
+    p: dict
+    owner: data.Dataset
+    thief: data.Dataset
+    test: data.Split
+    build: dict
+    cache: Path
+    progress: bool
+
+
+def _copies(victim: nn.Module, arch: str, stage: Stage, names: tuple[str, ...] | None) -> dict[str, dict]:
+    """The untouched victim and the thefts ``names`` (None: all) of it, by name."""
+    return {VICTIM: {"model": victim, "arch": arch, "attack": "none", "seconds": 0.0, "cached": True},
+            **thefts.steal(victim, arch, stage.thief, stage.p, stage.seed, stage.cache, stage.progress, names)}
+
+
+def _judged_copies(copies: dict[str, dict], victim: nn.Module, keys: dict[str, KeyFile], methods: list[str],
+                   stage: Stage) -> dict:
+    """The copies' rows (``_rows``) with whether each is a theft of ``victim``."""
+    victim_accuracy = models.accuracy(victim, stage.test)
+    rows = _rows(copies, keys, methods, stage.owner, stage.test)
     for row in rows.values():
         row["theft"] = is_theft(victim_accuracy, row["accuracy"])
-    derived_models = [*copies.values(), *(x for x in independents.values() if x["kind"] == "distilled")]
+    return {"victim_accuracy": victim_accuracy, "copies": rows}
+
+
+def run_victim(arch: str, victim: nn.Module, independents: dict[str, dict], stage: Stage) -> dict:
+    """One victim: its pools, keys, marked victims, the thefts of each, every verdict and the audits."""
+    p, owner = stage.p, stage.owner
+    layout = shadow.PoolLayout(**p["pool"], epochs=p["epochs"][arch], finetune_epochs=p["finetune_epochs"])
+    pool_specs = shadow.pool_specs(arch, owner.name, models.digest(victim), layout, seed=100 * stage.seed)
+    pool_list = [s for group in pool_specs.values() for s in group]
+    pool = shadow.build_pool(pool_list, base=victim, **stage.build)
+    o = Owner(victim, arch, metafinger.Pools(**pool.groups(pool_specs)), owner, p, stage.seed)
+    names = [k for k in KEYS if k not in WATERMARKS or k in p["watermarks"]]
+    keys, marked, key_info = make_keys(o, names, stage.cache)
+    groups = {CLEAN: (victim, _copies(victim, arch, stage, None))}
+    groups.update({w: (m, _copies(m, arch, stage, p["watermark_thefts"])) for w, m in marked.items()})
+    victims = {name: _judged_copies(copies, model, keys, [m for m in METHODS if victim_of(m) == name], stage)
+               for name, (model, copies) in groups.items()}
+    models_of = {k: {**{f"copy: {a}": c["model"] for a, c in groups[victim_of(k)][1].items()},
+                     **{n: x["model"] for n, x in independents.items()}} for k in keys}
+    derived = [c for _, copies in groups.values() for c in copies.values()]
     cost = {"pool_models": len(dict.fromkeys(pool_list)), "pool_seconds": _recorded_seconds(pool, pool_list),
-            "independent_seconds": _recorded_seconds(pool, list(scratch.values())),
-            "trained": len(first.trained) + len(pool.trained),
-            "derived_trained": sum(not x["cached"] for x in derived_models),
-            "derived_seconds": sum(x["seconds"] for x in derived_models)}
-    return {"seed": seed, "victim_accuracy": victim_accuracy, "keys": key_info, "cost": cost,
-            "independents": _rows(independents, keys, owner, test), "thefts": rows}
+            "trained": len(pool.trained), "derived_trained": sum(not x["cached"] for x in derived),
+            "derived_seconds": sum(x["seconds"] for x in derived)}
+    return {"arch": arch, "victim_accuracy": victims[CLEAN]["victim_accuracy"], "keys": key_info, "cost": cost,
+            "independents": _rows(independents, keys, list(METHODS), owner, stage.test), "victims": victims,
+            "audit": {k: audit_runs(models_of[k], key, owner, p) for k, key in keys.items()}}
+
+
+def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
+    """One victim seed: the independent models, then each victim of ``victims``."""
+    cache = shadow.default_cache_dir()
+    owner = data.load(f"{spec}@owner")
+    build = {"cache_dir": cache, "workers": p["workers"], "executor": "process" if p["workers"] > 1 else "serial",
+             "progress": progress}
+    stage = Stage(seed, p, owner, data.load(f"{spec}@thief"), attacker_data(owner), build,
+                  cache.parent / "bench-ownership", progress)
+    victim_specs = [ShadowSpec(arch, owner.name, 100 * seed, epochs=p["epochs"][arch]) for arch in p["victims"]]
+    scratch = independent_specs(spec, p, seed)
+    first = shadow.build_pool(victim_specs + list(scratch.values()), **build)
+    independents = {name: {"model": first.select([s])[0], "arch": s.arch, "data": s.data, "kind": "from scratch"}
+                    for name, s in scratch.items()}
+    independents.update(distilled(independents, p, seed, stage.cache))
+    victims = {s.arch: run_victim(s.arch, first.select([s])[0], independents, stage)
+               for s in tqdm(victim_specs, desc="victims", disable=not progress, leave=False)}
+    made = [x for x in independents.values() if x["kind"] == "distilled"]
+    return {"seed": seed, "trained": len(first.trained),
+            "independent_seconds": _recorded_seconds(first, list(scratch.values())),
+            "distilled_trained": sum(not x["cached"] for x in made),
+            "distilled_seconds": sum(x["seconds"] for x in made), "victims": victims}
 
 
 # --- scores -------------------------------------------------------------------------------------------------
@@ -245,48 +418,65 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-def method_summary(seeds: list[dict], attack: str, method: str) -> dict | None:
-    """One cell of the method x attack table over the seeds (None when the method had no key in some seed)."""
-    if any(method not in r["thefts"][attack]["methods"] for r in seeds):
+def _victim_copies(seeds: list[dict], arch: str, victim: str, attack: str) -> list[dict] | None:
+    """The copy made by ``attack`` of ``victim`` in each seed, None when some seed has no such copy."""
+    out = [r["victims"][arch]["victims"].get(victim, {}).get("copies", {}).get(attack) for r in seeds]
+    return None if None in out else out
+
+
+def method_summary(seeds: list[dict], arch: str, attack: str, method: str) -> dict | None:
+    """One cell of the method x attack table over the seeds (None when the method had no key or its victim no such
+    copy in some seed): the rule's TPR and false claims, threshold-free TPR, AUC, medians, queries, and the accuracy
+    of the method's own copies and whether each is a theft."""
+    copies = _victim_copies(seeds, arch, victim_of(method), attack)
+    if copies is None or any(method not in c["methods"] for c in copies):
         return None
-    copies = [r["thefts"][attack]["methods"][method] for r in seeds]
-    indep = [[x["methods"][method] for x in r["independents"].values()] for r in seeds]
-    pairs = [(c["score"], [x["score"] for x in ind]) for c, ind in zip(copies, indep)]
-    return {"tpr": sum(c["passed"] for c in copies) / len(copies),
+    verdicts = [c["methods"][method] for c in copies]
+    indep = [[x["methods"][method] for x in r["victims"][arch]["independents"].values()] for r in seeds]
+    pairs = [(c["score"], [x["score"] for x in ind]) for c, ind in zip(verdicts, indep)]
+    return {"tpr": sum(c["passed"] for c in verdicts) / len(verdicts),
             "false_claims": sum(x["passed"] for ind in indep for x in ind),
             "independents": sum(len(ind) for ind in indep),
             "tpr_threshold_free": statistics.mean(past_every([s], neg) for s, neg in pairs),
             "auc": statistics.mean(auc([s], neg) for s, neg in pairs),
-            "median_statistic": _median([c["statistic"] for c in copies]),
-            "median_p_value": _median([c["p_value"] for c in copies]),
-            "queries": max(c["queries"] for c in copies)}
+            "median_statistic": _median([c["statistic"] for c in verdicts]),
+            "median_p_value": _median([c["p_value"] for c in verdicts]),
+            "queries": max(c["queries"] for c in verdicts),
+            "accuracy": statistics.mean(c["accuracy"] for c in copies), "theft": all(c["theft"] for c in copies)}
 
 
-def summarise(seeds: list[dict]) -> dict:
-    """Per attack: the thief's accuracy, whether each seed's copy is a theft, and each method's cell."""
+def summarise(seeds: list[dict], arch: str, methods: list[str]) -> dict:
+    """Per attack on the ``arch`` victims: the thief's accuracy and theft status of the clean victim's copies, and
+    the cell of each of ``methods``."""
     out = {}
-    for attack in seeds[0]["thefts"]:
-        rows = [r["thefts"][attack] for r in seeds]
+    for attack in seeds[0]["victims"][arch]["victims"][CLEAN]["copies"]:
+        rows = _victim_copies(seeds, arch, CLEAN, attack)
         out[attack] = {"accuracy": statistics.mean(r["accuracy"] for r in rows),
                        "theft": all(r["theft"] for r in rows),
-                       "methods": {m: method_summary(seeds, attack, m) for m in METHODS}}
+                       "methods": {m: method_summary(seeds, arch, attack, m) for m in methods}}
     return out
 
 
-def key_cost(seeds: list[dict], method: str) -> float:
-    """Seconds to make ``method``'s key, its shadow models' recorded training included (mean over seeds)."""
+def key_cost(seeds: list[dict], arch: str, method: str) -> float:
+    """Seconds to make ``method``'s key (a watermark's: training its victim), its shadow models' recorded training
+    included (mean over seeds)."""
     key = METHODS[method][0]
-    shadows = key != "IPGuard"
-    return statistics.mean(r["keys"][key].get("seconds", 0) + shadows * r["cost"]["pool_seconds"] for r in seeds)
+    victims = [r["victims"][arch] for r in seeds]
+    return statistics.mean(v["keys"][key].get("seconds", 0) + KEYS[key].shadows * v["cost"]["pool_seconds"]
+                           for v in victims)
 
 
-def survivors(summary: dict, seeds: list[dict]) -> dict[str, list[str]]:
-    """Per attack: the methods whose own rule matches every copy and claims no independent model, cheapest first
-    (fewest verification queries, then least key-creation time)."""
+def _survives(c: dict | None) -> bool:
+    return bool(c and c["theft"] and c["tpr"] == 1 and c["false_claims"] == 0)
+
+
+def survivors(summary: dict, seeds: list[dict], arch: str) -> dict[str, list[str]]:
+    """Per attack: the methods whose own rule matches every copy that is a theft and claims no independent model,
+    cheapest first (fewest verification queries, then least key-creation time)."""
     out = {}
     for attack, row in summary.items():
-        ok = [m for m, c in row["methods"].items() if c and c["tpr"] == 1 and c["false_claims"] == 0]
-        out[attack] = sorted(ok, key=lambda m: (row["methods"][m]["queries"], key_cost(seeds, m)))
+        ok = [m for m, c in row["methods"].items() if _survives(c)]
+        out[attack] = sorted(ok, key=lambda m: (row["methods"][m]["queries"], key_cost(seeds, arch, m)))
     return out
 
 
@@ -301,62 +491,109 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def _mark(c: dict | None) -> str:
+    """A survival cell: MATCH when the rule matches every copy, its false claims, or why there is nothing to judge."""
+    if c is None:
+        return "not measured"
+    if not c["theft"]:
+        return f"not a theft ({_pct(c['accuracy'])})"
+    return ("MATCH" if c["tpr"] == 1 else "no match") + (f" ({c['false_claims']} false)" if c["false_claims"] else "")
+
+
 def survival_table(summary: dict, best: dict[str, list[str]]) -> str:
-    """Which method survives which theft: per attack, the thief's accuracy, each method's mark, the cheapest."""
-    def mark(c: dict | None) -> str:
-        if c is None:
-            return "no key"
-        return ("MATCH" if c["tpr"] == 1 else "no match") + (f" ({c['false_claims']} false)" if c["false_claims"]
-                                                               else "")
-    rows = [[a, _pct(r["accuracy"]), *(mark(r["methods"][m]) for m in METHODS), (best[a] or ["none"])[0]]
-            for a, r in summary.items() if r["theft"]]
-    return table(["theft", "thief accuracy", *METHODS, "cheapest surviving method"], rows)
+    """Which method survives which theft: per attack, the thief's accuracy (clean victim), each method's mark on its
+    own victim's copy, the cheapest survivor. Attacks no victim's copy survived as a theft are left out."""
+    methods = list(next(iter(summary.values()))["methods"])
+    rows = [[a, _pct(r["accuracy"]), *(_mark(r["methods"][m]) for m in methods), (best[a] or ["none"])[0]]
+            for a, r in summary.items() if any(c and c["theft"] for c in r["methods"].values())]
+    return table(["theft", "thief accuracy", *methods, "cheapest surviving method"], rows)
 
 
-def false_claims(seeds: list[dict]) -> str:
+def false_claims(seeds: list[dict], arch: str) -> str:
     """The independent models each method's rule claims (all seeds), or that none is claimed."""
-    claimed = {m: sorted({name for r in seeds for name, x in r["independents"].items()
+    claimed = {m: sorted({name for r in seeds for name, x in r["victims"][arch]["independents"].items()
                           if x["methods"].get(m, {}).get("passed")}) for m in METHODS}
     found = [f"{m}: {', '.join(names)}" for m, names in claimed.items() if names]
     return "False claims: " + ("; ".join(found) if found else "none") + "."
 
 
 def method_table(summary: dict, method: str) -> str:
-    """One method's cells: TPR (rule) and its false claims, threshold-free TPR, AUC, medians, queries."""
+    """One method's cells: its copies' accuracy, TPR (rule) and its false claims, threshold-free TPR, AUC, medians,
+    queries."""
     rows = []
     for attack, r in summary.items():
         c = r["methods"][method]
         if c is None:
             continue
-        rows.append([attack + ("" if r["theft"] else " (not a theft)"), _pct(r["accuracy"]), _pct(c["tpr"]),
+        rows.append([attack + ("" if c["theft"] else " (not a theft)"), _pct(c["accuracy"]), _pct(c["tpr"]),
                      f"{c['false_claims']}/{c['independents']}", _pct(c["tpr_threshold_free"]), f"{c['auc']:.2f}",
                      _num(c["median_statistic"]), _num(c["median_p_value"]), c["queries"]])
     return table(["attack", "thief accuracy", "TPR (rule)", "false claims", "TPR (past every independent)", "AUC",
                   "median statistic", "median p-value", "queries"], rows)
 
 
-def independent_table(seeds: list[dict]) -> str:
-    """The independent models of seed 0: architecture, data half, accuracy, each method's statistic (match: *)."""
+def independent_table(seeds: list[dict], arch: str) -> str:
+    """The independent models of seed 0: kind, half, accuracy, each method's statistic on them (match: *)."""
     rows = []
-    for name, r in seeds[0]["independents"].items():
+    independents = seeds[0]["victims"][arch]["independents"]
+    for name, r in independents.items():
         cells = [f"{_num(c['statistic'])}{' *' if c['passed'] else ''}" for c in r["methods"].values()]
         rows.append([name, r["kind"], r["data"].rpartition("@")[2], _pct(r["accuracy"]), *cells])
-    methods = list(next(iter(seeds[0]["independents"].values()))["methods"])
+    methods = list(next(iter(independents.values()))["methods"])
     return table(["independent model", "kind", "half", "accuracy", *methods], rows)
 
 
-def cost_table(seeds: list[dict]) -> str:
-    """Per method: key creation seconds, shadow models and their training seconds, verification queries."""
-    r0 = seeds[0]
+def cost_table(seeds: list[dict], arch: str, methods: list[str]) -> str:
+    """Per method of ``methods`` (mean over seeds): key creation seconds (a watermark's: training its marked
+    victim), shadow or calibration models and their training seconds, verification queries, its victim's accuracy."""
+    victims = [r["victims"][arch] for r in seeds]
     rows = []
-    for method, (key, _) in METHODS.items():
-        info = r0["keys"][key]
-        shadows = key != "IPGuard"
-        rows.append([method, f"{info['seconds']:.1f} s" if "seconds" in info else info["error"],
-                     r0["cost"]["pool_models"] if shadows else 0,
-                     f"{r0['cost']['pool_seconds']:.0f} s" if shadows else "-", info.get("queries", "-")])
-    return table(["method", "key creation", "shadow / calibration models", "their training", "verification queries"],
-                 rows)
+    for method in methods:
+        key = METHODS[method][0]
+        infos = [v["keys"][key] for v in victims]
+        made = [i for i in infos if "seconds" in i]
+        shadows = KEYS[key].shadows
+        own = [v["victims"][victim_of(method)] for v in victims if victim_of(method) in v["victims"]]
+        asked = [x["copies"][VICTIM]["methods"][method]["queries"] for x in own if made]
+        rows.append([method, f"{statistics.mean(i['seconds'] for i in made):.1f} s" if made else infos[0]["error"],
+                     victims[0]["cost"]["pool_models"] if shadows else 0,
+                     f"{statistics.mean(v['cost']['pool_seconds'] for v in victims):.0f} s" if shadows else "-",
+                     max(asked) if asked else "-", _pct(statistics.mean(x["victim_accuracy"] for x in own))])
+    return table(["method", "key creation", "shadow / calibration models", "their training",
+                  "verification queries (the key's and its null's)", "its victim's accuracy"], rows)
+
+
+def _audit_counts(seeds: list[dict], arch: str, key: str) -> dict:
+    """Over the seeds: the audit runs of ``key`` on its copies that are thefts and on the independent models."""
+    thief, indep = [], []
+    for r in seeds:
+        v = r["victims"][arch]
+        copies = v["victims"][victim_of(key)]["copies"]
+        for name, run_ in v["audit"].get(key, {}).items():
+            attack = name.removeprefix("copy: ")
+            if attack == name:
+                indep.append(run_)
+            elif copies[attack]["theft"]:
+                thief.append(run_)
+    return {"thefts": thief, "independents": indep}
+
+
+def audit_table(seeds: list[dict], arch: str, alpha: float) -> str:
+    """Per key: ``nnmark audit``'s sequential decision on the thefts (MATCHes and queries against the whole key's)
+    and its false claims over the independent models, sequential and whole, beside alpha."""
+    rows = []
+    for key in dict.fromkeys(k for r in seeds for k in r["victims"][arch]["audit"]):
+        c = _audit_counts(seeds, arch, key)
+        seq = [(p, q) for x in c["thefts"] for p, q in zip(x["passed"], x["queries"])]
+        claims = [p for x in c["independents"] for p in x["passed"]]
+        rows.append([key, f"{sum(p for p, _ in seq)}/{len(seq)}",
+                     f"{sum(x['whole_passed'] for x in c['thefts'])}/{len(c['thefts'])}",
+                     f"{statistics.median(q for _, q in seq):g}" if seq else "-",
+                     f"{statistics.median(x['whole_queries'] for x in c['thefts']):g}" if seq else "-",
+                     f"{sum(claims)}/{len(claims)}",
+                     f"{sum(x['whole_passed'] for x in c['independents'])}/{len(c['independents'])}", f"{alpha:g}"])
+    return table(["key", "thefts MATCHed, sequential", "whole key", "median queries to a decision", "whole key",
+                  "false claims, sequential", "whole key", "alpha"], rows)
 
 
 GOALS = ((0.99, "distillation and extraction", ("distill", "extract labels,", "extract probabilities")),
@@ -364,80 +601,148 @@ GOALS = ((0.99, "distillation and extraction", ("distill", "extract labels,", "e
 """The issue's SAC goals: least AUC, the thefts it names, and the catalogue names that start with them."""
 
 
-def _auc_goal(summary: dict, stolen: list[str], want: float, what: str, prefixes: tuple[str, ...]) -> str:
-    """Whether SAC-m reaches AUC ``want`` on every theft named by ``prefixes``."""
-    cells = {a: summary[a]["methods"]["SAC-m"] for a in stolen if a.startswith(prefixes)}
-    if not cells or None in cells.values():
+def _auc_goal(summaries: dict[str, dict], want: float, what: str, prefixes: tuple[str, ...]) -> str:
+    """Whether SAC-m reaches AUC ``want`` on every theft named by ``prefixes``, on every victim."""
+    cells = {f"{a} ({ARCH_NAMES.get(arch, arch)})": c for arch, summary in summaries.items()
+             for a, r in summary.items() if a.startswith(prefixes) and (c := r["methods"]["SAC-m"]) and c["theft"]}
+    if not cells:
         return f"- SAC-m AUC >= {want:g} against {what}: not measured (no theft kept its accuracy, or no key)."
     low = [f"{a} ({c['auc']:.2f})" for a, c in cells.items() if c["auc"] < want]
     return f"- SAC-m AUC >= {want:g} against {what}: " + (f"REFUTED by {', '.join(low)}." if low else "met.")
 
 
-def goals(summary: dict, best: dict[str, list[str]]) -> str:
-    """The issue's measurable goals, each met or refuted by this run's numbers."""
-    stolen = [a for a, r in summary.items() if r["theft"] and a != VICTIM]
-    cheap = [a for a in stolen if any(summary[a]["methods"][m]["queries"] <= 100 for m in best[a])]
-    missed = [a for a in stolen if a not in cheap]
+def goals(summaries: dict[str, dict], best: dict[str, dict[str, list[str]]]) -> str:
+    """The issue's measurable goals, each met or refuted by this run's numbers (every victim architecture)."""
+    stolen = [(arch, a) for arch, summary in summaries.items() for a, r in summary.items()
+              if a != VICTIM and any(c and c["theft"] for c in r["methods"].values())]
+    missed = [f"{a} ({ARCH_NAMES.get(arch, arch)})" for arch, a in stolen
+              if not any(summaries[arch][a]["methods"][m]["queries"] <= 100 for m in best[arch][a])]
     first = (f"- Every theft MATCHed by some method at <= 100 queries with zero false claims: "
-             f"{'met' if not missed else 'REFUTED for ' + '; '.join(missed)} ({len(cheap)} of {len(stolen)} thefts).")
-    return "\n".join([first, *(_auc_goal(summary, stolen, *goal) for goal in GOALS)])
+             f"{'met' if not missed else 'REFUTED for ' + '; '.join(missed)} "
+             f"({len(stolen) - len(missed)} of {len(stolen)} thefts).")
+    return "\n".join([first, *(_auc_goal(summaries, *goal) for goal in GOALS)])
+
+
+def audit_goal(seeds: list[dict], archs: list[str]) -> str:
+    """Whether ``nnmark audit``'s sequential decision keeps the false-claim bound: no sequential MATCH on an
+    independent model that the whole key does not claim (those would be early stopping's own)."""
+    extra = {}
+    runs = 0
+    for arch in archs:
+        for r in seeds:
+            for key, suspects in r["victims"][arch]["audit"].items():
+                for name, x in suspects.items():
+                    if name.startswith("copy: "):
+                        continue
+                    runs += len(x["passed"])
+                    if not x["whole_passed"] and any(x["passed"]):
+                        extra.setdefault(f"{key} ({ARCH_NAMES.get(arch, arch)})", []).append(
+                            f"{name}, {sum(x['passed'])} of {len(x['passed'])} orders")
+    found = "; ".join(f"{k}: {', '.join(v)}" for k, v in extra.items())
+    return ("- `nnmark audit` decides these cases sequentially with the false-claim bound kept: "
+            + (f"REFUTED: sequential MATCH on independent models the whole key does not claim ({found})." if extra
+               else f"met (no sequential MATCH on an independent model the whole key does not claim; {runs} runs)."))
+
+
+def reductions(p: dict) -> list[str]:
+    """What the run ``p`` left out of the issue's design (``ISSUE``), and what no run measures yet."""
+    out = list(NOT_MEASURED)
+    if p["seeds"] < ISSUE["seeds"]:
+        out.append(f"{p['seeds']} victim seed(s), not {ISSUE['seeds']}")
+    out += [f"no {ARCH_NAMES.get(a, a)} victim" for a in ISSUE["victims"] if a not in p["victims"]]
+    out += [f"no {w} watermark" for w in ISSUE["watermarks"] if w not in p["watermarks"]]
+    if p["watermarks"] and p["watermark_thefts"] is not None:
+        out.append(f"the watermarked victims face {len(p['watermark_thefts'])} of the {len(thefts.catalogue())} "
+                   "thefts")
+    return out
+
+
+def _victim_sections(result: dict, arch: str) -> list[str]:
+    """The tables of one victim architecture."""
+    seeds, summary, best = result["seeds"], result["summary"][arch], result["survivors"][arch]
+    name = ARCH_NAMES.get(arch, arch)
+    apart = [f"{a} ({_pct(r['accuracy'])})" for a, r in summary.items() if not r["theft"]]
+    accuracy = statistics.mean(r["victims"][arch]["victim_accuracy"] for r in seeds)
+    return [
+        section(f"{name} victim: which method survives which theft",
+                f"Clean {name} victim: test accuracy {_pct(accuracy)}. A theft is a copy that keeps at least its "
+                "victim's accuracy minus 5 points; a watermark's copies are thefts of its own marked victim. MATCH: "
+                "the method's own decision rule matches every copy; '(k false)': the same rule also claims k "
+                "independent models. The cheapest surviving method matches with zero false claims at the fewest "
+                "verification queries; not measured: the method made no key (see its cost) or its victim faced no "
+                "such theft.", survival_table(summary, best),
+                "Copies of the clean victim listed apart (lost more than 5 points, not a theft): "
+                + (", ".join(apart) or "none") + ".", false_claims(seeds, arch)),
+        *(section(f"{name}: {m}", method_table(summary, m), level=3) for m in run_methods(result["params"])),
+        section(f"{name}: independent models (seed 0)", f"{len(seeds[0]['victims'][arch]['independents'])} models; "
+                "each cell is the method's statistic (SAC: correlation distance, lower is closer; the others: query "
+                "accuracy or success rate); * marks a (false) match.", independent_table(seeds, arch), level=3),
+        section(f"{name}: cost", cost_table(seeds, arch, run_methods(result["params"])), level=3),
+        section(f"{name}: nnmark audit, sequential, on these cases",
+                audit_table(seeds, arch, result["params"]["alpha"]),
+                f"{result['params']['audit_orders']} query order(s) per suspect, batches of "
+                f"{result['params']['batch_size']}; SAC is asked whole (its statistic needs every query). Thefts: "
+                "copies that keep their victim's accuracy, the victim itself included. Ville's bound holds each run's "
+                "chance of a MATCH to alpha for a model whose match rate is at most the method's null: sequential "
+                "false claims beyond the whole key's would be early stopping's; those the whole key makes too come "
+                "from a null that does not fit these independent models.", level=3),
+    ]
 
 
 def render(result: dict) -> str:
-    """ownership.md: what was reduced, the survival table, the goals, each method's table, independents, cost."""
-    seeds, summary, best = result["seeds"], result["summary"], result["survivors"]
-    apart = [f"{a} ({_pct(r['accuracy'])})" for a, r in summary.items() if not r["theft"]]
+    """ownership.md: what was reduced, per victim the survival table and the method, independent, cost and audit
+    tables, then the goals."""
+    seeds, p = result["seeds"], result["params"]
+    shadows = sum(r["trained"] + sum(v["cost"]["trained"] for v in r["victims"].values()) for r in seeds)
+    derived = sum(r["distilled_trained"] + sum(v["cost"]["derived_trained"] for v in r["victims"].values())
+                  for r in seeds)
     return document(
-        "# Ownership against a thief: SAC, MetaFinger and IPGuard on distilled, extracted and retrained copies",
+        "# Ownership against a thief: fingerprints and watermarks on distilled, extracted and retrained copies",
         f"Written by `{result['command']}` on {result['date']} in {result['wall_seconds'] / 60:.1f} minutes, "
-        f"training {sum(r['cost']['trained'] for r in seeds)} shadow models and "
-        f"{sum(r['cost']['derived_trained'] for r in seeds)} copies or distilled models "
-        "(the rest came from the caches; each model's own training time is recorded, see Cost); "
-        f"{len(seeds)} victim seed(s); torch {torch.__version__}. Data: {result['data']}. Victim: LeNet-5 on the "
-        f"owner half, test accuracy {_pct(statistics.mean(r['victim_accuracy'] for r in seeds))} (second half of "
-        "the test split).",
-        "**Reduced against the issue:** " + "; ".join(NOT_MEASURED) + ". Short training (parameters below) so the "
+        f"training {shadows} shadow models and {derived} "
+        "copies or distilled models (the rest came from the caches; each model's own training time is recorded, see "
+        f"Cost); {len(seeds)} victim seed(s); victims {', '.join(ARCH_NAMES.get(a, a) for a in p['victims'])}; "
+        f"torch {torch.__version__}. Data: {result['data']}.",
+        "**Reduced against the issue:** " + "; ".join(reductions(p)) + ". Short training (parameters below) so the "
         "run fits a shared 2-core machine; see the module docstring of `nnmark.bench.ownership`.",
-        f"Parameters: `{json.dumps(result['params'])}`.",
-        section("Which method survives which theft",
-                "A theft is a copy that keeps at least the victim's accuracy minus 5 points. MATCH: the method's own "
-                "decision rule matches every copy; '(k false)': the same rule also claims k independent models. "
-                "The cheapest surviving method matches with zero false claims at the fewest verification queries.",
-                survival_table(summary, best),
-                "Listed apart (lost more than 5 points, not a theft): " + (", ".join(apart) or "none") + ".",
-                false_claims(seeds)),
-        section("The issue's goals, checked", goals(summary, best)),
-        *(section(f"{m}", method_table(summary, m), level=3) for m in METHODS),
-        section("Independent models (seed 0)", f"{len(seeds[0]['independents'])} models; each cell is the method's "
-                "statistic (SAC: correlation distance, lower is closer; MetaFinger, IPGuard: query accuracy); * marks "
-                "a (false) match.", independent_table(seeds)),
-        section("Cost", cost_table(seeds),
-                f"Beside the methods (seed 0, recorded training seconds): the {len(seeds[0]['thefts']) - 1} thieves' "
-                f"copies and the distilled independent models {seeds[0]['cost']['derived_seconds']:.0f} s, the "
-                f"from-scratch independent models {seeds[0]['cost']['independent_seconds']:.0f} s."),
+        f"Parameters: `{json.dumps(p)}`.",
+        section("The issue's goals, checked",
+                goals(result["summary"], result["survivors"]) + "\n" + audit_goal(seeds, p["victims"])),
+        *(block for arch in p["victims"] for block in _victim_sections(result, arch)),
+        "Beside the methods (seed 0): the from-scratch independent models took "
+        f"{seeds[0]['independent_seconds']:.0f} s of recorded training, their distillations "
+        f"{seeds[0]['distilled_seconds']:.0f} s.",
         f"![statistics of copies and independent models]({STEM}.png)",
     )
 
 
 def figure(result: dict) -> bytes:
-    """ownership.png: per method, the statistic of each independent model (grey) and each copy (seed 0)."""
-    r0 = result["seeds"][0]
+    """ownership.png: per method, the statistic of each independent model (grey) and each of its copies (seed 0,
+    the first victim architecture)."""
+    v = result["seeds"][0]["victims"][result["params"]["victims"][0]]
     panels = []
-    for m in METHODS:
-        if m not in r0["thefts"][VICTIM]["methods"]:
+    for m in run_methods(result["params"]):
+        copies = v["victims"].get(victim_of(m), {}).get("copies", {})
+        if m not in copies.get(VICTIM, {}).get("methods", {}):
             continue
-        panels.append({"title": m, "negatives": [x["methods"][m]["statistic"] for x in r0["independents"].values()],
-                       "positives": {a: x["methods"][m]["statistic"] for a, x in r0["thefts"].items()}})
+        panels.append({"title": m, "negatives": [x["methods"][m]["statistic"] for x in v["independents"].values()],
+                       "positives": {a: x["methods"][m]["statistic"] for a, x in copies.items()}})
     return plots.ownership_scores(panels)
 
 
-def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
-    """Run the benchmark and write ``ownership.md``, ``.json`` and ``.png`` to ``out_dir``."""
-    p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
+def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False,
+        overrides: dict | None = None) -> Path:
+    """Run the benchmark and write ``ownership.md``, ``.json`` and ``.png`` to ``out_dir``; ``overrides`` replace
+    parameters of the mode (a reduced run; the command it records says so)."""
+    p = {**parameters(FULL, QUICK, quick=quick, seeds=seeds), **(overrides or {})}
+    thefts.select(p["watermark_thefts"])  # an unknown theft fails now, not after hours
     start = time.perf_counter()
     spec, note = dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
     rows = [run_seed(s, p, spec, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
-    summary = summarise(rows)
-    result = {**header("ownership", p, quick=quick, seeds=seeds), "data": note, "seeds": rows, "summary": summary,
-              "survivors": survivors(summary, rows), "wall_seconds": time.perf_counter() - start}
+    summary = {arch: summarise(rows, arch, run_methods(p)) for arch in p["victims"]}
+    result = {**header(STEM, p, quick=quick, seeds=seeds), "data": note, "seeds": rows, "summary": summary,
+              "survivors": {arch: survivors(summary[arch], rows, arch) for arch in p["victims"]},
+              "wall_seconds": time.perf_counter() - start}
+    if overrides:
+        result["command"] += f" with the parameters {json.dumps(overrides)} changed (ownership.run(overrides=...))"
     return write(out_dir, STEM, result, render(result), figure(result))

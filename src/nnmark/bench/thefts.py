@@ -5,7 +5,8 @@ A recipe is JSON-able: the attack (an ``nnmark.attacks`` function), its options,
 from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 16 hex of SHA-256(recipe)>
 .safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe and training seconds in a ``.json`` beside
 it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
-extraction, then adversarial training of the copy).
+extraction, then adversarial training of the copy). A watermarked victim and its key (``embedded``) are cached the
+same way, the key signed with ``SECRET``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable
 from torch import nn
 from tqdm.auto import tqdm
 
-from nnmark import data, models
+from nnmark import data, keys, models
 from nnmark._io import atomic_write_bytes
 from nnmark.attacks import finetune_mode, prune_finetune
 from nnmark.attacks.adversarial import adversarial_train
@@ -28,12 +29,16 @@ from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
 from nnmark.attacks.extract import extract
 from nnmark.attacks.fineprune import fine_prune
 from nnmark.attacks.noise import noise_finetune
+from nnmark.errors import ArgumentError
+from nnmark.keys import KeyFile
 
 ATTACKS: dict[str, Callable] = {
     "distill": distill, "extract": extract, "adversarial": adversarial_train, "finetune-mode": finetune_mode,
     "prune-finetune": prune_finetune, "noise-finetune": noise_finetune, "fine-prune": fine_prune,
 }
 """The attack functions a recipe may name (those of the ``nnmark.attacks`` registry the thief uses)."""
+SECRET = b"nnmark-bench-ownership"
+"""Signs the cached keys of watermarked victims (a bench cache, not an owner's secret)."""
 ADVERSARIAL_EPS = (0.05, 0.1)
 """PGD radii of the adversarial training of the extracted copy (Madry's 0.3 is for MNIST digits; on Fashion-MNIST
 0.1 already costs the copy more than 5 points of accuracy)."""
@@ -83,33 +88,77 @@ def _arch(recipe: dict, base_arch: str) -> str:
     return base_arch if student == SAME_ARCH else student
 
 
+def _path(cache: Path, arch: str, recipe: dict) -> Path:
+    """Where the model of ``recipe`` is cached: ``<arch>-<first 16 hex of SHA-256 of its JSON>.safetensors``."""
+    return cache / f"{arch}-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
+
+
+def _save(model: nn.Module, arch: str, ds: data.Dataset, recipe: dict, seconds: float, path: Path) -> None:
+    """Cache ``model`` at ``path`` with its recipe and training seconds in the ``.json`` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.save(model, models.ModelConfig(arch, ds.shape, ds.num_classes, data=ds.name, seed=recipe["seed"]), path)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"recipe": recipe, "seconds": seconds}).encode())
+
+
+def _cached(path: Path) -> dict | None:
+    """The record of a cached model (its seconds, ``cached``: True), None when it is not cached."""
+    record = path.with_suffix(".json")
+    return {**json.loads(record.read_text()), "cached": True} if path.exists() and record.exists() else None
+
+
 def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cache: Path) -> tuple[nn.Module, dict]:
     """The model ``recipe`` makes from ``base`` on ``ds.train``, from ``cache`` when there, and its record: the
     seconds its training took (recorded when it was trained) and whether it was cached. ``recipe``: attack,
     options, seed, epochs; the base's digest and the data are added."""
     full = {**recipe, "base": models.digest(base), "data": ds.name}
     arch = _arch(recipe, base_arch)
-    path = cache / f"{arch}-{hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
-    record = path.with_suffix(".json")
-    if path.exists() and record.exists():
-        return models.load(path)[0], {**json.loads(record.read_text()), "cached": True}
+    path = _path(cache, arch, full)
+    if record := _cached(path):
+        return models.load(path)[0], record
     start = time.perf_counter()
     out = ATTACKS[recipe["attack"]](base, ds.train.x, ds.train.y, **recipe["options"], epochs=recipe["epochs"],
                                     seed=recipe["seed"])
     model = (out[0] if isinstance(out, tuple) else out).eval()
     seconds = time.perf_counter() - start
-    cache.mkdir(parents=True, exist_ok=True)
-    models.save(model, models.ModelConfig(arch, ds.shape, ds.num_classes, data=ds.name, seed=recipe["seed"]), path)
-    atomic_write_bytes(record, json.dumps({"recipe": full, "seconds": seconds}).encode())
+    _save(model, arch, ds, full, seconds, path)
     return model, {"seconds": seconds, "cached": False}
 
 
+def embedded(recipe: dict, embed: Callable[[], tuple[nn.Module, KeyFile]], arch: str, ds: data.Dataset,
+             cache: Path) -> tuple[nn.Module, KeyFile, dict]:
+    """A watermarked victim and its key, made by ``embed()`` or read from ``cache`` by ``recipe`` (JSON-able: the
+    method, its settings, the seed, and what it starts from), and its record (seconds, cached)."""
+    path = _path(cache, arch, recipe)
+    key_path = path.with_suffix(".key")
+    if (record := _cached(path)) and key_path.exists():
+        return models.load(path)[0], keys.load(key_path, secret=SECRET), record
+    start = time.perf_counter()
+    model, key = embed()
+    seconds = time.perf_counter() - start
+    keys.save(key, key_path, secret=SECRET)
+    _save(model.eval(), arch, ds, recipe, seconds, path)
+    return model, key, {"seconds": seconds, "cached": False}
+
+
+def select(names: list[str] | tuple[str, ...] | None) -> dict[str, Theft]:
+    """The thefts of ``catalogue()`` named (None: all), in its order; ArgumentError for an unknown name or a theft
+    whose base is left out."""
+    everything = catalogue()
+    chosen = everything if names is None else {n: t for n, t in everything.items() if n in names}
+    unknown = set(names or ()) - set(everything)
+    orphans = [n for n, t in chosen.items() if t.base is not None and t.base not in chosen]
+    if unknown or orphans:
+        raise ArgumentError(f"thefts: unknown {sorted(unknown)}, or named without the theft they start from "
+                            f"{orphans}")
+    return chosen
+
+
 def steal(victim: nn.Module, arch: str, thief: data.Dataset, p: dict, seed: int, cache: Path,
-          progress: bool = False) -> dict[str, dict]:
-    """Every theft of ``catalogue()`` on ``victim`` with the thief's data: name -> {model, arch, attack, seconds,
-    cached}."""
+          progress: bool = False, names: list[str] | tuple[str, ...] | None = None) -> dict[str, dict]:
+    """The thefts ``names`` of ``catalogue()`` (None: all) on ``victim`` with the thief's data: name -> {model,
+    arch, attack, seconds, cached}."""
     out: dict[str, dict] = {}
-    for name, theft in tqdm(catalogue().items(), desc="thefts", disable=not progress, leave=False):
+    for name, theft in tqdm(select(names).items(), desc="thefts", disable=not progress, leave=False):
         base, base_arch = (victim, arch) if theft.base is None else (out[theft.base]["model"], out[theft.base]["arch"])
         recipe = {"attack": theft.attack, "options": theft.options, "seed": seed,
                   "epochs": p["theft_epochs" if theft.training == "train" else "finetune_epochs"]}

@@ -133,7 +133,7 @@ def _command(spec: Spec) -> click.Command:
         inputs, where = data_source.load(config, {**given, "seed": values.get("seed", 0)})
         result = spec(model.to(device), *inputs, **values)
         attacked, report = result if spec.reports else (result, None)
-        what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if report else "")
+        what = _describe(spec, values) + (f" {where}" if where else "") + (f"; {report}" if str(report or "") else "")
         arch = values.get("student_arch", SAME_ARCH)
         write = _like(config) if arch == SAME_ARCH else _checkpoint(arch, config, config.data)
         test = data.load_for(config.data, config).test if config.data else None

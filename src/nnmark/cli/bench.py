@@ -26,8 +26,8 @@ BENCHMARKS = {
                   "(Gao et al.)."),
     "ownership-fingerprint": ("metafinger", "MetaFinger and IPGuard under model and input modifications, and on "
                               "independent models (Yang et al.)."),
-    "ownership": ("ownership", "SAC, MetaFinger and IPGuard against a thief's distilled, extracted and retrained "
-                  "copies, vs independent models (TPR at zero false claims, AUC)."),
+    "ownership": ("ownership", "SAC, MetaFinger, IPGuard and embedded watermarks against a thief's distilled, "
+                  "extracted and retrained copies, vs independent models (TPR at zero false claims, AUC, audit)."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
     "audit": ("audit", "Queries to a decision, sequential vs whole key, and the false-claim rate of early stopping."),
