@@ -51,7 +51,23 @@ class EndpointError(NnmarkError):
 
 
 class EndpointMismatch(EndpointError):
-    """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model."""
+    """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model;
+    or its metadata contradicts the endpoint spec (another layout, input, output or size)."""
+
+
+class EndpointUnreachable(EndpointError):
+    """An endpoint could not be asked: connection failures and timeouts (after the retries), server errors (5xx)."""
+
+
+class EndpointInconsistent(EndpointError):
+    """An endpoint answered the same input two different ways; ``spread`` is the largest change of a probability."""
+
+    def __init__(self, message: str, spread: float | None = None):
+        super().__init__(message)
+        self.spread = spread
+
+    def __reduce__(self):
+        return type(self), (str(self), self.spread)
 
 
 def printable(text: str) -> str:

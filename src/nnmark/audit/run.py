@@ -31,6 +31,7 @@ import torch
 
 from nnmark import __version__, keys, marks
 from nnmark.audit import sequential as seq
+from nnmark.audit import states
 from nnmark.errors import ArgumentError, EndpointError, KeyFileError, NnmarkError
 from nnmark.keyinfo import purpose_of, regular_file
 from nnmark.keys import KeyFile
@@ -40,7 +41,7 @@ from nnmark.marks.verdict import Verdict
 from nnmark.models import LoadedModel
 from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle
 from nnmark.oracles.remote import make_spec
-from nnmark.suspect import DEFAULT_ENV, ModelSource, described, open_suspect
+from nnmark.suspect import DEFAULT_ENV, ModelSource, Suspect, described, open_suspect
 
 INTEGRITY, OWNERSHIP, TELLTALE = marks.PURPOSES
 GROUPS = {pairing.METHOD: 2}
@@ -123,6 +124,15 @@ def endpoint_target(endpoint: EndpointSpec | str, *, token: bytes | None = None,
     """An OIP v2 endpoint over any transport (``make_spec(endpoint, fields)``: model_name, layout, ...)."""
     spec = make_spec(endpoint, fields)
     return opened_target(spec.shown_url, lambda: open_suspect(spec, token=token, budget=budget), described(spec))
+
+
+def target_of(suspect: Suspect, *, env: str = DEFAULT_ENV, token: bytes | None = None,
+              budget: int | None = None) -> Target:
+    """The target of a suspect as the command line and an inventory give it: ``local_target`` of a model source (run
+    in ``env``), else ``endpoint_target`` of an endpoint spec (asked with ``token``)."""
+    if isinstance(suspect, ModelSource):
+        return local_target(suspect, env, budget)
+    return endpoint_target(suspect, token=token, budget=budget)
 
 
 def published_by(model_metadata: dict) -> dict:
@@ -212,12 +222,13 @@ def _per_query(name: str, t: torch.Tensor, n: int) -> bool:
 @dataclass
 class AuditKey:
     """A key file to audit with: where it is, the SHA-256 of its bytes, and its contents; or, for a file that does
-    not load, ``key`` None and ``error`` saying why."""
+    not load, ``key`` None, ``error`` saying why and ``error_type`` its type (``states.error_type``)."""
 
     path: str
     sha256: str
     key: KeyFile | None
     error: str = ""
+    error_type: str = ""
 
 
 def load_key(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: bool = False) -> AuditKey:
@@ -226,7 +237,7 @@ def load_key(path: str | os.PathLike, *, secret: bytes | None, allow_unsigned: b
     try:
         key, digest = keys.load_digested(regular_file(path), secret=secret, allow_unsigned=allow_unsigned)
     except KeyFileError as e:
-        return AuditKey(str(path), "", None, str(e).removeprefix(f"{path}: "))
+        return AuditKey(str(path), "", None, str(e).removeprefix(f"{path}: "), states.error_type(e))
     return AuditKey(str(path), digest, key)
 
 
@@ -251,6 +262,8 @@ class KeyResult:
         flipped: key indices answered otherwise than the key expects, among those asked.
         rule: the sequential rule that stopped (``sequential.Step.rule``); e_value: its e-value, if any.
         note: why the key could not be asked (an error), or ''.
+        error_type: the type of that error (``states.error_type``: a name in ``nnmark.errors``), or ''.
+        spread: an endpoint that answered the same input two ways: the largest change of a probability measured.
         disagreements: where what the target publishes (digest, model card, classes) disagrees with what the key
             records; the key is asked all the same, and these are reported beside its verdict.
         details: the verifier's details; preflight: the canary preflight's note, if the key has canaries.
@@ -274,6 +287,8 @@ class KeyResult:
     rule: str = ""
     e_value: float | None = None
     note: str = ""
+    error_type: str = ""
+    spread: float | None = None
     disagreements: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     preflight: str | None = None
@@ -282,9 +297,10 @@ class KeyResult:
     thumbnails: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, exchanges: bool = False) -> dict:
-        """The JSON-able fields; the per-query digests only with ``exchanges``."""
+        """The JSON-able fields and the key's ``state``; the per-query digests only with ``exchanges``."""
         skip = {"thumbnails"} | (set() if exchanges else {"sent", "answers"})
-        return jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip})
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        return jsonable({**fields, "state": states.state(self)})
 
 
 def jsonable(value):
@@ -428,21 +444,31 @@ def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dic
     )
 
 
-def failed_key(akey: AuditKey, why: str) -> KeyResult:
-    """The error result of a key that was not asked: it did not load, or asking it failed for ``why``."""
+def failed_key(akey: AuditKey, why: str, error_type: str = "", spread: float | None = None) -> KeyResult:
+    """The error result of a key that was not asked: it did not load, or asking it failed for ``why`` (an error of
+    type ``error_type``; ``spread``: an inconsistent endpoint's)."""
     method = akey.key.method if akey.key is not None else ""
     size = len(akey.key.expected) if akey.key is not None else 0
-    return KeyResult(akey.path, akey.sha256, method, purpose_of(method), ERROR, None, size, note=why)
+    return KeyResult(akey.path, akey.sha256, method, purpose_of(method), ERROR, None, size, note=why,
+                     error_type=error_type, spread=spread)
+
+
+def _failed(akey: AuditKey, error: NnmarkError) -> KeyResult:
+    """The error result of a key: its own load error, else ``error`` (its type, and an inconsistent endpoint's
+    spread, kept)."""
+    if akey.key is None:
+        return failed_key(akey, akey.error, akey.error_type)
+    return failed_key(akey, str(error), states.error_type(error), getattr(error, "spread", None))
 
 
 def _guarded(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict) -> KeyResult:
     """``audit_key``; a key that did not load, or an ``NnmarkError`` while asking it, becomes an error result."""
     if akey.key is None:
-        return failed_key(akey, akey.error)
+        return failed_key(akey, akey.error, akey.error_type)
     try:
         return audit_key(oracle, akey, settings, published)
     except NnmarkError as e:
-        return failed_key(akey, str(e))
+        return _failed(akey, e)
 
 
 # --- targets and fleets ---------------------------------------------------------------------------------
@@ -450,12 +476,14 @@ def _guarded(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict
 
 @dataclass
 class TargetReport:
-    """The audit of one target: its name and info, each key's result, and an error that stopped it, if any."""
+    """The audit of one target: its name and info, each key's result, and an error that stopped it, if any (then
+    every key's result is that error, of type ``error_type``, unless the key itself did not load)."""
 
     target: str
     info: dict
     keys: list[KeyResult] = field(default_factory=list)
     error: str = ""
+    error_type: str = ""
 
     @property
     def queries(self) -> int:
@@ -480,27 +508,37 @@ class TargetReport:
         return 1 if any(r.passed is False for r in self.keys) else 0
 
     def to_dict(self, *, exchanges: bool = False) -> dict:
-        return jsonable({"target": self.target, "info": self.info, "error": self.error, "queries": self.queries,
-                         "status": self.status(), "keys": [r.to_dict(exchanges=exchanges) for r in self.keys]})
+        return jsonable({"target": self.target, "info": self.info, "error": self.error, "error_type": self.error_type,
+                         "queries": self.queries, "status": self.status(), "states": states.states_of(self),
+                         "keys": [r.to_dict(exchanges=exchanges) for r in self.keys]})
 
 
 def audit_target(target: Target, audit_keys: list[AuditKey], settings: Settings) -> TargetReport:
-    """Ask ``target`` every key, one after another, through one oracle; an error opening it is the report's error."""
+    """Ask ``target`` every key, one after another, through one oracle; an error opening it is the report's error,
+    and each key's."""
     try:
         with target.open() as oracle:
             results = [_guarded(oracle, akey, settings, target.published) for akey in audit_keys]
     except NnmarkError as e:
-        return TargetReport(target.name, target.info, error=str(e))
+        return TargetReport(target.name, target.info, [_failed(akey, e) for akey in audit_keys], str(e),
+                            states.error_type(e))
     return TargetReport(target.name, target.info, results)
+
+
+def audit_each(jobs: list[tuple[Target, list[AuditKey]]], settings: Settings,
+               workers: int = DEFAULT_WORKERS) -> list[TargetReport]:
+    """``audit_target`` of each (target, its keys), at most ``workers`` at once (threads); reports in the jobs'
+    order. An inventory's targets each have their own keys."""
+    if workers < 1:
+        raise ArgumentError(f"workers must be >= 1, got {workers}")
+    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(jobs))), thread_name_prefix="nnmark-audit") as pool:
+        return list(pool.map(lambda job: audit_target(*job, settings), jobs))
 
 
 def audit_fleet(targets: list[Target], audit_keys: list[AuditKey], settings: Settings,
                 workers: int = DEFAULT_WORKERS) -> list[TargetReport]:
-    """``audit_target`` for each target, at most ``workers`` at once (threads); reports in the targets' order."""
-    if workers < 1:
-        raise ArgumentError(f"workers must be >= 1, got {workers}")
-    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(targets))), thread_name_prefix="nnmark-audit") as pool:
-        return list(pool.map(lambda t: audit_target(t, audit_keys, settings), targets))
+    """``audit_each`` of every target with the same keys."""
+    return audit_each([(target, audit_keys) for target in targets], settings, workers)
 
 
 def exit_status(reports: list[TargetReport]) -> int:

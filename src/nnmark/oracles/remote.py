@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import EndpointError
+from nnmark.errors import EndpointError, EndpointInconsistent, EndpointMismatch, EndpointUnreachable
 from nnmark.oracles import oip
 from nnmark.oracles.auth import check_token
 from nnmark.oracles.base import Oracle
@@ -106,7 +106,7 @@ class EndpointOracle(Oracle):
             try:
                 self.endpoint: Endpoint = resolve(spec, metadata, input_shape=input_shape, num_classes=num_classes)
             except EndpointError as e:
-                raise EndpointError(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
+                raise EndpointMismatch(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
         except BaseException:
             self.close()
             raise
@@ -137,7 +137,8 @@ class EndpointOracle(Oracle):
                 return attempt()
             except Transient as e:
                 failure = str(e)
-        raise EndpointError(f"{what} at {self.spec.shown_url} failed {self.spec.retries + 1} times; last: {failure}")
+        raise EndpointUnreachable(f"{what} at {self.spec.shown_url} failed {self.spec.retries + 1} times; last: "
+                                  f"{failure}")
 
     def _cost(self, n: int) -> int:
         return n + self._rechecks(n)
@@ -172,10 +173,9 @@ class EndpointOracle(Oracle):
             again, _ = self._ask(x[idx])
             moved = (again - p[idx]).abs().max().item()
             if not moved <= self.spec.consistency_atol:
-                raise EndpointError(
+                raise EndpointInconsistent(
                     f"endpoint answered the same input two different ways (max change {moved:.3g} > "
-                    f"tolerance {self.spec.consistency_atol:g}); refusing its answers"
-                )
+                    f"tolerance {self.spec.consistency_atol:g}); refusing its answers", spread=moved)
         return p, labels
 
 
@@ -247,7 +247,8 @@ class HttpOracle(EndpointOracle):
         if response.status_code in TRANSIENT_STATUS:
             raise Transient(f"HTTP {response.status_code}: {_message(content)}")
         if response.status_code >= 400:
-            raise EndpointError(f"endpoint {self.spec.shown_url}{path} refused the request "
+            refused = EndpointUnreachable if response.status_code >= 500 else EndpointError
+            raise refused(f"endpoint {self.spec.shown_url}{path} refused the request "
                                 f"(HTTP {response.status_code}): {_message(content)}")
         return response.headers, content
 
