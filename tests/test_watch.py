@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nnmark import keys
 from nnmark.audit import run as audit_run
+from nnmark.audit.sequential import DEFAULT_BATCH_SIZE
 from nnmark.errors import EndpointUnreachable
 from nnmark.marks.integrity import baselines
 from nnmark.oracles import TorchOracle
@@ -84,7 +85,7 @@ def fleet(key_files, constant_model):
 
 def _watch(targets, state_dir, said=None, **options) -> watcher.Watch:
     options.setdefault("settings", audit_run.Settings(secret=SECRET))
-    options.setdefault("limits", exposure.Limits(sample=0))
+    options.setdefault("limits", exposure.Limits(sample=0, allow=True))  # the whole key each round
     lines = said if said is not None else []
     return watcher.Watch(targets, Store(state_dir), watcher.Options(**options), say=lines.append)
 
@@ -248,7 +249,8 @@ def test_metrics_healthz_and_the_page_are_served(fleet, tmp_path, constant_model
         assert families["nnmark_rounds"].type == "counter" and families["nnmark_queries"].type == "counter"
         found = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
         assert found[("nnmark_rounds_total", (("target", "replica-1"),))] == 2
-        assert found[("nnmark_queries_total", (("target", "replica-1"),))] == 4 * N
+        # the whole keys, then a first batch of each that flips and stops it
+        assert found[("nnmark_queries_total", (("target", "replica-1"),))] == 2 * N + 2 * DEFAULT_BATCH_SIZE
         assert found[("nnmark_key_state", (("key", "natural1.key"), ("state", "failed"), ("target", "replica-1")))] == 1
         assert found[("nnmark_key_state", (("key", "natural1.key"), ("state", "ok"), ("target", "replica-1")))] == 0
         assert found[("nnmark_audit_duration_seconds_count", (("target", "replica-1"),))] == 2

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -70,7 +70,7 @@ class Options:
         allow_unsigned: accept key files without a signature.
     """
 
-    settings: audit_run.Settings = audit_run.Settings()
+    settings: audit_run.Settings = field(default_factory=audit_run.Settings)
     limits: exposure.Limits = exposure.Limits()
     unreachable_after: int = watch_events.DEFAULT_UNREACHABLE_AFTER
     jitter: float = DEFAULT_JITTER
