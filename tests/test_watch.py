@@ -427,3 +427,72 @@ def test_the_kubernetes_example_is_valid_yaml_with_a_scrape_annotation():
     assert str(port) in " ".join(container["args"]) and "watch" in container["args"]
     assert any(p["containerPort"] == port for p in container["ports"])
     assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_files(tmp_path_factory):
+    """A digits LeNet-5 file, a copy with its weights noised, a signed natural key of the first, the secret."""
+    from nnmark import data, models
+    from nnmark.attacks import weight_noise
+
+    ds = data.load("digits")
+    root = tmp_path_factory.mktemp("watch-cli")
+    torch.manual_seed(0)
+    model = models.build("lenet5", ds.shape, ds.num_classes)
+    models.train(model, ds.train, epochs=2, seed=0)
+    config = models.ModelConfig("lenet5", ds.shape, ds.num_classes, data="digits")
+    models.save(model, config, root / "lenet.safetensors")
+    models.save(weight_noise(model, 0.5, seed=0), config, root / "noised.safetensors")
+    keys.save(baselines.natural(TorchOracle(model, ds.shape), ds.test.x[:20]), root / "natural.key", secret=SECRET)
+    (root / "secret").write_bytes(SECRET)
+    return root
+
+
+def _inventory(root: Path, where: str) -> Path:
+    path = root / f"fleet-{abs(hash(where))}.toml"
+    path.write_text(f'[defaults]\nkeys = ["natural.key"]\ninterval = "1h"\n\n[[target]]\nname = "t1"\n{where}\n')
+    return path
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env={"NNMARK_SECRET": None})
+
+
+@pytest.mark.parametrize("where, code, word", [('model = "lenet.safetensors"', 0, "INTACT"),
+                                               ('model = "noised.safetensors"', 1, "TAMPERED"),
+                                               ('endpoint = "http://127.0.0.1:9"\nretries = 0', 2, "ERROR")])
+def test_once_runs_one_round_and_exits_with_the_audit_codes(fleet_files, tmp_path, where, code, word):
+    log = tmp_path / "audit.jsonl"
+    r = _cli("watch", "--inventory", _inventory(fleet_files, where), "--state", tmp_path / "state", "--once",
+             "--secret-file", fleet_files / "secret", "--log", log, "--sample", 8)
+    assert r.exit_code == code, r.output
+    assert f"t1: {word}" in r.stderr
+    if code == 2:
+        assert r.stderr.strip().splitlines()[-1].startswith("error: t1: ") and "Traceback" not in r.output
+    store = Store(tmp_path / "state")
+    assert store.rounds("t1") == 1 and store.integrity_check() == "ok"
+    assert len(log.read_text().splitlines()) == 1
+    record = json.loads(log.read_text())
+    assert record["targets"][0]["target"] == "t1" and "events" in record
+
+
+def test_a_bad_inventory_or_bad_options_are_refused_before_anything_runs(fleet_files, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[target]]\nname = "t1"\nmodel = "m.safetensors"\ninterval = "soon"\nkeys = ["k.key"]\n')
+    r = _cli("watch", "--inventory", bad, "--state", tmp_path / "state", "--once", "--json")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "interval" in r.stderr
+    assert json.loads(r.stdout)["type"] == "InventoryError"
+    assert not (tmp_path / "state").exists()
+    good = _inventory(fleet_files, 'model = "lenet.safetensors"')
+    r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--log", tmp_path / "log.jsonl")
+    assert r.exit_code == 2 and "--log needs the owner's secret" in r.stderr
+    r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--exposure-warn", 0.9,
+             "--exposure-max", 0.5)
+    assert r.exit_code == 2 and "--exposure-warn" in r.stderr and not (tmp_path / "state").exists()
