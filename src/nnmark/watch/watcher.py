@@ -39,6 +39,8 @@ DEFAULT_JITTER = 0.1
 """A round is due after the interval times 1 +/- up to this share."""
 DEFAULT_GRACE = 30.0
 """Seconds a stop waits for the rounds in flight."""
+FIRST_SPREAD = 10.0
+"""Seconds over which the first rounds of targets never audited are spread."""
 MAX_SLEEP = 1.0
 """The longest the loop sleeps before it looks at the stop flag again."""
 
@@ -237,11 +239,11 @@ class Watch:
 
     def _due(self, t: WatchedTarget, last: float | None) -> float:
         """When ``t``'s next round is due: an interval (times 1 +/- jitter) after ``last``; a target never audited
-        is due within the jitter's share of an interval."""
+        is due at once, spread over the jitter's share of an interval (at most ``FIRST_SPREAD`` seconds)."""
         with self._rng_lock:
             u = self._rng.random()
         if last is None:
-            return time.time() + t.interval * self.options.jitter * u
+            return time.time() + min(t.interval * self.options.jitter, FIRST_SPREAD) * u
         return last + t.interval * (1 + self.options.jitter * (2 * u - 1))
 
     def _work(self, jobs: queue.Queue, done: queue.Queue, wake: threading.Event) -> None:

@@ -1,0 +1,20 @@
+"""`nnmark bench watch --quick`: the watch against nnmark serve replicas, its tables written."""
+
+import json
+
+from nnmark.bench import watch as bench_watch
+
+
+def test_bench_watch_quick_measures_load_swap_outage_idle_and_exposure(tmp_path):
+    path = bench_watch.run(quick=True, out_dir=tmp_path)
+    result = json.loads((tmp_path / "watch.json").read_text())
+    text = path.read_text()
+    for title in ("## Load", "## Swap to alert", "## Queries per target per day", "## Outage", "## Idle",
+                  "## Key exposure"):
+        assert title in text
+    assert result["load"]["rounds"] >= bench_watch.QUICK["targets"] and result["load"]["queries_per_round"] > 0
+    assert result["load"]["swap_to_alert_s"] is not None  # the swapped replica's alert arrived
+    assert result["outage"]["failed_events"] == 0 and "unreachable" in result["outage"]["rounds_by_state"]
+    first = result["exposure"][0]
+    assert first["1"] == first["expected_1"] == first["sample"] / first["n"]  # one round: exactly k of n
+    assert first["1"] < first["10"] <= first["100"] <= 1
