@@ -314,6 +314,8 @@ STEPS: dict[str, Step] = {
     "nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --secret-file secret --token-file token "
     "--report audit.html --log audit.jsonl": Step(),
     "nnmark log verify audit.jsonl --secret-file secret": Step(),
+    "nnmark audit --inventory fleet.toml --secret-file secret --report fleet.html":
+        Step(test="tests/test_inventory.py::test_the_cli_audits_a_mixed_inventory_tampered_target_first"),
     # Your own model.
     "nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet --data mnist5k "
     "--out net.safetensors": Step("--epochs 1"),

@@ -51,8 +51,7 @@ class EndpointError(NnmarkError):
 
 
 class EndpointMismatch(EndpointError):
-    """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model;
-    or its metadata contradicts the endpoint spec (another layout, input, output or size)."""
+    """An endpoint answers the key's canaries unlike the keyed model: a wrong endpoint format or a different model."""
 
 
 class EndpointUnreachable(EndpointError):

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 DEFAULT_INTERVAL = 300.0
 """Seconds between two audits of a target whose inventory names no interval."""
 MAX_INTERVAL = 30 * 86400.0
+"""The longest interval (30 days): a longer one is a typo, and would overflow a scheduler's clock."""
 MAX_BYTES = 1 << 20
 """The largest inventory file read."""
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -284,7 +285,7 @@ def _value(path: Path, shown: str, field: str, value: object, ctx: click.Context
     try:
         return param.process_value(ctx, value)
     except click.BadParameter as e:
-        raise _fault(path, shown, field, e.format_message()) from None
+        raise _fault(path, shown, field, e.message) from None
 
 
 def _factory_spec(path: Path, value: str) -> bool:

@@ -1,4 +1,10 @@
-"""An audit's report: one summary line per target, then a section per key, as Markdown, JSON or one HTML file.
+"""An audit's report: a fleet table, then per target its summary line and a section per key, as Markdown, JSON or
+one HTML file.
+
+The fleet table has one row per target and one column per key file, each cell the key's state on that target
+(``nnmark.audit.states``: ok, failed, inconsistent, misconfigured, unreachable, error; coloured in HTML), the
+targets that need a person first (by their worst state, ``states.SEVERITY``), so a tampered replica in a fleet is
+the first row, not a section found by scrolling.
 
 The summary line reads e.g. ``INTACT · MINE (metafinger p=3e-12) · environment float32 · 412 queries``:
 integrity (INTACT, or TAMPERED with the methods that found it), ownership (MINE with the strongest evidence,
@@ -26,6 +32,7 @@ import torch
 from PIL import Image
 
 from nnmark._io import atomic_write_bytes
+from nnmark.audit import states
 from nnmark.audit.run import (ERROR, INTEGRITY, NOTHING_CHECKED, OWNERSHIP, TELLTALE, AuditError, KeyResult,
                               TargetReport, problem)
 from nnmark.errors import ArgumentError, NnmarkError, printable
@@ -39,7 +46,13 @@ h1{font-size:1.4em}h2{font-size:1.2em;border-bottom:1px solid #ccc}h3{font-size:
 .summary{font-family:monospace;font-size:1.1em;padding:.4em .6em;background:#f4f4f4}
 .pass{color:#176b2c}.fail{color:#a31515}.error{color:#fff;background:#a31515}.other{color:#666}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-figure{display:inline-block;margin:.3em;text-align:center}img{image-rendering:pixelated;border:1px solid #999}"""
+figure{display:inline-block;margin:.3em;text-align:center}img{image-rendering:pixelated;border:1px solid #999}
+.fleet td.state{font-weight:bold;text-align:center}.state-ok{background:#d4edda;color:#155724}
+.state-failed{background:#a31515;color:#fff}.state-inconsistent{background:#ffd8a8;color:#7a3e00}
+.state-misconfigured{background:#e2d4f0;color:#4a2372}.state-unreachable{background:#fff3bf;color:#6b5300}
+.state-error{background:#f8d7da;color:#721c24}.state-none{color:#999}"""
+NO_KEY = "-"
+"""A fleet-table cell of a key the target is not asked."""
 
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>&|~#!])")
@@ -80,6 +93,43 @@ def summary_line(report: TargetReport) -> str:
     return SEPARATOR.join(parts)
 
 
+def key_labels(reports: list[TargetReport]) -> dict[str, str]:
+    """The fleet table's columns: each key file (as the audit names it, in order of first appearance) -> its file
+    name, or its whole path where two key files share a name."""
+    paths = list(dict.fromkeys(r.key for report in reports for r in report.keys))
+    names = [os.path.basename(path) or path for path in paths]
+    return {path: name if names.count(name) == 1 else path for path, name in zip(paths, names)}
+
+
+def fleet_rows(reports: list[TargetReport]) -> list[tuple[int, TargetReport, dict[str, str]]]:
+    """(index in ``reports``, the report, its keys' states) per target, the worst first (``states.SEVERITY``; a
+    target's own order among equals)."""
+    rows = [(i, report, states.states_of(report)) for i, report in enumerate(reports)]
+    return sorted(rows, key=lambda row: states.SEVERITY.index(states.worst(list(row[2].values()))))
+
+
+def _fleet_markdown(reports: list[TargetReport]) -> list[str]:
+    """The fleet table as Markdown lines."""
+    md, labels = markdown_text, key_labels(reports)
+    lines = ["## Fleet", "", "| target | " + " | ".join(md(label) for label in labels.values()) + " |",
+             "| --- |" + " --- |" * len(labels)]
+    for _, report, found in fleet_rows(reports):
+        lines.append(f"| {md(report.target)} | " + " | ".join(found.get(path, NO_KEY) for path in labels) + " |")
+    return lines + [""]
+
+
+def _fleet_html(reports: list[TargetReport]) -> str:
+    """The fleet table as HTML: each cell coloured by its state, each target linked to its section."""
+    esc, labels = html.escape, key_labels(reports)
+    head = "".join(f"<th>{esc(label)}</th>" for label in labels.values())
+    rows = []
+    for i, report, found in fleet_rows(reports):
+        cells = "".join(f'<td class="state state-{found.get(path, "none")}">{found.get(path, NO_KEY)}</td>'
+                        for path in labels)
+        rows.append(f'<tr><th><a href="#target-{i}">{esc(report.target)}</a></th>{cells}</tr>')
+    return f'<h2>Fleet</h2><table class="fleet"><tr><th>target</th>{head}</tr>{"".join(rows)}</table>'
+
+
 def _decision_rows(r: KeyResult) -> list[tuple[str, str]]:
     """What the decision rests on: the p-value, e-value and threshold (ownership), the flip rule (integrity), or
     the consistent environments (telltale)."""
@@ -94,9 +144,11 @@ def _decision_rows(r: KeyResult) -> list[tuple[str, str]]:
 def _key_rows(r: KeyResult) -> list[tuple[str, str]]:
     """(field, value) rows of a key's section."""
     rows = [("method", r.method), ("purpose", r.purpose or "unknown"), ("verdict", r.decision),
-            ("key file", f"{r.key} (sha256 {r.key_sha256[:16]}...)")]
+            ("state", states.state(r)), ("key file", f"{r.key} (sha256 {r.key_sha256[:16]}...)")]
     if r.note:
         rows.append(("note", r.note))
+    if r.spread is not None:
+        rows.append(("spread", f"{r.spread:.3g} (largest change of a re-asked probability)"))
     if r.disagreements:
         rows.append(("disagreement", "; ".join(r.disagreements)))
     if r.passed is not None:
@@ -113,6 +165,7 @@ def to_markdown(reports: list[TargetReport], meta: dict) -> str:
     """The report as Markdown: per target its summary line, then a table per key (every value ``markdown_text``)."""
     md = markdown_text
     lines = ["# nnmark audit", "", md(" ".join(f"{k}: {v}" for k, v in meta.items())), ""]
+    lines += _fleet_markdown(reports)
     for report in reports:
         lines += [f"## {md(report.target)}", "", f"**{md(summary_line(report))}**", ""]
         for r in report.keys:
@@ -163,9 +216,9 @@ def _key_status(r: KeyResult) -> int:
 def to_html(reports: list[TargetReport], meta: dict) -> str:
     """The report as one self-contained HTML page (inline CSS, images as data: URIs)."""
     esc = html.escape
-    body = [f"<h1>nnmark audit</h1><p>{esc(' '.join(f'{k}: {v}' for k, v in meta.items()))}</p>"]
-    for report in reports:
-        body.append(f'<section class="target"><h2>{esc(report.target)}</h2>'
+    body = [f"<h1>nnmark audit</h1><p>{esc(' '.join(f'{k}: {v}' for k, v in meta.items()))}</p>", _fleet_html(reports)]
+    for i, report in enumerate(reports):
+        body.append(f'<section class="target" id="target-{i}"><h2>{esc(report.target)}</h2>'
                     f'<p class="summary {_css_class(report.status())}">{esc(summary_line(report))}</p>')
         for r in report.keys:
             rows = "".join(f"<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>" for name, value in _key_rows(r))

@@ -4,8 +4,8 @@
 - ``failed``: the key's verdict is negative (TAMPERED, NOT MINE, another environment);
 - ``inconsistent``: the endpoint answered the same input two ways (``EndpointInconsistent``; its spread is kept
   in the key's result);
-- ``misconfigured``: the endpoint does not fit what the key or the spec says of its format (``EndpointMismatch``:
-  the canary preflight named a misreading, or the metadata contradicts the spec);
+- ``misconfigured``: the canary preflight refused the endpoint's format (``EndpointMismatch``: it answers as the
+  keyed model does under a named misreading, or unlike it where the key cannot tell format from model);
 - ``unreachable``: it could not be asked (``EndpointUnreachable``: connection failures, timeouts, 5xx);
 - ``error``: anything else that stopped the key (a key that does not load or fit, a model that does not load).
 

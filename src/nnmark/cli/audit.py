@@ -6,17 +6,19 @@ import json
 import sys
 
 import click
+from click.core import ParameterSource
 
 from nnmark import keyinfo
 from nnmark import keys as keyfiles
 from nnmark.audit import log as audit_log
 from nnmark.audit import report as audit_report
+from nnmark.audit import inventory
 from nnmark.audit import run as audit_run
+from nnmark.audit import states
 from nnmark.audit.sequential import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE
 from nnmark.cli._shared import CliError, FiniteFloat, Group, emit, json_option, with_secret
 from nnmark.cli.suspect import SuspectOptions, suspect_options
 from nnmark.errors import printable
-from nnmark.suspect import ModelSource, Suspect
 
 AUDIT_HELP = """\b
 Summary line per target, e.g.:
@@ -35,12 +37,30 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
     --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
 
 
-def _target(suspect: Suspect, options: SuspectOptions) -> audit_run.Target:
-    """The audit target of one suspect (the local model, or one --endpoint), built as the Python API builds it
-    (``audit_run.local_target`` / ``endpoint_target``): opened when the audit reaches it, in its worker thread."""
-    if isinstance(suspect, ModelSource):
-        return audit_run.local_target(suspect, options.env, options.budget)
-    return audit_run.endpoint_target(suspect, token=options.token, budget=options.budget)
+INVENTORY_ALONE = ("inventory_path", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size", "workers",
+                   "secret_file", "unsigned", "as_json")
+"""The options --inventory goes with: how keys are asked and reported, not which keys or targets (its own)."""
+
+
+def _jobs(key_paths, keys_dir, suspect: SuspectOptions | None, secret: bytes | None,
+          unsigned: bool) -> list[tuple[audit_run.Target, list[audit_run.AuditKey]]]:
+    """Each target with the keys to ask it: every key of the command line, asked of the local model or each
+    --endpoint (built as the Python API builds them: ``audit_run.target_of``, opened when the audit reaches it)."""
+    paths = list(key_paths) + (keyinfo.key_files(keys_dir) if keys_dir else [])
+    if not paths:
+        raise CliError("no keys: pass key files or --keys DIR (or --inventory FILE)")
+    if suspect is None:
+        raise CliError("pass --model FILE, one or more --endpoint URL, or --inventory FILE")
+    audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
+    return [(audit_run.target_of(one, env=suspect.env, token=suspect.token, budget=suspect.budget), audit_keys)
+            for one in suspect.suspects()]
+
+
+def _given_with_inventory(ctx: click.Context) -> str:
+    """The options given (on the command line or from the environment) that --inventory cannot go with, or ''."""
+    given = [param for param in ctx.command.params if param.name not in INVENTORY_ALONE
+             and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    return ", ".join(param.opts[0] if param.opts[0].startswith("-") else param.name.upper() for param in given)
 
 
 def _text(reports: list[audit_run.TargetReport]) -> str:
@@ -53,7 +73,8 @@ def _text(reports: list[audit_run.TargetReport]) -> str:
             lines.append(f"  {r.method or r.key} ({r.purpose or 'unknown'}): {r.decision.upper()} - {measured}"
                          f"{r.queries}/{r.key_size} queries" + (f"; {r.note}" if r.note else "")
                          + (f"; disagrees: {'; '.join(r.disagreements)}" if r.disagreements else "")
-                         + (f"; flipped {r.flipped}" if r.flipped else ""))
+                         + (f"; flipped {r.flipped}" if r.flipped else "")
+                         + (f" [{states.state(r)}]" if r.passed is None else ""))
     return "\n".join(map(printable, lines))
 
 
@@ -66,7 +87,10 @@ def _error_exit(message: str) -> None:
 @click.command(epilog=AUDIT_HELP)
 @click.argument("key_paths", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Every key file in this folder.")
-@suspect_options(fleet=True)
+@click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False),
+              help="Audit the fleet this TOML file lists, each target with its own endpoint shape and keys (instead "
+                   "of key files, --keys, --model and --endpoint).")
+@suspect_options(fleet=True, optional=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the report here: .md, .json or .html (one self-contained file).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
@@ -78,11 +102,11 @@ def _error_exit(message: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Queries per batch before the decision is checked again.")
 @click.option("--workers", type=click.IntRange(1), default=audit_run.DEFAULT_WORKERS, show_default=True,
-              help="Endpoints of a fleet asked at once.")
+              help="Targets of a fleet asked at once.")
 @with_secret
 @json_option
-def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size, workers,
-          secret_file, unsigned, as_json) -> None:
+def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size,
+          workers, secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
     \b
@@ -91,18 +115,21 @@ def audit(key_paths, keys_dir, suspect, report_path, log_path, alpha, no_sequent
       nnmark audit --keys keys/ --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret \
         --report audit.html --log audit.jsonl
     """
-    paths = list(key_paths) + (keyinfo.key_files(keys_dir) if keys_dir else [])
-    if not paths:
-        raise CliError("no keys: pass key files or --keys DIR")
     secret = keyfiles.read_secret(secret_file)
     if log_path and secret is None:
         raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
-    audit_keys = audit_run.load_keys(paths, secret=secret, allow_unsigned=unsigned)
+    if inventory_path:
+        if given := _given_with_inventory(click.get_current_context()):
+            raise CliError(f"--inventory names every target and its keys: it cannot go with {given}")
+        jobs = inventory.audit_jobs(inventory.load(inventory_path), secret=secret, allow_unsigned=unsigned)
+    else:
+        jobs = _jobs(key_paths, keys_dir, suspect, secret, unsigned)
     settings = audit_run.Settings(secret=secret, alpha=alpha, seed=seed, sequential=not no_sequential,
                                   batch_size=batch_size)
-    targets = [_target(one, suspect) for one in suspect.suspects()]
-    reports = audit_run.audit_fleet(targets, audit_keys, settings, workers=workers)
+    reports = audit_run.audit_each(jobs, settings, workers=workers)
     meta = {"alpha": alpha, "seed": seed, "sequential": not no_sequential, "batch_size": batch_size}
+    if inventory_path:
+        meta["inventory"] = inventory_path
     if report_path:
         audit_report.write_report(report_path, reports, meta)
     if log_path:

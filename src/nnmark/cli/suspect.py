@@ -143,12 +143,15 @@ class SuspectOptions:
             yield oracle, described(suspect, self.env), loaded.digest if loaded is not None else None
 
 
-def _with_suspect(f, names: list[str], fleet: bool):
-    """Give the command ``suspect`` (``SuspectOptions``) in place of the suspect options."""
+def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
+    """Give the command ``suspect`` (``SuspectOptions``, or None when ``optional`` and no suspect is named) in place
+    of the suspect options."""
     @functools.wraps(f)
     def command(*args, model_path, weights, input_shape, normalize, env_name, endpoint, model_name, token_file,
                 budget, **kwargs):
         endpoints = tuple(endpoint) if fleet else (endpoint,) if endpoint else ()
+        if optional and model_path is None and not endpoints:
+            return f(*args, suspect=None, **{k: v for k, v in kwargs.items() if k not in names})
         if (model_path is None) == (not endpoints):
             raise CliError("pass --model FILE or one or more --endpoint URL" if fleet else
                            "pass exactly one of --model FILE and --endpoint URL")
@@ -163,17 +166,18 @@ def _with_suspect(f, names: list[str], fleet: bool):
     return command
 
 
-def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = ()):
+def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = (), optional: bool = False):
     """--model | --endpoint, with the local environment and the endpoint's name, token, shape and query budget,
     given to the command as one value, ``suspect`` (``SuspectOptions``).
 
     ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat, and leaves --batch-size to the
     command. ``taken``: endpoint-shape options (``ENDPOINT_OPTIONS`` names) left to a command that has options of
-    those names (its requests then follow the server's max_batch_size, as a fleet's)."""
+    those names (its requests then follow the server's max_batch_size, as a fleet's). ``optional``: a command that
+    can name its suspects otherwise (``audit --inventory``) gets ``suspect`` None when neither is given."""
     if f is None:
-        return lambda g: suspect_options(g, fleet=fleet, taken=taken)
+        return lambda g: suspect_options(g, fleet=fleet, taken=taken, optional=optional)
     names = [name for name in ENDPOINT_OPTIONS if name not in taken and not (fleet and name == "batch_size")]
-    f = _with_suspect(f, names, fleet)
+    f = _with_suspect(f, names, fleet, optional)
     for option in reversed([
         click.option("--model", "model_path", type=click.Path(dir_okay=False),
                      help=f"Local model to ask. {MODEL_HELP}"),

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import grpc
 import numpy as np
 
-from nnmark.errors import EndpointError
+from nnmark.errors import EndpointError, EndpointUnreachable
 from nnmark.oracles import oip, proto
 from nnmark.oracles.auth import check_token
 from nnmark.oracles.endpoint import EndpointSpec
@@ -42,6 +42,8 @@ CONTENTS = {
 }
 """The typed ``InferTensorContents`` field of each datatype (FP16 travels only as raw bytes)."""
 TRANSIENT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+SERVER_FAILURE_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+"""A server that failed to answer (as HTTP 5xx): not retried, and an outage (``EndpointUnreachable``)."""
 
 
 def read_tensors(tensors, raw: list[bytes], where: str, most: int) -> dict[str, np.ndarray]:
@@ -140,7 +142,8 @@ class GrpcOracle(EndpointOracle):
                 message = f"gRPC {e.code().name}: {' '.join(str(e.details()).split())[:300]}"
                 if e.code() in TRANSIENT_CODES:
                     raise Transient(message) from None
-                raise EndpointError(f"endpoint {self.spec.shown_url} refused {method} ({message})") from None
+                refused = EndpointUnreachable if e.code() in SERVER_FAILURE_CODES else EndpointError
+                raise refused(f"endpoint {self.spec.shown_url} refused {method} ({message})") from None
         return self._retrying(method, attempt)
 
     def _metadata(self) -> dict:

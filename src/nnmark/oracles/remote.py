@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnmark.errors import EndpointError, EndpointInconsistent, EndpointMismatch, EndpointUnreachable
+from nnmark.errors import EndpointError, EndpointInconsistent, EndpointUnreachable
 from nnmark.oracles import oip
 from nnmark.oracles.auth import check_token
 from nnmark.oracles.base import Oracle
@@ -106,7 +106,7 @@ class EndpointOracle(Oracle):
             try:
                 self.endpoint: Endpoint = resolve(spec, metadata, input_shape=input_shape, num_classes=num_classes)
             except EndpointError as e:
-                raise EndpointMismatch(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
+                raise EndpointError(f"model {spec.model_name!r} at {spec.shown_url}: {e}") from None
         except BaseException:
             self.close()
             raise
