@@ -329,7 +329,7 @@ def test_the_loop_audits_at_the_interval_and_stops_cleanly(fleet, tmp_path):
     runner = threading.Thread(target=w.run, args=(stop,))
     runner.start()
     deadline = time.monotonic() + 20
-    while w.store.rounds("replica-1") < 3 and time.monotonic() < deadline:
+    while min(w.store.rounds(t.name) for t in fleet) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     stop.set()
     runner.join(10)
@@ -446,7 +446,7 @@ def fleet_files(tmp_path_factory):
     config = models.ModelConfig("lenet5", ds.shape, ds.num_classes, data="digits")
     models.save(model, config, root / "lenet.safetensors")
     models.save(weight_noise(model, 0.5, seed=0), config, root / "noised.safetensors")
-    keys.save(baselines.natural(TorchOracle(model, ds.shape), ds.test.x[:20]), root / "natural.key", secret=SECRET)
+    keys.save(baselines.natural(TorchOracle(model, ds.shape), ds.test.x[:100]), root / "natural.key", secret=SECRET)
     (root / "secret").write_bytes(SECRET)
     return root
 
@@ -496,3 +496,47 @@ def test_a_bad_inventory_or_bad_options_are_refused_before_anything_runs(fleet_f
     r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--exposure-warn", 0.9,
              "--exposure-max", 0.5)
     assert r.exit_code == 2 and "--exposure-warn" in r.stderr and not (tmp_path / "state").exists()
+
+
+def test_the_documented_watch_runs_until_sigterm_with_metrics_log_and_webhook(fleet_files, tmp_path, receiver,
+                                                                             monkeypatch):
+    import shutil
+    import socket
+
+    from nnmark.audit import log as audit_log
+
+    for name in ("noised.safetensors", "natural.key", "secret"):
+        shutil.copy2(fleet_files / name, tmp_path / name)
+    (tmp_path / "fleet.toml").write_text('[[target]]\nname = "t1"\nmodel = "noised.safetensors"\n'
+                                         'keys = ["natural.key"]\ninterval = "1s"\n')
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    words = ["watch", "--inventory", "fleet.toml", "--state", "watch-state", "--secret-file", "secret",
+             "--metrics-port", "9464", "--log", "audit.jsonl", "--webhook", "http://127.0.0.1:9095/hook"]
+    args = [{"9464": str(port), "http://127.0.0.1:9095/hook": receiver.url}.get(w, w) for w in words]
+    scraped = []
+
+    def scrape_then_stop():
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not scraped:
+            with contextlib.suppress(httpx.HTTPError):
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                if 'nnmark_rounds_total{target="t1"} 2.0' in text and receiver.bodies:
+                    scraped.append(text)
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the watch's handler stops it
+
+    threading.Thread(target=scrape_then_stop, daemon=True).start()
+    r = _cli(*args)
+    assert r.exit_code == 0 and r.stderr.strip().endswith("stopped"), r.output
+    assert scraped, "no second round was scraped before the stop"
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for f in text_string_to_metric_families(scraped[0]) for s in f.samples}
+    assert found[("nnmark_key_state", (("key", "natural.key"), ("state", "failed"), ("target", "t1")))] == 1
+    [body] = receiver.bodies  # the first state, failed, is one event; the same state again is none
+    assert body["status"] == "firing" and body["alerts"][0]["labels"]["state"] == "failed"
+    check = audit_log.verify_log(tmp_path / "audit.jsonl", SECRET)
+    assert check.ok and check.records >= 2
+    assert Store(tmp_path / "watch-state").rounds("t1") == check.records

@@ -2,11 +2,16 @@
 
 import json
 
+from click.testing import CliRunner
+
 from nnmark.bench import watch as bench_watch
+from nnmark.cli import main
 
 
 def test_bench_watch_quick_measures_load_swap_outage_idle_and_exposure(tmp_path):
-    path = bench_watch.run(quick=True, out_dir=tmp_path)
+    r = CliRunner().invoke(main, ["bench", "watch", "--quick", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "watch.md"
     result = json.loads((tmp_path / "watch.json").read_text())
     text = path.read_text()
     for title in ("## Load", "## Swap to alert", "## Queries per target per day", "## Outage", "## Idle",

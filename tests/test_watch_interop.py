@@ -190,7 +190,8 @@ def test_the_page_renders_in_headless_chromium(world, tmp_path):
     dom = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                           f"http://{HOST}:{world['metrics']}/"], capture_output=True, text=True, timeout=120).stdout
-    assert "<h2>replica-1</h2>" in dom and "History of state changes" in dom
+    assert '<table class="fleet">' in dom and '<td class="state state-ok">ok</td>' in dom  # the fleet table
+    assert ">replica-1</a></th>" in dom and "History of state changes" in dom
     assert 'class="summary pass"' in dom and "INTACT" in dom
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -30,15 +31,20 @@ after --unreachable-after rounds in a row. SIGTERM or Ctrl-C stops it: the round
 --once: one round of every target, exit 0 all passed, 1 any negative verdict, 2 any error."""
 
 
-def _signals(stop: threading.Event, abandon: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``; a second one sets ``abandon`` too."""
+@contextlib.contextmanager
+def _signals(stop: threading.Event, abandon: threading.Event):
+    """While inside: SIGTERM and SIGINT set ``stop``, a second one ``abandon`` too; the handlers before, after."""
     def handler(signum, frame) -> None:
         if stop.is_set():
             abandon.set()
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
 
 
 def _say(line: str) -> None:
@@ -90,9 +96,9 @@ def watch(inventory_path, state_dir, once, log_path, webhook, webhook_timeout, w
 
     \b
     Example:
-      nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --metrics-port 9464 \
-        --log audit.jsonl --webhook http://alertmanager:9093/hook
       nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --once
+      nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --metrics-port 9464 \
+        --log audit.jsonl --webhook http://127.0.0.1:9095/hook
     """
     if exposure_warn > exposure_max:
         raise CliError(f"--exposure-warn {exposure_warn} is above --exposure-max {exposure_max}")
@@ -125,10 +131,10 @@ def _run(inventory, store: Store, options: watcher.Options, once: bool, host: st
         watch.external_url = server.url
         _say(f"metrics on {server.url}/metrics, page on {server.url}/")
     stop, abandon = threading.Event(), threading.Event()
-    _signals(stop, abandon)
     _say(f"watching {len(inventory.targets)} targets; state in {store.path}")
     try:
-        return watch.run(stop, once=once, abandon=abandon)
+        with _signals(stop, abandon):
+            return watch.run(stop, once=once, abandon=abandon)
     finally:
         if server is not None:
             server.close()

@@ -59,8 +59,8 @@ def check(exposed: set[int], idx: torch.Tensor, n: int, limits: Limits) -> float
     """The share of the key sent once ``idx`` is asked too; ``ExposureRefused`` past ``limits.max`` unless allowed."""
     share = len(exposed | set(idx.tolist())) / n
     if share > limits.max and not limits.allow:
-        raise ExposureRefused(f"asking it again could reveal {share:.0%} of the key, past --exposure-max "
-                              f"{limits.max:.0%}: rotate in a fresh key (or --allow-exposure)")
+        raise ExposureRefused(f"asking it could reveal {share:.0%} of the key, past --exposure-max "
+                              f"{limits.max:.0%}: rotate in a fresh key, or lower --sample (or --allow-exposure)")
     return share
 
 
