@@ -3,8 +3,8 @@ receiver, a Prometheus server that scrapes the watch, and the page read back fro
 
 The story, in file order: the watch audits a live replica (ok); Prometheus scrapes it and answers a query for
 ``nnmark_key_state``; Chromium renders its page; the replica's model is swapped for a fine-tuned copy (the
-webhook gets a firing alert), swapped back (resolved), killed (``unreachable`` after ``UNREACHABLE_AFTER`` rounds, never ``failed``);
-the watch is stopped by SIGTERM and started again, and resumes its history.
+webhook gets a firing alert), swapped back (resolved), killed (``unreachable`` after ``UNREACHABLE_AFTER``
+rounds, never ``failed``); the watch is stopped by SIGTERM and started again, and resumes its history.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def _watch(w, *extra) -> subprocess.Popen:
     root = w["root"]
     return _nnmark("watch", "--inventory", root / "fleet.toml", "--state", root / "state", "--secret-file",
                    root / "secret", "--log", root / "audit.jsonl", "--metrics-port", w["metrics"], "--webhook",
-                   w["receiver"].url, "--unreachable-after", UNREACHABLE_AFTER, "--sample", 0, "--allow-exposure", "--jitter", 0,
+                   w["receiver"].url, "--unreachable-after", UNREACHABLE_AFTER, "--sample", 0, "--allow-exposure",
+                   "--jitter", 0,
                    *extra, log=root / "watch.log")
 
 

@@ -239,8 +239,9 @@ def measure_load(root: Path, fx, p: dict, receiver: Receiver) -> dict:
         for r in replicas:
             r.stop()
     queries = statistics.mean(q for _, q in rows)
-    return {"cpu_share": cpu, "peak_rss_mib": rss, "rounds": len(rows), "duration_median_s": statistics.median(durations),
-            "duration_max_s": max(durations), "queries_per_round": queries,
+    return {"cpu_share": cpu, "peak_rss_mib": rss, "rounds": len(rows),
+            "duration_median_s": statistics.median(durations), "duration_max_s": max(durations),
+            "queries_per_round": queries,
             "queries_per_day": {str(int(i)): queries * DAY / i for i in (p["interval"], *DAILY_INTERVALS)},
             "swap_to_alert_s": None if alert is None else alert - swapped,
             "alert_bound_s": p["interval"] * 1.1 + max(durations)}
@@ -343,7 +344,8 @@ def render(result: dict) -> str:
                 table(["failed events", "events by state", "rounds by state"],
                       [[outage["failed_events"], json.dumps(outage["events_by_state"]),
                         json.dumps(outage["rounds_by_state"])]], "rll")),
-        section("Idle", "The watch's CPU between rounds (interval 1 h, after its first round). Goal: under 5% of a core.",
+        section("Idle", "The watch's CPU between rounds (interval 1 h, after its first round). Goal: under 5% of "
+                "a core.",
                 table(["CPU (share of one core)", "measured over (s)", "under 5%"],
                       [[f"{idle['cpu_share']:.2%}", f"{idle['seconds']:g}", "yes" if idle["cpu_share"] < 0.05 else
                         "NO"]], "rrl")),

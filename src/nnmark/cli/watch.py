@@ -118,6 +118,8 @@ def watch(inventory_path, state_dir, once, log_path, webhook, webhook_timeout, w
     finally:
         store.close()
     if once:
+        if len(reports) < len(inventory.targets):
+            raise CliError(f"stopped after {len(reports)} of {len(inventory.targets)} targets: the round is incomplete")
         _finish(reports, as_json)
 
 

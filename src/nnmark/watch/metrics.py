@@ -38,8 +38,9 @@ class Metrics:
         self.events = Counter("nnmark_events", "State changes announced.", ["target"], registry=r)
         self.duration = Histogram("nnmark_audit_duration_seconds", "Time one target's round took.", ["target"],
                                   buckets=DURATION_BUCKETS, registry=r)
-        self.exposure = Gauge("nnmark_key_exposure_ratio", "Share of the key's distinct queries ever sent to the target.",
-                              ["target", "key"], registry=r)
+        self.exposure = Gauge("nnmark_key_exposure_ratio",
+                              "Share of the key's distinct queries ever sent to the target.", ["target", "key"],
+                              registry=r)
 
     def target(self, name: str, interval: float) -> None:
         """Declare a target (its interval, and its counters at 0 so rate() has a start)."""

@@ -183,7 +183,8 @@ class Store:
     def events(self, target: str | None = None) -> list[Event]:
         """The events, oldest first (of one target, or all)."""
         sql = "SELECT time, target, key, old, new, note FROM events"
-        rows = self._read(sql + " WHERE target=? ORDER BY id", (target,)) if target else self._read(sql + " ORDER BY id")
+        rows = (self._read(sql + " WHERE target=? ORDER BY id", (target,)) if target
+                else self._read(sql + " ORDER BY id"))
         return [Event(*row) for row in rows]
 
     def rounds(self, target: str | None = None) -> int:

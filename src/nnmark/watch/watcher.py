@@ -90,32 +90,32 @@ def key_labels(paths: Sequence[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-Auditor = Callable[[audit_run.Target, list[audit_run.AuditKey], audit_run.Settings], audit_run.TargetReport]
+def load_keys(targets: Sequence[WatchedTarget], options: Options) -> dict[str, list[tuple[str, audit_run.AuditKey]]]:
+    """Target name -> its (label, loaded key) pairs; a file several targets share is loaded once."""
+    loaded: dict[Path, audit_run.AuditKey] = {}
+    for path in {p for t in targets for p in t.keys}:
+        loaded[path] = audit_run.load_key(path, secret=options.settings.secret, allow_unsigned=options.allow_unsigned)
+    return {t.name: list(zip(key_labels(t.keys), (loaded[p] for p in t.keys))) for t in targets}
 
 
 class Watch:
     """The watch over ``targets`` (module docstring); ``say`` prints one progress or event line."""
 
-    def __init__(self, targets: Sequence[WatchedTarget], store: Store, options: Options, *, metrics: Metrics | None = None,
-                 say: Callable[[str], None] = print, auditor: Auditor = audit_run.audit_target):
+    def __init__(self, targets: Sequence[WatchedTarget], store: Store, options: Options, *,
+                 metrics: Metrics | None = None, say: Callable[[str], None] = print):
         self.targets = list(targets)
         self.store = store
         self.options = options
         self.metrics = metrics or Metrics()
         self.say = say
-        self.auditor = auditor
         self.external_url = ""
         self._rng = random.Random(options.seed)
         self._rng_lock = threading.Lock()
-        loaded: dict[Path, audit_run.AuditKey] = {}
-        self.keys: dict[str, list[tuple[str, audit_run.AuditKey]]] = {}
-        for t in self.targets:
-            for path in t.keys:
-                if path not in loaded:
-                    loaded[path] = audit_run.load_key(path, secret=options.settings.secret,
-                                                      allow_unsigned=options.allow_unsigned)
-            self.keys[t.name] = list(zip(key_labels(t.keys), (loaded[p] for p in t.keys)))
+        self.keys = load_keys(self.targets, options)
         self.standing = {t.name: store.states(t.name) for t in self.targets}
+        self.exposed = {(t.name, akey.sha256): store.exposed(t.name, akey.sha256)
+                        for t in self.targets for _, akey in self.keys[t.name] if akey.key is not None}
+        """(target, key digest) -> the key's query indices ever sent to the target."""
         self._restore_metrics()
 
     # --- one round -----------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class Watch:
             return akey, None, ""
         idx = exposure.subset(akey.key, self.options.limits.sample, rng)
         try:
-            exposure.check(self.store.exposed(target, akey.sha256), idx, len(akey.key.expected), self.options.limits)
+            exposure.check(self.exposed[target, akey.sha256], idx, len(akey.key.expected), self.options.limits)
         except exposure.ExposureRefused as e:
             return None, None, str(e)
         return dataclasses.replace(akey, key=audit_run.sub_key(akey.key, idx)), idx, ""
@@ -142,7 +142,8 @@ class Watch:
         rng = random.Random(seed)
         plans = [(akey, *self._plan(t.name, akey, rng)) for _, akey in self.keys[t.name]]
         settings = dataclasses.replace(self.options.settings, seed=seed)
-        report = self.auditor(t.audit_target(), [asked for _, asked, _, _ in plans if asked is not None], settings)
+        askable = [asked for _, asked, _, _ in plans if asked is not None]
+        report = audit_run.audit_target(t.audit_target(), askable, settings)
         answered = iter(report.keys)
         results, sent = [], {}
         for akey, asked, idx, refused in plans:
@@ -179,14 +180,13 @@ class Watch:
         verdicts = [Verdict(label, r.key_sha256, observed[label], r.decision, r.statistic_name, r.statistic, r.queries,
                             r.note) for (label, _), r in zip(self.keys[t.name], report.keys)]
         saved = {**report.to_dict(), "summary": audit_report.summary_line(report), "seed": seed}
-        before = {akey.sha256: len(self.store.exposed(t.name, akey.sha256)) for _, akey in self.keys[t.name]}
         if self.store.write_round(Round(t.name, started, finished, report.status(), report.problem(), saved, verdicts,
                                         sent, standing, changes)) is None:
             return report  # abandoned at shutdown: nothing recorded
         self.standing[t.name] = {**self.standing[t.name], **standing}
         self._log(report, changes, seed)
         self.metrics.round(t.name, finished, finished - started, report.queries, observed)
-        self._exposure(t, before)
+        self._exposure(t, sent)
         self.say(f"{t.name}: {audit_report.summary_line(report)} ({finished - started:.1f} s)")
         for e in changes:
             self._announce(e)
@@ -202,15 +202,18 @@ class Watch:
         except NnmarkError as e:
             self.say(f"warning: audit log: {e}")
 
-    def _exposure(self, t: WatchedTarget, before: dict[str, int]) -> None:
-        """Export each key's exposure on ``t``; warn once it passes the warning bound."""
+    def _exposure(self, t: WatchedTarget, sent: dict[str, list[int]]) -> None:
+        """Add the indices ``sent`` (by key digest) to each key's exposure on ``t`` and export it; warn once it
+        passes the warning bound."""
         for label, akey in self.keys[t.name]:
             if akey.key is None:
                 continue
-            n = len(akey.key.expected)
-            share = len(self.store.exposed(t.name, akey.sha256)) / n
+            n, exposed = len(akey.key.expected), self.exposed[t.name, akey.sha256]
+            before = len(exposed) / n
+            exposed.update(sent.get(akey.sha256, ()))
+            share = len(exposed) / n
             self.metrics.exposure.labels(t.name, label).set(share)
-            if before[akey.sha256] / n <= self.options.limits.warn < share:
+            if before <= self.options.limits.warn < share:
                 self.say(f"warning: {t.name}: {share:.0%} of key {label} has been sent to it, past --exposure-warn "
                          f"{self.options.limits.warn:.0%}: rotate in a fresh key")
 
@@ -232,8 +235,7 @@ class Watch:
                     gauge.labels(t.name).set(last)
             for label, s in self.standing[t.name].items():
                 self.metrics.key_state(t.name, label, s.observed)
-            self._exposure(t, {akey.sha256: len(akey.key.expected) if akey.key is not None else 0
-                               for _, akey in self.keys[t.name]})
+            self._exposure(t, {})
 
     # --- the schedule ----------------------------------------------------------------------------------
 
