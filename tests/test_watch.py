@@ -222,9 +222,34 @@ def test_an_outage_is_unreachable_after_n_rounds_never_failed(fleet, tmp_path, r
     assert metrics[("nnmark_key_state", (("key", "natural0.key"), ("state", "failed"), ("target", "replica-2")))] == 0
     assert metrics[("nnmark_errors_total", (("kind", "unreachable"), ("target", "replica-2")))] == 2
     assert metrics[("nnmark_rounds_total", (("target", "replica-2"),))] == 3
+    last_success = metrics[("nnmark_last_success_timestamp_seconds", (("target", "replica-2"),))]
+    assert last_success < metrics[("nnmark_last_audit_timestamp_seconds", (("target", "replica-2"),))]
+    assert last_success == w.store.last_success("replica-2")  # the first round's: the outage decided nothing
     fleet[1].down = False
     w.round(fleet[1])
     assert [(e.old, e.new) for e in w.store.events()] == [("ok", "unreachable"), ("unreachable", "ok")]
+
+
+def test_an_inconsistent_endpoint_is_its_own_state_with_its_spread(fleet, tmp_path):
+    from nnmark.errors import EndpointInconsistent
+
+    class Moving(Local):
+        def audit_target(self):
+            @contextlib.contextmanager
+            def open_oracle():
+                raise EndpointInconsistent("answered the same input two different ways", spread=0.32)
+                yield
+
+            return audit_run.Target(self.name, open_oracle)
+
+    target = Moving("quantized", fleet[1].keys, fleet[1].model)
+    w = _watch([target], tmp_path)
+    w.round(target)
+    [event] = w.store.events()
+    assert (event.old, event.new) == (None, "inconsistent") and "spread 0.32" in event.note
+    with sqlite3.connect(w.store.path) as db:
+        assert db.execute("SELECT state, statistic_name, statistic FROM verdicts").fetchall() == [
+            ("inconsistent", "spread", 0.32)]
 
 
 def _samples(registry) -> dict:
@@ -285,6 +310,15 @@ def test_a_round_asks_a_random_subset_and_pairs_stay_together(key_files):
     assert exposure.expected_share(100, 10, 1) == pytest.approx(0.1)
     assert exposure.expected_share(100, 10, 10) == pytest.approx(1 - 0.9 ** 10)
     assert exposure.expected_share(100, 0, 1) == 1.0
+
+
+def test_the_exposure_bound_is_exact():
+    limits = exposure.Limits(sample=1, max=0.8)
+    assert exposure.check(set(range(7)), torch.tensor([7]), 10, limits) == 0.8  # at the bound: asked
+    assert exposure.check(set(range(8)), torch.tensor([3]), 10, limits) == 0.8  # nothing new: asked
+    with pytest.raises(exposure.ExposureRefused, match="90%"):
+        exposure.check(set(range(8)), torch.tensor([8]), 10, limits)
+    assert exposure.check(set(range(8)), torch.tensor([8]), 10, exposure.Limits(max=0.8, allow=True)) == 0.9
 
 
 def test_exposure_is_the_share_ever_sent_warned_and_refused_past_the_bound(fleet, tmp_path):

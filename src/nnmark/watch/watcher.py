@@ -92,10 +92,16 @@ def key_labels(paths: Sequence[Path]) -> list[str]:
 
 def load_keys(targets: Sequence[WatchedTarget], options: Options) -> dict[str, list[tuple[str, audit_run.AuditKey]]]:
     """Target name -> its (label, loaded key) pairs; a file several targets share is loaded once."""
-    loaded: dict[Path, audit_run.AuditKey] = {}
-    for path in {p for t in targets for p in t.keys}:
-        loaded[path] = audit_run.load_key(path, secret=options.settings.secret, allow_unsigned=options.allow_unsigned)
+    loaded = {path: audit_run.load_key(path, secret=options.settings.secret, allow_unsigned=options.allow_unsigned)
+              for path in {p for t in targets for p in t.keys}}
     return {t.name: list(zip(key_labels(t.keys), (loaded[p] for p in t.keys))) for t in targets}
+
+
+def measured(r: audit_run.KeyResult) -> tuple[str, float | None]:
+    """What a key's result measured: its verdict's statistic, or an inconsistent endpoint's spread, or ("", None)."""
+    if r.statistic is not None:
+        return r.statistic_name, r.statistic
+    return ("spread", r.spread) if r.spread is not None else ("", None)
 
 
 class Watch:
@@ -165,8 +171,8 @@ class Watch:
             before = self.standing[t.name].get(label, KeyState())
             standing[label], announced = watch_events.step(before, observed[label], self.options.unreachable_after)
             if announced is not None:
-                note = r.note or f"{r.decision}" + (f" ({r.statistic_name} {r.statistic:.3g})" if r.passed is not None
-                                                    else "")
+                name, value = measured(r)
+                note = "; ".join(filter(None, [r.note or r.decision, f"{name} {value:.3g}" if name else ""]))
                 changes.append(Event(now, t.name, label, before.announced, announced, note))
         return observed, standing, changes
 
@@ -177,8 +183,8 @@ class Watch:
         report, sent = self.audit(t, seed)
         finished = time.time()
         observed, standing, changes = self._changes(t, report, finished)
-        verdicts = [Verdict(label, r.key_sha256, observed[label], r.decision, r.statistic_name, r.statistic, r.queries,
-                            r.note) for (label, _), r in zip(self.keys[t.name], report.keys)]
+        verdicts = [Verdict(label, r.key_sha256, observed[label], r.decision, *measured(r), r.queries, r.note)
+                    for (label, _), r in zip(self.keys[t.name], report.keys)]
         saved = {**report.to_dict(), "summary": audit_report.summary_line(report), "seed": seed}
         if self.store.write_round(Round(t.name, started, finished, report.status(), report.problem(), saved, verdicts,
                                         sent, standing, changes)) is None:
