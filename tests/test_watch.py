@@ -181,8 +181,20 @@ def test_a_failing_webhook_is_retried_a_bounded_number_of_times_and_never_raises
         assert why == "HTTP 500" and len(refusing.bodies) == 3 and slept == [0.1, 0.2]
     finally:
         refusing.close()
-    closed = events.Webhook("http://127.0.0.1:9/hook", timeout=0.5, retries=1, backoff=0.0)
+    closed = events.Webhook("http://alert:s3cret@127.0.0.1:9/hook", timeout=0.5, retries=1, backoff=0.0)
+    assert "s3cret" not in closed.shown_url and closed.shown_url == "http://127.0.0.1:9/hook"
     assert closed.send(events.Event(0.0, "r1", "k", "ok", "failed"), sleep=lambda s: None).startswith("Connect")
+
+
+def test_a_failing_webhook_never_stops_the_watch(fleet, tmp_path, constant_model):
+    said = []
+    fleet[1].model = constant_model(OTHER)
+    hook = events.Webhook("http://user:pw@127.0.0.1:9/hook", timeout=0.5, retries=0)
+    w = _watch(fleet[1:], tmp_path, said, webhook=hook)
+    assert w.round(fleet[1]).status() == 1 and w.store.rounds("replica-2") == 1
+    assert [(e.old, e.new) for e in w.store.events()] == [(None, "failed")]
+    [warning] = [line for line in said if line.startswith("warning: webhook")]
+    assert "event dropped" in warning and "pw" not in warning
 
 
 # --- rounds, states and events ---------------------------------------------------------------------------------
@@ -530,6 +542,8 @@ def test_a_bad_inventory_or_bad_options_are_refused_before_anything_runs(fleet_f
     r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--exposure-warn", 0.9,
              "--exposure-max", 0.5)
     assert r.exit_code == 2 and "--exposure-warn" in r.stderr and not (tmp_path / "state").exists()
+    r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--webhook", "file:///etc/passwd")
+    assert r.exit_code == 2 and "--webhook must be an http" in r.stderr and not (tmp_path / "state").exists()
 
 
 def test_the_documented_watch_runs_until_sigterm_with_metrics_log_and_webhook(fleet_files, tmp_path, receiver,

@@ -100,6 +100,8 @@ def watch(inventory_path, state_dir, once, log_path, webhook, webhook_timeout, w
       nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --metrics-port 9464 \
         --log audit.jsonl --webhook http://127.0.0.1:9095/hook
     """
+    if webhook and not webhook.startswith(("http://", "https://")):
+        raise CliError(f"--webhook must be an http:// or https:// URL, got {printable(webhook)[:80]}")
     if exposure_warn > exposure_max:
         raise CliError(f"--exposure-warn {exposure_warn} is above --exposure-max {exposure_max}")
     secret = keyfiles.read_secret(secret_file)

@@ -76,6 +76,11 @@ class Webhook:
     retries: int = 2
     backoff: float = 0.5
 
+    @property
+    def shown_url(self) -> str:
+        """The URL without its user info (a password stays out of messages)."""
+        return str(httpx.URL(self.url).copy_with(username=None, password=None))
+
     def send(self, event: Event, external_url: str = "", *, sleep: Callable[[float], None] = time.sleep) -> str:
         """POST the event; '' once a try got a 2xx answer, else why the last try failed."""
         why = ""

@@ -27,7 +27,10 @@ def _handler(registry: CollectorRegistry, page: Callable[[], str]) -> type[BaseH
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             elif path == "/":
-                self._send(200, "text/html; charset=utf-8", page().encode("utf-8"))
+                try:
+                    self._send(200, "text/html; charset=utf-8", page().encode("utf-8"))
+                except NnmarkError as e:  # the state folder closed under a stopping watch
+                    self._send(503, "text/plain; charset=utf-8", f"{e}\n".encode())
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
 

@@ -229,7 +229,7 @@ class Watch:
         self.say(f"event: {e.target} {e.key}: {e.old or 'new'} -> {e.new}" + (f" ({e.note})" if e.note else ""))
         if self.options.webhook is not None:
             if why := self.options.webhook.send(e, self.external_url):
-                self.say(f"warning: webhook {self.options.webhook.url}: {why}; event dropped")
+                self.say(f"warning: webhook {self.options.webhook.shown_url}: {why}; event dropped")
 
     def _restore_metrics(self) -> None:
         """Metrics as the store left them: each target's interval, last round, states and exposure."""
