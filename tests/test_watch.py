@@ -384,6 +384,41 @@ def test_the_loop_audits_at_the_interval_and_stops_cleanly(fleet, tmp_path):
     assert fleet[0].opened == w.store.rounds("replica-1")  # every round that ran was written
 
 
+def test_a_round_still_in_flight_after_the_grace_is_abandoned_and_never_written(fleet, tmp_path):
+    release, entered = threading.Event(), threading.Event()
+
+    class Slow(Local):
+        def audit_target(self):
+            target = super().audit_target()
+
+            @contextlib.contextmanager
+            def open_oracle():
+                entered.set()
+                release.wait(30)
+                with target.open() as oracle:
+                    yield oracle
+
+            return audit_run.Target(self.name, open_oracle)
+
+    slow = Slow("slow", fleet[1].keys, fleet[1].model)
+    said = []
+    w = _watch([slow], tmp_path, said, grace=0.2)
+    stop = threading.Event()
+    runner = threading.Thread(target=w.run, args=(stop,))
+    runner.start()
+    assert entered.wait(30)
+    stop.set()
+    runner.join(10)
+    assert not runner.is_alive()  # the grace ran out: the watch returned with the round in flight
+    w.store.close()
+    release.set()
+    assert w.round(slow).status() == 0  # what the abandoned round's thread does now: asks, then writes nothing
+    time.sleep(0.5)
+    assert not any(line.startswith(("slow:", "warning")) for line in said), said
+    store = Store(tmp_path)
+    assert store.rounds() == 0 and store.integrity_check() == "ok"
+
+
 def test_once_runs_each_target_once(fleet, tmp_path):
     w = _watch(fleet, tmp_path)
     reports = w.run(threading.Event(), once=True)
