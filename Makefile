@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/python -m nnmark.demo
 
 # line and branch coverage of src/nnmark (processes the tests start included), then the cli/ package's total
-test: $(STAMP) $(INTEROP_STAMPS) fashion-mnist
+test: $(STAMP) $(INTEROP_STAMPS) fashion-mnist watch-tools
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q --cov --cov-report=
 	$(BIN)/python -m coverage report
@@ -55,6 +55,15 @@ fashion-mnist:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt-get could not install it"; \
 	else echo "as root: apt-get install dataset-fashion-mnist; without root: apt-get download dataset-fashion-mnist &&" \
 	  "dpkg -x dataset-fashion-mnist_*.deb DIR, then NNMARK_FASHION_MNIST=DIR$(FASHION_MNIST)"; fi
+
+# Prometheus and Chromium for the watch's interop tests (Debian's prometheus and chromium; needs root and apt-get;
+# otherwise the tests that need them skip and say why)
+.PHONY: watch-tools
+watch-tools:
+	@if command -v prometheus >/dev/null && command -v chromium >/dev/null; then echo "prometheus and chromium are installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq prometheus chromium) || echo "apt-get could not install them"; \
+	else echo "as root: apt-get install prometheus chromium (the watch's interop tests skip without them)"; fi
 
 # regenerate the shipped gRPC descriptor from src/nnmark/oracles/proto/grpc_predict_v2.proto
 proto: $(STAMP)

@@ -142,6 +142,12 @@ def fill_key_dir(work: Path) -> None:
         shutil.copy2(work / name, work / "keys" / name)
 
 
+def watch_fleet(work: Path) -> None:
+    """``fleet.toml`` for the watch: the trained model as a local target, asked with the DBI key."""
+    (work / "fleet.toml").write_text('[[target]]\nname = "local"\nmodel = "lenet5.safetensors"\n'
+                                     'keys = ["dbi.key"]\ninterval = "1h"\n')
+
+
 def _raw_factory_model(work: Path) -> torch.nn.Module:
     """The user's ``small_cnn`` with the trained weights, without the normalisation its card adds."""
     return models.load_any("mypkg.nets:small_cnn", weights=str(work / "net.safetensors")).module
@@ -317,6 +323,12 @@ STEPS: dict[str, Step] = {
     "nnmark log verify audit.jsonl --secret-file secret": Step(),
     "nnmark audit --inventory fleet.toml --secret-file secret --report fleet.html":
         Step(test="tests/test_inventory.py::test_the_cli_audits_a_mixed_inventory_tampered_target_first"),
+    # Watch: one round here; the running service (metrics, log, webhook, stopped by SIGTERM) by its own test.
+    "nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --once": Step(before=watch_fleet),
+    "nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --metrics-port 9464 "
+    "--log audit.jsonl --webhook http://127.0.0.1:9095/hook":
+        Step(test="tests/test_watch.py::test_the_documented_watch_runs_until_sigterm_with_metrics_log_and_webhook"),
+    "nnmark mark dbi --model lenet5.safetensors --seed 7 --out dbi-2.key --secret-file secret": Step("--itr 300"),
     # Your own model.
     "nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet --data mnist5k "
     "--out net.safetensors": Step("--epochs 1"),
@@ -350,6 +362,8 @@ STEPS: dict[str, Step] = {
         Step(test="tests/test_bench_telltale.py::test_bench_telltale_quick_writes_its_tables"),
     "nnmark bench endpoints --quick --out-dir /tmp/bench":
         Step(test="tests/test_bench_endpoints.py::test_bench_endpoints_quick_measures_nnmark_serve_beside_local"),
+    "nnmark bench watch --quick --out-dir /tmp/bench":
+        Step(test="tests/test_watch_bench.py::test_bench_watch_quick_measures_load_swap_outage_idle_and_exposure"),
     "nnmark bench sources --quick --out-dir /tmp/bench":
         Step(test="tests/test_sources.py::test_bench_sources_quick_times_every_kind_on_the_same_weights"),
 }

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("nnmark.cli.audit", "Ask a model or a fleet every key at once: one report, one log record."),
     "keys": ("nnmark.cli.audit", "List and show key files without asking any model."),
     "log": ("nnmark.cli.audit", "Check an audit log's HMAC chain."),
+    "watch": ("nnmark.cli.watch", "Audit an inventory on a schedule: state, events, Prometheus metrics, a page."),
     "serve": ("nnmark.cli.serve", "Serve a model over the Open Inference Protocol v2."),
     "envs": ("nnmark.cli.envs", "List execution environments and how outputs differ."),
     "bench": ("nnmark.cli.bench", "Run a benchmark; tables go to docs/benchmarks/."),

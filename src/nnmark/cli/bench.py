@@ -38,6 +38,7 @@ BENCHMARKS = {
                   "and KServe: wall time, bytes and the ratio to local."),
     "sources": ("sources", "Load, forward and gradient cost of the same weights as eager torch, TorchScript, "
                 "torch.export and ONNX (torch operators and ONNX Runtime)."),
+    "watch": ("watch", "nnmark watch against nnmark serve replicas: CPU, memory, swap to alert, outages, key exposure."),
 }
 """Benchmark command name -> (module in nnmark.bench, help)."""
 ANY_MODEL = ("dbi", "integrity")
