@@ -146,7 +146,8 @@ def published_by(model_metadata: dict) -> dict:
 # --- recording oracle and sub-keys -------------------------------------------------------------------
 
 
-def _digest(t: torch.Tensor) -> str:
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes: how the audit records what it sent, and how the watch finds which key queries."""
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -172,7 +173,7 @@ class RecordingOracle(Oracle):
 
     def _fetch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         x = x.float().contiguous()
-        names = [_digest(row) for row in x]
+        names = [tensor_digest(row) for row in x]
         new, seen = [], set()
         for i, name in enumerate(names):
             if name not in self._cache and name not in seen:
@@ -188,7 +189,7 @@ class RecordingOracle(Oracle):
                 answer = y[j : j + 1].to(torch.int64)
                 self._cache[names[i]] = (None if p is None else p[j].float(), answer[0])
                 self.sent.append(names[i])
-                self.answers.append(_digest(answer if p is None else torch.cat([answer.view(torch.uint8),
+                self.answers.append(tensor_digest(answer if p is None else torch.cat([answer.view(torch.uint8),
                                                                                 p[j].float().view(torch.uint8)])))
         cached = [self._cache[name] for name in names]
         labels = torch.stack([c[1] for c in cached])

@@ -68,4 +68,4 @@ def sent_indices(key: KeyFile, idx: torch.Tensor, sent: list[str]) -> list[int]:
     """The key indices among ``idx`` whose inputs went to the target (matched by the SHA-256 the audit's recording
     oracle keeps of each input sent)."""
     digests = set(sent)
-    return [i for i in idx.tolist() if audit_run._digest(key.queries[i].float()) in digests]
+    return [i for i in idx.tolist() if audit_run.tensor_digest(key.queries[i].float()) in digests]
