@@ -599,16 +599,18 @@ def audit_table(seeds: list[dict], arch: str, alpha: float) -> str:
 GOALS = ((0.99, "distillation and extraction", ("distill", "extract labels,", "extract probabilities")),
          (0.9, "extraction + adversarial training", ("extract labels + adversarial",)))
 """The issue's SAC goals: least AUC, the thefts it names, and the catalogue names that start with them."""
+SAC_GOAL_KEYS = ("SAC-m", "SAC-w")
+"""The SAC keys (probabilities) each goal is checked for: the paper's two query sets."""
 
 
-def _auc_goal(summaries: dict[str, dict], want: float, what: str, prefixes: tuple[str, ...]) -> str:
-    """Whether SAC-m reaches AUC ``want`` on every theft named by ``prefixes``, on every victim."""
+def _auc_goal(summaries: dict[str, dict], method: str, want: float, what: str, prefixes: tuple[str, ...]) -> str:
+    """Whether the SAC key ``method`` reaches AUC ``want`` on every theft named by ``prefixes``, on every victim."""
     cells = {f"{a} ({ARCH_NAMES.get(arch, arch)})": c for arch, summary in summaries.items()
-             for a, r in summary.items() if a.startswith(prefixes) and (c := r["methods"]["SAC-m"]) and c["theft"]}
+             for a, r in summary.items() if a.startswith(prefixes) and (c := r["methods"].get(method)) and c["theft"]}
     if not cells:
-        return f"- SAC-m AUC >= {want:g} against {what}: not measured (no theft kept its accuracy, or no key)."
+        return f"- {method} AUC >= {want:g} against {what}: not measured (no theft kept its accuracy, or no key)."
     low = [f"{a} ({c['auc']:.2f})" for a, c in cells.items() if c["auc"] < want]
-    return f"- SAC-m AUC >= {want:g} against {what}: " + (f"REFUTED by {', '.join(low)}." if low else "met.")
+    return f"- {method} AUC >= {want:g} against {what}: " + (f"REFUTED by {', '.join(low)}." if low else "met.")
 
 
 def goals(summaries: dict[str, dict], best: dict[str, dict[str, list[str]]]) -> str:
@@ -620,7 +622,7 @@ def goals(summaries: dict[str, dict], best: dict[str, dict[str, list[str]]]) -> 
     first = (f"- Every theft MATCHed by some method at <= 100 queries with zero false claims: "
              f"{'met' if not missed else 'REFUTED for ' + '; '.join(missed)} "
              f"({len(stolen) - len(missed)} of {len(stolen)} thefts).")
-    return "\n".join([first, *(_auc_goal(summaries, *goal) for goal in GOALS)])
+    return "\n".join([first, *(_auc_goal(summaries, method, *goal) for method in SAC_GOAL_KEYS for goal in GOALS)])
 
 
 def audit_goal(seeds: list[dict], archs: list[str]) -> str:
