@@ -39,21 +39,20 @@ from nnmark.marks.ownership.stats import binomial_tail
 
 STEM = "metafinger-pools"
 FINETUNE = ("rtal", "prune", "noise")
-OWN_STUDENTS = ("distill", "extract")
-OTHER_STUDENTS = ("distill:vgg11", "extract:vgg11")
+STUDENTS = ("distill", "extract")
+THIEF = "fine-tune variants + distilled negatives (thief-aware)"
 DESIGNS = {
     "paper": {},
     "fine-tune variants, train only": {"positive_variants": FINETUNE, "variant_copies": 1},
     "fine-tune variants": {"positive_variants": FINETUNE},
-    "+ distilled and extracted": {"positive_variants": FINETUNE + OWN_STUDENTS},
-    "+ distilled negatives (thief-aware)": {"positive_variants": shadow.THIEF_POSITIVES,
-                                            "negative_variants": shadow.THIEF_NEGATIVES},
-    "+ VGG-11 students": {"positive_variants": shadow.THIEF_POSITIVES + OTHER_STUDENTS,
-                          "negative_variants": shadow.THIEF_NEGATIVES},
+    THIEF: {"positive_variants": shadow.THIEF_POSITIVES, "negative_variants": shadow.THIEF_NEGATIVES},
+    "+ students, train only": {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
+    "+ students": {"positive_variants": FINETUNE + STUDENTS},
 }
-"""Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (variant_copies default 2: one of the
-two copies validates, so the screen demands it; 1: training only)."""
-QUICK_DESIGNS = ("paper", "+ distilled negatives (thief-aware)")
+"""Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (``variant_copies`` 2 by default: one
+copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is
+``PoolLayout.thief_aware()``."""
+QUICK_DESIGNS = ("paper", THIEF)
 GOAL_THEFTS = ("RTAL", "prune 70% + fine-tune", "noise alpha=1 + fine-tune")
 GOAL_ACCURACY = 0.95
 GOAL_P = 1e-6

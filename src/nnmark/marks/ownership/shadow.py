@@ -96,6 +96,10 @@ DEFAULT_ALPHA = 3.0
 DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
 DEFAULT_VARIANT_COPIES = 2
+VARIANT_SEEDS = 1_000_000
+"""How far above the source's seed the variants' seeds start. A distilled or extracted student is initialised from
+its seed exactly as a from-scratch model of that seed is, so the variants' seeds stay clear of every from-scratch
+seed of the pools: no student starts from the initial weights of the source or of a negative model."""
 VARIANT_PRUNE = 0.7
 """The share of each layer's weights the "prune" variant sets to zero before its fine-tune."""
 VARIANT_NOISE_ALPHA = 1.0
@@ -328,8 +332,10 @@ class PoolLayout:
         return dataclasses.replace(self, positive_variants=THIEF_POSITIVES, negative_variants=THIEF_NEGATIVES)
 
 
-THIEF_POSITIVES = ("rtal", "prune", "noise", "distill", "extract")
-"""The thief-aware pools' positive variants (the pool study, ``nnmark bench ownership-pools``)."""
+THIEF_POSITIVES = ("rtal", "prune", "noise")
+"""The thief-aware pools' positive variants, by the pool study (``nnmark bench ownership-pools``): the attacks that
+keep the weights; a distilled or extracted student agrees with the source on too few meta-trained images to pass
+the screen."""
 THIEF_NEGATIVES = ("distill",)
 """The thief-aware pools' negative variants: distillations of independent models."""
 POOL_DESIGNS = ("paper", "thief")
@@ -373,19 +379,21 @@ def pool_specs(
 def _variant_specs(arch: str, data: str, source_digest: str, layout: PoolLayout, seed: int,
                    common: dict) -> dict[str, list[ShadowSpec]]:
     """The layout's variants by pool: of the source, ``variant_copies`` each (a third, rounded, validate); of each
-    negative train family (seed ``seed + j``, variant seed ``1000 j``); and for validation, of a from-scratch teacher
-    per variant name with the seeds after the validation negatives' (no N_val model is another's teacher)."""
-    copies = layout.variant_copies
+    negative train family j (seed ``seed + j``); and for validation, of a from-scratch teacher per variant name with
+    the seeds after the validation negatives' (no N_val model is another's teacher). Variant seeds start at
+    ``seed + VARIANT_SEEDS``: i for the source's copy i, 1000 j for family j, 1000 (negatives + 1) + i for teacher i."""
+    copies, first = layout.variant_copies, seed + VARIANT_SEEDS
     n_val = round(copies / 3)
-    pos = {v: [ShadowSpec(arch, data, seed, augment_seed=i, base_digest=source_digest, variant=v, **common)
+    pos = {v: [ShadowSpec(arch, data, seed, augment_seed=first + i, base_digest=source_digest, variant=v, **common)
                for i in range(copies)] for v in layout.positive_variants}
-    first_teacher = seed + layout.negatives + layout.val_negatives + 1
+    teacher = seed + layout.negatives + layout.val_negatives + 1
+    val_seed = first + 1000 * (layout.negatives + 1)
     return {
         "positives_train": [s for v in pos.values() for s in v[: copies - n_val]],
-        "negatives_train": [ShadowSpec(arch, data, seed + j, augment_seed=1000 * j, variant=v, **common)
+        "negatives_train": [ShadowSpec(arch, data, seed + j, augment_seed=first + 1000 * j, variant=v, **common)
                             for j in range(1, layout.negatives + 1) for v in layout.negative_variants],
         "positives_val": [s for v in pos.values() for s in v[copies - n_val:]],
-        "negatives_val": [ShadowSpec(arch, data, first_teacher + i, augment_seed=0, variant=v, **common)
+        "negatives_val": [ShadowSpec(arch, data, teacher + i, augment_seed=val_seed + i, variant=v, **common)
                           for i, v in enumerate(layout.negative_variants)],
     }
 
