@@ -337,3 +337,30 @@ def test_a_thief_aware_key_matches_the_source_and_its_thief_but_no_independent_m
     assert verdicts["RTAL"].passed and verdicts["RTAL"].details["p_value"] < 1e-6
     for name in ("independent", "distilled independent"):
         assert not verdicts[name].passed and verdicts[name].details["p_value"] > 1e-3
+
+
+def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    source = ShadowSpec("lenet5", "digits", 0, epochs=4)
+    model = build_pool([source], cache_dir=tmp_path / "cache", executor="serial")[0]
+    models.save(model, models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=0), tmp_path / "m.safetensors")
+    args = ["mark", "metafinger", "--model", str(tmp_path / "m.safetensors"), "--unsigned", "--n", "20",
+            "--negatives", "1", "--val-negatives", "2", "--af", "0", "--shadow-epochs", "4", "--epochs", "20",
+            "--cache-dir", str(tmp_path / "cache"), "--executor", "serial", "--out", str(tmp_path / "k.key")]
+    r = CliRunner().invoke(main, [*args, "--pool", "thief", "--json"])
+    assert r.exit_code == 0, r.output
+    key = keys.load(tmp_path / "k.key", secret=None, allow_unsigned=True)
+    assert key.config["pool"] == "thief" and key.config["pools"]["positives_val"] == 1 + len(shadow.THIEF_POSITIVES)
+    layout = PoolLayout(negatives=1, val_negatives=2, af=0, epochs=4).thief_aware()
+    wanted = [s for g in pool_specs("lenet5", "digits", models.digest(model), layout).values() for s in g]
+    assert all((tmp_path / "cache" / s.cache_name()).exists() for s in wanted if s.variant)
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "k.key"), "--model", str(tmp_path / "m.safetensors"),
+                                  "--unsigned", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "match", r.output
+    r = CliRunner().invoke(main, [*args, "--pool", "bogus"])
+    assert r.exit_code == 2
