@@ -468,7 +468,11 @@ def _names(specs: dict[str, list[ShadowSpec]]) -> dict[str, list[str]]:
 def test_the_paper_pool_is_unchanged_and_the_thief_pool_adds_variants_after_it():
     paper = PoolLayout(negatives=2, val_negatives=1, af=2)
     assert _names(pool_specs("lenet5", "digits", "a" * 64, paper)) == PAPER_NAMES
-    thief = pool_specs("lenet5", "digits", "a" * 64, paper.thief_aware(), seed=5)
+    assert paper.thief_aware() == dataclasses.replace(paper, positive_variants=shadow.THIEF_POSITIVES,
+                                                      negative_variants=shadow.THIEF_NEGATIVES)
+    negative_variants = ("distill", "extract")
+    layout = dataclasses.replace(paper.thief_aware(), negative_variants=negative_variants)
+    thief = pool_specs("lenet5", "digits", "a" * 64, layout, seed=5)
     plain = pool_specs("lenet5", "digits", "a" * 64, paper, seed=5)
     for group, specs in thief.items():
         assert specs[: len(plain[group])] == plain[group]  # the paper's pools first, as they were
@@ -478,16 +482,18 @@ def test_the_paper_pool_is_unchanged_and_the_thief_pool_adds_variants_after_it()
     assert [s.variant for s in added["positives_val"]] == list(shadow.THIEF_POSITIVES)  # one of each validates
     assert all(s.base_digest == "a" * 64 and s.augment_alpha is None for s in positives)
     negatives = added["negatives_train"]
-    assert [(s.seed, s.variant) for s in negatives] == [(6, v) for v in shadow.THIEF_NEGATIVES] + [
-        (7, v) for v in shadow.THIEF_NEGATIVES]  # one of each per train family, distilling its model
+    assert [(s.seed, s.variant) for s in negatives] == [(6, v) for v in negative_variants] + [
+        (7, v) for v in negative_variants]  # one of each per train family, attacking its model
     assert all(s.base_digest is None and s.base() in thief["negatives_train"] for s in negatives)
     val_teachers = {s.seed for s in added["negatives_val"]}
+    assert [s.variant for s in added["negatives_val"]] == list(negative_variants) and len(val_teachers) == 2
     assert val_teachers.isdisjoint({s.seed for s in thief["negatives_val"] if not s.augmented} | {5, 6, 7})
     everything = [s for group in thief.values() for s in group]
     assert len({s.cache_name() for s in everything}) == len(everything)
-    scratch = {5} | {s.seed for s in everything if s.base_digest is None}
-    variants = [s.augment_seed for s in everything if s.variant]
-    assert len(set(variants)) == len(variants) and scratch.isdisjoint(variants)  # no student shares an init
+    for seed in (0, 5):  # no student starts from the initial weights of the source or a from-scratch model
+        specs = [s for group in pool_specs("lenet5", "digits", "a" * 64, layout, seed=seed).values() for s in group]
+        scratch = {seed} | {s.seed for s in specs if s.base_digest is None}
+        assert scratch.isdisjoint(s.augment_seed for s in specs if s.variant)
     one = pool_specs("lenet5", "digits", "a" * 64, dataclasses.replace(paper, positive_variants=("rtal",),
                                                                          variant_copies=1), seed=5)
     assert [s.variant for s in one["positives_train"]] == [None, "rtal"]

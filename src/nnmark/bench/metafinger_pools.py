@@ -40,12 +40,12 @@ from nnmark.marks.ownership.stats import binomial_tail
 STEM = "metafinger-pools"
 FINETUNE = ("rtal", "prune", "noise")
 STUDENTS = ("distill", "extract")
-THIEF = "fine-tune variants + distilled negatives (thief-aware)"
+THIEF = "fine-tune variants (thief-aware)"
 DESIGNS = {
     "paper": {},
     "fine-tune variants, train only": {"positive_variants": FINETUNE, "variant_copies": 1},
-    "fine-tune variants": {"positive_variants": FINETUNE},
     THIEF: {"positive_variants": shadow.THIEF_POSITIVES, "negative_variants": shadow.THIEF_NEGATIVES},
+    "+ distilled negatives": {"positive_variants": FINETUNE, "negative_variants": ("distill",)},
     "+ students, train only": {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
     "+ students": {"positive_variants": FINETUNE + STUDENTS},
 }
@@ -82,13 +82,16 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 
 
 def design_row(key: KeyFile | None, copies: dict, independents: dict, owner: data.Dataset) -> dict:
-    """A key's numbers: queries, p0, and per copy and independent model its verdict (``ownership.judge``)."""
+    """A key's numbers: queries, p0, each independent model's query accuracy and those the rule claims, and per copy
+    its verdict (``ownership.judge``) with the p-value of its hits under the most agreeing independent model."""
     if key is None:
         return {"kept": 0}
     judge = {name: ownership.judge(s["model"], key, "labels", owner) for name, s in {**copies, **independents}.items()}
-    worst = max(judge[name]["statistic"] for name in independents)
+    scores = {name: judge[name]["statistic"] for name in independents}
+    worst = max(scores.values())
+    claimed = [name for name in independents if judge[name]["passed"]]
     out = {"kept": len(key.expected), "screened": key.config["screened"], "p0": key.config["p0"],
-           "independent_max": worst, "false_claims": sum(judge[name]["passed"] for name in independents)}
+           "independents": scores, "independent_max": worst, "false_claims": len(claimed), "claimed": claimed}
     out["copies"] = {name: {**judge[name], "p_empirical": binomial_tail(round(judge[name]["statistic"] * out["kept"]),
                                                                         out["kept"], worst)} for name in copies}
     return out
@@ -185,7 +188,9 @@ def _seed_sections(r: dict) -> list[str]:
                 f"rule claims (and the highest query accuracy among them). Goal: >= {GOAL_ACCURACY:.0%} on the three "
                 f"copies, p < {GOAL_P:g} under the key's p0 and under the most agreeing independent, no false claim.",
                 design_table(r),
-                "Goal met by: " + (", ".join(met) if met else "no design (the goal is refuted in this setting)") + "."),
+                "Goal met by: " + (", ".join(met) if met else "no design (the goal is refuted in this setting)") + ".",
+                "False claims: " + ("; ".join(f"{n}: {', '.join(d['claimed'])}" for n, d in r["designs"].items()
+                                              if d.get("claimed")) or "none") + "."),
         section(f"Every copy (victim seed {r['seed']})", "Query accuracy under each design's key, the binomial "
                 "p-value of its hits under the most agreeing independent model's query accuracy in brackets; * marks "
                 "a match by the key's rule.", copy_table(r)),
