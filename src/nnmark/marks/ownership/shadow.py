@@ -12,7 +12,8 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
 - a *variant* is a base model after one of the thief's attacks (``VARIANTS``: distillation, extraction, RTAL,
   prune + fine-tune, noise + fine-tune; ``ShadowSpec(..., variant=name, augment_seed=s)``), run by the owner on
   its own training split. Of the source, it is a positive that looks like a stolen copy; of a negative model, a
-  negative that looks like an independent thief's distillation (the thief-aware pools, ``PoolLayout.thief_aware``).
+  negative that looks like an independent thief's copy (``PoolLayout.positive_variants`` / ``negative_variants``;
+  the thief-aware pools, ``PoolLayout.thief_aware``, add RTAL, prune and noise copies of the source).
 
 The architecture is a zoo name or the user's own ``package.module:factory`` (``nnmark.models.load_any``);
 a spec with a ``card`` (required for a factory) trains on ``data`` converted to the card's input shape
@@ -130,15 +131,18 @@ def _extract(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
 
 
 def _rtal(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """RTAL: the last layer re-initialised, then every layer fine-tuned for ``spec.finetune_epochs``."""
     return finetune_mode(base, train.x, train.y, mode="RTAL", epochs=spec.finetune_epochs, seed=spec.augment_seed)
 
 
 def _prune(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """``VARIANT_PRUNE`` of each layer's weights pruned, then fine-tuned with the mask kept."""
     return prune_finetune(base, train.x, train.y, fraction=VARIANT_PRUNE, epochs=spec.finetune_epochs,
                           seed=spec.augment_seed)
 
 
 def _noise(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """Eq. 1 noise at ``VARIANT_NOISE_ALPHA``, then FTAL for ``spec.finetune_epochs``."""
     return noise_finetune(base, train.x, train.y, alpha=VARIANT_NOISE_ALPHA, epochs=spec.finetune_epochs,
                           seed=spec.augment_seed)
 
