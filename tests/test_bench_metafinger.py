@@ -60,3 +60,54 @@ def test_bench_ownership_fingerprint_quick_writes_its_tables(tmp_path):
                  "| median_smoothing k=5 |", "`nnmark bench ownership-fingerprint --quick`"):
         assert part in md
     assert (tmp_path / "metafinger.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the pool study (nnmark bench ownership-pools) --------------------------------------------------------------
+
+from nnmark.bench import metafinger_pools as pools  # noqa: E402
+
+
+def _row(accuracy=0.95, p_value=1e-7, p_empirical=1e-7, false_claims=0) -> dict:
+    cell = {"statistic": accuracy, "p_value": p_value, "p_empirical": p_empirical}
+    return {"kept": 100, "false_claims": false_claims, "copies": {t: dict(cell) for t in pools.GOAL_THEFTS}}
+
+
+def test_the_goal_needs_95_percent_both_p_values_below_1e_6_and_no_false_claim():
+    assert pools.goal_met(_row())
+    assert not pools.goal_met(_row(accuracy=0.94))
+    assert not pools.goal_met(_row(p_value=1e-6)) and not pools.goal_met(_row(p_empirical=1e-6))
+    assert not pools.goal_met(_row(false_claims=1)) and not pools.goal_met({"kept": 0})
+    one_short = _row()
+    one_short["copies"][pools.GOAL_THEFTS[-1]]["statistic"] = 0.9
+    assert not pools.goal_met(one_short)
+
+
+def test_the_thief_design_is_the_libraries_thief_aware_layout():
+    p = {"pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "epochs": {"lenet5": 4}, "finetune_epochs": 2}
+    base = pools.layout(p, pools.DESIGNS["paper"])
+    assert pools.layout(p, pools.DESIGNS[pools.THIEF]) == base.thief_aware()
+    assert base == shadow.PoolLayout(negatives=3, val_negatives=2, af=2, epochs=4, finetune_epochs=2)
+
+
+def test_bench_ownership_pools_quick_compares_pool_designs(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    r = CliRunner().invoke(main, ["bench", "ownership-pools", "--quick", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "metafinger-pools.json").read_text())
+    assert result["command"] == "nnmark bench ownership-pools --quick"
+    (row,) = result["seeds"]
+    paper, thief = row["designs"]["paper"], row["designs"][pools.THIEF]
+    assert list(row["designs"]) == list(pools.QUICK_DESIGNS)
+    added = 2 * len(shadow.THIEF_POSITIVES) + 3 * len(shadow.THIEF_NEGATIVES) + len(shadow.THIEF_NEGATIVES)
+    assert (paper["shadow_models"], thief["shadow_models"]) == (13, 13 + added)
+    assert thief["shadow_seconds"] > paper["shadow_seconds"] > 0
+    for design in (paper, thief):
+        assert design["kept"] >= 10 and 0.1 <= design["p0"] < 1
+        assert set(design["copies"]) == set(row["thief_accuracy"]) >= set(pools.GOAL_THEFTS)
+        for cell in design["copies"].values():
+            assert 0 <= cell["statistic"] <= 1 and 0 <= cell["p_empirical"] <= 1
+        assert design["goal"] == pools.goal_met(design)
+    md = (tmp_path / "metafinger-pools.md").read_text()
+    for part in ("## Pool designs (victim seed 0)", "## Every copy (victim seed 0)", f"| {pools.THIEF} |",
+                 "| RTAL |", "`nnmark bench ownership-pools --quick`"):
+        assert part in md

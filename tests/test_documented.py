@@ -354,6 +354,8 @@ STEPS: dict[str, Step] = {
         Step(test="tests/test_bench_metafinger.py::test_bench_ownership_fingerprint_quick_writes_its_tables"),
     "nnmark bench ownership --quick --out-dir /tmp/bench":
         Step(test="tests/test_bench_ownership.py::test_bench_ownership_quick_writes_its_tables"),
+    "nnmark bench ownership-pools --quick --out-dir /tmp/bench":
+        Step(test="tests/test_bench_metafinger.py::test_bench_ownership_pools_quick_compares_pool_designs"),
     "nnmark bench ownership-watermark --quick --out-dir /tmp/bench":
         Step(test="tests/test_bench_coupled.py::test_quick_bench_writes_tables_json_and_plot"),
     "nnmark bench audit --quick --out-dir /tmp/bench":

@@ -298,3 +298,69 @@ def test_a_factory_model_gets_a_fingerprint_that_matches_it_and_not_an_independe
     cached = models.load_any(FACTORY, weights=pool.paths[-1])  # the pool's files load as the user's own model
     assert torch.equal(TorchOracle(cached.model, card.input_shape).labels(key.queries),
                        TorchOracle(suspects["independent"], card.input_shape).labels(key.queries))
+
+
+# --- thief-aware pools ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thief_world(tmp_path_factory):
+    """A thief-aware key on 8x8 digits: the source's RTAL, prune, noise, distilled and extracted copies as
+    positives, distillations of independent models as negatives; and suspects the pools never saw."""
+    ds = data.load("digits")
+    cache = tmp_path_factory.mktemp("shadow")
+    source = build_pool([ShadowSpec("lenet5", "digits", 0)], cache_dir=cache, executor="serial")[0]
+    layout = PoolLayout(negatives=2, val_negatives=2, af=2, alpha=ALPHA).thief_aware()
+    specs = pool_specs("lenet5", "digits", models.digest(source), layout)
+    independent = ShadowSpec("lenet5", "digits", 7)
+    # an independent thief's copy (its student seeded apart from the source's: a student of seed s starts from the
+    # initial weights of the from-scratch model of seed s)
+    distilled = ShadowSpec("lenet5", "digits", 8, augment_seed=99, variant="distill")
+    pool = build_pool([*(s for group in specs.values() for s in group), independent, distilled], cache_dir=cache,
+                      base=source, executor="serial")
+    key = metafinger.create(source, Pools(**pool.groups(specs)), ds.train.x, SETTINGS, seed=0)
+    att = attacker_data(ds)
+    suspects = {"source": source, "RTAL": finetune_mode(source, att.x, att.y, mode="RTAL", seed=1),
+                "independent": pool.select([independent])[0], "distilled independent": pool.select([distilled])[0]}
+    return ds, key, suspects
+
+
+def test_a_thief_aware_key_matches_the_source_and_its_thief_but_no_independent_model(thief_world):
+    ds, key, suspects = thief_world
+    pools = key.config["pools"]
+    assert pools["positives_train"] == 1 + 1 + len(shadow.THIEF_POSITIVES)  # source, eq. 1 copy, one of each
+    assert pools["positives_val"] == 1 + 1 + len(shadow.THIEF_POSITIVES)
+    assert pools["negatives_val"] == 2 + len(shadow.THIEF_NEGATIVES)
+    verdicts = {name: _verify(m, key, ds.shape) for name, m in suspects.items()}
+    print({n: (v.decision, round(v.statistic, 3), v.details["p_value"]) for n, v in verdicts.items()})
+    assert verdicts["source"].passed and verdicts["source"].statistic == 1.0
+    assert verdicts["RTAL"].passed and verdicts["RTAL"].details["p_value"] < 1e-6
+    for name in ("independent", "distilled independent"):
+        assert not verdicts[name].passed and verdicts[name].details["p_value"] > 1e-3
+
+
+def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    source = ShadowSpec("lenet5", "digits", 0, epochs=4)
+    model = build_pool([source], cache_dir=tmp_path / "cache", executor="serial")[0]
+    models.save(model, models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=0), tmp_path / "m.safetensors")
+    args = ["mark", "metafinger", "--model", str(tmp_path / "m.safetensors"), "--unsigned", "--n", "20",
+            "--negatives", "1", "--val-negatives", "2", "--af", "0", "--shadow-epochs", "4", "--epochs", "20",
+            "--cache-dir", str(tmp_path / "cache"), "--executor", "serial", "--out", str(tmp_path / "k.key")]
+    r = CliRunner().invoke(main, [*args, "--pool", "thief", "--json"])
+    assert r.exit_code == 0, r.output
+    key = keys.load(tmp_path / "k.key", secret=None, allow_unsigned=True)
+    assert key.config["pool"] == "thief" and key.config["pools"]["positives_val"] == 1 + len(shadow.THIEF_POSITIVES)
+    layout = PoolLayout(negatives=1, val_negatives=2, af=0, epochs=4).thief_aware()
+    wanted = [s for g in pool_specs("lenet5", "digits", models.digest(model), layout).values() for s in g]
+    assert all((tmp_path / "cache" / s.cache_name()).exists() for s in wanted if s.variant)
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "k.key"), "--model", str(tmp_path / "m.safetensors"),
+                                  "--unsigned", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "match", r.output
+    r = CliRunner().invoke(main, [*args, "--pool", "bogus"])
+    assert r.exit_code == 2

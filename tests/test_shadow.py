@@ -446,3 +446,132 @@ def test_ray_ships_local_factory_modules_but_not_installed_ones():
     assert shadow.shipped_modules([installed]) == []
     with pytest.raises(ModelError, match="no_such_module_for_nnmark"):
         shadow.shipped_modules([ShadowSpec("no_such_module_for_nnmark:net", "digits", 0, card=CARD)])
+
+
+# --- variants: the thief's attacks in the pools ----------------------------------------------------------------
+
+PAPER_NAMES = {
+    "positives_train": ["lenet5-6b57d268163032c8.safetensors"],
+    "negatives_train": ["lenet5-ac16127d8b60af57.safetensors", "lenet5-6fa032f3341e584b.safetensors",
+                        "lenet5-7396cb846f262e6e.safetensors", "lenet5-8e7253415e3b44a5.safetensors",
+                        "lenet5-cd54cb45a383934e.safetensors", "lenet5-6c44fd0305dd708a.safetensors"],
+    "positives_val": ["lenet5-cc96f9f648568d5b.safetensors"],
+    "negatives_val": ["lenet5-0ff78750fc1f31b8.safetensors"],
+}
+"""The cache names of a small paper pool, as the release before variants laid it out."""
+
+
+def _names(specs: dict[str, list[ShadowSpec]]) -> dict[str, list[str]]:
+    return {group: [s.cache_name() for s in v] for group, v in specs.items()}
+
+
+def test_the_paper_pool_is_unchanged_and_the_thief_pool_adds_variants_after_it():
+    paper = PoolLayout(negatives=2, val_negatives=1, af=2)
+    assert _names(pool_specs("lenet5", "digits", "a" * 64, paper)) == PAPER_NAMES
+    assert paper.thief_aware() == dataclasses.replace(paper, positive_variants=shadow.THIEF_POSITIVES,
+                                                      negative_variants=shadow.THIEF_NEGATIVES)
+    negative_variants = ("distill", "extract")
+    layout = dataclasses.replace(paper.thief_aware(), negative_variants=negative_variants)
+    thief = pool_specs("lenet5", "digits", "a" * 64, layout, seed=5)
+    plain = pool_specs("lenet5", "digits", "a" * 64, paper, seed=5)
+    for group, specs in thief.items():
+        assert specs[: len(plain[group])] == plain[group]  # the paper's pools first, as they were
+    added = {group: thief[group][len(plain[group]):] for group in thief}
+    positives = added["positives_train"] + added["positives_val"]
+    assert sorted(s.variant for s in positives) == sorted(shadow.THIEF_POSITIVES * 2)  # two copies of each
+    assert [s.variant for s in added["positives_val"]] == list(shadow.THIEF_POSITIVES)  # one of each validates
+    assert all(s.base_digest == "a" * 64 and s.augment_alpha is None for s in positives)
+    negatives = added["negatives_train"]
+    assert [(s.seed, s.variant) for s in negatives] == [(6, v) for v in negative_variants] + [
+        (7, v) for v in negative_variants]  # one of each per train family, attacking its model
+    assert all(s.base_digest is None and s.base() in thief["negatives_train"] for s in negatives)
+    val_teachers = {s.seed for s in added["negatives_val"]}
+    assert [s.variant for s in added["negatives_val"]] == list(negative_variants) and len(val_teachers) == 2
+    assert val_teachers.isdisjoint({s.seed for s in thief["negatives_val"] if not s.augmented} | {5, 6, 7})
+    everything = [s for group in thief.values() for s in group]
+    assert len({s.cache_name() for s in everything}) == len(everything)
+    for seed in (0, 5):  # no student starts from the initial weights of the source or a from-scratch model
+        specs = [s for group in pool_specs("lenet5", "digits", "a" * 64, layout, seed=seed).values() for s in group]
+        scratch = {seed} | {s.seed for s in specs if s.base_digest is None}
+        assert scratch.isdisjoint(s.augment_seed for s in specs if s.variant)
+    one = pool_specs("lenet5", "digits", "a" * 64, dataclasses.replace(paper, positive_variants=("rtal",),
+                                                                         variant_copies=1), seed=5)
+    assert [s.variant for s in one["positives_train"]] == [None, "rtal"]
+    assert one["positives_val"] == plain["positives_val"] != []  # a single copy only trains
+
+
+def test_a_variant_spec_round_trips_and_names_its_students_architecture():
+    spec = ShadowSpec("lenet5", "digits", 0, augment_seed=1, variant="distill:vgg11", base_digest="b" * 64)
+    assert ShadowSpec.from_json(spec.to_json()) == spec and json.loads(spec.to_json())["variant"] == "distill:vgg11"
+    assert spec.augmented and spec.student == "vgg11" and spec.model_arch == "vgg11"
+    assert spec.cache_name().startswith("vgg11-") and spec.base() == ShadowSpec("lenet5", "digits", 0)
+    same = dataclasses.replace(spec, variant="distill")
+    assert same.model_arch == "lenet5" and same.cache_name() != spec.cache_name()
+    assert "variant" not in json.loads(ShadowSpec("lenet5", "digits", 0).to_json())
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"variant": "bogus", "augment_seed": 0},
+    {"variant": "rtal:vgg11", "augment_seed": 0},
+    {"variant": "distill:nope", "augment_seed": 0},
+    {"variant": "rtal"},
+    {"variant": "rtal", "augment_seed": 0, "augment_alpha": 2.0},
+    {"variant": "distill:lenet5", "augment_seed": 0, "arch": FACTORY, "card": CARD},
+])
+def test_a_variant_spec_refuses_bad_fields(kwargs):
+    with pytest.raises(ValueError):
+        ShadowSpec(**{"arch": "lenet5", "data": "digits", "seed": 0, **kwargs})
+
+
+@pytest.mark.parametrize("names", [("nope",), "rtal"])
+def test_a_layout_refuses_unknown_variants(names):
+    with pytest.raises(ValueError):
+        PoolLayout(positive_variants=names)
+
+
+def test_each_variant_is_its_attack_on_the_owners_data(base_model, digits):
+    digest = models.digest(base_model)
+
+    def variant(name, **kw):
+        spec = ShadowSpec("lenet5", "digits", 0, augment_seed=3, variant=name, base_digest=digest, **kw)
+        return train_shadow(spec, base_model)
+
+    base_acc = models.accuracy(base_model, digits.test)
+    pruned = variant("prune", finetune_epochs=1)
+    for layer in (m for m in pruned.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))):
+        assert (layer.weight == 0).float().mean() >= shadow.VARIANT_PRUNE - 0.01
+    rtal = variant("rtal", finetune_epochs=1)
+    student = variant("distill:vgg11", epochs=3)
+    assert type(student).__name__ == type(models.build("vgg11", digits.shape, 10)).__name__
+    extracted = variant("extract", epochs=3)
+    assert models.digest(extracted) != models.digest(variant("distill", epochs=3))
+    for model in (pruned, rtal, student, extracted):
+        assert models.digest(model) != digest and models.accuracy(model, digits.test) > base_acc - 0.25
+
+
+def test_a_thief_pool_builds_each_named_variant_once_and_reuses_the_cache(base_model, tmp_path, monkeypatch):
+    calls = []
+    for name, attack in shadow.VARIANTS.items():
+        def spy(spec, base, train, attack=attack):
+            calls.append((spec.variant, models.digest(unwrap(base)), spec.seed))
+            return attack(spec, base, train)
+        monkeypatch.setitem(shadow.VARIANTS, name, spy)
+    layout = PoolLayout(negatives=1, val_negatives=1, af=0, epochs=1, finetune_epochs=1,
+                        positive_variants=("rtal", "distill:vgg11"), negative_variants=("distill",))
+    specs = pool_specs("lenet5", "digits", models.digest(base_model), layout)
+    wanted = [s for group in specs.values() for s in group]
+    pool = build_pool(wanted, cache_dir=tmp_path, base=base_model, executor="serial")
+    source = models.digest(base_model)
+    assert sorted((v, d == source) for v, d, _ in calls) == [
+        ("distill", False), ("distill", False), ("distill:vgg11", True), ("distill:vgg11", True), ("rtal", True),
+        ("rtal", True)]  # two copies of each positive from the source; one distillation per family and val teacher
+    teachers = {seed for v, d, seed in calls if d != source}
+    assert teachers == {1, 3}  # the train family's model, and a teacher of its own for validation
+    assert {group: len(models_) for group, models_ in pool.groups(specs).items()} == {
+        "positives_train": 2, "negatives_train": 2, "positives_val": 2, "negatives_val": 2}
+    assert sum(type(m).__name__ != type(base_model).__name__ for m in pool.models) == 2  # the VGG-11 students
+    assert {p.name for p in tmp_path.iterdir()} >= _cache_files(wanted)
+    calls.clear()
+    again = build_pool(wanted, cache_dir=tmp_path, base=base_model, executor="serial")
+    assert calls == [] and again.trained == []
+    assert all(_same(a, b) for a, b in zip(pool.models, again.models))

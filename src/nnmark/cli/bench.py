@@ -28,6 +28,8 @@ BENCHMARKS = {
                               "independent models (Yang et al.)."),
     "ownership": ("ownership", "SAC, MetaFinger, IPGuard and embedded watermarks against a thief's distilled, "
                   "extracted and retrained copies, vs independent models (TPR at zero false claims, AUC, audit)."),
+    "ownership-pools": ("metafinger_pools", "MetaFinger pool study: thief-aware pool designs (attacked copies as "
+                        "positives, distilled independents as negatives), their cost and what they buy."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
     "audit": ("audit", "Queries to a decision, sequential vs whole key, and the false-claim rate of early stopping."),

@@ -210,6 +210,10 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                      help="Augmentation factor: eq. 1 copies per model."),
         click.option("--alpha", type=FiniteFloat(0, min_open=True), default=shadow.DEFAULT_ALPHA,
                      show_default=True, help="Eq. 1 noise std(param)/alpha before the fine-tune."),
+        click.option("--pool", type=click.Choice(shadow.POOL_DESIGNS), default="paper", show_default=True,
+                     help="Pool design: the paper's, or thief-aware (adds the thief's attacks on the source as "
+                          "positives and distillations of independent models as negatives; costs more shadow "
+                          "models, see docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),
@@ -235,7 +239,8 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
                                finetune_epochs=given["finetune_epochs"])
-    specs = shadow.pool_specs_for(loaded, ds.name, layout)
+    thief = given["pool"] == "thief"
+    specs = shadow.pool_specs_for(loaded, ds.name, layout.thief_aware() if thief else layout)
     start = time.perf_counter()
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
@@ -245,7 +250,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
                     {"seed": given["seed"], "dataset": ds, "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
-                                                     "af": given["af"]}},
+                                                     "af": given["af"], **({"pool": "thief"} if thief else {})}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
 
 

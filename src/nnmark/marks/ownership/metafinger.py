@@ -23,6 +23,18 @@ Symbols and defaults (``Settings``): k = 3, lambda = 1, learning rate eta = 0.01
 authors' code; the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images.
 The pools' layout and the augmentation strength: ``shadow.PoolLayout``.
 
+Thief-aware pools (not the paper's; ``shadow.PoolLayout.thief_aware()``, ``nnmark mark metafinger --pool thief``):
+the owner runs the thief's attacks that keep the weights (RTAL, prune 70% + fine-tune, noise alpha = 1 + fine-tune,
+``shadow.THIEF_POSITIVES``) on the source with its own data, two copies of each: one a positive train model (meta-
+training pulls X toward images the copy keeps), one a positive validation model (the screen keeps only those).
+The pool study (``nnmark bench ownership-pools``, docs/benchmarks/metafinger-pools.md; Fashion-MNIST, LeNet-5
+victim, one seed) chose it: it lifted RTAL / prune 70% / noise alpha = 1 copies from 94 / 86 / 88% to 100 / 100 / 96%
+query accuracy and lowered the most agreeing of 21 independent models from 43% to 36%, for 6 more shadow models.
+Distilled and extracted copies of the source as positives catch the cross-architecture distillation but make the key
+claim distilled independent models; distillations of independent models as negatives (``negative_variants``) cost
+4 more models and bought nothing measurable. No design reached the copies that keep none of the weights
+(distillation and extraction into VGG-11) or prune 90% + fine-tune without a false claim.
+
 Choices (the paper leaves them open or its code differs from its text):
 
 - step: Adam at lr eta on X (the authors' code); Algorithm 1 line 12 prints plain gradient descent

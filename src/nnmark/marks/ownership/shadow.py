@@ -8,7 +8,12 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
   layer (``nnmark.attacks.relative_weight_noise``), then fine-tuned to recover accuracy
   (``ShadowSpec(..., augment_alpha=alpha, augment_seed=s)``). The base is the negative model of the same
   (arch, data, seed, epochs), or, when ``base_digest`` is set, a model given by the caller (the owner's
-  source model, never trained here), identified by its ``nnmark.models.digest``.
+  source model, never trained here), identified by its ``nnmark.models.digest``;
+- a *variant* is a base model after one of the thief's attacks (``VARIANTS``: distillation, extraction, RTAL,
+  prune + fine-tune, noise + fine-tune; ``ShadowSpec(..., variant=name, augment_seed=s)``), run by the owner on
+  its own training split. Of the source, it is a positive that looks like a stolen copy; of a negative model, a
+  negative that looks like an independent thief's copy (``PoolLayout.positive_variants`` / ``negative_variants``;
+  the thief-aware pools, ``PoolLayout.thief_aware``, add RTAL, prune and noise copies of the source).
 
 The architecture is a zoo name or the user's own ``package.module:factory`` (``nnmark.models.load_any``);
 a spec with a ``card`` (required for a factory) trains on ``data`` converted to the card's input shape
@@ -74,7 +79,10 @@ from tqdm.auto import tqdm
 
 from nnmark import data, models
 from nnmark._io import atomic_write_bytes
-from nnmark.attacks import finetune_mode, relative_weight_noise
+from nnmark.attacks import finetune_mode, prune_finetune, relative_weight_noise
+from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
+from nnmark.attacks.extract import extract
+from nnmark.attacks.noise import noise_finetune
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.models.card import ModelCard, pixel_model, unwrap
 from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
@@ -88,6 +96,15 @@ DEFAULT_AF = 3
 DEFAULT_ALPHA = 3.0
 DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
+DEFAULT_VARIANT_COPIES = 2
+VARIANT_SEEDS = 1_000_000
+"""How far above the source's seed the variants' seeds start. A distilled or extracted student is initialised from
+its seed exactly as a from-scratch model of that seed is, so the variants' seeds stay clear of every from-scratch
+seed of the pools: no student starts from the initial weights of the source or of a negative model."""
+VARIANT_PRUNE = 0.7
+"""The share of each layer's weights the "prune" variant sets to zero before its fine-tune."""
+VARIANT_NOISE_ALPHA = 1.0
+"""Eq. 1's alpha of the "noise" variant (std(param) / 1: the thief's strongest noise that still fine-tunes back)."""
 BUNDLED_DATA = ("mnist5k", "digits")
 """Datasets that every node has (they ship with installed packages): tasks get their name, not their tensors."""
 _INSTALLED = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")))
@@ -100,6 +117,55 @@ Result = tuple[bytes, str]
 """A task's result: the model's bytes (``_model_bytes``) and its JSON record."""
 
 
+def _distill(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """Soft labels only (alpha 1) at the SoK's T = 3, into a fresh ``spec.student``, for ``spec.epochs``."""
+    return distill(base, train.x, train.y, temperature=SOK_TEMPERATURE, alpha=1.0, student_arch=spec.student,
+                   epochs=spec.epochs, seed=spec.augment_seed)
+
+
+def _extract(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """The base's top-1 labels on noisy copies of the images (so its answers, not the true labels, on images it
+    never trained on), learnt by a fresh ``spec.student`` for ``spec.epochs``."""
+    return extract(base, train.x, train.y, answers="labels", augment="noise", student_arch=spec.student,
+                   epochs=spec.epochs, seed=spec.augment_seed)[0]
+
+
+def _rtal(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """RTAL: the last layer re-initialised, then every layer fine-tuned for ``spec.finetune_epochs``."""
+    return finetune_mode(base, train.x, train.y, mode="RTAL", epochs=spec.finetune_epochs, seed=spec.augment_seed)
+
+
+def _prune(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """``VARIANT_PRUNE`` of each layer's weights pruned, then fine-tuned with the mask kept."""
+    return prune_finetune(base, train.x, train.y, fraction=VARIANT_PRUNE, epochs=spec.finetune_epochs,
+                          seed=spec.augment_seed)
+
+
+def _noise(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """Eq. 1 noise at ``VARIANT_NOISE_ALPHA``, then FTAL for ``spec.finetune_epochs``."""
+    return noise_finetune(base, train.x, train.y, alpha=VARIANT_NOISE_ALPHA, epochs=spec.finetune_epochs,
+                          seed=spec.augment_seed)
+
+
+VARIANTS: dict[str, Callable[[ShadowSpec, nn.Module, data.Split], nn.Module]] = {
+    "distill": _distill, "extract": _extract, "rtal": _rtal, "prune": _prune, "noise": _noise,
+}
+"""The thief's attacks a variant spec names (``"distill"``, or ``"distill:vgg11"`` for a student of another zoo
+architecture; likewise ``"extract"``), run on the owner's training split: each takes the spec, its base and the
+split, and returns the attacked model."""
+STUDENT_VARIANTS = ("distill", "extract")
+"""The variants that train a fresh student, which may be of another zoo architecture."""
+
+
+def check_variant(name: str) -> None:
+    """ArgumentError unless ``name`` is a ``VARIANTS`` name, or a ``STUDENT_VARIANTS`` one with ``:ARCH`` (a zoo
+    architecture)."""
+    kind, colon, student = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if kind not in VARIANTS or (colon and (kind not in STUDENT_VARIANTS or student not in models.ARCHITECTURES)):
+        raise ArgumentError(f"unknown shadow variant {name!r}; choose one of {', '.join(VARIANTS)}, or "
+                            f"{' or '.join(STUDENT_VARIANTS)}:ARCH with ARCH one of {', '.join(models.ARCHITECTURES)}")
+
+
 @dataclass(frozen=True)
 class ShadowSpec:
     """One shadow model, as JSON-able fields.
@@ -110,7 +176,8 @@ class ShadowSpec:
         data: a ``nnmark.data.load`` spec; the task (and the owner's fine-tuning data).
         seed: from-scratch seed (initialisation and minibatch order); with ``base_digest`` a label only.
         augment_alpha: eq. 1's alpha (> 0) for an augmented model; None for a from-scratch one.
-        augment_seed: seeds the eq. 1 noise and the fine-tune; set exactly when ``augment_alpha`` is.
+        augment_seed: seeds the eq. 1 noise and the fine-tune, or the variant's attack; set exactly when
+            ``augment_alpha`` or ``variant`` is.
         epochs: from-scratch training epochs.
         finetune_epochs: FTAL epochs after the noise.
         base_digest: None (augment the from-scratch model of this spec) or the digest of a given base model:
@@ -119,6 +186,9 @@ class ShadowSpec:
             ``data`` is converted to its input shape (``data.load_for``) and the model is trained and used in pixel
             space [0, 1] behind its normalisation (``models.card.pixel_model``). Written into the JSON (and so the
             cache name) only when set.
+        variant: None, or the thief's attack (a ``VARIANTS`` name, ``check_variant``) run on the base instead of
+            eq. 1; its epochs are ``epochs`` for a student (distill, extract), else ``finetune_epochs``. Written into
+            the JSON only when set; a student of another architecture only without a card.
     """
 
     arch: str
@@ -130,6 +200,7 @@ class ShadowSpec:
     finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
     base_digest: str | None = None
     card: ModelCard | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         if self.card is not None and not isinstance(self.card, ModelCard):
@@ -149,26 +220,46 @@ class ShadowSpec:
                 raise ArgumentError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1 or self.finetune_epochs < 0:
             raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
-        if (self.augment_alpha is None) != (self.augment_seed is None):
-            raise ArgumentError("augment_alpha and augment_seed must be given together")
+        if self.variant is not None:
+            check_variant(self.variant)
+            if self.augment_alpha is not None:
+                raise ArgumentError("a spec is an eq. 1 augmentation (augment_alpha) or a variant, not both")
+            if self.card is not None and self.student != SAME_ARCH:
+                raise ArgumentError(f"variant {self.variant!r} trains another architecture, which a model with a "
+                                    "card cannot be stored as")
+        if (self.augment_alpha is None and self.variant is None) != (self.augment_seed is None):
+            raise ArgumentError("augment_seed is given exactly with augment_alpha or a variant")
+        if self.augment_seed is not None and (isinstance(self.augment_seed, bool)
+                                              or not isinstance(self.augment_seed, int)):
+            raise ArgumentError(f"augment_seed must be an integer, got {self.augment_seed!r}")
         if self.augment_alpha is not None:
             alpha = self.augment_alpha
             numeric = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
             if not (numeric and math.isfinite(alpha) and alpha > 0):
                 raise ArgumentError(f"augment_alpha must be a finite number > 0, got {alpha!r}")
             object.__setattr__(self, "augment_alpha", float(alpha))
-            if isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int):
-                raise ArgumentError(f"augment_seed must be an integer, got {self.augment_seed!r}")
         if self.base_digest is not None:
-            if self.augment_alpha is None:
-                raise ArgumentError("base_digest is only meaningful for an augmented spec "
+            if not self.augmented:
+                raise ArgumentError("base_digest is only meaningful for an augmented spec or a variant "
                                     "(a given model is not trained)")
             if not (isinstance(self.base_digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.base_digest)):
                 raise ArgumentError(f"base_digest must be 64 lowercase hex digits, got {self.base_digest!r}")
 
     @property
     def augmented(self) -> bool:
-        return self.augment_alpha is not None
+        """Whether the model is derived from a base (eq. 1 or a variant), not trained from scratch."""
+        return self.augment_alpha is not None or self.variant is not None
+
+    @property
+    def student(self) -> str:
+        """A variant's student architecture: a zoo name after ``:``, else "same" (the base's)."""
+        _, _, arch = (self.variant or "").partition(":")
+        return arch or SAME_ARCH
+
+    @property
+    def model_arch(self) -> str:
+        """The architecture of the model itself: a variant's other student's, else ``arch``."""
+        return self.arch if self.student == SAME_ARCH else self.student
 
     @property
     def factory(self) -> bool:
@@ -177,14 +268,17 @@ class ShadowSpec:
 
     def base(self) -> ShadowSpec:
         """The from-scratch spec this one augments (only for specs without ``base_digest``)."""
-        return dataclasses.replace(self, augment_alpha=None, augment_seed=None, base_digest=None)
+        return dataclasses.replace(self, augment_alpha=None, augment_seed=None, base_digest=None, variant=None)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, compact); ``card`` as ``ModelCard.to_dict()``, left out when None."""
+        """Canonical JSON (sorted keys, compact); ``card`` as ``ModelCard.to_dict()``; ``card`` and ``variant`` left
+        out when None (so the specs of earlier releases keep their cache names)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        card = fields.pop("card")
-        if card is not None:
-            fields["card"] = card.to_dict()
+        for name in ("card", "variant"):
+            if fields[name] is None:
+                del fields[name]
+        if self.card is not None:
+            fields["card"] = self.card.to_dict()
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -192,8 +286,8 @@ class ShadowSpec:
         return cls(**json.loads(text))
 
     def cache_name(self) -> str:
-        """``<arch>-<first 16 hex of SHA-256(to_json())>.safetensors`` (a factory's ``:`` written as ``-``)."""
-        name = self.arch.replace(":", "-")
+        """``<model_arch>-<first 16 hex of SHA-256(to_json())>.safetensors`` (a factory's ``:`` written as ``-``)."""
+        name = self.model_arch.replace(":", "-")
         return f"{name}-{hashlib.sha256(self.to_json().encode()).hexdigest()[:16]}.safetensors"
 
 
@@ -206,8 +300,13 @@ class PoolLayout:
         val_negatives: independent from-scratch negative validation models.
         af: the augmentation factor: eq. 1 copies (then fine-tuned) per model.
         alpha: eq. 1's alpha (the noise is std(param) / alpha).
-        epochs: from-scratch training epochs.
-        finetune_epochs: FTAL epochs after the noise.
+        epochs: from-scratch training epochs (and a distilled or extracted variant's).
+        finetune_epochs: FTAL epochs after the noise (and an RTAL, prune or noise variant's fine-tune).
+        positive_variants: ``VARIANTS`` names: the thief's attacks on the source, ``variant_copies`` each (its
+            seeds 0..), as positives; the paper's pools have none.
+        negative_variants: ``VARIANTS`` names: the same attacks on independent models, as negatives: one of each
+            per train family, and one of each per name on a from-scratch teacher of its own for validation.
+        variant_copies: copies of each positive variant; a third of them, rounded, validate (as with ``af``).
     """
 
     negatives: int = DEFAULT_NEGATIVES
@@ -216,11 +315,37 @@ class PoolLayout:
     alpha: float = DEFAULT_ALPHA
     epochs: int = DEFAULT_EPOCHS
     finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS
+    positive_variants: tuple[str, ...] = ()
+    negative_variants: tuple[str, ...] = ()
+    variant_copies: int = DEFAULT_VARIANT_COPIES
 
     def __post_init__(self) -> None:
-        if self.negatives < 1 or self.val_negatives < 1 or self.af < 0:
-            raise ArgumentError(f"need negatives >= 1, val_negatives >= 1 and af >= 0, "
-                                f"got {self.negatives}, {self.val_negatives}, {self.af}")
+        if self.negatives < 1 or self.val_negatives < 1 or self.af < 0 or self.variant_copies < 1:
+            raise ArgumentError(f"need negatives >= 1, val_negatives >= 1, af >= 0 and variant_copies >= 1, "
+                                f"got {self.negatives}, {self.val_negatives}, {self.af}, {self.variant_copies}")
+        for name in ("positive_variants", "negative_variants"):
+            names = getattr(self, name)
+            if isinstance(names, str):
+                raise ArgumentError(f"{name} must be a sequence of variant names, got the string {names!r}")
+            for variant in names:
+                check_variant(variant)
+            object.__setattr__(self, name, tuple(dict.fromkeys(names)))
+
+    def thief_aware(self) -> PoolLayout:
+        """This layout with the thief-aware pools' variants (``THIEF_POSITIVES``, ``THIEF_NEGATIVES``)."""
+        return dataclasses.replace(self, positive_variants=THIEF_POSITIVES, negative_variants=THIEF_NEGATIVES)
+
+
+THIEF_POSITIVES = ("rtal", "prune", "noise")
+"""The thief-aware pools' positive variants, by the pool study (``nnmark bench ownership-pools``): the thief's attacks
+that keep the weights. Distilled or extracted students as positives made the key claim distilled independent
+models."""
+THIEF_NEGATIVES: tuple[str, ...] = ()
+"""The thief-aware pools' negative variants: none, by the pool study (distillations of independent models as
+negatives cost 4 more models and about 80% more training, lowered the query accuracy of the thief's distilled and
+extracted copies, and left the most agreeing independent model where it was)."""
+POOL_DESIGNS = ("paper", "thief")
+"""The pool designs a command offers: the paper's, and ``PoolLayout.thief_aware``."""
 
 
 def pool_specs(
@@ -238,6 +363,7 @@ def pool_specs(
     Defaults (``PoolLayout``): 4 families, 2 validation negatives, AF 3, alpha 3 (the paper gives no alpha;
     at 3 LeNet-5 loses about a third of its accuracy before the fine-tune restores it). ``card`` goes into
     every spec (``ShadowSpec.card``); ``pool_specs_for`` picks ``arch``, ``card`` and the digest of a loaded model.
+    The layout's variants (``_variant_specs``) come after these in each pool.
     """
     af, alpha = layout.af, layout.alpha
     common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs, "card": card}
@@ -249,8 +375,33 @@ def pool_specs(
                   for j, s in enumerate(families, start=1) for i in range(af)]
     neg_val = [ShadowSpec(arch, data, seed + layout.negatives + j, **common)
                for j in range(1, layout.val_negatives + 1)]
-    return {"positives_train": positives[: af - n_pos_val], "negatives_train": neg_train,
-            "positives_val": positives[af - n_pos_val:], "negatives_val": neg_val}
+    pools = {"positives_train": positives[: af - n_pos_val], "negatives_train": neg_train,
+             "positives_val": positives[af - n_pos_val:], "negatives_val": neg_val}
+    for name, specs in _variant_specs(arch, data, source_digest, layout, seed, common).items():
+        pools[name] += specs
+    return pools
+
+
+def _variant_specs(arch: str, data: str, source_digest: str, layout: PoolLayout, seed: int,
+                   common: dict) -> dict[str, list[ShadowSpec]]:
+    """The layout's variants by pool: of the source, ``variant_copies`` each (a third, rounded, validate); of each
+    negative train family j (seed ``seed + j``); and for validation, of a from-scratch teacher per variant name with
+    the seeds after the validation negatives' (no N_val model is another's teacher). Variant seeds start at
+    ``seed + VARIANT_SEEDS``: i for the source's copy i, 1000 j for family j, 1000 (negatives + 1) + i for teacher i."""
+    copies, first = layout.variant_copies, seed + VARIANT_SEEDS
+    n_val = round(copies / 3)
+    pos = {v: [ShadowSpec(arch, data, seed, augment_seed=first + i, base_digest=source_digest, variant=v, **common)
+               for i in range(copies)] for v in layout.positive_variants}
+    teacher = seed + layout.negatives + layout.val_negatives + 1
+    val_seed = first + 1000 * (layout.negatives + 1)
+    return {
+        "positives_train": [s for v in pos.values() for s in v[: copies - n_val]],
+        "negatives_train": [ShadowSpec(arch, data, seed + j, augment_seed=first + 1000 * j, variant=v, **common)
+                            for j in range(1, layout.negatives + 1) for v in layout.negative_variants],
+        "positives_val": [s for v in pos.values() for s in v[copies - n_val:]],
+        "negatives_val": [ShadowSpec(arch, data, teacher + i, augment_seed=val_seed + i, variant=v, **common)
+                          for i, v in enumerate(layout.negative_variants)],
+    }
 
 
 def pool_specs_for(
@@ -351,6 +502,8 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
         base = _train_scratch(spec.base(), dataset)
     if spec.card is not None:
         base = pixel_model(unwrap(base), spec.card)
+    if spec.variant is not None:
+        return VARIANTS[spec.variant.partition(":")[0]](spec, base, dataset.train).eval()
     return _augment(spec, base, dataset)
 
 
@@ -362,7 +515,7 @@ def _source_kind(spec: ShadowSpec) -> str:
 def _write_model(spec: ShadowSpec, model: nn.Module, ds: data.Dataset, accuracy: float | None, path: Path) -> None:
     """``model`` (of ``spec``, trained on ``ds``) as ``load_any`` reads it back: a zoo model as an nnmark checkpoint
     (``models.save``), a factory model as the safetensors state dict its factory loads, with the card."""
-    config = None if spec.factory else models.ModelConfig(spec.arch, ds.shape, ds.num_classes, data=spec.data,
+    config = None if spec.factory else models.ModelConfig(spec.model_arch, ds.shape, ds.num_classes, data=spec.data,
                                                          accuracy=accuracy, seed=spec.seed)
     SOURCES[_source_kind(spec)].write(unwrap(model), spec.card, config, path)
 
@@ -640,7 +793,8 @@ def build_pool(
         inputs = {key: runner.put(key[0] if key[0] in BUNDLED_DATA else ds) for key, ds in loaded.items()}
         build([(s.to_json(), None, inputs[_data_key(s)]) for s in scratch])
         given = {(s.arch, *_data_key(s)): s for s in augmented if s.base_digest is not None}
-        sources = {key: runner.put(_model_bytes(s, base, loaded[_data_key(s)], None)) for key, s in given.items()}
+        sources = {key: runner.put(_model_bytes(s.base(), base, loaded[_data_key(s)], None))
+                   for key, s in given.items()}
         bases = {b: runner.put((cache / b.cache_name()).read_bytes())
                  for b in dict.fromkeys(s.base() for s in augmented if s.base_digest is None)}
         build([(s.to_json(), sources[(s.arch, *_data_key(s))] if s.base_digest is not None else bases[s.base()],
