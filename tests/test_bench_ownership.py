@@ -212,3 +212,13 @@ def test_bench_ownership_quick_writes_its_tables(tmp_path):
                  "`nnmark bench ownership --quick`"):
         assert part in md
     assert (tmp_path / "ownership.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_copy_or_distilled_independent_starts_from_the_seed_of_a_model_it_is_compared_with():
+    # a student of seed s starts from the initial weights of the from-scratch model of seed s
+    seeds = range(bench.FULL["seeds"])
+    compared = {s for t in seeds for s in range(100 * t, 100 * t + 100)}  # victims and their pools
+    compared |= {spec.seed for t in seeds for spec in bench.independent_specs("fashion-mnist", bench.FULL, t).values()}
+    students = [thefts.theft_seed(t) for t in seeds]
+    students += [thefts.distilled_seed(t, i) for t in seeds for i in range(len(bench.FULL["distilled"]))]
+    assert len(set(students)) == len(students) and not compared & set(students)

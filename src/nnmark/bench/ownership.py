@@ -178,10 +178,11 @@ def independent_specs(spec: str, p: dict, seed: int) -> dict[str, ShadowSpec]:
 def distilled(independents: dict[str, dict], p: dict, seed: int, cache: Path) -> dict[str, dict]:
     """Distillations (T = 3, soft labels only) of independent teachers on their own half, by name."""
     out = {}
-    for teacher, student in p["distilled"]:
+    for i, (teacher, student) in enumerate(p["distilled"]):
         t = independents[teacher]
         options = {"temperature": SOK_TEMPERATURE, "alpha": 1.0, "student_arch": student}
-        recipe = {"attack": "distill", "options": options, "seed": seed, "epochs": p["theft_epochs"]}
+        recipe = {"attack": "distill", "options": options, "seed": thefts.distilled_seed(seed, i),
+                  "epochs": p["theft_epochs"]}
         model, record = thefts.derive(recipe, t["model"], t["arch"], data.load(t["data"]), cache)
         out[f"{student} distilled from {teacher}"] = {"model": model, "arch": student, "data": t["data"],
                                                       "kind": "distilled", **record}

@@ -37,6 +37,11 @@ ATTACKS: dict[str, Callable] = {
     "prune-finetune": prune_finetune, "noise-finetune": noise_finetune, "fine-prune": fine_prune,
 }
 """The attack functions a recipe may name (those of the ``nnmark.attacks`` registry the thief uses)."""
+THEFT_SEEDS = 2_000_000
+"""Offset of the seeds of the thief's copies and of the distilled independent models: a student of seed s starts from
+the initial weights of the from-scratch model of seed s, so these seeds stay apart from the victims' (100 s), the
+pools' (100 s + i, and ``shadow.VARIANT_SEEDS`` + ...) and the independents' (1000 (s + 1) + ...); no copy starts
+from the weights of a model it is compared with."""
 SECRET = b"nnmark-bench-ownership"
 """Signs the cached keys of watermarked victims (a bench cache, not an owner's secret)."""
 ADVERSARIAL_EPS = (0.05, 0.1)
@@ -153,6 +158,16 @@ def select(names: list[str] | tuple[str, ...] | None) -> dict[str, Theft]:
     return chosen
 
 
+def theft_seed(seed: int) -> int:
+    """The seed of every theft of victim seed ``seed`` (``THEFT_SEEDS``)."""
+    return THEFT_SEEDS + seed
+
+
+def distilled_seed(seed: int, i: int) -> int:
+    """The seed of the ``i``-th distilled independent model of victim seed ``seed`` (``THEFT_SEEDS``)."""
+    return THEFT_SEEDS + 1000 * (seed + 1) + i
+
+
 def steal(victim: nn.Module, arch: str, thief: data.Dataset, p: dict, seed: int, cache: Path,
           progress: bool = False, names: list[str] | tuple[str, ...] | None = None) -> dict[str, dict]:
     """The thefts ``names`` of ``catalogue()`` (None: all) on ``victim`` with the thief's data: name -> {model,
@@ -160,7 +175,7 @@ def steal(victim: nn.Module, arch: str, thief: data.Dataset, p: dict, seed: int,
     out: dict[str, dict] = {}
     for name, theft in tqdm(select(names).items(), desc="thefts", disable=not progress, leave=False):
         base, base_arch = (victim, arch) if theft.base is None else (out[theft.base]["model"], out[theft.base]["arch"])
-        recipe = {"attack": theft.attack, "options": theft.options, "seed": seed,
+        recipe = {"attack": theft.attack, "options": theft.options, "seed": theft_seed(seed),
                   "epochs": p["theft_epochs" if theft.training == "train" else "finetune_epochs"]}
         model, record = derive(recipe, base, base_arch, thief, cache)
         out[name] = {"model": model, "arch": _arch(recipe, base_arch), "attack": theft.attack, **record}
