@@ -58,6 +58,8 @@ DESIGNS = {
 copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is
 ``PoolLayout.thief_aware()``."""
 QUICK_DESIGNS = ("paper", THIEF)
+VICTIM_ARCH = "lenet5"
+"""The study's victim: ``bench ownership``'s LeNet-5."""
 GOAL_THEFTS = ("RTAL", "prune 70% + fine-tune", "noise alpha=1 + fine-tune")
 GOAL_ACCURACY = 0.95
 GOAL_P = 1e-6
@@ -65,7 +67,7 @@ GOAL_P = 1e-6
 
 def layout(p: dict, design: dict) -> shadow.PoolLayout:
     """The bench's paper pool layout with ``design``'s variants."""
-    return shadow.PoolLayout(**p["pool"], epochs=p["epochs"][ownership.VICTIM_ARCH],
+    return shadow.PoolLayout(**p["pool"], epochs=p["epochs"][VICTIM_ARCH],
                              finetune_epochs=p["finetune_epochs"], **design)
 
 
@@ -77,7 +79,7 @@ def _suspects(victim, p: dict, spec: str, seed: int, build: dict, progress: bool
     independents = {name: {"model": model, "arch": s.arch, "data": s.data}
                     for (name, s), model in zip(scratch.items(), pool.models)}
     independents.update(ownership.distilled(independents, p, seed, derived))
-    copies = thefts.steal(victim, ownership.VICTIM_ARCH, data.load(f"{spec}@thief"), p, seed, derived, progress)
+    copies = thefts.steal(victim, VICTIM_ARCH, data.load(f"{spec}@thief"), p, seed, derived, progress)
     return copies, independents
 
 
@@ -91,7 +93,8 @@ def design_row(key: KeyFile | None, copies: dict, independents: dict, owner: dat
     its verdict (``ownership.judge``) with the p-value of its hits under the most agreeing independent model."""
     if key is None:
         return {"kept": 0}
-    judge = {name: ownership.judge(s["model"], key, "labels", owner) for name, s in {**copies, **independents}.items()}
+    judge = {name: ownership.judge(s["model"], "MetaFinger", key, "labels", owner)
+             for name, s in {**copies, **independents}.items()}
     scores = {name: judge[name]["statistic"] for name in independents}
     worst = max(scores.values())
     claimed = [name for name in independents if judge[name]["passed"]]
@@ -117,11 +120,11 @@ def run_seed(seed: int, p: dict, spec: str, names: tuple[str, ...], progress: bo
     owner = data.load(f"{spec}@owner")
     build = {"cache_dir": shadow.default_cache_dir(), "workers": p["workers"],
              "executor": "process" if p["workers"] > 1 else "serial", "progress": progress}
-    victim_spec = ShadowSpec(ownership.VICTIM_ARCH, owner.name, 100 * seed,
-                             epochs=p["epochs"][ownership.VICTIM_ARCH])
+    victim_spec = ShadowSpec(VICTIM_ARCH, owner.name, 100 * seed,
+                             epochs=p["epochs"][VICTIM_ARCH])
     victim = shadow.build_pool([victim_spec], **build)[0]
     copies, independents = _suspects(victim, p, spec, seed, build, progress)
-    specs = {name: shadow.pool_specs(ownership.VICTIM_ARCH, owner.name, models.digest(victim),
+    specs = {name: shadow.pool_specs(VICTIM_ARCH, owner.name, models.digest(victim),
                                      layout(p, DESIGNS[name]), seed=100 * seed) for name in names}
     flat = {name: [s for g in groups.values() for s in g] for name, groups in specs.items()}
     pool = shadow.build_pool([s for f in flat.values() for s in f], base=victim, **build)

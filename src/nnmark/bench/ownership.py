@@ -109,7 +109,7 @@ QUICK = {
 }
 ISSUE = {"seeds": 3, "victims": ("lenet5", "resnet20"), "watermarks": WATERMARKS, "watermark_thefts": None}
 """The issue's design, against which a run's reductions are named."""
-NOT_MEASURED = ("MetaFinger with thief-aware pools",)
+NOT_MEASURED = ()
 CLEAN = "clean victim"
 """The victim the fingerprints are made from (a watermark's victim is named by its key)."""
 VICTIM = "none (the victim itself)"
@@ -118,12 +118,12 @@ VICTIM = "none (the victim itself)"
 
 @dataclass(frozen=True)
 class Owner:
-    """What a key is made from: the clean victim, its architecture, MetaFinger's pools, the owner's data, the run's
-    parameters and the seed."""
+    """What a key is made from: the clean victim, its architecture, the shadow pools by layout ("paper": MetaFinger's,
+    "thief": thief-aware, ``shadow.PoolLayout.thief_aware``), the owner's data, the run's parameters and the seed."""
 
     victim: nn.Module
     arch: str
-    pools: metafinger.Pools
+    pools: dict[str, metafinger.Pools]
     data: data.Dataset
     p: dict
     seed: int
@@ -133,12 +133,13 @@ class Owner:
 class KeySpec:
     """One key of the bench: ``make(owner)`` gives (its marked victim, or None for a fingerprint of the clean
     victim; the key), ``verify(oracle, key)`` judges a suspect, ``lower_is_closer`` when a lower statistic is more
-    suspicious (SAC's distance), ``shadows`` when it is made from the shadow pools (their training is its cost)."""
+    suspicious (SAC's distance), ``shadows`` the pool layout ("paper", "thief") it is made from, if any (their
+    training is its cost)."""
 
     make: Callable[[Owner], tuple[nn.Module | None, KeyFile]]
     verify: Callable[[Oracle, KeyFile], Verdict]
     lower_is_closer: bool = False
-    shadows: bool = False
+    shadows: str | None = None
 
 
 # --- data and models ----------------------------------------------------------------------------------------
@@ -199,13 +200,15 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 
 
 def _sac(variant: str) -> Callable[[Owner], tuple[None, KeyFile]]:
-    return lambda o: (None, sac.create(o.victim, o.pools, o.data.train.x, variant=variant, n=o.p["n"], seed=o.seed,
-                                       dataset=o.data))
+    return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p["n"],
+                                       seed=o.seed, dataset=o.data))
 
 
-def _metafinger(o: Owner) -> tuple[None, KeyFile]:
-    settings = metafinger.Settings(n=o.p["n"], candidates=o.p["candidates"], epochs=o.p["meta_epochs"])
-    return None, metafinger.create(o.victim, o.pools, o.data.train.x, settings, seed=o.seed)
+def _metafinger(layout: str) -> Callable[[Owner], tuple[None, KeyFile]]:
+    def make(o: Owner) -> tuple[None, KeyFile]:
+        settings = metafinger.Settings(n=o.p["n"], candidates=o.p["candidates"], epochs=o.p["meta_epochs"])
+        return None, metafinger.create(o.victim, o.pools[layout], o.data.train.x, settings, seed=o.seed)
+    return make
 
 
 def _ipguard(o: Owner) -> tuple[None, KeyFile]:
@@ -229,9 +232,10 @@ def _backdoor(kind: str) -> Callable[[Owner], tuple[nn.Module, KeyFile]]:
 
 
 KEYS = {
-    "SAC-m": KeySpec(_sac("m"), sac.verify, lower_is_closer=True, shadows=True),
-    "SAC-w": KeySpec(_sac("w"), sac.verify, lower_is_closer=True, shadows=True),
-    "MetaFinger": KeySpec(_metafinger, metafinger.verify, shadows=True),
+    "SAC-m": KeySpec(_sac("m"), sac.verify, lower_is_closer=True, shadows="paper"),
+    "SAC-w": KeySpec(_sac("w"), sac.verify, lower_is_closer=True, shadows="paper"),
+    "MetaFinger": KeySpec(_metafinger("paper"), metafinger.verify, shadows="paper"),
+    "MetaFinger thief-aware": KeySpec(_metafinger("thief"), metafinger.verify, shadows="thief"),
     "IPGuard": KeySpec(_ipguard, ipguard.verify),
     "coupled direct": KeySpec(_coupled("direct"), coupled.verify),
     "coupled invisible": KeySpec(_coupled("invisible"), coupled.verify),
@@ -242,7 +246,8 @@ KEYS = {
 """Key name -> how it is made and judged. Watermarks (``WATERMARKS``) make their own marked victim."""
 METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "labels"),
            "SAC-w": ("SAC-w", "probabilities"), "SAC-w labels": ("SAC-w", "labels"),
-           "MetaFinger": ("MetaFinger", "labels"), "IPGuard": ("IPGuard", "labels"),
+           "MetaFinger": ("MetaFinger", "labels"), "MetaFinger thief-aware": ("MetaFinger thief-aware", "labels"),
+           "IPGuard": ("IPGuard", "labels"),
            **{w: (w, "labels") for w in WATERMARKS}}
 """Method as the tables name it -> (its key, what the suspect is asked)."""
 
@@ -355,10 +360,15 @@ def run_victim(arch: str, victim: nn.Module, independents: dict[str, dict], stag
     """One victim: its pools, keys, marked victims, the thefts of each, every verdict and the audits."""
     p, owner = stage.p, stage.owner
     layout = shadow.PoolLayout(**p["pool"], epochs=p["epochs"][arch], finetune_epochs=p["finetune_epochs"])
-    pool_specs = shadow.pool_specs(arch, owner.name, models.digest(victim), layout, seed=100 * stage.seed)
-    pool_list = [s for group in pool_specs.values() for s in group]
-    pool = shadow.build_pool(pool_list, base=victim, **stage.build)
-    o = Owner(victim, arch, metafinger.Pools(**pool.groups(pool_specs)), owner, p, stage.seed)
+    layouts = {"paper": layout, "thief": layout.thief_aware()}
+    pool_specs = {name: shadow.pool_specs(arch, owner.name, models.digest(victim), lay, seed=100 * stage.seed)
+                  for name, lay in layouts.items()}
+    pool_lists = {name: list(dict.fromkeys(s for group in specs.values() for s in group))
+                  for name, specs in pool_specs.items()}
+    pool = shadow.build_pool(list(dict.fromkeys(pool_lists["paper"] + pool_lists["thief"])), base=victim,
+                             **stage.build)
+    o = Owner(victim, arch, {name: metafinger.Pools(**pool.groups(specs)) for name, specs in pool_specs.items()},
+              owner, p, stage.seed)
     names = [k for k in KEYS if k not in WATERMARKS or k in p["watermarks"]]
     keys, marked, key_info = make_keys(o, names, stage.cache)
     groups = {CLEAN: (victim, _copies(victim, arch, stage, None))}
@@ -368,7 +378,8 @@ def run_victim(arch: str, victim: nn.Module, independents: dict[str, dict], stag
     models_of = {k: {**{f"copy: {a}": c["model"] for a, c in groups[victim_of(k)][1].items()},
                      **{n: x["model"] for n, x in independents.items()}} for k in keys}
     derived = [c for _, copies in groups.values() for c in copies.values()]
-    cost = {"pool_models": len(dict.fromkeys(pool_list)), "pool_seconds": _recorded_seconds(pool, pool_list),
+    cost = {"pool_models": {name: len(specs) for name, specs in pool_lists.items()},
+            "pool_seconds": {name: _recorded_seconds(pool, specs) for name, specs in pool_lists.items()},
             "trained": len(pool.trained), "derived_trained": sum(not x["cached"] for x in derived),
             "derived_seconds": sum(x["seconds"] for x in derived)}
     return {"arch": arch, "victim_accuracy": victims[CLEAN]["victim_accuracy"], "keys": key_info, "cost": cost,
@@ -463,7 +474,8 @@ def key_cost(seeds: list[dict], arch: str, method: str) -> float:
     included (mean over seeds)."""
     key = METHODS[method][0]
     victims = [r["victims"][arch] for r in seeds]
-    return statistics.mean(v["keys"][key].get("seconds", 0) + KEYS[key].shadows * v["cost"]["pool_seconds"]
+    shadows = KEYS[key].shadows
+    return statistics.mean(v["keys"][key].get("seconds", 0) + (v["cost"]["pool_seconds"][shadows] if shadows else 0)
                            for v in victims)
 
 
@@ -557,8 +569,9 @@ def cost_table(seeds: list[dict], arch: str, methods: list[str]) -> str:
         own = [v["victims"][victim_of(method)] for v in victims if victim_of(method) in v["victims"]]
         asked = [x["copies"][VICTIM]["methods"][method]["queries"] for x in own if made]
         rows.append([method, f"{statistics.mean(i['seconds'] for i in made):.1f} s" if made else infos[0]["error"],
-                     victims[0]["cost"]["pool_models"] if shadows else 0,
-                     f"{statistics.mean(v['cost']['pool_seconds'] for v in victims):.0f} s" if shadows else "-",
+                     victims[0]["cost"]["pool_models"][shadows] if shadows else 0,
+                     f"{statistics.mean(v['cost']['pool_seconds'][shadows] for v in victims):.0f} s"
+                     if shadows else "-",
                      max(asked) if asked else "-", _pct(statistics.mean(x["victim_accuracy"] for x in own))])
     return table(["method", "key creation", "shadow / calibration models", "their training",
                   "verification queries (the key's and its null's)", "its victim's accuracy"], rows)
