@@ -89,8 +89,8 @@ def _data_option(help_text: str = "Dataset (default: the one the model was train
 
 _batch_option = click.option(
     "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
-    help="Queries per forward/backward (peak memory follows it, not --n); the key records it and verify asks in "
-         "the same micro-batches.")
+    help="Queries per forward/backward (peak memory follows it, not the number of queries); the key records it "
+         "and verify asks in the same micro-batches.")
 
 
 def _oracle(model, input_shape, num_classes, given: dict) -> TorchOracle:
