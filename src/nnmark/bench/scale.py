@@ -123,14 +123,15 @@ def measure_cell(task: dict) -> dict:
     ready = _peak_mib()
     floor = lambda: oracle.gradient(lambda z: z.sum(dim=1), x, on="logits")  # noqa: E731
     floor()  # warm-up: the first pass allocates
+    floor_s = _seconds(floor)  # in the cell's own process and moment: the machine's load changes between cells
     if task["row"] == "floor":
-        return {"floor_s": _seconds(floor), "verify_s": _seconds(lambda: oracle.labels(x)), "ready_mib": ready,
+        return {"floor_s": floor_s, "verify_s": _seconds(lambda: oracle.labels(x)), "ready_mib": ready,
                 "peak_mib": _peak_mib()}
     run, _, _ = _methods()[task["row"]]
     k1, k2 = task["k"]
     t1 = _seconds(lambda: run(oracle, x, k1))
     t2 = _seconds(lambda: run(oracle, x, k2))
-    return {"t1_s": t1, "t2_s": t2, "ready_mib": ready, "peak_mib": _peak_mib()}
+    return {"floor_s": floor_s, "t1_s": t1, "t2_s": t2, "ready_mib": ready, "peak_mib": _peak_mib()}
 
 
 def _in_subprocess(task: dict) -> dict:
@@ -143,18 +144,20 @@ def _in_subprocess(task: dict) -> dict:
 
 
 def _row(model: str, row: str, cell: dict, floor: dict, task: dict) -> dict:
-    """A table row from a method cell and its model's floor."""
+    """A table row from a method cell (its ratio against the floor timed in the same process, where the cell has
+    one) and its model's floor cell (verify seconds)."""
     _, default, asks = _methods()[row]
     k1, k2 = task["k"]
+    floor_s = cell.get("floor_s", floor["floor_s"])
     if default:
         per_itr = max(cell["t2_s"] - cell["t1_s"], 0.0) / (k2 - k1)
         fixed = max(cell["t1_s"] - k1 * per_itr, 0.0)
-        ratio = per_itr / floor["floor_s"]
+        ratio = per_itr / floor_s
     else:  # no loop: the whole run against one pass
-        per_itr, fixed, ratio = 0.0, cell["t1_s"], cell["t1_s"] / floor["floor_s"]
+        per_itr, fixed, ratio = 0.0, cell["t1_s"], cell["t1_s"] / floor_s
     scale = KEY_N / task["n"]
     return {"model": model, "method": row, "asks": asks, "n": task["n"], "batch": task["batch"], "k": [k1, k2],
-            "default_itr": default, "per_itr_s": per_itr, "fixed_s": fixed, "floor_s": floor["floor_s"],
+            "default_itr": default, "per_itr_s": per_itr, "fixed_s": fixed, "floor_s": floor_s,
             "ratio": ratio, "projected_key_s": (fixed + per_itr * default) * scale, "per_itr_100_s": per_itr * scale,
             "verify_100_s": floor["verify_s"] * scale, "peak_mib": cell["peak_mib"], "ready_mib": cell["ready_mib"]}
 
@@ -211,7 +214,9 @@ def render(result: dict) -> str:
         f"linearly to {KEY_N}: the micro-batches of a key run one after another). Per-iteration seconds are "
         f"(T(k2) - T(k1)) / (k2 - k1), after one warm-up pass, with (k1, k2) per model: "
         f"{', '.join(f'{m} {k[0]}, {k[1]}' for m, k in p['k'].items())}; the projection is the fixed rest plus the "
-        f"default iterations, an upper bound where a method stops early.",
+        f"default iterations, an upper bound where a method stops early. The machine was shared with other jobs while "
+        f"this ran: per-iteration seconds are the difference of two timed runs and carry that noise (a one-gradient "
+        f"iteration cannot cost less than the floor; a row below it, or at 0, shows the noise, not a saving).",
         main,
         section("Goals", "\n".join(_goal_lines(result["goals"]))),
         section("Peak memory follows the micro-batch, not n",
