@@ -368,6 +368,8 @@ STEPS: dict[str, Step] = {
         Step(test="tests/test_watch_bench.py::test_bench_watch_quick_measures_load_swap_outage_idle_and_exposure"),
     "nnmark bench sources --quick --out-dir /tmp/bench":
         Step(test="tests/test_sources.py::test_bench_sources_quick_times_every_kind_on_the_same_weights"),
+    "nnmark bench scale --quick --out-dir /tmp/bench":
+        Step(test="tests/test_scale.py::test_bench_scale_quick_writes_its_table"),
 }
 RUN_HERE = [line for line, step in STEPS.items() if step.test is None]
 

@@ -350,3 +350,37 @@ def test_lenet5_reaches_95_percent_on_mnist(lenet_mnist, mnist_split):
     assert not model.training
     model.train()
     assert accuracy(model, mnist_split[1]) == acc and model.training  # eval inside, mode restored
+
+
+# --- real-size architectures (issue 24): the published parameter counts, one forward at full size -----------------
+
+@pytest.mark.parametrize("factory, params", [
+    ("nnmark.models.resnet_imagenet:resnet50", 25_557_032),  # torchvision's resnet50
+    ("nnmark.models.vit:vit_s16", 22_050_664),  # DeiT-S / timm vit_small_patch16_224
+    ("nnmark.models.vit:vit_ti16", 5_717_416),  # DeiT-Ti / timm vit_tiny_patch16_224
+])
+def test_real_size_factories_have_the_published_parameter_counts(factory, params):
+    from nnmark.models import load_any
+
+    loaded = load_any(factory)
+    assert loaded.input_shape == (3, 224, 224) and loaded.num_classes == 1000
+    assert sum(p.numel() for p in loaded.model.parameters()) == params
+    with torch.no_grad():
+        out = loaded.model(torch.rand(1, 3, 224, 224))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_resnet18_at_32x32_has_the_known_parameter_count():
+    assert sum(p.numel() for p in build("resnet18", (3, 32, 32), 10).parameters()) == 11_173_962
+
+
+def test_resnet50_and_vit_follow_their_papers():
+    r50 = build("resnet50", (3, 224, 224), 1000)
+    stem = r50.features[0]
+    assert (stem.kernel_size, stem.stride) == ((7, 7), (2, 2)) and isinstance(r50.features[3], torch.nn.MaxPool2d)
+    blocks = [m for m in r50.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(blocks) == 16 and r50.classifier.in_features == 2048  # [3, 4, 6, 3], 512 * 4 out
+    vit = build("vit_s16", (3, 224, 224), 1000)
+    assert vit.patch_embed.stride == (16, 16) and vit.pos_embed.shape == (1, 1 + 14 * 14, 384)
+    assert len(vit.blocks) == 12 and vit.blocks[0].attn.num_heads == 6
+    assert build("vit_ti16", (3, 224, 224), 10, width=0.5).head.in_features == 3 * 32  # heads x scaled head dim

@@ -58,11 +58,12 @@ URL_SCHEMES = ("http://", "https://", "grpc://")
 
 
 @contextlib.contextmanager
-def _oracle(target, input_shape=None, card=None, device="cpu"):
+def _oracle(target, input_shape=None, card=None, device="cpu", batch_size=None):
     """Yield (oracle, model digest or "") for ``target``: an oracle as it is; an ``nn.Module``; an endpoint URL or an
     ``EndpointSpec``; a model file or ``package.module:factory`` or a ``ModelSource``, opened as the command line
     opens its suspect (``nnmark.suspect.open_suspect``; ``card``: a key's model card). A module or a model file runs
-    on ``device`` (``envs.resolve_device``); an oracle or an endpoint runs where it is. What this opens it closes."""
+    on ``device`` (``envs.resolve_device``) in micro-batches of ``batch_size`` (None: each call in one batch); an
+    oracle or an endpoint runs where it is. What this opens it closes."""
     from nnmark import models
     from nnmark.envs import resolve_device
     from nnmark.errors import ArgumentError
@@ -80,23 +81,25 @@ def _oracle(target, input_shape=None, card=None, device="cpu"):
         yield target, ""
         return
     if isinstance(target, (ModelSource, EndpointSpec)):
-        with open_suspect(target, card=card, device=device) as (oracle, loaded):
+        with open_suspect(target, card=card, device=device, batch_size=batch_size) as (oracle, loaded):
             yield oracle, loaded.digest if loaded is not None else ""
         return
     if input_shape is None:
         from nnmark.errors import ArgumentError
 
         raise ArgumentError("an nn.Module needs input_shape=(C, H, W) (or pass a TorchOracle)")
-    with TorchOracle(target, input_shape, device=device) as oracle:
+    with TorchOracle(target, input_shape, device=device, batch_size=batch_size) as oracle:
         yield oracle, models.digest(target)
 
 
-def mark(method: str, model, x=None, *, device: str = "cpu", **settings):
+def mark(method: str, model, x=None, *, device: str = "cpu", batch_size: int | None = None, **settings):
     """A key of ``method`` made from ``model`` (a module, a file or an oracle) and the images ``x``.
 
     ``settings`` go to the method's create step (e.g. ``itr`` for dbi; ``n``, ``seed`` for random;
     ``n_pairs``, ``secret``, ``user_id`` for pairs). The key records the model's digest when ``model`` is
     a module or a file, and the environment it was made in (``nnmark.envs.record``: ``device``, dtype, flags).
+    ``batch_size``: a module or file runs in micro-batches of that many queries (peak memory follows it, not the
+    number of queries); the key records it, and ``verify`` asks in the same micro-batches.
     """
     from nnmark import envs
     from nnmark.errors import ArgumentError
@@ -110,21 +113,27 @@ def mark(method: str, model, x=None, *, device: str = "cpu", **settings):
     if spec.inputs != "none" and x is None:
         raise ArgumentError(f"{method} keys are made from images: pass x (N, C, H, W) in [0, 1]")
     shape = tuple(x.shape[1:]) if x is not None else settings.pop("input_shape", None)
-    with _oracle(model, shape, device=device) as (oracle, digest):
+    with _oracle(model, shape, device=device, batch_size=batch_size) as (oracle, digest):
         settings.setdefault("model_digest", digest)
-        return envs.stamp(spec.create(oracle, *(() if spec.inputs == "none" else (x,)), **settings), oracle)
+        key = envs.stamp(spec.create(oracle, *(() if spec.inputs == "none" else (x,)), **settings), oracle)
+    if getattr(oracle, "batch_size", None):
+        key.config["batch_size"] = oracle.batch_size
+    return key
 
 
 def verify(key, suspect, *, secret: bytes | None = None, input_shape=None, device: str = "cpu",
-           accept_environment: bool = False):
+           batch_size: int | None = None, accept_environment: bool = False):
     """The verdict of asking ``suspect`` the key's queries: a module, a model file or ``package.module:factory``
-    (or a ``nnmark.suspect.ModelSource``: with weights, input shape, normalisation), run on ``device``, an endpoint URL
-    (or an ``EndpointSpec``) or an oracle; a file or factory takes what its source does not say from the key's model
-    card. An integrity key made in another environment that the change alone could fail raises
-    ``EnvironmentMismatch`` unless ``accept_environment`` (``nnmark.envs.check_environment``)."""
+    (or a ``nnmark.suspect.ModelSource``: with weights, input shape, normalisation), run on ``device`` in
+    micro-batches of ``batch_size`` (default: the key's own), an endpoint URL (or an ``EndpointSpec``) or an oracle;
+    a file or factory takes what its source does not say from the key's model card. An integrity key made in
+    another environment that the change alone could fail raises ``EnvironmentMismatch`` unless
+    ``accept_environment`` (``nnmark.envs.check_environment``)."""
     from nnmark import keyinfo, marks
 
-    with _oracle(suspect, input_shape or tuple(key.queries.shape[1:]), keyinfo.card_of(key), device) as (oracle, _):
+    batch_size = batch_size or key.config.get("batch_size")
+    with _oracle(suspect, input_shape or tuple(key.queries.shape[1:]), keyinfo.card_of(key), device,
+                 batch_size) as (oracle, _):
         return marks.verify(oracle, key, secret=secret, accept_environment=accept_environment)
 
 

@@ -66,19 +66,23 @@ def described(suspect: Suspect, env: str = DEFAULT_ENV, device: str = DEFAULT_DE
 
 @contextlib.contextmanager
 def open_suspect(suspect: Suspect, *, env: str = DEFAULT_ENV, device: str = DEFAULT_DEVICE, token: bytes | None = None,
-                 budget: int | None = None, card: dict | None = None,
-                 progress: bool = False) -> Iterator[tuple[Oracle, LoadedModel | None]]:
+                 budget: int | None = None, card: dict | None = None, progress: bool = False,
+                 batch_size: int | None = None) -> Iterator[tuple[Oracle, LoadedModel | None]]:
     """Yield (oracle, the local model's ``LoadedModel``, None for an endpoint); the oracle is closed afterwards.
 
     A local model runs in environment ``env`` on ``device`` (``envs.resolve_device`` checked it); an endpoint is asked with the bearer ``token`` and shows
     ``progress``; ``budget`` caps the queries of either. ``card`` (a key's model card) gives a local model the input
     shape and normalisation its source does not, and states the input shape and classes an endpoint must have.
+    ``batch_size``: a local model's micro-batch, where its environment sets none (an endpoint's is its spec's).
     """
     if isinstance(suspect, ModelSource):
         from nnmark import envs
+        from nnmark.oracles import TorchOracle
 
         loaded = suspect.load(card)
         with envs.get(env).oracle(loaded.model, loaded.input_shape, budget=budget, device=device) as oracle:
+            if isinstance(oracle, TorchOracle) and oracle.batch_size is None:
+                oracle.batch_size = batch_size
             yield oracle, loaded
         return
     from nnmark.oracles import connect

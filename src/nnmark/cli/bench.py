@@ -38,6 +38,8 @@ BENCHMARKS = {
     "cli": ("cli", "Cold start of nnmark --help, --version, models.load and verify beside a bare import torch."),
     "endpoints": ("endpoints", "Verify locally and over REST JSON, REST binary and gRPC against nnmark serve, MLServer "
                   "and KServe: wall time, bytes and the ratio to local."),
+    "scale": ("scale", "Seconds, ratio to the forward+backward floor and peak memory of every model-alone method from "
+              "LeNet-5 to ResNet-50 and ViT-S/16, with projections to the default iterations."),
     "sources": ("sources", "Load, forward and gradient cost of the same weights as eager torch, TorchScript, "
                 "torch.export and ONNX (torch operators and ONNX Runtime)."),
     "watch": ("watch", "nnmark watch against nnmark serve replicas: CPU, memory, swap to alert, outages, key exposure."),

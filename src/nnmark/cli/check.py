@@ -44,8 +44,8 @@ def verify(key_path, suspect, accept_environment, secret_file, unsigned, as_json
     """
     secret = keys.read_secret(secret_file)
     key = keys.load(key_path, secret=secret, allow_unsigned=unsigned)
-    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"),
-                        progress=progress) as (oracle, where, digest):
+    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"), progress=progress,
+                        batch_size=key.config.get("batch_size")) as (oracle, where, digest):
         verdict = marks.verify(oracle, key, secret=secret, accept_environment=accept_environment)
     same = digest == key.model_digest if digest and key.model_digest else None
     weights = {True: "identical", False: "differ", None: "unknown"}[same]
@@ -82,8 +82,8 @@ def identify(key_path, suspect, secret_file, unsigned, as_json, progress) -> Non
     key = keys.load(key_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
     if key.method != innformant.METHOD:
         raise CliError(f"identify needs an {innformant.METHOD} key, not a {key.method} key (use verify)")
-    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"),
-                        progress=progress) as (oracle, where, _):
+    with suspect.opened(card=keyinfo.card_of(key), defaults=key.config.get("endpoint"), progress=progress,
+                        batch_size=key.config.get("batch_size")) as (oracle, where, _):
         verdict = marks.verify(oracle, key)
     if as_json:
         emit({**verdict.to_dict(), "key": key_path, **where}, True)

@@ -36,6 +36,7 @@ from nnmark.marks import METHODS, MethodSpec, canary
 from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.selfcheck import self_check
 from nnmark.oracles import Oracle, TorchOracle
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
 NEEDS = {"labels": (), "probabilities": (), "gradients": ("gradients",), "internals": ("gradients", "layers")}
 """A method's create access -> what its --model must allow (``models.LoadedModel.require``)."""
@@ -86,6 +87,17 @@ def _data_option(help_text: str = "Dataset (default: the one the model was train
     return click.option("--data", "data_spec", help=help_text)
 
 
+_batch_option = click.option(
+    "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
+    help="Queries per forward/backward (peak memory follows it, not the number of queries); the key records it "
+         "and verify asks in the same micro-batches.")
+
+
+def _oracle(model, input_shape, num_classes, given: dict) -> TorchOracle:
+    """The oracle a key is made on: ``model`` on --device, in micro-batches of --batch-size."""
+    return TorchOracle(model, input_shape, num_classes, batch_size=given["batch_size"], device=given["device"])
+
+
 def _seed_option(help_text: str):
     return click.option("--seed", type=int, default=0, show_default=True, help=help_text)
 
@@ -121,7 +133,7 @@ def _drawn(split: str):
     @contextlib.contextmanager
     def prepare(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
         model, loaded, ds, x, context = _images(spec, given, split)
-        oracle = TorchOracle(model, ds.shape, ds.num_classes, device=given["device"])
+        oracle = _oracle(model, ds.shape, ds.num_classes, given)
         yield _Prepared((oracle, x), _made_on(oracle), ds.test, loaded, context)
     return prepare
 
@@ -152,7 +164,7 @@ def _canary_pool(loaded: models.LoadedModel) -> Split | None:
 @contextlib.contextmanager
 def _model_only(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     model, loaded = _load(spec, given, NEEDS[spec.create_access])
-    oracle = TorchOracle(model, loaded.input_shape, loaded.num_classes, device=given["device"])
+    oracle = _oracle(model, loaded.input_shape, loaded.num_classes, given)
     yield _Prepared((oracle,), _made_on(oracle), _canary_pool(loaded), loaded)
 
 
@@ -255,9 +267,9 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
 
 
 KINDS: dict[str, _Kind] = {
-    "samples": _Kind(_image_options, _drawn("train"), "Made from --n training images drawn by --seed.",
+    "samples": _Kind(lambda spec: (*_image_options(spec), _batch_option), _drawn("train"), "Made from --n training images drawn by --seed.",
                      "--model lenet5.safetensors --n {n}"),
-    "natural": _Kind(_image_options, _drawn("natural_pool"),
+    "natural": _Kind(lambda spec: (*_image_options(spec), _batch_option), _drawn("natural_pool"),
                      "Made from --n natural images (held-out test images) drawn by --seed.",
                      "--model lenet5.safetensors --n {n}"),
     "environments": _Kind(
@@ -267,7 +279,7 @@ KINDS: dict[str, _Kind] = {
                  "--reference names another.")),
         _environments, "Made from --n natural images (held-out test images) drawn by --seed, in each of --envs.",
         "--model lenet5.safetensors --n {n}"),
-    "none": _Kind(lambda spec: (model_option,), _model_only, "Made from the model alone.",
+    "none": _Kind(lambda spec: (model_option, _batch_option), _model_only, "Made from the model alone.",
                   "--model lenet5.safetensors"),
     "embed": _Kind(lambda spec: _embed_options(scratch=True, pretrained=False), _training(False),
                    "Trains a fresh model with the watermark: --arch (with --data), or --model's architecture (an "
@@ -318,6 +330,8 @@ def _finish_mark(key: keys.KeyFile, source: Oracle, out: str, secret: bytes | No
         key.config["endpoint"] = endpoint_defaults
     if loaded is not None and write_model is None:
         key.model_digest = loaded.digest
+    if getattr(source, "batch_size", None):  # the micro-batches it was made in: verify asks in the same ones
+        key.config["batch_size"] = source.batch_size
     notes = []  # said once the key is written: a failed command's stderr is its one error line
     try:
         if canaries is None:

@@ -43,7 +43,8 @@ ENDPOINT_OPTIONS = {
     "label_name": click.option("--label-name", help="An integer [N] or [N, 1] output with the server's own labels  "
                                                     "[default: 'label' when listed]"),
     "batch_size": click.option("--batch-size", type=click.IntRange(1),
-                               help="Most inputs per request  [default: the metadata's max_batch_size, else all]"),
+                               help="Most inputs per request, or per forward pass of a local --model  [default: the "
+                                    "metadata's max_batch_size, else all; a local model: the key's micro-batch]"),
     "timeout": click.option("--timeout", type=FiniteFloat(0, min_open=True), default=ep.DEFAULT_TIMEOUT,
                             show_default=True, help="Seconds one request may take in all (an overall deadline)."),
     "retries": click.option("--retries", type=click.IntRange(0), default=ep.DEFAULT_RETRIES, show_default=True,
@@ -141,13 +142,14 @@ class SuspectOptions:
         return [ep.EndpointSpec(url, **{**(defaults or {}), **self.shape}) for url in self.endpoints]
 
     @contextlib.contextmanager
-    def opened(self, *, card: dict | None = None, defaults: dict | None = None,
-               progress: bool = False) -> Iterator[tuple[Oracle, dict, str | None]]:
+    def opened(self, *, card: dict | None = None, defaults: dict | None = None, progress: bool = False,
+               batch_size: int | None = None) -> Iterator[tuple[Oracle, dict, str | None]]:
         """Open the one suspect (``open_suspect``); yield (oracle, where it is, for reports, and a local model's
-        digest or None). ``card`` and ``defaults``: the key's model card and endpoint defaults."""
+        digest or None). ``card`` and ``defaults``: the key's model card and endpoint defaults; ``batch_size``: the
+        key's micro-batch, a local model's unless --batch-size says otherwise."""
         (suspect,) = self.suspects(defaults)
         with open_suspect(suspect, env=self.env, device=self.device, token=self.token, budget=self.budget, card=card,
-                          progress=progress) as (oracle, loaded):
+                          progress=progress, batch_size=self.shape.get("batch_size", batch_size)) as (oracle, loaded):
             yield oracle, described(suspect, self.env, self.device), loaded.digest if loaded is not None else None
 
 

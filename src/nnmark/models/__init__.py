@@ -1,6 +1,6 @@
-"""Model zoo (LeNet-5, CIFAR ResNets, narrow VGG), safetensors checkpoints, training, and models from any source
-(``load_any``: checkpoint, ``package.module:factory`` + safetensors weights, TorchScript, torch.export, ONNX)
-with the ``ModelCard`` that says what each expects."""
+"""Model zoo (LeNet-5, CIFAR ResNets, narrow VGG, ImageNet-size ResNet-50 and ViTs), safetensors checkpoints,
+training, and models from any source (``load_any``: checkpoint, ``package.module:factory`` + safetensors weights,
+TorchScript, torch.export, ONNX) with the ``ModelCard`` that says what each expects."""
 
 from nnmark.models.card import ModelCard, Normalized, parse_normalize
 from nnmark.models.checkpoint import ARCHITECTURES, ModelConfig, build, digest, load, save

@@ -27,7 +27,9 @@ from nnmark._io import atomic_write_bytes
 from nnmark.errors import ModelError
 from nnmark.models.lenet import LeNet5
 from nnmark.models.resnet import cifar_resnet, resnet18
+from nnmark.models.resnet_imagenet import imagenet_resnet50
 from nnmark.models.vgg import VGG
+from nnmark.models.vit import vit
 
 METADATA_KEY = "nnmark.model"
 
@@ -46,6 +48,9 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], int, float], nn.Module]] = 
     "resnet18": resnet18,
     "vgg11": lambda shape, k, width: VGG("vgg11", shape, k, width),
     "vgg16": lambda shape, k, width: VGG("vgg16", shape, k, width),
+    "resnet50": imagenet_resnet50,
+    "vit_s16": lambda shape, k, width: vit("vit_s16", shape, k, width),
+    "vit_ti16": lambda shape, k, width: vit("vit_ti16", shape, k, width),
 }
 ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -16,8 +16,9 @@ from nnmark.errors import AccessError, ArgumentError, InputError, QueryBudgetExc
 
 ACCESS_LEVELS = ("labels", "probabilities", "gradients", "internals")
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
-"""Maps model outputs (N, K) to one loss value per sample (N,)."""
+LossFn = Callable[..., torch.Tensor]
+"""Maps model outputs (N, K), and the matching rows of each per-sample tensor it was given, to one loss value per
+sample (N,)."""
 
 
 def check_inputs(x: torch.Tensor, input_shape: tuple[int, int, int]) -> None:
@@ -108,17 +109,22 @@ class Oracle:
         self._spend(x)
         return self._predict(x)
 
-    def gradient(self, loss_fn: LossFn, x: torch.Tensor, *, on: str = "probabilities") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample loss (N,) and its input gradient (N, C, H, W) in one forward/backward.
+    def gradient(self, loss_fn: LossFn, x: torch.Tensor, *, on: str = "probabilities",
+                 per_sample: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample loss (N,) and its input gradient (N, C, H, W) in one forward/backward per micro-batch.
 
-        ``loss_fn`` receives the probabilities (``on="probabilities"``) or the logits (``on="logits"``).
+        ``loss_fn`` receives the probabilities (``on="probabilities"``) or the logits (``on="logits"``) of a
+        micro-batch, then the same rows of each ``per_sample`` tensor (N, ...) (e.g. each sample's label), so a
+        loss never sees another micro-batch's rows.
         """
+        if any(len(t) != len(x) for t in per_sample):
+            raise ArgumentError("every per_sample tensor needs one row per input")
         if not self.can("gradients"):
             raise AccessError(f"{type(self).__name__} gives no gradients (access: {self.access})")
         if on not in ("probabilities", "logits"):
             raise ArgumentError("on must be 'probabilities' or 'logits'")
         self._spend(x)
-        return self._gradient(loss_fn, x, on)
+        return self._gradient(loss_fn, x, on, per_sample)
 
     def seen_through(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> Oracle:
         """The same model asked ``transform(x)`` for each query x (which may leave [0, 1]): what it answers when an
@@ -140,7 +146,8 @@ class Oracle:
         p = self._probabilities(x)
         return p, p.argmax(dim=1)
 
-    def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str,
+                  per_sample: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         raise AccessError(f"{type(self).__name__} gives no gradients")
 
 

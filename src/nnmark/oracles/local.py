@@ -23,6 +23,10 @@ CUDA_FLAGS = ("tf32_matmul", "tf32_cudnn", "cudnn_deterministic", "cudnn_benchma
 # torch warns about Intel-GPU TF32 whenever oneDNN flags are toggled on a CPU build: not ours to act on.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
+DEFAULT_BATCH_SIZE = 16
+"""Inputs per forward/backward when marking, verifying or attacking a local model (``--batch-size``): peak memory
+follows it, not the number of queries (a ResNet-50 at 224x224 takes about 100 MiB per input for a gradient)."""
+
 
 def cuda_flags() -> dict[str, bool]:
     """The CUDA backend flags in force now: TF32 for matmul and for cuDNN, cuDNN deterministic and benchmark."""
@@ -226,13 +230,15 @@ class TorchOracle(LogitsOracle):
             raise InputError(f"model returned shape {tuple(out.shape)}, expected ({x.shape[0]}, {self.num_classes})")
         return out
 
-    def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gradient(self, loss_fn: LossFn, x: torch.Tensor, on: str,
+                  per_sample: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         losses, grads = [], []
         with self._numerics():
-            for c in self._chunks(x):
+            for c, *rows in zip(self._chunks(x), *map(self._chunks, per_sample)):
                 c = self._placed(c.detach()).requires_grad_(True)
                 out = self._forward(c)
-                loss = loss_fn(torch.softmax(out, dim=1) if on == "probabilities" else out)
+                loss = loss_fn(torch.softmax(out, dim=1) if on == "probabilities" else out,
+                               *(r.to(c.device) for r in rows))
                 if loss.shape != (c.shape[0],):
                     raise ArgumentError(f"loss_fn must return one value per sample, got shape {tuple(loss.shape)}")
                 (g,) = torch.autograd.grad(loss.sum(), c)

@@ -45,7 +45,7 @@ import weakref
 
 import torch
 
-from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.oracles.base import LogitsOracle
 
 _U32 = struct.Struct("<I")
@@ -70,8 +70,11 @@ def config_for(model: torch.nn.Module, input_shape: tuple[int, int, int], num_cl
         base_first = next(iter(base.state_dict().values()))
         widths = {1.0} | ({first[0] / base_first.shape[0]} if first is not None and len(first) else set())
         for width in sorted(widths):
-            with torch.device("meta"):
-                candidate = models.build(arch, input_shape, num_classes, width=width)
+            try:
+                with torch.device("meta"):
+                    candidate = models.build(arch, input_shape, num_classes, width=width)
+            except ModelError:  # that width is beyond the architecture's limits: not this one
+                continue
             shapes = {n: t.shape for n, t in candidate.state_dict().items()}
             if type(candidate) is type(model) and shapes == state:
                 return models.ModelConfig(arch, tuple(input_shape), num_classes, width=width)

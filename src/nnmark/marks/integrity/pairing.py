@@ -211,7 +211,7 @@ def _step(
     oracle: Oracle, head: torch.Tensor, x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor, alpha: float
 ) -> torch.Tensor:
     """x <- clip(x + direction * alpha * sign(grad_x J(w, x, y)), 0, 1), one gradient call for the batch."""
-    _, grad = oracle.gradient(lambda z: head_cross_entropy(z, head, y), x, on="logits")
+    _, grad = oracle.gradient(lambda z, labels: head_cross_entropy(z, head, labels), x, on="logits", per_sample=(y,))
     return (x + direction.view(-1, 1, 1, 1) * alpha * grad.sign()).clamp_(0.0, 1.0)
 
 

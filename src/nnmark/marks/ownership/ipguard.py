@@ -114,7 +114,8 @@ def find_boundary_points(
     opt = torch.optim.Adam([param], lr=lr)
     for _ in tqdm(range(iterations), desc="ipguard", unit="itr", disable=not progress, leave=False):
         live = (~done).nonzero().flatten()
-        loss, grad = oracle.gradient(lambda g: boundary_loss(g, i[live], j[live], k), x[live], on="logits")
+        loss, grad = oracle.gradient(lambda g, a, b: boundary_loss(g, a, b, k), x[live], on="logits",
+                                     per_sample=(i[live], j[live]))
         finished = loss <= 0
         done[live[finished]] = True
         if done.all():
@@ -131,7 +132,8 @@ def find_boundary_points(
             x = param.detach().clone()
     live = (~done).nonzero().flatten()
     if iterations > 0 and len(live):  # the last step's points, not yet scored
-        loss, _ = oracle.gradient(lambda g: boundary_loss(g, i[live], j[live], k), x[live], on="logits")
+        loss, _ = oracle.gradient(lambda g, a, b: boundary_loss(g, a, b, k), x[live], on="logits",
+                                     per_sample=(i[live], j[live]))
         done[live[loss <= 0]] = True
     return x, done
 

@@ -146,12 +146,11 @@ def _margin_gradient(oracle: Oracle, x: torch.Tensor, original: torch.Tensor):
     """One forward/backward: (grad_x m(x), logits) for the batch ``x``."""
     seen: list[torch.Tensor] = []
 
-    def loss(logits):  # called once per chunk of the oracle's batch
-        start = sum(len(s) for s in seen)
+    def loss(logits, y0):  # called once per micro-batch of the oracle's
         seen.append(logits.detach().cpu())
-        return margin(logits, original[start : start + len(logits)].to(logits.device))
+        return margin(logits, y0)
 
-    _, grad = oracle.gradient(loss, x, on="logits")
+    _, grad = oracle.gradient(loss, x, on="logits", per_sample=(original,))
     return grad, torch.cat(seen)
 
 

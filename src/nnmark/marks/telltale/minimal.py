@@ -112,14 +112,11 @@ def deepfool(oracle: Oracle, x: torch.Tensor, *, overshoot: float = 0.02, max_it
         rows = active.repeat_interleave(k)
         seen: list[torch.Tensor] = []
 
-        def f(z):  # f_k = z_k - z_y0 for the row's class k
-            start = sum(len(s) for s in seen)
+        def f(z, kk, y0):  # f_k = z_k - z_y0 for the row's class k
             seen.append(z.detach().cpu())
-            kk = classes[start : start + len(z)].to(z.device)
-            y0 = original[rows[start : start + len(z)]].to(z.device)
             return z.gather(1, kk[:, None]).squeeze(1) - z.gather(1, y0[:, None]).squeeze(1)
 
-        _, w = oracle.gradient(f, current[rows], on="logits")
+        _, w = oracle.gradient(f, current[rows], on="logits", per_sample=(classes[: len(rows)], original[rows]))
         z = torch.cat(seen)[::k].double()  # the logits of each active sample
         labels = z.argmax(dim=1)
         flipped = labels != original[active]
@@ -162,7 +159,7 @@ def sign_minimal(oracle: Oracle, x: torch.Tensor, *, steps: int = 40,
     check_inputs(x, oracle.input_shape)
     x0 = x.detach().float()
     original = oracle.labels(x0) if original is None else original
-    _, grad = oracle.gradient(lambda z: margin(z, original.to(z.device)), x0, on="logits")
+    _, grad = oracle.gradient(margin, x0, on="logits", per_sample=(original,))
     far = _along(x0, -grad.double().sign(), torch.ones(len(x0), dtype=torch.float64))
     success = oracle.labels(far) != original
     samples = x0.clone()
