@@ -177,7 +177,11 @@ SHARP_TEMPERATURE = 0.1
 SCREENS = ("minority", "wrong", "none")
 """SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
 DEFAULT_SCREEN = "minority"
-DEFAULT_DISTILLED_NEGATIVES = 2
+DEFAULT_DISTILLED_NEGATIVES = 9
+"""Students added to the calibration: with ``nnmark bench ownership``'s 3 families, K = 12 models (study above)."""
+FAMILY_COSINE = 0.5
+"""Parameters this alike (cosine) make two models one family: an eq. 1 copy keeps about 0.9 of its base's, independent
+initialisations about 0.01."""
 DISTILL_EPOCHS = 4
 TINY = torch.finfo(torch.float32).tiny
 """Probabilities are clamped to this before the log: a float32 API returns exact zeros."""
@@ -350,6 +354,18 @@ def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: f
                               "screened": int(passed.sum())}
 
 
+def one_per_family(negatives: Sequence[nn.Module]) -> list[nn.Module]:
+    """The models less those whose parameters are a near copy (cosine > ``FAMILY_COSINE``) of an earlier one's: the
+    noised and fine-tuned copies of ``shadow.pool_specs``' families, which are not independent draws of the null."""
+    kept: list[tuple[nn.Module, torch.Tensor]] = []
+    for model in negatives:
+        w = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+        if not any(len(v) == len(w) and nn.functional.cosine_similarity(v, w, dim=0) > FAMILY_COSINE
+                   for _, v in kept):
+            kept.append((model, w))
+    return [model for model, _ in kept]
+
+
 def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: int, *, epochs: int,
                       seed: int) -> list[nn.Module]:
     """k independent models of the hardest kind: students of the teachers' architecture distilled (T = 3, soft
@@ -403,7 +419,8 @@ def create(
         screen: SAC-w's screen by the pools' validation negatives, which then leave the calibration: minority
             (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's) or
             none.
-        distilled_negatives: students distilled from the pools' train negatives, added to the calibration.
+        distilled_negatives: students distilled from the train negatives' families (``one_per_family``), added to
+            the calibration.
         distill_epochs: training epochs of each distilled negative.
         max_p_value: a match needs the fitted p-value of its distance below this.
         seed: draws the CutMix images, or the order in which misclassified images are kept.
@@ -433,10 +450,10 @@ def create(
                           "images the source misclassifies (and the screen keeps); use variant m or --screen none")
     probabilities = _probabilities(source, x, num_classes)
     own = fingerprints(probabilities, temperature)
-    scratch = [*pools.negatives_train, *(pools.negatives_val if not screening else ())]
+    families = one_per_family(pools.negatives_train)
+    scratch = one_per_family([*families, *(pools.negatives_val if not screening else ())])
     negatives = [*scratch, *(extra_negatives or ()),
-                 *distill_negatives(pools.negatives_train, images, distilled_negatives, epochs=distill_epochs,
-                                    seed=seed)]
+                 *distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)]
     calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature).items()}
     for out, cal in calibration.items():
         if not judge(0.0, cal, max_p_value)["match"]:
@@ -447,6 +464,7 @@ def create(
         "format": FORMAT, "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed),
         "num_classes": num_classes, "temperature": float(temperature),
         "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
+        "family_copies_left_out": len(pools.negatives_train) - len(families),
         "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
         "calibration": calibration, "p_value": "student-t",
         "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes,
