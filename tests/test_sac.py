@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from nnmark import data, keys, models
 from nnmark.attacks.distill import distill
+from nnmark.attacks.noise import relative_weight_noise
 from nnmark.audit import run as audit
 from nnmark.cli import main
 from nnmark.data.roles import natural_pool
@@ -40,8 +41,9 @@ def world(tmp_path_factory):
     pools = Pools(**pool.groups(specs))
     independent = [train_shadow(ShadowSpec("lenet5", "digits", s, epochs=EPOCHS)) for s in (7, 8)]
     distilled = distill(source, ds.train.x, ds.train.y, alpha=1.0, epochs=15, seed=5).eval()
-    key = sac.create(source, pools, ds.train.x, dataset=ds)
-    key_w = sac.create(source, pools, ds.train.x, variant="w", dataset=ds)
+    # 2 distilled negatives: on 13 SAC-w images 9 digits students spread so wide that the distilled copy gets p 0.015
+    key = sac.create(source, pools, ds.train.x, distilled_negatives=2, dataset=ds)
+    key_w = sac.create(source, pools, ds.train.x, variant="w", distilled_negatives=2, dataset=ds)
     return {"ds": ds, "root": root, "path": path, "source": source, "pools": pools, "independent": independent,
             "distilled": distilled, "key": key, "key_w": key_w}
 
@@ -188,7 +190,7 @@ def test_the_screen_keeps_the_images_on_which_the_source_decides_unlike_most_ind
 
 def test_calibration_leaves_out_the_screening_models_and_takes_distilled_and_extra_negatives(world):
     ds, pools, key_w = world["ds"], world["pools"], world["key_w"]
-    assert key_w.config["distilled_negatives"] == sac.DEFAULT_DISTILLED_NEGATIVES == 2
+    assert sac.DEFAULT_DISTILLED_NEGATIVES == 9 and key_w.config["distilled_negatives"] == 2
     assert key_w.config["calibration_models"] == len(pools.negatives_train) + 2 == len(
         key_w.config["calibration"]["probabilities"]["distances"])
     assert world["key"].config["calibration_models"] == len(pools.negatives_train) + len(pools.negatives_val) + 2
@@ -201,6 +203,31 @@ def test_calibration_leaves_out_the_screening_models_and_takes_distilled_and_ext
     assert with_it.config["extra_negatives"] == 1 and verdict.statistic == pytest.approx(
         with_it.config["calibration"]["probabilities"]["threshold"])
     assert not verdict.passed
+
+
+def test_noised_copies_of_a_negative_are_one_family_with_it():
+    """Eq. 1 copies keep about 0.9 of their base's parameters (cosine), independent models about 0.01."""
+    base, other = (models.build("lenet5", (1, 8, 8), 10) for _ in range(2))
+    copies = [relative_weight_noise(base, 3.0, seed=s) for s in (1, 2)]
+    assert sac.one_per_family([base, *copies, other, copies[0]]) == [base, other]
+    assert sac.one_per_family([copies[0], base, other]) == [copies[0], other]
+    assert sac.one_per_family([base, relative_weight_noise(base, 1.0, seed=1)]) == [base]  # noise as large as weights
+    smaller = models.build("lenet5", (1, 8, 8), 3)
+    assert sac.one_per_family([base, smaller]) == [base, smaller]  # parameters of another shape: another family
+
+
+def test_calibration_takes_one_draw_per_family_and_its_teachers(world):
+    """The pools' noised copies of a negative do not calibrate (one of them once widened the null enough to miss
+    extractions into VGG-11); the distilled negatives learn from the families' own models."""
+    ds, pools = world["ds"], world["pools"]
+    noised = [relative_weight_noise(pools.negatives_train[0], 3.0, seed=s) for s in (1, 2)]
+    with_copies = Pools(pools.positives_train, [*pools.negatives_train, *noised], pools.positives_val,
+                        pools.negatives_val)
+    before = sac.create(world["source"], pools, ds.train.x, distilled_negatives=1, dataset=ds)
+    key = sac.create(world["source"], with_copies, ds.train.x, distilled_negatives=1, dataset=ds)
+    assert key.config["family_copies_left_out"] == 2 and before.config["family_copies_left_out"] == 0
+    assert key.config["calibration"] == before.config["calibration"]
+    assert key.config["calibration_models"] == len(pools.negatives_train) + len(pools.negatives_val) + 1
 
 
 def test_distilled_negatives_are_students_of_the_teachers_in_turn(world):
