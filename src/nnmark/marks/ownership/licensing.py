@@ -8,7 +8,8 @@ Access: the owner fine-tunes the trained model (white box) to make the copies; l
 A *family* is a base pair (i, j) of classes; its triggers are direct fusions of an image of class i (top-left)
 and one of class j (bottom-right), as in the coupled watermark (eq. 2b). Each licensee's copy answers family f's
 triggers with its own target class, the symbol c_{l,f} of its codeword, from the family's alphabet
-A_f = {0..N_c-1} without {i, j} (q = N_c - 2 symbols). Two schemes:
+A_f = {0..N_c-1} without {i, j} and without the class the unmarked source answers most often on f's triggers
+(q = N_c - 3 symbols, or N_c - 2). Two schemes:
 
 - ``code`` (default): every copy carries all m families; codeword c_l is drawn uniformly from A_1 x ... x A_m
   from the owner's secret. This is a q-ary Tardos code with the bias vectors fixed uniform (Skoric's Dirichlet
@@ -132,23 +133,32 @@ def pick_families(num_classes: int, m: int, generator: torch.Generator) -> torch
     return torch.where(swap[:, None], chosen.flip(1), chosen)
 
 
-def alphabets(families: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """A_f as a bool mask (m, N_c): every class but family f's base classes i and j."""
+def alphabets(families: torch.Tensor, num_classes: int, natural: torch.Tensor | None = None) -> torch.Tensor:
+    """A_f as a bool mask (m, N_c): every class but family f's base classes i and j and, when given, ``natural``
+    (m,): the class the unmarked source answers most often on f's triggers (a copy answering it would look like
+    the source, so it carries no information)."""
     allowed = torch.ones(len(families), num_classes, dtype=torch.bool)
     allowed.scatter_(1, families, False)
+    if natural is not None:
+        allowed.scatter_(1, natural[:, None], False)
     return allowed
 
 
-def draw_codes(n: int, families: torch.Tensor, num_classes: int, scheme: Scheme,
-               generator: torch.Generator) -> torch.Tensor:
-    """Codewords c (N, m) int64: ``code``: c_{l,f} uniform on A_f; ``onehot`` (m = N): c_{l,l} uniform on A_l and -1
-    (family absent) elsewhere."""
-    allowed = alphabets(families, num_classes)
+def natural_answers(model: nn.Module, triggers: torch.Tensor, m: int) -> torch.Tensor:
+    """The class ``model`` answers most often on each family's triggers (``triggers`` family by family): (m,)."""
+    with torch.no_grad():
+        answers = model(triggers).argmax(1).view(m, -1)
+    return answers.mode(1).values
+
+
+def draw_codes(n: int, allowed: torch.Tensor, scheme: Scheme, generator: torch.Generator) -> torch.Tensor:
+    """Codewords c (N, m) int64 over the alphabets ``allowed`` (m, N_c): ``code``: c_{l,f} uniform on A_f;
+    ``onehot`` (m = N): c_{l,l} uniform on A_l and -1 (family absent) elsewhere."""
     picks = torch.multinomial(allowed.float(), n, replacement=True, generator=generator).T  # (N, m)
     if scheme == "code":
         return picks
-    if len(families) != n:
-        raise ArgumentError(f"the onehot scheme needs one family per licensee: {n} licensees, {len(families)} families")
+    if len(allowed) != n:
+        raise ArgumentError(f"the onehot scheme needs one family per licensee: {n} licensees, {len(allowed)} families")
     return torch.where(torch.eye(n, dtype=torch.bool), picks, torch.full_like(picks, -1))
 
 
@@ -195,9 +205,11 @@ def tune(model: nn.Module, train: Split, triggers: torch.Tensor, targets: torch.
 
 
 def primer_targets(allowed: torch.Tensor) -> torch.Tensor:
-    """Every family's triggers labelled uniformly over its alphabet A_f: (m, N_c). The source is first fine-tuned
-    on them once (the *primed* model) and every copy from there, so that a copy moves only towards its own symbols
-    and an average of copies keeps one colluder's symbols rather than falling back to i or j."""
+    """Every family's triggers labelled uniformly over its alphabet A_f: (m, N_c). In the ``code`` scheme the source
+    is first fine-tuned on them once (the *primed* model) and every copy from there, so that a copy moves only
+    towards its own symbols and an average of copies keeps one colluder's symbols rather than falling back to i or j
+    (mnist5k, 4 copies, 2 averaged pairs: from the source, 0 of 2 pairs traced; primed, 2 of 2). The ``onehot``
+    scheme is not primed: its siblings' answers on a family set that family's null rate p0."""
     return allowed.double().div(allowed.sum(1, keepdim=True)).float()
 
 
@@ -303,21 +315,22 @@ def license_copies(
     m = len(names) if scheme == "onehot" else families
     nc = dataset.num_classes
     fams = pick_families(nc, m, torch.Generator().manual_seed(derived_seed(secret, seed, "families")))
-    codes = draw_codes(len(names), fams, nc, scheme, torch.Generator().manual_seed(derived_seed(secret, seed, "code")))
     gen = torch.Generator().manual_seed(derived_seed(secret, seed, "triggers"))
     train_triggers = make_triggers(dataset.train, fams, train_per_family, gen)
+    model.eval()
+    allowed = alphabets(fams, nc, natural_answers(model, train_triggers, m))
+    codes = draw_codes(len(names), allowed, scheme, torch.Generator().manual_seed(derived_seed(secret, seed, "code")))
     subset = torch.randperm(len(dataset.train), generator=gen)[:clean]
     train = Split(dataset.train.x[subset], dataset.train.y[subset])
     queries = make_triggers(natural_pool(dataset), fams, per_family, gen)
     family = torch.arange(m).repeat_interleave(per_family)
-    model.eval()
     with torch.no_grad():
         source_answers = model(queries).argmax(1)
     base_acc = accuracy(model, dataset.test)
     settings = {"k_train": train_per_family, "repeat": repeat, "epochs": epochs, "lr": lr}
     start = time.perf_counter()
-    primed = tune(model, train, train_triggers, primer_targets(alphabets(fams, nc)), **settings,
-                  seed=derived_seed(secret, seed, "primer"))
+    primed = model if scheme == "onehot" else tune(model, train, train_triggers, primer_targets(allowed),
+                                                   **settings, seed=derived_seed(secret, seed, "primer"))
     primer_seconds = time.perf_counter() - start
     copies, rows, answers = [], [], []
     for index, (name, code) in enumerate(zip(names, codes)):
@@ -341,7 +354,8 @@ def license_copies(
         "data": dataset.name, "source_accuracy": base_acc, "primer_seconds": primer_seconds, "licensees": rows,
     }
     key = KeyFile(method=METHOD, config=config, queries=queries.float().contiguous(), expected=source_answers.long(),
-                  extras={"family": family, "families": fams, "codes": codes, "null": null},
+                  extras={"family": family, "families": fams, "alphabet": allowed.to(torch.int8), "codes": codes,
+                          "null": null},
                   model_digest=digest(unwrap(model)))
     return copies, key
 
@@ -366,21 +380,21 @@ def _checked(key: KeyFile) -> tuple[list[str], torch.Tensor, torch.Tensor, torch
     """(names, family per query, codes, alphabets) of a registry key; KeyFileError when it does not fit together."""
     if key.method != METHOD:
         raise KeyFileError(f"not a licence registry: method {key.method!r}")
-    missing = {"family", "families", "codes", "null"} - set(key.extras)
+    missing = {"family", "families", "alphabet", "codes", "null"} - set(key.extras)
     if missing:
         raise KeyFileError(f"licence registry lacks {sorted(missing)}")
     rows, nc = key.config.get("licensees"), key.config.get("num_classes")
-    family, fams, codes = key.extras["family"], key.extras["families"], key.extras["codes"]
+    family, fams, codes, alphabet = (key.extras[n] for n in ("family", "families", "codes", "alphabet"))
     names = [r.get("licensee") for r in rows] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
     m = len(fams)
     if not (names and nc and codes.dtype == family.dtype == fams.dtype == torch.int64 and codes.shape == (len(names), m)
             and fams.shape == (m, 2) and family.shape == key.expected.shape and len(key.extras["null"]) == len(names)
-            and family.min() >= 0 and family.max() < m and fams.min() >= 0 and fams.max() < nc
-            and codes.min() >= -1 and codes.max() < nc):
+            and alphabet.shape == (m, nc) and family.min() >= 0 and family.max() < m and fams.min() >= 0
+            and fams.max() < nc and codes.min() >= -1 and codes.max() < nc):
         raise KeyFileError("licence registry's licensees, families and codes do not fit together")
     check_names(names)
-    allowed = alphabets(fams, nc)
-    if not bool(allowed.gather(1, codes.clamp(min=0).T).T[codes >= 0].all()):
+    allowed = alphabet.bool() & alphabets(fams, nc)
+    if not bool(allowed.any(1).all() and allowed.gather(1, codes.clamp(min=0).T).T[codes >= 0].all()):
         raise KeyFileError("licence registry holds a code symbol outside its family's alphabet")
     return names, family, codes, allowed
 
