@@ -113,3 +113,18 @@ def test_audit_report_names_the_licensee(licensed, secret, tmp_path):
              "--report", report)
     assert r.exit_code == 0, r.output
     assert "traced to carol" in report.read_text()
+
+
+def test_bench_trace_quick_writes_its_tables(tmp_path):
+    r = _run("bench", "trace", "--quick", "--out-dir", tmp_path)
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "trace.json").read_text())
+    (run,) = result["runs"]
+    assert set(run["schemes"]) == {"code", "onehot"}
+    for scheme in run["schemes"].values():
+        assert len(scheme["untouched"]) == 4 and len(scheme["attacked"]) == 5 and len(scheme["collusion"]) == 4
+        assert not any(t["false"] for t in scheme["innocent"].values())  # the independent models and the source
+        assert scheme["innocent"]["the unmarked source"]["decision"] == "unmarked source"
+    assert result["projection"]["a single copy"]["1000"]["level"] == pytest.approx(1e-7)
+    text = (tmp_path / "trace.md").read_text()
+    assert "## Scheme `code` (default)" in text and "## Projection on paper" in text and "queries per trace" in text

@@ -10,7 +10,8 @@ from nnmark import keys, marks, models
 from nnmark.errors import ArgumentError, KeyFileError
 from nnmark.marks.ownership import licensing
 from nnmark.marks.ownership.stats import binomial_tail
-from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
+from nnmark.bench.trace import MixedOracle, averaged
+from nnmark.oracles import LabelsOracle, TorchOracle
 
 NAMES = ["alice", "bob", "carol", "dave"]
 SMALL = {"families": 40, "per_family": 4, "train_per_family": 40, "epochs": 3}
@@ -49,40 +50,21 @@ def test_the_unmarked_source_and_an_independent_model_accuse_no_one(licensed, le
     assert not verdict.passed and verdict.details["accused"] == [] and verdict.details["p_value"] > key.config["level"]
 
 
-def _average(a, b, ds):
-    avg = models.build("lenet5", ds.shape, ds.num_classes)
-    avg.load_state_dict({k: (a.state_dict()[k] + b.state_dict()[k]) / 2 for k in avg.state_dict()})
-    return avg.eval()
-
-
 def test_two_colluders_averaging_weights_are_named_and_no_innocent_is(licensed, mnist):
     copies, key = licensed
     named = 0
     for i, j in [(0, 1), (2, 3)]:
-        verdict = licensing.trace(_labels(_average(copies[i], copies[j], mnist), mnist), key)
+        verdict = licensing.trace(_labels(averaged([copies[i], copies[j]]), mnist), key)
         found = {a["licensee"] for a in verdict.details["accused"]}
         assert found <= {NAMES[i], NAMES[j]}, verdict.details
         named += bool(found)
     assert named >= 1
 
 
-class _Mixed(Oracle):
-    """Colluders behind one API: each query answered by one of their models, drawn at random."""
-
-    def __init__(self, models_, ds, seed=0):
-        super().__init__(ds.shape, ds.num_classes)
-        self.models, self.gen = models_, torch.Generator().manual_seed(seed)
-
-    def _labels(self, x):
-        answers = torch.stack([m(x).argmax(1) for m in self.models])
-        pick = torch.randint(len(self.models), (len(x),), generator=self.gen)
-        return answers[pick, torch.arange(len(x))]
-
-
 def test_colluders_mixing_answers_per_query_name_one_of_them(licensed, mnist):
     copies, key = licensed
     with torch.no_grad():
-        verdict = licensing.trace(_Mixed([copies[1], copies[3]], mnist), key)
+        verdict = licensing.trace(MixedOracle([copies[1], copies[3]], mnist.shape, 10, seed=0), key)
     found = {a["licensee"] for a in verdict.details["accused"]}
     assert found and found <= {"bob", "dave"}, verdict.details
 

@@ -29,6 +29,8 @@ BENCHMARKS = {
                   "copies, vs independent models (TPR at zero false claims, AUC)."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
+    "trace": ("trace", "Which licensee leaked it: license / trace's two schemes through thefts, collusion and "
+              "independent models."),
     "audit": ("audit", "Queries to a decision, sequential vs whole key, and the false-claim rate of early stopping."),
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),

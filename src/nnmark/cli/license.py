@@ -62,7 +62,7 @@ def _report(index: int, total: int, row: dict) -> None:
 @click.option("--families", type=click.IntRange(1), default=licensing.FAMILIES, show_default=True,
               help="Families m of the code scheme (at most N_c (N_c - 1) / 2).")
 @click.option("--per-family", type=click.IntRange(1), default=licensing.PER_FAMILY, show_default=True,
-              help="Trigger queries per family a trace asks.")
+              help="Trigger queries per family a trace asks (onehot: about 192 / N, e.g. 12 for 16 licensees).")
 @click.option("--epochs", type=click.IntRange(1), default=licensing.EPOCHS, show_default=True,
               help="Fine-tuning epochs per copy.")
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=licensing.LR, show_default=True,
@@ -87,7 +87,7 @@ def license(model_source, data_spec, licensees, count, out, scheme, families, pe
     \b
     Example:
       nnmark license --model lenet5.safetensors --licensees alice,bob,carol --out licensed --secret-file secret
-      nnmark license --model lenet5.safetensors --count 16 --out licensed --secret-file secret --json
+      nnmark license --model lenet5.safetensors --count 16 --out fleet --secret-file secret --json
     """
     from nnmark.cli._shared import model_to_train
 
@@ -162,8 +162,8 @@ def trace(registry_path, suspect, secret_file, unsigned, as_json, progress) -> N
 
     \b
     Example:
-      nnmark trace licensed/registry.key --model leaked.safetensors --secret-file secret
-      nnmark trace licensed/registry.key --endpoint http://127.0.0.1:8000 --token-file token --secret-file secret --json
+      nnmark trace licensed/registry.key --model licensed/bob.safetensors --secret-file secret
+      nnmark trace licensed/registry.key --model licensed/carol.safetensors --secret-file secret --json
     """
     key = keys.load(registry_path, secret=keys.read_secret(secret_file), allow_unsigned=unsigned)
     if key.method != licensing.METHOD:
