@@ -116,7 +116,7 @@ def test_audit_report_names_the_licensee(licensed, secret, tmp_path):
 
 
 def test_bench_trace_quick_writes_its_tables(tmp_path):
-    r = _run("bench", "trace", "--quick", "--out-dir", tmp_path)
+    r = CliRunner().invoke(main, ["bench", "trace", "--quick", "--out-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "trace.json").read_text())
     (run,) = result["runs"]

@@ -382,8 +382,9 @@ def shrunk(line: str, shrink: str) -> list[str]:
 
 
 def written(words: list[str]) -> list[str]:
-    """The files and folders a command line names to write."""
-    return [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
+    """The files and folders a command line names to write (``nnmark license --out DIR``: DIR and its registry)."""
+    out = [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
+    return out + [f"{folder}/registry.key" for folder in out if words[1:2] == ["license"]]
 
 
 def free_port() -> int:

@@ -459,6 +459,7 @@ def create(
     copies, key = license_copies(model, dataset, [licensee], secret=secret, scheme=scheme, families=families,
                                  per_family=per_family, epochs=epochs, lr=lr, epsilon=epsilon, seed=seed)
     key.config["clean_accuracy"] = key.config["licensees"][0]["accuracy"]
+    key.model_digest = key.config["licensees"][0]["digest"]  # the one copy this key goes with, as coupled's does
     return copies[0], key
 
 
