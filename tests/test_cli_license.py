@@ -101,7 +101,8 @@ def test_license_refuses_bad_requests_before_any_work(lenet_file, secret, tmp_pa
 
 def test_trace_refuses_a_key_that_is_not_a_registry(lenet_file, secret, tmp_path):
     key = tmp_path / "natural.key"
-    assert _run("mark", "natural", "--model", lenet_file, "--n", 20, "--out", key, "--secret-file", secret).exit_code == 0
+    made = _run("mark", "natural", "--model", lenet_file, "--n", 20, "--out", key, "--secret-file", secret)
+    assert made.exit_code == 0, made.output
     r = _run("trace", key, "--model", lenet_file, "--secret-file", secret)
     assert r.exit_code == 2 and "licence registry" in r.stderr
 

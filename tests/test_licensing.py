@@ -132,6 +132,9 @@ def test_a_registry_whose_codes_do_not_fit_is_refused(licensed, tmp_path):
     short = keys.KeyFile(key.method, key.config, key.queries, key.expected, {**key.extras, "codes": codes[:2]})
     with pytest.raises(KeyFileError, match="fit together"):
         licensing._checked(short)
+    odd = keys.KeyFile(key.method, {**key.config, "scheme": "tardos"}, key.queries, key.expected, key.extras)
+    with pytest.raises(KeyFileError, match="scheme"):
+        licensing._checked(odd)
     path = tmp_path / "registry.key"
     keys.save(key, path, secret=b"s3cret")
     assert torch.equal(keys.load(path, secret=b"s3cret").extras["codes"], key.extras["codes"])

@@ -144,7 +144,8 @@ def run_scheme(scheme: str, victim: nn.Module, owner: data.Dataset, thief: data.
     innocent = {name: _trace(_labels(m, owner), key, set()) for name, m in independents.items()}
     innocent["the unmarked source"] = _trace(_labels(victim, owner), key, set())
     read = [r["p_value"] for r in untouched]
-    return {"scheme": scheme, "seconds": seconds, "seconds_per_copy": seconds / len(names), "queries": len(key.expected),
+    return {"scheme": scheme, "seconds": seconds, "seconds_per_copy": seconds / len(names),
+            "queries": len(key.expected),
             "families": len(key.extras["families"]), "alphabet": key.extras["alphabet"].sum(1).double().mean().item(),
             "source_accuracy": key.config["source_accuracy"], "copies": rows, "untouched": untouched,
             "attacked": attacked, "collusion": collusion, "innocent": innocent, "max_p_untouched": max(read),
@@ -185,8 +186,8 @@ def run(*, quick: bool = False, seeds: int | None = None, out_dir: str | Path = 
     runs = []
     for seed in tqdm(range(p["seeds"]), desc="trace seeds", disable=not progress):
         victim, owner, thief, independents, spec = load_models(p, seed, progress)
-        runs.append({"seed": seed, "data": spec,
-                     "schemes": {s: run_scheme(s, victim, owner, thief, independents, p, seed, cache) for s in SCHEMES}})
+        schemes = {s: run_scheme(s, victim, owner, thief, independents, p, seed, cache) for s in SCHEMES}
+        runs.append({"seed": seed, "data": spec, "schemes": schemes})
     result = {**header(STEM, p, quick=quick, seeds=seeds), "runs": runs, "projection": projections(runs, p)}
     return write(out_dir, STEM, result, render(result))
 
@@ -218,7 +219,8 @@ def render(result: dict) -> str:
     head = (f"`{result['command']}` ({result['date']}); {data_name} (`@owner` half trains the LeNet-5 source, the "
             f"thief holds `@thief`); {p['licensees']} licensees; **{p['seeds']} seed(s)**"
             + (" (full mode asks 3; one seed is what 2 shared CPU cores allowed)" if p["seeds"] < 3 else "")
-            + f"; {sum(sum(c) for c in p['independents'].values())} independent LeNet-5 models from scratch + the unmarked source for false accusations; epsilon_1 = "
+            + f"; {sum(sum(c) for c in p['independents'].values())} independent LeNet-5 models from scratch + the "
+            "unmarked source for false accusations; epsilon_1 = "
             f"{licensing.EPSILON:g} (a licensee is named at p <= epsilon_1 / N).")
     blocks = ["# Which licensee leaked it: `nnmark license` / `nnmark trace`", head]
     for scheme in SCHEMES:
@@ -286,7 +288,8 @@ def _projection_table(projection: dict) -> str:
             if isinstance(x, dict):
                 rows.append([what, f"{entry['read_rate']:.0%}", n, x["families"], x["queries"], f"{x['level']:.1e}"])
     return ("Fewest families m at which a suspect read at the measured rate is named against the worst null (a "
-            f"model answering one class per family: S = k Bin(m, 1/q), q = {next(iter(projection.values()))['alphabet']} "
+            "model answering one class per family: S = k Bin(m, 1/q), q = "
+            f"{next(iter(projection.values()))['alphabet']} "
             "symbols), at epsilon_1 / N. Ten classes give at most 45 families (base pairs), so 1,000 licensees "
             "fit in one code only where m <= 45.\n\n"
             + table(["suspect", "read rate", "licensees N", "families m", "queries m k", "level epsilon_1 / N"], rows))

@@ -18,11 +18,13 @@ A_f = {0..N_c-1} without {i, j} and without the class the unmarked source answer
   scheme of one coupled watermark per licensee.
 
 Symbols and defaults:
-    N: licensees; m: families (``code``: ``FAMILIES`` = 24, at most N_c (N_c - 1) / 2; ``onehot``: m = N);
-    k: verification triggers per family (``PER_FAMILY`` = 8), fused from the natural pool (held-out test images),
-        so a trace asks m * k queries (192 by default);
-    K_train: training triggers per family (``TRAIN_PER_FAMILY``), fused from the training split, repeated
-        ``REPEAT`` times in the fine-tuning data with the training split itself;
+    N: licensees; m: families (``code``: ``FAMILIES`` = 40, at most N_c (N_c - 1) / 2 = 45 for 10 classes;
+        ``onehot``: m = N);
+    k: verification triggers per family (``PER_FAMILY`` = 4), fused from the natural pool (held-out test images),
+        so a trace asks m * k queries (160 by default);
+    K_train: training triggers per family (``TRAIN_PER_FAMILY`` = 60), fused from the training split, repeated
+        ``REPEAT`` = 3 times in each copy's fine-tuning set beside ``CLEAN`` = 8,000 training images (``EPOCHS``
+        = 3, Adam at ``LR`` = 2e-3 with cosine decay);
     n_{f,s}: how many of family f's k triggers the suspect answers s (labels only);
     S_l = sum_f n_{f, c_{l,f}}: licensee l's score (Tardos's accusation sum with the symmetric weights replaced by
         counts);
@@ -45,15 +47,15 @@ on those fusions could be accused), and N * k queries.
 Verdicts: "traced to l[, l'...]" (passed, CLI exit 0), else "unmarked source" when the suspect answers at least
 ``SOURCE_AGREEMENT`` of the triggers as the unmarked source did (the key's expected labels), else "no licensee".
 
-Departures: K_train, REPEAT and the fine-tuning schedule are nnmark's (no masked training, eq. 4-6, which made the
-copies no more robust at 16 licensees and doubles the cost); Tardos's biases p_i and score weights
-sqrt((1-p)/p) do not appear (see above); codewords are drawn from HMAC-SHA256(secret, seed), so a licensee who
-knows the seed cannot compute another's codeword and frame them.
+Departures: the copies are fine-tuned, not trained with the coupled paper's random weight masks (eq. 4-6, not
+tried here); K_train, REPEAT, the primer (``primer_targets``) and the fine-tuning schedule are nnmark's; Tardos's
+biases p_i and score weights sqrt((1-p)/p) do not appear (see above). Codewords and triggers are drawn from
+HMAC-SHA256(secret, seed), so a licensee who knows the seed cannot compute another's codeword to frame them.
 
 Example::
 
     copies, key = licensing.license_copies(model, ds, ["alice", "bob"], secret=b"s3cret")
-    verdict = licensing.verify(LabelsOracle(TorchOracle(copies[1], ds.shape)), key)   # "traced to bob"
+    verdict = licensing.trace(LabelsOracle(TorchOracle(copies[1], ds.shape)), key)   # "traced to bob"
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ FAMILIES = 40
 PER_FAMILY = 4
 TRAIN_PER_FAMILY = 60
 REPEAT = 3
-CLEAN = 12_000
-EPOCHS = 4
+CLEAN = 8_000
+EPOCHS = 3
 LR = 2e-3
 EPSILON = 1e-4
 SOURCE_AGREEMENT = 0.9
@@ -117,7 +119,8 @@ def check_names(names: Sequence[str]) -> list[str]:
     names = list(names)
     bad = [n for n in names if not (isinstance(n, str) and NAME_RE.fullmatch(n))]
     if not names or bad:
-        raise ArgumentError(f"licensee names must be 1-64 of [A-Za-z0-9_.-] (not starting with . or -), got {bad or names}")
+        raise ArgumentError(f"licensee names must be 1-64 of [A-Za-z0-9_.-] (not starting with . or -), "
+                            f"got {bad or names}")
     if len(set(names)) != len(names):
         raise ArgumentError(f"licensee names must be distinct, got {names}")
     return names
@@ -349,7 +352,8 @@ def license_copies(
     null = _onehot_null(codes, [source_answers, *answers], family, m, nc, per_family)
     config = {
         "scheme": scheme, "num_classes": nc, "families": m, "per_family": per_family,
-        "train_per_family": train_per_family, "repeat": repeat, "clean": clean, "epochs": epochs, "lr": lr, "seed": seed,
+        "train_per_family": train_per_family, "repeat": repeat, "clean": clean, "epochs": epochs, "lr": lr,
+        "seed": seed,
         "epsilon": epsilon, "level": threshold(epsilon, len(names)), "source_agreement": SOURCE_AGREEMENT,
         "data": dataset.name, "source_accuracy": base_acc, "primer_seconds": primer_seconds, "licensees": rows,
     }
@@ -385,7 +389,8 @@ def _checked(key: KeyFile) -> tuple[list[str], torch.Tensor, torch.Tensor, torch
         raise KeyFileError(f"licence registry lacks {sorted(missing)}")
     rows, nc = key.config.get("licensees"), key.config.get("num_classes")
     family, fams, codes, alphabet = (key.extras[n] for n in ("family", "families", "codes", "alphabet"))
-    names = [r.get("licensee") for r in rows] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
+    rows = rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
+    names = [r.get("licensee") for r in rows]
     m = len(fams)
     if not (names and nc and codes.dtype == family.dtype == fams.dtype == torch.int64 and codes.shape == (len(names), m)
             and fams.shape == (m, 2) and family.shape == key.expected.shape and len(key.extras["null"]) == len(names)
@@ -393,6 +398,10 @@ def _checked(key: KeyFile) -> tuple[list[str], torch.Tensor, torch.Tensor, torch
             and fams.max() < nc and codes.min() >= -1 and codes.max() < nc):
         raise KeyFileError("licence registry's licensees, families and codes do not fit together")
     check_names(names)
+    cfg = key.config
+    if not (cfg.get("scheme") in SCHEMES and type(cfg.get("per_family")) is int and cfg["per_family"] >= 1
+            and all(isinstance(cfg.get(n), float) and 0 < cfg[n] <= 1 for n in ("epsilon", "source_agreement"))):
+        raise KeyFileError("licence registry's scheme, per_family, epsilon or source_agreement is missing or invalid")
     allowed = alphabet.bool() & alphabets(fams, nc)
     if not bool(allowed.any(1).all() and allowed.gather(1, codes.clamp(min=0).T).T[codes >= 0].all()):
         raise KeyFileError("licence registry holds a code symbol outside its family's alphabet")
@@ -423,7 +432,8 @@ def trace(oracle: Oracle, key: KeyFile) -> Verdict:
         method=METHOD, decision=decision, passed=bool(found), statistic_name="min_p_value",
         statistic=float(p.min()), flipped=torch.nonzero(answers != expected).flatten().tolist(),
         queries=oracle.queries - before,
-        details={"accused": found, "p_value": float(p.min()), "max_p_value": threshold(float(cfg["epsilon"]), len(names)),
+        details={"accused": found, "p_value": float(p.min()),
+                 "max_p_value": threshold(float(cfg["epsilon"]), len(names)),
                  "epsilon": cfg["epsilon"], "scheme": cfg["scheme"], "most_likely": names[best],
                  "p_values": dict(zip(names, p.tolist())), "scores": dict(zip(names, scores(counts, codes).tolist())),
                  "source_agreement": agreement, "n": len(answers)},
