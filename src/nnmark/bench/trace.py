@@ -183,12 +183,14 @@ def run(*, quick: bool = False, seeds: int | None = None, out_dir: str | Path = 
         progress: bool = False) -> Path:
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     cache = shadow.default_cache_dir().parent / "bench-trace"
+    start = time.perf_counter()
     runs = []
     for seed in tqdm(range(p["seeds"]), desc="trace seeds", disable=not progress):
         victim, owner, thief, independents, spec = load_models(p, seed, progress)
         schemes = {s: run_scheme(s, victim, owner, thief, independents, p, seed, cache) for s in SCHEMES}
         runs.append({"seed": seed, "data": spec, "schemes": schemes})
-    result = {**header(STEM, p, quick=quick, seeds=seeds), "runs": runs, "projection": projections(runs, p)}
+    result = {**header(STEM, p, quick=quick, seeds=seeds), "runs": runs, "projection": projections(runs, p),
+              "seconds": time.perf_counter() - start}
     return write(out_dir, STEM, result, render(result))
 
 
@@ -218,7 +220,8 @@ def render(result: dict) -> str:
     data_name = runs[0]["data"] if runs else p["data"]
     head = (f"`{result['command']}` ({result['date']}); {data_name} (`@owner` half trains the LeNet-5 source, the "
             f"thief holds `@thief`); {p['licensees']} licensees; **{p['seeds']} seed(s)**"
-            + (" (full mode asks 3; one seed is what 2 shared CPU cores allowed)" if p["seeds"] < 3 else "")
+            + (f" (full mode asks 3; this run took {result['seconds'] / 60:.0f} minutes on the shared 2-core machine, "
+               "and three did not fit the time it had)" if p["seeds"] < 3 else "")
             + f"; {sum(sum(c) for c in p['independents'].values())} independent LeNet-5 models from scratch + the "
             "unmarked source for false accusations; epsilon_1 = "
             f"{licensing.EPSILON:g} (a licensee is named at p <= epsilon_1 / N).")
@@ -228,6 +231,12 @@ def render(result: dict) -> str:
         blocks.append(section(f"Scheme `{scheme}`" + (" (default)" if scheme == licensing.DEFAULT_SCHEME else ""),
                               _scheme_table(per), level=2))
     blocks.append(section("Goals", _goals(runs), level=2))
+    blocks.append("A leak is traced when its licensee's p-value reaches epsilon_1 / N; below that, the trace says "
+                  "\"no licensee\" (exit 1) rather than guess. The onehot scheme's null rate p0_l is the highest rate "
+                  "at which the source or a sibling copy answers l's target on l's triggers, and a copy taught to "
+                  "answer t on its own fusions answers t on other families' fusions too: where a sibling shares l's "
+                  "target, p0_l reaches 1 and l cannot be named. The code scheme teaches every family to every copy, "
+                  "so no sibling answers for another, and its p-values are exact: it is the default.")
     blocks.append(section("Projection on paper", _projection_table(result["projection"]), level=2))
     return document(*blocks)
 
