@@ -11,7 +11,7 @@ from nnmark.errors import ArgumentError, KeyFileError
 from nnmark.marks.ownership import licensing
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.bench.trace import MixedOracle, averaged
-from nnmark.oracles import LabelsOracle, TorchOracle
+from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 
 NAMES = ["alice", "bob", "carol", "dave"]
 SMALL = {"families": 40, "per_family": 4, "train_per_family": 40, "epochs": 3}
@@ -67,6 +67,28 @@ def test_colluders_mixing_answers_per_query_name_one_of_them(licensed, mnist):
         verdict = licensing.trace(MixedOracle([copies[1], copies[3]], mnist.shape, 10, seed=0), key)
     found = {a["licensee"] for a in verdict.details["accused"]}
     assert found and found <= {"bob", "dave"}, verdict.details
+
+
+class _Answers(Oracle):
+    """A suspect that answers fixed labels, one per registry query, in order."""
+
+    def __init__(self, answers, shape):
+        super().__init__(shape, 10)
+        self.answers = answers
+
+    def _labels(self, x):
+        return self.answers[: len(x)]
+
+
+def test_an_unmarked_source_is_told_apart_at_the_stated_agreement(licensed, mnist):
+    _, key = licensed
+    n, i, j = len(key.expected), *key.extras["families"][key.extras["family"]].T  # base classes are never symbols
+    base = torch.where(i == key.expected, j, i)  # an answer other than the source's
+    for agree, decision in [(0.9, "unmarked source"), (0.9 - 1 / n, "no licensee")]:
+        k = round(agree * n)
+        answers = torch.cat([key.expected[:k], base[k:]])
+        verdict = licensing.trace(_Answers(answers, mnist.shape), key)
+        assert verdict.decision == decision and verdict.details["source_agreement"] == pytest.approx(k / n)
 
 
 def test_threshold_is_epsilon_over_the_number_of_licensees():
