@@ -382,9 +382,11 @@ def shrunk(line: str, shrink: str) -> list[str]:
 
 
 def written(words: list[str]) -> list[str]:
-    """The files and folders a command line names to write (``nnmark license --out DIR``: DIR and its registry)."""
+    """The files and folders a command line (with or without ``nnmark``) names to write (``nnmark license --out
+    DIR``: DIR and its registry)."""
     out = [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
-    return out + [f"{folder}/registry.key" for folder in out if words[1:2] == ["license"]]
+    command = words[1:2] if words[:1] == ["nnmark"] else words[:1]
+    return out + [f"{folder}/registry.key" for folder in out if command == ["license"]]
 
 
 def free_port() -> int:
