@@ -237,6 +237,7 @@ METAFINGER = ("--n 20 --candidates 60 --negatives 2 --val-negatives 2 --af 1 --s
               "--epochs 10 --executor serial")
 SAC = "--negatives 2 --val-negatives 2 --af 0 --shadow-epochs 2 --finetune-epochs 1 --executor serial"
 HELDOUT_BENCH = "--quick --data digits --out-dir bench"
+LICENSE = "--families 40 --epochs 3"
 
 STEPS: dict[str, Step] = {
     # The README's walk-through (and the help's train, mark and verify).
@@ -277,6 +278,17 @@ STEPS: dict[str, Step] = {
     "--secret-file secret": Step("--epochs 3"),
     "nnmark attack prune --model wm.safetensors --out pruned.safetensors --fraction 0.8": Step(),
     "nnmark verify coupled.key --model pruned.safetensors --secret-file secret": Step(),
+    # Which licensee leaked it.
+    "nnmark mark license --model lenet5.safetensors --out-model wm.safetensors --licensee alice --out license.key "
+    "--secret-file secret": Step(LICENSE),
+    "nnmark license --model lenet5.safetensors --licensees alice,bob,carol --out licensed --secret-file secret":
+        Step(LICENSE + " --max-drop 5"),
+    "nnmark license --model lenet5.safetensors --count 16 --out fleet --secret-file secret --json":
+        Step(LICENSE + " --count 2 --max-drop 5"),
+    "nnmark trace licensed/registry.key --model licensed/bob.safetensors --secret-file secret": Step(),
+    "nnmark trace licensed/registry.key --model licensed/carol.safetensors --secret-file secret --json": Step(),
+    "nnmark trace licensed/registry.key --model lenet5.safetensors --secret-file secret": Step(),
+    "nnmark audit licensed/registry.key --model licensed/bob.safetensors --secret-file secret": Step(),
     # Every attack command.
     "nnmark attack backdoor --model lenet5.safetensors --out attacked.safetensors": Step("--max-steps 50"),
     "nnmark attack distill --model lenet5.safetensors --out attacked.safetensors": Step("--epochs 1"),
@@ -366,6 +378,8 @@ STEPS: dict[str, Step] = {
         Step(test="tests/test_bench_endpoints.py::test_bench_endpoints_quick_measures_nnmark_serve_beside_local"),
     "nnmark bench watch --quick --out-dir /tmp/bench":
         Step(test="tests/test_watch_bench.py::test_bench_watch_quick_measures_load_swap_outage_idle_and_exposure"),
+    "nnmark bench trace --quick --out-dir /tmp/bench":
+        Step(test="tests/test_cli_license.py::test_bench_trace_quick_writes_its_tables"),
     "nnmark bench sources --quick --out-dir /tmp/bench":
         Step(test="tests/test_sources.py::test_bench_sources_quick_times_every_kind_on_the_same_weights"),
     "nnmark bench scale --quick --out-dir /tmp/bench":
@@ -389,8 +403,11 @@ def shrunk(line: str, shrink: str) -> list[str]:
 
 
 def written(words: list[str]) -> list[str]:
-    """The files and folders a command line names to write."""
-    return [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
+    """The files and folders a command line (with or without ``nnmark``) names to write (``nnmark license --out
+    DIR``: DIR and its registry)."""
+    out = [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
+    command = words[1:2] if words[:1] == ["nnmark"] else words[:1]
+    return out + [f"{folder}/registry.key" for folder in out if command == ["license"]]
 
 
 def free_port() -> int:

@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("nnmark.cli.audit", "List and show key files without asking any model."),
     "log": ("nnmark.cli.audit", "Check an audit log's HMAC chain."),
     "watch": ("nnmark.cli.watch", "Audit an inventory on a schedule: state, events, Prometheus metrics, a page."),
+    "license": ("nnmark.cli.license", "Make a fine-tuned copy of a model per licensee, and the registry to trace them."),
+    "trace": ("nnmark.cli.license", "Name the licensee whose copy a leaked model came from."),
     "serve": ("nnmark.cli.serve", "Serve a model over the Open Inference Protocol v2."),
     "envs": ("nnmark.cli.envs", "List execution environments and how outputs differ."),
     "bench": ("nnmark.cli.bench", "Run a benchmark; tables go to docs/benchmarks/."),

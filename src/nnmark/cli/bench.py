@@ -32,6 +32,8 @@ BENCHMARKS = {
                         "positives, distilled independents as negatives), their cost and what they buy."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
+    "trace": ("trace", "Which licensee leaked it: license / trace's two schemes through thefts, collusion and "
+              "independent models."),
     "audit": ("audit", "Queries to a decision, sequential vs whole key, and the false-claim rate of early stopping."),
     "telltale": ("innformant", "iNNformant boundary samples: success, PSNR, steps, cost and identify through "
                  "nnmark serve."),
