@@ -206,7 +206,7 @@ def test_probes_are_asked_only_of_a_label_only_model_that_fits_the_canaries():
     {canary.QUERIES: torch.rand(3, *SHAPE), canary.LABELS: LABELS[:3], canary.PROBABILITIES: KEYED_ROWS[:3].float()},
 ])
 def test_malformed_canaries_are_refused(extras):
-    with pytest.raises(KeyFileError, match="canaries are incomplete or malformed"):
+    with pytest.raises(KeyFileError, match="^the key.s canaries are incomplete or malformed$"):
         canary.preflight(_oracle(KEYED_ROWS), _with(_key(), **extras), endpoint=True)
 
 
@@ -230,7 +230,7 @@ def test_malformed_readings_are_refused(config, readings):
     key = _key()
     bad = KeyFile("dbi", config, key.queries, key.expected, extras={**key.extras, canary.READINGS: readings.float()
                                                                      if readings.is_floating_point() else readings})
-    with pytest.raises(KeyFileError, match="canary readings are malformed"):
+    with pytest.raises(KeyFileError, match="^the key.s canary readings are malformed$"):
         canary.preflight(_oracle(KEYED_ROWS), bad, endpoint=True)
 
 
@@ -241,7 +241,7 @@ def test_malformed_readings_are_refused(config, readings):
 ])
 def test_malformed_probes_are_refused(index, labels):
     key = _with(_probe_key(), **{canary.PROBE_INDEX: index, canary.PROBE_LABELS: labels.long()})
-    with pytest.raises(KeyFileError, match="canary probes are malformed"):
+    with pytest.raises(KeyFileError, match="^the key.s canary probes are malformed$"):
         canary.preflight(_oracle(KEYED_ROWS, labels_only=True), key, endpoint=True)
 
 
@@ -254,3 +254,78 @@ def test_an_unknown_misreading_is_described_by_its_name_and_the_flags_to_check()
     unknown = canary.described("rotated", 1)
     assert unknown.words == "its inputs are rotated" and unknown.flag == canary.HINT.removeprefix("check ")
     assert canary.described("nhwc_as_nchw", 3).flag == "--layout"
+
+
+def test_misreadings_are_described_for_the_canaries_channels():
+    key = _key({"normalised_mnist": RELABELLED})
+    with pytest.raises(EndpointMismatch, match="normalised with MNIST statistics it does not expect: check --normalize$"):
+        canary.preflight(_oracle(RELABELLED), key, endpoint=True)
+    probes = _probe_key(untold="unnormalised_mnist")
+    oracle = _oracle(KEYED_ROWS, _probe_answers(torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])), labels_only=True)
+    with pytest.raises(EndpointMismatch, match="not normalised with the MNIST statistics it expects"):
+        canary.preflight(oracle, probes, endpoint=True)
+
+
+def test_an_oracle_that_asks_an_endpoint_is_judged_as_an_endpoint_by_default():
+    oracle = _oracle(RELABELLED)
+    oracle.inner = Replica()  # as a wrapper keeps the endpoint oracle it asks
+    with pytest.raises(EndpointMismatch):
+        canary.preflight(oracle, _key({"scaled_up_255": RELABELLED}))
+    assert canary.preflight(_oracle(RELABELLED), _key({"scaled_up_255": RELABELLED})).endswith("verdict stands")
+
+
+def test_a_local_model_that_fits_no_reading_gets_a_note_without_the_endpoint_caveat():
+    note = canary.preflight(_oracle(_relabel(3)), _key({"scaled_up_255": RELABELLED}), endpoint=False)
+    assert note == f"{DIFFERS} (answers 3 of 8 canaries differently, mean |change of log p| 0.52): the model differs"
+
+
+def test_a_misreading_told_by_its_probabilities_alone_is_not_named_on_labels():
+    """Labels only: a misreading that relabels 2 canaries (not told by labels) is never named, however far its
+    probabilities lie from the keyed ones."""
+    soft = _rows(torch.where(torch.arange(N) < 2, (LABELS + 1) % K, LABELS), top=0.5)
+    assert canary._told(soft, KEYED_ROWS, LABELS) and not canary._told(soft, None, LABELS)
+    note = canary.preflight(_oracle(soft, labels_only=True), _key({"scaled_up_255": soft}), endpoint=True)
+    assert note.startswith("preflight: 6 of 8 canaries answered as the keyed model does (labels only")
+
+
+def test_a_misreading_that_fits_is_named_when_the_keyed_reading_does_not_fit_though_closer():
+    """The keyed reading misses 3 labels by a hair (mean shift 0.26); a misreading that relabels 5 canaries fits
+    (2 labels, shift 0.6): the endpoint is misread."""
+    hair = KEYED_ROWS.clone()
+    hair[:3] = 0.001
+    hair[torch.arange(3), LABELS[:3]], hair[torch.arange(3), (LABELS[:3] + 1) % K] = 0.495, 0.497
+    five = _relabel(5)
+    with pytest.raises(EndpointMismatch, match="0-255 pixels"):
+        canary.preflight(_oracle(hair), _key({"scaled_up_255": five}), endpoint=True)
+
+
+def test_the_told_bound_on_probabilities_is_strict():
+    """Rows exactly 2 * MAX_LOG_SHIFT apart (exp(-25) and exp(-23.5), exact in float64) are not told apart."""
+    a = torch.full((N, K), torch.tensor(-25.0, dtype=torch.float64).exp().item(), dtype=torch.float64)
+    b = torch.full((N, K), torch.tensor(-25.0 + 2 * canary.MAX_LOG_SHIFT, dtype=torch.float64).exp().item(),
+                   dtype=torch.float64)
+    assert canary._shift(b, a) == 2 * canary.MAX_LOG_SHIFT
+    assert not canary._told(b, a, torch.zeros(N, dtype=torch.int64))
+    assert canary._told(b * 1.001, a, torch.zeros(N, dtype=torch.int64))
+
+
+def test_four_canaries_are_enough():
+    key = _key()
+    four = _with(key, **{canary.QUERIES: key.extras[canary.QUERIES][:4], canary.LABELS: LABELS[:4],
+                         canary.PROBABILITIES: KEYED_ROWS[:4].float()})
+    assert canary.preflight(_oracle(KEYED_ROWS), four, endpoint=True) == \
+        "preflight: 4 of 4 canaries answered as the keyed model does"
+
+
+def test_probes_without_the_misreadings_they_test_are_refused():
+    key = _probe_key()
+    bare = KeyFile(key.method, {"canary_readings": ["scaled_up_255"]}, key.queries, key.expected, extras=key.extras)
+    with pytest.raises(KeyFileError, match="^the key's canary probes are malformed$"):
+        canary.preflight(_oracle(KEYED_ROWS, labels_only=True), bare, endpoint=True)
+
+
+def test_a_key_that_stores_no_misreading_names_none():
+    key = _with(_key(), **{canary.READINGS: torch.zeros(N, 0, K)})
+    assert canary.preflight(_oracle(KEYED_ROWS), key, endpoint=True) == KEYED
+    with pytest.raises(EndpointMismatch, match="read as logits"):
+        canary.preflight(_oracle(torch.softmax(KEYED_ROWS, dim=1)), key, endpoint=True)
