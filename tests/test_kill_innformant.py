@@ -32,8 +32,11 @@ def _suspect(boundary, natural=N):
 
 
 def test_the_reference_environment_passes():
-    v = innformant.verify(_suspect(F32), _key())
+    oracle = _suspect(F32)
+    v = innformant.verify(oracle, _key())
     assert v.passed and v.decision == "float32" and v.statistic == 1.0 and v.flipped == []
+    assert v.method == innformant.METHOD and v.statistic_name == "reference_match_rate"
+    assert innformant.verify(oracle, _key()).queries == 2 * N  # its own queries, after the first verdict's
     assert v.details["consistent"] == ["float32"] and v.details["match_table"] == {"float32": 6, "float64": 5}
     assert v.queries == 2 * N and v.details["reference"] == "float32" and v.details["n"] == N
 

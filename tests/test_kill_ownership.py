@@ -193,3 +193,30 @@ def test_theta_is_the_largest_significant_number_of_mismatches(n, null):
     significant = [m for m in range(n + 1) if binomial_tail(n - m, n, null) < coupled.ALPHA]
     assert frontier.theta(n, null) == (max(significant) if significant else -1)
     assert frontier.theta(n, null, alpha=0.5) == max(m for m in range(n + 1) if binomial_tail(n - m, n, null) < 0.5)
+
+
+def test_a_verdict_counts_only_the_queries_it_asked():
+    """An oracle that has answered before: each verdict's queries are its own."""
+    oracle = _coupled_model(45)
+    assert [coupled.verify(oracle, _coupled_key()).queries for _ in range(2)] == [N + PLAIN + CLEAN] * 2
+    oracle = _model(SPREAD, 40)
+    assert [backdoor_wm.verify(oracle, _labelled_key("adi", SPREAD)).queries for _ in range(2)] == [M + 20] * 2
+
+
+def test_a_single_trigger_is_never_significant():
+    key = KeyFile("coupled", {}, inputs(0, 1), torch.ones(1, dtype=torch.int64),
+                  extras={"plain": inputs(N, PLAIN), "clean": inputs(N + PLAIN, CLEAN)})
+    v = coupled.verify(_coupled_model(1), key)
+    assert v.statistic == 1.0 and v.details["p_value"] == pytest.approx(0.1) and not v.passed
+
+
+def test_zhang_keys_are_judged_on_the_given_clean_images_and_other_keys_named():
+    v = backdoor_wm.verify(_coupled_model(55), _coupled_key(backdoor_wm.ZHANG), clean_x=inputs(0, 20))
+    assert v.details["rate_clean"] == 1.0 and not v.passed
+    with pytest.raises(KeyFileError, match="^not a zhang or adi key: method 'frontier'$"):
+        backdoor_wm.verify(_coupled_model(55), _labelled_key("frontier", SPREAD))
+
+
+def test_theta_holds_for_any_bound():
+    """With a bound above 1 every number of mismatches up to n is 'significant': theta = n."""
+    assert frontier.theta(10, 0.5, alpha=1.5) == 10
