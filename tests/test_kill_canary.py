@@ -81,7 +81,8 @@ def test_up_to_a_quarter_of_the_canaries_may_differ():
     key = _key({"scaled_up_255": RELABELLED})
     assert canary.preflight(_oracle(_relabel(2)), key, endpoint=True).startswith("preflight: 6 of 8 canaries")
     note = canary.preflight(_oracle(_relabel(3)), key, endpoint=True)
-    assert note == f"{DIFFERS} (answers 3 of 8 canaries differently, mean |change of log p| 0.52): the model differs{UNKNOWN_FORMAT}"
+    assert note == f"{DIFFERS} (answers 3 of 8 canaries differently, mean |change of log p| 0.52): the model " \
+                   f"differs{UNKNOWN_FORMAT}"
 
 
 def test_a_misread_endpoint_stops_naming_the_misreading_and_its_flag():
@@ -119,7 +120,8 @@ def test_a_misreading_the_canaries_cannot_tell_is_never_named():
     near = _relabel(4)  # relabels half the canaries: not more than twice the 2 allowed, and a small shift
     key = _key({"scaled_up_255": near})
     assert canary.preflight(_oracle(near), key, endpoint=True) == \
-        f"{DIFFERS} (answers 4 of 8 canaries differently, mean |change of log p| 0.69): the model differs{UNKNOWN_FORMAT}"
+        f"{DIFFERS} (answers 4 of 8 canaries differently, mean |change of log p| 0.69): the model differs" \
+        + UNKNOWN_FORMAT
 
 
 def test_probabilities_read_as_logits_are_named_from_the_keyed_rows():
@@ -246,7 +248,8 @@ def test_malformed_probes_are_refused(index, labels):
 
 
 def test_a_probe_at_the_last_query_is_allowed():
-    key = _with(_probe_key(), **{canary.PROBE_INDEX: torch.arange(8, 16), canary.PROBE_LABELS: torch.zeros(1, 8).long()})
+    key = _with(_probe_key(), **{canary.PROBE_INDEX: torch.arange(8, 16),
+                                 canary.PROBE_LABELS: torch.zeros(1, 8, dtype=torch.int64)})
     assert canary.preflight(_oracle(KEYED_ROWS, labels_only=True), key, endpoint=True).startswith(KEYED)
 
 
@@ -258,7 +261,7 @@ def test_an_unknown_misreading_is_described_by_its_name_and_the_flags_to_check()
 
 def test_misreadings_are_described_for_the_canaries_channels():
     key = _key({"normalised_mnist": RELABELLED})
-    with pytest.raises(EndpointMismatch, match="normalised with MNIST statistics it does not expect: check --normalize$"):
+    with pytest.raises(EndpointMismatch, match="with MNIST statistics it does not expect: check --normalize$"):
         canary.preflight(_oracle(RELABELLED), key, endpoint=True)
     probes = _probe_key(untold="unnormalised_mnist")
     oracle = _oracle(KEYED_ROWS, _probe_answers(torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])), labels_only=True)

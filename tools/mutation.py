@@ -3,9 +3,9 @@
 Each entry of ``[tool.nnmark.mutation.modules]`` in pyproject.toml is run on its own (``mutmut run 'MODULE.*'``)
 within its time bound: a module, or ``module:function,Class.method,...`` for only those functions of a module whose
 other plumbing decides no verdict; mutmut runs, for each mutant, the tests of ``[tool.mutmut]``'s selection that
-call the mutated function. The score of a module is (killed + timed out) / (mutants - equivalent); a mutant no test runs,
-or that the time bound left unrun, counts against it. ``[tool.nnmark.mutation.equivalent]`` names each mutant no
-test can tell apart from the code, with why.
+call the mutated function. The score of an entry is (killed + timed out) / (mutants - equivalent); a mutant no
+test runs, or that the time bound left unrun, counts against it. ``[tool.nnmark.mutation.equivalent]`` names each
+mutant no test can tell apart from the code, with why.
 
     python tools/mutation.py                  # every module; writes docs/benchmarks/mutation.md
     python tools/mutation.py --ci             # the CI subset; exit 1 below the threshold, naming the survivors
