@@ -1,6 +1,8 @@
 """tools/mutation.py: how mutmut's results become a module's score, and what a CI failure names."""
 
+import fnmatch
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -23,5 +25,20 @@ def test_score_counts_only_killed_and_timed_out_mutants_and_leaves_equivalent_on
 def test_the_configuration_names_a_ci_subset_of_its_modules_and_only_survivors_as_equivalent():
     config = mutation.settings()
     assert set(config["ci"]) <= set(config["modules"]) and config["threshold"] >= 90
-    assert all(any(name.startswith(m + ".x") for m in config["modules"]) for name in config["equivalent"])
+    assert all(any(fnmatch.fnmatchcase(name, p) for m in config["modules"] for p in mutation.patterns(m))
+               for name in config["equivalent"])
     assert all(why.strip() for why in config["equivalent"].values())
+
+
+def test_an_entry_with_functions_runs_and_scores_only_their_mutants(tmp_path):
+    entry = "pkg.mod:decide,Report.status"
+    assert mutation.patterns("pkg.mod") == ["pkg.mod.*"]
+    assert mutation.patterns(entry) == ["pkg.mod.x_decide__mutmut_*", "pkg.mod.xǁReportǁstatus__mutmut_*"]
+    meta = tmp_path / "mutants" / "src" / "pkg" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    codes = {"pkg.mod.x_decide__mutmut_1": 1, "pkg.mod.x_decide_all__mutmut_1": 0, "pkg.mod.x_log__mutmut_1": 0,
+             "pkg.mod.xǁReportǁstatus__mutmut_2": None, "pkg.mod.xǁReportǁto_dict__mutmut_1": 0}
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    assert mutation.exit_codes(entry, tmp_path) == {"pkg.mod.x_decide__mutmut_1": 1,
+                                                    "pkg.mod.xǁReportǁstatus__mutmut_2": None}
+    assert len(mutation.exit_codes("pkg.mod", tmp_path)) == 5

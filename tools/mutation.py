@@ -1,19 +1,21 @@
 """Mutation testing of the verdict-deciding modules with mutmut (`make mutation`, and `make test`'s CI subset).
 
-Each module of ``[tool.nnmark.mutation.modules]`` in pyproject.toml is run on its own (``mutmut run 'MODULE.*'``)
-within its time bound; mutmut runs, for each mutant, the tests of ``[tool.mutmut]``'s selection that call the
-mutated function. The score of a module is (killed + timed out) / (mutants - equivalent); a mutant no test runs,
-or that the time bound left unrun, counts against it. ``[tool.nnmark.mutation.equivalent]`` names each mutant no
-test can tell apart from the code, with why.
+Each entry of ``[tool.nnmark.mutation.modules]`` in pyproject.toml is run on its own (``mutmut run 'MODULE.*'``)
+within its time bound: a module, or ``module:function,Class.method,...`` for only those functions of a module whose
+other plumbing decides no verdict; mutmut runs, for each mutant, the tests of ``[tool.mutmut]``'s selection that
+call the mutated function. The score of an entry is (killed + timed out) / (mutants - equivalent); a mutant no
+test runs, or that the time bound left unrun, counts against it. ``[tool.nnmark.mutation.equivalent]`` names each
+mutant no test can tell apart from the code, with why.
 
     python tools/mutation.py                  # every module; writes docs/benchmarks/mutation.md
     python tools/mutation.py --ci             # the CI subset; exit 1 below the threshold, naming the survivors
-    python tools/mutation.py --module nnmark.audit.log   # one module (repeatable); writes no report
+    python tools/mutation.py --module nnmark.audit.log   # one entry (repeatable; its module's name will do)
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -56,6 +58,21 @@ def settings(pyproject: Path = ROOT / "pyproject.toml") -> dict:
     return tomllib.loads(pyproject.read_text())["tool"]["nnmark"]["mutation"]
 
 
+def _mangled(function: str) -> str:
+    """mutmut's name of a function ``f`` (``x_f``) or of a method ``C.m`` (``xǁCǁm``)."""
+    cls, _, name = function.rpartition(".")
+    return f"xǁ{cls}ǁ{name}" if cls else f"x_{name}"
+
+
+def patterns(entry: str) -> list[str]:
+    """mutmut's mutant-name patterns of an entry: ``module.*``, or the mutants of each function of
+    ``module:f,C.m``."""
+    module, _, functions = entry.partition(":")
+    if not functions:
+        return [f"{module}.*"]
+    return [f"{module}.{_mangled(f)}__mutmut_*" for f in functions.split(",")]
+
+
 def score(module: str, exit_codes: dict[str, int | None], equivalent: dict[str, str], seconds: float) -> Score:
     """The Score of ``module`` from mutmut's exit code per mutant name (None: not run)."""
     result = Score(module, seconds, dict.fromkeys(COLUMNS, 0))
@@ -69,18 +86,20 @@ def score(module: str, exit_codes: dict[str, int | None], equivalent: dict[str, 
     return result
 
 
-def exit_codes(module: str, root: Path = ROOT) -> dict[str, int | None]:
-    """mutmut's results for ``module`` (dotted name), read from its mutants/ folder."""
+def exit_codes(entry: str, root: Path = ROOT) -> dict[str, int | None]:
+    """mutmut's results for the mutants of ``entry`` (``patterns``), read from its module's mutants/ folder."""
+    module = entry.partition(":")[0]
     meta = root / "mutants" / "src" / (module.replace(".", "/") + ".py.meta")
     if not meta.exists():
         return {}
-    return json.loads(meta.read_text())["exit_code_by_key"]
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: code for name, code in codes.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns(entry))}
 
 
-def run_module(module: str, bound_s: float, workers: int) -> float:
-    """Run mutmut on ``module``'s mutants, stopped after ``bound_s`` seconds; returns the wall time."""
+def run_module(entry: str, bound_s: float, workers: int) -> float:
+    """Run mutmut on ``entry``'s mutants, stopped after ``bound_s`` seconds; returns the wall time."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "NNMARK_PROGRESS": "0"}
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), f"{module}.*"]
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *patterns(entry)]
     start = time.monotonic()
     with open(ROOT / "mutants" / "mutmut.log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -91,7 +110,7 @@ def run_module(module: str, bound_s: float, workers: int) -> float:
             os.killpg(process.pid, 9)
             process.wait()
     if process.returncode not in (0, -9):
-        raise SystemExit(f"mutmut failed on {module} (exit {process.returncode}); see mutants/mutmut.log")
+        raise SystemExit(f"mutmut failed on {entry} (exit {process.returncode}); see mutants/mutmut.log")
     return time.monotonic() - start
 
 
@@ -108,7 +127,7 @@ def table(scores: list[Score], threshold: float) -> str:
 def report(scores: list[Score], config: dict, total_s: float) -> str:
     """docs/benchmarks/mutation.md: the table, the equivalent mutants with their reasons, what survived."""
     equivalent = [f"- `{name}`: {why}" for name, why in sorted(config["equivalent"].items())
-                  if any(name.startswith(s.module + ".") for s in scores)]
+                  if any(fnmatch.fnmatchcase(name, p) for s in scores for p in patterns(s.module))]
     survivors = [f"- `{name}`" for s in scores for name in s.survivors] or ["- none"]
     return "\n".join([
         "# Mutation testing of the verdict code", "",
@@ -129,14 +148,16 @@ def _history() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ci", action="store_true", help="only the CI subset; write no report")
-    parser.add_argument("--module", action="append", help="only this module of the table (repeatable); write no report")
+    parser.add_argument("--module", action="append",
+                        help="only this entry of the table, or its module's name (repeatable); write no report")
     args = parser.parse_args(argv)
     config = settings()
     chosen = config["ci"] if args.ci else args.module or config["modules"]
-    unknown = [m for m in chosen if m not in config["modules"]]
+    entries = {m: e for e in config["modules"] for m in (e, e.partition(":")[0])}
+    unknown = [m for m in chosen if m not in entries]
     if unknown:
         parser.error(f"not in [tool.nnmark.mutation.modules]: {', '.join(unknown)}")
-    modules = {m: config["modules"][m] for m in chosen}
+    modules = {entries[m]: config["modules"][entries[m]] for m in chosen}
     shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     (ROOT / "mutants").mkdir()
     start, scores = time.monotonic(), []
