@@ -33,13 +33,15 @@ from nnmark import data, models
 from nnmark.attacks.measure import is_theft
 from nnmark.bench import thefts
 from nnmark.bench.common import document, header, parameters, section, table, write
-from nnmark.bench.ownership import DATA, FALLBACK, VICTIM_ARCH, independent_specs
+from nnmark.bench.ownership import DATA, FALLBACK, independent_specs
 from nnmark.data.roles import attacker_data
 from nnmark.errors import DataError
 from nnmark.marks.ownership import licensing, shadow
 from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 
 STEM = "trace"
+VICTIM_ARCH = "lenet5"
+"""The source every licensee's copy is made from: a LeNet-5, as ``bench ownership``'s first victim."""
 FULL = {"seeds": 3, "data": DATA, "licensees": 16, "epochs": 4, "finetune_epochs": 2, "theft_epochs": 4,
         "independents": {"lenet5": (10, 10)}, "trials": 10, "families": licensing.FAMILIES,
         "train_per_family": licensing.TRAIN_PER_FAMILY, "copy_epochs": licensing.EPOCHS, "clean": licensing.CLEAN}
@@ -103,7 +105,7 @@ def leaked_thefts(leaked: nn.Module, thief: data.Dataset, p: dict, seed: int, ca
     """Each ``THEFTS`` attack on the ``leaked`` copy with the thief's half: name -> {model, seconds, cached}."""
     out = {}
     for name, theft in THEFTS.items():
-        recipe = {"attack": theft.attack, "options": theft.options, "seed": seed,
+        recipe = {"attack": theft.attack, "options": theft.options, "seed": thefts.theft_seed(seed),
                   "epochs": p["theft_epochs" if theft.training == "train" else "finetune_epochs"]}
         out[name] = dict(zip(("model", "record"), thefts.derive(recipe, leaked, VICTIM_ARCH, thief, cache)))
     return out
