@@ -68,11 +68,14 @@ def test_ownership_needs_the_p_value_bound_as_well_as_the_rate(details):
 def test_the_ownership_p_value_is_the_whole_keys_once_asked_else_anytime_valid():
     v = _verdict("zhang", True, [0, 1], p_value=0.0123, **RULE)
     assert run._ownership_p_value(v, 20, 20) == 0.0123
-    early = run._ownership_p_value(v, 10, 20)
-    assert early == seq.anytime_p_value(8, 10, RULE["p0"]) and 0 < early < 1
+    early = run._ownership_p_value(v, 10, 20)  # against the larger of p0 and the threshold
+    assert early == seq.anytime_p_value(8, 10, RULE["threshold"]) and 0 < early < 1
+    high_null = _verdict("zhang", True, [0, 1], **{**RULE, "p0": 0.6})
+    assert run._ownership_p_value(high_null, 10, 20) == seq.anytime_p_value(8, 10, 0.6)
     rate_only = _verdict("zhang", True, [0, 1], threshold=0.5, p0=0.1)
     assert run._ownership_p_value(rate_only, 10, 20) == seq.anytime_p_value(8, 10, 0.5)
-    assert run._ownership_p_value(_verdict("zhang", True, **WATERMARK), 10, 20) == seq.anytime_p_value(10, 10, 0.1)
+    watermark = _verdict("zhang", True, **{**WATERMARK, "min_success": 0.05})
+    assert run._ownership_p_value(watermark, 10, 20) == seq.anytime_p_value(10, 10, 0.1)
 
 
 def test_a_target_passes_only_when_every_key_passed():
