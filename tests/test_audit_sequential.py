@@ -128,6 +128,10 @@ def test_match_claimed_once_the_e_value_against_the_larger_of_p0_and_threshold_r
     # the null is the larger of the two; a rate-only rule tests against its threshold
     assert seq.match_null(0.1, 0.5, 1e-3) == 0.5 and seq.match_null(0.6, 0.5, 1e-3) == 0.6
     assert seq.match_null(0.1, 0.5, None) == 0.5 and seq.match_null(0.6, 0.5, None) == 0.5
+    # a null above the threshold: 12 of 12 reach 1/alpha against 0.5 (e ~ 630) but not against 0.6 (e ~ 88)
+    high = dict(p0=0.6, threshold=0.5, max_p_value=1e-3, alpha=1 / 200)
+    assert seq.log_mixture_e_value(12, 12, 0.5) > math.log(200) > seq.log_mixture_e_value(12, 12, 0.6)
+    assert not seq.ownership_decision(12, 12, 100, **high).decided
 
 
 def test_false_match_rate_stays_below_alpha_for_a_model_between_the_null_and_the_threshold():
@@ -156,7 +160,7 @@ def test_no_match_claimed_once_the_e_value_of_the_misses_reaches_one_over_alpha(
 @pytest.mark.parametrize("p0,threshold,max_p_value,hits", [
     (0.1, 0.0, 1e-3, 0),  # a rule that the p-value alone decides: no e-value on the misses
     (0.5, 1.0, None, 8),  # a rate rule of 1: its null (the threshold) leaves no e-value for a match
-    (0.0, 0.5, 1e-3, 4),  # a null of 0: no e-value against it
+    (0.0, 0.0, 1e-3, 0),  # a null and a threshold of 0: no e-value against them
 ])
 def test_degenerate_nulls_and_thresholds_wait_for_more_queries(p0, threshold, max_p_value, hits):
     assert seq.ownership_decision(hits, 8, 100, p0=p0, threshold=threshold, max_p_value=max_p_value) == seq.Step(False)

@@ -156,7 +156,7 @@ def ownership_decision(hits: int, asked: int, n: int, *, p0: float, threshold: f
             return Step(True, True, "e-value", math.exp(min(log_e, _MAX_LOG)))
     if 0 < threshold < 1:
         log_e = log_mixture_e_value(misses, asked, 1 - threshold)
-        if log_e >= bound and hits / asked < threshold:
+        if log_e >= bound:  # implies a rate so far below the threshold
             return Step(True, False, "e-value", math.exp(min(log_e, _MAX_LOG)))
     return Step(False)
 
