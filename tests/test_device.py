@@ -351,3 +351,11 @@ def test_calibration_environments_include_cuda_where_present(with_cuda, monkeypa
     assert envs.calibration_environments() == ["float64", "mkldnn-off", "batch1", "cuda"]
     monkeypatch.setattr(envs, "ENVIRONMENTS", {k: v for k, v in envs.ENVIRONMENTS.items() if k != "cuda"})
     assert envs.calibration_environments() == ["float64", "mkldnn-off", "batch1"]
+
+
+def test_a_micro_batch_is_the_whole_batchs_numerics_and_one_sample_per_call_is_not():
+    base = dict(envs.DEFAULT_RECORD)
+    assert envs.differences({**base, "batch_size": 16}, base) == {}
+    assert envs.differences({**base, "batch_size": 16}, {**base, "batch_size": 64}) == {}
+    assert envs.differences({**base, "batch_size": 1}, base) == {"batch_size": [1, None]}
+    assert envs.differences(base, {**base, "batch_size": 1}) == {"batch_size": [None, 1]}

@@ -273,11 +273,20 @@ def stamp(key, oracle: Oracle):
     return key
 
 
+def _same(field: str, a, b) -> bool:
+    """Whether two values of a numerics field give the same numerics: a batch of one sample per call (the "batch1"
+    environment) is its own, any other batch size (a micro-batch of ``--batch-size``, a whole request, an endpoint's
+    own batching) is taken as the whole batch's."""
+    if field == "batch_size":
+        return (a == 1) == (b == 1)
+    return a == b
+
+
 def differences(recorded: dict, here: dict) -> dict[str, list]:
     """{field: [recorded value, value here]} of the numerics fields that differ (``NUMERICS``, and ``CUDA_FLAGS``
-    where either side runs on CUDA)."""
+    where either side runs on CUDA; batch sizes as ``_same`` compares them)."""
     fields = NUMERICS + (CUDA_FLAGS if "cuda" in (recorded.get("device"), here.get("device")) else ())
-    return {f: [recorded.get(f), here.get(f)] for f in fields if recorded.get(f) != here.get(f)}
+    return {f: [recorded.get(f), here.get(f)] for f in fields if not _same(f, recorded.get(f), here.get(f))}
 
 
 def described(differs: dict[str, list]) -> str:
