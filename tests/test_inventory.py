@@ -98,7 +98,8 @@ def test_a_target_is_built_as_the_command_line_builds_it_and_reads_its_token_eac
     target = one.audit_target()
     assert target.name == "replica-1" and target.info == {"endpoint": "http://127.0.0.1:8000", "model_name": "lenet"}
     local = edge.audit_target()
-    assert local.name == "edge" and local.info == {"model": str(folder / "net.safetensors"), "env": "float64"}
+    assert local.name == "edge" and local.info == {"model": str(folder / "net.safetensors"), "env": "float64",
+                                                   "device": "cpu"}
     (folder / "token").write_bytes(b"bad\ntoken")  # rotated into something no header can carry
     with pytest.raises(Exception, match="HTTP header cannot carry") as e:
         one.audit_target()
