@@ -338,8 +338,9 @@ class PoolLayout:
 
 THIEF_POSITIVES = ("rtal", "prune", "noise")
 """The thief-aware pools' positive variants, by the pool study (``nnmark bench ownership-pools``): the thief's attacks
-that keep the weights. Distilled or extracted students as positives made the key claim distilled independent
-models."""
+that keep the weights. The study's rerun with the thieves' students seeded apart from the victim found distilled and
+extracted students as training-only positives (``variant_copies=1``) to match 8-11 of 13 copies with no false claim
+over 3 seeds (these: 4-5); the candidate for the next default (README, MetaFinger)."""
 THIEF_NEGATIVES: tuple[str, ...] = ()
 """The thief-aware pools' negative variants: none, by the pool study (distillations of independent models as
 negatives cost 4 more models and about 80% more training, lowered the query accuracy of the thief's distilled and
