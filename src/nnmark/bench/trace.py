@@ -222,8 +222,8 @@ def render(result: dict) -> str:
     data_name = runs[0]["data"] if runs else p["data"]
     head = (f"`{result['command']}` ({result['date']}); {data_name} (`@owner` half trains the LeNet-5 source, the "
             f"thief holds `@thief`); {p['licensees']} licensees; **{p['seeds']} seed(s)**"
-            + (f" (full mode asks 3; this run took {result['seconds'] / 60:.0f} minutes on the shared 2-core machine, "
-               "and three did not fit the time it had)" if p["seeds"] < 3 else "")
+            + (f" (a reduced run: full mode asks 3; this run took {result['seconds'] / 60:.0f} minutes on the shared "
+               "2-core machine)" if p["seeds"] < 3 else "")
             + f"; {sum(sum(c) for c in p['independents'].values())} independent LeNet-5 models from scratch + the "
             "unmarked source for false accusations; epsilon_1 = "
             f"{licensing.EPSILON:g} (a licensee is named at p <= epsilon_1 / N).")
