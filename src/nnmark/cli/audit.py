@@ -109,8 +109,9 @@ def _error_exit(message: str) -> None:
 @accept_environment_option
 @with_secret
 @json_option
-def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential, seed, batch_size,
-          workers, accept_environment, secret_file, unsigned, as_json) -> None:
+@click.pass_context
+def audit(ctx: click.Context, key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential,
+          seed, batch_size, workers, accept_environment, secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
     \b
@@ -123,7 +124,7 @@ def audit(key_paths, keys_dir, inventory_path, suspect, report_path, log_path, a
     if log_path and secret is None:
         raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
     if inventory_path:
-        if given := _given_with_inventory(click.get_current_context()):
+        if given := _given_with_inventory(ctx):
             raise CliError(f"--inventory names every target and its keys: it cannot go with {given}")
         jobs = inventory.audit_jobs(inventory.load(inventory_path), secret=secret, allow_unsigned=unsigned)
     else:
