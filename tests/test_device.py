@@ -127,9 +127,10 @@ def test_commands_run_with_device_cpu_and_auto(run, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("attack", "noise", "--model", model, "--out", noisy, "--std", 1e-3, "--device", "cpu")
     assert r.exit_code == 0, r.output
-    for device in ("cpu", "auto"):
+    here = envs.resolve_device("auto")  # the key's device: cpu, or the card where one is here
+    for device in (here, "auto"):
         r = run("verify", key, "--model", model, "--secret-file", run.secret, "--device", device, "--json")
-        assert r.exit_code == 0 and json.loads(r.stdout)["device"] == "cpu", r.output
+        assert r.exit_code == 0 and json.loads(r.stdout)["device"] == here, r.output
         r = run("audit", key, "--model", model, "--secret-file", run.secret, "--device", device)
         assert r.exit_code == 0, r.output
     r = run("verify", key, "--endpoint", "http://127.0.0.1:9", "--secret-file", run.secret, "--device", "cpu",
@@ -205,6 +206,27 @@ def test_key_made_on_cuda_verifies_on_cpu(digits_model, tmp_path):
         assert nnmark.verify(key, model, device="cpu").passed
     except EnvironmentMismatch as e:
         assert "device cuda -> cpu" in str(e)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("method, settings", [("dbi", {"itr": 200}),
+                                              ("pairs", {"n_pairs": 6, "max_itr": 200, "secret": b"s" * 16,
+                                                         "user_id": "u", "input_shape": SHAPE})])
+@pytest.mark.parametrize("made", ["cpu", "cuda"])
+def test_a_key_made_on_one_device_never_reads_tampered_on_the_other(digits_model, method, settings, made):
+    """Issue 24's goal on a real card: the untouched model, verified on both devices, is INTACT or refused with the
+    environment named (exit 2), never TAMPERED; on the device it was made on it is INTACT."""
+    model, ds = digits_model
+    x = ds.test.x[:20] if method == "dbi" else None
+    key = nnmark.mark(method, model, x, device=made, **dict(settings))
+    assert key.config[keys.ENVIRONMENT]["device"] == made
+    for other in ("cpu", "cuda"):
+        try:
+            verdict = nnmark.verify(key, model, device=other, secret=settings.get("secret"))
+        except EnvironmentMismatch as e:
+            assert other != made and f"device {made} -> {other}" in str(e)
+            continue
+        assert verdict.passed, (method, made, other, verdict.flipped)
 
 
 # --- the cross-environment rule ---------------------------------------------------------------------

@@ -163,3 +163,32 @@ def test_bench_scale_quick_writes_its_table(tmp_path):
     assert [m["n"] for m in result["memory"]] == [8, 32]
     md = (tmp_path / "scale.md").read_text()
     assert md.startswith("# Cost at scale") and "no GPU was lent" in md
+
+
+def test_bench_scale_on_a_card_writes_its_own_table_and_the_real_key(tmp_path, monkeypatch):
+    """The ``--device cuda`` path, with the few CUDA calls it makes answered here (CI has no card): one table per
+    device, the card named, its allocated peak in place of the RSS, every wait synchronised, and the real DBI key
+    run to its iterations or its deadline and projected from its own rate."""
+    from nnmark.bench import scale
+
+    synced = []
+    monkeypatch.setattr("nnmark.envs.resolve_device", lambda d: "cuda")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synced.append(a))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 123 * 2**20)
+    setup = scale._setup
+    monkeypatch.setattr(scale, "_setup", lambda m, n, b, device="cpu": setup(m, n, b, "cpu"))
+    monkeypatch.setattr(scale, "_where_fields", lambda d: {"device_name": "Test Card", "torch": torch.__version__,
+                                                           "cuda": "13.0", "tf32_cudnn": True, "tf32_matmul": False})
+    monkeypatch.setitem(scale.QUICK_GPU, "full_key", {"model": "LeNet-5", "chunk": 2, "deadline_s": 1e-9})
+    path = scale.run(quick=True, device="cuda", out_dir=tmp_path)
+    assert path.name == "scale-cuda.md" and not (tmp_path / "scale.md").exists()
+    result = json.loads((tmp_path / "scale-cuda.json").read_text())
+    assert result["command"].endswith("--device cuda") and result["device_name"] == "Test Card"
+    assert all(row["peak_mib"] == 123 for row in result["rows"]) and synced
+    key = result["full_key"]
+    assert key["iterations"] == 2 and not key["complete"] and key["key_s"] == pytest.approx(
+        key["seconds"] * key["of"] / 2)
+    md = path.read_text()
+    assert "Test Card" in md and "stopped at the run's" in md and "no GPU was lent" not in md
