@@ -263,6 +263,74 @@ def test_bad_inputs_raise_clear_errors(world):
                           keys.KeyFile(key.method, no_null, key.queries, key.expected))
 
 
+# --- micro-batches ---------------------------------------------------------------------------------------------
+
+
+def _forward_sizes(models_, run):
+    """The batch sizes every forward pass of ``models_`` saw while ``run()`` ran."""
+    seen = []
+    handles = [m.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0]))) for m in models_]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_meta_training_and_screening_forward_at_most_batch_size_samples(world):
+    ds, source, pools, _, _ = world
+    settings = Settings(n=metafinger.MIN_KEPT, candidates=80, epochs=10, batch_size=6)
+    every = [source, *pools.positives_train, *pools.negatives_train, *pools.positives_val, *pools.negatives_val]
+    made = []
+    sizes = _forward_sizes(every, lambda: made.append(metafinger.create(source, pools, ds.train.x, settings)))
+    assert max(sizes) == 6 and 2 in sizes  # 80 candidates: 13 passes of 6 and one of 2 per model and step
+    assert made[0].config["batch_size"] == 6
+    with pytest.raises(ArgumentError, match="batch_size"):
+        Settings(batch_size=0)
+
+
+def test_step_gradient_in_micro_batches_is_the_whole_batch_gradient(world):
+    ds, source, pools, _, _ = world
+    anchor, pos, neg = source, list(pools.positives_train[:2]), list(pools.negatives_train[:2])
+    x = ds.train.x[:23].clone().requires_grad_(True)
+    xs = metafinger.augment(x, torch.Generator().manual_seed(2))  # a non-identity draw: the gradient goes through it
+    assert not torch.equal(xs, x)
+    whole = metafinger.meta_loss(torch.softmax(anchor(xs), 1), torch.stack([torch.softmax(m(xs), 1) for m in pos]),
+                                 torch.stack([torch.softmax(m(xs), 1) for m in neg]), 0.7).sum()
+    (want,) = torch.autograd.grad(whole, x, retain_graph=True)
+    for batch_size in (23, 5, 1):
+        grad_xs, total = metafinger.step_gradient(anchor, pos, neg, xs, 0.7, batch_size)
+        (grad,) = torch.autograd.grad(xs, x, grad_outputs=grad_xs, retain_graph=True)
+        assert total == pytest.approx(whole.item(), rel=1e-5)
+        assert torch.allclose(grad, want, rtol=1e-4, atol=1e-6), batch_size
+
+
+def test_a_key_made_in_micro_batches_is_the_one_batch_key(world):
+    """Tolerance: queries within 1e-5 (float summation order; on x86 CPUs they come out bit-identical), the same labels,
+    the same kept epoch and calibration."""
+    ds, source, pools, _, _ = world
+    made = {b: metafinger.create(source, pools, ds.train.x, dataclasses.replace(SETTINGS, epochs=10, batch_size=b))
+            for b in (len(ds.train.x), 7)}
+    one, micro = made[len(ds.train.x)], made[7]
+    assert micro.config["batch_size"] == 7
+    assert torch.equal(micro.expected, one.expected) and torch.equal(micro.extras["sources"], one.extras["sources"])
+    assert torch.allclose(micro.queries, one.queries, rtol=0, atol=1e-5)
+    for field in ("best_epoch", "screened", "kept", "null_accuracies", "p0"):
+        assert micro.config[field] == one.config[field], field
+    assert [h["loss"] for h in micro.config["history"]] == pytest.approx([h["loss"] for h in one.config["history"]],
+                                                                          rel=1e-5)
+
+
+def test_mark_metafinger_takes_batch_size():
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    r = CliRunner().invoke(main, ["mark", "metafinger", "--help"])
+    assert r.exit_code == 0 and "--batch-size" in r.output
+
+
 # --- the user's own model ------------------------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ from nnmark.marks import canary
 from nnmark.marks.integrity import pairing
 from nnmark.marks.verdict import Verdict
 from nnmark.models import LoadedModel
-from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle
+from nnmark.oracles import EndpointOracle, EndpointSpec, Oracle, TorchOracle
 from nnmark.oracles.remote import make_spec
 from nnmark.suspect import DEFAULT_DEVICE, DEFAULT_ENV, ModelSource, Suspect, described, open_suspect
 
@@ -422,22 +422,42 @@ def _thumbnails(key: KeyFile, flipped: list[int]) -> list[tuple[torch.Tensor, to
     return [(key.queries[i], None if sources is None else sources[i]) for i in flipped[:MAX_THUMBNAILS]]
 
 
+@contextlib.contextmanager
+def key_micro_batches(oracle: Oracle, key: KeyFile):
+    """While open, a local model's oracle whose environment sets no micro-batch asks in the key's (its config's
+    ``batch_size``, as ``nnmark verify`` asks); an endpoint's oracle, or a key that records none, is left as it is.
+    ``KeyFileError`` for a recorded batch size that is not an integer >= 1."""
+    size = key.config.get("batch_size")
+    if size is None or not isinstance(oracle, TorchOracle) or oracle.batch_size is not None:
+        yield
+        return
+    if type(size) is not int or size < 1:
+        raise KeyFileError(f"key config batch_size must be an integer >= 1, got {size!r}")
+    oracle.batch_size = size
+    try:
+        yield
+    finally:
+        oracle.batch_size = None
+
+
 def audit_key(oracle: Oracle, akey: AuditKey, settings: Settings, published: dict | None = None) -> KeyResult:
     """Ask ``oracle`` the key's queries batch by batch until its purpose's rule decides; the key's result, with
-    where the target disagrees with the key's record (``disagreements``). ``AuditError`` when it cannot be asked."""
+    where the target disagrees with the key's record (``disagreements``). ``AuditError`` when it cannot be asked.
+    A local model is asked in the key's micro-batches (``key_micro_batches``)."""
     key = akey.key
     n = len(key.expected)
     check_askable(key, oracle)
     base = KeyResult(akey.path, akey.sha256, key.method, purpose_of(key.method), "", None, n,
                      disagreements=disagreements(key, oracle, published or {}))
     recorder = RecordingOracle(oracle)
-    preflight = _preflight(recorder, key)
-    for idx in _prefixes(key.method, n, settings):
-        verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret, preflight=False,
-                               accept_environment=settings.accept_environment)
-        step = decide(base.purpose, verdict, len(idx), n, settings.alpha)
-        if step.decided:
-            break
+    with key_micro_batches(oracle, key):
+        preflight = _preflight(recorder, key)
+        for idx in _prefixes(key.method, n, settings):
+            verdict = marks.verify(recorder, sub_key(key, idx), secret=settings.secret, preflight=False,
+                                   accept_environment=settings.accept_environment)
+            step = decide(base.purpose, verdict, len(idx), n, settings.alpha)
+            if step.decided:
+                break
     passed = verdict.passed if step.passed is None else step.passed
     decision = verdict.decision if passed == verdict.passed else marks.METHODS[key.method].verdicts[not passed]
     flipped = sorted(idx[verdict.flipped].tolist())

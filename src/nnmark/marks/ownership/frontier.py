@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -71,36 +72,33 @@ EMBED_EPOCHS = 3
 NULL_RIGHT = 0.5
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """x' = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1), the fast gradient sign method (model in eval mode)."""
+def fgsm(oracle: Oracle, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """x' = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1), the fast gradient sign method, asked of a white-box
+    ``oracle`` (each sample's own loss, in the oracle's micro-batches; counted)."""
     if not eps > 0:
         raise ArgumentError(f"eps must be > 0, got {eps}")
-    model.eval()
-    x = x.clone().requires_grad_(True)
-    grad, = torch.autograd.grad(F.cross_entropy(model(x), y), x)
-    return (x + eps * grad.sign()).clamp(0, 1).detach()
-
-
-@torch.no_grad()
-def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.eval()(x).argmax(1)
+    _, grad = oracle.gradient(lambda z, labels: F.cross_entropy(z, labels, reduction="none"), x, on="logits",
+                              per_sample=(y,))
+    return (x + eps * grad.sign()).clamp(0, 1)
 
 
 def make_key(
-    model: nn.Module, split: Split, k: int, *, eps: float, generator: torch.Generator
+    oracle: Oracle, split: Split, k: int, *, eps: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """K: k/2 true and k/2 false adversaries of ``model`` from ``split`` (seeded order); (x', y, is_true).
+    """K: k/2 true and k/2 false adversaries of the model behind the white-box ``oracle`` from ``split`` (seeded
+    order); (x', y, is_true).
 
-    Only images that ``model`` classifies right are perturbed; the key lists the true adversaries first.
+    Only images that the model classifies right are perturbed; the key lists the true adversaries first. The oracle
+    is asked every image of ``split``, then the gradient and the labels of those it classifies right.
     """
     if k < 2 or k % 2:
         raise ArgumentError(f"the key size k must be even and >= 2, got {k}")
     order = torch.randperm(len(split), generator=generator)
     x, y = split.x[order], split.y[order]
-    right = _labels(model, x) == y
+    right = oracle.labels(x) == y
     x, y = x[right], y[right]
-    x_adv = fgsm(model, x, y, eps)
-    flipped = _labels(model, x_adv) != y
+    x_adv = fgsm(oracle, x, y, eps)
+    flipped = oracle.labels(x_adv) != y
     true_idx, false_idx = torch.nonzero(flipped).flatten(), torch.nonzero(~flipped).flatten()
     if len(true_idx) < k // 2 or len(false_idx) < k // 2:
         raise DataError(f"eps {eps} gives {len(true_idx)} true and {len(false_idx)} false adversaries among "
@@ -124,19 +122,23 @@ def embed(
 
     The key's queries are K, its expected labels the source labels y; extras "clean" (300 natural images)
     for the collapse rate; config records every setting and the success measured before and after marking.
-    ``model`` is left untouched.
+    ``model`` is left untouched. K is made, and the success measured, through ``TorchOracle``s on the model's device
+    in micro-batches of ``batch_size`` (the key records it: verify asks in the same ones).
 
     Args:
         eps: FGSM step of the key's adversaries.
         epochs: epochs of the fine-tune that stitches the key in.
         lr: Adam learning rate of that fine-tune (cosine decay).
-        batch_size: its batch size.
+        batch_size: its batch size, and the micro-batch the models are asked in.
         seed: orders the images the key is made from and the batches.
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     pool = natural_pool(dataset)
-    source = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    asked = functools.partial(TorchOracle, input_shape=dataset.shape, num_classes=dataset.num_classes,
+                              batch_size=batch_size, device=device)
+    source = asked(copy.deepcopy(model))
     queries, expected, is_true = make_key(source, pool, coupled.N_VERIFY, eps=eps,
                                           generator=torch.Generator().manual_seed(seed))
     rep = coupled.WM_REPEAT
@@ -149,14 +151,14 @@ def embed(
         config={"eps": float(eps), "k": len(queries), "n_true": int(is_true.sum()), "num_classes": dataset.num_classes,
                 "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed),
                 "repeat": rep, "data": dataset.name, "min_success": coupled.MIN_SUCCESS, "alpha": coupled.ALPHA,
-                "clean_accuracy": accuracy(wm_model, dataset.test)},
+                "clean_accuracy": accuracy(wm_model, dataset.test, batch_size)},
         queries=queries.float().contiguous(),
         expected=expected,
         extras={"clean": pool.x[: coupled.N_NULL].float().contiguous()},
         model_digest=digest(unwrap(wm_model)),
     )
-    before = verify(TorchOracle(source, dataset.shape, dataset.num_classes), key)
-    after = verify(TorchOracle(wm_model, dataset.shape, dataset.num_classes), key)
+    before = verify(source, key)
+    after = verify(asked(wm_model), key)
     key.config.update(success_before=before.statistic, success=after.statistic, null=after.details["null"])
     return wm_model, key
 

@@ -93,6 +93,7 @@ from nnmark.marks.ownership.stats import match_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
 METHOD = "metafinger"
 PAPER_K = 3
@@ -129,6 +130,8 @@ class Settings:
         lam: lambda, the weight of eq. 2's negative term.
         lr: eta, Adam's learning rate on X.
         augment_inputs: each anchor step sees one random ``AUGMENTATIONS`` transformation of X.
+        batch_size: samples of X per forward/backward pass (peak memory follows it, not the number of candidates);
+            the key records it and verify asks in the same micro-batches.
         threshold: least query accuracy of a match.
         max_p_value: a match also needs the binomial p-value below this.
     """
@@ -140,6 +143,7 @@ class Settings:
     lam: float = PAPER_LAMBDA
     lr: float = PAPER_LR
     augment_inputs: bool = DEFAULT_AUGMENT_INPUTS
+    batch_size: int = DEFAULT_BATCH_SIZE
     threshold: float = DEFAULT_THRESHOLD
     max_p_value: float = DEFAULT_MAX_P_VALUE
 
@@ -149,9 +153,9 @@ class Settings:
                                 f"got {self.n}")
         if self.candidates is not None and self.candidates < 1:
             raise ArgumentError(f"need candidates >= 1, got {self.candidates}")
-        if self.epochs < 1 or self.k < 1 or not self.lr > 0 or self.lam < 0:
-            raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0 and lam >= 0, got {self.epochs}, {self.k}, "
-                                f"{self.lr}, {self.lam}")
+        if self.epochs < 1 or self.k < 1 or not self.lr > 0 or self.lam < 0 or self.batch_size < 1:
+            raise ArgumentError(f"need epochs >= 1, k >= 1, lr > 0, lam >= 0 and batch_size >= 1, got {self.epochs}, "
+                                f"{self.k}, {self.lr}, {self.lam}, {self.batch_size}")
         if not 0 <= self.threshold <= 1 or not 0 < self.max_p_value <= 1:
             raise ArgumentError(f"need threshold in [0, 1] and max_p_value in (0, 1], got {self.threshold}, "
                                 f"{self.max_p_value}")
@@ -211,9 +215,9 @@ def meta_loss(p_anchor: torch.Tensor, p_pos: torch.Tensor, p_neg: torch.Tensor, 
 
 
 @torch.no_grad()
-def predictions(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """Top-1 labels of each model on x: (M, N) int64."""
-    return torch.stack([m.eval()(x).argmax(dim=1) for m in models])
+def predictions(models: Sequence[nn.Module], x: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+    """Top-1 labels of each model on x, ``batch_size`` samples per forward pass: (M, N) int64."""
+    return torch.stack([torch.cat([m.eval()(c).argmax(dim=1) for c in x.split(batch_size)]) for m in models])
 
 
 def majority_labels(preds: torch.Tensor) -> torch.Tensor:
@@ -228,10 +232,11 @@ def screen_mask(y: torch.Tensor, pos_preds: torch.Tensor, neg_preds: torch.Tenso
 
 
 def screen(
-    x: torch.Tensor, y: torch.Tensor, positives_val: Sequence[nn.Module], negatives_val: Sequence[nn.Module]
+    x: torch.Tensor, y: torch.Tensor, positives_val: Sequence[nn.Module], negatives_val: Sequence[nn.Module],
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep x only where every positive validation model predicts y and no negative one does: (x', y', mask)."""
-    mask = screen_mask(y, predictions(positives_val, x), predictions(negatives_val, x))
+    mask = screen_mask(y, predictions(positives_val, x, batch_size), predictions(negatives_val, x, batch_size))
     return x[mask], y[mask], mask
 
 
@@ -277,6 +282,23 @@ def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | N
     return [pool[i] for i in idx[:k]]
 
 
+def step_gradient(anchor: nn.Module, pos: Sequence[nn.Module], neg: Sequence[nn.Module], xs: torch.Tensor,
+                  lam: float, batch_size: int) -> tuple[torch.Tensor, float]:
+    """Eq. 2 summed over the samples of ``xs`` and its gradient in ``xs``, one forward and backward pass per
+    ``batch_size`` samples: the loss is a sum of per-sample terms (the models in eval mode), so the micro-batches'
+    gradients are the whole batch's, up to the order of floating-point sums."""
+    grads, total = [], 0.0
+    for c in xs.detach().split(batch_size):
+        c.requires_grad_(True)
+        p_anchor = torch.softmax(anchor(c), dim=1)
+        p_pos = torch.stack([torch.softmax(m(c), dim=1) for m in pos])
+        p_neg = torch.stack([torch.softmax(m(c), dim=1) for m in neg])
+        loss = meta_loss(p_anchor, p_pos, p_neg, lam).sum()
+        grads.append(torch.autograd.grad(loss, c)[0])
+        total += loss.item()
+    return torch.cat(grads), total
+
+
 def meta_train(
     source: nn.Module,
     pools: Pools,
@@ -290,8 +312,9 @@ def meta_train(
 
     P_train = [source, *positives_train] (anchors in a seeded random order each epoch), N_train =
     ``negatives_train``; Y is the majority of [source, *positives_val]; ACC_neg the mean accuracy of
-    ``negatives_val`` on (X, Y). One forward per model and one backward per anchor step for all of X;
-    with ``settings.augment_inputs`` the models of a step see ``augment(X)`` (one draw per step) instead of X.
+    ``negatives_val`` on (X, Y). One forward per model and one backward per anchor step for all of X, in micro-batches
+    of ``settings.batch_size`` (``step_gradient``); with ``settings.augment_inputs`` the models of a step see
+    ``augment(X)`` (one draw per step, over all of X, its gradient carried back to X) instead of X.
     """
     if x0.dim() != 4:
         raise InputError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
@@ -310,22 +333,19 @@ def meta_train(
             pos = _draw(p_train, settings.k, gen, skip=a) or [p_train[a]]
             neg = _draw(pools.negatives_train, settings.k, gen)
             xs = augment(x, gen) if settings.augment_inputs else x
-            p_anchor = torch.softmax(p_train[a](xs), dim=1)
-            p_pos = torch.stack([torch.softmax(m(xs), dim=1) for m in pos])
-            p_neg = torch.stack([torch.softmax(m(xs), dim=1) for m in neg])
-            loss = meta_loss(p_anchor, p_pos, p_neg, settings.lam).sum()
-            (grad,) = torch.autograd.grad(loss, x)
+            grad_xs, loss = step_gradient(p_train[a], pos, neg, xs, settings.lam, settings.batch_size)
+            (grad,) = torch.autograd.grad(xs, x, grad_outputs=grad_xs)
             opt.zero_grad(set_to_none=True)
             x.grad = grad
             opt.step()
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)
-            total += loss.item()
+            total += loss
         xd = x.detach()
-        pos_preds = predictions(p_val, xd)
+        pos_preds = predictions(p_val, xd, settings.batch_size)
         y = majority_labels(pos_preds)
         pos_acc = (pos_preds == y).float().mean().item()
-        neg_acc = (predictions(pools.negatives_val, xd) == y).float().mean().item()
+        neg_acc = (predictions(pools.negatives_val, xd, settings.batch_size) == y).float().mean().item()
         best.history.append({"epoch": epoch, "loss": total, "pos_accuracy": pos_acc, "neg_accuracy": neg_acc})
         if neg_acc < best.neg_accuracy:
             best.x, best.y, best.best_epoch, best.neg_accuracy = xd.clone(), y, epoch, neg_acc
@@ -372,8 +392,8 @@ def create(
     gen = torch.Generator().manual_seed(seed)
     x0 = images[torch.randperm(len(images), generator=gen)[:candidates]].float()
     result = meta_train(source, pools, x0, settings, seed=seed, progress=progress)
-    pos_preds = predictions([source, *pools.positives_val], result.x)
-    neg_preds = predictions(pools.negatives_val, result.x)
+    pos_preds = predictions([source, *pools.positives_val], result.x, settings.batch_size)
+    neg_preds = predictions(pools.negatives_val, result.x, settings.batch_size)
     mask = screen_mask(result.y, pos_preds, neg_preds)
     if not mask.any():
         raise NnmarkError(f"no sample of {candidates} passed the MetaFinger screen; "
@@ -389,7 +409,8 @@ def create(
     config = {
         "n": int(settings.n), "kept": len(keep), "screened": int(mask.sum()), "candidates": int(candidates),
         "epochs": int(settings.epochs), "k": int(settings.k), "lam": float(settings.lam), "lr": float(settings.lr),
-        "optimizer": "adam", "seed": int(seed), "augment_inputs": bool(settings.augment_inputs), "pools": pools.sizes(),
+        "optimizer": "adam", "seed": int(seed), "augment_inputs": bool(settings.augment_inputs),
+        "batch_size": int(settings.batch_size), "pools": pools.sizes(),
         "best_epoch": result.best_epoch, "val_neg_accuracy": result.neg_accuracy, "history": result.history,
         "null_accuracies": nulls, "num_classes": num_classes, "p0": p0,
         "threshold": float(settings.threshold), "max_p_value": float(settings.max_p_value),
