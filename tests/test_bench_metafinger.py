@@ -86,6 +86,8 @@ def test_the_thief_design_is_the_libraries_thief_aware_layout():
     p = {"pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "epochs": {"lenet5": 4}, "finetune_epochs": 2}
     base = pools.layout(p, pools.DESIGNS["paper"])
     assert pools.layout(p, pools.DESIGNS[pools.THIEF]) == base.thief_aware()
+    assert [n for n, d in pools.DESIGNS.items() if pools.layout(p, d) == base.thief_aware()] == [pools.THIEF]
+    assert pools.THIEF.endswith("(thief-aware)") and pools.THIEF in pools.QUICK_DESIGNS
     assert base == shadow.PoolLayout(negatives=3, val_negatives=2, af=2, epochs=4, finetune_epochs=2)
 
 
@@ -98,8 +100,7 @@ def test_bench_ownership_pools_quick_compares_pool_designs(tmp_path, monkeypatch
     (row,) = result["seeds"]
     paper, thief = row["designs"]["paper"], row["designs"][pools.THIEF]
     assert list(row["designs"]) == list(pools.QUICK_DESIGNS)
-    added = 2 * len(shadow.THIEF_POSITIVES) + 3 * len(shadow.THIEF_NEGATIVES) + len(shadow.THIEF_NEGATIVES)
-    assert (paper["shadow_models"], thief["shadow_models"]) == (13, 13 + added)
+    assert (paper["shadow_models"], thief["shadow_models"]) == (13, 13 + 5)  # one copy of each of 5 variants
     assert thief["shadow_seconds"] > paper["shadow_seconds"] > 0
     for design in (paper, thief):
         assert design["kept"] >= 10 and 0.1 <= design["p0"] < 1
@@ -109,5 +110,6 @@ def test_bench_ownership_pools_quick_compares_pool_designs(tmp_path, monkeypatch
         assert design["goal"] == pools.goal_met(design)
     md = (tmp_path / "metafinger-pools.md").read_text()
     for part in ("## Pool designs (victim seed 0)", "## Every copy (victim seed 0)", f"| {pools.THIEF} |",
-                 "| RTAL |", "`nnmark bench ownership-pools --quick`"):
+                 f"`{pools.THIEF}` is the default thief-aware pools", "| RTAL |",
+                 "`nnmark bench ownership-pools --quick`"):
         assert part in md

@@ -373,8 +373,8 @@ def test_a_factory_model_gets_a_fingerprint_that_matches_it_and_not_an_independe
 
 @pytest.fixture(scope="module")
 def thief_world(tmp_path_factory):
-    """A thief-aware key on 8x8 digits: the source's RTAL, prune, noise, distilled and extracted copies as
-    positives, distillations of independent models as negatives; and suspects the pools never saw."""
+    """A thief-aware key on 8x8 digits: one RTAL, prune, noise, distilled and extracted copy of the source as positive
+    train models; and suspects the pools never saw."""
     ds = data.load("digits")
     cache = tmp_path_factory.mktemp("shadow")
     source = build_pool([ShadowSpec("lenet5", "digits", 0)], cache_dir=cache, executor="serial")[0]
@@ -397,8 +397,8 @@ def test_a_thief_aware_key_matches_the_source_and_its_thief_but_no_independent_m
     ds, key, suspects = thief_world
     pools = key.config["pools"]
     assert pools["positives_train"] == 1 + 1 + len(shadow.THIEF_POSITIVES)  # source, eq. 1 copy, one of each
-    assert pools["positives_val"] == 1 + 1 + len(shadow.THIEF_POSITIVES)
-    assert pools["negatives_val"] == 2 + len(shadow.THIEF_NEGATIVES)
+    assert pools["positives_val"] == 1 + 1  # source, eq. 1 copy: the variants only train
+    assert pools["negatives_val"] == 2
     verdicts = {name: _verify(m, key, ds.shape) for name, m in suspects.items()}
     print({n: (v.decision, round(v.statistic, 3), v.details["p_value"]) for n, v in verdicts.items()})
     assert verdicts["source"].passed and verdicts["source"].statistic == 1.0
@@ -423,7 +423,8 @@ def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
     r = CliRunner().invoke(main, [*args, "--pool", "thief", "--json"])
     assert r.exit_code == 0, r.output
     key = keys.load(tmp_path / "k.key", secret=None, allow_unsigned=True)
-    assert key.config["pool"] == "thief" and key.config["pools"]["positives_val"] == 1 + len(shadow.THIEF_POSITIVES)
+    assert key.config["pool"] == "thief" and key.config["pools"]["positives_val"] == 1  # the source; variants train
+    assert key.config["pools"]["positives_train"] == 1 + len(shadow.THIEF_POSITIVES)
     layout = PoolLayout(negatives=1, val_negatives=2, af=0, epochs=4).thief_aware()
     wanted = [s for g in pool_specs("lenet5", "digits", models.digest(model), layout).values() for s in g]
     assert all((tmp_path / "cache" / s.cache_name()).exists() for s in wanted if s.variant)

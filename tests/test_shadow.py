@@ -468,18 +468,16 @@ def _names(specs: dict[str, list[ShadowSpec]]) -> dict[str, list[str]]:
 def test_the_paper_pool_is_unchanged_and_the_thief_pool_adds_variants_after_it():
     paper = PoolLayout(negatives=2, val_negatives=1, af=2)
     assert _names(pool_specs("lenet5", "digits", "a" * 64, paper)) == PAPER_NAMES
-    assert paper.thief_aware() == dataclasses.replace(paper, positive_variants=shadow.THIEF_POSITIVES,
-                                                      negative_variants=shadow.THIEF_NEGATIVES)
     negative_variants = ("distill", "extract")
-    layout = dataclasses.replace(paper.thief_aware(), negative_variants=negative_variants)
+    layout = dataclasses.replace(paper, positive_variants=("rtal", "distill"), negative_variants=negative_variants)
     thief = pool_specs("lenet5", "digits", "a" * 64, layout, seed=5)
     plain = pool_specs("lenet5", "digits", "a" * 64, paper, seed=5)
     for group, specs in thief.items():
         assert specs[: len(plain[group])] == plain[group]  # the paper's pools first, as they were
     added = {group: thief[group][len(plain[group]):] for group in thief}
     positives = added["positives_train"] + added["positives_val"]
-    assert sorted(s.variant for s in positives) == sorted(shadow.THIEF_POSITIVES * 2)  # two copies of each
-    assert [s.variant for s in added["positives_val"]] == list(shadow.THIEF_POSITIVES)  # one of each validates
+    assert sorted(s.variant for s in positives) == ["distill", "distill", "rtal", "rtal"]  # two copies of each
+    assert [s.variant for s in added["positives_val"]] == ["rtal", "distill"]  # one of each validates
     assert all(s.base_digest == "a" * 64 and s.augment_alpha is None for s in positives)
     negatives = added["negatives_train"]
     assert [(s.seed, s.variant) for s in negatives] == [(6, v) for v in negative_variants] + [
@@ -498,6 +496,21 @@ def test_the_paper_pool_is_unchanged_and_the_thief_pool_adds_variants_after_it()
                                                                          variant_copies=1), seed=5)
     assert [s.variant for s in one["positives_train"]] == [None, "rtal"]
     assert one["positives_val"] == plain["positives_val"] != []  # a single copy only trains
+
+
+def test_the_thief_aware_pools_add_one_training_copy_of_each_attack_and_student_of_the_source():
+    paper = PoolLayout(negatives=2, val_negatives=1, af=2)
+    assert paper.thief_aware() == dataclasses.replace(paper, positive_variants=shadow.THIEF_POSITIVES,
+                                                      negative_variants=(), variant_copies=1)
+    assert shadow.THIEF_POSITIVES == ("rtal", "prune", "noise", "distill", "extract")  # the pool study's choice
+    thief = pool_specs("lenet5", "digits", "a" * 64, paper.thief_aware(), seed=5)
+    plain = pool_specs("lenet5", "digits", "a" * 64, paper, seed=5)
+    added = thief["positives_train"][len(plain["positives_train"]):]
+    assert [s.variant for s in added] == list(shadow.THIEF_POSITIVES)
+    assert all(s.base_digest == "a" * 64 and s.augment_seed == 5 + shadow.VARIANT_SEEDS for s in added)
+    assert {s.model_arch for s in added} == {"lenet5"}  # students of the same architecture
+    for group in ("negatives_train", "positives_val", "negatives_val"):  # train only: the screen demands none
+        assert thief[group] == plain[group]
 
 
 def test_a_variant_spec_round_trips_and_names_its_students_architecture():

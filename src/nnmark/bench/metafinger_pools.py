@@ -1,5 +1,7 @@
 """``nnmark bench ownership-pools``: the pool study behind MetaFinger's thief-aware pools, on Fashion-MNIST.
 
+The study chose the default thief-aware pools (``shadow.PoolLayout.thief_aware``): its row ``THIEF``.
+
 The setting of ``nnmark bench ownership`` (its parameters, ``FULL`` / ``QUICK``, and its cached models): a LeNet-5
 victim on ``fashion-mnist@owner``; the thief's copies (``nnmark.bench.thefts``) on the other half; its independent
 models (three architectures, both halves, and distillations of independent teachers) as the false-claim side. One
@@ -45,18 +47,18 @@ from nnmark.marks.ownership.stats import binomial_tail
 STEM = "metafinger-pools"
 FINETUNE = ("rtal", "prune", "noise")
 STUDENTS = ("distill", "extract")
-THIEF = "fine-tune variants (thief-aware)"
+THIEF = "+ students, train only (thief-aware)"
 DESIGNS = {
     "paper": {},
     "fine-tune variants, train only": {"positive_variants": FINETUNE, "variant_copies": 1},
-    THIEF: {"positive_variants": shadow.THIEF_POSITIVES, "negative_variants": shadow.THIEF_NEGATIVES},
+    "fine-tune variants": {"positive_variants": FINETUNE},
     "+ distilled negatives": {"positive_variants": FINETUNE, "negative_variants": ("distill",)},
-    "+ students, train only": {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
+    THIEF: {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
     "+ students": {"positive_variants": FINETUNE + STUDENTS},
 }
 """Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (``variant_copies`` 2 by default: one
-copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is
-``PoolLayout.thief_aware()``."""
+copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is the default
+``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it."""
 QUICK_DESIGNS = ("paper", THIEF)
 VICTIM_ARCH = "lenet5"
 """The study's victim: ``bench ownership``'s LeNet-5."""
@@ -196,6 +198,7 @@ def _seed_sections(r: dict) -> list[str]:
                 f"rule claims (and the highest query accuracy among them). Goal: >= {GOAL_ACCURACY:.0%} on the three "
                 f"copies, p < {GOAL_P:g} under the key's p0 and under the most agreeing independent, no false claim.",
                 design_table(r),
+                f"`{THIEF}` is the default thief-aware pools (`nnmark mark metafinger --pool thief`).",
                 "Goal met by: " + (", ".join(met) if met else "no design (the goal is refuted in this setting)") + ".",
                 "False claims: " + ("; ".join(f"{n}: {', '.join(d['claimed'])}" for n, d in r["designs"].items()
                                               if d.get("claimed")) or "none") + "."),

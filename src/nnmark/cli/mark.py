@@ -223,9 +223,9 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
         click.option("--alpha", type=FiniteFloat(0, min_open=True), default=shadow.DEFAULT_ALPHA,
                      show_default=True, help="Eq. 1 noise std(param)/alpha before the fine-tune."),
         click.option("--pool", type=click.Choice(shadow.POOL_DESIGNS), default="paper", show_default=True,
-                     help="Pool design: the paper's, or thief-aware (adds the thief's attacks on the source as "
-                          "positives and distillations of independent models as negatives; costs more shadow "
-                          "models, see docs/benchmarks/metafinger-pools.md)."),
+                     help="Pool design: the paper's, or thief-aware (adds one RTAL, prune, noise, distilled and "
+                          "extracted copy of the source as positive train models; 5 more shadow models, see "
+                          "docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),

@@ -23,18 +23,21 @@ Symbols and defaults (``Settings``): k = 3, lambda = 1, learning rate eta = 0.01
 authors' code; the paper's text gives none), n = 100 queries from ``candidates`` = 2n starting images.
 The pools' layout and the augmentation strength: ``shadow.PoolLayout``.
 
-Thief-aware pools (not the paper's; ``shadow.PoolLayout.thief_aware()``, ``nnmark mark metafinger --pool thief``):
-the owner runs the thief's attacks that keep the weights (RTAL, prune 70% + fine-tune, noise alpha = 1 + fine-tune,
-``shadow.THIEF_POSITIVES``) on the source with its own data, two copies of each: one a positive train model (meta-
-training pulls X toward images the copy keeps), one a positive validation model (the screen keeps only those).
-The pool study (``nnmark bench ownership-pools``, docs/benchmarks/metafinger-pools.md; Fashion-MNIST, LeNet-5
-victims of 3 seeds): it lifts RTAL / prune 70% / noise alpha = 1 copies to 99 / 99 / 92%, 99 / 97 / 87% and
-100 / 99 / 96% query accuracy (paper pools 90 / 88 / 90, 99 / 87 / 85, 90 / 91 / 73%) with no false claim over 21
-independent models, for 6 more shadow models, but meets the issue's goal (95%, p < 1e-6) on one seed of three.
-Distilled and extracted copies of the source as training-only positives match 8-11 of the 13 thief's copies
-(these pools: 4-5), still with no false claim; demanded by the screen too, they claim 0-3 independent models.
-Distillations of independent models as negatives (``negative_variants``) cost 4 more models and bought nothing
-measurable.
+Thief-aware pools (not the paper's; ``shadow.PoolLayout.thief_aware()``, ``nnmark mark metafinger --pool thief``): the
+owner runs the thief's attacks on the source with its own data, one copy of each (``shadow.THIEF_POSITIVES``): RTAL,
+prune 70% + fine-tune and noise alpha = 1 + fine-tune, which keep the weights, and a distilled (T = 3) and a
+label-extracted student of the same architecture. Each is a positive train model only: meta-training pulls X toward
+images the copies keep, and the screen does not demand them (``shadow.THIEF_VARIANT_COPIES``). They cost 5 shadow models
+beyond the paper's pools (18 instead of 13 at the benchmark's 3 families and AF 2; 1.4-2.8 times the paper pools'
+training time) and meta-training 2.4-4.6 times as long (9-11 s instead of 2 on a quiet machine). The pool study
+(``nnmark bench ownership-pools``, docs/benchmarks/metafinger-pools.md; Fashion-MNIST, LeNet-5 victims of 3 seeds, 13
+thief's copies, 21 independent models) chose them: they match 10, 11 and 8 copies with no false claim (paper pools 4, 4,
+5; the fine-tune variants alone, the previous default, 4, 5, 5), 3-7 of them among the 8 distilled or extracted copies,
+of which those two match none, and keep RTAL / prune 70% / noise alpha = 1 copies at 98 / 97 / 96%, 100 / 96 / 87% and
+96 / 99 / 92% query accuracy (paper pools 90 / 88 / 90, 99 / 87 / 85, 90 / 91 / 73%). The issue's goal (95% and p < 1e-6
+on all three) is met on one seed of three: the noised copy stays below 95% on the others. Demanded by the screen too,
+the students claim 0-3 independent models; distillations of independent models as negatives (``negative_variants``) cost
+4 more models and bought nothing measurable.
 
 Choices (the paper leaves them open or its code differs from its text):
 
