@@ -206,6 +206,9 @@ def _validate(key: KeyFile) -> None:
     k = key.config.get("num_classes")
     if k is not None and not (type(k) is int and k >= 2):
         raise KeyFileError(f"config num_classes must be an integer >= 2, got {k!r}")
+    b = key.config.get("batch_size")
+    if b is not None and not (type(b) is int and b >= 1):
+        raise KeyFileError(f"config batch_size must be an integer >= 1, got {b!r}")
     if (y < 0).any():
         raise KeyFileError("expected labels must be >= 0")
     if k is not None and (y >= k).any():

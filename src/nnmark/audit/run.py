@@ -425,14 +425,12 @@ def _thumbnails(key: KeyFile, flipped: list[int]) -> list[tuple[torch.Tensor, to
 @contextlib.contextmanager
 def key_micro_batches(oracle: Oracle, key: KeyFile):
     """While open, a local model's oracle whose environment sets no micro-batch asks in the key's (its config's
-    ``batch_size``, as ``nnmark verify`` asks); an endpoint's oracle, or a key that records none, is left as it is.
-    ``KeyFileError`` for a recorded batch size that is not an integer >= 1."""
+    ``batch_size``, checked when the key was read, as ``nnmark verify`` asks); an endpoint's oracle, or a key that
+    records none, is left as it is."""
     size = key.config.get("batch_size")
     if size is None or not isinstance(oracle, TorchOracle) or oracle.batch_size is not None:
         yield
         return
-    if type(size) is not int or size < 1:
-        raise KeyFileError(f"key config batch_size must be an integer >= 1, got {size!r}")
     oracle.batch_size = size
     try:
         yield

@@ -33,7 +33,7 @@ orders: queries to a decision against the whole key's, and the sequential false 
 models beside the whole key's (Ville's bound: each run claims a model whose match rate is at most the method's
 null with chance at most alpha; SAC is asked whole, its statistic needs every query).
 
-Not measured (``NOT_MEASURED``): MetaFinger's thief-aware pools (a ``KEYS`` entry to add). A run reduced against
+Not measured (``NOT_MEASURED``): nothing the issue lists is left out of the design. A run reduced against
 the issue's design (``ISSUE``: 3 seeds, both victims, 5 watermarks, every theft on every victim) says so in its
 header (``reductions``).
 
