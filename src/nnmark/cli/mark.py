@@ -200,7 +200,8 @@ def _training(pretrained: bool | None):
 
         def finish(result):
             wm_model, key = result
-            return key, TorchOracle(wm_model, ds.shape, ds.num_classes, device=given["device"]), \
+            return key, TorchOracle(wm_model, ds.shape, ds.num_classes, device=given["device"],
+                                    batch_size=key.config.get("batch_size")), \
                 lambda: write(wm_model.cpu(), key.config["clean_accuracy"], given["out_model"])
 
         yield _Prepared((model.to(given["device"]), ds), finish, ds.test, loaded, {"pretrained": tune},

@@ -303,11 +303,11 @@ def embed(
         "kind": kind, **classes, "num_classes": n_c, "epochs": int(epochs), "lr": float(lr),
         "batch_size": int(batch_size), "seed": int(seed), "pretrained": bool(pretrained), "k_wm": k_wm,
         "n_verify": len(queries), "data": dataset.name, "min_success": coupled.MIN_SUCCESS,
-        "alpha": coupled.ALPHA, "clean_accuracy": accuracy(wm_model, dataset.test),
+        "alpha": coupled.ALPHA, "clean_accuracy": accuracy(wm_model, dataset.test, batch_size),
     }
     key = KeyFile(method=method, config=config, queries=queries.float().contiguous(), expected=expected,
                   extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(unwrap(wm_model)))
-    v = verify(TorchOracle(wm_model, shape, n_c), key)
+    v = verify(TorchOracle(wm_model, shape, n_c, batch_size=batch_size, device=next(wm_model.parameters()).device), key)
     key.config.update(success=v.statistic, rate_clean=v.details["rate_clean"], null=v.details["null"])
     if method == ZHANG:
         key.config["rate_plain"] = v.details["rate_plain"]

@@ -377,7 +377,8 @@ def embed(
         bar.set_postfix(loss=f"{loss:.4f}")
     reestimate_bn(wm_model, x)
 
-    oracle = TorchOracle(wm_model, dataset.shape, dataset.num_classes)
+    oracle = TorchOracle(wm_model, dataset.shape, dataset.num_classes, batch_size=batch_size,
+                         device=next(wm_model.parameters()).device)
     config = {
         "kind": kind, "r": float(r), "base": [i, j], "target": t, "num_classes": dataset.num_classes,
         "epochs": int(epochs), "keep_ratio": float(keep_ratio), "masked": bool(masked),
@@ -386,7 +387,7 @@ def embed(
         "batch_size": int(batch_size), "seed": int(seed), "k_wm": k_wm, "k_ft": len(ft), "n_verify": N_VERIFY,
         "data": dataset.name, "min_success": MIN_SUCCESS, "alpha": ALPHA,
         "success": target_rate(oracle, queries, t), "rate_plain": target_rate(oracle, plain, t),
-        "rate_clean": target_rate(oracle, clean, t), "clean_accuracy": accuracy(wm_model, dataset.test),
+        "rate_clean": target_rate(oracle, clean, t), "clean_accuracy": accuracy(wm_model, dataset.test, batch_size),
     }
     key = KeyFile(
         method=METHOD,
