@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from nnmark import data, keys, models
-from nnmark.attacks.distill import distill
+from nnmark.attacks.distill import distill, fresh_copy
 from nnmark.attacks.noise import relative_weight_noise
 from nnmark.audit import run as audit
 from nnmark.cli import main
@@ -242,6 +242,31 @@ def test_distilled_negatives_are_students_of_the_teachers_in_turn(world):
         assert agree > 0.8
     with pytest.raises(ArgumentError, match="teacher"):
         sac.distill_negatives([], ds.train.x, 1, epochs=1, seed=0)
+
+
+def test_distilled_negatives_start_from_seeds_of_their_own(world, monkeypatch):
+    """A student is initialised from its seed as a from-scratch model of that seed is: no distilled negative may start
+    from the seed of the source, of its teacher or of another pool model (the students once took the seeds 1, 2, ...
+    of the key's seed 0, those of the pool's negatives, seeded from the source's seed 0)."""
+    ds, pools = world["ds"], world["pools"]
+    groups = pool_specs("lenet5", "digits", models.digest(world["source"]), LAYOUT, seed=0)
+    specs = [s for group in groups.values() for s in group]
+    taken = {0} | {s.seed for s in specs} | {s.augment_seed for s in specs if s.augment_seed is not None}
+    seen = []
+
+    def spy(teacher, *args, seed, **kwargs):
+        seen.append((teacher, seed))
+        return distill(teacher, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(sac, "distill", spy)
+    teachers = list(pools.negatives_train)
+    assert len(sac.distill_negatives(teachers, ds.train.x, 4, epochs=1, seed=0)) == 4
+    assert [t for t, _ in seen] == [*teachers, teachers[0]]
+    seeds = [s for _, s in seen]
+    assert len(set(seeds)) == 4 and not set(seeds) & taken
+    teacher_seeds = [s.seed for s in groups["negatives_train"]]
+    for (teacher, seed), own in zip(seen, [*teacher_seeds, teacher_seeds[0]]):
+        assert not torch.equal(*(next(fresh_copy(teacher, v).parameters()) for v in (seed, own)))
 
 
 def test_cutmix_pastes_one_square_of_a_donor_image_and_repeats_with_the_seed():

@@ -214,6 +214,11 @@ FAMILY_COSINE = 0.5
 """Parameters this alike (cosine) make two models one family: an eq. 1 copy keeps about 0.9 of its base's, independent
 initialisations about 0.01."""
 DISTILL_EPOCHS = 4
+DISTILLED_SEEDS = 3_000_000
+"""How far above the key's seed the distilled negatives' seeds start (student i: ``seed + DISTILLED_SEEDS + i``). A
+student is initialised from its seed as a from-scratch model of that seed is, so these stay clear of the pools' seeds
+(the source's seed s, s + j, ``shadow.VARIANT_SEEDS`` + ...) and the bench's thieves' (``bench.thefts.THEFT_SEEDS``):
+no student starts from the initial weights of its teacher or of another calibration or screening model."""
 TINY = torch.finfo(torch.float32).tiny
 """Probabilities are clamped to this before the log: a float32 API returns exact zeros."""
 OUTPUTS = ("probabilities", "labels")
@@ -400,7 +405,8 @@ def one_per_family(negatives: Sequence[nn.Module]) -> list[nn.Module]:
 def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: int, *, epochs: int,
                       seed: int) -> list[nn.Module]:
     """k independent models of the hardest kind: students of the teachers' architecture distilled (T = 3, soft
-    labels only) from the ``teachers`` in turn on the owner's ``images``."""
+    labels only) from the ``teachers`` in turn on the owner's ``images``, student i from seed ``seed +
+    DISTILLED_SEEDS + i``."""
     if k and not teachers:
         raise ArgumentError("distilled negatives need at least one independent teacher")
     students = []
@@ -409,7 +415,7 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
         with torch.no_grad():
             y = torch.cat([teacher(batch).argmax(dim=1) for batch in images.split(1000)])
         students.append(distill(teacher, images, y, temperature=SOK_TEMPERATURE, alpha=1.0, epochs=epochs,
-                                seed=seed + 1 + i).eval())
+                                seed=seed + DISTILLED_SEEDS + i).eval())
     return students
 
 
