@@ -27,8 +27,8 @@ expected labels are their argmax). A probabilities oracle is compared on probabi
 ``temperature`` T (``sharpen``: softmax(log p / T), which is softmax(z / T) of the logits z whatever
 per-sample constant they carry, since log p = z - logsumexp z; T = 1 is p itself); a labels-only
 oracle on one-hot vectors (C_ij = 1 when O_i and O_j name the same label, else 0). The key calibrates both
-(``OUTPUTS``); verification decides on the richest output the oracle gives and reports the one-hot
-distance beside it.
+(``OUTPUTS``); verification decides on the richest output the oracle gives (or on the one-hot labels when the key's
+``decide_on`` says so) and reports the other distance beside it.
 
 Calibration (``calibrate``) on K models the owner trained independently of the source (the "shadow" input:
 one model per family of the pools' negatives (``one_per_family``: an eq. 1 noised copy of a negative is the
@@ -61,7 +61,10 @@ Symbols and defaults: n = 100, CutMix patch side ``patch`` = 0.5 of the image si
 position (the authors' code pastes a 0.2 patch near a corner of a 32x32 photo; the corners of a digit are
 blank, so nnmark's default patch covers part of the digit), T = 1 for SAC-m and 0.1 for SAC-w, screen
 "minority" (SAC-w only), 9 distilled negatives, max_p_value = 0.01, K >= 2 (the t needs K - 1 >= 1).
-Key format 2 records T; a format-1 key (before T) is verified on plain probabilities, as it was made.
+Key format 2 records T; a format-1 key (before T) is verified on plain probabilities, as it was made. Format 3
+records ``decide_on``: the output that decides when the suspect gives probabilities ("probabilities", the default,
+or "labels": their one-hot labels, which the study below found the better test of label extraction on all the
+source's errors); a format-1 or 2 key decides on probabilities.
 
 Choices and gaps:
 
@@ -197,8 +200,8 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   0.0007) with every distillation and extraction, no false claim among the 21, 1 of 28 owner-half LeNet-5s (one-hot:
   none). Against K 12 / 20 from-scratch owner-half LeNet-5s (300 draws) it matches 0.39 / 0.52 of the draws on
   probabilities and 0.69 / 0.98 on one-hot labels (label extraction into VGG-11 0.44 / 0.59 and 0.76 / 1.00, the other
-  distillations and extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), but ``verify``
-  decides on probabilities when the suspect gives them. This key misses what keeps the weights and the PGD copies (AUC
+  distillations and extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), which a key
+  made with ``decide_on="labels"`` decides on. This key misses what keeps the weights and the PGD copies (AUC
   0.43-0.95): a second key, not the default; with 100 / 300 such images AUC 1.00, p 0.017 / 0.016.
 
 Example::
@@ -229,8 +232,9 @@ from nnmark.models.card import ModelCard
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "sac"
-FORMAT = 2
-"""Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1)."""
+FORMAT = 3
+"""Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1), 3
+adds ``decide_on`` (a format-1 or 2 key decides on probabilities)."""
 DEFAULT_VARIANT = "m"
 PAPER_N = 100
 MIN_KEPT = 10
@@ -468,6 +472,7 @@ def create(
     distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
     distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
+    decide_on: Literal["probabilities", "labels"] = "probabilities",
     seed: int = 0,
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
@@ -496,6 +501,8 @@ def create(
             the calibration.
         distill_epochs: training epochs of each distilled negative.
         max_p_value: a match needs the fitted p-value of its distance below this.
+        decide_on: the output that decides when the suspect gives probabilities: probabilities (sharpened), or
+            their one-hot labels (a labels-only suspect is always judged on those).
         seed: draws the CutMix images, or the order in which misclassified images are kept.
     """
     if images.dim() != 4:
@@ -507,10 +514,10 @@ def create(
     if temperature is None:
         temperature = SHARP_TEMPERATURE if variant == "w" else PAPER_TEMPERATURE
     if not (math.isfinite(temperature) and temperature > 0) or distilled_negatives < 0 or distill_epochs < 1 or (
-            screen not in SCREENS):
-        raise ArgumentError(f"need temperature > 0, distilled_negatives >= 0, distill_epochs >= 1 and a screen of "
-                            f"{', '.join(SCREENS)}, got {temperature}, {distilled_negatives}, {distill_epochs}, "
-                            f"{screen!r}")
+            screen not in SCREENS) or decide_on not in OUTPUTS:
+        raise ArgumentError(f"need temperature > 0, distilled_negatives >= 0, distill_epochs >= 1, a screen of "
+                            f"{', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got {temperature}, "
+                            f"{distilled_negatives}, {distill_epochs}, {screen!r}, {decide_on!r}")
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
@@ -535,7 +542,7 @@ def create(
                               "calibration models or a larger max_p_value")
     config = {
         "format": FORMAT, "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed),
-        "num_classes": num_classes, "temperature": float(temperature),
+        "num_classes": num_classes, "temperature": float(temperature), "decide_on": decide_on,
         "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
         "family_copies_left_out": len(pools.negatives_train) - len(families),
         "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
@@ -578,6 +585,14 @@ def _temperature(key: KeyFile) -> float:
     return temperature
 
 
+def _decide_on(key: KeyFile) -> str:
+    """The output that decides for a probabilities oracle: "probabilities" for a format-1 or 2 key (it has none)."""
+    decide_on = key.config.get("decide_on", "probabilities")
+    if decide_on not in OUTPUTS:
+        raise KeyFileError(f"{METHOD} key config has decide_on {decide_on!r}, not one of {', '.join(OUTPUTS)}")
+    return decide_on
+
+
 def _source_outputs(key: KeyFile) -> torch.Tensor:
     """The source's probabilities kept in the key, checked against its queries and expected labels."""
     p = key.extras.get("probabilities")
@@ -592,7 +607,8 @@ def _source_outputs(key: KeyFile) -> torch.Tensor:
 def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     """The suspect's correlation distance to the source on the key's queries, and the decision.
 
-    Probabilities when the oracle gives them (the one-hot result in ``details["labels"]``), else labels.
+    Probabilities when the oracle gives them (the one-hot result in ``details["labels"]``) unless the key's
+    ``decide_on`` is "labels" (the probabilities' result then in ``details["probabilities"]``), else labels.
     "match" (passed) iff d < the key's threshold and the fitted p-value < its max_p_value. ``flipped``: queries the
     suspect labels otherwise than the source (not what decides).
     """
@@ -604,7 +620,7 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         raise KeyFileError(f"{METHOD} key config lacks a numeric max_p_value") from None
     if not 0 < max_p_value < 1:
         raise KeyFileError(f"{METHOD} key config has max_p_value outside (0, 1)")
-    temperature = _temperature(key)
+    temperature, decide_on = _temperature(key), _decide_on(key)
     own = fingerprints(_source_outputs(key), temperature)
     before = oracle.queries
     if oracle.can("probabilities"):
@@ -615,7 +631,7 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
         theirs = {"labels": correlation_matrix(one_hot(labels, oracle.num_classes))}
     results = {out: judge(correlation_distance(own[out], theirs[out]), _calibration(key, out), max_p_value)
                for out in theirs}
-    used = "probabilities" if "probabilities" in results else "labels"
+    used = decide_on if decide_on in results else "labels"
     main = results.pop(used)
     return Verdict(
         method=key.method, decision="match" if main["match"] else "no match", passed=main["match"],
