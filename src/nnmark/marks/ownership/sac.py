@@ -197,12 +197,13 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   0.38; T 0.2-1 worse). On all the source's errors (``screen="none"``, ``n`` at least their number, 594 here: the
   paper's query set less its surrogate condition) it is the closest LeNet-5: AUC 1.00 on every key seed, and with the
   default calibration (K 14: families, screening models, 9 students) the rule matches it 3 of 3 (p 0.0009; one-hot
-  0.0007) with every distillation and extraction, no false claim among the 21, 1 of 28 owner-half LeNet-5s (one-hot:
-  none). Against K 12 / 20 from-scratch owner-half LeNet-5s (300 draws) it matches 0.39 / 0.52 of the draws on
-  probabilities and 0.69 / 0.98 on one-hot labels (label extraction into VGG-11 0.44 / 0.59 and 0.76 / 1.00, the other
-  distillations and extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), which a key
-  made with ``decide_on="labels"`` decides on. This key misses what keeps the weights and the PGD copies (AUC
-  0.43-0.95): a second key, not the default; with 100 / 300 such images AUC 1.00, p 0.017 / 0.016.
+  0.0007; the same end to end through ``create`` and ``verify``, the key made in 306 s with its 9 students) with every
+  distillation and extraction, no false claim among the 21, 1 of 28 owner-half LeNet-5s (one-hot: none). Against K 12
+  / 20 from-scratch owner-half LeNet-5s (300 draws) it matches 0.39 / 0.52 of the draws on probabilities and 0.69 /
+  0.98 on one-hot labels (label extraction into VGG-11 0.44 / 0.59 and 0.76 / 1.00, the other distillations and
+  extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), which a key made with
+  ``decide_on="labels"`` decides on. This key misses what keeps the weights and the PGD copies (AUC 0.43-0.95): a
+  second key, not the default; with 100 / 300 such images AUC 1.00, p 0.017 / 0.016.
 
 Example::
 
