@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from nnmark import data, keys, models
-from nnmark.attacks.distill import distill
+from nnmark.attacks.distill import distill, fresh_copy
 from nnmark.attacks.noise import relative_weight_noise
 from nnmark.audit import run as audit
 from nnmark.cli import main
@@ -129,6 +129,33 @@ def test_a_tampered_threshold_or_bound_in_the_key_turns_a_match_into_no_match(wo
         assert not _verify(world["distilled"], tampered, ds).passed
 
 
+def test_a_key_may_decide_on_one_hot_labels_even_when_the_suspect_gives_probabilities(world):
+    """decide_on "labels" (format 3) judges a probabilities oracle on its one-hot outputs, the probabilities' result
+    beside it; a key without decide_on (format 1 or 2) decides on probabilities. The labels calibration is moved to
+    the distilled copy's one-hot distance, so only the output that decides tells a match from no match."""
+    ds, key, distilled = world["ds"], world["key"], world["distilled"]
+    assert key.config["decide_on"] == "probabilities" and key.config["format"] == 3
+    on_labels = _verify(distilled, key, ds, labels_only=True).statistic
+    config = json.loads(json.dumps(key.config))
+    config["calibration"]["labels"]["threshold"] = on_labels
+    for decide_on, passed in (("labels", False), ("probabilities", True), (None, True)):
+        if decide_on is None:
+            del config["decide_on"]
+        else:
+            config["decide_on"] = decide_on
+        verdict = _verify(distilled, keys.KeyFile(sac.METHOD, config, key.queries, key.expected, key.extras), ds)
+        used = decide_on or "probabilities"
+        other = "probabilities" if used == "labels" else "labels"
+        assert verdict.passed is passed and verdict.details["output"] == used and other in verdict.details
+        assert (verdict.statistic == pytest.approx(on_labels)) is (used == "labels")
+    for bad in ("logits", ["labels"]):
+        config["decide_on"] = bad
+        with pytest.raises(KeyFileError, match="decide_on"):
+            _verify(distilled, keys.KeyFile(sac.METHOD, config, key.queries, key.expected, key.extras), ds)
+    with pytest.raises(ArgumentError, match="decide_on"):
+        sac.create(world["source"], world["pools"], ds.train.x, decide_on="logits", dataset=ds)
+
+
 def test_sac_w_asks_natural_images_the_source_gets_wrong(world):
     ds, source = world["ds"], world["source"]
     key = sac.create(source, world["pools"], ds.train.x, variant="w", screen="none", distilled_negatives=0,
@@ -244,6 +271,31 @@ def test_distilled_negatives_are_students_of_the_teachers_in_turn(world):
         sac.distill_negatives([], ds.train.x, 1, epochs=1, seed=0)
 
 
+def test_distilled_negatives_start_from_seeds_of_their_own(world, monkeypatch):
+    """A student is initialised from its seed as a from-scratch model of that seed is: no distilled negative may start
+    from the seed of the source, of its teacher or of another pool model (the students once took the seeds 1, 2, ...
+    of the key's seed 0, those of the pool's negatives, seeded from the source's seed 0)."""
+    ds, pools = world["ds"], world["pools"]
+    groups = pool_specs("lenet5", "digits", models.digest(world["source"]), LAYOUT, seed=0)
+    specs = [s for group in groups.values() for s in group]
+    taken = {0} | {s.seed for s in specs} | {s.augment_seed for s in specs if s.augment_seed is not None}
+    seen = []
+
+    def spy(teacher, *args, seed, **kwargs):
+        seen.append((teacher, seed))
+        return distill(teacher, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(sac, "distill", spy)
+    teachers = list(pools.negatives_train)
+    assert len(sac.distill_negatives(teachers, ds.train.x, 4, epochs=1, seed=0)) == 4
+    assert [t for t, _ in seen] == [*teachers, teachers[0]]
+    seeds = [s for _, s in seen]
+    assert len(set(seeds)) == 4 and not set(seeds) & taken
+    teacher_seeds = [s.seed for s in groups["negatives_train"]]
+    for (teacher, seed), own in zip(seen, [*teacher_seeds, teacher_seeds[0]]):
+        assert not torch.equal(*(next(fresh_copy(teacher, v).parameters()) for v in (seed, own)))
+
+
 def test_cutmix_pastes_one_square_of_a_donor_image_and_repeats_with_the_seed():
     x = torch.stack([torch.full((1, 8, 8), v) for v in (0.0, 0.5, 1.0)])
     q, base = sac.cutmix_queries(x, 20, patch=0.5, generator=torch.Generator().manual_seed(3))
@@ -283,10 +335,11 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache",
              "--variant", "w", "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 3,
-             "--max-p-value", 0.05, "--out", screened, "--json")
+             "--max-p-value", 0.05, "--decide-on", "labels", "--out", screened, "--json")
     assert r.exit_code == 0, r.output
     config = keys.load(screened, secret=SECRET.encode()).config
-    assert (config["screen"], config["temperature"], config["calibration_models"]) == ("minority", 0.5, 6)
+    assert (config["screen"], config["temperature"], config["calibration_models"], config["decide_on"]) == (
+        "minority", 0.5, 6, "labels")
     independent = tmp_path / "independent.safetensors"
     models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
                 independent)
