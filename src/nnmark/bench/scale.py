@@ -278,8 +278,8 @@ def render(result: dict) -> str:
         f"# Cost at scale: every model-alone method from LeNet-5 to ResNet-50 and ViT-S/16 ({result['device']})",
         f"`{result['command']}` ({result['date']}); {_where(result)}; {other}. Random weights (cost does not depend "
         f"on training; a key that must flip or match needs trained weights). Micro-batch {p['batch']} "
-        f"(`--batch-size`). Each cell measures n images ({', '.join(p['models'])}: {p['n']}, or {p['n_large']} for "
-        f"{' and '.join(LARGE)}, scaled linearly to {KEY_N}: the micro-batches of a key run one after another). "
+        f"(`--batch-size`). Each cell measures n images ({p['n']}; {p['n_large']} for {' and '.join(LARGE)}, scaled "
+        f"linearly to {KEY_N}: the micro-batches of a key run one after another). "
         f"Per-iteration seconds are (T(k2) - T(k1)) / (k2 - k1), after one warm-up pass, with (k1, k2) per model: "
         f"{', '.join(f'{m} {k[0]}, {k[1]}' for m, k in p['k'].items())}; the projection is the fixed rest plus the "
         f"default iterations, an upper bound where a method stops early. Per-iteration seconds are the difference of "
