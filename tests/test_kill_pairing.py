@@ -86,12 +86,12 @@ def test_the_head_is_derived_from_the_secret_the_user_and_the_classes_as_documen
 
 
 @pytest.mark.parametrize("secret, user, n, match", [
-    (b"", USER, K, "secret must be non-empty bytes"),
-    ("s3cret", USER, K, "secret must be non-empty bytes"),
-    (SECRET, "", K, "user_id must be a non-empty string"),
-    (SECRET, b"alice", K, "user_id must be a non-empty string"),
-    (SECRET, USER, 1, "num_classes must be an int >= 2"),
-    (SECRET, USER, 10.0, "num_classes must be an int >= 2"),
+    (b"", USER, K, r"^secret must be non-empty bytes$"),
+    ("s3cret", USER, K, r"^secret must be non-empty bytes$"),
+    (SECRET, "", K, r"^user_id must be a non-empty string$"),
+    (SECRET, b"alice", K, r"^user_id must be a non-empty string$"),
+    (SECRET, USER, 1, r"^num_classes must be an int >= 2$"),
+    (SECRET, USER, 10.0, r"^num_classes must be an int >= 2$"),
 ])
 def test_a_head_needs_a_secret_a_user_and_two_classes(secret, user, n, match):
     with pytest.raises(ArgumentError, match=match):
@@ -162,13 +162,17 @@ def test_a_key_without_the_classes_it_was_made_for_is_verified_on_the_oracles():
     assert pairing.verify(table_oracle(LOGITS), key, secret=SECRET).passed
 
 
+NO_USER = r"^pairs key has no user_id in its config$"
+NOT_BINARY = r"^pairs key must hold an even number of queries with binary \(0/1\) expected labels$"
+
+
 @pytest.mark.parametrize("key, match", [
     (lambda: KeyFile("dbi", {"user_id": USER, "num_classes": K}, inputs(0, 8), EXPECTED), "not a pairs key"),
-    (lambda: _key(user_id=""), "no user_id"),
-    (lambda: _key(user_id=7), "no user_id"),
-    (lambda: KeyFile(pairing.METHOD, {"num_classes": K}, inputs(0, 8), EXPECTED), "no user_id"),
-    (lambda: _key(EXPECTED[:7]), "even number of queries"),
-    (lambda: _key(torch.tensor([0, 2] * 4)), "binary"),
+    (lambda: _key(user_id=""), NO_USER),
+    (lambda: _key(user_id=7), NO_USER),
+    (lambda: KeyFile(pairing.METHOD, {"num_classes": K}, inputs(0, 8), EXPECTED), NO_USER),
+    (lambda: _key(EXPECTED[:7]), NOT_BINARY),
+    (lambda: _key(torch.tensor([0, 2] * 4)), NOT_BINARY),
     (lambda: _key(num_classes=3), "made for a model with 3 classes; this one has 10"),
 ])
 def test_verify_refuses_keys_that_are_not_well_formed_pairs_keys(key, match):
