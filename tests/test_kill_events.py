@@ -130,7 +130,7 @@ def test_no_retry_is_one_try(monkeypatch):
     post = Post(500)
     monkeypatch.setattr(events.httpx, "post", post)
     assert events.Webhook("http://hook", retries=0).send(EVENT, sleep=lambda s: None) == "HTTP 500"
-    assert len(post.calls) == 1 and post.calls[0][2] == 5.0
+    assert len(post.calls) == 1 and post.calls[0][2] == 5.0 and post.calls[0][1]["externalURL"] == ""
 
 
 def test_the_default_webhook_retries_twice_with_a_doubling_backoff(monkeypatch):
