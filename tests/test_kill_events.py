@@ -8,6 +8,7 @@ a POST is tried ``retries + 1`` times and a failing webhook is reported, never r
 import httpx
 import pytest
 
+from nnmark.errors import ArgumentError
 from nnmark.watch import events
 from nnmark.watch.events import Event
 from nnmark.watch.store import KeyState
@@ -142,3 +143,11 @@ def test_the_default_webhook_retries_twice_with_a_doubling_backoff(monkeypatch):
 def test_the_shown_url_leaves_out_the_password():
     hook = events.Webhook("http://alert:s3cret@127.0.0.1:9/hook?x=1")
     assert hook.shown_url == "http://127.0.0.1:9/hook?x=1"
+
+
+@pytest.mark.parametrize("bad", [{"retries": -1}, {"timeout": 0.0}, {"backoff": -0.1}])
+def test_a_webhook_that_could_not_post_is_refused(bad):
+    """Retries < 0 would report success without a POST; a zero timeout or negative backoff is no try at all."""
+    with pytest.raises(ArgumentError, match="retries >= 0, timeout > 0 and backoff >= 0"):
+        events.Webhook("http://hook", **bad)
+    assert events.Webhook("http://hook", retries=0, timeout=0.01, backoff=0.0).retries == 0

@@ -19,6 +19,7 @@ from typing import Callable
 
 import httpx
 
+from nnmark.errors import ArgumentError
 from nnmark.watch.store import Event, KeyState
 
 OK, UNREACHABLE = "ok", "unreachable"
@@ -75,6 +76,11 @@ class Webhook:
     timeout: float = 5.0
     retries: int = 2
     backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or not self.timeout > 0 or self.backoff < 0:
+            raise ArgumentError(f"webhook needs retries >= 0, timeout > 0 and backoff >= 0, got {self.retries}, "
+                                f"{self.timeout}, {self.backoff}")
 
     @property
     def shown_url(self) -> str:
