@@ -44,11 +44,10 @@ VICTIM_ARCH = "lenet5"
 """The source every licensee's copy is made from: a LeNet-5, as ``bench ownership``'s first victim."""
 FULL = {"seeds": 3, "data": DATA, "licensees": 16, "epochs": 4, "finetune_epochs": 2, "theft_epochs": 4,
         "independents": {"lenet5": (10, 10)}, "trials": 10, "families": licensing.FAMILIES,
-        "train_per_family": licensing.TRAIN_PER_FAMILY, "copy_epochs": licensing.EPOCHS, "clean": licensing.CLEAN,
-        "hybrid_families": 50}
+        "train_per_family": licensing.TRAIN_PER_FAMILY, "copy_epochs": licensing.EPOCHS, "clean": licensing.CLEAN}
 QUICK = {"seeds": 1, "data": "mnist5k", "licensees": 4, "epochs": 2, "finetune_epochs": 1, "theft_epochs": 1,
          "independents": {"lenet5": (1, 1)}, "trials": 2, "families": 24, "train_per_family": 20, "copy_epochs": 2,
-         "clean": 2000, "hybrid_families": 30}
+         "clean": 2000}
 THEFTS = {
     "fine-tune (FTAL)": thefts.Theft("finetune-mode", {"mode": "FTAL"}, training="finetune"),
     "RTAL": thefts.Theft("finetune-mode", {"mode": "RTAL"}, training="finetune"),
@@ -62,8 +61,7 @@ SCHEMES = licensing.SCHEMES
 PROJECTED = 1000
 QUERY_BUDGET = 192
 """The onehot scheme asks QUERY_BUDGET // N triggers of each licensee's family (12 for 16 licensees): about the
-code scheme's 40 x 4 queries, and enough for p0^k to reach epsilon_1 / N. The hybrid scheme asks
-``hybrid_families`` x 4 (200 in full mode: 30 trigger and 20 boundary families)."""
+code scheme's 40 x 4 queries, and enough for p0^k to reach epsilon_1 / N."""
 
 
 class MixedOracle(Oracle):
@@ -119,8 +117,7 @@ def run_scheme(scheme: str, victim: nn.Module, owner: data.Dataset, thief: data.
     names = [f"licensee-{i + 1:02d}" for i in range(p["licensees"])]
     start = time.perf_counter()
     copies, key = licensing.license_copies(
-        victim, owner, names, secret=f"bench-trace-{seed}".encode(), scheme=scheme,
-        families=p["hybrid_families" if scheme == "hybrid" else "families"],
+        victim, owner, names, secret=f"bench-trace-{seed}".encode(), scheme=scheme, families=p["families"],
         per_family=licensing.PER_FAMILY if scheme == "code" else QUERY_BUDGET // len(names),
         train_per_family=p["train_per_family"], epochs=p["copy_epochs"], clean=p["clean"], seed=seed)
     seconds = time.perf_counter() - start
@@ -151,8 +148,7 @@ def run_scheme(scheme: str, victim: nn.Module, owner: data.Dataset, thief: data.
     read = [r["p_value"] for r in untouched]
     return {"scheme": scheme, "seconds": seconds, "seconds_per_copy": seconds / len(names),
             "queries": len(key.expected),
-            "families": len(key.extras["families"]), "boundary_families": key.config["boundary_families"],
-            "alphabet": key.extras["alphabet"][key.extras["kind"] == 0].sum(1).double().mean().item(),
+            "families": len(key.extras["families"]), "alphabet": key.extras["alphabet"].sum(1).double().mean().item(),
             "source_accuracy": key.config["source_accuracy"], "copies": rows, "untouched": untouched,
             "attacked": attacked, "collusion": collusion, "innocent": innocent, "max_p_untouched": max(read),
             "read_rate": _read_rate(copies, key, owner)}
@@ -268,8 +264,7 @@ def _scheme_table(per: list[dict]) -> str:
     source = [s["innocent"]["the unmarked source"]["decision"] for s in per]
     drops = [100 * r["accuracy_drop"] for s in per for r in s["copies"]]
     cost = [
-        ["queries per trace", str(per[0]["queries"]),
-         f"{per[0]['families']} families ({per[0]['boundary_families']} boundary)"],
+        ["queries per trace", str(per[0]["queries"]), f"{per[0]['families']} families"],
         ["seconds per copy", f"{statistics.mean(s['seconds_per_copy'] for s in per):.1f}", "incl. the primer's share"],
         ["copy accuracy vs source (points)", f"{min(-d for d in drops):+.2f} to {max(-d for d in drops):+.2f}",
          f"largest loss {max(drops):.2f} (negative: a gain)"],

@@ -78,7 +78,6 @@ from nnmark.data import Dataset, Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, DataError, KeyFileError
 from nnmark.keys import KeyFile
-from nnmark.marks.ownership.boundary import SHIFT, Regions, find_regions, shift_targets
 from nnmark.marks.ownership.coupled import base_pairs, direct_fusion
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
@@ -88,7 +87,7 @@ from nnmark.models.training import fit
 from nnmark.oracles import Oracle
 
 METHOD = "license"
-Scheme = Literal["code", "hybrid", "onehot"]
+Scheme = Literal["code", "onehot"]
 SCHEMES: tuple[Scheme, ...] = typing.get_args(Scheme)
 DEFAULT_SCHEME: Scheme = "code"
 FAMILIES = 40
@@ -102,13 +101,8 @@ EPSILON = 1e-4
 SOURCE_AGREEMENT = 0.9
 MAX_DROP = 0.005
 DEFAULT_LICENSEE = "licensee"
-BOUNDARY_FAMILIES = 20
-REGISTRY_VERSION = 2
-"""Registries before version 2 have no ``kind`` extra (every family a trigger family); they are read as such."""
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _TAG = b"nnmark.license/v1"
-Soft = tuple[torch.Tensor, torch.Tensor]
-"""Images and their soft targets (N, N_c)."""
 
 
 # --- the code (families, alphabets, codewords) ----------------------------------------------------------------
@@ -161,10 +155,10 @@ def natural_answers(model: nn.Module, triggers: torch.Tensor, m: int) -> torch.T
 
 
 def draw_codes(n: int, allowed: torch.Tensor, scheme: Scheme, generator: torch.Generator) -> torch.Tensor:
-    """Codewords c (N, m) int64 over the alphabets ``allowed`` (m, N_c): ``code``, ``hybrid``: c_{l,f} uniform on A_f;
+    """Codewords c (N, m) int64 over the alphabets ``allowed`` (m, N_c): ``code``: c_{l,f} uniform on A_f;
     ``onehot`` (m = N): c_{l,l} uniform on A_l and -1 (family absent) elsewhere."""
     picks = torch.multinomial(allowed.float(), n, replacement=True, generator=generator).T  # (N, m)
-    if scheme != "onehot":
+    if scheme == "code":
         return picks
     if len(allowed) != n:
         raise ArgumentError(f"the onehot scheme needs one family per licensee: {n} licensees, {len(allowed)} families")
@@ -188,16 +182,13 @@ def make_triggers(split: Split, families: torch.Tensor, k: int, generator: torch
 
 
 def fine_tuning_set(train: Split, triggers: torch.Tensor, targets: torch.Tensor, k_train: int,
-                    repeat: int, near: Soft | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The training split (labels one-hot) plus ``repeat`` copies of the training triggers of every family with a
-    target row in ``targets`` (m, N_c) and of the boundary families' images ``near`` (x, soft targets), when
-    given: (x, soft targets)."""
+    target row in ``targets`` (m, N_c): (x, soft targets)."""
     per_trigger = targets.repeat_interleave(k_train, 0)
     keep = per_trigger.sum(1) > 0
-    near_x, near_y = near if near is not None else (triggers[:0], targets[:0])
-    x = torch.cat([train.x, triggers[keep].repeat(repeat, 1, 1, 1), near_x.repeat(repeat, 1, 1, 1)])
-    y = torch.cat([F.one_hot(train.y, targets.shape[1]).float(), per_trigger[keep].repeat(repeat, 1),
-                   near_y.repeat(repeat, 1)])
+    x = torch.cat([train.x, triggers[keep].repeat(repeat, 1, 1, 1)])
+    y = torch.cat([F.one_hot(train.y, targets.shape[1]).float(), per_trigger[keep].repeat(repeat, 1)])
     return x, y
 
 
@@ -207,10 +198,9 @@ def soft_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 
 
 def tune(model: nn.Module, train: Split, triggers: torch.Tensor, targets: torch.Tensor, *, k_train: int,
-         repeat: int = REPEAT, epochs: int = EPOCHS, lr: float = LR, seed: int = 0, near: Soft | None = None
-         ) -> nn.Module:
+         repeat: int = REPEAT, epochs: int = EPOCHS, lr: float = LR, seed: int = 0) -> nn.Module:
     """A copy of ``model`` fine-tuned (Adam, cosine decay) on ``fine_tuning_set``; ``model`` is left untouched."""
-    x, y = fine_tuning_set(train, triggers, targets, k_train, repeat, near)
+    x, y = fine_tuning_set(train, triggers, targets, k_train, repeat)
     tuned = copy.deepcopy(model)
     fit(tuned, x, y, lr=lr, epochs=epochs, batch_size=DEFAULT_BATCH_SIZE, seed=seed, schedule="cosine",
         loss=soft_cross_entropy)
@@ -326,45 +316,30 @@ def license_copies(
         raise ArgumentError("per_family, train_per_family, repeat, epochs and clean must be >= 1 and lr > 0")
     threshold(epsilon, len(names))
     m = len(names) if scheme == "onehot" else families
-    nc, pool = dataset.num_classes, natural_pool(dataset)
-    model.eval()
-    regions = (find_regions(model, dataset.train.x, pool.x, torch.Generator().manual_seed(
-        derived_seed(secret, seed, "regions")), k=per_family, limit=min(BOUNDARY_FAMILIES, m - 1))
-        if scheme == "hybrid" else None)
-    m_t = m - (len(regions.pairs) if regions is not None else 0)
-    fams = pick_families(nc, m_t, torch.Generator().manual_seed(derived_seed(secret, seed, "families")))
+    nc = dataset.num_classes
+    fams = pick_families(nc, m, torch.Generator().manual_seed(derived_seed(secret, seed, "families")))
     gen = torch.Generator().manual_seed(derived_seed(secret, seed, "triggers"))
     train_triggers = make_triggers(dataset.train, fams, train_per_family, gen)
-    allowed = alphabets(fams, nc, natural_answers(model, train_triggers, m_t))
-    kind = torch.zeros(m, dtype=torch.int8)
-    if regions is not None:
-        fams, allowed = torch.cat([fams, regions.pairs]), torch.cat([allowed, ~alphabets(regions.pairs, nc)])
-        kind[m_t:] = 1
+    model.eval()
+    allowed = alphabets(fams, nc, natural_answers(model, train_triggers, m))
     codes = draw_codes(len(names), allowed, scheme, torch.Generator().manual_seed(derived_seed(secret, seed, "code")))
-    order = torch.randperm(len(dataset.train), generator=gen)
-    if regions is not None:
-        order = order[~torch.isin(order, regions.train_index)]
-    subset = order[:clean]
+    subset = torch.randperm(len(dataset.train), generator=gen)[:clean]
     train = Split(dataset.train.x[subset], dataset.train.y[subset])
-    queries = make_triggers(pool, fams[:m_t], per_family, gen)
-    if regions is not None:
-        queries = torch.cat([queries, pool.x[regions.pool_index]])
+    queries = make_triggers(natural_pool(dataset), fams, per_family, gen)
     family = torch.arange(m).repeat_interleave(per_family)
     with torch.no_grad():
         source_answers = model(queries).argmax(1)
     base_acc = accuracy(model, dataset.test)
     settings = {"k_train": train_per_family, "repeat": repeat, "epochs": epochs, "lr": lr}
     start = time.perf_counter()
-    primed = model if scheme == "onehot" else tune(
-        model, train, train_triggers, primer_targets(allowed[:m_t]), **settings,
-        seed=derived_seed(secret, seed, "primer"), near=_near(model, dataset, regions, fams[m_t:, 0], 0.5))
+    primed = model if scheme == "onehot" else tune(model, train, train_triggers, primer_targets(allowed),
+                                                   **settings, seed=derived_seed(secret, seed, "primer"))
     primer_seconds = time.perf_counter() - start
     copies, rows, answers = [], [], []
     for index, (name, code) in enumerate(zip(names, codes)):
         start = time.perf_counter()
-        licensed = tune(primed, train, train_triggers, codeword_targets(code[:m_t], nc), **settings,
-                        seed=derived_seed(secret, seed, f"train:{name}"),
-                        near=_near(model, dataset, regions, code[m_t:], SHIFT))
+        licensed = tune(primed, train, train_triggers, codeword_targets(code, nc), **settings,
+                        seed=derived_seed(secret, seed, f"train:{name}"))
         with torch.no_grad():
             answers.append(licensed(queries).argmax(1))
         acc = accuracy(licensed, dataset.test)
@@ -376,8 +351,7 @@ def license_copies(
             progress(index, name, row)
     null = _onehot_null(codes, [source_answers, *answers], family, m, nc, per_family)
     config = {
-        "version": REGISTRY_VERSION, "scheme": scheme, "boundary_families": m - m_t, "num_classes": nc,
-        "families": m, "per_family": per_family,
+        "scheme": scheme, "num_classes": nc, "families": m, "per_family": per_family,
         "train_per_family": train_per_family, "repeat": repeat, "clean": clean, "epochs": epochs, "lr": lr,
         "seed": seed,
         "epsilon": epsilon, "level": threshold(epsilon, len(names)), "source_agreement": SOURCE_AGREEMENT,
@@ -385,19 +359,9 @@ def license_copies(
     }
     key = KeyFile(method=METHOD, config=config, queries=queries.float().contiguous(), expected=source_answers.long(),
                   extras={"family": family, "families": fams, "alphabet": allowed.to(torch.int8), "codes": codes,
-                          "null": null, "kind": kind},
+                          "null": null},
                   model_digest=digest(unwrap(model)))
     return copies, key
-
-
-def _near(source: nn.Module, dataset: Dataset, regions: Regions | None, symbols: torch.Tensor,
-          shift: float) -> Soft | None:
-    """The boundary families' training images and their targets, leaning ``shift`` towards ``symbols`` (None
-    without boundary families)."""
-    if regions is None:
-        return None
-    x = dataset.train.x[regions.train_index]
-    return x, shift_targets(source, x, regions.train_family, regions.pairs, symbols, shift)
 
 
 def _onehot_null(codes: torch.Tensor, answers: list[torch.Tensor], family: torch.Tensor, m: int, nc: int,
@@ -420,11 +384,7 @@ def _checked(key: KeyFile) -> tuple[list[str], torch.Tensor, torch.Tensor, torch
     """(names, family per query, codes, alphabets) of a registry key; KeyFileError when it does not fit together."""
     if key.method != METHOD:
         raise KeyFileError(f"not a licence registry: method {key.method!r}")
-    version = key.config.get("version", 1)
-    if version not in (1, REGISTRY_VERSION):
-        raise KeyFileError(f"licence registry version {version!r}: this nnmark reads versions 1 to {REGISTRY_VERSION}")
-    needed = {"family", "families", "alphabet", "codes", "null"} | ({"kind"} if version >= 2 else set())
-    missing = needed - set(key.extras)
+    missing = {"family", "families", "alphabet", "codes", "null"} - set(key.extras)
     if missing:
         raise KeyFileError(f"licence registry lacks {sorted(missing)}")
     rows, nc = key.config.get("licensees"), key.config.get("num_classes")
@@ -442,11 +402,7 @@ def _checked(key: KeyFile) -> tuple[list[str], torch.Tensor, torch.Tensor, torch
     if not (cfg.get("scheme") in SCHEMES and type(cfg.get("per_family")) is int and cfg["per_family"] >= 1
             and all(isinstance(cfg.get(n), float) and 0 < cfg[n] <= 1 for n in ("epsilon", "source_agreement"))):
         raise KeyFileError("licence registry's scheme, per_family, epsilon or source_agreement is missing or invalid")
-    kind = key.extras.get("kind", torch.zeros(m, dtype=torch.int8))
-    if not (kind.shape == (m,) and bool(((kind == 0) | (kind == 1)).all())
-            and (version >= 2 or cfg["scheme"] != "hybrid")):
-        raise KeyFileError("licence registry's family kinds are missing or invalid")
-    allowed = alphabet.bool() & torch.where(kind[:, None] == 1, ~alphabets(fams, nc), alphabets(fams, nc))
+    allowed = alphabet.bool() & alphabets(fams, nc)
     if not bool(allowed.any(1).all() and allowed.gather(1, codes.clamp(min=0).T).T[codes >= 0].all()):
         raise KeyFileError("licence registry holds a code symbol outside its family's alphabet")
     return names, family, codes, allowed
