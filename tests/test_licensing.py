@@ -91,6 +91,39 @@ def test_an_unmarked_source_is_told_apart_at_the_stated_agreement(licensed, mnis
         assert verdict.decision == decision and verdict.details["source_agreement"] == pytest.approx(k / n)
 
 
+def _with_epsilon(key, epsilon):
+    return keys.KeyFile(key.method, {**key.config, "epsilon": epsilon}, key.queries, key.expected, key.extras)
+
+
+def _half_codeword(key, licensee: int, families: int):
+    """Answers that give ``licensee``'s symbol on its first ``families`` families and the base class i elsewhere."""
+    family, codes, fams = key.extras["family"], key.extras["codes"], key.extras["families"]
+    return torch.where(family < families, codes[licensee][family], fams[family, 0])
+
+
+def test_trace_names_a_licensee_at_exactly_epsilon_over_n_and_not_just_above(licensed, mnist):
+    """The verdict's comparison is p <= epsilon / N with the registry's epsilon: moving the level by a hair either
+    way, or dropping the / N, flips this test."""
+    _, key = licensed
+    answers = _half_codeword(key, 2, 12)  # carol's symbols on 12 of 40 families: a p-value near the level
+    p = licensing.trace(_Answers(answers, mnist.shape), key).details["p_values"]["carol"]
+    assert 1e-12 < p < 1e-2
+    at = licensing.trace(_Answers(answers, mnist.shape), _with_epsilon(key, p * len(NAMES)))  # level == p exactly
+    assert at.decision == "traced to carol" and at.details["max_p_value"] == p
+    above = licensing.trace(_Answers(answers, mnist.shape), _with_epsilon(key, 0.999 * p * len(NAMES)))
+    assert not above.passed and above.details["accused"] == [] and above.decision == "no licensee"
+
+
+def test_a_suspect_answering_one_codeword_accuses_that_licensee_and_no_other(licensed, mnist):
+    _, key = licensed
+    family, codes = key.extras["family"], key.extras["codes"]
+    for l, name in enumerate(NAMES):
+        verdict = licensing.trace(_Answers(codes[l][family], mnist.shape), key)
+        assert [a["licensee"] for a in verdict.details["accused"]] == [name], verdict.details
+        innocent = [p for other, p in verdict.details["p_values"].items() if other != name]
+        assert min(innocent) > key.config["level"] and verdict.details["most_likely"] == name
+
+
 def test_threshold_is_epsilon_over_the_number_of_licensees():
     assert licensing.threshold(1e-4, 16) == pytest.approx(6.25e-6)
     assert licensing.threshold(0.05, 1) == 0.05
