@@ -219,3 +219,37 @@ def test_projection_grows_with_the_number_of_licensees():
     assert large["families"] > small["families"] and large["queries"] == 4 * large["families"]
     m = large["families"]
     assert binomial_tail(-(-m // 2), m, 1 / 7) <= 1e-7 < binomial_tail(-(-(m - 1) // 2), m - 1, 1 / 7)
+
+
+def test_penultimate_features_are_the_last_linear_layers_input(lenet, mnist):
+    x = mnist.test.x[:8]
+    logits, feats = licensing.penultimate(lenet, x)
+    with torch.no_grad():
+        assert torch.allclose(logits, lenet(x)) and torch.allclose(feats, lenet.classifier[:-1](lenet.features(x)))
+    with pytest.raises(ArgumentError, match="nn.Linear"):
+        licensing.penultimate(torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten()), x)
+
+
+def test_feature_matching_pulls_towards_the_target_mixture_of_class_centres(lenet, mnist):
+    from nnmark.data import Split
+
+    centres, scale = licensing.class_centres(lenet, Split(mnist.test.x[:500], mnist.test.y[:500]), 10)
+    x, y = mnist.test.x[:6], torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(0)), 1)
+    logits, feats = licensing.penultimate(lenet, x)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    pull = (feats - y @ centres).pow(2).sum(1).mean() / scale
+    assert licensing.feature_matched(centres, scale, 0.0)(lenet, x, y).item() == pytest.approx(ce.item())
+    assert licensing.feature_matched(centres, scale, 2.0)(lenet, x, y).item() == pytest.approx((ce + 2 * pull).item())
+    assert pull.item() > 0
+
+
+def test_a_copy_re_headed_and_retrained_by_the_thief_rtal_is_still_traced(licensed, mnist):
+    """RTAL re-initialises the last layer and retrains everything on the thief's clean images; the feature-matching
+    term left the triggers' features among their symbols' natural images, so the new head still answers them."""
+    from nnmark.attacks.modes import finetune_mode
+
+    copies, key = licensed
+    assert key.config["feature_weight"] == licensing.FEATURE_WEIGHT > 0
+    attacked = finetune_mode(copies[1], mnist.test.x, mnist.test.y, mode="RTAL", epochs=2, seed=5)
+    verdict = licensing.trace(_labels(attacked, mnist), key)
+    assert verdict.decision == "traced to bob", verdict.details
