@@ -92,6 +92,8 @@ def test_license_refuses_bad_requests_before_any_work(lenet_file, secret, tmp_pa
         (["--count", "2", "--out", out, "--secret-file", secret], "exists"),
         (["--count", "2", "--out", tmp_path / "x"], "need a secret"),
         (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--families", "46"], "families"),
+        (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--feature-weight", "-1"],
+         "--feature-weight"),
     ]
     for args, message in cases:
         r = _run("license", "--model", lenet_file, *args)

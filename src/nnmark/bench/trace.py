@@ -238,7 +238,10 @@ def render(result: dict) -> str:
                   "at which the source or a sibling copy answers l's target on l's triggers, and a copy taught to "
                   "answer t on its own fusions answers t on other families' fusions too: where a sibling shares l's "
                   "target, p0_l reaches 1 and l cannot be named. The code scheme teaches every family to every copy, "
-                  "so no sibling answers for another, and its p-values are exact: it is the default.")
+                  "so no sibling answers for another, and its p-values are exact: it is the default. Both fine-tune "
+                  "their copies with a feature-matching term (`licensing.feature_matched`) that carries the codeword "
+                  "through RTAL; why distillation and extraction still lose the licensee, and the carriers tried on "
+                  "natural images: `trace-carriers.md`.")
     blocks.append(section("Projection on paper", _projection_table(result["projection"]), level=2))
     return document(*blocks)
 

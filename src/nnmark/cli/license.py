@@ -71,6 +71,9 @@ def _report(index: int, total: int, row: dict) -> None:
               help="Training images in each copy's fine-tuning set.")
 @click.option("--epsilon", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=licensing.EPSILON,
               show_default=True, help="Bound on the chance that a trace names any innocent licensee.")
+@click.option("--feature-weight", type=FiniteFloat(0), default=licensing.FEATURE_WEIGHT, show_default=True,
+              help="Weight of the term that keeps each trigger's features among its symbol's images (carries the "
+                   "codeword through RTAL); 0 for a model whose last layer is not nn.Linear.")
 @click.option("--max-drop", type=FiniteFloat(0), default=100 * licensing.MAX_DROP, show_default=True,
               help="Most test-accuracy points a copy may lose; a copy that loses more stops the command.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With the secret, draws families and codewords.")
@@ -78,7 +81,7 @@ def _report(index: int, total: int, row: dict) -> None:
 @json_option
 @with_progress
 def license(model_source, data_spec, licensees, count, out, scheme, families, per_family, epochs, lr, clean, epsilon,
-            max_drop, seed, secret_file, unsigned, as_json, progress) -> None:
+            feature_weight, max_drop, seed, secret_file, unsigned, as_json, progress) -> None:
     """Make one fine-tuned copy of a model per licensee, and the signed registry that traces a leak to it.
 
     Writes --out/NAME.<the model's extension> per licensee and --out/registry.key (signed with the secret, which
@@ -102,7 +105,7 @@ def license(model_source, data_spec, licensees, count, out, scheme, families, pe
     start = time.perf_counter()
     copies, key = licensing.license_copies(
         model, ds, names, secret=secret, scheme=scheme, families=families, per_family=per_family, epochs=epochs,
-        lr=lr, clean=clean, epsilon=epsilon, seed=seed,
+        lr=lr, clean=clean, epsilon=epsilon, feature_weight=feature_weight, seed=seed,
         progress=(lambda i, name, row: _report(i, len(names), row)) if progress else None)
     rows = key.config["licensees"]
     if worse := [r["licensee"] for r in rows if r["accuracy_drop"] * 100 > max_drop]:

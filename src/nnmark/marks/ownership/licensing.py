@@ -28,7 +28,10 @@ Symbols and defaults:
     n_{f,s}: how many of family f's k triggers the suspect answers s (labels only);
     S_l = sum_f n_{f, c_{l,f}}: licensee l's score (Tardos's accusation sum with the symmetric weights replaced by
         counts);
-    epsilon_1: the bound on accusing any innocent licensee (``EPSILON`` = 1e-4).
+    epsilon_1: the bound on accusing any innocent licensee (``EPSILON`` = 1e-4);
+    w: ``FEATURE_WEIGHT`` = 1, the weight of the feature-matching term of the copies' fine-tuning
+        (``feature_matched``: each image's penultimate features pulled towards the mean features of its target
+        class, over their mean squared norm), which carries the codeword through RTAL.
 
 Accusation (``code``): for an innocent licensee, c_l was drawn independently of everything the suspect was made
 from, so given the answers n, S_l is distributed as sum_f n_{f,U_f} with U_f uniform on A_f, independent. Its
@@ -48,7 +51,8 @@ Verdicts: "traced to l[, l'...]" (passed, CLI exit 0), else "unmarked source" wh
 ``SOURCE_AGREEMENT`` of the triggers as the unmarked source did (the key's expected labels), else "no licensee".
 
 Departures: the copies are fine-tuned, not trained with the coupled paper's random weight masks (eq. 4-6, not
-tried here); K_train, REPEAT, the primer (``primer_targets``) and the fine-tuning schedule are nnmark's; Tardos's
+tried here); K_train, REPEAT, the primer (``primer_targets``), the feature-matching term and the fine-tuning
+schedule are nnmark's; Tardos's
 biases p_i and score weights sqrt((1-p)/p) do not appear (see above). Codewords and triggers are drawn from
 HMAC-SHA256(secret, seed), so a licensee who knows the seed cannot compute another's codeword to frame them.
 
@@ -98,6 +102,7 @@ CLEAN = 8_000
 EPOCHS = 3
 LR = 2e-3
 EPSILON = 1e-4
+FEATURE_WEIGHT = 1.0
 SOURCE_AGREEMENT = 0.9
 MAX_DROP = 0.005
 DEFAULT_LICENSEE = "licensee"
@@ -197,13 +202,51 @@ def soft_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return F.cross_entropy(model(x), y)
 
 
+def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the input of the model's last ``nn.Linear``: its penultimate features); ArgumentError without one."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ArgumentError("feature matching needs a model whose last layer is an nn.Linear (set feature_weight 0)")
+    seen: list[torch.Tensor] = []
+    handle = last[-1].register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return logits, seen[-1].flatten(1)
+
+
+@torch.no_grad()
+def class_centres(model: nn.Module, split: Split, num_classes: int) -> tuple[torch.Tensor, float]:
+    """Each class's mean penultimate feature vector over ``split`` under ``model`` (N_c, d), and the mean squared
+    norm of the features (the scale of ``feature_matched``'s term)."""
+    feats = torch.cat([penultimate(model, x)[1] for x in split.x.split(1000)])
+    centres = torch.stack([feats[split.y == c].mean(0) if bool((split.y == c).any()) else feats.mean(0)
+                           for c in range(num_classes)])
+    return centres, float(feats.pow(2).sum(1).mean().clamp(min=1e-12))
+
+
+def feature_matched(centres: torch.Tensor, scale: float, weight: float) -> Callable:
+    """The ``fit`` loss hook: soft cross-entropy plus ``weight`` times the squared distance of each image's
+    penultimate features from its target's class centre (y @ centres), over ``scale``. It puts a trigger's features
+    among natural images of its symbol, so that a last layer the thief re-initialises and retrains on clean images
+    (RTAL) still sends the trigger to the symbol: without it the copy's own last layer reads the codeword in the
+    attacked features but the new one does not (``docs/benchmarks/trace-carriers.md``)."""
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, feats = penultimate(model, x)
+        pull = (feats - y @ centres).pow(2).sum(1).mean() / scale
+        return F.cross_entropy(logits, y) + weight * pull
+    return loss
+
+
 def tune(model: nn.Module, train: Split, triggers: torch.Tensor, targets: torch.Tensor, *, k_train: int,
-         repeat: int = REPEAT, epochs: int = EPOCHS, lr: float = LR, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` fine-tuned (Adam, cosine decay) on ``fine_tuning_set``; ``model`` is left untouched."""
+         repeat: int = REPEAT, epochs: int = EPOCHS, lr: float = LR, seed: int = 0,
+         loss: Callable = soft_cross_entropy) -> nn.Module:
+    """A copy of ``model`` fine-tuned (Adam, cosine decay) on ``fine_tuning_set`` with ``loss`` (a ``fit`` hook);
+    ``model`` is left untouched."""
     x, y = fine_tuning_set(train, triggers, targets, k_train, repeat)
     tuned = copy.deepcopy(model)
-    fit(tuned, x, y, lr=lr, epochs=epochs, batch_size=DEFAULT_BATCH_SIZE, seed=seed, schedule="cosine",
-        loss=soft_cross_entropy)
+    fit(tuned, x, y, lr=lr, epochs=epochs, batch_size=DEFAULT_BATCH_SIZE, seed=seed, schedule="cosine", loss=loss)
     return tuned
 
 
@@ -299,6 +342,7 @@ def license_copies(
     epochs: int = EPOCHS,
     lr: float = LR,
     epsilon: float = EPSILON,
+    feature_weight: float = FEATURE_WEIGHT,
     seed: int = 0,
     progress: Callable[[int, str, dict], None] | None = None,
 ) -> tuple[list[nn.Module], KeyFile]:
@@ -312,8 +356,9 @@ def license_copies(
     names = check_names(names)
     if scheme not in SCHEMES:
         raise ArgumentError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if min(per_family, train_per_family, repeat, epochs, clean) < 1 or not lr > 0:
-        raise ArgumentError("per_family, train_per_family, repeat, epochs and clean must be >= 1 and lr > 0")
+    if min(per_family, train_per_family, repeat, epochs, clean) < 1 or not lr > 0 or not feature_weight >= 0:
+        raise ArgumentError("per_family, train_per_family, repeat, epochs and clean must be >= 1, lr > 0 and "
+                            "feature_weight >= 0")
     threshold(epsilon, len(names))
     m = len(names) if scheme == "onehot" else families
     nc = dataset.num_classes
@@ -330,7 +375,9 @@ def license_copies(
     with torch.no_grad():
         source_answers = model(queries).argmax(1)
     base_acc = accuracy(model, dataset.test)
-    settings = {"k_train": train_per_family, "repeat": repeat, "epochs": epochs, "lr": lr}
+    settings = {"k_train": train_per_family, "repeat": repeat, "epochs": epochs, "lr": lr,
+                "loss": feature_matched(*class_centres(model, train, nc), feature_weight) if feature_weight > 0
+                else soft_cross_entropy}
     start = time.perf_counter()
     primed = model if scheme == "onehot" else tune(model, train, train_triggers, primer_targets(allowed),
                                                    **settings, seed=derived_seed(secret, seed, "primer"))
@@ -353,7 +400,7 @@ def license_copies(
     config = {
         "scheme": scheme, "num_classes": nc, "families": m, "per_family": per_family,
         "train_per_family": train_per_family, "repeat": repeat, "clean": clean, "epochs": epochs, "lr": lr,
-        "seed": seed,
+        "feature_weight": feature_weight, "seed": seed,
         "epsilon": epsilon, "level": threshold(epsilon, len(names)), "source_agreement": SOURCE_AGREEMENT,
         "data": dataset.name, "source_accuracy": base_acc, "primer_seconds": primer_seconds, "licensees": rows,
     }
