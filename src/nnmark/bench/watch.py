@@ -51,7 +51,7 @@ SECRET = b"nnmark-bench-watch-secret"
 HOST = "127.0.0.1"
 FULL = {"seeds": 1, "targets": 10, "interval": 10.0, "seconds": 180.0, "cycles": 50, "idle_seconds": 30.0,
         "sample": 16, "key_n": 30, "exposure_n": 100, "exposure_samples": (8, 16, 32), "exposure_draws": 200}
-QUICK = {"seeds": 1, "targets": 2, "interval": 3.0, "seconds": 8.0, "cycles": 2, "idle_seconds": 3.0,
+QUICK = {"seeds": 1, "targets": 2, "interval": 3.0, "seconds": 4.0, "cycles": 2, "idle_seconds": 2.0,
          "sample": 16, "key_n": 20, "exposure_n": 100, "exposure_samples": (8, 32), "exposure_draws": 20}
 ROUNDS = (1, 10, 100)
 UNREACHABLE_AFTER = 3
