@@ -44,7 +44,7 @@ from nnmark.marks.integrity import baselines, dbi
 from nnmark.marks.ownership import ipguard
 from nnmark.oracles import TorchOracle
 from nnmark.serve import create_app, serving
-from nnmark.watch import exposure
+from nnmark.watch import exposure, watcher
 
 STEM = "watch"
 SECRET = b"nnmark-bench-watch-secret"
@@ -148,7 +148,7 @@ def _inventory(root: Path, name: str, ports: list[int], interval: float, key_pat
 class Watch:
     """``nnmark watch`` as a process; its CPU seconds and peak RSS from /proc."""
 
-    def __init__(self, root: Path, inventory: Path, state: str, webhook: str, sample: int):
+    def __init__(self, root: Path, inventory: Path, state: str, webhook: str, sample: int, jitter: float):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "NNMARK_PROGRESS": "0",
                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH",
                                                                                                        "")])}
@@ -157,7 +157,7 @@ class Watch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnmark", "watch", "--inventory", str(inventory), "--state", str(self.state),
              "--secret-file", str(root / "secret"), "--webhook", webhook, "--sample", str(sample), "--allow-exposure",
-             "--unreachable-after", str(UNREACHABLE_AFTER), "--jitter", "0.1"],
+             "--unreachable-after", str(UNREACHABLE_AFTER), "--jitter", str(jitter)],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env)
 
     def cpu_seconds(self) -> float:
@@ -216,10 +216,10 @@ def _wait_alert(receiver: Receiver, since: float, state: str, timeout: float) ->
 
 
 @contextlib.contextmanager
-def _watched(root: Path, name: str, fx, p: dict, receiver: Receiver, *, targets: int,
-             interval: float) -> Iterator[tuple[list[Replica], Watch]]:
-    """``targets`` replicas of the model under a watch at ``interval`` (state ``name``), once every target was asked
-    (started and warmed up); the watch and the replicas stopped on exit."""
+def _watched(root: Path, name: str, fx, p: dict, receiver: Receiver, *, targets: int, interval: float,
+             jitter: float = watcher.DEFAULT_JITTER) -> Iterator[tuple[list[Replica], Watch]]:
+    """``targets`` replicas of the model under a watch at ``interval`` and ``jitter`` (state ``name``), once every
+    target was asked (started and warmed up); the watch and the replicas stopped on exit."""
     source, _, key_paths = fx
     with contextlib.ExitStack() as stack:
         replicas = []
@@ -228,7 +228,7 @@ def _watched(root: Path, name: str, fx, p: dict, receiver: Receiver, *, targets:
             stack.callback(replicas[-1].stop)
             replicas[-1].start(source)
         watch = Watch(root, _inventory(root, name, [r.port for r in replicas], interval, key_paths), name,
-                      receiver.url, p["sample"])
+                      receiver.url, p["sample"], jitter)
         stack.callback(watch.stop)
         watch.wait_rounds(targets, 180)
         yield replicas, watch
@@ -275,7 +275,8 @@ def measure_outage(root: Path, fx, p: dict, receiver: Receiver) -> dict:
 
 def measure_idle(root: Path, fx, p: dict, receiver: Receiver) -> dict:
     """The watch's CPU share between rounds: an hour's interval, after its first round."""
-    with _watched(root, "idle", fx, p, receiver, targets=1, interval=3600.0) as (_, watch):
+    # no jitter: a first round is due at once, not up to 10 s later (the spread of an hour's interval's jitter)
+    with _watched(root, "idle", fx, p, receiver, targets=1, interval=3600.0, jitter=0.0) as (_, watch):
         time.sleep(1.0)
         cpu0, t0 = watch.cpu_seconds(), time.monotonic()
         time.sleep(p["idle_seconds"])
