@@ -85,3 +85,17 @@ def lenet_file(lenet, mnist, tmp_path_factory):
                                 accuracy=models.accuracy(lenet, mnist.test), seed=0)
     models.save(lenet, config, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def changed_models(lenet, mnist):
+    """Models that differ from ``lenet``: trained with another seed, fine-tuned hard, random weights (shared,
+    read-only)."""
+    from nnmark.attacks import finetune
+
+    torch.manual_seed(7)
+    other = models.build("lenet5", mnist.shape, mnist.num_classes)
+    models.train(other, mnist.train, epochs=4, seed=7)
+    torch.manual_seed(3)
+    return {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
+            "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2, steps=300)}

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from nnmark import marks, models
+from nnmark import marks
 from nnmark.attacks import finetune, prune, quantize_int8
 from nnmark.errors import ArgumentError, EndpointMismatch
 from nnmark.keys import KeyFile
@@ -43,17 +43,6 @@ def three(lenet, mnist):
     pool = torch.cat([x, 1 - x, x / 2], dim=1)
     oracle = TorchOracle(FirstChannel(lenet), THREE)
     return oracle, canary.attach(dbi.create(oracle, pool[:6], itr=20, eps=1e-3), oracle, pool, mnist.test.y[:300])
-
-
-@pytest.fixture(scope="module")
-def others(lenet, mnist):
-    """Models that differ from the keyed one: trained with another seed, fine-tuned hard, random weights."""
-    torch.manual_seed(7)
-    other = models.build("lenet5", mnist.shape, mnist.num_classes)
-    models.train(other, mnist.train, epochs=4, seed=7)
-    torch.manual_seed(3)
-    return {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
-            "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2, steps=300)}
 
 
 def test_attach_picks_confident_canaries_and_keeps_the_misread_answers(key, lenet):
@@ -125,8 +114,8 @@ def test_misreadings_that_look_alike_are_named_together(key, lenet):
 
 
 @pytest.mark.parametrize("which", ["independent", "random", "heavy fine-tune"])
-def test_models_that_fit_no_reading_get_their_verdict(key, others, which):
-    model = TorchOracle(others[which], SHAPE)
+def test_models_that_fit_no_reading_get_their_verdict(key, changed_models, which):
+    model = TorchOracle(changed_models[which], SHAPE)
     note = canary.preflight(model, key, endpoint=True)
     assert note.startswith(DIFFERS) and note.endswith("an endpoint format nnmark does not know would look the same")
     verdict = marks.verify(model, key)
@@ -176,12 +165,12 @@ def test_probes_kept_by_a_misreading_tell_it_from_a_change_that_flips_everything
     assert canary.preflight(replay, key_flipped, endpoint=True).startswith("preflight: 8 of 8")
 
 
-def test_keys_without_misread_answers_fall_back_to_the_earlier_rule(key, others, lenet, mnist):
+def test_keys_without_misread_answers_fall_back_to_the_earlier_rule(key, changed_models, lenet, mnist):
     """A key of an earlier release (canaries, no readings): an endpoint that fits no reading still stops, as
     nothing tells a misreading from a change; a local model gets its verdict."""
     old = KeyFile(key.method, {k: v for k, v in key.config.items() if k != "canary_readings"}, key.queries,
                   key.expected, extras={k: v for k, v in key.extras.items() if k != canary.READINGS})
-    other = TorchOracle(others["independent"], SHAPE)
+    other = TorchOracle(changed_models["independent"], SHAPE)
     with pytest.raises(EndpointMismatch, match=r"different model or wrong endpoint format \(this key keeps no"):
         canary.preflight(other, old, endpoint=True)
     assert marks.verify(other, old).details["preflight"].startswith(DIFFERS)
@@ -192,11 +181,11 @@ def test_keys_without_misread_answers_fall_back_to_the_earlier_rule(key, others,
     assert verdict.details["preflight"] == canary.NO_CANARIES and verdict.decision == "intact"
 
 
-def test_an_independent_model_gets_no_match_not_an_error_for_an_ownership_key(lenet, mnist, others):
+def test_an_independent_model_gets_no_match_not_an_error_for_an_ownership_key(lenet, mnist, changed_models):
     key = canary.attach(KeyFile(method="ipguard", config={}, queries=mnist.test.x[:4],
                                 expected=torch.zeros(4, dtype=torch.int64)),
                         TorchOracle(lenet, mnist.shape), mnist.test.x, mnist.test.y)
-    assert canary.preflight(TorchOracle(others["independent"], SHAPE), key, endpoint=True).startswith(DIFFERS)
+    assert canary.preflight(TorchOracle(changed_models["independent"], SHAPE), key, endpoint=True).startswith(DIFFERS)
 
 
 def test_the_fit_bounds_are_inclusive_and_the_told_bounds_strict():

@@ -237,13 +237,19 @@ METAFINGER = ("--n 20 --candidates 60 --negatives 2 --val-negatives 2 --af 1 --s
               "--epochs 10 --executor serial")
 SAC = "--negatives 2 --val-negatives 2 --af 0 --shadow-epochs 2 --finetune-epochs 1 --executor serial"
 HELDOUT_BENCH = "--quick --data digits --out-dir bench"
-LICENSE = "--families 40 --epochs 3"
+LICENSE = "--families 40 --epochs 1"
+UNREAD_LICENSE = "--families 8 --epochs 1"
+"""For a license line whose models and key no later line reads."""
+OVERWRITTEN_SAC = " --distilled-negatives 2 --distill-epochs 1"
+"""For the sac line whose key the next one writes again (its distilled negatives are not cached)."""
 
 STEPS: dict[str, Step] = {
     # The README's walk-through (and the help's train, mark and verify).
-    "nnmark train --arch lenet5 --data mnist5k --epochs 8 --out lenet5.safetensors": Step(),
+    # A line whose files no later line reads (or the next writes again) runs shrunk to the bone: what is checked of
+    # it, its exit and the files it writes, is the same.
+    "nnmark train --arch lenet5 --data mnist5k --epochs 8 --out lenet5.safetensors": Step("--epochs 1"),
     "nnmark train --arch lenet5 --data mnist5k --epochs 8 --seed 0 --out lenet5.safetensors": Step(),
-    "nnmark mark dbi --model lenet5.safetensors --out dbi.key --secret-file secret": Step("--itr 300"),
+    "nnmark mark dbi --model lenet5.safetensors --out dbi.key --secret-file secret": Step("--n 10 --itr 50"),
     "nnmark mark dbi --model lenet5.safetensors --n 100 --itr 3000 --out dbi.key --secret-file secret":
         Step("--itr 1000"),  # fragile enough that the fine-tune flips a quarter of them
     "nnmark mark natural --model lenet5.safetensors --n 100 --out natural.key --secret-file secret": Step(),
@@ -264,7 +270,7 @@ STEPS: dict[str, Step] = {
     "--secret-file secret": Step(INNFORMANT),
     "nnmark mark metafinger --model lenet5.safetensors --out metafinger.key --secret-file secret": Step(METAFINGER),
     "nnmark mark metafinger --model lenet5.safetensors --out finger.key --secret-file secret": Step(METAFINGER),
-    "nnmark mark sac --model lenet5.safetensors --out sac.key --secret-file secret": Step(SAC),
+    "nnmark mark sac --model lenet5.safetensors --out sac.key --secret-file secret": Step(SAC + OVERWRITTEN_SAC),
     "nnmark mark sac --model lenet5.safetensors --af 0 --out sac.key --secret-file secret": Step(SAC),
     "nnmark attack distill --model lenet5.safetensors --out distilled.safetensors --temperature 3": Step(),
     "nnmark verify sac.key --model distilled.safetensors --secret-file secret": Step(),
@@ -280,11 +286,11 @@ STEPS: dict[str, Step] = {
     "nnmark verify coupled.key --model pruned.safetensors --secret-file secret": Step(),
     # Which licensee leaked it.
     "nnmark mark license --model lenet5.safetensors --out-model wm.safetensors --licensee alice --out license.key "
-    "--secret-file secret": Step(LICENSE),
+    "--secret-file secret": Step(UNREAD_LICENSE),
     "nnmark license --model lenet5.safetensors --licensees alice,bob,carol --out licensed --secret-file secret":
         Step(LICENSE + " --max-drop 5"),
     "nnmark license --model lenet5.safetensors --count 16 --out fleet --secret-file secret --json":
-        Step(LICENSE + " --count 2 --max-drop 5"),
+        Step(UNREAD_LICENSE + " --count 2 --max-drop 5"),
     "nnmark trace licensed/registry.key --model licensed/bob.safetensors --secret-file secret": Step(),
     "nnmark trace licensed/registry.key --model licensed/carol.safetensors --secret-file secret --json": Step(),
     "nnmark trace licensed/registry.key --model lenet5.safetensors --secret-file secret": Step(),
@@ -294,7 +300,7 @@ STEPS: dict[str, Step] = {
     "nnmark attack distill --model lenet5.safetensors --out attacked.safetensors": Step("--epochs 1"),
     "nnmark attack finetune --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack finetune-mode --model lenet5.safetensors --out attacked.safetensors": Step(),
-    "nnmark attack adversarial --model lenet5.safetensors --out attacked.safetensors": Step(),
+    "nnmark attack adversarial --model lenet5.safetensors --out attacked.safetensors": Step("--epochs 1 --steps 5"),
     "nnmark attack extract --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack fine-prune --model lenet5.safetensors --out attacked.safetensors": Step(),
     "nnmark attack noise-finetune --model lenet5.safetensors --out attacked.safetensors": Step(),
@@ -340,7 +346,7 @@ STEPS: dict[str, Step] = {
     "nnmark watch --inventory fleet.toml --state watch-state --secret-file secret --metrics-port 9464 "
     "--log audit.jsonl --webhook http://127.0.0.1:9095/hook":
         Step(test="tests/test_watch.py::test_the_documented_watch_runs_until_sigterm_with_metrics_log_and_webhook"),
-    "nnmark mark dbi --model lenet5.safetensors --seed 7 --out dbi-2.key --secret-file secret": Step("--itr 300"),
+    "nnmark mark dbi --model lenet5.safetensors --seed 7 --out dbi-2.key --secret-file secret": Step("--n 10 --itr 50"),
     # Your own model.
     "nnmark train --model mypkg.nets:small_cnn --input-shape 3,32,32 --normalize imagenet --data mnist5k "
     "--out net.safetensors": Step("--epochs 1"),

@@ -219,6 +219,7 @@ def test_an_inventory_that_is_no_regular_file_or_too_large_is_refused(folder):
     (["--endpoint", "http://127.0.0.1:1"], "--endpoint"), (["--model", "net.safetensors"], "--model"),
     (["keys/a.key"], "KEY_PATHS"), (["--keys", "keys"], "--keys"), (["--layout", "NHWC"], "--layout"),
     (["--timeout", "3"], "--timeout"), (["--token-file", "token"], "--token-file"),
+    (["--env", "float32"], "--env"), (["--no-consistency-check"], "--no-consistency-check"),
 ])
 def test_inventory_goes_with_no_option_that_names_keys_or_a_target(folder, extra, named, monkeypatch):
     monkeypatch.chdir(folder)

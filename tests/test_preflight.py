@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from test_cli import nnmark_serve
 
 from nnmark import keys, marks, models
-from nnmark.attacks import finetune
 from nnmark.cli import main
 from nnmark.errors import EndpointMismatch
 from nnmark.marks import canary
@@ -39,20 +38,13 @@ def key_file(lenet, mnist, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def changed(lenet, mnist, tmp_path_factory):
+def changed(changed_models, mnist, tmp_path_factory):
     """Checkpoint files of models that differ from the keyed one."""
-    torch.manual_seed(7)
-    other = models.build("lenet5", mnist.shape, mnist.num_classes)
-    models.train(other, mnist.train, epochs=4, seed=7)
-    torch.manual_seed(3)
-    found = {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
-             "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2,
-                                         steps=300)}
     folder = tmp_path_factory.mktemp("changed")
     config = models.ModelConfig("lenet5", mnist.shape, mnist.num_classes, data="mnist5k")
-    for name, model in found.items():
+    for name, model in changed_models.items():
         models.save(model, config, folder / f"{name.replace(' ', '-')}.safetensors")
-    return {name: folder / f"{name.replace(' ', '-')}.safetensors" for name in found}
+    return {name: folder / f"{name.replace(' ', '-')}.safetensors" for name in changed_models}
 
 
 def _tampered(r) -> str:

@@ -31,6 +31,7 @@ from nnmark.errors import EndpointUnreachable
 from nnmark.marks.integrity import baselines
 from nnmark.oracles import TorchOracle
 from nnmark.watch import events, exposure, watcher
+from nnmark.watch import store as store_module
 from nnmark.watch.page import page
 from nnmark.watch.server import Server
 from nnmark.watch.store import KeyState, Store
@@ -443,6 +444,51 @@ def test_a_restart_resumes_the_schedule_and_the_history(fleet, tmp_path, constan
     assert samples[("nnmark_key_state", (("key", "natural0.key"), ("state", "ok"), ("target", "replica-2")))] == 1
 
 
+def _stored(store: Store, finished: float, state: str = "ok", sent=(), target: str = "t") -> None:
+    """A round of ``target`` with one key in ``state`` that sent ``sent``, and an event, at ``finished``."""
+    verdict = store_module.Verdict("k.key", "sha", state, "intact", "flips", 0.0, len(sent), "")
+    event = store_module.Event(finished, target, "k.key", None, state)
+    assert store.write_round(store_module.Round(target, finished - 1, finished, 0, "", {"at": finished}, [verdict],
+                                                {"sha": list(sent)}, {"k.key": KeyState(state, state, 0)},
+                                                [event])) is not None
+
+
+def test_retention_deletes_older_rounds_and_events_and_keeps_exposure_and_last_success(tmp_path):
+    store = Store(tmp_path, retention=100.0)
+    _stored(store, 1000.0, "ok", sent=[1, 2])
+    _stored(store, 1100.0, "unreachable", sent=[3])
+    _stored(store, 1050.0, "unreachable", target="other")
+    assert store.rounds() == 3  # nothing older than 100 s before each write
+    _stored(store, 1200.0, "unreachable")  # cutoff 1100: the rounds of 1000 and 1050 go, the one at 1100 stays
+    assert store.rounds("t") == 2 and store.rounds("other") == 0
+    assert [e.time for e in store.events()] == [1100.0, 1200.0]
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM queries").fetchone()[0] == 1
+    assert store.exposed("t", "sha") == {1, 2, 3}  # sent by a deleted round: still known to the endpoint
+    assert store.last_success("t") == 1000.0 and store.last_success("other") is None
+    assert store.integrity_check() == "ok"
+    kept = Store(tmp_path / "kept")  # no retention: nothing deleted
+    for t in (1.0, 2.0, 1000.0):
+        _stored(kept, t)
+    assert kept.rounds() == 3 and len(kept.events()) == 3
+
+
+def test_retention_deletes_a_bounded_number_of_rows_per_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "PRUNE_LIMIT", 2)
+    old = Store(tmp_path)
+    for t in range(5):
+        _stored(old, float(t), sent=[t])
+    old.close()
+    store = Store(tmp_path, retention=10.0)
+    counts = []
+    for t in (100.0, 101.0, 102.0):
+        _stored(store, t)
+        counts.append((store.rounds(), len(store.events())))
+    assert counts == [(4, 4), (3, 3), (3, 3)]  # 2 old rounds and 2 old events per write, then none left
+    assert store.exposed("t", "sha") == {0, 1, 2, 3, 4} and store.last_success("t") == 102.0
+
+
 KILLED = """
 import sys, threading
 sys.path[:0] = [{src!r}, {tests!r}]
@@ -579,6 +625,12 @@ def test_a_bad_inventory_or_bad_options_are_refused_before_anything_runs(fleet_f
     assert r.exit_code == 2 and "--exposure-warn" in r.stderr and not (tmp_path / "state").exists()
     r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--webhook", "file:///etc/passwd")
     assert r.exit_code == 2 and "--webhook must be an http" in r.stderr and not (tmp_path / "state").exists()
+    r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--retention", "59m59s")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "state").exists()
+    assert "--retention 3599 s is shorter than the longest interval, 3600 s" in r.stderr
+    for bad_value in ("0d", "30 days", "-1d"):
+        r = _cli("watch", "--inventory", good, "--state", tmp_path / "state", "--retention", bad_value)
+        assert r.exit_code == 2 and "--retention" in r.stderr and not (tmp_path / "state").exists(), r.output
 
 
 def test_the_documented_watch_runs_until_sigterm_with_metrics_log_and_webhook(fleet_files, tmp_path, receiver,

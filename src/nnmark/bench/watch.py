@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -43,14 +44,14 @@ from nnmark.marks.integrity import baselines, dbi
 from nnmark.marks.ownership import ipguard
 from nnmark.oracles import TorchOracle
 from nnmark.serve import create_app, serving
-from nnmark.watch import exposure
+from nnmark.watch import exposure, watcher
 
 STEM = "watch"
 SECRET = b"nnmark-bench-watch-secret"
 HOST = "127.0.0.1"
 FULL = {"seeds": 1, "targets": 10, "interval": 10.0, "seconds": 180.0, "cycles": 50, "idle_seconds": 30.0,
         "sample": 16, "key_n": 30, "exposure_n": 100, "exposure_samples": (8, 16, 32), "exposure_draws": 200}
-QUICK = {"seeds": 1, "targets": 2, "interval": 3.0, "seconds": 8.0, "cycles": 2, "idle_seconds": 3.0,
+QUICK = {"seeds": 1, "targets": 2, "interval": 3.0, "seconds": 4.0, "cycles": 2, "idle_seconds": 2.0,
          "sample": 16, "key_n": 20, "exposure_n": 100, "exposure_samples": (8, 32), "exposure_draws": 20}
 ROUNDS = (1, 10, 100)
 UNREACHABLE_AFTER = 3
@@ -147,7 +148,7 @@ def _inventory(root: Path, name: str, ports: list[int], interval: float, key_pat
 class Watch:
     """``nnmark watch`` as a process; its CPU seconds and peak RSS from /proc."""
 
-    def __init__(self, root: Path, inventory: Path, state: str, webhook: str, sample: int):
+    def __init__(self, root: Path, inventory: Path, state: str, webhook: str, sample: int, jitter: float):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "NNMARK_PROGRESS": "0",
                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH",
                                                                                                        "")])}
@@ -156,7 +157,7 @@ class Watch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nnmark", "watch", "--inventory", str(inventory), "--state", str(self.state),
              "--secret-file", str(root / "secret"), "--webhook", webhook, "--sample", str(sample), "--allow-exposure",
-             "--unreachable-after", str(UNREACHABLE_AFTER), "--jitter", "0.1"],
+             "--unreachable-after", str(UNREACHABLE_AFTER), "--jitter", str(jitter)],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), env=env)
 
     def cpu_seconds(self) -> float:
@@ -214,16 +215,29 @@ def _wait_alert(receiver: Receiver, since: float, state: str, timeout: float) ->
     return None
 
 
+@contextlib.contextmanager
+def _watched(root: Path, name: str, fx, p: dict, receiver: Receiver, *, targets: int, interval: float,
+             jitter: float = watcher.DEFAULT_JITTER) -> Iterator[tuple[list[Replica], Watch]]:
+    """``targets`` replicas of the model under a watch at ``interval`` and ``jitter`` (state ``name``), once every
+    target was asked (started and warmed up); the watch and the replicas stopped on exit."""
+    source, _, key_paths = fx
+    with contextlib.ExitStack() as stack:
+        replicas = []
+        for _ in range(targets):
+            replicas.append(Replica(_port()))
+            stack.callback(replicas[-1].stop)
+            replicas[-1].start(source)
+        watch = Watch(root, _inventory(root, name, [r.port for r in replicas], interval, key_paths), name,
+                      receiver.url, p["sample"], jitter)
+        stack.callback(watch.stop)
+        watch.wait_rounds(targets, 180)
+        yield replicas, watch
+
+
 def measure_load(root: Path, fx, p: dict, receiver: Receiver) -> dict:
     """CPU, memory, rounds and queries of a watch over ``targets`` replicas; then a swap and its alert."""
-    source, tuned, key_paths = fx
-    replicas = [Replica(_port()) for _ in range(p["targets"])]
-    for r in replicas:
-        r.start(source)
-    watch = Watch(root, _inventory(root, "load", [r.port for r in replicas], p["interval"], key_paths), "load",
-                  receiver.url, p["sample"])
-    try:
-        watch.wait_rounds(p["targets"], 180)  # started and warmed up: every target asked once
+    tuned = fx[1]
+    with _watched(root, "load", fx, p, receiver, targets=p["targets"], interval=p["interval"]) as (replicas, watch):
         cpu0, t0 = watch.cpu_seconds(), time.monotonic()
         time.sleep(p["seconds"])
         cpu = (watch.cpu_seconds() - cpu0) / (time.monotonic() - t0)
@@ -233,11 +247,7 @@ def measure_load(root: Path, fx, p: dict, receiver: Receiver) -> dict:
         swapped = time.time()
         replicas[0].start(tuned)
         alert = _wait_alert(receiver, swapped, "failed", 3 * p["interval"] + 60)
-        durations = [d for d, _ in rows]
-    finally:
-        watch.stop()
-        for r in replicas:
-            r.stop()
+    durations = [d for d, _ in rows]
     queries = statistics.mean(q for _, q in rows)
     return {"cpu_share": cpu, "peak_rss_mib": rss, "rounds": len(rows),
             "duration_median_s": statistics.median(durations), "duration_max_s": max(durations),
@@ -249,14 +259,8 @@ def measure_load(root: Path, fx, p: dict, receiver: Receiver) -> dict:
 
 def measure_outage(root: Path, fx, p: dict, receiver: Receiver) -> dict:
     """Stop/restart cycles of one replica under a 1 s watch: events by state."""
-    source, _, key_paths = fx
-    replica = Replica(_port())
-    replica.start(source)
-    watch = Watch(root, _inventory(root, "outage", [replica.port], 1.0, key_paths), "outage", receiver.url,
-                  p["sample"])
-    rng = random.Random(0)
-    try:
-        watch.wait_rounds(1, 180)
+    source, rng = fx[0], random.Random(0)
+    with _watched(root, "outage", fx, p, receiver, targets=1, interval=1.0) as ((replica,), watch):
         for _ in range(p["cycles"]):
             replica.stop()
             time.sleep(rng.uniform(0.2, 4.0))  # down: often shorter, sometimes longer than UNREACHABLE_AFTER rounds
@@ -265,29 +269,18 @@ def measure_outage(root: Path, fx, p: dict, receiver: Receiver) -> dict:
         time.sleep(3.0)
         states = watch.query("SELECT state, COUNT(*) FROM verdicts GROUP BY state")
         events = watch.query("SELECT new, COUNT(*) FROM events GROUP BY new")
-    finally:
-        watch.stop()
-        replica.stop()
     return {"cycles": p["cycles"], "rounds_by_state": dict(states), "events_by_state": dict(events),
             "failed_events": dict(events).get("failed", 0)}
 
 
 def measure_idle(root: Path, fx, p: dict, receiver: Receiver) -> dict:
     """The watch's CPU share between rounds: an hour's interval, after its first round."""
-    source, _, key_paths = fx
-    replica = Replica(_port())
-    replica.start(source)
-    watch = Watch(root, _inventory(root, "idle", [replica.port], 3600.0, key_paths), "idle", receiver.url,
-                  p["sample"])
-    try:
-        watch.wait_rounds(1, 180)
+    # no jitter: a first round is due at once, not up to 10 s later (the spread of an hour's interval's jitter)
+    with _watched(root, "idle", fx, p, receiver, targets=1, interval=3600.0, jitter=0.0) as (_, watch):
         time.sleep(1.0)
         cpu0, t0 = watch.cpu_seconds(), time.monotonic()
         time.sleep(p["idle_seconds"])
         share = (watch.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-    finally:
-        watch.stop()
-        replica.stop()
     return {"cpu_share": share, "seconds": p["idle_seconds"]}
 
 

@@ -6,7 +6,6 @@ import json
 import sys
 
 import click
-from click.core import ParameterSource
 
 from nnmark import envs, keyinfo
 from nnmark import keys as keyfiles
@@ -37,11 +36,6 @@ A nightly check (cron, CI or a Kubernetes CronJob) of a fleet of replicas:
     --secret-file secret --report audit.html --log audit.jsonl --json > audit.json"""
 
 
-INVENTORY_ALONE = ("inventory_path", "report_path", "log_path", "alpha", "no_sequential", "seed", "batch_size",
-                   "workers", "accept_environment", "secret_file", "unsigned", "as_json")
-"""The options --inventory goes with: how keys are asked and reported, not which keys or targets (its own)."""
-
-
 def _jobs(key_paths, keys_dir, suspect: SuspectOptions | None, secret: bytes | None,
           unsigned: bool) -> list[tuple[audit_run.Target, list[audit_run.AuditKey]]]:
     """Each target with the keys to ask it: every key of the command line, asked of the local model or each
@@ -57,11 +51,10 @@ def _jobs(key_paths, keys_dir, suspect: SuspectOptions | None, secret: bytes | N
             for one in suspect.suspects()]
 
 
-def _given_with_inventory(ctx: click.Context) -> str:
-    """The options given (on the command line or from the environment) that --inventory cannot go with, or ''."""
-    given = [param for param in ctx.command.params if param.name not in INVENTORY_ALONE
-             and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
-    return ", ".join(param.opts[0] if param.opts[0].startswith("-") else param.name.upper() for param in given)
+def _given_with_inventory(key_paths, keys_dir, suspect_given: tuple[str, ...]) -> str:
+    """The options given that --inventory cannot go with (which keys, which targets), or ''."""
+    return ", ".join((["KEY_PATHS"] if key_paths else []) + (["--keys"] if keys_dir is not None else [])
+                     + list(suspect_given))
 
 
 def _text(reports: list[audit_run.TargetReport]) -> str:
@@ -109,8 +102,7 @@ def _error_exit(message: str) -> None:
 @accept_environment_option
 @with_secret
 @json_option
-@click.pass_context
-def audit(ctx: click.Context, key_paths, keys_dir, inventory_path, suspect, report_path, log_path, alpha, no_sequential,
+def audit(key_paths, keys_dir, inventory_path, suspect, suspect_given, report_path, log_path, alpha, no_sequential,
           seed, batch_size, workers, accept_environment, secret_file, unsigned, as_json) -> None:
     """Ask a model, or a fleet of endpoints, every key: is it intact? is it mine? what runs it?
 
@@ -124,7 +116,7 @@ def audit(ctx: click.Context, key_paths, keys_dir, inventory_path, suspect, repo
     if log_path and secret is None:
         raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
     if inventory_path:
-        if given := _given_with_inventory(ctx):
+        if given := _given_with_inventory(key_paths, keys_dir, suspect_given):
             raise CliError(f"--inventory names every target and its keys: it cannot go with {given}")
         jobs = inventory.audit_jobs(inventory.load(inventory_path), secret=secret, allow_unsigned=unsigned)
     else:

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import click
+from click.core import ParameterSource
 
 from nnmark import envs
 from nnmark.cli._shared import MODEL_HELP, CliError, FiniteFloat, device_option, model_source_options, source_value
@@ -153,9 +154,22 @@ class SuspectOptions:
             yield oracle, described(suspect, self.env, self.device), loaded.digest if loaded is not None else None
 
 
+SUSPECT_PARAMS = ("model_path", "weights", "input_shape", "normalize", "env_name", "device", "endpoint", "model_name",
+                  "token_file", "budget")
+"""The parameters of the suspect options besides the endpoint-shape ones (``ENDPOINT_OPTIONS``)."""
+
+
+def _given(ctx: click.Context, names: set[str]) -> tuple[str, ...]:
+    """The flags of the parameters in ``names`` given on the command line or from the environment, in the command's
+    order."""
+    return tuple(param.opts[0] for param in ctx.command.params if param.name in names
+                 and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT))
+
+
 def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
     """Give the command ``suspect`` (``SuspectOptions``, or None when ``optional`` and no suspect is named) in place
-    of the suspect options."""
+    of the suspect options; when ``optional``, also ``suspect_given``: the flags of the suspect options given (empty
+    when none was)."""
     @functools.wraps(f)
     def command(*args, model_path, weights, input_shape, normalize, env_name, device, endpoint, model_name,
                 token_file, budget, **kwargs):
@@ -176,7 +190,14 @@ def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
         suspect = SuspectOptions(source, endpoints, {"model_name": model_name, **given}, env_name, token, budget,
                                  device)
         return f(*args, suspect=suspect, **kwargs)
-    return command
+    if not optional:
+        return command
+
+    @click.pass_context
+    @functools.wraps(f)
+    def optional_command(ctx: click.Context, *args, **kwargs):
+        return command(*args, suspect_given=_given(ctx, {*SUSPECT_PARAMS, *names}), **kwargs)
+    return optional_command
 
 
 def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = (), optional: bool = False):
@@ -186,7 +207,8 @@ def suspect_options(f=None, *, fleet: bool = False, taken: tuple[str, ...] = (),
     ``fleet=True`` (``@suspect_options(fleet=True)``) lets --endpoint repeat, and leaves --batch-size to the
     command. ``taken``: endpoint-shape options (``ENDPOINT_OPTIONS`` names) left to a command that has options of
     those names (its requests then follow the server's max_batch_size, as a fleet's). ``optional``: a command that
-    can name its suspects otherwise (``audit --inventory``) gets ``suspect`` None when neither is given."""
+    can name its suspects otherwise (``audit --inventory``) gets ``suspect`` None when neither is given, and
+    ``suspect_given``, the flags of the suspect options that were given (empty when none was)."""
     if f is None:
         return lambda g: suspect_options(g, fleet=fleet, taken=taken, optional=optional)
     names = [name for name in ENDPOINT_OPTIONS if name not in taken and not (fleet and name == "batch_size")]

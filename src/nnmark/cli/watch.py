@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import threading
@@ -47,6 +48,21 @@ def _signals(stop: threading.Event, abandon: threading.Event):
             signal.signal(sig, old)
 
 
+DEFAULT_RETENTION = "30d"
+
+
+def _retention(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """--retention in seconds: a duration such as "30d" or "12h" (units ms, s, m, h, d), or None for "off"."""
+    text = value.strip()
+    if text == "off":
+        return None
+    if not audit_inventory.DURATION.fullmatch(text) or (seconds := sum(
+            float(n) * audit_inventory.UNITS[unit] for n, unit in re.findall(r"([\d.]+)([a-z]+)", text))) <= 0:
+        raise click.BadParameter(f'expected a duration above 0 such as "30d" or "12h", or "off", got {value!r}',
+                                 ctx, param)
+    return seconds
+
+
 def _say(line: str) -> None:
     click.echo(printable(line), err=True)
 
@@ -87,11 +103,14 @@ def _say(line: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Queries per batch before the decision is checked again.")
 @click.option("--seed", type=int, help="Seeds the rounds' subsets and orders (default: fresh randomness).")
+@click.option("--retention", default=DEFAULT_RETENTION, show_default=True, callback=_retention, metavar="DURATION",
+              help="Delete rounds and events older than this from the state folder, a little at each round (\"off\": "
+                   "keep them all); at least the longest interval. What was sent to a target is never forgotten.")
 @with_secret
 @json_option
 def watch(inventory_path, state_dir, once, log_path, webhook, webhook_timeout, webhook_retries, unreachable_after,
           metrics_port, metrics_host, sample, exposure_warn, exposure_max, allow_exposure, workers, jitter, grace,
-          alpha, batch_size, seed, secret_file, unsigned, as_json) -> None:
+          alpha, batch_size, seed, retention, secret_file, unsigned, as_json) -> None:
     """Audit an inventory's targets at their intervals until stopped; metrics, events and a page.
 
     \b
@@ -108,13 +127,16 @@ def watch(inventory_path, state_dir, once, log_path, webhook, webhook_timeout, w
     if log_path and secret is None:
         raise CliError("--log needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
     inventory = audit_inventory.load(inventory_path)
+    if retention is not None and retention < (longest := max(t.interval for t in inventory.targets)):
+        raise CliError(f"--retention {retention:g} s is shorter than the longest interval, {longest:g} s: a target's "
+                       "last round would be deleted before its next one")
     options = watcher.Options(
         settings=audit_run.Settings(secret=secret, alpha=alpha, batch_size=batch_size),
         limits=exposure.Limits(sample, exposure_warn, exposure_max, allow_exposure),
         unreachable_after=unreachable_after, jitter=jitter, workers=workers, seed=seed,
         log_path=Path(log_path) if log_path else None, grace=grace, allow_unsigned=unsigned,
         webhook=events.Webhook(webhook, webhook_timeout, webhook_retries) if webhook else None)
-    store = Store(state_dir)
+    store = Store(state_dir, retention)
     try:
         reports = _run(inventory, store, options, once, metrics_host, metrics_port)
     finally:

@@ -5,6 +5,11 @@ Tables: ``rounds`` (a target's round: times, duration, exit status, error, queri
 which key went to which target in which round), ``events`` (state changes) and ``states`` (per target x key the
 last announced state, the last observed one and the run of consecutive ``unreachable`` rounds). A kill loses at
 most the round in flight: a round is written whole or not at all.
+
+With a retention, each round written also deletes, in its transaction, the rounds (with their verdicts and
+queries) and events older than it, at most ``PRUNE_LIMIT`` of each: what a deleted round sent is kept, as
+(target, key, index) once each, in ``exposed`` (an endpoint that logged a query knows it for ever), and each
+target's last round that decided every key in ``successes``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from nnmark.errors import NnmarkError
 DB_NAME = "watch.sqlite"
 DECIDED = ("ok", "failed")
 """States in which a key's check ran to a decision."""
+PRUNE_LIMIT = 100
+"""The most rounds, and the most events, one round's write deletes: bounded work per round, and a backlog (a
+retention newly set on an old state folder) drains a hundred times faster than rows come."""
+ALL_DECIDED = ("EXISTS (SELECT 1 FROM verdicts v WHERE v.round_id=r.id) AND NOT EXISTS (SELECT 1 FROM verdicts v "
+               f"WHERE v.round_id=r.id AND v.state NOT IN {DECIDED!r})")
+"""SQL: the round ``r`` decided every key (each ``ok`` or ``failed``)."""
+OLD_ROUNDS = "SELECT id FROM rounds WHERE finished < :cutoff ORDER BY finished LIMIT :limit"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds(id INTEGER PRIMARY KEY, target TEXT NOT NULL, started REAL NOT NULL,
   finished REAL NOT NULL, duration_s REAL NOT NULL, status INTEGER NOT NULL, error TEXT NOT NULL,
@@ -35,6 +47,13 @@ CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, time REAL NOT NULL, ta
   key TEXT NOT NULL, old TEXT, new TEXT NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS states(target TEXT NOT NULL, key TEXT NOT NULL, announced TEXT, observed TEXT NOT NULL,
   streak INTEGER NOT NULL, PRIMARY KEY(target, key));
+CREATE INDEX IF NOT EXISTS rounds_finished ON rounds(finished);
+CREATE INDEX IF NOT EXISTS verdicts_round ON verdicts(round_id);
+CREATE INDEX IF NOT EXISTS queries_round ON queries(round_id);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS exposed(target TEXT NOT NULL, key_sha256 TEXT NOT NULL, idx INTEGER NOT NULL,
+  PRIMARY KEY(target, key_sha256, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS successes(target TEXT PRIMARY KEY, finished REAL NOT NULL);
 """
 
 
@@ -97,9 +116,10 @@ class Round:
 
 
 class Store:
-    """The database in ``folder`` (created if missing), safe to use from several threads (one lock)."""
+    """The database in ``folder`` (created if missing), safe to use from several threads (one lock). ``retention``:
+    seconds after which a round and an event are deleted (None: kept for ever)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, retention: float | None = None):
         path = Path(folder)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -110,6 +130,7 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"state folder {folder}: {e}") from None
         self.path = path / DB_NAME
+        self.retention = retention
         self._lock = threading.Lock()
         self._closed = False
 
@@ -120,7 +141,7 @@ class Store:
                 self._closed = True
                 self._db.close()
 
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _read(self, sql: str, args: tuple | dict = ()) -> list[tuple]:
         with self._lock:
             if self._closed:
                 raise StoreError(f"{self.path}: closed")
@@ -147,12 +168,28 @@ class Store:
                                [(e.time, e.target, e.key, e.old, e.new, e.note) for e in r.events])
                 db.executemany("INSERT OR REPLACE INTO states VALUES (?,?,?,?,?)",
                                [(r.target, key, s.announced, s.observed, s.streak) for key, s in r.states.items()])
+                db.execute(f"INSERT OR REPLACE INTO successes SELECT target, finished FROM rounds r WHERE id=? AND "
+                           f"{ALL_DECIDED}", (rid,))
+                if self.retention is not None:
+                    self._prune(r.finished - self.retention)
                 db.execute("COMMIT")
             except sqlite3.Error as e:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise StoreError(f"{self.path}: cannot write a round: {e}") from None
             return rid
+
+    def _prune(self, cutoff: float) -> None:
+        """Delete up to ``PRUNE_LIMIT`` rounds (their verdicts and queries) and events from before ``cutoff``,
+        keeping what the rounds sent in ``exposed`` (inside the caller's transaction)."""
+        bound = {"cutoff": cutoff, "limit": PRUNE_LIMIT}
+        self._db.execute("INSERT OR IGNORE INTO exposed SELECT target, key_sha256, idx FROM queries WHERE round_id IN "
+                         f"({OLD_ROUNDS})", bound)
+        for table in ("queries", "verdicts"):
+            self._db.execute(f"DELETE FROM {table} WHERE round_id IN ({OLD_ROUNDS})", bound)
+        self._db.execute(f"DELETE FROM rounds WHERE id IN ({OLD_ROUNDS})", bound)
+        self._db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time < :cutoff ORDER BY time "
+                         "LIMIT :limit)", bound)
 
     def states(self, target: str) -> dict[str, KeyState]:
         """Each key's standing on ``target``."""
@@ -164,15 +201,16 @@ class Store:
         return self._read("SELECT MAX(finished) FROM rounds WHERE target=?", (target,))[0][0]
 
     def last_success(self, target: str) -> float | None:
-        """When a round of ``target`` last decided every key (each ``ok`` or ``failed``), or None."""
-        return self._read("SELECT MAX(finished) FROM rounds r WHERE target=? AND EXISTS (SELECT 1 FROM verdicts v "
-                          "WHERE v.round_id=r.id) AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.round_id=r.id AND "
-                          f"v.state NOT IN {DECIDED!r})", (target,))[0][0]
+        """When a round of ``target`` last decided every key (each ``ok`` or ``failed``), or None (kept when the
+        round itself is deleted; a state folder of an older nnmark has only its rounds)."""
+        return self._read(f"SELECT MAX(f) FROM (SELECT finished f FROM successes WHERE target=:t UNION ALL "
+                          f"SELECT MAX(finished) FROM rounds r WHERE target=:t AND {ALL_DECIDED})", {"t": target})[0][0]
 
     def exposed(self, target: str, key_sha256: str) -> set[int]:
-        """The distinct query indices of a key ever sent to ``target``."""
-        return {i for (i,) in self._read("SELECT DISTINCT idx FROM queries WHERE target=? AND key_sha256=?",
-                                         (target, key_sha256))}
+        """The distinct query indices of a key ever sent to ``target`` (of deleted rounds too)."""
+        return {i for (i,) in self._read("SELECT idx FROM queries WHERE target=:t AND key_sha256=:k UNION "
+                                         "SELECT idx FROM exposed WHERE target=:t AND key_sha256=:k",
+                                         {"t": target, "k": key_sha256})}
 
     def latest_reports(self) -> list[dict]:
         """The report (JSON) of each target's latest round, by target name."""
