@@ -171,17 +171,17 @@ def _parse(path: Path) -> dict:
         raise InventoryError(f"{path}: not a TOML file: {printable(e)}") from None
 
 
-def parse_duration(value: object) -> float:
+def parse_duration(value: object, most: float = MAX_INTERVAL) -> float:
     """Seconds from a number > 0 or a duration such as "90s", "5m", "1h30m", "250ms" (units ms, s, m, h, d), at
-    most ``MAX_INTERVAL``; ``ValueError`` otherwise."""
+    most ``most`` (default ``MAX_INTERVAL``, an interval's bound); ``ValueError`` otherwise."""
     if isinstance(value, str) and DURATION.fullmatch(value.strip()):
         seconds = sum(float(n) * UNITS[unit] for n, unit in _PART.findall(value))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
         raise ValueError(f"expected seconds or a duration such as \"90s\", \"5m\", \"1h30m\", got {value!r}")
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_INTERVAL):
-        raise ValueError(f"must be more than 0 s and at most {MAX_INTERVAL:g} s, got {value!r}")
+    if not (math.isfinite(seconds) and 0 < seconds <= most):
+        raise ValueError(f"must be more than 0 s and at most {most:g} s, got {value!r}")
     return seconds
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import re
+import math
 import signal
 import sys
 import threading
@@ -53,14 +53,13 @@ DEFAULT_RETENTION = "30d"
 
 def _retention(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
     """--retention in seconds: a duration such as "30d" or "12h" (units ms, s, m, h, d), or None for "off"."""
-    text = value.strip()
-    if text == "off":
+    if value.strip() == "off":
         return None
-    if not audit_inventory.DURATION.fullmatch(text) or (seconds := sum(
-            float(n) * audit_inventory.UNITS[unit] for n, unit in re.findall(r"([\d.]+)([a-z]+)", text))) <= 0:
+    try:
+        return audit_inventory.parse_duration(value.strip(), most=math.inf)
+    except ValueError:
         raise click.BadParameter(f'expected a duration above 0 such as "30d" or "12h", or "off", got {value!r}',
-                                 ctx, param)
-    return seconds
+                                 ctx, param) from None
 
 
 def _say(line: str) -> None:
