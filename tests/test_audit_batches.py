@@ -8,7 +8,6 @@ import nnmark
 from nnmark import data, keys, models
 from nnmark.audit import run as audit
 from nnmark.cli import main
-from nnmark.errors import KeyFileError
 from nnmark.oracles import TorchOracle
 
 WHOLE = 30
@@ -76,22 +75,6 @@ def test_an_environment_with_its_own_batch_keeps_it(local, forward_sizes):
     path, key_paths = local
     result = _audit(path, [key_paths["seven"]], env="batch1")
     assert result.keys[0].queries == WHOLE and set(forward_sizes) == {1}
-
-
-@pytest.mark.parametrize("size", [0, -1, 2.0, "4", True])
-def test_a_malformed_recorded_batch_size_is_refused_with_the_key(local, tmp_path, size):
-    """Neither written nor read: verify and audit would otherwise split a batch by it (a RuntimeError, not a
-    verdict)."""
-    _, key_paths = local
-    key = keys.load(key_paths["four"], secret=None, allow_unsigned=True)
-    key.config["batch_size"] = size
-    with pytest.raises(KeyFileError, match="batch_size must be an integer >= 1"):
-        keys.save(key, tmp_path / "bad.key", secret=None)
-    with pytest.raises(KeyFileError, match="batch_size must be an integer >= 1"):
-        keys.KeyFile(key.method, key.config, key.queries, key.expected)
-    key.config["batch_size"] = 1  # one query per call: a micro-batch like any other
-    keys.save(key, tmp_path / "one.key", secret=None)
-    assert keys.load(tmp_path / "one.key", secret=None, allow_unsigned=True).config["batch_size"] == 1
 
 
 def test_audit_command_asks_a_local_model_in_the_keys_micro_batches(local, forward_sizes):

@@ -470,6 +470,11 @@ def test_non_ascii_config_and_version_round_trip(tmp_path):
     assert_same(keys.load(tmp_path / "k", secret=SECRET), key)
 
 
+@pytest.mark.parametrize("size", [None, 1, 16])
+def test_a_recorded_batch_size_of_one_or_more_is_kept(size):
+    assert make_key(config={} if size is None else {"batch_size": size}).config.get("batch_size") == size
+
+
 @pytest.mark.parametrize("labels, classes", [([0, 1, 1], 2), ([0, 9, 5], 10)])
 def test_labels_up_to_the_last_class_are_kept(labels, classes):
     make_key(expected=torch.tensor(labels), config={"num_classes": classes})
@@ -487,6 +492,8 @@ def test_labels_up_to_the_last_class_are_kept(labels, classes):
     (dict(queries=torch.full((3, 1, 4, 4), float("nan"))), "^queries contain NaN or infinite values$"),
     (dict(queries=torch.full((3, 1, 4, 4), 1.5)), r"^queries lie outside \[0, 1\]$"),
     (dict(expected=torch.tensor([0, -1, 2])), "^expected labels must be >= 0$"),
+    *[(dict(config={"batch_size": b}), rf"^config batch_size must be an integer >= 1, got {b!r}$")
+      for b in (0, -3, 2.0, "4", True)],
 ])
 def test_invalid_keys_say_what_is_wrong(overrides, match):
     with pytest.raises(KeyFileError, match=match):
