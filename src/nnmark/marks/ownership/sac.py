@@ -222,20 +222,23 @@ from scipy.special import stdtr
 from torch import nn
 
 from nnmark import data
-from nnmark.attacks.distill import SOK_TEMPERATURE, distill
+from nnmark.attacks.distill import SOK_TEMPERATURE, distill, fresh_copy
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.metafinger import Pools
+from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models.card import ModelCard
+from nnmark.models.training import train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "sac"
-FORMAT = 3
+FORMAT = 4
 """Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1), 3
-adds ``decide_on`` (a format-1 or 2 key decides on probabilities)."""
+adds ``decide_on`` (a format-1 or 2 key decides on probabilities), 4 ``calibrated_on`` (the calibration models by
+kind, ``CALIBRATION_KINDS``) and the scratch negatives' ``scratch_epochs`` (a key of format 1-3 is read as before)."""
 DEFAULT_VARIANT = "m"
 PAPER_N = 100
 MIN_KEPT = 10
@@ -249,8 +252,21 @@ SHARP_TEMPERATURE = 0.1
 SCREENS = ("minority", "wrong", "none")
 """SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
 DEFAULT_SCREEN = "minority"
-DEFAULT_DISTILLED_NEGATIVES = 9
-"""Students added to the calibration: with ``nnmark bench ownership``'s 3 families, K = 12 models (study above)."""
+DEFAULT_SCRATCH_NEGATIVES = 20
+"""From-scratch models of the source's recipe added to the calibration: with ``nnmark bench ownership``'s 3 families,
+K = 23 models (study above)."""
+SCRATCH_EPOCHS = DEFAULT_EPOCHS
+"""Training epochs of each scratch negative: the shadow pools' default (``nnmark mark``'s --shadow-epochs)."""
+SCRATCH_SEEDS = 4_000_000
+"""How far above the key's seed the scratch negatives' seeds start (model i: ``seed + SCRATCH_SEEDS + i``), apart from
+the pools' seeds, ``DISTILLED_SEEDS`` and the bench's (``bench.thefts.THEFT_SEEDS``, its independents' 1000 (s + 1) +
+...): no scratch negative starts from the initial weights of another model it is compared with."""
+DEFAULT_DISTILLED_NEGATIVES = 0
+"""Students of the families added to the calibration: none by default (they spread less than from-scratch models of
+the source's recipe, so a null fitted on them is too narrow; study above)."""
+CALIBRATION_KINDS = ("families", "scratch", "extra", "distilled")
+"""The calibration models of a key by kind, in the order of its distances: one per family of the pools' negatives
+(``one_per_family``), the scratch negatives, the caller's ``extra_negatives``, the distilled negatives."""
 FAMILY_COSINE = 0.5
 """Parameters this alike (cosine) make two models one family: an eq. 1 copy keeps about 0.9 of its base's, independent
 initialisations about 0.01."""
@@ -402,16 +418,22 @@ def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: 
     return {out: [correlation_distance(source[out], f[out]) for f in found] for out in OUTPUTS}
 
 
-def _held_out(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Split:
-    """The natural pool of ``dataset``, else of the dataset ``meta["data"]`` names, whose training images must be
-    ``images`` (the ones the caller gave)."""
+def _owner_dataset(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Dataset:
+    """``dataset``, else the dataset ``meta["data"]`` names, whose training images must be ``images`` (the ones the
+    caller gave)."""
     if dataset is None:
         if "data" not in meta:
             raise ArgumentError("SAC draws its queries from held-out images: pass dataset")
         dataset = data.load_for(meta["data"], ModelCard(tuple(images.shape[1:]), num_classes))
-        if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
-            raise InputError(f"the training images given are not those of {meta['data']}; pass dataset")
-    return natural_pool(dataset)
+        _owner_split(images, dataset)
+    return dataset
+
+
+def _owner_split(images: torch.Tensor, dataset: data.Dataset) -> data.Split:
+    """``dataset``'s training split, checked to hold ``images`` (the owner's, which the caller gave)."""
+    if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
+        raise InputError(f"the training images given are not those of {dataset.name}; pass the owner's dataset")
+    return dataset.train
 
 
 def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
@@ -460,6 +482,14 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
     return students
 
 
+def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int) -> list[nn.Module]:
+    """k independent models of the source's own recipe: its architecture re-initialised (``fresh_copy``) and trained
+    from scratch (``models.training.train``) for ``epochs`` on the owner's labelled split, model i from seed ``seed +
+    SCRATCH_SEEDS + i``."""
+    return [train(fresh_copy(source, s), owner, epochs=epochs, seed=s).eval()
+            for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
+
+
 def create(
     source: nn.Module,
     pools: Pools,
@@ -470,6 +500,8 @@ def create(
     patch: float = DEFAULT_PATCH,
     temperature: float | None = None,
     screen: Literal["minority", "wrong", "none"] = DEFAULT_SCREEN,
+    scratch_negatives: int = DEFAULT_SCRATCH_NEGATIVES,
+    scratch_epochs: int = SCRATCH_EPOCHS,
     distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
     distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
@@ -485,8 +517,8 @@ def create(
 
     ``images``: the owner's training images (N, C, H, W) in [0, 1], those the pools trained on; the queries are
     drawn from the natural pool of ``dataset`` (None: the dataset ``meta["data"]`` names, checked against
-    ``images``). ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller
-    made). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
+    ``images``; scratch negatives need ``images`` to be its training images, whose labels they learn).
+    ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller made). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
     too few held-out images) or when even the source itself could not match.
 
     Args:
@@ -498,6 +530,9 @@ def create(
         screen: SAC-w's screen by the pools' validation negatives, which then leave the calibration: minority
             (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's) or
             none.
+        scratch_negatives: models of the source's recipe (its architecture, the owner's images and labels, seeds of
+            their own) trained from scratch and added to the calibration: what keeps the stated false-claim bound.
+        scratch_epochs: training epochs of each scratch negative (set it to the pools' epochs).
         distilled_negatives: students distilled from the train negatives' families (``one_per_family``), added to
             the calibration.
         distill_epochs: training epochs of each distilled negative.
@@ -514,15 +549,17 @@ def create(
                             f"{variant!r}")
     if temperature is None:
         temperature = SHARP_TEMPERATURE if variant == "w" else PAPER_TEMPERATURE
-    if not (math.isfinite(temperature) and temperature > 0) or distilled_negatives < 0 or distill_epochs < 1 or (
-            screen not in SCREENS) or decide_on not in OUTPUTS:
-        raise ArgumentError(f"need temperature > 0, distilled_negatives >= 0, distill_epochs >= 1, a screen of "
-                            f"{', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got {temperature}, "
-                            f"{distilled_negatives}, {distill_epochs}, {screen!r}, {decide_on!r}")
+    if not (math.isfinite(temperature) and temperature > 0) or min(distilled_negatives, scratch_negatives) < 0 or (
+            min(distill_epochs, scratch_epochs) < 1 or screen not in SCREENS or decide_on not in OUTPUTS):
+        raise ArgumentError(f"need temperature > 0, scratch_negatives and distilled_negatives >= 0, their epochs >= 1, "
+                            f"a screen of {', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got "
+                            f"{temperature}, {scratch_negatives}, {distilled_negatives}, {scratch_epochs}, "
+                            f"{distill_epochs}, {screen!r}, {decide_on!r}")
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
-    pool = _held_out(images, num_classes, dataset, meta)
+    dataset = _owner_dataset(images, num_classes, dataset, meta)
+    pool = natural_pool(dataset)
     screening = list(pools.negatives_val) if variant == "w" and screen != "none" else []
     x, extras, found = _queries(source, pool, variant, n, patch, num_classes, screen, screening,
                                 torch.Generator().manual_seed(seed))
@@ -532,9 +569,12 @@ def create(
     probabilities = _probabilities(source, x, num_classes)
     own = fingerprints(probabilities, temperature)
     families = one_per_family(pools.negatives_train)
-    scratch = one_per_family([*families, *(pools.negatives_val if not screening else ())])
-    negatives = [*scratch, *(extra_negatives or ()),
-                 *distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)]
+    kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
+             "scratch": scratch_models(source, _owner_split(images, dataset) if scratch_negatives else dataset.train,
+                                      scratch_negatives, epochs=scratch_epochs, seed=seed),
+             "extra": list(extra_negatives or ()),
+             "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
+    negatives = [m for kind in CALIBRATION_KINDS for m in kinds[kind]]
     calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature).items()}
     for out, cal in calibration.items():
         if not judge(0.0, cal, max_p_value)["match"]:
@@ -546,6 +586,7 @@ def create(
         "num_classes": num_classes, "temperature": float(temperature), "decide_on": decide_on,
         "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
         "family_copies_left_out": len(pools.negatives_train) - len(families),
+        "calibrated_on": {kind: len(kinds[kind]) for kind in CALIBRATION_KINDS}, "scratch_epochs": int(scratch_epochs),
         "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
         "calibration": calibration, "p_value": "student-t",
         "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes,
@@ -572,7 +613,22 @@ def _calibration(key: KeyFile, out: str) -> dict:
         raise KeyFileError(f"{METHOD} key config lacks a numeric {out} calibration") from None
     if len(parsed["distances"]) < 2 or not parsed["std"] > 0:
         raise KeyFileError(f"{METHOD} key's {out} calibration needs >= 2 distances and a std > 0")
+    _check_kinds(key.config, len(parsed["distances"]))
     return parsed
+
+
+def _check_kinds(config: dict, k: int) -> None:
+    """KeyFileError unless ``calibrated_on`` counts the key's k calibration models by kind (``CALIBRATION_KINDS``);
+    a key of format 1-3 has none."""
+    counts = config.get("calibrated_on")
+    fmt = config.get("format")
+    if counts is None and not (isinstance(fmt, int) and fmt >= 4):
+        return
+    if not (isinstance(counts, dict) and sorted(counts) == sorted(CALIBRATION_KINDS) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())
+            and sum(counts.values()) == k):
+        raise KeyFileError(f"{METHOD} key's calibrated_on must count its {k} calibration models by kind "
+                           f"({', '.join(CALIBRATION_KINDS)})")
 
 
 def _temperature(key: KeyFile) -> float:
