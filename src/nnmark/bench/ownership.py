@@ -94,7 +94,8 @@ FULL = {
     "subset": None, "epochs": {"lenet5": 4, "vgg11": 3, "resnet20": 2}, "theft_epochs": 4,
     "finetune_epochs": 2, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 100, "candidates": 200,
     "meta_epochs": 10, "ipguard_iterations": 1000, "workers": 2, "audit_orders": 3, "alpha": 1e-3, "batch_size": 8,
-    "sac_scratch": sac.DEFAULT_SCRATCH_NEGATIVES, "independents": {"lenet5": (4, 4), "vgg11": (3, 3), "resnet20": (1, 2)},
+    "sac_scratch": sac.DEFAULT_SCRATCH_NEGATIVES,
+    "independents": {"lenet5": (4, 4), "vgg11": (3, 3), "resnet20": (1, 2)},
     "distilled": (("lenet5 thief #1", "lenet5"), ("vgg11 thief #1", "lenet5"), ("lenet5 owner #1", "vgg11"),
                   ("resnet20 thief #1", "lenet5")),
 }
@@ -200,7 +201,7 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 
 
 def _sac(variant: str) -> Callable[[Owner], tuple[None, KeyFile]]:
-    """SAC's key, calibrated on the pools' families and ``sac_scratch`` models of the victim's recipe (pools' epochs)."""
+    """SAC's key, calibrated on the pools' families and ``sac_scratch`` models of the victim's recipe."""
     return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p["n"],
                                        scratch_negatives=o.p["sac_scratch"], scratch_epochs=o.p["epochs"][o.arch],
                                        seed=o.seed, dataset=o.data))
