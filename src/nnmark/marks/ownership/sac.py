@@ -251,7 +251,9 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   trainings, about 30 s each); it matched distillation into both architectures, extraction into VGG-11 (labels p
   0.002, probabilities 0.0001), RTAL, prune 70% and 90% (p 0.007), noise and fine-pruning, not probability
   extraction same arch (p 0.0101), label extraction same arch (0.41) nor the PGD copies (0.036); none of the 28
-  held-out owner-half LeNet-5s (the nearest, seed 2003, p 0.014).
+  held-out owner-half LeNet-5s (the nearest, seed 2003, p 0.014). The SAC-m key (its 5 pool models + 20 scratch,
+  243 s on less busy cores) matched distillation into both architectures, probability extraction same arch (p
+  0.002), RTAL and prune 70%, nothing else, and none of the 28 (nearest p 0.016).
 
 Example::
 
@@ -329,6 +331,8 @@ TINY = torch.finfo(torch.float32).tiny
 OUTPUTS = ("probabilities", "labels")
 """The outputs a key is calibrated for: (sharpened) probability vectors, and one-hot labels for a labels-only
 oracle."""
+DEFAULT_DECIDE_ON = "probabilities"
+"""The output that decides for a probabilities oracle unless a key says otherwise."""
 
 
 def cutmix_queries(x: torch.Tensor, n: int, *, patch: float, generator: torch.Generator) -> tuple[torch.Tensor,
@@ -553,7 +557,7 @@ def create(
     distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
     distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
-    decide_on: Literal["probabilities", "labels"] = "probabilities",
+    decide_on: Literal["probabilities", "labels"] = DEFAULT_DECIDE_ON,
     seed: int = 0,
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
@@ -581,7 +585,7 @@ def create(
             none.
         scratch_negatives: models of the source's recipe (its architecture, the owner's images and labels, seeds of
             their own) trained from scratch and added to the calibration: what keeps the stated false-claim bound.
-        scratch_epochs: training epochs of each scratch negative (set it to the pools' epochs).
+        scratch_epochs: training epochs of each scratch negative: the pools' (the CLI's --shadow-epochs).
         distilled_negatives: students distilled from the train negatives' families (``one_per_family``), added to
             the calibration.
         distill_epochs: training epochs of each distilled negative.
