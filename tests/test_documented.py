@@ -235,7 +235,7 @@ PAIRS = "--n-pairs 6 --max-itr 100 --alpha 1e-5 --max-steps 500"
 INNFORMANT = "--n 20 --remote-max 200"
 METAFINGER = ("--n 20 --candidates 60 --negatives 2 --val-negatives 2 --af 1 --shadow-epochs 2 --finetune-epochs 1 "
               "--epochs 10 --executor serial")
-SAC = "--negatives 2 --val-negatives 2 --af 0 --shadow-epochs 2 --finetune-epochs 1 --executor serial"
+SAC = "--negatives 2 --val-negatives 2 --af 0 --scratch-negatives 4 --executor serial"
 HELDOUT_BENCH = "--quick --data digits --out-dir bench"
 LICENSE = "--families 40 --epochs 1"
 UNREAD_LICENSE = "--families 8 --epochs 1"

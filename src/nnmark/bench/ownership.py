@@ -94,6 +94,7 @@ FULL = {
     "subset": None, "epochs": {"lenet5": 4, "vgg11": 3, "resnet20": 2}, "theft_epochs": 4,
     "finetune_epochs": 2, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 100, "candidates": 200,
     "meta_epochs": 10, "ipguard_iterations": 1000, "workers": 2, "audit_orders": 3, "alpha": 1e-3, "batch_size": 8,
+    "sac_scratch": sac.DEFAULT_SCRATCH_NEGATIVES,
     "independents": {"lenet5": (4, 4), "vgg11": (3, 3), "resnet20": (1, 2)},
     "distilled": (("lenet5 thief #1", "lenet5"), ("vgg11 thief #1", "lenet5"), ("lenet5 owner #1", "vgg11"),
                   ("resnet20 thief #1", "lenet5")),
@@ -104,7 +105,7 @@ QUICK = {
     "epochs": {"lenet5": 4, "vgg11": 2, "resnet20": 1}, "theft_epochs": 4,
     "finetune_epochs": 1, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 20, "candidates": 80,
     "meta_epochs": 10, "ipguard_iterations": 500, "workers": 1, "audit_orders": 1, "alpha": 1e-3, "batch_size": 8,
-    "independents": {"lenet5": (1, 1), "vgg11": (0, 1), "resnet20": (0, 1)},
+    "sac_scratch": 3, "independents": {"lenet5": (1, 1), "vgg11": (0, 1), "resnet20": (0, 1)},
     "distilled": (("vgg11 thief #1", "lenet5"),),
 }
 ISSUE = {"seeds": 3, "victims": ("lenet5", "resnet20"), "watermarks": WATERMARKS, "watermark_thefts": None}
@@ -200,7 +201,9 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 
 
 def _sac(variant: str) -> Callable[[Owner], tuple[None, KeyFile]]:
+    """SAC's key, calibrated on the pools' families and ``sac_scratch`` models of the victim's recipe."""
     return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p["n"],
+                                       scratch_negatives=o.p["sac_scratch"], scratch_epochs=o.p["epochs"][o.arch],
                                        seed=o.seed, dataset=o.data))
 
 

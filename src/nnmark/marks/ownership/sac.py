@@ -33,14 +33,18 @@ oracle on one-hot vectors (C_ij = 1 when O_i and O_j name the same label, else 0
 Calibration (``calibrate``) on K models the owner trained independently of the source (the "shadow" input:
 one model per family of the pools' negatives (``one_per_family``: an eq. 1 noised copy of a negative is the
 same draw of the null, not another), less the validation negatives when they screened SAC-w's queries, since
-the screen pushes exactly their distances up; plus ``extra_negatives`` and ``distilled_negatives``
-students distilled from the train families' models; the paper compares with 20 "irrelevant" models): their distances
-d_1..d_K set the threshold tau = min_k d_k, so no calibration model would match. The key records tau,
-d_1..d_K and their mean and standard deviation, per output; the distances of the derived positive
-shadow models (noised and fine-tuned copies of the source), when the pools have any, are recorded
-beside them as evidence, not used.
+the screen pushes exactly their distances up; plus ``scratch_negatives`` models of the source's own recipe
+(``scratch_models``: its architecture re-initialised, trained from scratch on the owner's labelled images for
+``scratch_epochs``, seeds of their own), the caller's ``extra_negatives``, and ``distilled_negatives`` students
+distilled from the train families' models (none by default); the paper compares with 20 "irrelevant" models): their
+distances d_1..d_K set the threshold tau = min_k d_k, so no calibration model would match. The key records tau,
+d_1..d_K (in the order of ``CALIBRATION_KINDS``, counted by kind in ``calibrated_on``) and their mean and standard
+deviation, per output; the distances of the derived positive shadow models (noised and fine-tuned copies of the
+source), when the pools have any, are recorded beside them as evidence, not used.
 
-False-claim bound (``p_values``): the p-value that decides is that of a fitted null. The K calibration
+False-claim bound (``p_values``): the p-value that decides is that of a fitted null. It holds for a new
+independent model drawn from the law the calibration models were drawn from: hence the scratch negatives, drawn as
+an independent model of the source's recipe would be (the nearest independent models there are). The K calibration
 distances are taken as draws of a normal N(mu, sigma^2) with both parameters unknown; a new independent
 model's distance d then has the predictive law mu_hat + s sqrt(1 + 1/K) T_{K-1} (mean mu_hat, sample
 standard deviation s, Student's t with K - 1 degrees of freedom), so p = P[T_{K-1} <= (d - mu_hat) /
@@ -60,11 +64,14 @@ d < tau AND p < max_p_value, else "no match" (exit 1).
 Symbols and defaults: n = 100, CutMix patch side ``patch`` = 0.5 of the image side at a uniformly drawn
 position (the authors' code pastes a 0.2 patch near a corner of a 32x32 photo; the corners of a digit are
 blank, so nnmark's default patch covers part of the digit), T = 1 for SAC-m and 0.1 for SAC-w, screen
-"minority" (SAC-w only), 9 distilled negatives, max_p_value = 0.01, K >= 2 (the t needs K - 1 >= 1).
+"minority" (SAC-w only), 20 scratch negatives at ``SCRATCH_EPOCHS`` = 8 (the pools' default epochs; the bench
+passes its pools' 4), no distilled negatives, max_p_value = 0.01, K >= 2 (the t needs K - 1 >= 1).
 Key format 2 records T; a format-1 key (before T) is verified on plain probabilities, as it was made. Format 3
 records ``decide_on``: the output that decides when the suspect gives probabilities ("probabilities", the default,
 or "labels": their one-hot labels, which the study below found the better test of label extraction on all the
-source's errors); a format-1 or 2 key decides on probabilities.
+source's errors); a format-1 or 2 key decides on probabilities. Format 4 records ``calibrated_on`` (how many
+calibration models of each kind: families, scratch, extra, distilled; checked to sum to K) and ``scratch_epochs``; a
+key of format 1-3 (distilled negatives by default then) verifies as before.
 
 Choices and gaps:
 
@@ -75,10 +82,16 @@ Choices and gaps:
   Their signal reaches an API exactly (centred log-probabilities are centred logits), but logits and
   centred logits both measured worse than probabilities here (study); SAC-w sharpens them instead.
   One-hot rows are plain 0/1 vectors (the code smooths them, an affine change of C that only rescales d).
-- distilled negatives (``distill_negatives``): the hardest independent models (a student of an independent
-  teacher) are the ones SAC-m claims; nine are made by default, at ``distill_epochs`` each (25-50 s for a
-  LeNet-5 on 30,000 Fashion-MNIST images on 2 cores: 4-8 minutes a key). On the digits (13 SAC-w images) the
-  nine spread so wide that a distilled copy of the source gets p = 0.015; two let it match. Each starts from a
+- scratch negatives: a copy of the source re-initialised by each layer's ``reset_parameters`` (``fresh_copy``, as
+  a same-architecture student starts), so any module (a factory's, behind its normalisation) gets one; for
+  LeNet-5 that is the zoo's initialisation, for ResNet-20 and VGG-11 (He-initialised convolutions in the zoo)
+  torch's default, a slightly different law. They cost ``scratch_negatives`` trainings a key (a LeNet-5 for 4
+  epochs on 30,000 Fashion-MNIST images: 10-30 s alone on a core, up to 100 s on 2 busy cores; a ResNet-20 for 2
+  epochs about 110 s), and the SAC-m and SAC-w keys of one source train the same ones twice.
+- distilled negatives (``distill_negatives``, none by default): the hardest independent models (a student of an
+  independent teacher) are the ones SAC-m claims, but a null fitted on them is too narrow (below); each is made at
+  ``distill_epochs`` (25-50 s for a LeNet-5 on 30,000 Fashion-MNIST images on 2 cores). On the digits (13 SAC-w
+  images) nine spread so wide that a distilled copy of the source gets p = 0.015; two let it match. Each starts from a
   seed of its own (``DISTILLED_SEEDS``); they once took seeds 1 + i, the seeds of their teachers and of the
   screening models when the pools are seeded from the source's seed 0 (the bench's).
 - the query images come from the natural pool of ``dataset``, the one the shadow models train on (``nnmark
@@ -191,8 +204,8 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   LeNet-5s instead (``extra_negatives``, or more pool negatives and no distilled ones) the bound holds (K 12 / 20: 0.9
   / 1.0%, none of the 21) and the rule matches, per draw: distillation 0.75-1.00, RTAL, prune 70% and fine-pruning
   0.98-1.00, noise 0.70-0.97, probability extraction into VGG-11 0.99-1.00, label extraction into VGG-11 0.47-0.67,
-  probability extraction 0.25-0.31, prune 90% 0.11-0.13, PGD 0.00-0.04. The default stays (the pools' layout is the
-  bench's and MetaFinger's); the study asks that SAC-w calibrate on from-scratch models of the source's recipe.
+  probability extraction 0.25-0.31, prune 90% 0.11-0.13, PGD 0.00-0.04. The study asked that SAC-w calibrate on
+  from-scratch models of the source's recipe: the last bullet is that change.
 - Same-architecture label extraction: on the screened images the copy is as far as independent models (AUC 0.89, p
   0.38; T 0.2-1 worse). On all the source's errors (``screen="none"``, ``n`` at least their number, 594 here: the
   paper's query set less its surrogate condition) it is the closest LeNet-5: AUC 1.00 on every key seed, and with the
@@ -204,6 +217,43 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), which a key made with
   ``decide_on="labels"`` decides on. This key misses what keeps the weights and the PGD copies (AUC 0.43-0.95): a
   second key, not the default; with 100 / 300 such images AUC 1.00, p 0.017 / 0.016.
+- The bound kept (the default since then: one model per family + ``scratch_negatives``; study scripts
+  /tmp/sacbound: sim.py, sim2.py, sim_m.py, sim_old.py). The 3 families and the 28 held-out owner-half LeNet-5s are
+  draws of one recipe, the source's, as ``scratch_models`` trains them; N of the 28 were drawn as the scratch
+  negatives (200-300 draws, key seeds 0-2) and the rest judged. The rate is the mean over the 28 models of how often
+  each is claimed when left out, with a 95% bootstrap interval over those models (the unit of noise: one model,
+  seed 2003, is claimed in 27-34% of the draws that leave it out, and carries most of it). SAC-w, p < 0.01:
+
+  ==========================================  ===================  ===================  =============
+  calibration (K)                             false claims, probs  one-hot              the 21
+  ==========================================  ===================  ===================  =============
+  3 families + 9 of 26 students (old, 12)     1.5% [0, 3.9]        3.5% [0.1, 8.9]      6 / 23 of 18,900
+  3 families + 12 scratch (15)                1.2% [0, 3.5]        1.4% [0, 3.7]        0 / 0 of 12,600
+  3 families + 16 scratch (19)                1.2% [0, 3.7]        1.2% [0, 3.3]        0 / 0 of 12,600
+  3 families + 20 scratch (23, the default)   0.95% [0, 2.8]       0.9% [0, 2.4]        0 / 0 of 12,600
+  ==========================================  ===================  ===================  =============
+
+  (pooled over draws instead of per model, 20 scratch: 1.3% / 1.0%.) 20 is the default: the estimate nearest the
+  bound, the best match rates, the paper's count. 28 models cannot show the rate below 1%, only that it is
+  consistent with it; that the t-prediction is exact for normal draws is a unit test. Its matches per draw (SAC-w,
+  probabilities; the old default's in brackets): distillation same arch / VGG-11 1.00 / 1.00 (1.00 / 1.00),
+  probability extraction same arch 0.38 (0.81), label extraction into VGG-11 0.73 (1.00), probability extraction
+  into VGG-11 1.00 (1.00), RTAL, prune 70% + fine-tune, noise + fine-tune and fine-pruning 1.00 (1.00), prune 90% +
+  fine-tune 0.16 (0.58), label extraction + PGD 0.00 at eps 0.05 and 0.1 (0.43, 0.01), label extraction same arch
+  0.00 (0.00); one-hot: RTAL 0.87, probability extraction into VGG-11 0.41, fine-pruning 0.19, label extraction
+  into VGG-11 0.04, the rest 0. What the old default matched beyond these it matched on a null too narrow to
+  state. SAC-m (CutMix, T = 1, its 5 pool models + 20 scratch, K 25) keeps the bound on probabilities (0.06%
+  [0, 0.18], none of the 21) and matches distillation 0.67 / 1.00, RTAL 0.67, prune 70% 0.72, fine-pruning 0.53,
+  noise 0.29, probability extraction same arch 0.05, the rest 0; on one-hot labels it claims 1.7% [0, 4.3] of the
+  held-out LeNet-5s and 0.76% of the 21 (96 of 12,600): one-hot SAC-m distances take few values, the least normal
+  null measured, so its labels-only verdict is the weakest bound. End to end (``create`` with its own 20 scratch
+  negatives at 4 epochs, key seed 0, SAC-w; /tmp/sacbound/e2e.py): the key took 632 s on 2 busy cores (20
+  trainings, about 30 s each); it matched distillation into both architectures, extraction into VGG-11 (labels p
+  0.002, probabilities 0.0001), RTAL, prune 70% and 90% (p 0.007), noise and fine-pruning, not probability
+  extraction same arch (p 0.0101), label extraction same arch (0.41) nor the PGD copies (0.036); none of the 28
+  held-out owner-half LeNet-5s (the nearest, seed 2003, p 0.014). The SAC-m key (its 5 pool models + 20 scratch,
+  243 s on less busy cores) matched distillation into both architectures, probability extraction same arch (p
+  0.002), RTAL and prune 70%, nothing else, and none of the 28 (nearest p 0.016).
 
 Example::
 
@@ -222,20 +272,23 @@ from scipy.special import stdtr
 from torch import nn
 
 from nnmark import data
-from nnmark.attacks.distill import SOK_TEMPERATURE, distill
+from nnmark.attacks.distill import SOK_TEMPERATURE, distill, fresh_copy
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.metafinger import Pools
+from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models.card import ModelCard
+from nnmark.models.training import train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 
 METHOD = "sac"
-FORMAT = 3
+FORMAT = 4
 """Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1), 3
-adds ``decide_on`` (a format-1 or 2 key decides on probabilities)."""
+adds ``decide_on`` (a format-1 or 2 key decides on probabilities), 4 ``calibrated_on`` (the calibration models by
+kind, ``CALIBRATION_KINDS``) and the scratch negatives' ``scratch_epochs`` (a key of format 1-3 is read as before)."""
 DEFAULT_VARIANT = "m"
 PAPER_N = 100
 MIN_KEPT = 10
@@ -249,8 +302,21 @@ SHARP_TEMPERATURE = 0.1
 SCREENS = ("minority", "wrong", "none")
 """SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
 DEFAULT_SCREEN = "minority"
-DEFAULT_DISTILLED_NEGATIVES = 9
-"""Students added to the calibration: with ``nnmark bench ownership``'s 3 families, K = 12 models (study above)."""
+DEFAULT_SCRATCH_NEGATIVES = 20
+"""From-scratch models of the source's recipe added to the calibration: with ``nnmark bench ownership``'s 3 families,
+K = 23 models (study above)."""
+SCRATCH_EPOCHS = DEFAULT_EPOCHS
+"""Training epochs of each scratch negative: the shadow pools' default (``nnmark mark``'s --shadow-epochs)."""
+SCRATCH_SEEDS = 4_000_000
+"""How far above the key's seed the scratch negatives' seeds start (model i: ``seed + SCRATCH_SEEDS + i``), apart from
+the pools' seeds, ``DISTILLED_SEEDS`` and the bench's (``bench.thefts.THEFT_SEEDS``, its independents' 1000 (s + 1) +
+...): no scratch negative starts from the initial weights of another model it is compared with."""
+DEFAULT_DISTILLED_NEGATIVES = 0
+"""Students of the families added to the calibration: none by default (they spread less than from-scratch models of
+the source's recipe, so a null fitted on them is too narrow; study above)."""
+CALIBRATION_KINDS = ("families", "scratch", "extra", "distilled")
+"""The calibration models of a key by kind, in the order of its distances: one per family of the pools' negatives
+(``one_per_family``), the scratch negatives, the caller's ``extra_negatives``, the distilled negatives."""
 FAMILY_COSINE = 0.5
 """Parameters this alike (cosine) make two models one family: an eq. 1 copy keeps about 0.9 of its base's, independent
 initialisations about 0.01."""
@@ -265,6 +331,8 @@ TINY = torch.finfo(torch.float32).tiny
 OUTPUTS = ("probabilities", "labels")
 """The outputs a key is calibrated for: (sharpened) probability vectors, and one-hot labels for a labels-only
 oracle."""
+DEFAULT_DECIDE_ON = "probabilities"
+"""The output that decides for a probabilities oracle unless a key says otherwise."""
 
 
 def cutmix_queries(x: torch.Tensor, n: int, *, patch: float, generator: torch.Generator) -> tuple[torch.Tensor,
@@ -402,16 +470,22 @@ def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: 
     return {out: [correlation_distance(source[out], f[out]) for f in found] for out in OUTPUTS}
 
 
-def _held_out(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Split:
-    """The natural pool of ``dataset``, else of the dataset ``meta["data"]`` names, whose training images must be
-    ``images`` (the ones the caller gave)."""
+def _owner_dataset(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Dataset:
+    """``dataset``, else the dataset ``meta["data"]`` names, whose training images must be ``images`` (the ones the
+    caller gave)."""
     if dataset is None:
         if "data" not in meta:
             raise ArgumentError("SAC draws its queries from held-out images: pass dataset")
         dataset = data.load_for(meta["data"], ModelCard(tuple(images.shape[1:]), num_classes))
-        if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
-            raise InputError(f"the training images given are not those of {meta['data']}; pass dataset")
-    return natural_pool(dataset)
+        _owner_split(images, dataset)
+    return dataset
+
+
+def _owner_split(images: torch.Tensor, dataset: data.Dataset) -> data.Split:
+    """``dataset``'s training split, checked to hold ``images`` (the owner's, which the caller gave)."""
+    if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
+        raise InputError(f"the training images given are not those of {dataset.name}; pass the owner's dataset")
+    return dataset.train
 
 
 def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
@@ -460,6 +534,14 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
     return students
 
 
+def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int) -> list[nn.Module]:
+    """k independent models of the source's own recipe: its architecture re-initialised (``fresh_copy``) and trained
+    from scratch (``models.training.train``) for ``epochs`` on the owner's labelled split, model i from seed ``seed +
+    SCRATCH_SEEDS + i``."""
+    return [train(fresh_copy(source, s), owner, epochs=epochs, seed=s).eval()
+            for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
+
+
 def create(
     source: nn.Module,
     pools: Pools,
@@ -470,10 +552,12 @@ def create(
     patch: float = DEFAULT_PATCH,
     temperature: float | None = None,
     screen: Literal["minority", "wrong", "none"] = DEFAULT_SCREEN,
+    scratch_negatives: int = DEFAULT_SCRATCH_NEGATIVES,
+    scratch_epochs: int = SCRATCH_EPOCHS,
     distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
     distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
-    decide_on: Literal["probabilities", "labels"] = "probabilities",
+    decide_on: Literal["probabilities", "labels"] = DEFAULT_DECIDE_ON,
     seed: int = 0,
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
@@ -485,9 +569,10 @@ def create(
 
     ``images``: the owner's training images (N, C, H, W) in [0, 1], those the pools trained on; the queries are
     drawn from the natural pool of ``dataset`` (None: the dataset ``meta["data"]`` names, checked against
-    ``images``). ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller
-    made). Raises NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies
-    too few held-out images) or when even the source itself could not match.
+    ``images``; scratch negatives need ``images`` to be its training images, whose labels they learn).
+    ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller made). Raises
+    NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies too few held-out
+    images) or when even the source itself could not match.
 
     Args:
         variant: "m" (SAC-m: CutMix images) or "w" (SAC-w: natural images the source misclassifies).
@@ -498,6 +583,9 @@ def create(
         screen: SAC-w's screen by the pools' validation negatives, which then leave the calibration: minority
             (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's) or
             none.
+        scratch_negatives: models of the source's recipe (its architecture, the owner's images and labels, seeds of
+            their own) trained from scratch and added to the calibration: what keeps the stated false-claim bound.
+        scratch_epochs: training epochs of each scratch negative: the pools' (the CLI's --shadow-epochs).
         distilled_negatives: students distilled from the train negatives' families (``one_per_family``), added to
             the calibration.
         distill_epochs: training epochs of each distilled negative.
@@ -514,15 +602,17 @@ def create(
                             f"{variant!r}")
     if temperature is None:
         temperature = SHARP_TEMPERATURE if variant == "w" else PAPER_TEMPERATURE
-    if not (math.isfinite(temperature) and temperature > 0) or distilled_negatives < 0 or distill_epochs < 1 or (
-            screen not in SCREENS) or decide_on not in OUTPUTS:
-        raise ArgumentError(f"need temperature > 0, distilled_negatives >= 0, distill_epochs >= 1, a screen of "
-                            f"{', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got {temperature}, "
-                            f"{distilled_negatives}, {distill_epochs}, {screen!r}, {decide_on!r}")
+    if not (math.isfinite(temperature) and temperature > 0) or min(distilled_negatives, scratch_negatives) < 0 or (
+            min(distill_epochs, scratch_epochs) < 1 or screen not in SCREENS or decide_on not in OUTPUTS):
+        raise ArgumentError(f"need temperature > 0, scratch_negatives and distilled_negatives >= 0, their epochs >= 1, "
+                            f"a screen of {', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got "
+                            f"{temperature}, {scratch_negatives}, {distilled_negatives}, {scratch_epochs}, "
+                            f"{distill_epochs}, {screen!r}, {decide_on!r}")
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
-    pool = _held_out(images, num_classes, dataset, meta)
+    dataset = _owner_dataset(images, num_classes, dataset, meta)
+    pool = natural_pool(dataset)
     screening = list(pools.negatives_val) if variant == "w" and screen != "none" else []
     x, extras, found = _queries(source, pool, variant, n, patch, num_classes, screen, screening,
                                 torch.Generator().manual_seed(seed))
@@ -532,9 +622,12 @@ def create(
     probabilities = _probabilities(source, x, num_classes)
     own = fingerprints(probabilities, temperature)
     families = one_per_family(pools.negatives_train)
-    scratch = one_per_family([*families, *(pools.negatives_val if not screening else ())])
-    negatives = [*scratch, *(extra_negatives or ()),
-                 *distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)]
+    kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
+             "scratch": scratch_models(source, _owner_split(images, dataset) if scratch_negatives else dataset.train,
+                                      scratch_negatives, epochs=scratch_epochs, seed=seed),
+             "extra": list(extra_negatives or ()),
+             "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
+    negatives = [m for kind in CALIBRATION_KINDS for m in kinds[kind]]
     calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature).items()}
     for out, cal in calibration.items():
         if not judge(0.0, cal, max_p_value)["match"]:
@@ -546,6 +639,7 @@ def create(
         "num_classes": num_classes, "temperature": float(temperature), "decide_on": decide_on,
         "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
         "family_copies_left_out": len(pools.negatives_train) - len(families),
+        "calibrated_on": {kind: len(kinds[kind]) for kind in CALIBRATION_KINDS}, "scratch_epochs": int(scratch_epochs),
         "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
         "calibration": calibration, "p_value": "student-t",
         "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes,
@@ -572,7 +666,22 @@ def _calibration(key: KeyFile, out: str) -> dict:
         raise KeyFileError(f"{METHOD} key config lacks a numeric {out} calibration") from None
     if len(parsed["distances"]) < 2 or not parsed["std"] > 0:
         raise KeyFileError(f"{METHOD} key's {out} calibration needs >= 2 distances and a std > 0")
+    _check_kinds(key.config, len(parsed["distances"]))
     return parsed
+
+
+def _check_kinds(config: dict, k: int) -> None:
+    """KeyFileError unless ``calibrated_on`` counts the key's k calibration models by kind (``CALIBRATION_KINDS``);
+    a key of format 1-3 has none."""
+    counts = config.get("calibrated_on")
+    fmt = config.get("format")
+    if counts is None and not (isinstance(fmt, int) and fmt >= 4):
+        return
+    if not (isinstance(counts, dict) and sorted(counts) == sorted(CALIBRATION_KINDS) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())
+            and sum(counts.values()) == k):
+        raise KeyFileError(f"{METHOD} key's calibrated_on must count its {k} calibration models by kind "
+                           f"({', '.join(CALIBRATION_KINDS)})")
 
 
 def _temperature(key: KeyFile) -> float:
