@@ -237,9 +237,11 @@ def render(result: dict) -> str:
                   "\"no licensee\" (exit 1) rather than guess. The onehot scheme's null rate p0_l is the highest rate "
                   "at which the source or a sibling copy answers l's target on l's triggers, and a copy taught to "
                   "answer t on its own fusions answers t on other families' fusions too: where a sibling shares l's "
-                  "target, p0_l reaches 1 and l cannot be named. The code scheme teaches every family to every copy, "
-                  "so no sibling answers for another, and its p-values are exact: it is the default. Both fine-tune "
-                  "their copies with a feature-matching term (`licensing.feature_matched`) that carries the codeword "
+                  "target, p0_l reaches 1 and l cannot be named; and that null is assumed, not exact, so an "
+                  "independent model can be read as a licensee's (`nnmark license` does not offer the scheme: it is "
+                  "this benchmark's baseline). The code scheme teaches every family to every copy, so no sibling "
+                  "answers for another, and its p-values are exact: it is the default. Both fine-tune their copies "
+                  "with a feature-matching term (`licensing.feature_matched`) that carries the codeword "
                   "through RTAL; why distillation and extraction still lose the licensee, and the carriers tried on "
                   "natural images: `trace-carriers.md`.")
     blocks.append(section("Projection on paper", _projection_table(result["projection"]), level=2))

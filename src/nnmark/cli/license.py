@@ -57,12 +57,10 @@ def _report(index: int, total: int, row: dict) -> None:
 @click.option("--licensees", help="Comma-separated licensee names (they name the copies' files).")
 @click.option("--count", type=click.IntRange(1, 10_000), help="Or this many licensees, licensee-01 ...")
 @click.option("--out", required=True, type=click.Path(), help="New folder for the copies and registry.key.")
-@click.option("--scheme", type=click.Choice(licensing.SCHEMES), default=licensing.DEFAULT_SCHEME, show_default=True,
-              help="code: a codeword of coupled-watermark families per copy; onehot: one family per licensee.")
 @click.option("--families", type=click.IntRange(1), default=licensing.FAMILIES, show_default=True,
               help="Families m of the code scheme (at most N_c (N_c - 1) / 2).")
 @click.option("--per-family", type=click.IntRange(1), default=licensing.PER_FAMILY, show_default=True,
-              help="Trigger queries per family a trace asks (onehot: about 192 / N, e.g. 12 for 16 licensees).")
+              help="Trigger queries per family a trace asks.")
 @click.option("--epochs", type=click.IntRange(1), default=licensing.EPOCHS, show_default=True,
               help="Fine-tuning epochs per copy.")
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=licensing.LR, show_default=True,
@@ -80,7 +78,7 @@ def _report(index: int, total: int, row: dict) -> None:
 @with_secret
 @json_option
 @with_progress
-def license(model_source, data_spec, licensees, count, out, scheme, families, per_family, epochs, lr, clean, epsilon,
+def license(model_source, data_spec, licensees, count, out, families, per_family, epochs, lr, clean, epsilon,
             feature_weight, max_drop, seed, secret_file, unsigned, as_json, progress) -> None:
     """Make one fine-tuned copy of a model per licensee, and the signed registry that traces a leak to it.
 
@@ -104,7 +102,7 @@ def license(model_source, data_spec, licensees, count, out, scheme, families, pe
                                               purpose="nnmark license")
     start = time.perf_counter()
     copies, key = licensing.license_copies(
-        model, ds, names, secret=secret, scheme=scheme, families=families, per_family=per_family, epochs=epochs,
+        model, ds, names, secret=secret, families=families, per_family=per_family, epochs=epochs,
         lr=lr, clean=clean, epsilon=epsilon, feature_weight=feature_weight, seed=seed,
         progress=(lambda i, name, row: _report(i, len(names), row)) if progress else None)
     rows = key.config["licensees"]
@@ -116,13 +114,13 @@ def license(model_source, data_spec, licensees, count, out, scheme, families, pe
     for row in rows:
         row["file"] = row["licensee"] + suffix
     _write(target, copies, rows, write, key, None if unsigned else secret)
-    summary = {"out": str(target), "registry": str(target / REGISTRY), "scheme": scheme,
+    summary = {"out": str(target), "registry": str(target / REGISTRY), "scheme": licensing.DEFAULT_SCHEME,
                "families": key.config["families"], "queries": len(key.expected), "epsilon": epsilon,
                "source_accuracy": key.config["source_accuracy"], "licensees": rows,
                "seconds": time.perf_counter() - start, "signed": not unsigned}
     text = "\n".join([f"{r['licensee']}: {target / r['file']} accuracy {r['accuracy']:.2%} "
                       f"({-100 * r['accuracy_drop']:+.2f} points)" for r in rows]
-                     + [f"registry: {target / REGISTRY} ({len(rows)} licensees, {scheme} scheme, "
+                     + [f"registry: {target / REGISTRY} ({len(rows)} licensees, {licensing.DEFAULT_SCHEME} scheme, "
                         f"{len(key.expected)} queries per trace)"])
     emit(summary, as_json, text)
 
