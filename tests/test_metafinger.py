@@ -403,8 +403,11 @@ def test_a_thief_aware_key_matches_the_source_and_its_thief_but_no_independent_m
     print({n: (v.decision, round(v.statistic, 3), v.details["p_value"]) for n, v in verdicts.items()})
     assert verdicts["source"].passed and verdicts["source"].statistic == 1.0
     assert verdicts["RTAL"].passed and verdicts["RTAL"].details["p_value"] < 1e-6
-    for name in ("independent", "distilled independent"):
-        assert not verdicts[name].passed and verdicts[name].details["p_value"] > 1e-3
+    assert not verdicts["independent"].passed and verdicts["independent"].details["p_value"] > 1e-3
+    # a distilled independent model agrees with the source more than the null p0 (its p-value can be small): the
+    # threshold on the query accuracy is what keeps it out, as the rule says (MATCH needs both)
+    distilled = verdicts["distilled independent"]
+    assert not distilled.passed and distilled.statistic < key.config["threshold"]
 
 
 def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
