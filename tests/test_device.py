@@ -17,6 +17,7 @@ from nnmark.marks.integrity import dbi
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import EndpointOracle, TorchOracle
 from nnmark.oracles.local import CUDA_FLAGS, cuda_flags
+from test_kill_envs import ByDtype
 
 CPU_ENVS = ("float32", "float64", "mkldnn-off", "batch1")
 SHAPE = (1, 8, 8)
@@ -247,28 +248,14 @@ def test_cpu_environments_never_give_a_false_tampered(digits_model, made):
         assert bool(verdict.details["environment"]["differs"]) == (other != made)
 
 
-class _ByDtype(torch.nn.Module):
-    """Answers the log-probabilities ``p32`` for float32 inputs and ``p64`` for float64 ones: a model whose
-    answers change with the environment alone."""
-
-    def __init__(self, p32, p64):
-        super().__init__()
-        self.register_buffer("l32", torch.tensor(p32).log())
-        self.register_buffer("l64", torch.tensor(p64).log())
-
-    def forward(self, x):
-        logits = self.l64 if x.dtype == torch.float64 else self.l32
-        return logits.to(x.dtype).expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
-
-
 def _natural_key(p):
-    source = _ByDtype(p, p)
+    source = ByDtype(p, p)
     return nnmark.mark("natural", source, torch.rand(3, *SHAPE))
 
 
 def test_environment_alone_flipping_a_key_is_refused():
     key = _natural_key([0.6, 0.3, 0.1])
-    suspect = _ByDtype([0.6, 0.3, 0.1], [0.3, 0.6, 0.1])  # unchanged model; float64 numerics flip it
+    suspect = ByDtype([0.6, 0.3, 0.1], [0.3, 0.6, 0.1])  # unchanged model; float64 numerics flip it
     assert marks.verify(TorchOracle(suspect, SHAPE), key).passed
     with pytest.raises(EnvironmentMismatch, match=r"dtype float32 -> float64\): 3 of its 3 queries.*--env float32"):
         marks.verify(TorchOracle(suspect, SHAPE, dtype=torch.float64), key)
@@ -281,7 +268,7 @@ def test_environment_alone_flipping_a_key_is_refused():
                                           ([0.33, 0.40, 0.27], False)])  # margin 0.05 > 2 x spread 0.02
 def test_a_failed_key_within_the_spread_is_refused(p64, refused):
     key = _natural_key([0.6, 0.3, 0.1])
-    suspect = _ByDtype([0.35, 0.40, 0.25], p64)  # tampered: label 1 in both environments
+    suspect = ByDtype([0.35, 0.40, 0.25], p64)  # tampered: label 1 in both environments
     oracle = TorchOracle(suspect, SHAPE, dtype=torch.float64)
     if refused:
         with pytest.raises(EnvironmentMismatch, match="3 of its 3 queries"):
@@ -294,7 +281,7 @@ def test_a_failed_key_within_the_spread_is_refused(p64, refused):
 
 def test_same_environment_notes_nothing_and_older_keys_note_nothing():
     key = _natural_key([0.6, 0.3, 0.1])
-    tampered = TorchOracle(_ByDtype([0.3, 0.6, 0.1], [0.3, 0.6, 0.1]), SHAPE)
+    tampered = TorchOracle(ByDtype([0.3, 0.6, 0.1], [0.3, 0.6, 0.1]), SHAPE)
     verdict = marks.verify(tampered, key)
     assert verdict.decision == "tampered" and verdict.details["environment"]["differs"] == {}
     assert envs.note_line(verdict.details["environment"]) is None
@@ -331,7 +318,7 @@ def test_key_environment_not_here_is_refused(with_cuda, monkeypatch):
     key = _natural_key([0.6, 0.3, 0.1])
     key.config[keys.ENVIRONMENT] = {**key.config[keys.ENVIRONMENT], "device": "cuda"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    tampered = TorchOracle(_ByDtype([0.3, 0.6, 0.1], [0.3, 0.6, 0.1]), SHAPE)
+    tampered = TorchOracle(ByDtype([0.3, 0.6, 0.1], [0.3, 0.6, 0.1]), SHAPE)
     with pytest.raises(EnvironmentMismatch, match=r"device cuda -> cpu.*cannot run here.*--device cuda --env float32"):
         marks.verify(tampered, key)
 

@@ -13,7 +13,9 @@ are listed apart.
 
 Methods: one ``KEYS`` entry per key (how it is made, how a suspect is judged, whether it is a watermark), one
 ``METHODS`` row per way of asking it (SAC's key is also asked for labels only). Fingerprints are made from the clean
-victim and judged on its copies: SAC-m and SAC-w (probabilities, and one-hot labels), both calibrated on the
+victim and judged on its copies: SAC-m and SAC-w (probabilities, and one-hot labels), SAC-w on all the victim's
+held-out errors (``sac_all_errors_n`` at most, no screen, deciding on one-hot labels: the key that separates label
+extraction into the same architecture in ``sac``'s study), all calibrated on the
 negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its ``default_cache_dir()``);
 MetaFinger (paper pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
 marked victim from the same owner half and architecture (coupled direct and invisible r = 0.5 and Zhang's content
@@ -94,7 +96,7 @@ FULL = {
     "subset": None, "epochs": {"lenet5": 4, "vgg11": 3, "resnet20": 2}, "theft_epochs": 4,
     "finetune_epochs": 2, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 100, "candidates": 200,
     "meta_epochs": 10, "ipguard_iterations": 1000, "workers": 2, "audit_orders": 3, "alpha": 1e-3, "batch_size": 8,
-    "sac_scratch": sac.DEFAULT_SCRATCH_NEGATIVES,
+    "sac_scratch": sac.DEFAULT_SCRATCH_NEGATIVES, "sac_all_errors_n": 1000,
     "independents": {"lenet5": (4, 4), "vgg11": (3, 3), "resnet20": (1, 2)},
     "distilled": (("lenet5 thief #1", "lenet5"), ("vgg11 thief #1", "lenet5"), ("lenet5 owner #1", "vgg11"),
                   ("resnet20 thief #1", "lenet5")),
@@ -105,7 +107,7 @@ QUICK = {
     "epochs": {"lenet5": 4, "vgg11": 2, "resnet20": 1}, "theft_epochs": 4,
     "finetune_epochs": 1, "pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "n": 20, "candidates": 80,
     "meta_epochs": 10, "ipguard_iterations": 500, "workers": 1, "audit_orders": 1, "alpha": 1e-3, "batch_size": 8,
-    "sac_scratch": 3, "independents": {"lenet5": (1, 1), "vgg11": (0, 1), "resnet20": (0, 1)},
+    "sac_scratch": 3, "sac_all_errors_n": 60, "independents": {"lenet5": (1, 1), "vgg11": (0, 1), "resnet20": (0, 1)},
     "distilled": (("vgg11 thief #1", "lenet5"),),
 }
 ISSUE = {"seeds": 3, "victims": ("lenet5", "resnet20"), "watermarks": WATERMARKS, "watermark_thefts": None}
@@ -200,11 +202,12 @@ def _recorded_seconds(pool: shadow.ShadowPool, specs: list[ShadowSpec]) -> float
 # --- keys and verdicts --------------------------------------------------------------------------------------
 
 
-def _sac(variant: str) -> Callable[[Owner], tuple[None, KeyFile]]:
-    """SAC's key, calibrated on the pools' families and ``sac_scratch`` models of the victim's recipe."""
-    return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p["n"],
+def _sac(variant: str, n: str = "n", **options) -> Callable[[Owner], tuple[None, KeyFile]]:
+    """SAC's key of at most ``o.p[n]`` queries, calibrated on the pools' families and ``sac_scratch`` models of the
+    victim's recipe; ``options`` go to ``sac.create``."""
+    return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p[n],
                                        scratch_negatives=o.p["sac_scratch"], scratch_epochs=o.p["epochs"][o.arch],
-                                       seed=o.seed, dataset=o.data))
+                                       seed=o.seed, dataset=o.data, **options))
 
 
 def _metafinger(layout: str) -> Callable[[Owner], tuple[None, KeyFile]]:
@@ -237,6 +240,8 @@ def _backdoor(kind: str) -> Callable[[Owner], tuple[nn.Module, KeyFile]]:
 KEYS = {
     "SAC-m": KeySpec(_sac("m"), sac.verify, lower_is_closer=True, shadows="paper"),
     "SAC-w": KeySpec(_sac("w"), sac.verify, lower_is_closer=True, shadows="paper"),
+    "SAC-w all errors": KeySpec(_sac("w", "sac_all_errors_n", screen="none", decide_on="labels"), sac.verify,
+                                lower_is_closer=True, shadows="paper"),
     "MetaFinger": KeySpec(_metafinger("paper"), metafinger.verify, shadows="paper"),
     "MetaFinger thief-aware": KeySpec(_metafinger("thief"), metafinger.verify, shadows="thief"),
     "IPGuard": KeySpec(_ipguard, ipguard.verify),
@@ -249,6 +254,7 @@ KEYS = {
 """Key name -> how it is made and judged. Watermarks (``WATERMARKS``) make their own marked victim."""
 METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "labels"),
            "SAC-w": ("SAC-w", "probabilities"), "SAC-w labels": ("SAC-w", "labels"),
+           "SAC-w all errors": ("SAC-w all errors", "probabilities"),
            "MetaFinger": ("MetaFinger", "labels"), "MetaFinger thief-aware": ("MetaFinger thief-aware", "labels"),
            "IPGuard": ("IPGuard", "labels"),
            **{w: (w, "labels") for w in WATERMARKS}}
