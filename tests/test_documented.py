@@ -240,8 +240,6 @@ HELDOUT_BENCH = "--quick --data digits --out-dir bench"
 LICENSE = "--families 40 --epochs 1"
 UNREAD_LICENSE = "--families 8 --epochs 1"
 """For a license line whose models and key no later line reads."""
-OVERWRITTEN_SAC = " --distilled-negatives 2 --distill-epochs 1"
-"""For the sac line whose key the next one writes again (its distilled negatives are not cached)."""
 
 STEPS: dict[str, Step] = {
     # The README's walk-through (and the help's train, mark and verify).
@@ -270,7 +268,7 @@ STEPS: dict[str, Step] = {
     "--secret-file secret": Step(INNFORMANT),
     "nnmark mark metafinger --model lenet5.safetensors --out metafinger.key --secret-file secret": Step(METAFINGER),
     "nnmark mark metafinger --model lenet5.safetensors --out finger.key --secret-file secret": Step(METAFINGER),
-    "nnmark mark sac --model lenet5.safetensors --out sac.key --secret-file secret": Step(SAC + OVERWRITTEN_SAC),
+    "nnmark mark sac --model lenet5.safetensors --out sac.key --secret-file secret": Step(SAC),
     "nnmark mark sac --model lenet5.safetensors --af 0 --out sac.key --secret-file secret": Step(SAC),
     "nnmark attack distill --model lenet5.safetensors --out distilled.safetensors --temperature 3": Step(),
     "nnmark verify sac.key --model distilled.safetensors --secret-file secret": Step(),
