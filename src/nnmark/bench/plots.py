@@ -133,13 +133,22 @@ def fingerprint_panels(bars: dict, curves: list[dict], differences: list[dict]) 
     return _png(fig, dpi=80)
 
 
+SCORE_COLUMNS = 5
+"""Panels per row of ``ownership_scores``."""
+
+
 def ownership_scores(panels: list[dict]) -> bytes:
-    """One panel per method: each independent model's statistic (grey, left) and each copy's (right, labelled).
+    """One panel per method, ``SCORE_COLUMNS`` to a row: each independent model's statistic (grey, left) and each
+    copy's (right, labelled).
 
     ``panels``: title, negatives (values), positives (name -> value).
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    cols = min(len(panels), SCORE_COLUMNS)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
         ax.scatter([0] * len(panel["negatives"]), panel["negatives"], color="grey", label="independent")
         names = list(panel["positives"])
         ax.scatter(range(1, len(names) + 1), list(panel["positives"].values()), color="tab:red", label="copy")
