@@ -292,6 +292,20 @@ def test_scratch_models_are_the_sources_architecture_trained_on_the_owners_label
     assert sac.scratch_models(source, ds.train, 0, epochs=EPOCHS, seed=0) == []
 
 
+def test_scratch_models_made_once_calibrate_as_those_a_key_trains(world, monkeypatch):
+    """A caller making several keys of one source (the ownership bench) trains the scratch models once."""
+    ds, source, pools = world["ds"], world["source"], world["pools"]
+    made = sac.scratch_models(source, ds.train, 2, epochs=EPOCHS, seed=0)
+    trained = sac.create(source, pools, ds.train.x, dataset=ds, scratch_negatives=2, scratch_epochs=EPOCHS)
+    monkeypatch.setattr(sac, "scratch_models", lambda *a, **k: pytest.fail("given scratch models are trained again"))
+    given = sac.create(source, pools, ds.train.x, dataset=ds, scratch_negatives=2, scratch_epochs=EPOCHS, scratch=made)
+    assert given.config["calibration"] == trained.config["calibration"]
+    assert given.config["calibrated_on"] == trained.config["calibrated_on"]
+    assert given.config["calibrated_on"]["scratch"] == 2
+    with pytest.raises(ArgumentError, match="^1 scratch models given for scratch_negatives = 2$"):
+        sac.create(source, pools, ds.train.x, dataset=ds, scratch_negatives=2, scratch=made[:1])
+
+
 def test_scratch_negatives_need_the_owners_labelled_images(world):
     ds = world["ds"]
     shuffled = ds.train.x.flip(0)

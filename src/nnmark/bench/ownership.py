@@ -59,6 +59,7 @@ thefts) runs in about two minutes for the test.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import statistics
@@ -130,6 +131,12 @@ class Owner:
     data: data.Dataset
     p: dict
     seed: int
+
+    @functools.cached_property
+    def scratch(self) -> list[nn.Module]:
+        """SAC's ``sac_scratch`` calibration models of the victim's recipe, trained once for all its SAC keys."""
+        return sac.scratch_models(self.victim, self.data.train, self.p["sac_scratch"],
+                                  epochs=self.p["epochs"][self.arch], seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ def _sac(variant: str, n: str = "n", **options) -> Callable[[Owner], tuple[None,
     victim's recipe; ``options`` go to ``sac.create``."""
     return lambda o: (None, sac.create(o.victim, o.pools["paper"], o.data.train.x, variant=variant, n=o.p[n],
                                        scratch_negatives=o.p["sac_scratch"], scratch_epochs=o.p["epochs"][o.arch],
-                                       seed=o.seed, dataset=o.data, **options))
+                                       scratch=o.scratch, seed=o.seed, dataset=o.data, **options))
 
 
 def _metafinger(layout: str) -> Callable[[Owner], tuple[None, KeyFile]]:

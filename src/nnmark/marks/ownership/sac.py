@@ -561,6 +561,7 @@ def create(
     seed: int = 0,
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
+    scratch: Sequence[nn.Module] | None = None,
     model_digest: str = "",
     meta: dict | None = None,
 ) -> KeyFile:
@@ -570,7 +571,9 @@ def create(
     ``images``: the owner's training images (N, C, H, W) in [0, 1], those the pools trained on; the queries are
     drawn from the natural pool of ``dataset`` (None: the dataset ``meta["data"]`` names, checked against
     ``images``; scratch negatives need ``images`` to be its training images, whose labels they learn).
-    ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller made). Raises
+    ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller made). ``scratch``:
+    the ``scratch_negatives`` models ``scratch_models(source, owner split, scratch_negatives, epochs=scratch_epochs,
+    seed=seed)`` gives, made once by a caller that makes several keys of one source (None: trained here). Raises
     NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies too few held-out
     images) or when even the source itself could not match.
 
@@ -608,6 +611,8 @@ def create(
                             f"a screen of {', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got "
                             f"{temperature}, {scratch_negatives}, {distilled_negatives}, {scratch_epochs}, "
                             f"{distill_epochs}, {screen!r}, {decide_on!r}")
+    if scratch is not None and len(scratch) != scratch_negatives:
+        raise ArgumentError(f"{len(scratch)} scratch models given for scratch_negatives = {scratch_negatives}")
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
@@ -623,8 +628,9 @@ def create(
     own = fingerprints(probabilities, temperature)
     families = one_per_family(pools.negatives_train)
     kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
-             "scratch": scratch_models(source, _owner_split(images, dataset) if scratch_negatives else dataset.train,
-                                      scratch_negatives, epochs=scratch_epochs, seed=seed),
+             "scratch": list(scratch) if scratch is not None else scratch_models(
+                 source, _owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
+                 epochs=scratch_epochs, seed=seed),
              "extra": list(extra_negatives or ()),
              "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
     negatives = [m for kind in CALIBRATION_KINDS for m in kinds[kind]]
