@@ -4,7 +4,7 @@ source did) is >= the key's threshold; the p-value P[Bin(n, p0) >= hits] under t
 
 import pytest
 import torch
-from test_kill_ownership import answering, inputs
+from test_kill_ownership import hitting, inputs
 
 from nnmark.errors import KeyFileError
 from nnmark.keys import KeyFile
@@ -20,8 +20,7 @@ def _key(method=ipguard.METHOD, **config):
 
 
 def _suspect(hits):
-    """Answers the key's label on the first ``hits`` points, the next class elsewhere."""
-    return answering(torch.where(torch.arange(N) < hits, EXPECTED, (EXPECTED + 1) % 10))
+    return hitting(EXPECTED, hits)
 
 
 def test_a_rate_exactly_at_the_threshold_matches_and_one_point_less_does_not():

@@ -36,6 +36,11 @@ def answering(labels, classes=10):
     return LabelsOracle(TorchOracle(Lookup(labels, classes), SHAPE))
 
 
+def hitting(expected, hits):
+    """Answers ``expected`` (10 classes) on the first ``hits`` inputs, the next class elsewhere."""
+    return answering(torch.where(torch.arange(len(expected)) < hits, expected, (expected + 1) % 10))
+
+
 def _labels(total, **runs):
     """``total`` labels 0, with the given (start, stop, label) runs."""
     out = torch.zeros(total, dtype=torch.int64)
