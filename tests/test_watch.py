@@ -489,6 +489,22 @@ def test_retention_deletes_a_bounded_number_of_rows_per_round(tmp_path, monkeypa
     assert store.exposed("t", "sha") == {0, 1, 2, 3, 4} and store.last_success("t") == 102.0
 
 
+def test_a_state_folder_of_an_older_nnmark_gets_its_exposure_and_last_success_from_its_rounds(tmp_path):
+    old = Store(tmp_path)
+    _stored(old, 1.0, "ok", sent=[0, 1])
+    _stored(old, 2.0, "unreachable", sent=[2])
+    _stored(old, 3.0, "ok", target="other", sent=[5])
+    old.close()
+    with sqlite3.connect(tmp_path / store_module.DB_NAME) as db:  # as written before those tables existed
+        db.execute("DELETE FROM exposed")
+        db.execute("DELETE FROM successes")
+    store = Store(tmp_path)
+    assert store.exposed("t", "sha") == {0, 1, 2} and store.exposed("other", "sha") == {5}
+    assert store.last_success("t") == 1.0 and store.last_success("other") == 3.0
+    _stored(store, 4.0, "ok", sent=[3])
+    assert store.exposed("t", "sha") == {0, 1, 2, 3} and store.last_success("t") == 4.0
+
+
 KILLED = """
 import sys, threading
 sys.path[:0] = [{src!r}, {tests!r}]

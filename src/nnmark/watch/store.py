@@ -3,13 +3,14 @@
 Tables: ``rounds`` (a target's round: times, duration, exit status, error, queries, its report as JSON),
 ``verdicts`` (per round and key: state, decision, statistic, queries, note), ``queries`` (which query indices of
 which key went to which target in which round), ``events`` (state changes) and ``states`` (per target x key the
-last announced state, the last observed one and the run of consecutive ``unreachable`` rounds). A kill loses at
-most the round in flight: a round is written whole or not at all.
+last announced state, the last observed one and the run of consecutive ``unreachable`` rounds), ``exposed``
+(every (target, key, index) ever sent, once each: an endpoint that logged a query knows it for ever) and
+``successes`` (each target's last round that decided every key). A kill loses at most the round in flight: a
+round is written whole or not at all. A state folder of an older nnmark, without the last two, gets them filled
+from its rounds when opened.
 
 With a retention, each round written also deletes, in its transaction, the rounds (with their verdicts and
-queries) and events older than it, at most ``PRUNE_LIMIT`` of each: what a deleted round sent is kept, as
-(target, key, index) once each, in ``exposed`` (an endpoint that logged a query knows it for ever), and each
-target's last round that decided every key in ``successes``.
+queries) and events older than it, at most ``PRUNE_LIMIT`` of each; ``exposed`` and ``successes`` are kept.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ CREATE TABLE IF NOT EXISTS exposed(target TEXT NOT NULL, key_sha256 TEXT NOT NUL
   PRIMARY KEY(target, key_sha256, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS successes(target TEXT PRIMARY KEY, finished REAL NOT NULL);
 """
+BACKFILL = f"""
+INSERT OR IGNORE INTO exposed SELECT target, key_sha256, idx FROM queries WHERE NOT EXISTS (SELECT 1 FROM exposed);
+INSERT OR IGNORE INTO successes SELECT target, MAX(finished) FROM rounds r WHERE NOT EXISTS (SELECT 1 FROM successes)
+  AND {ALL_DECIDED} GROUP BY target;
+"""
+"""SQL: ``exposed`` and ``successes`` of a state folder written before them (both empty), from its rounds."""
 
 
 class StoreError(NnmarkError):
@@ -126,7 +133,7 @@ class Store:
             self._db = sqlite3.connect(path / DB_NAME, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA + BACKFILL)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"state folder {folder}: {e}") from None
         self.path = path / DB_NAME
@@ -141,7 +148,7 @@ class Store:
                 self._closed = True
                 self._db.close()
 
-    def _read(self, sql: str, args: tuple | dict = ()) -> list[tuple]:
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             if self._closed:
                 raise StoreError(f"{self.path}: closed")
@@ -162,8 +169,9 @@ class Store:
                 db.executemany("INSERT INTO verdicts VALUES (?,?,?,?,?,?,?,?,?)",
                                [(rid, v.key, v.key_sha256, v.state, v.decision, v.statistic_name, v.statistic,
                                  v.queries, v.note) for v in r.verdicts])
-                db.executemany("INSERT INTO queries VALUES (?,?,?,?)",
-                               [(rid, r.target, sha, i) for sha, idx in r.sent.items() for i in idx])
+                sent = [(r.target, sha, i) for sha, idx in r.sent.items() for i in idx]
+                db.executemany("INSERT INTO queries VALUES (?,?,?,?)", [(rid, *row) for row in sent])
+                db.executemany("INSERT OR IGNORE INTO exposed VALUES (?,?,?)", sent)
                 db.executemany("INSERT INTO events(time, target, key, old, new, note) VALUES (?,?,?,?,?,?)",
                                [(e.time, e.target, e.key, e.old, e.new, e.note) for e in r.events])
                 db.executemany("INSERT OR REPLACE INTO states VALUES (?,?,?,?,?)",
@@ -180,11 +188,9 @@ class Store:
             return rid
 
     def _prune(self, cutoff: float) -> None:
-        """Delete up to ``PRUNE_LIMIT`` rounds (their verdicts and queries) and events from before ``cutoff``,
-        keeping what the rounds sent in ``exposed`` (inside the caller's transaction)."""
+        """Delete up to ``PRUNE_LIMIT`` rounds (their verdicts and queries) and events from before ``cutoff``
+        (inside the caller's transaction)."""
         bound = {"cutoff": cutoff, "limit": PRUNE_LIMIT}
-        self._db.execute("INSERT OR IGNORE INTO exposed SELECT target, key_sha256, idx FROM queries WHERE round_id IN "
-                         f"({OLD_ROUNDS})", bound)
         for table in ("queries", "verdicts"):
             self._db.execute(f"DELETE FROM {table} WHERE round_id IN ({OLD_ROUNDS})", bound)
         self._db.execute(f"DELETE FROM rounds WHERE id IN ({OLD_ROUNDS})", bound)
@@ -202,15 +208,14 @@ class Store:
 
     def last_success(self, target: str) -> float | None:
         """When a round of ``target`` last decided every key (each ``ok`` or ``failed``), or None (kept when the
-        round itself is deleted; a state folder of an older nnmark has only its rounds)."""
-        return self._read(f"SELECT MAX(f) FROM (SELECT finished f FROM successes WHERE target=:t UNION ALL "
-                          f"SELECT MAX(finished) FROM rounds r WHERE target=:t AND {ALL_DECIDED})", {"t": target})[0][0]
+        round itself is deleted)."""
+        found = self._read("SELECT finished FROM successes WHERE target=?", (target,))
+        return found[0][0] if found else None
 
     def exposed(self, target: str, key_sha256: str) -> set[int]:
         """The distinct query indices of a key ever sent to ``target`` (of deleted rounds too)."""
-        return {i for (i,) in self._read("SELECT idx FROM queries WHERE target=:t AND key_sha256=:k UNION "
-                                         "SELECT idx FROM exposed WHERE target=:t AND key_sha256=:k",
-                                         {"t": target, "k": key_sha256})}
+        return {i for (i,) in self._read("SELECT idx FROM exposed WHERE target=? AND key_sha256=?",
+                                         (target, key_sha256))}
 
     def latest_reports(self) -> list[dict]:
         """The report (JSON) of each target's latest round, by target name."""
