@@ -167,7 +167,7 @@ calibration (K)                              dist.   labels  probs   + PGD   pru
 ===========================================  ======  ======  ======  ======  ======  ================
 3 from scratch + 6 noised + 2 distilled (11)  2/3     0/3     1/3     3/3     0/3     0/63, 0/36
 3 from scratch + 5 distilled (8)              2/3     1/3     1/3     3/3     0/3     0/63, 0/36
-3 from scratch + 9 distilled (12, old default)3/3     2/3     2/3     3/3     2/3     0/63, 0/36
+3 from scratch + 9 distilled (12, old)        3/3     2/3     2/3     3/3     2/3     0/63, 0/36
 ===========================================  ======  ======  ======  ======  ======  ================
 
 (the other thefts within 5 points: 3/3 under every row, but prune 90% + fine-tune 0/3; labels only, the new
