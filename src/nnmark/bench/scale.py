@@ -161,7 +161,7 @@ def measure_cell(task: dict) -> dict:
     return {"floor_s": floor_s, "t1_s": t1, "t2_s": t2, "ready_mib": ready, "peak_mib": _peak_mib(device)}
 
 
-def _in_subprocess(task: dict) -> dict:
+def _measured(task: dict) -> dict:
     """``measure_cell(task)`` in a fresh Python process (its own RSS high-water mark) on CPU; in this process on a
     GPU (whose peak is reset per cell)."""
     if task.get("device", "cpu") != "cpu":
@@ -220,11 +220,11 @@ def _model_rows(model: str, p: dict, threads: int, device: str, bar) -> list[dic
     large = model in LARGE
     task = {"model": model, "n": p["n_large"] if large else p["n"], "batch": p["batch"], "threads": threads,
             "k": p["k"][model], "device": device}
-    floor = _in_subprocess({**task, "row": "floor"})
+    floor = _measured({**task, "row": "floor"})
     bar.update()
     rows = []
     for row in _methods():
-        rows.append(_row(model, row, _in_subprocess({**task, "row": row}), floor, task))
+        rows.append(_row(model, row, _measured({**task, "row": row}), floor, task))
         bar.update()
     return rows
 
@@ -233,7 +233,7 @@ def _memory_rows(p: dict, threads: int, device: str) -> list[dict]:
     """DBI's peak memory for each (n, micro-batch) of ``p["memory_cells"]``, one iteration each."""
     rows = []
     for n, batch in p["memory_cells"]:
-        cell = _in_subprocess({"model": p["memory_model"], "n": n, "batch": batch, "threads": threads, "row": "dbi",
+        cell = _measured({"model": p["memory_model"], "n": n, "batch": batch, "threads": threads, "row": "dbi",
                                "k": [1, 1], "device": device})
         rows.append({"model": p["memory_model"], "n": n, "batch": batch, "peak_mib": cell["peak_mib"],
                      "ready_mib": cell["ready_mib"]})
