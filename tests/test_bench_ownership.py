@@ -168,6 +168,30 @@ def test_a_watermarked_victim_and_its_key_are_made_once_then_read_from_the_cache
     assert models.digest(again[0]) == models.digest(first[0]) and torch.equal(again[1].queries, first[1].queries)
 
 
+def test_sacs_scratch_models_are_trained_once_then_read_from_the_cache_with_their_recorded_seconds(tmp_path,
+                                                                                                     monkeypatch):
+    ds = data.load("digits")
+    victim = build_student("lenet5", ds.shape, 10, seed=0)
+    trained = []
+    real = bench.sac.scratch_models
+
+    def counting(source, owner, k, *, epochs, seed):
+        trained.append(seed)
+        return real(source, owner, k, epochs=epochs, seed=seed)
+
+    monkeypatch.setattr(bench.sac, "scratch_models", counting)
+
+    def owner(seed):
+        return bench.Owner(victim, "lenet5", {}, ds, {"sac_scratch": 2, "epochs": {"lenet5": 1}}, seed, tmp_path)
+
+    first, again, other = owner(0).scratch, owner(0).scratch, owner(1).scratch
+    assert trained == [0, 1, 2]  # seed 1's first model is seed 0's second (sac.scratch_models' seeds): read back
+    assert [models.digest(m) for m in again[0]] == [models.digest(m) for m in first[0]]
+    assert again[1] == first[1] > 0
+    assert [models.digest(m) for m in other[0]] == [models.digest(first[0][1]), models.digest(other[0][1])]
+    assert models.digest(other[0][1]) not in {models.digest(m) for m in first[0]}
+
+
 def test_bench_ownership_quick_writes_its_tables(tmp_path):
     r = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--out-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output

@@ -26,7 +26,7 @@ rule and the count of independent models that rule falsely claims, the threshold
 most suspicious independent model), ROC AUC of the statistic (copies vs independents; ties count half), the median
 statistic and p-value, queries, and the thief's accuracy; one survival table per victim architecture. Cost per
 method: key creation (a watermark's: training its marked victim; a SAC key's: its scratch calibration models,
-trained once for the victim's SAC keys and counted in each), shadow or calibration models and their recorded
+trained once for the victim's SAC keys, cached, and counted in each by their recorded training), shadow or calibration models and their recorded
 training, verification queries. Test accuracy is measured on the second half of the test split (the first half
 is the pool SAC draws its queries from).
 
@@ -124,7 +124,8 @@ VICTIM = "none (the victim itself)"
 @dataclass(frozen=True)
 class Owner:
     """What a key is made from: the clean victim, its architecture, the shadow pools by layout ("paper": MetaFinger's,
-    "thief": thief-aware, ``shadow.PoolLayout.thief_aware``), the owner's data, the run's parameters and the seed."""
+    "thief": thief-aware, ``shadow.PoolLayout.thief_aware``), the owner's data, the run's parameters, the seed and
+    the cache of derived models (SAC's scratch models are cached there too)."""
 
     victim: nn.Module
     arch: str
@@ -132,15 +133,25 @@ class Owner:
     data: data.Dataset
     p: dict
     seed: int
+    cache: Path
 
     @functools.cached_property
     def scratch(self) -> tuple[list[nn.Module], float]:
-        """SAC's ``sac_scratch`` calibration models of the victim's recipe, trained once for all its SAC keys, and
-        their training seconds (each SAC key's creation counts them: what one key alone costs)."""
-        start = time.perf_counter()
-        made = sac.scratch_models(self.victim, self.data.train, self.p["sac_scratch"],
-                                  epochs=self.p["epochs"][self.arch], seed=self.seed)
-        return made, time.perf_counter() - start
+        """SAC's ``sac_scratch`` calibration models of the victim's recipe, made once for all its SAC keys (cached in
+        ``cache`` like the thefts' copies, by what they depend on: the architecture, data, epochs and training seed,
+        so the next victim seed's, whose seeds are these shifted by one, trains one new model), and their recorded
+        training seconds (each SAC key's creation counts them: what one key alone costs)."""
+        epochs = self.p["epochs"][self.arch]
+
+        def one(i: int) -> tuple[nn.Module, dict]:
+            recipe = {"attack": "sac scratch", "arch": self.arch, "data": self.data.name, "epochs": epochs,
+                      "seed": self.seed + i}
+            return thefts.trained(recipe, lambda: sac.scratch_models(self.victim, self.data.train, 1, epochs=epochs,
+                                                                     seed=self.seed + i)[0],
+                                  self.arch, self.data, self.cache)
+
+        made = [one(i) for i in range(self.p["sac_scratch"])]
+        return [m for m, _ in made], sum(record["seconds"] for _, record in made)
 
 
 @dataclass(frozen=True)
@@ -391,7 +402,7 @@ def run_victim(arch: str, victim: nn.Module, independents: dict[str, dict], stag
     pool = shadow.build_pool(list(dict.fromkeys(pool_lists["paper"] + pool_lists["thief"])), base=victim,
                              **stage.build)
     o = Owner(victim, arch, {name: metafinger.Pools(**pool.groups(specs)) for name, specs in pool_specs.items()},
-              owner, p, stage.seed)
+              owner, p, stage.seed, stage.cache)
     names = [k for k in KEYS if k not in WATERMARKS or k in p["watermarks"]]
     keys, marked, key_info = make_keys(o, names, stage.cache)
     groups = {CLEAN: (victim, _copies(victim, arch, stage, None))}

@@ -6,7 +6,8 @@ from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 1
 .safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe and training seconds in a ``.json`` beside
 it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
 extraction, then adversarial training of the copy). A watermarked victim and its key (``embedded``) are cached the
-same way, the key signed with ``SECRET``.
+same way, the key signed with ``SECRET``; any other model a bench trains (``trained``: SAC's scratch calibration
+models) too.
 """
 
 from __future__ import annotations
@@ -115,17 +116,25 @@ def derive(recipe: dict, base: nn.Module, base_arch: str, ds: data.Dataset, cach
     """The model ``recipe`` makes from ``base`` on ``ds.train``, from ``cache`` when there, and its record: the
     seconds its training took (recorded when it was trained) and whether it was cached. ``recipe``: attack,
     options, seed, epochs; the base's digest and the data are added."""
-    full = {**recipe, "base": models.digest(base), "data": ds.name}
-    arch = _arch(recipe, base_arch)
-    path = _path(cache, arch, full)
+    def make() -> nn.Module:
+        out = ATTACKS[recipe["attack"]](base, ds.train.x, ds.train.y, **recipe["options"], epochs=recipe["epochs"],
+                                        seed=recipe["seed"])
+        return out[0] if isinstance(out, tuple) else out
+
+    return trained({**recipe, "base": models.digest(base), "data": ds.name}, make, _arch(recipe, base_arch), ds, cache)
+
+
+def trained(recipe: dict, make: Callable[[], nn.Module], arch: str, ds: data.Dataset,
+            cache: Path) -> tuple[nn.Module, dict]:
+    """The model ``make()`` trains (in eval mode), from ``cache`` by ``recipe`` (JSON-able, with a ``seed``) when
+    there, and its record: the seconds its training took (recorded when it was trained) and whether it was cached."""
+    path = _path(cache, arch, recipe)
     if record := _cached(path):
         return models.load(path)[0], record
     start = time.perf_counter()
-    out = ATTACKS[recipe["attack"]](base, ds.train.x, ds.train.y, **recipe["options"], epochs=recipe["epochs"],
-                                    seed=recipe["seed"])
-    model = (out[0] if isinstance(out, tuple) else out).eval()
+    model = make().eval()
     seconds = time.perf_counter() - start
-    _save(model, arch, ds, full, seconds, path)
+    _save(model, arch, ds, recipe, seconds, path)
     return model, {"seconds": seconds, "cached": False}
 
 
