@@ -10,14 +10,16 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch import nn
 
 import nnmark
-from nnmark import data, models
+from nnmark import data, keys, models
 from nnmark.attacks.backdoor import target_rate
 from nnmark.attacks.distill import fresh_copy, soft_labels
 from nnmark.attacks.extract import extract
 from nnmark.attacks.modes import output_classes
+from nnmark.cli import main
 from nnmark.data import Split
 from nnmark.marks.ownership import backdoor_wm, coupled, sac
 from nnmark.models.training import EVAL_BATCH_SIZE
@@ -185,3 +187,17 @@ def test_a_key_from_before_the_split_still_verifies_its_batch_size_only_the_micr
     assert got.passed == expected.passed and got.statistic == expected.statistic
     sizes = _forward_sizes(wm_model, lambda: nnmark.verify(old, wm_model, input_shape=ds.shape))
     assert max(s for _, s in sizes) == 32
+
+
+def test_mark_zhang_batch_size_is_the_keys_micro_batch_and_trains_nothing(tmp_path):
+    made = {}
+    for size in (4, 64):
+        wm, key = tmp_path / f"wm{size}.safetensors", tmp_path / f"zhang{size}.key"
+        r = CliRunner().invoke(main, ["mark", "zhang", "--arch", "lenet5", "--data", "digits", "--epochs", "3",
+                                      "--kind", "unrelated", "--batch-size", str(size), "--out-model", str(wm),
+                                      "--out", str(key), "--unsigned", "--json"], env={"NNMARK_SECRET": None})
+        assert r.exit_code == 0, r.output
+        made[size] = wm.read_bytes(), keys.load(key, secret=None, allow_unsigned=True).config
+    assert made[4][0] == made[64][0]
+    assert made[4][1]["batch_size"] == 4 and made[64][1]["batch_size"] == 64
+    assert made[4][1]["train_batch_size"] == made[64][1]["train_batch_size"] == models.DEFAULT_BATCH_SIZE
