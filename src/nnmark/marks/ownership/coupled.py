@@ -93,7 +93,8 @@ from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_LR, accuracy, batchnorm_layers, device_of, digest
 from nnmark.models.card import unwrap
 from nnmark.models.training import (
-    DEFAULT_BATCH_SIZE as TRAIN_BATCH_SIZE, Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer, train_batches,
+    DEFAULT_BATCH_SIZE as TRAIN_BATCH_SIZE, Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer,
+    train_batches,
 )
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 from nnmark.oracles.local import DEFAULT_BATCH_SIZE

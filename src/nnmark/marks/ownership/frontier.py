@@ -126,8 +126,8 @@ def embed(
     The key's queries are K, its expected labels the source labels y; extras "clean" (300 natural images)
     for the collapse rate; config records every setting and the success measured before and after marking.
     ``model`` is left untouched. K is made, and the success measured, through ``TorchOracle``s on the model's device
-    in micro-batches of ``batch_size`` (the key records it: verify asks in the same ones); the micro-batch changes
-    no trained weight.
+    in micro-batches of ``batch_size`` (the key records it: verify asks in the same ones); the micro-batch is no
+    training setting (the fine-tune's batches are ``train_batch_size``).
 
     Args:
         eps: FGSM step of the key's adversaries.
