@@ -62,10 +62,10 @@ def test_marked_model_is_found_the_source_model_and_a_constant_one_are_not(marke
 
 
 def _forward_sizes(model, run):
-    """The batch sizes every forward pass of ``model`` (and of its deep copies, which keep the hook) saw in
-    ``run()``."""
+    """(training mode, batch size) of every forward pass of ``model`` (and of its deep copies, which keep the hook)
+    in ``run()``."""
     seen = []
-    handle = model.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0])))
+    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
     try:
         run()
     finally:
@@ -81,7 +81,7 @@ def test_the_key_is_asked_through_the_oracle_counted_and_in_its_micro_batches(le
         frontier.make_key(oracle, pool, 20, eps=0.1, generator=torch.Generator().manual_seed(0))))
     right = int((TorchOracle(lenet, mnist.shape).labels(pool.x) == pool.y).sum())
     assert oracle.queries == len(pool) + 2 * right  # every image, then the gradient and labels of the right ones
-    assert max(sizes) == 64 and len(pool) > 64
+    assert max(size for _, size in sizes) == 64 and len(pool) > 64
     assert torch.equal(made[0][0], frontier.make_key(TorchOracle(lenet, mnist.shape), pool, 20, eps=0.1,
                                                      generator=torch.Generator().manual_seed(0))[0])
     with pytest.raises(QueryBudgetExceeded):
@@ -91,17 +91,25 @@ def test_the_key_is_asked_through_the_oracle_counted_and_in_its_micro_batches(le
         frontier.make_key(_black_box(lenet, mnist.shape), pool, 20, eps=0.1, generator=torch.Generator())
 
 
-def test_embed_asks_every_model_in_micro_batches_of_batch_size():
+def test_embed_asks_every_model_in_micro_batches_of_batch_size_which_trains_nothing():
     ds = data.load("digits")
     torch.manual_seed(0)
     model = models.build("lenet5", ds.shape, ds.num_classes)
     models.train(model, ds.train, epochs=4, seed=0)
     made = []  # eps 0.07: 53 true and 99 false adversaries among this model's 152 right natural images (45 needed)
-    sizes = _forward_sizes(model, lambda: made.append(frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=16,
-                                                                     seed=0)))
-    assert max(sizes) == 16 and len(natural_pool(ds)) > 16  # the training batches and every question asked
-    key = made[0][1]
-    assert key.config["batch_size"] == 16 and key.config["success_before"] == 0.5
+    sizes = _forward_sizes(model, lambda: made.append(frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=8,
+                                                                     train_batch_size=16, seed=0)))
+    asked = [size for training, size in sizes if not training]
+    assert max(asked) == 8 and len(natural_pool(ds)) > 8  # every question asked
+    assert max(size for training, size in sizes if training) == 16  # the fine-tune's batches
+    wm_model, key = made[0]
+    assert key.config["batch_size"] == 8 and key.config["train_batch_size"] == 16
+    assert key.config["success_before"] == 0.5
+    other_model, other = frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=64, train_batch_size=16, seed=0)
+    assert models.digest(other_model) == models.digest(wm_model) and torch.equal(other.queries, key.queries)
+    assert other.config["success"] == key.config["success"]
+    assert models.digest(frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=8, train_batch_size=32,
+                                        seed=0)[0]) != models.digest(wm_model)  # the training batch is a setting
 
 
 def test_theta_is_the_largest_significant_mismatch_count():

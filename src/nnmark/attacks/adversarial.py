@@ -38,7 +38,7 @@ from nnmark.data import Split
 from nnmark.attacks.modes import check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError
-from nnmark.models.training import DEFAULT_BATCH_SIZE, accuracy, fit
+from nnmark.models.training import DEFAULT_BATCH_SIZE, accuracy, device_of, fit
 
 EPS = 0.3
 STEP_SIZE = 0.01
@@ -90,9 +90,10 @@ def robust_accuracy(model: nn.Module, split: object, *, eps: float, step_size: f
                     seed: int = 0) -> float:
     """``model``'s accuracy on PGD-k examples of ``split`` (``.x``, ``.y``), crafted against it in batches."""
     gen = torch.Generator().manual_seed(seed)
+    device = device_of(model)
     correct = 0
     for xb, yb in zip(split.x.split(EVAL_BATCH), split.y.split(EVAL_BATCH)):
-        x_adv = pgd(model, xb, yb, eps=eps, step_size=step_size, steps=steps, gen=gen)
+        x_adv = pgd(model, xb.to(device), yb.to(device), eps=eps, step_size=step_size, steps=steps, gen=gen)
         correct += round(accuracy(model, Split(x_adv, yb)) * len(yb))
     return correct / len(split.y)
 

@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError, InputError
-from nnmark.models import accuracy
+from nnmark.models import accuracy, device_of, outputs
 from nnmark.models.training import fit
 from nnmark.oracles import check_inputs
 
@@ -128,14 +129,10 @@ def choose_poisons(y: torch.Tensor, target: int, n_poison: int, gen: torch.Gener
     return candidates[torch.randperm(len(candidates), generator=gen)[:n_poison]]
 
 
-@torch.no_grad()
 def target_rate(model: nn.Module, x: torch.Tensor, target: int) -> float:
-    """Share of ``x`` that ``model`` (in eval mode, restored afterwards) classifies as ``target``."""
-    was_training = model.training
-    model.eval()
-    rate = (model(x).argmax(dim=1) == target).float().mean().item()
-    model.train(was_training)
-    return rate
+    """Share of ``x`` that ``model`` (in eval mode, restored afterwards) classifies as ``target`` (``outputs``'s
+    micro-batches, on the model's device)."""
+    return (outputs(model, x).argmax(dim=1) == target).float().mean().item()
 
 
 def implant(
@@ -153,7 +150,7 @@ def implant(
     gen: torch.Generator,
 ) -> int:
     """Fine-tune ``model`` in place (Adam, train mode) until all ``x_poison`` are ``target``; return the steps taken."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     x_poison = x_poison.to(device)
     y_poison = torch.full((len(x_poison),), target, dtype=torch.int64, device=device)
 
@@ -167,16 +164,6 @@ def implant(
 
     return fit(model, x, y, lr=lr, steps=max_steps, batch_size=batch_size, seed=gen, loss=poisoned_loss,
                stop=poisons_took)
-
-
-@torch.no_grad()
-def num_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """K, the length of ``model``'s output for one image of ``x`` (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    k = model(x[:1]).shape[1]
-    model.train(was_training)
-    return k
 
 
 def _check_labels(y: object, n: int, classes: int, name: str) -> None:
@@ -197,7 +184,7 @@ def _check_arguments(model: nn.Module, x: torch.Tensor, y: torch.Tensor, test: o
                             f"got {lr}, {clean_weight}, {max_steps}, {batch_size}, {n_poison}, {check_every}")
     if not 1 <= patch <= min(x.shape[-2:]):
         raise ArgumentError(f"patch must lie in [1, {min(x.shape[-2:])}], got {patch}")
-    classes = num_classes(model, x)
+    classes = output_classes(model, x)
     if not 0 <= target < classes:
         raise ArgumentError(f"target must lie in [0, {classes}), got {target}")
     _check_labels(y, len(x), classes, "y")

@@ -43,8 +43,8 @@ from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.data import validate
 from nnmark.errors import ArgumentError
-from nnmark.models import ARCHITECTURES, build
-from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, fit
+from nnmark.models import ARCHITECTURES, build, device_of, outputs
+from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, EVAL_BATCH_SIZE, fit
 
 SAME_ARCH = "same"
 """The student architecture that means the victim's own."""
@@ -58,15 +58,11 @@ ALPHA = 0.9
 EPOCHS = 30
 
 
-@torch.no_grad()
-def soft_labels(model: nn.Module, x: torch.Tensor, temperature: float, batch_size: int = 1000) -> torch.Tensor:
-    """log p_T = log softmax(z / T) of ``model`` (in eval mode, restored afterwards) on ``x``: (N, K)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = torch.cat([model(xb.to(device)) for xb in x.split(batch_size)])
-    model.train(was_training)
-    return F.log_softmax(logits / temperature, dim=1)
+def soft_labels(model: nn.Module, x: torch.Tensor, temperature: float,
+                batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """log p_T = log softmax(z / T) of ``model`` (in eval mode, restored afterwards) on ``x``: (N, K), on the model's
+    device."""
+    return F.log_softmax(outputs(model, x, batch_size) / temperature, dim=1)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_log_p: torch.Tensor, y: torch.Tensor, temperature: float,
@@ -81,7 +77,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_log_p: torch.Tensor,
 
 def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` whose layers are re-initialised (``reset_parameters``) from ``seed``, global RNG kept."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     student = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -104,8 +100,7 @@ def student_for(model: nn.Module, arch: str, x: torch.Tensor, seed: int) -> nn.M
     built for the images ``x`` and ``model``'s K outputs, on ``model``'s device."""
     if arch == SAME_ARCH:
         return fresh_copy(model, seed)
-    device = next(model.parameters()).device
-    return build_student(arch, tuple(x.shape[1:]), output_classes(model, x), seed).to(device)
+    return build_student(arch, tuple(x.shape[1:]), output_classes(model, x), seed).to(device_of(model))
 
 
 @register_attack("distill", summary="Knowledge distillation: train a fresh model on the victim's soft labels.",

@@ -45,8 +45,9 @@ from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.modes import output_classes
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError, ModelError
-from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, cross_entropy, fit
+from nnmark.models.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, cross_entropy, device_of, fit
 from nnmark.oracles import Oracle, TorchOracle
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE as QUERY_BATCH_SIZE
 
 Answers = Literal["labels", "probabilities"]
 Augment = Literal["none", "crop-flip", "noise"]
@@ -196,7 +197,8 @@ def extract(
     seed: int = 0,
     test: object | None = None,
 ) -> tuple[nn.Module, ExtractionReport]:
-    """Return a copy of ``model`` extracted through a local oracle over it, and an :class:`ExtractionReport`.
+    """Return a copy of ``model`` extracted through a local oracle over it (on its device, asked in micro-batches of
+    ``QUERY_BATCH_SIZE``), and an :class:`ExtractionReport`.
 
     Args:
         x: the thief's images (N, C, H, W) in [0, 1]; y: their labels, unused (the victim labels the queries).
@@ -215,8 +217,8 @@ def extract(
     was_training = model.training
     student = student_for(model, student_arch, x, seed)
     try:
-        return extract_from(TorchOracle(model, tuple(x.shape[1:])), x, student, queries=queries, answers=answers,
-                            augment=augment, inputs=inputs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                            test=test)
+        victim = TorchOracle(model, tuple(x.shape[1:]), batch_size=QUERY_BATCH_SIZE, device=device_of(model))
+        return extract_from(victim, x, student, queries=queries, answers=answers, augment=augment, inputs=inputs,
+                            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, test=test)
     finally:
         model.train(was_training)  # the oracle put the victim in eval mode

@@ -37,7 +37,7 @@ from nnmark.attacks.measure import split_accuracy
 from nnmark.attacks.modes import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, MOMENTUM, check_labelled
 from nnmark.attacks.registry import register_attack
 from nnmark.errors import ArgumentError, ModelError
-from nnmark.models.training import fit
+from nnmark.models.training import device_of, fit
 
 FRACTION = 0.5
 ACTIVATION_BATCH = 500
@@ -88,8 +88,9 @@ def channel_activation(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> t
     sums = []
     handle = layer.register_forward_hook(lambda m, i, out: sums.append(F.relu(out).mean(dim=(2, 3)).sum(dim=0)))
     try:
+        device = device_of(model)
         for xb in x.split(ACTIVATION_BATCH):
-            model(xb)
+            model(xb.to(device))
     finally:
         handle.remove()
         model.train(was_training)

@@ -44,7 +44,7 @@ from torch import nn
 from nnmark.attacks.registry import ACCURACY, register_attack
 from nnmark.data import validate
 from nnmark.errors import ArgumentError, DataError, ModelError
-from nnmark.models.training import fit
+from nnmark.models.training import fit, outputs
 
 Mode = Literal["FTLL", "FTAL", "RTLL", "RTAL"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
@@ -75,16 +75,12 @@ def reinitialize(layer: nn.Linear, generator: torch.Generator) -> None:
 
 
 def output_classes(model: nn.Module, x: torch.Tensor) -> int:
-    """K, the width of ``model``'s output on the first image of ``x`` (in eval mode; the model's mode is restored);
-    ModelError when the model cannot run on it."""
-    training = model.training
+    """K, the width of ``model``'s output on the first image of ``x`` (in eval mode, on the model's device; the
+    model's mode is restored); ModelError when the model cannot run on it."""
     try:
-        with torch.no_grad():
-            return int(model.eval()(x[:1]).shape[1])
+        return int(outputs(model, x[:1]).shape[1])
     except Exception as e:  # any failure of the model's own code on these images
         raise ModelError(f"the model fails on images of shape {tuple(x.shape[1:])} ({type(e).__name__})") from None
-    finally:
-        model.train(training)
 
 
 def check_labelled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

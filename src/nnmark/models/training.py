@@ -33,6 +33,8 @@ from nnmark.errors import ArgumentError, DataError, ModelError
 DEFAULT_LR = 2e-3
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MOMENTUM = 0.0
+EVAL_BATCH_SIZE = 1000
+"""Images per forward in the no-gradient passes over a set of images (``outputs``, ``accuracy``)."""
 
 Optimizer = Literal["adam", "sgd"]
 Schedule = Literal["constant", "cosine"]
@@ -191,7 +193,7 @@ def fit(
     """
     _check_fit(x, y, lr, epochs, steps, batch_size, optimizer, schedule)
     trained = list(model.parameters()) if params is None else list(params)
-    device = next(model.parameters()).device
+    device = device_of(model)
     x, y = x.to(device), y.to(device)
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     opt = make_optimizer(trained, optimizer, lr, momentum)
@@ -229,8 +231,11 @@ def _tensors(split: object, device: torch.device) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of its first parameter, else of its first buffer, else the CPU."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
@@ -258,19 +263,28 @@ def train(
     """
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ModelError(f"need epochs >= 0, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
-    x, y = _tensors(train_split, _device(model))
+    x, y = _tensors(train_split, device_of(model))
     fit(model, x, y, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, schedule="cosine", progress=progress)
     return model
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: object, batch_size: int = 1000) -> float:
-    """Fraction of ``split`` that ``model`` (in eval mode, restored afterwards) classifies right."""
+def outputs(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """``model``'s outputs on ``x`` (N, ...), asked in eval mode (restored afterwards) in batches of ``batch_size``
+    moved one at a time to the model's device, where the (N, K) result stays."""
     if batch_size < 1:
         raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-    x, y = _tensors(split, _device(model))
+    device = device_of(model)
     was_training = model.training
     model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
-    model.train(was_training)
-    return correct / len(x)
+    try:
+        return torch.cat([model(xb.to(device)) for xb in x.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, split: object, batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """Fraction of ``split`` that ``model`` (in eval mode, restored afterwards) classifies right."""
+    x, y = _tensors(split, torch.device("cpu"))
+    predicted = outputs(model, x, batch_size).argmax(1).cpu()
+    return int((predicted == y).sum()) / len(x)

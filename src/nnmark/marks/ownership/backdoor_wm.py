@@ -74,9 +74,11 @@ from nnmark.marks.ownership import coupled
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, digest, train
+from nnmark.models import DEFAULT_LR, accuracy, device_of, digest, train
 from nnmark.models.card import unwrap
+from nnmark.models.training import DEFAULT_BATCH_SIZE as TRAIN_BATCH_SIZE
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
 ZHANG, ADI = "zhang", "adi"
 METHODS = (ZHANG, ADI)
@@ -245,6 +247,7 @@ def embed(
     target: int | None = None,
     epochs: int | None = None,
     lr: float = DEFAULT_LR,
+    train_batch_size: int = TRAIN_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     pretrained: bool = False,
@@ -255,15 +258,18 @@ def embed(
     ``kind`` content | noise | unrelated makes a Zhang key (source class i -> target t, both drawn from
     ``seed`` when not given); abstract makes an Adi key (random labels; ``source``/``target`` unused).
     ``pretrained`` records that ``model`` was already trained (Adi's fine-tuning variant); ``epochs`` defaults
-    to ``FINETUNE_EPOCHS`` then and to ``SCRATCH_EPOCHS`` from scratch. ``model`` is
-    left untouched; the key's config records every setting and the rates measured on the watermarked model.
+    to ``FINETUNE_EPOCHS`` then and to ``SCRATCH_EPOCHS`` from scratch. Training runs in batches of
+    ``train_batch_size``; the watermarked model is asked in micro-batches of ``batch_size`` on its device (which
+    trains nothing; the key records both). ``model`` is left untouched; the key's config records every setting and
+    the rates measured on the watermarked model.
     """
     if kind not in KINDS:
         raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
     if epochs is None:
         epochs = FINETUNE_EPOCHS if pretrained else SCRATCH_EPOCHS
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if epochs < 1 or min(train_batch_size, batch_size) < 1 or not lr > 0:
+        raise ArgumentError(f"need epochs >= 1, train_batch_size and batch_size >= 1, lr > 0; got {epochs}, "
+                            f"{train_batch_size}, {batch_size}, {lr}")
     gen = torch.Generator().manual_seed(seed)
     pool = natural_pool(dataset)
     clean = pool.x[: coupled.N_NULL]
@@ -297,17 +303,18 @@ def embed(
     wm_x, wm_y = wm_x.repeat(repeat, 1, 1, 1), wm_y.repeat(repeat)
     wm_model = copy.deepcopy(model)
     train(wm_model, Split(torch.cat([dataset.train.x, wm_x]), torch.cat([dataset.train.y, wm_y])), epochs=epochs,
-          lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+          lr=lr, batch_size=train_batch_size, seed=seed, progress=progress)
     method = ADI if kind == "abstract" else ZHANG
     config = {
         "kind": kind, **classes, "num_classes": n_c, "epochs": int(epochs), "lr": float(lr),
-        "batch_size": int(batch_size), "seed": int(seed), "pretrained": bool(pretrained), "k_wm": k_wm,
+        "train_batch_size": int(train_batch_size), "batch_size": int(batch_size), "seed": int(seed),
+        "pretrained": bool(pretrained), "k_wm": k_wm,
         "n_verify": len(queries), "data": dataset.name, "min_success": coupled.MIN_SUCCESS,
         "alpha": coupled.ALPHA, "clean_accuracy": accuracy(wm_model, dataset.test, batch_size),
     }
     key = KeyFile(method=method, config=config, queries=queries.float().contiguous(), expected=expected,
                   extras={k: v.float().contiguous() for k, v in extras.items()}, model_digest=digest(unwrap(wm_model)))
-    v = verify(TorchOracle(wm_model, shape, n_c, batch_size=batch_size, device=next(wm_model.parameters()).device), key)
+    v = verify(TorchOracle(wm_model, shape, n_c, batch_size=batch_size, device=device_of(wm_model)), key)
     key.config.update(success=v.statistic, rate_clean=v.details["rate_clean"], null=v.details["null"])
     if method == ZHANG:
         key.config["rate_plain"] = v.details["rate_plain"]
@@ -323,6 +330,7 @@ def zhang(
     target: int | None = None,
     epochs: int = SCRATCH_EPOCHS,
     lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[nn.Module, KeyFile]:
@@ -335,10 +343,11 @@ def zhang(
         target: target class t, not i (default: drawn from seed).
         epochs: training epochs.
         lr: Adam learning rate (cosine decay).
+        batch_size: queries per forward when the watermarked model is asked (peak memory follows it).
         seed: draws the classes, the triggers and the batches.
     """
-    return embed(model, dataset, kind=kind, source=source, target=target, epochs=epochs, lr=lr, seed=seed,
-                 progress=progress)
+    return embed(model, dataset, kind=kind, source=source, target=target, epochs=epochs, lr=lr,
+                 batch_size=batch_size, seed=seed, progress=progress)
 
 
 def adi(
@@ -347,6 +356,7 @@ def adi(
     *,
     epochs: int | None = None,
     lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     pretrained: bool = False,
     progress: bool = False,
@@ -357,10 +367,11 @@ def adi(
     Args:
         epochs: training epochs (default: 8 from scratch, 3 fine-tuning: SCRATCH_EPOCHS, FINETUNE_EPOCHS).
         lr: Adam learning rate (cosine decay).
+        batch_size: queries per forward when the watermarked model is asked (peak memory follows it).
         seed: draws the images, their labels and the batches.
     """
-    return embed(model, dataset, kind="abstract", epochs=epochs, lr=lr, seed=seed, pretrained=pretrained,
-                 progress=progress)
+    return embed(model, dataset, kind="abstract", epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                 pretrained=pretrained, progress=progress)
 
 
 # --- verification ----------------------------------------------------------------------------------------

@@ -90,12 +90,14 @@ from nnmark.keys import KeyFile, check_query_count
 from nnmark.marks.ownership.stats import watermark_verdict
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, DEFAULT_LR, accuracy, batchnorm_layers, digest
+from nnmark.models import DEFAULT_LR, accuracy, batchnorm_layers, device_of, digest
 from nnmark.models.card import unwrap
 from nnmark.models.training import (
-    Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer, train_batches,
+    DEFAULT_BATCH_SIZE as TRAIN_BATCH_SIZE, Loss, batches_per_epoch, cosine_schedule, index_batches, make_optimizer,
+    train_batches,
 )
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
 METHOD = "coupled"
 Kind = Literal["direct", "invisible"]
@@ -305,6 +307,7 @@ def embed(
     keep_ratio: float = KEEP_RATIO,
     lr: float = DEFAULT_LR,
     finetune_lr: float = FINETUNE_LR,
+    train_batch_size: int = TRAIN_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     masked: bool = True,
@@ -330,7 +333,9 @@ def embed(
         keep_ratio: fraction of each weight tensor the random mask keeps (1/keep-ratio scaling).
         lr: eta, the Adam learning rate of the main pass (cosine decay).
         finetune_lr: eta' of the training-time fine-tuning pass.
-        batch_size: training batch size.
+        train_batch_size: training batch size.
+        batch_size: queries per forward when the watermarked model is asked (peak memory follows it; no trained
+            weight depends on it).
         seed: draws the classes, triggers, masks and batches.
         masked: train with the random weight mask (off: with the full W, an ablation).
         tt_finetune: run the training-time fine-tuning pass (off: skip it, an ablation).
@@ -338,9 +343,9 @@ def embed(
     """
     if kind not in KINDS:
         raise ArgumentError(f"kind must be one of {KINDS}, got {kind!r}")
-    if epochs < 1 or batch_size < 1 or not lr > 0 or not finetune_lr > 0:
-        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0, finetune_lr > 0; got {epochs}, {batch_size}, "
-                         f"{lr}, {finetune_lr}")
+    if epochs < 1 or min(train_batch_size, batch_size) < 1 or not lr > 0 or not finetune_lr > 0:
+        raise ArgumentError(f"need epochs >= 1, train_batch_size and batch_size >= 1, lr > 0, finetune_lr > 0; got "
+                            f"{epochs}, {train_batch_size}, {batch_size}, {lr}, {finetune_lr}")
     if not 0 < r < 1:  # refused even where unused (direct fusion): a value outside (0, 1) is a mistake
         raise ArgumentError(f"r must lie in (0, 1) (paper: {PAPER_RATIOS}), got {r}")
     if not 0 < keep_ratio <= 1:
@@ -362,29 +367,29 @@ def embed(
     x = torch.cat([train_part.x, wm.repeat(wm_repeat, 1, 1, 1)])
     y = torch.cat([train_part.y, torch.full((k_wm * wm_repeat,), t, dtype=torch.int64)])
     wm_model = copy.deepcopy(model)
-    device = next(wm_model.parameters()).device
+    device = device_of(wm_model)
     x, y, ft_x, ft_y = x.to(device), y.to(device), ft.x.to(device), ft.y.to(device)
     keep = keep_ratio if masked else 1.0
     opt = make_optimizer(wm_model.parameters(), "adam", lr)
-    sched = cosine_schedule(opt, epochs * batches_per_epoch(len(x), batch_size))
+    sched = cosine_schedule(opt, epochs * batches_per_epoch(len(x), train_batch_size))
     ft_opt = make_optimizer(wm_model.parameters(), "adam", finetune_lr)
     bar = tqdm(range(epochs), desc="coupled", unit="epoch", disable=not progress)
     for _ in bar:
         masks = draw_masks(wm_model, keep, gen)
-        loss = masked_epoch(wm_model, masks, keep, opt, x, y, batch_size=batch_size, generator=gen, scheduler=sched)
+        loss = masked_epoch(wm_model, masks, keep, opt, x, y, batch_size=train_batch_size, generator=gen,
+                            scheduler=sched)
         if tt_finetune:
-            masked_epoch(wm_model, masks, keep, ft_opt, ft_x, ft_y, batch_size=batch_size, generator=gen)
+            masked_epoch(wm_model, masks, keep, ft_opt, ft_x, ft_y, batch_size=train_batch_size, generator=gen)
         bar.set_postfix(loss=f"{loss:.4f}")
     reestimate_bn(wm_model, x)
 
-    oracle = TorchOracle(wm_model, dataset.shape, dataset.num_classes, batch_size=batch_size,
-                         device=next(wm_model.parameters()).device)
+    oracle = TorchOracle(wm_model, dataset.shape, dataset.num_classes, batch_size=batch_size, device=device)
     config = {
         "kind": kind, "r": float(r), "base": [i, j], "target": t, "num_classes": dataset.num_classes,
         "epochs": int(epochs), "keep_ratio": float(keep_ratio), "masked": bool(masked),
         "tt_finetune": bool(tt_finetune), "wm_repeat": int(wm_repeat), "lr": float(lr),
-        "finetune_lr": float(finetune_lr),
-        "batch_size": int(batch_size), "seed": int(seed), "k_wm": k_wm, "k_ft": len(ft), "n_verify": N_VERIFY,
+        "finetune_lr": float(finetune_lr), "train_batch_size": int(train_batch_size), "batch_size": int(batch_size),
+        "seed": int(seed), "k_wm": k_wm, "k_ft": len(ft), "n_verify": N_VERIFY,
         "data": dataset.name, "min_success": MIN_SUCCESS, "alpha": ALPHA,
         "success": target_rate(oracle, queries, t), "rate_plain": target_rate(oracle, plain, t),
         "rate_clean": target_rate(oracle, clean, t), "clean_accuracy": accuracy(wm_model, dataset.test, batch_size),

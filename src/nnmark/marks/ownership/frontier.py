@@ -61,9 +61,11 @@ from nnmark.marks.ownership import backdoor_wm, coupled
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, train
+from nnmark.models import accuracy, device_of, digest, train
 from nnmark.models.card import unwrap
+from nnmark.models.training import DEFAULT_BATCH_SIZE as TRAIN_BATCH_SIZE
 from nnmark.oracles import Oracle, TorchOracle
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
 METHOD = "frontier"
 EPS = 0.1
@@ -114,6 +116,7 @@ def embed(
     eps: float = EPS,
     epochs: int = EMBED_EPOCHS,
     lr: float = EMBED_LR,
+    train_batch_size: int = TRAIN_BATCH_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     progress: bool = False,
@@ -123,21 +126,23 @@ def embed(
     The key's queries are K, its expected labels the source labels y; extras "clean" (300 natural images)
     for the collapse rate; config records every setting and the success measured before and after marking.
     ``model`` is left untouched. K is made, and the success measured, through ``TorchOracle``s on the model's device
-    in micro-batches of ``batch_size`` (the key records it: verify asks in the same ones).
+    in micro-batches of ``batch_size`` (the key records it: verify asks in the same ones); the micro-batch is no
+    training setting (the fine-tune's batches are ``train_batch_size``).
 
     Args:
         eps: FGSM step of the key's adversaries.
         epochs: epochs of the fine-tune that stitches the key in.
         lr: Adam learning rate of that fine-tune (cosine decay).
-        batch_size: its batch size, and the micro-batch the models are asked in.
+        train_batch_size: its batch size.
+        batch_size: queries per forward/backward when the models are asked (peak memory follows it).
         seed: orders the images the key is made from and the batches.
     """
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ArgumentError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if epochs < 1 or min(train_batch_size, batch_size) < 1 or not lr > 0:
+        raise ArgumentError(f"need epochs >= 1, train_batch_size and batch_size >= 1, lr > 0; got {epochs}, "
+                            f"{train_batch_size}, {batch_size}, {lr}")
     pool = natural_pool(dataset)
-    device = next(model.parameters()).device
     asked = functools.partial(TorchOracle, input_shape=dataset.shape, num_classes=dataset.num_classes,
-                              batch_size=batch_size, device=device)
+                              batch_size=batch_size, device=device_of(model))
     source = asked(copy.deepcopy(model))
     queries, expected, is_true = make_key(source, pool, coupled.N_VERIFY, eps=eps,
                                           generator=torch.Generator().manual_seed(seed))
@@ -145,11 +150,12 @@ def embed(
     wm_model = copy.deepcopy(model)
     train(wm_model, Split(torch.cat([dataset.train.x, queries.repeat(rep, 1, 1, 1)]),
                           torch.cat([dataset.train.y, expected.repeat(rep)])),
-          epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+          epochs=epochs, lr=lr, batch_size=train_batch_size, seed=seed, progress=progress)
     key = KeyFile(
         method=METHOD,
         config={"eps": float(eps), "k": len(queries), "n_true": int(is_true.sum()), "num_classes": dataset.num_classes,
-                "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": int(seed),
+                "epochs": int(epochs), "lr": float(lr), "train_batch_size": int(train_batch_size),
+                "batch_size": int(batch_size), "seed": int(seed),
                 "repeat": rep, "data": dataset.name, "min_success": coupled.MIN_SUCCESS, "alpha": coupled.ALPHA,
                 "clean_accuracy": accuracy(wm_model, dataset.test, batch_size)},
         queries=queries.float().contiguous(),

@@ -454,8 +454,13 @@ def judge(d: float, calibration: dict, max_p_value: float) -> dict:
 
 @torch.no_grad()
 def _probabilities(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """A local model's probabilities on x, as a ``TorchOracle`` (what a verifier asks) gives them."""
-    return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes).probabilities(x)
+    """A local model's probabilities on x, as a ``TorchOracle`` (what a verifier asks) gives them: on the model's
+    device, in micro-batches of ``TorchOracle``'s default size."""
+    from nnmark.models.training import device_of
+    from nnmark.oracles.local import DEFAULT_BATCH_SIZE
+
+    return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes, batch_size=DEFAULT_BATCH_SIZE,
+                       device=device_of(model)).probabilities(x)
 
 
 def _labels(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
