@@ -281,8 +281,9 @@ from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models.card import ModelCard
-from nnmark.models.training import train
+from nnmark.models.training import device_of, train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
+from nnmark.oracles.local import DEFAULT_BATCH_SIZE as QUERY_BATCH_SIZE
 
 METHOD = "sac"
 FORMAT = 4
@@ -456,10 +457,7 @@ def judge(d: float, calibration: dict, max_p_value: float) -> dict:
 def _probabilities(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
     """A local model's probabilities on x, as a ``TorchOracle`` (what a verifier asks) gives them: on the model's
     device, in micro-batches of ``TorchOracle``'s default size."""
-    from nnmark.models.training import device_of
-    from nnmark.oracles.local import DEFAULT_BATCH_SIZE
-
-    return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes, batch_size=DEFAULT_BATCH_SIZE,
+    return TorchOracle(model.eval(), tuple(x.shape[1:]), num_classes, batch_size=QUERY_BATCH_SIZE,
                        device=device_of(model)).probabilities(x)
 
 
