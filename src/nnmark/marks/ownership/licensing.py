@@ -52,6 +52,11 @@ on those fusions could be accused), and N * k queries.
 Verdicts: "traced to l[, l'...]" (passed, CLI exit 0), else "unmarked source" when the suspect answers at least
 ``SOURCE_AGREEMENT`` of the triggers as the unmarked source did (the key's expected labels), else "no licensee".
 
+Limits: a copy that the thief distills, or trains afresh on its own images labelled by the copy, is not traced
+("no licensee"): the answers on the fusion triggers do not pass through training on natural images. The carriers
+measured for it (boundary families; a per-licensee logit signal A_l phi(x) on natural images, read with an exact
+Gaussian null) and why none was kept: ``docs/benchmarks/trace-carriers.md``.
+
 Departures: the copies are fine-tuned, not trained with the coupled paper's random weight masks (eq. 4-6, not
 tried here); K_train, REPEAT, the primer (``primer_targets``), the feature-matching term and the fine-tuning
 schedule are nnmark's; Tardos's
