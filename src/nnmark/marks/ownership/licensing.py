@@ -92,7 +92,7 @@ from nnmark.keys import KeyFile
 from nnmark.marks.ownership.coupled import base_pairs, direct_fusion
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest
+from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, outputs
 from nnmark.models.card import unwrap
 from nnmark.models.training import fit
 from nnmark.oracles import Oracle
@@ -161,8 +161,7 @@ def alphabets(families: torch.Tensor, num_classes: int, natural: torch.Tensor | 
 
 def natural_answers(model: nn.Module, triggers: torch.Tensor, m: int) -> torch.Tensor:
     """The class ``model`` answers most often on each family's triggers (``triggers`` family by family): (m,)."""
-    with torch.no_grad():
-        answers = model(triggers).argmax(1).view(m, -1)
+    answers = outputs(model, triggers).argmax(1).cpu().view(m, -1)
     return answers.mode(1).values
 
 
@@ -379,8 +378,7 @@ def license_copies(
     train = Split(dataset.train.x[subset], dataset.train.y[subset])
     queries = make_triggers(natural_pool(dataset), fams, per_family, gen)
     family = torch.arange(m).repeat_interleave(per_family)
-    with torch.no_grad():
-        source_answers = model(queries).argmax(1)
+    source_answers = outputs(model, queries).argmax(1).cpu()
     base_acc = accuracy(model, dataset.test)
     settings = {"k_train": train_per_family, "repeat": repeat, "epochs": epochs, "lr": lr,
                 "loss": feature_matched(*class_centres(model, train, nc), feature_weight) if feature_weight > 0
