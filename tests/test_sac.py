@@ -511,3 +511,21 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     for model, passed in ((world["distilled"], True), (world["independent"][1], False)):
         result = audit.audit_key(TorchOracle(model, (1, 8, 8)), loaded[0], audit.Settings())
         assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
+
+
+def test_mark_a_rare_errors_agreement_key_through_the_cli(world, tmp_path):
+    common = ["mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache", "--variant",
+              "w", "--screen", "rare", "--statistic", "agreement", "--scratch-negatives", 2, "--scratch-epochs", 3]
+    out = tmp_path / "rare.key"
+    r = _cli(*common, "--out", out)
+    assert r.exit_code == 2 and "agreement decides on labels" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+    r = _cli(*common, "--decide-on", "labels", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    config = keys.load(out, secret=SECRET.encode()).config
+    assert (config["screen"], config["statistic"], config["decide_on"], config["format"]) == (
+        "rare", "agreement", "labels", 5)
+    assert config["kept"] == config["misclassified"] and config["calibrated_on"]["scratch"] == 2
+    r = _cli("verify", out, "--model", world["path"], "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["statistic"] == 0.0
