@@ -96,7 +96,8 @@ def test_the_source_itself_matches_on_its_probabilities_and_on_its_labels():
     assert v.details == {
         "output": "probabilities", "distance": 0.0, "match": True, "p_value": pytest.approx(fitted, rel=1e-9),
         "p_value_empirical": empirical, "threshold": 0.15, "max_p_value": 0.01, "variant": "m", "temperature": 1.0,
-        "statistic": "correlation", "labels": {"distance": 0.0, "match": True, "p_value": labels_p[0], "p_value_empirical": 1 / 5,
+        "statistic": "correlation",
+        "labels": {"distance": 0.0, "match": True, "p_value": labels_p[0], "p_value_empirical": 1 / 5,
                    "threshold": 0.1}}
 
 
