@@ -824,7 +824,7 @@ def _source_outputs(key: KeyFile) -> torch.Tensor:
 
 
 def verify(oracle: Oracle, key: KeyFile) -> Verdict:
-    """The suspect's correlation distance to the source on the key's queries, and the decision.
+    """The suspect's distance to the source on the key's queries (the key's ``statistic``), and the decision.
 
     Probabilities when the oracle gives them (the one-hot result in ``details["labels"]``) unless the key's
     ``decide_on`` is "labels" (the probabilities' result then in ``details["probabilities"]``), else labels.
