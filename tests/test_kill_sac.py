@@ -5,6 +5,7 @@ fitted p = P[T_{K-1} <= (d - mu) / (s sqrt(1 + 1/K))], empirical p = (1 + #{d_k 
 d < tau = min_k d_k AND the fitted p < max_p_value."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from scipy import stats
 from test_kill_ownership import SHAPE, inputs
 from test_kill_pairing import Table
 
-from nnmark.errors import KeyFileError
+from nnmark.errors import ArgumentError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import sac
 from nnmark.oracles import LabelsOracle, TorchOracle
@@ -180,8 +181,17 @@ def test_an_agreement_match_needs_the_distance_below_the_threshold():
 @pytest.mark.parametrize("config", [{"statistic": "agreement", "decide_on": "probabilities"},
                                     {"statistic": "agreement"}, {"statistic": "rank"}])
 def test_verify_refuses_an_unknown_statistic_or_agreement_deciding_on_probabilities(config):
-    with pytest.raises(KeyFileError, match="statistic"):
+    said = f"statistic {config['statistic']!r} deciding on {config.get('decide_on', 'probabilities')!r}"
+    with pytest.raises(KeyFileError, match=f"^sac key config has {said}: need one of correlation, agreement, and "
+                                           "agreement decides on labels$"):
         sac.verify(TorchOracle(Table(SOURCE), SHAPE), _key(**config))
+
+
+@pytest.mark.parametrize("a, b", [((3, 4), (3, 5)), ((3, 4, 1), (3, 4, 1)), ((4,), (4,))])
+def test_the_agreement_distance_needs_two_tables_of_one_shape(a, b):
+    with pytest.raises(ArgumentError, match=rf"^need two \(n, K\) outputs of one shape, got {re.escape(str(a))} and "
+                                            rf"{re.escape(str(b))}$"):
+        sac.agreement_distance(torch.ones(a), torch.ones(b))
 
 
 @pytest.mark.parametrize("key, match", [
