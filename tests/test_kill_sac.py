@@ -5,6 +5,7 @@ fitted p = P[T_{K-1} <= (d - mu) / (s sqrt(1 + 1/K))], empirical p = (1 + #{d_k 
 d < tau = min_k d_k AND the fitted p < max_p_value."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from scipy import stats
 from test_kill_ownership import SHAPE, inputs
 from test_kill_pairing import Table
 
-from nnmark.errors import KeyFileError
+from nnmark.errors import ArgumentError, KeyFileError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import sac
 from nnmark.oracles import LabelsOracle, TorchOracle
@@ -96,6 +97,7 @@ def test_the_source_itself_matches_on_its_probabilities_and_on_its_labels():
     assert v.details == {
         "output": "probabilities", "distance": 0.0, "match": True, "p_value": pytest.approx(fitted, rel=1e-9),
         "p_value_empirical": empirical, "threshold": 0.15, "max_p_value": 0.01, "variant": "m", "temperature": 1.0,
+        "statistic": "correlation",
         "labels": {"distance": 0.0, "match": True, "p_value": labels_p[0], "p_value_empirical": 1 / 5,
                    "threshold": 0.1}}
 
@@ -123,6 +125,73 @@ def test_the_outputs_are_compared_sharpened_at_the_keys_temperature():
         want = spec_distance(PROBABILITIES, torch.softmax(SOURCE / 2, dim=1), t)
         assert v.statistic == pytest.approx(want, rel=1e-5) and v.details["temperature"] == t and v.flipped == []
     assert sac.verify(flat, _key(temperature=1.0)).statistic > 2 * sac.verify(flat, _key(temperature=0.1)).statistic
+
+
+# --- the agreement statistic ---------------------------------------------------------------------------------------
+
+HALF = torch.cat([SOURCE[:9], OTHER[9:]])
+"""A suspect with the source's logits on 9 of the 12 queries and another model's on the rest."""
+AGREE = [0.5, 0.55, 0.6, 0.65, 0.7]
+"""Agreement calibration distances: tau 0.5, mean 0.6."""
+
+
+def spec_agreement(suspect, temperature=None):
+    """1 - the suspect's mean mass on the source's labels: its probabilities sharpened at T, or its one-hot labels."""
+    own = PROBABILITIES.argmax(dim=1)
+    if temperature is None:
+        return (suspect.argmax(dim=1) != own).double().mean().item()
+    p = torch.softmax(torch.softmax(suspect.double(), dim=1).log() / temperature, dim=1)
+    return 1 - p[torch.arange(N), own].mean().item()
+
+
+def _agreement_key(labels=AGREE, **config):
+    return _key(statistic="agreement", decide_on="labels", temperature=0.5,
+                calibration={"probabilities": _calibration(AGREE), "labels": _calibration(labels)}, **config)
+
+
+def test_the_agreement_distance_is_one_minus_the_suspects_mass_on_the_sources_labels():
+    v = sac.verify(TorchOracle(Table(HALF), SHAPE), _agreement_key())
+    d = spec_agreement(HALF)
+    assert v.statistic_name == "agreement_distance" and v.details["output"] == "labels"
+    assert v.statistic == pytest.approx(d, abs=1e-12) and 0 < d < 0.5
+    assert v.details["probabilities"]["distance"] == pytest.approx(spec_agreement(HALF, 0.5), rel=1e-6)
+    assert v.details["statistic"] == "agreement" and v.flipped == torch.nonzero(
+        HALF.argmax(dim=1) != SOURCE.argmax(dim=1)).flatten().tolist()
+
+
+def test_an_agreement_key_matches_the_sources_labels_not_another_models():
+    same_labels = TorchOracle(Table(SOURCE / 4), SHAPE)
+    assert sac.verify(same_labels, _agreement_key()).passed is True
+    assert sac.verify(LabelsOracle(same_labels), _agreement_key()).passed is True
+    other = sac.verify(TorchOracle(Table(OTHER), SHAPE), _agreement_key())
+    assert other.passed is False and other.statistic == pytest.approx(spec_agreement(OTHER), abs=1e-12)
+
+
+def test_an_agreement_match_needs_the_distance_below_the_threshold():
+    """One calibration model at the suspect's labels distance d (tau = d) among 30 far ones: p stays tiny, so the
+    strict d < tau alone says no match; with that model just above d it is a match."""
+    oracle = TorchOracle(Table(HALF), SHAPE)
+    d = spec_agreement(HALF)
+    far = [d + 0.3 + 0.001 * i for i in range(30)]
+    for tau, want in ((d, False), (d + 1e-9, True)):
+        v = sac.verify(oracle, _agreement_key([tau, *far]))
+        assert v.passed is want and v.details["p_value"] < 1e-4 and v.details["threshold"] == tau
+
+
+@pytest.mark.parametrize("config", [{"statistic": "agreement", "decide_on": "probabilities"},
+                                    {"statistic": "agreement"}, {"statistic": "rank"}])
+def test_verify_refuses_an_unknown_statistic_or_agreement_deciding_on_probabilities(config):
+    said = f"statistic {config['statistic']!r} deciding on {config.get('decide_on', 'probabilities')!r}"
+    with pytest.raises(KeyFileError, match=f"^sac key config has {said}: need one of correlation, agreement, and "
+                                           "agreement decides on labels$"):
+        sac.verify(TorchOracle(Table(SOURCE), SHAPE), _key(**config))
+
+
+@pytest.mark.parametrize("a, b", [((3, 4), (3, 5)), ((3, 4, 1), (3, 4, 1)), ((4,), (4,))])
+def test_the_agreement_distance_needs_two_tables_of_one_shape(a, b):
+    with pytest.raises(ArgumentError, match=rf"^need two \(n, K\) outputs of one shape, got {re.escape(str(a))} and "
+                                            rf"{re.escape(str(b))}$"):
+        sac.agreement_distance(torch.ones(a), torch.ones(b))
 
 
 @pytest.mark.parametrize("key, match", [

@@ -35,7 +35,7 @@ POOLS_ONLY = {"scratch_negatives": 0}
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """digits; the source (seed 0) saved as a checkpoint; calibration pools in a cache; a distilled copy; two
-    independent models (seeds 7, 8); a SAC-m key and a (screened) SAC-w key."""
+    independent models (seeds 7, 8); the scratch negatives, trained once; a SAC-m key and a (screened) SAC-w key."""
     torch.manual_seed(0)
     ds = data.load("digits")
     root = tmp_path_factory.mktemp("sac")
@@ -47,10 +47,11 @@ def world(tmp_path_factory):
     pools = Pools(**pool.groups(specs))
     independent = [train_shadow(ShadowSpec("lenet5", "digits", s, epochs=EPOCHS)) for s in (7, 8)]
     distilled = distill(source, ds.train.x, ds.train.y, alpha=1.0, epochs=15, seed=5).eval()
-    key = sac.create(source, pools, ds.train.x, dataset=ds, **SCRATCH)
-    key_w = sac.create(source, pools, ds.train.x, variant="w", dataset=ds, **SCRATCH)
+    scratch = sac.scratch_models(source, ds.train, SCRATCH["scratch_negatives"], epochs=EPOCHS, seed=0)
+    key = sac.create(source, pools, ds.train.x, dataset=ds, scratch=scratch, **SCRATCH)
+    key_w = sac.create(source, pools, ds.train.x, variant="w", dataset=ds, scratch=scratch, **SCRATCH)
     return {"ds": ds, "root": root, "path": path, "source": source, "pools": pools, "independent": independent,
-            "distilled": distilled, "key": key, "key_w": key_w}
+            "distilled": distilled, "scratch": scratch, "key": key, "key_w": key_w}
 
 
 def _verify(model, key, ds, labels_only=False):
@@ -139,7 +140,7 @@ def test_a_key_may_decide_on_one_hot_labels_even_when_the_suspect_gives_probabil
     beside it; a key without decide_on (format 1 or 2) decides on probabilities. The labels calibration is moved to
     the distilled copy's one-hot distance, so only the output that decides tells a match from no match."""
     ds, key, distilled = world["ds"], world["key"], world["distilled"]
-    assert key.config["decide_on"] == "probabilities" and key.config["format"] == 4
+    assert key.config["decide_on"] == "probabilities" and key.config["format"] == sac.FORMAT
     on_labels = _verify(distilled, key, ds, labels_only=True).statistic
     config = json.loads(json.dumps(key.config))
     config["calibration"]["labels"]["threshold"] = on_labels
@@ -221,6 +222,54 @@ def test_the_screen_keeps_the_images_on_which_the_source_decides_unlike_most_ind
     unscreened = sac.create(world["source"], pools, ds.train.x, variant="w", screen="none", **POOLS_ONLY,
                             dataset=ds)
     assert (share(unscreened) >= 0.5).any() and unscreened.config["kept"] == key.config["misclassified"]
+
+
+def test_the_rare_screen_orders_the_sources_errors_by_the_mean_probability_independent_models_give_its_label(world):
+    source = torch.tensor([0, 1, 2, 3])
+    others = [torch.tensor([[1, 0, 0, 0], [0.25, 0.75, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1]]),
+              torch.tensor([[0, 1, 0, 0], [0.25, 0.75, 0, 0], [0.5, 0, 0.5, 0], [0.5, 0, 0, 0.5]])]
+    assert sac.rarest(source, others).tolist() == [0, 2, 1, 3]  # means 0.5, 0.75, 0.5, 0.75: ties keep their order
+    assert sac.rarest(source, others[1:]).tolist() == [0, 2, 3, 1]  # 0, 0.75, 0.5, 0.5
+    with pytest.raises(ArgumentError, match="rare screen"):
+        sac.rarest(source, [])
+    with pytest.raises(ArgumentError, match="screen of labels"):
+        sac.screened("rare", source, [o.argmax(dim=1) for o in others], source)
+    ds, pools = world["ds"], world["pools"]
+    rare = {"variant": "w", "screen": "rare", "max_p_value": 0.3, **POOLS_ONLY}  # K 3: the order, not the bound
+    key = sac.create(world["source"], pools, ds.train.x, n=12, **rare, dataset=ds)
+    everything = sac.create(world["source"], pools, ds.train.x, n=1000, **rare, dataset=ds)
+
+    def given(key):
+        said = [TorchOracle(m, ds.shape).probabilities(key.queries).double() for m in pools.negatives_val]
+        return torch.stack([p[torch.arange(len(key.expected)), key.expected] for p in said]).mean(dim=0)
+
+    kept, rest = given(key), given(everything)
+    assert key.config["kept"] == 12 < everything.config["kept"] == everything.config["misclassified"]
+    assert torch.equal(kept, rest[:12]) and (kept[:-1] <= kept[1:]).all() and (rest[:-1] <= rest[1:]).all()
+    assert key.config["screening_models"] == 2 and key.config["calibrated_on"]["families"] == 3
+
+
+def test_an_agreement_key_judges_the_suspects_labels_on_the_sources(world):
+    """statistic "agreement" (format 5): d = the share of queries the suspect labels otherwise than the source,
+    calibrated the same way; the source matches, independent models do not, and it decides on labels only."""
+    ds, source, pools = world["ds"], world["source"], world["pools"]
+    key = sac.create(source, pools, ds.train.x, variant="w", screen="rare", statistic="agreement",
+                     decide_on="labels", scratch=world["scratch"], **SCRATCH, dataset=ds)
+    assert key.config["statistic"] == "agreement" and key.config["format"] == 5
+    calibration = key.config["calibration"]["labels"]["distances"]
+    calibrating = [*pools.negatives_train, *world["scratch"]]
+    assert calibration == [pytest.approx(float((m(key.queries).argmax(1) != key.expected).double().mean()))
+                           for m in calibrating]
+    mine = _verify(source, key, ds)
+    assert mine.passed and mine.statistic == 0.0 and mine.statistic_name == "agreement_distance"
+    for model in world["independent"]:
+        verdict = _verify(model, key, ds, labels_only=True)
+        want = float((model(key.queries).argmax(1) != key.expected).double().mean())
+        assert not verdict.passed and verdict.statistic == pytest.approx(want) and verdict.details["output"] == "labels"
+    with pytest.raises(ArgumentError, match="agreement decides on labels"):
+        sac.create(source, pools, ds.train.x, variant="w", statistic="agreement", **POOLS_ONLY, dataset=ds)
+    with pytest.raises(ArgumentError, match="statistic"):
+        sac.create(source, pools, ds.train.x, statistic="rank", **POOLS_ONLY, dataset=ds)
 
 
 def test_calibration_leaves_out_the_screening_models_and_takes_scratch_and_extra_negatives(world):
@@ -328,11 +377,12 @@ def test_the_fitted_p_value_holds_its_bound_on_draws_of_a_normal_null():
 
 def test_the_key_counts_its_calibration_models_by_kind_and_older_keys_verify_as_before(world):
     ds, key, distilled = world["ds"], world["key"], world["distilled"]
-    assert key.config["format"] == sac.FORMAT == 4
+    assert key.config["format"] == sac.FORMAT == 5 and key.config["statistic"] == "correlation"
     verdict = _verify(distilled, key, ds)
-    old = {name: value for name, value in key.config.items() if name not in ("calibrated_on", "scratch_epochs")}
-    for fmt in (3, None):
-        config = dict(old, format=fmt) if fmt else {k: v for k, v in old.items() if k != "format"}
+    four = {name: value for name, value in key.config.items() if name != "statistic"}
+    old = {name: value for name, value in four.items() if name not in ("calibrated_on", "scratch_epochs")}
+    for fmt in (4, 3, None):
+        config = dict(four if fmt == 4 else old, format=fmt) if fmt else {k: v for k, v in old.items() if k != "format"}
         again = _verify(distilled, keys.KeyFile(sac.METHOD, config, key.queries, key.expected, key.extras), ds)
         assert again.passed == verdict.passed and again.statistic == verdict.statistic
     for bad in (None, {"families": 5, "scratch": 3, "extra": 0, "distilled": 0}, {"families": 9},
@@ -461,3 +511,21 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     for model, passed in ((world["distilled"], True), (world["independent"][1], False)):
         result = audit.audit_key(TorchOracle(model, (1, 8, 8)), loaded[0], audit.Settings())
         assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
+
+
+def test_mark_a_rare_errors_agreement_key_through_the_cli(world, tmp_path):
+    common = ["mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache", "--variant",
+              "w", "--screen", "rare", "--statistic", "agreement", "--scratch-negatives", 2, "--scratch-epochs", 3]
+    out = tmp_path / "rare.key"
+    r = _cli(*common, "--out", out)
+    assert r.exit_code == 2 and "agreement decides on labels" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+    r = _cli(*common, "--decide-on", "labels", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    config = keys.load(out, secret=SECRET.encode()).config
+    assert (config["screen"], config["statistic"], config["decide_on"], config["format"]) == (
+        "rare", "agreement", "labels", 5)
+    assert config["kept"] == config["misclassified"] and config["calibrated_on"]["scratch"] == 2
+    r = _cli("verify", out, "--model", world["path"], "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["statistic"] == 0.0

@@ -266,6 +266,8 @@ KEYS = {
     "SAC-w": KeySpec(_sac("w"), sac.verify, lower_is_closer=True, shadows="paper", scratch=True),
     "SAC-w all errors": KeySpec(_sac("w", "sac_all_errors_n", screen="none", decide_on="labels"), sac.verify,
                                 lower_is_closer=True, shadows="paper", scratch=True),
+    "SAC-w rare errors": KeySpec(_sac("w", screen="rare", statistic="agreement", decide_on="labels"), sac.verify,
+                                 lower_is_closer=True, shadows="paper", scratch=True),
     "MetaFinger": KeySpec(_metafinger("paper"), metafinger.verify, shadows="paper"),
     "MetaFinger thief-aware": KeySpec(_metafinger("thief"), metafinger.verify, shadows="thief"),
     "IPGuard": KeySpec(_ipguard, ipguard.verify),
@@ -279,6 +281,7 @@ KEYS = {
 METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "labels"),
            "SAC-w": ("SAC-w", "probabilities"), "SAC-w labels": ("SAC-w", "labels"),
            "SAC-w all errors": ("SAC-w all errors", "probabilities"),
+           "SAC-w rare errors": ("SAC-w rare errors", "probabilities"),
            "MetaFinger": ("MetaFinger", "labels"), "MetaFinger thief-aware": ("MetaFinger thief-aware", "labels"),
            "IPGuard": ("IPGuard", "labels"),
            **{w: (w, "labels") for w in WATERMARKS}}

@@ -14,13 +14,17 @@ of the test split, ``nnmark.data.roles``), two variants (``variant``):
   (``screened``, ``screen``) by the pools' validation negatives (independent models): by default
   ("minority") an image is kept only where fewer than half of them give the source's label, so the
   key asks where the source decides unlike independent models; "wrong" keeps the paper's condition
-  (most of them misclassify it too), "none" every error of the source;
+  (most of them misclassify it too), "none" every error of the source; "rare" (``rarest``) keeps every error
+  but asks first those whose source label they give the least mean probability;
 - SAC-m (``cutmix_queries``): CutMix images, a natural image with a square patch of another pasted in.
 
 Fingerprint (``correlation_matrix``): for outputs O_1..O_n of a model on the queries, the n x n matrix
 C_ij = cos(O_i, O_j) = O_i . O_j / (|O_i| |O_j|), the cosine similarity the paper chooses among its
 correlation functions. Distance (``correlation_distance``): d = ||C_source - C_suspect||_1 / n^2, the mean
-absolute difference of the two matrices (the paper's and its code's measure). Smaller d: more alike.
+absolute difference of the two matrices (the paper's and its code's measure). Smaller d: more alike. The
+``statistic`` "agreement" (``agreement_distance``) compares no matrices: d = 1 - mean_i O_i[l_i], the suspect's
+mean mass on the source's labels l_i (for one-hot outputs: the share of queries it labels otherwise); it decides on
+one-hot labels only, since a suspect's mass on any label grows with its confidence (study below).
 
 Outputs: the key keeps the source's probabilities on the queries (the extra tensor "probabilities"; the
 expected labels are their argmax). A probabilities oracle is compared on probability vectors sharpened at
@@ -71,7 +75,8 @@ records ``decide_on``: the output that decides when the suspect gives probabilit
 or "labels": their one-hot labels, which the study below found the better test of label extraction on all the
 source's errors); a format-1 or 2 key decides on probabilities. Format 4 records ``calibrated_on`` (how many
 calibration models of each kind: families, scratch, extra, distilled; checked to sum to K) and ``scratch_epochs``; a
-key of format 1-3 (distilled negatives by default then) verifies as before.
+key of format 1-3 (distilled negatives by default then) verifies as before. Format 5 records ``statistic``; a key of
+format 1-4 compares correlation matrices.
 
 Choices and gaps:
 
@@ -255,6 +260,49 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   243 s on less busy cores) matched distillation into both architectures, probability extraction same arch (p
   0.002), RTAL and prune 70%, nothing else, and none of the 28 (nearest p 0.016).
 
+Label extraction into the same architecture at <= 100 queries (study scripts /tmp/sacfew: s1-s11; the outputs
+cached in /tmp/sacnull/probs.pt; calibration: the 3 families + 20 of the 28 held-out owner-half LeNet-5s as scratch
+negatives, the other 8 judged, 300 draws, key seeds 0-2; the rate per model as in "The bound kept"; over-confident:
+the left-out and the 21 independents with their probabilities sharpened at T 0.1, still independent models). The
+copy agrees with the source on more of its errors than independent models do (about 44 of 100 against 22 +- 4.5),
+but where most independent models share the error too that agreement is no evidence: asked first (``screen``
+"rare") the errors on which the pools' 2 validation negatives give the source's label the least probability, and
+judged by the share of them it labels as the source (``statistic`` "agreement"), it is matched in about half the
+draws at 100 queries with no false claim. Matches per draw: label extraction same arch / into VGG-11 / + PGD eps 0.05:
+
+=========================================  ==================  =============  ======  ==============
+100 queries, statistic                     matched             left-out       the 21  over-confident
+=========================================  ==================  =============  ======  ==============
+errors in seeded order, correlation T 0.1  0.09 / 0.00 / 0.00  1.4% [0, 3.9]  0       0.30%
+  the same, one-hot correlation            0.37 / 0.00 / 0.00  1.1% [0, 2.9]  0       0.28%
+  agreement of probabilities (T 1)         1.00 / 1.00 / 0.00  0.7% [0, 2.1]  13      68%
+  agreement of one-hot labels              0.21 / 0.00 / 0.00  0.01%          0       0
+rare first, correlation T 0.1              0.00 / 1.00 / 0.00  0              0       0
+  the same, one-hot correlation            0.00 / 0.17 / 0.00  0.8% [0, 2.3]  0       0.20%
+  agreement of probabilities (T 1)         1.00 / 1.00 / 0.00  0              0       1.1%
+  agreement of one-hot labels (the key)    0.48 / 1.00 / 0.00  0              0       0
+=========================================  ==================  =============  ======  ==============
+
+(the 21: claims of 18,900.) The probabilities' agreement is a confidence test: a copy trained on hard labels is sure
+of itself, so on the source's errors it puts mass on whatever it answers, and an independent model made
+over-confident is claimed in 68% of the draws (on the rare errors 1.1%, and with K 13 1.4% sharpened at T 0.1, 2.2%
+answering one-hot probabilities: above the 1% stated): it may not decide (``create`` and ``verify`` refuse it). The
+correlation of the same images misses the copy. The one-hot agreement on the rare errors matches the rest as SAC-w
+does (distillation, probability extraction, RTAL, prune 70%, noise, fine-pruning 1.00; prune 90% 0.11), the PGD
+copies never (eps 0.05 and 0.1: 0.00; their agreement lies in the null). Tried and left: the errors ranked by how
+many of 10 scratch models give the source's label (the other 10 calibrating, K 13) match the copy 0.76 but claim the
+LeNet-5 distilled from a ResNet-20 in 20% of the draws (it agrees on 30-34 of them); the mean probability of 10
+scratch screeners instead 0.52 (4: 0.62, K 19), with the screening models out of the calibration, as the screen
+study found they must be; weighting or ranking by the source's own confidence 0.00-0.24. The order was chosen on
+these very models; 28 models show the bound kept, not below 1%. The key misses the copy in half the draws: no honest
+test found here matches it every time at 100 queries. End to end (/tmp/sacfew/e2e.py: the bench's seed-0 key,
+``create`` with the 20 scratch models ``Owner.scratch`` trains, K 23, null mean 0.757, sd 0.040) it matched the copy
+(d 0.61, p 0.0009) and every other theft within 5 points but the PGD copies (eps 0.05: d 0.68, p 0.037; 0.1: p
+0.023), none of the 21 nor of 60 held-out independents (the nearest: owner-half LeNet-5s at d 0.67-0.68, p
+0.023-0.037). That null is narrower than the 28 held-out owner-half LeNet-5s spread (sd 0.053; 10 of them at p <
+0.1; the two spreads' F-test p 0.18): calibrated on those and the families (K 31) the copy still matches, at
+p 0.009: the seed-0 key's p 0.0009 is on the lucky side of the draws.
+
 Example::
 
     pools = metafinger.Pools([], negatives, [], [extra_negative])
@@ -286,10 +334,11 @@ from nnmark.oracles import Oracle, TorchOracle, check_inputs
 from nnmark.oracles.local import DEFAULT_BATCH_SIZE as QUERY_BATCH_SIZE
 
 METHOD = "sac"
-FORMAT = 4
+FORMAT = 5
 """Key format: 2 adds ``temperature`` (a format-1 key, without it, compares plain probabilities: temperature 1), 3
 adds ``decide_on`` (a format-1 or 2 key decides on probabilities), 4 ``calibrated_on`` (the calibration models by
-kind, ``CALIBRATION_KINDS``) and the scratch negatives' ``scratch_epochs`` (a key of format 1-3 is read as before)."""
+kind, ``CALIBRATION_KINDS``) and the scratch negatives' ``scratch_epochs`` (a key of format 1-3 is read as before), 5
+``statistic`` (a key of format 1-4 compares correlation matrices)."""
 DEFAULT_VARIANT = "m"
 PAPER_N = 100
 MIN_KEPT = 10
@@ -300,8 +349,9 @@ PAPER_TEMPERATURE = 1.0
 """Temperature 1: the probabilities themselves, the closest an API gives to the authors' logits (SAC-m's default)."""
 SHARP_TEMPERATURE = 0.1
 """SAC-w's default temperature: its screened images are those a thief's copy must answer as the source does."""
-SCREENS = ("minority", "wrong", "none")
-"""SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none."""
+SCREENS = ("minority", "wrong", "none", "rare")
+"""SAC-w's screen of the source's errors by independent models (``screened``): nnmark's, the paper's, none; or their
+order (``rarest``): those whose source label the independent models give least first."""
 DEFAULT_SCREEN = "minority"
 DEFAULT_SCRATCH_NEGATIVES = 20
 """From-scratch models of the source's recipe added to the calibration: with ``nnmark bench ownership``'s 3 families,
@@ -334,6 +384,10 @@ OUTPUTS = ("probabilities", "labels")
 oracle."""
 DEFAULT_DECIDE_ON = "probabilities"
 """The output that decides for a probabilities oracle unless a key says otherwise."""
+STATISTICS = ("correlation", "agreement")
+"""How a suspect's outputs are compared with the source's: their correlation matrices (``correlation_distance``, the
+paper's) or the suspect's mass on the source's labels (``agreement_distance``)."""
+DEFAULT_STATISTIC = "correlation"
 
 
 def cutmix_queries(x: torch.Tensor, n: int, *, patch: float, generator: torch.Generator) -> tuple[torch.Tensor,
@@ -374,13 +428,22 @@ def screened(rule: str, source_labels: torch.Tensor, screening_labels: Sequence[
     independent models), "wrong" those that most of the models misclassify too (the paper's), "none" all."""
     if rule == "none":
         return torch.ones(len(y), dtype=torch.bool)
-    if rule not in SCREENS or not screening_labels:
-        raise ArgumentError(f"a screen is one of {', '.join(SCREENS)} and needs an independent model, got {rule!r} "
-                            f"with {len(screening_labels)}")
+    if rule not in ("minority", "wrong") or not screening_labels:
+        raise ArgumentError(f"a screen of labels is minority, wrong or none and needs an independent model, got "
+                            f"{rule!r} with {len(screening_labels)}")
     said = torch.stack(list(screening_labels))
     if rule == "minority":
         return (said == source_labels).double().mean(dim=0) < 0.5
     return (said != y).double().mean(dim=0) > 0.5
+
+
+def rarest(source_labels: torch.Tensor, screening_probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The "rare" screen: the order of candidates (N,) by the mean probability the independent models (each (N, K))
+    give the source's label, least first (ties in the candidates' order)."""
+    if not screening_probabilities:
+        raise ArgumentError("the rare screen needs an independent model")
+    given = torch.stack([p.double().gather(1, source_labels[:, None])[:, 0] for p in screening_probabilities])
+    return torch.sort(given.mean(dim=0), stable=True).indices
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -415,12 +478,30 @@ def correlation_distance(c_a: torch.Tensor, c_b: torch.Tensor) -> float:
     return float((c_a - c_b).abs().mean())
 
 
-def fingerprints(probabilities: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
-    """C of each output in ``OUTPUTS`` from a model's probabilities (n, K) on the queries: of the probabilities
-    sharpened at ``temperature``, and of the one-hot labels."""
-    labels = one_hot(probabilities.argmax(dim=1), probabilities.shape[1])
-    return {"probabilities": correlation_matrix(sharpen(probabilities, temperature)),
-            "labels": correlation_matrix(labels)}
+def agreement_distance(source: torch.Tensor, suspect: torch.Tensor) -> float:
+    """d = 1 - mean_i suspect_i[l_i] for the source's labels l_i = argmax of its rows: one minus the suspect's mean
+    mass (probability, or 1 for the same label) on the source's labels; both (n, K)."""
+    if source.shape != suspect.shape or source.dim() != 2:
+        raise ArgumentError(f"need two (n, K) outputs of one shape, got {tuple(source.shape)} and "
+                            f"{tuple(suspect.shape)}")
+    return 1.0 - float(suspect.double().gather(1, source.argmax(dim=1, keepdim=True)).mean())
+
+
+def fingerprints(probabilities: torch.Tensor, temperature: float,
+                 statistic: str = DEFAULT_STATISTIC) -> dict[str, torch.Tensor]:
+    """What ``distance`` compares, per output in ``OUTPUTS``, from a model's probabilities (n, K) on the queries:
+    the probabilities sharpened at ``temperature`` and the one-hot labels, as their correlation matrices C for the
+    correlation statistic, as they are for the agreement one."""
+    outputs = {"probabilities": sharpen(probabilities, temperature),
+               "labels": one_hot(probabilities.argmax(dim=1), probabilities.shape[1])}
+    if statistic == "agreement":
+        return outputs
+    return {out: correlation_matrix(o) for out, o in outputs.items()}
+
+
+def distance(statistic: str, source: torch.Tensor, suspect: torch.Tensor) -> float:
+    """The ``statistic``'s distance of two ``fingerprints`` of one output: smaller is closer."""
+    return (agreement_distance if statistic == "agreement" else correlation_distance)(source, suspect)
 
 
 def calibrate(distances: Sequence[float]) -> dict:
@@ -467,10 +548,10 @@ def _labels(model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor
 
 
 def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: torch.Tensor, num_classes: int,
-               temperature: float) -> dict[str, list[float]]:
+               temperature: float, statistic: str) -> dict[str, list[float]]:
     """Each model's distance to the source's fingerprints, per output."""
-    found = [fingerprints(_probabilities(m, x, num_classes), temperature) for m in models]
-    return {out: [correlation_distance(source[out], f[out]) for f in found] for out in OUTPUTS}
+    found = [fingerprints(_probabilities(m, x, num_classes), temperature, statistic) for m in models]
+    return {out: [distance(statistic, source[out], f[out]) for f in found] for out in OUTPUTS}
 
 
 def _owner_dataset(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Dataset:
@@ -501,8 +582,12 @@ def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: f
         return x, {"sources": pool.x[base].contiguous()}, {"patch": float(patch), "candidates": len(pool)}
     predicted = _labels(source, pool.x, num_classes)
     wrong = misclassified_queries(pool.y, predicted, len(pool), generator=generator)
-    passed = screened(screen, predicted[wrong], [_labels(m, pool.x[wrong], num_classes) for m in screening],
-                      pool.y[wrong])
+    if screen == "rare":
+        passed = torch.ones(len(wrong), dtype=torch.bool)
+        wrong = wrong[rarest(predicted[wrong], [_probabilities(m, pool.x[wrong], num_classes) for m in screening])]
+    else:
+        passed = screened(screen, predicted[wrong], [_labels(m, pool.x[wrong], num_classes) for m in screening],
+                          pool.y[wrong])
     kept = wrong[passed][:n]
     return pool.x[kept], {}, {"candidates": len(pool), "misclassified": len(wrong), "screen": screen,
                               "screened": int(passed.sum())}
@@ -554,13 +639,14 @@ def create(
     n: int = PAPER_N,
     patch: float = DEFAULT_PATCH,
     temperature: float | None = None,
-    screen: Literal["minority", "wrong", "none"] = DEFAULT_SCREEN,
+    screen: Literal["minority", "wrong", "none", "rare"] = DEFAULT_SCREEN,
     scratch_negatives: int = DEFAULT_SCRATCH_NEGATIVES,
     scratch_epochs: int = SCRATCH_EPOCHS,
     distilled_negatives: int = DEFAULT_DISTILLED_NEGATIVES,
     distill_epochs: int = DISTILL_EPOCHS,
     max_p_value: float = DEFAULT_MAX_P_VALUE,
     decide_on: Literal["probabilities", "labels"] = DEFAULT_DECIDE_ON,
+    statistic: Literal["correlation", "agreement"] = DEFAULT_STATISTIC,
     seed: int = 0,
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
@@ -587,8 +673,8 @@ def create(
         temperature: compare probabilities sharpened to softmax(log p / temperature) (default: 1, the
             probabilities, for SAC-m; 0.1 for SAC-w).
         screen: SAC-w's screen by the pools' validation negatives, which then leave the calibration: minority
-            (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's) or
-            none.
+            (the source's label is given by fewer than half of them), wrong (most misclassify too: the paper's),
+            none, or rare (the n errors whose source label they give the least mean probability).
         scratch_negatives: models of the source's recipe (its architecture, the owner's images and labels, seeds of
             their own) trained from scratch and added to the calibration: what keeps the stated false-claim bound.
         scratch_epochs: training epochs of each scratch negative: the pools' (the CLI's --shadow-epochs).
@@ -598,6 +684,8 @@ def create(
         max_p_value: a match needs the fitted p-value of its distance below this.
         decide_on: the output that decides when the suspect gives probabilities: probabilities (sharpened), or
             their one-hot labels (a labels-only suspect is always judged on those).
+        statistic: correlation (the distance of the correlation matrices: the paper's) or agreement (one minus
+            the suspect's mean mass on the source's labels; needs decide_on labels).
         seed: draws the CutMix images, or the order in which misclassified images are kept.
     """
     if images.dim() != 4:
@@ -614,6 +702,10 @@ def create(
                             f"a screen of {', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got "
                             f"{temperature}, {scratch_negatives}, {distilled_negatives}, {scratch_epochs}, "
                             f"{distill_epochs}, {screen!r}, {decide_on!r}")
+    if statistic not in STATISTICS or (statistic == "agreement" and decide_on != "labels"):
+        raise ArgumentError(f"statistic is one of {', '.join(STATISTICS)}, and agreement decides on labels (a "
+                            f"suspect's mass on the source's labels grows with its confidence), got {statistic!r} "
+                            f"deciding on {decide_on!r}")
     if scratch is not None and len(scratch) != scratch_negatives:
         raise ArgumentError(f"{len(scratch)} scratch models given for scratch_negatives = {scratch_negatives}")
     meta = dict(meta or {})
@@ -628,7 +720,7 @@ def create(
         raise NnmarkError(f"only {len(x)} SAC-{variant} queries found, fewer than {MIN_KEPT}: too few held-out "
                           "images the source misclassifies (and the screen keeps); use variant m or --screen none")
     probabilities = _probabilities(source, x, num_classes)
-    own = fingerprints(probabilities, temperature)
+    own = fingerprints(probabilities, temperature, statistic)
     families = one_per_family(pools.negatives_train)
     kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
              "scratch": list(scratch) if scratch is not None else scratch_models(
@@ -637,7 +729,8 @@ def create(
              "extra": list(extra_negatives or ()),
              "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
     negatives = [m for kind in CALIBRATION_KINDS for m in kinds[kind]]
-    calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature).items()}
+    calibration = {out: calibrate(d) for out, d in _distances(own, negatives, x, num_classes, temperature,
+                                                               statistic).items()}
     for out, cal in calibration.items():
         if not judge(0.0, cal, max_p_value)["match"]:
             raise NnmarkError(f"the {out} calibration distances (mean {cal['mean']:.3g}, sd {cal['std']:.3g}) are too "
@@ -645,14 +738,14 @@ def create(
                               "calibration models or a larger max_p_value")
     config = {
         "format": FORMAT, "variant": variant, "n": int(n), "kept": len(x), "seed": int(seed),
-        "num_classes": num_classes, "temperature": float(temperature), "decide_on": decide_on,
+        "num_classes": num_classes, "temperature": float(temperature), "decide_on": decide_on, "statistic": statistic,
         "screening_models": len(screening), "max_p_value": float(max_p_value), "calibration_models": len(negatives),
         "family_copies_left_out": len(pools.negatives_train) - len(families),
         "calibrated_on": {kind: len(kinds[kind]) for kind in CALIBRATION_KINDS}, "scratch_epochs": int(scratch_epochs),
         "distilled_negatives": int(distilled_negatives), "extra_negatives": len(extra_negatives or ()),
         "calibration": calibration, "p_value": "student-t",
         "derived_distances": _distances(own, [*pools.positives_train, *pools.positives_val], x, num_classes,
-                                        temperature),
+                                        temperature, statistic),
         **found,
     }
     if clash := sorted(set(meta) & set(config)):
@@ -712,6 +805,16 @@ def _decide_on(key: KeyFile) -> str:
     return decide_on
 
 
+def _statistic(key: KeyFile, decide_on: str) -> str:
+    """How the key compares outputs: "correlation" for a key of format 1-4 (it has none); agreement decides on
+    labels."""
+    statistic = key.config.get("statistic", "correlation")
+    if statistic not in STATISTICS or (statistic == "agreement" and decide_on != "labels"):
+        raise KeyFileError(f"{METHOD} key config has statistic {statistic!r} deciding on {decide_on!r}: need one of "
+                           f"{', '.join(STATISTICS)}, and agreement decides on labels")
+    return statistic
+
+
 def _source_outputs(key: KeyFile) -> torch.Tensor:
     """The source's probabilities kept in the key, checked against its queries and expected labels."""
     p = key.extras.get("probabilities")
@@ -724,7 +827,7 @@ def _source_outputs(key: KeyFile) -> torch.Tensor:
 
 
 def verify(oracle: Oracle, key: KeyFile) -> Verdict:
-    """The suspect's correlation distance to the source on the key's queries, and the decision.
+    """The suspect's distance to the source on the key's queries (the key's ``statistic``), and the decision.
 
     Probabilities when the oracle gives them (the one-hot result in ``details["labels"]``) unless the key's
     ``decide_on`` is "labels" (the probabilities' result then in ``details["probabilities"]``), else labels.
@@ -740,24 +843,25 @@ def verify(oracle: Oracle, key: KeyFile) -> Verdict:
     if not 0 < max_p_value < 1:
         raise KeyFileError(f"{METHOD} key config has max_p_value outside (0, 1)")
     temperature, decide_on = _temperature(key), _decide_on(key)
-    own = fingerprints(_source_outputs(key), temperature)
+    statistic = _statistic(key, decide_on)
+    own = fingerprints(_source_outputs(key), temperature, statistic)
     before = oracle.queries
     if oracle.can("probabilities"):
         outputs = oracle.probabilities(key.queries)
-        labels, theirs = outputs.argmax(dim=1), fingerprints(outputs, temperature)
+        labels, theirs = outputs.argmax(dim=1), fingerprints(outputs, temperature, statistic)
     else:
         labels = oracle.labels(key.queries)
-        theirs = {"labels": correlation_matrix(one_hot(labels, oracle.num_classes))}
-    results = {out: judge(correlation_distance(own[out], theirs[out]), _calibration(key, out), max_p_value)
+        theirs = {"labels": fingerprints(one_hot(labels, oracle.num_classes), temperature, statistic)["labels"]}
+    results = {out: judge(distance(statistic, own[out], theirs[out]), _calibration(key, out), max_p_value)
                for out in theirs}
     used = decide_on if decide_on in results else "labels"
     main = results.pop(used)
     return Verdict(
         method=key.method, decision="match" if main["match"] else "no match", passed=main["match"],
-        statistic_name="correlation_distance", statistic=main["distance"],
+        statistic_name=f"{statistic}_distance", statistic=main["distance"],
         flipped=torch.nonzero(labels != key.expected).flatten().tolist(), queries=oracle.queries - before,
         details={"output": used, **main, "max_p_value": max_p_value, "variant": key.config.get("variant"),
-                 "temperature": temperature, **results},
+                 "temperature": temperature, "statistic": statistic, **results},
     )
 
 
