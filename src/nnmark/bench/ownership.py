@@ -15,9 +15,11 @@ Methods: one ``KEYS`` entry per key (how it is made, how a suspect is judged, wh
 ``METHODS`` row per way of asking it (SAC's key is also asked for labels only). Fingerprints are made from the clean
 victim and judged on its copies: SAC-m and SAC-w (probabilities, and one-hot labels), SAC-w on all the victim's
 held-out errors (``sac_all_errors_n`` at most, no screen, deciding on one-hot labels: the key that separates label
-extraction into the same architecture in ``sac``'s study), all calibrated on the
-negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its ``default_cache_dir()``);
-MetaFinger (paper pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
+extraction into the same architecture in ``sac``'s study), SAC-w on the victim's rarest errors (``n`` queries,
+screen "rare", the suspect's agreement with the victim's one-hot labels: the 100-query key for that theft), all
+calibrated on the negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its
+``default_cache_dir()``) and ``sac_scratch`` models of the victim's recipe; MetaFinger (paper pools and thief-aware
+pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
 marked victim from the same owner half and architecture (coupled direct and invisible r = 0.5 and Zhang's content
 triggers and Adi's abstract images from a fresh model of the victim's seed, frontier stitching by fine-tuning the
 clean victim), the thefts (``watermark_thefts``; None: all) are applied to THAT victim, and its key judges those
