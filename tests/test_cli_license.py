@@ -94,6 +94,7 @@ def test_license_refuses_bad_requests_before_any_work(lenet_file, secret, tmp_pa
         (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--families", "46"], "families"),
         (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--feature-weight", "-1"],
          "--feature-weight"),
+        (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--device", "cuda:7"], "--device"),
     ]
     for args, message in cases:
         r = _run("license", "--model", lenet_file, *args)

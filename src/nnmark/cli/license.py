@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from nnmark import keyinfo, keys, marks
-from nnmark.cli._shared import CliError, FiniteFloat, emit, json_option, model_option, with_progress, with_secret
+from nnmark.cli._shared import (
+    CliError, FiniteFloat, device_option, emit, json_option, model_option, with_progress, with_secret,
+)
 from nnmark.cli.suspect import suspect_options
 from nnmark.marks.ownership import licensing
 
@@ -75,11 +77,13 @@ def _report(index: int, total: int, row: dict) -> None:
 @click.option("--max-drop", type=FiniteFloat(0), default=100 * licensing.MAX_DROP, show_default=True,
               help="Most test-accuracy points a copy may lose; a copy that loses more stops the command.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With the secret, draws families and codewords.")
+@device_option(help="Where the copies are fine-tuned: cpu, cuda, cuda:N, mps, or auto (the first accelerator); the "
+                    "files written are the same kind on any device.")
 @with_secret
 @json_option
 @with_progress
 def license(model_source, data_spec, licensees, count, out, families, per_family, epochs, lr, clean, epsilon,
-            feature_weight, max_drop, seed, secret_file, unsigned, as_json, progress) -> None:
+            feature_weight, max_drop, seed, device, secret_file, unsigned, as_json, progress) -> None:
     """Make one fine-tuned copy of a model per licensee, and the signed registry that traces a leak to it.
 
     Writes --out/NAME.<the model's extension> per licensee and --out/registry.key (signed with the secret, which
@@ -102,7 +106,7 @@ def license(model_source, data_spec, licensees, count, out, families, per_family
                                               purpose="nnmark license")
     start = time.perf_counter()
     copies, key = licensing.license_copies(
-        model, ds, names, secret=secret, families=families, per_family=per_family, epochs=epochs,
+        model.to(device), ds, names, secret=secret, families=families, per_family=per_family, epochs=epochs,
         lr=lr, clean=clean, epsilon=epsilon, feature_weight=feature_weight, seed=seed,
         progress=(lambda i, name, row: _report(i, len(names), row)) if progress else None)
     rows = key.config["licensees"]

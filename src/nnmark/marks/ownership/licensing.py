@@ -92,7 +92,7 @@ from nnmark.keys import KeyFile
 from nnmark.marks.ownership.coupled import base_pairs, direct_fusion
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, digest, outputs
+from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, device_of, digest, outputs
 from nnmark.models.card import unwrap
 from nnmark.models.training import fit
 from nnmark.oracles import Oracle
@@ -225,9 +225,11 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 @torch.no_grad()
 def class_centres(model: nn.Module, split: Split, num_classes: int) -> tuple[torch.Tensor, float]:
     """Each class's mean penultimate feature vector over ``split`` under ``model`` (N_c, d), and the mean squared
-    norm of the features (the scale of ``feature_matched``'s term)."""
-    feats = torch.cat([penultimate(model, x)[1] for x in split.x.split(1000)])
-    centres = torch.stack([feats[split.y == c].mean(0) if bool((split.y == c).any()) else feats.mean(0)
+    norm of the features (the scale of ``feature_matched``'s term), on the model's device."""
+    device = device_of(model)
+    feats = torch.cat([penultimate(model, x.to(device))[1] for x in split.x.split(1000)])
+    y = split.y.to(device)
+    centres = torch.stack([feats[y == c].mean(0) if bool((y == c).any()) else feats.mean(0)
                            for c in range(num_classes)])
     return centres, float(feats.pow(2).sum(1).mean().clamp(min=1e-12))
 
@@ -392,8 +394,7 @@ def license_copies(
         start = time.perf_counter()
         licensed = tune(primed, train, train_triggers, codeword_targets(code, nc), **settings,
                         seed=derived_seed(secret, seed, f"train:{name}"))
-        with torch.no_grad():
-            answers.append(licensed(queries).argmax(1))
+        answers.append(outputs(licensed, queries).argmax(1).cpu())
         acc = accuracy(licensed, dataset.test)
         row = {"licensee": name, "digest": digest(unwrap(licensed)), "accuracy": acc,
                "accuracy_drop": base_acc - acc, "seconds": time.perf_counter() - start}
