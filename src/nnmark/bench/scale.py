@@ -67,11 +67,12 @@ OWNER_IMAGES = {"LeNet-5": 30_000, "ResNet-20": 25_000, "ResNet-18": 25_000, "Re
 loaded here): the owner's half of Fashion-MNIST's 60,000 images at 28x28, of CIFAR-10's 50,000 at 32x32, of
 ImageNet-1k's 1.28 million at 224x224."""
 FULL = {"seeds": 1, "models": list(MODELS), "n": KEY_N, "n_large": DEFAULT_BATCH, "batch": DEFAULT_BATCH,
-        "k": {"LeNet-5": 20, "ResNet-20": 6, "ResNet-18": 3, "ResNet-50": 2, "ViT-S/16": 2},
-        "repeats": {"LeNet-5": 3, "ResNet-20": 3, "ResNet-18": 3, "ResNet-50": 2, "ViT-S/16": 2},
+        "k": {"LeNet-5": 10, "ResNet-20": 4, "ResNet-18": 2, "ResNet-50": 3, "ViT-S/16": 3},
+        "repeats": {"LeNet-5": 3, "ResNet-20": 3, "ResNet-18": 2, "ResNet-50": 1, "ViT-S/16": 1},
         "memory_model": "ResNet-18", "memory_cells": [[64, 16], [256, 16], [64, 64]]}
-"""k iterations per run and ``repeats`` runs per cell, each run after its own floor pass: at least 2 x (k - 1)
-whole iterations timed per method (fewer where samples stop), and one more floor pass to warm up."""
+"""k iterations per run and ``repeats`` runs per cell, each run after k - 1 floor passes (at least one): repeats x
+(k - 1) whole iterations timed per method (fewer where samples stop) against as many floor passes, and one more
+floor pass to warm up (the large models' single run warms the method up with its first iteration)."""
 QUICK = {"seeds": 1, "models": ["LeNet-5"], "n": 8, "n_large": 8, "batch": 4, "k": {"LeNet-5": 3},
          "repeats": {"LeNet-5": 2}, "memory_model": "LeNet-5", "memory_cells": [[8, 4], [32, 4]]}
 FULL_GPU = {**FULL, "n_large": KEY_N, "batch": KEY_N,

@@ -294,7 +294,7 @@ KINDS: dict[str, _Kind] = {
         "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "shadow": _Kind(_shadow_options, _shadow_pools,
                     "Trains shadow models of --model's architecture first (a checkpoint's or a "
-                    "package.module:factory's; cached in --cache-dir).",
+                    "package.module:factory's; on --device, cached in --cache-dir); the key is made on the CPU.",
                     "--model lenet5.safetensors"),
 }
 """Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""
