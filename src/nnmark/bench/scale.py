@@ -161,14 +161,14 @@ def _now(device: str = "cpu") -> float:
 
 
 def _seconds(fn: Callable[[], object], device: str = "cpu") -> float:
-    """Wall seconds of ``fn()``, the device's queued work included."""
+    """Seconds of ``fn()`` on the cell's clock (``_now``), the device's queued work included."""
     start = _now(device)
     fn()
     return _now(device) - start
 
 
 def _fastest(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
-    """The least wall seconds of ``repeats`` calls of ``fn()``."""
+    """The least seconds (``_seconds``) of ``repeats`` calls of ``fn()``."""
     return min(_seconds(fn, device) for _ in range(repeats))
 
 
