@@ -467,7 +467,7 @@ def _fresh(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
     return module if spec.card is None else pixel_model(module, spec.card)
 
 
-def _train_scratch(spec: ShadowSpec, ds: data.Dataset, device: str = "cpu") -> nn.Module:
+def _train_scratch(spec: ShadowSpec, ds: data.Dataset, device: str) -> nn.Module:
     """A negative model: built under ``torch.manual_seed(seed)`` (on the CPU) and trained with ``seed`` on ``device``
     (global RNG restored)."""
     with torch.random.fork_rng(devices=[]):
@@ -704,7 +704,7 @@ def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
         yield _ray_get(ray, done[0])
 
 
-def _ray_runner(ray, timeout: float | None, device: str = "cpu") -> _Runner:
+def _ray_runner(ray, timeout: float | None, device: str) -> _Runner:
     """One-CPU Ray tasks; on a CUDA ``device``, each also asks Ray for one GPU and trains on "cuda", the one Ray
     gave it (Ray shows a task its GPUs alone, so an index of the driver's means nothing there)."""
     cuda = device.startswith("cuda")
@@ -716,7 +716,7 @@ def _ray_runner(ray, timeout: float | None, device: str = "cpu") -> _Runner:
 
 @contextlib.contextmanager
 def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: float | None,
-            todo: list[ShadowSpec], device: str = "cpu") -> Iterator[_Runner]:
+            todo: list[ShadowSpec], device: str) -> Iterator[_Runner]:
     """The executor's ``_Runner`` for the tasks of ``todo`` on ``device`` (started here, stopped on exit)."""
     tasks = len(todo)
     if executor == "serial" or tasks == 0:
