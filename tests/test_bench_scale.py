@@ -143,3 +143,6 @@ def test_the_header_cites_the_published_gpu_figure():
               "params": {"batch": 16}}
     text = "\n".join(scale._goal_lines(result))
     assert scale.A100_SOURCE in text and "938" in text and "projection, not a measurement" in text
+    assert "SAC's and MetaFinger's training" not in text
+    result["trained"] = [{"model": "ResNet-18", "peak_mib": 1024.0}, {"model": "ResNet-50", "peak_mib": 9216.0}]
+    assert "9.00 GiB for SAC's and MetaFinger's training" in "\n".join(scale._goal_lines(result))

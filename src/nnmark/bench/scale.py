@@ -390,6 +390,8 @@ def _memory_rows(p: dict, threads: int, device: str) -> list[dict]:
 
 
 def _fmt_s(s: float) -> str:
+    if s >= 14 * 86400:
+        return f"{s / 86400:,.0f} days"
     if s >= 7200:
         return f"{s / 3600:.1f} h"
     if s >= 120:
@@ -445,8 +447,9 @@ def _training_section(result: dict) -> str:
         f"step's rate; MetaFinger's default pools (`shadow.PoolLayout()`) train {first['pool_epochs']} model-epochs "
         f"(from-scratch models for {shadow.DEFAULT_EPOCHS} epochs, eq. 1 copies fine-tuned for "
         f"{shadow.DEFAULT_FINETUNE_EPOCHS}; built once per source and cached, shared by SAC and MetaFinger); SAC "
-        f"adds {sac.DEFAULT_SCRATCH_NEGATIVES} scratch models of {sac.SCRATCH_EPOCHS} epochs ({first['sac_scratch_epochs']} model-epochs) and the forward passes of the "
-        f"source and its calibration models over the queries; MetaFinger adds its meta-training "
+        f"adds {sac.DEFAULT_SCRATCH_NEGATIVES} scratch models of {sac.SCRATCH_EPOCHS} epochs "
+        f"({first['sac_scratch_epochs']} model-epochs) and the forward passes of the source and its calibration "
+        f"models over the queries; MetaFinger adds its meta-training "
         f"({metafinger.PAPER_EPOCHS} epochs of one step per anchor over {metafinger.Settings().starts} candidates, "
         f"and the validation models' labels). Training runs on CPU here; `--device` trains the pools on a card.",
         table(["model", "train ms / image", "train ratio to floor", "owner images", "s / epoch", "pools",
@@ -529,7 +532,10 @@ def _goal_lines(result: dict) -> list[str]:
         return [*lines, "- ResNet-50 was not in this run.", *_full_key_lines(result)]
     where = f"the CPU default; goal at most {GOAL_PEAK_GIB:g} GiB" if device == "cpu" else "on the card"
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
-                 f"{goals['resnet50_peak_gib']:.2f} GiB.")
+                 f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
+                 "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step, "
+                         "and a meta-training step through 7 models at once)"
+                         for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()
         return [*lines,
