@@ -160,9 +160,12 @@ def test_bench_scale_quick_writes_its_table(tmp_path):
     assert methods == {"dbi", "aid", "pairs stage 1", "pairs stage 2", "ipguard", "innformant (local)", "natural"}
     for row in result["rows"]:
         assert row["floor_s"] > 0 and math.isfinite(row["ratio"]) and row["peak_mib"] > 0
+    (trained,) = result["trained"]
+    assert trained["train_step_s"] > 0 and trained["meta_step_s"] > 0
+    assert trained["metafinger_key_s"] > trained["pools_s"] > 0 and trained["sac_key_s"] > trained["pools_s"]
     assert [m["n"] for m in result["memory"]] == [8, 32]
     md = (tmp_path / "scale.md").read_text()
-    assert md.startswith("# Cost at scale") and "no GPU was lent" in md
+    assert md.startswith("# Cost at scale") and "no GPU was lent" in md and "SAC and MetaFinger" in md
 
 
 def test_bench_scale_on_a_card_writes_its_own_table_and_the_real_key(tmp_path, monkeypatch):

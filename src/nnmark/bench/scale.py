@@ -2,18 +2,31 @@
 
 For each model (random weights: cost does not depend on training) and each method's iterating step, one fresh
 process (so its RSS high-water mark is the cell's own) measures on n random images in [0, 1], asked in micro-batches
-of ``batch`` through a ``TorchOracle``:
+of ``batch`` through a ``TorchOracle``, after one warm-up pass, ``repeats`` times in turn (the floor, then the method):
 
-- the floor: one forward + backward of the model's logits over the same n images, and the seconds to verify (one
-  labels pass over them, what label keys ask);
-- the method's loop run for k1 and for k2 iterations: per-iteration seconds (T(k2) - T(k1)) / (k2 - k1), the fixed
-  rest, and the ratio of an iteration to the floor;
-- the projection of a 100-query key at the method's default iterations: (fixed + per-iteration x default) x 100 / n
-  (an upper bound where a method stops early: pairs, IPGuard, iNNformant);
+- the floor: one forward + backward of the model's logits over the same n images through the same oracle (same
+  batch, micro-batches and threads), and the seconds to verify (one labels pass over them, what label keys ask);
+- the method's loop run for k iterations, each of its gradient calls stamped: an iteration is the time from one
+  call over all n images to the next (the method's own work between calls included; calls over fewer images, once
+  some samples stopped, are left out);
+- seconds are the cell process's CPU seconds where it runs one torch thread (``time.process_time``: the time other
+  processes hold the core does not count; on an idle core they are its wall seconds), else wall seconds;
+- per-iteration seconds and the floor are each the minimum over every timed iteration and repeat: on a shared host
+  the load only ever adds time, so the fastest of several runs is the estimate that carries the least of it (the
+  usual rule of ``timeit``); the ratio is the one over the other, both from the cell's own process;
+- the projection of a 100-query key at the method's default iterations: (fixed + per-iteration x default) x 100 / n,
+  the fixed rest being the fastest whole run less its k iterations (an upper bound where a method stops early: pairs,
+  IPGuard, iNNformant);
 - peak memory: the process's RSS high-water mark (torch, the model and the work).
 
-SAC and MetaFinger need shadow models (``nnmark bench ownership``), so they are not in this table. A second table
-shows peak memory against n and the micro-batch: it follows the batch, not n.
+SAC and MetaFinger train models for a key. Their table measures, on the same model and batch, one training step
+(``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) and one MetaFinger meta-training step
+(``metafinger.step_gradient``: the anchor and k positive and k negative models, here copies of the one model), each
+the minimum over the repeats, and projects a key with the defaults: the shadow pools (``shadow.pool_specs``'
+model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch models of ``sac.SCRATCH_EPOCHS`` epochs and its forward
+passes, MetaFinger's meta-training (``metafinger.PAPER_EPOCHS`` epochs of one step per anchor over 2n candidates),
+over an owner's training split of the size stated per model. A second table shows peak memory against n and the
+micro-batch: it follows the batch, not n.
 
 ``--device cuda`` writes ``scale-cuda.md`` beside the CPU table: the same rows on the card, every model at n = 100
 in one micro-batch of 100 (a GPU's batch), each cell in this process (one CUDA start, not one per cell) with the
@@ -24,6 +37,7 @@ DBI key for ResNet-50 at the paper's 10,000 iterations, stopped at a deadline an
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -47,14 +61,23 @@ MODELS: dict[str, tuple[str, tuple[int, int, int], int]] = {
 KEY_N = 100
 """The key size the projections are for."""
 LARGE = ("ResNet-50", "ViT-S/16")
+OWNER_IMAGES = {"LeNet-5": 30_000, "ResNet-20": 25_000, "ResNet-18": 25_000, "ResNet-50": 640_000,
+                "ViT-S/16": 640_000}
+"""The owner's training split a shadow model trains on, per model (an assumption for the projections, not data
+loaded here): the owner's half of Fashion-MNIST's 60,000 images at 28x28, of CIFAR-10's 50,000 at 32x32, of
+ImageNet-1k's 1.28 million at 224x224."""
 FULL = {"seeds": 1, "models": list(MODELS), "n": KEY_N, "n_large": DEFAULT_BATCH, "batch": DEFAULT_BATCH,
-        "k": {"LeNet-5": [5, 25], "ResNet-20": [3, 9], "ResNet-18": [1, 3], "ResNet-50": [1, 2], "ViT-S/16": [1, 2]},
+        "k": {"LeNet-5": 10, "ResNet-20": 4, "ResNet-18": 2, "ResNet-50": 3, "ViT-S/16": 3},
+        "repeats": {"LeNet-5": 3, "ResNet-20": 3, "ResNet-18": 2, "ResNet-50": 1, "ViT-S/16": 1},
         "memory_model": "ResNet-18", "memory_cells": [[64, 16], [256, 16], [64, 64]]}
-QUICK = {"seeds": 1, "models": ["LeNet-5"], "n": 8, "n_large": 8, "batch": 4, "k": {"LeNet-5": [1, 3]},
-         "memory_model": "LeNet-5", "memory_cells": [[8, 4], [32, 4]]}
+"""k iterations per run and ``repeats`` runs per cell, each run after k - 1 floor passes (at least one): repeats x
+(k - 1) whole iterations timed per method (fewer where samples stop) against as many floor passes, and one more
+floor pass to warm up (the large models' single run warms the method up with its first iteration)."""
+QUICK = {"seeds": 1, "models": ["LeNet-5"], "n": 8, "n_large": 8, "batch": 4, "k": {"LeNet-5": 3},
+         "repeats": {"LeNet-5": 2}, "memory_model": "LeNet-5", "memory_cells": [[8, 4], [32, 4]]}
 FULL_GPU = {**FULL, "n_large": KEY_N, "batch": KEY_N,
-            "k": {"LeNet-5": [20, 120], "ResNet-20": [10, 60], "ResNet-18": [10, 60], "ResNet-50": [5, 30],
-                  "ViT-S/16": [5, 30]},
+            "k": {"LeNet-5": 40, "ResNet-20": 20, "ResNet-18": 20, "ResNet-50": 10, "ViT-S/16": 10},
+            "repeats": {m: 3 for m in MODELS},
             "memory_model": "ResNet-50", "memory_cells": [[KEY_N, 16], [KEY_N, KEY_N], [4 * KEY_N, KEY_N]],
             "full_key": {"model": "ResNet-50", "chunk": 250, "deadline_s": 150}}
 """On a GPU: the key's 100 queries in one micro-batch, more iterations per timing (an iteration takes milliseconds),
@@ -62,10 +85,17 @@ and the full DBI key of the goal, cut at ``deadline_s`` (the device's time is le
 QUICK_GPU = {**QUICK, "full_key": {"model": "LeNet-5", "chunk": 2, "deadline_s": 60}}
 GOAL_RATIO = 1.5
 GOAL_PEAK_GIB = 4.0
-GPU_IMAGES_PER_S = 1500.0
-"""The assumed ResNet-50 forward + backward throughput of one H100-class GPU at 224x224 (TF32, a batch of 100):
-about half the mixed-precision ResNet-50 training throughput published for one H100. An assumption for the
-projection, not a measurement."""
+A100_TF32_TRAIN_IMAGES_PER_S = 938.0
+"""ResNet-50 v1.5 training throughput on one A100 80GB at TF32 (PyTorch, NGC 21.03; mixed precision: 2,470), as
+NVIDIA publishes it: ``A100_SOURCE``. A training step is a forward, a backward to the activations and one to the
+weights, and an optimizer step."""
+A100_SOURCE = ("https://github.com/NVIDIA/DeepLearningExamples/blob/master/PyTorch/Classification/ConvNets/"
+               "resnet50v1.5/README.md#training-performance-nvidia-dgx-a100-8x-a100-80gb")
+INPUT_GRADIENT_SHARE = 2 / 3
+"""The share of a training step's work an input gradient does: ``TorchOracle.gradient`` asks
+``torch.autograd.grad`` for the input alone, so the backward skips the weights' gradients (about a third of a
+step: forward, backward to the activations, backward to the weights, each about one forward's work) and no
+optimizer steps. An estimate, used only for the projection."""
 GPU_GOAL_S = 600.0
 
 
@@ -117,15 +147,29 @@ def _setup(model_name: str, n: int, batch: int, device: str = "cpu"):
             torch.rand(n, *shape, generator=torch.Generator().manual_seed(1)))
 
 
-def _seconds(fn: Callable[[], object], device: str = "cpu") -> float:
-    """Wall seconds of ``fn()``, the device's queued work included."""
+def _now(device: str = "cpu") -> float:
+    """The cell's clock: on CPU with one torch thread, the process's CPU seconds (``time.process_time``: the time
+    other processes hold the core does not count; on an idle core, the wall time); else ``time.perf_counter()``, on
+    a card once its queued work is done."""
     import torch
 
-    start = time.perf_counter()
-    fn()
     if device != "cpu":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    elif torch.get_num_threads() == 1:
+        return time.process_time()
+    return time.perf_counter()
+
+
+def _seconds(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds of ``fn()`` on the cell's clock (``_now``), the device's queued work included."""
+    start = _now(device)
+    fn()
+    return _now(device) - start
+
+
+def _fastest(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """The least seconds (``_seconds``) of ``repeats`` calls of ``fn()``."""
+    return min(_seconds(fn, device) for _ in range(repeats))
 
 
 def _peak_mib(device: str = "cpu") -> float:
@@ -137,8 +181,68 @@ def _peak_mib(device: str = "cpu") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def iteration_seconds(stamps: list[tuple[float, int]], n: int) -> list[float]:
+    """Whole iterations from the (start time, rows) of a loop's gradient calls: the time from each call over all
+    ``n`` rows to the next call (a call over fewer rows, once some samples stopped, does less work)."""
+    return [later[0] - start for (start, rows), later in zip(stamps, stamps[1:]) if rows == n]
+
+
+def _stamping(oracle, stamps: list[tuple[float, int]], device: str) -> None:
+    """Make ``oracle`` append the start time (``_now``) and rows of each of its gradient calls to ``stamps``."""
+    ask = oracle.gradient
+
+    def gradient(loss_fn, x, **kwargs):
+        stamps.append((_now(device), len(x)))
+        return ask(loss_fn, x, **kwargs)
+
+    oracle.gradient = gradient
+
+
+def _loop_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
+    """A method's loop, ``task["repeats"]`` runs of k iterations, each after k - 1 floor passes (at least one: as
+    many as the run's whole iterations): the fastest floor, the fastest whole run and the fastest whole iteration
+    (NaN where no iteration ran over all n images)."""
+    run, _, _ = _methods()[task["row"]]
+    stamps: list[tuple[float, int]] = []
+    _stamping(oracle, stamps, device)
+    floors, runs, iterations = [], [], []
+    for _ in range(task["repeats"]):
+        floors += [_seconds(floor, device) for _ in range(max(task["k"] - 1, 1))]  # as many as iterations
+        stamps.clear()
+        runs.append(_seconds(lambda: run(oracle, x, task["k"]), device))
+        iterations += iteration_seconds(stamps, len(x))
+    return {"floor_s": min(floors), "run_s": min(runs), "per_itr_s": min(iterations, default=math.nan),
+            "iterations_timed": len(iterations)}
+
+
+def _training_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
+    """What SAC's and MetaFinger's keys repeat: per repeat, a floor pass, two training steps (the second timed:
+    ``models.training.fit``'s Adam on cross-entropy, a batch of its default size drawn from the n images) and one
+    MetaFinger meta-training step over the n images (``metafinger.step_gradient``, the model as anchor and as its
+    k positive and k negative models); the fastest of each."""
+    import torch
+
+    from nnmark.marks.ownership import metafinger
+    from nnmark.models import training
+
+    model, x = oracle.model, x.to(oracle.device)
+    y = torch.arange(len(x), device=x.device) % oracle.num_classes
+    k, stamps = metafinger.PAPER_K, []
+    floors, steps, metas = [], [], []
+    for _ in range(task["repeats"]):
+        floors.append(_seconds(floor, device))
+        stamps.clear()
+        training.fit(model, x, y, lr=training.DEFAULT_LR, steps=2, after_step=lambda: stamps.append(_now(device)))
+        model.eval()
+        steps.append(stamps[1] - stamps[0])
+        metas.append(_seconds(lambda: metafinger.step_gradient(model, [model] * k, [model] * k, x,
+                                                               metafinger.PAPER_LAMBDA, task["batch"]), device))
+    return {"floor_s": min(floors), "train_step_s": min(steps), "meta_step_s": min(metas)}
+
+
 def measure_cell(task: dict) -> dict:
-    """One cell, in this process: the floor (``task["row"]`` is "floor") or a method's loop at k1 and k2."""
+    """One cell, in this process: the floor and verify (``task["row"]`` is "floor"), SAC's and MetaFinger's steps
+    ("training") or a method's loop."""
     import torch
 
     device = task.get("device", "cpu")
@@ -148,17 +252,17 @@ def measure_cell(task: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     oracle, x = _setup(task["model"], task["n"], task["batch"], device)
     ready = _peak_mib(device)
-    floor = lambda: oracle.gradient(lambda z: z.sum(dim=1), x, on="logits")  # noqa: E731
+    ask = oracle.gradient
+    floor = lambda: ask(lambda z: z.sum(dim=1), x, on="logits")  # noqa: E731
     floor()  # warm-up: the first pass allocates
-    floor_s = _seconds(floor, device)  # in the cell's own moment: the machine's load changes between cells
     if task["row"] == "floor":
-        return {"floor_s": floor_s, "verify_s": _seconds(lambda: oracle.labels(x), device), "ready_mib": ready,
-                "peak_mib": _peak_mib(device)}
-    run, _, _ = _methods()[task["row"]]
-    k1, k2 = task["k"]
-    t1 = _seconds(lambda: run(oracle, x, k1), device)
-    t2 = _seconds(lambda: run(oracle, x, k2), device)
-    return {"floor_s": floor_s, "t1_s": t1, "t2_s": t2, "ready_mib": ready, "peak_mib": _peak_mib(device)}
+        cell = {"floor_s": _fastest(floor, task["repeats"], device),
+                "verify_s": _fastest(lambda: oracle.labels(x), task["repeats"], device)}
+    elif task["row"] == "training":
+        cell = _training_cell(oracle, x, floor, task, device)
+    else:
+        cell = _loop_cell(oracle, x, floor, task, device)
+    return {**cell, "ready_mib": ready, "peak_mib": _peak_mib(device)}
 
 
 def _measured(task: dict) -> dict:
@@ -198,35 +302,80 @@ def full_key(model: str, chunk: int, deadline_s: float, device: str, progress: b
 
 
 def _row(model: str, row: str, cell: dict, floor: dict, task: dict) -> dict:
-    """A table row from a method cell (its ratio against the floor timed in the same process, where the cell has
-    one) and its model's floor cell (verify seconds)."""
+    """A table row from a method cell (its ratio against the floor timed in the same process) and its model's floor
+    cell (verify seconds)."""
     _, default, asks = _methods()[row]
-    k1, k2 = task["k"]
-    floor_s = cell.get("floor_s", floor["floor_s"])
+    k = task["k"]
     if default:
-        per_itr = max(cell["t2_s"] - cell["t1_s"], 0.0) / (k2 - k1)
-        fixed = max(cell["t1_s"] - k1 * per_itr, 0.0)
-        ratio = per_itr / floor_s
+        per_itr = cell["per_itr_s"]
+        fixed, ratio = max(cell["run_s"] - k * per_itr, 0.0), per_itr / cell["floor_s"]
     else:  # no loop: the whole run against one pass
-        per_itr, fixed, ratio = 0.0, cell["t1_s"], cell["t1_s"] / floor_s
+        per_itr, fixed, ratio = 0.0, cell["run_s"], cell["run_s"] / cell["floor_s"]
     scale = KEY_N / task["n"]
-    return {"model": model, "method": row, "asks": asks, "n": task["n"], "batch": task["batch"], "k": [k1, k2],
-            "default_itr": default, "per_itr_s": per_itr, "fixed_s": fixed, "floor_s": floor_s,
-            "ratio": ratio, "projected_key_s": (fixed + per_itr * default) * scale, "per_itr_100_s": per_itr * scale,
+    return {"model": model, "method": row, "asks": asks, "n": task["n"], "batch": task["batch"], "k": k,
+            "repeats": task["repeats"], "iterations_timed": cell["iterations_timed"], "default_itr": default,
+            "per_itr_s": per_itr, "fixed_s": fixed, "floor_s": cell["floor_s"], "ratio": ratio,
+            "projected_key_s": (fixed + per_itr * default) * scale, "per_itr_100_s": per_itr * scale,
             "verify_100_s": floor["verify_s"] * scale, "peak_mib": cell["peak_mib"], "ready_mib": cell["ready_mib"]}
 
 
-def _model_rows(model: str, p: dict, threads: int, device: str, bar) -> list[dict]:
+def pool_counts() -> dict[str, int]:
+    """What MetaFinger's default pools (``shadow.pool_specs`` with ``PoolLayout()``) cost and hold: model-epochs of
+    training (a from-scratch model's or a student's epochs, an eq. 1 copy's fine-tune epochs; the source is the
+    owner's and not counted), meta-training's anchors (the source and the positive train models), its validation
+    models (the source, positive and negative validation models) and the negative train families."""
+    from nnmark.marks.ownership import shadow
+
+    pools = shadow.pool_specs("lenet5", "digits", "0" * 64)
+    student = lambda s: (s.variant or "").partition(":")[0] in shadow.STUDENT_VARIANTS  # noqa: E731
+    return {"epochs": sum(s.finetune_epochs if s.augmented and not student(s) else s.epochs
+                          for group in pools.values() for s in group),
+            "anchors": 1 + len(pools["positives_train"]),
+            "val_models": 1 + len(pools["positives_val"]) + len(pools["negatives_val"]),
+            "families": len([s for s in pools["negatives_train"] if not s.augmented])}
+
+
+def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
+    """SAC's and MetaFinger's projected 100-query keys from a training cell and the model's floor cell: the pools'
+    model-epochs, SAC's scratch models and forward passes (the source, one model per family and the scratch models
+    over the queries), MetaFinger's meta-training (per epoch one step per anchor and one labels pass per validation
+    model over 2n candidates), each epoch over ``OWNER_IMAGES[model]`` images."""
+    from nnmark.marks.ownership import metafinger, sac
+    from nnmark.models import training
+
+    counts, n = pool_counts(), task["n"]
+    per_image = cell["train_step_s"] / training.DEFAULT_BATCH_SIZE
+    epoch_s = per_image * OWNER_IMAGES[model]
+    verify_100 = floor["verify_s"] * KEY_N / n
+    pools_s = counts["epochs"] * epoch_s
+    starts = metafinger.Settings().starts
+    meta_s = metafinger.PAPER_EPOCHS * (counts["anchors"] * cell["meta_step_s"]
+                                        + counts["val_models"] * floor["verify_s"]) * starts / n
+    scratch = sac.DEFAULT_SCRATCH_NEGATIVES * sac.SCRATCH_EPOCHS
+    forwards = 1 + counts["families"] + sac.DEFAULT_SCRATCH_NEGATIVES
+    return {"model": model, "n": n, "train_step_s": cell["train_step_s"], "train_per_image_s": per_image,
+            "train_ratio": per_image / (cell["floor_s"] / n), "owner_images": OWNER_IMAGES[model], "epoch_s": epoch_s,
+            "pool_epochs": counts["epochs"], "pools_s": pools_s, "sac_scratch_epochs": scratch,
+            "sac_key_s": pools_s + scratch * epoch_s + forwards * verify_100, "meta_step_s": cell["meta_step_s"],
+            "meta_ratio": cell["meta_step_s"] / ((2 * metafinger.PAPER_K + 1) * cell["floor_s"]),
+            "meta_train_s": meta_s, "metafinger_key_s": pools_s + meta_s, "verify_100_s": verify_100,
+            "peak_mib": cell["peak_mib"], "ready_mib": cell["ready_mib"]}
+
+
+def _model_rows(model: str, p: dict, threads: int, device: str, bar) -> tuple[list[dict], dict]:
+    """The model's method rows and its SAC and MetaFinger row."""
     large = model in LARGE
     task = {"model": model, "n": p["n_large"] if large else p["n"], "batch": p["batch"], "threads": threads,
-            "k": p["k"][model], "device": device}
+            "k": p["k"][model], "repeats": p["repeats"][model], "device": device}
     floor = _measured({**task, "row": "floor"})
     bar.update()
     rows = []
     for row in _methods():
         rows.append(_row(model, row, _measured({**task, "row": row}), floor, task))
         bar.update()
-    return rows
+    trained = _training_row(model, _measured({**task, "row": "training"}), floor, task)
+    bar.update()
+    return rows, trained
 
 
 def _memory_rows(p: dict, threads: int, device: str) -> list[dict]:
@@ -234,13 +383,15 @@ def _memory_rows(p: dict, threads: int, device: str) -> list[dict]:
     rows = []
     for n, batch in p["memory_cells"]:
         cell = _measured({"model": p["memory_model"], "n": n, "batch": batch, "threads": threads, "row": "dbi",
-                               "k": [1, 1], "device": device})
+                          "k": 1, "repeats": 1, "device": device})
         rows.append({"model": p["memory_model"], "n": n, "batch": batch, "peak_mib": cell["peak_mib"],
                      "ready_mib": cell["ready_mib"]})
     return rows
 
 
 def _fmt_s(s: float) -> str:
+    if s >= 14 * 86400:
+        return f"{s / 86400:,.0f} days"
     if s >= 7200:
         return f"{s / 3600:.1f} h"
     if s >= 120:
@@ -261,52 +412,115 @@ def _where(result: dict) -> str:
             "to the host and back: the floor pays that too")
 
 
+def _main_table(rows: list[dict]) -> str:
+    return table(["model", "method", "one iteration asks", "n measured", "iterations timed",
+                  "s / iteration (100 queries)", "ratio to fwd+bwd floor", "default iterations",
+                  "projected 100-query key", "peak MiB", "verify 100 s"],
+                 [[r["model"], r["method"], r["asks"], r["n"], r["iterations_timed"] if r["default_itr"] else "-",
+                   f"{r['per_itr_100_s']:.3g}" if r["default_itr"] else "-", f"{r['ratio']:.2f}",
+                   f"{r['default_itr']:,}", _fmt_s(r["projected_key_s"]), f"{r['peak_mib']:.0f}",
+                   f"{r['verify_100_s']:.3g}"] for r in rows], "lllllrrrrrr")
+
+
+def _training_section(result: dict) -> str:
+    """SAC's and MetaFinger's table: what a key trains, measured per step and projected with the defaults."""
+    trained = result["trained"]
+    if not trained:
+        return ""
+    from nnmark.marks.ownership import metafinger, sac, shadow
+    from nnmark.models import training
+
+    first, k = trained[0], metafinger.PAPER_K
+    rows = [[t["model"], f"{t['train_per_image_s'] * 1000:.3g}", f"{t['train_ratio']:.2f}", f"{t['owner_images']:,}",
+             _fmt_s(t["epoch_s"]), _fmt_s(t["pools_s"]), _fmt_s(t["sac_key_s"]),
+             f"{t['meta_ratio']:.2f}", _fmt_s(t["meta_train_s"]), _fmt_s(t["metafinger_key_s"]), f"{t['peak_mib']:.0f}",
+             f"{t['verify_100_s']:.3g}"] for t in trained]
+    return section(
+        "SAC and MetaFinger: the models a key trains",
+        f"Per model, on the same n images and micro-batch as above, in a cell of its own: one training step "
+        f"(`models.training.fit`: Adam on cross-entropy, a batch of {training.DEFAULT_BATCH_SIZE}; its ratio is per "
+        f"image against the floor's forward + backward per image) and one MetaFinger meta-training step "
+        f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
+        f"{2 * k + 1} times; its ratio is against {2 * k + 1} floors), each the fastest of the cell's repeats. "
+        f"Projected with the defaults (random weights; seconds, not accuracy): an epoch is the owner's training "
+        f"split (assumed: half of Fashion-MNIST, CIFAR-10 or ImageNet-1k's training images by input size) at the "
+        f"step's rate; MetaFinger's default pools (`shadow.PoolLayout()`) train {first['pool_epochs']} model-epochs "
+        f"(from-scratch models for {shadow.DEFAULT_EPOCHS} epochs, eq. 1 copies fine-tuned for "
+        f"{shadow.DEFAULT_FINETUNE_EPOCHS}; built once per source and cached, shared by SAC and MetaFinger); SAC "
+        f"adds {sac.DEFAULT_SCRATCH_NEGATIVES} scratch models of {sac.SCRATCH_EPOCHS} epochs "
+        f"({first['sac_scratch_epochs']} model-epochs) and the forward passes of the source and its calibration "
+        f"models over the queries; MetaFinger adds its meta-training "
+        f"({metafinger.PAPER_EPOCHS} epochs of one step per anchor over {metafinger.Settings().starts} candidates, "
+        f"and the validation models' labels). Training runs on CPU here; `--device` trains the pools on a card.",
+        table(["model", "train ms / image", "train ratio to floor", "owner images", "s / epoch", "pools",
+               "SAC key", "meta-step ratio", "meta-training", "MetaFinger key", "peak MiB", "verify 100 s"],
+              rows, "lrrrrrrrrrrr"))
+
+
+def _clock(result: dict) -> str:
+    """The header's words on what the cells' seconds count (``_now``)."""
+    if result["device"] == "cpu" and result["threads"] == 1:
+        return ("Seconds are the cell process's CPU seconds (`time.process_time`, one torch thread): the time other "
+                "processes of the shared host hold the core does not count, and on an idle core they are its wall "
+                "seconds")
+    return "Seconds are wall seconds" + ("" if result["device"] == "cpu" else ", the card's queued work included")
+
+
 def render(result: dict) -> str:
-    p, rows = result["params"], result["rows"]
-    main = table(["model", "method", "one iteration asks", "n measured", "s / iteration (100 queries)",
-                  "ratio to fwd+bwd floor", "default iterations", "projected 100-query key", "peak MiB",
-                  "verify 100 s"],
-                 [[r["model"], r["method"], r["asks"], r["n"], f"{r['per_itr_100_s']:.3g}" if r["default_itr"] else "-",
-                   f"{r['ratio']:.2f}", f"{r['default_itr']:,}", _fmt_s(r["projected_key_s"]), f"{r['peak_mib']:.0f}",
-                   f"{r['verify_100_s']:.3g}"] for r in rows], "llllrrrrrr")
+    p = result["params"]
     memory = table(["model", "n", "micro-batch", "after setup MiB", "peak MiB"],
                    [[m["model"], m["n"], m["batch"], f"{m['ready_mib']:.0f}", f"{m['peak_mib']:.0f}"]
                     for m in result["memory"]], "llrrr")
     other = ("no GPU was lent to this run (the GPU table, where one was lent: `scale-cuda.md`)"
              if result["device"] == "cpu" else "the CPU table is `scale.md`")
-    return document(
+    blocks = [
         f"# Cost at scale: every model-alone method from LeNet-5 to ResNet-50 and ViT-S/16 ({result['device']})",
         f"`{result['command']}` ({result['date']}); {_where(result)}; {other}. Random weights (cost does not depend "
         f"on training; a key that must flip or match needs trained weights). Micro-batch {p['batch']} "
         f"(`--batch-size`). Each cell measures n images ({p['n']}; {p['n_large']} for {' and '.join(LARGE)}, scaled "
-        f"linearly to {KEY_N}: the micro-batches of a key run one after another). "
-        f"Per-iteration seconds are (T(k2) - T(k1)) / (k2 - k1), after one warm-up pass, with (k1, k2) per model: "
-        f"{', '.join(f'{m} {k[0]}, {k[1]}' for m, k in p['k'].items())}; the projection is the fixed rest plus the "
-        f"default iterations, an upper bound where a method stops early. Per-iteration seconds are the difference of "
-        f"two timed runs and carry the machine's noise (a one-gradient iteration cannot cost less than the floor; a "
-        f"row below it, or at 0, shows the noise, not a saving).",
-        main,
+        f"linearly to {KEY_N}: the micro-batches of a key run one after another), in a process of its own, after "
+        f"one warm-up pass. Timing on a busy host: each cell runs, per model's repeats "
+        f"({', '.join(f'{m} {r}' for m, r in p['repeats'].items())}), one floor pass (forward + backward of the "
+        f"logits, the same images, oracle, micro-batches and threads) and then the method's loop for k iterations "
+        f"({', '.join(f'{m} {k}' for m, k in p['k'].items())}), every gradient call stamped. An iteration is the "
+        f"time from one call over all n images to the next (the method's own work included). {_clock(result)}; "
+        f"per-iteration seconds and the floor are each the minimum over all timed iterations and repeats (load only "
+        f"adds time: the fastest run carries the least of it), and the ratio is one over the other from the same "
+        f"process. The "
+        f"projection is the fixed rest (the fastest whole run less its k iterations) plus the default iterations, an "
+        f"upper bound where a method stops early.",
+        _main_table(result["rows"]),
         section("Goals", "\n".join(_goal_lines(result))),
+        _training_section(result),
         section("Peak memory follows the micro-batch, not n",
                 f"DBI, one iteration, {p['memory_model']}: growing n at a fixed micro-batch adds only the images and "
                 "their updates; growing the micro-batch adds its activations.", memory),
-    )
+    ]
+    return document(*[b for b in blocks if b])
 
 
 def _goals(rows: list[dict], device: str) -> dict:
     """The issue's goals as measured: the worst one-gradient ratio, and ResNet-50's peak and DBI projection where
-    it was measured (on a GPU from this card's own per-iteration cost, on CPU for an assumed GPU throughput)."""
-    gradient_rows = [r for r in rows if r["default_itr"] and r["method"] != "pairs stage 2"]
+    it was measured (on a GPU from this card's own per-iteration cost, on CPU from a published GPU throughput)."""
+    gradient_rows = [r for r in rows if r["default_itr"] and r["method"] != "pairs stage 2"
+                     and math.isfinite(r["ratio"])]
     worst = max(gradient_rows, key=lambda r: r["ratio"])
     goals = {"worst_ratio": worst["ratio"], "worst_row": f"{worst['model']}, {worst['method']}"}
     r50 = [r for r in rows if r["model"] == "ResNet-50"]
     if r50:
         dbi_r50 = next(r for r in r50 if r["method"] == "dbi")
-        assumed = dbi_r50["default_itr"] * KEY_N / GPU_IMAGES_PER_S * max(dbi_r50["ratio"], 1.0)
+        ratio = max(dbi_r50["ratio"], 1.0)
+        projected = dbi_r50["default_itr"] * KEY_N / gpu_gradient_images_per_s() * ratio
         goals.update(resnet50_peak_gib=max(r["peak_mib"] for r in r50) / 1024, dbi_itr=dbi_r50["default_itr"],
-                     dbi_resnet50_s=dbi_r50["projected_key_s"], dbi_resnet50_ratio=max(dbi_r50["ratio"], 1.0),
-                     dbi_resnet50_gpu_s=assumed if device == "cpu" else dbi_r50["projected_key_s"])
+                     dbi_resnet50_s=dbi_r50["projected_key_s"], dbi_resnet50_ratio=ratio,
+                     dbi_resnet50_gpu_s=projected if device == "cpu" else dbi_r50["projected_key_s"])
     return goals
+
+
+def gpu_gradient_images_per_s() -> float:
+    """Input gradients per second of ResNet-50 on one A100 at TF32, from its published training throughput: a
+    gradient does ``INPUT_GRADIENT_SHARE`` of a training step's work."""
+    return A100_TF32_TRAIN_IMAGES_PER_S / INPUT_GRADIENT_SHARE
 
 
 def _goal_lines(result: dict) -> list[str]:
@@ -318,16 +532,25 @@ def _goal_lines(result: dict) -> list[str]:
         return [*lines, "- ResNet-50 was not in this run.", *_full_key_lines(result)]
     where = f"the CPU default; goal at most {GOAL_PEAK_GIB:g} GiB" if device == "cpu" else "on the card"
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
-                 f"{goals['resnet50_peak_gib']:.2f} GiB.")
+                 f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
+                 "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step, "
+                         "and a meta-training step through 7 models at once)"
+                         for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
+        rate = gpu_gradient_images_per_s()
         return [*lines,
                 f"- A 100-sample DBI key for ResNet-50 at the paper's {goals['dbi_itr']:,} iterations: "
-                f"{_fmt_s(goals['dbi_resnet50_s'])} on these cores. Projection, not a measurement: at an assumed "
-                f"{GPU_IMAGES_PER_S:,.0f} images/s forward + backward on an H100-class GPU (TF32, the 100 queries in "
-                f"one batch: `--batch-size 100`), times DBI's measured ratio to the floor (at least 1: a gradient "
-                f"costs a forward + backward) {goals['dbi_resnet50_ratio']:.2f}, "
-                f"{goals['dbi_itr']:,} x {KEY_N} / {GPU_IMAGES_PER_S:,.0f} x {goals['dbi_resnet50_ratio']:.2f} = "
-                f"{_fmt_s(goals['dbi_resnet50_gpu_s'])} (goal {_fmt_s(GPU_GOAL_S)}); where a GPU was lent, "
+                f"{_fmt_s(goals['dbi_resnet50_s'])} on these cores. On a GPU, a projection, not a measurement: "
+                f"NVIDIA publishes ResNet-50 v1.5 training at {A100_TF32_TRAIN_IMAGES_PER_S:,.0f} images/s on one "
+                f"A100 80GB at TF32 (2,470 in mixed precision; [DeepLearningExamples]({A100_SOURCE})). DBI's "
+                f"gradient is for the input alone (`torch.autograd.grad` of the images: no weight gradients, no "
+                f"optimizer step), about {INPUT_GRADIENT_SHARE:.2f} of a training step's work, so about "
+                f"{rate:,.0f} gradients/s; times DBI's measured ratio to the floor (at least 1) "
+                f"{goals['dbi_resnet50_ratio']:.2f}: {goals['dbi_itr']:,} x {KEY_N} / {rate:,.0f} x "
+                f"{goals['dbi_resnet50_ratio']:.2f} = {_fmt_s(goals['dbi_resnet50_gpu_s'])} on an A100 at TF32 "
+                f"(goal {_fmt_s(GPU_GOAL_S)} on an H100-class card; an H100 is faster than an A100, by a factor "
+                "this page does not assume). Mixed precision would be faster still, but a key made in it records "
+                "another environment (nnmark makes keys in the model's own dtype). Where a GPU was lent, "
                 "`scale-cuda.md` measures it."]
     lines.append(f"- A 100-sample DBI key for ResNet-50 at the paper's {goals['dbi_itr']:,} iterations on this card, "
                  f"from the table's per-iteration cost: {_fmt_s(goals['dbi_resnet50_s'])} (goal {_fmt_s(GPU_GOAL_S)}).")
@@ -369,12 +592,16 @@ def run(*, quick: bool = False, seeds: int | None = None, out_dir: str | Path = 
     p = parameters(FULL_GPU if gpu else FULL, QUICK_GPU if gpu else QUICK, quick=quick, seeds=seeds)
     threads = torch.get_num_threads()
     rows: list[dict] = []
-    with tqdm(total=len(p["models"]) * (1 + len(_methods())), desc="scale", disable=not progress,
+    trained: list[dict] = []
+    with tqdm(total=len(p["models"]) * (2 + len(_methods())), desc="scale", disable=not progress,
               leave=False) as bar:
         for model in p["models"]:
-            rows += _model_rows(model, p, threads, device, bar)
+            method_rows, training_row = _model_rows(model, p, threads, device, bar)
+            rows += method_rows
+            trained.append(training_row)
     result = {**header("scale", p, quick=quick, seeds=seeds), "device": device, "threads": threads, "rows": rows,
-              **_where_fields(device), "memory": _memory_rows(p, threads, device), "goals": _goals(rows, device)}
+              "trained": trained, **_where_fields(device), "memory": _memory_rows(p, threads, device),
+              "goals": _goals(rows, device)}
     if gpu:
         result["command"] += f" --device {device}"
         result["full_key"] = full_key(**p["full_key"], device=device, progress=progress)

@@ -244,9 +244,8 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 @contextlib.contextmanager
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
-    or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first."""
-    if given["device"] != "cpu":
-        raise CliError(f"{spec.name} trains its shadow pools (--executor) and meta-trains on the CPU: --device cpu")
+    or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first: on --device (the
+    cache files are the same whatever trained them); the key is made on the CPU."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
@@ -258,7 +257,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     pool = shadow.build_pool([s for group in specs.values() for s in group],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
-                             ray_timeout=given["ray_timeout"], progress=given["progress"])
+                             ray_timeout=given["ray_timeout"], progress=given["progress"], device=given["device"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
@@ -295,7 +294,7 @@ KINDS: dict[str, _Kind] = {
         "--out-model as the same kind.", "--model lenet5.safetensors --out-model wm.safetensors"),
     "shadow": _Kind(_shadow_options, _shadow_pools,
                     "Trains shadow models of --model's architecture first (a checkpoint's or a "
-                    "package.module:factory's; cached in --cache-dir).",
+                    "package.module:factory's; on --device, cached in --cache-dir); the key is made on the CPU.",
                     "--model lenet5.safetensors"),
 }
 """Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""

@@ -37,7 +37,8 @@ built by ``build_task``, from-scratch bases first, then the augmentations that s
 this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
 thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
 A task is given no path: it takes the spec's JSON, the base model's bytes (a cache file's) and the data
-(a bundled dataset's name, else the tensors) and returns the new model's bytes, so it runs on any
+(a bundled dataset's name, else the tensors) and returns the new model's bytes (trained on the pool's ``device``,
+written from the CPU: the cache is the same whatever trained it), so it runs on any
 node of a cluster without a shared file system (Ray passes the inputs through its object store, each
 base and dataset once, and a factory's module as the job's ``py_modules``). The driver alone reads and writes
 the cache, each file atomically. ``pool_specs`` lays out MetaFinger's positive and negative pools
@@ -466,12 +467,13 @@ def _fresh(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
     return module if spec.card is None else pixel_model(module, spec.card)
 
 
-def _train_scratch(spec: ShadowSpec, ds: data.Dataset) -> nn.Module:
-    """A negative model: built under ``torch.manual_seed(seed)`` and trained with ``seed`` (global RNG restored)."""
+def _train_scratch(spec: ShadowSpec, ds: data.Dataset, device: str) -> nn.Module:
+    """A negative model: built under ``torch.manual_seed(seed)`` (on the CPU) and trained with ``seed`` on ``device``
+    (global RNG restored)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = _fresh(spec, ds)
-    return models.train(model, ds.train, epochs=spec.epochs, seed=spec.seed)
+    return models.train(model.to(device), ds.train, epochs=spec.epochs, seed=spec.seed)
 
 
 def _augment(spec: ShadowSpec, base: nn.Module, ds: data.Dataset) -> nn.Module:
@@ -481,7 +483,8 @@ def _augment(spec: ShadowSpec, base: nn.Module, ds: data.Dataset) -> nn.Module:
                          seed=spec.augment_seed)
 
 
-def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: data.Dataset | None = None) -> nn.Module:
+def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: data.Dataset | None = None,
+                 device: str = "cpu") -> nn.Module:
     """Train (or derive) the model ``spec`` describes; returns it in eval mode, in pixel space (see ``ShadowSpec``).
 
     Args:
@@ -490,6 +493,8 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
             its digest must match), optional otherwise (the from-scratch base is trained when omitted). With a
             card, the model as stored or in pixel space (the normalisation is applied once either way).
         dataset: ``load_data(spec)`` already done (None: done here).
+        device: where a from-scratch model (the spec's, or the base it augments when none is given) trains; a given
+            base trains where it is.
     """
     if dataset is None:
         dataset = load_data(spec)
@@ -501,14 +506,14 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
     if not spec.augmented:
         if base is not None:
             raise ArgumentError("a from-scratch spec takes no base model")
-        return _train_scratch(spec, dataset)
+        return _train_scratch(spec, dataset, device)
     if spec.base_digest is not None:
         if base is None:
             raise ArgumentError("this spec augments a given model (base_digest): pass it as base")
         if models.digest(unwrap(base)) != spec.base_digest:
             raise ModelError("the base model's digest differs from the spec's base_digest")
     elif base is None:
-        base = _train_scratch(spec.base(), dataset)
+        base = _train_scratch(spec.base(), dataset, device)
     if spec.card is not None:
         base = pixel_model(unwrap(base), spec.card)
     if spec.variant is not None:
@@ -557,7 +562,7 @@ def _model_from_bytes(spec: ShadowSpec, raw: bytes) -> nn.Module:
         return _read_model(spec, path)
 
 
-def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) -> Result:
+def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset, device: str = "cpu") -> Result:
     """One shadow model from its inputs alone (no path): the task every executor runs.
 
     A factory spec imports the user's module here, in the worker: from ``sys.path`` and the current directory
@@ -569,6 +574,7 @@ def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) 
         base: for an augmented spec, the bytes (``_model_bytes``) of the model it augments; None otherwise.
         dataset: ``spec.data`` as a ``BUNDLED_DATA`` name (loaded here with ``load_data``) or as the tensors
             ``load_data(spec)`` gives.
+        device: where the model trains (the base is moved there); its bytes are written from the CPU.
 
     Returns the new model's bytes (``_model_bytes``) and a JSON record: the spec, its test accuracy, the seconds.
     """
@@ -577,8 +583,10 @@ def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset) 
     if isinstance(dataset, str) and dataset != spec.data:
         raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset!r}")
     ds = load_data(spec) if isinstance(dataset, str) else dataset
-    model = train_shadow(spec, None if base is None else _model_from_bytes(spec, base), dataset=ds)
+    model = train_shadow(spec, None if base is None else _model_from_bytes(spec, base).to(device), dataset=ds,
+                         device=device)
     acc = models.accuracy(model, ds.test)
+    model = model.cpu()
     record = json.dumps({"spec": json.loads(spec_json), "test_accuracy": acc, "seconds": time.perf_counter() - start},
                         sort_keys=True)
     return _model_bytes(spec, model, ds, acc), record
@@ -696,23 +704,27 @@ def _ray_results(ray, refs: list, timeout: float | None) -> Iterator[Result]:
         yield _ray_get(ray, done[0])
 
 
-def _ray_runner(ray, timeout: float | None) -> _Runner:
-    remote = ray.remote(num_cpus=1)(build_task)
-    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t) for t in batch], timeout),
+def _ray_runner(ray, timeout: float | None, device: str) -> _Runner:
+    """One-CPU Ray tasks; on a CUDA ``device``, each also asks Ray for one GPU and trains on "cuda", the one Ray
+    gave it (Ray shows a task its GPUs alone, so an index of the driver's means nothing there)."""
+    cuda = device.startswith("cuda")
+    remote = ray.remote(num_cpus=1, num_gpus=1 if cuda else 0)(build_task)
+    device = "cuda" if cuda else device
+    return _Runner(run=lambda batch: _ray_results(ray, [remote.remote(*t, device=device) for t in batch], timeout),
                    put=lambda obj: obj if isinstance(obj, str) else ray.put(obj))
 
 
 @contextlib.contextmanager
 def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: float | None,
-            todo: list[ShadowSpec]) -> Iterator[_Runner]:
-    """The executor's ``_Runner`` for the tasks of ``todo`` (started here, stopped on exit)."""
+            todo: list[ShadowSpec], device: str) -> Iterator[_Runner]:
+    """The executor's ``_Runner`` for the tasks of ``todo`` on ``device`` (started here, stopped on exit)."""
     tasks = len(todo)
     if executor == "serial" or tasks == 0:
-        yield _Runner(lambda batch: (build_task(*t) for t in batch))
+        yield _Runner(lambda batch: (build_task(*t, device=device) for t in batch))
     elif executor == "process":
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker) as pool:
-            yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t)
+            yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t, device=device)
                                                                            for t in batch])))
     else:
         try:
@@ -724,7 +736,7 @@ def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: f
             modules = shipped_modules(todo)
             ray.init(address=ray_address, **({"runtime_env": {"py_modules": modules}} if modules else {}))
         try:
-            yield _ray_runner(ray, ray_timeout)
+            yield _ray_runner(ray, ray_timeout, device)
         finally:
             if started:
                 ray.shutdown()
@@ -750,6 +762,7 @@ def build_pool(
     ray_timeout: float | None = DEFAULT_RAY_TIMEOUT,
     progress: bool = False,
     on_built: Callable[[ShadowSpec, dict], None] | None = None,
+    device: str = "cpu",
 ) -> ShadowPool:
     """Load every spec from ``cache_dir``, building the missing ones first (in parallel); see the module docstring.
 
@@ -771,13 +784,19 @@ def build_pool(
         progress: show a tqdm bar over the models built.
         on_built: called in this process once per model built, as each is cached, with its spec and record
             (``test_accuracy``, ``seconds``); not for models found in the cache.
+        device: where the models train (cpu, cuda, cuda:N, mps or auto: ``envs.resolve_device``, ArgumentError for
+            one that is not here); Ray asks one GPU per task on a CUDA device. The cache files and the pool's
+            models are on the CPU whatever trained them.
     """
+    from nnmark.envs import resolve_device
+
     if executor not in EXECUTORS:
         raise ArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if workers < 1:
         raise ArgumentError(f"workers must be >= 1, got {workers}")
     if ray_timeout is not None and not ray_timeout > 0:
         raise ArgumentError(f"ray_timeout must be > 0 seconds or None, got {ray_timeout!r}")
+    device = resolve_device(device)
     start = time.perf_counter()
     cache = Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
@@ -789,7 +808,7 @@ def build_pool(
     scratch, augmented = _missing(specs, cache)
     todo = scratch + augmented
     bar = tqdm(total=len(todo), desc="shadow models", unit="model", disable=not progress)
-    with bar, _runner(executor, workers, ray_address, ray_timeout, todo) as runner:
+    with bar, _runner(executor, workers, ray_address, ray_timeout, todo, device) as runner:
 
         def build(tasks: list[Task]) -> None:
             for result in runner.run(tasks):
