@@ -368,7 +368,13 @@ made the independent models agree less on seed 0 (the most agreeing one 26% inst
 An extracted student of the source PGD-trained at 0.1 instead (tried once per seed, not kept) did no better: 37,
 57, 30% on the eps 0.05 copy, 8, 10, 5 copies matched. Either costs one more model, whose PGD training is the
 thief's work over again (the thief's took 33-54 s; the variant's recorded 296-360 s on cores shared with other
-jobs)."""
+jobs). As a validation positive instead (the same model, which the screen then demands; tried on the study's cached
+models, not a design here) it does catch the eps 0.05 copy, at 70, 71 and 80%, and matches 11, 12 and 9 copies, but
+the screen keeps 92 of 92 queries on seed 0, p0 rises to 0.14, and the key claims an independent model (50%). With
+the 4 distilled negatives of "+ distilled negatives" as well, no false claim (most agreeing independent 44, 21,
+32%) and the eps 0.05 copy at 64, 63, 58%, but the key keeps 72, 100 and 76 queries and matches 11, 9 and 7 copies:
+it loses copies these pools match (seed 1: extracted labels, same architecture, and probabilities, VGG-11; seed 2:
+extracted labels, same architecture)."""
 THIEF_VARIANT_COPIES = 1
 """Copies of each thief-aware positive: one, a train model only. Demanded by the screen too (two copies, one
 validating), the students let 28-99 of the 100 queries wanted pass it, and the key claimed 0-3 independent models."""
