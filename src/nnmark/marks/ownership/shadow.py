@@ -10,11 +10,11 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
   (arch, data, seed, epochs), or, when ``base_digest`` is set, a model given by the caller (the owner's
   source model, never trained here), identified by its ``nnmark.models.digest``;
 - a *variant* is a base model after one of the thief's attacks (``VARIANTS``: distillation, extraction, RTAL,
-  prune + fine-tune, noise + fine-tune, PGD adversarial training; ``ShadowSpec(..., variant=name, augment_seed=s)``), run by the owner on
-  its own training split. Of the source, it is a positive that looks like a stolen copy; of a negative model, a
-  negative that looks like an independent thief's copy (``PoolLayout.positive_variants`` / ``negative_variants``;
-  the thief-aware pools, ``PoolLayout.thief_aware``, add one RTAL, prune, noise, distilled and extracted copy of the
-  source, each a positive train model only).
+  prune + fine-tune, noise + fine-tune, PGD adversarial training; ``ShadowSpec(..., variant=name,
+  augment_seed=s)``), run by the owner on its own training split. Of the source, it is a positive that looks like a
+  stolen copy; of a negative model, a negative that looks like an independent thief's copy
+  (``PoolLayout.positive_variants`` / ``negative_variants``; the thief-aware pools, ``PoolLayout.thief_aware``, add
+  one RTAL, prune, noise, distilled and extracted copy of the source, each a positive train model only).
 
 The architecture is a zoo name or the user's own ``package.module:factory`` (``nnmark.models.load_any``);
 a spec with a ``card`` (required for a factory) trains on ``data`` converted to the card's input shape
