@@ -25,7 +25,7 @@ they share the victim's initialisation; they are the independent models the keys
 
 The caches are those of ``bench ownership``: shadow models under ``shadow.default_cache_dir()``, thefts and
 distilled independents under its ``bench-ownership`` sibling; a run after ``bench ownership`` trains only the
-variants. One victim seed (the issue asks for more in ``bench ownership``; this study's cost is the variants').
+variants. As many victim seeds as ``bench ownership`` (3 in ``FULL``; ``--seeds`` sets it).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def render(result: dict) -> str:
 
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
-    """Run the study and write ``metafinger-pools.md`` and ``.json`` to ``out_dir`` (one victim seed)."""
+    """Run the study and write ``metafinger-pools.md`` and ``.json`` to ``out_dir`` (per victim seed)."""
     p = parameters(ownership.FULL, ownership.QUICK, quick=quick, seeds=seeds)
     start = time.perf_counter()
     spec, note = ownership.dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
