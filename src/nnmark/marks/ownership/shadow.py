@@ -314,7 +314,8 @@ class PoolLayout:
         af: the augmentation factor: eq. 1 copies (then fine-tuned) per model.
         alpha: eq. 1's alpha (the noise is std(param) / alpha).
         epochs: from-scratch training epochs (and a distilled or extracted variant's).
-        finetune_epochs: FTAL epochs after the noise (and an RTAL, prune or noise variant's fine-tune).
+        finetune_epochs: FTAL epochs after the noise (and an RTAL, prune or noise variant's fine-tune, an adversarial
+            variant's PGD training).
         positive_variants: ``VARIANTS`` names: the thief's attacks on the source, ``variant_copies`` each (its
             seeds 0..), as positives; the paper's pools have none.
         negative_variants: ``VARIANTS`` names: the same attacks on independent models, as negatives: one of each
