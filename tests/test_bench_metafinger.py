@@ -1,5 +1,6 @@
 """``nnmark bench ownership-fingerprint``: the Fig. 7 sub-pools, and a quick run through the CLI."""
 
+import dataclasses
 import json
 
 from click.testing import CliRunner
@@ -89,6 +90,9 @@ def test_the_thief_design_is_the_libraries_thief_aware_layout():
     assert [n for n, d in pools.DESIGNS.items() if pools.layout(p, d) == base.thief_aware()] == [pools.THIEF]
     assert pools.THIEF.endswith("(thief-aware)") and pools.THIEF in pools.QUICK_DESIGNS
     assert base == shadow.PoolLayout(negatives=3, val_negatives=2, af=2, epochs=4, finetune_epochs=2)
+    adversarial = pools.layout(p, pools.DESIGNS[pools.ADVERSARIAL])  # the thief-aware pools plus a PGD-trained copy
+    assert adversarial.positive_variants == (*shadow.THIEF_POSITIVES, "adversarial")
+    assert adversarial == dataclasses.replace(base.thief_aware(), positive_variants=adversarial.positive_variants)
 
 
 def test_bench_ownership_pools_quick_compares_pool_designs(tmp_path, monkeypatch):

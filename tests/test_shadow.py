@@ -16,6 +16,7 @@ import torch
 import foreign_models
 from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
+from nnmark.attacks.adversarial import adversarial_train, robust_accuracy
 from nnmark.errors import ModelError, NnmarkError
 from nnmark.marks.ownership import shadow
 from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, pool_specs_for, train_shadow
@@ -560,6 +561,20 @@ def test_each_variant_is_its_attack_on_the_owners_data(base_model, digits):
     assert models.digest(extracted) != models.digest(variant("distill", epochs=3))
     for model in (pruned, rtal, student, extracted):
         assert models.digest(model) != digest and models.accuracy(model, digits.test) > base_acc - 0.25
+
+
+def test_the_adversarial_variant_is_pgd_training_of_the_source_at_the_variants_own_radius(base_model, digits):
+    digest = models.digest(base_model)
+    spec = ShadowSpec("lenet5", "digits", 0, augment_seed=3, variant="adversarial", base_digest=digest,
+                      finetune_epochs=2)
+    robust = train_shadow(spec, base_model)
+    eps = shadow.VARIANT_PGD_EPS
+    direct, _ = adversarial_train(base_model, digits.train.x, digits.train.y, eps=eps, step_size=eps / 4, steps=5,
+                                  clean_weight=0.5, epochs=2, seed=3)
+    assert _same(robust, direct)  # the thief's attack on the owner's split, at the variant's radius and seed
+    pgd = {"eps": eps, "step_size": eps / 4, "steps": 5}
+    assert robust_accuracy(robust, digits.test, **pgd) > robust_accuracy(base_model, digits.test, **pgd) + 0.03
+    assert models.accuracy(robust, digits.test) > models.accuracy(base_model, digits.test) - 0.25
 
 
 def test_a_thief_pool_builds_each_named_variant_once_and_reuses_the_cache(base_model, tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
 """``nnmark bench ownership-pools``: the pool study behind MetaFinger's thief-aware pools, on Fashion-MNIST.
 
-The study chose the default thief-aware pools (``shadow.PoolLayout.thief_aware``): its row ``THIEF``.
+The study chose the default thief-aware pools (``shadow.PoolLayout.thief_aware``): its row ``THIEF``. Its row
+``ADVERSARIAL`` asks whether a positive that knows adversarial training (a copy of the victim PGD-trained at
+``shadow.VARIANT_PGD_EPS``) catches the thief's extracted copy PGD-trained at eps 0.05: it does not, and it loses
+copies the default matches (the numbers: ``shadow.THIEF_POSITIVES``).
 
 The setting of ``nnmark bench ownership`` (its parameters, ``FULL`` / ``QUICK``, and its cached models): a LeNet-5
 victim on ``fashion-mnist@owner``; the thief's copies (``nnmark.bench.thefts``) on the other half; its independent
@@ -22,7 +25,7 @@ they share the victim's initialisation; they are the independent models the keys
 
 The caches are those of ``bench ownership``: shadow models under ``shadow.default_cache_dir()``, thefts and
 distilled independents under its ``bench-ownership`` sibling; a run after ``bench ownership`` trains only the
-variants. One victim seed (the issue asks for more in ``bench ownership``; this study's cost is the variants').
+variants. As many victim seeds as ``bench ownership`` (3 in ``FULL``; ``--seeds`` sets it).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ STEM = "metafinger-pools"
 FINETUNE = ("rtal", "prune", "noise")
 STUDENTS = ("distill", "extract")
 THIEF = "+ students, train only (thief-aware)"
+ADVERSARIAL = "+ adversarial, train only"
 DESIGNS = {
     "paper": {},
     "fine-tune variants, train only": {"positive_variants": FINETUNE, "variant_copies": 1},
@@ -55,10 +59,12 @@ DESIGNS = {
     "+ distilled negatives": {"positive_variants": FINETUNE, "negative_variants": ("distill",)},
     THIEF: {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
     "+ students": {"positive_variants": FINETUNE + STUDENTS},
+    ADVERSARIAL: {"positive_variants": FINETUNE + STUDENTS + ("adversarial",), "variant_copies": 1},
 }
 """Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (``variant_copies`` 2 by default: one
 copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is the default
-``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it."""
+``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it.
+``ADVERSARIAL`` is ``THIEF`` plus the "adversarial" variant, one train-only copy."""
 QUICK_DESIGNS = ("paper", THIEF)
 VICTIM_ARCH = "lenet5"
 """The study's victim: ``bench ownership``'s LeNet-5."""
@@ -224,7 +230,7 @@ def render(result: dict) -> str:
 
 
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False) -> Path:
-    """Run the study and write ``metafinger-pools.md`` and ``.json`` to ``out_dir`` (one victim seed)."""
+    """Run the study and write ``metafinger-pools.md`` and ``.json`` to ``out_dir`` (per victim seed)."""
     p = parameters(ownership.FULL, ownership.QUICK, quick=quick, seeds=seeds)
     start = time.perf_counter()
     spec, note = ownership.dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
