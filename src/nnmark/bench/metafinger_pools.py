@@ -18,10 +18,10 @@ model" is read two ways, both required: the key's own binomial p-value (under it
 the binomial tail of the copy's hits under the query accuracy of the most agreeing independent model (the
 empirical null), and the rule claims no independent model.
 
-Caveat on the suspects (``bench ownership``'s, used as they are): its LeNet-5 students (the same-architecture
-distillation and extraction thefts, and the LeNet-5 distillations of independent teachers) are seeded with the
-victim's seed, and a student of seed s starts from the very initial weights of the from-scratch model of seed s, so
-they share the victim's initialisation; they are the independent models the keys agree with most.
+The suspects are ``bench ownership``'s, used as they are: its students (the distillation and extraction thefts,
+and the distillations of independent teachers) start from seeds of their own (``thefts.THEFT_SEEDS``), apart from
+the victims', the pools' and the independents', so no student shares the initial weights of a model it is
+compared with.
 
 The caches are those of ``bench ownership``: shadow models under ``shadow.default_cache_dir()``, thefts and
 distilled independents under its ``bench-ownership`` sibling; a run after ``bench ownership`` trains only the
