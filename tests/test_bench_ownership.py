@@ -78,10 +78,12 @@ def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
                "RTAL": {"methods": {"SAC-m": {**cell, "queries": 101}}},
                "extract labels + adversarial": {"methods": {"SAC-m": {**cell, "auc": 0.5, "theft": False}}}}
     best = {"lenet5": {a: ["SAC-m"] for a in summary}}
-    first, distill, adversarial, distill_w, adversarial_w = bench.goals({"lenet5": summary}, best).splitlines()
+    first, distill, adversarial, distill_w, adversarial_w, distill_rare, adversarial_rare = bench.goals(
+        {"lenet5": summary}, best).splitlines()
     assert "REFUTED for RTAL (LeNet-5) (1 of 2 thefts)" in first
     assert distill.endswith("met.") and "not measured" in adversarial
     assert distill_w.startswith("- SAC-w AUC >= 0.99") and "not measured" in distill_w and "not measured" in adversarial_w
+    assert distill_rare.startswith("- SAC-w rare errors AUC >= 0.99") and "not measured" in adversarial_rare
     summary["distill, same arch, T=3"]["methods"]["SAC-m"] = {**cell, "auc": 0.98}
     assert "REFUTED by distill, same arch, T=3 (LeNet-5) (0.98)" in bench.goals({"lenet5": summary}, best)
 

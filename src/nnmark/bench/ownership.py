@@ -652,8 +652,9 @@ def audit_table(seeds: list[dict], arch: str, alpha: float) -> str:
 GOALS = ((0.99, "distillation and extraction", ("distill", "extract labels,", "extract probabilities")),
          (0.9, "extraction + adversarial training", ("extract labels + adversarial",)))
 """The issue's SAC goals: least AUC, the thefts it names, and the catalogue names that start with them."""
-SAC_GOAL_KEYS = ("SAC-m", "SAC-w")
-"""The SAC keys (probabilities) each goal is checked for: the paper's two query sets."""
+SAC_GOAL_KEYS = ("SAC-m", "SAC-w", "SAC-w rare errors")
+"""The SAC keys each goal is checked for: the paper's two query sets (probabilities), and the 100 rarest errors of
+the victim (one-hot labels)."""
 
 
 def _auc_goal(summaries: dict[str, dict], method: str, want: float, what: str, prefixes: tuple[str, ...]) -> str:
