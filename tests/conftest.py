@@ -64,6 +64,23 @@ def peak_memory():
     return measure
 
 
+@pytest.fixture
+def forward_sizes():
+    """``forward_sizes(model, run)``: (training mode, batch size) of every forward pass of ``model`` (and of its deep
+    copies, which keep the hook) in ``run()``."""
+
+    def sizes(model, run):
+        seen = []
+        handle = model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
+        try:
+            run()
+        finally:
+            handle.remove()
+        return seen
+
+    return sizes
+
+
 @pytest.fixture(scope="session")
 def mnist():
     return data.load("mnist5k")

@@ -61,23 +61,11 @@ def test_marked_model_is_found_the_source_model_and_a_constant_one_are_not(marke
     assert not const.passed and const.details["rate_clean"] == 1.0
 
 
-def _forward_sizes(model, run):
-    """(training mode, batch size) of every forward pass of ``model`` (and of its deep copies, which keep the hook)
-    in ``run()``."""
-    seen = []
-    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen
-
-
-def test_the_key_is_asked_through_the_oracle_counted_and_in_its_micro_batches(lenet, mnist):
+def test_the_key_is_asked_through_the_oracle_counted_and_in_its_micro_batches(lenet, mnist, forward_sizes):
     pool = natural_pool(mnist)
     oracle = TorchOracle(lenet, mnist.shape, batch_size=64)
     made = []
-    sizes = _forward_sizes(lenet, lambda: made.append(
+    sizes = forward_sizes(lenet, lambda: made.append(
         frontier.make_key(oracle, pool, 20, eps=0.1, generator=torch.Generator().manual_seed(0))))
     right = int((TorchOracle(lenet, mnist.shape).labels(pool.x) == pool.y).sum())
     assert oracle.queries == len(pool) + 2 * right  # every image, then the gradient and labels of the right ones
@@ -91,13 +79,13 @@ def test_the_key_is_asked_through_the_oracle_counted_and_in_its_micro_batches(le
         frontier.make_key(_black_box(lenet, mnist.shape), pool, 20, eps=0.1, generator=torch.Generator())
 
 
-def test_embed_asks_every_model_in_micro_batches_of_batch_size_which_trains_nothing():
+def test_embed_asks_every_model_in_micro_batches_of_batch_size_which_trains_nothing(forward_sizes):
     ds = data.load("digits")
     torch.manual_seed(0)
     model = models.build("lenet5", ds.shape, ds.num_classes)
     models.train(model, ds.train, epochs=4, seed=0)
     made = []  # eps 0.07: 53 true and 99 false adversaries among this model's 152 right natural images (45 needed)
-    sizes = _forward_sizes(model, lambda: made.append(frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=8,
+    sizes = forward_sizes(model, lambda: made.append(frontier.embed(model, ds, eps=0.07, epochs=1, batch_size=8,
                                                                      train_batch_size=16, seed=0)))
     asked = [size for training, size in sizes if not training]
     assert max(asked) == 8 and len(natural_pool(ds)) > 8  # every question asked

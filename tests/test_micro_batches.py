@@ -29,18 +29,6 @@ from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 TOLERANCE = dict(rtol=0, atol=1e-6)
 
 
-def _forward_sizes(model, run):
-    """(training mode, batch size) of every forward pass of ``model`` (and of its deep copies, which keep the hook)
-    in ``run()``."""
-    seen = []
-    handle = model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen
-
-
 def _images(n: int) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(n))
 
@@ -89,49 +77,49 @@ def test_a_model_without_parameters_is_asked_where_its_device_was_looked_up():
     assert models.device_of(fresh_copy(pooled, 0)) == torch.device("cpu")
 
 
-def test_outputs_asks_in_micro_batches_restores_the_mode_and_equals_one_pass():
+def test_outputs_asks_in_micro_batches_restores_the_mode_and_equals_one_pass(forward_sizes):
     net, x = _net(), _images(37)
     net.train()
     got = []
-    sizes = _forward_sizes(net, lambda: got.append(models.outputs(net, x, 5)))
+    sizes = forward_sizes(net, lambda: got.append(models.outputs(net, x, 5)))
     assert sizes == [(False, 5)] * 7 + [(False, 2)] and net.training
     torch.testing.assert_close(got[0], _one_pass(net, x), **TOLERANCE)
 
 
-def test_accuracy_and_soft_labels_are_the_one_pass_values_in_micro_batches_of_their_batch_size():
+def test_accuracy_and_soft_labels_are_the_one_pass_values_in_micro_batches_of_their_batch_size(forward_sizes):
     net, x = _net(), _images(37)
     y = torch.arange(37) % 4
     one_pass = _one_pass(net, x)
     right = []
-    sizes = _forward_sizes(net, lambda: right.append(models.accuracy(net, Split(x, y), batch_size=5)))
+    sizes = forward_sizes(net, lambda: right.append(models.accuracy(net, Split(x, y), batch_size=5)))
     assert right[0] == _share(one_pass.argmax(1) == y) and max(s for _, s in sizes) == 5
     soft = []
-    sizes = _forward_sizes(net, lambda: soft.append(soft_labels(net, x, 4.0, batch_size=6)))
+    sizes = forward_sizes(net, lambda: soft.append(soft_labels(net, x, 4.0, batch_size=6)))
     assert max(s for _, s in sizes) == 6
     torch.testing.assert_close(soft[0], F.log_softmax(one_pass / 4, dim=1), **TOLERANCE)
 
 
-def test_backdoor_target_rate_asks_at_most_eval_batch_size_images_at_once():
+def test_backdoor_target_rate_asks_at_most_eval_batch_size_images_at_once(forward_sizes):
     net, x = _net(), _images(EVAL_BATCH_SIZE + 7)
     rate = []
-    sizes = _forward_sizes(net, lambda: rate.append(target_rate(net, x, 1)))
+    sizes = forward_sizes(net, lambda: rate.append(target_rate(net, x, 1)))
     assert sizes == [(False, EVAL_BATCH_SIZE), (False, 7)]
     assert rate[0] == (_one_pass(net, x).argmax(1) == 1).float().mean().item()
 
 
-def test_sac_probabilities_are_asked_in_the_oracles_default_micro_batches():
+def test_sac_probabilities_are_asked_in_the_oracles_default_micro_batches(forward_sizes):
     net, x = _net(), _images(DEFAULT_BATCH_SIZE * 2 + 3)
     got = []
-    sizes = _forward_sizes(net, lambda: got.append(sac._probabilities(net, x, 4)))
+    sizes = forward_sizes(net, lambda: got.append(sac._probabilities(net, x, 4)))
     assert [s for _, s in sizes] == [DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE, 3]
     torch.testing.assert_close(got[0], _one_pass(net, x).softmax(1), **TOLERANCE)
 
 
-def test_extraction_asks_the_victim_in_micro_batches():
+def test_extraction_asks_the_victim_in_micro_batches(forward_sizes):
     net, x = _net(), _images(DEFAULT_BATCH_SIZE * 2 + 3)
     y = torch.arange(len(x)) % 4
     net.train()
-    sizes = _forward_sizes(net, lambda: extract(net, x, y, student_arch="lenet5", epochs=1))
+    sizes = forward_sizes(net, lambda: extract(net, x, y, student_arch="lenet5", epochs=1))
     assert all(not training for training, _ in sizes) and net.training  # the victim is only asked
     assert max(s for _, s in sizes) == DEFAULT_BATCH_SIZE
 
@@ -145,10 +133,10 @@ def _digits_lenet():
     return ds, models.build("lenet5", ds.shape, ds.num_classes)
 
 
-def test_coupled_batch_size_changes_no_weight_and_train_batch_size_does():
+def test_coupled_batch_size_changes_no_weight_and_train_batch_size_does(forward_sizes):
     ds, model = _digits_lenet()
     made = []
-    sizes = _forward_sizes(model, lambda: made.append(coupled.embed(model, ds, kind="invisible", epochs=1, seed=3,
+    sizes = forward_sizes(model, lambda: made.append(coupled.embed(model, ds, kind="invisible", epochs=1, seed=3,
                                                                     batch_size=4)))
     wm_model, key = made[0]
     assert max(s for training, s in sizes if not training) == 4  # the success, null rates and accuracy passes
@@ -161,10 +149,10 @@ def test_coupled_batch_size_changes_no_weight_and_train_batch_size_does():
     assert models.digest(retrained) != models.digest(wm_model)
 
 
-def test_zhang_and_adi_batch_size_changes_no_weight_and_train_batch_size_does():
+def test_zhang_and_adi_batch_size_changes_no_weight_and_train_batch_size_does(forward_sizes):
     ds, model = _digits_lenet()
     made = []
-    sizes = _forward_sizes(model, lambda: made.append(backdoor_wm.zhang(model, ds, kind="noise", epochs=1,
+    sizes = forward_sizes(model, lambda: made.append(backdoor_wm.zhang(model, ds, kind="noise", epochs=1,
                                                                         batch_size=4)))
     wm_model, key = made[0]
     assert max(s for training, s in sizes if not training) == 4
@@ -177,7 +165,7 @@ def test_zhang_and_adi_batch_size_changes_no_weight_and_train_batch_size_does():
     assert models.digest(retrained) != models.digest(wm_model)
 
 
-def test_a_key_from_before_the_split_still_verifies_its_batch_size_only_the_micro_batch():
+def test_a_key_from_before_the_split_still_verifies_its_batch_size_only_the_micro_batch(forward_sizes):
     ds, model = _digits_lenet()
     wm_model, key = coupled.embed(model, ds, kind="invisible", epochs=1, seed=3)
     old = dataclasses.replace(key, config={**{k: v for k, v in key.config.items() if k != "train_batch_size"},
@@ -185,7 +173,7 @@ def test_a_key_from_before_the_split_still_verifies_its_batch_size_only_the_micr
     expected = coupled.verify(LabelsOracle(TorchOracle(wm_model, ds.shape)), key)
     got = nnmark.verify(old, wm_model, input_shape=ds.shape)
     assert got.passed == expected.passed and got.statistic == expected.statistic
-    sizes = _forward_sizes(wm_model, lambda: nnmark.verify(old, wm_model, input_shape=ds.shape))
+    sizes = forward_sizes(wm_model, lambda: nnmark.verify(old, wm_model, input_shape=ds.shape))
     assert max(s for _, s in sizes) == 32
 
 
