@@ -119,3 +119,19 @@ def test_mark_metafinger_refuses_a_device_that_is_not_here_in_one_line(tmp_path)
                                   str(tmp_path / "secret"), "--device", "cuda:3", "--out", str(tmp_path / "k.key")])
     assert r.exit_code == 2 and "not available" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "k.key").exists()
+
+
+def test_sacs_scratch_models_train_on_the_device_and_come_back_to_the_cpu_without_a_device_option(moves):
+    from nnmark import data
+    from nnmark.attacks.distill import build_student
+    from nnmark.data import Split
+    from nnmark.marks import METHODS
+    from nnmark.marks.ownership import sac
+    from nnmark.marks.spec import INPUTS
+
+    assert "device" in INPUTS["shadow"][1] and "device" not in {o.name for o in METHODS["sac"].options}
+    ds = data.load("digits")
+    source = build_student("lenet5", ds.shape, 10, seed=0)
+    made = sac.scratch_models(source, Split(ds.train.x[:64], ds.train.y[:64]), 2, epochs=1, seed=0, device="cuda")
+    assert moves.count("cuda") == 2  # each scratch model sent to the card once to train
+    assert all(p.device.type == "cpu" for m in made for p in m.parameters())

@@ -298,8 +298,9 @@ def test_the_default_calibration_trains_models_of_the_sources_recipe_not_student
     assert sac.DEFAULT_SCRATCH_NEGATIVES >= 12 and sac.DEFAULT_DISTILLED_NEGATIVES == 0
     made = []
 
-    def spy(source, owner, k, *, epochs, seed):
+    def spy(source, owner, k, *, epochs, seed, device):
         made.append((source, owner, k, epochs))
+        assert device == sac.SCRATCH_DEVICE == "cpu"
         return sac_scratch(source, owner, 2, epochs=EPOCHS, seed=seed)  # fewer than the default, for speed
 
     sac_scratch = sac.scratch_models

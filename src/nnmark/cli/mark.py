@@ -245,7 +245,8 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
     or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first: on --device (the
-    cache files are the same whatever trained them); the key is made on the CPU."""
+    cache files are the same whatever trained them); the key is made on the CPU (SAC's scratch models train on
+    --device too)."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
@@ -261,8 +262,9 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
     yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
-                    {"seed": given["seed"], "dataset": ds, "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"],
-                                                     "af": given["af"], **({"pool": "thief"} if thief else {})}},
+                    {"seed": given["seed"], "dataset": ds, "device": given["device"],
+                     "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],
+                              **({"pool": "thief"} if thief else {})}},
                     {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
 
 

@@ -358,6 +358,9 @@ DEFAULT_SCRATCH_NEGATIVES = 20
 K = 23 models (study above)."""
 SCRATCH_EPOCHS = DEFAULT_EPOCHS
 """Training epochs of each scratch negative: the shadow pools' default (``nnmark mark``'s --shadow-epochs)."""
+SCRATCH_DEVICE = "cpu"
+"""Where the scratch negatives train unless told (``nnmark mark sac --device`` tells); they come back to the CPU,
+where the key is made."""
 SCRATCH_SEEDS = 4_000_000
 """How far above the key's seed the scratch negatives' seeds start (model i: ``seed + SCRATCH_SEEDS + i``), apart from
 the pools' seeds, ``DISTILLED_SEEDS`` and the bench's (``bench.thefts.THEFT_SEEDS``, its independents' 1000 (s + 1) +
@@ -622,11 +625,12 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
     return students
 
 
-def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int) -> list[nn.Module]:
+def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int,
+                   device: str = SCRATCH_DEVICE) -> list[nn.Module]:
     """k independent models of the source's own recipe: its architecture re-initialised (``fresh_copy``) and trained
     from scratch (``models.training.train``) for ``epochs`` on the owner's labelled split, model i from seed ``seed +
-    SCRATCH_SEEDS + i``."""
-    return [train(fresh_copy(source, s), owner, epochs=epochs, seed=s).eval()
+    SCRATCH_SEEDS + i``; trained on ``device`` and returned on the CPU, where the key is made."""
+    return [train(fresh_copy(source, s).to(device), owner, epochs=epochs, seed=s).eval().cpu()
             for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
 
 
@@ -651,6 +655,7 @@ def create(
     dataset: data.Dataset | None = None,
     extra_negatives: Sequence[nn.Module] | None = None,
     scratch: Sequence[nn.Module] | None = None,
+    device: str = SCRATCH_DEVICE,
     model_digest: str = "",
     meta: dict | None = None,
 ) -> KeyFile:
@@ -662,7 +667,8 @@ def create(
     ``images``; scratch negatives need ``images`` to be its training images, whose labels they learn).
     ``extra_negatives``: more independent models to calibrate on (e.g. distillations the caller made). ``scratch``:
     the ``scratch_negatives`` models ``scratch_models(source, owner split, scratch_negatives, epochs=scratch_epochs,
-    seed=seed)`` gives, made once by a caller that makes several keys of one source (None: trained here). Raises
+    seed=seed)`` gives, made once by a caller that makes several keys of one source (None: trained here, on
+    ``device``; the key is made on the CPU). Raises
     NnmarkError when fewer than ``MIN_KEPT`` queries are found (SAC-w: the source misclassifies too few held-out
     images) or when even the source itself could not match.
 
@@ -725,7 +731,7 @@ def create(
     kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
              "scratch": list(scratch) if scratch is not None else scratch_models(
                  source, _owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
-                 epochs=scratch_epochs, seed=seed),
+                 epochs=scratch_epochs, seed=seed, device=device),
              "extra": list(extra_negatives or ()),
              "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
     negatives = [m for kind in CALIBRATION_KINDS for m in kinds[kind]]
