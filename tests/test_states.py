@@ -25,6 +25,9 @@ SHAPE = (1, 28, 28)
 SECRET = b"states secret"
 FAST = {"timeout": 0.5, "retries": 0}
 """An endpoint spec that gives up at once: the tests wait for nothing."""
+ANSWERS = {"timeout": 30.0}
+"""For an endpoint that answers: time enough on a loaded machine (a request past 0.5 s read as an outage once); it
+costs nothing when the server answers at once."""
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def _only(result: audit.TargetReport) -> tuple[str, audit.KeyResult]:
 
 def test_an_intact_endpoint_is_ok_and_a_tampered_one_failed(lenet, key):
     with _served(lenet) as intact, _served(quantize_int8(lenet)) as tampered:
-        ok, failed = _audit(intact, key), _audit(tampered, key)
+        ok, failed = _audit(intact, key, **ANSWERS), _audit(tampered, key, **ANSWERS)
     assert _only(ok)[0] == states.OK and ok.keys[0].decision == "intact"
     assert _only(failed)[0] == states.FAILED and failed.keys[0].decision == "tampered"
     document = json.loads(report.to_json([ok, failed], {}))
@@ -126,7 +129,7 @@ def test_a_slow_endpoint_is_unreachable(key):
 
 def test_a_dynamic_int8_replica_is_inconsistent_with_its_spread(lenet, key):
     with _served(quantize_dynamic_torch(lenet)) as url:
-        state, r = _only(_audit(url, key))
+        state, r = _only(_audit(url, key, **ANSWERS))
     assert state == states.INCONSISTENT and r.error_type == "EndpointInconsistent"
     assert r.spread is not None and r.spread > 1e-5 and f"max change {r.spread:.3g}" in r.note
     document = json.loads(report.to_json([audit.TargetReport("replica", {}, [r])], {}))
@@ -137,7 +140,7 @@ def test_a_dynamic_int8_replica_is_inconsistent_with_its_spread(lenet, key):
 def test_a_misread_endpoint_is_misconfigured(lenet, key):
     misread = TorchOracle(lenet, SHAPE).seen_through(canary.misreadings(1)["normalised_05"].transform)
     with serving(create_app(misread, model_name="model")) as url:
-        state, r = _only(_audit(url, key))
+        state, r = _only(_audit(url, key, **ANSWERS))
     assert state == states.MISCONFIGURED and r.error_type == "EndpointMismatch"
     assert "endpoint answers as the keyed model does when" in r.note
 
