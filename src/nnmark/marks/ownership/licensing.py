@@ -94,8 +94,9 @@ from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models import DEFAULT_BATCH_SIZE, accuracy, device_of, digest, outputs
 from nnmark.models.card import unwrap
-from nnmark.models.training import fit
+from nnmark.models.training import EVAL_BATCH_SIZE, fit
 from nnmark.oracles import Oracle
+from nnmark.oracles.local import ModuleInputs
 
 METHOD = "license"
 Scheme = Literal["code", "onehot"]
@@ -213,13 +214,9 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not last:
         raise ArgumentError("feature matching needs a model whose last layer is an nn.Linear (set feature_weight 0)")
-    seen: list[torch.Tensor] = []
-    handle = last[-1].register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
-    try:
+    with ModuleInputs(last[-1], nn.Linear) as seen:
         logits = model(x)
-    finally:
-        handle.remove()
-    return logits, seen[-1].flatten(1)
+        return logits, seen.take()[-1]
 
 
 @torch.no_grad()
@@ -227,7 +224,7 @@ def class_centres(model: nn.Module, split: Split, num_classes: int) -> tuple[tor
     """Each class's mean penultimate feature vector over ``split`` under ``model`` (N_c, d), and the mean squared
     norm of the features (the scale of ``feature_matched``'s term), on the model's device."""
     device = device_of(model)
-    feats = torch.cat([penultimate(model, x.to(device))[1] for x in split.x.split(1000)])
+    feats = torch.cat([penultimate(model, x.to(device))[1] for x in split.x.split(EVAL_BATCH_SIZE)])
     y = split.y.to(device)
     centres = torch.stack([feats[y == c].mean(0) if bool((y == c).any()) else feats.mean(0)
                            for c in range(num_classes)])
