@@ -708,7 +708,7 @@ def create(
                             f"a screen of {', '.join(SCREENS)} and decide_on one of {', '.join(OUTPUTS)}, got "
                             f"{temperature}, {scratch_negatives}, {distilled_negatives}, {scratch_epochs}, "
                             f"{distill_epochs}, {screen!r}, {decide_on!r}")
-    if statistic not in STATISTICS or (statistic == "agreement" and decide_on != "labels"):
+    if not _statistic_fits(statistic, decide_on):
         raise ArgumentError(f"statistic is one of {', '.join(STATISTICS)}, and agreement decides on labels (a "
                             f"suspect's mass on the source's labels grows with its confidence), got {statistic!r} "
                             f"deciding on {decide_on!r}")
@@ -811,11 +811,17 @@ def _decide_on(key: KeyFile) -> str:
     return decide_on
 
 
+def _statistic_fits(statistic: str, decide_on: str) -> bool:
+    """Whether ``statistic`` is one of ``STATISTICS`` and may decide on the output ``decide_on``: agreement only on
+    labels (a suspect's mass on the source's labels grows with its confidence)."""
+    return statistic in STATISTICS and (statistic != "agreement" or decide_on == "labels")
+
+
 def _statistic(key: KeyFile, decide_on: str) -> str:
     """How the key compares outputs: "correlation" for a key of format 1-4 (it has none); agreement decides on
     labels."""
     statistic = key.config.get("statistic", "correlation")
-    if statistic not in STATISTICS or (statistic == "agreement" and decide_on != "labels"):
+    if not _statistic_fits(statistic, decide_on):
         raise KeyFileError(f"{METHOD} key config has statistic {statistic!r} deciding on {decide_on!r}: need one of "
                            f"{', '.join(STATISTICS)}, and agreement decides on labels")
     return statistic
