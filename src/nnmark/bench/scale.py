@@ -335,6 +335,13 @@ def pool_counts() -> dict[str, int]:
             "families": len([s for s in pools["negatives_train"] if not s.augmented])}
 
 
+def _meta_step_models() -> int:
+    """The models one MetaFinger meta-training step runs at once: the anchor and its k positive and k negative ones."""
+    from nnmark.marks.ownership import metafinger
+
+    return 2 * metafinger.PAPER_K + 1
+
+
 def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
     """SAC's and MetaFinger's projected 100-query keys from a training cell and the model's floor cell: the pools'
     model-epochs, SAC's scratch models and forward passes (the source, one model per family and the scratch models
@@ -357,7 +364,7 @@ def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
             "train_ratio": per_image / (cell["floor_s"] / n), "owner_images": OWNER_IMAGES[model], "epoch_s": epoch_s,
             "pool_epochs": counts["epochs"], "pools_s": pools_s, "sac_scratch_epochs": scratch,
             "sac_key_s": pools_s + scratch * epoch_s + forwards * verify_100, "meta_step_s": cell["meta_step_s"],
-            "meta_ratio": cell["meta_step_s"] / ((2 * metafinger.PAPER_K + 1) * cell["floor_s"]),
+            "meta_ratio": cell["meta_step_s"] / (_meta_step_models() * cell["floor_s"]),
             "meta_train_s": meta_s, "metafinger_key_s": pools_s + meta_s, "verify_100_s": verify_100,
             "peak_mib": cell["peak_mib"], "ready_mib": cell["ready_mib"]}
 
@@ -441,7 +448,8 @@ def _training_section(result: dict) -> str:
         f"(`models.training.fit`: Adam on cross-entropy, a batch of {training.DEFAULT_BATCH_SIZE}; its ratio is per "
         f"image against the floor's forward + backward per image) and one MetaFinger meta-training step "
         f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
-        f"{2 * k + 1} times; its ratio is against {2 * k + 1} floors), each the fastest of the cell's repeats. "
+        f"{_meta_step_models()} times; its ratio is against {_meta_step_models()} floors), each the fastest of the "
+        f"cell's repeats. "
         f"Projected with the defaults (random weights; seconds, not accuracy): an epoch is the owner's training "
         f"split (assumed: half of Fashion-MNIST, CIFAR-10 or ImageNet-1k's training images by input size) at the "
         f"step's rate; MetaFinger's default pools (`shadow.PoolLayout()`) train {first['pool_epochs']} model-epochs "
@@ -534,7 +542,7 @@ def _goal_lines(result: dict) -> list[str]:
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
                  f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
                  "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step, "
-                         "and a meta-training step through 7 models at once)"
+                         f"and a meta-training step through {_meta_step_models()} models at once)"
                          for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()
