@@ -1,8 +1,10 @@
 """MetaFinger (Yang et al.): eq. 2's signs, the screen, the null, and the headline in miniature on 8x8 digits, for a
 zoo model and for a user's own (factory) model."""
 
+import contextlib
 import dataclasses
 import math
+import weakref
 
 import pytest
 import torch
@@ -304,6 +306,42 @@ def test_step_gradient_in_micro_batches_is_the_whole_batch_gradient(world):
         (grad,) = torch.autograd.grad(xs, x, grad_outputs=grad_xs, retain_graph=True)
         assert total == pytest.approx(whole.item(), rel=1e-5)
         assert torch.allclose(grad, want, rtol=1e-4, atol=1e-6), batch_size
+
+
+class _Saved:
+    """A tensor saved for backward, counted while its graph lives."""
+
+    def __init__(self, tensor: torch.Tensor, live: dict) -> None:
+        self.tensor, size = tensor, tensor.numel() * tensor.element_size()
+        live["now"] += size
+        live["peak"] = max(live["peak"], live["now"])
+        weakref.finalize(self, _release, live, size)
+
+
+def _release(live: dict, size: int) -> None:
+    live["now"] -= size
+
+
+@contextlib.contextmanager
+def _saved_bytes():
+    """The peak bytes autograd holds for backward inside the block (``saved_tensors_hooks``)."""
+    live = {"now": 0, "peak": 0}
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: _Saved(t, live), lambda box: box.tensor):
+        yield live
+
+
+def test_a_meta_training_step_holds_one_models_graph_at_a_time(world):
+    """Peak memory follows one model's micro-batch, not the 2k + 1 models of a step: the bytes saved for backward
+    peak at most a little above one model's input gradient on the same micro-batch (here 1 + 2 + 2 models)."""
+    ds, source, pools, _, _ = world
+    pos, neg = list(pools.positives_train[:2]), list(pools.negatives_train[:2])
+    x = ds.train.x[:16]
+    with _saved_bytes() as one:
+        c = x.clone().requires_grad_(True)
+        torch.autograd.grad(torch.softmax(source(c), dim=1).sum(), c)
+    with _saved_bytes() as step:
+        metafinger.step_gradient(source, pos, neg, x, 0.7, 16)
+    assert 0 < one["peak"] <= step["peak"] < 1.5 * one["peak"]
 
 
 def test_a_key_made_in_micro_batches_is_the_one_batch_key(world):

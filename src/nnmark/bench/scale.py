@@ -336,7 +336,7 @@ def pool_counts() -> dict[str, int]:
 
 
 def _meta_step_models() -> int:
-    """The models one MetaFinger meta-training step runs at once: the anchor and its k positive and k negative ones."""
+    """The models one MetaFinger meta-training step runs: the anchor and its k positive and k negative ones."""
     from nnmark.marks.ownership import metafinger
 
     return 2 * metafinger.PAPER_K + 1
@@ -448,7 +448,8 @@ def _training_section(result: dict) -> str:
         f"(`models.training.fit`: Adam on cross-entropy, a batch of {training.DEFAULT_BATCH_SIZE}; its ratio is per "
         f"image against the floor's forward + backward per image) and one MetaFinger meta-training step "
         f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
-        f"{_meta_step_models()} times; its ratio is against {_meta_step_models()} floors), each the fastest of the "
+        f"{_meta_step_models()} times, one graph at a time and the anchor's forward twice; its ratio is against "
+        f"{_meta_step_models()} floors), each the fastest of the "
         f"cell's repeats. "
         f"Projected with the defaults (random weights; seconds, not accuracy): an epoch is the owner's training "
         f"split (assumed: half of Fashion-MNIST, CIFAR-10 or ImageNet-1k's training images by input size) at the "
@@ -542,7 +543,7 @@ def _goal_lines(result: dict) -> list[str]:
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
                  f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
                  "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step, "
-                         f"and a meta-training step through {_meta_step_models()} models at once)"
+                         f"and a meta-training step through {_meta_step_models()} models, one graph at a time)"
                          for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()

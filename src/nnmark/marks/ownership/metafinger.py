@@ -287,17 +287,29 @@ def _draw(pool: Sequence[nn.Module], k: int, gen: torch.Generator, skip: int | N
 
 def step_gradient(anchor: nn.Module, pos: Sequence[nn.Module], neg: Sequence[nn.Module], xs: torch.Tensor,
                   lam: float, batch_size: int) -> tuple[torch.Tensor, float]:
-    """Eq. 2 summed over the samples of ``xs`` and its gradient in ``xs``, one forward and backward pass per
-    ``batch_size`` samples: the loss is a sum of per-sample terms (the models in eval mode), so the micro-batches'
-    gradients are the whole batch's, up to the order of floating-point sums."""
+    """Eq. 2 summed over the samples of ``xs`` and its gradient in ``xs``, ``batch_size`` samples at a time: the loss
+    is a sum of per-sample terms (the models in eval mode), so the micro-batches' gradients are the whole batch's, up
+    to the order of floating-point sums.
+
+    One model's graph at a time (peak memory: one model's micro-batch, not 2k + 1 of them): the anchor's p_a is first
+    held (a forward without a graph); each positive and negative model's term, +-KL(p_a || p_i) / k, is
+    differentiated through that model alone; then the anchor's own part, eq. 2 with the others' outputs held. By the
+    chain rule the parts sum to the whole gradient, at one more forward pass of the anchor per step.
+    """
+    weights = [1.0 / len(pos)] * len(pos) + [-lam / len(neg)] * len(neg)
     grads, total = [], 0.0
     for c in xs.detach().split(batch_size):
         c.requires_grad_(True)
-        p_anchor = torch.softmax(anchor(c), dim=1)
-        p_pos = torch.stack([torch.softmax(m(c), dim=1) for m in pos])
-        p_neg = torch.stack([torch.softmax(m(c), dim=1) for m in neg])
-        loss = meta_loss(p_anchor, p_pos, p_neg, lam).sum()
-        grads.append(torch.autograd.grad(loss, c)[0])
+        with torch.no_grad():
+            held = torch.softmax(anchor(c), dim=1)
+        grad, outs = torch.zeros_like(c), []
+        for weight, m in zip(weights, [*pos, *neg]):
+            p = torch.softmax(m(c), dim=1)
+            grad += torch.autograd.grad(weight * kl_divergence(held, p).sum(), c)[0]
+            outs.append(p.detach())
+        loss = meta_loss(torch.softmax(anchor(c), dim=1), torch.stack(outs[:len(pos)]), torch.stack(outs[len(pos):]),
+                         lam).sum()
+        grads.append(grad + torch.autograd.grad(loss, c)[0])
         total += loss.item()
     return torch.cat(grads), total
 
@@ -315,9 +327,10 @@ def meta_train(
 
     P_train = [source, *positives_train] (anchors in a seeded random order each epoch), N_train =
     ``negatives_train``; Y is the majority of [source, *positives_val]; ACC_neg the mean accuracy of
-    ``negatives_val`` on (X, Y). One forward per model and one backward per anchor step for all of X, in micro-batches
-    of ``settings.batch_size`` (``step_gradient``); with ``settings.augment_inputs`` the models of a step see
-    ``augment(X)`` (one draw per step, over all of X, its gradient carried back to X) instead of X.
+    ``negatives_val`` on (X, Y). One forward and backward pass per model of an anchor step (and one more forward of the
+    anchor) for all of X, in micro-batches of ``settings.batch_size``, one model's graph at a time (``step_gradient``);
+    with ``settings.augment_inputs`` the models of a step see ``augment(X)`` (one draw per step, over all of X, its
+    gradient carried back to X) instead of X.
     """
     if x0.dim() != 4:
         raise InputError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
