@@ -66,16 +66,18 @@ def peak_memory():
 
 @pytest.fixture
 def forward_sizes():
-    """``forward_sizes(model, run)``: (training mode, batch size) of every forward pass of ``model`` (and of its deep
-    copies, which keep the hook) in ``run()``."""
+    """``forward_sizes(model, run)``: (training mode, batch size) of every forward pass of ``model`` (a module or a
+    list of them, and their deep copies, which keep the hook) in ``run()``."""
 
     def sizes(model, run):
         seen = []
-        handle = model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
+        handles = [m.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, len(inputs[0]))))
+                   for m in (model if isinstance(model, (list, tuple)) else [model])]
         try:
             run()
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return seen
 
     return sizes

@@ -268,24 +268,13 @@ def test_bad_inputs_raise_clear_errors(world):
 # --- micro-batches ---------------------------------------------------------------------------------------------
 
 
-def _forward_sizes(models_, run):
-    """The batch sizes every forward pass of ``models_`` saw while ``run()`` ran."""
-    seen = []
-    handles = [m.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0]))) for m in models_]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def test_meta_training_and_screening_forward_at_most_batch_size_samples(world):
+def test_meta_training_and_screening_forward_at_most_batch_size_samples(world, forward_sizes):
     ds, source, pools, _, _ = world
     settings = Settings(n=metafinger.MIN_KEPT, candidates=80, epochs=10, batch_size=6)
     every = [source, *pools.positives_train, *pools.negatives_train, *pools.positives_val, *pools.negatives_val]
     made = []
-    sizes = _forward_sizes(every, lambda: made.append(metafinger.create(source, pools, ds.train.x, settings)))
+    sizes = [size for _, size in forward_sizes(every, lambda: made.append(metafinger.create(source, pools, ds.train.x,
+                                                                                             settings)))]
     assert max(sizes) == 6 and 2 in sizes  # 80 candidates: 13 passes of 6 and one of 2 per model and step
     assert made[0].config["batch_size"] == 6
     with pytest.raises(ArgumentError, match="batch_size"):
