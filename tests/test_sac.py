@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from click.testing import CliRunner
 
 from nnmark import data, keys, models
@@ -512,6 +513,24 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     for model, passed in ((world["distilled"], True), (world["independent"][1], False)):
         result = audit.audit_key(TorchOracle(model, (1, 8, 8)), loaded[0], audit.Settings())
         assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
+
+
+def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_path):
+    """--train-micro-batch: the pools (cached apart) and the scratch models train at most that many images per pass."""
+    seen = []
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
+    out = tmp_path / "chunked.key"
+    try:
+        r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+                 "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
+                 "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--train-micro-batch", 4, "--out",
+                 out, "--json")
+    finally:
+        handle.remove()
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 5 and seen and max(seen) == 4
+    assert keys.load(out, secret=SECRET.encode()).config["train_micro_batch"] == 4
 
 
 def test_mark_a_rare_errors_agreement_key_through_the_cli(world, tmp_path):

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import foreign_models
 from nnmark import data, models
@@ -59,6 +60,10 @@ def test_spec_json_round_trip_and_cache_name():
               ShadowSpec("lenet5", "digits", 3, 3, 5, epochs=4)]
     assert len({spec.cache_name(), *(o.cache_name() for o in others)}) == 4
     assert spec.base() == ShadowSpec("lenet5", "digits", 3, epochs=4) and not spec.base().augmented
+    chunked = dataclasses.replace(spec, micro_batch=8)  # written only when set: earlier specs keep their names
+    assert "micro_batch" not in json.loads(spec.to_json()) and json.loads(chunked.to_json())["micro_batch"] == 8
+    assert ShadowSpec.from_json(chunked.to_json()) == chunked and chunked.cache_name() != spec.cache_name()
+    assert chunked.base().micro_batch == 8  # its base trains in the same chunks
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -71,6 +76,9 @@ def test_spec_json_round_trip_and_cache_name():
     ({"seed": 1.5}, ValueError),
     ({"base_digest": "0" * 64}, ValueError),
     ({"augment_alpha": 2.0, "augment_seed": 1, "base_digest": "xyz"}, ValueError),
+    ({"micro_batch": 0}, ValueError),
+    ({"micro_batch": 2.5}, ValueError),
+    ({"micro_batch": True}, ValueError),
 ])
 def test_spec_rejects_bad_fields(kwargs, error):
     fields = {"arch": "lenet5", "data": "digits", "seed": 0, **kwargs}
@@ -107,6 +115,20 @@ def test_augmentation_is_eq1_noise_then_finetune_that_recovers_accuracy(base_mod
         train_shadow(spec)  # a given base is needed
     with pytest.raises(ModelError):
         train_shadow(spec, train_shadow(ShadowSpec("lenet5", "digits", seed=2, epochs=1)))  # wrong base
+
+
+def test_a_spec_with_a_micro_batch_trains_in_chunks_of_it(digits):
+    """Every training forward pass (a from-scratch base, then its eq. 1 fine-tune) sees at most micro_batch images."""
+    seen = []
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inputs: seen.append((m.training, len(inputs[0]))) if isinstance(m, nn.Conv2d) else None)
+    try:
+        train_shadow(ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=1, epochs=1,
+                                finetune_epochs=1, micro_batch=5), dataset=digits)
+    finally:
+        handle.remove()
+    trained = [size for training, size in seen if training]
+    assert trained and max(trained) == 5
 
 
 def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_path):
@@ -197,6 +219,9 @@ def test_pool_specs_lay_out_metafinger_meta_data():
     everything = [s for group in specs.values() for s in group]
     assert len({s.cache_name() for s in everything}) == len(everything)  # no two specs alike
     assert 5 not in {s.seed for s in everything if s.base_digest is None}  # no negative repeats the source
+    assert {s.micro_batch for s in everything} == {None}
+    chunked = pool_specs("lenet5", "digits", "a" * 64, PoolLayout(micro_batch=4).thief_aware(), seed=5)
+    assert {s.micro_batch for group in chunked.values() for s in group} == {4}
     with pytest.raises(ValueError):
         PoolLayout(negatives=0)
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from nnmark import models
 from nnmark.errors import ArgumentError
-from nnmark.models.training import batches_per_epoch, fit, index_batches
+from nnmark.models.training import batches_per_epoch, fit, index_batches, micro_batches
 
 
 def net() -> nn.Module:
@@ -76,3 +76,41 @@ def test_fit_refuses_bad_arguments(xy):
     assert fit(net(), x, y, lr=0.0, epochs=1, optimizer="sgd") == 1  # 33 = 32 + a lone last sample
     with pytest.raises(ArgumentError):
         fit(net(), x, y[:5], lr=1e-2, epochs=1)
+
+
+def _plain() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+
+
+def test_a_step_in_micro_batches_is_the_whole_batch_step_without_batch_statistics(xy, forward_sizes):
+    x, y = xy
+    whole, chunked = _plain(), _plain()
+    fit(whole, x, y, lr=0.05, epochs=2, batch_size=16, optimizer="sgd", momentum=0.9, seed=1)
+    with micro_batches(5):
+        sizes = forward_sizes(chunked, lambda: fit(chunked, x, y, lr=0.05, epochs=2, batch_size=16, optimizer="sgd",
+                                                   momentum=0.9, seed=1))
+    assert max(size for _, size in sizes) == 5 and {1, 2} & {size for _, size in sizes}  # 16 = 5+5+5+1, 17 = ...+2
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not any(torch.equal(a, b) for a, b in zip(_plain().parameters(), chunked.parameters()))  # it trained
+    with micro_batches(17):  # chunks as large as the largest batch (16 and 17): the very same steps
+        same = _plain()
+        fit(same, x, y, lr=0.05, epochs=2, batch_size=16, optimizer="sgd", momentum=0.9, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), same.parameters()))
+
+
+def test_micro_batches_end_with_their_block_and_refuse_bad_sizes(xy, forward_sizes):
+    x, y = xy
+    with micro_batches(4):
+        pass
+    model = net()
+    assert max(size for _, size in forward_sizes(model, lambda: fit(model, x, y, lr=0.01, steps=1,
+                                                                    batch_size=16))) == 16
+    with micro_batches(4):  # BatchNorm: chunks of their own statistics; the model still trains
+        assert max(size for _, size in forward_sizes(model, lambda: fit(model, x, y, lr=0.01, steps=1,
+                                                                        batch_size=16))) == 4
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ArgumentError, match="micro-batch"):
+            with micro_batches(bad):
+                pass

@@ -20,9 +20,10 @@ of ``batch`` through a ``TorchOracle``, after one warm-up pass, ``repeats`` time
 - peak memory: the process's RSS high-water mark (torch, the model and the work).
 
 SAC and MetaFinger train models for a key. Their table measures, on the same model and batch, one training step
-(``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) and one MetaFinger meta-training step
-(``metafinger.step_gradient``: the anchor and k positive and k negative models, here copies of the one model), each
-the minimum over the repeats, and projects a key with the defaults: the shadow pools (``shadow.pool_specs``'
+(``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) against the model's own training floor,
+the same step in micro-batches of the table's micro-batch (``models.training.micro_batches``, ``--train-micro-batch``)
+and its peak memory, and one MetaFinger meta-training step (``metafinger.step_gradient``: the anchor and k positive and
+k negative models, here copies of the one model), each the minimum over the repeats, and projects a key with the defaults: the shadow pools (``shadow.pool_specs``'
 model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch models of ``sac.SCRATCH_EPOCHS`` epochs and its forward
 passes, MetaFinger's meta-training (``metafinger.PAPER_EPOCHS`` epochs of one step per anchor over 2n candidates),
 over an owner's training split of the size stated per model. A second table shows peak memory against n and the
@@ -216,12 +217,13 @@ def _loop_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
 
 
 def _training_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
-    """What SAC's and MetaFinger's keys repeat: per repeat, a floor pass, the model's own training floor (a forward in
-    training mode and a backward of cross-entropy into the weights, on a batch of ``fit``'s default size drawn from
-    the n images, no optimizer), two training steps (the second timed: ``models.training.fit``'s Adam on
-    cross-entropy, a batch of that size) and one MetaFinger meta-training step over the n images
-    (``metafinger.step_gradient``, the model as anchor and as its k positive and k negative models); the fastest of
-    each."""
+    """What SAC's and MetaFinger's keys repeat, the fastest of each over the repeats. First, per repeat: a floor pass,
+    two training steps in micro-batches of ``task["batch"]`` (``models.training.micro_batches``; the second timed:
+    ``models.training.fit``'s Adam on cross-entropy, a batch of its default size drawn from the n images) and one
+    MetaFinger meta-training step over the n images (``metafinger.step_gradient``, the model as anchor and as its k
+    positive and k negative models); the peak memory so far. Then, per repeat: the model's own training floor (a
+    forward in training mode and a backward of cross-entropy into the weights, on a batch of ``fit``'s size, no
+    optimizer) and two whole-batch training steps (the peak is the cell's)."""
     import torch
 
     from nnmark.marks.ownership import metafinger
@@ -237,19 +239,26 @@ def _training_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
         model.zero_grad(set_to_none=True)
         model.eval()
 
-    k, stamps = metafinger.PAPER_K, []
-    floors, train_floors, steps, metas = [], [], [], []
-    for _ in range(task["repeats"]):
-        floors.append(_seconds(floor, device))
-        train_floors.append(_seconds(train_floor, device))
-        stamps.clear()
+    def step() -> float:
+        stamps = []
         training.fit(model, x, y, lr=training.DEFAULT_LR, steps=2, after_step=lambda: stamps.append(_now(device)))
         model.eval()
-        steps.append(stamps[1] - stamps[0])
+        return stamps[1] - stamps[0]
+
+    k = metafinger.PAPER_K
+    floors, chunked, metas, train_floors, steps = [], [], [], [], []
+    for _ in range(task["repeats"]):
+        floors.append(_seconds(floor, device))
+        with training.micro_batches(task["batch"]):
+            chunked.append(step())
         metas.append(_seconds(lambda: metafinger.step_gradient(model, [model] * k, [model] * k, x,
                                                                metafinger.PAPER_LAMBDA, task["batch"]), device))
+    chunked_peak = _peak_mib(device)
+    for _ in range(task["repeats"]):
+        train_floors.append(_seconds(train_floor, device))
+        steps.append(step())
     return {"floor_s": min(floors), "train_floor_s": min(train_floors), "train_step_s": min(steps),
-            "meta_step_s": min(metas)}
+            "chunked_step_s": min(chunked), "chunked_peak_mib": chunked_peak, "meta_step_s": min(metas)}
 
 
 def measure_cell(task: dict) -> dict:
@@ -374,8 +383,8 @@ def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
     forwards = 1 + counts["families"] + sac.DEFAULT_SCRATCH_NEGATIVES
     return {"model": model, "n": n, "train_step_s": cell["train_step_s"], "train_per_image_s": per_image,
             "train_ratio": cell["train_step_s"] / cell["train_floor_s"], "owner_images": OWNER_IMAGES[model],
-            "epoch_s": epoch_s,
-            "pool_epochs": counts["epochs"], "pools_s": pools_s, "sac_scratch_epochs": scratch,
+            "epoch_s": epoch_s, "chunked_ratio": cell["chunked_step_s"] / cell["train_step_s"],
+            "chunked_peak_mib": cell["chunked_peak_mib"], "pool_epochs": counts["epochs"], "pools_s": pools_s, "sac_scratch_epochs": scratch,
             "sac_key_s": pools_s + scratch * epoch_s + forwards * verify_100, "meta_step_s": cell["meta_step_s"],
             "meta_ratio": cell["meta_step_s"] / (_meta_step_models() * cell["floor_s"]),
             "meta_train_s": meta_s, "metafinger_key_s": pools_s + meta_s, "verify_100_s": verify_100,
@@ -454,7 +463,8 @@ def _training_section(result: dict) -> str:
     rows = [[t["model"], f"{t['train_per_image_s'] * 1000:.3g}", f"{t['train_ratio']:.2f}", f"{t['owner_images']:,}",
              _fmt_s(t["epoch_s"]), _fmt_s(t["pools_s"]), _fmt_s(t["sac_key_s"]),
              f"{t['meta_ratio']:.2f}", _fmt_s(t["meta_train_s"]), _fmt_s(t["metafinger_key_s"]), f"{t['peak_mib']:.0f}",
-             f"{t['verify_100_s']:.3g}"] for t in trained]
+             f"{t['chunked_ratio']:.2f}", f"{t['chunked_peak_mib']:.0f}", f"{t['verify_100_s']:.3g}"]
+            for t in trained]
     return section(
         "SAC and MetaFinger: the models a key trains",
         f"Per model, on the same n images and micro-batch as above, in a cell of its own: one training step "
@@ -463,8 +473,10 @@ def _training_section(result: dict) -> str:
         f"the weights, no optimizer) and one MetaFinger meta-training step "
         f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
         f"{_meta_step_models()} times, one graph at a time and the anchor's forward twice; its ratio is against "
-        f"{_meta_step_models()} floors), each the fastest of the "
-        f"cell's repeats. "
+        f"{_meta_step_models()} floors), each the fastest of the cell's repeats; then the training step in "
+        f"micro-batches of {result['params']['batch']} (`--train-micro-batch {result['params']['batch']}`: the "
+        f"same step, its gradients summed over the chunks; its time against the whole step's, and the cell's peak "
+        f"memory before any whole-batch step). "
         f"Projected with the defaults (random weights; seconds, not accuracy): an epoch is the owner's training "
         f"split (assumed: half of Fashion-MNIST, CIFAR-10 or ImageNet-1k's training images by input size) at the "
         f"step's rate; MetaFinger's default pools (`shadow.PoolLayout()`) train {first['pool_epochs']} model-epochs "
@@ -476,8 +488,9 @@ def _training_section(result: dict) -> str:
         f"({metafinger.PAPER_EPOCHS} epochs of one step per anchor over {metafinger.Settings().starts} candidates, "
         f"and the validation models' labels). Training runs on CPU here; `--device` trains the pools on a card.",
         table(["model", "train ms / image", "train ratio to floor", "owner images", "s / epoch", "pools",
-               "SAC key", "meta-step ratio", "meta-training", "MetaFinger key", "peak MiB", "verify 100 s"],
-              rows, "lrrrrrrrrrrr"))
+               "SAC key", "meta-step ratio", "meta-training", "MetaFinger key", "peak MiB",
+               "micro-batched step / whole", f"peak MiB, training micro-batch {result['params']['batch']}",
+               "verify 100 s"], rows, "lrrrrrrrrrrrrr"))
 
 
 def _clock(result: dict) -> str:
@@ -559,11 +572,15 @@ def _goal_lines(result: dict) -> list[str]:
                      f"{meta['meta_ratio']:.2f}x its {_meta_step_models()} floors ({meta['model']}).")
     if "resnet50_peak_gib" not in goals:
         return [*lines, "- ResNet-50 was not in this run.", *_full_key_lines(result)]
+    from nnmark.models import training
+
     where = f"the CPU default; goal at most {GOAL_PEAK_GIB:g} GiB" if device == "cpu" else "on the card"
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
                  f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
-                 "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step, "
-                         f"and a meta-training step through {_meta_step_models()} models, one graph at a time)"
+                 "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step "
+                         f"at the batch of {training.DEFAULT_BATCH_SIZE}, and a meta-training step through {_meta_step_models()} "
+                         f"models, one graph at a time), {t['chunked_peak_mib'] / 1024:.2f} GiB with the training "
+                         f"step in micro-batches of {result['params']['batch']} (`--train-micro-batch`)"
                          for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()

@@ -35,6 +35,7 @@ from nnmark.errors import ArgumentError
 from nnmark.marks import METHODS, MethodSpec, canary
 from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.selfcheck import self_check
+from nnmark.models.training import micro_batches
 from nnmark.oracles import Oracle, TorchOracle
 from nnmark.oracles.local import DEFAULT_BATCH_SIZE
 
@@ -228,6 +229,11 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                           "extracted copy of the source as positive train models; 5 more shadow models, see "
                           "docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
+        click.option("--train-micro-batch", type=click.IntRange(1),
+                     help="Train the shadow models (and SAC's scratch models) N images per forward and backward "
+                          "pass, their gradients summed into each step: peak memory follows N, not the training "
+                          "batch. BatchNorm models train to slightly different weights, cached apart (default: whole "
+                          "batches)."),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),
         click.option("--cache-dir", type=click.Path(file_okay=False),
@@ -249,9 +255,10 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     --device too)."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
+    micro = given["train_micro_batch"]
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
-                               finetune_epochs=given["finetune_epochs"])
+                               finetune_epochs=given["finetune_epochs"], micro_batch=micro)
     thief = given["pool"] == "thief"
     specs = shadow.pool_specs_for(loaded, ds.name, layout.thief_aware() if thief else layout)
     start = time.perf_counter()
@@ -261,11 +268,14 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                              ray_timeout=given["ray_timeout"], progress=given["progress"], device=given["device"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
-    yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test, loaded,
-                    {"seed": given["seed"], "dataset": ds, "device": given["device"],
-                     "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],
-                              **({"pool": "thief"} if thief else {})}},
-                    {"shadow_models_trained": len(pool.trained), "shadow_seconds": time.perf_counter() - start})
+    with micro_batches(micro):  # SAC's scratch and distilled models train while the key is made
+        yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
+                        loaded, {"seed": given["seed"], "dataset": ds, "device": given["device"],
+                                 "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],
+                                          **({"pool": "thief"} if thief else {}),
+                                          **({"train_micro_batch": micro} if micro else {})}},
+                        {"shadow_models_trained": len(pool.trained),
+                         "shadow_seconds": time.perf_counter() - start})
 
 
 KINDS: dict[str, _Kind] = {

@@ -5,7 +5,9 @@
 learning-rate schedule (constant or cosine decay), which parameters train and how BatchNorm runs.
 Hooks replace the plain cross-entropy (``loss``: soft targets, masked weights, a weighted mix),
 act after each optimizer step (``after_step``) or end training early (``stop``); ``train_batches``
-is the inner loop alone, for callers that keep their own optimizer across passes.
+is the inner loop alone, for callers that keep their own optimizer across passes. Inside
+``micro_batches(size)`` every step runs its batch in chunks of at most ``size`` samples (peak memory
+follows ``size``, not the training batch).
 
 A split is anything with ``.x`` (float32 (N, C, H, W) in [0, 1]) and ``.y`` (int64 (N,)),
 as numpy arrays or torch tensors.
@@ -18,9 +20,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -41,6 +45,7 @@ Schedule = Literal["constant", "cosine"]
 Mode = Literal["train", "freeze_bn", "eval"]
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """(model, x batch, target batch) -> scalar loss; the target is any per-sample tensor (labels, soft labels)."""
+_MICRO_BATCH: ContextVar[int | None] = ContextVar("nnmark_training_micro_batch", default=None)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,6 +105,24 @@ def set_mode(model: nn.Module, mode: Mode) -> None:
             m.eval()
 
 
+@contextlib.contextmanager
+def micro_batches(size: int | None) -> Iterator[None]:
+    """Within the block, each training step (``train_batches``, so ``fit``, ``train`` and the attacks and shadow models
+    built on them) runs its batch in chunks of at most ``size`` samples and sums their gradients, each chunk's loss
+    weighted by its share of the batch, before the one optimizer step: peak memory follows ``size``, not the training
+    batch. Exact (up to the order of floating-point sums) for a loss that is a mean of per-sample terms on a model
+    without batch statistics; BatchNorm normalises each chunk by its own statistics and updates its running statistics
+    once per chunk (ghost batch normalisation), so such a model trains to slightly different weights. None: whole
+    batches (the default)."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ArgumentError(f"a training micro-batch must be an integer >= 1, got {size!r}")
+    token = _MICRO_BATCH.set(size)
+    try:
+        yield
+    finally:
+        _MICRO_BATCH.reset(token)
+
+
 def train_batches(
     model: nn.Module,
     x: torch.Tensor,
@@ -112,25 +135,32 @@ def train_batches(
     after_step: Callable[[], None] | None = None,
     stop: Callable[[int], bool] | None = None,
 ) -> tuple[int, float]:
-    """The training loop: one optimizer step on ``loss(model, x[idx], y[idx])`` per index batch.
+    """The training loop: one optimizer step on ``loss(model, x[idx], y[idx])`` per index batch (in the chunks of
+    ``micro_batches`` when inside one).
 
     Before step s, ``stop(s)`` True ends the loop; after each step the ``scheduler`` steps and ``after_step``
     runs. The model's mode is the caller's. Returns (steps taken, mean loss per sample seen).
     """
     total, seen, steps = 0.0, 0, 0
+    size = _MICRO_BATCH.get()
     for idx in batches:
         if stop is not None and stop(steps):
             break
         idx = idx.to(x.device)
-        value = loss(model, x[idx], y[idx])
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        value = 0.0
+        for chunk in (idx,) if size is None else idx.split(size):
+            part = loss(model, x[chunk], y[chunk])
+            if len(chunk) < len(idx):
+                part = part * (len(chunk) / len(idx))
+            part.backward()
+            value += part.item()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:
             after_step()
-        total += value.item() * len(idx)
+        total += value * len(idx)
         seen += len(idx)
         steps += 1
     return steps, total / max(seen, 1)

@@ -89,6 +89,7 @@ from nnmark.attacks.noise import noise_finetune
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.models.card import ModelCard, pixel_model, unwrap
 from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
+from nnmark.models.training import micro_batches
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -203,6 +204,9 @@ class ShadowSpec:
         variant: None, or the thief's attack (a ``VARIANTS`` name, ``check_variant``) run on the base instead of
             eq. 1; its epochs are ``epochs`` for a student (distill, extract), else ``finetune_epochs``. Written into
             the JSON only when set; a student of another architecture only without a card.
+        micro_batch: None (whole training batches), or the most images of a training step's forward and backward
+            pass (``models.training.micro_batches``: gradients summed over the chunks, peak memory bounded by it; a
+            model with BatchNorm trains to slightly different weights). Written into the JSON only when set.
     """
 
     arch: str
@@ -215,6 +219,7 @@ class ShadowSpec:
     base_digest: str | None = None
     card: ModelCard | None = None
     variant: str | None = None
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.card is not None and not isinstance(self.card, ModelCard):
@@ -234,6 +239,9 @@ class ShadowSpec:
                 raise ArgumentError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1 or self.finetune_epochs < 0:
             raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
+                                             or self.micro_batch < 1):
+            raise ArgumentError(f"micro_batch must be None or an integer >= 1, got {self.micro_batch!r}")
         if self.variant is not None:
             check_variant(self.variant)
             if self.augment_alpha is not None:
@@ -285,10 +293,10 @@ class ShadowSpec:
         return dataclasses.replace(self, augment_alpha=None, augment_seed=None, base_digest=None, variant=None)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, compact); ``card`` as ``ModelCard.to_dict()``; ``card`` and ``variant`` left
-        out when None (so the specs of earlier releases keep their cache names)."""
+        """Canonical JSON (sorted keys, compact); ``card`` as ``ModelCard.to_dict()``; ``card``, ``variant`` and
+        ``micro_batch`` left out when None (so the specs of earlier releases keep their cache names)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("card", "variant"):
+        for name in ("card", "variant", "micro_batch"):
             if fields[name] is None:
                 del fields[name]
         if self.card is not None:
@@ -323,6 +331,7 @@ class PoolLayout:
             per train family, and one of each per name on a from-scratch teacher of its own for validation.
         variant_copies: copies of each positive variant; a third of them, rounded, validate (as with ``af``), so
             1 makes the variants train only: meta-training pulls X toward them, the screen does not demand them.
+        micro_batch: every shadow model's ``ShadowSpec.micro_batch`` (None: whole training batches).
     """
 
     negatives: int = DEFAULT_NEGATIVES
@@ -334,6 +343,7 @@ class PoolLayout:
     positive_variants: tuple[str, ...] = ()
     negative_variants: tuple[str, ...] = ()
     variant_copies: int = DEFAULT_VARIANT_COPIES
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.negatives < 1 or self.val_negatives < 1 or self.af < 0 or self.variant_copies < 1:
@@ -406,7 +416,8 @@ def pool_specs(
     The layout's variants (``_variant_specs``) come after these in each pool.
     """
     af, alpha = layout.af, layout.alpha
-    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs, "card": card}
+    common = {"epochs": layout.epochs, "finetune_epochs": layout.finetune_epochs, "card": card,
+              "micro_batch": layout.micro_batch}
     positives = [ShadowSpec(arch, data, seed, alpha, i, base_digest=source_digest, **common) for i in range(af)]
     n_pos_val = round(af / 3)
     families = [seed + j for j in range(1, layout.negatives + 1)]
@@ -525,6 +536,8 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
         dataset: ``load_data(spec)`` already done (None: done here).
         device: where a from-scratch model (the spec's, or the base it augments when none is given) trains; a given
             base trains where it is.
+
+    Every training step runs in the spec's ``micro_batch`` (``models.training.micro_batches``).
     """
     if dataset is None:
         dataset = load_data(spec)
@@ -533,9 +546,15 @@ def train_shadow(spec: ShadowSpec, base: nn.Module | None = None, *, dataset: da
     elif spec.card is not None and dataset.shape != spec.card.input_shape:
         raise ArgumentError(f"the spec's model takes {spec.card.input_shape} inputs, but the data given are "
                             f"{dataset.shape}; load them with load_data(spec)")
+    if not spec.augmented and base is not None:
+        raise ArgumentError("a from-scratch spec takes no base model")
+    with micro_batches(spec.micro_batch):
+        return _derive(spec, base, dataset, device)
+
+
+def _derive(spec: ShadowSpec, base: nn.Module | None, dataset: data.Dataset, device: str) -> nn.Module:
+    """``train_shadow``'s model, its arguments checked: trained from scratch, or derived from ``base``."""
     if not spec.augmented:
-        if base is not None:
-            raise ArgumentError("a from-scratch spec takes no base model")
         return _train_scratch(spec, dataset, device)
     if spec.base_digest is not None:
         if base is None:
