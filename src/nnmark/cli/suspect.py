@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -154,11 +155,6 @@ class SuspectOptions:
             yield oracle, described(suspect, self.env, self.device), loaded.digest if loaded is not None else None
 
 
-SUSPECT_PARAMS = ("model_path", "weights", "input_shape", "normalize", "env_name", "device", "endpoint", "model_name",
-                  "token_file", "budget")
-"""The parameters of the suspect options besides the endpoint-shape ones (``ENDPOINT_OPTIONS``)."""
-
-
 def _given(ctx: click.Context, names: set[str]) -> tuple[str, ...]:
     """The flags of the parameters in ``names`` given on the command line or from the environment, in the command's
     order."""
@@ -193,10 +189,13 @@ def _with_suspect(f, names: list[str], fleet: bool, optional: bool = False):
     if not optional:
         return command
 
+    own = {p.name for p in inspect.signature(command, follow_wrapped=False).parameters.values()
+           if p.kind is p.KEYWORD_ONLY}  # the suspect options besides the endpoint-shape ones
+
     @click.pass_context
     @functools.wraps(f)
     def optional_command(ctx: click.Context, *args, **kwargs):
-        return command(*args, suspect_given=_given(ctx, {*SUSPECT_PARAMS, *names}), **kwargs)
+        return command(*args, suspect_given=_given(ctx, own | set(names)), **kwargs)
     return optional_command
 
 
