@@ -168,6 +168,10 @@ def test_a_watermarked_victim_and_its_key_are_made_once_then_read_from_the_cache
     again = thefts.embedded(recipe, embed, "lenet5", ds, tmp_path)
     assert made == [1] and not first[2]["cached"] and again[2]["cached"]
     assert models.digest(again[0]) == models.digest(first[0]) and torch.equal(again[1].queries, first[1].queries)
+    [key_file] = tmp_path.glob("*.key")
+    key_file.unlink()  # a model whose key is lost is made again, key and all
+    third = thefts.embedded(recipe, embed, "lenet5", ds, tmp_path)
+    assert made == [1, 1] and not third[2]["cached"] and key_file.exists()
 
 
 def test_sacs_scratch_models_are_trained_once_then_read_from_the_cache_with_their_recorded_seconds(tmp_path,

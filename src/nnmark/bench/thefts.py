@@ -141,17 +141,22 @@ def trained(recipe: dict, make: Callable[[], nn.Module], arch: str, ds: data.Dat
 def embedded(recipe: dict, embed: Callable[[], tuple[nn.Module, KeyFile]], arch: str, ds: data.Dataset,
              cache: Path) -> tuple[nn.Module, KeyFile, dict]:
     """A watermarked victim and its key, made by ``embed()`` or read from ``cache`` by ``recipe`` (JSON-able: the
-    method, its settings, the seed, and what it starts from), and its record (seconds, cached)."""
+    method, its settings, the seed, and what it starts from) as ``trained`` caches a model, the key beside it, and
+    its record (seconds, cached)."""
     path = _path(cache, arch, recipe)
     key_path = path.with_suffix(".key")
-    if (record := _cached(path)) and key_path.exists():
-        return models.load(path)[0], keys.load(key_path, secret=SECRET), record
-    start = time.perf_counter()
-    model, key = embed()
-    seconds = time.perf_counter() - start
-    keys.save(key, key_path, secret=SECRET)
-    _save(model.eval(), arch, ds, recipe, seconds, path)
-    return model, key, {"seconds": seconds, "cached": False}
+    made = []
+
+    def make() -> nn.Module:
+        model, key = embed()
+        keys.save(key, key_path, secret=SECRET)
+        made.append(key)
+        return model
+
+    if not key_path.exists():
+        path.unlink(missing_ok=True)  # a model cached without its key is made again
+    model, record = trained(recipe, make, arch, ds, cache)
+    return model, made[0] if made else keys.load(key_path, secret=SECRET), record
 
 
 def select(names: list[str] | tuple[str, ...] | None) -> dict[str, Theft]:
