@@ -297,8 +297,8 @@ def test_metafinger_matches_the_source_and_a_fine_tuned_copy_but_not_an_independ
     models.save(finetune_mode(model, atk.x, atk.y, mode="FTAL", seed=1), config, ft)
     key = tmp_path / "metafinger.key"
     r = run("mark", "metafinger", "--model", m0, "--unsigned", "--n", 40, "--negatives", 2, "--val-negatives", 2,
-            "--af", 2, "--epochs", 30, "--cache-dir", tmp_path / "cache", "--executor", "serial", "--out", key, "--json",
-            "--train-micro-batch", 8)
+            "--af", 2, "--epochs", 30, "--cache-dir", tmp_path / "cache", "--executor", "serial", "--out", key,
+            "--json", "--train-micro-batch", 8)
     assert r.exit_code == 0, r.output
     assert keys.load(key, secret=None, allow_unsigned=True).config["train_micro_batch"] == 8
     records = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]

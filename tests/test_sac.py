@@ -524,8 +524,8 @@ def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_pat
     try:
         r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
                  "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
-                 "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--train-micro-batch", 4, "--out",
-                 out, "--json")
+                 "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--train-micro-batch", 4,
+                 "--out", out, "--json")
     finally:
         handle.remove()
     assert r.exit_code == 0, r.output

@@ -23,11 +23,11 @@ SAC and MetaFinger train models for a key. Their table measures, on the same mod
 (``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) against the model's own training floor,
 the same step in micro-batches of the table's micro-batch (``models.training.micro_batches``, ``--train-micro-batch``)
 and its peak memory, and one MetaFinger meta-training step (``metafinger.step_gradient``: the anchor and k positive and
-k negative models, here copies of the one model), each the minimum over the repeats, and projects a key with the defaults: the shadow pools (``shadow.pool_specs``'
-model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch models of ``sac.SCRATCH_EPOCHS`` epochs and its forward
-passes, MetaFinger's meta-training (``metafinger.PAPER_EPOCHS`` epochs of one step per anchor over 2n candidates),
-over an owner's training split of the size stated per model. A second table shows peak memory against n and the
-micro-batch: it follows the batch, not n.
+k negative models, here copies of the one model), each the minimum over the repeats, and projects a key with the
+defaults: the shadow pools (``shadow.pool_specs``' model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch
+models of ``sac.SCRATCH_EPOCHS`` epochs and its forward passes, MetaFinger's meta-training
+(``metafinger.PAPER_EPOCHS`` epochs of one step per anchor over 2n candidates), over an owner's training split of the
+size stated per model. A second table shows peak memory against n and the micro-batch: it follows the batch, not n.
 
 ``--device cuda`` writes ``scale-cuda.md`` beside the CPU table: the same rows on the card, every model at n = 100
 in one micro-batch of 100 (a GPU's batch), each cell in this process (one CUDA start, not one per cell) with the
@@ -384,7 +384,8 @@ def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
     return {"model": model, "n": n, "train_step_s": cell["train_step_s"], "train_per_image_s": per_image,
             "train_ratio": cell["train_step_s"] / cell["train_floor_s"], "owner_images": OWNER_IMAGES[model],
             "epoch_s": epoch_s, "chunked_ratio": cell["chunked_step_s"] / cell["train_step_s"],
-            "chunked_peak_mib": cell["chunked_peak_mib"], "pool_epochs": counts["epochs"], "pools_s": pools_s, "sac_scratch_epochs": scratch,
+            "chunked_peak_mib": cell["chunked_peak_mib"], "pool_epochs": counts["epochs"], "pools_s": pools_s,
+            "sac_scratch_epochs": scratch,
             "sac_key_s": pools_s + scratch * epoch_s + forwards * verify_100, "meta_step_s": cell["meta_step_s"],
             "meta_ratio": cell["meta_step_s"] / (_meta_step_models() * cell["floor_s"]),
             "meta_train_s": meta_s, "metafinger_key_s": pools_s + meta_s, "verify_100_s": verify_100,
@@ -468,9 +469,9 @@ def _training_section(result: dict) -> str:
     return section(
         "SAC and MetaFinger: the models a key trains",
         f"Per model, on the same n images and micro-batch as above, in a cell of its own: one training step "
-        f"(`models.training.fit`: Adam on cross-entropy, a batch of {training.DEFAULT_BATCH_SIZE}; its ratio is against "
-        f"the model's own training floor on that batch: a forward in training mode and a backward of the loss into "
-        f"the weights, no optimizer) and one MetaFinger meta-training step "
+        f"(`models.training.fit`: Adam on cross-entropy, a batch of {training.DEFAULT_BATCH_SIZE}; its ratio is "
+        f"against the model's own training floor on that batch: a forward in training mode and a backward of the loss "
+        f"into the weights, no optimizer) and one MetaFinger meta-training step "
         f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
         f"{_meta_step_models()} times, one graph at a time and the anchor's forward twice; its ratio is against "
         f"{_meta_step_models()} floors), each the fastest of the cell's repeats; then the training step in "
@@ -578,9 +579,10 @@ def _goal_lines(result: dict) -> list[str]:
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
                  f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
                  "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step "
-                         f"at the batch of {training.DEFAULT_BATCH_SIZE}, and a meta-training step through {_meta_step_models()} "
-                         f"models, one graph at a time), {t['chunked_peak_mib'] / 1024:.2f} GiB with the training "
-                         f"step in micro-batches of {result['params']['batch']} (`--train-micro-batch`)"
+                         f"at the batch of {training.DEFAULT_BATCH_SIZE}, and a meta-training step through "
+                         f"{_meta_step_models()} models, one graph at a time), {t['chunked_peak_mib'] / 1024:.2f} GiB "
+                         f"with the training step in micro-batches of {result['params']['batch']} "
+                         "(`--train-micro-batch`)"
                          for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()
