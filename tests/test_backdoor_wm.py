@@ -160,6 +160,16 @@ def test_adi_watermark_fine_tuned_into_a_pretrained_model_is_found_and_random_la
     assert v.passed and v.statistic >= 0.6 and v.details["p_value"] < 1e-10  # 60 of 90 at p0 0.16
     assert not bw.verify(_black_box(lenet, mnist.shape), key).passed
     assert models.accuracy(model, mnist.test) >= models.accuracy(lenet, mnist.test) - 0.03
+    assert key.config["trigger_repeat"] == 3  # 90 triggers x 3 among 4,000 images: about 2 per batch of 32
+
+
+def test_adis_triggers_come_about_twice_a_batch_whatever_the_training_set():
+    assert bw.adi_repeat(4000, 90, 32) == 3  # mnist5k
+    assert bw.adi_repeat(30000, 90, 32) == 21  # half of Fashion-MNIST: 1,890 of 31,890 images, 1.9 a batch
+    assert bw.adi_repeat(30000, 90, 64) == 10 and bw.adi_repeat(100, 90, 32) == 1
+    for n, k, b in ((4000, 90, 32), (30000, 90, 32), (60000, 100, 128)):
+        per_batch = k * bw.adi_repeat(n, k, b) * b / (n + k * bw.adi_repeat(n, k, b))
+        assert 1.5 <= per_batch <= 2.5
 
 
 def test_embedding_is_deterministic_by_seed_and_leaves_the_input_model_untouched():

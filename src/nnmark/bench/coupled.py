@@ -245,8 +245,8 @@ def _intro(result: dict) -> str:
         "running statistics with the full W over its training data at the end, so inference (the full W) sees "
         "statistics of the network it runs. LeNet-5 has no BatchNorm.",
         f"Trigger weight: each of the K_wm distinct triggers (under 1% of the training data) appears "
-        f"{coupled.WM_REPEAT} times per epoch, for the coupled marks and Zhang's alike (Adi: "
-        f"{backdoor_wm.ADI_REPEAT} times).",
+        f"{coupled.WM_REPEAT} times per epoch, for the coupled marks and Zhang's alike (Adi: as often as puts "
+        f"{backdoor_wm.ADI_PER_BATCH} in a batch on average, `backdoor_wm.adi_repeat`).",
         "The null p0 is what the verifier tests against: max(chance, the suspect's rate of answering t on clean "
         "images, on plain images of the source classes); for Adi's random labels max(chance, the largest label "
         "share). A model broken into answering t everywhere has p0 near 100% and is not counted.",

@@ -67,7 +67,7 @@ import io
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -162,13 +162,14 @@ class KeySpec:
     victim; the key), ``verify(oracle, key)`` judges a suspect, ``lower_is_closer`` when a lower statistic is more
     suspicious (SAC's distance), ``shadows`` the pool layout ("paper", "thief") it is made from, if any (their
     training is its cost), ``scratch`` whether it calibrates on ``Owner.scratch`` (their training is in its creation
-    seconds)."""
+    seconds), ``recipe`` what else decides a watermarked victim's weights (added to its cache recipe)."""
 
     make: Callable[[Owner], tuple[nn.Module | None, KeyFile]]
     verify: Callable[[Oracle, KeyFile], Verdict]
     lower_is_closer: bool = False
     shadows: str | None = None
     scratch: bool = False
+    recipe: dict = field(default_factory=dict)
 
 
 # --- data and models ----------------------------------------------------------------------------------------
@@ -276,7 +277,8 @@ KEYS = {
     "coupled direct": KeySpec(_coupled("direct"), coupled.verify),
     "coupled invisible": KeySpec(_coupled("invisible"), coupled.verify),
     "Zhang": KeySpec(_backdoor("content"), backdoor_wm.verify),
-    "Adi": KeySpec(_backdoor("abstract"), backdoor_wm.verify),
+    "Adi": KeySpec(_backdoor("abstract"), backdoor_wm.verify,
+                   recipe={"triggers_per_batch": backdoor_wm.ADI_PER_BATCH}),
     "frontier": KeySpec(lambda o: frontier.embed(o.victim, o.data, seed=o.seed), frontier.verify),
 }
 """Key name -> how it is made and judged. Watermarks (``WATERMARKS``) make their own marked victim."""
@@ -311,7 +313,7 @@ def make_keys(o: Owner, names: list[str], cache: Path) -> tuple[dict[str, KeyFil
             start = time.perf_counter()
             if name in WATERMARKS:
                 recipe = {"watermark": name, "base": models.digest(o.victim), "data": o.data.name, "seed": o.seed,
-                          "epochs": o.p["epochs"][o.arch]}
+                          "epochs": o.p["epochs"][o.arch], **KEYS[name].recipe}
                 marked[name], keys[name], record = thefts.embedded(recipe, lambda: KEYS[name].make(o), o.arch,
                                                                    o.data, cache)
                 seconds = record["seconds"]
