@@ -5,6 +5,7 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
+from torch import nn
 
 from nnmark import models
 from nnmark.attacks import ATTACKS
@@ -36,8 +37,9 @@ def test_every_attack_is_a_command_whose_options_are_the_attacks(name):
     source_options = {"weights", "input_shape", "normalize"}  # the model source's, shared by every --model
     own = {o.name for o in spec.options}
     suspect = {"env_name", "endpoint", "model_name", "token_file", "budget", *ENDPOINT_OPTIONS} - own
+    trains = {"micro_batch"} if "lr" in own else set()  # an attack that trains takes --micro-batch
     assert set(params) == {"model_path", "out", "as_json", "device", *source_options,
-                           *(suspect if spec.oracle else ()), *data_names, *own}
+                           *(suspect if spec.oracle else ()), *data_names, *own, *trains}
     assert "Example:" in CliRunner().invoke(main, ["attack", name, "--help"]).output
 
 
@@ -52,6 +54,26 @@ def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
     assert models.digest(student) != models.digest(teacher) and config.accuracy > 0.8
     r = CliRunner().invoke(main, ["attack", "distill", "--model", str(lenet_file), "--out", str(out), "--alpha", "2"])
     assert r.exit_code == 2 and r.stderr.startswith("error: need temperature > 0 and alpha in [0, 1]")
+
+
+def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_path):
+    def sizes(*extra):
+        seen = []
+        handle = nn.modules.module.register_module_forward_pre_hook(
+            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
+        try:
+            r = CliRunner().invoke(main, ["attack", "finetune", "--model", str(lenet_file), "--out",
+                                          str(tmp_path / "ft.safetensors"), "--steps", "3", "--batch-size", "16",
+                                          *extra])
+        finally:
+            handle.remove()
+        assert r.exit_code == 0, r.output
+        return seen
+
+    assert max(sizes()) == 16 and max(sizes("--micro-batch", "5")) == 5
+    r = CliRunner().invoke(main, ["attack", "finetune", "--model", str(lenet_file), "--out",
+                                  str(tmp_path / "ft.safetensors"), "--micro-batch", "0"])
+    assert r.exit_code == 2 and "--micro-batch" in r.output
 
 
 @pytest.mark.parametrize("name", ["distill", "extract"])

@@ -8,7 +8,8 @@ the parameter's docstring line as help). What every attack shares is written onc
 ``--to`` for another domain, the overwriting attack's own watermark set). An attack registered with an ``oracle``
 form (extraction: it needs nothing but answers) takes the suspect options of ``verify`` instead of ``--model``
 (``cli.suspect.suspect_options``): exactly one of ``--model`` and ``--endpoint``, the endpoint asked through the
-one builder every command uses, and its copy written as an nnmark checkpoint of its zoo ``--student-arch``.
+one builder every command uses, and its copy written as an nnmark checkpoint of its zoo ``--student-arch``. An attack
+that trains (it has ``--lr``) also takes ``--micro-batch`` (``models.training.micro_batches``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nnmark.cli.suspect import ENDPOINT_OPTIONS, SuspectOptions, suspect_options
 from nnmark.data import Dataset, Split
 from nnmark.data.roles import attacker_data
 from nnmark.marks.ownership import coupled
+from nnmark.models.training import micro_batches
 from nnmark.suspect import DEFAULT_ENV, ModelSource
 
 EXAMPLE = "nnmark attack {name} --model lenet5.safetensors --out attacked.safetensors{more}"
@@ -44,6 +46,10 @@ OUT_HELP = ("Attacked model to write, as the same kind as --model.",
 DATA_HELP = ("Dataset (default: the model's). The attacker's images: the training split of a spec ending @thief (the "
              "thief's half), else the attacker split (the second half of the test split).")
 THIEF_HELP = DATA_HELP.replace("(default: the model's)", "(default: the model's; required with --endpoint)")
+MICRO_BATCH = click.option(
+    "--micro-batch", type=click.IntRange(1),
+    help="Train N images per forward and backward pass, their gradients summed into each step of --batch-size: peak "
+         "memory follows N, not the batch (BatchNorm then normalises each N apart; default: whole batches).")
 
 
 def _data_option(help_text: str = DATA_HELP):
@@ -123,6 +129,10 @@ def _command(spec: Spec) -> click.Command:
 
     def run(out: str, as_json: bool, **given) -> None:
         values = {o.name: given.pop(o.name) for o in options}
+        with micro_batches(given.pop("micro_batch", None)):
+            attack_and_write(out, as_json, values, given)
+
+    def attack_and_write(out: str, as_json: bool, values: dict, given: dict) -> None:
         suspect = given.pop("suspect", None)
         if suspect is not None and suspect.endpoints:
             _on_endpoint(spec, suspect, values, given["data_spec"], out, as_json)
@@ -141,6 +151,8 @@ def _command(spec: Spec) -> click.Command:
 
     for option in reversed(options):
         run = click_option(option)(run)
+    if any(o.name == "lr" for o in options):
+        run = MICRO_BATCH(run)
     for decorate in reversed((_data_option(THIEF_HELP),) if spec.oracle else data_source.options):
         run = decorate(run)
     run = out_option("--out", help=OUT_HELP[bool(spec.oracle)])(json_option(run))
