@@ -105,6 +105,12 @@ def set_mode(model: nn.Module, mode: Mode) -> None:
             m.eval()
 
 
+def check_micro_batch(size: object) -> None:
+    """ArgumentError unless ``size`` is None (whole batches) or an integer >= 1: a training micro-batch."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ArgumentError(f"a training micro-batch must be None or an integer >= 1, got {size!r}")
+
+
 @contextlib.contextmanager
 def micro_batches(size: int | None) -> Iterator[None]:
     """Within the block, each training step (``train_batches``, so ``fit``, ``train`` and the attacks and shadow models
@@ -114,8 +120,7 @@ def micro_batches(size: int | None) -> Iterator[None]:
     without batch statistics; BatchNorm normalises each chunk by its own statistics and updates its running statistics
     once per chunk (ghost batch normalisation), so such a model trains to slightly different weights. None: whole
     batches (the default)."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ArgumentError(f"a training micro-batch must be an integer >= 1, got {size!r}")
+    check_micro_batch(size)
     token = _MICRO_BATCH.set(size)
     try:
         yield

@@ -89,7 +89,7 @@ from nnmark.attacks.noise import noise_finetune
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.models.card import ModelCard, pixel_model, unwrap
 from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
-from nnmark.models.training import micro_batches
+from nnmark.models.training import check_micro_batch, micro_batches
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -239,9 +239,7 @@ class ShadowSpec:
                 raise ArgumentError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1 or self.finetune_epochs < 0:
             raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
-        if self.micro_batch is not None and (isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int)
-                                             or self.micro_batch < 1):
-            raise ArgumentError(f"micro_batch must be None or an integer >= 1, got {self.micro_batch!r}")
+        check_micro_batch(self.micro_batch)
         if self.variant is not None:
             check_variant(self.variant)
             if self.augment_alpha is not None:
