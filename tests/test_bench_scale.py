@@ -104,15 +104,15 @@ def test_the_pool_counts_are_the_default_layouts():
 
 def test_sac_and_metafinger_keys_are_projected_from_the_measured_steps():
     task = {"n": 20, "batch": 16, "k": 3, "repeats": 2}
-    cell = {"floor_s": 0.5, "train_floor_s": 2.5, "train_step_s": 3.2, "chunked_step_s": 3.6, "chunked_peak_mib": 350.0,
-            "meta_step_s": 7.0, "peak_mib": 400.0, "ready_mib": 300.0}
+    cell = {"floor_s": 0.5, "train_floor_s": 2.5, "train_step_s": 3.2, "auto_step_s": 3.6, "auto_peak_mib": 350.0,
+            "auto_micro_batch": 12, "meta_step_s": 7.0, "peak_mib": 400.0, "ready_mib": 300.0}
     row = scale._training_row("ResNet-18", cell, {"floor_s": 0.6, "verify_s": 0.2}, task)
     counts = scale.pool_counts()
     per_image = 3.2 / training.DEFAULT_BATCH_SIZE
     epoch = per_image * scale.OWNER_IMAGES["ResNet-18"]
     assert row["epoch_s"] == pytest.approx(epoch)
-    assert row["train_ratio"] == pytest.approx(3.2 / 2.5) and row["chunked_ratio"] == pytest.approx(3.6 / 3.2)
-    assert row["chunked_peak_mib"] == 350.0
+    assert row["train_ratio"] == pytest.approx(3.2 / 2.5) and row["auto_ratio"] == pytest.approx(3.6 / 3.2)
+    assert row["auto_peak_mib"] == 350.0 and row["auto_micro_batch"] == 12
     assert row["pools_s"] == pytest.approx(counts["epochs"] * epoch)
     forwards = (1 + counts["families"] + sac.DEFAULT_SCRATCH_NEGATIVES) * 0.2 * 100 / 20
     assert row["sac_key_s"] == pytest.approx(
@@ -148,9 +148,9 @@ def test_the_header_cites_the_published_gpu_figure():
     assert "SAC's and MetaFinger's training" not in text
     result["trained"] = [{"model": "ResNet-18", "peak_mib": 1024.0, "train_ratio": 1.2, "meta_ratio": 1.1},
                          {"model": "ResNet-50", "peak_mib": 9216.0, "train_ratio": 1.05, "meta_ratio": 1.3,
-                          "chunked_peak_mib": 3072.0}]
+                          "auto_peak_mib": 3072.0, "auto_micro_batch": 12}]
     text = "\n".join(scale._goal_lines(result))
-    assert "9.00 GiB for SAC's and MetaFinger's training" in text
-    assert "3.00 GiB with the training step in micro-batches of 16" in text
+    assert "3.00 GiB for SAC's and MetaFinger's training at the defaults (a training step at the batch of 32, 12 " in text
+    assert "9.00 GiB with whole training batches" in text
     assert "a training step at most 1.20x the model's own training floor (ResNet-18)" in text
     assert "a meta-training step at most 1.30x its 7 floors (ResNet-50)" in text

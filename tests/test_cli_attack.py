@@ -5,6 +5,7 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
+import torch
 from torch import nn
 
 from nnmark import models
@@ -12,6 +13,7 @@ from nnmark.attacks import ATTACKS
 from nnmark.cli import main
 from nnmark.cli.attack import SOURCES, attack
 from nnmark.cli.suspect import ENDPOINT_OPTIONS
+from nnmark.models import training
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -56,7 +58,7 @@ def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: need temperature > 0 and alpha in [0, 1]")
 
 
-def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_path):
+def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_path, monkeypatch):
     def sizes(*extra):
         seen = []
         handle = nn.modules.module.register_module_forward_pre_hook(
@@ -70,7 +72,11 @@ def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_pat
         assert r.exit_code == 0, r.output
         return seen
 
-    assert max(sizes()) == 16 and max(sizes("--micro-batch", "5")) == 5
+    assert max(sizes()) == 16 and max(sizes("--micro-batch", "5")) == 5 and max(sizes("--micro-batch", "whole")) == 16
+    model, config = models.load(lenet_file)
+    per = training.saved_bytes_per_image(model.train(), torch.rand(2, *config.input_shape))
+    monkeypatch.setattr(training, "ACTIVATION_BUDGET", 6 * per)
+    assert max(sizes()) == 6 and max(sizes("--micro-batch", "whole")) == 16  # auto, the default: 6 fit the budget
     r = CliRunner().invoke(main, ["attack", "finetune", "--model", str(lenet_file), "--out",
                                   str(tmp_path / "ft.safetensors"), "--micro-batch", "0"])
     assert r.exit_code == 2 and "--micro-batch" in r.output

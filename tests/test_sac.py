@@ -19,6 +19,7 @@ from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.marks.ownership import sac, shadow
 from nnmark.marks.ownership.metafinger import Pools
 from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
+from nnmark.models import training
 from nnmark.models.training import train
 from nnmark.oracles import LabelsOracle, TorchOracle
 
@@ -515,22 +516,34 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
         assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
 
 
-def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_path):
-    """--train-micro-batch: the pools (cached apart) and the scratch models train at most that many images per pass."""
-    seen = []
-    handle = nn.modules.module.register_module_forward_pre_hook(
-        lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
-    out = tmp_path / "chunked.key"
-    try:
-        r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
-                 "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
-                 "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--train-micro-batch", 4,
-                 "--out", out, "--json")
-    finally:
-        handle.remove()
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["shadow_models_trained"] == 5 and seen and max(seen) == 4
-    assert keys.load(out, secret=SECRET.encode()).config["train_micro_batch"] == 4
+def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_path, monkeypatch):
+    """--train-micro-batch: the pools (cached apart) and the scratch models train at most that many images per pass;
+    "auto" (the default) as many as fit the activation budget: whole batches of these small models, so the pools
+    keep their names."""
+    def mark(*extra):
+        seen = []
+        handle = nn.modules.module.register_module_forward_pre_hook(
+            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
+        out = tmp_path / "chunked.key"
+        try:
+            r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+                     "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
+                     "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--out", out, "--json",
+                     *extra)
+        finally:
+            handle.remove()
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["shadow_models_trained"] == 5
+        return max(seen), keys.load(out, secret=SECRET.encode()).config.get("train_micro_batch")
+
+    def names():
+        return sorted(json.loads(p.read_text())["spec"].get("micro_batch", 0) for p in (tmp_path / "cache").glob("*.json"))
+
+    assert mark("--train-micro-batch", 4) == (4, 4)
+    assert mark() == (32, None) and names() == [0] * 5 + [4] * 5  # auto: whole batches of 32, spec names unchanged
+    per = training.saved_bytes_per_image(models.load(world["path"])[0].train(), torch.rand(2, 1, 8, 8))
+    monkeypatch.setattr(training, "ACTIVATION_BUDGET", 3 * per)
+    assert mark("--train-micro-batch", "auto") == (3, 3) and names() == [0] * 5 + [3] * 5 + [4] * 5
 
 
 def test_mark_a_rare_errors_agreement_key_through_the_cli(world, tmp_path):

@@ -6,7 +6,11 @@ from torch import nn
 
 from nnmark import models
 from nnmark.errors import ArgumentError
-from nnmark.models.training import batches_per_epoch, fit, index_batches, micro_batches
+from nnmark.models import training
+from nnmark.models.training import (
+    batches_per_epoch, check_micro_batch, fit, fitting_micro_batch, index_batches, micro_batches, resolve_micro_batch,
+    saved_bytes_per_image,
+)
 
 
 def net() -> nn.Module:
@@ -110,7 +114,44 @@ def test_micro_batches_end_with_their_block_and_refuse_bad_sizes(xy, forward_siz
     with micro_batches(4):  # BatchNorm: chunks of their own statistics; the model still trains
         assert max(size for _, size in forward_sizes(model, lambda: fit(model, x, y, lr=0.01, steps=1,
                                                                         batch_size=16))) == 4
-    for bad in (0, -1, 2.5, True, "4"):
+    for bad in (0, -1, 2.5, True, "4", "whole"):
         with pytest.raises(ArgumentError, match="micro-batch"):
             with micro_batches(bad):
                 pass
+    with pytest.raises(ArgumentError, match="None or an integer"):
+        check_micro_batch("auto", auto=False)  # where a size must be concrete (a shadow spec's)
+
+
+def test_the_activations_a_pass_saves_are_counted_per_image_on_a_copy(xy):
+    x, _ = xy
+    model = net().train()
+    before = [b.clone() for b in model.buffers()]
+    # the Conv2d input (1x8x8), the BatchNorm input and the ReLU output (3x6x6 each), float32; Flatten's view and the
+    # Linear's input share the ReLU output's storage, and the parameters are not counted (BatchNorm's batch mean and
+    # inverse std, 2 x 3 floats a pass, are the rest)
+    per = saved_bytes_per_image(model, x)
+    assert 4 * (64 + 108 + 108) <= per <= 4 * (64 + 108 + 108) + 4 * 6
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))  # the copy's statistics moved, not these
+    assert saved_bytes_per_image(_plain().requires_grad_(False), x) == 0  # nothing trains: nothing is kept
+    assert fitting_micro_batch(model, x, budget=5 * per + 1) == 5 and fitting_micro_batch(model, x, budget=1) == 1
+    with pytest.raises(ArgumentError, match="at least 2 images"):
+        saved_bytes_per_image(model, x[:1])
+
+
+def test_auto_micro_batches_split_only_the_batches_the_activation_budget_cannot_hold(xy, forward_sizes, monkeypatch):
+    x, y = xy
+    kwargs = {"lr": 0.05, "epochs": 1, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9, "seed": 1}
+    whole, roomy, tight = _plain(), _plain(), _plain()
+    fit(whole, x, y, **kwargs)
+    with micro_batches("auto"):
+        sizes = forward_sizes(roomy, lambda: fit(roomy, x, y, **kwargs))
+    assert max(size for _, size in sizes) == 17  # 1 GiB holds every batch: whole batches, the very same steps
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), roomy.parameters()))
+    assert resolve_micro_batch("auto", whole, x, 16) is None and resolve_micro_batch(3, whole, x, 16) == 3
+    monkeypatch.setattr(training, "ACTIVATION_BUDGET", 5 * saved_bytes_per_image(tight, x))
+    assert resolve_micro_batch("auto", whole, x, 16) == 5 and resolve_micro_batch("auto", whole, x, 5) is None
+    with micro_batches("auto"):
+        sizes = forward_sizes(tight, lambda: fit(tight, x, y, **kwargs))
+    assert max(size for _, size in sizes) == 5  # 16 = 5 + 5 + 5 + 1 images a pass (and the 2 measured first)
+    for a, b in zip(whole.parameters(), tight.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -21,8 +21,8 @@ of ``batch`` through a ``TorchOracle``, after one warm-up pass, ``repeats`` time
 
 SAC and MetaFinger train models for a key. Their table measures, on the same model and batch, one training step
 (``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) against the model's own training floor,
-the same step in micro-batches of the table's micro-batch (``models.training.micro_batches``, ``--train-micro-batch``)
-and its peak memory, and one MetaFinger meta-training step (``metafinger.step_gradient``: the anchor and k positive and
+the same step at the default training micro-batch ("auto": as many images a pass as fit
+``models.training.ACTIVATION_BUDGET``, ``--train-micro-batch``) and its peak memory, and one MetaFinger meta-training step (``metafinger.step_gradient``: the anchor and k positive and
 k negative models, here copies of the one model), each the minimum over the repeats, and projects a key with the
 defaults: the shadow pools (``shadow.pool_specs``' model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch
 models of ``sac.SCRATCH_EPOCHS`` epochs and its forward passes, MetaFinger's meta-training
@@ -218,7 +218,7 @@ def _loop_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
 
 def _training_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
     """What SAC's and MetaFinger's keys repeat, the fastest of each over the repeats. First, per repeat: a floor pass,
-    two training steps in micro-batches of ``task["batch"]`` (``models.training.micro_batches``; the second timed:
+    two training steps at the default micro-batch ("auto", ``models.training.micro_batches``; the second timed:
     ``models.training.fit``'s Adam on cross-entropy, a batch of its default size drawn from the n images) and one
     MetaFinger meta-training step over the n images (``metafinger.step_gradient``, the model as anchor and as its k
     positive and k negative models); the peak memory so far. Then, per repeat: the model's own training floor (a
@@ -246,19 +246,22 @@ def _training_cell(oracle, x, floor: Callable, task: dict, device: str) -> dict:
         return stamps[1] - stamps[0]
 
     k = metafinger.PAPER_K
-    floors, chunked, metas, train_floors, steps = [], [], [], [], []
+    floors, auto, metas, train_floors, steps = [], [], [], [], []
     for _ in range(task["repeats"]):
         floors.append(_seconds(floor, device))
-        with training.micro_batches(task["batch"]):
-            chunked.append(step())
+        with training.micro_batches(training.AUTO):
+            auto.append(step())
         metas.append(_seconds(lambda: metafinger.step_gradient(model, [model] * k, [model] * k, x,
                                                                metafinger.PAPER_LAMBDA, task["batch"]), device))
-    chunked_peak = _peak_mib(device)
+    auto_peak = _peak_mib(device)
+    auto_size = training.resolve_micro_batch(training.AUTO, model.train(), x, training.DEFAULT_BATCH_SIZE)
+    model.eval()
     for _ in range(task["repeats"]):
         train_floors.append(_seconds(train_floor, device))
         steps.append(step())
     return {"floor_s": min(floors), "train_floor_s": min(train_floors), "train_step_s": min(steps),
-            "chunked_step_s": min(chunked), "chunked_peak_mib": chunked_peak, "meta_step_s": min(metas)}
+            "auto_step_s": min(auto), "auto_peak_mib": auto_peak, "meta_step_s": min(metas),
+            "auto_micro_batch": auto_size}
 
 
 def measure_cell(task: dict) -> dict:
@@ -383,8 +386,9 @@ def _training_row(model: str, cell: dict, floor: dict, task: dict) -> dict:
     forwards = 1 + counts["families"] + sac.DEFAULT_SCRATCH_NEGATIVES
     return {"model": model, "n": n, "train_step_s": cell["train_step_s"], "train_per_image_s": per_image,
             "train_ratio": cell["train_step_s"] / cell["train_floor_s"], "owner_images": OWNER_IMAGES[model],
-            "epoch_s": epoch_s, "chunked_ratio": cell["chunked_step_s"] / cell["train_step_s"],
-            "chunked_peak_mib": cell["chunked_peak_mib"], "pool_epochs": counts["epochs"], "pools_s": pools_s,
+            "epoch_s": epoch_s, "auto_ratio": cell["auto_step_s"] / cell["train_step_s"],
+            "auto_peak_mib": cell["auto_peak_mib"], "auto_micro_batch": cell["auto_micro_batch"],
+            "pool_epochs": counts["epochs"], "pools_s": pools_s,
             "sac_scratch_epochs": scratch,
             "sac_key_s": pools_s + scratch * epoch_s + forwards * verify_100, "meta_step_s": cell["meta_step_s"],
             "meta_ratio": cell["meta_step_s"] / (_meta_step_models() * cell["floor_s"]),
@@ -464,7 +468,8 @@ def _training_section(result: dict) -> str:
     rows = [[t["model"], f"{t['train_per_image_s'] * 1000:.3g}", f"{t['train_ratio']:.2f}", f"{t['owner_images']:,}",
              _fmt_s(t["epoch_s"]), _fmt_s(t["pools_s"]), _fmt_s(t["sac_key_s"]),
              f"{t['meta_ratio']:.2f}", _fmt_s(t["meta_train_s"]), _fmt_s(t["metafinger_key_s"]), f"{t['peak_mib']:.0f}",
-             f"{t['chunked_ratio']:.2f}", f"{t['chunked_peak_mib']:.0f}", f"{t['verify_100_s']:.3g}"]
+             t["auto_micro_batch"] or "whole", f"{t['auto_ratio']:.2f}", f"{t['auto_peak_mib']:.0f}",
+             f"{t['verify_100_s']:.3g}"]
             for t in trained]
     return section(
         "SAC and MetaFinger: the models a key trains",
@@ -474,10 +479,12 @@ def _training_section(result: dict) -> str:
         f"into the weights, no optimizer) and one MetaFinger meta-training step "
         f"(`metafinger.step_gradient`: the anchor and {k} positive and {k} negative models, here the one model "
         f"{_meta_step_models()} times, one graph at a time and the anchor's forward twice; its ratio is against "
-        f"{_meta_step_models()} floors), each the fastest of the cell's repeats; then the training step in "
-        f"micro-batches of {result['params']['batch']} (`--train-micro-batch {result['params']['batch']}`: the "
-        f"same step, its gradients summed over the chunks; its time against the whole step's, and the cell's peak "
-        f"memory before any whole-batch step). "
+        f"{_meta_step_models()} floors), each the fastest of the cell's repeats; the training step at the "
+        f"default micro-batch (`--train-micro-batch auto`: as many images a pass as keep the activations it saves "
+        f"within {training.ACTIVATION_BUDGET / 2**30:g} GiB, measured on the model; the same step, its gradients "
+        f"summed over the passes; its time against the whole step's), and the cell's peak memory at these defaults, "
+        f"before any whole-batch step; *peak MiB* is the cell's, whole batches included (`--train-micro-batch "
+        f"whole`). "
         f"Projected with the defaults (random weights; seconds, not accuracy): an epoch is the owner's training "
         f"split (assumed: half of Fashion-MNIST, CIFAR-10 or ImageNet-1k's training images by input size) at the "
         f"step's rate; MetaFinger's default pools (`shadow.PoolLayout()`) train {first['pool_epochs']} model-epochs "
@@ -490,8 +497,8 @@ def _training_section(result: dict) -> str:
         f"and the validation models' labels). Training runs on CPU here; `--device` trains the pools on a card.",
         table(["model", "train ms / image", "train ratio to floor", "owner images", "s / epoch", "pools",
                "SAC key", "meta-step ratio", "meta-training", "MetaFinger key", "peak MiB",
-               "micro-batched step / whole", f"peak MiB, training micro-batch {result['params']['batch']}",
-               "verify 100 s"], rows, "lrrrrrrrrrrrrr"))
+               "auto: images a pass", "auto step / whole", "peak MiB at the defaults", "verify 100 s"], rows,
+              "lrrrrrrrrrrrrrr"))
 
 
 def _clock(result: dict) -> str:
@@ -578,11 +585,11 @@ def _goal_lines(result: dict) -> list[str]:
     where = f"the CPU default; goal at most {GOAL_PEAK_GIB:g} GiB" if device == "cpu" else "on the card"
     lines.append(f"- ResNet-50 key peak memory at micro-batch {result['params']['batch']} ({where}): "
                  f"{goals['resnet50_peak_gib']:.2f} GiB for the model-alone methods" +
-                 "".join(f"; {t['peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training (a training step "
-                         f"at the batch of {training.DEFAULT_BATCH_SIZE}, and a meta-training step through "
-                         f"{_meta_step_models()} models, one graph at a time), {t['chunked_peak_mib'] / 1024:.2f} GiB "
-                         f"with the training step in micro-batches of {result['params']['batch']} "
-                         "(`--train-micro-batch`)"
+                 "".join(f"; {t['auto_peak_mib'] / 1024:.2f} GiB for SAC's and MetaFinger's training at the defaults "
+                         f"(a training step at the batch of {training.DEFAULT_BATCH_SIZE}, "
+                         f"{t['auto_micro_batch'] or 'all'} images a pass, and a meta-training step through "
+                         f"{_meta_step_models()} models, one graph at a time), {t['peak_mib'] / 1024:.2f} GiB with "
+                         "whole training batches (`--train-micro-batch whole`)"
                          for t in result.get("trained", []) if t["model"] == "ResNet-50") + ".")
     if device == "cpu":
         rate = gpu_gradient_images_per_s()

@@ -94,6 +94,32 @@ class Device(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class MicroBatch(click.ParamType):
+    """A training micro-batch (``nnmark.models.training.micro_batches``): N >= 1 images per forward and backward pass,
+    "auto" (as many as fit the activation budget, measured on the model) or "whole" (whole batches: None)."""
+
+    name = "N|auto|whole"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "whole":
+            return None
+        if value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number, 'auto' or 'whole'", param, ctx)
+        if number < 1:
+            self.fail(f"{value!r} is below 1", param, ctx)
+        return number
+
+
+MICRO_BATCH_HELP = ("images per forward and backward pass, their gradients summed into each step: peak memory follows "
+                    "it, not the batch; BatchNorm then normalises each micro-batch apart. auto: as many as keep a "
+                    "pass's saved activations within 1 GiB, measured on the model (a LeNet-5's or ResNet-20's batches "
+                    "stay whole, a ResNet-50 at 224x224 trains 12 at a time); whole: whole batches.")
+
+
 DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N, mps, or auto (the first accelerator: cuda, then mps, else cpu)."
 
 

@@ -25,8 +25,8 @@ import torch
 
 from nnmark import envs, keys, models
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, Group, click_option, dataset_for, device_option, emit, json_option, load_model,
-    model_option, model_to_train, out_option, secret_for_writing, with_progress, with_secret,
+    MICRO_BATCH_HELP, CliError, FiniteFloat, Group, MicroBatch, click_option, dataset_for, device_option, emit,
+    json_option, load_model, model_option, model_to_train, out_option, secret_for_writing, with_progress, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option
 from nnmark.data import Split
@@ -229,11 +229,9 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                           "extracted copy of the source as positive train models; 5 more shadow models, see "
                           "docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
-        click.option("--train-micro-batch", type=click.IntRange(1),
-                     help="Train the shadow models (and SAC's scratch models) N images per forward and backward "
-                          "pass, their gradients summed into each step: peak memory follows N, not the training "
-                          "batch. BatchNorm models train to slightly different weights, cached apart (default: whole "
-                          "batches)."),
+        click.option("--train-micro-batch", type=MicroBatch(), default="auto", show_default=True,
+                     help="Training the shadow models (and SAC's scratch models): " + MICRO_BATCH_HELP + " A pool "
+                          "trained in micro-batches is cached apart."),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),
         click.option("--cache-dir", type=click.Path(file_okay=False),
@@ -255,7 +253,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     --device too)."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
-    micro = given["train_micro_batch"]
+    micro = shadow.pool_micro_batch(given["train_micro_batch"], model, ds.train.x)
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
                                finetune_epochs=given["finetune_epochs"], micro_batch=micro)

@@ -7,7 +7,8 @@ Hooks replace the plain cross-entropy (``loss``: soft targets, masked weights, a
 act after each optimizer step (``after_step``) or end training early (``stop``); ``train_batches``
 is the inner loop alone, for callers that keep their own optimizer across passes. Inside
 ``micro_batches(size)`` every step runs its batch in chunks of at most ``size`` samples (peak memory
-follows ``size``, not the training batch).
+follows ``size``, not the training batch); ``micro_batches("auto")`` picks for each model the most images whose
+activations fit ``ACTIVATION_BUDGET`` (``fitting_micro_batch``).
 
 A split is anything with ``.x`` (float32 (N, C, H, W) in [0, 1]) and ``.y`` (int64 (N,)),
 as numpy arrays or torch tensors.
@@ -21,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,7 +47,14 @@ Schedule = Literal["constant", "cosine"]
 Mode = Literal["train", "freeze_bn", "eval"]
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """(model, x batch, target batch) -> scalar loss; the target is any per-sample tensor (labels, soft labels)."""
-_MICRO_BATCH: ContextVar[int | None] = ContextVar("nnmark_training_micro_batch", default=None)
+AUTO = "auto"
+"""The micro-batch that ``fitting_micro_batch`` measures for each model trained."""
+ACTIVATION_BUDGET = 1 << 30
+"""Bytes of activations that one training forward pass may save for backward under ``micro_batches(AUTO)``: 1 GiB.
+A ResNet-50 at 3x224x224 saves 82 MiB an image (12 images a pass), a ViT-S/16 57 MiB (18); LeNet-5, ResNet-20 and
+ResNet-18 at their sizes fit more than 200, so their batches (at most 64 in nnmark) never split."""
+MicroBatch = int | Literal["auto"] | None
+_MICRO_BATCH: ContextVar[MicroBatch] = ContextVar("nnmark_training_micro_batch", default=None)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -105,21 +114,68 @@ def set_mode(model: nn.Module, mode: Mode) -> None:
             m.eval()
 
 
-def check_micro_batch(size: object) -> None:
-    """ArgumentError unless ``size`` is None (whole batches) or an integer >= 1: a training micro-batch."""
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ArgumentError(f"a training micro-batch must be None or an integer >= 1, got {size!r}")
+def check_micro_batch(size: object, *, auto: bool = True) -> None:
+    """ArgumentError unless ``size`` is None (whole batches), an integer >= 1 or (where ``auto``) "auto": a training
+    micro-batch."""
+    if size is None or (auto and size == AUTO):
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        allowed = "None, 'auto' or an integer >= 1" if auto else "None or an integer >= 1"
+        raise ArgumentError(f"a training micro-batch must be {allowed}, got {size!r}")
+
+
+def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> float:
+    """Bytes that a forward pass of ``model`` saves for backward, per image of ``x`` (at least 2 images), its
+    parameters aside: measured with ``torch.autograd.graph.saved_tensors_hooks`` on a copy of the model in its own
+    mode (so a training forward's BatchNorm statistics stay the model's), each storage counted once. It grows with
+    the images, not with the batch: a loss that asks more of the model (two passes, features) saves more."""
+    if len(x) < 2:
+        raise ArgumentError(f"measuring a forward pass's activations needs at least 2 images, got {len(x)}")
+    probe = copy.deepcopy(model)
+    params = {p.untyped_storage().data_ptr() for p in probe.parameters()}
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        probe(x[:2].to(device_of(probe), copy=True))  # a storage of their own, not the whole x's
+    return sum(sizes.values()) / 2
+
+
+def fitting_micro_batch(model: nn.Module, x: torch.Tensor, budget: float | None = None) -> int:
+    """The most images (at least 1) whose forward pass through ``model`` saves at most ``budget`` bytes for backward
+    (default ``ACTIVATION_BUDGET``; ``saved_bytes_per_image`` on the first two images of ``x``)."""
+    budget = ACTIVATION_BUDGET if budget is None else budget
+    return max(1, int(budget // max(saved_bytes_per_image(model, x), 1.0)))
+
+
+def resolve_micro_batch(size: MicroBatch, model: nn.Module, x: torch.Tensor, batch_size: int) -> int | None:
+    """``size`` as ``micro_batches`` runs it for training ``model`` on batches of at most ``batch_size`` images of
+    ``x``: "auto" gives ``fitting_micro_batch``, or None (whole batches) where the batch fits whole; an integer or
+    None stays."""
+    check_micro_batch(size)
+    if size != AUTO:
+        return size
+    if len(x) < 2:
+        return None
+    fitting = fitting_micro_batch(model, x)
+    return None if fitting >= batch_size else fitting
 
 
 @contextlib.contextmanager
-def micro_batches(size: int | None) -> Iterator[None]:
+def micro_batches(size: MicroBatch) -> Iterator[None]:
     """Within the block, each training step (``train_batches``, so ``fit``, ``train`` and the attacks and shadow models
     built on them) runs its batch in chunks of at most ``size`` samples and sums their gradients, each chunk's loss
     weighted by its share of the batch, before the one optimizer step: peak memory follows ``size``, not the training
     batch. Exact (up to the order of floating-point sums) for a loss that is a mean of per-sample terms on a model
     without batch statistics; BatchNorm normalises each chunk by its own statistics and updates its running statistics
     once per chunk (ghost batch normalisation), so such a model trains to slightly different weights. None: whole
-    batches (the default)."""
+    batches (the default); "auto": each training loop measures its model once, on its first batch
+    (``fitting_micro_batch``), and splits only the batches that would not fit ``ACTIVATION_BUDGET``."""
     check_micro_batch(size)
     token = _MICRO_BATCH.set(size)
     try:
@@ -149,6 +205,8 @@ def train_batches(
     total, seen, steps = 0.0, 0, 0
     size = _MICRO_BATCH.get()
     for idx in batches:
+        if size == AUTO:  # measured once, on the first batch's images
+            size = fitting_micro_batch(model, x[idx[:2].to(x.device)]) if len(idx) > 1 else None
         if stop is not None and stop(steps):
             break
         idx = idx.to(x.device)

@@ -81,7 +81,7 @@ from tqdm.auto import tqdm
 
 from nnmark import data, models
 from nnmark._io import atomic_write_bytes
-from nnmark.attacks import finetune_mode, prune_finetune, relative_weight_noise
+from nnmark.attacks import finetune_mode, modes, prune_finetune, relative_weight_noise
 from nnmark.attacks.adversarial import adversarial_train
 from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
 from nnmark.attacks.extract import extract
@@ -89,7 +89,7 @@ from nnmark.attacks.noise import noise_finetune
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.models.card import ModelCard, pixel_model, unwrap
 from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
-from nnmark.models.training import check_micro_batch, micro_batches
+from nnmark.models.training import DEFAULT_BATCH_SIZE, MicroBatch, check_micro_batch, micro_batches, resolve_micro_batch
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -98,6 +98,8 @@ DEFAULT_NEGATIVES = 4
 DEFAULT_VAL_NEGATIVES = 2
 DEFAULT_AF = 3
 DEFAULT_ALPHA = 3.0
+LARGEST_BATCH = max(DEFAULT_BATCH_SIZE, modes.DEFAULT_BATCH_SIZE)
+"""The largest training batch of a pool's models (from scratch 32; FTAL and the thief's fine-tunes 64)."""
 DEFAULT_WORKERS = 2
 DEFAULT_RAY_TIMEOUT = None
 DEFAULT_VARIANT_COPIES = 2
@@ -239,7 +241,7 @@ class ShadowSpec:
                 raise ArgumentError(f"{name} must be an integer, got {value!r}")
         if self.epochs < 1 or self.finetune_epochs < 0:
             raise ArgumentError(f"need epochs >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
-        check_micro_batch(self.micro_batch)
+        check_micro_batch(self.micro_batch, auto=False)
         if self.variant is not None:
             check_variant(self.variant)
             if self.augment_alpha is not None:
@@ -451,6 +453,14 @@ def _variant_specs(arch: str, data: str, source_digest: str, layout: PoolLayout,
         "negatives_val": [ShadowSpec(arch, data, teacher + i, augment_seed=val_seed + i, variant=v, **common)
                           for i, v in enumerate(layout.negative_variants)],
     }
+
+
+def pool_micro_batch(size: MicroBatch, model: nn.Module, images: object) -> int | None:
+    """A ``PoolLayout.micro_batch`` for pools of ``model``'s architecture trained on ``images`` (the owner's training
+    images, at least 2): "auto" (``models.training.resolve_micro_batch`` against ``LARGEST_BATCH``) gives None where
+    every pool batch fits ``models.training.ACTIVATION_BUDGET`` whole, so those pools keep their cache names, else the
+    most images that fit; an integer or None stays."""
+    return resolve_micro_batch(size, model, torch.as_tensor(images[:2], dtype=torch.float32), LARGEST_BATCH)
 
 
 def pool_specs_for(
