@@ -145,6 +145,7 @@ def test_the_header_cites_the_published_gpu_figure():
               "params": {"batch": 16}}
     text = "\n".join(scale._goal_lines(result))
     assert scale.A100_SOURCE in text and "938" in text and "projection, not a measurement" in text
+    assert scale.H100_SOURCE in text and "not a measurement)" in text  # the H100 factor is second-hand, and says so
     assert "SAC's and MetaFinger's training" not in text
     result["trained"] = [{"model": "ResNet-18", "peak_mib": 1024.0, "train_ratio": 1.2, "meta_ratio": 1.1},
                          {"model": "ResNet-50", "peak_mib": 9216.0, "train_ratio": 1.05, "meta_ratio": 1.3,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
 
 from nnmark import models
@@ -122,20 +123,29 @@ def test_micro_batches_end_with_their_block_and_refuse_bad_sizes(xy, forward_siz
         check_micro_batch("auto", auto=False)  # where a size must be concrete (a shadow spec's)
 
 
-def test_the_activations_a_pass_saves_are_counted_per_image_on_a_copy(xy):
+def test_the_activations_a_pass_saves_are_counted_per_image_and_leave_no_trace(xy):
     x, _ = xy
     model = net().train()
     before = [b.clone() for b in model.buffers()]
     # the Conv2d input (1x8x8), the BatchNorm input and the ReLU output (3x6x6 each), float32; Flatten's view and the
-    # Linear's input share the ReLU output's storage, and the parameters are not counted (BatchNorm's batch mean and
-    # inverse std, 2 x 3 floats a pass, are the rest)
+    # Linear's input share the ReLU output's storage; the parameters and BatchNorm's batch statistics do not grow
     per = saved_bytes_per_image(model, x)
-    assert 4 * (64 + 108 + 108) <= per <= 4 * (64 + 108 + 108) + 4 * 6
-    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))  # the copy's statistics moved, not these
+    assert per == 4 * (64 + 108 + 108)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))  # running statistics restored
+    dropout = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 4)).train()
+    torch.manual_seed(5)
+    saved_bytes_per_image(dropout, x)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # dropout drew from a forked generator
+    pruned = _plain()
+    torch.nn.utils.prune.l1_unstructured(pruned[0], "weight", 0.5)  # its weight is a tensor computed each pass
+    assert saved_bytes_per_image(pruned, x) == saved_bytes_per_image(_plain(), x) == 4 * (64 + 108)
     assert saved_bytes_per_image(_plain().requires_grad_(False), x) == 0  # nothing trains: nothing is kept
+    assert saved_bytes_per_image(model, x[:1]) == per  # one image is enough: it is repeated
     assert fitting_micro_batch(model, x, budget=5 * per + 1) == 5 and fitting_micro_batch(model, x, budget=1) == 1
-    with pytest.raises(ArgumentError, match="at least 2 images"):
-        saved_bytes_per_image(model, x[:1])
+    with pytest.raises(ArgumentError, match="at least 1 image"):
+        saved_bytes_per_image(model, x[:0])
 
 
 def test_auto_micro_batches_split_only_the_batches_the_activation_budget_cannot_hold(xy, forward_sizes, monkeypatch):

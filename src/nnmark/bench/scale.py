@@ -98,6 +98,11 @@ INPUT_GRADIENT_SHARE = 2 / 3
 step: forward, backward to the activations, backward to the weights, each about one forward's work) and no
 optimizer steps. An estimate, used only for the projection."""
 GPU_GOAL_S = 600.0
+H100_VISION_SPEEDUP = 2.0
+"""An H100 SXM over an A100 SXM on vision models' training, "~2x", as Lambda's published analysis puts it
+(``H100_SOURCE``; 3x on Tensor Core throughput, more on language models): a second-hand factor, stated beside the A100
+projection, not folded into it."""
+H100_SOURCE = "https://lambdalabs.com/blog/nvidia-h100-gpu-deep-learning-performance-analysis"
 
 
 def _methods() -> dict[str, tuple[Callable, int, str]]:
@@ -603,8 +608,10 @@ def _goal_lines(result: dict) -> list[str]:
                 f"{rate:,.0f} gradients/s; times DBI's measured ratio to the floor (at least 1) "
                 f"{goals['dbi_resnet50_ratio']:.2f}: {goals['dbi_itr']:,} x {KEY_N} / {rate:,.0f} x "
                 f"{goals['dbi_resnet50_ratio']:.2f} = {_fmt_s(goals['dbi_resnet50_gpu_s'])} on an A100 at TF32 "
-                f"(goal {_fmt_s(GPU_GOAL_S)} on an H100-class card; an H100 is faster than an A100, by a factor "
-                "this page does not assume). Mixed precision would be faster still, but a key made in it records "
+                f"(goal {_fmt_s(GPU_GOAL_S)} on an H100-class card). An H100 is faster: [Lambda's analysis]"
+                f"({H100_SOURCE}) reports about {H100_VISION_SPEEDUP:g}x an A100 on vision models, which would make it "
+                f"{_fmt_s(goals['dbi_resnet50_gpu_s'] / H100_VISION_SPEEDUP)} (a second-hand factor, not a "
+                "measurement). Mixed precision would be faster still, but a key made in it records "
                 "another environment (nnmark makes keys in the model's own dtype). Where a GPU was lent, "
                 "`scale-cuda.md` measures it."]
     lines.append(f"- A 100-sample DBI key for ResNet-50 at the paper's {goals['dbi_itr']:,} iterations on this card, "

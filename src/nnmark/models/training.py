@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -125,30 +124,42 @@ def check_micro_batch(size: object, *, auto: bool = True) -> None:
 
 
 def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> float:
-    """Bytes that a forward pass of ``model`` saves for backward, per image of ``x`` (at least 2 images), its
-    parameters aside: measured with ``torch.autograd.graph.saved_tensors_hooks`` on a copy of the model in its own
-    mode (so a training forward's BatchNorm statistics stay the model's), each storage counted once. It grows with
-    the images, not with the batch: a loss that asks more of the model (two passes, features) saves more."""
-    if len(x) < 2:
-        raise ArgumentError(f"measuring a forward pass's activations needs at least 2 images, got {len(x)}")
-    probe = copy.deepcopy(model)
-    params = {p.untyped_storage().data_ptr() for p in probe.parameters()}
-    sizes: dict[int, int] = {}
+    """Bytes that a forward pass of ``model`` in its own mode saves for backward, per image: the growth from a pass
+    of 2 images to one of 4 (the first two of ``x``, repeated), over 2, so what a pass saves whatever its size (the
+    parameters, a pruned layer's masked weights, BatchNorm's batch statistics) does not count. Each storage counts
+    once (``torch.autograd.graph.saved_tensors_hooks``). The passes leave no trace: the model's buffers (BatchNorm's
+    running statistics) are restored and the random generators forked (dropout draws from copies). A loss that asks
+    more of the model (two passes, features) saves more."""
+    if len(x) < 1:
+        raise ArgumentError("measuring a forward pass's activations needs at least 1 image")
+    images = x[:2].to(device_of(model))
+    buffers = [(b, b.clone()) for b in model.buffers()]
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            sizes[storage.data_ptr()] = storage.nbytes()
-        return t
+    def saved(k: int) -> int:
+        sizes: dict[int, int] = {}
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        probe(x[:2].to(device_of(probe), copy=True))  # a storage of their own, not the whole x's
-    return sum(sizes.values()) / 2
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        batch = images[torch.arange(k, device=images.device) % len(images)]  # a storage of its own, not x's
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(batch)
+        return sum(sizes.values())
+
+    devices = [images.device] if images.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return (saved(4) - saved(2)) / 2
+    finally:
+        with torch.no_grad():
+            for buffer, kept in buffers:
+                buffer.copy_(kept)
 
 
 def fitting_micro_batch(model: nn.Module, x: torch.Tensor, budget: float | None = None) -> int:
     """The most images (at least 1) whose forward pass through ``model`` saves at most ``budget`` bytes for backward
-    (default ``ACTIVATION_BUDGET``; ``saved_bytes_per_image`` on the first two images of ``x``)."""
+    (default ``ACTIVATION_BUDGET``; ``saved_bytes_per_image`` on the first images of ``x``)."""
     budget = ACTIVATION_BUDGET if budget is None else budget
     return max(1, int(budget // max(saved_bytes_per_image(model, x), 1.0)))
 
@@ -160,8 +171,6 @@ def resolve_micro_batch(size: MicroBatch, model: nn.Module, x: torch.Tensor, bat
     check_micro_batch(size)
     if size != AUTO:
         return size
-    if len(x) < 2:
-        return None
     fitting = fitting_micro_batch(model, x)
     return None if fitting >= batch_size else fitting
 
@@ -206,7 +215,7 @@ def train_batches(
     size = _MICRO_BATCH.get()
     for idx in batches:
         if size == AUTO:  # measured once, on the first batch's images
-            size = fitting_micro_batch(model, x[idx[:2].to(x.device)]) if len(idx) > 1 else None
+            size = fitting_micro_batch(model, x[idx[:2].to(x.device)])
         if stop is not None and stop(steps):
             break
         idx = idx.to(x.device)

@@ -161,7 +161,7 @@ The distilled negatives did not remove SAC-m's false claim; they raise SAC-w's m
 SAC-m stays the default variant because SAC-w needs enough screened errors of the source (13 on the
 digits, 106 of 594 errors here).
 
-The decision rule (study: /tmp/sacrule_study of that change, from the same models' outputs through this module's
+The decision rule (a study of that change, from the same models' outputs through this module's
 functions; 12 more cached LeNet-5s from scratch that the bench does not use, as a held-out check). The null's
 calibration had 3 from-scratch models, their 6 noised copies and 2 distilled negatives; one noised copy (0.30
 against 0.26-0.28) widened the fitted null. Matches of SAC-w (probabilities, key seeds 0-2) at p < 0.01:
@@ -222,8 +222,8 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   extractions 0.90-1.00; false claims 0.0-0.4% of the left-out ones, none of the 21), which a key made with
   ``decide_on="labels"`` decides on. This key misses what keeps the weights and the PGD copies (AUC 0.43-0.95): a
   second key, not the default; with 100 / 300 such images AUC 1.00, p 0.017 / 0.016.
-- The bound kept (the default since then: one model per family + ``scratch_negatives``; study scripts
-  /tmp/sacbound: sim.py, sim2.py, sim_m.py, sim_old.py). The 3 families and the 28 held-out owner-half LeNet-5s are
+- The bound kept (the default since then: one model per family + ``scratch_negatives``; a
+  simulation over cached outputs). The 3 families and the 28 held-out owner-half LeNet-5s are
   draws of one recipe, the source's, as ``scratch_models`` trains them; N of the 28 were drawn as the scratch
   negatives (200-300 draws, key seeds 0-2) and the rest judged. The rate is the mean over the 28 models of how often
   each is claimed when left out, with a 95% bootstrap interval over those models (the unit of noise: one model,
@@ -252,7 +252,7 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   noise 0.29, probability extraction same arch 0.05, the rest 0; on one-hot labels it claims 1.7% [0, 4.3] of the
   held-out LeNet-5s and 0.76% of the 21 (96 of 12,600): one-hot SAC-m distances take few values, the least normal
   null measured, so its labels-only verdict is the weakest bound. End to end (``create`` with its own 20 scratch
-  negatives at 4 epochs, key seed 0, SAC-w; /tmp/sacbound/e2e.py): the key took 632 s on 2 busy cores (20
+  negatives at 4 epochs, key seed 0, SAC-w): the key took 632 s on 2 busy cores (20
   trainings, about 30 s each); it matched distillation into both architectures, extraction into VGG-11 (labels p
   0.002, probabilities 0.0001), RTAL, prune 70% and 90% (p 0.007), noise and fine-pruning, not probability
   extraction same arch (p 0.0101), label extraction same arch (0.41) nor the PGD copies (0.036); none of the 28
@@ -260,8 +260,8 @@ independents the bench does not use: 28 LeNet-5s from scratch on the owner half,
   243 s on less busy cores) matched distillation into both architectures, probability extraction same arch (p
   0.002), RTAL and prune 70%, nothing else, and none of the 28 (nearest p 0.016).
 
-Label extraction into the same architecture at <= 100 queries (study scripts /tmp/sacfew: s1-s11; the outputs
-cached in /tmp/sacnull/probs.pt; calibration: the 3 families + 20 of the 28 held-out owner-half LeNet-5s as scratch
+Label extraction into the same architecture at <= 100 queries (a study over the models' cached outputs;
+calibration: the 3 families + 20 of the 28 held-out owner-half LeNet-5s as scratch
 negatives, the other 8 judged, 300 draws, key seeds 0-2; the rate per model as in "The bound kept"; over-confident:
 the left-out and the 21 independents with their probabilities sharpened at T 0.1, still independent models). The
 copy agrees with the source on more of its errors than independent models do (about 44 of 100 against 22 +- 4.5),
@@ -294,11 +294,11 @@ many of 10 scratch models give the source's label (the other 10 calibrating, K 1
 LeNet-5 distilled from a ResNet-20 in 20% of the draws (it agrees on 30-34 of them); the mean probability of 10
 scratch screeners instead 0.52 (4: 0.62, K 19), with the screening models out of the calibration, as the screen
 study found they must be; weighting or ranking by the source's own confidence 0.00-0.24; the 150 rarest errors with
-the source's least confident first 0.76 (/tmp/sacrob/s12.py), but on the bench's own keys of victim seeds 0-2
-(/tmp/sacrob/val.py, checked before any use) it gave the copy p 0.005 / 0.037 / 0.11 against the key's 0.0009 /
+the source's least confident first 0.76, but on the bench's own keys of victim seeds 0-2
+(checked before any use) it gave the copy p 0.005 / 0.037 / 0.11 against the key's 0.0009 /
 0.041 / 0.025 and matched 10, 7, 7 thefts against 11, 7, 8: not kept. The order was chosen on
 these very models; 28 models show the bound kept, not below 1%. The key misses the copy in half the draws: no honest
-test found here matches it every time at 100 queries. End to end (/tmp/sacfew/e2e.py: the bench's seed-0 key,
+test found here matches it every time at 100 queries. End to end (the bench's seed-0 key,
 ``create`` with the 20 scratch models ``Owner.scratch`` trains, K 23, null mean 0.757, sd 0.040) it matched the copy
 (d 0.61, p 0.0009) and every other theft within 5 points but the PGD copies (eps 0.05: d 0.68, p 0.037; 0.1: p
 0.023), none of the 21 nor of 60 held-out independents (the nearest: owner-half LeNet-5s at d 0.67-0.68, p
