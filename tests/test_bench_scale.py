@@ -151,7 +151,8 @@ def test_the_header_cites_the_published_gpu_figure():
                          {"model": "ResNet-50", "peak_mib": 9216.0, "train_ratio": 1.05, "meta_ratio": 1.3,
                           "auto_peak_mib": 3072.0, "auto_micro_batch": 12}]
     text = "\n".join(scale._goal_lines(result))
-    assert "3.00 GiB for SAC's and MetaFinger's training at the defaults (a training step at the batch of 32, 12 " in text
+    assert "3.00 GiB for SAC's and MetaFinger's training at the defaults (a training step at the batch of 32, " \
+           "12 " in text
     assert "9.00 GiB with whole training batches" in text
     assert "a training step at most 1.20x the model's own training floor (ResNet-18)" in text
     assert "a meta-training step at most 1.30x its 7 floors (ResNet-50)" in text

@@ -537,7 +537,8 @@ def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_pat
         return max(seen), keys.load(out, secret=SECRET.encode()).config.get("train_micro_batch")
 
     def names():
-        return sorted(json.loads(p.read_text())["spec"].get("micro_batch", 0) for p in (tmp_path / "cache").glob("*.json"))
+        records = (json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json"))
+        return sorted(r["spec"].get("micro_batch", 0) for r in records)
 
     assert mark("--train-micro-batch", 4) == (4, 4)
     assert mark() == (32, None) and names() == [0] * 5 + [4] * 5  # auto: whole batches of 32, spec names unchanged

@@ -22,12 +22,13 @@ of ``batch`` through a ``TorchOracle``, after one warm-up pass, ``repeats`` time
 SAC and MetaFinger train models for a key. Their table measures, on the same model and batch, one training step
 (``models.training.fit``, Adam, a batch of ``training.DEFAULT_BATCH_SIZE``) against the model's own training floor,
 the same step at the default training micro-batch ("auto": as many images a pass as fit
-``models.training.ACTIVATION_BUDGET``, ``--train-micro-batch``) and its peak memory, and one MetaFinger meta-training step (``metafinger.step_gradient``: the anchor and k positive and
-k negative models, here copies of the one model), each the minimum over the repeats, and projects a key with the
-defaults: the shadow pools (``shadow.pool_specs``' model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch
-models of ``sac.SCRATCH_EPOCHS`` epochs and its forward passes, MetaFinger's meta-training
-(``metafinger.PAPER_EPOCHS`` epochs of one step per anchor over 2n candidates), over an owner's training split of the
-size stated per model. A second table shows peak memory against n and the micro-batch: it follows the batch, not n.
+``models.training.ACTIVATION_BUDGET``, ``--train-micro-batch``) and its peak memory, and one MetaFinger
+meta-training step (``metafinger.step_gradient``: the anchor and k positive and k negative models, here copies of
+the one model), each the minimum over the repeats, and projects a key with the defaults: the shadow pools
+(``shadow.pool_specs``' model-epochs), SAC's ``sac.DEFAULT_SCRATCH_NEGATIVES`` scratch models of
+``sac.SCRATCH_EPOCHS`` epochs and its forward passes, MetaFinger's meta-training (``metafinger.PAPER_EPOCHS`` epochs
+of one step per anchor over 2n candidates), over an owner's training split of the size stated per model. A second
+table shows peak memory against n and the micro-batch: it follows the batch, not n.
 
 ``--device cuda`` writes ``scale-cuda.md`` beside the CPU table: the same rows on the card, every model at n = 100
 in one micro-batch of 100 (a GPU's batch), each cell in this process (one CUDA start, not one per cell) with the

@@ -89,7 +89,9 @@ from nnmark.attacks.noise import noise_finetune
 from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.models.card import ModelCard, pixel_model, unwrap
 from nnmark.models.sources import FACTORY_SPEC, SOURCES, LoadedModel, import_factory, load_any
-from nnmark.models.training import DEFAULT_BATCH_SIZE, MicroBatch, check_micro_batch, micro_batches, resolve_micro_batch
+from nnmark.models.training import (
+    DEFAULT_BATCH_SIZE, MicroBatch, check_micro_batch, micro_batches, resolve_micro_batch,
+)
 
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
@@ -457,7 +459,7 @@ def _variant_specs(arch: str, data: str, source_digest: str, layout: PoolLayout,
 
 def pool_micro_batch(size: MicroBatch, model: nn.Module, images: object) -> int | None:
     """A ``PoolLayout.micro_batch`` for pools of ``model``'s architecture trained on ``images`` (the owner's training
-    images, at least 2): "auto" (``models.training.resolve_micro_batch`` against ``LARGEST_BATCH``) gives None where
+    images, at least 1): "auto" (``models.training.resolve_micro_batch`` against ``LARGEST_BATCH``) gives None where
     every pool batch fits ``models.training.ACTIVATION_BUDGET`` whole, so those pools keep their cache names, else the
     most images that fit; an integer or None stays."""
     return resolve_micro_batch(size, model, torch.as_tensor(images[:2], dtype=torch.float32), LARGEST_BATCH)
