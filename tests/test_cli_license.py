@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from torch import nn
 
 from nnmark import models, serve
 from nnmark.cli import main
@@ -95,11 +96,25 @@ def test_license_refuses_bad_requests_before_any_work(lenet_file, secret, tmp_pa
         (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--feature-weight", "-1"],
          "--feature-weight"),
         (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--device", "cuda:7"], "--device"),
+        (["--count", "2", "--out", tmp_path / "x", "--secret-file", secret, "--micro-batch", "0"], "--micro-batch"),
     ]
     for args, message in cases:
         r = _run("license", "--model", lenet_file, *args)
         assert r.exit_code == 2 and message in r.stderr, (args, r.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_license_fine_tunes_the_copies_in_micro_batches(lenet_file, secret, tmp_path):
+    seen = []
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
+    try:
+        r = _run("license", "--model", lenet_file, "--licensees", "alice", "--out", tmp_path / "x", "--secret-file",
+                 secret, "--epochs", "1", "--clean", "500", "--max-drop", "100", "--micro-batch", "7")
+    finally:
+        handle.remove()
+    assert r.exit_code == 0, r.output
+    assert max(seen) == 7  # every training pass of the fine-tune (the default batch is larger)
 
 
 def test_trace_refuses_a_key_that_is_not_a_registry(lenet_file, secret, tmp_path):

@@ -120,6 +120,13 @@ MICRO_BATCH_HELP = ("images per forward and backward pass, their gradients summe
                     "stay whole, a ResNet-50 at 224x224 trains 12 at a time); whole: whole batches.")
 
 
+def micro_batch_option(name: str = "--micro-batch", *, what: str = "Training", more: str = ""):
+    """A training micro-batch option (``MicroBatch``, default "auto"): ``what`` it bounds, then ``MICRO_BATCH_HELP``
+    and ``more``."""
+    return click.option(name, type=MicroBatch(), default="auto", show_default=True,
+                        help=f"{what}: {MICRO_BATCH_HELP}{more}")
+
+
 DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N, mps, or auto (the first accelerator: cuda, then mps, else cpu)."
 
 

@@ -26,8 +26,8 @@ from nnmark.attacks import ATTACKS, Spec
 from nnmark.attacks.distill import SAME_ARCH
 from nnmark.attacks.transfer import NEW_DOMAIN
 from nnmark.cli._shared import (
-    MICRO_BATCH_HELP, CliError, FiniteFloat, Group, MicroBatch, click_option, dataset_for, device_option, emit,
-    json_option, load_model, model_option, out_option,
+    CliError, FiniteFloat, Group, click_option, dataset_for, device_option, emit, json_option, load_model,
+    micro_batch_option, model_option, out_option,
 )
 from nnmark.cli.suspect import ENDPOINT_OPTIONS, SuspectOptions, suspect_options
 from nnmark.data import Dataset, Split
@@ -46,8 +46,7 @@ OUT_HELP = ("Attacked model to write, as the same kind as --model.",
 DATA_HELP = ("Dataset (default: the model's). The attacker's images: the training split of a spec ending @thief (the "
              "thief's half), else the attacker split (the second half of the test split).")
 THIEF_HELP = DATA_HELP.replace("(default: the model's)", "(default: the model's; required with --endpoint)")
-MICRO_BATCH = click.option("--micro-batch", type=MicroBatch(), default="auto", show_default=True,
-                           help="Training: " + MICRO_BATCH_HELP)
+MICRO_BATCH = micro_batch_option()
 
 
 def _data_option(help_text: str = DATA_HELP):

@@ -14,7 +14,8 @@ import click
 
 from nnmark import keyinfo, keys, marks
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, device_option, emit, json_option, model_option, with_progress, with_secret,
+    CliError, FiniteFloat, device_option, emit, json_option, micro_batch_option, model_option, with_progress,
+    with_secret,
 )
 from nnmark.cli.suspect import suspect_options
 from nnmark.marks.ownership import licensing
@@ -77,13 +78,14 @@ def _report(index: int, total: int, row: dict) -> None:
 @click.option("--max-drop", type=FiniteFloat(0), default=100 * licensing.MAX_DROP, show_default=True,
               help="Most test-accuracy points a copy may lose; a copy that loses more stops the command.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With the secret, draws families and codewords.")
+@micro_batch_option(what="Fine-tuning the copies")
 @device_option(help="Where the copies are fine-tuned: cpu, cuda, cuda:N, mps, or auto (the first accelerator); the "
                     "files written are the same kind on any device.")
 @with_secret
 @json_option
 @with_progress
 def license(model_source, data_spec, licensees, count, out, families, per_family, epochs, lr, clean, epsilon,
-            feature_weight, max_drop, seed, device, secret_file, unsigned, as_json, progress) -> None:
+            feature_weight, max_drop, seed, micro_batch, device, secret_file, unsigned, as_json, progress) -> None:
     """Make one fine-tuned copy of a model per licensee, and the signed registry that traces a leak to it.
 
     Writes --out/NAME.<the model's extension> per licensee and --out/registry.key (signed with the secret, which
@@ -95,6 +97,7 @@ def license(model_source, data_spec, licensees, count, out, families, per_family
       nnmark license --model lenet5.safetensors --count 16 --out fleet --secret-file secret --json
     """
     from nnmark.cli._shared import model_to_train
+    from nnmark.models.training import micro_batches
 
     names = _names(licensees, count)
     target = _check_out(out)
@@ -105,10 +108,11 @@ def license(model_source, data_spec, licensees, count, out, families, per_family
     model, ds, write, loaded = model_to_train(None, model_source, data_spec, width=1.0, seed=seed, fresh=False,
                                               purpose="nnmark license")
     start = time.perf_counter()
-    copies, key = licensing.license_copies(
-        model.to(device), ds, names, secret=secret, families=families, per_family=per_family, epochs=epochs,
-        lr=lr, clean=clean, epsilon=epsilon, feature_weight=feature_weight, seed=seed,
-        progress=(lambda i, name, row: _report(i, len(names), row)) if progress else None)
+    with micro_batches(micro_batch):
+        copies, key = licensing.license_copies(
+            model.to(device), ds, names, secret=secret, families=families, per_family=per_family, epochs=epochs,
+            lr=lr, clean=clean, epsilon=epsilon, feature_weight=feature_weight, seed=seed,
+            progress=(lambda i, name, row: _report(i, len(names), row)) if progress else None)
     rows = key.config["licensees"]
     if worse := [r["licensee"] for r in rows if r["accuracy_drop"] * 100 > max_drop]:
         raise CliError(f"copies for {', '.join(worse)} lose more than {max_drop:g} accuracy points; nothing is "

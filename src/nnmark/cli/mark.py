@@ -25,8 +25,8 @@ import torch
 
 from nnmark import envs, keys, models
 from nnmark.cli._shared import (
-    MICRO_BATCH_HELP, CliError, FiniteFloat, Group, MicroBatch, click_option, dataset_for, device_option, emit,
-    json_option, load_model, model_option, model_to_train, out_option, secret_for_writing, with_progress, with_secret,
+    CliError, FiniteFloat, Group, click_option, dataset_for, device_option, emit, json_option, load_model,
+    micro_batch_option, model_option, model_to_train, out_option, secret_for_writing, with_progress, with_secret,
 )
 from nnmark.cli.suspect import endpoint_default_option
 from nnmark.data import Split
@@ -229,9 +229,8 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                           "extracted copy of the source as positive train models; 5 more shadow models, see "
                           "docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
-        click.option("--train-micro-batch", type=MicroBatch(), default="auto", show_default=True,
-                     help="Training the shadow models (and SAC's scratch models): " + MICRO_BATCH_HELP + " A pool "
-                          "trained in micro-batches is cached apart."),
+        micro_batch_option("--train-micro-batch", what="Training the shadow models (and SAC's scratch models)",
+                           more=" A pool trained in micro-batches is cached apart."),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),
         click.option("--cache-dir", type=click.Path(file_okay=False),

@@ -10,9 +10,10 @@ import click
 
 from nnmark import models
 from nnmark.cli._shared import (
-    CliError, FiniteFloat, device_option, emit, json_option, model_source_options, model_to_train, out_option,
-    with_model_source, with_progress,
+    CliError, FiniteFloat, device_option, emit, json_option, micro_batch_option, model_source_options, model_to_train,
+    out_option, with_model_source, with_progress,
 )
+from nnmark.models.training import micro_batches
 
 DEFAULT_EPOCHS = 8
 
@@ -28,6 +29,7 @@ DEFAULT_EPOCHS = 8
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=models.DEFAULT_LR, show_default=True,
               help="Adam learning rate (cosine decay).")
 @click.option("--batch-size", type=click.IntRange(1), default=models.DEFAULT_BATCH_SIZE, show_default=True)
+@micro_batch_option()
 @click.option("--width", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True,
               help="Channel width multiplier (--arch only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
@@ -37,7 +39,7 @@ DEFAULT_EPOCHS = 8
 @json_option
 @with_model_source
 @with_progress
-def train(arch, model_source, data_spec, epochs, lr, batch_size, width, seed, device, out, as_json,
+def train(arch, model_source, data_spec, epochs, lr, batch_size, micro_batch, width, seed, device, out, as_json,
           progress) -> None:
     """Train a fresh model on a dataset and save it: a zoo architecture, or your own factory's.
 
@@ -59,7 +61,8 @@ def train(arch, model_source, data_spec, epochs, lr, batch_size, width, seed, de
                        "(for a checkpoint pass its --arch)")
     model = model.to(device)
     start = time.perf_counter()
-    models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+    with micro_batches(micro_batch):
+        models.train(model, ds.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     acc = models.accuracy(model, ds.test)
     write(model.cpu(), acc, out)
