@@ -148,6 +148,15 @@ def test_the_activations_a_pass_saves_are_counted_per_image_and_leave_no_trace(x
         saved_bytes_per_image(model, x[:0])
 
 
+def test_a_cards_activation_budget_is_a_share_of_its_free_memory(monkeypatch):
+    free = {"cuda": 40 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["cuda"], 80 << 30))
+    assert training.activation_budget(torch.device("cpu")) == training.ACTIVATION_BUDGET == 1 << 30
+    assert training.activation_budget(torch.device("cuda:0")) == 10 << 30  # a quarter of 40 GiB free
+    free["cuda"] = 1 << 30
+    assert training.activation_budget(torch.device("cuda:0")) == 1 << 30  # never below the CPU's budget
+
+
 def test_auto_micro_batches_split_only_the_batches_the_activation_budget_cannot_hold(xy, forward_sizes, monkeypatch):
     x, y = xy
     kwargs = {"lr": 0.05, "epochs": 1, "batch_size": 16, "optimizer": "sgd", "momentum": 0.9, "seed": 1}

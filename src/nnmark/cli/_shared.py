@@ -116,8 +116,9 @@ class MicroBatch(click.ParamType):
 
 MICRO_BATCH_HELP = ("images per forward and backward pass, their gradients summed into each step: peak memory follows "
                     "it, not the batch; BatchNorm then normalises each micro-batch apart. auto: as many as keep a "
-                    "pass's saved activations within 1 GiB, measured on the model (a LeNet-5's or ResNet-20's batches "
-                    "stay whole, a ResNet-50 at 224x224 trains 12 at a time); whole: whole batches.")
+                    "pass's saved activations within 1 GiB (on a CUDA card, a quarter of its free memory where more), "
+                    "measured on the model (on CPU a LeNet-5's or ResNet-20's batches stay whole, a ResNet-50 at "
+                    "224x224 trains 12 at a time); whole: whole batches.")
 
 
 def micro_batch_option(name: str = "--micro-batch", *, what: str = "Training", more: str = ""):

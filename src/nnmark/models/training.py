@@ -8,7 +8,7 @@ act after each optimizer step (``after_step``) or end training early (``stop``);
 is the inner loop alone, for callers that keep their own optimizer across passes. Inside
 ``micro_batches(size)`` every step runs its batch in chunks of at most ``size`` samples (peak memory
 follows ``size``, not the training batch); ``micro_batches("auto")`` picks for each model the most images whose
-activations fit ``ACTIVATION_BUDGET`` (``fitting_micro_batch``).
+activations fit ``ACTIVATION_BUDGET`` (on a CUDA card, a share of its free memory; ``fitting_micro_batch``).
 
 A split is anything with ``.x`` (float32 (N, C, H, W) in [0, 1]) and ``.y`` (int64 (N,)),
 as numpy arrays or torch tensors.
@@ -52,6 +52,10 @@ ACTIVATION_BUDGET = 1 << 30
 """Bytes of activations that one training forward pass may save for backward under ``micro_batches(AUTO)``: 1 GiB.
 A ResNet-50 at 3x224x224 saves 82 MiB an image (12 images a pass), a ViT-S/16 57 MiB (18); LeNet-5, ResNet-20 and
 ResNet-18 at their sizes fit more than 200, so their batches (at most 64 in nnmark) never split."""
+CARD_SHARE = 0.25
+"""On a CUDA card, ``micro_batches(AUTO)``'s budget is this share of the card's free memory where that is more than
+``ACTIVATION_BUDGET`` (weights, gradients, optimizer state and backward's own buffers take the rest): an 80 GB card
+trains a ResNet-50's batches of 32 whole."""
 MicroBatch = int | Literal["auto"] | None
 _MICRO_BATCH: ContextVar[MicroBatch] = ContextVar("nnmark_training_micro_batch", default=None)
 
@@ -157,10 +161,18 @@ def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> float:
                 buffer.copy_(kept)
 
 
+def activation_budget(device: torch.device) -> float:
+    """Bytes of activations a training pass may save on ``device``: ``ACTIVATION_BUDGET``, or on a CUDA card
+    ``CARD_SHARE`` of its free memory where that is more."""
+    if device.type == "cuda":
+        return max(ACTIVATION_BUDGET, CARD_SHARE * torch.cuda.mem_get_info(device)[0])
+    return ACTIVATION_BUDGET
+
+
 def fitting_micro_batch(model: nn.Module, x: torch.Tensor, budget: float | None = None) -> int:
     """The most images (at least 1) whose forward pass through ``model`` saves at most ``budget`` bytes for backward
-    (default ``ACTIVATION_BUDGET``; ``saved_bytes_per_image`` on the first images of ``x``)."""
-    budget = ACTIVATION_BUDGET if budget is None else budget
+    (default ``activation_budget`` of the model's device; ``saved_bytes_per_image`` on the first images of ``x``)."""
+    budget = activation_budget(device_of(model)) if budget is None else budget
     return max(1, int(budget // max(saved_bytes_per_image(model, x), 1.0)))
 
 
