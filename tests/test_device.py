@@ -230,6 +230,23 @@ def test_a_key_made_on_one_device_never_reads_tampered_on_the_other(digits_model
         assert verdict.passed, (method, made, other, verdict.flipped)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_a_card_measures_the_auto_micro_batch_on_itself():
+    """On a real card: the activations are measured there, against a share of its free memory (at least 1 GiB), and
+    a training step at auto runs on the card."""
+    from nnmark.models import training
+
+    model = models.build("resnet18", (3, 32, 32), 10).cuda().train()
+    x = torch.rand(64, 3, 32, 32, device="cuda")
+    assert training.activation_budget(torch.device("cuda")) >= training.ACTIVATION_BUDGET
+    assert training.saved_bytes_per_image(model, x) == pytest.approx(
+        training.saved_bytes_per_image(model.cpu(), x.cpu()), rel=0.01)
+    model.cuda()
+    assert training.resolve_micro_batch("auto", model, x, 64) is None  # a card's batch of 64 fits whole
+    with training.micro_batches("auto"):
+        training.fit(model, x, torch.arange(64, device="cuda") % 10, lr=1e-3, steps=1, batch_size=64)
+
+
 # --- the cross-environment rule ---------------------------------------------------------------------
 
 
