@@ -628,3 +628,22 @@ def test_a_thief_pool_builds_each_named_variant_once_and_reuses_the_cache(base_m
     again = build_pool(wanted, cache_dir=tmp_path, base=base_model, executor="serial")
     assert calls == [] and again.trained == []
     assert all(_same(a, b) for a, b in zip(pool.models, again.models))
+
+
+def test_a_pools_auto_micro_batch_is_measured_as_the_pools_train(monkeypatch):
+    """``pool_micro_batch``: "auto" is None where every pool batch fits whole (the cache names stay), else the images
+    that fit, measured in training mode (dropout keeps its mask there) whatever the model's own mode, which stays."""
+    from nnmark.models import training
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    assert shadow.pool_micro_batch("auto", model, x) is None and not model.training
+    assert shadow.pool_micro_batch(7, model, x) == 7 and shadow.pool_micro_batch(None, model, x) is None
+    per_image = training.saved_bytes_per_image(model.train(), torch.as_tensor(x))
+    model.eval()
+    assert per_image > training.saved_bytes_per_image(model, torch.as_tensor(x))  # eval mode saves less
+    monkeypatch.setattr(training, "ACTIVATION_BUDGET", 3 * per_image)
+    assert shadow.pool_micro_batch("auto", model, x) == 3 and not model.training
+    monkeypatch.setattr(training, "ACTIVATION_BUDGET", shadow.LARGEST_BATCH * per_image)
+    assert shadow.pool_micro_batch("auto", model, x) is None  # the largest pool batch just fits

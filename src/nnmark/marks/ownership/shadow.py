@@ -461,8 +461,14 @@ def pool_micro_batch(size: MicroBatch, model: nn.Module, images: object) -> int 
     """A ``PoolLayout.micro_batch`` for pools of ``model``'s architecture trained on ``images`` (the owner's training
     images, at least 1): "auto" (``models.training.resolve_micro_batch`` against ``LARGEST_BATCH``) gives None where
     every pool batch fits ``models.training.ACTIVATION_BUDGET`` whole, so those pools keep their cache names, else the
-    most images that fit; an integer or None stays."""
-    return resolve_micro_batch(size, model, torch.as_tensor(images[:2], dtype=torch.float32), LARGEST_BATCH)
+    most images that fit; an integer or None stays. Measured in training mode, as the pools train (the model's own
+    mode is restored)."""
+    was_training = model.training
+    try:
+        return resolve_micro_batch(size, model.train(), torch.as_tensor(images[:2], dtype=torch.float32),
+                                   LARGEST_BATCH)
+    finally:
+        model.train(was_training)
 
 
 def pool_specs_for(
