@@ -129,7 +129,7 @@ def check_micro_batch(size: object, *, auto: bool = True) -> None:
 
 def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> float:
     """Bytes that a forward pass of ``model`` in its own mode saves for backward, per image: the growth from a pass
-    of 2 images to one of 4 (the first two of ``x``, repeated), over 2, so what a pass saves whatever its size (the
+    of 2 images to one of 3 (the first two of ``x``, repeated), so what a pass saves whatever its size (the
     parameters, a pruned layer's masked weights, BatchNorm's batch statistics) does not count. Each storage counts
     once (``torch.autograd.graph.saved_tensors_hooks``). The passes leave no trace: the model's buffers (BatchNorm's
     running statistics) are restored and the random generators forked (dropout draws from copies). A loss that asks
@@ -154,7 +154,7 @@ def saved_bytes_per_image(model: nn.Module, x: torch.Tensor) -> float:
     devices = [images.device] if images.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            return (saved(4) - saved(2)) / 2
+            return float(saved(3) - saved(2))
     finally:
         with torch.no_grad():
             for buffer, kept in buffers:
