@@ -83,6 +83,23 @@ def forward_sizes():
     return sizes
 
 
+@pytest.fixture
+def training_passes():
+    """``training_passes(run)``: (the batch size of every forward pass of a ``Conv2d`` in training mode, of any model,
+    in ``run()``; what ``run()`` returns): the passes a command's training makes, whatever models it builds."""
+
+    def passes(run):
+        seen = []
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, torch.nn.Conv2d) else None)
+        try:
+            return seen, run()
+        finally:
+            handle.remove()
+
+    return passes
+
+
 @pytest.fixture(scope="session")
 def mnist():
     return data.load("mnist5k")

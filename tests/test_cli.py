@@ -119,22 +119,16 @@ def test_train_reports_accuracy(run, tmp_path):
     assert run("train", "--arch", "lenet5", "--data", "nope", "--out", out).exit_code == 2
 
 
-def test_train_in_micro_batches_takes_the_same_steps(run, tmp_path):
+def test_train_in_micro_batches_takes_the_same_steps(run, tmp_path, training_passes):
     """--micro-batch N bounds every training pass and sums the gradients (a LeNet-5 has no batch statistics: the
     same steps up to the order of the sums, which Adam's per-weight scaling lets drift by about a hundredth over an
     epoch: as accurate); the default, auto, keeps these small batches whole: the very same file."""
-    from torch import nn
-
     from nnmark import models
 
     def trained(*extra):
-        seen, out = [], tmp_path / f"m{len(extra)}{extra[-1] if extra else ''}.safetensors"
-        handle = nn.modules.module.register_module_forward_pre_hook(
-            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
-        try:
-            r = run("train", "--arch", "lenet5", "--data", "digits", "--epochs", 1, "--out", out, "--json", *extra)
-        finally:
-            handle.remove()
+        out = tmp_path / f"m{len(extra)}{extra[-1] if extra else ''}.safetensors"
+        seen, r = training_passes(
+            lambda: run("train", "--arch", "lenet5", "--data", "digits", "--epochs", 1, "--out", out, "--json", *extra))
         assert r.exit_code == 0, r.output
         return max(seen), models.digest(models.load(out)[0]), json.loads(r.stdout)["test_accuracy"]
 

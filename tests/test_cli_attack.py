@@ -6,7 +6,6 @@ import click
 import pytest
 from click.testing import CliRunner
 import torch
-from torch import nn
 
 from nnmark import models
 from nnmark.attacks import ATTACKS
@@ -58,17 +57,11 @@ def test_a_registered_attack_runs_from_the_command_line(lenet_file, tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: need temperature > 0 and alpha in [0, 1]")
 
 
-def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_path, monkeypatch):
+def test_micro_batch_bounds_every_training_pass_of_an_attack(lenet_file, tmp_path, monkeypatch, training_passes):
     def sizes(*extra):
-        seen = []
-        handle = nn.modules.module.register_module_forward_pre_hook(
-            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
-        try:
-            r = CliRunner().invoke(main, ["attack", "finetune", "--model", str(lenet_file), "--out",
-                                          str(tmp_path / "ft.safetensors"), "--steps", "3", "--batch-size", "16",
-                                          *extra])
-        finally:
-            handle.remove()
+        seen, r = training_passes(lambda: CliRunner().invoke(main, [
+            "attack", "finetune", "--model", str(lenet_file), "--out", str(tmp_path / "ft.safetensors"), "--steps", "3",
+            "--batch-size", "16", *extra]))
         assert r.exit_code == 0, r.output
         return seen
 

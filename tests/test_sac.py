@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 from click.testing import CliRunner
 
 from nnmark import data, keys, models
@@ -516,22 +515,16 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
         assert result.passed is passed and result.rule == "whole key" and result.queries >= 50
 
 
-def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_path, monkeypatch):
+def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_path, monkeypatch, training_passes):
     """--train-micro-batch (here "auto", the default: as many images as fit the activation budget): the pools (cached
     apart) and the scratch models train at most that many images per pass; these small models' whole batches fit, so
     their pools keep their names. (An integer: ``test_cli``'s MetaFinger key.)"""
     def mark(*extra):
-        seen = []
-        handle = nn.modules.module.register_module_forward_pre_hook(
-            lambda m, inputs: seen.append(len(inputs[0])) if m.training and isinstance(m, nn.Conv2d) else None)
         out = tmp_path / "chunked.key"
-        try:
-            r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
-                     "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
-                     "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--out", out, "--json",
-                     *extra)
-        finally:
-            handle.remove()
+        seen, r = training_passes(lambda: _cli(
+            "mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
+            "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
+            "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--out", out, "--json", *extra))
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["shadow_models_trained"] == 5
         return max(seen), keys.load(out, secret=SECRET.encode()).config.get("train_micro_batch")

@@ -117,17 +117,11 @@ def test_augmentation_is_eq1_noise_then_finetune_that_recovers_accuracy(base_mod
         train_shadow(spec, train_shadow(ShadowSpec("lenet5", "digits", seed=2, epochs=1)))  # wrong base
 
 
-def test_a_spec_with_a_micro_batch_trains_in_chunks_of_it(digits):
+def test_a_spec_with_a_micro_batch_trains_in_chunks_of_it(digits, training_passes):
     """Every training forward pass (a from-scratch base, then its eq. 1 fine-tune) sees at most micro_batch images."""
-    seen = []
-    handle = nn.modules.module.register_module_forward_pre_hook(
-        lambda m, inputs: seen.append((m.training, len(inputs[0]))) if isinstance(m, nn.Conv2d) else None)
-    try:
-        train_shadow(ShadowSpec("lenet5", "digits", 0, augment_alpha=3.0, augment_seed=1, epochs=1,
-                                finetune_epochs=1, micro_batch=5), dataset=digits)
-    finally:
-        handle.remove()
-    trained = [size for training, size in seen if training]
+    trained, _ = training_passes(lambda: train_shadow(ShadowSpec(
+        "lenet5", "digits", 0, augment_alpha=3.0, augment_seed=1, epochs=1, finetune_epochs=1, micro_batch=5),
+        dataset=digits))
     assert trained and max(trained) == 5
 
 
