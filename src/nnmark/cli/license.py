@@ -19,6 +19,7 @@ from nnmark.cli._shared import (
 )
 from nnmark.cli.suspect import suspect_options
 from nnmark.marks.ownership import licensing
+from nnmark.models.training import micro_batches
 
 REGISTRY = "registry.key"
 """The licence registry's file name in --out."""
@@ -97,7 +98,6 @@ def license(model_source, data_spec, licensees, count, out, families, per_family
       nnmark license --model lenet5.safetensors --count 16 --out fleet --secret-file secret --json
     """
     from nnmark.cli._shared import model_to_train
-    from nnmark.models.training import micro_batches
 
     names = _names(licensees, count)
     target = _check_out(out)
