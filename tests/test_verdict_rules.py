@@ -1,4 +1,5 @@
-"""The ownership and watermark verdict rules (marks/ownership/stats.py) and the Verdict they give (marks/verdict.py).
+"""The ownership and watermark verdict rules (marks/ownership/stats.py), the fitted null of calibrated keys, and the
+Verdict they give (marks/verdict.py).
 
 Each rule is the one its docstring states: a match iff the rate reaches the threshold and, when a bound is given,
 the one-sided binomial p-value lies strictly below it; the tests sit on the boundaries, where a changed comparison
@@ -9,9 +10,11 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
-from nnmark.errors import ArgumentError
-from nnmark.marks.ownership.stats import binomial_tail, match_verdict, watermark_verdict
+from nnmark.errors import ArgumentError, NnmarkError
+from nnmark.marks.ownership.stats import (binomial_tail, match_verdict, normal_fit, predictive_bound, predictive_tail,
+                                          watermark_verdict)
 from nnmark.marks.verdict import Verdict
 
 
@@ -40,6 +43,45 @@ def test_binomial_tail_of_no_agreement_is_one():
 def test_binomial_tail_refuses_what_is_no_binomial(k, n, p, match):
     with pytest.raises(ArgumentError, match=match):
         binomial_tail(k, n, p)
+
+
+VALUES = [0.2, 0.3, 0.35, 0.5]
+"""Calibration values: mean 0.3375, sample sd 0.125 (K - 1 = 3 in the denominator)."""
+
+
+def test_normal_fit_is_the_mean_and_the_sample_standard_deviation():
+    assert normal_fit(VALUES) == (pytest.approx(0.3375, rel=1e-15), pytest.approx(0.125, rel=1e-14))
+    assert normal_fit([1.0, 2.0]) == (1.5, pytest.approx(math.sqrt(0.5), rel=1e-15))
+    with pytest.raises(ArgumentError, match="at least 2 independent models, got 1"):
+        normal_fit([0.3])
+    with pytest.raises(NnmarkError, match="^the calibration models' values have no spread, so no false-claim bound can "
+                       "be fitted; use other calibration models$"):
+        normal_fit([0.3, 0.3, 0.3])
+
+
+@pytest.mark.parametrize("x", [0.0, 0.3, 0.3375, 0.6, 0.9])
+def test_predictive_tails_are_the_student_t_of_a_new_draw(x):
+    scale = 0.125 * math.sqrt(1 + 1 / 4)
+    upper = predictive_tail(x, 0.3375, 0.125, 4, upper=True)
+    lower = predictive_tail(x, 0.3375, 0.125, 4, upper=False)
+    assert upper == pytest.approx(stats.t.sf((x - 0.3375) / scale, 3), rel=1e-12)
+    assert lower == pytest.approx(stats.t.cdf((x - 0.3375) / scale, 3), rel=1e-12)
+    assert upper + lower == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.2, 0.7])
+def test_the_predictive_bound_is_where_the_tail_is_alpha(alpha):
+    up, down = (predictive_bound(0.3375, 0.125, 4, alpha, upper=u) for u in (True, False))
+    assert up == pytest.approx(0.3375 + stats.t.ppf(1 - alpha, 3) * 0.125 * math.sqrt(1.25), rel=1e-12)
+    assert predictive_tail(up, 0.3375, 0.125, 4, upper=True) == pytest.approx(alpha, rel=1e-9)
+    assert predictive_tail(down, 0.3375, 0.125, 4, upper=False) == pytest.approx(alpha, rel=1e-9)
+    assert up + down == pytest.approx(2 * 0.3375, rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1])
+def test_the_predictive_bound_refuses_alpha_outside_zero_one(alpha):
+    with pytest.raises(ArgumentError, match="alpha must lie in"):
+        predictive_bound(0.3, 0.1, 4, alpha, upper=True)
 
 
 def test_match_verdict_reports_what_it_decided_on():

@@ -322,20 +322,19 @@ import math
 from typing import Literal, Sequence
 
 import torch
-from scipy.special import stdtr
 from torch import nn
 
 from nnmark import data
-from nnmark.attacks.distill import SOK_TEMPERATURE, distill, fresh_copy
+from nnmark.attacks.distill import SOK_TEMPERATURE, distill
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.metafinger import Pools
-from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
+from nnmark.marks.ownership.scratch import SCRATCH_DEVICE, SCRATCH_EPOCHS, owner_dataset, owner_split, scratch_models
+from nnmark.marks.ownership.stats import normal_fit, predictive_tail
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models.card import ModelCard
-from nnmark.models.training import device_of, train
+from nnmark.models.training import device_of
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 from nnmark.oracles.local import DEFAULT_BATCH_SIZE as QUERY_BATCH_SIZE
 
@@ -362,15 +361,6 @@ DEFAULT_SCREEN = "minority"
 DEFAULT_SCRATCH_NEGATIVES = 20
 """From-scratch models of the source's recipe added to the calibration: with ``nnmark bench ownership``'s 3 families,
 K = 23 models (study above)."""
-SCRATCH_EPOCHS = DEFAULT_EPOCHS
-"""Training epochs of each scratch negative: the shadow pools' default (``nnmark mark``'s --shadow-epochs)."""
-SCRATCH_DEVICE = "cpu"
-"""Where the scratch negatives train unless told (``nnmark mark sac --device`` tells); they come back to the CPU,
-where the key is made."""
-SCRATCH_SEEDS = 4_000_000
-"""How far above the key's seed the scratch negatives' seeds start (model i: ``seed + SCRATCH_SEEDS + i``), apart from
-the pools' seeds, ``DISTILLED_SEEDS`` and the bench's (``bench.thefts.THEFT_SEEDS``, its independents' 1000 (s + 1) +
-...): no scratch negative starts from the initial weights of another model it is compared with."""
 DEFAULT_DISTILLED_NEGATIVES = 0
 """Students of the families added to the calibration: none by default (they spread less than from-scratch models of
 the source's recipe, so a null fitted on them is too narrow; study above)."""
@@ -515,25 +505,19 @@ def distance(statistic: str, source: torch.Tensor, suspect: torch.Tensor) -> flo
 
 def calibrate(distances: Sequence[float]) -> dict:
     """The decision's calibration from K >= 2 independent models' distances d_k: threshold tau = min_k d_k,
-    mu = their mean, s = their sample standard deviation (> 0), and the distances themselves."""
+    mu = their mean, s = their sample standard deviation (> 0, ``stats.normal_fit``), and the distances themselves."""
     d = [float(v) for v in distances]
-    if len(d) < 2:
-        raise ArgumentError(f"calibration needs at least 2 independent models, got {len(d)}")
-    if max(d) == min(d):
-        raise NnmarkError("the calibration models' distances have no spread, so no false-claim bound can be fitted; "
-                          "use other calibration models")
-    mean = math.fsum(d) / len(d)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / (len(d) - 1))
+    mean, std = normal_fit(d)
     return {"threshold": min(d), "mean": mean, "std": std, "distances": d}
 
 
 def p_values(d: float, calibration: dict) -> tuple[float, float]:
-    """(fitted, empirical) p-values of distance d: P[T_{K-1} <= (d - mu) / (s sqrt(1 + 1/K))] and
-    (1 + #{d_k <= d}) / (1 + K)."""
+    """(fitted, empirical) p-values of distance d: P[T_{K-1} <= (d - mu) / (s sqrt(1 + 1/K))]
+    (``stats.predictive_tail``) and (1 + #{d_k <= d}) / (1 + K)."""
     distances = calibration["distances"]
     k = len(distances)
-    t = (d - calibration["mean"]) / (calibration["std"] * math.sqrt(1 + 1 / k))
-    return float(stdtr(k - 1, t)), (1 + sum(v <= d for v in distances)) / (1 + k)
+    return (predictive_tail(d, calibration["mean"], calibration["std"], k, upper=False),
+            (1 + sum(v <= d for v in distances)) / (1 + k))
 
 
 def judge(d: float, calibration: dict, max_p_value: float) -> dict:
@@ -561,24 +545,6 @@ def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: 
     """Each model's distance to the source's fingerprints, per output."""
     found = [fingerprints(_probabilities(m, x, num_classes), temperature, statistic) for m in models]
     return {out: [distance(statistic, source[out], f[out]) for f in found] for out in OUTPUTS}
-
-
-def _owner_dataset(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Dataset:
-    """``dataset``, else the dataset ``meta["data"]`` names, whose training images must be ``images`` (the ones the
-    caller gave)."""
-    if dataset is None:
-        if "data" not in meta:
-            raise ArgumentError("SAC draws its queries from held-out images: pass dataset")
-        dataset = data.load_for(meta["data"], ModelCard(tuple(images.shape[1:]), num_classes))
-        _owner_split(images, dataset)
-    return dataset
-
-
-def _owner_split(images: torch.Tensor, dataset: data.Dataset) -> data.Split:
-    """``dataset``'s training split, checked to hold ``images`` (the owner's, which the caller gave)."""
-    if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
-        raise InputError(f"the training images given are not those of {dataset.name}; pass the owner's dataset")
-    return dataset.train
 
 
 def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
@@ -629,15 +595,6 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
         students.append(distill(teacher, images, y, temperature=SOK_TEMPERATURE, alpha=1.0, epochs=epochs,
                                 seed=seed + DISTILLED_SEEDS + i).eval())
     return students
-
-
-def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int,
-                   device: str = SCRATCH_DEVICE) -> list[nn.Module]:
-    """k independent models of the source's own recipe: its architecture re-initialised (``fresh_copy``) and trained
-    from scratch (``models.training.train``) for ``epochs`` on the owner's labelled split, model i from seed ``seed +
-    SCRATCH_SEEDS + i``; trained on ``device`` and returned on the CPU, where the key is made."""
-    return [train(fresh_copy(source, s).to(device), owner, epochs=epochs, seed=s).eval().cpu()
-            for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
 
 
 def create(
@@ -723,7 +680,7 @@ def create(
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
-    dataset = _owner_dataset(images, num_classes, dataset, meta)
+    dataset = owner_dataset(images, num_classes, dataset, meta, "SAC draws its queries from held-out images")
     pool = natural_pool(dataset)
     screening = list(pools.negatives_val) if variant == "w" and screen != "none" else []
     x, extras, found = _queries(source, pool, variant, n, patch, num_classes, screen, screening,
@@ -736,7 +693,7 @@ def create(
     families = one_per_family(pools.negatives_train)
     kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
              "scratch": list(scratch) if scratch is not None else scratch_models(
-                 source, _owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
+                 source, owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
                  epochs=scratch_epochs, seed=seed, device=device),
              "extra": list(extra_negatives or ()),
              "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
