@@ -117,7 +117,7 @@ def test_calibrate_gives_the_predictive_bound_and_the_null_it_rests_on():
     c = metafinger.calibrate(ACCURACIES, 0.05, N)
     assert c["threshold"] == c["bound"] == pytest.approx(spec_bound(ACCURACIES, 0.05), rel=1e-12)
     assert c["mean"] == pytest.approx(0.1, rel=1e-12) and c["std"] == pytest.approx(math.sqrt(0.00625), rel=1e-12)
-    assert c["accuracies"] == ACCURACIES and c["p_value"] == 0.05
+    assert c["accuracies"] == ACCURACIES and c["p_value"] == 0.05 and c["queries"] == N
     # where a calibration model scores above the bound, the threshold is one query above it: no calibration model
     # matches (the outlier's 10 of 20 against a bound of about 0.38)
     outlier = [0.1] * 9 + [0.15] * 9 + [0.5]
@@ -139,6 +139,12 @@ def test_a_part_of_a_calibrated_key_keeps_the_whole_keys_threshold():
     assert not metafinger.verify(hitting(EXPECTED[:10], 5), part).passed  # 5 / 10 < 0.55
 
 
+def test_a_calibration_on_one_query_is_read():
+    """The smallest key: one query, on which no calibration model was right; only a suspect right on it matches."""
+    key = _key(calibration={"accuracies": [0.0, 0.01], "p_value": 0.01, "queries": 1}, threshold=1.0)
+    assert metafinger.verify(_suspect(N), key).passed and not metafinger.verify(_suspect(N - 1), key).passed
+
+
 def test_a_calibration_model_that_answers_every_query_leaves_no_threshold_to_pass():
     c = metafinger.calibrate([0.5, 0.8, 1.0], 0.6, N)
     assert c["bound"] < 1 and c["threshold"] == 21 / N
@@ -146,8 +152,8 @@ def test_a_calibration_model_that_answers_every_query_leaves_no_threshold_to_pas
 
 @pytest.mark.parametrize("key, match", [
     (lambda: _calibrated(threshold=0.5), "not the one its calibration gives"),
-    (lambda: _calibrated([-0.05, 0.0, 0.1]), "outside"),
-    (lambda: _calibrated([0.9, 0.95, 1.05], 0.9), "outside"),
+    (lambda: _calibrated([-0.05, 0.0, 0.1]), "below 0"),
+    (lambda: _calibrated([0.9, 0.95, 1.05], 0.9), "outside"),  # its threshold lies above 1
     (lambda: _key(calibration={"p_value": 0.01, "queries": N}),
      r"^metafinger key's calibration needs >= 2 query accuracies with spread, a p_value in \(0, 1\) and the number "
      r"of queries they were measured on$"),

@@ -543,7 +543,8 @@ def _calibrate(source: nn.Module, x: torch.Tensor, y: torch.Tensor, images: torc
 
 def _calibration(key: KeyFile) -> dict | None:
     """A calibrated key's calibration recomputed from its accuracies and p-value (None for the paper's rule);
-    KeyFileError when it is malformed or its recorded threshold is not the one it gives."""
+    KeyFileError when it is malformed or its recorded threshold is not the one it gives (an accuracy above 1 gives a
+    threshold above 1, which ``verify`` refuses first)."""
     if "calibration" not in key.config:
         return None
     try:
@@ -555,10 +556,9 @@ def _calibration(key: KeyFile) -> dict | None:
     except (KeyError, TypeError, ValueError, NnmarkError):
         raise KeyFileError(f"{METHOD} key's calibration needs >= 2 query accuracies with spread, a p_value in (0, 1) "
                            "and the number of queries they were measured on") from None
-    if not all(0 <= a <= 1 for a in calibration["accuracies"]) or not math.isclose(recorded,
-                                                                                    calibration["threshold"]):
+    if min(calibration["accuracies"]) < 0 or not math.isclose(recorded, calibration["threshold"]):
         raise KeyFileError(f"{METHOD} key's threshold {recorded:.6g} is not the one its calibration gives "
-                           f"({calibration['threshold']:.6g}), or an accuracy lies outside [0, 1]")
+                           f"({calibration['threshold']:.6g}), or an accuracy lies below 0")
     return calibration
 
 
