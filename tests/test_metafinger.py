@@ -14,7 +14,7 @@ from nnmark import data, keys, models
 from nnmark.attacks import finetune_mode
 from nnmark.data.roles import attacker_data
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
-from nnmark.marks.ownership import metafinger, scratch, shadow
+from nnmark.marks.ownership import metafinger, shadow
 from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.oracles import LabelsOracle, TorchOracle
 from nnmark.marks.ownership.metafinger import Pools, Settings
@@ -265,62 +265,6 @@ def test_bad_inputs_raise_clear_errors(world):
                           keys.KeyFile(key.method, no_null, key.queries, key.expected))
 
 
-# --- the calibrated threshold -------------------------------------------------------------------------------------
-
-
-def test_a_calibrated_key_sets_its_threshold_from_scratch_models_of_the_sources_recipe(world, monkeypatch):
-    """K = 4 scratch LeNet-5s (seeds 4,000,000 + i) answer the key's queries; tau is the accuracy a fifth passes with
-    probability 0.01 under the t fitted to theirs. The queries are the paper's key's; the source and its fine-tuned
-    copy match, the independent model does not, and its calibrated p-value says how rare it is."""
-    ds, source, pools, key, suspects = world
-    settings = dataclasses.replace(SETTINGS, scratch_negatives=4, scratch_epochs=2)
-    calibrated = metafinger.create(source, pools, ds.train.x, settings, seed=0, dataset=ds)
-    assert torch.equal(calibrated.queries, key.queries) and torch.equal(calibrated.expected, key.expected)
-    made = scratch.scratch_models(source, ds.train, 4, epochs=2, seed=0)
-    accuracies = [_verify(m, key, ds.shape).statistic for m in made]
-    c = calibrated.config
-    assert c["calibration"]["accuracies"] == pytest.approx(accuracies, abs=1e-12)
-    want = metafinger.calibrate(accuracies, 0.01, len(key.expected))["threshold"]
-    assert c["threshold"] == c["calibration"]["threshold"] == want
-    assert c["threshold"] > max(accuracies) and c["calibrated_on"] == {"scratch": 4} and c["scratch_epochs"] == 2
-    verdicts = {name: _verify(m, calibrated, ds.shape) for name, m in suspects.items()}
-    print({n: (v.decision, round(v.statistic, 3), v.details["p_value_calibrated"]) for n, v in verdicts.items()})
-    assert verdicts["source"].passed and verdicts["FTAL"].passed
-    assert not verdicts["independent"].passed and verdicts["independent"].details["p_value_calibrated"] > 0.01
-    assert all(v.details["threshold"] == c["threshold"] for v in verdicts.values())
-    # given scratch models are used as they are; none is trained
-    monkeypatch.setattr(metafinger, "scratch_models", lambda *a, **k: pytest.fail("trained scratch models"))
-    again = metafinger.create(source, pools, ds.train.x, settings, seed=0, scratch=made, meta={"data": "digits"})
-    assert again.config["calibration"] == c["calibration"]
-    with pytest.raises(ArgumentError, match="3 scratch models given for scratch_negatives = 4"):
-        metafinger.create(source, pools, ds.train.x, settings, seed=0, scratch=made[:3], dataset=ds)
-    with pytest.raises(ArgumentError, match="scratch models given for scratch_negatives = 0"):
-        metafinger.create(source, pools, ds.train.x, SETTINGS, seed=0, scratch=made)
-    with pytest.raises(ArgumentError, match="pass dataset"):  # the labels the scratch models learn
-        metafinger.create(source, pools, ds.train.x, settings, seed=0)
-    with pytest.raises(InputError, match="not those of digits"):
-        metafinger.create(source, pools, ds.train.x[:-1], settings, seed=0, dataset=ds)
-
-
-def test_a_calibration_that_puts_the_threshold_above_one_makes_no_key(world):
-    ds, source, pools, key, suspects = world
-    settings = dataclasses.replace(SETTINGS, scratch_negatives=2, calibrated_p_value=1e-6)
-    twins = [suspects["source"], suspects["FTAL"]]  # they answer nearly every query as the source does
-    with pytest.raises(NnmarkError, match="above 1, so no model could match"):
-        metafinger.create(source, pools, ds.train.x, settings, seed=0, scratch=twins)
-
-
-@pytest.mark.parametrize("changes, match", [
-    ({"scratch_negatives": 1}, "scratch_negatives 0 or >= 2"), ({"scratch_negatives": -2}, "scratch_negatives"),
-    ({"scratch_epochs": 0}, "scratch_epochs >= 1"), ({"calibrated_p_value": 0.0}, "calibrated_p_value"),
-    ({"calibrated_p_value": 1.0}, "calibrated_p_value"),
-    ({"scratch_negatives": 3, "threshold": 0.6}, "the calibration sets the threshold")], ids=str)
-def test_calibration_settings_are_checked(changes, match):
-    with pytest.raises(ArgumentError, match=match):
-        Settings(**changes)
-    assert Settings(scratch_negatives=2).scratch_negatives == 2 and Settings(threshold=0.6).threshold == 0.6
-
-
 # --- micro-batches ---------------------------------------------------------------------------------------------
 
 
@@ -519,12 +463,3 @@ def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "match", r.output
     r = CliRunner().invoke(main, [*args, "--pool", "bogus"])
     assert r.exit_code == 2
-    # a calibrated key: 5 scratch models trained at --scratch-epochs; mark reports the threshold they set
-    r = CliRunner().invoke(main, [*args, "--scratch-negatives", "5", "--scratch-epochs", "2", "--json"])
-    assert r.exit_code == 0, r.output
-    key = keys.load(tmp_path / "k.key", secret=None, allow_unsigned=True)
-    assert key.config["calibrated_on"] == {"scratch": 5} and len(key.config["calibration"]["accuracies"]) == 5
-    assert json.loads(r.stdout)["threshold"] == key.config["threshold"] == key.config["calibration"]["threshold"]
-    r = CliRunner().invoke(main, ["verify", str(tmp_path / "k.key"), "--model", str(tmp_path / "m.safetensors"),
-                                  "--unsigned", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["details"]["calibration_models"] == 5, r.output

@@ -13,8 +13,7 @@ import torch
 from scipy import stats
 
 from nnmark.errors import ArgumentError, NnmarkError
-from nnmark.marks.ownership.stats import (binomial_tail, match_verdict, normal_fit, predictive_bound, predictive_tail,
-                                          watermark_verdict)
+from nnmark.marks.ownership.stats import binomial_tail, match_verdict, normal_fit, predictive_tail, watermark_verdict
 from nnmark.marks.verdict import Verdict
 
 
@@ -60,28 +59,9 @@ def test_normal_fit_is_the_mean_and_the_sample_standard_deviation():
 
 
 @pytest.mark.parametrize("x", [0.0, 0.3, 0.3375, 0.6, 0.9])
-def test_predictive_tails_are_the_student_t_of_a_new_draw(x):
+def test_the_predictive_tail_is_the_student_t_of_a_new_draw(x):
     scale = 0.125 * math.sqrt(1 + 1 / 4)
-    upper = predictive_tail(x, 0.3375, 0.125, 4, upper=True)
-    lower = predictive_tail(x, 0.3375, 0.125, 4, upper=False)
-    assert upper == pytest.approx(stats.t.sf((x - 0.3375) / scale, 3), rel=1e-12)
-    assert lower == pytest.approx(stats.t.cdf((x - 0.3375) / scale, 3), rel=1e-12)
-    assert upper + lower == pytest.approx(1.0, rel=1e-12)
-
-
-@pytest.mark.parametrize("alpha", [0.01, 0.2, 0.7])
-def test_the_predictive_bound_is_where_the_tail_is_alpha(alpha):
-    up, down = (predictive_bound(0.3375, 0.125, 4, alpha, upper=u) for u in (True, False))
-    assert up == pytest.approx(0.3375 + stats.t.ppf(1 - alpha, 3) * 0.125 * math.sqrt(1.25), rel=1e-12)
-    assert predictive_tail(up, 0.3375, 0.125, 4, upper=True) == pytest.approx(alpha, rel=1e-9)
-    assert predictive_tail(down, 0.3375, 0.125, 4, upper=False) == pytest.approx(alpha, rel=1e-9)
-    assert up + down == pytest.approx(2 * 0.3375, rel=1e-12)
-
-
-@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1])
-def test_the_predictive_bound_refuses_alpha_outside_zero_one(alpha):
-    with pytest.raises(ArgumentError, match="alpha must lie in"):
-        predictive_bound(0.3, 0.1, 4, alpha, upper=True)
+    assert predictive_tail(x, 0.3375, 0.125, 4) == pytest.approx(stats.t.cdf((x - 0.3375) / scale, 3), rel=1e-12)
 
 
 def test_match_verdict_reports_what_it_decided_on():

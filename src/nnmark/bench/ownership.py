@@ -19,8 +19,7 @@ extraction into the same architecture in ``sac``'s study), SAC-w on the victim's
 screen "rare", the suspect's agreement with the victim's one-hot labels: the 100-query key for that theft), all
 calibrated on the negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its
 ``default_cache_dir()``) and ``sac_scratch`` models of the victim's recipe; MetaFinger (paper pools and thief-aware
-pools, the paper's threshold; and thief-aware pools with the threshold calibrated on the same ``sac_scratch`` models);
-IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
+pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
 marked victim from the same owner half and architecture (coupled direct and invisible r = 0.5 and Zhang's content
 triggers and Adi's abstract images from a fresh model of the victim's seed, frontier stitching by fine-tuning the
 clean victim), the thefts (``watermark_thefts``; None: all) are applied to THAT victim, and its key judges those
@@ -140,11 +139,10 @@ class Owner:
 
     @functools.cached_property
     def scratch(self) -> tuple[list[nn.Module], float]:
-        """The ``sac_scratch`` calibration models of the victim's recipe, made once for all its calibrated keys (SAC's
-        and MetaFinger's calibrated threshold; cached in ``cache`` like the thefts' copies, by what they depend on: the
-        architecture, data, epochs and training seed, so the next victim seed's, whose seeds are these shifted by one,
-        trains one new model), and their recorded training seconds (each calibrated key's creation counts them: what
-        one key alone costs)."""
+        """SAC's ``sac_scratch`` calibration models of the victim's recipe, made once for all its SAC keys (cached in
+        ``cache`` like the thefts' copies, by what they depend on: the architecture, data, epochs and training seed,
+        so the next victim seed's, whose seeds are these shifted by one, trains one new model), and their recorded
+        training seconds (each SAC key's creation counts them: what one key alone costs)."""
         epochs = self.p["epochs"][self.arch]
 
         def one(i: int) -> tuple[nn.Module, dict]:
@@ -239,14 +237,10 @@ def _sac(variant: str, n: str = "n", **options) -> Callable[[Owner], tuple[None,
                                        scratch=o.scratch[0], seed=o.seed, dataset=o.data, **options))
 
 
-def _metafinger(layout: str, calibrated: bool = False) -> Callable[[Owner], tuple[None, KeyFile]]:
-    """MetaFinger's key from the ``layout`` pools; ``calibrated``: its threshold set by ``Owner.scratch``."""
+def _metafinger(layout: str) -> Callable[[Owner], tuple[None, KeyFile]]:
     def make(o: Owner) -> tuple[None, KeyFile]:
-        k = o.p["sac_scratch"] if calibrated else 0
-        settings = metafinger.Settings(n=o.p["n"], candidates=o.p["candidates"], epochs=o.p["meta_epochs"],
-                                       scratch_negatives=k, scratch_epochs=o.p["epochs"][o.arch])
-        return None, metafinger.create(o.victim, o.pools[layout], o.data.train.x, settings, seed=o.seed,
-                                       scratch=o.scratch[0] if calibrated else None)
+        settings = metafinger.Settings(n=o.p["n"], candidates=o.p["candidates"], epochs=o.p["meta_epochs"])
+        return None, metafinger.create(o.victim, o.pools[layout], o.data.train.x, settings, seed=o.seed)
     return make
 
 
@@ -279,8 +273,6 @@ KEYS = {
                                  lower_is_closer=True, shadows="paper", scratch=True),
     "MetaFinger": KeySpec(_metafinger("paper"), metafinger.verify, shadows="paper"),
     "MetaFinger thief-aware": KeySpec(_metafinger("thief"), metafinger.verify, shadows="thief"),
-    "MetaFinger thief-aware calibrated": KeySpec(_metafinger("thief", calibrated=True), metafinger.verify,
-                                                 shadows="thief", scratch=True),
     "IPGuard": KeySpec(_ipguard, ipguard.verify),
     "coupled direct": KeySpec(_coupled("direct"), coupled.verify),
     "coupled invisible": KeySpec(_coupled("invisible"), coupled.verify),
@@ -295,7 +287,6 @@ METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "label
            "SAC-w all errors": ("SAC-w all errors", "probabilities"),
            "SAC-w rare errors": ("SAC-w rare errors", "probabilities"),
            "MetaFinger": ("MetaFinger", "labels"), "MetaFinger thief-aware": ("MetaFinger thief-aware", "labels"),
-           "MetaFinger thief-aware calibrated": ("MetaFinger thief-aware calibrated", "labels"),
            "IPGuard": ("IPGuard", "labels"),
            **{w: (w, "labels") for w in WATERMARKS}}
 """Method as the tables name it -> (its key, what the suspect is asked)."""
@@ -337,15 +328,13 @@ def make_keys(o: Owner, names: list[str], cache: Path) -> tuple[dict[str, KeyFil
 
 
 def judge(model: nn.Module, key_name: str, key: KeyFile, access: str, ds: data.Dataset) -> dict:
-    """A suspect's verdict on ``key``: decision, statistic, score (higher: more suspicious), p-value (the one its
-    false-claim bound is stated by: a calibrated MetaFinger key's fitted null's, else the verdict's), queries."""
+    """A suspect's verdict on ``key``: decision, statistic, score (higher: more suspicious), p-value, queries."""
     oracle = TorchOracle(model.eval(), ds.shape, ds.num_classes)
     spec = KEYS[key_name]
     verdict = spec.verify(oracle if access == "probabilities" else LabelsOracle(oracle), key)
     score = -verdict.statistic if spec.lower_is_closer else verdict.statistic
     return {"passed": bool(verdict.passed), "statistic": verdict.statistic, "score": score,
-            "p_value": verdict.details.get("p_value_calibrated", verdict.details.get("p_value")),
-            "queries": verdict.queries}
+            "p_value": verdict.details.get("p_value"), "queries": verdict.queries}
 
 
 def _rows(suspects: dict[str, dict], keys: dict[str, KeyFile], methods: list[str], ds: data.Dataset,

@@ -229,8 +229,7 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                           "extracted copy of the source as positive train models; 5 more shadow models, see "
                           "docs/benchmarks/metafinger-pools.md)."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
-        micro_batch_option("--train-micro-batch",
-                           what="Training the shadow models (and the scratch models that calibrate a key)",
+        micro_batch_option("--train-micro-batch", what="Training the shadow models (and SAC's scratch models)",
                            more=" A pool trained in micro-batches is cached apart."),
         click.option("--finetune-epochs", type=click.IntRange(0), default=shadow.DEFAULT_FINETUNE_EPOCHS,
                      show_default=True),
@@ -249,7 +248,7 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
     or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first: on --device (the
-    cache files are the same whatever trained them); the key is made on the CPU (the scratch models train on
+    cache files are the same whatever trained them); the key is made on the CPU (SAC's scratch models train on
     --device too)."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
@@ -266,7 +265,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                              ray_timeout=given["ray_timeout"], progress=given["progress"], device=given["device"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
-    with micro_batches(micro):  # scratch (and SAC's distilled) models train while the key is made
+    with micro_batches(micro):  # SAC's scratch and distilled models train while the key is made
         yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
                         loaded, {"seed": given["seed"], "dataset": ds, "device": given["device"],
                                  "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],

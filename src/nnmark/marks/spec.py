@@ -43,7 +43,7 @@ INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
 - pretrained: (the trained model, dataset) -> (watermarked model, key);
 - embed_or_pretrained: either; ``pretrained`` says which;
 - shadow: (source model, ``metafinger.Pools`` of shadow models, training images), and ``dataset``, the one the
-  pools trained on, and ``device``, where the models a method trains beyond the pools train (scratch models)."""
+  pools trained on, and ``device``, where the models a method trains beyond the pools train (SAC's scratch models)."""
 
 SUPPLIED = ("model_digest", "meta", "progress", "secret")
 """Keyword parameters a caller fills from its context, never options: the model's digest, what the key records

@@ -516,7 +516,7 @@ def p_values(d: float, calibration: dict) -> tuple[float, float]:
     (``stats.predictive_tail``) and (1 + #{d_k <= d}) / (1 + K)."""
     distances = calibration["distances"]
     k = len(distances)
-    return (predictive_tail(d, calibration["mean"], calibration["std"], k, upper=False),
+    return (predictive_tail(d, calibration["mean"], calibration["std"], k),
             (1 + sum(v <= d for v in distances)) / (1 + k))
 
 

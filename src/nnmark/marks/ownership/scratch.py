@@ -2,8 +2,9 @@
 
 A key that states how often an independent model would be claimed needs draws of that null: models trained
 as the source was (its architecture, the owner's labelled images, the same epochs) from other seeds, the
-nearest independent models there are. SAC's keys (``sac``) and MetaFinger's calibrated keys (``metafinger``)
-train them here; the decision's fitted null over them is ``stats.predictive_tail``.
+nearest independent models there are for SAC's queries (natural and CutMix images). SAC's keys (``sac``) train
+them here; the decision's fitted null over them is ``stats.predictive_tail``. (Not for MetaFinger's: its queries
+are pushed away from models of the source's architecture, so those are the farthest; see ``metafinger``.)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.special import bdtrc, stdtr, stdtrit
+from scipy.special import bdtrc, stdtr
 
 from nnmark.errors import ArgumentError, NnmarkError
 from nnmark.marks.verdict import Verdict
@@ -42,21 +42,11 @@ def normal_fit(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (k - 1))
 
 
-def predictive_tail(x: float, mean: float, std: float, k: int, *, upper: bool) -> float:
-    """P[X >= x] (``upper``) or P[X <= x] for a new draw X of the normal that K calibration values of mean ``mean``
-    and sample standard deviation ``std`` were drawn from, both its parameters unknown: X = mu_hat + s sqrt(1 + 1/K)
-    T_{K-1} (Student's t with K - 1 degrees of freedom: the t pays for a spread estimated from few models)."""
-    t = (x - mean) / (std * math.sqrt(1 + 1 / k))
-    return float(stdtr(k - 1, -t if upper else t))
-
-
-def predictive_bound(mean: float, std: float, k: int, alpha: float, *, upper: bool) -> float:
-    """The x at which ``predictive_tail(x, mean, std, k, upper=upper)`` is ``alpha`` in (0, 1): a new draw of the null
-    passes it (lies above it when ``upper``, else below) with probability alpha."""
-    if not 0 < alpha < 1:
-        raise ArgumentError(f"alpha must lie in (0, 1), got {alpha}")
-    t = float(stdtrit(k - 1, 1 - alpha))
-    return mean + (t if upper else -t) * std * math.sqrt(1 + 1 / k)
+def predictive_tail(x: float, mean: float, std: float, k: int) -> float:
+    """P[X <= x] for a new draw X of the normal that K calibration values of mean ``mean`` and sample standard
+    deviation ``std`` were drawn from, both its parameters unknown: X = mu_hat + s sqrt(1 + 1/K) T_{K-1} (Student's t
+    with K - 1 degrees of freedom: the t pays for a spread estimated from few models)."""
+    return float(stdtr(k - 1, (x - mean) / (std * math.sqrt(1 + 1 / k))))
 
 
 def match_verdict(
