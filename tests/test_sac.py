@@ -15,7 +15,7 @@ from nnmark.bench import thefts
 from nnmark.cli import main
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
-from nnmark.marks.ownership import sac, scratch, shadow
+from nnmark.marks.ownership import sac, shadow
 from nnmark.marks.ownership.metafinger import Pools
 from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, train_shadow
 from nnmark.models import training
@@ -329,8 +329,8 @@ def test_scratch_models_are_the_sources_architecture_trained_on_the_owners_label
         seen.append((split, epochs, seed))
         return train(model, split, epochs=epochs, seed=seed)
 
-    monkeypatch.setattr(scratch, "train", spy)
-    made = scratch.scratch_models(source, ds.train, 3, epochs=EPOCHS, seed=0)
+    monkeypatch.setattr(sac, "train", spy)
+    made = sac.scratch_models(source, ds.train, 3, epochs=EPOCHS, seed=0)
     seeds = [s for _, _, s in seen]
     assert len(made) == 3 and len(set(seeds)) == 3 and not set(seeds) & taken
     assert all(split is ds.train and epochs == EPOCHS for split, epochs, _ in seen)
@@ -340,7 +340,7 @@ def test_scratch_models_are_the_sources_architecture_trained_on_the_owners_label
         assert not torch.equal(next(model.parameters()), next(source.parameters()))
         assert not any(torch.equal(next(model.parameters()), next(m.parameters())) for m in made[:i])
         assert (model(ds.test.x).argmax(1) == ds.test.y).double().mean() > 0.8  # trained on the true labels
-    assert scratch.scratch_models(source, ds.train, 0, epochs=EPOCHS, seed=0) == []
+    assert sac.scratch_models(source, ds.train, 0, epochs=EPOCHS, seed=0) == []
 
 
 def test_scratch_models_made_once_calibrate_as_those_a_key_trains(world, monkeypatch):

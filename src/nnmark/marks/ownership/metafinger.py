@@ -39,7 +39,7 @@ on all three) is met on one seed of three: the noised copy stays below 95% on th
 the students claim 0-3 independent models; distillations of independent models as negatives (``negative_variants``) cost
 4 more models and bought nothing measurable.
 
-Tried, not kept: a threshold calibrated as SAC's distance is (on ``scratch.scratch_models``, 20 models of the
+Tried, not kept: a threshold calibrated as SAC's distance is (on ``sac.scratch_models``, 20 models of the
 source's own recipe: the accuracy a new one passes at p 0.01 under a Student-t fitted to theirs, or one query above
 the best of them; ``nnmark bench ownership`` with the thief-aware pools, Fashion-MNIST). On LeNet-5 victims (3 seeds)
 it set 0.47 / 0.42 / 0.40 and matched prune 90% + fine-tune on every seed, which 0.5 misses, with no false claim over

@@ -325,16 +325,17 @@ import torch
 from torch import nn
 
 from nnmark import data
-from nnmark.attacks.distill import SOK_TEMPERATURE, distill
+from nnmark.attacks.distill import SOK_TEMPERATURE, distill, fresh_copy
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.metafinger import Pools
-from nnmark.marks.ownership.scratch import SCRATCH_DEVICE, SCRATCH_EPOCHS, owner_dataset, owner_split, scratch_models
 from nnmark.marks.ownership.stats import normal_fit, predictive_tail
+from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
-from nnmark.models.training import device_of
+from nnmark.models.card import ModelCard
+from nnmark.models.training import device_of, train
 from nnmark.oracles import Oracle, TorchOracle, check_inputs
 from nnmark.oracles.local import DEFAULT_BATCH_SIZE as QUERY_BATCH_SIZE
 
@@ -361,6 +362,15 @@ DEFAULT_SCREEN = "minority"
 DEFAULT_SCRATCH_NEGATIVES = 20
 """From-scratch models of the source's recipe added to the calibration: with ``nnmark bench ownership``'s 3 families,
 K = 23 models (study above)."""
+SCRATCH_EPOCHS = DEFAULT_EPOCHS
+"""Training epochs of each scratch negative: the shadow pools' default (``nnmark mark``'s --shadow-epochs)."""
+SCRATCH_DEVICE = "cpu"
+"""Where the scratch negatives train unless told (``nnmark mark sac --device`` tells); they come back to the CPU,
+where the key is made."""
+SCRATCH_SEEDS = 4_000_000
+"""How far above the key's seed the scratch negatives' seeds start (model i: ``seed + SCRATCH_SEEDS + i``), apart from
+the pools' seeds, ``DISTILLED_SEEDS`` and the bench's (``bench.thefts.THEFT_SEEDS``, its independents' 1000 (s + 1) +
+...): no scratch negative starts from the initial weights of another model it is compared with."""
 DEFAULT_DISTILLED_NEGATIVES = 0
 """Students of the families added to the calibration: none by default (they spread less than from-scratch models of
 the source's recipe, so a null fitted on them is too narrow; study above)."""
@@ -547,6 +557,24 @@ def _distances(source: dict[str, torch.Tensor], models: Sequence[nn.Module], x: 
     return {out: [distance(statistic, source[out], f[out]) for f in found] for out in OUTPUTS}
 
 
+def _owner_dataset(images: torch.Tensor, num_classes: int, dataset: data.Dataset | None, meta: dict) -> data.Dataset:
+    """``dataset``, else the dataset ``meta["data"]`` names, whose training images must be ``images`` (the ones the
+    caller gave)."""
+    if dataset is None:
+        if "data" not in meta:
+            raise ArgumentError("SAC draws its queries from held-out images: pass dataset")
+        dataset = data.load_for(meta["data"], ModelCard(tuple(images.shape[1:]), num_classes))
+        _owner_split(images, dataset)
+    return dataset
+
+
+def _owner_split(images: torch.Tensor, dataset: data.Dataset) -> data.Split:
+    """``dataset``'s training split, checked to hold ``images`` (the owner's, which the caller gave)."""
+    if dataset.train.x.shape != images.shape or not torch.equal(dataset.train.x, images):
+        raise InputError(f"the training images given are not those of {dataset.name}; pass the owner's dataset")
+    return dataset.train
+
+
 def _queries(source: nn.Module, pool: data.Split, variant: str, n: int, patch: float, num_classes: int,
              screen: str, screening: Sequence[nn.Module],
              generator: torch.Generator) -> tuple[torch.Tensor, dict, dict]:
@@ -595,6 +623,15 @@ def distill_negatives(teachers: Sequence[nn.Module], images: torch.Tensor, k: in
         students.append(distill(teacher, images, y, temperature=SOK_TEMPERATURE, alpha=1.0, epochs=epochs,
                                 seed=seed + DISTILLED_SEEDS + i).eval())
     return students
+
+
+def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int, seed: int,
+                   device: str = SCRATCH_DEVICE) -> list[nn.Module]:
+    """k independent models of the source's own recipe: its architecture re-initialised (``fresh_copy``) and trained
+    from scratch (``models.training.train``) for ``epochs`` on the owner's labelled split, model i from seed ``seed +
+    SCRATCH_SEEDS + i``; trained on ``device`` and returned on the CPU, where the key is made."""
+    return [train(fresh_copy(source, s).to(device), owner, epochs=epochs, seed=s).eval().cpu()
+            for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
 
 
 def create(
@@ -680,7 +717,7 @@ def create(
     meta = dict(meta or {})
     with torch.no_grad():
         num_classes = int(source.eval()(images[:1]).shape[1])
-    dataset = owner_dataset(images, num_classes, dataset, meta, "SAC draws its queries from held-out images")
+    dataset = _owner_dataset(images, num_classes, dataset, meta)
     pool = natural_pool(dataset)
     screening = list(pools.negatives_val) if variant == "w" and screen != "none" else []
     x, extras, found = _queries(source, pool, variant, n, patch, num_classes, screen, screening,
@@ -693,7 +730,7 @@ def create(
     families = one_per_family(pools.negatives_train)
     kinds = {"families": one_per_family([*families, *(pools.negatives_val if not screening else ())]),
              "scratch": list(scratch) if scratch is not None else scratch_models(
-                 source, owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
+                 source, _owner_split(images, dataset) if scratch_negatives else dataset.train, scratch_negatives,
                  epochs=scratch_epochs, seed=seed, device=device),
              "extra": list(extra_negatives or ()),
              "distilled": distill_negatives(families, images, distilled_negatives, epochs=distill_epochs, seed=seed)}
