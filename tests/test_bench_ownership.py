@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from nnmark import attacks, data, models
 from nnmark.attacks.distill import build_student
 from nnmark.attacks.measure import is_theft
+from nnmark.bench import dawn as api_bench
 from nnmark.bench import ownership as bench
 from nnmark.bench import thefts
 from nnmark.cli import main
@@ -252,3 +253,24 @@ def test_no_copy_or_distilled_independent_starts_from_the_seed_of_a_model_it_is_
     students = [thefts.theft_seed(t) for t in seeds]
     students += [thefts.distilled_seed(t, i) for t in seeds for i in range(len(bench.FULL["distilled"]))]
     assert len(set(students)) == len(students) and not compared & set(students)
+
+
+def test_bench_ownership_api_quick_writes_its_tables(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "ownership-api", "--quick", "--out-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "ownership-api.json").read_text())
+    assert result["command"] == "nnmark bench ownership-api --quick"
+    (row,) = result["seeds"]
+    assert list(row["copies"]) == list(api_bench.catalogue(api_bench.QUICK)) == list(result["summary"])
+    assert 0 < row["kept"] <= min(row["recorded"], api_bench.QUICK["n"])
+    assert abs(row["served_accuracy"] - row["victim_accuracy"]) <= api_bench.QUICK["rate"] * 2
+    assert len(row["independents"]) == 2
+    for name, s in result["summary"].items():
+        copy = row["copies"][name]
+        assert s["thefts"] == copy["theft"] == is_theft(row["victim_accuracy"], copy["accuracy"])
+        assert s["false_claims"] == sum(x["passed"] for x in row["independents"].values()) and s["judged"] == 2
+        assert s["tpr"] == copy["passed"] and copy["hits"] <= copy["departures"] and copy["queries"] == row["kept"]
+    md = (tmp_path / "ownership-api.md").read_text()
+    for part in ("## Which theft through the API DAWN catches", "| extract labels, same arch, stops early |",
+                 "## Independent models", "## The victims, served"):
+        assert part in md

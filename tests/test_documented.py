@@ -272,6 +272,15 @@ STEPS: dict[str, Step] = {
     "nnmark mark sac --model lenet5.safetensors --af 0 --out sac.key --secret-file secret": Step(SAC),
     "nnmark attack distill --model lenet5.safetensors --out distilled.safetensors --temperature 3": Step(),
     "nnmark verify sac.key --model distilled.safetensors --secret-file secret": Step(),
+    # DAWN: the API watermarks what a thief extracts through it.
+    "nnmark serve --model lenet5.safetensors --port 8003 --dawn-record wm-record --dawn-rate 0.05 --secret-file "
+    "secret": Step(),
+    "nnmark attack extract --endpoint http://127.0.0.1:8003 --data mnist5k@thief --student-arch lenet5 "
+    "--out extracted.safetensors": Step(),
+    "nnmark mark dawn --model lenet5.safetensors --record wm-record --n 100 --out dawn.key --secret-file secret":
+        Step(),
+    "nnmark verify dawn.key --model extracted.safetensors --secret-file secret": Step(),
+    "nnmark verify dawn.key --model lenet5.safetensors --secret-file secret": Step(),
     "nnmark verify finger.key --model ft.safetensors --secret-file secret": Step(),
     "nnmark mark adi --model lenet5.safetensors --out-model wm.safetensors --out adi.key --secret-file secret": Step(),
     "nnmark mark frontier --model lenet5.safetensors --out-model wm.safetensors --out frontier.key "
@@ -370,6 +379,8 @@ STEPS: dict[str, Step] = {
         Step(test="tests/test_bench_metafinger.py::test_bench_ownership_fingerprint_quick_writes_its_tables"),
     "nnmark bench ownership --quick --out-dir /tmp/bench":
         Step(test="tests/test_bench_ownership.py::test_bench_ownership_quick_writes_its_tables"),
+    "nnmark bench ownership-api --quick --out-dir /tmp/bench":
+        Step(test="tests/test_bench_ownership.py::test_bench_ownership_api_quick_writes_its_tables"),
     "nnmark bench ownership-pools --quick --out-dir /tmp/bench":
         Step(test="tests/test_bench_metafinger.py::test_bench_ownership_pools_quick_compares_pool_designs"),
     "nnmark bench ownership-watermark --quick --out-dir /tmp/bench":

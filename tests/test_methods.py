@@ -11,7 +11,7 @@ from nnmark.oracles import LabelsOracle, TorchOracle
 
 def test_every_method_is_declared_once_with_a_purpose():
     assert set(marks.METHODS) == {"dbi", "natural", "random", "aid", "pairs", "metafinger", "ipguard", "coupled",
-                                  "zhang", "adi", "frontier", "innformant", "sac", "license"}
+                                  "zhang", "adi", "frontier", "innformant", "sac", "license", "dawn"}
     for name, spec in marks.METHODS.items():
         assert spec.name == name and spec.purpose in marks.PURPOSES and len(spec.verdicts) == 2
         assert spec.embeds == (spec.create_access == "training")

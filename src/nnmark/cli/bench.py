@@ -30,6 +30,8 @@ BENCHMARKS = {
                   "extracted and retrained copies, vs independent models (TPR at zero false claims, AUC, audit)."),
     "ownership-pools": ("metafinger_pools", "MetaFinger pool study: thief-aware pool designs (attacked copies as "
                         "positives, distilled independents as negatives), their cost and what they buy."),
+    "ownership-api": ("dawn", "DAWN: a served API watermarks the copies a thief extracts through it, vs independent "
+                      "models (served accuracy, TPR at zero false claims, AUC)."),
     "ownership-watermark": ("coupled", "Function-coupled watermarks vs backdoor and frontier-stitching watermarks "
                             "under fine-tuning, transfer, pruning and overwriting (Wen et al.)."),
     "trace": ("trace", "Which licensee leaked it: license / trace's two schemes through thefts, collusion and "

@@ -275,6 +275,31 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                          "shadow_seconds": time.perf_counter() - start})
 
 
+# --- DAWN: the record a served API kept -------------------------------------------------------------------------
+
+
+def _record_options(spec: MethodSpec) -> tuple[Callable, ...]:
+    return (model_option(help="The served model (what the API answered with)."),
+            click.option("--record", "record_dir", required=True, type=click.Path(file_okay=False),
+                         help="Folder the API recorded its watermarked answers in (nnmark serve --dawn-record)."),
+            click.option("--n", type=click.IntRange(1), default=spec.n, show_default=True,
+                         help="Most recorded inputs the key asks."),
+            _seed_option("Chooses the recorded inputs."), _batch_option)
+
+
+@contextlib.contextmanager
+def _recorded(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
+    """(the served model's oracle, the record folder); the new key is checked on what the API answers
+    (``dawn.DawnOracle`` at the record's rate under the same secret, recording nothing)."""
+    from nnmark.marks.ownership import dawn
+
+    model, loaded = _load(spec, given, NEEDS[spec.create_access])
+    oracle = _oracle(model, loaded.input_shape, loaded.num_classes, given)
+    yield _Prepared((oracle, given["record_dir"]),
+                    lambda key: (key, dawn.DawnOracle(oracle, given["secret"], rate=key.config["rate"]), None),
+                    _canary_pool(loaded), loaded, {"n": given["n"], "seed": given["seed"]})
+
+
 KINDS: dict[str, _Kind] = {
     "samples": _Kind(lambda spec: (*_image_options(spec), _batch_option), _drawn("train"), "Made from --n training images drawn by --seed.",
                      "--model lenet5.safetensors --n {n}"),
@@ -305,6 +330,9 @@ KINDS: dict[str, _Kind] = {
                     "Trains shadow models of --model's architecture first (a checkpoint's or a "
                     "package.module:factory's; on --device, cached in --cache-dir); the key is made on the CPU.",
                     "--model lenet5.safetensors"),
+    "record": _Kind(_record_options, _recorded,
+                    "Made from the queries a served API answered with a watermark (nnmark serve --dawn-record); needs "
+                    "the secret it served with.", "--model lenet5.safetensors --record wm-record --n {n}"),
 }
 """Input kind (``nnmark.marks.spec.INPUTS``) -> how the command gets that input."""
 
@@ -370,7 +398,7 @@ def _command(spec: MethodSpec) -> click.Command:
         values = {o.name: given.pop(o.name) for o in options}
         arguments = spec.arguments(values)  # the method's settings checked before any work
         secret, signing = _secrets(spec, secret_file, unsigned)
-        with kind.prepare(spec, given, values) as prepared:
+        with kind.prepare(spec, {**given, "secret": secret}, values) as prepared:
             start = time.perf_counter()
             result = spec.call(*prepared.args, arguments=arguments, **prepared.context, secret=secret,
                                progress=given["progress"])

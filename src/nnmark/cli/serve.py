@@ -5,11 +5,23 @@ from __future__ import annotations
 import click
 
 from nnmark import envs
-from nnmark.cli._shared import CliError, device_option, load_model, model_option
+from nnmark.cli._shared import CliError, FiniteFloat, device_option, load_model, model_option
 from nnmark.cli.suspect import env_option, read_token
 
 DEFAULT_PORT = 8000
+DAWN_RATE = 0.005
+"""DAWN's r_w (``nnmark.marks.ownership.dawn.RATE``, spelled here so that --help never imports torch)."""
 DEFAULT_MAX_BATCH = 256
+
+
+def dawn_secret(secret_file: str | None) -> bytes:
+    """The owner's secret DAWN keys its draws and signs its record with; an error when there is none."""
+    from nnmark import keys
+
+    secret = keys.read_secret(secret_file)
+    if secret is None:
+        raise CliError("--dawn-record needs the owner's secret: pass --secret-file FILE or set NNMARK_SECRET")
+    return secret
 
 
 @click.command()
@@ -28,24 +40,42 @@ DEFAULT_MAX_BATCH = 256
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="Also serve OIP v2 gRPC on this port (nnmark[grpc]).")
 @click.option("--insecure-no-token", is_flag=True,
               help="Allow a non-loopback --host without a token (it warns); refused otherwise.")
+@click.option("--dawn-record", type=click.Path(file_okay=False),
+              help="Watermark the answers with DAWN (a share --dawn-rate of queries answered with a keyed wrong label) "
+                   "and record those queries in this folder, for nnmark mark dawn; needs --secret-file.")
+@click.option("--dawn-rate", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=DAWN_RATE,
+              show_default=True, help="Share of queries DAWN answers with a watermark (each costs one answer).")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help="The owner's secret for --dawn-record (else NNMARK_SECRET).")
 def serve(model_source, env_name, device, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
-          insecure_no_token) -> None:
+          insecure_no_token, dawn_record, dawn_rate, secret_file) -> None:
     """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
+
+    With --dawn-record, the API watermarks what a thief extracts through it (DAWN): a thief's copy repeats the
+    recorded wrong labels, which nnmark mark dawn turns into a key.
 
     \b
     Example:
       nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token
+      nnmark serve --model lenet5.safetensors --port 8003 --dawn-record wm-record --dawn-rate 0.05 --secret-file secret
     """
     from nnmark import serve as serving
 
     if grpc_port == port:
         raise CliError(f"--grpc-port {grpc_port} is --port: serve gRPC on another port")
+    if dawn_record and output == "logits":
+        raise CliError("--dawn-record serves labels or probabilities: logits would show the unwatermarked answer")
     token = read_token(token_file)
+    secret = dawn_secret(secret_file) if dawn_record else None
     serving.check_exposure(host, token, insecure_no_token)
     for p in (port, grpc_port) if grpc_port else (port,):
         serving.bind(host, p).close()  # a taken address: one line now, before the model loads
     model, loaded = load_model(model_source)
     oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget, device=device)
+    if dawn_record:
+        from nnmark.marks.ownership import dawn
+
+        oracle = dawn.DawnOracle(oracle, secret, rate=dawn_rate, record=dawn.Record(dawn_record, secret))
     card = {"model_card": loaded.card.to_dict(), **({"environment": made_in} if (made_in := envs.record(oracle)) else {})}
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch, card=card)
     grpc_server = None
@@ -53,7 +83,8 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
         grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
     click.echo(f"serving {model_source.path} ({env_name} on {device}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
-               + (" with a bearer token" if token else " WITHOUT a token"), err=True)
+               + (" with a bearer token" if token else " WITHOUT a token")
+               + (f", recording DAWN watermarks in {dawn_record}" if dawn_record else ""), err=True)
     try:
         serving.run(app, host=host, port=port, log_level="warning", insecure_no_token=insecure_no_token)
     finally:

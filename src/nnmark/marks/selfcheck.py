@@ -30,6 +30,7 @@ REMEDIES: dict[str, str] = {
     "frontier": "train the watermark longer (--epochs) or move the adversaries further (--eps)",
     "innformant": "start from more images (--n) or choose environments that differ more (--envs)",
     "license": "fine-tune the copy longer (--epochs) or ask more triggers per family (--per-family)",
+    "dawn": "check that --secret-file is the one the API served the record with",
     "sac": "calibrate on more independent models (--negatives, --val-negatives) or use SAC-m (--variant m)",
 }
 """Per method: what to change when a new key does not pass on its own source (CLI option names)."""

@@ -32,6 +32,7 @@ INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
     "pretrained": (2, ()),
     "embed_or_pretrained": (2, ("pretrained",)),
     "shadow": (3, ("seed", "dataset", "device")),
+    "record": (2, ("n", "seed")),
 }
 """Input kind -> (how many positional inputs ``create`` takes, what else the caller gives it when it takes them):
 
@@ -43,7 +44,8 @@ INPUTS: dict[str, tuple[int, tuple[str, ...]]] = {
 - pretrained: (the trained model, dataset) -> (watermarked model, key);
 - embed_or_pretrained: either; ``pretrained`` says which;
 - shadow: (source model, ``metafinger.Pools`` of shadow models, training images), and ``dataset``, the one the
-  pools trained on, and ``device``, where the models a method trains beyond the pools train (SAC's scratch models)."""
+  pools trained on, and ``device``, where the models a method trains beyond the pools train (SAC's scratch models);
+- record: (oracle, the folder of queries a served API recorded), and n of them drawn by ``seed`` (DAWN)."""
 
 SUPPLIED = ("model_digest", "meta", "progress", "secret")
 """Keyword parameters a caller fills from its context, never options: the model's digest, what the key records

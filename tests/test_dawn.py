@@ -1,0 +1,284 @@
+"""DAWN: the keyed draw, the serving oracle, its signed record, key creation, a real extraction through the API, and
+the command line (``nnmark serve --dawn-record``, ``nnmark mark dawn``, ``nnmark verify``)."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from test_cli import nnmark_serve, run  # noqa: F401 (the fixture)
+from test_kill_ownership import SHAPE, Lookup, inputs
+
+from nnmark import keys, models
+from nnmark.attacks.distill import build_student
+from nnmark.attacks.extract import extract_from
+from nnmark.cli import serve as serve_cli
+from nnmark.data.roles import attacker_data
+from nnmark.errors import AccessError, ArgumentError, InputError, KeyFileError, NnmarkError, SignatureError
+from nnmark.keys import KeyFile
+from nnmark.marks.ownership import dawn
+from nnmark.oracles import LabelsOracle, TorchOracle
+
+SECRET = b"owner's secret"
+K_W = dawn.watermark_key(SECRET)
+
+
+def _noise(n, seed=0):
+    return torch.rand((n, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_draw_is_keyed_deterministic_at_the_rate_and_uniform_over_the_wrong_labels():
+    x, n = _noise(20_000), 20_000
+    source = torch.arange(n) % 10
+    chosen, wrong = dawn.watermark_draw(K_W, x, source, 10, 0.05)
+    again = dawn.watermark_draw(K_W, x.clone(), source, 10, 0.05)
+    assert torch.equal(chosen, again[0]) and torch.equal(wrong, again[1])
+    assert abs(int(chosen.sum()) - 0.05 * n) < 4 * math.sqrt(n * 0.05 * 0.95)
+    assert not (wrong == source).any() and wrong.min() >= 0 and wrong.max() <= 9
+    offsets = torch.bincount((wrong - source) % 10, minlength=10)
+    assert offsets[0] == 0 and all(abs(int(c) - n / 9) < 4 * math.sqrt(n / 9) for c in offsets[1:])
+    other = dawn.watermark_draw(dawn.watermark_key(b"another secret"), x, source, 10, 0.05)[0]
+    assert (other != chosen).sum() > 0.05 * n  # another secret picks other queries
+
+
+def test_the_draw_follows_its_documented_definition_whatever_the_input_types():
+    """Re-derived from the docstring with hashlib alone: K_w = HMAC-SHA256(secret, "nnmark dawn K_w"); x joins W when
+    the first 8 bytes of HMAC-SHA256(K_w, x's float32 bytes), big-endian, are below r_w 2^64; F_w(x) = (F(x) + 1 +
+    (bytes 8-16, big-endian, mod K - 1)) mod K. A float64 input is hashed as float32, int32 labels give int64."""
+    import hashlib
+    import hmac
+
+    k_w = hmac.new(SECRET, b"nnmark dawn K_w", hashlib.sha256).digest()
+    assert dawn.watermark_key(SECRET) == k_w
+    x = _noise(300).double()
+    source = (torch.arange(300) % 7).int()
+    chosen, wrong = dawn.watermark_draw(K_W, x, source, 7, 0.4)
+    for i in range(300):
+        h = hmac.new(k_w, x[i].float().numpy().tobytes(), hashlib.sha256).digest()
+        assert bool(chosen[i]) == (int.from_bytes(h[:8], "big") < 0.4 * 2 ** 64)
+        assert int(wrong[i]) == (int(source[i]) + 1 + int.from_bytes(h[8:16], "big") % 6) % 7
+    assert chosen.dtype == torch.bool and wrong.dtype == torch.int64 and 60 < chosen.sum() < 180
+
+
+def test_the_draw_refuses_a_rate_outside_0_1_and_fewer_than_two_classes():
+    x, source = _noise(3), torch.zeros(3, dtype=torch.int64)
+    for rate in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ArgumentError, match="rate r_w"):
+            dawn.watermark_draw(K_W, x, source, 10, rate)
+    with pytest.raises(ArgumentError, match="2 classes"):
+        dawn.watermark_draw(K_W, x, source, 1, 0.5)
+    chosen, wrong = dawn.watermark_draw(K_W, _noise(200), torch.zeros(200, dtype=torch.int64), 2, 0.5)
+    assert (wrong == 1).all() and 0 < chosen.sum() < 200
+
+
+def _served(model, folder=None, rate=0.3, secret=SECRET, **kw):
+    inner = TorchOracle(model, model.shape if hasattr(model, "shape") else (1, 8, 8))
+    record = None if folder is None else dawn.Record(folder, secret)
+    return dawn.DawnOracle(inner, secret, rate=rate, record=record, **kw)
+
+
+class Soft(torch.nn.Module):
+    """Fixed, distinct logits per input (the first pixel picks them): probability vectors with no ties."""
+
+    shape = (1, 8, 8)
+
+    def forward(self, x):
+        shift = (x[:, 0, 0, 0] * 10).long().clamp(0, 9)
+        logits = (torch.arange(10)[None, :] + shift[:, None]) % 10 / 3
+        return logits + x.flatten(1)[:, :10] / 100
+
+
+def test_the_api_changes_only_the_drawn_answers_and_records_exactly_those(tmp_path):
+    x = _noise(400)
+    plain = TorchOracle(Soft(), (1, 8, 8)).predict(x)
+    api = _served(Soft(), tmp_path / "record")
+    probs, labels = api.predict(x)
+    chosen, wrong = dawn.watermark_draw(K_W, x, plain[1], 10, 0.3)
+    assert 60 < chosen.sum() < 180 and torch.equal(labels, torch.where(chosen, wrong, plain[1]))
+    assert torch.equal(probs.argmax(1), labels) and torch.equal(probs.sort(1).values, plain[0].sort(1).values)
+    assert torch.equal(probs[~chosen], plain[0][~chosen])
+    assert torch.equal(api.labels(x), labels) and torch.equal(api.probabilities(x), probs)
+    recorded, served, source, config = dawn.Record(tmp_path / "record", SECRET).read()
+    assert torch.equal(recorded, x[chosen]) and torch.equal(served, wrong[chosen])
+    assert torch.equal(source, plain[1][chosen]) and config == {"rate": 0.3, "num_classes": 10}
+    assert api.queries == 1200 and api.access == "probabilities"
+
+
+def test_the_api_gives_no_more_access_than_labels_and_probabilities(tmp_path):
+    api = _served(Soft())
+    assert api.access == "probabilities" and not api.gives_logits
+    with pytest.raises(AccessError):
+        api.logits(_noise(2))
+    labels_only = dawn.DawnOracle(LabelsOracle(TorchOracle(Soft(), (1, 8, 8))), SECRET)
+    assert labels_only.access == "labels"
+    with pytest.raises(AccessError):
+        labels_only.probabilities(_noise(2))
+    with pytest.raises(ArgumentError, match="secret"):
+        dawn.DawnOracle(TorchOracle(Soft(), (1, 8, 8)), b"")
+    with pytest.raises(ArgumentError, match="rate"):
+        dawn.DawnOracle(TorchOracle(Soft(), (1, 8, 8)), SECRET, rate=1.0)
+    assert not list(tmp_path.iterdir())  # no record: nothing written
+
+
+def test_a_record_keeps_each_input_once_in_the_order_served(tmp_path):
+    api = _served(Soft(), tmp_path, rate=0.5)
+    x = _noise(60)
+    first = api.labels(x)
+    assert torch.equal(api.labels(x.flip(0)), first.flip(0))  # asked again: the same answers
+    recorded, served, _, _ = dawn.Record(tmp_path, SECRET).read()
+    chosen = dawn.watermark_draw(K_W, x, TorchOracle(Soft(), (1, 8, 8)).labels(x), 10, 0.5)[0]
+    assert torch.equal(recorded, x[chosen]) and torch.equal(served, first[chosen])
+    assert len(list(tmp_path.iterdir())) == 2 and not [p for p in tmp_path.iterdir() if p.suffix != ".dawn"]
+
+
+def test_a_record_refuses_what_it_did_not_write(tmp_path, monkeypatch):
+    folder = tmp_path / "record"
+    with pytest.raises(InputError, match="not a folder"):
+        dawn.Record(folder, SECRET).read()
+    folder.mkdir()
+    with pytest.raises(NnmarkError, match="empty"):
+        dawn.Record(folder, SECRET).read()
+    _served(Soft(), folder, rate=0.5).labels(_noise(40))
+    with pytest.raises(SignatureError):
+        dawn.Record(folder, b"another secret").read()
+    with pytest.raises(ArgumentError, match="secret"):
+        dawn.Record(folder, b"")
+    monkeypatch.setattr(dawn, "MAX_ENTRIES", 5)
+    with pytest.raises(InputError, match="more than 5 entries"):
+        dawn.Record(folder, SECRET).read()
+    monkeypatch.undo()
+    _served(Soft(), folder, rate=0.2).labels(_noise(40, seed=1))
+    with pytest.raises(InputError, match="different settings"):
+        dawn.Record(folder, SECRET).read()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="not a shard"):
+        dawn.Record(stray, SECRET).read()
+    (stray / "notes.txt").unlink()
+    keys.save(KeyFile("ipguard", {"p0": 0.1}, _noise(2), torch.zeros(2, dtype=torch.int64)),
+              stray / "00000000000000000001-1-1.dawn", secret=SECRET)
+    with pytest.raises(KeyFileError, match="not a DAWN record shard"):
+        dawn.Record(stray, SECRET).read()
+
+
+def test_a_tampered_shard_is_refused(tmp_path):
+    _served(Soft(), tmp_path, rate=0.5).labels(_noise(20))
+    shard = next(tmp_path.iterdir())
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises((KeyFileError, SignatureError)):
+        dawn.Record(tmp_path, SECRET).read()
+
+
+def _lookup_record(folder, labels, n=50, rate=0.5):
+    """A record of ``Lookup(labels)`` served on ``inputs(0, n)``; (the model, the inputs, the draw)."""
+    model = Lookup(labels)
+    x = inputs(0, n)
+    dawn.DawnOracle(TorchOracle(model, SHAPE), SECRET, rate=rate, record=dawn.Record(folder, SECRET)).labels(x)
+    return model, x, dawn.watermark_draw(K_W, x, labels[:n], 10, rate)
+
+
+def test_create_draws_n_recorded_inputs_the_model_still_labels_as_served(tmp_path):
+    labels = torch.arange(1024) % 10
+    model, x, (chosen, wrong) = _lookup_record(tmp_path, labels)
+    recorded = int(chosen.sum())
+    key = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=3, secret=SECRET, meta={"note": "x"})
+    assert key.method == "dawn" and len(key.expected) == 10 and key.config["note"] == "x"
+    assert {k: key.config[k] for k in dawn.CONFIG_FIELDS} == {
+        "n": 10, "recorded": recorded, "rate": 0.5, "seed": 3, "num_classes": 10, "alpha": dawn.ALPHA, "p0": 1 / 9}
+    index = (key.queries[:, 0, 0, 0].double() * 1024).round().long()
+    assert chosen[index].all() and torch.equal(key.expected, wrong[index])
+    assert torch.equal(key.extras["source_labels"], labels[index])
+    again = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=3, secret=SECRET)
+    assert torch.equal(again.queries, key.queries)
+    other = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=4, secret=SECRET)
+    assert not torch.equal(other.queries, key.queries)
+    whole = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=1000, secret=SECRET)
+    assert len(whole.expected) == recorded and keys.SHORTFALL not in whole.config
+
+    changed = labels.clone()
+    moved = index[:4]
+    changed[moved] = (changed[moved] + 5) % 10
+    kept = dawn.create(TorchOracle(Lookup(changed), SHAPE), tmp_path, n=1000, secret=SECRET)
+    assert len(kept.expected) == recorded - 4 and kept.config[keys.SHORTFALL]["kept"] == recorded - 4
+    assert "otherwise than when they were served" in kept.config[keys.SHORTFALL]["why"]
+    with pytest.raises(InputError, match="another model's"):
+        dawn.create(TorchOracle(Lookup((labels + 1) % 10), SHAPE), tmp_path, secret=SECRET)
+    with pytest.raises(InputError, match="for 10 classes; the model has 12"):
+        dawn.create(TorchOracle(Lookup(labels, 12), SHAPE), tmp_path, secret=SECRET)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"n": 0}, "n must be >= 1"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
+    ({"meta": {"p0": 0.5}}, "may not replace"),
+])
+def test_create_refuses_bad_options(tmp_path, options, match):
+    model, _, _ = _lookup_record(tmp_path, torch.arange(1024) % 10)
+    with pytest.raises(ArgumentError, match=match):
+        dawn.create(TorchOracle(model, SHAPE), tmp_path, secret=SECRET, **options)
+
+
+def test_a_copy_extracted_through_the_api_matches_and_the_victim_and_an_independent_model_do_not(
+        lenet, changed_models, mnist, tmp_path):
+    """The real thing on mnist5k: the thief's 500 images through the served LeNet-5 at r_w = 0.1, a fresh LeNet-5
+    trained on the answers to convergence (30 epochs). The victim itself never departs from F(x)."""
+    thief = attacker_data(mnist)
+    api = dawn.DawnOracle(TorchOracle(lenet, mnist.shape), SECRET, rate=0.1, record=dawn.Record(tmp_path, SECRET))
+    copy, report = extract_from(api, thief.x, build_student("lenet5", mnist.shape, 10, 1), epochs=30, seed=1,
+                                test=mnist.test)
+    assert report.queries == len(thief.x) and report.test_accuracy > models.accuracy(lenet, mnist.test) - 0.05
+    key = dawn.create(TorchOracle(lenet, mnist.shape), tmp_path, secret=SECRET)
+    verdicts = {name: dawn.verify(LabelsOracle(TorchOracle(m, mnist.shape)), key)
+                for name, m in (("copy", copy), ("victim", lenet), ("independent", changed_models["independent"]))}
+    assert verdicts["copy"].passed and verdicts["copy"].details["p_value"] < 2.0 ** -64
+    assert verdicts["copy"].details["hits"] >= 20
+    assert not verdicts["victim"].passed and verdicts["victim"].details["departures"] == 0
+    assert not verdicts["independent"].passed and verdicts["independent"].details["hits"] <= 2
+
+
+def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, lenet, mnist, tmp_path):
+    """``nnmark serve --dawn-record`` as a real server; the thief extracts through it with ``nnmark attack extract
+    --endpoint``; ``nnmark mark dawn`` makes the key (at alpha 1e-9: the 500 queries of mnist5k's thief leave a
+    record of about 50, too few for 2^-64); ``nnmark verify`` and ``nnmark audit`` say match (0) for the copy and
+    no match (1) for the model that was served."""
+    record = tmp_path / "record"
+    copy = tmp_path / "copy.safetensors"
+    with nnmark_serve("--model", lenet_file, "--dawn-record", record, "--dawn-rate", 0.1, "--secret-file",
+                      run.secret) as url:
+        stolen = run("attack", "extract", "--endpoint", url, "--data", "mnist5k", "--student-arch", "lenet5",
+                     "--epochs", 30, "--out", copy)
+    assert stolen.exit_code == 0, stolen.output
+    shards = os.listdir(record)
+    assert shards and all(dawn.SHARD_RE.fullmatch(s) for s in shards)
+    key = tmp_path / "dawn.key"
+    made = run("mark", "dawn", "--model", lenet_file, "--record", record, "--alpha", 1e-9, "--secret-file", run.secret,
+               "--out", key, "--json")
+    assert made.exit_code == 0, made.output
+    summary = json.loads(made.output.splitlines()[-1])
+    assert summary["method"] == "dawn" and summary["recorded"] >= summary["n"] > 20
+    found = run("verify", key, "--model", copy, "--secret-file", run.secret, "--json")
+    assert found.exit_code == 0, found.output
+    verdict = json.loads(found.output)
+    assert verdict["decision"] == "match" and verdict["details"]["p_value"] < 1e-9 == verdict["details"]["alpha"]
+    served = run("verify", key, "--model", lenet_file, "--secret-file", run.secret, "--json")
+    assert served.exit_code == 1 and json.loads(served.output)["decision"] == "no match"
+    assert run("audit", key, "--model", copy, "--secret-file", run.secret).exit_code == 0
+    assert run("audit", key, "--model", lenet_file, "--secret-file", run.secret).exit_code == 1
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(b"another secret")
+    refused = run("mark", "dawn", "--model", lenet_file, "--record", record, "--secret-file", wrong, "--out",
+                  tmp_path / "no.key")
+    assert refused.exit_code == 2 and not (tmp_path / "no.key").exists()
+
+
+def test_serve_refuses_dawn_without_a_secret_or_with_logits(run, lenet_file, tmp_path):
+    assert serve_cli.DAWN_RATE == dawn.RATE
+    no_secret = run("serve", "--model", lenet_file, "--dawn-record", tmp_path / "r", "--port", 0)
+    assert no_secret.exit_code == 2 and "needs the owner's secret" in no_secret.output
+    logits = run("serve", "--model", lenet_file, "--dawn-record", tmp_path / "r", "--output", "logits",
+                 "--secret-file", run.secret, "--port", 0)
+    assert logits.exit_code == 2 and "logits would show" in logits.output
+    assert not (tmp_path / "r").exists()
