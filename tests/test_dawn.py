@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from test_cli import nnmark_serve, run  # noqa: F401 (the fixture)
+from test_cli import dbi_key_file, nnmark_serve, run  # noqa: F401 (fixtures)
 from test_kill_ownership import SHAPE, Lookup, inputs
 
 from nnmark import keys, models
@@ -119,6 +119,22 @@ def test_the_api_gives_no_more_access_than_labels_and_probabilities(tmp_path):
     with pytest.raises(ArgumentError, match="rate"):
         dawn.DawnOracle(TorchOracle(Soft(), (1, 8, 8)), SECRET, rate=1.0)
     assert not list(tmp_path.iterdir())  # no record: nothing written
+
+
+def test_the_owners_own_key_queries_and_canaries_are_never_watermarked(tmp_path):
+    x, canaries = _noise(200), _noise(50, seed=9)
+    key = KeyFile("natural", {}, x[:100], torch.zeros(100, dtype=torch.int64), extras={"canary.queries": canaries})
+    exempt = dawn.exempt_digests([key])
+    assert len(exempt) == 150
+    plain = TorchOracle(Soft(), (1, 8, 8)).labels(torch.cat([x, canaries]))
+    chosen = dawn.watermark_draw(K_W, torch.cat([x, canaries]), plain, 10, 0.5)[0]
+    assert chosen[:100].any() and chosen[100:].any() and chosen[200:].any()
+    api = _served(Soft(), tmp_path, rate=0.5, exempt=exempt)
+    served = api.labels(torch.cat([x, canaries]))
+    assert torch.equal(served[:100], plain[:100]) and torch.equal(served[200:], plain[200:])
+    assert torch.equal(served[100:200] != plain[100:200], chosen[100:200])
+    recorded, _, _, _ = dawn.Record(tmp_path, SECRET).read()
+    assert torch.equal(recorded, x[100:][chosen[100:200]])
 
 
 def test_a_record_keeps_each_input_once_in_the_order_served(tmp_path):
@@ -281,4 +297,19 @@ def test_serve_refuses_dawn_without_a_secret_or_with_logits(run, lenet_file, tmp
     logits = run("serve", "--model", lenet_file, "--dawn-record", tmp_path / "r", "--output", "logits",
                  "--secret-file", run.secret, "--port", 0)
     assert logits.exit_code == 2 and "logits would show" in logits.output
+    exempt_alone = run("serve", "--model", lenet_file, "--dawn-exempt", tmp_path / "k.key", "--port", 0)
+    assert exempt_alone.exit_code == 2 and "needs --dawn-record" in exempt_alone.output
     assert not (tmp_path / "r").exists()
+
+
+def test_the_owners_integrity_key_reads_the_watermarking_api_as_intact_once_exempt(run, lenet_file, dbi_key_file,
+                                                                                   tmp_path):
+    """Served at r_w = 0.5, the DBI key's own queries would come back watermarked and read as tampering; named with
+    --dawn-exempt, they get the model's answers and verify says INTACT."""
+    args = ("--model", lenet_file, "--dawn-rate", 0.5, "--secret-file", run.secret)
+    with nnmark_serve(*args, "--dawn-record", tmp_path / "a", "--dawn-exempt", dbi_key_file) as url:
+        exempt = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret)
+    with nnmark_serve(*args, "--dawn-record", tmp_path / "b") as url:
+        plain = run("verify", dbi_key_file, "--endpoint", url, "--secret-file", run.secret)
+    assert exempt.exit_code == 0 and exempt.output.startswith("INTACT"), exempt.output
+    assert plain.exit_code == 1 and plain.output.startswith("TAMPERED"), plain.output

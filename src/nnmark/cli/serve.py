@@ -45,10 +45,13 @@ def dawn_secret(secret_file: str | None) -> bytes:
                    "and record those queries in this folder, for nnmark mark dawn; needs --secret-file.")
 @click.option("--dawn-rate", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=DAWN_RATE,
               show_default=True, help="Share of queries DAWN answers with a watermark (each costs one answer).")
+@click.option("--dawn-exempt", "dawn_exempt", multiple=True, type=click.Path(dir_okay=False),
+              help="A key of the owner's (repeat) whose queries and canaries DAWN never watermarks, so that verify, "
+                   "audit and watch of this API see the model's own answers.")
 @click.option("--secret-file", type=click.Path(dir_okay=False),
-              help="The owner's secret for --dawn-record (else NNMARK_SECRET).")
+              help="The owner's secret for --dawn-record and --dawn-exempt (else NNMARK_SECRET).")
 def serve(model_source, env_name, device, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
-          insecure_no_token, dawn_record, dawn_rate, secret_file) -> None:
+          insecure_no_token, dawn_record, dawn_rate, dawn_exempt, secret_file) -> None:
     """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
     With --dawn-record, the API watermarks what a thief extracts through it (DAWN): a thief's copy repeats the
@@ -63,6 +66,8 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
 
     if grpc_port == port:
         raise CliError(f"--grpc-port {grpc_port} is --port: serve gRPC on another port")
+    if dawn_exempt and not dawn_record:
+        raise CliError("--dawn-exempt names keys DAWN leaves alone: it needs --dawn-record")
     if dawn_record and output == "logits":
         raise CliError("--dawn-record serves labels or probabilities: logits would show the unwatermarked answer")
     token = read_token(token_file)
@@ -73,9 +78,12 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
     model, loaded = load_model(model_source)
     oracle = envs.get(env_name).oracle(model, loaded.input_shape, budget=budget, device=device)
     if dawn_record:
+        from nnmark import keys
         from nnmark.marks.ownership import dawn
 
-        oracle = dawn.DawnOracle(oracle, secret, rate=dawn_rate, record=dawn.Record(dawn_record, secret))
+        exempt = dawn.exempt_digests([keys.load(path, secret=secret) for path in dawn_exempt])
+        oracle = dawn.DawnOracle(oracle, secret, rate=dawn_rate, record=dawn.Record(dawn_record, secret),
+                                 exempt=exempt)
     card = {"model_card": loaded.card.to_dict(), **({"environment": made_in} if (made_in := envs.record(oracle)) else {})}
     app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch, card=card)
     grpc_server = None

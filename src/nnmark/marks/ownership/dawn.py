@@ -35,6 +35,9 @@ Lukas et al.):
 - F_w(x) is uniform over the K - 1 other classes, as the paper says; the toolbox shuffles the classes the model
   finds plausible, which hides the change better but breaks the exact null (an independent model picks a
   plausible class far more often than 1/(K-1)).
+- The owner's own keys, asked of the served API (verify, audit, watch), would read a watermarked answer as a
+  change of the model: their queries and canaries are exempt (``exempt_digests``, ``nnmark serve --dawn-exempt``).
+  A thief cannot use this: the exempt inputs are the owner's secret keys' own.
 - One secret and one record per served model; the paper keys and records each client apart, which tells which
   client stole: one ``nnmark serve`` per client's token does that here.
 - The cost: answers change on a fraction r_w of the queries, so the served accuracy drops by at most r_w.
@@ -160,23 +163,37 @@ class Record:
         return x[keep], torch.cat(served)[keep], torch.cat(source)[keep], config
 
 
+def _digests(x: torch.Tensor) -> list[bytes]:
+    """SHA-256 of each input's float32 bytes."""
+    return [hashlib.sha256(np.ascontiguousarray(row).tobytes()).digest() for row in x.detach().cpu().float().numpy()]
+
+
+def exempt_digests(owner_keys: list[KeyFile]) -> frozenset[bytes]:
+    """The inputs DAWN must never watermark: every query and preflight canary of the owner's own keys (their
+    ``_digests``), so that the owner's checks of the served model (verify, audit, watch) see F(x), not F_w(x)."""
+    rows = [t for key in owner_keys for t in (key.queries, key.extras.get("canary.queries")) if t is not None]
+    return frozenset(d for t in rows for d in _digests(t))
+
+
 class DawnOracle(Oracle):
-    """Step 2: the API. Answers as ``inner`` does, except on W (``watermark_draw``), recorded to ``record`` (None:
-    not recorded, e.g. to check a new key). Gives labels, and probabilities where ``inner`` does; never logits or
-    gradients, which would show F(x)."""
+    """Step 2: the API. Answers as ``inner`` does, except on W (``watermark_draw``) less the ``exempt`` inputs
+    (``exempt_digests``), recorded to ``record`` (None: not recorded, e.g. to check a new key). Gives labels, and
+    probabilities where ``inner`` does; never logits or gradients, which would show F(x)."""
 
     def __init__(self, inner: Oracle, secret: bytes, *, rate: float = RATE, record: Record | None = None,
-                 budget: int | None = None):
+                 exempt: frozenset[bytes] = frozenset(), budget: int | None = None):
         _check_rate(rate)
         if not secret:
             raise ArgumentError("DAWN needs the owner's secret")
         super().__init__(inner.input_shape, inner.num_classes, budget)
         self.access = "probabilities" if inner.can("probabilities") else "labels"
-        self.inner, self.k_w, self.rate, self.record = inner, watermark_key(secret), rate, record
+        self.inner, self.k_w, self.rate, self.record, self.exempt = inner, watermark_key(secret), rate, record, exempt
 
     def _mark(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(which of ``x`` join W, the labels served); records the members."""
         chosen, wrong = watermark_draw(self.k_w, x, labels, self.num_classes, self.rate)
+        if self.exempt:
+            chosen &= torch.tensor([d not in self.exempt for d in _digests(x)], dtype=torch.bool)
         served = torch.where(chosen, wrong, labels.to("cpu"))
         if self.record is not None and chosen.any():
             self.record.append(x[chosen], served[chosen], labels[chosen],
