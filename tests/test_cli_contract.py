@@ -120,6 +120,7 @@ def test_every_command_has_help_with_an_example():
     for args in paths(main, []):
         r = CliRunner().invoke(main, [*args, "--help"])
         assert r.exit_code == 0 and "Example:" in r.output and r.output.startswith("Usage: nnmark "), args
+        assert "None]" not in r.output, args  # an unbounded float option shows no range ("x<=None")
 
 
 @pytest.mark.parametrize("group", ["mark", "attack", "bench", "keys"])

@@ -77,6 +77,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        """No range in the help of an unbounded one (click's would read "x<=None")."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 class Device(click.ParamType):
     """A --device value: cpu, cuda, cuda:N, mps or auto, resolved to a device that is here
