@@ -40,7 +40,8 @@ Lukas et al.):
   A thief cannot use this: the exempt inputs are the owner's secret keys' own.
 - One secret and one record per served model; the paper keys and records each client apart, which tells which
   client stole: one ``nnmark serve`` per client's token does that here.
-- The cost: answers change on a fraction r_w of the queries, so the served accuracy drops by at most r_w.
+- The cost: answers change on a fraction r_w of the queries, so the served accuracy drops by about r_w (a changed
+  answer was right with the model's accuracy; on Fashion-MNIST at r_w = 0.005, 0.60 points on 5,000 test images).
 
 Example::
 
