@@ -5,7 +5,8 @@ seed, a LeNet-5 victim on ``fashion-mnist@owner`` is served through ``dawn.DawnO
 sends one query per image of its half (``@thief``, 30,000 images, in a seeded order) and trains copies on the
 answers (``attacks.extract.extract_from``, against the served API as against an endpoint): top-1 labels or
 probabilities, into the victim's architecture or VGG-11, for the ownership bench's ``theft_epochs`` (a thief that
-stops early) and for ``long_epochs`` (one that trains to convergence, as ``nnmark attack extract`` does by default);
+stops early) and for ``long_epochs`` (one that trains to convergence: LeNet-5 30 epochs, ``nnmark attack extract``'s
+default; VGG-11 10, to fit 2 cores);
 then the long copy adversarially trained (PGD, ``thefts.adversarial``). The record the API kept of that thief's
 queries makes the seed's DAWN key (``dawn.create``, ``n`` queries); every copy and every independent model is
 judged on it. A copy counts as a theft only while it keeps the victim's accuracy minus 5 points.
