@@ -70,8 +70,8 @@ class _Prepared:
 @dataclass(frozen=True)
 class _Kind:
     """How the CLI serves one input kind: its options (given the method), a context manager (method, option values
-    of the kind with ``model_source`` and ``progress``, the method's option values) -> ``_Prepared``, a line of
-    help and the source part of its example."""
+    of the kind with ``model_source``, ``progress`` and ``secret`` (the owner's, or None), the method's option
+    values) -> ``_Prepared``, a line of help and the source part of its example."""
 
     options: Callable[[MethodSpec], tuple[Callable, ...]]
     prepare: Callable[[MethodSpec, dict, dict], contextlib.AbstractContextManager[_Prepared]]
