@@ -131,7 +131,7 @@ def independent_models(spec: str, p: dict, build: dict) -> dict[str, dict]:
         pool = shadow.build_pool(list(specs.values()), **build)
         found = {name: {"model": m, "arch": sp.arch, "data": sp.data}
                  for (name, sp), m in zip(specs.items(), pool.models)}
-        found.update(ownership.distilled(found, p, s, shadow.default_cache_dir().parent / "bench-ownership"))
+        found.update(ownership.distilled(found, p, s, ownership.derived_cache()))
         out.update({f"{name} (seed {s})": x for name, x in found.items()})
     return out
 
@@ -145,7 +145,7 @@ def run_seed(seed: int, p: dict, spec: str, independents: dict, build: dict, pro
     victim_accuracy = models.accuracy(victim, test)
     api = dawn.DawnOracle(TorchOracle(victim, owner.shape, owner.num_classes), SECRET, rate=p["rate"])
     served_accuracy = float((api.labels(test.x) == test.y).float().mean())
-    copies = served_copies(victim, owner, thief, p, seed, shadow.default_cache_dir().parent / "bench-ownership")
+    copies = served_copies(victim, owner, thief, p, seed, ownership.derived_cache())
     key = record_key(victim, owner, thief, p, seed)
     rows = {}
     for name, c in tqdm(copies.items(), desc="copies", disable=not progress, leave=False):
@@ -221,7 +221,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     """Run the bench and write ``ownership-api.md`` and ``.json`` to ``out_dir``."""
     p = parameters(FULL, QUICK, quick=quick, seeds=seeds)
     start = time.perf_counter()
-    spec, note = ownership.dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
+    spec, note = ownership.dataset_spec(p, ownership.derived_cache())
     build = {"cache_dir": shadow.default_cache_dir(), "workers": p["workers"],
              "executor": "process" if p["workers"] > 1 else "serial", "progress": progress}
     independents = independent_models(spec, p, build)

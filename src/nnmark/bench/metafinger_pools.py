@@ -81,7 +81,7 @@ def layout(p: dict, design: dict) -> shadow.PoolLayout:
 
 def _suspects(victim, p: dict, spec: str, seed: int, build: dict, progress: bool) -> tuple[dict, dict]:
     """(the thief's copies, the independent models) of ``bench ownership``, by name, each {"model", ...}."""
-    derived = shadow.default_cache_dir().parent / "bench-ownership"
+    derived = ownership.derived_cache()
     scratch = ownership.independent_specs(spec, p, seed)
     pool = shadow.build_pool(list(scratch.values()), **build)
     independents = {name: {"model": model, "arch": s.arch, "data": s.data}
@@ -233,7 +233,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     """Run the study and write ``metafinger-pools.md`` and ``.json`` to ``out_dir`` (per victim seed)."""
     p = parameters(ownership.FULL, ownership.QUICK, quick=quick, seeds=seeds)
     start = time.perf_counter()
-    spec, note = ownership.dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
+    spec, note = ownership.dataset_spec(p, ownership.derived_cache())
     names = QUICK_DESIGNS if quick else tuple(DESIGNS)
     rows = [run_seed(s, p, spec, names, progress) for s in range(p["seeds"])]
     result = {**header("ownership-pools", p, quick=quick, seeds=seeds), "data": note, "seeds": rows,

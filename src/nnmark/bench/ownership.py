@@ -175,6 +175,12 @@ class KeySpec:
 # --- data and models ----------------------------------------------------------------------------------------
 
 
+def derived_cache() -> Path:
+    """Where this bench caches what it derives (thefts, distilled independents, watermarked victims, the data subset):
+    ``bench-ownership`` beside the shadow-model cache; the benches built on its setting share it."""
+    return shadow.default_cache_dir().parent / "bench-ownership"
+
+
 def dataset_spec(p: dict, cache: Path) -> tuple[str, str]:
     """(the spec of the run's data, a note on it): Fashion-MNIST, a subset written once as .npz when ``p["subset"]``
     is set, or ``FALLBACK`` when Fashion-MNIST is not installed."""
@@ -435,7 +441,7 @@ def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
     build = {"cache_dir": cache, "workers": p["workers"], "executor": "process" if p["workers"] > 1 else "serial",
              "progress": progress}
     stage = Stage(seed, p, owner, data.load(f"{spec}@thief"), attacker_data(owner), build,
-                  cache.parent / "bench-ownership", progress)
+                  derived_cache(), progress)
     victim_specs = [ShadowSpec(arch, owner.name, 100 * seed, epochs=p["epochs"][arch]) for arch in p["victims"]]
     scratch = independent_specs(spec, p, seed)
     first = shadow.build_pool(victim_specs + list(scratch.values()), **build)
@@ -795,7 +801,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     p = {**parameters(FULL, QUICK, quick=quick, seeds=seeds), **(overrides or {})}
     thefts.select(p["watermark_thefts"])  # an unknown theft fails now, not after hours
     start = time.perf_counter()
-    spec, note = dataset_spec(p, shadow.default_cache_dir().parent / "bench-ownership")
+    spec, note = dataset_spec(p, derived_cache())
     rows = [run_seed(s, p, spec, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     summary = {arch: summarise(rows, arch, run_methods(p)) for arch in p["victims"]}
     result = {**header(STEM, p, quick=quick, seeds=seeds), "data": note, "seeds": rows, "summary": summary,
