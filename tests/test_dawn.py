@@ -15,10 +15,12 @@ from nnmark.attacks.distill import build_student
 from nnmark.attacks.extract import extract_from
 from nnmark.cli import serve as serve_cli
 from nnmark.data.roles import attacker_data
-from nnmark.errors import AccessError, ArgumentError, InputError, KeyFileError, NnmarkError, SignatureError
+from nnmark.errors import (
+    AccessError, ArgumentError, EndpointError, InputError, KeyFileError, NnmarkError, SignatureError,
+)
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import dawn
-from nnmark.oracles import LabelsOracle, TorchOracle
+from nnmark.oracles import HttpOracle, LabelsOracle, TorchOracle
 
 SECRET = b"owner's secret"
 K_W = dawn.watermark_key(SECRET)
@@ -99,9 +101,10 @@ def test_the_api_changes_only_the_drawn_answers_and_records_exactly_those(tmp_pa
     assert torch.equal(probs.argmax(1), labels) and torch.equal(probs.sort(1).values, plain[0].sort(1).values)
     assert torch.equal(probs[~chosen], plain[0][~chosen])
     assert torch.equal(api.labels(x), labels) and torch.equal(api.probabilities(x), probs)
-    recorded, served, source, config = dawn.Record(tmp_path / "record", SECRET).read()
-    assert torch.equal(recorded, x[chosen]) and torch.equal(served, wrong[chosen])
-    assert torch.equal(source, plain[1][chosen]) and config == {"rate": 0.3, "num_classes": 10}
+    recorded = dawn.Record(tmp_path / "record", SECRET).read()
+    assert torch.equal(recorded.x, x[chosen]) and torch.equal(recorded.served, wrong[chosen])
+    assert torch.equal(recorded.source, plain[1][chosen]) and recorded.config == {"rate": 0.3, "num_classes": 10}
+    assert recorded.clients == [frozenset({None})] * int(chosen.sum())
     assert api.queries == 1200 and api.access == "probabilities"
 
 
@@ -133,8 +136,7 @@ def test_the_owners_own_key_queries_and_canaries_are_never_watermarked(tmp_path)
     served = api.labels(torch.cat([x, canaries]))
     assert torch.equal(served[:100], plain[:100]) and torch.equal(served[200:], plain[200:])
     assert torch.equal(served[100:200] != plain[100:200], chosen[100:200])
-    recorded, _, _, _ = dawn.Record(tmp_path, SECRET).read()
-    assert torch.equal(recorded, x[100:][chosen[100:200]])
+    assert torch.equal(dawn.Record(tmp_path, SECRET).read().x, x[100:][chosen[100:200]])
 
 
 def test_a_record_keeps_each_input_once_in_the_order_served(tmp_path):
@@ -142,9 +144,9 @@ def test_a_record_keeps_each_input_once_in_the_order_served(tmp_path):
     x = _noise(60)
     first = api.labels(x)
     assert torch.equal(api.labels(x.flip(0)), first.flip(0))  # asked again: the same answers
-    recorded, served, _, _ = dawn.Record(tmp_path, SECRET).read()
+    recorded = dawn.Record(tmp_path, SECRET).read()
     chosen = dawn.watermark_draw(K_W, x, TorchOracle(Soft(), (1, 8, 8)).labels(x), 10, 0.5)[0]
-    assert torch.equal(recorded, x[chosen]) and torch.equal(served, first[chosen])
+    assert torch.equal(recorded.x, x[chosen]) and torch.equal(recorded.served, first[chosen])
     assert len(list(tmp_path.iterdir())) == 2 and not [p for p in tmp_path.iterdir() if p.suffix != ".dawn"]
 
 
@@ -203,8 +205,9 @@ def test_create_draws_n_recorded_inputs_the_model_still_labels_as_served(tmp_pat
     recorded = int(chosen.sum())
     key = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=3, secret=SECRET, meta={"note": "x"})
     assert key.method == "dawn" and len(key.expected) == 10 and key.config["note"] == "x"
-    assert {k: key.config[k] for k in dawn.CONFIG_FIELDS} == {
+    assert {k: key.config[k] for k in dawn.CONFIG_FIELDS if k != "client"} == {
         "n": 10, "recorded": recorded, "rate": 0.5, "seed": 3, "num_classes": 10, "alpha": dawn.ALPHA, "p0": 1 / 9}
+    assert "client" not in key.config
     index = (key.queries[:, 0, 0, 0].double() * 1024).round().long()
     assert chosen[index].all() and torch.equal(key.expected, wrong[index])
     assert torch.equal(key.extras["source_labels"], labels[index])
@@ -227,6 +230,38 @@ def test_create_draws_n_recorded_inputs_the_model_still_labels_as_served(tmp_pat
         dawn.create(TorchOracle(Lookup(labels, 12), SHAPE), tmp_path, secret=SECRET)
 
 
+def test_each_client_is_recorded_apart_and_its_key_holds_the_inputs_it_alone_asked(tmp_path):
+    """Alice asks inputs 0-29 and Bob 20-49 through one API: the same answers either way, each shard names its
+    client, and a client's key draws only from what that client alone asked (20-29 tell neither apart)."""
+    labels = torch.arange(1024) % 10
+    model, x = Lookup(labels), inputs(0, 50)
+    api = dawn.DawnOracle(TorchOracle(model, SHAPE), SECRET, rate=0.5, record=dawn.Record(tmp_path, SECRET))
+    alice, bob = api.for_client("alice"), api.for_client("bob")
+    assert torch.equal(alice.labels(x[:30]), api.for_client("carol.2").labels(x[:30]))
+    bob.labels(x[20:50])
+    assert (alice.queries, bob.queries, api.queries) == (30, 30, 0) and api.client is None
+    chosen, wrong = dawn.watermark_draw(K_W, x, labels[:50], 10, 0.5)
+    recorded = dawn.Record(tmp_path, SECRET).read()
+    first = (recorded.x[:, 0, 0, 0].double() * 1024).round().long()
+    assert sorted(first.tolist()) == chosen.nonzero().flatten().tolist()
+    expected = {i: {"alice", "carol.2"} if i < 20 else {"alice", "carol.2", "bob"} if i < 30 else {"bob"}
+                for i in first.tolist()}
+    assert {i: set(c) for i, c in zip(first.tolist(), recorded.clients)} == expected
+    oracle = TorchOracle(model, SHAPE)
+    key = dawn.create(oracle, tmp_path, n=1000, client="bob", secret=SECRET)
+    index = (key.queries[:, 0, 0, 0].double() * 1024).round().long()
+    assert sorted(index.tolist()) == [i for i in range(30, 50) if chosen[i]] and key.config["client"] == "bob"
+    assert key.config["recorded"] == len(index) and torch.equal(key.expected, wrong[index])
+    with pytest.raises(InputError, match="no input that client 'alice' alone asked .*alice, bob, carol.2"):
+        dawn.create(oracle, tmp_path, client="alice", secret=SECRET)
+    assert len(dawn.create(oracle, tmp_path, n=1000, secret=SECRET).expected) == int(chosen.sum())
+    for bad in ("", "-x", "a b", "x" * 65, "caf\u00e9"):
+        with pytest.raises(ArgumentError, match="client name"):
+            api.for_client(bad)
+        with pytest.raises(ArgumentError, match="client name"):
+            dawn.create(oracle, tmp_path, client=bad, secret=SECRET)
+
+
 @pytest.mark.parametrize("options, match", [
     ({"n": 0}, "n must be >= 1"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
     ({"meta": {"p0": 0.5}}, "may not replace"),
@@ -240,19 +275,28 @@ def test_create_refuses_bad_options(tmp_path, options, match):
 def test_a_copy_extracted_through_the_api_matches_and_the_victim_and_an_independent_model_do_not(
         lenet, changed_models, mnist, tmp_path):
     """The real thing on mnist5k: the thief's 500 images through the served LeNet-5 at r_w = 0.1, a fresh LeNet-5
-    trained on the answers to convergence (30 epochs). The victim itself never departs from F(x)."""
+    trained on the answers to convergence (30 epochs). The victim itself never departs from F(x). An honest client
+    asked the other test images of the same API: its key does not claim the copy, the thief's does, and a key of every
+    client's inputs is diluted by the honest ones."""
     thief = attacker_data(mnist)
     api = dawn.DawnOracle(TorchOracle(lenet, mnist.shape), SECRET, rate=0.1, record=dawn.Record(tmp_path, SECRET))
-    copy, report = extract_from(api, thief.x, build_student("lenet5", mnist.shape, 10, 1), epochs=30, seed=1,
-                                test=mnist.test)
+    api.for_client("honest").labels(mnist.test.x[:-len(thief.x)])  # the thief holds the other half
+    copy, report = extract_from(api.for_client("thief"), thief.x, build_student("lenet5", mnist.shape, 10, 1),
+                                epochs=30, seed=1, test=mnist.test)
     assert report.queries == len(thief.x) and report.test_accuracy > models.accuracy(lenet, mnist.test) - 0.05
-    key = dawn.create(TorchOracle(lenet, mnist.shape), tmp_path, secret=SECRET)
+    served = TorchOracle(lenet, mnist.shape)
+    key = dawn.create(served, tmp_path, client="thief", secret=SECRET)
     verdicts = {name: dawn.verify(LabelsOracle(TorchOracle(m, mnist.shape)), key)
                 for name, m in (("copy", copy), ("victim", lenet), ("independent", changed_models["independent"]))}
     assert verdicts["copy"].passed and verdicts["copy"].details["p_value"] < 2.0 ** -64
     assert verdicts["copy"].details["hits"] >= 20
     assert not verdicts["victim"].passed and verdicts["victim"].details["departures"] == 0
     assert not verdicts["independent"].passed and verdicts["independent"].details["hits"] <= 2
+    honest = dawn.verify(LabelsOracle(TorchOracle(copy, mnist.shape)),
+                         dawn.create(served, tmp_path, client="honest", secret=SECRET))
+    assert not honest.passed and honest.details["n"] >= 50
+    everyone = dawn.verify(LabelsOracle(TorchOracle(copy, mnist.shape)), dawn.create(served, tmp_path, secret=SECRET))
+    assert everyone.details["p_value"] > verdicts["copy"].details["p_value"]
 
 
 def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, lenet, mnist, tmp_path):
@@ -288,6 +332,37 @@ def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, lenet, mni
     refused = run("mark", "dawn", "--model", lenet_file, "--record", record, "--secret-file", wrong, "--out",
                   tmp_path / "no.key")
     assert refused.exit_code == 2 and not (tmp_path / "no.key").exists()
+
+
+def test_serve_records_each_named_client_and_mark_keys_what_one_client_alone_asked(run, lenet_file, mnist, tmp_path):
+    """``nnmark serve --clients-file``: each client's token names it in the DAWN record, another token (or none) is
+    refused; ``nnmark mark dawn --client bob`` keys only inputs Bob alone asked."""
+    clients, record, key = tmp_path / "clients", tmp_path / "record", tmp_path / "bob.key"
+    clients.write_text("# NAME TOKEN\nalice tok-alice\nbob tok-bob\n")
+    x = mnist.test.x[:120]
+    with nnmark_serve("--model", lenet_file, "--clients-file", clients, "--dawn-record", record, "--dawn-rate", 0.5,
+                      "--secret-file", run.secret) as url:
+        with HttpOracle(url, token="tok-alice") as alice, HttpOracle(url, token="tok-bob") as bob:
+            alice.labels(x[:80]), bob.labels(x[60:])
+        for token in ("tok-carol", None):
+            with pytest.raises(EndpointError, match="401"):
+                HttpOracle(url, token=token).labels(x[:1])
+    recorded = dawn.Record(record, keys.read_secret(run.secret)).read()
+    where = {x[i].numpy().tobytes(): i for i in range(len(x))}
+    asked = {where[r.numpy().tobytes()]: set(c) for r, c in zip(recorded.x, recorded.clients)}
+    assert asked and all(c == ({"alice"} if i < 60 else {"alice", "bob"} if i < 80 else {"bob"})
+                         for i, c in asked.items() if i < 120)
+    made = run("mark", "dawn", "--model", lenet_file, "--record", record, "--client", "bob", "--alpha", 1e-3,
+               "--secret-file", run.secret, "--out", key, "--json")
+    assert made.exit_code == 0, made.output
+    bobs = keys.load(key, secret=keys.read_secret(run.secret))
+    assert bobs.config["client"] == "bob" and {where[q.numpy().tobytes()] for q in bobs.queries} == \
+        {i for i in asked if i >= 80}
+    unknown = run("mark", "dawn", "--model", lenet_file, "--record", record, "--client", "carol", "--secret-file",
+                  run.secret, "--out", tmp_path / "carol.key")
+    assert unknown.exit_code == 2 and "clients in it: alice, bob" in unknown.output
+    both = run("serve", "--model", lenet_file, "--clients-file", clients, "--port", 0, env={"NNMARK_TOKEN": "tok"})
+    assert both.exit_code == 2 and "leave out --token-file and NNMARK_TOKEN" in both.output
 
 
 def test_serve_refuses_dawn_without_a_secret_or_with_logits(run, lenet_file, tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from nnmark.errors import ArgumentError, EndpointError, InputError
 from nnmark.oracles import oip
-from nnmark.oracles.auth import read_token
+from nnmark.oracles.auth import read_clients, read_token
 from nnmark.oracles.endpoint import (
     IMAGENET, NO_NORMALIZATION, EndpointSpec, parse_normalize, read_answer, redact_url, resolve, to_wire,
 )
@@ -243,6 +243,29 @@ def test_length_headers_and_shape_bounds():
     for shape, most in (([2, 0, 3], 5), ([7], 6), ([0, 2**62, 2**62], 10**9), ([2**32, 2**32, 1, 1], 10**9)):
         with pytest.raises(oip.MalformedMessage, match="holds more values than its message"):
             oip.check_shape(shape, "t", most)
+
+
+def test_a_clients_file_gives_each_named_client_its_token_and_refuses_without_echo(tmp_path):
+    f = tmp_path / "clients"
+    f.write_bytes(b"# NAME TOKEN\n\nalice  tok-a1\r\nbob.2\ttok b2 \n")
+    assert read_clients(f) == {"alice": b"tok-a1", "bob.2": b"tok b2"}
+    for text, fragment in (
+            (b"alice tok-a1\nalice tok-a2\n", "line 2: client 'alice' is named twice"),
+            (b"alice tok-a1\nbob tok-a1\n", "line 2: client 'bob' has the token of another client"),
+            (b"alice\n", "line 1: expected NAME TOKEN"),
+            (b"-alice tok-a1\n", "line 1: a client name"),
+            (b"al/ice tok-a1\n", "line 1: a client name"),
+            (b"alice tok-\x01a1\n", "line 1's token holds a character"),
+            (b"# nobody\n\n", "names no client")):
+        f.write_bytes(text)
+        with pytest.raises(EndpointError, match=fragment) as e:
+            read_clients(f)
+        assert "tok-" not in str(e.value).replace(str(f), "")
+    with pytest.raises(EndpointError, match="cannot read clients file"):
+        read_clients(tmp_path / "missing")
+    f.write_bytes(b"a" * (1 << 20) + b" t\n")
+    with pytest.raises(EndpointError, match="larger than"):
+        read_clients(f)
 
 
 def test_tokens_are_read_stripped_and_refused_without_echo(tmp_path):

@@ -15,6 +15,7 @@ from nnmark.errors import EndpointError  # noqa: E402
 from nnmark.marks.integrity import dbi  # noqa: E402
 from nnmark.oracles import GrpcOracle, HttpOracle, LabelsOracle, TorchOracle, connect, proto  # noqa: E402
 from nnmark.serve import create_app, serving, serving_grpc  # noqa: E402
+from test_serve import CLIENTS, WhoAsks  # noqa: E402
 
 SHAPE = (1, 28, 28)
 
@@ -73,6 +74,19 @@ def test_grpc_refusals_are_one_line_and_not_retried(grpc_url, mnist):
         request.inputs.add(name="input", datatype="FP32", shape=[1, *SHAPE]).contents.fp32_contents.extend([2.0] * 784)
         with pytest.raises(EndpointError, match=r"INVALID_ARGUMENT: data must lie in \[0, 1\]"):
             oracle._call("ModelInfer", request)
+
+
+def test_grpc_callers_reach_the_oracle_as_their_named_client(mnist):
+    log = []
+    app = create_app(WhoAsks(torch.full((4, 10), 0.1), log), model_name="m", clients=CLIENTS)
+    with serving_grpc(app) as url:
+        for token in ("tok-bob", "tok-alice"):
+            with GrpcOracle(url, model_name="m", token=token, input_shape=SHAPE, num_classes=10) as oracle:
+                oracle.probabilities(mnist.test.x[:2])
+        with pytest.raises(EndpointError, match="UNAUTHENTICATED: wrong bearer token"):
+            GrpcOracle(url, model_name="m", token="tok")
+    half = len(log) // 2  # each oracle's first-call probe, then its request
+    assert half >= 1 and log == ["bob"] * half + ["alice"] * half
 
 
 HUGE = 2**62

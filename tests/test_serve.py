@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnmark.errors import EndpointError
+from nnmark.errors import ArgumentError, EndpointError
 from nnmark.oracles import LabelsOracle, Oracle, ProbabilitiesOracle, TorchOracle
 from nnmark.serve import create_app, serving
 
@@ -32,6 +32,24 @@ class RecordingOracle(Oracle):
     def _probabilities(self, x):
         self.seen.append(x.clone())
         return self.table[: len(x)]
+
+
+class WhoAsks(RecordingOracle):
+    """Logs which client each request reached it as (``for_client``: a view that shares the log)."""
+
+    def __init__(self, table: torch.Tensor, log: list, name: str | None = None):
+        super().__init__(table)
+        self.log, self.name = log, name
+
+    def for_client(self, name: str) -> "WhoAsks":
+        return WhoAsks(self.table, self.log, name)
+
+    def _probabilities(self, x):
+        self.log.append(self.name)
+        return super()._probabilities(x)
+
+
+CLIENTS = {"alice": b"tok-alice", "bob": "tok-bob"}
 
 
 def body(x: torch.Tensor, **override) -> dict:
@@ -517,3 +535,33 @@ def test_request_decoding_property(tiny_client, kind, expected):
             assert "\n" not in r.json()["error"]
 
     check()
+
+
+def test_named_clients_each_reach_the_oracle_as_themselves_and_no_other_token_passes(mnist):
+    log = []
+    app = create_app(WhoAsks(torch.full((4, 10), 0.1), log), model_name="m", clients=CLIENTS)
+    x = mnist.test.x[:2]
+    with serving(app) as base, httpx.Client(base_url=base, timeout=10) as c:
+        for name in ("bob", "alice", "bob"):
+            token = CLIENTS[name] if isinstance(CLIENTS[name], str) else CLIENTS[name].decode()
+            r = infer(c, body(x), headers={"Authorization": f"Bearer {token}"}, name="m")
+            assert r.status_code == 200, r.text
+        for headers, fragment in (({"Authorization": "Bearer tok-carol"}, "wrong bearer token"),
+                                  ({"Authorization": "Bearer tok-alice tok-bob"}, "wrong bearer token"), ({}, "missing")):
+            r = infer(c, body(x), headers=headers, name="m")
+            assert r.status_code == 401 and fragment in r.json()["error"]
+        assert c.get("/v2/models/m", headers={"Authorization": "Bearer tok-alice"}).status_code == 200
+        assert c.get("/v2", headers={"Authorization": "Bearer tok-x"}).status_code == 401
+    assert log == ["bob", "alice", "bob"]
+    assert app.state.clients == {"alice": b"tok-alice", "bob": b"tok-bob"} and app.state.token is None
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"token": b"t", "clients": CLIENTS}, "not both"),
+    ({"clients": {"alice": b"same", "bob": b"same"}}, "share a token"),
+    ({"clients": {"al ice": b"t"}}, "client name"),
+    ({"clients": {"alice": b"t\nx"}}, "client 'alice''s token holds"),
+])
+def test_named_clients_are_checked_when_the_app_is_made(options, fragment):
+    with pytest.raises((ArgumentError, EndpointError), match=fragment):
+        create_app(WhoAsks(torch.full((4, 10), 0.1), []), model_name="m", **options)

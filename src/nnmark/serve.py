@@ -37,6 +37,9 @@ when the model fails or returns outputs of the wrong shape or non-finite. A clie
 mid-request is dropped without a traceback; idle keep-alive connections close after
 ``KEEP_ALIVE_SECONDS``.
 
+Callers: one bearer token (``token``), or named clients with a token each (``clients``), whose requests the
+oracle answers as ``oracle.for_client(name)`` (DAWN records which client asked what); or no token on loopback.
+
 Numbers: JSON inputs are decoded as float64 and cast to float32 (exact for float32 values sent as
 Python floats, e.g. by ``HttpOracle``), binary inputs are taken as they are; JSON outputs are float32
 values written as the shortest float64 repr, which a client cast back to float32 recovers bit for bit.
@@ -58,7 +61,7 @@ import socket
 import threading
 import time
 import warnings
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -72,7 +75,7 @@ from starlette.requests import ClientDisconnect
 from nnmark import __version__
 from nnmark.errors import ArgumentError, EndpointError, InputError, NnmarkError, QueryBudgetExceeded
 from nnmark.oracles import Oracle, oip
-from nnmark.oracles.auth import check_token
+from nnmark.oracles.auth import check_client, check_token
 
 INPUT_NAME = "input"
 LABEL_NAME = "label"
@@ -105,15 +108,22 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-def authorize(header: str | None, token: bytes | None) -> None:
-    """401 unless ``header`` is ``Bearer <token>`` (constant-time comparison); both transports use it."""
-    if token is None:
-        return
+def authorize(header: str | None, token: bytes | None, clients: Mapping[str, bytes] | None = None) -> str | None:
+    """The caller: 401 unless ``header`` is ``Bearer <token>``, or the bearer of one of ``clients``' tokens (name ->
+    token), whose name is returned (None for ``token`` or an open server). Every token is compared in constant
+    time; both transports use it."""
+    if token is None and not clients:
+        return None
     scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise _Refused(401, "missing bearer token (send 'Authorization: Bearer <token>')")
-    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token):
-        raise _Refused(401, "wrong bearer token")
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if clients:
+        if found := [name for name, t in clients.items() if hmac.compare_digest(given_bytes, t)]:
+            return found[0]
+    elif hmac.compare_digest(given_bytes, token):
+        return None
+    raise _Refused(401, "wrong bearer token")
 
 
 async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
@@ -153,11 +163,13 @@ class ServedModel:
         max_batch: the most inputs one request may carry (published as ``max_batch_size``).
         card: more model-card entries for the metadata ``parameters`` (e.g. the data set's name).
 
+        clients: the names of the clients that may ask; each is answered by ``oracle.for_client(name)``.
+
     Requests are answered one at a time (a lock around the oracle).
     """
 
     def __init__(self, oracle: Oracle, *, model_name: str, output: str = "probabilities", max_batch: int = 256,
-                 card: Mapping | None = None):
+                 card: Mapping | None = None, clients: Iterable[str] = ()):
         if output not in OUTPUTS:
             raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
         if output == "logits" and not oracle.gives_logits:
@@ -169,6 +181,7 @@ class ServedModel:
         if max_batch < 1:
             raise ArgumentError("max_batch must be >= 1")
         self.oracle, self.name, self.output, self.max_batch = oracle, model_name, output, max_batch
+        self.oracles = {None: oracle, **{name: oracle.for_client(name) for name in clients}}
         self.card = {"input_shape": list(oracle.input_shape), "num_classes": oracle.num_classes, "layout": "NCHW",
                      "normalize": "none", "output_kind": output, **(card or {})}
         self.outputs = ([] if output == "labels" else [output]) + [LABEL_NAME]
@@ -207,12 +220,14 @@ class ServedModel:
             raise _Refused(400, f"data must lie in [0, 1], got values in [{x.min():.6g}, {x.max():.6g}]")
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    def infer(self, inputs: Mapping[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
-        """Check the inputs, ask the oracle once, and return the ``wanted`` outputs (None: all)."""
+    def infer(self, inputs: Mapping[str, np.ndarray], wanted: list[str] | None,
+              client: str | None = None) -> dict[str, np.ndarray]:
+        """Check the inputs, ask the oracle (as ``client`` reaches it) once, and return the ``wanted`` outputs
+        (None: all)."""
         if wanted is not None and not set(wanted) <= set(self.outputs):
             raise _Refused(400, f"'outputs' may only ask for {' and '.join(map(repr, self.outputs))}")
         x = self._inputs(inputs)
-        oracle = self.oracle
+        oracle = self.oracles[client]
         try:
             with self.lock:
                 if self.output == "logits":
@@ -241,6 +256,7 @@ def create_app(
     *,
     model_name: str,
     token: bytes | None = None,
+    clients: Mapping[str, bytes] | None = None,
     output: str = "probabilities",
     max_batch: int = 256,
     max_body_bytes: int | None = None,
@@ -251,15 +267,22 @@ def create_app(
 
     Args:
         token: bearer token every route but /v2/health/* requires; None serves without one.
+        clients: instead of ``token``, named clients (name -> token, distinct), each answered by
+            ``oracle.for_client(name)`` (e.g. DAWN records which client asked what).
         max_body_bytes: the largest request body; None allows 32 bytes per value of a full batch + 64 KiB.
         body_read_seconds: how long a request body may take to arrive.
 
     The model runs off the event loop, so health checks answer while a batch runs. ``app.state.model``
     and ``app.state.token`` let ``grpc_server`` serve the same model.
     """
-    model = ServedModel(oracle, model_name=model_name, output=output, max_batch=max_batch, card=card)
+    if token is not None and clients:
+        raise ArgumentError("give a token or named clients' tokens, not both")
     if token is not None:
         token = check_token(token)
+    clients = {check_client(name): check_token(t, f"client {name!r}'s token") for name, t in (clients or {}).items()}
+    if len(set(clients.values())) < len(clients):
+        raise ArgumentError("two clients share a token")
+    model = ServedModel(oracle, model_name=model_name, output=output, max_batch=max_batch, card=card, clients=clients)
     if max_body_bytes is not None and max_body_bytes < 1:
         raise ArgumentError("max_body_bytes must be >= 1 or None")
     if not body_read_seconds > 0:
@@ -268,7 +291,7 @@ def create_app(
         BYTES_PER_VALUE * max_batch * math.prod(oracle.input_shape) + 65536
 
     app = FastAPI(title="nnmark", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.model, app.state.token, app.state.body_limit = model, token, limit
+    app.state.model, app.state.token, app.state.clients, app.state.body_limit = model, token, clients, limit
 
     @app.exception_handler(_Refused)
     async def _refused(request: Request, exc: _Refused) -> JSONResponse:
@@ -282,10 +305,12 @@ def create_app(
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    def model_route(request: Request, name: str) -> None:
-        authorize(request.headers.get("authorization"), token)
+    def model_route(request: Request, name: str) -> str | None:
+        """The caller (``authorize``), once the model is this server's."""
+        client = authorize(request.headers.get("authorization"), token, clients)
         if name != model_name:
             raise _Refused(404, f"unknown model {name[:60]!r}; this server serves {model_name!r}")
+        return client
 
     @app.get("/v2/health/live")
     async def live() -> dict:
@@ -297,7 +322,7 @@ def create_app(
 
     @app.get("/v2")
     async def server_metadata(request: Request) -> dict:
-        authorize(request.headers.get("authorization"), token)
+        authorize(request.headers.get("authorization"), token, clients)
         return {"name": "nnmark", "version": __version__, "extensions": EXTENSIONS}
 
     @app.get("/v2/models/{name}")
@@ -312,12 +337,12 @@ def create_app(
         model_route(request, name)
         return {"name": model_name, "ready": True}
 
-    def answer(body: bytes, header_length: str | None) -> Response:
+    def answer(body: bytes, header_length: str | None, client: str | None) -> Response:
         try:
             req = oip.decode_request(body, header_length)
         except EndpointError as e:
             raise _Refused(400, str(e)) from None
-        outputs = model.infer(req.inputs, req.outputs)
+        outputs = model.infer(req.inputs, req.outputs, client)
         content, headers = oip.encode_response(model_name, outputs, request_id=req.id,
                                                binary={n for n in outputs if req.wants_binary(n)})
         return Response(content, headers=headers)
@@ -325,9 +350,9 @@ def create_app(
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        model_route(request, name)
+        client = model_route(request, name)
         body = await _read_body(request, limit, body_read_seconds)
-        return await run_in_threadpool(answer, body, request.headers.get(oip.HEADER_LENGTH))
+        return await run_in_threadpool(answer, body, request.headers.get(oip.HEADER_LENGTH), client)
 
     return app
 
@@ -354,9 +379,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: bytes | None, insecure_no_token: bool) -> None:
-    """Refuse to serve a non-loopback ``host`` without a token unless ``insecure_no_token``, and then warn."""
-    if token is not None or is_loopback(host):
+def check_exposure(host: str, token: bytes | Mapping | None, insecure_no_token: bool) -> None:
+    """Refuse to serve a non-loopback ``host`` without a token (or clients' tokens) unless ``insecure_no_token``,
+    and then warn."""
+    if token or is_loopback(host):
         return
     if not insecure_no_token:
         raise EndpointError(f"refusing to serve {host} without a token: give one (--token-file or NNMARK_TOKEN) "
@@ -371,7 +397,7 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
 
     A non-loopback ``host`` needs the app to have a token, or ``insecure_no_token=True`` (then it warns);
     a taken port is an ``EndpointError`` before anything is served."""
-    check_exposure(host, app.state.token, insecure_no_token)
+    check_exposure(host, app.state.token or app.state.clients, insecure_no_token)
     sock = bind(host, port)
     try:
         config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_SECONDS)
@@ -420,27 +446,28 @@ def grpc_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecur
 
     from nnmark.oracles import oip_grpc, proto
 
-    check_exposure(host, app.state.token, insecure_no_token)
+    check_exposure(host, app.state.token or app.state.clients, insecure_no_token)
     model: ServedModel = app.state.model
 
     def guarded(fn, needs_token: bool = True):
+        """The RPC answering ``fn(request, caller)`` (``authorize``'s client name) once the caller and model pass."""
         def method(request, context):
             try:
-                if needs_token:
-                    authorize(dict(context.invocation_metadata()).get("authorization"), app.state.token)
+                client = authorize(dict(context.invocation_metadata()).get("authorization"), app.state.token,
+                                   app.state.clients) if needs_token else None
                 name = getattr(request, "name", None) or getattr(request, "model_name", None)
                 if name is not None and name != model.name:
                     raise _Refused(404, f"unknown model {name[:60]!r}; this server serves {model.name!r}")
-                return fn(request)
+                return fn(request, client)
             except _Refused as e:
                 context.abort(getattr(grpc.StatusCode, GRPC_STATUS.get(e.status, "INTERNAL")), e.message)
             except EndpointError as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return method
 
-    def infer(request):
+    def infer(request, client):
         inputs = oip_grpc.read_tensors(request.inputs, list(request.raw_input_contents), "inputs", request.ByteSize())
-        outputs = model.infer(inputs, [o.name for o in request.outputs] or None)
+        outputs = model.infer(inputs, [o.name for o in request.outputs] or None, client)
         answer = proto.ModelInferResponse(model_name=model.name, model_version=request.model_version, id=request.id)
         oip_grpc.write_tensors(outputs, answer.outputs, answer.raw_output_contents)
         return answer
@@ -448,12 +475,12 @@ def grpc_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, insecur
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS), options=[
         ("grpc.max_receive_message_length", app.state.body_limit), ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers([oip_grpc.service_handler({
-        "ServerLive": guarded(lambda r: proto.ServerLiveResponse(live=True), needs_token=False),
-        "ServerReady": guarded(lambda r: proto.ServerReadyResponse(ready=True), needs_token=False),
-        "ServerMetadata": guarded(lambda r: proto.ServerMetadataResponse(name="nnmark", version=__version__,
-                                                                         extensions=EXTENSIONS)),
-        "ModelReady": guarded(lambda r: proto.ModelReadyResponse(ready=True)),
-        "ModelMetadata": guarded(lambda r: oip_grpc.metadata_message(model.metadata())),
+        "ServerLive": guarded(lambda r, _: proto.ServerLiveResponse(live=True), needs_token=False),
+        "ServerReady": guarded(lambda r, _: proto.ServerReadyResponse(ready=True), needs_token=False),
+        "ServerMetadata": guarded(lambda r, _: proto.ServerMetadataResponse(name="nnmark", version=__version__,
+                                                                            extensions=EXTENSIONS)),
+        "ModelReady": guarded(lambda r, _: proto.ModelReadyResponse(ready=True)),
+        "ModelMetadata": guarded(lambda r, _: oip_grpc.metadata_message(model.metadata())),
         "ModelInfer": guarded(infer),
     })])
     try:

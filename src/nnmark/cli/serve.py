@@ -14,6 +14,13 @@ DAWN_RATE = 0.005
 DEFAULT_MAX_BATCH = 256
 
 
+def read_clients(path: str) -> dict[str, bytes]:
+    """The clients file's name -> token (``nnmark.oracles.auth.read_clients``: errors never echo a token)."""
+    from nnmark.oracles.auth import read_clients as read
+
+    return read(path)
+
+
 def dawn_secret(secret_file: str | None) -> bytes:
     """The owner's secret DAWN keys its draws and signs its record with; an error when there is none."""
     from nnmark import keys
@@ -32,6 +39,9 @@ def dawn_secret(secret_file: str | None) -> bytes:
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--model-name", default="model", show_default=True, help="The {name} in /v2/models/{name}.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="Bearer token file (else NNMARK_TOKEN; none: open).")
+@click.option("--clients-file", type=click.Path(dir_okay=False),
+              help="Instead of one token, named clients: a 'NAME TOKEN' line each. DAWN records which client asked "
+                   "what, and nnmark mark dawn --client keys one client's queries.")
 @click.option("--output", type=click.Choice(["probabilities", "logits", "labels"]), default="probabilities",
               show_default=True, help="What the output tensor holds (labels: the label output only).")
 @click.option("--max-batch", type=click.IntRange(1), default=DEFAULT_MAX_BATCH, show_default=True,
@@ -50,8 +60,8 @@ def dawn_secret(secret_file: str | None) -> bytes:
                    "audit and watch of this API see the model's own answers.")
 @click.option("--secret-file", type=click.Path(dir_okay=False),
               help="The owner's secret for --dawn-record and --dawn-exempt (else NNMARK_SECRET).")
-def serve(model_source, env_name, device, host, port, model_name, token_file, output, max_batch, budget, grpc_port,
-          insecure_no_token, dawn_record, dawn_rate, dawn_exempt, secret_file) -> None:
+def serve(model_source, env_name, device, host, port, model_name, token_file, clients_file, output, max_batch, budget,
+          grpc_port, insecure_no_token, dawn_record, dawn_rate, dawn_exempt, secret_file) -> None:
     """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
 
     With --dawn-record, the API watermarks what a thief extracts through it (DAWN): a thief's copy repeats the
@@ -61,6 +71,7 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
     Example:
       nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token
       nnmark serve --model lenet5.safetensors --port 8003 --dawn-record wm-record --dawn-rate 0.05 --secret-file secret
+      nnmark serve --model lenet5.safetensors --clients-file clients --dawn-record wm-record --secret-file secret
     """
     from nnmark import serve as serving
 
@@ -71,8 +82,11 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
     if dawn_record and output == "logits":
         raise CliError("--dawn-record serves labels or probabilities: logits would show the unwatermarked answer")
     token = read_token(token_file)
+    clients = read_clients(clients_file) if clients_file else None
+    if clients and token is not None:
+        raise CliError("--clients-file gives each client's token: leave out --token-file and NNMARK_TOKEN")
     secret = dawn_secret(secret_file) if dawn_record else None
-    serving.check_exposure(host, token, insecure_no_token)
+    serving.check_exposure(host, token or clients, insecure_no_token)
     for p in (port, grpc_port) if grpc_port else (port,):
         serving.bind(host, p).close()  # a taken address: one line now, before the model loads
     model, loaded = load_model(model_source)
@@ -85,13 +99,15 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, ou
         oracle = dawn.DawnOracle(oracle, secret, rate=dawn_rate, record=dawn.Record(dawn_record, secret),
                                  exempt=exempt)
     card = {"model_card": loaded.card.to_dict(), **({"environment": made_in} if (made_in := envs.record(oracle)) else {})}
-    app = serving.create_app(oracle, model_name=model_name, token=token, output=output, max_batch=max_batch, card=card)
+    app = serving.create_app(oracle, model_name=model_name, token=token, clients=clients, output=output,
+                             max_batch=max_batch, card=card)
     grpc_server = None
     if grpc_port:
         grpc_server = serving.grpc_server(app, host, grpc_port, insecure_no_token=insecure_no_token)[0]
     click.echo(f"serving {model_source.path} ({env_name} on {device}, {output}) as http://{host}:{port}/v2/models/{model_name}"
                + (f" and grpc://{host}:{grpc_port}" if grpc_port else "")
-               + (" with a bearer token" if token else " WITHOUT a token")
+               + (f" to {len(clients)} named clients" if clients else " with a bearer token" if token
+                  else " WITHOUT a token")
                + (f", recording DAWN watermarks in {dawn_record}" if dawn_record else ""), err=True)
     try:
         serving.run(app, host=host, port=port, log_level="warning", insecure_no_token=insecure_no_token)

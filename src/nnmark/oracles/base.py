@@ -126,6 +126,11 @@ class Oracle:
         self._spend(x)
         return self._gradient(loss_fn, x, on, per_sample)
 
+    def for_client(self, name: str) -> Oracle:
+        """This oracle as a served API's client ``name`` reaches it: itself, unless its answers record who asked
+        (``dawn.DawnOracle``)."""
+        return self
+
     def seen_through(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> Oracle:
         """The same model asked ``transform(x)`` for each query x (which may leave [0, 1]): what it answers when an
         endpoint misreads its inputs. Only oracles over a local module can (access "internals")."""

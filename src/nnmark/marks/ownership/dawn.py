@@ -38,8 +38,11 @@ Lukas et al.):
 - The owner's own keys, asked of the served API (verify, audit, watch), would read a watermarked answer as a
   change of the model: their queries and canaries are exempt (``exempt_digests``, ``nnmark serve --dawn-exempt``).
   A thief cannot use this: the exempt inputs are the owner's secret keys' own.
-- One secret and one record per served model; the paper keys and records each client apart, which tells which
-  client stole: one ``nnmark serve`` per client's token does that here.
+- Clients: the paper records each API client's watermarked queries apart, which tells which client stole. Here
+  the draw depends on x alone (one K_w for all clients), so clients who compare their answers to one input find
+  them equal and cannot spot W that way; each shard names the client it answered (``DawnOracle.for_client``,
+  ``nnmark serve --clients-file``), and ``create(client=...)`` keys the inputs that client alone asked. An input
+  two clients both asked tells neither apart and is left out of both clients' keys (kept in the key of all).
 - The cost: answers change on a fraction r_w of the queries, so the served accuracy drops by about r_w (a changed
   answer was right with the model's accuracy; on Fashion-MNIST at r_w = 0.005, 0.60 points on 5,000 test images).
 
@@ -53,12 +56,14 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +76,7 @@ from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.spec import MethodSpec, require
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import Oracle, check_inputs
+from nnmark.oracles.auth import check_client
 
 METHOD = "dawn"
 SHARD_METHOD = "dawn_record"
@@ -82,7 +88,7 @@ DEFAULT_N = 100
 MAX_ENTRIES = 1_000_000
 """The most watermarked queries a record is read with (each is one input, e.g. 3 KiB for 1x28x28)."""
 SHARD_RE = re.compile(r"[0-9]{20}-[0-9]{1,10}-[0-9]{1,12}\.dawn")
-CONFIG_FIELDS = ("n", "recorded", "rate", "seed", "num_classes", "alpha", "p0")
+CONFIG_FIELDS = ("n", "recorded", "rate", "seed", "num_classes", "alpha", "p0", "client")
 
 
 def _check_rate(rate: float) -> None:
@@ -110,6 +116,18 @@ def watermark_draw(k_w: bytes, x: torch.Tensor, source: torch.Tensor, num_classe
     return torch.tensor(chosen), (source.cpu().long() + torch.tensor(offsets)) % num_classes
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What a ``Record`` holds: distinct inputs x, the labels served, F(x), the clients that asked each input (a
+    set of names; None for a server without client tokens) and the settings (rate, classes)."""
+
+    x: torch.Tensor
+    served: torch.Tensor
+    source: torch.Tensor
+    clients: list[frozenset[str | None]]
+    config: dict
+
+
 class Record:
     """The watermarked queries an API answered (step 2's W): a folder of shards, each a key file of the method
     ``dawn_record`` signed with the secret (inputs, the labels served, F(x)), written whole or not at all.
@@ -135,33 +153,41 @@ class Record:
         self.folder.mkdir(parents=True, exist_ok=True)
         keys.save(shard, self.folder / name, secret=self.secret)
 
-    def read(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """(inputs, served labels, F(x), the shards' config) of every distinct recorded input, in recording order.
+    def read(self) -> Recorded:
+        """Every distinct recorded input, in recording order, with the clients that asked it.
 
-        InputError for a missing folder, a foreign file name, shards of differing configs or more than
-        ``MAX_ENTRIES`` entries; KeyFileError (or SignatureError) for a shard that is not one of this secret's."""
+        InputError for a missing folder, a foreign file name, shards of differing settings (the client aside) or
+        more than ``MAX_ENTRIES`` entries; KeyFileError (or SignatureError) for a shard that is not one of this
+        secret's."""
         if not self.folder.is_dir():
             raise InputError(f"DAWN record {self.folder} is not a folder")
         names = sorted(p.name for p in self.folder.iterdir() if not p.name.startswith("."))
         if foreign := [n for n in names if not SHARD_RE.fullmatch(n)]:
             raise InputError(f"DAWN record {self.folder} holds a file that is not a shard: {foreign[0]!r}")
-        xs, served, source, config, total = [], [], [], None, 0
+        xs, served, source, asked, config, total = [], [], [], [], None, 0
         for name in names:
             shard = keys.load(self.folder / name, secret=self.secret)
             if shard.method != SHARD_METHOD or "source_labels" not in shard.extras:
                 raise KeyFileError(f"{name} is not a DAWN record shard")
-            if config is not None and shard.config != config:
+            settings = {k: v for k, v in shard.config.items() if k != "client"}
+            if config is not None and settings != config:
                 raise InputError(f"DAWN record {self.folder} mixes shards of different settings ({name})")
-            config, total = shard.config, total + len(shard.expected)
+            config, total = settings, total + len(shard.expected)
             if total > MAX_ENTRIES:
                 raise InputError(f"DAWN record {self.folder} holds more than {MAX_ENTRIES:,} entries")
             xs.append(shard.queries), served.append(shard.expected), source.append(shard.extras["source_labels"])
+            asked += [shard.config.get("client")] * len(shard.expected)
         if not xs:
             raise NnmarkError(f"DAWN record {self.folder} is empty: no watermarked answer has been served yet")
         x = torch.cat(xs)
-        _, first = np.unique(x.reshape(len(x), -1).numpy(), axis=0, return_index=True)
-        keep = torch.from_numpy(np.sort(first))
-        return x[keep], torch.cat(served)[keep], torch.cat(source)[keep], config
+        _, first, which = np.unique(x.reshape(len(x), -1).numpy(), axis=0, return_index=True, return_inverse=True)
+        clients = [set() for _ in first]
+        for i, client in zip(which.reshape(-1), asked):
+            clients[i].add(client)
+        order = np.argsort(first)
+        keep = torch.from_numpy(first[order])
+        return Recorded(x[keep], torch.cat(served)[keep], torch.cat(source)[keep],
+                        [frozenset(clients[i]) for i in order], config)
 
 
 def _digests(x: torch.Tensor) -> list[bytes]:
@@ -179,7 +205,8 @@ def exempt_digests(owner_keys: list[KeyFile]) -> frozenset[bytes]:
 class DawnOracle(Oracle):
     """Step 2: the API. Answers as ``inner`` does, except on W (``watermark_draw``) less the ``exempt`` inputs
     (``exempt_digests``), recorded to ``record`` (None: not recorded, e.g. to check a new key). Gives labels, and
-    probabilities where ``inner`` does; never logits or gradients, which would show F(x)."""
+    probabilities where ``inner`` does; never logits or gradients, which would show F(x). ``for_client`` is the
+    same API as one named client reaches it."""
 
     def __init__(self, inner: Oracle, secret: bytes, *, rate: float = RATE, record: Record | None = None,
                  exempt: frozenset[bytes] = frozenset(), budget: int | None = None):
@@ -189,6 +216,14 @@ class DawnOracle(Oracle):
         super().__init__(inner.input_shape, inner.num_classes, budget)
         self.access = "probabilities" if inner.can("probabilities") else "labels"
         self.inner, self.k_w, self.rate, self.record, self.exempt = inner, watermark_key(secret), rate, record, exempt
+        self.client: str | None = None
+
+    def for_client(self, name: str) -> DawnOracle:
+        """The API as the client ``name`` reaches it: the same draws, model and record (a shallow copy), its shards
+        naming ``name``, its queries counted apart."""
+        view = copy.copy(self)
+        view.client, view.queries = check_client(name), 0
+        return view
 
     def _mark(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(which of ``x`` join W, the labels served); records the members."""
@@ -198,7 +233,8 @@ class DawnOracle(Oracle):
         served = torch.where(chosen, wrong, labels.to("cpu"))
         if self.record is not None and chosen.any():
             self.record.append(x[chosen], served[chosen], labels[chosen],
-                               {"rate": self.rate, "num_classes": self.num_classes})
+                               {"rate": self.rate, "num_classes": self.num_classes,
+                                **({"client": self.client} if self.client else {})})
         return chosen, served
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +263,7 @@ def create(
     n: int = DEFAULT_N,
     seed: int = 0,
     alpha: float = ALPHA,
+    client: str | None = None,
     secret: bytes,
     model_digest: str = "",
     meta: dict | None = None,
@@ -240,6 +277,8 @@ def create(
         n: most recorded inputs the key asks.
         seed: draws them from the record.
         alpha: the false-claim probability a match must stay below, in (0, 1).
+        client: only the inputs this API client alone asked (nnmark serve --clients-file): its key matches a copy
+            made from that client's answers, and so tells which client stole; none: every recorded input.
     """
     require(oracle, "labels", f"making a {METHOD} key")
     if n < 1:
@@ -248,19 +287,28 @@ def create(
         raise ArgumentError(f"alpha must lie in (0, 1), got {alpha}")
     if clash := sorted(set(meta or {}) & set(CONFIG_FIELDS)):
         raise ArgumentError(f"meta may not replace the method's own config entries: {', '.join(clash)}")
-    x, served, source, shard_config = Record(record, secret).read()
+    recorded = Record(record, secret).read()
+    x, served, source = recorded.x, recorded.served, recorded.source
     k = oracle.num_classes
-    if shard_config.get("num_classes") != k:
-        raise InputError(f"the record was served for {shard_config.get('num_classes')} classes; the model has {k}")
+    if recorded.config.get("num_classes") != k:
+        raise InputError(f"the record was served for {recorded.config.get('num_classes')} classes; the model has {k}")
     check_inputs(x, oracle.input_shape)
+    if client is not None:
+        alone = torch.tensor([asked == {check_client(client)} for asked in recorded.clients], dtype=torch.bool)
+        if not alone.any():
+            named = sorted({c for asked in recorded.clients for c in asked if c is not None})
+            raise InputError(f"the record holds no input that client {client!r} alone asked (clients in it: "
+                             f"{', '.join(named) or 'none named'})")
+        x, served, source = x[alone], served[alone], source[alone]
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     same = oracle.labels(x[order]) == source[order]
     if not same.any():
         raise InputError("the model labels none of the recorded inputs as the record says it was served: the record "
                          "is another model's")
     keep = order[same][:n]
-    config = {"n": len(keep), "recorded": len(x), "rate": float(shard_config["rate"]), "seed": int(seed),
-              "num_classes": k, "alpha": float(alpha), "p0": 1.0 / (k - 1), **(meta or {})}
+    config = {"n": len(keep), "recorded": len(x), "rate": float(recorded.config["rate"]), "seed": int(seed),
+              "num_classes": k, "alpha": float(alpha), "p0": 1.0 / (k - 1),
+              **({"client": client} if client is not None else {}), **(meta or {})}
     note_shortfall(config, min(n, len(x)), len(keep),
                    f"the model labels {int((~same).sum())} recorded inputs otherwise than when they were served")
     return KeyFile(method=METHOD, config=config, queries=x[keep].contiguous(), expected=served[keep].contiguous(),
