@@ -165,6 +165,9 @@ def test_a_record_refuses_what_it_did_not_write(tmp_path, monkeypatch):
     monkeypatch.setattr(dawn, "MAX_ENTRIES", 5)
     with pytest.raises(InputError, match="more than 5 entries"):
         dawn.Record(folder, SECRET).read()
+    monkeypatch.setattr(dawn, "MAX_ENTRIES", sum(len(keys.load(f, secret=SECRET).expected) for f in folder.iterdir()))
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden files are not the record's
+    assert len(dawn.Record(folder, SECRET).read().x) == dawn.MAX_ENTRIES
     monkeypatch.undo()
     _served(Soft(), folder, rate=0.2).labels(_noise(40, seed=1))
     with pytest.raises(InputError, match="different settings"):
@@ -175,10 +178,13 @@ def test_a_record_refuses_what_it_did_not_write(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not a shard"):
         dawn.Record(stray, SECRET).read()
     (stray / "notes.txt").unlink()
-    keys.save(KeyFile("ipguard", {"p0": 0.1}, _noise(2), torch.zeros(2, dtype=torch.int64)),
-              stray / "00000000000000000001-1-1.dawn", secret=SECRET)
-    with pytest.raises(KeyFileError, match="not a DAWN record shard"):
-        dawn.Record(stray, SECRET).read()
+    labels = torch.zeros(2, dtype=torch.int64)
+    for shard in (KeyFile("ipguard", {"p0": 0.1}, _noise(2), labels),
+                  KeyFile("ipguard", {"p0": 0.1}, _noise(2), labels, extras={"source_labels": labels}),
+                  KeyFile(dawn.SHARD_METHOD, {"rate": 0.1, "num_classes": 10}, _noise(2), labels)):
+        keys.save(shard, stray / "00000000000000000001-1-1.dawn", secret=SECRET)
+        with pytest.raises(KeyFileError, match="not a DAWN record shard"):
+            dawn.Record(stray, SECRET).read()
 
 
 def test_a_tampered_shard_is_refused(tmp_path):
@@ -203,8 +209,10 @@ def test_create_draws_n_recorded_inputs_the_model_still_labels_as_served(tmp_pat
     labels = torch.arange(1024) % 10
     model, x, (chosen, wrong) = _lookup_record(tmp_path, labels)
     recorded = int(chosen.sum())
-    key = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=3, secret=SECRET, meta={"note": "x"})
+    key = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=10, seed=3, secret=SECRET, meta={"note": "x"},
+                      model_digest="ab" * 32)
     assert key.method == "dawn" and len(key.expected) == 10 and key.config["note"] == "x"
+    assert key.model_digest == "ab" * 32
     assert {k: key.config[k] for k in dawn.CONFIG_FIELDS if k != "client"} == {
         "n": 10, "recorded": recorded, "rate": 0.5, "seed": 3, "num_classes": 10, "alpha": dawn.ALPHA, "p0": 1 / 9}
     assert "client" not in key.config
@@ -217,15 +225,23 @@ def test_create_draws_n_recorded_inputs_the_model_still_labels_as_served(tmp_pat
     assert not torch.equal(other.queries, key.queries)
     whole = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=1000, secret=SECRET)
     assert len(whole.expected) == recorded and keys.SHORTFALL not in whole.config
+    assert torch.equal(whole.queries, dawn.create(TorchOracle(model, SHAPE), tmp_path, n=1000, seed=0,
+                                                  secret=SECRET).queries)  # seed 0 by default
+    one = dawn.create(TorchOracle(model, SHAPE), tmp_path, n=1, secret=SECRET)
+    assert len(one.expected) == 1 and torch.equal(one.queries, whole.queries[:1])
 
     changed = labels.clone()
     moved = index[:4]
     changed[moved] = (changed[moved] + 5) % 10
     kept = dawn.create(TorchOracle(Lookup(changed), SHAPE), tmp_path, n=1000, secret=SECRET)
     assert len(kept.expected) == recorded - 4 and kept.config[keys.SHORTFALL]["kept"] == recorded - 4
-    assert "otherwise than when they were served" in kept.config[keys.SHORTFALL]["why"]
-    with pytest.raises(InputError, match="another model's"):
+    why = kept.config[keys.SHORTFALL]["why"]
+    assert why == "the model labels 4 recorded inputs otherwise than when they were served"
+    with pytest.raises(InputError, match="^the model labels none of the recorded inputs as the record says it was "
+                                         "served: the record is another model's$"):
         dawn.create(TorchOracle(Lookup((labels + 1) % 10), SHAPE), tmp_path, secret=SECRET)
+    with pytest.raises(InputError, match=r"no input that 'alice' alone asked \(clients in it: none named\)$"):
+        dawn.create(TorchOracle(model, SHAPE), tmp_path, client="alice", secret=SECRET)
     with pytest.raises(InputError, match="for 10 classes; the model has 12"):
         dawn.create(TorchOracle(Lookup(labels, 12), SHAPE), tmp_path, secret=SECRET)
 
@@ -252,10 +268,15 @@ def test_each_client_is_recorded_apart_and_its_key_holds_the_inputs_it_alone_ask
     index = (key.queries[:, 0, 0, 0].double() * 1024).round().long()
     assert sorted(index.tolist()) == [i for i in range(30, 50) if chosen[i]] and key.config["client"] == "bob"
     assert key.config["recorded"] == len(index) and torch.equal(key.expected, wrong[index])
-    with pytest.raises(InputError, match="no input that client 'alice' alone asked .*alice, bob, carol.2"):
+    with pytest.raises(InputError, match="no input that 'alice' alone asked .*alice, bob, carol.2"):
         dawn.create(oracle, tmp_path, client="alice", secret=SECRET)
+    pair = dawn.create(oracle, tmp_path, n=1000, client=" carol.2,alice", secret=SECRET)
+    index = (pair.queries[:, 0, 0, 0].double() * 1024).round().long()
+    assert sorted(index.tolist()) == [i for i in range(20) if chosen[i]] and pair.config["client"] == "alice,carol.2"
+    trio = dawn.create(oracle, tmp_path, n=1000, client="bob,alice,carol.2", secret=SECRET)
+    assert len(trio.expected) == int(chosen.sum()) and trio.config["client"] == "alice,bob,carol.2"
     assert len(dawn.create(oracle, tmp_path, n=1000, secret=SECRET).expected) == int(chosen.sum())
-    for bad in ("", "-x", "a b", "x" * 65, "caf\u00e9"):
+    for bad in ("", "-x", "a b", "x" * 65, "caf\u00e9", "alice,", "alice;bob"):
         with pytest.raises(ArgumentError, match="client name"):
             api.for_client(bad)
         with pytest.raises(ArgumentError, match="client name"):
@@ -263,8 +284,9 @@ def test_each_client_is_recorded_apart_and_its_key_holds_the_inputs_it_alone_ask
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"n": 0}, "n must be >= 1"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
-    ({"meta": {"p0": 0.5}}, "may not replace"),
+    ({"n": 0}, "^n must be >= 1, got 0$"), ({"alpha": 0.0}, r"^alpha must lie in \(0, 1\), got 0.0$"),
+    ({"alpha": 1.0}, "alpha"),
+    ({"meta": {"seed": 1, "p0": 0.5, "note": 1}}, "may not replace the method's own config entries: p0, seed$"),
 ])
 def test_create_refuses_bad_options(tmp_path, options, match):
     model, _, _ = _lookup_record(tmp_path, torch.arange(1024) % 10)
@@ -299,20 +321,35 @@ def test_a_copy_extracted_through_the_api_matches_and_the_victim_and_an_independ
     assert everyone.details["p_value"] > verdicts["copy"].details["p_value"]
 
 
-def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, lenet, mnist, tmp_path):
-    """``nnmark serve --dawn-record`` as a real server; the thief extracts through it with ``nnmark attack extract
-    --endpoint``; ``nnmark mark dawn`` makes the key (at alpha 1e-9: the 500 queries of mnist5k's thief leave a
-    record of about 50, too few for 2^-64); ``nnmark verify`` and ``nnmark audit`` say match (0) for the copy and
-    no match (1) for the model that was served."""
-    record = tmp_path / "record"
+def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, mnist, tmp_path):
+    """``nnmark serve --dawn-record --clients-file`` as a real server. Alice extracts a copy with ``nnmark attack
+    extract --endpoint``, Bob asks other images; a token of no client (or none) is refused. ``nnmark mark dawn``
+    makes the key of both (at alpha 1e-9: the 500 queries of mnist5k's thief leave a record of about 50, too few
+    for 2^-64): ``verify`` and ``audit`` say match (0) for the copy and no match (1) for the model that was served.
+    Each shard names its client; ``mark dawn --client`` keys each one's inputs, and ``audit --keys`` says MATCH
+    for Alice's key only."""
+    clients, record, folder = tmp_path / "clients", tmp_path / "record", tmp_path / "keys"
     copy = tmp_path / "copy.safetensors"
-    with nnmark_serve("--model", lenet_file, "--dawn-record", record, "--dawn-rate", 0.1, "--secret-file",
-                      run.secret) as url:
-        stolen = run("attack", "extract", "--endpoint", url, "--data", "mnist5k", "--student-arch", "lenet5",
-                     "--epochs", 30, "--out", copy)
-    assert stolen.exit_code == 0, stolen.output
+    clients.write_text("# NAME TOKEN\nalice tok-alice\nbob tok-bob\n")
+    (tmp_path / "alice-token").write_text("tok-alice\n")
+    bobs = mnist.test.x[:500]  # the thief's images are the other half
+    with nnmark_serve("--model", lenet_file, "--clients-file", clients, "--dawn-record", record, "--dawn-rate", 0.1,
+                      "--secret-file", run.secret) as url:
+        stolen = run("attack", "extract", "--endpoint", url, "--token-file", tmp_path / "alice-token", "--data",
+                     "mnist5k", "--student-arch", "lenet5", "--epochs", 30, "--out", copy)
+        assert stolen.exit_code == 0, stolen.output
+        with HttpOracle(url, token="tok-bob") as bob:
+            bob.labels(bobs)
+        for token in ("tok-carol", None):
+            with pytest.raises(EndpointError, match="401"):
+                HttpOracle(url, token=token).labels(bobs[:1])
     shards = os.listdir(record)
     assert shards and all(dawn.SHARD_RE.fullmatch(s) for s in shards)
+    recorded = dawn.Record(record, keys.read_secret(run.secret)).read()
+    mine = {b.numpy().tobytes() for b in bobs}
+    assert {(x.numpy().tobytes() in mine, tuple(c)) for x, c in zip(recorded.x, recorded.clients)} == {
+        (True, ("bob",)), (False, ("alice",))}
+
     key = tmp_path / "dawn.key"
     made = run("mark", "dawn", "--model", lenet_file, "--record", record, "--alpha", 1e-9, "--secret-file", run.secret,
                "--out", key, "--json")
@@ -333,34 +370,20 @@ def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, lenet, mni
                   tmp_path / "no.key")
     assert refused.exit_code == 2 and not (tmp_path / "no.key").exists()
 
-
-def test_serve_records_each_named_client_and_mark_keys_what_one_client_alone_asked(run, lenet_file, mnist, tmp_path):
-    """``nnmark serve --clients-file``: each client's token names it in the DAWN record, another token (or none) is
-    refused; ``nnmark mark dawn --client bob`` keys only inputs Bob alone asked."""
-    clients, record, key = tmp_path / "clients", tmp_path / "record", tmp_path / "bob.key"
-    clients.write_text("# NAME TOKEN\nalice tok-alice\nbob tok-bob\n")
-    x = mnist.test.x[:120]
-    with nnmark_serve("--model", lenet_file, "--clients-file", clients, "--dawn-record", record, "--dawn-rate", 0.5,
-                      "--secret-file", run.secret) as url:
-        with HttpOracle(url, token="tok-alice") as alice, HttpOracle(url, token="tok-bob") as bob:
-            alice.labels(x[:80]), bob.labels(x[60:])
-        for token in ("tok-carol", None):
-            with pytest.raises(EndpointError, match="401"):
-                HttpOracle(url, token=token).labels(x[:1])
-    recorded = dawn.Record(record, keys.read_secret(run.secret)).read()
-    where = {x[i].numpy().tobytes(): i for i in range(len(x))}
-    asked = {where[r.numpy().tobytes()]: set(c) for r, c in zip(recorded.x, recorded.clients)}
-    assert asked and all(c == ({"alice"} if i < 60 else {"alice", "bob"} if i < 80 else {"bob"})
-                         for i, c in asked.items() if i < 120)
-    made = run("mark", "dawn", "--model", lenet_file, "--record", record, "--client", "bob", "--alpha", 1e-3,
-               "--secret-file", run.secret, "--out", key, "--json")
-    assert made.exit_code == 0, made.output
-    bobs = keys.load(key, secret=keys.read_secret(run.secret))
-    assert bobs.config["client"] == "bob" and {where[q.numpy().tobytes()] for q in bobs.queries} == \
-        {i for i in asked if i >= 80}
+    folder.mkdir()
+    for client in ("alice", "bob"):
+        made = run("mark", "dawn", "--model", lenet_file, "--record", record, "--client", client, "--alpha", 1e-9,
+                   "--secret-file", run.secret, "--out", folder / f"{client}.key")
+        assert made.exit_code == 0, made.output
+    assert keys.load(folder / "bob.key", secret=keys.read_secret(run.secret)).config["client"] == "bob"
+    audited = run("audit", "--keys", folder, "--model", copy, "--secret-file", run.secret, "--json")
+    by_key = {os.path.basename(k["key"]): k["decision"] for k in json.loads(audited.stdout)["targets"][0]["keys"]}
+    assert by_key == {"alice.key": "match", "bob.key": "no match"}, audited.output
+    summary = json.loads(audited.stdout)["targets"][0]["summary"]
+    assert summary.startswith("MINE (dawn p=") and audited.exit_code == 1, summary  # 1: Bob's key is no match
     unknown = run("mark", "dawn", "--model", lenet_file, "--record", record, "--client", "carol", "--secret-file",
                   run.secret, "--out", tmp_path / "carol.key")
-    assert unknown.exit_code == 2 and "clients in it: alice, bob" in unknown.output
+    assert unknown.exit_code == 2 and "no input that 'carol' alone asked (clients in it: alice, bob)" in unknown.output
     both = run("serve", "--model", lenet_file, "--clients-file", clients, "--port", 0, env={"NNMARK_TOKEN": "tok"})
     assert both.exit_code == 2 and "leave out --token-file and NNMARK_TOKEN" in both.output
 

@@ -546,8 +546,8 @@ def test_named_clients_each_reach_the_oracle_as_themselves_and_no_other_token_pa
             token = CLIENTS[name] if isinstance(CLIENTS[name], str) else CLIENTS[name].decode()
             r = infer(c, body(x), headers={"Authorization": f"Bearer {token}"}, name="m")
             assert r.status_code == 200, r.text
-        for headers, fragment in (({"Authorization": "Bearer tok-carol"}, "wrong bearer token"),
-                                  ({"Authorization": "Bearer tok-alice tok-bob"}, "wrong bearer token"), ({}, "missing")):
+        for headers, fragment in (({"Authorization": "Bearer tok-carol"}, "wrong bearer token"), ({}, "missing"),
+                                  ({"Authorization": "Bearer tok-alice tok-bob"}, "wrong bearer token")):
             r = infer(c, body(x), headers=headers, name="m")
             assert r.status_code == 401 and fragment in r.json()["error"]
         assert c.get("/v2/models/m", headers={"Authorization": "Bearer tok-alice"}).status_code == 200

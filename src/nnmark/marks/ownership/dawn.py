@@ -42,7 +42,8 @@ Lukas et al.):
   the draw depends on x alone (one K_w for all clients), so clients who compare their answers to one input find
   them equal and cannot spot W that way; each shard names the client it answered (``DawnOracle.for_client``,
   ``nnmark serve --clients-file``), and ``create(client=...)`` keys the inputs that client alone asked. An input
-  two clients both asked tells neither apart and is left out of both clients' keys (kept in the key of all).
+  two clients both asked tells neither apart and is left out of both clients' keys (kept in the key of all, and
+  in the key of the two together, ``client="a,b"``, for a thief with several accounts).
 - The cost: answers change on a fraction r_w of the queries, so the served accuracy drops by about r_w (a changed
   answer was right with the model's accuracy; on Fashion-MNIST at r_w = 0.005, 0.60 points on 5,000 test images).
 
@@ -182,7 +183,7 @@ class Record:
         x = torch.cat(xs)
         _, first, which = np.unique(x.reshape(len(x), -1).numpy(), axis=0, return_index=True, return_inverse=True)
         clients = [set() for _ in first]
-        for i, client in zip(which.reshape(-1), asked):
+        for i, client in zip(which.ravel(), asked):
             clients[i].add(client)
         order = np.argsort(first)
         keep = torch.from_numpy(first[order])
@@ -278,7 +279,8 @@ def create(
         seed: draws them from the record.
         alpha: the false-claim probability a match must stay below, in (0, 1).
         client: only the inputs this API client alone asked (nnmark serve --clients-file): its key matches a copy
-            made from that client's answers, and so tells which client stole; none: every recorded input.
+            made from that client's answers, and so tells which client stole; names joined by commas key what
+            those clients alone asked (one party's several accounts); none: every recorded input.
     """
     require(oracle, "labels", f"making a {METHOD} key")
     if n < 1:
@@ -294,10 +296,12 @@ def create(
         raise InputError(f"the record was served for {recorded.config.get('num_classes')} classes; the model has {k}")
     check_inputs(x, oracle.input_shape)
     if client is not None:
-        alone = torch.tensor([asked == {check_client(client)} for asked in recorded.clients], dtype=torch.bool)
+        group = frozenset(check_client(name.strip()) for name in client.split(","))
+        client = ",".join(sorted(group))
+        alone = torch.tensor([asked <= group for asked in recorded.clients])
         if not alone.any():
             named = sorted({c for asked in recorded.clients for c in asked if c is not None})
-            raise InputError(f"the record holds no input that client {client!r} alone asked (clients in it: "
+            raise InputError(f"the record holds no input that {client!r} alone asked (clients in it: "
                              f"{', '.join(named) or 'none named'})")
         x, served, source = x[alone], served[alone], source[alone]
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
