@@ -122,9 +122,11 @@ def expectation(line: str) -> tuple[int, str | None]:
 
 
 def write_inputs(work: Path, mnist) -> None:
-    """The secret and token files, a user's package ``mypkg`` and a ``photos`` folder of one subfolder per class."""
+    """The secret, token and clients files, a user's package ``mypkg`` and a ``photos`` folder of one subfolder per
+    class."""
     (work / "secret").write_text(SECRET)
     (work / "token").write_text(TOKEN)
+    (work / "clients").write_text("alice tok-alice\nbob tok-bob\n")
     (work / "mypkg").mkdir()
     (work / "mypkg" / "__init__.py").write_text("")
     (work / "mypkg" / "nets.py").write_text(NETS_PY)
@@ -281,6 +283,8 @@ STEPS: dict[str, Step] = {
         Step(),
     "nnmark verify dawn.key --model extracted.safetensors --secret-file secret": Step(),
     "nnmark verify dawn.key --model lenet5.safetensors --secret-file secret": Step(),
+    "nnmark serve --model lenet5.safetensors --port 8004 --clients-file clients --dawn-record wm "
+    "--secret-file secret": Step(),
     "nnmark verify finger.key --model ft.safetensors --secret-file secret": Step(),
     "nnmark mark adi --model lenet5.safetensors --out-model wm.safetensors --out adi.key --secret-file secret": Step(),
     "nnmark mark frontier --model lenet5.safetensors --out-model wm.safetensors --out frontier.key "

@@ -71,7 +71,7 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, cl
     Example:
       nnmark serve --model lenet5.safetensors --port 8000 --grpc-port 8001 --token-file token
       nnmark serve --model lenet5.safetensors --port 8003 --dawn-record wm-record --dawn-rate 0.05 --secret-file secret
-      nnmark serve --model lenet5.safetensors --clients-file clients --dawn-record wm-record --secret-file secret
+      nnmark serve --model lenet5.safetensors --port 8004 --clients-file clients --dawn-record wm --secret-file secret
     """
     from nnmark import serve as serving
 
