@@ -162,7 +162,6 @@ class ServedModel:
             "labels" (the label output only, e.g. for a ``LabelsOracle``).
         max_batch: the most inputs one request may carry (published as ``max_batch_size``).
         card: more model-card entries for the metadata ``parameters`` (e.g. the data set's name).
-
         clients: the names of the clients that may ask; each is answered by ``oracle.for_client(name)``.
 
     Requests are answered one at a time (a lock around the oracle).
@@ -272,8 +271,8 @@ def create_app(
         max_body_bytes: the largest request body; None allows 32 bytes per value of a full batch + 64 KiB.
         body_read_seconds: how long a request body may take to arrive.
 
-    The model runs off the event loop, so health checks answer while a batch runs. ``app.state.model``
-    and ``app.state.token`` let ``grpc_server`` serve the same model.
+    The model runs off the event loop, so health checks answer while a batch runs. ``app.state.model``,
+    ``app.state.token`` and ``app.state.clients`` let ``grpc_server`` serve the same model to the same callers.
     """
     if token is not None and clients:
         raise ArgumentError("give a token or named clients' tokens, not both")
