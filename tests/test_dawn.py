@@ -388,7 +388,7 @@ def test_serve_mark_and_verify_from_the_command_line(run, lenet_file, mnist, tmp
     assert both.exit_code == 2 and "leave out --token-file and NNMARK_TOKEN" in both.output
 
 
-def test_serve_refuses_dawn_without_a_secret_or_with_logits(run, lenet_file, tmp_path):
+def test_serve_refuses_dawn_without_a_secret_or_with_logits_and_a_bad_clients_file(run, lenet_file, tmp_path):
     assert serve_cli.DAWN_RATE == dawn.RATE
     no_secret = run("serve", "--model", lenet_file, "--dawn-record", tmp_path / "r", "--port", 0)
     assert no_secret.exit_code == 2 and "needs the owner's secret" in no_secret.output
@@ -397,6 +397,11 @@ def test_serve_refuses_dawn_without_a_secret_or_with_logits(run, lenet_file, tmp
     assert logits.exit_code == 2 and "logits would show" in logits.output
     exempt_alone = run("serve", "--model", lenet_file, "--dawn-exempt", tmp_path / "k.key", "--port", 0)
     assert exempt_alone.exit_code == 2 and "needs --dawn-record" in exempt_alone.output
+    clients = tmp_path / "clients"
+    clients.write_text("alice tok-secret-1\nbob tok-secret-1\n")
+    shared = run("serve", "--model", lenet_file, "--clients-file", clients, "--port", 0)
+    assert shared.exit_code == 2 and "line 2: client 'bob' has the token of another client" in shared.output
+    assert "tok-secret" not in shared.output.replace(str(clients), "") and "Traceback" not in shared.output
     assert not (tmp_path / "r").exists()
 
 
