@@ -50,6 +50,7 @@ class WhoAsks(RecordingOracle):
 
 
 CLIENTS = {"alice": b"tok-alice", "bob": "tok-bob"}
+"""Named clients' tokens, as bytes or text (``create_app`` takes either)."""
 
 
 def body(x: torch.Tensor, **override) -> dict:
@@ -543,8 +544,7 @@ def test_named_clients_each_reach_the_oracle_as_themselves_and_no_other_token_pa
     x = mnist.test.x[:2]
     with serving(app) as base, httpx.Client(base_url=base, timeout=10) as c:
         for name in ("bob", "alice", "bob"):
-            token = CLIENTS[name] if isinstance(CLIENTS[name], str) else CLIENTS[name].decode()
-            r = infer(c, body(x), headers={"Authorization": f"Bearer {token}"}, name="m")
+            r = infer(c, body(x), headers={"Authorization": f"Bearer tok-{name}"}, name="m")
             assert r.status_code == 200, r.text
         for headers, fragment in (({"Authorization": "Bearer tok-carol"}, "wrong bearer token"), ({}, "missing"),
                                   ({"Authorization": "Bearer tok-alice tok-bob"}, "wrong bearer token")):
