@@ -14,13 +14,6 @@ DAWN_RATE = 0.005
 DEFAULT_MAX_BATCH = 256
 
 
-def read_clients(path: str) -> dict[str, bytes]:
-    """The clients file's name -> token (``nnmark.oracles.auth.read_clients``: errors never echo a token)."""
-    from nnmark.oracles.auth import read_clients as read
-
-    return read(path)
-
-
 def dawn_secret(secret_file: str | None) -> bytes:
     """The owner's secret DAWN keys its draws and signs its record with; an error when there is none."""
     from nnmark import keys
@@ -74,6 +67,7 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, cl
       nnmark serve --model lenet5.safetensors --port 8004 --clients-file clients --dawn-record wm --secret-file secret
     """
     from nnmark import serve as serving
+    from nnmark.oracles.auth import read_clients
 
     if grpc_port == port:
         raise CliError(f"--grpc-port {grpc_port} is --port: serve gRPC on another port")

@@ -17,7 +17,8 @@ from nnmark.errors import ArgumentError, EndpointError
 
 TOKEN_ENV = "NNMARK_TOKEN"
 CLIENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-"""A client's name: 1-64 letters, digits, '_', '.' or '-', the first a letter or digit."""
+CLIENT_RULE = "a client name is 1-64 letters, digits, '_', '.' or '-' (starting with a letter or digit)"
+"""What ``CLIENT_RE`` accepts, as the refusals of a bad name say it."""
 MAX_CLIENTS_BYTES = 1 << 20
 """The largest clients file read."""
 
@@ -53,8 +54,7 @@ def read_token(path: str | os.PathLike | None = None, environ: Mapping[str, str]
 def check_client(name: str) -> str:
     """``name`` when it is a client's name (``CLIENT_RE``); ArgumentError otherwise."""
     if not isinstance(name, str) or not CLIENT_RE.fullmatch(name):
-        raise ArgumentError(f"a client name is 1-64 letters, digits, '_', '.' or '-' (starting with a letter or "
-                            f"digit), got {str(name)[:80]!r}")
+        raise ArgumentError(f"{CLIENT_RULE}, got {str(name)[:80]!r}")
     return name
 
 
@@ -77,7 +77,7 @@ def read_clients(path: str | os.PathLike) -> dict[str, bytes]:
         where = f"clients file {path} line {number}"
         name = fields[0].decode("ascii", "replace")
         if not CLIENT_RE.fullmatch(name):
-            raise EndpointError(f"{where}: a client name is 1-64 letters, digits, '_', '.' or '-'")
+            raise EndpointError(f"{where}: {CLIENT_RULE}")
         if len(fields) < 2:
             raise EndpointError(f"{where}: expected NAME TOKEN")
         token = check_token(fields[1], f"{where}'s token")
