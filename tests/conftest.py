@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 import tracemalloc
 
@@ -135,3 +136,8 @@ def changed_models(lenet, mnist):
     torch.manual_seed(3)
     return {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
             "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2, steps=300)}
+
+
+def pytest_unconfigure(config):
+    """Removes the temporary home and every cache the run wrote there."""
+    shutil.rmtree(_CACHE, ignore_errors=True)
