@@ -33,10 +33,13 @@ interop-envs: $(INTEROP_STAMPS)
 demo: $(STAMP)
 	$(BIN)/python -m nnmark.demo
 
+# the suite's files spread over TEST_WORKERS processes (a file's tests stay on one: its module fixtures run once)
+TEST_WORKERS ?= 2
+
 # line and branch coverage of src/nnmark (processes the tests start included), then the cli/ package's total
 test: $(STAMP) $(INTEROP_STAMPS) fashion-mnist watch-tools
 	rm -f .coverage .coverage.*
-	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q --cov --cov-report=
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=
 	$(BIN)/python -m coverage report
 	@echo "cli/: $$($(BIN)/python -m coverage report --include='*/nnmark/cli/*' --format=total)% of lines and branches"
 	$(BIN)/python tools/mutation.py --ci

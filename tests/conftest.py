@@ -13,6 +13,13 @@ os.environ["MPLCONFIGDIR"] = os.path.join(_CACHE, "mpl")
 os.environ.setdefault("NNMARK_PROGRESS", "0")
 # torch's OpenMP threads busy-wait for each other; on a loaded 2-core machine that costs 10x or more.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# pytest-xdist's workers share the cores: each gets its share of threads (read by torch when it is imported).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+LONGEST_FILES = ("test_documented.py", "test_bench_metafinger.py", "test_bench_ownership.py", "test_cli.py",
+                 "test_metafinger.py")
+"""Started first, so that the workers (``make test``: one file at a time each) finish together."""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -136,6 +143,10 @@ def changed_models(lenet, mnist):
     torch.manual_seed(3)
     return {"independent": other, "random": models.build("lenet5", mnist.shape, mnist.num_classes),
             "heavy fine-tune": finetune(lenet, mnist.train.x[1000:2000], mnist.train.y[1000:2000], lr=1e-2, steps=300)}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: each file keeps its order
 
 
 def pytest_unconfigure(config):
