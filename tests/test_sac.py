@@ -343,6 +343,20 @@ def test_scratch_models_are_the_sources_architecture_trained_on_the_owners_label
     assert sac.scratch_models(source, ds.train, 0, epochs=EPOCHS, seed=0) == []
 
 
+def test_scratch_specs_are_the_pools_recipe_from_the_scratch_seeds():
+    groups = pool_specs("lenet5", "digits", "0" * 64, PoolLayout(negatives=2, val_negatives=1, af=1, epochs=4), seed=0)
+    pooled = {s.seed for group in groups.values() for s in group}
+    negative = groups["negatives_val"][0]
+    made = sac.scratch_specs(negative, 3, epochs=6, seed=2)
+    assert [s.seed for s in made] == [sac.SCRATCH_SEEDS + 2 + i for i in range(3)]
+    assert not pooled & {s.seed for s in made}
+    assert all((s.arch, s.data, s.card, s.micro_batch, s.epochs, s.augmented) == ("lenet5", "digits", None, None, 6,
+                                                                                   False) for s in made)
+    assert sac.scratch_specs(negative, 0, epochs=6, seed=0) == []
+    with pytest.raises(ArgumentError, match="from-scratch spec"):
+        sac.scratch_specs(groups["negatives_train"][-1], 1, epochs=6, seed=0)
+
+
 def test_scratch_models_made_once_calibrate_as_those_a_key_trains(world, monkeypatch):
     """A caller making several keys of one source (the ownership bench) trains the scratch models once."""
     ds, source, pools = world["ds"], world["source"], world["pools"]
@@ -490,19 +504,20 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache", "--n", 50,
              "--scratch-negatives", 4, "--scratch-epochs", EPOCHS, "--out", out, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["shadow_models_trained"] == 0 and json.loads(r.stdout)["kept"] == 50
+    assert json.loads(r.stdout)["shadow_models_trained"] == 4 and json.loads(r.stdout)["kept"] == 50  # the scratch
     screened = tmp_path / "sac-w.key"
     r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache",
              "--variant", "w", "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 3,
-             "--scratch-negatives", 2, "--scratch-epochs", 3,
+             "--scratch-negatives", 2, "--scratch-epochs", EPOCHS,
              "--max-p-value", 0.05, "--decide-on", "labels", "--out", screened, "--json")
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 0  # the first key's first two scratch models, cached
     config = keys.load(screened, secret=SECRET.encode()).config
     assert (config["screen"], config["temperature"], config["calibration_models"], config["decide_on"]) == (
         "minority", 0.5, 8, "labels")
     assert config["calibrated_on"] == {"families": 3, "scratch": 2, "extra": 0, "distilled": 3}
-    assert config["scratch_epochs"] == 3
+    assert config["scratch_epochs"] == EPOCHS
     independent = tmp_path / "independent.safetensors"
     models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
                 independent)
@@ -526,17 +541,17 @@ def test_a_training_micro_batch_bounds_every_model_the_key_trains(world, tmp_pat
             "--shadow-epochs", 1, "--executor", "serial", "--cache-dir", tmp_path / "cache", "--n", 20,
             "--scratch-negatives", 2, "--scratch-epochs", 1, "--max-p-value", 0.5, "--out", out, "--json", *extra))
         assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["shadow_models_trained"] == 5
+        assert json.loads(r.stdout)["shadow_models_trained"] == 7  # 3 + 2 pools' negatives, 2 scratch
         return max(seen), keys.load(out, secret=SECRET.encode()).config.get("train_micro_batch")
 
     def names():
         records = (json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json"))
         return sorted(r["spec"].get("micro_batch", 0) for r in records)
 
-    assert mark() == (32, None) and names() == [0] * 5  # auto: whole batches of 32, the spec names unchanged
+    assert mark() == (32, None) and names() == [0] * 7  # auto: whole batches of 32, the spec names unchanged
     per = training.saved_bytes_per_image(models.load(world["path"])[0].train(), torch.rand(2, 1, 8, 8))
     monkeypatch.setattr(training, "ACTIVATION_BUDGET", 3 * per)  # as a ResNet-50 would: 3 images fit a pass
-    assert mark("--train-micro-batch", "auto") == (3, 3) and names() == [0] * 5 + [3] * 5
+    assert mark("--train-micro-batch", "auto") == (3, 3) and names() == [0] * 7 + [3] * 7
 
 
 def test_mark_a_rare_errors_agreement_key_through_the_cli(world, tmp_path):

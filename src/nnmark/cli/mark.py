@@ -33,7 +33,7 @@ from nnmark.data import Split
 from nnmark.data.roles import natural_pool
 from nnmark.errors import ArgumentError
 from nnmark.marks import METHODS, MethodSpec, canary
-from nnmark.marks.ownership import metafinger, shadow
+from nnmark.marks.ownership import metafinger, sac, shadow
 from nnmark.marks.selfcheck import self_check
 from nnmark.models.training import micro_batches
 from nnmark.oracles import Oracle, TorchOracle
@@ -248,8 +248,8 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
 def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prepared]:
     """(source model, its shadow pools, training images): the pools of the source's architecture (a zoo checkpoint's
     or a package.module:factory's, ``shadow.pool_specs_for``) built, or read from the cache, first: on --device (the
-    cache files are the same whatever trained them); the key is made on the CPU (SAC's scratch models train on
-    --device too)."""
+    cache files are the same whatever trained them); the key is made on the CPU. SAC's scratch negatives
+    (``sac.scratch_specs``) are built and cached with the pools, so SAC-m and SAC-w keys of one source share them."""
     model, loaded = _load(spec, given, ("training",))
     ds = dataset_for(loaded, given["data_spec"])
     micro = shadow.pool_micro_batch(given["train_micro_batch"], model, ds.train.x)
@@ -258,16 +258,20 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                                finetune_epochs=given["finetune_epochs"], micro_batch=micro)
     thief = given["pool"] == "thief"
     specs = shadow.pool_specs_for(loaded, ds.name, layout.thief_aware() if thief else layout)
+    scratch = (sac.scratch_specs(specs["negatives_val"][0], values["scratch_negatives"],
+                                 epochs=values["scratch_epochs"], seed=given["seed"])
+               if "scratch_negatives" in values else None)
     start = time.perf_counter()
-    pool = shadow.build_pool([s for group in specs.values() for s in group],
+    pool = shadow.build_pool([*(s for group in specs.values() for s in group), *(scratch or ())],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
                              ray_timeout=given["ray_timeout"], progress=given["progress"], device=given["device"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
     arch = specs["negatives_val"][0].arch
-    with micro_batches(micro):  # SAC's scratch and distilled models train while the key is made
+    with micro_batches(micro):  # SAC's distilled negatives train while the key is made
         yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
                         loaded, {"seed": given["seed"], "dataset": ds, "device": given["device"],
+                                 **({"scratch": pool.select(scratch)} if scratch is not None else {}),
                                  "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],
                                           **({"pool": "thief"} if thief else {}),
                                           **({"train_micro_batch": micro} if micro else {})}},

@@ -92,7 +92,9 @@ Choices and gaps:
   LeNet-5 that is the zoo's initialisation, for ResNet-20 and VGG-11 (He-initialised convolutions in the zoo)
   torch's default, a slightly different law. They cost ``scratch_negatives`` trainings a key (a LeNet-5 for 4
   epochs on 30,000 Fashion-MNIST images: 10-30 s alone on a core, up to 100 s on 2 busy cores; a ResNet-20 for 2
-  epochs about 110 s), and the SAC-m and SAC-w keys of one source train the same ones twice.
+  epochs about 110 s). ``nnmark mark sac`` makes them as shadow specs instead (``scratch_specs``: initialised as the
+  pools' negatives are, the zoo's or the factory's under the seed), trained in the pools' workers and cached with
+  them, so the SAC-m and SAC-w keys of one source train them once; ``create`` without ``scratch`` trains them here.
 - distilled negatives (``distill_negatives``, none by default): the hardest independent models (a student of an
   independent teacher) are the ones SAC-m claims, but a null fitted on them is too narrow (below); each is made at
   ``distill_epochs`` (25-50 s for a LeNet-5 on 30,000 Fashion-MNIST images on 2 cores). On the digits (13 SAC-w
@@ -318,6 +320,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal, Sequence
 
@@ -331,7 +334,7 @@ from nnmark.errors import ArgumentError, InputError, KeyFileError, NnmarkError
 from nnmark.keys import KeyFile, note_shortfall
 from nnmark.marks.ownership.metafinger import Pools
 from nnmark.marks.ownership.stats import normal_fit, predictive_tail
-from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS
+from nnmark.marks.ownership.shadow import DEFAULT_EPOCHS, ShadowSpec
 from nnmark.marks.spec import MethodSpec
 from nnmark.marks.verdict import Verdict
 from nnmark.models.card import ModelCard
@@ -632,6 +635,17 @@ def scratch_models(source: nn.Module, owner: data.Split, k: int, *, epochs: int,
     SCRATCH_SEEDS + i``; trained on ``device`` and returned on the CPU, where the key is made."""
     return [train(fresh_copy(source, s).to(device), owner, epochs=epochs, seed=s).eval().cpu()
             for s in range(seed + SCRATCH_SEEDS, seed + SCRATCH_SEEDS + k)]
+
+
+def scratch_specs(negative: ShadowSpec, k: int, *, epochs: int, seed: int) -> list[ShadowSpec]:
+    """The k scratch negatives as shadow specs, for ``shadow.build_pool`` to train and cache beside the pools (``nnmark
+    mark sac``: a second key of the source reuses them): the recipe of ``negative``, a from-scratch spec of the
+    source's pools (architecture, data, card, micro-batch), model i from seed ``seed + SCRATCH_SEEDS + i`` for
+    ``epochs``."""
+    if negative.augmented:
+        raise ArgumentError("scratch negatives follow a from-scratch spec, not an augmented one")
+    return [dataclasses.replace(negative, seed=s, epochs=epochs) for s in range(seed + SCRATCH_SEEDS,
+                                                                               seed + SCRATCH_SEEDS + k)]
 
 
 def create(
