@@ -139,5 +139,29 @@ def test_metafinger_marks_a_factory_model_from_its_own_shadow_pools(tmp_path):
     assert code == 1 and verdict["decision"] == "no match", verdict
 
 
+def test_sac_calibrates_a_factory_model_on_scratch_models_of_the_factory_cached_with_its_pools(tmp_path):
+    net = tmp_path / "net.safetensors"
+    r = _cli("train", "--model", FACTORY, "--input-shape", "3,32,32", "--normalize", NORMALIZE, "--data", "digits",
+             "--epochs", 2, "--seed", 0, "--out", net)
+    assert r.exit_code == 0, r.output
+    cache = tmp_path / "cache"
+    common = ["--model", FACTORY, "--weights", net, "--data", "digits", "--negatives", 2, "--val-negatives", 2,
+              "--af", 0, "--shadow-epochs", 2, "--scratch-negatives", 3, "--scratch-epochs", 2, "--executor",
+              "serial", "--cache-dir", cache, "--n", 30, "--max-p-value", 0.2, "--json"]
+    r = _cli("mark", "sac", *common, "--out", tmp_path / "sac.key")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 7  # 2 + 2 pools' negatives, 3 scratch
+    scratch = [json.loads(p.read_text())["spec"] for p in cache.glob("*.json")]
+    scratch = [spec for spec in scratch if spec["seed"] >= 4_000_000]
+    assert len(scratch) == 3 and all(s["arch"] == FACTORY and s["card"]["normalize"] for s in scratch)
+    made = keys.load(tmp_path / "sac.key", secret=SECRET.encode())
+    assert made.config["calibrated_on"]["scratch"] == 3
+    r = _cli("mark", "sac", *common, "--patch", 0.3, "--out", tmp_path / "sac-patch.key")  # another key, same source
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_models_trained"] == 0  # the second key of the source trains nothing
+    code, verdict = _verify(tmp_path / "sac.key", "--model", FACTORY, "--weights", net)
+    assert code == 0 and verdict["decision"] == "match", verdict
+
+
 def test_one_command_per_method_and_nothing_else():
     assert set(mark.commands) == set(METHODS)
