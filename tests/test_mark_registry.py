@@ -15,6 +15,7 @@ from nnmark import keys, models
 from nnmark.cli import main
 from nnmark.cli.mark import KINDS, mark
 from nnmark.marks import METHODS
+from nnmark.marks.ownership import sac
 from nnmark.marks.spec import INPUTS
 from nnmark.options import REQUIRED, SCALARS
 
@@ -152,7 +153,7 @@ def test_sac_calibrates_a_factory_model_on_scratch_models_of_the_factory_cached_
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["shadow_models_trained"] == 7  # 2 + 2 pools' negatives, 3 scratch
     scratch = [json.loads(p.read_text())["spec"] for p in cache.glob("*.json")]
-    scratch = [spec for spec in scratch if spec["seed"] >= 4_000_000]
+    scratch = [spec for spec in scratch if spec["seed"] >= sac.SCRATCH_SEEDS]
     assert len(scratch) == 3 and all(s["arch"] == FACTORY and s["card"]["normalize"] for s in scratch)
     made = keys.load(tmp_path / "sac.key", secret=SECRET.encode())
     assert made.config["calibrated_on"]["scratch"] == 3

@@ -509,15 +509,15 @@ def test_mark_verify_and_audit_through_the_cli(world, tmp_path):
     r = _cli("mark", "sac", "--model", world["path"], "--negatives", 3, "--val-negatives", 2, "--af", 0,
              "--shadow-epochs", EPOCHS, "--executor", "serial", "--cache-dir", world["root"] / "cache",
              "--variant", "w", "--screen", "minority", "--temperature", 0.5, "--distilled-negatives", 3,
-             "--scratch-negatives", 2, "--scratch-epochs", EPOCHS,
+             "--scratch-negatives", 2, "--scratch-epochs", 3,
              "--max-p-value", 0.05, "--decide-on", "labels", "--out", screened, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["shadow_models_trained"] == 0  # the first key's first two scratch models, cached
+    assert json.loads(r.stdout)["shadow_models_trained"] == 2  # scratch models of other epochs than the first key's
     config = keys.load(screened, secret=SECRET.encode()).config
     assert (config["screen"], config["temperature"], config["calibration_models"], config["decide_on"]) == (
         "minority", 0.5, 8, "labels")
     assert config["calibrated_on"] == {"families": 3, "scratch": 2, "extra": 0, "distilled": 3}
-    assert config["scratch_epochs"] == EPOCHS
+    assert config["scratch_epochs"] == 3
     independent = tmp_path / "independent.safetensors"
     models.save(world["independent"][0], models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=7),
                 independent)

@@ -258,21 +258,21 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                                finetune_epochs=given["finetune_epochs"], micro_batch=micro)
     thief = given["pool"] == "thief"
     specs = shadow.pool_specs_for(loaded, ds.name, layout.thief_aware() if thief else layout)
-    scratch = (sac.scratch_specs(specs["negatives_val"][0], values["scratch_negatives"],
-                                 epochs=values["scratch_epochs"], seed=given["seed"])
-               if "scratch_negatives" in values else None)
+    negative = specs["negatives_val"][0]  # a from-scratch model of the source's recipe
+    scratch = (sac.scratch_specs(negative, values["scratch_negatives"], epochs=values["scratch_epochs"],
+                                 seed=given["seed"]) if "scratch_negatives" in values else None)
     start = time.perf_counter()
     pool = shadow.build_pool([*(s for group in specs.values() for s in group), *(scratch or ())],
                              cache_dir=given["cache_dir"] or shadow.default_cache_dir(), base=model,
                              workers=given["workers"], executor=given["executor"], ray_address=given["ray_address"],
                              ray_timeout=given["ray_timeout"], progress=given["progress"], device=given["device"])
     oracle = TorchOracle(model, ds.shape, ds.num_classes)
-    arch = specs["negatives_val"][0].arch
     with micro_batches(micro):  # SAC's distilled negatives train while the key is made
         yield _Prepared((model, metafinger.Pools(**pool.groups(specs)), ds.train.x), _made_on(oracle), ds.test,
                         loaded, {"seed": given["seed"], "dataset": ds, "device": given["device"],
                                  **({"scratch": pool.select(scratch)} if scratch is not None else {}),
-                                 "meta": {"data": ds.name, "arch": arch, "alpha": given["alpha"], "af": given["af"],
+                                 "meta": {"data": ds.name, "arch": negative.arch, "alpha": given["alpha"],
+                                          "af": given["af"],
                                           **({"pool": "thief"} if thief else {}),
                                           **({"train_micro_batch": micro} if micro else {})}},
                         {"shadow_models_trained": len(pool.trained),
