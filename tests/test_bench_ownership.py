@@ -1,6 +1,7 @@
 """``nnmark bench ownership``: the scores that decide its tables, and a quick run through the CLI."""
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from nnmark.attacks.measure import is_theft
 from nnmark.bench import dawn as api_bench
 from nnmark.bench import ownership as bench
 from nnmark.bench import thefts
+from nnmark.cli import bench as bench_cli
 from nnmark.cli import main
 from nnmark.errors import ArgumentError, DataError
 from nnmark.keys import KeyFile
@@ -95,6 +97,44 @@ def test_reductions_name_what_a_run_left_out_of_the_issues_design():
     assert "1 victim seed(s), not 3" in quick and "no ResNet-20 victim" in quick
     assert "no frontier watermark" in quick and "no coupled direct watermark" not in quick
     assert f"the watermarked victims face 2 of the {len(thefts.catalogue())} thefts" in quick
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bogus": 1}, "no parameter 'bogus'"),
+    ({"victims": "resnet20"}, "victims takes a list, got a string"),
+    ({"seeds": 1.5}, "seeds takes an integer, got a number"),
+    ({"n": True}, "n takes an integer, got true or false"),
+    ({"epochs": {"lenet5": 2}}, "epochs needs the keys lenet5, vgg11, resnet20"),
+    ({"victims": []}, "needs a victim and a seed"),
+    ({"seeds": 0}, "needs a victim and a seed"),
+    ({"victims": ["vgg11"]}, "victims: unknown ['vgg11']"),
+    ({"watermarks": ["Zhang", "Li"]}, "watermarks: unknown ['Li']"),
+    ({"watermark_thefts": ["RTAL", "steal"]}, "unknown ['steal']"),
+])
+def test_an_override_that_would_fail_the_run_is_refused_before_anything_is_trained(overrides, message):
+    with pytest.raises(ArgumentError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        bench.check_overrides(overrides)
+
+
+def test_overrides_of_each_kind_the_modes_give_are_taken_and_recorded_as_set_options():
+    overrides = {"victims": ("resnet20",), "seeds": 2, "watermarks": [], "subset": None, "alpha": 1,
+                 "epochs": {"lenet5": 2, "vgg11": 1, "resnet20": 1}, "watermark_thefts": ["RTAL"]}
+    bench.check_overrides(overrides)
+    options = bench.set_options(overrides)
+    assert options.startswith(""" --set 'victims=["resnet20"]' --set seeds=2 --set 'watermarks=[]'""")
+    settings = shlex.split(options)[1::2]
+    assert shlex.split(options)[::2] == ["--set"] * len(overrides)
+    assert bench_cli._overrides(tuple(settings)) == {"overrides": bench.jsonable(overrides)}
+    assert bench.stem({"victims": ["resnet20"]}) == "ownership-resnet20"
+    assert bench.stem(bench.FULL) == bench.stem(bench.QUICK) == "ownership"
+
+
+def test_set_without_a_name_or_an_unknown_parameter_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    for setting in ("victims", "=1", "bogus=1", "seeds=two"):
+        r = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--set", setting, "--out-dir", str(tmp_path)])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert not list(tmp_path.iterdir())
+    assert "No such option" in CliRunner().invoke(main, ["bench", "dbi", "--set", "n=1"]).output
 
 
 def test_the_audit_goal_is_refuted_by_a_sequential_claim_the_whole_key_does_not_make():
@@ -200,10 +240,12 @@ def test_sacs_scratch_models_are_trained_once_then_read_from_the_cache_with_thei
 
 
 def test_bench_ownership_quick_writes_its_tables(tmp_path):
-    r = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--out-dir", str(tmp_path)])
+    r = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--set", 'watermark_thefts=["RTAL"]',
+                                  "--out-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "ownership.json").read_text())
-    assert result["command"] == "nnmark bench ownership --quick"
+    assert result["command"] == """nnmark bench ownership --quick --set 'watermark_thefts=["RTAL"]'"""
+    assert result["params"]["watermark_thefts"] == ["RTAL"]
     (row,) = result["seeds"]
     (victim,) = row["victims"].values()
     summary = result["summary"]["lenet5"]
@@ -211,8 +253,8 @@ def test_bench_ownership_quick_writes_its_tables(tmp_path):
     assert {x["arch"] for x in victim["independents"].values()} == {"lenet5", "vgg11", "resnet20"}
     clean, marked = victim["victims"][bench.CLEAN]["copies"], victim["victims"]["coupled direct"]["copies"]
     assert list(clean) == [bench.VICTIM, *thefts.catalogue()] == list(summary)
-    assert list(marked) == [bench.VICTIM, *bench.QUICK["watermark_thefts"]]
-    assert victim["cost"]["derived_trained"] == len(thefts.catalogue()) + 2  # cold caches
+    assert list(marked) == [bench.VICTIM, "RTAL"]
+    assert victim["cost"]["derived_trained"] == len(thefts.catalogue()) + 1  # cold caches
     assert row["distilled_trained"] == len(bench.QUICK["distilled"])
     made = [m for m, (key, _) in bench.METHODS.items() if "seconds" in victim["keys"].get(key, {})]
     assert {"SAC-m", "SAC-m labels", "MetaFinger", "IPGuard", "coupled direct"} <= set(made)
@@ -240,7 +282,7 @@ def test_bench_ownership_quick_writes_its_tables(tmp_path):
     for part in ("Reduced against the issue", "no ResNet-20 victim", "## LeNet-5 victim: which method survives",
                  "| none (the victim itself) |", "### LeNet-5: SAC-m labels", "### LeNet-5: coupled direct",
                  "### LeNet-5: independent models", "### LeNet-5: cost", "### LeNet-5: nnmark audit",
-                 "`nnmark bench ownership --quick`"):
+                 """`nnmark bench ownership --quick --set 'watermark_thefts=["RTAL"]'`"""):
         assert part in md
     assert (tmp_path / "ownership.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -42,7 +42,8 @@ Not measured (``NOT_MEASURED``): nothing the issue lists is left out of the desi
 the issue's design (``ISSUE``: 3 seeds, both victims, 5 watermarks, every theft on every victim) says so in its
 header (``reductions``).
 
-Runtime knobs (``FULL`` / ``QUICK``; ``run(overrides=...)`` changes any of them, and the report names the change):
+Runtime knobs (``FULL`` / ``QUICK``; ``nnmark bench ownership --set NAME=JSON``, or ``run(overrides=...)``, changes
+any of them, checked before anything is trained (``check_overrides``), and the report's command names the change):
 ``seeds``, ``victims``, ``watermarks``, ``watermark_thefts``, ``subset`` (train, test images of Fashion-MNIST
 kept; None: all 60k / 10k), ``epochs`` per architecture of from-scratch models (watermarked victims too),
 ``theft_epochs`` (distillation and extraction passes over the thief's 30k images), ``finetune_epochs`` (RTAL,
@@ -54,8 +55,9 @@ images), ``meta_epochs``, ``ipguard_iterations``, ``workers`` (shadow training p
 x 13 thefts, about 470 trained copies; on a shared 2-core machine with empty caches that is roughly 10-12 hours
 (measured: a from-scratch model on a 30k half about 2 minutes, LeNet-5 or ResNet-20 alike at their epochs; a
 watermarked LeNet-5's theft about 35 s; one seed of a LeNet-5 victim with its pools, independents, 5 watermarks
-and 13 + 65 thefts about 80 minutes). The committed run can be reduced with ``overrides`` (e.g. ``{"seeds": 1,
-"victims": ["lenet5"]}``). The quick mode (a 3,000 / 1,000
+and 13 + 65 thefts about 80 minutes). The committed run can be reduced with ``--set`` (e.g. ``--seeds 1 --set
+'victims=["lenet5"]'``); a run without a LeNet-5 victim writes ``ownership-<victims>`` (``stem``), beside the LeNet-5
+tables instead of over them. The quick mode (a 3,000 / 1,000
 image subset, mnist5k when Fashion-MNIST is not installed; LeNet-5 only; the coupled direct watermark against two
 thefts) runs in about two minutes for the test.
 """
@@ -65,6 +67,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import shlex
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -82,9 +85,9 @@ from nnmark.attacks.distill import SOK_TEMPERATURE, build_student
 from nnmark.attacks.measure import is_theft
 from nnmark.audit import run as audit
 from nnmark.bench import plots, thefts
-from nnmark.bench.common import ARCH_NAMES, document, header, parameters, section, table, write
+from nnmark.bench.common import ARCH_NAMES, document, header, jsonable, parameters, section, table, write
 from nnmark.data.roles import attacker_data
-from nnmark.errors import DataError, NnmarkError
+from nnmark.errors import ArgumentError, DataError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, sac, shadow
 from nnmark.marks.ownership.shadow import ShadowSpec
@@ -776,7 +779,7 @@ def render(result: dict) -> str:
         "Beside the methods (seed 0): the from-scratch independent models took "
         f"{seeds[0]['independent_seconds']:.0f} s of recorded training, their distillations "
         f"{seeds[0]['distilled_seconds']:.0f} s.",
-        f"![statistics of copies and independent models]({STEM}.png)",
+        f"![statistics of copies and independent models]({stem(p)}.png)",
     )
 
 
@@ -794,12 +797,51 @@ def figure(result: dict) -> bytes:
     return plots.ownership_scores(panels)
 
 
+def _kind(value) -> str:
+    """The JSON kind of a parameter's value (a tuple is a list)."""
+    kinds = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "an object", list: "a list", tuple: "a list"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def check_overrides(overrides: dict) -> None:
+    """Refuse (``ArgumentError``) an override that names no parameter of ``FULL``, whose value is not of a kind the
+    full or quick mode gives it (an object: with the same keys), or that names an unknown victim or watermark, before
+    anything is trained: a run of hours must not fail at its end. Unknown thefts: ``thefts.select``."""
+    for name, value in overrides.items():
+        if name not in FULL:
+            raise ArgumentError(f"bench ownership has no parameter {name!r}; it has {', '.join(FULL)}")
+        kinds = {_kind(FULL[name]), _kind(QUICK[name])}
+        if _kind(value) not in kinds and not (_kind(value) == "an integer" and "a number" in kinds):
+            raise ArgumentError(f"{name} takes {' or '.join(sorted(kinds))}, got {_kind(value)}: {value!r}")
+        if isinstance(value, dict) and set(value) != set(FULL[name]):
+            raise ArgumentError(f"{name} needs the keys {', '.join(FULL[name])}, got {', '.join(map(str, value))}")
+    if not overrides.get("victims", FULL["victims"]) or overrides.get("seeds", 1) < 1:
+        raise ArgumentError("a run needs a victim and a seed: victims=[] or seeds < 1")
+    for name, known in (("victims", FULL["victims"]), ("watermarks", WATERMARKS)):
+        if unknown := [v for v in overrides.get(name, ()) if v not in known]:
+            raise ArgumentError(f"{name}: unknown {unknown}; known: {', '.join(known)}")
+    thefts.select(overrides.get("watermark_thefts"))
+
+
+def stem(p: dict) -> str:
+    """The name of the run's files: ``ownership``, or ``ownership-<victims>`` for a run without a LeNet-5 victim
+    (which would otherwise overwrite the LeNet-5 tables)."""
+    return STEM if "lenet5" in p["victims"] else "-".join((STEM, *p["victims"]))
+
+
+def set_options(overrides: dict) -> str:
+    """The ``--set NAME=JSON`` options that give ``overrides``, quoted for a shell."""
+    compact = {k: json.dumps(jsonable(v), separators=(",", ":")) for k, v in overrides.items()}
+    return "".join(f" --set {shlex.quote(f'{k}={v}')}" for k, v in compact.items())
+
+
 def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool = False,
         overrides: dict | None = None) -> Path:
-    """Run the benchmark and write ``ownership.md``, ``.json`` and ``.png`` to ``out_dir``; ``overrides`` replace
-    parameters of the mode (a reduced run; the command it records says so)."""
+    """Run the benchmark and write ``ownership.md`` (``stem``), ``.json`` and ``.png`` to ``out_dir``; ``overrides``
+    replace parameters of the mode (a reduced run; the command it records gives them as ``--set`` options)."""
+    check_overrides(overrides or {})
     p = {**parameters(FULL, QUICK, quick=quick, seeds=seeds), **(overrides or {})}
-    thefts.select(p["watermark_thefts"])  # an unknown theft fails now, not after hours
     start = time.perf_counter()
     spec, note = dataset_spec(p, derived_cache())
     rows = [run_seed(s, p, spec, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
@@ -807,6 +849,5 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     result = {**header(STEM, p, quick=quick, seeds=seeds), "data": note, "seeds": rows, "summary": summary,
               "survivors": {arch: survivors(summary[arch], rows, arch) for arch in p["victims"]},
               "wall_seconds": time.perf_counter() - start}
-    if overrides:
-        result["command"] += f" with the parameters {json.dumps(overrides)} changed (ownership.run(overrides=...))"
-    return write(out_dir, STEM, result, render(result), figure(result))
+    result["command"] += set_options(overrides or {})
+    return write(out_dir, stem(p), result, render(result), figure(result))

@@ -6,12 +6,16 @@ architecture (a ``package.module:factory`` or an nnmark checkpoint; the weights 
 converted to its card, with its normalisation inside the model, so the tables have the same rows as the zoo run.
 TorchScript, torch.export and ONNX sources cannot be trained and are refused in one line (exit 2). The tables name
 the model (source kind, card, accuracy) and go to ``NAME-MODEL.md``, next to the zoo's ``NAME.md``.
+
+The benchmarks in SETTABLE also take ``--set NAME=VALUE`` (repeatable): one parameter of the run changed (VALUE in
+JSON), checked by the module before anything is trained and named in the report's command.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 
 import click
 
@@ -51,6 +55,11 @@ BENCHMARKS = {
 """Benchmark command name -> (module in nnmark.bench, help)."""
 ANY_MODEL = ("dbi", "integrity")
 """The benchmarks that take --model and --data."""
+SETTABLE = ("ownership",)
+"""The benchmarks whose parameters ``--set`` changes (their ``run`` takes ``overrides``)."""
+SET_HELP = ("Change one parameter of the run: NAME=VALUE, VALUE in JSON (a bare word is a string); repeatable. NAME "
+            "is one of the report's Parameters (victims, watermarks, watermark_thefts, epochs, ...); the report's "
+            "command names each change.")
 ANY_MODEL_HELP = ("\n\nWith --model, every seed trains a fresh model of that source's architecture (a "
                   "package.module:factory or an nnmark checkpoint; the weights it holds are not used) on --data "
                   "converted to its input shape, its normalisation inside, so the tables have the same rows; "
@@ -78,6 +87,21 @@ def _foreign(source: ModelSource | None, data_spec: str | None) -> dict:
     return {"model": loaded, "data_spec": data_spec}
 
 
+def _overrides(settings: tuple[str, ...]) -> dict:
+    """The ``run`` argument for --set: ``{"overrides": {NAME: VALUE}}`` from NAME=VALUE options (VALUE parsed as
+    JSON, else kept as a string); none without --set."""
+    overrides = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise CliError(f"--set {setting!r}: give NAME=VALUE, e.g. --set 'victims=[\"resnet20\"]'")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    return {"overrides": overrides} if overrides else {}
+
+
 def _on_device(run, name: str, device: str) -> dict:
     """The ``run`` argument for --device: ``device`` where the benchmark takes one; a benchmark that does not runs on
     the CPU, and another device is refused."""
@@ -99,20 +123,24 @@ def _model_options(f):
 
 def _bench_command(name: str, module: str, doc: str) -> None:
     any_model = name in ANY_MODEL
-    example = f"nnmark bench {name} --quick --out-dir /tmp/bench"
+    example = f"nnmark bench {name} --quick" + (" --set 'watermark_thefts=[\"RTAL\"]'" if name in SETTABLE else "")
+    example += " --out-dir /tmp/bench"
     if any_model:
         example += (f"\n  nnmark bench {name} --model nnmark.bench.heldout:groupnorm_gelu --normalize imagenet "
                     "--data mnist5k --seeds 1")
 
     @with_progress
-    def command(quick, seeds, out_dir, device, progress, model_source=None, data_spec=None) -> None:
+    def command(quick, seeds, out_dir, device, progress, model_source=None, data_spec=None, settings=()) -> None:
         bench_module = importlib.import_module(f"nnmark.bench.{module}")
         path = bench_module.run(quick=quick, seeds=seeds, out_dir=out_dir, progress=progress,
-                                **_on_device(bench_module.run, name, device), **_foreign(model_source, data_spec))
+                                **_on_device(bench_module.run, name, device), **_foreign(model_source, data_spec),
+                                **_overrides(settings))
         click.echo(f"wrote {path}")
 
     if any_model:
         command = _model_options(command)
+    if name in SETTABLE:
+        command = click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help=SET_HELP)(command)
     command = device_option(command, help="Where the models run: cpu, cuda, cuda:N, mps, or auto (the first "
                                           "accelerator); a benchmark that runs on the CPU only refuses another.")
     command = click.option("--out-dir", type=click.Path(file_okay=False), default="docs/benchmarks",
