@@ -91,6 +91,19 @@ def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
     assert "REFUTED by distill, same arch, T=3 (LeNet-5) (0.98)" in bench.goals({"lenet5": summary}, best)
 
 
+def test_a_watermark_whose_key_could_not_be_made_is_a_cost_row_with_its_error():
+    error = "eps 0.1 gives 0 true and 44 false adversaries among 44 images; need 45 of each (change eps)"
+    victim = {"keys": {"frontier": {"error": error}, "IPGuard": {"seconds": 2.0, "queries": 100}},
+              "cost": {"pool_models": {}, "pool_seconds": {}},
+              "victims": {bench.CLEAN: {"victim_accuracy": 0.9, "copies": {bench.VICTIM: {
+                  "methods": {"IPGuard": _verdict(True, 1.0)}}}}}}
+    rows = bench.cost_table([{"victims": {"resnet20": victim}}], "resnet20", ["IPGuard", "frontier"]).splitlines()
+    assert rows[-2] == "| IPGuard | 2.0 s | 0 | - | 100 | 90% |"
+    assert rows[-1] == f"| frontier | {error} | 0 | - | - | - |"
+    summary = {bench.VICTIM: {"methods": {"IPGuard": {"tpr": 1.0}, "frontier": None}}}
+    assert bench.method_table(summary, "frontier").startswith("Nothing judged: the method made no key")
+
+
 def test_reductions_name_what_a_run_left_out_of_the_issues_design():
     assert bench.reductions({**bench.FULL}) == list(bench.NOT_MEASURED)
     quick = bench.reductions(bench.QUICK)

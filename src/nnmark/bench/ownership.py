@@ -591,6 +591,8 @@ def method_table(summary: dict, method: str) -> str:
         rows.append([attack + ("" if c["theft"] else " (not a theft)"), _pct(c["accuracy"]), _pct(c["tpr"]),
                      f"{c['false_claims']}/{c['independents']}", _pct(c["tpr_threshold_free"]), f"{c['auc']:.2f}",
                      _num(c["median_statistic"]), _num(c["median_p_value"]), c["queries"]])
+    if not rows:
+        return "Nothing judged: the method made no key on some seed (the cost table gives the error)."
     return table(["attack", "thief accuracy", "TPR (rule)", "false claims", "TPR (past every independent)", "AUC",
                   "median statistic", "median p-value", "queries"], rows)
 
@@ -622,7 +624,8 @@ def cost_table(seeds: list[dict], arch: str, methods: list[str]) -> str:
                      victims[0]["cost"]["pool_models"][shadows] if shadows else 0,
                      f"{statistics.mean(v['cost']['pool_seconds'][shadows] for v in victims):.0f} s"
                      if shadows else "-",
-                     max(asked) if asked else "-", _pct(statistics.mean(x["victim_accuracy"] for x in own))])
+                     max(asked) if asked else "-",
+                     _pct(statistics.mean(x["victim_accuracy"] for x in own) if own else None)])
     return table(["method", "key creation", "shadow / calibration models", "their training",
                   "verification queries (the key's and its null's)", "its victim's accuracy"], rows)
 
