@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from nnmark.cli import bench as bench_cli
 from nnmark.cli import main
 from nnmark.errors import ArgumentError, DataError
 from nnmark.keys import KeyFile
+
+REPORTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 
 def test_auc_counts_every_pair_and_ties_half():
@@ -140,6 +143,19 @@ def test_overrides_of_each_kind_the_modes_give_are_taken_and_recorded_as_set_opt
     assert bench_cli._overrides(tuple(settings)) == {"overrides": bench.jsonable(overrides)}
     assert bench.stem({"victims": ["resnet20"]}) == "ownership-resnet20"
     assert bench.stem(bench.FULL) == bench.stem(bench.QUICK) == "ownership"
+
+
+@pytest.mark.parametrize("stem", ["ownership", "ownership-resnet20"])
+def test_a_committed_reports_command_gives_its_parameters_and_its_file_name(stem):
+    result = json.loads((REPORTS / f"{stem}.json").read_text())
+    words = shlex.split(result["command"])
+    assert words[:3] == ["nnmark", "bench", "ownership"]
+    args = words[3:]
+    seeds = int(args[args.index("--seeds") + 1]) if "--seeds" in args else None
+    overrides = bench_cli._overrides(tuple(args[i + 1] for i, w in enumerate(args) if w == "--set"))["overrides"]
+    bench.check_overrides(overrides)
+    p = {**bench.parameters(bench.FULL, bench.QUICK, quick="--quick" in args, seeds=seeds), **overrides}
+    assert bench.jsonable(p) == result["params"] and bench.stem(p) == stem
 
 
 def test_set_without_a_name_or_an_unknown_parameter_is_one_line_exit_2_and_writes_nothing(tmp_path):
