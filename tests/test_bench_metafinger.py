@@ -93,6 +93,13 @@ def test_the_thief_design_is_the_libraries_thief_aware_layout():
     adversarial = pools.layout(p, pools.DESIGNS[pools.ADVERSARIAL])  # the thief-aware pools plus a PGD-trained copy
     assert adversarial.positive_variants == (*shadow.THIEF_POSITIVES, "adversarial")
     assert adversarial == dataclasses.replace(base.thief_aware(), positive_variants=adversarial.positive_variants)
+    every = ("distill:vgg11", "extract:vgg11", "distill:resnet20", "extract:resnet20")
+    added = {pools.HARD_PRUNE: ("prune90",), **{name: (f"distill:{arch}", f"extract:{arch}")
+                                                for arch, name in pools.OTHER_STUDENTS.items()},
+             pools.EVERY_STUDENT: every, pools.EVERY_STUDENT_HARD_PRUNE: (*every, "prune90")}
+    for name, variants in added.items():  # the thief-aware pools plus these, one train-only copy each
+        design = pools.layout(p, pools.DESIGNS[name])
+        assert design == dataclasses.replace(base.thief_aware(), positive_variants=(*shadow.THIEF_POSITIVES, *variants))
 
 
 def test_bench_ownership_pools_quick_compares_pool_designs(tmp_path, monkeypatch):

@@ -52,6 +52,19 @@ FINETUNE = ("rtal", "prune", "noise")
 STUDENTS = ("distill", "extract")
 THIEF = "+ students, train only (thief-aware)"
 ADVERSARIAL = "+ adversarial, train only"
+HARD_PRUNE = "+ prune 90%, train only"
+OTHER_STUDENTS = {"vgg11": "+ VGG-11 students, train only", "resnet20": "+ ResNet-20 students, train only"}
+"""Designs with students of another architecture than the victim's, one per zoo architecture: the thief's VGG-11 and
+one no thief of the bench uses."""
+EVERY_STUDENT = "+ students of every architecture, train only"
+EVERY_STUDENT_HARD_PRUNE = "+ students of every architecture and prune 90%, train only"
+
+
+def _students(*archs: str) -> tuple[str, ...]:
+    """The student variants (distilled, extracted) into each of ``archs``."""
+    return tuple(f"{kind}:{arch}" for arch in archs for kind in STUDENTS)
+
+
 DESIGNS = {
     "paper": {},
     "fine-tune variants, train only": {"positive_variants": FINETUNE, "variant_copies": 1},
@@ -60,11 +73,19 @@ DESIGNS = {
     THIEF: {"positive_variants": FINETUNE + STUDENTS, "variant_copies": 1},
     "+ students": {"positive_variants": FINETUNE + STUDENTS},
     ADVERSARIAL: {"positive_variants": FINETUNE + STUDENTS + ("adversarial",), "variant_copies": 1},
+    HARD_PRUNE: {"positive_variants": FINETUNE + STUDENTS + ("prune90",), "variant_copies": 1},
+    **{name: {"positive_variants": FINETUNE + STUDENTS + _students(arch), "variant_copies": 1}
+       for arch, name in OTHER_STUDENTS.items()},
+    EVERY_STUDENT: {"positive_variants": FINETUNE + STUDENTS + _students(*OTHER_STUDENTS), "variant_copies": 1},
+    EVERY_STUDENT_HARD_PRUNE: {"positive_variants": FINETUNE + STUDENTS + _students(*OTHER_STUDENTS) + ("prune90",),
+                               "variant_copies": 1},
 }
 """Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (``variant_copies`` 2 by default: one
 copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is the default
 ``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it.
-``ADVERSARIAL`` is ``THIEF`` plus the "adversarial" variant, one train-only copy."""
+``ADVERSARIAL`` is ``THIEF`` plus the "adversarial" variant, ``HARD_PRUNE`` plus "prune90", the
+``OTHER_STUDENTS`` designs plus a distilled and an extracted student of another architecture, ``EVERY_STUDENT`` plus
+both architectures' students, one train-only copy each."""
 QUICK_DESIGNS = ("paper", THIEF)
 VICTIM_ARCH = "lenet5"
 """The study's victim: ``bench ownership``'s LeNet-5."""

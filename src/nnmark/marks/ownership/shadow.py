@@ -10,7 +10,7 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
   (arch, data, seed, epochs), or, when ``base_digest`` is set, a model given by the caller (the owner's
   source model, never trained here), identified by its ``nnmark.models.digest``;
 - a *variant* is a base model after one of the thief's attacks (``VARIANTS``: distillation, extraction, RTAL,
-  prune + fine-tune, noise + fine-tune, PGD adversarial training; ``ShadowSpec(..., variant=name,
+  prune + fine-tune at 70% or 90%, noise + fine-tune, PGD adversarial training; ``ShadowSpec(..., variant=name,
   augment_seed=s)``), run by the owner on its own training split. Of the source, it is a positive that looks like a
   stolen copy; of a negative model, a negative that looks like an independent thief's copy
   (``PoolLayout.positive_variants`` / ``negative_variants``; the thief-aware pools, ``PoolLayout.thief_aware``, add
@@ -111,6 +111,8 @@ its seed exactly as a from-scratch model of that seed is, so the variants' seeds
 seed of the pools: no student starts from the initial weights of the source or of a negative model."""
 VARIANT_PRUNE = 0.7
 """The share of each layer's weights the "prune" variant sets to zero before its fine-tune."""
+VARIANT_HARD_PRUNE = 0.9
+"""The share the "prune90" variant prunes: the strongest pruning ``bench ownership``'s thief applies."""
 VARIANT_NOISE_ALPHA = 1.0
 """Eq. 1's alpha of the "noise" variant (std(param) / 1: the thief's strongest noise that still fine-tunes back)."""
 VARIANT_PGD_EPS = 0.1
@@ -152,6 +154,12 @@ def _prune(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
                           seed=spec.augment_seed)
 
 
+def _prune90(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+    """``VARIANT_HARD_PRUNE`` of each layer's weights pruned, then fine-tuned with the mask kept."""
+    return prune_finetune(base, train.x, train.y, fraction=VARIANT_HARD_PRUNE, epochs=spec.finetune_epochs,
+                          seed=spec.augment_seed)
+
+
 def _noise(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
     """Eq. 1 noise at ``VARIANT_NOISE_ALPHA``, then FTAL for ``spec.finetune_epochs``."""
     return noise_finetune(base, train.x, train.y, alpha=VARIANT_NOISE_ALPHA, epochs=spec.finetune_epochs,
@@ -166,8 +174,8 @@ def _adversarial(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Mod
 
 
 VARIANTS: dict[str, Callable[[ShadowSpec, nn.Module, data.Split], nn.Module]] = {
-    "distill": _distill, "extract": _extract, "rtal": _rtal, "prune": _prune, "noise": _noise,
-    "adversarial": _adversarial,
+    "distill": _distill, "extract": _extract, "rtal": _rtal, "prune": _prune, "prune90": _prune90,
+    "noise": _noise, "adversarial": _adversarial,
 }
 """The thief's attacks a variant spec names (``"distill"``, or ``"distill:vgg11"`` for a student of another zoo
 architecture; likewise ``"extract"``), run on the owner's training split: each takes the spec, its base and the
