@@ -266,6 +266,8 @@ def test_sacs_scratch_models_are_trained_once_then_read_from_the_cache_with_thei
     assert again[1] == first[1] > 0
     assert [models.digest(m) for m in other[0]] == [models.digest(first[0][1]), models.digest(other[0][1])]
     assert models.digest(other[0][1]) not in {models.digest(m) for m in first[0]}
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert len(records) == 3 and {r["threads"] for r in records} == {torch.get_num_threads()}  # weights depend on it
 
 
 def test_bench_ownership_quick_writes_its_tables(tmp_path):

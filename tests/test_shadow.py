@@ -151,6 +151,19 @@ def test_pool_builds_in_worker_processes_then_reuses_the_cache(base_model, tmp_p
     assert again.select([specs[2], specs[0]])[0] is again[2]
 
 
+def test_every_executor_trains_a_spec_to_the_same_weights_whatever_the_callers_threads(base_model, tmp_path):
+    spec = ShadowSpec("lenet5", "digits", 11, epochs=1)
+    workers = build_pool([spec], cache_dir=tmp_path / "process", workers=1, executor="process")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the sums of a step run in another order with two threads than with one
+    try:
+        serial = build_pool([spec], cache_dir=tmp_path / "serial", executor="serial")
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(threads)
+    assert models.digest(serial[0]) == models.digest(workers[0])
+
+
 def _checkpoint(model: torch.nn.Module, ds, tmp_path) -> bytes:
     path = tmp_path / "given.safetensors"
     models.save(model, models.ModelConfig("lenet5", ds.shape, ds.num_classes), path)

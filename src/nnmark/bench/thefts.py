@@ -3,8 +3,8 @@ distilled independent models, each cached by the recipe that made it.
 
 A recipe is JSON-able: the attack (an ``nnmark.attacks`` function), its options, the digest of the model it starts
 from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 16 hex of SHA-256(recipe)>
-.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe and training seconds in a ``.json`` beside
-it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
+.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe, training seconds and torch thread count (a CPU
+model's weights depend on it) in a ``.json`` beside it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
 extraction, then adversarial training of the copy). A watermarked victim and its key (``embedded``) are cached the
 same way, the key signed with ``SECRET``; any other model a bench trains (``trained``: SAC's scratch calibration
 models) too.
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -100,10 +101,11 @@ def _path(cache: Path, arch: str, recipe: dict) -> Path:
 
 
 def _save(model: nn.Module, arch: str, ds: data.Dataset, recipe: dict, seconds: float, path: Path) -> None:
-    """Cache ``model`` at ``path`` with its recipe and training seconds in the ``.json`` beside it."""
+    """Cache ``model`` at ``path`` with its recipe, training seconds and torch threads in the ``.json`` beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     models.save(model, models.ModelConfig(arch, ds.shape, ds.num_classes, data=ds.name, seed=recipe["seed"]), path)
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"recipe": recipe, "seconds": seconds}).encode())
+    record = {"recipe": recipe, "seconds": seconds, "threads": torch.get_num_threads()}
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(record).encode())
 
 
 def _cached(path: Path) -> dict | None:

@@ -656,8 +656,9 @@ def build_task(spec_json: str, base: bytes | None, dataset: str | data.Dataset, 
     if isinstance(dataset, str) and dataset != spec.data:
         raise ArgumentError(f"the spec trains on {spec.data!r}, but the data given is {dataset!r}")
     ds = load_data(spec) if isinstance(dataset, str) else dataset
-    model = train_shadow(spec, None if base is None else _model_from_bytes(spec, base).to(device), dataset=ds,
-                         device=device)
+    with _one_thread():
+        model = train_shadow(spec, None if base is None else _model_from_bytes(spec, base).to(device), dataset=ds,
+                             device=device)
     acc = models.accuracy(model, ds.test)
     model = model.cpu()
     record = json.dumps({"spec": json.loads(spec_json), "test_accuracy": acc, "seconds": time.perf_counter() - start},
@@ -674,6 +675,19 @@ def _store(cache: Path, result: Result) -> tuple[ShadowSpec, dict]:
     atomic_write_bytes(path.with_suffix(".json"), record.encode())
     atomic_write_bytes(path, checkpoint)
     return spec, fields
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch at one CPU thread inside (restored after). A CPU model's weights depend on the thread count it trained
+    with (the sums of a step run in another order), so every executor trains a spec with one, as its workers run:
+    a cache name stands for one set of weights whichever executor made it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _init_worker() -> None:
