@@ -85,7 +85,7 @@ copy trains, the other validates, so the screen demands it; 1: the variants only
 ``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it.
 ``ADVERSARIAL`` is ``THIEF`` plus the "adversarial" variant, ``HARD_PRUNE`` plus "prune90", the
 ``OTHER_STUDENTS`` designs plus a distilled and an extracted student of another architecture, ``EVERY_STUDENT`` plus
-both architectures' students, one train-only copy each."""
+both architectures' students (``EVERY_STUDENT_HARD_PRUNE``: and "prune90"), one train-only copy each."""
 QUICK_DESIGNS = ("paper", THIEF)
 VICTIM_ARCH = "lenet5"
 """The study's victim: ``bench ownership``'s LeNet-5."""

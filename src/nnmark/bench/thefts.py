@@ -3,11 +3,11 @@ distilled independent models, each cached by the recipe that made it.
 
 A recipe is JSON-able: the attack (an ``nnmark.attacks`` function), its options, the digest of the model it starts
 from and the data it trains on. Its model is cached as ``<cache>/<arch>-<first 16 hex of SHA-256(recipe)>
-.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe, training seconds and torch thread count (a CPU
-model's weights depend on it) in a ``.json`` beside it, so a rerun trains nothing it trained before. A theft may start from another theft's copy (``Theft.base``:
-extraction, then adversarial training of the copy). A watermarked victim and its key (``embedded``) are cached the
-same way, the key signed with ``SECRET``; any other model a bench trains (``trained``: SAC's scratch calibration
-models) too.
+.safetensors`` (an nnmark checkpoint, ``models.save``), with its recipe, training seconds and torch thread count (a
+CPU model's weights depend on it) in a ``.json`` beside it, so a rerun trains nothing it trained before. A theft may
+start from another theft's copy (``Theft.base``: extraction, then adversarial training of the copy). A watermarked
+victim and its key (``embedded``) are cached the same way, the key signed with ``SECRET``; any other model a bench
+trains (``trained``: SAC's scratch calibration models) too.
 """
 
 from __future__ import annotations
