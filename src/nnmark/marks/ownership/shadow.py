@@ -148,16 +148,12 @@ def _rtal(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
     return finetune_mode(base, train.x, train.y, mode="RTAL", epochs=spec.finetune_epochs, seed=spec.augment_seed)
 
 
-def _prune(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
-    """``VARIANT_PRUNE`` of each layer's weights pruned, then fine-tuned with the mask kept."""
-    return prune_finetune(base, train.x, train.y, fraction=VARIANT_PRUNE, epochs=spec.finetune_epochs,
-                          seed=spec.augment_seed)
-
-
-def _prune90(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
-    """``VARIANT_HARD_PRUNE`` of each layer's weights pruned, then fine-tuned with the mask kept."""
-    return prune_finetune(base, train.x, train.y, fraction=VARIANT_HARD_PRUNE, epochs=spec.finetune_epochs,
-                          seed=spec.augment_seed)
+def _pruned(fraction: float) -> Callable[[ShadowSpec, nn.Module, data.Split], nn.Module]:
+    """The variant that prunes ``fraction`` of each layer's weights, then fine-tunes with the mask kept."""
+    def variant(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
+        return prune_finetune(base, train.x, train.y, fraction=fraction, epochs=spec.finetune_epochs,
+                              seed=spec.augment_seed)
+    return variant
 
 
 def _noise(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Module:
@@ -174,7 +170,8 @@ def _adversarial(spec: ShadowSpec, base: nn.Module, train: data.Split) -> nn.Mod
 
 
 VARIANTS: dict[str, Callable[[ShadowSpec, nn.Module, data.Split], nn.Module]] = {
-    "distill": _distill, "extract": _extract, "rtal": _rtal, "prune": _prune, "prune90": _prune90,
+    "distill": _distill, "extract": _extract, "rtal": _rtal,
+    "prune": _pruned(VARIANT_PRUNE), "prune90": _pruned(VARIANT_HARD_PRUNE),
     "noise": _noise, "adversarial": _adversarial,
 }
 """The thief's attacks a variant spec names (``"distill"``, or ``"distill:vgg11"`` for a student of another zoo
