@@ -83,11 +83,13 @@ def test_the_goal_needs_95_percent_both_p_values_below_1e_6_and_no_false_claim()
     assert not pools.goal_met(one_short)
 
 
-def test_the_thief_design_is_the_libraries_thief_aware_layout():
+def test_the_thief_designs_are_the_libraries_thief_aware_layouts():
     p = {"pool": {"negatives": 3, "val_negatives": 2, "af": 2}, "epochs": {"lenet5": 4}, "finetune_epochs": 2}
     base = pools.layout(p, pools.DESIGNS["paper"])
     assert pools.layout(p, pools.DESIGNS[pools.THIEF]) == base.thief_aware()
     assert [n for n, d in pools.DESIGNS.items() if pools.layout(p, d) == base.thief_aware()] == [pools.THIEF]
+    wide = base.thief_wide(pools.VICTIM_ARCH)
+    assert [n for n, d in pools.DESIGNS.items() if pools.layout(p, d) == wide] == [pools.EVERY_STUDENT_HARD_PRUNE]
     assert pools.THIEF.endswith("(thief-aware)") and pools.THIEF in pools.QUICK_DESIGNS
     assert base == shadow.PoolLayout(negatives=3, val_negatives=2, af=2, epochs=4, finetune_epochs=2)
     adversarial = pools.layout(p, pools.DESIGNS[pools.ADVERSARIAL])  # the thief-aware pools plus a PGD-trained copy

@@ -18,6 +18,7 @@ from nnmark.cli import bench as bench_cli
 from nnmark.cli import main
 from nnmark.errors import ArgumentError, DataError
 from nnmark.keys import KeyFile
+from nnmark.marks.ownership import shadow
 
 REPORTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
@@ -288,7 +289,9 @@ def test_bench_ownership_quick_writes_its_tables(tmp_path):
     assert victim["cost"]["derived_trained"] == len(thefts.catalogue()) + 1  # cold caches
     assert row["distilled_trained"] == len(bench.QUICK["distilled"])
     made = [m for m, (key, _) in bench.METHODS.items() if "seconds" in victim["keys"].get(key, {})]
-    assert {"SAC-m", "SAC-m labels", "MetaFinger", "IPGuard", "coupled direct"} <= set(made)
+    assert {"SAC-m", "SAC-m labels", "MetaFinger", "MetaFinger thief-wide", "IPGuard", "coupled direct"} <= set(made)
+    pools = victim["cost"]["pool_models"]  # the wide pools: the thief-aware ones, 2 students of 2 families, prune 90%
+    assert pools["thief-wide"] == pools["thief"] + 5 == pools["paper"] + len(shadow.THIEF_POSITIVES) + 5
     for m in made:  # the victim itself (the marked one, for a watermark) is a true positive for every method
         assert victim["victims"][bench.victim_of(m)]["copies"][bench.VICTIM]["methods"][m]["passed"], m
         assert summary[bench.VICTIM]["methods"][m]["tpr"] == 1

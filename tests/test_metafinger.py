@@ -437,6 +437,31 @@ def test_a_thief_aware_key_matches_the_source_and_its_thief_but_no_independent_m
     assert not distilled.passed and distilled.statistic < key.config["threshold"]
 
 
+def test_mark_metafinger_pool_thief_wide_adds_students_of_the_other_families_and_refuses_a_card(tmp_path):
+    from click.testing import CliRunner
+
+    from nnmark.cli import main
+
+    source = ShadowSpec("lenet5", "digits", 0, epochs=4)
+    model = build_pool([source], cache_dir=tmp_path / "cache", executor="serial")[0]
+    models.save(model, models.ModelConfig("lenet5", (1, 8, 8), 10, data="digits", seed=0), tmp_path / "m.safetensors")
+    args = ["mark", "metafinger", "--unsigned", "--n", "20", "--negatives", "1", "--val-negatives", "2", "--af", "0",
+            "--shadow-epochs", "2", "--finetune-epochs", "1", "--epochs", "5", "--cache-dir", str(tmp_path / "cache"),
+            "--executor", "serial", "--pool", "thief-wide", "--out", str(tmp_path / "k.key")]
+    r = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "m.safetensors")])
+    assert r.exit_code == 0, r.output
+    key = keys.load(tmp_path / "k.key", secret=None, allow_unsigned=True)
+    assert key.config["pool"] == "thief-wide" and key.config["pools"]["positives_val"] == 1
+    assert key.config["pools"]["positives_train"] == 1 + len(shadow.THIEF_POSITIVES) + 5
+    layout = PoolLayout(negatives=1, val_negatives=2, af=0, epochs=2, finetune_epochs=1).thief_wide("lenet5")
+    wanted = [s for g in pool_specs("lenet5", "digits", models.digest(model), layout).values() for s in g]
+    assert {s.model_arch for s in wanted if (tmp_path / "cache" / s.cache_name()).exists()} == set(
+        shadow.WIDE_STUDENTS)
+    r = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "m.safetensors"), "--normalize", "0.5,0.5"])
+    assert r.exit_code == 2 and "need a zoo checkpoint trained on digits without a normalisation" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
 def test_mark_metafinger_pool_thief_builds_the_thief_aware_pools(tmp_path):
     import json
 

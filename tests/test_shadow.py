@@ -18,7 +18,7 @@ import foreign_models
 from nnmark import data, models
 from nnmark.attacks import relative_weight_noise
 from nnmark.attacks.adversarial import adversarial_train, robust_accuracy
-from nnmark.errors import ModelError, NnmarkError
+from nnmark.errors import ArgumentError, ModelError, NnmarkError
 from nnmark.marks.ownership import shadow
 from nnmark.marks.ownership.shadow import PoolLayout, ShadowSpec, build_pool, pool_specs, pool_specs_for, train_shadow
 from nnmark.models import ModelCard, Normalized, load_any
@@ -544,6 +544,28 @@ def test_the_thief_aware_pools_add_one_training_copy_of_each_attack_and_student_
     assert {s.model_arch for s in added} == {"lenet5"}  # students of the same architecture
     for group in ("negatives_train", "positives_val", "negatives_val"):  # train only: the screen demands none
         assert thief[group] == plain[group]
+
+
+def test_the_wide_pools_add_students_of_each_other_family_and_a_hard_prune_to_the_thief_aware_ones():
+    paper = PoolLayout(negatives=2, val_negatives=1, af=2)
+    for arch, others in (("lenet5", ("vgg11", "resnet20")), ("vgg11", ("lenet5", "resnet20")),
+                         ("resnet50", ("lenet5", "vgg11", "resnet20"))):
+        wide = paper.thief_wide(arch)
+        added = [f"{kind}:{other}" for other in others for kind in ("distill", "extract")]
+        assert wide == dataclasses.replace(paper.thief_aware(),
+                                           positive_variants=(*shadow.THIEF_POSITIVES, *added, "prune90"))
+        assert paper.design("thief-wide", arch) == wide
+    assert shadow.students("vgg11") == ("distill:vgg11", "extract:vgg11")
+    assert paper.design("paper", "lenet5") == paper and paper.design("thief", "lenet5") == paper.thief_aware()
+    assert set(shadow.POOL_DESIGNS) == {"paper", "thief", "thief-wide"}
+    with pytest.raises(ArgumentError, match="unknown pool design 'wide'; choose one of paper, thief, thief-wide"):
+        paper.design("wide", "lenet5")
+    specs = pool_specs("lenet5", "digits", "a" * 64, paper.thief_wide("lenet5"), seed=5)
+    added = specs["positives_train"][len(pool_specs("lenet5", "digits", "a" * 64, paper.thief_aware(), seed=5)
+                                         ["positives_train"]):]
+    assert [s.model_arch for s in added] == ["vgg11", "vgg11", "resnet20", "resnet20", "lenet5"]
+    with pytest.raises(ArgumentError, match="trains another architecture, which a model with a card cannot"):
+        pool_specs("lenet5", "digits", "a" * 64, paper.thief_wide("lenet5"), seed=5, card=CARD)
 
 
 def test_a_variant_spec_round_trips_and_names_its_students_architecture():

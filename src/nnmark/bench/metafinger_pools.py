@@ -58,11 +58,7 @@ OTHER_STUDENTS = {"vgg11": "+ VGG-11 students, train only", "resnet20": "+ ResNe
 one no thief of the bench uses."""
 EVERY_STUDENT = "+ students of every architecture, train only"
 EVERY_STUDENT_HARD_PRUNE = "+ students of every architecture and prune 90%, train only"
-
-
-def _students(*archs: str) -> tuple[str, ...]:
-    """The student variants (distilled, extracted) into each of ``archs``."""
-    return tuple(f"{kind}:{arch}" for arch in archs for kind in STUDENTS)
+"""The wide thief-aware pools (``shadow.PoolLayout.thief_wide``, ``--pool thief-wide``)."""
 
 
 DESIGNS = {
@@ -74,15 +70,16 @@ DESIGNS = {
     "+ students": {"positive_variants": FINETUNE + STUDENTS},
     ADVERSARIAL: {"positive_variants": FINETUNE + STUDENTS + ("adversarial",), "variant_copies": 1},
     HARD_PRUNE: {"positive_variants": FINETUNE + STUDENTS + ("prune90",), "variant_copies": 1},
-    **{name: {"positive_variants": FINETUNE + STUDENTS + _students(arch), "variant_copies": 1}
+    **{name: {"positive_variants": FINETUNE + STUDENTS + shadow.students(arch), "variant_copies": 1}
        for arch, name in OTHER_STUDENTS.items()},
-    EVERY_STUDENT: {"positive_variants": FINETUNE + STUDENTS + _students(*OTHER_STUDENTS), "variant_copies": 1},
-    EVERY_STUDENT_HARD_PRUNE: {"positive_variants": FINETUNE + STUDENTS + _students(*OTHER_STUDENTS) + ("prune90",),
-                               "variant_copies": 1},
+    EVERY_STUDENT: {"positive_variants": FINETUNE + STUDENTS + shadow.students(*OTHER_STUDENTS), "variant_copies": 1},
+    EVERY_STUDENT_HARD_PRUNE: {"positive_variants": FINETUNE + STUDENTS + shadow.students(*OTHER_STUDENTS)
+                               + ("prune90",), "variant_copies": 1},
 }
 """Pool designs: ``shadow.PoolLayout`` fields added to the bench's paper pools (``variant_copies`` 2 by default: one
 copy trains, the other validates, so the screen demands it; 1: the variants only train). ``THIEF`` is the default
-``PoolLayout.thief_aware()`` (the tests hold them equal); "fine-tune variants" was the default before it.
+``PoolLayout.thief_aware()`` and ``EVERY_STUDENT_HARD_PRUNE`` is ``PoolLayout.thief_wide`` of the LeNet-5 victim (the
+tests hold them equal); "fine-tune variants" was the default before them.
 ``ADVERSARIAL`` is ``THIEF`` plus the "adversarial" variant, ``HARD_PRUNE`` plus "prune90", the
 ``OTHER_STUDENTS`` designs plus a distilled and an extracted student of another architecture, ``EVERY_STUDENT`` plus
 both architectures' students (``EVERY_STUDENT_HARD_PRUNE``: and "prune90"), one train-only copy each."""
@@ -225,7 +222,8 @@ def _seed_sections(r: dict) -> list[str]:
                 f"rule claims (and the highest query accuracy among them). Goal: >= {GOAL_ACCURACY:.0%} on the three "
                 f"copies, p < {GOAL_P:g} under the key's p0 and under the most agreeing independent, no false claim.",
                 design_table(r),
-                f"`{THIEF}` is the default thief-aware pools (`nnmark mark metafinger --pool thief`).",
+                f"`{THIEF}` is the default thief-aware pools (`nnmark mark metafinger --pool thief`), "
+                f"`{EVERY_STUDENT_HARD_PRUNE}` the wide ones (`--pool thief-wide`).",
                 "Goal met by: " + (", ".join(met) if met else "no design (the goal is refuted in this setting)") + ".",
                 "False claims: " + ("; ".join(f"{n}: {', '.join(d['claimed'])}" for n, d in r["designs"].items()
                                               if d.get("claimed")) or "none") + "."),

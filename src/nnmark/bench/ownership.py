@@ -18,19 +18,19 @@ held-out errors (``sac_all_errors_n`` at most, no screen, deciding on one-hot la
 extraction into the same architecture in ``sac``'s study), SAC-w on the victim's rarest errors (``n`` queries,
 screen "rare", the suspect's agreement with the victim's one-hot labels: the 100-query key for that theft), all
 calibrated on the negative models of MetaFinger's paper pools (``marks.ownership.shadow``, cached under its
-``default_cache_dir()``) and ``sac_scratch`` models of the victim's recipe; MetaFinger (paper pools and thief-aware
-pools); IPGuard. Watermarks (``watermarks``) are embedded at training, so each makes its own
-marked victim from the same owner half and architecture (coupled direct and invisible r = 0.5 and Zhang's content
-triggers and Adi's abstract images from a fresh model of the victim's seed, frontier stitching by fine-tuning the
-clean victim), the thefts (``watermark_thefts``; None: all) are applied to THAT victim, and its key judges those
-copies and every independent model by its own rule. Per method x attack: the true-positive rate under the method's
-rule and the count of independent models that rule falsely claims, the threshold-free TPR (copies scoring past the
-most suspicious independent model), ROC AUC of the statistic (copies vs independents; ties count half), the median
-statistic and p-value, queries, and the thief's accuracy; one survival table per victim architecture. Cost per
-method: key creation (a watermark's: training its marked victim; a SAC key's: its scratch calibration models,
-trained once for the victim's SAC keys, cached, and counted in each by their recorded training), shadow or calibration models and their recorded
-training, verification queries. Test accuracy is measured on the second half of the test split (the first half
-is the pool SAC draws its queries from).
+``default_cache_dir()``) and ``sac_scratch`` models of the victim's recipe; MetaFinger (paper pools, thief-aware
+pools and the wide thief-aware ones: ``shadow.POOL_DESIGNS``); IPGuard. Watermarks (``watermarks``) are embedded
+at training, so each makes its own marked victim from the same owner half and architecture (coupled direct and
+invisible r = 0.5 and Zhang's content triggers and Adi's abstract images from a fresh model of the victim's seed,
+frontier stitching by fine-tuning the clean victim), the thefts (``watermark_thefts``; None: all) are applied to THAT
+victim, and its key judges those copies and every independent model by its own rule. Per method x attack: the
+true-positive rate under the method's rule and the count of independent models that rule falsely claims, the
+threshold-free TPR (copies scoring past the most suspicious independent model), ROC AUC of the statistic (copies vs
+independents; ties count half), the median statistic and p-value, queries, and the thief's accuracy; one survival table
+per victim architecture. Cost per method: key creation (a watermark's: training its marked victim; a SAC key's: its
+scratch calibration models, trained once for the victim's SAC keys, cached, and counted in each by their recorded
+training), shadow or calibration models and their recorded training, verification queries. Test accuracy is measured on
+the second half of the test split (the first half is the pool SAC draws its queries from).
 
 ``nnmark audit``'s sequential decision (``nnmark.audit.run.audit_key``, batches of ``batch_size``, alpha =
 ``alpha``) is run for every key on its copies and on every independent model, in ``audit_orders`` seeded query
@@ -128,8 +128,8 @@ VICTIM = "none (the victim itself)"
 
 @dataclass(frozen=True)
 class Owner:
-    """What a key is made from: the clean victim, its architecture, the shadow pools by layout ("paper": MetaFinger's,
-    "thief": thief-aware, ``shadow.PoolLayout.thief_aware``), the owner's data, the run's parameters, the seed and
+    """What a key is made from: the clean victim, its architecture, the shadow pools by design
+    (``shadow.POOL_DESIGNS``: ``shadow.PoolLayout.design``), the owner's data, the run's parameters, the seed and
     the cache of derived models (SAC's scratch models are cached there too)."""
 
     victim: nn.Module
@@ -163,7 +163,7 @@ class Owner:
 class KeySpec:
     """One key of the bench: ``make(owner)`` gives (its marked victim, or None for a fingerprint of the clean
     victim; the key), ``verify(oracle, key)`` judges a suspect, ``lower_is_closer`` when a lower statistic is more
-    suspicious (SAC's distance), ``shadows`` the pool layout ("paper", "thief") it is made from, if any (their
+    suspicious (SAC's distance), ``shadows`` the pool design (``shadow.POOL_DESIGNS``) it is made from, if any (their
     training is its cost), ``scratch`` whether it calibrates on ``Owner.scratch`` (their training is in its creation
     seconds), ``recipe`` what else decides a watermarked victim's weights (added to its cache recipe)."""
 
@@ -282,6 +282,7 @@ KEYS = {
                                  lower_is_closer=True, shadows="paper", scratch=True),
     "MetaFinger": KeySpec(_metafinger("paper"), metafinger.verify, shadows="paper"),
     "MetaFinger thief-aware": KeySpec(_metafinger("thief"), metafinger.verify, shadows="thief"),
+    "MetaFinger thief-wide": KeySpec(_metafinger("thief-wide"), metafinger.verify, shadows="thief-wide"),
     "IPGuard": KeySpec(_ipguard, ipguard.verify),
     "coupled direct": KeySpec(_coupled("direct"), coupled.verify),
     "coupled invisible": KeySpec(_coupled("invisible"), coupled.verify),
@@ -296,6 +297,7 @@ METHODS = {"SAC-m": ("SAC-m", "probabilities"), "SAC-m labels": ("SAC-m", "label
            "SAC-w all errors": ("SAC-w all errors", "probabilities"),
            "SAC-w rare errors": ("SAC-w rare errors", "probabilities"),
            "MetaFinger": ("MetaFinger", "labels"), "MetaFinger thief-aware": ("MetaFinger thief-aware", "labels"),
+           "MetaFinger thief-wide": ("MetaFinger thief-wide", "labels"),
            "IPGuard": ("IPGuard", "labels"),
            **{w: (w, "labels") for w in WATERMARKS}}
 """Method as the tables name it -> (its key, what the suspect is asked)."""
@@ -410,12 +412,12 @@ def run_victim(arch: str, victim: nn.Module, independents: dict[str, dict], stag
     """One victim: its pools, keys, marked victims, the thefts of each, every verdict and the audits."""
     p, owner = stage.p, stage.owner
     layout = shadow.PoolLayout(**p["pool"], epochs=p["epochs"][arch], finetune_epochs=p["finetune_epochs"])
-    layouts = {"paper": layout, "thief": layout.thief_aware()}
+    layouts = {name: layout.design(name, arch) for name in shadow.POOL_DESIGNS}
     pool_specs = {name: shadow.pool_specs(arch, owner.name, models.digest(victim), lay, seed=100 * stage.seed)
                   for name, lay in layouts.items()}
     pool_lists = {name: list(dict.fromkeys(s for group in specs.values() for s in group))
                   for name, specs in pool_specs.items()}
-    pool = shadow.build_pool(list(dict.fromkeys(pool_lists["paper"] + pool_lists["thief"])), base=victim,
+    pool = shadow.build_pool(list(dict.fromkeys(s for specs in pool_lists.values() for s in specs)), base=victim,
                              **stage.build)
     o = Owner(victim, arch, {name: metafinger.Pools(**pool.groups(specs)) for name, specs in pool_specs.items()},
               owner, p, stage.seed, stage.cache)

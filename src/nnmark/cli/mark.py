@@ -225,9 +225,11 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
         click.option("--alpha", type=FiniteFloat(0, min_open=True), default=shadow.DEFAULT_ALPHA,
                      show_default=True, help="Eq. 1 noise std(param)/alpha before the fine-tune."),
         click.option("--pool", type=click.Choice(shadow.POOL_DESIGNS), default="paper", show_default=True,
-                     help="Pool design: the paper's, or thief-aware (adds one RTAL, prune, noise, distilled and "
-                          "extracted copy of the source as positive train models; 5 more shadow models, see "
-                          "docs/benchmarks/metafinger-pools.md)."),
+                     help="Pool design: the paper's; thief-aware (adds one RTAL, prune, noise, distilled and "
+                          "extracted copy of the source as positive train models; 5 more shadow models); or "
+                          "thief-wide (also a distilled and an extracted student of each other zoo family, LeNet-5, "
+                          "VGG-11, ResNet-20, and a 90%-pruned copy: 10 more for a source of those families; zoo "
+                          "models without a normalisation only). See docs/benchmarks/metafinger-pools.md."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
         micro_batch_option("--train-micro-batch", what="Training the shadow models (and SAC's scratch models)",
                            more=" A pool trained in micro-batches is cached apart."),
@@ -256,8 +258,8 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
     layout = shadow.PoolLayout(negatives=given["negatives"], val_negatives=given["val_negatives"], af=given["af"],
                                alpha=given["alpha"], epochs=given["shadow_epochs"],
                                finetune_epochs=given["finetune_epochs"], micro_batch=micro)
-    thief = given["pool"] == "thief"
-    specs = shadow.pool_specs_for(loaded, ds.name, layout.thief_aware() if thief else layout)
+    design = given["pool"]
+    specs = shadow.pool_specs_for(loaded, ds.name, layout.design(design, shadow.source_arch(loaded)))
     negative = specs["negatives_val"][0]  # a from-scratch model of the source's recipe
     scratch = (sac.scratch_specs(negative, values["scratch_negatives"], epochs=values["scratch_epochs"],
                                  seed=given["seed"]) if "scratch_negatives" in values else None)
@@ -273,7 +275,7 @@ def _shadow_pools(spec: MethodSpec, given: dict, values: dict) -> Iterator[_Prep
                                  **({"scratch": pool.select(scratch)} if scratch is not None else {}),
                                  "meta": {"data": ds.name, "arch": negative.arch, "alpha": given["alpha"],
                                           "af": given["af"],
-                                          **({"pool": "thief"} if thief else {}),
+                                          **({"pool": design} if design != "paper" else {}),
                                           **({"train_micro_batch": micro} if micro else {})}},
                         {"shadow_models_trained": len(pool.trained),
                          "shadow_seconds": time.perf_counter() - start})

@@ -14,7 +14,8 @@ MetaFinger (Yang et al., IJCAI 2022, sec. 4.1 "meta-data generation") needs many
   augment_seed=s)``), run by the owner on its own training split. Of the source, it is a positive that looks like a
   stolen copy; of a negative model, a negative that looks like an independent thief's copy
   (``PoolLayout.positive_variants`` / ``negative_variants``; the thief-aware pools, ``PoolLayout.thief_aware``, add
-  one RTAL, prune, noise, distilled and extracted copy of the source, each a positive train model only).
+  one RTAL, prune, noise, distilled and extracted copy of the source, each a positive train model only; the wide
+  ones, ``PoolLayout.thief_wide``, also students of other architectures and a 90%-pruned copy).
 
 The architecture is a zoo name or the user's own ``package.module:factory`` (``nnmark.models.load_any``);
 a spec with a ``card`` (required for a factory) trains on ``data`` converted to the card's input shape
@@ -179,6 +180,11 @@ architecture; likewise ``"extract"``), run on the owner's training split: each t
 split, and returns the attacked model."""
 STUDENT_VARIANTS = ("distill", "extract")
 """The variants that train a fresh student, which may be of another zoo architecture."""
+
+
+def students(*archs: str) -> tuple[str, ...]:
+    """The student variants (``STUDENT_VARIANTS``) into each zoo architecture of ``archs``, in that order."""
+    return tuple(f"{kind}:{arch}" for arch in archs for kind in STUDENT_VARIANTS)
 
 
 def check_variant(name: str) -> None:
@@ -370,6 +376,24 @@ class PoolLayout:
         return dataclasses.replace(self, positive_variants=THIEF_POSITIVES, negative_variants=THIEF_NEGATIVES,
                                    variant_copies=THIEF_VARIANT_COPIES)
 
+    def thief_wide(self, arch: str) -> PoolLayout:
+        """The thief-aware layout plus students of the other architectures and a harder prune: a distilled and an
+        extracted student of each ``WIDE_STUDENTS`` architecture but the source's ``arch``, then
+        ``WIDE_POSITIVES``; one train copy each."""
+        others = [a for a in WIDE_STUDENTS if a != arch]
+        return dataclasses.replace(self.thief_aware(),
+                                   positive_variants=THIEF_POSITIVES + students(*others) + WIDE_POSITIVES)
+
+    def design(self, name: str, arch: str) -> PoolLayout:
+        """This layout under the pool design ``name`` (``POOL_DESIGNS``) for a source of ``arch``."""
+        if name == "paper":
+            return self
+        if name == "thief":
+            return self.thief_aware()
+        if name == "thief-wide":
+            return self.thief_wide(arch)
+        raise ArgumentError(f"unknown pool design {name!r}; choose one of {', '.join(POOL_DESIGNS)}")
+
 
 THIEF_POSITIVES = ("rtal", "prune", "noise", "distill", "extract")
 """The thief-aware pools' positive variants, by the pool study (``nnmark bench ownership-pools``, its design
@@ -401,8 +425,14 @@ THIEF_NEGATIVES: tuple[str, ...] = ()
 """The thief-aware pools' negative variants: none, by the pool study (distillations of independent models as
 negatives cost 4 more models and about 80% more training, lowered the query accuracy of the thief's distilled and
 extracted copies, and left the most agreeing independent model where it was)."""
-POOL_DESIGNS = ("paper", "thief")
-"""The pool designs a command offers: the paper's, and ``PoolLayout.thief_aware``."""
+WIDE_STUDENTS = ("lenet5", "vgg11", "resnet20")
+"""The architectures whose students the wide thief-aware pools (``PoolLayout.thief_wide``) add: the three families of
+``bench ownership``'s victims, thief and independent models. Zoo architectures, so a source with a card (a factory
+model, or a checkpoint behind a normalisation) cannot have these pools: ``pool_specs_for`` refuses them."""
+WIDE_POSITIVES = ("prune90",)
+"""What else the wide thief-aware pools add: one copy of the source pruned 90% and fine-tuned."""
+POOL_DESIGNS = ("paper", "thief", "thief-wide")
+"""The pool designs a command offers: the paper's, ``PoolLayout.thief_aware`` and ``PoolLayout.thief_wide``."""
 
 
 def pool_specs(
@@ -476,6 +506,17 @@ def pool_micro_batch(size: MicroBatch, model: nn.Module, images: object) -> int 
         model.train(was_training)
 
 
+def source_arch(loaded: LoadedModel) -> str:
+    """The architecture of ``loaded``'s shadow models: a zoo checkpoint's, or its ``package.module:factory``."""
+    loaded.require("training", "building MetaFinger's shadow pools")
+    if loaded.kind == "factory":
+        return loaded.spec
+    if loaded.config is not None:
+        return loaded.config.arch
+    raise ModelError(f"MetaFinger's shadow pools need a zoo checkpoint or a package.module:factory model, "
+                     f"not a {loaded.kind} model")
+
+
 def pool_specs_for(
     loaded: LoadedModel, data: str, layout: PoolLayout = PoolLayout(), *, seed: int | None = None,
 ) -> dict[str, list[ShadowSpec]]:
@@ -487,20 +528,19 @@ def pool_specs_for(
     afresh under each seed) on ``data`` converted to the source's input shape (``data.load_for``). Every spec
     carries the source's card without class names, so a worker converts the data and applies the normalisation
     as here; a checkpoint trained on ``data`` itself, without normalisation, keeps the plain zoo specs (and their
-    cache entries). ``seed``: the source's training seed (None: the one its checkpoint records, else 0).
+    cache entries), the only ones that can hold students of another architecture (``PoolLayout.thief_wide``;
+    ``ArgumentError`` for any other source). ``seed``: the source's training seed (None: the one its checkpoint
+    records, else 0).
     """
-    loaded.require("training", "building MetaFinger's shadow pools")
-    if loaded.kind == "factory":
-        arch = loaded.spec
-    elif loaded.config is not None:
-        arch = loaded.config.arch
-    else:
-        raise ModelError(f"MetaFinger's shadow pools need a zoo checkpoint or a package.module:factory model, "
-                         f"not a {loaded.kind} model")
+    arch = source_arch(loaded)
     card = dataclasses.replace(loaded.card, class_names=None)
     if loaded.config is not None and card.normalize is None and loaded.config.data == data and (
             card.input_shape == loaded.config.input_shape):
         card = None
+    if card is not None and any(":" in v for v in layout.positive_variants + layout.negative_variants):
+        raise ArgumentError("pools with students of other architectures (thief-wide) need a zoo checkpoint trained "
+                            f"on {data} without a normalisation: this model's shadow models carry its card, which "
+                            "a student of another architecture cannot be stored with; use the thief pools")
     if seed is None:
         seed = (loaded.config.seed if loaded.config is not None else None) or 0
     return pool_specs(arch, data, loaded.digest, layout, seed=seed, card=card)
