@@ -458,7 +458,7 @@ def test_mark_metafinger_pool_thief_wide_adds_students_of_the_other_families_and
     assert {s.model_arch for s in wanted if (tmp_path / "cache" / s.cache_name()).exists()} == set(
         shadow.WIDE_STUDENTS)
     r = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "m.safetensors"), "--normalize", "0.5,0.5"])
-    assert r.exit_code == 2 and "need a zoo checkpoint trained on digits without a normalisation" in r.output
+    assert r.exit_code == 2 and "need a zoo checkpoint trained on the data without a normalisation" in r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 

@@ -261,7 +261,8 @@ class ShadowSpec:
                 raise ArgumentError("a spec is an eq. 1 augmentation (augment_alpha) or a variant, not both")
             if self.card is not None and self.student != SAME_ARCH:
                 raise ArgumentError(f"variant {self.variant!r} trains another architecture, which a model with a "
-                                    "card cannot be stored as")
+                                    "card cannot be stored as: students of other families (thief-wide pools) need a "
+                                    "zoo checkpoint trained on the data without a normalisation")
         if (self.augment_alpha is None and self.variant is None) != (self.augment_seed is None):
             raise ArgumentError("augment_seed is given exactly with augment_alpha or a variant")
         if self.augment_seed is not None and (isinstance(self.augment_seed, bool)
@@ -434,7 +435,7 @@ extracted copies, and left the most agreeing independent model where it was)."""
 WIDE_STUDENTS = ("lenet5", "vgg11", "resnet20")
 """The architectures whose students the wide thief-aware pools (``PoolLayout.thief_wide``) add: the three families of
 ``bench ownership``'s victims, thief and independent models. Zoo architectures, so a source with a card (a factory
-model, or a checkpoint behind a normalisation) cannot have these pools: ``pool_specs_for`` refuses them."""
+model, or a checkpoint behind a normalisation) cannot have these pools: ``ShadowSpec`` refuses them."""
 WIDE_POSITIVES = ("prune90",)
 """What else the wide thief-aware pools add: one copy of the source pruned 90% and fine-tuned."""
 POOL_DESIGNS = ("paper", "thief", "thief-wide")
@@ -535,7 +536,7 @@ def pool_specs_for(
     carries the source's card without class names, so a worker converts the data and applies the normalisation
     as here; a checkpoint trained on ``data`` itself, without normalisation, keeps the plain zoo specs (and their
     cache entries), the only ones that can hold students of another architecture (``PoolLayout.thief_wide``;
-    ``ArgumentError`` for any other source). ``seed``: the source's training seed (None: the one its checkpoint
+    ``ShadowSpec`` refuses them for any other source). ``seed``: the source's training seed (None: the one its checkpoint
     records, else 0).
     """
     arch = source_arch(loaded)
@@ -543,10 +544,6 @@ def pool_specs_for(
     if loaded.config is not None and card.normalize is None and loaded.config.data == data and (
             card.input_shape == loaded.config.input_shape):
         card = None
-    if card is not None and any(":" in v for v in layout.positive_variants + layout.negative_variants):
-        raise ArgumentError("pools with students of other architectures (thief-wide) need a zoo checkpoint trained "
-                            f"on {data} without a normalisation: this model's shadow models carry its card, which "
-                            "a student of another architecture cannot be stored with; use the thief pools")
     if seed is None:
         seed = (loaded.config.seed if loaded.config is not None else None) or 0
     return pool_specs(arch, data, loaded.digest, layout, seed=seed, card=card)
