@@ -412,8 +412,8 @@ Not adversarial training, by the same study's first run (its design "+ adversari
 of the source PGD-trained at ``VARIANT_PGD_EPS``, the ``"adversarial"`` variant; the rerun agrees: 29, 59, 34% against
 34, 55, 48%, 5, 10, 5 copies against 9, 11, 7): against the thief's copy extracted with labels, then PGD-trained at eps
 0.05 (which no method of ``bench ownership`` caught), query accuracy fell from 43, 59 and 58% to 39, 58 and 35% (the
-rule needs 50%), against its eps 0.1 copy from 50, 63, 57% to 47, 66,
-38%, and the key matched 9, 10 and 5 copies instead of 10, 11 and 8 (no false claim either way). The positive
+rule needs 50%), against its eps 0.1 copy from 50, 63, 57% to 47, 66, 38%, and the key matched 9, 10 and 5 copies
+instead of 10, 11 and 8 (no false claim either way). The positive
 made the independent models agree less on seed 0 (the most agreeing one 26% instead of 39%), not the copy more.
 An extracted student of the source PGD-trained at 0.1 instead (tried once per seed, not kept) did no better: 37,
 57, 30% on the eps 0.05 copy, 8, 10, 5 copies matched. Either costs one more model, whose PGD training is the
@@ -536,8 +536,8 @@ def pool_specs_for(
     carries the source's card without class names, so a worker converts the data and applies the normalisation
     as here; a checkpoint trained on ``data`` itself, without normalisation, keeps the plain zoo specs (and their
     cache entries), the only ones that can hold students of another architecture (``PoolLayout.thief_wide``;
-    ``ShadowSpec`` refuses them for any other source). ``seed``: the source's training seed (None: the one its checkpoint
-    records, else 0).
+    ``ShadowSpec`` refuses them for any other source). ``seed``: the source's training seed (None: the one its
+    checkpoint records, else 0).
     """
     arch = source_arch(loaded)
     card = dataclasses.replace(loaded.card, class_names=None)
