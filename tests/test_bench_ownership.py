@@ -95,6 +95,25 @@ def test_goals_are_refuted_by_a_theft_no_method_catches_at_100_queries():
     assert "REFUTED by distill, same arch, T=3 (LeNet-5) (0.98)" in bench.goals({"lenet5": summary}, best)
 
 
+def test_the_metafinger_goal_needs_95_percent_on_each_named_thefts_copy_and_p_against_the_closest_independent():
+    key = "MetaFinger thief-aware"
+
+    def seeds(rtal: float, independent: float, theft: bool = True) -> list[dict]:
+        copies = {"RTAL": {"theft": theft, "methods": {key: {"statistic": rtal, "queries": 100}}},
+                  "distill, same arch, T=3": {"theft": True, "methods": {key: {"statistic": 0.1, "queries": 100}}}}
+        independents = {"i0": {"methods": {key: {"statistic": 0.1}}},
+                        "i1": {"methods": {key: {"statistic": independent}}}}
+        return [{"seed": 4, "victims": {"lenet5": {"independents": independents,
+                                                   "victims": {bench.CLEAN: {"copies": copies}}}}}]
+
+    assert bench.metafinger_goal(seeds(0.95, 0.5), ["lenet5"], key).endswith(": met (1 copies).")
+    refuted = bench.metafinger_goal(seeds(0.94, 0.1), ["lenet5"], key)
+    assert "REFUTED by RTAL (LeNet-5, seed 4): 94%" in refuted
+    assert "REFUTED" in bench.metafinger_goal(seeds(0.95, 0.9), ["lenet5"], key)  # p 0.06 against the closest one
+    assert "not measured" in bench.metafinger_goal(seeds(0.5, 0.1, theft=False), ["lenet5"], key)
+    assert "not measured" in bench.metafinger_goal(seeds(0.95, 0.1), ["lenet5"], "MetaFinger thief-wide")
+
+
 def test_a_watermark_whose_key_could_not_be_made_is_a_cost_row_with_its_error():
     error = "eps 0.1 gives 0 true and 44 false adversaries among 44 images; need 45 of each (change eps)"
     victim = {"keys": {"frontier": {"error": error}, "IPGuard": {"seconds": 2.0, "queries": 100}},

@@ -38,6 +38,12 @@ orders: queries to a decision against the whole key's, and the sequential false 
 models beside the whole key's (Ville's bound: each run claims a model whose match rate is at most the method's
 null with chance at most alpha; SAC is asked whole, its statistic needs every query).
 
+The issue's goals are checked on the run's numbers: every theft matched at <= 100 queries (``goals``), SAC's AUCs
+(``GOALS``), MetaFinger's thief-aware pools at 95% query accuracy under RTAL, prune 70% and noise + fine-tune with p <
+1e-6 against every independent model (``metafinger_goal``: the binomial tail with the most agreeing independent
+model's query accuracy as the null rate: a p-value against each of them, the largest of which decides), and the
+audit's bound (``audit_goal``).
+
 Not measured (``NOT_MEASURED``): nothing the issue lists is left out of the design. A run reduced against
 the issue's design (``ISSUE``: 3 seeds, both victims, 5 watermarks, every theft on every victim) says so in its
 header (``reductions``).
@@ -91,6 +97,7 @@ from nnmark.errors import ArgumentError, DataError, NnmarkError
 from nnmark.keys import KeyFile
 from nnmark.marks.ownership import backdoor_wm, coupled, frontier, ipguard, metafinger, sac, shadow
 from nnmark.marks.ownership.shadow import ShadowSpec
+from nnmark.marks.ownership.stats import binomial_tail
 from nnmark.marks.verdict import Verdict
 from nnmark.oracles import LabelsOracle, Oracle, TorchOracle
 
@@ -695,6 +702,39 @@ def goals(summaries: dict[str, dict], best: dict[str, dict[str, list[str]]]) -> 
     return "\n".join([first, *(_auc_goal(summaries, method, *goal) for method in SAC_GOAL_KEYS for goal in GOALS)])
 
 
+METAFINGER_GOAL = (0.95, 1e-6, ("RTAL", "prune 70% + fine-tune", "noise alpha=1 + fine-tune"))
+"""The issue's MetaFinger goal: least query accuracy, largest p-value, and the thefts it names."""
+METAFINGER_GOAL_KEYS = ("MetaFinger thief-aware", "MetaFinger thief-wide")
+"""The keys with thief-aware pools the goal is checked for."""
+
+
+def metafinger_goal(seeds: list[dict], archs: list[str], key: str) -> str:
+    """Whether ``key`` reaches the query accuracy of ``METAFINGER_GOAL`` on every copy of its thefts, on every seed
+    and victim, with p below its bound against every independent model of that seed: the binomial tail of the
+    copy's hits with the most agreeing independent model's query accuracy as the null rate."""
+    want, max_p, attacks = METAFINGER_GOAL
+    judged, short = 0, []
+    for arch in archs:
+        for r in seeds:
+            v = r["victims"][arch]
+            rates = [x["methods"][key]["statistic"] for x in v["independents"].values() if key in x["methods"]]
+            for attack in attacks:
+                copy = v["victims"][CLEAN]["copies"].get(attack)
+                if not rates or not copy or not copy["theft"] or key not in copy["methods"]:
+                    continue
+                cell = copy["methods"][key]
+                p = binomial_tail(round(cell["statistic"] * cell["queries"]), cell["queries"], max(rates))
+                judged += 1
+                if cell["statistic"] < want or p >= max_p:
+                    short.append(f"{attack} ({ARCH_NAMES.get(arch, arch)}, seed {r['seed']}): "
+                                 f"{cell['statistic']:.0%}, p {p:.2g}")
+    head = (f"- {key} >= {want:.0%} query accuracy under {', '.join(attacks)}, p < {max_p:g} against every "
+            "independent model: ")
+    if not judged:
+        return head + "not measured (no such theft kept its accuracy, or no key)."
+    return head + (f"REFUTED by {'; '.join(short)}" if short else "met") + f" ({judged} copies)."
+
+
 def audit_goal(seeds: list[dict], archs: list[str]) -> str:
     """Whether ``nnmark audit``'s sequential decision keeps the false-claim bound: no sequential MATCH on an
     independent model that the whole key does not claim (those would be early stopping's own)."""
@@ -779,7 +819,9 @@ def render(result: dict) -> str:
         "run fits a shared 2-core machine; see the module docstring of `nnmark.bench.ownership`.",
         f"Parameters: `{json.dumps(p)}`.",
         section("The issue's goals, checked",
-                goals(result["summary"], result["survivors"]) + "\n" + audit_goal(seeds, p["victims"])),
+                "\n".join([goals(result["summary"], result["survivors"]),
+                           *(metafinger_goal(seeds, p["victims"], k) for k in METAFINGER_GOAL_KEYS),
+                           audit_goal(seeds, p["victims"])])),
         *(block for arch in p["victims"] for block in _victim_sections(result, arch)),
         "Beside the methods (seed 0): the from-scratch independent models took "
         f"{seeds[0]['independent_seconds']:.0f} s of recorded training, their distillations "
