@@ -1,13 +1,18 @@
 """Shadow-model pools: specs, from-scratch and augmented models (zoo and package.module:factory), the on-disk cache,
 worker processes and Ray."""
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -417,6 +422,76 @@ def test_factory_models_train_in_pixel_space_on_converted_data(foreign):
     assert models.digest(unwrap(from_stored)) != foreign.digest
     with pytest.raises(ValueError, match="load_data"):
         train_shadow(spec, foreign.model, dataset=data.load("digits"))  # 1x8x8 digits, not converted
+
+
+ORPHAN_DRIVER = """
+import sys
+from nnmark.marks.ownership.shadow import ShadowSpec, build_pool
+build_pool([ShadowSpec("lenet5", "digits", seed=1, epochs=5000)], cache_dir=sys.argv[1], workers=1)
+"""
+
+
+WORKER_BUSY_SECONDS = 8.0
+"""CPU time after which a worker has imported torch and nnmark (2-3 s) and is training its 5000 epochs."""
+
+
+def _workers_of(driver: int) -> list[int]:
+    """The pool workers (spawned, not the resource tracker) whose parent is ``driver``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == driver and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """Process ``pid``'s CPU time so far (user + system), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process table from /proc")
+def test_a_worker_stops_training_once_its_driver_is_killed_outright(tmp_path):
+    """SIGKILL (or a timeout's SIGTERM) runs no cleanup in the driver; its worker must not train on for nobody."""
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    driver = subprocess.Popen([sys.executable, "-c", ORPHAN_DRIVER, str(tmp_path / "cache")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                workers and _cpu_seconds(workers[0]) > WORKER_BUSY_SECONDS):
+            workers = workers or _workers_of(driver.pid)
+            time.sleep(0.2)
+        assert workers and _cpu_seconds(workers[0]) > WORKER_BUSY_SECONDS, "no worker got to training in 180 s"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 10 * shadow.ORPHAN_POLL_SECONDS + 5
+        while _running(workers[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(workers[0]), "the orphaned worker still trains"
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.safetensors"))
 
 
 def test_factory_pool_builds_in_worker_processes_and_caches_weights_the_factory_loads(foreign, tmp_path):

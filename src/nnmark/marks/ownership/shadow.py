@@ -36,7 +36,8 @@ the card (``--model package.module:factory --weights FILE``). ``hash`` is the SH
 canonical JSON, so a second ``build_pool`` over the same specs trains nothing. Missing models are
 built by ``build_task``, from-scratch bases first, then the augmentations that start from them, in
 this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
-thread each) or as Ray tasks (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
+thread each, each ending itself once the driver is gone: ``_exit_when_orphaned``) or as Ray tasks
+(``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
 A task is given no path: it takes the spec's JSON, the base model's bytes (a cache file's) and the data
 (a bundled dataset's name, else the tensors) and returns the new model's bytes (trained on the pool's ``device``,
 written from the CPU: the cache is the same whatever trained it), so it runs on any
@@ -70,6 +71,7 @@ import re
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -97,6 +99,8 @@ from nnmark.models.training import (
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
 EXECUTORS = ("process", "serial", "ray")
+ORPHAN_POLL_SECONDS = 1.0
+"""How often a worker process checks that the process that started it still runs (``_exit_when_orphaned``)."""
 DEFAULT_NEGATIVES = 4
 DEFAULT_VAL_NEGATIVES = 2
 DEFAULT_AF = 3
@@ -730,8 +734,19 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _init_worker() -> None:
+def _init_worker(driver: int) -> None:
+    """A worker process: one torch thread, and a watch that ends it once its ``driver`` (pid) is gone."""
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_when_orphaned, args=(driver,), name="nnmark-orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(driver: int) -> None:
+    """End this process within ``ORPHAN_POLL_SECONDS`` of its parent ``driver`` ending. A driver killed outright
+    (SIGTERM, SIGKILL, a ``timeout``) runs no cleanup, and its workers would otherwise train their model to the end
+    for nobody."""
+    while os.getppid() == driver:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os._exit(1)
 
 
 @dataclass
@@ -850,7 +865,8 @@ def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: f
         yield _Runner(lambda batch: (build_task(*t, device=device) for t in batch))
     elif executor == "process":
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(os.getpid(),)) as pool:
             yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t, device=device)
                                                                            for t in batch])))
     else:
