@@ -148,6 +148,21 @@ def test_an_error_line_shows_control_characters_as_escapes(tmp_path):
     assert "\x1b" not in r.stderr and "\\x1b[2J" in r.stderr
 
 
+@pytest.mark.parametrize("setting, terminal, quiet, shown", [
+    (None, True, False, True), (None, False, False, False), ("0", True, False, False), ("1", False, False, True),
+    ("1", True, True, False), ("yes", False, False, False),
+])
+def test_progress_shows_on_a_terminal_or_when_asked_and_never_when_quiet(monkeypatch, setting, terminal, quiet, shown):
+    from nnmark.cli._shared import progress_enabled
+
+    if setting is None:
+        monkeypatch.delenv("NNMARK_PROGRESS", raising=False)
+    else:
+        monkeypatch.setenv("NNMARK_PROGRESS", setting)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert progress_enabled(quiet) is shown
+
+
 def test_quiet_reaches_every_progress_command_as_a_value(monkeypatch):
     import nnmark.cli as cli
     from nnmark.cli._shared import with_progress

@@ -53,8 +53,10 @@ def debug_enabled(args: list[str] | None = None) -> bool:
 
 
 def progress_enabled(quiet: bool) -> bool:
-    """Progress bars on an interactive stderr, unless ``quiet`` (-q) or NNMARK_PROGRESS=0."""
-    return not quiet and os.environ.get("NNMARK_PROGRESS", "1") != "0" and sys.stderr.isatty()
+    """Progress bars on an interactive stderr, unless ``quiet`` (-q) or NNMARK_PROGRESS=0; NNMARK_PROGRESS=1 asks for
+    them on any stderr (a log of a long run under nohup)."""
+    setting = os.environ.get("NNMARK_PROGRESS")
+    return not quiet and setting != "0" and (setting == "1" or sys.stderr.isatty())
 
 
 def with_progress(f):
