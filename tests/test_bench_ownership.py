@@ -106,7 +106,7 @@ def test_the_metafinger_goal_needs_95_percent_on_each_named_thefts_copy_and_p_ag
         return [{"seed": 4, "victims": {"lenet5": {"independents": independents,
                                                    "victims": {bench.CLEAN: {"copies": copies}}}}}]
 
-    assert bench.metafinger_goal(seeds(0.95, 0.5), ["lenet5"], key).endswith(": met (1 copies).")
+    assert bench.metafinger_goal(seeds(0.95, 0.5), ["lenet5"], key).endswith(": met (1 copy).")
     refuted = bench.metafinger_goal(seeds(0.94, 0.1), ["lenet5"], key)
     assert "REFUTED by RTAL (LeNet-5, seed 4): 94%" in refuted
     assert "REFUTED" in bench.metafinger_goal(seeds(0.95, 0.9), ["lenet5"], key)  # p 0.06 against the closest one

@@ -732,7 +732,8 @@ def metafinger_goal(seeds: list[dict], archs: list[str], key: str) -> str:
             "independent model: ")
     if not judged:
         return head + "not measured (no such theft kept its accuracy, or no key)."
-    return head + (f"REFUTED by {'; '.join(short)}" if short else "met") + f" ({judged} copies)."
+    copies = f"{judged} cop{'ies' if judged > 1 else 'y'}"
+    return head + (f"REFUTED by {'; '.join(short)}" if short else "met") + f" ({copies})."
 
 
 def audit_goal(seeds: list[dict], archs: list[str]) -> str:
