@@ -435,34 +435,37 @@ WORKER_BUSY_SECONDS = 8.0
 """CPU time after which a worker has imported torch and nnmark (2-3 s) and is training its 5000 epochs."""
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _workers_of(driver: int) -> list[int]:
     """The pool workers (spawned, not the resource tracker) whose parent is ``driver``, from /proc."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for folder in Path("/proc").glob("[0-9]*"):
+        fields = _stat(folder.name)
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            command = (stat.parent / "cmdline").read_bytes()
+            spawned = b"spawn_main" in (folder / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == driver and b"spawn_main" in command:
-            found.append(int(stat.parent.name))
+        if fields and int(fields[1]) == driver and spawned:
+            found.append(int(folder.name))
     return found
 
 
 def _cpu_seconds(pid: int) -> float:
     """Process ``pid``'s CPU time so far (user + system), 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process table from /proc")

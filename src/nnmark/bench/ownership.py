@@ -718,12 +718,15 @@ def metafinger_goal(seeds: list[dict], archs: list[str], key: str) -> str:
         for r in seeds:
             v = r["victims"][arch]
             rates = [x["methods"][key]["statistic"] for x in v["independents"].values() if key in x["methods"]]
+            if not rates:
+                continue
+            closest = max(rates)
             for attack in attacks:
                 copy = v["victims"][CLEAN]["copies"].get(attack)
-                if not rates or not copy or not copy["theft"] or key not in copy["methods"]:
+                if not copy or not copy["theft"] or key not in copy["methods"]:
                     continue
                 cell = copy["methods"][key]
-                p = binomial_tail(round(cell["statistic"] * cell["queries"]), cell["queries"], max(rates))
+                p = binomial_tail(round(cell["statistic"] * cell["queries"]), cell["queries"], closest)
                 judged += 1
                 if cell["statistic"] < want or p >= max_p:
                     short.append(f"{attack} ({ARCH_NAMES.get(arch, arch)}, seed {r['seed']}): "
