@@ -1,8 +1,12 @@
 """The CLI's exit-code contract: 0 pass, 1 a negative verdict only, 2 every error as one line, never a traceback."""
 
 import json
+import os
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import click
 import pytest
@@ -178,3 +182,55 @@ def test_quiet_reaches_every_progress_command_as_a_value(monkeypatch):
     assert CliRunner().invoke(main, ["probe-progress"]).output == "progress=True\n"
     assert CliRunner().invoke(main, ["-q", "probe-progress"]).output == "progress=False\n"
     assert CliRunner().invoke(probe, []).output == "progress=False\n"  # on its own, not on a terminal
+
+
+@pytest.mark.parametrize("sig, line", [(signal.SIGTERM, "error: terminated"), (signal.SIGINT, "error: interrupted")])
+def test_a_stopped_command_is_an_error_line_and_writes_nothing(sig, line, tmp_path):
+    """SIGTERM (a service manager's stop, a ``timeout``) stops a command as Ctrl-C does: the cleanup runs, exit 2 with
+    one line, no half-written file."""
+    out = tmp_path / "net.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "nnmark", "train", "--arch", "lenet5", "--data", "mnist5k",
+                             "--epochs", "500", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "NNMARK_PROGRESS": "1"})
+    try:
+        deadline, seen = time.monotonic() + 120, b""
+        while b"step" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                seen += os.read(proc.stderr.fileno(), 4096)
+        assert b"step" in seen, "training never started"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = (seen + err).decode().replace("\r", "\n").strip().splitlines()
+    assert proc.returncode == 2 and lines[-1] == line and "Traceback" not in err.decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_ends_normally(sig, lenet_file):
+    """For ``nnmark serve`` a stop signal is the normal end: it answers what is in flight, says so, and exits 0."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, ready = time.monotonic() + 120, False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert ready, "the server never got ready"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and err.decode().strip().splitlines()[-1] == "stopped", err.decode()

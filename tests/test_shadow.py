@@ -427,7 +427,7 @@ def test_factory_models_train_in_pixel_space_on_converted_data(foreign):
 ORPHAN_DRIVER = """
 import sys
 from nnmark.marks.ownership.shadow import ShadowSpec, build_pool
-build_pool([ShadowSpec("lenet5", "digits", seed=1, epochs=5000)], cache_dir=sys.argv[1], workers=1)
+build_pool([ShadowSpec("lenet5", "digits", seed=s, epochs=5000) for s in (1, 2)], cache_dir=sys.argv[1], workers=1)
 """
 
 
@@ -468,9 +468,10 @@ def _running(pid: int) -> bool:
     return bool(fields) and fields[0] != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process table from /proc")
-def test_a_worker_stops_training_once_its_driver_is_killed_outright(tmp_path):
-    """SIGKILL (or a timeout's SIGTERM) runs no cleanup in the driver; its worker must not train on for nobody."""
+@contextlib.contextmanager
+def _training_pool(tmp_path):
+    """A driver building two 5000-epoch models on one worker, yielded with that worker's pid once it trains; on exit
+    both are killed if still there, and no model was cached."""
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
     driver = subprocess.Popen([sys.executable, "-c", ORPHAN_DRIVER, str(tmp_path / "cache")], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -482,12 +483,7 @@ def test_a_worker_stops_training_once_its_driver_is_killed_outright(tmp_path):
             workers = workers or _workers_of(driver.pid)
             time.sleep(0.2)
         assert workers and _cpu_seconds(workers[0]) > WORKER_BUSY_SECONDS, "no worker got to training in 180 s"
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        deadline = time.monotonic() + 10 * shadow.ORPHAN_POLL_SECONDS + 5
-        while _running(workers[0]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _running(workers[0]), "the orphaned worker still trains"
+        yield driver, workers[0]
     finally:
         driver.kill()
         driver.wait(timeout=30)
@@ -495,6 +491,37 @@ def test_a_worker_stops_training_once_its_driver_is_killed_outright(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.safetensors"))
+
+
+def _gone_soon(pid: int) -> bool:
+    """Whether process ``pid`` ends within 15 s (at once, but on a loaded machine)."""
+    deadline = time.monotonic() + 15
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _running(pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process table from /proc")
+def test_a_worker_stops_training_once_its_driver_is_killed_outright(tmp_path):
+    """SIGKILL (or a timeout's SIGTERM) runs no cleanup in the driver; its worker must not train on for nobody."""
+    with _training_pool(tmp_path) as (driver, worker):
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        assert _gone_soon(worker), "the orphaned worker still trains"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process table from /proc")
+def test_an_interrupted_build_ends_at_once_with_its_workers(tmp_path):
+    """Ctrl-C in the driver alone (a worker in another process group, or the signal sent to one pid): the build
+    stops now, not after its running and queued models are trained."""
+    with _training_pool(tmp_path) as (driver, worker):
+        driver.send_signal(signal.SIGINT)
+        try:
+            driver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the interrupted driver waits for its pool's models")
+        assert driver.returncode == -signal.SIGINT  # an uncaught KeyboardInterrupt, raised through build_pool
+        assert _gone_soon(worker), "the cancelled worker still trains"
 
 
 def test_factory_pool_builds_in_worker_processes_and_caches_weights_the_factory_loads(foreign, tmp_path):

@@ -7,7 +7,9 @@ Exit codes, a contract with scripts and monitors:
 - 2: any error (bad arguments, a bad or re-signed key file, a wrong secret, an unreachable or mis-described
   endpoint, a budget overrun, an unexpected failure), reported as one line on stderr. With ``--json`` the
   error is also printed on stdout as ``{"error": ..., "type": ...}``. ``--debug`` (or NNMARK_DEBUG=1) shows
-  the traceback of an unexpected failure.
+  the traceback of an unexpected failure. Ctrl-C ("interrupted") and SIGTERM ("terminated") are errors too: each
+  stops the command the way an error does, so what it started (pool workers, servers) is stopped and nothing is
+  left half-written.
 
 Each command group lives in its own module and is imported only when it runs, so ``nnmark --help`` and
 ``nnmark --version`` never import torch.
@@ -16,8 +18,11 @@ Each command group lives in its own module and is imported only when it runs, so
 from __future__ import annotations
 
 import importlib
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 import click
 
@@ -85,13 +90,15 @@ class _LazyGroup(click.Group):
         """Run the CLI and exit with the contract's code (0 / 1 from a verdict / 2 for every error)."""
         args = list(sys.argv[1:] if args is None else args)
         try:
-            code = super().main(args, prog_name or "nnmark", complete_var, standalone_mode=False, **extra)
+            with _sigterm_raises():
+                code = super().main(args, prog_name or "nnmark", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
             code = e.exit_code
         except click.ClickException as e:
             code = _fail(e.format_message(), type(e.__cause__ or e).__name__, args, usage=isinstance(e, click.UsageError))
-        except (click.Abort, KeyboardInterrupt):
-            code = _fail("interrupted", "KeyboardInterrupt", args)
+        except (click.Abort, KeyboardInterrupt) as e:  # click turns KeyboardInterrupt into Abort
+            code = (_fail("terminated", "Terminated", args) if isinstance(e.__cause__ or e, Terminated)
+                    else _fail("interrupted", "KeyboardInterrupt", args))
         except Exception as e:  # the last resort: never a traceback, never exit 1
             if debug_enabled(args):
                 raise
@@ -100,6 +107,27 @@ class _LazyGroup(click.Group):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt (so the same cleanup runs)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While inside, SIGTERM raises ``Terminated`` (the main thread only can take signals; elsewhere as it was)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _fail(message: str, kind: str, args: list[str], *, usage: bool = False) -> int:

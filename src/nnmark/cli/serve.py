@@ -55,7 +55,8 @@ def dawn_secret(secret_file: str | None) -> bytes:
               help="The owner's secret for --dawn-record and --dawn-exempt (else NNMARK_SECRET).")
 def serve(model_source, env_name, device, host, port, model_name, token_file, clients_file, output, max_batch, budget,
           grpc_port, insecure_no_token, dawn_record, dawn_rate, dawn_exempt, secret_file) -> None:
-    """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise.
+    """Serve a model over OIP v2 (REST, and gRPC with --grpc-port), on 127.0.0.1 unless told otherwise, until
+    Ctrl-C or SIGTERM (then it answers the requests in flight and exits 0).
 
     With --dawn-record, the API watermarks what a thief extracts through it (DAWN): a thief's copy repeats the
     recorded wrong labels, which nnmark mark dawn turns into a key.
@@ -105,6 +106,8 @@ def serve(model_source, env_name, device, host, port, model_name, token_file, cl
                + (f", recording DAWN watermarks in {dawn_record}" if dawn_record else ""), err=True)
     try:
         serving.run(app, host=host, port=port, log_level="warning", insecure_no_token=insecure_no_token)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, after the requests in flight were answered: a server's normal end
+        click.echo("stopped", err=True)
     finally:
         if grpc_server is not None:
             grpc_server.stop(None)

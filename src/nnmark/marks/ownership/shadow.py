@@ -36,7 +36,7 @@ the card (``--model package.module:factory --weights FILE``). ``hash`` is the SH
 canonical JSON, so a second ``build_pool`` over the same specs trains nothing. Missing models are
 built by ``build_task``, from-scratch bases first, then the augmentations that start from them, in
 this process, in worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn context, one torch
-thread each, each ending itself once the driver is gone: ``_exit_when_orphaned``) or as Ray tasks
+thread each, each ending itself once the driver is gone or interrupted: ``_exit_when_cut``) or as Ray tasks
 (``executor="ray"``, ``pip install 'nnmark[ray]'``, imported only then).
 A task is given no path: it takes the spec's JSON, the base model's bytes (a cache file's) and the data
 (a bundled dataset's name, else the tensors) and returns the new model's bytes (trained on the pool's ``device``,
@@ -75,11 +75,13 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm as tqdm_std
 from tqdm.auto import tqdm
 
 from nnmark import data, models
@@ -99,8 +101,6 @@ from nnmark.models.training import (
 DEFAULT_EPOCHS = 8
 DEFAULT_FINETUNE_EPOCHS = 2
 EXECUTORS = ("process", "serial", "ray")
-ORPHAN_POLL_SECONDS = 1.0
-"""How often a worker process checks that the process that started it still runs (``_exit_when_orphaned``)."""
 DEFAULT_NEGATIVES = 4
 DEFAULT_VAL_NEGATIVES = 2
 DEFAULT_AF = 3
@@ -734,18 +734,20 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _init_worker(driver: int) -> None:
-    """A worker process: one torch thread, and a watch that ends it once its ``driver`` (pid) is gone."""
+def _init_worker(driver: Connection) -> None:
+    """A worker process: one torch thread; a thread lock for tqdm, whose default (a named semaphore under spawn) would
+    be reported as leaked once the worker is cut; and a watch that ends it once its ``driver`` lets go
+    (``_exit_when_cut``)."""
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_when_orphaned, args=(driver,), name="nnmark-orphan-watch", daemon=True).start()
+    tqdm_std.set_lock(threading.RLock())
+    threading.Thread(target=_exit_when_cut, args=(driver,), name="nnmark-driver-watch", daemon=True).start()
 
 
-def _exit_when_orphaned(driver: int) -> None:
-    """End this process within ``ORPHAN_POLL_SECONDS`` of its parent ``driver`` ending. A driver killed outright
-    (SIGTERM, SIGKILL, a ``timeout``) runs no cleanup, and its workers would otherwise train their model to the end
-    for nobody."""
-    while os.getppid() == driver:
-        time.sleep(ORPHAN_POLL_SECONDS)
+def _exit_when_cut(driver: Connection) -> None:
+    """End this process once ``driver``, the read end of a pipe only the driving process writes to, reaches its end:
+    the driver closed it (interrupted by Ctrl-C, or a task failed) or ended (even killed outright, by SIGKILL or a
+    ``timeout``, with no cleanup run). Its workers would otherwise train their model to the end for nobody."""
+    driver.poll(None)
     os._exit(1)
 
 
@@ -865,10 +867,16 @@ def _runner(executor: str, workers: int, ray_address: str | None, ray_timeout: f
         yield _Runner(lambda batch: (build_task(*t, device=device) for t in batch))
     elif executor == "process":
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(os.getpid(),)) as pool:
-            yield _Runner(lambda batch: (f.result() for f in as_completed([pool.submit(build_task, *t, device=device)
-                                                                           for t in batch])))
+        watched, held = ctx.Pipe(duplex=False)
+        with held, ProcessPoolExecutor(max_workers=min(workers, tasks), mp_context=ctx, initializer=_init_worker,
+                                       initargs=(watched,)) as pool:
+            try:
+                yield _Runner(lambda batch: (f.result() for f in as_completed(
+                    [pool.submit(build_task, *t, device=device) for t in batch])))
+            except BaseException:  # interrupted, or a task failed: the running tasks end now, the queued ones never
+                held.close()
+                pool.shutdown(cancel_futures=True)
+                raise
     else:
         try:
             import ray
