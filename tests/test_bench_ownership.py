@@ -338,6 +338,58 @@ def test_bench_ownership_quick_writes_its_tables(tmp_path):
                  """`nnmark bench ownership --quick --set 'watermark_thefts=["RTAL"]'`"""):
         assert part in md
     assert (tmp_path / "ownership.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = CliRunner().invoke(main, ["bench", "ownership", "--quick", "--set", 'watermark_thefts=["RTAL"]',
+                                      "--out-dir", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((tmp_path / "again" / "ownership.json").read_text())  # the finished seed, read back
+    assert json.dumps(resumed["seeds"]) == json.dumps([{**row, "resumed": True}])
+    assert json.dumps(resumed["summary"]) == json.dumps(result["summary"])
+    assert resumed["survivors"] == result["survivors"]
+    md = (tmp_path / "again" / "ownership.md").read_text()
+    assert "training 0 shadow models and 0 copies" in md and "seed(s) 0 read back as an earlier run" in md
+
+
+def test_a_seed_is_read_back_only_for_the_same_seed_parameters_data_and_code(monkeypatch, tmp_path):
+    computed = []
+
+    def run_seed(seed, p, spec, progress):
+        computed.append((seed, p["n"], spec))
+        return {"seed": seed, "n": p["n"]}
+
+    source = ["a"]
+    monkeypatch.setattr(bench, "run_seed", run_seed)
+    monkeypatch.setattr(bench, "derived_cache", lambda: tmp_path)
+    monkeypatch.setattr(bench, "source_digest", lambda: source[0])
+    first = bench.seed_row(0, {"n": 100}, "fashion-mnist", False)
+    assert first == {"seed": 0, "n": 100} and computed == [(0, 100, "fashion-mnist")]
+    assert bench.seed_row(0, {"n": 100}, "fashion-mnist", False) == {**first, "resumed": True}
+    assert len(computed) == 1
+    bench.seed_row(1, {"n": 100}, "fashion-mnist", False)
+    bench.seed_row(0, {"n": 50}, "fashion-mnist", False)
+    bench.seed_row(0, {"n": 100}, "mnist5k", False)
+    source[0] = "b"  # nnmark's code changed
+    bench.seed_row(0, {"n": 100}, "fashion-mnist", False)
+    assert computed[1:] == [(1, 100, "fashion-mnist"), (0, 50, "fashion-mnist"), (0, 100, "mnist5k"),
+                            (0, 100, "fashion-mnist")]
+    assert len(list((tmp_path / "seeds").glob("*.json"))) == 5
+
+
+def test_nnmarks_source_digest_changes_with_any_of_its_files(monkeypatch, tmp_path):
+    from nnmark.bench import common
+
+    package = tmp_path / "nnmark"
+    (package / "bench").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "bench" / "common.py").write_text("x = 1\n")
+    monkeypatch.setattr(common, "__file__", str(package / "bench" / "common.py"))
+    before = common.source_digest()
+    assert common.source_digest() == before
+    (package / "bench" / "common.py").write_text("x = 2\n")
+    assert common.source_digest() != before
+    (package / "bench" / "common.py").write_text("x = 1\n")
+    assert common.source_digest() == before
+    (package / "new.py").write_text("")
+    assert common.source_digest() != before
 
 
 def test_no_copy_or_distilled_independent_starts_from_the_seed_of_a_model_it_is_compared_with():

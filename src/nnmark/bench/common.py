@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -32,6 +33,16 @@ def jsonable(v):
     if isinstance(v, (list, tuple)):
         return [jsonable(x) for x in v]
     return v
+
+
+def source_digest() -> str:
+    """SHA-256 of nnmark's own source (every ``.py`` file of the package, by relative path): what a cached result
+    computed by this code is valid for."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def header(name: str, p: dict, *, quick: bool, seeds: int | None) -> dict:

@@ -61,7 +61,9 @@ images), ``meta_epochs``, ``ipguard_iterations``, ``workers`` (shadow training p
 x 13 thefts, about 470 trained copies; on a shared 2-core machine with empty caches that is roughly 10-12 hours
 (measured: a from-scratch model on a 30k half about 2 minutes, LeNet-5 or ResNet-20 alike at their epochs; a
 watermarked LeNet-5's theft about 35 s; one seed of a LeNet-5 victim with its pools, independents, 5 watermarks
-and 13 + 65 thefts about 80 minutes). The committed run can be reduced with ``--set`` (e.g. ``--seeds 1 --set
+and 13 + 65 thefts about 80 minutes). Every model is cached as it is trained, and every finished seed's row
+(``seed_row``, valid for the same parameters and code), so a run stopped after hours resumes where it was. The
+committed run can be reduced with ``--set`` (e.g. ``--seeds 1 --set
 'victims=["lenet5"]'``); a run without a LeNet-5 victim writes ``ownership-<victims>`` (``stem``), beside the LeNet-5
 tables instead of over them. The quick mode (a 3,000 / 1,000
 image subset, mnist5k when Fashion-MNIST is not installed; LeNet-5 only; the coupled direct watermark against two
@@ -71,6 +73,7 @@ thefts) runs in about two minutes for the test.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import shlex
@@ -91,7 +94,8 @@ from nnmark.attacks.distill import SOK_TEMPERATURE, build_student
 from nnmark.attacks.measure import is_theft
 from nnmark.audit import run as audit
 from nnmark.bench import plots, thefts
-from nnmark.bench.common import ARCH_NAMES, document, header, jsonable, parameters, section, table, write
+from nnmark.bench.common import (ARCH_NAMES, document, header, jsonable, parameters, section, source_digest, table,
+                                 write)
 from nnmark.data.roles import attacker_data
 from nnmark.errors import ArgumentError, DataError, NnmarkError
 from nnmark.keys import KeyFile
@@ -469,6 +473,30 @@ def run_seed(seed: int, p: dict, spec: str, progress: bool) -> dict:
             "distilled_seconds": sum(x["seconds"] for x in made), "victims": victims}
 
 
+def seed_row(seed: int, p: dict, spec: str, progress: bool) -> dict:
+    """``run_seed``'s row, kept as JSON in ``derived_cache()/seeds`` under what decides it (the seed, the parameters,
+    the data, torch's version and nnmark's source: any change of code computes it again). A run cut short resumes
+    after the seeds it finished, and a rerun renders without asking again; a row read back says ``"resumed": true``
+    and counts no training of this run."""
+    what = json.dumps({"seed": seed, "params": jsonable(p), "data": spec, "torch": torch.__version__,
+                       "source": source_digest()}, sort_keys=True)
+    path = derived_cache() / "seeds" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.json"
+    if path.exists():
+        return {**json.loads(path.read_text()), "resumed": True}
+    row = run_seed(seed, p, spec, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(row).encode())
+    return row
+
+
+def trained_here(seeds: list[dict]) -> tuple[int, int]:
+    """(shadow models, copies or distilled models) this run trained: none of a resumed seed's."""
+    here = [r for r in seeds if not r.get("resumed")]
+    return (sum(r["trained"] + sum(v["cost"]["trained"] for v in r["victims"].values()) for r in here),
+            sum(r["distilled_trained"] + sum(v["cost"]["derived_trained"] for v in r["victims"].values())
+                for r in here))
+
+
 # --- scores -------------------------------------------------------------------------------------------------
 
 
@@ -809,15 +837,16 @@ def render(result: dict) -> str:
     """ownership.md: what was reduced, per victim the survival table and the method, independent, cost and audit
     tables, then the goals."""
     seeds, p = result["seeds"], result["params"]
-    shadows = sum(r["trained"] + sum(v["cost"]["trained"] for v in r["victims"].values()) for r in seeds)
-    derived = sum(r["distilled_trained"] + sum(v["cost"]["derived_trained"] for v in r["victims"].values())
-                  for r in seeds)
+    shadows, derived = trained_here(seeds)
+    resumed = ", ".join(str(r["seed"]) for r in seeds if r.get("resumed"))
+    resumed = f"; seed(s) {resumed} read back as an earlier run of this code finished them" if resumed else ""
     return document(
         "# Ownership against a thief: fingerprints and watermarks on distilled, extracted and retrained copies",
         f"Written by `{result['command']}` on {result['date']} in {result['wall_seconds'] / 60:.1f} minutes, "
         f"training {shadows} shadow models and {derived} "
         "copies or distilled models (the rest came from the caches; each model's own training time is recorded, see "
-        f"Cost); {len(seeds)} victim seed(s); victims {', '.join(ARCH_NAMES.get(a, a) for a in p['victims'])}; "
+        f"Cost){resumed}; {len(seeds)} victim seed(s); "
+        f"victims {', '.join(ARCH_NAMES.get(a, a) for a in p['victims'])}; "
         f"torch {torch.__version__}. Data: {result['data']}.",
         "**Reduced against the issue:** " + "; ".join(reductions(p)) + ". Short training (parameters below) so the "
         "run fits a shared 2-core machine; see the module docstring of `nnmark.bench.ownership`.",
@@ -895,7 +924,7 @@ def run(*, quick: bool, seeds: int | None, out_dir: str | Path, progress: bool =
     p = {**parameters(FULL, QUICK, quick=quick, seeds=seeds), **(overrides or {})}
     start = time.perf_counter()
     spec, note = dataset_spec(p, derived_cache())
-    rows = [run_seed(s, p, spec, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
+    rows = [seed_row(s, p, spec, progress) for s in tqdm(range(p["seeds"]), desc="seeds", disable=not progress)]
     summary = {arch: summarise(rows, arch, run_methods(p)) for arch in p["victims"]}
     result = {**header(STEM, p, quick=quick, seeds=seeds), "data": note, "seeds": rows, "summary": summary,
               "survivors": {arch: survivors(summary[arch], rows, arch) for arch in p["victims"]},
