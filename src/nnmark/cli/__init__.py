@@ -17,8 +17,8 @@ Each command group lives in its own module and is imported only when it runs, so
 
 from __future__ import annotations
 
-import importlib
 import contextlib
+import importlib
 import json
 import signal
 import sys
