@@ -229,7 +229,9 @@ def _shadow_options(spec: MethodSpec) -> tuple[Callable, ...]:
                           "extracted copy of the source as positive train models; 5 more shadow models); or "
                           "thief-wide (also a distilled and an extracted student of each other zoo family, LeNet-5, "
                           "VGG-11, ResNet-20, and a 90%-pruned copy: 10 more for a source of those families; zoo "
-                          "models without a normalisation only). See docs/benchmarks/metafinger-pools.md."),
+                          "models without a normalisation only; its negatives are all of the source's family, and "
+                          "on a ResNet-20 source it claimed independent LeNet-5s). See "
+                          "docs/benchmarks/metafinger-pools.md."),
         click.option("--shadow-epochs", type=click.IntRange(1), default=shadow.DEFAULT_EPOCHS, show_default=True),
         micro_batch_option("--train-micro-batch", what="Training the shadow models (and SAC's scratch models)",
                            more=" A pool trained in micro-batches is cached apart."),
