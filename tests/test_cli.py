@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from nnmark import __version__, keys
 from nnmark.marks import canary
 from nnmark.cli import main
+from ports import free_port
 
 
 @pytest.fixture
@@ -139,14 +140,6 @@ def test_train_in_micro_batches_takes_the_same_steps(run, tmp_path, training_pas
     assert r.exit_code == 2 and "--micro-batch" in r.output
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def nnmark_serve(*args):
     """``nnmark serve ARGS`` in a subprocess on a free port; yields its URL once it is ready."""
@@ -154,7 +147,7 @@ def nnmark_serve(*args):
 
     import httpx
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", *map(str, args), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -192,7 +185,7 @@ def test_verify_endpoint_gives_the_local_verdict(run, lenet_file, dbi_key_file, 
     local = run("verify", dbi_key_file, "--model", noisy_file, "--secret-file", run.secret, "--json")
     assert remote.exit_code == local.exit_code == 1, remote.output
     assert json.loads(remote.output)["flipped"] == json.loads(local.output)["flipped"]
-    assert run("verify", dbi_key_file, "--endpoint", f"http://127.0.0.1:{_free_port()}",
+    assert run("verify", dbi_key_file, "--endpoint", f"http://127.0.0.1:{free_port()}",
                "--secret-file", run.secret).exit_code == 2
 
 

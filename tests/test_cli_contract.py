@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from nnmark.cli import main
+from ports import free_port
 
 BAD_CALLS = {
     "unknown command": ["nonesuch"],
@@ -211,13 +212,9 @@ def test_a_stopped_command_is_an_error_line_and_writes_nothing(sig, line, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_server_stopped_by_a_signal_ends_normally(sig, lenet_file):
     """For ``nnmark serve`` a stop signal is the normal end: it answers what is in flight, says so, and exits 0."""
-    import socket
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nnmark", "serve", "--model", str(lenet_file), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from nnmark import models
 from nnmark.cli import main
 from nnmark.oracles import oip
 from nnmark.serve import serving
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(nnmark.__file__).resolve().parents[1]
@@ -428,12 +428,6 @@ def written(words: list[str]) -> list[str]:
     out = [words[i + 1] for i, w in enumerate(words[:-1]) if w in WRITES]
     command = words[1:2] if words[:1] == ["nnmark"] else words[:1]
     return out + [f"{folder}/registry.key" for folder in out if command == ["license"]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

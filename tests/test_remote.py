@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from nnmark.marks.integrity import dbi
 from nnmark.oracles import LabelsOracle, TorchOracle
 from nnmark.oracles.remote import HttpOracle
 from nnmark.serve import create_app, serving
+from ports import free_port
 
 SHAPE = (1, 28, 28)
 FAST = {"backoff": 0.01, "timeout": 5.0}
@@ -269,12 +269,6 @@ def test_max_batch_size_0_leaves_the_batch_to_the_inputs_first_dimension(mnist):
     with serving(app) as url, HttpOracle(url, **FAST) as oracle:
         assert oracle.batch_size is None and oracle.probabilities(mnist.test.x[:20]).shape == (20, 10)
     assert app.state.calls == 2  # the 20 inputs in one request, then the re-query
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_construction_refuses_what_is_not_a_matching_oip_model(served):

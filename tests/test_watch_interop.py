@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from nnmark import keys, models
 from nnmark.attacks import finetune
 from nnmark.marks.integrity import dbi
 from nnmark.oracles import TorchOracle
+from ports import free_port
 from test_watch import Receiver
 
 pytestmark = pytest.mark.interop
@@ -38,12 +38,6 @@ UNREACHABLE_AFTER = 20
 """Rounds (about seconds) of outage before it is announced: more than a replica's restart takes."""
 STARTUP = 120.0
 SRC = str(Path(models.__file__).resolve().parents[2])
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _until(check, timeout: float, what: str, step: float = 0.2):
@@ -105,12 +99,12 @@ def world(tmp_path_factory, lenet, mnist):
     key = dbi.create(TorchOracle(lenet, mnist.shape), mnist.test.x[:30], itr=300, eps=1e-3)
     keys.save(key, root / "dbi.key", secret=SECRET)
     (root / "secret").write_bytes(SECRET)
-    port = _port()
+    port = free_port()
     (root / "fleet.toml").write_text(f'[[target]]\nname = "replica-1"\nendpoint = "http://{HOST}:{port}"\n'
                                      f'keys = ["dbi.key"]\ninterval = {INTERVAL}\ntimeout = 2\nretries = 0\n')
     replica = Replica(port, root / "serve.log")
     receiver = Receiver()
-    w = {"root": root, "replica": replica, "receiver": receiver, "metrics": _port(), "watch": None}
+    w = {"root": root, "replica": replica, "receiver": receiver, "metrics": free_port(), "watch": None}
     replica.start(root / "lenet.safetensors")
     w["watch"] = _watch(w)
     yield w
@@ -161,7 +155,7 @@ def test_prometheus_scrapes_the_watch_and_answers_for_nnmark_metrics(world, tmp_
     config.write_text(json.dumps({"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
                                   "scrape_configs": [{"job_name": "nnmark-watch", "static_configs": [
                                       {"targets": [f"{HOST}:{world['metrics']}"]}]}]}))
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address={HOST}:{port}"], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "prometheus.log").open("wb"))
