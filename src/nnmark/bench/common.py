@@ -35,6 +35,11 @@ def jsonable(v):
     return v
 
 
+def recipe_digest(recipe: dict) -> str:
+    """The first 16 hex digits of SHA-256 of ``recipe``'s JSON (keys sorted): the name a cached result takes."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def source_digest() -> str:
     """SHA-256 of nnmark's own source (every ``.py`` file of the package, by relative path): what a cached result
     computed by this code is valid for."""

@@ -73,7 +73,6 @@ thefts) runs in about two minutes for the test.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import shlex
@@ -94,8 +93,8 @@ from nnmark.attacks.distill import SOK_TEMPERATURE, build_student
 from nnmark.attacks.measure import is_theft
 from nnmark.audit import run as audit
 from nnmark.bench import plots, thefts
-from nnmark.bench.common import (ARCH_NAMES, document, header, jsonable, parameters, section, source_digest, table,
-                                 write)
+from nnmark.bench.common import (ARCH_NAMES, document, header, jsonable, parameters, recipe_digest, section,
+                                 source_digest, table, write)
 from nnmark.data.roles import attacker_data
 from nnmark.errors import ArgumentError, DataError, NnmarkError
 from nnmark.keys import KeyFile
@@ -478,9 +477,8 @@ def seed_row(seed: int, p: dict, spec: str, progress: bool) -> dict:
     the data, torch's version and nnmark's source: any change of code computes it again). A run cut short resumes
     after the seeds it finished, and a rerun renders without asking again; a row read back says ``"resumed": true``
     and counts no training of this run."""
-    what = json.dumps({"seed": seed, "params": jsonable(p), "data": spec, "torch": torch.__version__,
-                       "source": source_digest()}, sort_keys=True)
-    path = derived_cache() / "seeds" / f"{hashlib.sha256(what.encode()).hexdigest()[:24]}.json"
+    what = {"seed": seed, "params": p, "data": spec, "torch": torch.__version__, "source": source_digest()}
+    path = derived_cache() / "seeds" / f"{recipe_digest(what)}.json"
     if path.exists():
         return {**json.loads(path.read_text()), "resumed": True}
     row = run_seed(seed, p, spec, progress)

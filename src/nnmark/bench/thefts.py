@@ -12,7 +12,6 @@ trains (``trained``: SAC's scratch calibration models) too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from nnmark.attacks.distill import SAME_ARCH, SOK_TEMPERATURE, distill
 from nnmark.attacks.extract import extract
 from nnmark.attacks.fineprune import fine_prune
 from nnmark.attacks.noise import noise_finetune
+from nnmark.bench.common import recipe_digest
 from nnmark.errors import ArgumentError
 from nnmark.keys import KeyFile
 
@@ -97,7 +97,7 @@ def _arch(recipe: dict, base_arch: str) -> str:
 
 def _path(cache: Path, arch: str, recipe: dict) -> Path:
     """Where the model of ``recipe`` is cached: ``<arch>-<first 16 hex of SHA-256 of its JSON>.safetensors``."""
-    return cache / f"{arch}-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
+    return cache / f"{arch}-{recipe_digest(recipe)}.safetensors"
 
 
 def _save(model: nn.Module, arch: str, ds: data.Dataset, recipe: dict, seconds: float, path: Path) -> None:
